@@ -1,0 +1,88 @@
+"""Base config: every key the trainer understands, with its default.
+
+Not run directly; the runnable configs (default.py, gpt2.py, llama.py, ...) start from
+`base.get_config()` and change what they need. Any key not listed here is rejected by
+validation, so this file doubles as the reference of the config schema.
+"""
+import ml_collections
+
+
+def get_model_config() -> ml_collections.ConfigDict:
+  """Model section: one decoder-only transformer covering GPT-2 and LLaMA styles."""
+  m = ml_collections.ConfigDict()
+  m.vocab_size = 257          # byte tokenizer: 256 bytes + EOS.
+  m.d_model = 256
+  m.n_layers = 4
+  m.n_heads = 4
+  m.n_kv_heads = ml_collections.FieldReference(None, field_type=int)  # None: = n_heads (MHA).
+  m.head_dim = ml_collections.FieldReference(None, field_type=int)    # None: d_model // n_heads.
+  m.d_ff = 1024
+  m.max_len = 256             # context length (size of learned position table / rope cache).
+  m.positions = 'learned'     # 'learned' | 'rope'
+  m.rope_theta = 10000.0
+  m.norm = 'layernorm'        # 'layernorm' | 'rmsnorm'
+  m.norm_eps = 1e-5
+  m.mlp = 'gelu'              # 'gelu' | 'swiglu'
+  m.tie_embeddings = True
+  m.use_bias = True
+  m.init_std = 0.02
+  m.dtype = 'float32'         # compute dtype: 'float32' | 'bfloat16'. Params stay float32.
+  m.remat = 'none'            # 'none' | 'full' | 'dots' | 'dots_no_batch'
+  m.scan_layers = True
+  m.attention_impl = 'xla'    # 'xla' | 'cudnn' (jax.nn.dot_product_attention implementation)
+  return m
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.init_from = ''            # '' | 'hf:/path/to/dir' | '/path/to/our/workdir'
+  c.model = get_model_config()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = 'stdlib_corpus'   # any TFDS text dataset name; default is the embedded corpus.
+  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir (e.g. gs://bucket/tfds).
+  c.data.train_split = 'train'
+  c.data.eval_split = 'validation'
+  c.data.text_key = 'text'
+  c.data.tokenizer = 'byte'          # 'byte' | path to a local HuggingFace tokenizer directory.
+  c.data.seq_len = 256
+  c.data.max_documents = 0           # 0: whole split; else read at most this many documents per split.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.global_batch_size = 32     # sequences per optimizer step (all hosts, all microbatches).
+  c.train.grad_accum_steps = 1
+  c.train.num_steps = 1000           # ignored when total_tokens > 0.
+  c.train.total_tokens = 0           # >0: num_steps = total_tokens // (global_batch_size * seq_len).
+  c.train.log_every = 50
+  c.train.eval_every = 250
+  c.train.eval_batches = 8
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 2       # keep the last N ...
+  c.train.keep_every = 0             # ... plus every K-th step (0: none).
+  c.train.async_checkpoint = True
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 3e-4
+  c.optimizer.schedule = 'cosine'    # 'cosine' | 'linear' | 'constant' | 'wsd'
+  c.optimizer.warmup_steps = 100
+  c.optimizer.min_lr_ratio = 0.1     # final lr = lr * min_lr_ratio (cosine, linear, wsd).
+  c.optimizer.decay_fraction = 0.2   # wsd: fraction of steps spent in the final decay.
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.1
+  c.optimizer.grad_clip = 1.0        # global-norm clipping; 0 disables.
+  c.optimizer.wd_exclude = ('norm', 'bias', 'embed')  # params whose path contains any of these get no decay.
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                   # -1: all devices not used by the other axes.
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.initialize = 'auto'  # 'auto' (TPU pods / env detected) | 'yes' | 'no'
+  c.distributed.coordinator_address = ''
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  return c
