@@ -1,0 +1,44 @@
+"""Decoder-only transformers (GPT-2 and LLaMA families): config, init and forward.
+
+Public API: `init(model_config, rng)`, `logits(model_config, params, tokens)`,
+`logical_axes(model_config)`. Params are plain pytrees of float32 arrays.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from models.config import ModelConfig
+from models.transformer import Transformer, head_dim, kv_heads
+
+
+def _module(model_config) -> Transformer:
+  return Transformer(ModelConfig.make(model_config))
+
+
+def init(model_config, rng):
+  """Random float32 params (plain pytree) for `model_config`."""
+  cfg = ModelConfig.make(model_config)
+  tokens = jnp.zeros((1, min(cfg.max_len, 8)), jnp.int32)
+  return nn.unbox(_module(cfg).init(rng, tokens)['params'])
+
+
+def logical_axes(model_config):
+  """Pytree (matching params) of PartitionSpecs of logical axis names, e.g. ('embed', 'mlp')."""
+  cfg = ModelConfig.make(model_config)
+  tokens = jax.ShapeDtypeStruct((1, min(cfg.max_len, 8)), jnp.int32)
+  boxed = jax.eval_shape(lambda: _module(cfg).init(jax.random.key(0), tokens))['params']
+  return nn.get_partition_spec(boxed)
+
+
+def param_shapes(model_config):
+  """Pytree of ShapeDtypeStructs of the params, without allocating them."""
+  return jax.eval_shape(lambda: init(model_config, jax.random.key(0)))
+
+
+def logits(model_config, params, tokens_BxL):
+  """float32 logits [batch, length, vocab] for int tokens [batch, length]."""
+  return _module(model_config).apply({'params': params}, tokens_BxL)
+
+
+__all__ = ['ModelConfig', 'Transformer', 'init', 'logits', 'logical_axes', 'param_shapes',
+           'head_dim', 'kv_heads']

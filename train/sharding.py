@@ -1,0 +1,89 @@
+"""Device mesh and the one table that maps logical axis names onto it.
+
+Every parameter, optimizer-state and batch sharding in the trainer is derived from
+`LOGICAL_RULES`; there are no per-layer special cases.
+"""
+import logging
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+# logical axis -> mesh axes (T5X/MaxText style). Unlisted logical axes are replicated.
+LOGICAL_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('embed', 'fsdp'),
+    ('vocab', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv_heads', 'tensor'),
+    ('mlp', 'tensor'),
+    ('layers', None),
+    ('head_dim', None),
+    ('norm', None),
+    ('position', None),
+    ('length', None),
+)
+
+
+def mesh_shape(mesh_config, num_devices: int) -> dict:
+  """Resolve -1 entries (at most one) so the axes multiply to `num_devices`."""
+  shape = {a: int(mesh_config[a]) for a in MESH_AXES}
+  fill = [a for a, n in shape.items() if n == -1]
+  if len(fill) > 1:
+    raise ValueError(f'config.mesh: at most one axis may be -1, got {shape}')
+  if any(n == 0 or n < -1 for n in shape.values()):
+    raise ValueError(f'config.mesh: axis sizes must be positive or -1, got {shape}')
+  known = int(np.prod([n for n in shape.values() if n != -1]))
+  if fill:
+    if num_devices % known:
+      raise ValueError(f'config.mesh: {shape} cannot fill {num_devices} devices '
+                       f'({num_devices} is not divisible by {known})')
+    shape[fill[0]] = num_devices // known
+  if int(np.prod(list(shape.values()))) != num_devices:
+    raise ValueError(f'config.mesh: data*fsdp*tensor = {int(np.prod(list(shape.values())))} '
+                     f'{shape} but there are {num_devices} devices')
+  return shape
+
+
+def make_mesh(mesh_config, devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(mesh_config, len(devices))
+  dims = tuple(shape[a] for a in MESH_AXES)
+  if devices is jax.devices() or len(devices) == jax.device_count():
+    # Topology-aware device order (ICI on TPU slices, processes contiguous on 'data').
+    arr = jax.experimental.mesh_utils.create_device_mesh(dims, devices=devices)
+  else:
+    arr = np.asarray(devices).reshape(dims)
+  return Mesh(arr, MESH_AXES)
+
+
+def logical_to_mesh(spec: P, shape, mesh: Mesh) -> NamedSharding:
+  """NamedSharding for one array; a dim the mesh axes don't divide is replicated."""
+  mesh_spec = nn.logical_to_mesh_axes(spec, LOGICAL_RULES)
+  axes = []
+  for dim, ax in zip(shape, tuple(mesh_spec) + (None,) * (len(shape) - len(mesh_spec))):
+    size = int(np.prod([mesh.shape[a] for a in ((ax,) if isinstance(ax, str) else ax or ())]))
+    if size > 1 and dim % size:
+      logging.warning('Replicating a dim of size %d (logical %s): not divisible by mesh %s=%d',
+                      dim, spec, ax, size)
+      ax = None
+    axes.append(ax)
+  return NamedSharding(mesh, P(*axes))
+
+
+def tree_shardings(logical_specs, shapes, mesh: Mesh):
+  """Shardings for a pytree given its logical specs and its shapes (ShapeDtypeStructs/arrays)."""
+  return jax.tree.map(lambda spec, x: logical_to_mesh(spec, x.shape, mesh), logical_specs, shapes,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batches: leading dim over ('data', 'fsdp'), the rest replicated."""
+  return NamedSharding(mesh, P(nn.logical_to_mesh_axes(('batch',), LOGICAL_RULES)[0]))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())

@@ -1,0 +1,93 @@
+"""Pure step functions: LM loss, gradient accumulation by scan, optimizer update, eval.
+
+A loss function has the signature `loss_fn(params, batch, *frozen) -> (loss_sum, sums)`,
+where `sums` is a dict of per-token sums including 'tokens' (the count). Dividing by
+the token count happens once, after accumulation, so k microbatches give exactly the
+token-weighted mean of one k-times-larger batch.
+"""
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+import models
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+
+
+def cross_entropy_sum(logits_BxLxV, targets_BxL):
+  """Summed token cross-entropy in float32 and the token count (targets < 0 are masked)."""
+  logits = logits_BxLxV.astype(jnp.float32)
+  mask = (targets_BxL >= 0).astype(jnp.float32)
+  safe = jnp.maximum(targets_BxL, 0)
+  nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, safe[..., None], -1)[..., 0]
+  return (nll * mask).sum(), mask.sum()
+
+
+def lm_loss(model_config):
+  """Next-token loss on packed rows [B, L+1]: inputs row[:-1], targets row[1:]."""
+
+  def loss_fn(params, batch_BxL1):
+    logits = models.logits(model_config, params, batch_BxL1[:, :-1])
+    loss_sum, tokens = cross_entropy_sum(logits, batch_BxL1[:, 1:])
+    return loss_sum, {'loss': loss_sum, 'tokens': tokens}
+
+  return loss_fn
+
+
+def microbatches(batch_BxL1, k: int):
+  """[B, ...] -> [k, B/k, ...], microbatch j = rows j, j+k, ... so each device keeps its rows."""
+  b = batch_BxL1.shape[0]
+  x = batch_BxL1.reshape((b // k, k) + batch_BxL1.shape[1:])
+  return jnp.swapaxes(x, 0, 1)
+
+
+def accumulate_grads(loss_fn, params, batch, k: int, *frozen):
+  """Summed loss grads and sums over k microbatches (lax.scan), then the token-weighted mean."""
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  if k == 1:
+    grads, sums = grad_fn(params, batch, *frozen)
+  else:
+    def body(carry, mb):
+      g, s = grad_fn(params, mb, *frozen)
+      return jax.tree.map(jnp.add, carry, (g, s)), None
+
+    zeros = jax.eval_shape(grad_fn, params, microbatches(batch, k)[0], *frozen)
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), zeros)
+    (grads, sums), _ = jax.lax.scan(body, zeros, microbatches(batch, k))
+  n = jnp.maximum(sums['tokens'], 1.0)
+  grads = jax.tree.map(lambda g: g / n, grads)
+  return grads, sums
+
+
+def make_train_step(loss_fn, optimizer, lr_fn, grad_accum_steps: int):
+  """(state, batch, *frozen) -> (state, metrics): one optimizer step, metrics per step."""
+
+  def train_step(state: TrainState, batch, *frozen):
+    grads, sums = accumulate_grads(loss_fn, state.params, batch, grad_accum_steps, *frozen)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    n = jnp.maximum(sums['tokens'], 1.0)
+    metrics = {f'train/{k}': v / n for k, v in sums.items() if k != 'tokens'}
+    metrics.update({'train/grad_norm': optax.global_norm(grads),
+                    'train/param_norm': optax.global_norm(params),
+                    'train/lr': lr_fn(state.step),
+                    'train/tokens': sums['tokens']})
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(loss_fn):
+  """(params, batch, *frozen) -> dict of sums over the batch (averaged by the caller)."""
+
+  def eval_step(params, batch, *frozen):
+    _, sums = loss_fn(params, batch, *frozen)
+    return sums
+
+  return eval_step
