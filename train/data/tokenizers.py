@@ -1,0 +1,91 @@
+"""Tokenizers with one small interface: bytes (default) or a local HuggingFace tokenizer dir.
+
+Interface: `.vocab_size`, `.eos_id`, `.fingerprint` (cache key), `.encode(text) -> list[int]`,
+`.encode_batch(texts) -> list[np.ndarray]`, `.decode(ids) -> str`. No special tokens are added.
+"""
+import hashlib
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+
+
+def _as_bytes(text: str | bytes) -> bytes:
+  return text if isinstance(text, bytes) else text.encode('utf-8')
+
+
+class ByteTokenizer:
+  """UTF-8 bytes are ids 0..255, EOS is 256: no out-of-vocabulary, trivially reversible."""
+
+  vocab_size = 257
+  eos_id = 256
+  fingerprint = 'byte'
+
+  def encode(self, text: str | bytes) -> list[int]:
+    return list(_as_bytes(text))
+
+  def encode_batch(self, texts: Sequence[str | bytes]) -> list[np.ndarray]:
+    return [np.frombuffer(_as_bytes(t), dtype=np.uint8) for t in texts]
+
+  def decode(self, ids) -> str:
+    return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode('utf-8', errors='replace')
+
+
+class HFTokenizer:
+  """`transformers.AutoTokenizer` loaded from a local directory (never downloads)."""
+
+  def __init__(self, path: str):
+    import transformers  # Heavy import; only when a HF tokenizer is asked for.
+    self.path = path
+    self._tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    self._tok.model_max_length = sys.maxsize  # We tokenize whole documents; silence length warnings.
+    if self._tok.eos_token_id is None:
+      raise ValueError(f'config.data.tokenizer={path!r}: tokenizer has no eos_token; documents '
+                       'are separated by EOS, so one is required.')
+    self.eos_id = int(self._tok.eos_token_id)
+    self.vocab_size = len(self._tok)
+    self.fingerprint = 'hf-' + _dir_digest(path)
+
+  def encode(self, text: str | bytes) -> list[int]:
+    return self.encode_batch([text])[0].tolist()
+
+  def encode_batch(self, texts: Sequence[str | bytes]) -> list[np.ndarray]:
+    texts = [t.decode('utf-8', errors='replace') if isinstance(t, bytes) else t for t in texts]
+    ids = self._tok(texts, add_special_tokens=False)['input_ids']
+    return [np.asarray(x, dtype=np.int64) for x in ids]
+
+  def decode(self, ids) -> str:
+    return self._tok.decode([int(i) for i in ids])
+
+
+def _dir_digest(path: str) -> str:
+  """Short sha1 over the names and contents of the files in `path`, to key token caches."""
+  h = hashlib.sha1()
+  for name in sorted(os.listdir(path)):
+    full = os.path.join(path, name)
+    if os.path.isfile(full):
+      h.update(name.encode('utf-8') + b'\0')
+      with open(full, 'rb') as f:
+        h.update(f.read())
+  return h.hexdigest()[:12]
+
+
+def make_tokenizer(spec: str) -> ByteTokenizer | HFTokenizer:
+  """'byte' -> ByteTokenizer; a local directory -> HFTokenizer."""
+  if spec == 'byte':
+    return ByteTokenizer()
+  if not os.path.isdir(spec):
+    raise ValueError(f"config.data.tokenizer={spec!r} is neither 'byte' nor an existing local "
+                     'directory holding a HuggingFace tokenizer.')
+  return HFTokenizer(spec)
+
+
+def check_vocab(tokenizer, model_vocab_size: int) -> None:
+  """Raise unless every id the tokenizer can emit (EOS included) fits in the embedding table."""
+  needed = max(tokenizer.vocab_size, tokenizer.eos_id + 1)
+  if needed > model_vocab_size:
+    raise ValueError(
+        f'config.model.vocab_size={model_vocab_size} is too small for the tokenizer '
+        f'({type(tokenizer).__name__}, vocab_size={tokenizer.vocab_size}, eos_id='
+        f'{tokenizer.eos_id}); set config.model.vocab_size >= {needed}.')
