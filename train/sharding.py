@@ -52,12 +52,10 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(mesh_config, len(devices))
   dims = tuple(shape[a] for a in MESH_AXES)
-  if devices is jax.devices() or len(devices) == jax.device_count():
-    # Topology-aware device order (ICI on TPU slices, processes contiguous on 'data').
-    arr = jax.experimental.mesh_utils.create_device_mesh(dims, devices=devices)
-  else:
-    arr = np.asarray(devices).reshape(dims)
-  return Mesh(arr, MESH_AXES)
+  # jax.make_mesh orders devices by topology (ICI rings on TPU slices, hosts contiguous).
+  # Auto axes: GSPMD propagates shardings from the explicit in/out shardings of the step.
+  return jax.make_mesh(dims, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(dims),
+                       devices=devices)
 
 
 def logical_to_mesh(spec: P, shape, mesh: Mesh) -> NamedSharding:

@@ -30,21 +30,25 @@ def cross_entropy_sum(logits_BxLxV, targets_BxL):
 
 
 def lm_loss(model_config):
-  """Next-token loss on packed rows [B, L+1]: inputs row[:-1], targets row[1:]."""
+  """Next-token loss on packed rows batch['tokens'] [B, L+1]: inputs row[:-1], targets row[1:]."""
 
-  def loss_fn(params, batch_BxL1):
-    logits = models.logits(model_config, params, batch_BxL1[:, :-1])
-    loss_sum, tokens = cross_entropy_sum(logits, batch_BxL1[:, 1:])
+  def loss_fn(params, batch):
+    tokens_BxL1 = batch['tokens']
+    logits = models.logits(model_config, params, tokens_BxL1[:, :-1])
+    loss_sum, tokens = cross_entropy_sum(logits, tokens_BxL1[:, 1:])
     return loss_sum, {'loss': loss_sum, 'tokens': tokens}
 
   return loss_fn
 
 
-def microbatches(batch_BxL1, k: int):
-  """[B, ...] -> [k, B/k, ...], microbatch j = rows j, j+k, ... so each device keeps its rows."""
-  b = batch_BxL1.shape[0]
-  x = batch_BxL1.reshape((b // k, k) + batch_BxL1.shape[1:])
-  return jnp.swapaxes(x, 0, 1)
+def microbatches(batch, k: int):
+  """Leaves [B, ...] -> [k, B/k, ...]; microbatch j = rows j, j+k, ... so devices keep their rows."""
+
+  def split(x):
+    x = x.reshape((x.shape[0] // k, k) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+
+  return jax.tree.map(split, batch)
 
 
 def accumulate_grads(loss_fn, params, batch, k: int, *frozen):
@@ -57,7 +61,8 @@ def accumulate_grads(loss_fn, params, batch, k: int, *frozen):
       g, s = grad_fn(params, mb, *frozen)
       return jax.tree.map(jnp.add, carry, (g, s)), None
 
-    zeros = jax.eval_shape(grad_fn, params, microbatches(batch, k)[0], *frozen)
+    first = jax.tree.map(lambda x: x[0], microbatches(batch, k))
+    zeros = jax.eval_shape(grad_fn, params, first, *frozen)
     zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), zeros)
     (grads, sums), _ = jax.lax.scan(body, zeros, microbatches(batch, k))
   n = jnp.maximum(sums['tokens'], 1.0)

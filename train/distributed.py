@@ -1,0 +1,41 @@
+"""Multi-host start-up: jax.distributed.initialize when the run spans several processes."""
+import logging
+import os
+
+import jax
+
+# Environment variables that mean "this process is one of several" (TPU pod slices,
+# SLURM, Open MPI, or an explicit JAX coordinator).
+_MULTI_PROCESS_ENV = ('TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS', 'SLURM_NTASKS',
+                      'OMPI_COMM_WORLD_SIZE', 'JAX_COORDINATOR_ADDRESS')
+
+
+def _looks_multi_process() -> bool:
+  hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
+  if ',' in hosts:
+    return True
+  for var in _MULTI_PROCESS_ENV[1:]:
+    value = os.environ.get(var, '')
+    if value and value != '1':
+      return True
+  return False
+
+
+def initialize(dist_config):
+  """Call jax.distributed.initialize per `config.distributed` (before any other JAX call)."""
+  mode = dist_config.initialize
+  explicit = bool(dist_config.coordinator_address)
+  if mode == 'no' or (mode == 'auto' and not explicit and not _looks_multi_process()):
+    return
+  if jax.config.jax_platforms and 'cpu' in jax.config.jax_platforms:
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  kwargs = {}
+  if explicit:
+    kwargs['coordinator_address'] = dist_config.coordinator_address
+  if dist_config.num_processes > 0:
+    kwargs['num_processes'] = dist_config.num_processes
+  if dist_config.process_id >= 0:
+    kwargs['process_id'] = dist_config.process_id
+  jax.distributed.initialize(**kwargs)
+  logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
+               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())

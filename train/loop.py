@@ -1,0 +1,207 @@
+"""The training loop shared by plain LM, distillation and sweep runs.
+
+`run(config, workdir, task)` validates the config, builds the mesh, data, sharded state
+and one jitted train step, resumes from the latest checkpoint, trains, evaluates,
+checkpoints and logs. What differs between trainers lives in a `Task`.
+"""
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from clu import periodic_actions
+
+import models
+from train import checkpoint, flops, metrics, sharding, validation
+from train import optimizer as optim
+from train.data import pipeline
+from train.step import TrainState, lm_loss, make_eval_step, make_train_step
+
+
+@dataclasses.dataclass
+class Task:
+  """What a trainer plugs into the loop.
+
+  loss_fn(params, batch, *frozen) -> (loss_sum, sums) is used for training and eval;
+  `frozen` are extra jit inputs that get no gradient (e.g. teacher params) with their
+  shardings; `extra_batch(step, host_rows)` adds host-local arrays to the train batch;
+  `meta` is recorded in (and checked against) checkpoints.
+  """
+  loss_fn: Callable
+  frozen: tuple = ()
+  frozen_shardings: tuple = ()
+  extra_batch: Optional[Callable] = None
+  meta: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything `run` builds before the first step; also used by tools (e.g. offline distill)."""
+  config: object
+  derived: validation.Derived
+  mesh: jax.sharding.Mesh
+  train_ds: object
+  eval_ds: object
+  tokenizer: object
+  state_shardings: TrainState
+  batch_sharding: jax.sharding.NamedSharding
+  optimizer: optax.GradientTransformation
+  lr_fn: Callable
+
+
+def setup(config) -> Run:
+  """Validate, then build mesh, data, optimizer and state shardings (nothing compiled yet)."""
+  derived = validation.derive(config, jax.device_count(), jax.process_count())
+  mesh = sharding.make_mesh(config.mesh)
+  train_ds, eval_ds, tokenizer = pipeline.make_datasets(config, jax.process_index(),
+                                                        jax.process_count())
+  optimizer = optim.make_optimizer(config.optimizer, derived.num_steps)
+  lr_fn = optim.lr_schedule(config.optimizer, derived.num_steps)
+  param_shapes = models.param_shapes(derived.model)
+  param_shardings = sharding.tree_shardings(models.logical_axes(derived.model), param_shapes,
+                                            mesh)
+  opt_shapes = jax.eval_shape(optimizer.init, param_shapes)
+  # Optimizer moments mirror the params' shardings; counters etc. are replicated.
+  opt_shardings = optax.tree_map_params(
+      optimizer, lambda _, s: s, opt_shapes, param_shardings,
+      transform_non_params=lambda _: sharding.replicated(mesh))
+  state_shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings,
+                               opt_state=opt_shardings)
+  return Run(config, derived, mesh, train_ds, eval_ds, tokenizer, state_shardings,
+             sharding.batch_sharding(mesh), optimizer, lr_fn)
+
+
+def init_state(r: Run, params=None) -> TrainState:
+  """Fresh state on the mesh: random params from config.seed, or the given (e.g. imported) ones."""
+  shardings = r.state_shardings
+
+  def make(rng, params):
+    if params is None:
+      params = models.init(r.derived.model, rng)
+    return TrainState(jnp.zeros((), jnp.int32), params, r.optimizer.init(params))
+
+  if params is None:
+    fn = jax.jit(lambda rng: make(rng, None), out_shardings=shardings)
+    return fn(jax.random.key(r.config.seed))
+  fn = jax.jit(lambda p: make(None, p), in_shardings=(shardings.params,), out_shardings=shardings)
+  return fn(params)
+
+
+def global_batch(r: Run, host_arrays: dict):
+  """Host-local rows -> global arrays sharded over ('data', 'fsdp')."""
+  def put(x):
+    shape = (r.config.train.global_batch_size,) + x.shape[1:]
+    return jax.make_array_from_process_local_data(r.batch_sharding, x, shape)
+  return jax.tree.map(put, host_arrays)
+
+
+def evaluate(r: Run, eval_step, params, frozen) -> dict:
+  """Mean eval loss (and other per-token sums) over `eval_batches` fixed validation batches."""
+  total = None
+  for i in range(r.config.train.eval_batches):
+    sums = eval_step(params, global_batch(r, {'tokens': r.eval_ds.eval_batch(i)}), *frozen)
+    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  total = jax.device_get(total)
+  n = max(float(total['tokens']), 1.0)
+  out = {f'eval/{k}': float(v) / n for k, v in total.items() if k != 'tokens'}
+  # Bits per byte of raw text: nats/token -> bits/token -> bits/byte; compares across tokenizers.
+  out['eval/bits_per_byte'] = out['eval/loss'] / math.log(2) / r.eval_ds.bytes_per_token
+  return out
+
+
+def stream_meta(config) -> dict:
+  """What the batch stream and the param shapes depend on; must not change across a resume."""
+  return {'seed': config.seed, 'dataset': config.data.dataset, 'tokenizer': config.data.tokenizer,
+          'seq_len': config.data.seq_len, 'global_batch_size': config.train.global_batch_size,
+          'model': json.loads(config.model.to_json())}
+
+
+def run(config, workdir: str, task_fn: Optional[Callable[[Run], Task]] = None,
+        init_params_fn: Optional[Callable[[Run], dict]] = None) -> dict:
+  """Train to config's step count in `workdir` (resuming if possible); returns final metrics."""
+  r = setup(config)
+  task = task_fn(r) if task_fn else Task(loss_fn=lm_loss(r.derived.model))
+  cfg, t = r.config, r.config.train
+  num_steps = r.derived.num_steps
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(cfg.to_json_best_effort(indent=2))
+
+  writer, progress_writer = metrics.make_writers(workdir)
+  mngr = checkpoint.manager(workdir, t)
+  meta = {**stream_meta(cfg), **task.meta}
+  latest = mngr.latest_step()
+  with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    if latest is not None:
+      abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                              jax.eval_shape(lambda: init_state(r)), r.state_shardings)
+      state, saved_meta = checkpoint.restore(mngr, latest, abstract)
+      checkpoint.check_meta(saved_meta, meta)
+      logging.info('Resumed from step %d in %s', latest, workdir)
+    else:
+      state = init_state(r, init_params_fn(r) if init_params_fn else None)
+    start = int(jax.device_get(state.step))
+
+    frozen_sh = tuple(task.frozen_shardings)
+    train_step = jax.jit(
+        make_train_step(task.loss_fn, r.optimizer, r.lr_fn, t.grad_accum_steps),
+        in_shardings=(r.state_shardings, r.batch_sharding) + frozen_sh,
+        out_shardings=(r.state_shardings, sharding.replicated(r.mesh)), donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(task.loss_fn),
+                        in_shardings=(r.state_shardings.params, r.batch_sharding) + frozen_sh,
+                        out_shardings=sharding.replicated(r.mesh))
+
+    flops_per_token = flops.train_flops_per_token(r.derived.model, cfg.data.seq_len)
+    peak = flops.peak_flops() * jax.device_count()
+    progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=progress_writer,
+                                               every_steps=t.log_every)
+    last = {}
+    if start >= num_steps:
+      logging.info('Run in %s already finished at step %d; nothing to train.', workdir, start)
+    tic, tic_step = time.time(), start
+    for step in range(start, num_steps):
+      host = {'tokens': r.train_ds.batch(step)}
+      if task.extra_batch:
+        host.update(task.extra_batch(step, host))
+      state, step_metrics = train_step(state, global_batch(r, host), *task.frozen)
+      done = step + 1
+      progress(done)
+      is_eval = done % t.eval_every == 0 or done == num_steps
+      is_ckpt = done % t.checkpoint_every == 0 or done == num_steps
+      if done % t.log_every == 0 or is_eval or is_ckpt:
+        m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        if not math.isfinite(m['train/loss']):
+          # Stop before a checkpoint could record a diverged state.
+          raise FloatingPointError(f'train/loss is {m["train/loss"]} at step {done}; the last '
+                                   f'good checkpoint in {workdir} is kept.')
+        elapsed = time.time() - tic
+        tokens_per_sec = (done - tic_step) * r.derived.tokens_per_step / max(elapsed, 1e-9)
+        m['train/tokens_seen'] = done * r.derived.tokens_per_step
+        m['train/tokens_per_sec'] = tokens_per_sec
+        m['train/mfu'] = tokens_per_sec * flops_per_token / peak
+        del m['train/tokens']
+        if is_eval:
+          m.update(evaluate(r, eval_step, state.params, task.frozen))
+        writer.write_scalars(done, m)
+        last = m
+        tic, tic_step = time.time(), done
+      if is_ckpt:
+        checkpoint.save(mngr, done, state, meta)
+    mngr.wait_until_finished()
+    if not last:
+      last = evaluate(r, eval_step, state.params, task.frozen)
+  writer.flush()
+  last['unigram_byte_entropy_bits'] = r.eval_ds.unigram_byte_entropy_bits
+  if 'eval/bits_per_byte' in last:
+    logging.info('Final eval/bits_per_byte %.4f vs unigram byte entropy %.4f bits',
+                 last['eval/bits_per_byte'], last['unigram_byte_entropy_bits'])
+  return last

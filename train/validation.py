@@ -1,0 +1,119 @@
+"""Config validation and derived quantities, computed once and checked before any compile.
+
+`derive(config, num_devices, process_count)` is the single place where head dim, step
+count from a token budget, per-device and micro batch sizes are computed; every
+inconsistency raises ValueError naming the offending field.
+"""
+import dataclasses
+
+import ml_collections
+
+from configs import base
+from models.config import ModelConfig
+from train import sharding
+
+CHOICES = {
+    'model.positions': ('learned', 'rope'),
+    'model.norm': ('layernorm', 'rmsnorm'),
+    'model.mlp': ('gelu', 'swiglu'),
+    'model.dtype': ('float32', 'bfloat16', 'float16'),
+    'model.remat': ('none', 'full', 'dots', 'dots_no_batch'),
+    'model.attention_impl': ('xla', 'cudnn', 'auto'),
+    'optimizer.schedule': ('cosine', 'linear', 'constant', 'wsd'),
+    'distributed.initialize': ('auto', 'yes', 'no'),
+}
+# Sections owned by other trainers (validated there); allowed beside the base schema.
+EXTRA_SECTIONS = ('distill', 'sweep')
+
+
+@dataclasses.dataclass(frozen=True)
+class Derived:
+  model: ModelConfig
+  num_steps: int
+  tokens_per_step: int
+  mesh_shape: dict
+  batch_shards: int         # data * fsdp: devices the batch is split over.
+  per_device_batch: int     # sequences per device per optimizer step.
+  micro_batch: int          # global sequences per microbatch.
+  host_batch: int           # sequences this host feeds per step.
+
+
+def _check_schema(config, schema, prefix=''):
+  for key, value in config.items():
+    name = f'{prefix}{key}'
+    if key not in schema:
+      if not prefix and key in EXTRA_SECTIONS:
+        continue
+      raise ValueError(f'config.{name}: unknown key (known: {sorted(schema.keys())})')
+    ref = schema[key]
+    if isinstance(ref, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ValueError(f'config.{name}: expected a section, got {value!r}')
+      _check_schema(value, ref, name + '.')
+      continue
+    ref_type = schema.get_type(key) if hasattr(schema, 'get_type') else type(ref)
+    if value is None or ref_type is type(None):
+      continue
+    ok = isinstance(value, ref_type) or (ref_type is float and isinstance(value, int))
+    if isinstance(value, bool) and ref_type is not bool:
+      ok = False
+    if ref_type is tuple and isinstance(value, list):
+      ok = True
+    if not ok:
+      raise ValueError(f'config.{name}: expected {ref_type.__name__}, got '
+                       f'{type(value).__name__} {value!r}')
+    if name in CHOICES and value not in CHOICES[name]:
+      raise ValueError(f'config.{name}: {value!r} is not one of {CHOICES[name]}')
+
+
+def _positive(config, *names):
+  for name in names:
+    section, key = name.split('.')
+    if config[section][key] <= 0:
+      raise ValueError(f'config.{name} must be positive, got {config[section][key]}')
+
+
+def derive(config, num_devices: int, process_count: int = 1) -> Derived:
+  """Validate `config` for this many devices/processes and return the derived quantities."""
+  _check_schema(config, base.get_config())
+  m = config.model
+  _positive(config, 'model.vocab_size', 'model.d_model', 'model.n_layers', 'model.n_heads',
+            'model.d_ff', 'model.max_len', 'data.seq_len', 'train.global_batch_size',
+            'train.grad_accum_steps', 'optimizer.lr')
+  if m.head_dim is None and m.d_model % m.n_heads:
+    raise ValueError(f'config.model.n_heads={m.n_heads} does not divide '
+                     f'config.model.d_model={m.d_model} (or set config.model.head_dim)')
+  kv = m.n_kv_heads or m.n_heads
+  if m.n_heads % kv:
+    raise ValueError(f'config.model.n_kv_heads={kv} does not divide config.model.n_heads={m.n_heads}')
+  hd = m.head_dim or m.d_model // m.n_heads
+  if m.positions == 'rope' and hd % 2:
+    raise ValueError(f'config.model: rope needs an even head dim, got {hd}')
+  if config.data.seq_len > m.max_len:
+    raise ValueError(f'config.data.seq_len={config.data.seq_len} exceeds '
+                     f'config.model.max_len={m.max_len}')
+
+  mesh_shape = sharding.mesh_shape(config.mesh, num_devices)
+  t = config.train
+  shards = mesh_shape['data'] * mesh_shape['fsdp']
+  k = t.grad_accum_steps
+  if t.global_batch_size % (shards * k):
+    raise ValueError(
+        f'config.train.global_batch_size={t.global_batch_size} is not divisible by data*fsdp '
+        f'({shards}) x config.train.grad_accum_steps ({k}) = {shards * k}')
+  if t.global_batch_size % process_count:
+    raise ValueError(f'config.train.global_batch_size={t.global_batch_size} is not divisible by '
+                     f'the number of processes ({process_count})')
+  tokens_per_step = t.global_batch_size * config.data.seq_len
+  num_steps = t.total_tokens // tokens_per_step if t.total_tokens > 0 else t.num_steps
+  if num_steps <= 0:
+    raise ValueError(f'config.train: no steps to run (num_steps={t.num_steps}, '
+                     f'total_tokens={t.total_tokens} < one step of {tokens_per_step} tokens)')
+  if config.optimizer.warmup_steps > num_steps:
+    raise ValueError(f'config.optimizer.warmup_steps={config.optimizer.warmup_steps} exceeds the '
+                     f'{num_steps} training steps')
+  return Derived(model=ModelConfig.make(m), num_steps=num_steps, tokens_per_step=tokens_per_step,
+                 mesh_shape=mesh_shape, batch_shards=shards,
+                 per_device_batch=t.global_batch_size // shards,
+                 micro_batch=t.global_batch_size // k,
+                 host_batch=t.global_batch_size // process_count)
