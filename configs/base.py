@@ -25,6 +25,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.mlp = 'gelu'              # 'gelu' | 'swiglu'
   m.tie_embeddings = True
   m.use_bias = True
+  m.qkv_bias = False          # q/k/v projection biases even when use_bias is False (Qwen2).
   m.init_std = 0.02
   m.dtype = 'float32'         # compute dtype: 'float32' | 'bfloat16'. Params stay float32.
   m.remat = 'none'            # 'none' | 'full' | 'dots' | 'dots_no_batch'

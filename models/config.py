@@ -20,6 +20,7 @@ class ModelConfig:
   mlp: str = 'gelu'
   tie_embeddings: bool = True
   use_bias: bool = True
+  qkv_bias: bool = False
   init_std: float = 0.02
   dtype: str = 'float32'
   remat: str = 'none'

@@ -79,7 +79,7 @@ class Attention(nn.Module):
     def proj(name, heads, axes):
       w = _param(self, name, (D, heads, Dh), ('embed', axes, 'head_dim'), init)
       y = jnp.einsum('bld,dhk->blhk', x_BxLxD, w.astype(dtype))
-      if cfg.use_bias:
+      if cfg.use_bias or cfg.qkv_bias:  # qkv_bias alone: Qwen2 (no out-projection/MLP biases).
         y = y + _param(self, name + '_bias', (heads, Dh), (axes, 'head_dim'),
                        nn.initializers.zeros).astype(dtype)
       return y
