@@ -30,7 +30,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.dtype = 'float32'         # compute dtype: 'float32' | 'bfloat16'. Params stay float32.
   m.remat = 'none'            # 'none' | 'full' | 'dots' | 'dots_no_batch'
   m.scan_layers = True
-  m.attention_impl = 'xla'    # 'xla' | 'cudnn' (jax.nn.dot_product_attention implementation)
+  m.attention_impl = 'xla'    # 'xla' | 'cudnn' | 'auto': jax.nn.dot_product_attention implementation.
   return m
 
 

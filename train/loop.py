@@ -125,8 +125,13 @@ def stream_meta(config) -> dict:
 
 
 def run(config, workdir: str, task_fn: Optional[Callable[[Run], Task]] = None,
-        init_params_fn: Optional[Callable[[Run], dict]] = None) -> dict:
-  """Train to config's step count in `workdir` (resuming if possible); returns final metrics."""
+        init_params_fn: Optional[Callable[[Run], dict]] = None,
+        stop_after: Optional[int] = None) -> dict:
+  """Train to config's step count in `workdir` (resuming if possible); returns final metrics.
+
+  `stop_after` ends this invocation early at that step (a checkpoint is written), as a
+  preemption would; the schedule still follows the config's full step count.
+  """
   r = setup(config)
   task = task_fn(r) if task_fn else Task(loss_fn=lm_loss(r.derived.model))
   cfg, t = r.config, r.config.train
@@ -168,7 +173,8 @@ def run(config, workdir: str, task_fn: Optional[Callable[[Run], Task]] = None,
     if start >= num_steps:
       logging.info('Run in %s already finished at step %d; nothing to train.', workdir, start)
     tic, tic_step = time.time(), start
-    for step in range(start, num_steps):
+    end = num_steps if stop_after is None else min(stop_after, num_steps)
+    for step in range(start, end):
       host = {'tokens': r.train_ds.batch(step)}
       if task.extra_batch:
         host.update(task.extra_batch(step, host))
@@ -176,7 +182,7 @@ def run(config, workdir: str, task_fn: Optional[Callable[[Run], Task]] = None,
       done = step + 1
       progress(done)
       is_eval = done % t.eval_every == 0 or done == num_steps
-      is_ckpt = done % t.checkpoint_every == 0 or done == num_steps
+      is_ckpt = done % t.checkpoint_every == 0 or done == end
       if done % t.log_every == 0 or is_eval or is_ckpt:
         m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         if not math.isfinite(m['train/loss']):

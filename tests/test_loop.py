@@ -1,0 +1,79 @@
+"""The training loop end to end: exact resume, finished runs, metrics files, main.py CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from train import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _params(workdir, config):
+  r = loop.setup(config)
+  from train import checkpoint
+  mngr = checkpoint.manager(workdir, config.train)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          jax.eval_shape(lambda: loop.init_state(r)), r.state_shardings)
+  state, _ = checkpoint.restore(mngr, mngr.latest_step(), abstract)
+  return int(state.step), jax.device_get(state.params), jax.device_get(state.opt_state)
+
+
+def test_resume_is_bitwise_exact(tiny_config, tmp_path):
+  """2n steps straight == n steps, restart, n steps (params and optimizer state, bitwise)."""
+  config = tiny_config({'train.num_steps': 4, 'train.grad_accum_steps': 2,
+                        'train.global_batch_size': 16, 'mesh.fsdp': 2, 'mesh.tensor': 2})
+  straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
+  loop.run(config, straight)
+  loop.run(config, split, stop_after=2)
+  assert _params(split, config)[0] == 2
+  loop.run(config, split)
+  (s1, p1, o1), (s2, p2, o2) = _params(straight, config), _params(split, config)
+  assert s1 == s2 == 4
+  jax.tree.map(np.testing.assert_array_equal, p1, p2)
+  jax.tree.map(np.testing.assert_array_equal, o1, o2)
+  rows = [json.loads(l) for l in open(os.path.join(split, 'metrics.jsonl'))]
+  assert [r['step'] for r in rows] == [2, 4]
+
+
+def test_nonfinite_loss_stops_before_checkpoint(tiny_config, tmp_path):
+  config = tiny_config({'optimizer.lr': 1e30, 'optimizer.grad_clip': 0.0,
+                        'train.checkpoint_every': 1, 'train.log_every': 1})
+  with pytest.raises(FloatingPointError, match='train/loss'):
+    loop.run(config, str(tmp_path))
+  steps = sorted(os.listdir(tmp_path / 'checkpoints'))
+  last = loop.checkpoint.manager(str(tmp_path), config.train).latest_step()
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(_params(str(tmp_path), config)[1])), steps
+  assert last is None or last >= 1
+
+
+def test_main_cli_trains_writes_outputs_and_resumes(data_dir, tmp_path):
+  """`python main.py --config=configs/default.py ...` through the real command line, twice."""
+  workdir = str(tmp_path / 'w')
+  cmd = [sys.executable, 'main.py', '--config=configs/default.py', f'--workdir={workdir}',
+         f'--config.data.data_dir={data_dir}', '--config.train.num_steps=4',
+         '--config.train.log_every=2', '--config.train.eval_every=4',
+         '--config.train.eval_batches=1', '--config.train.checkpoint_every=2',
+         '--config.optimizer.warmup_steps=1', '--config.model.n_layers=1',
+         '--config.train.global_batch_size=8']
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout[out.stdout.index('{'):])
+  assert result['eval/bits_per_byte'] < result['unigram_byte_entropy_bits'] + 3
+  rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  for key in ('step', 'train/loss', 'train/lr', 'train/grad_norm', 'train/tokens_seen',
+              'train/tokens_per_sec', 'train/mfu'):
+    assert key in rows[-1], key
+  assert 'eval/loss' in rows[-1] and 'eval/bits_per_byte' in rows[-1]
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  assert json.load(open(os.path.join(workdir, 'config.json')))['train']['num_steps'] == 4
+  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'already finished' in again.stderr
+  assert len(open(os.path.join(workdir, 'metrics.jsonl')).readlines()) == len(rows)
