@@ -1,0 +1,298 @@
+"""Fits scaling laws to a results CSV: Chinchilla approaches 3 and 2, Kaplan L(N) and L(N, D), with bootstrap.
+
+Approach 3 follows Hoffmann et al. 2022 (arXiv 2203.15556, sec. 3.3 / appendix D.2) with the SUM of
+Huber terms as Besiroglu et al. 2024 (arXiv 2404.10102) show is needed; approach 2 is the paper's
+IsoFLOP-profile method (sec. 3.2); the Kaplan forms are eqs. 1.1 and 1.5 of arXiv 2001.08361.
+
+  python -m scaling.fit --results=runs.csv --law=chinchilla --bootstrap=200 --out=fit.json
+"""
+import argparse
+import itertools
+import json
+import os
+import sys
+
+import numpy as np
+
+# L-BFGS-B on 5 parameters makes many tiny BLAS calls; with OpenBLAS threads on a busy machine each
+# costs ~1 ms (10-20x slower fits). Takes effect only if set before scipy loads its OpenBLAS; an
+# explicit user setting wins.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+from scipy import optimize  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from scaling import laws
+from scaling import results as results_lib
+
+HUBER_DELTA = 1e-3
+# The paper's grid of starts for (a, b, e, alpha, beta): 6 * 6 * 5 * 5 * 5 = 4500 points.
+START_GRID = {'a': np.arange(0, 26, 5.0), 'b': np.arange(0, 26, 5.0), 'e': np.arange(-1, 1.01, 0.5),
+              'alpha': np.arange(0, 2.01, 0.5), 'beta': np.arange(0, 2.01, 0.5)}
+MIN_ROWS = {'chinchilla': 5, 'isoflop': 6, 'kaplan': 4}
+
+
+def huber(r, delta=HUBER_DELTA):
+  """Huber loss: quadratic for |r| <= delta, linear beyond."""
+  ar = np.abs(r)
+  return np.where(ar <= delta, 0.5 * r * r, delta * (ar - 0.5 * delta))
+
+
+def chinchilla_objective(theta, log_n, log_d, log_l, delta=HUBER_DELTA):
+  """Sum over runs of Huber(LSE(a - alpha log N, b - beta log D, e) - log L), and its gradient.
+
+  theta = (a, b, e, alpha, beta), with A, B, E = exp(a, b, e) (Hoffmann et al. 2022, eq. D.2).
+  """
+  a, b, e, al, be = theta
+  t1, t2 = a - al * log_n, b - be * log_d
+  m = np.maximum(np.maximum(t1, t2), e)
+  e1, e2, e3 = np.exp(t1 - m), np.exp(t2 - m), np.exp(e - m)
+  s = e1 + e2 + e3
+  r = m + np.log(s) - log_l
+  dr = np.clip(r, -delta, delta) / s       # d Huber / d r times 1/s (softmax weights are e_i / s).
+  g1, g2 = dr * e1, dr * e2
+  grad = np.array([g1.sum(), g2.sum(), (dr * e3).sum(), -(g1 @ log_n), -(g2 @ log_d)])
+  return huber(r, delta).sum(), grad
+
+
+def chinchilla_objective_batch(thetas, log_n, log_d, log_l, delta=HUBER_DELTA):
+  """chinchilla_objective's value for each row of thetas (S, 5), vectorised (for scoring the start grid)."""
+  a, b, e, al, be = (thetas[:, i:i + 1] for i in range(5))
+  pred = np.logaddexp(np.logaddexp(a - al * log_n, b - be * log_d), e)
+  return huber(pred - log_l, delta).sum(-1)
+
+
+def start_grid():
+  """The (4500, 5) grid of (a, b, e, alpha, beta) starting points."""
+  g = START_GRID
+  return np.array(list(itertools.product(g['a'], g['b'], g['e'], g['alpha'], g['beta'])))
+
+
+def _chinchilla_constants(theta):
+  a, b, e, alpha, beta = (float(v) for v in theta)
+  law = laws.Chinchilla(E=np.exp(e), A=np.exp(a), B=np.exp(b), alpha=alpha, beta=beta)
+  g, fa, fb = laws.chinchilla_frontier_constants(law)
+  return {'E': law.E, 'A': law.A, 'B': law.B, 'alpha': alpha, 'beta': beta,
+          'a': fa, 'b': fb, 'G': float(g)}
+
+
+def fit_chinchilla(runs, delta=HUBER_DELTA, n_polish=16, starts=None):
+  """Approach 3: L-BFGS-B on the summed Huber loss from the best n_polish grid starts.
+
+  All 4500 starts are scored in one vectorised pass and the n_polish best are polished
+  (n_polish=None polishes all, as in the paper). Extra starts (rows of theta) are always polished.
+  """
+  log_n, log_d, log_l = np.log(runs.params), np.log(runs.tokens), np.log(runs.loss)
+  grid = start_grid()
+  if n_polish is None or n_polish >= len(grid):
+    chosen = grid
+  else:
+    values = np.concatenate([chinchilla_objective_batch(g, log_n, log_d, log_l, delta)
+                             for g in np.array_split(grid, 10)])
+    chosen = grid[np.argsort(values, kind='stable')[:n_polish]]
+  if starts is not None:
+    chosen = np.concatenate([np.atleast_2d(starts), chosen])
+  best = None
+  for x0 in chosen:
+    res = optimize.minimize(chinchilla_objective, x0, args=(log_n, log_d, log_l, delta), jac=True,
+                            method='L-BFGS-B', options={'maxiter': 2000, 'ftol': 1e-15, 'gtol': 1e-12})
+    if np.all(np.isfinite(res.x)) and (best is None or res.fun < best.fun):
+      best = res
+  if best is None:
+    raise ValueError('chinchilla fit: no start converged to finite parameters')
+  return {'law': 'chinchilla', 'constants': _chinchilla_constants(best.x),
+          'objective': float(best.fun), 'theta': [float(v) for v in best.x]}
+
+
+def group_budgets(flops, rtol=0.05):
+  """Labels runs by compute budget: sorted FLOPs join a group while within rtol of its smallest."""
+  flops = np.asarray(flops, float)
+  order = np.argsort(flops, kind='stable')
+  labels = np.empty(len(flops), int)
+  group, first = -1, None
+  for i in order:
+    if first is None or flops[i] > first * (1 + rtol):
+      group, first = group + 1, flops[i]
+    labels[i] = group
+  return labels
+
+
+def isoflop_profiles(runs, rtol=0.05, min_sizes=3, strict=True):
+  """Per budget, a parabola of loss vs ln N and its minimum (Hoffmann et al. 2022, sec. 3.2).
+
+  Raises ValueError for a budget with fewer than min_sizes model sizes or a parabola opening
+  downward; with strict=False such budgets are skipped instead.
+  """
+  labels = group_budgets(runs.flops, rtol)
+  out = []
+  for g in range(labels.max() + 1):
+    idx = np.flatnonzero(labels == g)
+    c = float(np.exp(np.log(runs.flops[idx]).mean()))
+    x, y = np.log(runs.params[idx]), runs.loss[idx]
+    sizes = len(np.unique(np.round(x, 9)))
+    err = None
+    if sizes < min_sizes:
+      err = f'budget {c:.3g} FLOPs has {sizes} model sizes, need at least {min_sizes}'
+    else:
+      p = np.polyfit(x, y, 2)
+      if not p[0] > 0:
+        err = f'budget {c:.3g} FLOPs: parabola of loss vs log N opens downward (no minimum)'
+    if err:
+      if strict:
+        raise ValueError(err)
+      continue
+    x_opt = -p[1] / (2 * p[0])
+    n_opt = float(np.exp(x_opt))
+    out.append({'flops': c, 'n_runs': len(idx), 'n_sizes': sizes, 'params_opt': n_opt,
+                'tokens_opt': c / (6 * n_opt), 'loss_opt': float(np.polyval(p, x_opt)),
+                'parabola_ln_params': [float(v) for v in p],
+                'extrapolated': bool(not x.min() <= x_opt <= x.max())})
+  return out
+
+
+def _power_law(x, y):
+  """Least-squares y = k x^p in log-log space; returns (k, p)."""
+  p, lk = np.polyfit(np.log(x), np.log(y), 1)
+  return float(np.exp(lk)), float(p)
+
+
+def fit_isoflop(runs, rtol=0.05):
+  """Approach 2: N_opt = k_N C^a, D_opt = k_D C^b (D_opt = C / 6 N_opt), L_opt = k_L C^gamma."""
+  prof = isoflop_profiles(runs, rtol)
+  if len(prof) < 2:
+    raise ValueError(f'isoflop fit needs at least 2 compute budgets, got {len(prof)}')
+  c = np.array([p['flops'] for p in prof])
+  k_n, a = _power_law(c, [p['params_opt'] for p in prof])
+  k_d, b = _power_law(c, [p['tokens_opt'] for p in prof])
+  k_l, gamma = _power_law(c, [p['loss_opt'] for p in prof])
+  return {'law': 'isoflop', 'budget_rtol': rtol, 'budgets': prof,
+          'constants': {'k_N': k_n, 'a': a, 'k_D': k_d, 'b': b, 'k_L': k_l, 'gamma': gamma}}
+
+
+def fit_kaplan_n(params, loss):
+  """Kaplan L(N) = (N_c/N)^alpha_N by log-log least squares on each size's lowest loss."""
+  sizes = np.unique(params)
+  if len(sizes) < 2:
+    raise ValueError('kaplan L(N) fit needs at least 2 distinct model sizes')
+  best = np.array([loss[params == s].min() for s in sizes])
+  slope, icpt = np.polyfit(np.log(sizes), np.log(best), 1)
+  alpha = -slope
+  return laws.KaplanN(alpha_N=float(alpha), N_c=float(np.exp(icpt / alpha)))
+
+
+def fit_kaplan_joint(params, tokens, loss, starts=None):
+  """Kaplan L(N, D) by least squares on log loss, from a few starts (incl. the published constants)."""
+  log_l = np.log(loss)
+
+  def resid(th):
+    law = laws.KaplanJoint(alpha_N=th[2], alpha_D=th[3], N_c=np.exp(th[0]), D_c=np.exp(th[1]))
+    return laws.kaplan_log_loss_joint(law, params, tokens) - log_l
+
+  p = laws.KAPLAN_JOINT
+  x0s = [[np.log(p.N_c), np.log(p.D_c), p.alpha_N, p.alpha_D]] + list(starts or [])
+  x0s += [[np.log(nc), np.log(dc), an, ad] for nc in (1e10, 1e14) for dc in (1e10, 1e14)
+          for an, ad in ((0.05, 0.1), (0.3, 0.3))]
+  best = None
+  for x0 in x0s:
+    res = optimize.least_squares(resid, x0, bounds=([-50, -50, 1e-4, 1e-4], [200, 200, 5, 5]),
+                                 x_scale=[10, 10, 0.1, 0.1])
+    if best is None or res.cost < best.cost:
+      best = res
+  th = best.x
+  return laws.KaplanJoint(alpha_N=float(th[2]), alpha_D=float(th[3]),
+                          N_c=float(np.exp(th[0])), D_c=float(np.exp(th[1])))
+
+
+def fit_kaplan(runs):
+  """Kaplan L(N) (alpha_N, N_c) and joint L(N, D) (joint_*) constants."""
+  ln = fit_kaplan_n(runs.params, runs.loss)
+  j = fit_kaplan_joint(runs.params, runs.tokens, runs.loss)
+  return {'law': 'kaplan', 'constants': {
+      'alpha_N': ln.alpha_N, 'N_c': ln.N_c, 'joint_alpha_N': j.alpha_N, 'joint_alpha_D': j.alpha_D,
+      'joint_N_c': j.N_c, 'joint_D_c': j.D_c}}
+
+
+def bootstrap(runs, fit_fn, k, seed=0, groups=None):
+  """Refits on k resamples of the runs (with replacement, within each group when given).
+
+  Resamples whose fit raises ValueError (e.g. a budget left with < 3 sizes) are skipped and counted.
+  Returns {k, seed, failed, se, ci95, samples}, with se the standard deviation over resamples and
+  ci95 the 2.5 / 97.5 percentiles.
+  """
+  rng = np.random.default_rng(seed)
+  groups = [np.arange(len(runs))] if groups is None else groups
+  samples, failed = {}, 0
+  for _ in range(k):
+    idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+    try:
+      consts = fit_fn(runs.subset(idx))['constants']
+    except ValueError:
+      failed += 1
+      continue
+    for name, v in consts.items():
+      samples.setdefault(name, []).append(float(v))
+  if failed > k // 2:
+    raise ValueError(f'bootstrap: {failed} of {k} resamples could not be fitted')
+  se = {n: float(np.std(v, ddof=1)) if len(v) > 1 else None for n, v in samples.items()}
+  ci = {n: [float(q) for q in np.percentile(v, [2.5, 97.5])] for n, v in samples.items()}
+  return {'k': k, 'seed': seed, 'failed': failed, 'se': se, 'ci95': ci, 'samples': samples}
+
+
+def fit(runs, law, n_boot=0, seed=0, budget_rtol=0.05, n_polish=16):
+  """Fits `law` ('chinchilla' | 'isoflop' | 'kaplan') and optionally bootstraps; returns a JSON-able dict."""
+  if law == 'chinchilla':
+    out = fit_chinchilla(runs, n_polish=n_polish)
+    # Resamples start from the full-data optimum plus the best few grid starts: much cheaper, same optimum.
+    boot_fn = lambda r: fit_chinchilla(r, n_polish=2, starts=out['theta'])
+    groups = None
+  elif law == 'isoflop':
+    out = fit_isoflop(runs, budget_rtol)
+    boot_fn = lambda r: fit_isoflop(r, budget_rtol)
+    labels = group_budgets(runs.flops, budget_rtol)
+    groups = [np.flatnonzero(labels == g) for g in range(labels.max() + 1)]
+  elif law == 'kaplan':
+    out = fit_kaplan(runs)
+    boot_fn, groups = fit_kaplan, None
+  else:
+    raise ValueError(f'unknown law {law!r}: expected chinchilla, isoflop or kaplan')
+  out['n_runs'] = len(runs)
+  if n_boot:
+    out['bootstrap'] = bootstrap(runs, boot_fn, n_boot, seed, groups)
+  return out
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--results', required=True, help='results CSV, one run per row')
+  p.add_argument('--law', default='chinchilla', choices=['chinchilla', 'isoflop', 'kaplan'])
+  p.add_argument('--bootstrap', type=int, default=0, help='number of bootstrap resamples (0: none)')
+  p.add_argument('--seed', type=int, default=0, help='bootstrap seed')
+  p.add_argument('--out', default='', help='also write the JSON here')
+  p.add_argument('--params_col', default=None,
+                 help="default 'params' ('non_embedding_params' for --law=kaplan)")
+  p.add_argument('--tokens_col', default='tokens', help="'' derives tokens from FLOPs as C/(6N)")
+  p.add_argument('--loss_col', default='loss')
+  p.add_argument('--flops_col', default='flops')
+  p.add_argument('--budget_rtol', type=float, default=0.05,
+                 help='isoflop: FLOPs within this relative tolerance form one budget')
+  p.add_argument('--n_polish', type=int, default=16,
+                 help='chinchilla: grid starts polished by L-BFGS-B (0: all 4500)')
+  args = p.parse_args(argv)
+  params_col = args.params_col or ('non_embedding_params' if args.law == 'kaplan' else 'params')
+  try:
+    runs = results_lib.read_results(args.results, params_col=params_col, tokens_col=args.tokens_col,
+                                    loss_col=args.loss_col, flops_col=args.flops_col,
+                                    min_rows=MIN_ROWS[args.law])
+    out = fit(runs, args.law, args.bootstrap, args.seed, args.budget_rtol, args.n_polish or None)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  out['results'] = args.results
+  out['columns'] = {'params': params_col, 'tokens': args.tokens_col, 'loss': args.loss_col,
+                    'flops': args.flops_col}
+  text = json.dumps(out, indent=2)
+  if args.out:
+    with open(args.out, 'w') as f:
+      f.write(text + '\n')
+  print(text)
+
+
+if __name__ == '__main__':
+  main()

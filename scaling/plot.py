@@ -1,0 +1,142 @@
+"""Plots runs against a scaling-law fit: loss vs compute with the frontier, IsoFLOP profiles, observed vs fitted.
+
+The IsoFLOP plot follows Hoffmann et al. 2022 (arXiv 2203.15556), Figure 3: loss vs params per budget,
+a parabola in log N through each, and its minimum.
+
+  python -m scaling.plot --results=runs.csv --fit=fit.json    # PNGs beside runs.csv
+"""
+import argparse
+import json
+import os
+import sys
+
+import matplotlib
+import numpy as np
+
+from scaling import fit as fit_lib
+from scaling import laws
+from scaling import predict
+from scaling import results as results_lib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def fitted_loss(runs, fit):
+  """The fit's loss for each run (isoflop: its budget's parabola), NaN where it has none."""
+  c = fit['constants']
+  if fit['law'] == 'chinchilla':
+    law = laws.Chinchilla(E=c['E'], A=c['A'], B=c['B'], alpha=c['alpha'], beta=c['beta'])
+    return laws.chinchilla_loss(law, runs.params, runs.tokens)
+  if fit['law'] == 'kaplan':
+    law = laws.KaplanJoint(alpha_N=c['joint_alpha_N'], alpha_D=c['joint_alpha_D'],
+                           N_c=c['joint_N_c'], D_c=c['joint_D_c'])
+    return laws.kaplan_loss_joint(law, runs.params, runs.tokens)
+  out = np.full(len(runs), np.nan)
+  budgets = fit.get('budgets', [])
+  if budgets:
+    centres = np.log([b['flops'] for b in budgets])
+    for i in range(len(runs)):
+      j = int(np.argmin(np.abs(centres - np.log(runs.flops[i]))))
+      if abs(centres[j] - np.log(runs.flops[i])) <= np.log1p(fit.get('budget_rtol', 0.05)):
+        out[i] = np.polyval(budgets[j]['parabola_ln_params'], np.log(runs.params[i]))
+  return out
+
+
+def plot_loss_vs_compute(runs, fit, path):
+  """Every run's loss against its FLOPs, with the fit's compute-optimal loss L_opt(C)."""
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  sc = ax.scatter(runs.flops, runs.loss, c=np.log10(runs.params), s=14, cmap='viridis')
+  fig.colorbar(sc, ax=ax, label='log10 params')
+  cs = np.logspace(np.log10(runs.flops.min()) - 0.5, np.log10(runs.flops.max()) + 1, 100)
+  frontier = [predict.predict_point(fit, compute=c)['loss'] for c in cs]
+  ax.plot(cs, frontier, 'k--', label=f'{fit["law"]} compute-optimal frontier')
+  ax.set(xscale='log', xlabel='training FLOPs (6ND)', ylabel='loss',
+         title='Loss vs compute')
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_isoflops(runs, fit, path):
+  """Loss vs params per compute budget, with each budget's parabola in log N and its minimum."""
+  if fit['law'] == 'isoflop':
+    profiles = fit['budgets']
+    rtol = fit.get('budget_rtol', 0.05)
+  else:
+    rtol = 0.05
+    profiles = fit_lib.isoflop_profiles(runs, rtol, strict=False)
+  if not profiles:
+    return False
+  labels = fit_lib.group_budgets(runs.flops, rtol)
+  cmap = plt.get_cmap('plasma')
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  for i, prof in enumerate(profiles):
+    colour = cmap(i / max(1, len(profiles) - 1) * 0.85)
+    g = labels[np.argmin(np.abs(np.log(runs.flops) - np.log(prof['flops'])))]
+    idx = labels == g
+    ax.scatter(runs.params[idx], runs.loss[idx], color=colour, s=14, label=f'{prof["flops"]:.2g} FLOPs')
+    x = np.linspace(np.log(runs.params[idx].min()), np.log(runs.params[idx].max()), 100)
+    ax.plot(np.exp(x), np.polyval(prof['parabola_ln_params'], x), color=colour, lw=1)
+    ax.plot(prof['params_opt'], prof['loss_opt'], 'k*', ms=8)
+  ax.set(xscale='log', xlabel='params', ylabel='loss', title='IsoFLOP profiles (* = minimum)')
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+def plot_observed_vs_fitted(runs, fit, path):
+  """Observed loss against the fit's loss per run, with the y = x line."""
+  pred = fitted_loss(runs, fit)
+  ok = np.isfinite(pred)
+  fig, ax = plt.subplots(figsize=(5, 5))
+  ax.scatter(pred[ok], runs.loss[ok], s=14)
+  lo, hi = min(pred[ok].min(), runs.loss.min()), max(pred[ok].max(), runs.loss.max())
+  ax.plot([lo, hi], [lo, hi], 'k--', lw=1)
+  rmse = float(np.sqrt(np.mean((np.log(pred[ok]) - np.log(runs.loss[ok]))**2)))
+  ax.set(xlabel=f'fitted loss ({fit["law"]})', ylabel='observed loss',
+         title=f'Observed vs fitted (RMS log error {rmse:.3g})')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_all(runs, fit, out_dir, stem):
+  """Writes the PNGs and returns their paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  base = os.path.join(out_dir, stem)
+  paths = [f'{base}_loss_vs_compute.png']
+  plot_loss_vs_compute(runs, fit, paths[0])
+  if plot_isoflops(runs, fit, f'{base}_isoflops.png'):
+    paths.append(f'{base}_isoflops.png')
+  paths.append(f'{base}_observed_vs_fitted.png')
+  plot_observed_vs_fitted(runs, fit, paths[-1])
+  return paths
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--results', required=True, help='results CSV the fit was made from')
+  p.add_argument('--fit', required=True, help='JSON written by scaling.fit')
+  p.add_argument('--out_dir', default='', help='default: the results CSV directory')
+  args = p.parse_args(argv)
+  with open(args.fit) as f:
+    fit = json.load(f)
+  cols = fit.get('columns', {})
+  try:
+    runs = results_lib.read_results(
+        args.results, params_col=cols.get('params', 'params'), tokens_col=cols.get('tokens', 'tokens'),
+        loss_col=cols.get('loss', 'loss'), flops_col=cols.get('flops', 'flops'))
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.results))
+  stem = os.path.splitext(os.path.basename(args.results))[0]
+  for path in plot_all(runs, fit, out_dir, stem):
+    print(path)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,137 @@
+"""Predicts params, tokens and loss from a scaling law: published (Chinchilla, Kaplan) or a fit from scaling.fit.
+
+Compute C = 6·N·D (Hoffmann et al. 2022, arXiv 2203.15556; Kaplan et al. 2020, arXiv 2001.08361). Given
+only C, the compute-optimal allocation; given N (or D) alone, the C at which it is compute-optimal.
+95% intervals come from the fit's bootstrap samples, when it has them.
+
+  python -m scaling.predict --law=chinchilla --compute=5.76e23      # ~40B params (Chinchilla, Table A3)
+  python -m scaling.predict --law=fit.json --params=1e9 --compute=1e20
+"""
+import argparse
+import dataclasses
+import json
+import sys
+
+import numpy as np
+
+from scaling import laws
+
+QUANTITIES = ('params', 'tokens', 'compute', 'loss')
+
+
+def published(name):
+  """A fit-shaped dict for published constants: 'chinchilla', 'chinchilla_rounded' or 'kaplan'."""
+  if name in ('chinchilla', 'chinchilla_rounded'):
+    law = laws.CHINCHILLA if name == 'chinchilla' else laws.CHINCHILLA_ROUNDED
+    g, a, b = laws.chinchilla_frontier_constants(law)
+    return {'law': 'chinchilla', 'source': f'published {name} (Hoffmann et al. 2022)',
+            'constants': {**dataclasses.asdict(law), 'a': a, 'b': b, 'G': g}}
+  if name == 'kaplan':
+    j = laws.KAPLAN_JOINT
+    return {'law': 'kaplan', 'source': 'published (Kaplan et al. 2020)', 'constants': {
+        'alpha_N': laws.KAPLAN_N.alpha_N, 'N_c': laws.KAPLAN_N.N_c, 'joint_alpha_N': j.alpha_N,
+        'joint_alpha_D': j.alpha_D, 'joint_N_c': j.N_c, 'joint_D_c': j.D_c}}
+  raise ValueError(f'unknown published law {name!r}')
+
+
+def load_law(spec):
+  """'chinchilla' | 'chinchilla_rounded' | 'kaplan' (published), else the path of a scaling.fit JSON."""
+  if spec in ('chinchilla', 'chinchilla_rounded', 'kaplan'):
+    return published(spec)
+  with open(spec) as f:
+    return json.load(f)
+
+
+def _chinchilla(c, compute, params, tokens):
+  law = laws.Chinchilla(E=c['E'], A=c['A'], B=c['B'], alpha=c['alpha'], beta=c['beta'])
+  if params is None and tokens is None:
+    params, tokens, _ = laws.chinchilla_optimal(law, compute)
+  elif tokens is None and compute is None:
+    tokens, compute, _ = laws.chinchilla_optimal_for_params(law, params)
+  elif params is None and compute is None:
+    params, compute, _ = laws.chinchilla_optimal_for_tokens(law, tokens)
+  return params, tokens, compute, laws.chinchilla_loss(law, params, tokens)
+
+
+def _kaplan(c, compute, params, tokens):
+  law = laws.KaplanJoint(alpha_N=c['joint_alpha_N'], alpha_D=c['joint_alpha_D'],
+                         N_c=c['joint_N_c'], D_c=c['joint_D_c'])
+  if params is None and tokens is None:
+    params, tokens, _ = laws.kaplan_joint_optimal(law, compute)
+  elif tokens is None and compute is None:
+    tokens, compute, _ = laws.kaplan_joint_optimal_for_params(law, params)
+  elif params is None and compute is None:
+    params, compute, _ = laws.kaplan_joint_optimal_for_tokens(law, tokens)
+  return params, tokens, compute, laws.kaplan_loss_joint(law, params, tokens)
+
+
+def _isoflop(c, compute, params, tokens):
+  """Approach-2 power laws N_opt = k_N C^a, L_opt = k_L C^gamma; no loss off the frontier (None)."""
+  if params is not None and tokens is not None:
+    return params, tokens, compute, None
+  if compute is None:
+    compute = (params / c['k_N'])**(1 / c['a']) if tokens is None else (tokens / c['k_D'])**(1 / c['b'])
+  if params is None:
+    params = c['k_N'] * compute**c['a'] if tokens is None else compute / (6.0 * tokens)
+  tokens = compute / (6.0 * params) if tokens is None else tokens
+  return params, tokens, compute, c['k_L'] * compute**c['gamma']
+
+
+def predict_point(fit, compute=None, params=None, tokens=None):
+  """{params, tokens, compute, loss} under fit's constants; give C alone, N or D alone, or two of them."""
+  given = sum(v is not None for v in (compute, params, tokens))
+  if given not in (1, 2):
+    raise ValueError('give one or two of compute, params, tokens')
+  if given == 2:  # C = 6ND fixes the third.
+    if compute is None:
+      compute = 6.0 * params * tokens
+    elif params is None:
+      params = compute / (6.0 * tokens)
+    else:
+      tokens = compute / (6.0 * params)
+  fn = {'chinchilla': _chinchilla, 'kaplan': _kaplan, 'isoflop': _isoflop}[fit['law']]
+  out = fn(fit['constants'], compute, params, tokens)
+  return {k: (None if v is None else float(v)) for k, v in zip(QUANTITIES, out)}
+
+
+def predict(fit, compute=None, params=None, tokens=None):
+  """predict_point plus, if the fit has bootstrap samples, 95% percentile intervals (ci95) of the outputs."""
+  out = {'law': fit['law'], **predict_point(fit, compute, params, tokens)}
+  boot = fit.get('bootstrap')
+  if boot and boot.get('samples'):
+    samples = boot['samples']
+    k = min(len(v) for v in samples.values())
+    draws = [predict_point({'law': fit['law'], 'constants': {n: v[i] for n, v in samples.items()}},
+                           compute, params, tokens) for i in range(k)]
+    given = {'compute': compute, 'params': params, 'tokens': tokens}
+    out['ci95'] = {}
+    for q in QUANTITIES:
+      vals = np.array([d[q] for d in draws if d[q] is not None], float)
+      if given.get(q) is None and vals.size:
+        out['ci95'][q] = [float(v) for v in np.percentile(vals, [2.5, 97.5])]
+    out['n_bootstrap'] = k
+  return out
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--law', default='chinchilla',
+                 help="'chinchilla' | 'chinchilla_rounded' | 'kaplan' (published) or a scaling.fit JSON")
+  p.add_argument('--compute', type=float, default=None, help='training FLOPs, C = 6ND')
+  p.add_argument('--params', type=float, default=None, help='model parameters N')
+  p.add_argument('--tokens', type=float, default=None, help='training tokens D')
+  p.add_argument('--out', default='', help='also write the JSON here')
+  args = p.parse_args(argv)
+  try:
+    out = predict(load_law(args.law), args.compute, args.params, args.tokens)
+  except (ValueError, OSError, KeyError) as e:
+    sys.exit(f'error: {e!r}' if isinstance(e, KeyError) else f'error: {e}')
+  text = json.dumps(out, indent=2)
+  if args.out:
+    with open(args.out, 'w') as f:
+      f.write(text + '\n')
+  print(text)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,103 @@
+"""Reads a results CSV (one training run per row) into arrays of params, tokens, FLOPs and loss.
+
+Columns are configurable; tokens may instead come from a FLOPs column as D = C / (6N), the
+C = 6ND convention of Kaplan et al. 2020 and Hoffmann et al. 2022.
+"""
+import csv
+import dataclasses
+import math
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Runs:
+  """Validated runs: 1-D float arrays of equal length, all positive and finite."""
+  names: list
+  params: np.ndarray
+  tokens: np.ndarray
+  flops: np.ndarray   # from the FLOPs column when present, else 6·N·D.
+  loss: np.ndarray
+  path: str = ''
+
+  def __len__(self):
+    return len(self.loss)
+
+  def subset(self, idx):
+    """The runs at integer indices idx (repeats allowed, for bootstrap resampling)."""
+    idx = np.asarray(idx, int)
+    return Runs([self.names[i] for i in idx], self.params[idx], self.tokens[idx],
+                self.flops[idx], self.loss[idx], self.path)
+
+
+def _value(path, row_no, name, col, text):
+  """Parse one cell as a positive finite float, or raise a ValueError naming the row and column."""
+  where = f'{path}: row {row_no} ({name!r}), column {col!r}'
+  try:
+    v = float(text)
+  except (TypeError, ValueError):
+    raise ValueError(f'{where}: not a number: {text!r}') from None
+  if math.isnan(v):
+    raise ValueError(f'{where}: value is NaN')
+  if math.isinf(v):
+    raise ValueError(f'{where}: value is infinite')
+  if v <= 0:
+    raise ValueError(f'{where}: value must be positive, got {v:g}')
+  return v
+
+
+def read_results(path, params_col='params', tokens_col='tokens', loss_col='loss',
+                 flops_col='flops', name_col='name', min_rows=3):
+  """Reads runs from a CSV; tokens from tokens_col, else D = C / (6N) from flops_col.
+
+  Pass tokens_col='' to force tokens from FLOPs. Raises ValueError on a missing column,
+  fewer than min_rows rows, or a NaN / non-numeric / non-positive value (naming row and column).
+  """
+  with open(path, newline='', encoding='utf-8-sig') as f:
+    reader = csv.DictReader(f, skipinitialspace=True)
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    reader.fieldnames = header
+    rows = [r for r in reader if any((v or '').strip() for v in r.values())]
+  have = ', '.join(header) or '(none)'
+
+  def need(col, why=''):
+    if col not in header:
+      raise ValueError(f'{path}: missing column {col!r}{why} (have: {have})')
+
+  need(params_col)
+  need(loss_col)
+  use_tokens = bool(tokens_col) and tokens_col in header
+  has_flops = bool(flops_col) and flops_col in header
+  if not use_tokens:
+    if tokens_col and not has_flops:
+      need(tokens_col, f' (and no {flops_col!r} column to derive tokens as C/(6N))')
+    need(flops_col, ' (needed to derive tokens as C/(6N))')
+  if len(rows) < min_rows:
+    raise ValueError(f'{path}: {len(rows)} rows, need at least {min_rows}')
+
+  names, params, tokens, flops, loss = [], [], [], [], []
+  for i, r in enumerate(rows, start=1):
+    name = (r.get(name_col) or '').strip() or f'row{i}'
+    names.append(name)
+    n = _value(path, i, name, params_col, r[params_col])
+    params.append(n)
+    loss.append(_value(path, i, name, loss_col, r[loss_col]))
+    c = None
+    if has_flops and not (use_tokens and not (r[flops_col] or '').strip()):
+      c = _value(path, i, name, flops_col, r[flops_col])  # blank FLOPs are fine when tokens are given.
+    d = _value(path, i, name, tokens_col, r[tokens_col]) if use_tokens else c / (6.0 * n)
+    tokens.append(d)
+    flops.append(c if c is not None else 6.0 * n * d)
+  return Runs(names, np.array(params), np.array(tokens), np.array(flops), np.array(loss), str(path))
+
+
+def write_results(path, runs, extra=None):
+  """Writes runs as a CSV with the default column names (plus extra {column: values})."""
+  extra = extra or {}
+  with open(path, 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(['name', 'params', 'tokens', 'flops', 'loss', *extra])
+    for i in range(len(runs)):
+      w.writerow([runs.names[i], repr(float(runs.params[i])), repr(float(runs.tokens[i])),
+                  repr(float(runs.flops[i])), repr(float(runs.loss[i])),
+                  *(repr(float(v[i])) for v in extra.values())])
