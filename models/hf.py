@@ -400,13 +400,13 @@ def read_config(path: str) -> ModelConfig:
   return config_from_hf(_load_json(os.path.join(path, 'config.json')))
 
 
-def import_checkpoint(path: str, model_config=None, mesh=None, shardings=None):
+def import_checkpoint(path: str, model_config=None, shardings=None):
   """(ModelConfig, float32 params) from an HF checkpoint directory (safetensors only).
 
   model_config: target config (runtime fields such as scan_layers, dtype, max_len for rope are
   taken from it); ValueError if it disagrees with the checkpoint, naming the tensor or field.
-  shardings: NamedShardings matching the params; with only `mesh`, derived from
-  `models.logical_axes` by train.sharding. Sharded params are built slice by slice.
+  shardings: NamedShardings matching the params (the trainer derives them from
+  `models.logical_axes`); each device then reads only its own slice.
   """
   hf = _load_json(os.path.join(path, 'config.json'))
   cfg = config_from_hf(hf)
@@ -415,10 +415,6 @@ def import_checkpoint(path: str, model_config=None, mesh=None, shardings=None):
     _check_arch(cfg, target)
     cfg = target
   _check_window(hf, cfg)
-  if shardings is None and mesh is not None:
-    from train import sharding as sharding_lib  # The sharding rules live with the trainer.
-    shardings = sharding_lib.tree_shardings(
-        models.logical_axes(cfg), models.param_shapes(cfg), mesh)
   by_path = None if shardings is None else {
       _path(p): s for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}
   leaves = _leaves(cfg, 'gpt2' if hf['model_type'] == 'gpt2' else 'llama')

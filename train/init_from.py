@@ -1,9 +1,74 @@
-"""`config.init_from`: start training from existing weights instead of random init."""
+"""Loading weights to start from: `config.init_from` ('hf:/dir' or one of our workdirs).
+
+Also used by the distillation trainer to load teachers. Params are placed straight onto
+the given shardings; a shape mismatch with the target model config names the tensor.
+"""
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+import models
+from models import hf
+
+
+def workdir_model_config(workdir: str) -> models.ModelConfig:
+  """The model config a workdir of ours was trained with (from its saved config.json)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise ValueError(f'{workdir!r} is neither hf:/path nor a workdir of ours (no config.json)')
+  with open(path) as f:
+    return models.ModelConfig.make(json.load(f)['model'])
+
+
+def _check_shapes(src: str, expected, found):
+  """ValueError naming the first tensor whose presence or shape differs."""
+  flat = lambda tree: {jax.tree_util.keystr(p): tuple(x.shape)
+                       for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  want, have = flat(expected), flat(found)
+  for key in sorted(set(want) | set(have)):
+    if want.get(key) != have.get(key):
+      raise ValueError(f'{src}: tensor {key} has shape {have.get(key, "(missing)")} but the '
+                       f'model config expects {want.get(key, "(none)")}')
+
+
+def load_params(src: str, model_config=None, shardings=None):
+  """(ModelConfig, params) from 'hf:/dir' or our workdir's latest checkpoint.
+
+  With `model_config`, the checkpoint must fit it (ValueError naming the tensor otherwise);
+  with `shardings` (NamedShardings matching the params) arrays land sharded.
+  """
+  if src.startswith('hf:'):
+    return hf.import_checkpoint(src[3:], model_config=model_config, shardings=shardings)
+  saved_cfg = workdir_model_config(src)
+  cfg = models.ModelConfig.make(model_config) if model_config is not None else saved_cfg
+  saved = models.param_shapes(saved_cfg)
+  _check_shapes(src, models.param_shapes(cfg), saved)
+  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(src), 'checkpoints'),
+                               item_names=('state', 'meta'))
+  step = mngr.latest_step()
+  if step is None:
+    raise ValueError(f'{src}: no checkpoint under {src}/checkpoints')
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, saved)
+  target = {'params': jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                   saved, shardings)}
+  restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
+  out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=target, restore_args=restore_args, partial_restore=True)))
+  return cfg, out['state']['params']
 
 
 def params_fn(config):
-  """None for random init, else a function Run -> params placed on the run's param shardings."""
+  """None for random init, else Run -> params from `config.init_from` on the run's shardings."""
   src = config.init_from
   if not src:
     return None
-  raise ValueError(f'config.init_from={src!r}: not supported yet')
+
+  def load(run):
+    _, params = load_params(src, run.derived.model, run.state_shardings.params)
+    return params
+
+  return load
