@@ -34,6 +34,8 @@ def test_valid_base_and_derived_quantities():
     (lambda c: c.model.update(norm='batchnorm'), 'config.model.norm'),
     (lambda c: c.optimizer.update(schedule='step'), 'config.optimizer.schedule'),
     (lambda c: c.optimizer.update(warmup_steps=5000), 'config.optimizer.warmup_steps'),
+    (lambda c: c.model.update(attention_impl='cudnn', dtype='float32'),
+     'config.model.attention_impl'),
 ])
 def test_impossible_combinations(mutate, field):
   c = base.get_config()

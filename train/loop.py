@@ -21,6 +21,7 @@ from clu import periodic_actions
 
 import models
 from train import checkpoint, flops, metrics, sharding, validation
+from train import state as state_lib
 from train import optimizer as optim
 from train.data import pipeline
 from train.step import TrainState, lm_loss, make_eval_step, make_train_step
@@ -33,13 +34,16 @@ class Task:
   loss_fn(params, batch, *frozen) -> (loss_sum, sums) is used for training and eval;
   `frozen` are extra jit inputs that get no gradient (e.g. teacher params) with their
   shardings; `extra_batch(step, host_rows)` adds host-local arrays to the train batch;
-  `meta` is recorded in (and checked against) checkpoints.
+  `meta` is recorded in (and checked against) checkpoints. `eval_loss_fn` (same signature;
+  default `loss_fn`) is what evaluation uses, e.g. plain CE when the training objective
+  differs; its sums['loss'] becomes eval/loss and eval/bits_per_byte.
   """
   loss_fn: Callable
   frozen: tuple = ()
   frozen_shardings: tuple = ()
   extra_batch: Optional[Callable] = None
   meta: dict = dataclasses.field(default_factory=dict)
+  eval_loss_fn: Optional[Callable] = None
 
 
 @dataclasses.dataclass
@@ -65,34 +69,15 @@ def setup(config) -> Run:
                                                         jax.process_count())
   optimizer = optim.make_optimizer(config.optimizer, derived.num_steps)
   lr_fn = optim.lr_schedule(config.optimizer, derived.num_steps)
-  param_shapes = models.param_shapes(derived.model)
-  param_shardings = sharding.tree_shardings(models.logical_axes(derived.model), param_shapes,
-                                            mesh)
-  opt_shapes = jax.eval_shape(optimizer.init, param_shapes)
-  # Optimizer moments mirror the params' shardings; counters etc. are replicated.
-  opt_shardings = optax.tree_map_params(
-      optimizer, lambda _, s: s, opt_shapes, param_shardings,
-      transform_non_params=lambda _: sharding.replicated(mesh))
-  state_shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings,
-                               opt_state=opt_shardings)
+  state_shardings = state_lib.state_shardings(derived.model, optimizer, mesh)
   return Run(config, derived, mesh, train_ds, eval_ds, tokenizer, state_shardings,
              sharding.batch_sharding(mesh), optimizer, lr_fn)
 
 
 def init_state(r: Run, params=None) -> TrainState:
   """Fresh state on the mesh: random params from config.seed, or the given (e.g. imported) ones."""
-  shardings = r.state_shardings
-
-  def make(rng, params):
-    if params is None:
-      params = models.init(r.derived.model, rng)
-    return TrainState(jnp.zeros((), jnp.int32), params, r.optimizer.init(params))
-
-  if params is None:
-    fn = jax.jit(lambda rng: make(rng, None), out_shardings=shardings)
-    return fn(jax.random.key(r.config.seed))
-  fn = jax.jit(lambda p: make(None, p), in_shardings=(shardings.params,), out_shardings=shardings)
-  return fn(params)
+  return state_lib.init_state(r.derived.model, r.optimizer, r.state_shardings, r.config.seed,
+                              params)
 
 
 def global_batch(r: Run, host_arrays: dict):
@@ -161,7 +146,7 @@ def run(config, workdir: str, task_fn: Optional[Callable[[Run], Task]] = None,
         make_train_step(task.loss_fn, r.optimizer, r.lr_fn, t.grad_accum_steps),
         in_shardings=(r.state_shardings, r.batch_sharding) + frozen_sh,
         out_shardings=(r.state_shardings, sharding.replicated(r.mesh)), donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(task.loss_fn),
+    eval_step = jax.jit(make_eval_step(task.eval_loss_fn or task.loss_fn),
                         in_shardings=(r.state_shardings.params, r.batch_sharding) + frozen_sh,
                         out_shardings=sharding.replicated(r.mesh))
 

@@ -89,6 +89,9 @@ def derive(config, num_devices: int, process_count: int = 1) -> Derived:
   hd = m.head_dim or m.d_model // m.n_heads
   if m.positions == 'rope' and hd % 2:
     raise ValueError(f'config.model: rope needs an even head dim, got {hd}')
+  if m.attention_impl == 'cudnn' and m.dtype == 'float32':
+    raise ValueError("config.model.attention_impl='cudnn' needs config.model.dtype bfloat16 or "
+                     "float16 (the cuDNN flash kernel has no float32 path); use 'xla' for float32")
   if config.data.seq_len > m.max_len:
     raise ValueError(f'config.data.seq_len={config.data.seq_len} exceeds '
                      f'config.model.max_len={m.max_len}')

@@ -1,0 +1,33 @@
+"""Train state on the mesh: its shardings (from the logical-axis rules) and its initialisation."""
+import jax
+import jax.numpy as jnp
+import optax
+
+import models
+from train import sharding
+from train.step import TrainState
+
+
+def state_shardings(model_config, optimizer, mesh) -> TrainState:
+  """Params by the rules; Adam moments mirror their params; counters replicated."""
+  param_shapes = models.param_shapes(model_config)
+  params = sharding.tree_shardings(models.logical_axes(model_config), param_shapes, mesh)
+  opt_state = optax.tree_map_params(
+      optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, param_shapes), params,
+      transform_non_params=lambda _: sharding.replicated(mesh))
+  return TrainState(step=sharding.replicated(mesh), params=params, opt_state=opt_state)
+
+
+def init_state(model_config, optimizer, shardings: TrainState, seed: int = 0,
+               params=None) -> TrainState:
+  """Fresh state created directly on its shardings: random params from `seed`, or `params`."""
+
+  def make(rng, params):
+    if params is None:
+      params = models.init(model_config, rng)
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+  if params is None:
+    return jax.jit(lambda rng: make(rng, None), out_shardings=shardings)(jax.random.key(seed))
+  return jax.jit(lambda p: make(None, p), in_shardings=(shardings.params,),
+                 out_shardings=shardings)(params)
