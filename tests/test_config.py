@@ -64,7 +64,7 @@ def test_batch_must_split_over_processes():
 def test_shipped_configs_validate():
   """Every shipped model config is consistent (checked on a mesh the size it expects)."""
   import importlib
-  for module, args in [('configs.default', [None]),
+  for module, args in [('configs.default', [None]), ('configs.ablation_mlp', ['gelu', 'swiglu']),
                        ('configs.gpt2', ['124m', '350m', '774m', '1.5b']),
                        ('configs.llama', ['100m', '1b', '8b'])]:
     mod = importlib.import_module(module)
