@@ -6,7 +6,6 @@ logical axis names; compute runs in `model.dtype`; softmax, logits and loss in f
 Shape suffixes: B batch, L length, D d_model, H query heads, K kv heads, Dh head dim,
 F d_ff, V vocab, N layers.
 """
-import functools
 
 import flax.linen as nn
 import jax

@@ -15,11 +15,9 @@ from typing import Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from clu import periodic_actions
 
-import models
 from train import checkpoint, flops, metrics, sharding, validation
 from train import state as state_lib
 from train import optimizer as optim
