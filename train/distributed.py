@@ -1,4 +1,5 @@
 """Multi-host start-up: jax.distributed.initialize when the run spans several processes."""
+import glob
 import logging
 import os
 
@@ -11,8 +12,10 @@ _MULTI_PROCESS_ENV = ('TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS', '
 
 
 def _looks_multi_process() -> bool:
-  hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
-  if ',' in hosts:
+  """True on Cloud TPU VMs (JAX then finds the slice's hosts itself) and in multi-process envs."""
+  if glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*'):
+    return True
+  if ',' in os.environ.get('TPU_WORKER_HOSTNAMES', ''):
     return True
   for var in _MULTI_PROCESS_ENV[1:]:
     value = os.environ.get(var, '')
