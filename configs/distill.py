@@ -1,0 +1,70 @@
+"""Distillation at CPU scale on the embedded corpus: a teacher, and one student trained
+from scratch or distilled from it (online or from stored top-k logits), on the same tokens.
+
+Variants (`--config=configs/distill.py:<variant>`):
+  teacher   the teacher, trained by the core trainer (a plain LM config, no `distill` section)
+  scratch   the student alone (plain LM training), same data/steps as the distilled runs
+  online    the student distilled online (teacher forward inside the jitted step)
+  offline   the student distilled from stored top-k teacher logits
+
+Commands, from the repo root (results in docs/distillation.md):
+
+  python main.py --config=configs/distill.py:teacher --workdir=workdirs/distill/teacher
+  python main.py --config=configs/distill.py:scratch --workdir=workdirs/distill/scratch
+  python main.py --config=configs/distill.py:online  --workdir=workdirs/distill/online
+  python -m train.distill_store --config=configs/distill.py:offline --workdir=workdirs/distill/offline
+  python main.py --config=configs/distill.py:offline --workdir=workdirs/distill/offline
+
+The teacher defaults to <repo>/workdirs/distill/teacher; point elsewhere (one of our workdirs
+or 'hf:/path/to/dir') with --config.distill.teacher=... . Any `distill` key can be overridden
+the same way, e.g. --config.distill.temperature=2 --config.distill.divergence=reverse.
+"""
+import os
+
+from configs import base
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER_WORKDIR = os.path.join(REPO, 'workdirs', 'distill', 'teacher')
+VARIANTS = ('teacher', 'scratch', 'online', 'offline')
+
+
+def _common(c):
+  c.data.seq_len = 128
+  c.train.update(global_batch_size=32, num_steps=600, log_every=50, eval_every=200,
+                 eval_batches=16, checkpoint_every=200)
+  c.optimizer.update(lr=2e-3, warmup_steps=60, weight_decay=0.1)
+  return c
+
+
+def teacher_model(m):
+  """Several times the student's non-embedding params (see docs/distillation.md)."""
+  m.update(vocab_size=257, d_model=256, n_layers=4, n_heads=4, d_ff=1024, max_len=128)
+
+
+def student_model(m):
+  """Smaller than configs/default.py (d_model 192, 4 layers)."""
+  m.update(vocab_size=257, d_model=128, n_layers=2, n_heads=4, d_ff=512, max_len=128)
+
+
+def distill_section():
+  from train import distill
+  d = distill.default_section()
+  d.update(teacher=TEACHER_WORKDIR, mode='online', temperature=1.0, alpha=0.5,
+           divergence='forward', mix_weight=0.5, top_k=32, logits_dir='', logits_dtype='float16')
+  return d
+
+
+def get_config(variant: str = 'online'):
+  if variant not in VARIANTS:
+    raise ValueError(f'configs/distill.py:{variant}: variant must be one of {VARIANTS}')
+  c = _common(base.get_config())
+  if variant == 'teacher':
+    teacher_model(c.model)
+    c.optimizer.lr = 1e-3
+    return c
+  student_model(c.model)
+  if variant == 'scratch':
+    return c
+  c.distill = distill_section()
+  c.distill.mode = variant
+  return c

@@ -1,0 +1,336 @@
+"""Distillation trainer: loss vs a numpy reference, gradient isolation, offline == online at full k,
+vocabulary checks, and short runs through main.py on an 8-device simulated mesh.
+
+Loss reference: Hinton et al. 2015, total = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE
+(../shared/reference/facts.md, "Distillation"); reverse KL = KL(student_T || teacher_T) (MiniLLM).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import models
+from train import distill, distill_store, init_from, loop, step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _np_reference(s, t, targets, T, alpha, divergence, mix_weight=0.5):
+  """float64 numpy: summed total / kd / ce / teacher CE / agreement over unmasked tokens."""
+  s, t = s.astype(np.float64), t.astype(np.float64)
+
+  def log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+  ps, pt = log_softmax(s / T), log_softmax(t / T)
+  fwd = (np.exp(pt) * (pt - ps)).sum(-1)
+  rev = (np.exp(ps) * (ps - pt)).sum(-1)
+  kl = {'forward': fwd, 'reverse': rev, 'mix': mix_weight * fwd + (1 - mix_weight) * rev}[divergence]
+  mask = targets >= 0
+  safe = np.maximum(targets, 0)
+  ce = -np.take_along_axis(log_softmax(s), safe[..., None], -1)[..., 0]
+  tce = -np.take_along_axis(log_softmax(t), safe[..., None], -1)[..., 0]
+  kd = T * T * kl
+  total = alpha * kd + (1 - alpha) * ce
+  agree = s.argmax(-1) == t.argmax(-1)
+  return {'loss': total[mask].sum(), 'kd_loss': kd[mask].sum(), 'ce_loss': ce[mask].sum(),
+          'teacher_loss': tce[mask].sum(), 'top1_agreement': agree[mask].sum(),
+          'tokens': mask.sum()}
+
+
+def _random_logits(seed=0, shape=(3, 7, 11)):
+  rng = np.random.default_rng(seed)
+  s = rng.normal(size=shape).astype(np.float32) * 3
+  t = rng.normal(size=shape).astype(np.float32) * 3
+  targets = rng.integers(0, shape[-1], shape[:-1])
+  targets[0, :2] = -1  # masked positions
+  return s, t, targets
+
+
+@pytest.mark.parametrize('divergence', ['forward', 'reverse', 'mix'])
+@pytest.mark.parametrize('T,alpha', [(1.0, 0.5), (2.0, 0.0), (0.5, 1.0), (4.0, 0.3)])
+def test_loss_matches_numpy_reference(divergence, T, alpha):
+  s, t, targets = _random_logits()
+  total, sums = distill.kd_sums(jnp.asarray(s), jnp.asarray(t), jnp.asarray(targets), T, alpha,
+                                divergence, 0.3)
+  ref = _np_reference(s, t, targets, T, alpha, divergence, 0.3)
+  assert set(sums) == set(ref)
+  for key, value in ref.items():
+    np.testing.assert_allclose(float(sums[key]), value, rtol=2e-5, atol=1e-5, err_msg=key)
+  np.testing.assert_allclose(float(total), ref['loss'], rtol=2e-5)
+
+
+@pytest.mark.parametrize('divergence', ['forward', 'reverse'])
+def test_topk_loss_is_renormalised_kl_over_teacher_support(divergence):
+  """Offline: KL between teacher and student, each renormalised over the teacher's top-k ids."""
+  s, t, targets = _random_logits(1)
+  k, T, alpha = 4, 2.0, 0.7
+  values, indices = jax.lax.top_k(jnp.asarray(t), k)
+  values16 = np.asarray(values).astype(np.float16)
+  tnll = jax.nn.logsumexp(t, -1) - np.take_along_axis(t, np.maximum(targets, 0)[..., None],
+                                                      -1)[..., 0]
+  _, sums = distill.topk_kd_sums(jnp.asarray(s), values16, np.asarray(indices, np.int16), tnll,
+                                 jnp.asarray(targets), T, alpha, divergence)
+  # Reference: both restricted to the teacher's top-k ids and renormalised there (the
+  # numpy reference over a k-entry "vocabulary"); CE and teacher CE over the full vocabulary.
+  topk = _np_reference(np.take_along_axis(s, np.asarray(indices), -1), values16,
+                       np.where(targets >= 0, 0, -1), T, 1.0, divergence)
+  full = _np_reference(s, t, targets, T, alpha, divergence)
+  np.testing.assert_allclose(float(sums['kd_loss']), topk['kd_loss'], rtol=1e-4)
+  np.testing.assert_allclose(float(sums['ce_loss']), full['ce_loss'], rtol=1e-5)
+  np.testing.assert_allclose(float(sums['teacher_loss']), full['teacher_loss'], rtol=1e-5)
+  np.testing.assert_allclose(float(sums['loss']),
+                             alpha * topk['kd_loss'] + (1 - alpha) * full['ce_loss'], rtol=1e-4)
+  assert float(sums['top1_agreement']) == full['top1_agreement']
+
+
+@pytest.fixture(scope='module')
+def tiny_models():
+  """(student config, teacher config, student params, teacher params, batch): 2 layers each."""
+  student = models.ModelConfig(vocab_size=257, d_model=16, n_layers=2, n_heads=2, d_ff=32,
+                               max_len=32)
+  teacher = student.replace(d_model=32, d_ff=64, n_heads=4)
+  init = jax.jit(models.init, static_argnums=0)
+  sp, tp = init(student, jax.random.key(0)), init(teacher, jax.random.key(1))
+  tokens = jax.random.randint(jax.random.key(2), (4, 17), 0, 257)
+  return student, teacher, sp, tp, {'tokens': tokens}
+
+
+def _section(**kw):
+  d = distill.default_section()
+  d.update(teacher='unused', **kw)
+  return d
+
+
+def test_t1_alpha0_reduces_to_lm_loss(tiny_models):
+  student, teacher, sp, tp, batch = tiny_models
+  lm = jax.jit(jax.value_and_grad(step.lm_loss(student), has_aux=True))
+  kd = jax.jit(jax.value_and_grad(
+      distill.online_loss_fn(student, teacher, _section(temperature=1.0, alpha=0.0)),
+      has_aux=True))
+  (lm_total, lm_sums), g1 = lm(sp, batch)
+  (total, sums), g2 = kd(sp, batch, tp)
+  np.testing.assert_allclose(float(total), float(lm_total), rtol=1e-6)
+  np.testing.assert_allclose(float(sums['loss']), float(lm_sums['loss']), rtol=1e-6)
+  np.testing.assert_allclose(float(sums['ce_loss']), float(lm_sums['loss']), rtol=1e-6)
+  assert float(sums['tokens']) == float(lm_sums['tokens'])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, g2)
+
+
+def test_gradients_reach_only_the_student(tiny_models):
+  student, teacher, sp, tp, batch = tiny_models
+  loss_fn = distill.online_loss_fn(student, teacher, _section(alpha=0.9, temperature=2.0))
+  gs, gt = jax.jit(jax.grad(lambda p, t: loss_fn(p, batch, t)[0], argnums=(0, 1)))(sp, tp)
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(gt))
+  assert all(float(jnp.abs(g).max()) > 0.0 for g in jax.tree.leaves(gs))
+
+
+def test_offline_with_full_k_equals_online(tiny_models):
+  """k = vocab: the top-k support is the whole vocabulary (permuted), so the losses, every
+  logged sum and the gradients equal online mode's ('mix' exercises forward and reverse KL)."""
+  student, teacher, sp, tp, batch = tiny_models
+  divergence = 'mix'
+  d = _section(alpha=0.6, temperature=1.5, divergence=divergence)
+  online = distill.online_loss_fn(student, teacher, d)
+  offline = distill.offline_loss_fn(student, d)
+  tokens = batch['tokens']
+  logits = jax.jit(models.logits, static_argnums=0)(teacher, tp, tokens[:, :-1])
+  values, indices = jax.lax.top_k(logits, 257)  # k = vocab, sorted: a permutation of the vocab
+  nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, tokens[:, 1:, None], -1)[..., 0]
+  obatch = {'tokens': tokens, 'teacher_values': values, 'teacher_indices': indices.astype(jnp.int16),
+            'teacher_nll': nll}
+  (l1, s1), g1 = jax.jit(jax.value_and_grad(online, has_aux=True))(sp, batch, tp)
+  (l2, s2), g2 = jax.jit(jax.value_and_grad(offline, has_aux=True))(sp, obatch)
+  np.testing.assert_allclose(float(l1), float(l2), rtol=1e-5)
+  for key in s1:
+    np.testing.assert_allclose(float(s1[key]), float(s2[key]), rtol=1e-5, err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g2)
+
+
+def _fake_teacher(path, vocab_size=257, tokenizer='byte'):
+  """A teacher workdir with a config.json and an (empty) checkpoint step: enough for the checks."""
+  from configs import base
+  c = base.get_config()
+  c.model.vocab_size = vocab_size
+  c.data.tokenizer = tokenizer
+  os.makedirs(os.path.join(path, 'checkpoints', '3'))
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    f.write(c.to_json())
+  return str(path)
+
+
+def _distill_config(tiny_config, teacher, **overrides):
+  c = tiny_config(overrides)
+  c.distill = distill.default_section()
+  c.distill.teacher = teacher
+  return c
+
+
+def test_vocabulary_mismatch_is_a_clear_error_before_compiling(tiny_config, tmp_path):
+  config = _distill_config(tiny_config, _fake_teacher(tmp_path / 't', vocab_size=300))
+  work = tmp_path / 'student'
+  with pytest.raises(ValueError, match=r'config\.distill\.teacher.*config\.model\.vocab_size'):
+    distill.run(config, str(work))
+  assert not work.exists()  # raised before the loop (and any compile) started
+  other_tok = tmp_path / 'tok'
+  other_tok.mkdir()
+  config = _distill_config(tiny_config, _fake_teacher(tmp_path / 't2', tokenizer=str(other_tok)))
+  with pytest.raises(ValueError, match=r'Tokenizer mismatch.*config\.distill\.teacher'):
+    distill.run(config, str(work))
+  with pytest.raises(ValueError, match='config.distill.divergence'):
+    config.distill.divergence = 'js'
+    distill.validate(config)
+
+
+def test_validate_rejects_unknown_keys_and_ranges(tiny_config):
+  config = _distill_config(tiny_config, 'x')
+  config.distill.alpha = 1.5
+  with pytest.raises(ValueError, match='config.distill.alpha'):
+    distill.validate(config)
+  config.distill.alpha = 0.5
+  config.distill.mode = 'offline'
+  config.distill.top_k = 1000
+  with pytest.raises(ValueError, match='config.distill.top_k'):
+    distill.validate(config)
+  config = _distill_config(tiny_config, 'x')
+  config.distill.unknown = 1
+  with pytest.raises(ValueError, match='config.distill.unknown'):
+    distill.validate(config)
+
+
+# ------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(tmp_path_factory, data_dir):
+  """A tiny teacher trained by the core loop (in-process, on the default 8 simulated devices)."""
+  from configs import base
+  c = base.get_config()
+  c.model.update(d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=32)
+  c.data.update(seq_len=32, data_dir=data_dir)
+  c.train.update(global_batch_size=8, num_steps=6, log_every=3, eval_every=6, eval_batches=1,
+                 checkpoint_every=6, async_checkpoint=False)
+  c.optimizer.update(lr=3e-3, warmup_steps=1)
+  path = str(tmp_path_factory.mktemp('teacher'))
+  loop.run(c, path)
+  return path
+
+
+def _cli(args, data_dir):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable] + args, cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-4000:]
+  return out
+
+
+def _student_flags(workdir, data_dir, teacher, mode, extra=()):
+  return ['--config=configs/distill.py:' + mode, f'--workdir={workdir}',
+          f'--config.distill.teacher={teacher}', f'--config.data.data_dir={data_dir}',
+          '--config.model.d_model=16', '--config.model.n_layers=2', '--config.model.n_heads=2',
+          '--config.model.d_ff=32', '--config.model.max_len=32', '--config.data.seq_len=32',
+          '--config.train.global_batch_size=8', '--config.train.grad_accum_steps=2',
+          '--config.train.num_steps=4', '--config.train.log_every=2',
+          '--config.train.eval_every=4', '--config.train.eval_batches=1',
+          '--config.train.checkpoint_every=2', '--config.train.async_checkpoint=False',
+          '--config.optimizer.warmup_steps=1', '--config.mesh.data=2', '--config.mesh.fsdp=2',
+          '--config.mesh.tensor=2', '--config.distill.alpha=0.7',
+          '--config.distill.temperature=2.0'] + list(extra)
+
+
+def _rows(workdir):
+  return [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+
+
+@pytest.mark.slow
+def test_online_and_offline_runs_through_main(teacher_dir, data_dir, tmp_path):
+  """8 simulated devices (data=2 fsdp=2 tensor=2), grad_accum 2: online; resume; offline at
+  k = vocab (float32 store) follows the online run's losses; the teacher is referenced only."""
+  online = str(tmp_path / 'online')
+  out = _cli(['main.py'] + _student_flags(online, data_dir, teacher_dir, 'online'), data_dir)
+  result = json.loads(out.stdout[out.stdout.index('{'):])
+  assert result['teacher_params'] > 0 and np.isfinite(result['eval/teacher_loss'])
+  for key in ('eval/loss', 'eval/ce_loss', 'eval/distill_loss', 'eval/top1_agreement',
+              'eval/bits_per_byte'):
+    assert key in result, key
+  assert result['eval/loss'] == result['eval/ce_loss']
+  rows = _rows(online)
+  for key in ('train/loss', 'train/kd_loss', 'train/ce_loss', 'train/teacher_loss',
+              'train/top1_agreement'):
+    assert all(key in r for r in rows), key
+  # loss = alpha * kd + (1 - alpha) * ce, per token.
+  r = rows[-1]
+  np.testing.assert_allclose(r['train/loss'], 0.7 * r['train/kd_loss'] + 0.3 * r['train/ce_loss'],
+                             rtol=1e-5)
+  # Checkpoint: teacher referenced in meta (path + step), its weights not saved.
+  ckpt = os.path.join(online, 'checkpoints', '4')
+  meta = json.load(open(os.path.join(ckpt, 'meta', 'metadata')))
+  assert meta['distill'] == {'teacher': teacher_dir, 'teacher_step': 6, 'mode': 'online'}
+  import orbax.checkpoint as ocp
+  saved = ocp.StandardCheckpointer().metadata(os.path.join(ckpt, 'state')).item_metadata.tree
+  assert sorted(saved) == ['opt_state', 'params', 'step']
+  student_shapes = models.param_shapes(init_from.workdir_model_config(online))
+  assert (jax.tree.map(lambda x: tuple(x.shape), saved['params']) ==
+          jax.tree.map(lambda x: tuple(x.shape), student_shapes))
+  # Rerun: resumes and finds the run finished.
+  again = _cli(['main.py'] + _student_flags(online, data_dir, teacher_dir, 'online'), data_dir)
+  assert 'already finished' in again.stderr
+
+  offline = str(tmp_path / 'offline')
+  extra = ['--config.distill.top_k=257', '--config.distill.logits_dtype=float32']
+  store = _cli(['-m', 'train.distill_store'] +
+               _student_flags(offline, data_dir, teacher_dir, 'offline', extra), data_dir)
+  assert 'bytes' in store.stdout and 'MB' in store.stdout
+  smeta = json.load(open(os.path.join(offline, 'teacher_logits', 'meta.p0of1.json')))
+  assert smeta['complete'] and smeta['indices_dtype'] == 'int16'
+  assert smeta['shape'] == [4, 8, 32, 257]
+  out = _cli(['main.py'] + _student_flags(offline, data_dir, teacher_dir, 'offline', extra),
+             data_dir)
+  off = json.loads(out.stdout[out.stdout.index('{'):])
+  np.testing.assert_allclose(off['eval/teacher_loss'], result['eval/teacher_loss'], rtol=1e-5)
+  assert off['teacher_params'] == result['teacher_params']
+  for a, b in zip(rows, _rows(offline)):
+    for key in ('train/loss', 'train/kd_loss', 'train/ce_loss', 'train/teacher_loss'):
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-4, err_msg=key)
+  np.testing.assert_allclose(off['eval/loss'], result['eval/loss'], rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_offline_store_float16_top_k_and_stream_check(teacher_dir, tiny_config, tmp_path):
+  """In-process: float16/int16 store of top-4, read back per step, matching the teacher."""
+  config = _distill_config(tiny_config, teacher_dir)
+  config.distill.update(mode='offline', top_k=4)
+  work = str(tmp_path / 's')
+  meta = distill_store.write(config, work)
+  assert meta['complete'] and meta['bytes'] == os.path.getsize(
+      os.path.join(work, 'teacher_logits', 'values.p0of1.npy')) + os.path.getsize(
+      os.path.join(work, 'teacher_logits', 'indices.p0of1.npy')) + os.path.getsize(
+      os.path.join(work, 'teacher_logits', 'teacher_nll.p0of1.npy'))
+  store = distill_store.open_store(os.path.join(work, 'teacher_logits'))
+  r = loop.setup(config)
+  store.check_stream(config, r)
+  b = store.batch(2)
+  assert b['teacher_values'].dtype == np.float16 and b['teacher_indices'].dtype == np.int16
+  ref = distill.teacher_ref(config)
+  _, tp = init_from.load_params(teacher_dir)
+  logits = models.logits(ref.model, tp, r.train_ds.batch(2)[:, :-1])
+  v, i = jax.lax.top_k(logits, 4)
+  np.testing.assert_array_equal(b['teacher_indices'], np.asarray(i))
+  np.testing.assert_allclose(b['teacher_values'].astype(np.float32), v, rtol=2e-3, atol=2e-3)
+  # Preempted after 2 steps, then resumed to the end (checkpoint meta names the teacher).
+  distill.run(config, work, stop_after=2)
+  result = distill.run(config, work)
+  assert np.isfinite(result['eval/loss']) and result['eval/teacher_loss'] == meta['teacher_eval_loss']
+  assert result['teacher_params'] == meta['teacher_params']
+  assert [row['step'] for row in _rows(work)] == [2, 4]
+  assert 'train/kd_loss' in _rows(work)[-1]
+  config.seed = 1
+  with pytest.raises(ValueError, match='different training stream'):
+    store.check_stream(config, loop.setup(config))

@@ -1,0 +1,390 @@
+"""Knowledge distillation: a student learns from a teacher's output distribution.
+
+Entry point `run(config, workdir)` (main.py calls it for any config with a `distill`
+section). It plugs a `loop.Task` into the core training loop, so sharding, gradient
+accumulation, checkpoints, resume and metrics are the core trainer's.
+
+Loss, per unmasked token (targets < 0 are masked, as in `step.cross_entropy_sum`), all in
+float32 and summed over tokens (Hinton et al. 2015):
+
+    loss = alpha * T^2 * D(teacher_T, student_T) + (1 - alpha) * CE(student, target)
+
+where p_T = softmax(logits / T), CE is the plain (T = 1) next-token cross-entropy and D is
+  'forward'  KL(teacher_T || student_T)   (the classic, mean-seeking KD loss),
+  'reverse'  KL(student_T || teacher_T)   (mode-seeking, MiniLLM),
+  'mix'      w * forward + (1 - w) * reverse with w = config.distill.mix_weight.
+The T^2 factor keeps the soft term's gradient scale comparable to CE's across temperatures.
+Logged sums (metrics `train/<key>`, per token): 'loss' (the total), 'kd_loss' (T^2 * D, so
+loss = alpha * kd_loss + (1 - alpha) * ce_loss), 'ce_loss', 'teacher_loss' (the teacher's
+own CE on the targets) and 'top1_agreement' (argmax student == argmax teacher).
+Evaluation reports the student's plain CE as eval/loss (and eval/bits_per_byte), so those
+compare directly with a from-scratch run; eval/distill_loss is the objective.
+
+Modes (config.distill.mode):
+  'online'   The teacher runs inside the same jitted train step. Its params are loaded with
+             `init_from.load_params` (its model config from its own workdir / HF dir), sharded
+             over the same mesh by the same logical rules, cast to the student's compute dtype
+             (config.model.dtype) and passed as a frozen jit input behind
+             `jax.lax.stop_gradient`; they get no gradient and no optimizer state. Checkpoints
+             record only the teacher reference (path and checkpoint step) in their metadata,
+             never its weights; resuming with a different teacher is an error.
+  'offline'  `python -m train.distill_store --config=... --workdir=W` first runs the teacher over
+             the deterministic training stream and stores its top-k logits per step
+             (train/distill_store.py). The student then reads them through `Task.extra_batch`
+             and computes D over the top-k support, renormalised: the teacher's k stored
+             logits v_1..v_k give p_i = softmax(v / T)_i (renormalised over its top-k), and the
+             student's logits gathered at the same k indices give
+             q_i = exp(s_i / T - logsumexp_j(s_j / T)) (logsumexp over the k gathered logits
+             only, i.e. the student renormalised over the teacher's top-k). D is then computed
+             between p and q exactly as above; CE stays over the full vocabulary. With
+             k = vocab this is the online loss (up to the storage dtype; tests check it).
+
+Teacher and student must share the tokenizer: a vocabulary or tokenizer mismatch is a
+ValueError naming config.distill.teacher and config.model.vocab_size, raised before any
+compile. The final metrics dict has 'teacher_params' and 'eval/teacher_loss' (for sweeps).
+"""
+import dataclasses
+import json
+import logging
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import models
+from train import init_from, loop, sharding
+from train.step import cross_entropy_sum
+
+MODES = ('online', 'offline')
+DIVERGENCES = ('forward', 'reverse', 'mix')
+LOGITS_DTYPES = ('float16', 'bfloat16', 'float32')
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+def default_section() -> ml_collections.ConfigDict:
+  """The `distill` config section with its defaults (every key validate() accepts)."""
+  d = ml_collections.ConfigDict()
+  d.teacher = ''             # one of our workdirs, or 'hf:/path/to/dir'.
+  d.mode = 'online'          # 'online' | 'offline'
+  d.temperature = 1.0        # T > 0; both distributions are softened by T.
+  d.alpha = 0.5              # weight of the T^2-scaled divergence; 1 - alpha on the hard-label CE.
+  d.divergence = 'forward'   # 'forward' | 'reverse' | 'mix'
+  d.mix_weight = 0.5         # 'mix': weight of forward KL (1 - mix_weight on reverse KL).
+  d.top_k = 32               # offline: stored teacher logits per token (1 <= k <= vocab).
+  d.logits_dir = ''          # offline: where stored logits live; '' = <workdir>/teacher_logits.
+  d.logits_dtype = 'float16'  # offline: stored values 'float16' | 'bfloat16' | 'float32'.
+  return d
+
+
+def validate(config) -> ml_collections.ConfigDict:
+  """Check config.distill (keys, types, ranges); returns it."""
+  if 'distill' not in config or not isinstance(config.distill, ml_collections.ConfigDict):
+    raise ValueError('config.distill: missing section (see train/distill.py default_section)')
+  d, schema = config.distill, default_section()
+  for key, value in d.items():
+    if key not in schema:
+      raise ValueError(f'config.distill.{key}: unknown key (known: {sorted(schema.keys())})')
+    want = type(schema[key])
+    if isinstance(value, bool) or not (isinstance(value, want) or
+                                       (want is float and isinstance(value, int))):
+      raise ValueError(f'config.distill.{key}: expected {want.__name__}, got {value!r}')
+  d = ml_collections.ConfigDict({**schema.to_dict(), **d.to_dict()})
+  if not d.teacher:
+    raise ValueError("config.distill.teacher: required (one of our workdirs or 'hf:/path')")
+  for key, choices in (('mode', MODES), ('divergence', DIVERGENCES),
+                       ('logits_dtype', LOGITS_DTYPES)):
+    if d[key] not in choices:
+      raise ValueError(f'config.distill.{key}: {d[key]!r} is not one of {choices}')
+  if not d.temperature > 0:
+    raise ValueError(f'config.distill.temperature must be positive, got {d.temperature}')
+  for key in ('alpha', 'mix_weight'):
+    if not 0.0 <= d[key] <= 1.0:
+      raise ValueError(f'config.distill.{key} must be in [0, 1], got {d[key]}')
+  if d.mode == 'offline' and not 1 <= d.top_k <= config.model.vocab_size:
+    raise ValueError(f'config.distill.top_k={d.top_k} must be in [1, config.model.vocab_size='
+                     f'{config.model.vocab_size}]')
+  return d
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def _divergence(t_logp, s_logp, divergence: str, mix_weight: float):
+  """Per-token D between teacher and student log-probs (last axis is the support)."""
+  forward = lambda: jnp.sum(jnp.exp(t_logp) * (t_logp - s_logp), -1)
+  reverse = lambda: jnp.sum(jnp.exp(s_logp) * (s_logp - t_logp), -1)
+  if divergence == 'forward':
+    return forward()
+  if divergence == 'reverse':
+    return reverse()
+  if divergence == 'mix':
+    return mix_weight * forward() + (1.0 - mix_weight) * reverse()
+  raise ValueError(f'config.distill.divergence: {divergence!r} is not one of {DIVERGENCES}')
+
+
+def _token_nll(logits, safe_targets):
+  return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, safe_targets[..., None],
+                                                            -1)[..., 0]
+
+
+def _sums(kl, ce, teacher_nll, agree, mask, temperature, alpha):
+  kd = temperature * temperature * kl
+  total = alpha * kd + (1.0 - alpha) * ce
+  msum = lambda x: jnp.sum(x.astype(jnp.float32) * mask)
+  sums = {'loss': msum(total), 'kd_loss': msum(kd), 'ce_loss': msum(ce),
+          'teacher_loss': msum(teacher_nll), 'top1_agreement': msum(agree), 'tokens': mask.sum()}
+  return sums['loss'], sums
+
+
+def kd_sums(student_logits, teacher_logits, targets, temperature=1.0, alpha=0.5,
+            divergence='forward', mix_weight=0.5):
+  """(loss_sum, sums) of the distillation loss over the full vocabulary (see module doc)."""
+  s = student_logits.astype(jnp.float32)
+  t = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
+  mask = (targets >= 0).astype(jnp.float32)
+  safe = jnp.maximum(targets, 0)
+  kl = _divergence(jax.nn.log_softmax(t / temperature, -1), jax.nn.log_softmax(s / temperature, -1),
+                   divergence, mix_weight)
+  agree = jnp.argmax(s, -1) == jnp.argmax(t, -1)
+  return _sums(kl, _token_nll(s, safe), _token_nll(t, safe), agree, mask, temperature, alpha)
+
+
+def topk_kd_sums(student_logits, teacher_values, teacher_indices, teacher_nll, targets,
+                 temperature=1.0, alpha=0.5, divergence='forward', mix_weight=0.5):
+  """(loss_sum, sums) with D over the teacher's top-k support, both sides renormalised.
+
+  teacher_values/indices [..., k]: the teacher's k largest logits and their token ids;
+  teacher_nll [...]: the teacher's CE on the targets (stored, since top-k can't give it).
+  Teacher: p = softmax(values / T) over the k entries. Student: the logits at the same k ids,
+  q = softmax(gathered / T) over those k (logsumexp over the gathered logits only).
+  """
+  s = student_logits.astype(jnp.float32)
+  values = jax.lax.stop_gradient(teacher_values.astype(jnp.float32))
+  indices = teacher_indices.astype(jnp.int32)
+  mask = (targets >= 0).astype(jnp.float32)
+  gathered = jnp.take_along_axis(s, indices, -1)
+  kl = _divergence(jax.nn.log_softmax(values / temperature, -1),
+                   jax.nn.log_softmax(gathered / temperature, -1), divergence, mix_weight)
+  teacher_top1 = jnp.take_along_axis(indices, jnp.argmax(values, -1)[..., None], -1)[..., 0]
+  agree = jnp.argmax(s, -1) == teacher_top1
+  return _sums(kl, _token_nll(s, jnp.maximum(targets, 0)), teacher_nll.astype(jnp.float32),
+               agree, mask, temperature, alpha)
+
+
+def _kd_kwargs(d) -> dict:
+  return dict(temperature=float(d.temperature), alpha=float(d.alpha), divergence=d.divergence,
+              mix_weight=float(d.mix_weight))
+
+
+def _as_eval(sums):
+  """Eval view: 'loss' is the student's CE (comparable to a scratch run), objective kept."""
+  sums = dict(sums)
+  sums['distill_loss'] = sums['loss']
+  sums['loss'] = sums['ce_loss']
+  return sums
+
+
+def online_loss_fn(student_model, teacher_model, d, eval_mode: bool = False):
+  """loss_fn(params, batch, teacher_params) with the teacher forward inside (no gradient)."""
+  kw = _kd_kwargs(d)
+
+  def loss_fn(params, batch, teacher_params):
+    tokens = batch['tokens']
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    student = models.logits(student_model, params, inputs)
+    teacher = models.logits(teacher_model, jax.lax.stop_gradient(teacher_params), inputs)
+    total, sums = kd_sums(student, jax.lax.stop_gradient(teacher), targets, **kw)
+    return (total, _as_eval(sums)) if eval_mode else (total, sums)
+
+  return loss_fn
+
+
+def offline_loss_fn(student_model, d):
+  """loss_fn(params, batch) reading batch['teacher_values'/'teacher_indices'/'teacher_nll']."""
+  kw = _kd_kwargs(d)
+
+  def loss_fn(params, batch):
+    tokens = batch['tokens']
+    student = models.logits(student_model, params, tokens[:, :-1])
+    return topk_kd_sums(student, batch['teacher_values'], batch['teacher_indices'],
+                        batch['teacher_nll'], tokens[:, 1:], **kw)
+
+  return loss_fn
+
+
+def offline_eval_loss_fn(student_model):
+  """Offline eval: no stored logits for the eval stream, so the student's plain CE."""
+
+  def loss_fn(params, batch):
+    tokens = batch['tokens']
+    ce, n = cross_entropy_sum(models.logits(student_model, params, tokens[:, :-1]),
+                              tokens[:, 1:])
+    return ce, {'loss': ce, 'ce_loss': ce, 'tokens': n}
+
+  return loss_fn
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherRef:
+  """What a teacher is (read from its config files; no weights loaded)."""
+  source: str                 # config.distill.teacher
+  step: Optional[int]         # checkpoint step of one of our workdirs; None for hf:.
+  model: models.ModelConfig   # as saved with the teacher.
+  tokenizer: Optional[str]    # the teacher's config.data.tokenizer / HF dir; None if unknown.
+
+  @property
+  def num_params(self) -> int:
+    return int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(models.param_shapes(self.model))))
+
+  def meta(self) -> dict:
+    return {'teacher': self.source, 'teacher_step': self.step}
+
+
+def _latest_step(workdir: str) -> Optional[int]:
+  ckpts = os.path.join(workdir, 'checkpoints')
+  steps = [int(n) for n in os.listdir(ckpts) if n.isdigit()] if os.path.isdir(ckpts) else []
+  return max(steps) if steps else None
+
+
+def teacher_ref(config) -> TeacherRef:
+  """Read config.distill.teacher's model config, tokenizer and checkpoint step."""
+  src = config.distill.teacher
+  if src.startswith('hf:'):
+    from models import hf
+    path = src[3:]
+    if not os.path.exists(os.path.join(path, 'config.json')):
+      raise ValueError(f'config.distill.teacher={src!r}: no config.json in {path!r}')
+    has_tok = any(os.path.exists(os.path.join(path, f))
+                  for f in ('tokenizer.json', 'tokenizer_config.json', 'vocab.json'))
+    return TeacherRef(src, None, hf.read_config(path), path if has_tok else None)
+  try:
+    model = init_from.workdir_model_config(src)
+  except ValueError as e:
+    raise ValueError(f'config.distill.teacher={src!r}: {e}') from None
+  with open(os.path.join(src, 'config.json')) as f:
+    tokenizer = json.load(f).get('data', {}).get('tokenizer')
+  step = _latest_step(src)
+  if step is None:
+    raise ValueError(f'config.distill.teacher={src!r}: no checkpoint under {src}/checkpoints '
+                     '(train the teacher first)')
+  return TeacherRef(src, step, model, tokenizer)
+
+
+def _same_tokenizer(a: str, b: str) -> bool:
+  if a == b:
+    return True
+  if 'byte' in (a, b) or not (os.path.isdir(a) and os.path.isdir(b)):
+    return False
+  from train.data import tokenizers
+  ta, tb = tokenizers.make_tokenizer(a), tokenizers.make_tokenizer(b)
+  return ta.eos_id == tb.eos_id and ta._tok.get_vocab() == tb._tok.get_vocab()
+
+
+def check_compatible(config, vocab_size: int, tokenizer: Optional[str], max_len: int,
+                     positions: str = 'learned'):
+  """ValueError unless the teacher (vocab, tokenizer, context) fits the student's config."""
+  src = config.distill.teacher
+  if vocab_size != config.model.vocab_size:
+    raise ValueError(
+        f'Vocabulary mismatch: config.distill.teacher={src!r} has vocab_size={vocab_size} but '
+        f'config.model.vocab_size={config.model.vocab_size}; teacher and student must share the '
+        'tokenizer and vocabulary.')
+  if tokenizer is not None and not _same_tokenizer(tokenizer, config.data.tokenizer):
+    raise ValueError(
+        f'Tokenizer mismatch: config.distill.teacher={src!r} uses tokenizer {tokenizer!r} but '
+        f'config.data.tokenizer={config.data.tokenizer!r} (config.model.vocab_size='
+        f'{config.model.vocab_size}); teacher and student must share the tokenizer.')
+  if positions == 'learned' and max_len < config.data.seq_len:
+    raise ValueError(f'config.distill.teacher={src!r} has max_len={max_len} < '
+                     f'config.data.seq_len={config.data.seq_len}')
+
+
+def teacher_model(config, ref: TeacherRef) -> models.ModelConfig:
+  """The teacher's model config for this run: compute dtype of the student, no remat."""
+  return ref.model.replace(dtype=config.model.dtype, remat='none')
+
+
+def load_teacher(config, ref: TeacherRef, mesh):
+  """(teacher ModelConfig, params in the compute dtype, their shardings) on `mesh`."""
+  tmodel = teacher_model(config, ref)
+  shapes = models.param_shapes(tmodel)
+  shardings = sharding.tree_shardings(models.logical_axes(tmodel), shapes, mesh)
+  _, params = init_from.load_params(ref.source, model_config=tmodel, shardings=shardings)
+  dtype = _DTYPES[tmodel.dtype]
+  cast = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p), out_shardings=shardings)
+  return tmodel, cast(params), shardings
+
+
+# --------------------------------------------------------------------------- tasks and run
+
+
+def online_task_fn(config, ref: TeacherRef):
+  d = validate(config)
+
+  def task_fn(r: loop.Run) -> loop.Task:
+    tmodel, teacher, shardings = load_teacher(config, ref, r.mesh)
+    logging.info('Distilling online from %s (step %s, %d params, dtype %s)', ref.source, ref.step,
+                 ref.num_params, tmodel.dtype)
+    return loop.Task(loss_fn=online_loss_fn(r.derived.model, tmodel, d), frozen=(teacher,),
+                     frozen_shardings=(shardings,),
+                     meta={'distill': {**ref.meta(), 'mode': 'online'}},
+                     eval_loss_fn=online_loss_fn(r.derived.model, tmodel, d, eval_mode=True))
+
+  return task_fn
+
+
+def offline_task_fn(config, store):
+  """Task reading the stored top-k logits of `store` (a distill_store.Store) by step."""
+  d = validate(config)
+
+  def task_fn(r: loop.Run) -> loop.Task:
+    store.check_stream(config, r)
+
+    def extra_batch(step, host):
+      del host
+      return store.batch(step)
+
+    return loop.Task(loss_fn=offline_loss_fn(r.derived.model, d), extra_batch=extra_batch,
+                     meta={'distill': {'teacher': store.meta['teacher'],
+                                       'teacher_step': store.meta['teacher_step'],
+                                       'mode': 'offline', 'top_k': store.meta['top_k']}},
+                     eval_loss_fn=offline_eval_loss_fn(r.derived.model))
+
+  return task_fn
+
+
+def logits_dir(config, workdir: str) -> str:
+  return config.distill.get('logits_dir') or os.path.join(workdir, 'teacher_logits')
+
+
+def run(config, workdir: str, stop_after: Optional[int] = None) -> dict:
+  """Distil into the student of `config` in `workdir` (resuming); returns final metrics.
+
+  The result has the loop's metrics plus 'teacher_params' and 'eval/teacher_loss'.
+  """
+  d = validate(config)
+  if d.mode == 'online':
+    ref = teacher_ref(config)
+    check_compatible(config, ref.model.vocab_size, ref.tokenizer, ref.model.max_len,
+                     ref.model.positions)
+    task_fn, teacher_params, teacher_eval = online_task_fn(config, ref), ref.num_params, None
+  else:
+    from train import distill_store
+    store = distill_store.open_store(logits_dir(config, workdir), jax.process_index(),
+                                     jax.process_count())
+    m = store.meta
+    check_compatible(config, m['teacher_vocab_size'], m['teacher_tokenizer'], 1 << 30)
+    task_fn, teacher_params, teacher_eval = (offline_task_fn(config, store),
+                                             m['teacher_params'], m['teacher_eval_loss'])
+  result = loop.run(config, workdir, task_fn=task_fn, init_params_fn=init_from.params_fn(config),
+                    stop_after=stop_after)
+  result['teacher_params'] = int(teacher_params)
+  if teacher_eval is not None:
+    result['eval/teacher_loss'] = float(teacher_eval)
+  return result
