@@ -3,6 +3,8 @@
 Public API: `init(model_config, rng)`, `logits(model_config, params, tokens)`,
 `logical_axes(model_config)`. Params are plain pytrees of float32 arrays.
 """
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,10 +18,14 @@ def _module(model_config) -> Transformer:
 
 
 def init(model_config, rng):
-  """Random float32 params (plain pytree) for `model_config`."""
-  cfg = ModelConfig.make(model_config)
+  """Random float32 params (plain pytree) for `model_config` (jitted per config)."""
+  return _init(ModelConfig.make(model_config), rng)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(cfg: ModelConfig, rng):
   tokens = jnp.zeros((1, min(cfg.max_len, 8)), jnp.int32)
-  return nn.unbox(_module(cfg).init(rng, tokens)['params'])
+  return nn.unbox(Transformer(cfg).init(rng, tokens)['params'])
 
 
 def logical_axes(model_config):
@@ -35,9 +41,14 @@ def param_shapes(model_config):
   return jax.eval_shape(lambda: init(model_config, jax.random.key(0)))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(cfg: ModelConfig, params, tokens_BxL):
+  return Transformer(cfg).apply({'params': params}, tokens_BxL)
+
+
 def logits(model_config, params, tokens_BxL):
-  """float32 logits [batch, length, vocab] for int tokens [batch, length]."""
-  return _module(model_config).apply({'params': params}, tokens_BxL)
+  """float32 logits [batch, length, vocab] for int tokens [batch, length] (jitted per config)."""
+  return _logits(ModelConfig.make(model_config), params, tokens_BxL)
 
 
 __all__ = ['ModelConfig', 'Transformer', 'init', 'logits', 'logical_axes', 'param_shapes',

@@ -14,7 +14,7 @@ LLAMA = ModelConfig(vocab_size=67, d_model=32, n_layers=2, n_heads=4, n_kv_heads
 FAMILIES = {'gpt2': GPT2, 'llama': LLAMA}
 
 
-@pytest.fixture(params=list(FAMILIES))
+@pytest.fixture(params=list(FAMILIES), scope='module')
 def family(request):
   cfg = FAMILIES[request.param]
   return cfg, models.init(cfg, jax.random.key(0))
