@@ -1,0 +1,43 @@
+"""Tiny IsoFLOP sweep (Chinchilla approach 2) on the embedded corpus: 3 budgets x 4 sizes, byte-level.
+
+  python main.py --config=configs/sweeps/isoflop_tiny.py --workdir=workdirs/isoflop_tiny
+  python -m scaling.sweep --config=configs/sweeps/isoflop_tiny.py      # the member table only
+
+Sized for a 2-core CPU shared with other work (~30 minutes in all; measured in docs/scaling.md).
+Training setup: configs/default.py's (byte tokenizer, seq_len 128, AdamW, cosine to 0.1x), pinned
+here with lr 3e-3 and 32 x 128 = 4096 tokens per step; each member trains D = C / (6N) tokens
+(N the total parameter count), i.e. round(D / 4096) steps, warmup 5% (at least 5 steps).
+Shapes come from scaling.family: GPT-2 family, head_dim 4, preferred d_model / n_layers = 8, which
+gives a regular ladder (1x12, 2x16, 3x16, 3x20, 3x24, 4x28, 4x32, 5x36 layers x d_model) at
+these tiny sizes. At this scale small models win: the budgets' optima are ~1e4 parameters, so the
+sizes are 2x apart around that and every budget brackets its minimum.
+"""
+from configs import default
+from scaling import sweep
+
+BUDGETS = (5e10, 1.2e11, 2.5e11)
+# Target total params per budget: 5 consecutive shapes of the family's ladder around the optimum.
+# Measured here first: at 1e11 FLOPs the smallest of 6.5K / 12.7K / 23K params had the lowest loss
+# (at lr 3e-3, 1e-2 and 2.5e-2 alike), so the optima are a few thousand to ~1e4 parameters.
+SIZES_PER_BUDGET = (
+    (4e3, 4.8e3, 6.5e3, 8.4e3, 1.28e4),
+    (4.8e3, 6.5e3, 8.4e3, 1.28e4, 1.6e4),
+    (6.5e3, 8.4e3, 1.28e4, 1.6e4, 2.3e4),
+)
+
+
+def get_config():
+  c = default.get_config()
+  # Pinned here (not inherited) so that a change to configs/default.py cannot change the members
+  # of an existing sweep: their config hashes would no longer match their workdirs.
+  c.model.update(vocab_size=257, max_len=128, dtype='float32')
+  c.data.update(seq_len=128, tokenizer='byte', dataset='stdlib_corpus')
+  c.train.update(global_batch_size=32, grad_accum_steps=1, eval_batches=16, async_checkpoint=False)
+  c.optimizer.update(lr=2e-2, schedule='cosine', min_lr_ratio=0.1, b1=0.9, b2=0.95,
+                     weight_decay=0.1, grad_clip=1.0)
+  c.sweep = sweep.get_sweep_config(
+      kind='isoflop', budgets=BUDGETS, sizes_per_budget=SIZES_PER_BUDGET, count='params',
+      warmup_fraction=0.05, min_warmup_steps=5, min_steps=20, checkpoints_per_member=2,
+      logs_per_member=4)
+  c.sweep.family.update(family='gpt2', aspect=8.0, head_dim=4, tolerance=0.1)
+  return c

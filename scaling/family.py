@@ -1,0 +1,212 @@
+"""Model families by parameter count: shapes that land within a tolerance of target sizes.
+
+A shape rule fixes the family (gpt2: learned positions, LayerNorm, GELU, biases; llama: rope,
+RMSNorm, SwiGLU, no biases), the head dimension (d_model is a multiple of it, n_heads =
+d_model / head_dim), the MLP ratio (d_ff = mlp_ratio·d_model, rounded to ff_multiple), the kv-head
+grouping, the vocabulary and context length, and a preferred aspect ratio d_model / n_layers.
+
+For each target we search every n_layers (1..max_layers) and, for each, the d_model multiple that
+brings the count closest to the target; among the shapes within `tolerance` of the target we pick
+the one whose aspect ratio is closest (in log) to the preferred one, otherwise the closest count.
+(A strict aspect ratio cannot hit small targets: one more layer changes the size by ((L+1)/L)^3.)
+Counts are exact (scaling.count.param_counts); `count` says which one is matched: 'params' (total,
+Chinchilla's N, the default) or 'non_embedding_params' (Kaplan's N).
+
+  python -m scaling.family --targets=1e6,3e6,1e7 --aspect=32 --head_dim=16 --family=gpt2
+"""
+import argparse
+import dataclasses
+import json
+import math
+from typing import Optional
+
+from scaling import count as count_lib
+
+FAMILIES = ('gpt2', 'llama')
+COUNTS = ('params', 'non_embedding_params')
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeRule:
+  family: str = 'gpt2'
+  aspect: float = 32.0              # preferred d_model / n_layers.
+  head_dim: int = 16
+  mlp_ratio: Optional[float] = None  # None: 4 (gpt2) or 8/3 (llama, SwiGLU).
+  ff_multiple: int = 8              # d_ff is rounded to a multiple of this (gpt2 with ratio 4: exact).
+  gqa: int = 1                      # query heads per kv head (1: multi-head attention).
+  vocab_size: int = 257
+  max_len: int = 128
+  tie_embeddings: bool = True
+  count: str = 'params'             # 'params' | 'non_embedding_params': which count meets the target.
+  tolerance: float = 0.05           # relative; shapes within it are preferred by aspect ratio.
+  max_layers: int = 96
+
+  def __post_init__(self):
+    if self.family not in FAMILIES:
+      raise ValueError(f'family must be one of {FAMILIES}, got {self.family!r}')
+    if self.count not in COUNTS:
+      raise ValueError(f'count must be one of {COUNTS}, got {self.count!r}')
+    if self.head_dim <= 0 or self.aspect <= 0 or self.gqa <= 0 or self.ff_multiple <= 0:
+      raise ValueError(f'head_dim, aspect, gqa and ff_multiple must be positive: {self}')
+    if self.family == 'llama' and self.head_dim % 2:
+      raise ValueError(f'llama (rope) needs an even head_dim, got {self.head_dim}')
+
+  @property
+  def ratio(self) -> float:
+    if self.mlp_ratio is not None:
+      return float(self.mlp_ratio)
+    return 4.0 if self.family == 'gpt2' else 8.0 / 3.0
+
+  @classmethod
+  def from_config(cls, section, model=None) -> 'ShapeRule':
+    """From a config section (dict-like); vocab_size / max_len / tie default to `model`'s."""
+    d = section.to_dict() if hasattr(section, 'to_dict') else dict(section or {})
+    if model is not None:
+      for key in ('vocab_size', 'max_len', 'tie_embeddings'):
+        d.setdefault(key, model[key])
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f'shape rule has unknown keys {unknown}; known: {sorted(names)}')
+    return cls(**d)
+
+
+def model_section(rule: ShapeRule, n_layers: int, d_model: int) -> dict:
+  """The config.model overrides for one shape of this family."""
+  n_heads = d_model // rule.head_dim
+  d_ff = max(rule.ff_multiple, int(round(rule.ratio * d_model / rule.ff_multiple)) * rule.ff_multiple)
+  out = dict(vocab_size=rule.vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+             n_kv_heads=n_heads // rule.gqa, head_dim=None, d_ff=d_ff, max_len=rule.max_len,
+             tie_embeddings=rule.tie_embeddings)
+  if rule.family == 'gpt2':
+    out.update(positions='learned', norm='layernorm', mlp='gelu', use_bias=True)
+  else:
+    out.update(positions='rope', norm='rmsnorm', mlp='swiglu', use_bias=False)
+  if rule.gqa == 1:
+    out['n_kv_heads'] = None
+  return out
+
+
+def _count(rule, n_layers, d_model) -> dict:
+  return count_lib.param_counts(model_section(rule, n_layers, d_model))
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  target: float
+  n_layers: int
+  d_model: int
+  n_heads: int
+  n_kv_heads: int
+  d_ff: int
+  params: int
+  non_embedding_params: int
+  matched: int          # the count the target refers to (rule.count).
+  model: dict           # config.model overrides.
+
+  @property
+  def error(self) -> float:
+    """Relative error of the matched count vs the target."""
+    return self.matched / self.target - 1.0
+
+  @property
+  def aspect(self) -> float:
+    return self.d_model / self.n_layers
+
+
+def _best_width(rule, n_layers, target):
+  """For n_layers, the d_model multiples just below and above the target (counts grow with d)."""
+  step = rule.head_dim * rule.gqa
+  size = lambda m: _count(rule, n_layers, m * step)[rule.count]
+  lo, hi = 1, 1
+  while size(hi) < target:
+    lo, hi = hi, hi * 2
+    if hi * step > 1 << 20:
+      break
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    if size(mid) < target:
+      lo = mid
+    else:
+      hi = mid
+  return sorted({lo * step, hi * step})
+
+
+def design(target: float, rule: ShapeRule) -> Member:
+  """The shape for one target count (see module docstring for the choice)."""
+  if not target > 0:
+    raise ValueError(f'target must be positive, got {target}')
+  cands = []
+  for n_layers in range(1, rule.max_layers + 1):
+    for d in _best_width(rule, n_layers, target):
+      c = _count(rule, n_layers, d)
+      err = c[rule.count] / target - 1.0
+      cands.append((abs(math.log1p(err)), abs(math.log(d / n_layers / rule.aspect)), n_layers, d))
+  within = [c for c in cands if c[0] <= math.log1p(rule.tolerance)]
+  if within:
+    _, _, n_layers, d = min(within, key=lambda c: (c[1], c[0]))
+  else:
+    _, _, n_layers, d = min(cands, key=lambda c: (c[0], c[1]))
+  m = model_section(rule, n_layers, d)
+  c = _count(rule, n_layers, d)
+  return Member(target=float(target), n_layers=n_layers, d_model=d, n_heads=m['n_heads'],
+                n_kv_heads=m['n_kv_heads'] or m['n_heads'], d_ff=m['d_ff'], params=c['params'],
+                non_embedding_params=c['non_embedding_params'], matched=c[rule.count], model=m)
+
+
+def family(targets, rule: ShapeRule) -> list:
+  """design() for each target, in the given order."""
+  return [design(t, rule) for t in targets]
+
+
+def table(members, rule: ShapeRule) -> str:
+  """A plain-text table of a family."""
+  head = (f'{"target":>12} {"params":>12} {"non-embedding":>14} {"n_layers":>8} {"d_model":>7} '
+          f'{"n_heads":>7} {"kv":>3} {"d_ff":>6} {"d/L":>6} {"error %":>8}')
+  lines = [f'# family={rule.family} aspect={rule.aspect:g} head_dim={rule.head_dim} '
+           f'mlp_ratio={rule.ratio:.4g} vocab={rule.vocab_size} max_len={rule.max_len} '
+           f'tied={rule.tie_embeddings} target count={rule.count} tolerance={rule.tolerance:.0%}',
+           head]
+  for m in members:
+    lines.append(f'{m.target:>12.4g} {m.params:>12,} {m.non_embedding_params:>14,} {m.n_layers:>8} '
+                 f'{m.d_model:>7} {m.n_heads:>7} {m.n_kv_heads:>3} {m.d_ff:>6} {m.aspect:>6.1f} '
+                 f'{100 * m.error:>+8.2f}')
+  return '\n'.join(lines)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--targets', required=True, help='comma-separated parameter counts, e.g. 1e6,3e6,1e7')
+  p.add_argument('--family', default='gpt2', choices=FAMILIES)
+  p.add_argument('--aspect', type=float, default=32.0, help='preferred d_model / n_layers')
+  p.add_argument('--head_dim', type=int, default=16)
+  p.add_argument('--mlp_ratio', type=float, default=None, help='default 4 (gpt2) or 8/3 (llama)')
+  p.add_argument('--ff_multiple', type=int, default=8)
+  p.add_argument('--gqa', type=int, default=1, help='query heads per kv head')
+  p.add_argument('--vocab_size', type=int, default=257)
+  p.add_argument('--max_len', type=int, default=128)
+  p.add_argument('--untied', action='store_true', help='untied output head')
+  p.add_argument('--count', default='params', choices=COUNTS, help='which count meets the target')
+  p.add_argument('--tolerance', type=float, default=0.05)
+  p.add_argument('--max_layers', type=int, default=96)
+  p.add_argument('--json', action='store_true', help='print JSON (one object per member) instead')
+  args = p.parse_args(argv)
+  try:
+    targets = [float(t) for t in args.targets.split(',') if t.strip()]
+    rule = ShapeRule(family=args.family, aspect=args.aspect, head_dim=args.head_dim,
+                     mlp_ratio=args.mlp_ratio, ff_multiple=args.ff_multiple, gqa=args.gqa,
+                     vocab_size=args.vocab_size, max_len=args.max_len,
+                     tie_embeddings=not args.untied, count=args.count, tolerance=args.tolerance,
+                     max_layers=args.max_layers)
+    members = family(targets, rule)
+  except ValueError as e:
+    p.error(str(e))
+  if args.json:
+    for m in members:
+      print(json.dumps({**dataclasses.asdict(m), 'error': m.error}))
+  else:
+    print(table(members, rule))
+
+
+if __name__ == '__main__':
+  main()

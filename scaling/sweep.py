@@ -1,0 +1,425 @@
+"""Config-driven scaling sweeps: IsoFLOP (compute budgets × sizes) or grid (sizes × token budgets).
+
+A sweep config is a normal training config plus a `sweep` section (see configs/sweeps/*.py):
+
+  sweep.kind               'isoflop' | 'grid'
+  sweep.budgets            isoflop: training FLOPs per member, C = 6·N·D
+  sweep.sizes              target parameter counts, used for every budget / token budget
+  sweep.sizes_per_budget   isoflop, optional: one tuple of sizes per budget (overrides sizes)
+  sweep.tokens             grid: training tokens per member
+  sweep.count              which N sizes are matched to and C = 6·N·D uses: 'params' (total, the
+                           default; Chinchilla's N) or 'non_embedding_params' (Kaplan's N)
+  sweep.family             shape rule (scaling.family.ShapeRule fields; vocab_size, max_len and
+                           tie_embeddings default to the base config's model section)
+  sweep.warmup_fraction    warmup = max(min_warmup_steps, round(fraction · steps)), capped at steps
+  sweep.min_warmup_steps, sweep.min_steps
+  sweep.checkpoints_per_member, sweep.logs_per_member
+  sweep.lr_width_exponent  lr = optimizer.lr · (lr_ref_d_model / d_model)^exponent (0: same lr)
+  sweep.lr_ref_d_model
+  sweep.distill            optional axis: modes ('supervised', 'distill') and `section`, the
+                           `distill` config section given to the distilled members
+
+Members are generated deterministically from the config. For an IsoFLOP member of target size N
+(matched by scaling.family) at budget C: D = C / (6N) with N the exact `sweep.count` of the shape,
+steps = round(D / tokens_per_step) (at least the warmup and min_steps), warmup scaled with steps,
+and the cosine/linear schedule spans exactly those steps; the member's real tokens are
+steps · tokens_per_step and its `flops` column is 6·N·tokens (so rounding shows, and is logged).
+
+`python main.py --config=configs/sweeps/isoflop_tiny.py --workdir=W` runs each member in
+W/<member_name>/ through train.loop.run (train.distill.run for distilled members), one after another,
+each using the whole mesh; a member with W/<name>/result.json is skipped, a partial one resumes
+from its checkpoints. After each member W/results.csv is rewritten (columns in RESULT_COLUMNS).
+The config hash is the sha256 of the member's resolved config JSON (sorted keys) without the keys
+in HASH_EXCLUDE, which place a run (data_dir, mesh, distributed) but do not change its result; a
+member directory made by a different config is an error, not silently reused.
+
+  python -m scaling.sweep --config=configs/sweeps/isoflop_tiny.py     # print the members only
+"""
+import copy
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from typing import Optional
+
+import ml_collections
+
+from scaling import count as count_lib
+from scaling import family as family_lib
+
+KINDS = ('isoflop', 'grid')
+RESULT_COLUMNS = ('name', 'params', 'non_embedding_params', 'tokens', 'flops', 'loss',
+                  'bits_per_byte', 'steps', 'wall_s', 'config_hash', 'kind', 'budget',
+                  'target_params', 'target_tokens', 'embedding_params', 'n_layers', 'd_model',
+                  'n_heads', 'd_ff', 'lr', 'warmup_steps', 'tokens_per_step', 'flops_chinchilla')
+DISTILL_COLUMNS = ('mode', 'teacher_params', 'teacher_loss')
+HASH_EXCLUDE = ('data.data_dir', 'distributed', 'mesh', 'train.async_checkpoint')
+MEMBER_FILE = 'sweep_member.json'
+RESULT_FILE = 'result.json'
+DEFAULTS = dict(kind='isoflop', budgets=(), sizes=(), sizes_per_budget=(), tokens=(),
+                count='params', warmup_fraction=0.05, min_warmup_steps=5, min_steps=10,
+                checkpoints_per_member=2, logs_per_member=5, lr_width_exponent=0.0,
+                lr_ref_d_model=0)
+
+
+def get_sweep_config(**kw) -> ml_collections.ConfigDict:
+  """A `sweep` section with every key at its default (update it in configs/sweeps/*.py)."""
+  s = ml_collections.ConfigDict(dict(DEFAULTS))
+  s.family = ml_collections.ConfigDict({'family': 'gpt2', 'aspect': 32.0, 'head_dim': 16,
+                                        'tolerance': 0.1})
+  s.update(kw)
+  return s
+
+
+@dataclasses.dataclass
+class Member:
+  """One run of the sweep: its name, resolved training config and what the results table needs."""
+  name: str
+  config: ml_collections.ConfigDict
+  info: dict              # the static result columns (params, tokens, flops, ...).
+  mode: str = ''          # '' (no distill axis) | 'supervised' | 'distill'
+
+  @property
+  def config_hash(self) -> str:
+    return config_hash(self.config)
+
+
+def _short(x: float) -> str:
+  """3e11 -> '3e11', 1.5e5 -> '1.5e5', 20000 -> '2e4' (3 significant digits, filesystem-safe)."""
+  mant, exp = f'{float(x):.2e}'.split('e')
+  return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
+
+
+def _get(section, key):
+  return section[key] if key in section else DEFAULTS[key]
+
+
+def _drop(d: dict, dotted: str):
+  head, _, rest = dotted.partition('.')
+  if head in d:
+    if rest:
+      _drop(d[head], rest)
+    else:
+      del d[head]
+
+
+def config_hash(config) -> str:
+  """sha256 (first 16 hex digits) of the resolved config JSON, without the HASH_EXCLUDE keys."""
+  d = json.loads(config.to_json_best_effort(sort_keys=True))
+  for key in HASH_EXCLUDE:
+    _drop(d, key)
+  return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_sweep(s):
+  unknown = sorted(set(s.keys()) - set(DEFAULTS) - {'family', 'distill'})
+  if unknown:
+    raise ValueError(f'config.sweep has unknown keys {unknown}; known: '
+                     f'{sorted(set(DEFAULTS) | {"family", "distill"})}')
+  kind = _get(s, 'kind')
+  if kind not in KINDS:
+    raise ValueError(f'config.sweep.kind must be one of {KINDS}, got {kind!r}')
+  if _get(s, 'count') not in family_lib.COUNTS:
+    raise ValueError(f'config.sweep.count must be one of {family_lib.COUNTS}')
+  if kind == 'isoflop':
+    budgets, per = tuple(_get(s, 'budgets')), tuple(_get(s, 'sizes_per_budget'))
+    if not budgets:
+      raise ValueError('config.sweep.budgets: an isoflop sweep needs at least one compute budget')
+    if per and len(per) != len(budgets):
+      raise ValueError(f'config.sweep.sizes_per_budget has {len(per)} entries for '
+                       f'{len(budgets)} budgets')
+    if not per and not tuple(_get(s, 'sizes')):
+      raise ValueError('config.sweep.sizes (or sizes_per_budget) is empty')
+    if any(not b > 0 for b in budgets):
+      raise ValueError(f'config.sweep.budgets must be positive: {budgets}')
+  else:
+    if not tuple(_get(s, 'tokens')) or not tuple(_get(s, 'sizes')):
+      raise ValueError('config.sweep: a grid sweep needs sizes and tokens')
+  if 'distill' in s:
+    modes = tuple(s.distill.get('modes', ()))
+    if not modes or any(m not in ('supervised', 'distill') for m in modes):
+      raise ValueError(f"config.sweep.distill.modes must be a non-empty subset of "
+                       f"('supervised', 'distill'), got {modes}")
+    if 'distill' in modes and 'section' not in s.distill:
+      raise ValueError('config.sweep.distill.section (the distill config of distilled members) '
+                       'is missing')
+
+
+def _member_config(base, s, fam: family_lib.Member, steps: int, warmup: int, mode: str):
+  """The resolved training config of one member: base config, family shape, steps, schedule."""
+  c = copy.deepcopy(base)
+  with c.unlocked():
+    del c['sweep']
+    if 'distill' in c and mode == 'supervised':
+      del c['distill']
+    if mode == 'distill':
+      c.distill = copy.deepcopy(s.distill.section)
+  c.model.update(fam.model)
+  c.train.num_steps = steps
+  c.train.total_tokens = 0
+  c.train.eval_every = steps              # evaluate once, at the end (the loss we report).
+  c.train.checkpoint_every = max(1, math.ceil(steps / max(1, _get(s, 'checkpoints_per_member'))))
+  c.train.log_every = max(1, math.ceil(steps / max(1, _get(s, 'logs_per_member'))))
+  c.optimizer.warmup_steps = warmup
+  exp, ref = float(_get(s, 'lr_width_exponent')), int(_get(s, 'lr_ref_d_model'))
+  if exp and ref:
+    c.optimizer.lr = float(base.optimizer.lr * (ref / fam.d_model)**exp)
+  return c
+
+
+def _steps(s, tokens: float, tokens_per_step: int):
+  """(steps, warmup) for a token budget: steps rounded, >= warmup and min_steps; warmup scaled."""
+  raw = max(1, round(tokens / tokens_per_step))
+  warmup = max(int(_get(s, 'min_warmup_steps')), round(float(_get(s, 'warmup_fraction')) * raw))
+  steps = max(raw, warmup, int(_get(s, 'min_steps')))
+  return steps, min(warmup, steps)
+
+
+def members(config) -> list:
+  """The sweep's members, in a fixed order (budgets or token budgets, then sizes, then modes)."""
+  if 'sweep' not in config:
+    raise ValueError('config has no sweep section')
+  s = config.sweep
+  _check_sweep(s)
+  rule = family_lib.ShapeRule.from_config(s.family if 'family' in s else {}, config.model)
+  count_key = _get(s, 'count')
+  tokens_per_step = config.train.global_batch_size * config.data.seq_len
+  modes = tuple(s.distill.modes) if 'distill' in s else ('',)
+  kind = _get(s, 'kind')
+  if kind == 'isoflop':
+    budgets = [float(b) for b in _get(s, 'budgets')]
+    per = tuple(_get(s, 'sizes_per_budget'))
+    axes = [(b, tuple(per[i]) if per else tuple(_get(s, 'sizes'))) for i, b in enumerate(budgets)]
+  else:
+    axes = [(float(d), tuple(_get(s, 'sizes'))) for d in _get(s, 'tokens')]
+  cache, out, names = {}, [], set()
+  for outer, sizes in axes:
+    for target in sizes:
+      target = float(target)
+      if target not in cache:
+        cache[target] = family_lib.design(target, rule)
+      fam = cache[target]
+      n = getattr(fam, count_key)
+      if kind == 'isoflop':
+        budget, want_tokens = outer, outer / (6.0 * n)
+        base_name = f'C{_short(outer)}_N{_short(target)}'
+      else:
+        budget, want_tokens = None, outer
+        base_name = f'N{_short(target)}_D{_short(outer)}'
+      steps, warmup = _steps(s, want_tokens, tokens_per_step)
+      tokens = steps * tokens_per_step
+      for mode in modes:
+        name = f'{base_name}_{mode}' if mode else base_name
+        if name in names:
+          raise ValueError(f'config.sweep: duplicate member {name} (repeated size or budget?)')
+        names.add(name)
+        mcfg = _member_config(config, s, fam, steps, warmup, mode)
+        counts = count_lib.param_counts(mcfg)
+        flops_tok = count_lib.flop_counts(mcfg)
+        info = {'name': name, 'params': counts['params'],
+                'non_embedding_params': counts['non_embedding_params'],
+                'embedding_params': counts['embedding_params'], 'tokens': tokens,
+                'flops': 6.0 * counts[count_key] * tokens, 'steps': steps, 'kind': kind,
+                'budget': budget, 'target_params': target,
+                'target_tokens': outer if kind == 'grid' else want_tokens,
+                'n_layers': fam.n_layers, 'd_model': fam.d_model, 'n_heads': fam.n_heads,
+                'd_ff': fam.d_ff, 'lr': float(mcfg.optimizer.lr), 'warmup_steps': warmup,
+                'tokens_per_step': tokens_per_step,
+                'flops_chinchilla': flops_tok['flops_per_token_chinchilla'] * tokens}
+        if mode:
+          info['mode'] = mode
+        out.append(Member(name, mcfg, info, mode))
+  return out
+
+
+def plan_table(ms) -> str:
+  """One line per member: shape, steps, tokens, FLOPs (and the rounding vs the budget)."""
+  lines = [f'{"member":<28} {"params":>10} {"non-emb":>10} {"L":>3} {"d":>4} {"steps":>6} '
+           f'{"tokens":>10} {"flops":>9} {"vs budget":>9}']
+  for m in ms:
+    i = m.info
+    dev = f'{i["flops"] / i["budget"] - 1:+.1%}' if i.get('budget') else ''
+    lines.append(f'{m.name:<28} {i["params"]:>10,} {i["non_embedding_params"]:>10,} '
+                 f'{i["n_layers"]:>3} {i["d_model"]:>4} {i["steps"]:>6} {i["tokens"]:>10,} '
+                 f'{i["flops"]:>9.3g} {dev:>9}')
+  total = sum(m.info['flops'] for m in ms)
+  lines.append(f'{len(ms)} members, {total:.3g} training FLOPs in all (6·N·D)')
+  return '\n'.join(lines)
+
+
+def _read_json(path) -> Optional[dict]:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+
+
+def _write_json(path, obj):
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _fmt(v):
+  if v is None:
+    return ''
+  if isinstance(v, float):
+    return repr(v)
+  return str(v)
+
+
+def write_csv(path, rows, columns):
+  """Writes rows (dicts) atomically with the given columns; missing values are blank."""
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(columns)
+    for r in rows:
+      w.writerow([_fmt(r.get(c)) for c in columns])
+  os.replace(tmp, path)
+
+
+def _finished(member_dir, h, name):
+  """The stored result of a finished member, None if unfinished; error if made by another config."""
+  meta = _read_json(os.path.join(member_dir, MEMBER_FILE))
+  if meta is not None and meta.get('config_hash') != h:
+    raise ValueError(
+        f'sweep member {name}: {member_dir} was made by a different config (hash '
+        f'{meta.get("config_hash")}, now {h}); it would not be resumed correctly. Use a new '
+        f'--workdir, or remove {member_dir} to retrain this member.')
+  result = _read_json(os.path.join(member_dir, RESULT_FILE))
+  if result is not None and result.get('config_hash') != h:
+    raise ValueError(f'sweep member {name}: {RESULT_FILE} in {member_dir} has hash '
+                     f'{result.get("config_hash")}, config now {h}')
+  return result
+
+
+def _latest_checkpoint(member_dir) -> Optional[int]:
+  d = os.path.join(member_dir, 'checkpoints')
+  steps = [int(x) for x in os.listdir(d) if x.isdigit()] if os.path.isdir(d) else []
+  return max(steps) if steps else None
+
+
+def _train(member: Member, member_dir: str) -> dict:
+  if 'distill' in member.config:
+    from train import distill  # pylint: disable=g-import-not-at-top
+    return distill.run(member.config, member_dir)
+  from train import init_from, loop  # pylint: disable=g-import-not-at-top
+  return loop.run(member.config, member_dir, init_params_fn=init_from.params_fn(member.config))
+
+
+def _result_row(member: Member, metrics: dict, wall_s: float, h: str) -> dict:
+  row = dict(member.info)
+  row.update(loss=float(metrics['eval/loss']),
+             bits_per_byte=float(metrics.get('eval/bits_per_byte', math.nan)),
+             wall_s=round(wall_s, 2), config_hash=h)
+  if member.mode:
+    row['teacher_params'] = metrics.get('teacher_params')
+    row['teacher_loss'] = metrics.get('eval/teacher_loss')
+  return row
+
+
+def _hms(s):
+  s = int(round(s))
+  return f'{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'
+
+
+def run(config, workdir: str) -> dict:
+  """Runs every member (skipping finished ones, resuming partial ones); returns a summary dict."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from train import validation  # pylint: disable=g-import-not-at-top
+  ms = members(config)
+  for m in ms:  # fail fast: every member must be a valid training config here.
+    try:
+      validation.derive(m.config, jax.device_count(), jax.process_count())
+      if 'distill' in m.config:
+        from train import distill  # pylint: disable=g-import-not-at-top
+        distill.validate(m.config)
+    except ValueError as e:
+      raise ValueError(f'sweep member {m.name}: {e}') from e
+  lead = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  columns = RESULT_COLUMNS + (DISTILL_COLUMNS if any(m.mode for m in ms) else ())
+  results_path = os.path.join(workdir, 'results.csv')
+  logging.info('Sweep of %d members in %s:\n%s', len(ms), workdir, plan_table(ms))
+  if lead:
+    with open(os.path.join(workdir, 'sweep_plan.txt'), 'w') as f:
+      f.write(plan_table(ms) + '\n')
+  rows, ran, skipped, failed = {}, [], [], []
+  t_start = time.time()
+  for i, m in enumerate(ms):
+    member_dir = os.path.join(workdir, m.name)
+    h = m.config_hash
+    tag = f'[{i + 1}/{len(ms)}] {m.name}'
+    result = _finished(member_dir, h, m.name)
+    if result is not None:
+      if result.get('status', 'ok') == 'ok':
+        rows[m.name] = result
+        skipped.append(m.name)
+        logging.info('%s: finished earlier (loss %.4f), skipped', tag, result['loss'])
+      else:
+        failed.append(m.name)
+        logging.warning('%s: %s earlier (%s), skipped; remove %s to retry', tag,
+                        result['status'], result.get('error', ''), member_dir)
+      continue
+    latest = _latest_checkpoint(member_dir)
+    os.makedirs(member_dir, exist_ok=True)
+    meta = _read_json(os.path.join(member_dir, MEMBER_FILE)) or {'wall_s': 0.0}
+    if lead:
+      _write_json(os.path.join(member_dir, MEMBER_FILE),
+                  {'name': m.name, 'config_hash': h, 'wall_s': meta['wall_s'], 'info': m.info})
+    logging.info('%s: %s (%d steps, %s tokens, %.3g FLOPs, %d params)', tag,
+                 f'resuming from step {latest}' if latest else 'starting', m.info['steps'],
+                 f'{m.info["tokens"]:,}', m.info['flops'], m.info['params'])
+    tic = time.time()
+    status, metrics, error = 'ok', None, ''
+    try:
+      metrics = _train(m, member_dir)
+    except FloatingPointError as e:  # a diverged member must not end the sweep.
+      status, error = 'diverged', str(e)
+    finally:
+      wall = meta['wall_s'] + time.time() - tic
+      if lead:
+        _write_json(os.path.join(member_dir, MEMBER_FILE),
+                    {'name': m.name, 'config_hash': h, 'wall_s': wall, 'info': m.info})
+    if status != 'ok':
+      failed.append(m.name)
+      logging.warning('%s: %s: %s', tag, status, error)
+      if lead:
+        _write_json(os.path.join(member_dir, RESULT_FILE),
+                    {'name': m.name, 'config_hash': h, 'status': status, 'error': error})
+      continue
+    row = _result_row(m, metrics, wall, h)
+    rows[m.name] = row
+    ran.append(m.name)
+    if lead:
+      _write_json(os.path.join(member_dir, RESULT_FILE), {**row, 'status': 'ok'})
+      write_csv(results_path, [rows[x.name] for x in ms if x.name in rows], columns)
+    done = len(rows) + len(failed)
+    elapsed = time.time() - t_start
+    logging.info('%s: loss %.4f, %.4f bits/byte, %d steps in %.1fs | %d/%d done, sweep %s',
+                 tag, row['loss'], row['bits_per_byte'], m.info['steps'], time.time() - tic,
+                 done, len(ms), _hms(elapsed))
+  if lead:
+    write_csv(results_path, [rows[x.name] for x in ms if x.name in rows], columns)
+  return {'results_csv': results_path, 'members': len(ms), 'finished': len(rows),
+          'ran': ran, 'skipped': skipped, 'failed': failed,
+          'wall_s': round(time.time() - t_start, 1)}
+
+
+def main(argv):
+  del argv
+  print(plan_table(members(_CONFIG.value)))
+
+
+if __name__ == '__main__':
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config file (path[:arg]).')
+  app.run(main)

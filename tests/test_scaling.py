@@ -1,0 +1,381 @@
+"""Tests for scaling/count.py, family.py and sweep.py: exact counts, FLOP conventions, families, sweeps.
+
+Published counts are from ../shared/reference/facts.md (HuggingFace GPT-2 layout; Hoffmann et al.
+2022 Appendix F; Kaplan et al. 2020 Table 1).
+"""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import base, gpt2, llama
+from scaling import count, family, sweep
+from train import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _model(**kw):
+  m = base.get_model_config()
+  m.update(kw)
+  return m
+
+
+# --- counts ----------------------------------------------------------------------------------------
+
+# facts.md, "Parameter counts": total (HF sum of parameters) and without wte/wpe.
+GPT2_FACTS = {'124m': (124_439_808, 85_056_000), '350m': (354_823_168, 302_311_424),
+              '774m': (774_030_080, 708_390_400), '1.5b': (1_557_611_200, 1_475_561_600)}
+
+
+@pytest.mark.parametrize('size', list(GPT2_FACTS))
+def test_gpt2_counts_match_facts(size):
+  """GPT-2 shapes equal HF's published counts (facts.md table), by formula and by the pytree."""
+  total, without_wte_wpe = GPT2_FACTS[size]
+  c = count.checked_param_counts(gpt2.get_config(size))
+  assert c['params'] == total
+  assert c['non_embedding_params'] == without_wte_wpe
+  n_layer, d = gpt2.SIZES[size][:2]
+  assert c['embedding_params'] == total - without_wte_wpe == (50257 + 1024) * d
+  assert c['unembedding_params'] == 0
+  assert c['non_embedding_params'] == n_layer * (12 * d * d + 13 * d) + 2 * d   # facts.md formula
+
+
+PYTREE_CASES = {
+    'gpt2_tiny': dict(),
+    'gpt2_untied_nobias': dict(tie_embeddings=False, use_bias=False),
+    'llama_gqa_untied': dict(positions='rope', norm='rmsnorm', mlp='swiglu', use_bias=False,
+                             n_heads=8, n_kv_heads=2, d_model=64, d_ff=176, tie_embeddings=False),
+    'llama_mqa_tied_headdim': dict(positions='rope', norm='rmsnorm', mlp='swiglu', use_bias=False,
+                                   n_heads=4, n_kv_heads=1, head_dim=24, d_model=64, d_ff=96),
+    'qwen2_qkv_bias': dict(positions='rope', norm='rmsnorm', mlp='swiglu', use_bias=False,
+                           qkv_bias=True, n_heads=4, n_kv_heads=2, d_model=32, d_ff=80),
+    'layernorm_nobias_unscanned': dict(use_bias=False, scan_layers=False, n_layers=3),
+}
+
+
+@pytest.mark.parametrize('case', list(PYTREE_CASES))
+def test_counts_equal_pytree(case):
+  """The config formula equals the initialised pytree's shapes, category by category."""
+  m = _model(vocab_size=101, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=16)
+  m.update(PYTREE_CASES[case])
+  assert count.param_counts(m) == count.pytree_param_counts(m)
+  c = count.param_counts(m)
+  assert c['params'] == c['embedding_params'] + c['non_embedding_params']
+  assert c['unembedding_params'] == (0 if m.tie_embeddings else m.d_model * m.vocab_size)
+  assert c['position_embedding_params'] == (m.max_len * m.d_model if m.positions == 'learned' else 0)
+
+
+@pytest.mark.parametrize('size', ['100m', '1b', '8b'])
+def test_llama_counts_equal_pytree(size):
+  count.checked_param_counts(llama.get_config(size))
+
+
+def test_llama2_7b_count():
+  """Llama-2-7B (32 layers, d 4096, d_ff 11008, vocab 32000, untied) has 6,738,415,616 params (HF)."""
+  assert count.checked_param_counts(llama.get_config('7b'))['params'] == 6_738_415_616
+
+
+def test_hf_gpt2_tiny_count_equals_ours():
+  """transformers' own count (sum of parameters; tied head counted once) for a tiny GPT-2 shape."""
+  transformers = pytest.importorskip('transformers')
+  hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      n_layer=2, n_embd=64, n_head=4, vocab_size=101, n_positions=32))
+  hf_total = sum(p.numel() for p in hf.parameters())
+  ours = count.checked_param_counts(_model(vocab_size=101, d_model=64, n_layers=2, n_heads=4,
+                                           d_ff=256, max_len=32))
+  assert ours['params'] == hf_total
+  hf_emb = hf.transformer.wte.weight.numel() + hf.transformer.wpe.weight.numel()
+  assert ours['embedding_params'] == hf_emb
+
+
+def test_flop_conventions():
+  """6N, Kaplan (Table 1), Chinchilla App. F and the trainer's MFU convention, by hand for one shape."""
+  m = _model(vocab_size=101, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=32)
+  f = count.flop_counts(m, seq_len=32)
+  p = count.param_counts(m)
+  assert f['flops_per_token_6n'] == 6 * p['params']
+  assert f['flops_per_token_6n_non_embedding'] == 6 * p['non_embedding_params']
+  assert f['flops_per_token_kaplan_forward'] == 2 * p['non_embedding_params'] + 2 * 2 * 32 * 64
+  assert f['flops_per_token_kaplan'] == 3 * f['flops_per_token_kaplan_forward']
+  d, s, v, h, ff = 64, 32, 101, 4, 256
+  layer = 2 * 3 * d * d + 2 * s * d + 3 * h * s + 2 * s * d + 2 * d * d + 2 * 2 * d * ff
+  assert f['flops_per_token_chinchilla_forward'] == 2 * v * d + 2 * layer + 2 * d * v
+  assert f['flops_per_token_chinchilla'] == 3 * f['flops_per_token_chinchilla_forward']
+  assert f['flops_per_token_mfu'] == 6 * (2 * (4 * d * d + 2 * d * ff) + d * v) + 12 * 2 * d * s
+
+
+@pytest.mark.parametrize('size,seq_len', [('7b', 1024), ('8b', 1024), ('8b', 2048)])
+def test_chinchilla_flops_close_to_6n_for_large_models(size, seq_len):
+  """facts.md: 6·N·D is within a few percent of Appendix F above ~100M params (untied LLaMA shapes;
+  the excess is the attention term 12·L·S·d_attn, growing with S / d_model)."""
+  f = count.flop_counts(llama.get_config(size), seq_len=seq_len)
+  ratio = f['flops_per_token_chinchilla'] / f['flops_per_token_6n']
+  assert 1.0 < ratio < (1.05 if seq_len == 1024 else 1.08), ratio
+
+
+def test_count_cli():
+  out = subprocess.run([sys.executable, '-m', 'scaling.count', '--config=configs/gpt2.py:124m',
+                        '--config.model.n_layers=6'], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  d = json.loads(out.stdout)
+  for key in ('params', 'non_embedding_params', 'embedding_params', 'flops_per_token_6n',
+              'flops_per_token_chinchilla', 'flops_per_token_kaplan', 'flops_per_token_mfu'):
+    assert key in d
+  assert d['params'] == 124_439_808 - 6 * (12 * 768**2 + 13 * 768)
+  assert d['pytree_checked'] is True
+
+
+# --- families --------------------------------------------------------------------------------------
+
+TINY_TARGETS = (1e5, 3e5, 1e6, 3e6, 1e7)
+
+
+@pytest.mark.parametrize('rule', [
+    family.ShapeRule(family='gpt2', aspect=32, head_dim=16, tolerance=0.05),
+    family.ShapeRule(family='llama', aspect=32, head_dim=16, gqa=2, tie_embeddings=False,
+                     tolerance=0.05),
+    family.ShapeRule(family='gpt2', aspect=64, head_dim=16, count='non_embedding_params',
+                     tolerance=0.05),
+])
+def test_family_members_within_tolerance(rule):
+  members = family.family(TINY_TARGETS, rule)
+  for m in members:
+    assert abs(m.error) <= rule.tolerance, (m.target, m.matched)
+    assert m.d_model % rule.head_dim == 0 and m.n_heads * rule.head_dim == m.d_model
+    assert m.n_heads % m.n_kv_heads == 0 and m.n_heads // m.n_kv_heads == rule.gqa
+    c = count.checked_param_counts(m.model)   # the shapes are real configs, counts exact.
+    assert (c['params'], c['non_embedding_params']) == (m.params, m.non_embedding_params)
+  assert [m.params for m in members] == sorted(m.params for m in members)
+
+
+def test_family_large_llama_targets():
+  rule = family.ShapeRule(family='llama', aspect=128, head_dim=128, gqa=4, vocab_size=32000,
+                          max_len=2048, tie_embeddings=False, ff_multiple=256, tolerance=0.05)
+  for m in family.family((1e8, 1e9, 7e9), rule):
+    assert abs(m.error) <= 0.05
+    assert 64 <= m.aspect <= 400
+
+
+def test_family_cli():
+  out = subprocess.run([sys.executable, '-m', 'scaling.family', '--targets=1e6,3e6,1e7',
+                        '--aspect=32', '--head_dim=16', '--family=gpt2'], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  lines = [l for l in out.stdout.splitlines() if l and not l.startswith('#')]
+  assert lines[0].split()[:3] == ['target', 'params', 'non-embedding']
+  assert len(lines) == 4
+  assert all(abs(float(l.split()[-1])) <= 5 for l in lines[1:])
+
+
+def _load_config_file(path):
+  """get_config() of a config file, as config_flags loads it (by path, not as a package)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], os.path.join(REPO, path))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+# --- sweep members ---------------------------------------------------------------------------------
+
+
+def _sweep_config(**sweep_kw):
+  from configs import default
+  c = default.get_config()
+  c.train.global_batch_size = 16
+  c.sweep = sweep.get_sweep_config(**sweep_kw)
+  c.sweep.family.update(family='gpt2', aspect=16.0, head_dim=8, tolerance=0.1)
+  return c
+
+
+def test_isoflop_members_d_equals_c_over_6n():
+  budgets, sizes = (1e11, 1e12), (2e4, 5e4, 1e5)
+  c = _sweep_config(kind='isoflop', budgets=budgets, sizes=sizes, warmup_fraction=0.05,
+                    min_warmup_steps=5, min_steps=10)
+  ms = sweep.members(c)
+  assert [m.name for m in ms] == [f'C{b}_N{s}' for b in ('1e11', '1e12') for s in ('2e4', '5e4', '1e5')]
+  assert [m.name for m in sweep.members(c)] == [m.name for m in ms]   # deterministic
+  tps = 16 * 128
+  for m in ms:
+    i, cfg = m.info, m.config
+    n = count.param_counts(cfg)['params']
+    assert i['params'] == n and 'sweep' not in cfg
+    want_d = i['budget'] / (6 * n)
+    assert i['steps'] == max(round(want_d / tps), 10)
+    assert cfg.train.num_steps == i['steps'] and cfg.train.total_tokens == 0
+    assert i['tokens'] == i['steps'] * tps
+    assert abs(i['tokens'] - want_d) <= tps / 2 + 1
+    assert i['flops'] == pytest.approx(6 * n * i['tokens'])
+    assert i['flops'] == pytest.approx(i['budget'], rel=0.05)
+    assert cfg.optimizer.warmup_steps == max(5, round(0.05 * round(want_d / tps)))
+    assert cfg.optimizer.warmup_steps <= cfg.train.num_steps
+    assert cfg.train.eval_every == i['steps']
+    assert abs(n / i['target_params'] - 1) <= 0.1
+  # Same size, 10x the budget: 10x the steps (up to rounding).
+  assert ms[3].info['steps'] == pytest.approx(10 * ms[0].info['steps'], rel=0.01)
+
+
+def test_isoflop_non_embedding_count_and_grid_and_distill_axis():
+  c = _sweep_config(kind='isoflop', budgets=(1e11,), sizes=(5e4,), count='non_embedding_params')
+  (m,) = sweep.members(c)
+  n = count.param_counts(m.config)['non_embedding_params']
+  assert m.info['flops'] == pytest.approx(6 * n * m.info['tokens'])
+  assert abs(m.info['tokens'] - 1e11 / (6 * n)) <= 16 * 128
+
+  g = _sweep_config(kind='grid', sizes=(2e4, 5e4), tokens=(1e6, 4e6), min_steps=1)
+  g.sweep.distill = {'modes': ('supervised', 'distill'), 'section': {'teacher': '/t', 'alpha': 0.5}}
+  ms = sweep.members(g)
+  assert len(ms) == 8
+  assert ms[0].name == 'N2e4_D1e6_supervised' and ms[1].name == 'N2e4_D1e6_distill'
+  for m in ms:
+    assert m.info['tokens'] == round(m.info['target_tokens'] / 2048) * 2048
+    assert ('distill' in m.config) == (m.mode == 'distill')
+    assert m.info['mode'] == m.mode
+  assert ms[1].config.distill.teacher == '/t'
+
+
+def test_config_hash_ignores_placement_only():
+  c = _sweep_config(kind='isoflop', budgets=(1e11,), sizes=(5e4,))
+  h = sweep.members(c)[0].config_hash
+  c.data.data_dir = '/elsewhere'
+  c.mesh.fsdp = 2
+  assert sweep.members(c)[0].config_hash == h
+  c.optimizer.lr = 1e-3
+  assert sweep.members(c)[0].config_hash != h
+
+
+def test_sweep_config_errors():
+  with pytest.raises(ValueError, match='budgets'):
+    sweep.members(_sweep_config(kind='isoflop', sizes=(1e4,)))
+  with pytest.raises(ValueError, match='kind'):
+    sweep.members(_sweep_config(kind='random', sizes=(1e4,)))
+  with pytest.raises(ValueError, match='unknown keys'):
+    sweep.members(_sweep_config(kind='isoflop', budgets=(1e11,), sizes=(1e4,), bogus=1))
+  with pytest.raises(ValueError, match='sizes_per_budget'):
+    sweep.members(_sweep_config(kind='isoflop', budgets=(1e11, 1e12), sizes_per_budget=((1e4,),)))
+
+
+def test_tiny_sweep_configs_members():
+  """The shipped sweeps generate: tiny IsoFLOP 3 budgets x 4-5 sizes (FLOPs within 1% of each
+  budget), the sizes x tokens grid, and the distillation sweep (supervised / distilled pairs)."""
+  ms = sweep.members(_load_config_file('configs/sweeps/isoflop_tiny.py'))
+  budgets = sorted({m.info['budget'] for m in ms})
+  assert len(budgets) == 3
+  for b in budgets:
+    assert 4 <= sum(m.info['budget'] == b for m in ms) <= 5
+  for m in ms:
+    assert m.info['flops'] == pytest.approx(m.info['budget'], rel=0.01)
+    assert m.config.train.global_batch_size * m.config.data.seq_len == m.info['tokens_per_step']
+  grid = sweep.members(_load_config_file('configs/sweeps/sizes_tokens_tiny.py'))
+  assert len(grid) == 9 and all(m.info['kind'] == 'grid' for m in grid)
+  dist = sweep.members(_load_config_file('configs/sweeps/distill_tiny.py'))
+  assert [m.mode for m in dist] == ['supervised', 'distill'] * 3
+  for sup, dis in zip(dist[::2], dist[1::2]):
+    assert sup.info['params'] == dis.info['params'] and sup.info['tokens'] == dis.info['tokens']
+    assert 'distill' not in sup.config and dis.config.distill.teacher
+
+
+# --- sweeps end to end -----------------------------------------------------------------------------
+
+TINY_OVERRIDES = {
+    'train.global_batch_size': 8, 'data.seq_len': 32, 'model.max_len': 32,
+    'train.eval_batches': 1, 'sweep.budgets': (1.2e8,), 'sweep.sizes_per_budget': (),
+    'sweep.min_steps': 2, 'sweep.min_warmup_steps': 1, 'sweep.warmup_fraction': 0.0,
+    'sweep.logs_per_member': 100, 'sweep.family.head_dim': 8,
+}
+SIZES = (5e3, 1e4, 2e4)
+
+
+def _cli_value(v):
+  return '(' + ','.join(repr(x) for x in v) + (',)' if len(v) == 1 else ')') if isinstance(v, tuple) else str(v)
+
+
+def _load_tiny(data_dir, sizes):
+  c = _load_config_file('configs/sweeps/isoflop_tiny.py')
+  overrides = {**TINY_OVERRIDES, 'sweep.sizes': tuple(sizes), 'data.data_dir': data_dir}
+  for key, value in overrides.items():
+    *path, name = key.split('.')
+    node = c
+    for p in path:
+      node = node[p]
+    node[name] = value
+  return c, overrides
+
+
+def _main_sweep(workdir, overrides):
+  cmd = [sys.executable, 'main.py', '--config=configs/sweeps/isoflop_tiny.py', f'--workdir={workdir}']
+  cmd += [f'--config.{k}={_cli_value(v)}' for k, v in overrides.items()]
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-4000:]
+  return out
+
+
+def _rows(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_sweep_end_to_end_and_resume(data_dir, tmp_path):
+  """main.py runs a 3-member IsoFLOP sweep: a finished member is skipped, a partial one resumes.
+
+  First a 1-member sweep (in process) finishes member A; then member B is trained to step 3 by
+  train.loop.run(stop_after=3) (an interruption); the full 3-member sweep through main.py then
+  skips A, resumes B from step 3 (its metrics rows up to step 3 are not written again) and trains C.
+  """
+  workdir = str(tmp_path / 'sweep')
+  config, overrides = _load_tiny(data_dir, SIZES)
+  ms = sweep.members(config)
+  assert len(ms) == 3
+  a, b, c = ms
+  assert b.info['steps'] >= 5, b.info
+
+  first, _ = _load_tiny(data_dir, SIZES[:1])
+  assert sweep.run(first, workdir)['ran'] == [a.name]
+  rows = _rows(os.path.join(workdir, 'results.csv'))
+  assert [r['name'] for r in rows] == [a.name]
+  a_result = open(os.path.join(workdir, a.name, 'result.json')).read()
+
+  b_dir = os.path.join(workdir, b.name)
+  loop.run(b.config, b_dir, stop_after=3)
+  b_rows_before = [json.loads(l) for l in open(os.path.join(b_dir, 'metrics.jsonl'))]
+  assert b_rows_before[-1]['step'] == 3
+
+  out = _main_sweep(workdir, overrides)
+  assert f'{a.name}: finished earlier' in out.stderr
+  assert f'{b.name}: resuming from step 3' in out.stderr
+  assert 'Resumed from step 3' in out.stderr
+  assert open(os.path.join(workdir, a.name, 'result.json')).read() == a_result   # not retrained
+  b_rows = [json.loads(l) for l in open(os.path.join(b_dir, 'metrics.jsonl'))]
+  steps = [r['step'] for r in b_rows]
+  assert steps[:len(b_rows_before)] == [r['step'] for r in b_rows_before]
+  assert steps == sorted(set(steps)) and steps[-1] == b.info['steps']   # continued, not restarted
+
+  summary = json.loads(out.stdout[out.stdout.index('{'):])
+  assert summary['skipped'] == [a.name] and summary['ran'] == [b.name, c.name]
+  rows = _rows(os.path.join(workdir, 'results.csv'))
+  assert [r['name'] for r in rows] == [a.name, b.name, c.name]
+  for r, m in zip(rows, ms):
+    for col in ('name', 'params', 'non_embedding_params', 'tokens', 'flops', 'loss', 'config_hash',
+                'bits_per_byte', 'steps', 'wall_s'):
+      assert r[col] != '', col
+    assert int(r['params']) == m.info['params'] and int(r['steps']) == m.info['steps']
+    assert r['config_hash'] == m.config_hash
+    assert 0 < float(r['loss']) < 6 and math.isfinite(float(r['bits_per_byte']))
+    assert float(r['flops']) == pytest.approx(6 * m.info['params'] * m.info['tokens'])
+
+  # The CSV feeds the fitting code as is.
+  from scaling import results
+  assert len(results.read_results(os.path.join(workdir, 'results.csv'))) == 3
+
+  # Running again has nothing to do; a changed member config is refused, not silently reused.
+  assert sweep.run(config, workdir)['ran'] == []
+  config.optimizer.lr = 1e-3
+  with pytest.raises(ValueError, match='different config'):
+    sweep.run(config, workdir)
