@@ -92,7 +92,8 @@ def write(config, workdir: str) -> dict:
   p, n = jax.process_index(), jax.process_count()
   num_steps, k, seq_len = r.derived.num_steps, d.top_k, config.data.seq_len
   shape = [num_steps, r.derived.host_batch, seq_len, k]
-  values_dtype = {'float16': np.float16, 'float32': np.float32, 'bfloat16': np.uint16}[d.logits_dtype]
+  values_dtype = {'float16': np.float16, 'float32': np.float32,
+                  'bfloat16': np.uint16}[d.logits_dtype]
   indices_dtype = _indices_dtype(ref.model.vocab_size)
   meta = {'format': FORMAT, 'stream': stream_identity(config), 'num_steps': num_steps,
           'process_index': p, 'process_count': n, **ref.meta(),
@@ -198,10 +199,11 @@ class Store:
     if r.derived.num_steps > m['num_steps']:
       raise ValueError(f'{where} cover {m["num_steps"]} steps but the run needs '
                        f'{r.derived.num_steps}')
-    if config.distill.top_k > m['top_k']:
-      raise ValueError(f'config.distill.top_k={config.distill.top_k} but only top-{m["top_k"]} '
+    top_k = distill.validate(config).top_k
+    if top_k > m['top_k']:
+      raise ValueError(f'config.distill.top_k={top_k} but only top-{m["top_k"]} '
                        f'logits were stored in {self.directory}')
-    self.top_k = config.distill.top_k
+    self.top_k = top_k
 
   def batch(self, step: int) -> dict:
     """This host's rows at `step`: teacher_values/teacher_indices [rows, L, k], teacher_nll."""
