@@ -34,6 +34,28 @@ def get_model_config() -> ml_collections.ConfigDict:
   return m
 
 
+def get_sweep_config(**overrides) -> ml_collections.ConfigDict:
+  """The `sweep` section (scaling/sweep.py): a grid of members around a base training config."""
+  s = ml_collections.ConfigDict()
+  s.kind = 'isoflop'           # 'isoflop' (budgets x sizes, D = C / 6N) | 'grid' (sizes x tokens)
+  s.budgets = ()               # isoflop: compute budgets C in FLOPs.
+  s.sizes = ()                 # target parameter counts (grid; isoflop when sizes_per_budget empty).
+  s.sizes_per_budget = ()      # isoflop: one tuple of target sizes per budget.
+  s.tokens = ()                # grid: token budgets D.
+  s.count = 'params'           # N in D = C / 6N: 'params' (total) | 'non_embedding_params'.
+  s.warmup_fraction = 0.05
+  s.min_warmup_steps = 5
+  s.min_steps = 10
+  s.checkpoints_per_member = 2
+  s.logs_per_member = 5
+  s.lr_width_exponent = 0.0    # lr *= (lr_ref_d_model / d_model) ** exponent (0: same lr for all).
+  s.lr_ref_d_model = 0
+  s.family = ml_collections.ConfigDict(
+      {'family': 'gpt2', 'aspect': 32.0, 'head_dim': 16, 'tolerance': 0.1})  # scaling/family.py
+  s.update(overrides)
+  return s
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0

@@ -48,6 +48,7 @@ from typing import Optional
 
 import ml_collections
 
+from configs import base
 from scaling import count as count_lib
 from scaling import family as family_lib
 
@@ -60,19 +61,9 @@ DISTILL_COLUMNS = ('mode', 'teacher_params', 'teacher_loss')
 HASH_EXCLUDE = ('data.data_dir', 'distributed', 'mesh', 'train.async_checkpoint')
 MEMBER_FILE = 'sweep_member.json'
 RESULT_FILE = 'result.json'
-DEFAULTS = dict(kind='isoflop', budgets=(), sizes=(), sizes_per_budget=(), tokens=(),
-                count='params', warmup_fraction=0.05, min_warmup_steps=5, min_steps=10,
-                checkpoints_per_member=2, logs_per_member=5, lr_width_exponent=0.0,
-                lr_ref_d_model=0)
-
-
-def get_sweep_config(**kw) -> ml_collections.ConfigDict:
-  """A `sweep` section with every key at its default (update it in configs/sweeps/*.py)."""
-  s = ml_collections.ConfigDict(dict(DEFAULTS))
-  s.family = ml_collections.ConfigDict({'family': 'gpt2', 'aspect': 32.0, 'head_dim': 16,
-                                        'tolerance': 0.1})
-  s.update(kw)
-  return s
+# The section's schema and defaults live with the configs (configs are data).
+get_sweep_config = base.get_sweep_config
+DEFAULTS = {k: v for k, v in base.get_sweep_config().items() if k != 'family'}
 
 
 @dataclasses.dataclass

@@ -17,8 +17,7 @@ import os
 
 import ml_collections
 
-from configs import default
-from scaling import sweep
+from configs import base, default
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEACHER_WORKDIR = os.path.join(REPO, 'workdirs', 'distill', 'teacher')
@@ -32,7 +31,7 @@ def get_config():
   c.train.update(global_batch_size=32, grad_accum_steps=1, eval_batches=16, async_checkpoint=False)
   c.optimizer.update(lr=3e-3, schedule='cosine', min_lr_ratio=0.1, b1=0.9, b2=0.95,
                      weight_decay=0.1, grad_clip=1.0)
-  c.sweep = sweep.get_sweep_config(
+  c.sweep = base.get_sweep_config(
       kind='grid', sizes=(8e3, 2.4e4, 6.4e4), tokens=(1e6,), count='params', warmup_fraction=0.05,
       min_warmup_steps=5, min_steps=20, checkpoints_per_member=2, logs_per_member=4)
   c.sweep.family.update(family='gpt2', aspect=8.0, head_dim=4, tolerance=0.1)

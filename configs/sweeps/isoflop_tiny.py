@@ -13,8 +13,7 @@ At this scale small models win (optima of 6K-12K parameters, ~250 training bytes
 the sizes are consecutive shapes of that ladder around each budget's optimum, and every budget's
 loss-vs-N parabola has its minimum inside the sizes tried.
 """
-from configs import default
-from scaling import sweep
+from configs import base, default
 
 BUDGETS = (5e10, 1.2e11, 2.5e11)
 # Target total params per budget: 5 consecutive shapes of the family's ladder around the optimum.
@@ -36,7 +35,7 @@ def get_config():
   c.train.update(global_batch_size=32, grad_accum_steps=1, eval_batches=16, async_checkpoint=False)
   c.optimizer.update(lr=2e-2, schedule='cosine', min_lr_ratio=0.1, b1=0.9, b2=0.95,
                      weight_decay=0.1, grad_clip=1.0)
-  c.sweep = sweep.get_sweep_config(
+  c.sweep = base.get_sweep_config(
       kind='isoflop', budgets=BUDGETS, sizes_per_budget=SIZES_PER_BUDGET, count='params',
       warmup_fraction=0.05, min_warmup_steps=5, min_steps=20, checkpoints_per_member=2,
       logs_per_member=4)

@@ -8,8 +8,7 @@ roughly 15 minutes on a 2-core CPU).
 Same training setup and shape rule as configs/sweeps/isoflop_tiny.py; members that also appear
 there (same shape, same steps) are not shared, each sweep has its own workdir.
 """
-from configs import default
-from scaling import sweep
+from configs import base, default
 
 
 def get_config():
@@ -20,7 +19,7 @@ def get_config():
   c.train.update(global_batch_size=32, grad_accum_steps=1, eval_batches=16, async_checkpoint=False)
   c.optimizer.update(lr=3e-3, schedule='cosine', min_lr_ratio=0.1, b1=0.9, b2=0.95,
                      weight_decay=0.1, grad_clip=1.0)
-  c.sweep = sweep.get_sweep_config(
+  c.sweep = base.get_sweep_config(
       kind='grid', sizes=(8e3, 1.6e4, 3.2e4), tokens=(1e6, 2e6, 4e6), count='params',
       warmup_fraction=0.05, min_warmup_steps=5, min_steps=20, checkpoints_per_member=2,
       logs_per_member=4)
