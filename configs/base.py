@@ -34,6 +34,22 @@ def get_model_config() -> ml_collections.ConfigDict:
   return m
 
 
+def get_distill_config(**overrides) -> ml_collections.ConfigDict:
+  """The `distill` section (train/distill.py): teacher, temperature, mix, divergence, top-k."""
+  d = ml_collections.ConfigDict()
+  d.teacher = ''               # one of our workdirs, or 'hf:/path/to/dir'.
+  d.mode = 'online'            # 'online' | 'offline'
+  d.temperature = 1.0          # T > 0; both distributions are softened by T.
+  d.alpha = 0.5                # weight of the T^2-scaled divergence; 1 - alpha on hard-label CE.
+  d.divergence = 'forward'     # 'forward' | 'reverse' | 'mix'
+  d.mix_weight = 0.5           # 'mix': weight of forward KL (1 - mix_weight on reverse KL).
+  d.top_k = 32                 # offline: stored teacher logits per token (1 <= k <= vocab).
+  d.logits_dir = ''            # offline: where stored logits live; '' = <workdir>/teacher_logits.
+  d.logits_dtype = 'float16'   # offline: stored values 'float16' | 'bfloat16' | 'float32'.
+  d.update(overrides)
+  return d
+
+
 def get_sweep_config(**overrides) -> ml_collections.ConfigDict:
   """The `sweep` section (scaling/sweep.py): a grid of members around a base training config."""
   s = ml_collections.ConfigDict()

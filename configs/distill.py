@@ -47,11 +47,9 @@ def student_model(m):
 
 
 def distill_section():
-  from train import distill
-  d = distill.default_section()
-  d.update(teacher=TEACHER_WORKDIR, mode='online', temperature=1.0, alpha=0.5,
-           divergence='forward', mix_weight=0.5, top_k=32, logits_dir='', logits_dtype='float16')
-  return d
+  return base.get_distill_config(
+      teacher=TEACHER_WORKDIR, mode='online', temperature=1.0, alpha=0.5, divergence='forward',
+      mix_weight=0.5, top_k=32, logits_dir='', logits_dtype='float16')
 
 
 def get_config(variant: str = 'online'):

@@ -55,6 +55,7 @@ import ml_collections
 import numpy as np
 
 import models
+from configs import base
 from train import init_from, loop, sharding
 from train.step import cross_entropy_sum
 
@@ -64,25 +65,14 @@ LOGITS_DTYPES = ('float16', 'bfloat16', 'float32')
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
-def default_section() -> ml_collections.ConfigDict:
-  """The `distill` config section with its defaults (every key validate() accepts)."""
-  d = ml_collections.ConfigDict()
-  d.teacher = ''             # one of our workdirs, or 'hf:/path/to/dir'.
-  d.mode = 'online'          # 'online' | 'offline'
-  d.temperature = 1.0        # T > 0; both distributions are softened by T.
-  d.alpha = 0.5              # weight of the T^2-scaled divergence; 1 - alpha on the hard-label CE.
-  d.divergence = 'forward'   # 'forward' | 'reverse' | 'mix'
-  d.mix_weight = 0.5         # 'mix': weight of forward KL (1 - mix_weight on reverse KL).
-  d.top_k = 32               # offline: stored teacher logits per token (1 <= k <= vocab).
-  d.logits_dir = ''          # offline: where stored logits live; '' = <workdir>/teacher_logits.
-  d.logits_dtype = 'float16'  # offline: stored values 'float16' | 'bfloat16' | 'float32'.
-  return d
+# The section's schema and defaults live with the configs (configs are data).
+default_section = base.get_distill_config
 
 
 def validate(config) -> ml_collections.ConfigDict:
   """Check config.distill (keys, types, ranges); returns it."""
   if 'distill' not in config or not isinstance(config.distill, ml_collections.ConfigDict):
-    raise ValueError('config.distill: missing section (see train/distill.py default_section)')
+    raise ValueError('config.distill: missing section (see configs/base.py get_distill_config)')
   d, schema = config.distill, default_section()
   for key, value in d.items():
     if key not in schema:
