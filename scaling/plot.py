@@ -4,8 +4,15 @@ The IsoFLOP plot follows Hoffmann et al. 2022 (arXiv 2203.15556), Figure 3: loss
 a parabola in log N through each, and its minimum.
 
   python -m scaling.plot --results=runs.csv --fit=fit.json    # PNGs beside runs.csv
+
+A distillation sweep's results.csv (scaling/sweep.py with a `sweep.distill` axis: `mode`,
+`teacher_params`, `teacher_loss` columns) plots without a fit: student loss vs student params,
+supervised and distilled, with the teacher's loss as a horizontal line; the table goes to stdout.
+
+  python -m scaling.plot --results=W/results.csv --distill   # W/results_distill.png
 """
 import argparse
+import csv
 import json
 import os
 import sys
@@ -117,12 +124,118 @@ def plot_all(runs, fit, out_dir, stem):
   return paths
 
 
+def _float(text):
+  try:
+    return float(text)
+  except (TypeError, ValueError):
+    return float('nan')
+
+
+def read_distill_rows(results_csv):
+  """The rows of a distillation sweep's CSV: dicts with name, mode, params, tokens, loss, teacher_*.
+
+  Raises ValueError when the CSV has no `mode` column or no supervised/distill rows.
+  """
+  with open(results_csv, newline='', encoding='utf-8') as f:
+    reader = csv.DictReader(f)
+    if 'mode' not in (reader.fieldnames or []):
+      raise ValueError(f'{results_csv}: no `mode` column (not a distillation sweep)')
+    rows = []
+    for r in reader:
+      if r.get('mode') not in ('supervised', 'distill'):
+        continue
+      rows.append({'name': r.get('name', ''), 'mode': r['mode'], 'params': _float(r.get('params')),
+                   'tokens': _float(r.get('tokens')), 'loss': _float(r.get('loss')),
+                   'teacher_params': _float(r.get('teacher_params')),
+                   'teacher_loss': _float(r.get('teacher_loss'))})
+  if not rows:
+    raise ValueError(f'{results_csv}: no supervised or distill rows')
+  return rows
+
+
+def distill_table(rows):
+  """One dict per (tokens, params): supervised and distilled loss and their difference (NaN if absent)."""
+  by_key = {}
+  for r in rows:
+    by_key.setdefault((r['tokens'], r['params']), {})[r['mode']] = r
+  out = []
+  for (tokens, params), modes in sorted(by_key.items()):
+    sup = modes.get('supervised', {}).get('loss', float('nan'))
+    dis = modes.get('distill', {}).get('loss', float('nan'))
+    t = modes.get('distill', {})
+    out.append({'params': params, 'tokens': tokens, 'supervised': sup, 'distill': dis,
+                'diff': dis - sup, 'teacher_params': t.get('teacher_params', float('nan')),
+                'teacher_loss': t.get('teacher_loss', float('nan'))})
+  return out
+
+
+def plot_distill_sweep(results_csv, out_path):
+  """Student eval loss vs student params, supervised and distilled, with the teacher's loss line.
+
+  One line per mode (and per token budget when the sweep has several). Returns distill_table(rows).
+  """
+  rows = read_distill_rows(results_csv)
+  token_budgets = sorted({r['tokens'] for r in rows})
+  styles = {'supervised': ('tab:blue', 'o', 'supervised (from scratch)'),
+            'distill': ('tab:orange', 's', 'distilled')}
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  for k, tokens in enumerate(token_budgets):
+    for mode, (colour, marker, label) in styles.items():
+      pts = sorted((r['params'], r['loss']) for r in rows
+                   if r['mode'] == mode and r['tokens'] == tokens and np.isfinite(r['loss']))
+      if not pts:
+        continue
+      if len(token_budgets) > 1:
+        label = f'{label}, {tokens:.3g} tokens'
+      x, y = zip(*pts)
+      ax.plot(x, y, marker=marker, color=colour, ls=('-', '--', ':', '-.')[k % 4], label=label)
+  teachers = {(r['teacher_params'], r['teacher_loss']) for r in rows
+              if r['mode'] == 'distill' and np.isfinite(r['teacher_loss'])}
+  for tp, tl in sorted(teachers):
+    size = f'{tp / 1e6:.3g}M params' if np.isfinite(tp) else 'params unknown'
+    ax.axhline(tl, color='k', ls='--', lw=1, label=f'teacher ({size}): {tl:.3f}')
+  ax.set(xscale='log', xlabel='student params', ylabel='student eval loss (CE, nats/token)',
+         title='Distillation sweep: student loss vs size')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  fig.savefig(out_path, dpi=120)
+  plt.close(fig)
+  return distill_table(rows)
+
+
+def format_distill_table(table):
+  """A Markdown table of distill_table()'s rows."""
+  lines = ['| student params | tokens | supervised loss | distilled loss | distilled − supervised '
+           '| teacher params | teacher loss |', '|---|---|---|---|---|---|---|']
+  for r in table:
+    tp = f'{r["teacher_params"]:,.0f}' if np.isfinite(r['teacher_params']) else ''
+    lines.append(f'| {r["params"]:,.0f} | {r["tokens"]:,.0f} | {r["supervised"]:.3f} | '
+                 f'{r["distill"]:.3f} | {r["diff"]:+.3f} | {tp} | {r["teacher_loss"]:.3f} |')
+  return '\n'.join(lines)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--results', required=True, help='results CSV the fit was made from')
-  p.add_argument('--fit', required=True, help='JSON written by scaling.fit')
+  p.add_argument('--fit', default='', help='JSON written by scaling.fit (not with --distill)')
+  p.add_argument('--distill', action='store_true',
+                 help='a distillation sweep: plot student loss vs size (no fit needed)')
   p.add_argument('--out_dir', default='', help='default: the results CSV directory')
   args = p.parse_args(argv)
+  out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.results))
+  stem = os.path.splitext(os.path.basename(args.results))[0]
+  if args.distill:
+    out_path = os.path.join(out_dir, f'{stem}_distill.png')
+    try:
+      table = plot_distill_sweep(args.results, out_path)
+    except ValueError as e:
+      sys.exit(f'error: {e}')
+    print(format_distill_table(table))
+    print(out_path)
+    return
+  if not args.fit:
+    p.error('--fit is required (or pass --distill)')
   with open(args.fit) as f:
     fit = json.load(f)
   cols = fit.get('columns', {})
@@ -132,8 +245,6 @@ def main(argv=None):
         loss_col=cols.get('loss', 'loss'), flops_col=cols.get('flops', 'flops'))
   except ValueError as e:
     sys.exit(f'error: {e}')
-  out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.results))
-  stem = os.path.splitext(os.path.basename(args.results))[0]
   for path in plot_all(runs, fit, out_dir, stem):
     print(path)
 
