@@ -19,25 +19,16 @@ import os
 
 import ml_collections
 
-from configs import base, default
+from configs.sweeps import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEACHER_WORKDIR = os.path.join(REPO, 'workdirs', 'distill', 'teacher')
 
 
 def get_config():
-  c = default.get_config()
-  # Pinned (not inherited from configs/default.py), see configs/sweeps/isoflop_tiny.py.
-  c.model.update(vocab_size=257, max_len=128, dtype='float32')
-  c.data.update(seq_len=128, tokenizer='byte', dataset='stdlib_corpus')
-  c.train.update(global_batch_size=32, grad_accum_steps=1, eval_batches=16, async_checkpoint=False)
-  c.optimizer.update(lr=3e-3, schedule='cosine', min_lr_ratio=0.1, b1=0.9, b2=0.95,
-                     weight_decay=0.1, grad_clip=1.0)
-  c.sweep = base.get_sweep_config(
-      kind='grid', sizes=(8e3, 2.4e4, 6.4e4), tokens=(6e5,), count='params', warmup_fraction=0.05,
-      min_warmup_steps=5, min_steps=20, checkpoints_per_member=2, logs_per_member=4)
-  c.sweep.family.update(family='gpt2', aspect=8.0, head_dim=4, tolerance=0.1)
-  # The `distill` section of the distilled members (train/distill.py default_section() keys;
+  c = tiny.training_config(lr=3e-3)
+  c.sweep = tiny.sweep_section(kind='grid', sizes=(8e3, 2.4e4, 6.4e4), tokens=(6e5,))
+  # The `distill` section of the distilled members (configs/base.py get_distill_config() keys;
   # omitted keys take its defaults).
   c.sweep.distill = ml_collections.ConfigDict({
       'modes': ('supervised', 'distill'),

@@ -13,7 +13,7 @@ At this scale small models win (optima of 6K-12K parameters, ~250 training bytes
 the sizes are consecutive shapes of that ladder around each budget's optimum, and every budget's
 loss-vs-N parabola has its minimum inside the sizes tried.
 """
-from configs import base, default
+from configs.sweeps import tiny
 
 BUDGETS = (5e10, 1.2e11, 2.5e11)
 # Target total params per budget: 5 consecutive shapes of the family's ladder around the optimum.
@@ -27,17 +27,6 @@ SIZES_PER_BUDGET = (
 
 
 def get_config():
-  c = default.get_config()
-  # Pinned here (not inherited) so that a change to configs/default.py cannot change the members
-  # of an existing sweep: their config hashes would no longer match their workdirs.
-  c.model.update(vocab_size=257, max_len=128, dtype='float32')
-  c.data.update(seq_len=128, tokenizer='byte', dataset='stdlib_corpus')
-  c.train.update(global_batch_size=32, grad_accum_steps=1, eval_batches=16, async_checkpoint=False)
-  c.optimizer.update(lr=2e-2, schedule='cosine', min_lr_ratio=0.1, b1=0.9, b2=0.95,
-                     weight_decay=0.1, grad_clip=1.0)
-  c.sweep = base.get_sweep_config(
-      kind='isoflop', budgets=BUDGETS, sizes_per_budget=SIZES_PER_BUDGET, count='params',
-      warmup_fraction=0.05, min_warmup_steps=5, min_steps=20, checkpoints_per_member=2,
-      logs_per_member=4)
-  c.sweep.family.update(family='gpt2', aspect=8.0, head_dim=4, tolerance=0.1)
+  c = tiny.training_config(lr=2e-2)
+  c.sweep = tiny.sweep_section(kind='isoflop', budgets=BUDGETS, sizes_per_budget=SIZES_PER_BUDGET)
   return c
