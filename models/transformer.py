@@ -32,6 +32,16 @@ def _param(module, name, shape, axes, init):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
 
+def _dense(module, name, x, eqn, shape, axes, n_out, init, bias, dtype):
+  """einsum(eqn, x, kernel) in the compute dtype, plus an optional zero-init bias over the
+  kernel's last `n_out` (output) dims, named `<name>_bias`."""
+  y = jnp.einsum(eqn, x, _param(module, name, shape, axes, init).astype(dtype))
+  if bias:
+    y = y + _param(module, name + '_bias', shape[-n_out:], axes[-n_out:],
+                   nn.initializers.zeros).astype(dtype)
+  return y
+
+
 class Norm(nn.Module):
   """LayerNorm (mean-centred, optional bias) or RMSNorm, computed in float32."""
   cfg: object
@@ -75,13 +85,9 @@ class Attention(nn.Module):
     # Residual-branch output projections are scaled down with depth (GPT-2).
     out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
 
-    def proj(name, heads, axes):
-      w = _param(self, name, (D, heads, Dh), ('embed', axes, 'head_dim'), init)
-      y = jnp.einsum('bld,dhk->blhk', x_BxLxD, w.astype(dtype))
-      if cfg.use_bias or cfg.qkv_bias:  # qkv_bias alone: Qwen2 (no out-projection/MLP biases).
-        y = y + _param(self, name + '_bias', (heads, Dh), (axes, 'head_dim'),
-                       nn.initializers.zeros).astype(dtype)
-      return y
+    def proj(name, heads, axes):  # qkv_bias alone: Qwen2 (no out-projection/MLP biases).
+      return _dense(self, name, x_BxLxD, 'bld,dhk->blhk', (D, heads, Dh),
+                    ('embed', axes, 'head_dim'), 2, init, cfg.use_bias or cfg.qkv_bias, dtype)
 
     q_BxLxHxDh = proj('query', H, 'heads')
     k_BxLxKxDh = proj('key', K, 'kv_heads')
@@ -95,12 +101,8 @@ class Attention(nn.Module):
     o_BxLxHxDh = jax.nn.dot_product_attention(
         q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, is_causal=True,
         implementation=None if cfg.attention_impl == 'auto' else cfg.attention_impl)
-    w_out = _param(self, 'out', (H, Dh, D), ('heads', 'head_dim', 'embed'), out_init)
-    y_BxLxD = jnp.einsum('blhk,hkd->bld', o_BxLxHxDh, w_out.astype(dtype))
-    if cfg.use_bias:
-      y_BxLxD = y_BxLxD + _param(self, 'out_bias', (D,), ('embed',),
-                                 nn.initializers.zeros).astype(dtype)
-    return y_BxLxD
+    return _dense(self, 'out', o_BxLxHxDh, 'blhk,hkd->bld', (H, Dh, D),
+                  ('heads', 'head_dim', 'embed'), 1, out_init, cfg.use_bias, dtype)
 
 
 class Mlp(nn.Module):
@@ -115,21 +117,17 @@ class Mlp(nn.Module):
     init = nn.initializers.normal(cfg.init_std)
     out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
 
-    def dense(name, x, shape, axes, bias_axes, w_init):
-      y = jnp.einsum('...i,io->...o', x, _param(self, name, shape, axes, w_init).astype(dtype))
-      if cfg.use_bias:
-        y = y + _param(self, name + '_bias', shape[-1:], bias_axes,
-                       nn.initializers.zeros).astype(dtype)
-      return y
+    def dense(name, x, shape, axes, w_init):
+      return _dense(self, name, x, '...i,io->...o', shape, axes, 1, w_init, cfg.use_bias, dtype)
 
-    h_BxLxF = dense('wi', x_BxLxD, (D, F), ('embed', 'mlp'), ('mlp',), init)
+    h_BxLxF = dense('wi', x_BxLxD, (D, F), ('embed', 'mlp'), init)
     if cfg.mlp == 'swiglu':
-      gate_BxLxF = dense('wg', x_BxLxD, (D, F), ('embed', 'mlp'), ('mlp',), init)
+      gate_BxLxF = dense('wg', x_BxLxD, (D, F), ('embed', 'mlp'), init)
       h_BxLxF = nn.silu(gate_BxLxF) * h_BxLxF
     else:
       h_BxLxF = nn.gelu(h_BxLxF, approximate=True)
     h_BxLxF = nn.with_logical_constraint(h_BxLxF, ('batch', 'length', 'mlp'))
-    return dense('wo', h_BxLxF, (F, D), ('mlp', 'embed'), ('embed',), out_init)
+    return dense('wo', h_BxLxF, (F, D), ('mlp', 'embed'), out_init)
 
 
 class Block(nn.Module):
