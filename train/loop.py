@@ -124,10 +124,11 @@ def run(config, workdir: str, task_fn: Optional[Callable[[Run], Task]] = None,
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(cfg.to_json_best_effort(indent=2))
 
-  writer, progress_writer = metrics.make_writers(workdir)
   mngr = checkpoint.manager(workdir, t)
   meta = {**stream_meta(cfg), **task.meta}
   latest = mngr.latest_step()
+  metrics.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), latest or 0)
+  writer, progress_writer = metrics.make_writers(workdir)
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     if latest is not None:
       abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),

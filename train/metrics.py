@@ -50,6 +50,21 @@ class _FiniteOnly:
     return getattr(self._inner, name)
 
 
+def truncate_jsonl(path: str, last_step: int):
+  """Drop rows logged after `last_step` (the checkpoint a run resumes from), so a resumed run's
+  metrics.jsonl reads like an uninterrupted one's instead of repeating those steps."""
+  if jax.process_index() > 0 or not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = f.readlines()
+  keep = [r for r in rows if r.strip() and json.loads(r)['step'] <= last_step]
+  if len(keep) != len(rows):
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+
+
 def make_writers(workdir: str):
   """(metrics writer, progress writer). Process 0 writes TensorBoard + console, and the
   metrics writer also metrics.jsonl (one row per logging step); other hosts only log."""
