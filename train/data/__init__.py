@@ -7,3 +7,6 @@ from train.data.tokenizers import ByteTokenizer
 from train.data.tokenizers import HFTokenizer
 from train.data.tokenizers import check_vocab
 from train.data.tokenizers import make_tokenizer
+
+__all__ = ['PackedDataset', 'TokenStream', 'load_token_stream', 'make_datasets', 'ByteTokenizer',
+           'HFTokenizer', 'check_vocab', 'make_tokenizer']
