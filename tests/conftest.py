@@ -16,7 +16,7 @@ def data_dir(tmp_path_factory):
   return os.environ.get('TEST_TFDS_DIR') or str(tmp_path_factory.mktemp('tfds'))
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def tiny_config(data_dir):
   """Factory for a seconds-fast config on the embedded corpus, with {'section.key': value} overrides."""
   from configs import base

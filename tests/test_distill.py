@@ -238,15 +238,10 @@ def test_store_reads_bfloat16_and_refuses_incomplete_or_missing(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def teacher_dir(tmp_path_factory, data_dir):
+def teacher_dir(tmp_path_factory, tiny_config):
   """A tiny teacher trained by the core loop (in-process, on the default 8 simulated devices)."""
-  from configs import base
-  c = base.get_config()
-  c.model.update(d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=32)
-  c.data.update(seq_len=32, data_dir=data_dir)
-  c.train.update(global_batch_size=8, num_steps=6, log_every=3, eval_every=6, eval_batches=1,
-                 checkpoint_every=6, async_checkpoint=False)
-  c.optimizer.update(lr=3e-3, warmup_steps=1)
+  c = tiny_config({'train.num_steps': 6, 'train.log_every': 3, 'train.eval_every': 6,
+                   'train.checkpoint_every': 6, 'optimizer.lr': 3e-3})
   path = str(tmp_path_factory.mktemp('teacher'))
   loop.run(c, path)
   return path
