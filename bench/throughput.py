@@ -29,7 +29,7 @@ def main(_):
   derived = validation.derive(config, jax.device_count(), jax.process_count())
   model = derived.model
   mesh = sharding.make_mesh(config.mesh)
-  tx = optim.make_optimizer(config.optimizer, derived.num_steps)
+  tx = optim.make_optimizer(config.optimizer, derived.num_steps, derived.model)
   shardings = state_lib.state_shardings(model, tx, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   rng = np.random.default_rng(0)

@@ -31,6 +31,12 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.remat = 'none'            # 'none' | 'full' | 'dots' | 'dots_no_batch'
   m.scan_layers = True
   m.attention_impl = 'xla'    # 'xla' | 'cudnn' | 'auto': jax.nn.dot_product_attention implementation.
+  # Per-parameter init, multipliers and Adam lr/wd scales (models/parametrization.py):
+  # 'sp' (standard, GPT-2 init) | 'mup' (μP, relative to the base shape) | 'umup' (u-μP).
+  m.parametrization = 'sp'
+  m.base_d_model = 0          # μP base shape; 0: this model's own (width multiplier 1).
+  m.base_d_ff = 0             # 0: d_ff * base_d_model / d_model.
+  m.base_head_dim = 0         # 0: this model's head dim.
   return m
 
 

@@ -9,6 +9,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jax.sharding import PartitionSpec
+
+from models import parametrization
 from models.config import ModelConfig
 from models.transformer import Transformer, head_dim, kv_heads
 
@@ -41,6 +44,14 @@ def param_shapes(model_config):
   return jax.eval_shape(lambda: init(model_config, jax.random.key(0)))
 
 
+def param_scales(model_config, field: str):
+  """Pytree (matching params) of one field of the parametrization table, e.g. 'lr' or 'wd'."""
+  cfg = ModelConfig.make(model_config)
+  return jax.tree.map(lambda spec, s: getattr(parametrization.scales(cfg, tuple(spec), s.shape), field),
+                      logical_axes(cfg), param_shapes(cfg),
+                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _logits(cfg: ModelConfig, params, tokens_BxL):
   return Transformer(cfg).apply({'params': params}, tokens_BxL)
@@ -52,4 +63,4 @@ def logits(model_config, params, tokens_BxL):
 
 
 __all__ = ['ModelConfig', 'Transformer', 'init', 'logits', 'logical_axes', 'param_shapes',
-           'head_dim', 'kv_heads']
+           'param_scales', 'head_dim', 'kv_heads']

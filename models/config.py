@@ -26,6 +26,10 @@ class ModelConfig:
   remat: str = 'none'
   scan_layers: bool = True
   attention_impl: str = 'xla'
+  parametrization: str = 'sp'
+  base_d_model: int = 0
+  base_d_ff: int = 0
+  base_head_dim: int = 0
 
   @classmethod
   def make(cls, cfg) -> 'ModelConfig':

@@ -127,6 +127,13 @@ def _check_arch(cfg: ModelConfig, target: ModelConfig):
     raise ValueError('model_config disagrees with the checkpoint config: ' + '; '.join(bad))
 
 
+def _check_sp(cfg: ModelConfig, what: str):
+  """HF checkpoints hold standard-parametrized weights: μP / u-μP multipliers would be lost."""
+  if cfg.parametrization != 'sp':
+    raise ValueError(f"{what}: HuggingFace checkpoints are standard-parametrized, but "
+                     f"config.model.parametrization={cfg.parametrization!r}; use 'sp'")
+
+
 def to_hf_config(model_config):
   """transformers GPT2Config / LlamaConfig / Qwen2Config for `model_config`.
 
@@ -412,6 +419,7 @@ def import_checkpoint(path: str, model_config=None, shardings=None):
   cfg = config_from_hf(hf)
   if model_config is not None:
     target = ModelConfig.make(model_config)
+    _check_sp(target, f'importing {path}')
     _check_arch(cfg, target)
     cfg = target
   _check_window(hf, cfg)
@@ -443,6 +451,7 @@ def import_checkpoint(path: str, model_config=None, shardings=None):
 def export_checkpoint(model_config, params, path: str):
   """Write config.json and model.safetensors (float32, HF names) for `from_pretrained(path)`."""
   cfg = ModelConfig.make(model_config)
+  _check_sp(cfg, f'exporting to {path}')
   cfg = cfg.replace(scan_layers='layers' in params)  # Follow the params' layout.
   hf = to_hf_config(cfg)
   host = jax.device_get(params)

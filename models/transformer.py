@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models import parametrization
+
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 REMAT_POLICIES = {
@@ -28,17 +30,22 @@ def kv_heads(cfg) -> int:
   return cfg.n_kv_heads or cfg.n_heads
 
 
-def _param(module, name, shape, axes, init):
+def _param(module, name, shape, axes, init=None):
+  """A float32 param with logical axes; weights (init None) get the parametrization's init std."""
+  if init is None:
+    init = nn.initializers.normal(parametrization.scales(module.cfg, axes, shape).init)
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
 
-def _dense(module, name, x, eqn, shape, axes, n_out, init, bias, dtype):
-  """einsum(eqn, x, kernel) in the compute dtype, plus an optional zero-init bias over the
-  kernel's last `n_out` (output) dims, named `<name>_bias`."""
-  y = jnp.einsum(eqn, x, _param(module, name, shape, axes, init).astype(dtype))
+def _dense(module, name, x, eqn, shape, axes, n_out, bias):
+  """einsum(eqn, x, kernel) in the compute dtype times the parametrization's multiplier, plus an
+  optional zero-init bias over the kernel's last `n_out` (output) dims, named `<name>_bias`."""
+  cfg = module.cfg
+  y = jnp.einsum(eqn, x, _param(module, name, shape, axes).astype(DTYPES[cfg.dtype]))
+  y = parametrization.apply(y, parametrization.scales(cfg, axes, shape))
   if bias:
     y = y + _param(module, name + '_bias', shape[-n_out:], axes[-n_out:],
-                   nn.initializers.zeros).astype(dtype)
+                   nn.initializers.zeros).astype(DTYPES[cfg.dtype])
   return y
 
 
@@ -79,15 +86,11 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD):
     cfg = self.cfg
-    dtype = DTYPES[cfg.dtype]
     D, H, K, Dh = cfg.d_model, cfg.n_heads, kv_heads(cfg), head_dim(cfg)
-    init = nn.initializers.normal(cfg.init_std)
-    # Residual-branch output projections are scaled down with depth (GPT-2).
-    out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
 
     def proj(name, heads, axes):  # qkv_bias alone: Qwen2 (no out-projection/MLP biases).
       return _dense(self, name, x_BxLxD, 'bld,dhk->blhk', (D, heads, Dh),
-                    ('embed', axes, 'head_dim'), 2, init, cfg.use_bias or cfg.qkv_bias, dtype)
+                    ('embed', axes, 'head_dim'), 2, cfg.use_bias or cfg.qkv_bias)
 
     q_BxLxHxDh = proj('query', H, 'heads')
     k_BxLxKxDh = proj('key', K, 'kv_heads')
@@ -100,9 +103,10 @@ class Attention(nn.Module):
     # 'cudnn' selects the fused flash kernel on GPU. GQA: K divides H, heads are grouped.
     o_BxLxHxDh = jax.nn.dot_product_attention(
         q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, is_causal=True,
+        scale=parametrization.attention_scale(cfg),
         implementation=None if cfg.attention_impl == 'auto' else cfg.attention_impl)
     return _dense(self, 'out', o_BxLxHxDh, 'blhk,hkd->bld', (H, Dh, D),
-                  ('heads', 'head_dim', 'embed'), 1, out_init, cfg.use_bias, dtype)
+                  ('heads', 'head_dim', 'embed'), 1, cfg.use_bias)
 
 
 class Mlp(nn.Module):
@@ -112,34 +116,50 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD):
     cfg = self.cfg
-    dtype = DTYPES[cfg.dtype]
     D, F = cfg.d_model, cfg.d_ff
-    init = nn.initializers.normal(cfg.init_std)
-    out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
 
-    def dense(name, x, shape, axes, w_init):
-      return _dense(self, name, x, '...i,io->...o', shape, axes, 1, w_init, cfg.use_bias, dtype)
+    def dense(name, x, shape, axes):
+      return _dense(self, name, x, '...i,io->...o', shape, axes, 1, cfg.use_bias)
 
-    h_BxLxF = dense('wi', x_BxLxD, (D, F), ('embed', 'mlp'), init)
+    h_BxLxF = dense('wi', x_BxLxD, (D, F), ('embed', 'mlp'))
     if cfg.mlp == 'swiglu':
-      gate_BxLxF = dense('wg', x_BxLxD, (D, F), ('embed', 'mlp'), init)
+      gate_BxLxF = dense('wg', x_BxLxD, (D, F), ('embed', 'mlp'))
       h_BxLxF = nn.silu(gate_BxLxF) * h_BxLxF
     else:
       h_BxLxF = nn.gelu(h_BxLxF, approximate=True)
     h_BxLxF = nn.with_logical_constraint(h_BxLxF, ('batch', 'length', 'mlp'))
-    return dense('wo', h_BxLxF, (F, D), ('mlp', 'embed'), out_init)
+    return dense('wo', h_BxLxF, (F, D), ('mlp', 'embed'))
+
+
+def _probe(module, name, x):
+  """Identity; lets a coordinate check read x ('intermediates') and its gradient ('perturbations').
+  Both collections are absent in training (and dropped inside nn.scan), so this costs nothing."""
+  module.sow('intermediates', name, x)
+  return module.perturb(name, x)
+
+
+def _residual_add(cfg, x_BxLxD, f_BxLxD, branch):
+  """x + f(x), or the parametrization's weighted sum (u-μP) for residual branch `branch`."""
+  weights = parametrization.residual_weights(cfg, branch)
+  if weights is None:
+    return x_BxLxD + f_BxLxD
+  skip, scale = (w.astype(x_BxLxD.dtype) for w in weights)
+  return skip * x_BxLxD + scale * f_BxLxD
 
 
 class Block(nn.Module):
-  """Pre-norm residual block; the (carry, None) signature lets nn.scan stack it."""
+  """Pre-norm residual block; the (carry, layer index) signature lets nn.scan stack it."""
   cfg: object
 
   @nn.compact
-  def __call__(self, x_BxLxD, _):
-    x_BxLxD = x_BxLxD + Attention(self.cfg, name='attn')(Norm(self.cfg, name='attn_norm')(x_BxLxD))
-    x_BxLxD = x_BxLxD + Mlp(self.cfg, name='mlp')(Norm(self.cfg, name='mlp_norm')(x_BxLxD))
+  def __call__(self, x_BxLxD, layer):
+    cfg = self.cfg
+    attn_BxLxD = Attention(cfg, name='attn')(Norm(cfg, name='attn_norm')(x_BxLxD))
+    x_BxLxD = _residual_add(cfg, x_BxLxD, _probe(self, 'attn_out', attn_BxLxD), 2 * layer)
+    mlp_BxLxD = Mlp(cfg, name='mlp')(Norm(cfg, name='mlp_norm')(x_BxLxD))
+    x_BxLxD = _residual_add(cfg, x_BxLxD, _probe(self, 'mlp_out', mlp_BxLxD), 2 * layer + 1)
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed'))
-    return x_BxLxD, None
+    return _probe(self, 'residual', x_BxLxD), None
 
 
 class Transformer(nn.Module):
@@ -150,14 +170,14 @@ class Transformer(nn.Module):
   def __call__(self, tokens_BxL):
     cfg = self.cfg
     dtype = DTYPES[cfg.dtype]
-    embed_VxD = _param(self, 'embed', (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'),
-                       nn.initializers.normal(cfg.init_std))
+    V, D = cfg.vocab_size, cfg.d_model
+    embed_VxD = _param(self, 'embed', (V, D), ('vocab', 'embed'))
     x_BxLxD = jnp.take(embed_VxD, tokens_BxL, axis=0).astype(dtype)
     if cfg.positions == 'learned':
-      pos_PxD = _param(self, 'pos_embed', (cfg.max_len, cfg.d_model), ('position', 'embed'),
-                       nn.initializers.normal(cfg.init_std / 2))
+      pos_PxD = _param(self, 'pos_embed', (cfg.max_len, D), ('position', 'embed'))
       x_BxLxD = x_BxLxD + pos_PxD[:tokens_BxL.shape[1]].astype(dtype)[None]
-    x_BxLxD = nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed'))
+    x_BxLxD = _probe(self, 'embedding', nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed')))
+    layer_N = jnp.arange(cfg.n_layers, dtype=jnp.int32)
 
     block = Block
     if cfg.remat != 'none':
@@ -166,18 +186,20 @@ class Transformer(nn.Module):
       # One traced layer, params stacked on a leading 'layers' axis: compile time flat in depth.
       layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
                        length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-      x_BxLxD, _ = layers(cfg, name='layers')(x_BxLxD, None)
+      x_BxLxD, _ = layers(cfg, name='layers')(x_BxLxD, layer_N)
     else:
       for i in range(cfg.n_layers):
-        x_BxLxD, _ = block(cfg, name=f'layer_{i}')(x_BxLxD, None)
+        x_BxLxD, _ = block(cfg, name=f'layer_{i}')(x_BxLxD, layer_N[i])
 
-    x_BxLxD = Norm(cfg, name='final_norm')(x_BxLxD)
-    if cfg.tie_embeddings:
+    x_BxLxD = _probe(self, 'final', Norm(cfg, name='final_norm')(x_BxLxD))
+    if cfg.tie_embeddings:  # the shared table keeps its embedding init and lr (mup's MuSharedReadout).
       unembed_DxV = embed_VxD.T
     else:
-      unembed_DxV = _param(self, 'unembed', (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'),
-                           nn.initializers.normal(cfg.init_std))
+      unembed_DxV = _param(self, 'unembed', (D, V), ('embed', 'vocab'))
     # Logits in float32: the matmul accumulates in float32 whatever the compute dtype.
     logits_BxLxV = jnp.einsum('bld,dv->blv', x_BxLxD, unembed_DxV.astype(dtype),
                               preferred_element_type=jnp.float32)
+    logits_BxLxV = parametrization.apply(
+        logits_BxLxV, parametrization.scales(cfg, ('embed', 'vocab'), (D, V)))
+    self.sow('intermediates', 'logits', logits_BxLxV)
     return nn.with_logical_constraint(logits_BxLxV, ('batch', 'length', 'vocab'))

@@ -43,6 +43,10 @@ def load_params(src: str, model_config=None, shardings=None):
     return hf.import_checkpoint(src[3:], model_config=model_config, shardings=shardings)
   saved_cfg = workdir_model_config(src)
   cfg = models.ModelConfig.make(model_config) if model_config is not None else saved_cfg
+  shape_of = lambda c: (c.parametrization, c.base_d_model, c.base_d_ff, c.base_head_dim)
+  if shape_of(saved_cfg) != shape_of(cfg):
+    raise ValueError(f'{src}: trained with parametrization/base shape {shape_of(saved_cfg)}, the '
+                     f'model config has {shape_of(cfg)}; the weights would mean something else')
   saved = models.param_shapes(saved_cfg)
   _check_shapes(src, models.param_shapes(cfg), saved)
   mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(src), 'checkpoints'),

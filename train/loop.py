@@ -65,7 +65,7 @@ def setup(config) -> Run:
   mesh = sharding.make_mesh(config.mesh)
   train_ds, eval_ds, tokenizer = pipeline.make_datasets(config, jax.process_index(),
                                                         jax.process_count())
-  optimizer = optim.make_optimizer(config.optimizer, derived.num_steps)
+  optimizer = optim.make_optimizer(config.optimizer, derived.num_steps, derived.model)
   lr_fn = optim.lr_schedule(config.optimizer, derived.num_steps)
   state_shardings = state_lib.state_shardings(derived.model, optimizer, mesh)
   return Run(config, derived, mesh, train_ds, eval_ds, tokenizer, state_shardings,

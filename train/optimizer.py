@@ -1,6 +1,8 @@
-"""AdamW with warmup + (cosine | linear | constant | warmup-stable-decay), clipping and a decay mask."""
+"""AdamW (per-parameter lr/wd scales under μP / u-μP) with warmup + (cosine | linear | constant | warmup-stable-decay), clipping and a decay mask."""
 import jax
 import optax
+
+import models
 
 
 def lr_schedule(opt, num_steps: int) -> optax.Schedule:
@@ -37,11 +39,30 @@ def decay_mask(params, exclude):
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(opt, num_steps: int) -> optax.GradientTransformation:
+def _per_leaf(fn, *trees) -> optax.GradientTransformation:
+  """Stateless transform applying fn(update, param, *leaves of trees) leaf by leaf."""
+  return optax.stateless(lambda u, p: jax.tree.map(fn, u, p, *trees))
+
+
+def make_optimizer(opt, num_steps: int, model_config=None) -> optax.GradientTransformation:
+  """Clipping + AdamW; under μP / u-μP with the per-parameter lr and weight-decay scales of
+  models.parametrization (the same table that sets init and multipliers)."""
   chain = []
   if opt.grad_clip > 0:
     chain.append(optax.clip_by_global_norm(opt.grad_clip))
-  chain.append(optax.adamw(lr_schedule(opt, num_steps), b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                           weight_decay=opt.weight_decay,
-                           mask=lambda p: decay_mask(p, opt.wd_exclude)))
+  schedule = lr_schedule(opt, num_steps)
+  mask = lambda p: decay_mask(p, opt.wd_exclude)
+  if model_config is None or models.ModelConfig.make(model_config).parametrization == 'sp':
+    chain.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                             weight_decay=opt.weight_decay, mask=mask))
+    return optax.chain(*chain)
+  # optax.adamw's chain, with per-leaf decay (wd · wd scale, 0 where masked) and lr scale.
+  lr_scales = models.param_scales(model_config, 'lr')
+  decays = jax.tree.map(lambda m, s: opt.weight_decay * s if m else 0.0,
+                        mask(models.param_shapes(model_config)),
+                        models.param_scales(model_config, 'wd'))
+  chain += [optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
+            _per_leaf(lambda u, p, wd: u + wd * p if wd else u, decays),
+            _per_leaf(lambda u, p, s: u * s, lr_scales),
+            optax.scale_by_learning_rate(schedule)]
   return optax.chain(*chain)

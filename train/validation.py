@@ -9,6 +9,7 @@ import dataclasses
 import ml_collections
 
 from configs import base
+from models import parametrization
 from models.config import ModelConfig
 from train import sharding
 
@@ -19,6 +20,7 @@ CHOICES = {
     'model.dtype': ('float32', 'bfloat16', 'float16'),
     'model.remat': ('none', 'full', 'dots', 'dots_no_batch'),
     'model.attention_impl': ('xla', 'cudnn', 'auto'),
+    'model.parametrization': parametrization.PARAMETRIZATIONS,
     'optimizer.schedule': ('cosine', 'linear', 'constant', 'wsd'),
     'distributed.initialize': ('auto', 'yes', 'no'),
 }
@@ -92,6 +94,11 @@ def derive(config, num_devices: int, process_count: int = 1) -> Derived:
   if m.attention_impl == 'cudnn' and m.dtype == 'float32':
     raise ValueError("config.model.attention_impl='cudnn' needs config.model.dtype bfloat16 or "
                      "float16 (the cuDNN flash kernel has no float32 path); use 'xla' for float32")
+  for key in ('base_d_model', 'base_d_ff', 'base_head_dim'):
+    if m[key] < 0:
+      raise ValueError(f'config.model.{key} must be >= 0 (0: the model\'s own), got {m[key]}')
+  if m.parametrization != 'mup' and (m.base_d_model or m.base_d_ff or m.base_head_dim):
+    raise ValueError("config.model.base_*: a base shape only applies to parametrization 'mup'")
   if config.data.seq_len > m.max_len:
     raise ValueError(f'config.data.seq_len={config.data.seq_len} exceeds '
                      f'config.model.max_len={m.max_len}')

@@ -1,0 +1,178 @@
+"""Parametrizations (SP, μP, u-μP): per-parameter init, forward multiplier and Adam lr/wd scales.
+
+One table, keyed on a parameter's ROLE, which is read off its logical axis names (the same names
+the sharding rules use), never off its module path:
+
+  fan-out axes  the trailing ('heads' | 'kv_heads', 'head_dim') pair, else the last axis
+  fan-in axes   the rest ('layers', the scan axis, is ignored)
+  role          'vector'    no fan-in (norm scales, biases)
+                'embedding' fan-in is 'vocab' (token table)      'position'  fan-in is 'position'
+                'readout'   fan-out is 'vocab' (untied output)
+                'residual'  width fan-in, fan-out 'embed' (writes into the residual stream)
+                'hidden'    any other weight (width in, width out)
+
+`w` is the width multiplier of a weight's fan-in against the base shape (model.base_d_model,
+base_d_ff, base_head_dim); `n` its absolute fan-in. References: Yang et al. 2022 (μP, Tensor
+Programs V, Adam column; microsoft/mup MuReadout / MuAdam), Blake et al. 2024 (u-μP,
+graphcore-research/unit-scaling). SP is the GPT-2 scheme the model has always used.
+"""
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+PARAMETRIZATIONS = ('sp', 'mup', 'umup')
+WIDTH_AXES = ('embed', 'mlp', 'heads', 'kv_heads', 'head_dim', 'norm')
+FIXED_AXES = ('vocab', 'position')
+
+
+@dataclasses.dataclass(frozen=True)
+class Scales:
+  init: float   # std of the normal init (None: the module's own init, ones/zeros for vectors).
+  mult: float   # forward multiplier on the op's output (1: none).
+  lr: float     # Adam learning-rate scale.
+  wd: float     # weight-decay scale (on top of the lr scale: optax multiplies wd by the lr).
+  bwd: float = None  # multiplier on the output's cotangent if not `mult` (unit scaling).
+
+
+def _sp(c, role, w, n):
+  del w, n
+  std = {'embedding': c.init_std, 'position': c.init_std / 2, 'hidden': c.init_std,
+         'residual': c.init_std / (2 * c.n_layers) ** 0.5, 'readout': c.init_std}.get(role)
+  return Scales(std, 1.0, 1.0, 1.0)
+
+
+def _mup(c, role, w, n):
+  # Equal to SP at the base shape (w = 1). Hidden weights: variance and Adam lr ∝ 1/fan_in.
+  # Readout: SP init, forward × 1/w, lr 1 (MuReadout). Input weights and vectors: as SP.
+  # Weight decay stays coupled to the (scaled) lr, as in MuAdamW.
+  sp = _sp(c, role, w, n)
+  if role in ('hidden', 'residual'):
+    return Scales(sp.init / w ** 0.5, 1.0, 1.0 / w, 1.0)
+  if role == 'readout':
+    return Scales(sp.init, 1.0 / w, 1.0, 1.0)
+  return sp
+
+
+def _umup(c, role, w, n):
+  # Unit init everywhere; hidden ops × fan_in^-1/2, readout × 1/fan_in; Adam lr × fan_in^-1/2
+  # for hidden weights and embeddings (u-μP's "fan_in" of an embedding is d_model), 1 for the
+  # readout and vectors, all × depth^-1/2; weight decay independent of the lr scale.
+  del w
+  depth = c.n_layers ** -0.5
+  if role == 'vector':
+    lr = depth
+  elif role in ('embedding', 'position'):
+    lr = depth * c.d_model ** -0.5
+  elif role == 'readout':
+    lr = depth
+  else:
+    lr = depth * n ** -0.5
+  mult = {'hidden': n ** -0.5, 'residual': n ** -0.5, 'readout': 1.0 / n}.get(role, 1.0)
+  # Readout backward: u-μP scales the cross-entropy gradient by V/sqrt(V-1) and the readout's
+  # input gradient by 1/sqrt(V) (not 1/fan_in), so backward signals start near unit RMS. Their
+  # product on the logits' cotangent is a uniform gradient scale n·sqrt(V/(V-1)) for every param.
+  bwd = (c.vocab_size / (c.vocab_size - 1)) ** 0.5 if role == 'readout' else None
+  return Scales(None if role == 'vector' else 1.0, mult, lr, 1.0 / lr, bwd)
+
+
+TABLE = {'sp': _sp, 'mup': _mup, 'umup': _umup}
+
+
+def head_dim(c) -> int:
+  return c.head_dim or c.d_model // c.n_heads
+
+
+def axis_width_mults(c) -> dict:
+  """Width multiplier of each logical axis against the base shape (fixed axes: 1).
+
+  Heads are assumed to scale as d_model / head_dim (the usual width ladder)."""
+  d0 = c.base_d_model or c.d_model
+  f0 = c.base_d_ff or c.d_ff * d0 / c.d_model
+  hd = head_dim(c)
+  h0 = c.base_head_dim or hd
+  embed, hdim = c.d_model / d0, hd / h0
+  return {'embed': embed, 'norm': embed, 'mlp': c.d_ff / f0, 'head_dim': hdim,
+          'heads': embed / hdim, 'kv_heads': embed / hdim}
+
+
+def split_axes(axes):
+  """(fan_in axes, fan_out axes) of a parameter's logical axes; 'layers' dropped."""
+  axes = tuple(a for a in axes if a != 'layers')
+  k = 2 if len(axes) >= 2 and axes[-1] == 'head_dim' and axes[-2] in ('heads', 'kv_heads') else 1
+  return axes[:-k], axes[-k:]
+
+
+def role(axes) -> str:
+  fan_in, fan_out = split_axes(axes)
+  if not fan_in:
+    return 'vector'
+  if fan_in == ('vocab',):
+    return 'embedding'
+  if fan_in == ('position',):
+    return 'position'
+  if fan_out == ('vocab',):
+    return 'readout'
+  unknown = [a for a in fan_in + fan_out if a not in WIDTH_AXES]
+  if unknown:
+    raise ValueError(f'parametrization: no role for logical axes {axes} ({unknown} unknown)')
+  return 'residual' if fan_out == ('embed',) else 'hidden'
+
+
+def scales(c, axes, shape) -> Scales:
+  """The table's entry for one parameter of model config `c` (logical `axes`, its `shape`)."""
+  fan_in, _ = split_axes(axes)
+  dims = dict(zip(tuple(axes), tuple(shape)))
+  mults = axis_width_mults(c)
+  n = math.prod(dims[a] for a in fan_in)
+  w = math.prod(mults.get(a, 1.0) for a in fan_in)
+  return TABLE[c.parametrization](c, role(axes), w, n)
+
+
+def attention_scale(c):
+  """Query-key logit scale: None (SP: 1/sqrt(Dh)); μP sqrt(base Dh)/Dh; u-μP 1/Dh."""
+  hd = head_dim(c)
+  if c.parametrization == 'mup':
+    return (c.base_head_dim or hd) ** 0.5 / hd
+  if c.parametrization == 'umup':
+    return 1.0 / hd
+  return None
+
+
+def residual_weights(c, branch: jax.Array):
+  """(skip, branch) multipliers of residual add number `branch` (0 .. 2L-1), or None (plain sum).
+
+  u-μP: x <- (x + tau f(x)) / sqrt(1 + tau^2), tau = 1/sqrt(L + branch), so the stream stays at
+  unit variance and embedding, attention and MLP contribute equally at the output."""
+  if c.parametrization != 'umup':
+    return None
+  tau = jax.lax.rsqrt(c.n_layers + branch.astype(jnp.float32))
+  norm = jax.lax.rsqrt(1.0 + tau * tau)
+  return norm, tau * norm
+
+
+def apply(y, s: Scales):
+  """y times the forward multiplier (a no-op at 1), with the backward override if any."""
+  if s.bwd is not None:
+    return scale_fwd_bwd(y, s.mult, s.bwd)
+  return y if s.mult == 1.0 else y * jnp.asarray(s.mult, y.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def scale_fwd_bwd(x, fwd: float, bwd: float):
+  """x * fwd in the forward pass; the cotangent is multiplied by bwd (unit scaling's split scales)."""
+  return x * jnp.asarray(fwd, x.dtype)
+
+
+def _scale_fwd(x, fwd, bwd):
+  return scale_fwd_bwd(x, fwd, bwd), None
+
+
+def _scale_bwd(fwd, bwd, _, g):
+  del fwd
+  return (g * jnp.asarray(bwd, g.dtype),)
+
+
+scale_fwd_bwd.defvjp(_scale_fwd, _scale_bwd)
