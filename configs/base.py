@@ -60,10 +60,14 @@ def get_sweep_config(**overrides) -> ml_collections.ConfigDict:
   """The `sweep` section (scaling/sweep.py): a grid of members around a base training config."""
   s = ml_collections.ConfigDict()
   s.kind = 'isoflop'           # 'isoflop' (budgets x sizes, D = C / 6N) | 'grid' (sizes x tokens)
+                               # | 'width' (widths x tokens at config.model.n_layers: lr transfer)
   s.budgets = ()               # isoflop: compute budgets C in FLOPs.
   s.sizes = ()                 # target parameter counts (grid; isoflop when sizes_per_budget empty).
   s.sizes_per_budget = ()      # isoflop: one tuple of target sizes per budget.
-  s.tokens = ()                # grid: token budgets D.
+  s.tokens = ()                # grid, width: token budgets D.
+  s.widths = ()                # width: d_model values (the family's shape rule at each).
+  s.lrs = ()                   # peak learning rates, one member each (empty: optimizer.lr).
+  s.seeds = ()                 # seeds, one member each (empty: config.seed).
   s.count = 'params'           # N in D = C / 6N: 'params' (total) | 'non_embedding_params'.
   s.warmup_fraction = 0.05
   s.min_warmup_steps = 5

@@ -154,6 +154,19 @@ def design(target: float, rule: ShapeRule) -> Member:
                 non_embedding_params=c['non_embedding_params'], matched=c[rule.count], model=m)
 
 
+def at_width(rule: ShapeRule, n_layers: int, d_model: int) -> Member:
+  """The family's shape at a given depth and width (for width-transfer sweeps)."""
+  if d_model % (rule.head_dim * rule.gqa):
+    raise ValueError(f'width {d_model} is not a multiple of head_dim x gqa = '
+                     f'{rule.head_dim * rule.gqa}')
+  m = model_section(rule, n_layers, d_model)
+  c = _count(rule, n_layers, d_model)
+  return Member(target=float(c[rule.count]), n_layers=n_layers, d_model=d_model,
+                n_heads=m['n_heads'], n_kv_heads=m['n_kv_heads'] or m['n_heads'], d_ff=m['d_ff'],
+                params=c['params'], non_embedding_params=c['non_embedding_params'],
+                matched=c[rule.count], model=m)
+
+
 def family(targets, rule: ShapeRule) -> list:
   """design() for each target, in the given order."""
   return [design(t, rule) for t in targets]

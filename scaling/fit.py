@@ -275,16 +275,19 @@ def main(argv=None):
                  help='isoflop: FLOPs within this relative tolerance form one budget')
   p.add_argument('--n_polish', type=int, default=16,
                  help='chinchilla: grid starts polished by L-BFGS-B (0: all 4500)')
+  p.add_argument('--lr', default='best',
+                 help="lr sweeps: 'best' (lowest mean loss per (N, D)) or the transferred lr to use")
   args = p.parse_args(argv)
   params_col = args.params_col or ('non_embedding_params' if args.law == 'kaplan' else 'params')
   try:
     runs = results_lib.read_results(args.results, params_col=params_col, tokens_col=args.tokens_col,
                                     loss_col=args.loss_col, flops_col=args.flops_col,
-                                    min_rows=MIN_ROWS[args.law])
+                                    min_rows=MIN_ROWS[args.law], lr=args.lr)
     out = fit(runs, args.law, args.bootstrap, args.seed, args.budget_rtol, args.n_polish or None)
   except ValueError as e:
     sys.exit(f'error: {e}')
   out['results'] = args.results
+  out['selection'] = runs.selection
   out['columns'] = {'params': params_col, 'tokens': args.tokens_col, 'loss': args.loss_col,
                     'flops': args.flops_col}
   text = json.dumps(out, indent=2)

@@ -19,6 +19,7 @@ class Runs:
   flops: np.ndarray   # from the FLOPs column when present, else 6·N·D.
   loss: np.ndarray
   path: str = ''
+  selection: str = ''  # how several runs per (N, D) (lr / seed axes) became one.
 
   def __len__(self):
     return len(self.loss)
@@ -27,7 +28,7 @@ class Runs:
     """The runs at integer indices idx (repeats allowed, for bootstrap resampling)."""
     idx = np.asarray(idx, int)
     return Runs([self.names[i] for i in idx], self.params[idx], self.tokens[idx],
-                self.flops[idx], self.loss[idx], self.path)
+                self.flops[idx], self.loss[idx], self.path, self.selection)
 
 
 def _value(path, row_no, name, col, text):
@@ -46,11 +47,46 @@ def _value(path, row_no, name, col, text):
   return v
 
 
+def select_lr(rows, path, key_cols, loss_col='loss', lr='best', lr_col='lr', seed_col='seed'):
+  """Collapses an lr / seed sweep to one row per (N, D): the mean loss over seeds of each lr, then
+  the best lr (lr='best') or the declared (transferred) lr. Returns (rows, description)."""
+  groups = {}
+  for r in rows:
+    groups.setdefault(tuple((r.get(c) or '').strip() for c in key_cols), []).append(r)
+  lrs = sorted({float(r[lr_col]) for r in rows if (r.get(lr_col) or '').strip()})
+  seeds = {(r.get(seed_col) or '').strip() for r in rows}
+  if all(len(g) == 1 for g in groups.values()):
+    return rows, 'one run per (N, D)'
+  out = []
+  for key, group in groups.items():
+    by_lr = {}
+    for r in group:
+      try:
+        by_lr.setdefault(float(r[lr_col]), []).append(float(r[loss_col]))
+      except (KeyError, TypeError, ValueError):
+        raise ValueError(f'{path}: several runs share {dict(zip(key_cols, key))} but a row has no '
+                         f'numeric {lr_col!r} to tell them apart') from None
+    if lr == 'best':
+      chosen = min(by_lr, key=lambda x: float(np.mean(by_lr[x])))
+    else:
+      match = [x for x in by_lr if math.isclose(x, float(lr), rel_tol=1e-6)]
+      if not match:
+        raise ValueError(f'{path}: no run with {lr_col}={lr} for {dict(zip(key_cols, key))} '
+                         f'(have {sorted(by_lr)})')
+      chosen = match[0]
+    row = dict(next(r for r in group if float(r[lr_col]) == chosen))
+    row[loss_col] = repr(float(np.mean(by_lr[chosen])))
+    out.append(row)
+  how = f'best of {len(lrs)} lrs per (N, D)' if lr == 'best' else f'declared lr {float(lr):g}'
+  return out, f'{how}; loss = mean over {len(seeds)} seed(s)'
+
+
 def read_results(path, params_col='params', tokens_col='tokens', loss_col='loss',
-                 flops_col='flops', name_col='name', min_rows=3):
+                 flops_col='flops', name_col='name', min_rows=3, lr='best'):
   """Reads runs from a CSV; tokens from tokens_col, else D = C / (6N) from flops_col.
 
-  Pass tokens_col='' to force tokens from FLOPs. Raises ValueError on a missing column,
+  Pass tokens_col='' to force tokens from FLOPs. Rows of an lr / seed sweep are collapsed by
+  select_lr (the returned Runs says how in `selection`). Raises ValueError on a missing column,
   fewer than min_rows rows, or a NaN / non-numeric / non-positive value (naming row and column).
   """
   with open(path, newline='', encoding='utf-8-sig') as f:
@@ -59,6 +95,8 @@ def read_results(path, params_col='params', tokens_col='tokens', loss_col='loss'
     reader.fieldnames = header
     rows = [r for r in reader if any((v or '').strip() for v in r.values())]
   have = ', '.join(header) or '(none)'
+  key_cols = [c for c in (params_col, tokens_col, flops_col) if c and c in header]
+  rows, selection = select_lr(rows, path, key_cols, loss_col, lr)
 
   def need(col, why=''):
     if col not in header:
@@ -88,7 +126,8 @@ def read_results(path, params_col='params', tokens_col='tokens', loss_col='loss'
     d = _value(path, i, name, tokens_col, r[tokens_col]) if use_tokens else c / (6.0 * n)
     tokens.append(d)
     flops.append(c if c is not None else 6.0 * n * d)
-  return Runs(names, np.array(params), np.array(tokens), np.array(flops), np.array(loss), str(path))
+  return Runs(names, np.array(params), np.array(tokens), np.array(flops), np.array(loss), str(path),
+              selection)
 
 
 def write_results(path, runs, extra=None):

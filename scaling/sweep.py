@@ -2,11 +2,14 @@
 
 A sweep config is a normal training config plus a `sweep` section (see configs/sweeps/*.py):
 
-  sweep.kind               'isoflop' | 'grid'
+  sweep.kind               'isoflop' | 'grid' | 'width' (widths x tokens at config.model.n_layers)
   sweep.budgets            isoflop: training FLOPs per member, C = 6·N·D
   sweep.sizes              target parameter counts, used for every budget / token budget
   sweep.sizes_per_budget   isoflop, optional: one tuple of sizes per budget (overrides sizes)
-  sweep.tokens             grid: training tokens per member
+  sweep.tokens             grid, width: training tokens per member
+  sweep.widths             width: d_model values (the family's shape rule at each)
+  sweep.lrs, sweep.seeds   optional axes: one member per peak lr / per seed (columns lr, seed);
+                           scaling.fit then takes the best lr per (N, D) and the mean over seeds
   sweep.count              which N sizes are matched to and C = 6·N·D uses: 'params' (total, the
                            default; Chinchilla's N) or 'non_embedding_params' (Kaplan's N)
   sweep.family             shape rule (scaling.family.ShapeRule fields; vocab_size, max_len and
@@ -39,6 +42,7 @@ import copy
 import csv
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -52,13 +56,18 @@ from configs import base
 from scaling import count as count_lib
 from scaling import family as family_lib
 
-KINDS = ('isoflop', 'grid')
+KINDS = ('isoflop', 'grid', 'width')
 RESULT_COLUMNS = ('name', 'params', 'non_embedding_params', 'tokens', 'flops', 'loss',
                   'bits_per_byte', 'steps', 'wall_s', 'config_hash', 'kind', 'budget',
                   'target_params', 'target_tokens', 'embedding_params', 'n_layers', 'd_model',
-                  'n_heads', 'd_ff', 'lr', 'warmup_steps', 'tokens_per_step', 'flops_chinchilla')
+                  'n_heads', 'd_ff', 'lr', 'warmup_steps', 'tokens_per_step', 'flops_chinchilla',
+                  'seed', 'parametrization')
 DISTILL_COLUMNS = ('mode', 'teacher_params', 'teacher_loss')
 HASH_EXCLUDE = ('data.data_dir', 'distributed', 'mesh', 'train.async_checkpoint')
+# Keys added after sweeps were run: left out of the hash at their default (old behaviour), so
+# existing sweep directories stay valid.
+HASH_DEFAULTS = {'model.parametrization': 'sp', 'model.base_d_model': 0, 'model.base_d_ff': 0,
+                 'model.base_head_dim': 0}
 MEMBER_FILE = 'sweep_member.json'
 RESULT_FILE = 'result.json'
 # The section's schema and defaults live with the configs (configs are data).
@@ -103,6 +112,10 @@ def config_hash(config) -> str:
   d = json.loads(config.to_json_best_effort(sort_keys=True))
   for key in HASH_EXCLUDE:
     _drop(d, key)
+  for key, default in HASH_DEFAULTS.items():
+    section, name = key.split('.')
+    if d.get(section, {}).get(name, default) == default:
+      _drop(d, key)
   return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -127,9 +140,17 @@ def _check_sweep(s):
       raise ValueError('config.sweep.sizes (or sizes_per_budget) is empty')
     if any(not b > 0 for b in budgets):
       raise ValueError(f'config.sweep.budgets must be positive: {budgets}')
-  else:
+  elif kind == 'grid':
     if not tuple(_get(s, 'tokens')) or not tuple(_get(s, 'sizes')):
       raise ValueError('config.sweep: a grid sweep needs sizes and tokens')
+  elif not tuple(_get(s, 'tokens')) or not tuple(_get(s, 'widths')):
+    raise ValueError('config.sweep: a width sweep needs widths and tokens')
+  for key in ('lrs', 'seeds'):
+    values = tuple(_get(s, key))
+    if len(set(values)) != len(values):
+      raise ValueError(f'config.sweep.{key} has repeated values: {values}')
+  if any(not float(lr) > 0 for lr in _get(s, 'lrs')):
+    raise ValueError(f'config.sweep.lrs must be positive: {tuple(_get(s, "lrs"))}')
   if 'distill' in s:
     modes = tuple(s.distill.get('modes', ()))
     if not modes or any(m not in ('supervised', 'distill') for m in modes):
@@ -140,8 +161,10 @@ def _check_sweep(s):
                        'is missing')
 
 
-def _member_config(base, s, fam: family_lib.Member, steps: int, warmup: int, mode: str):
-  """The resolved training config of one member: base config, family shape, steps, schedule."""
+def _member_config(base, s, fam: family_lib.Member, steps: int, warmup: int, mode: str,
+                   lr: Optional[float], seed: Optional[int]):
+  """The resolved training config of one member: base config, family shape, steps, schedule,
+  and its lr and seed when the sweep has those axes."""
   c = copy.deepcopy(base)
   with c.unlocked():
     del c['sweep']
@@ -157,8 +180,12 @@ def _member_config(base, s, fam: family_lib.Member, steps: int, warmup: int, mod
   c.train.log_every = max(1, math.ceil(steps / max(1, _get(s, 'logs_per_member'))))
   c.optimizer.warmup_steps = warmup
   exp, ref = float(_get(s, 'lr_width_exponent')), int(_get(s, 'lr_ref_d_model'))
+  if lr is not None:
+    c.optimizer.lr = float(lr)
   if exp and ref:
-    c.optimizer.lr = float(base.optimizer.lr * (ref / fam.d_model)**exp)
+    c.optimizer.lr = float(c.optimizer.lr * (ref / fam.d_model)**exp)
+  if seed is not None:
+    c.seed = int(seed)
   return c
 
 
@@ -180,35 +207,44 @@ def members(config) -> list:
   count_key = _get(s, 'count')
   tokens_per_step = config.train.global_batch_size * config.data.seq_len
   modes = tuple(s.distill.modes) if 'distill' in s else ('',)
+  lrs = tuple(float(x) for x in _get(s, 'lrs')) or (None,)
+  seeds = tuple(int(x) for x in _get(s, 'seeds')) or (None,)
   kind = _get(s, 'kind')
   if kind == 'isoflop':
     budgets = [float(b) for b in _get(s, 'budgets')]
     per = tuple(_get(s, 'sizes_per_budget'))
     axes = [(b, tuple(per[i]) if per else tuple(_get(s, 'sizes'))) for i, b in enumerate(budgets)]
-  else:
+  elif kind == 'grid':
     axes = [(float(d), tuple(_get(s, 'sizes'))) for d in _get(s, 'tokens')]
+  else:
+    axes = [(float(d), tuple(int(w) for w in _get(s, 'widths'))) for d in _get(s, 'tokens')]
   cache, out, names = {}, [], set()
   for outer, sizes in axes:
     for target in sizes:
-      target = float(target)
       if target not in cache:
-        cache[target] = family_lib.design(target, rule)
+        cache[target] = (family_lib.at_width(rule, config.model.n_layers, target)
+                         if kind == 'width' else family_lib.design(float(target), rule))
       fam = cache[target]
+      target = float(target) if kind != 'width' else float(fam.matched)
       n = getattr(fam, count_key)
       if kind == 'isoflop':
         budget, want_tokens = outer, outer / (6.0 * n)
         base_name = f'C{_short(outer)}_N{_short(target)}'
-      else:
+      elif kind == 'grid':
         budget, want_tokens = None, outer
         base_name = f'N{_short(target)}_D{_short(outer)}'
+      else:
+        budget, want_tokens = None, outer
+        base_name = f'd{fam.d_model}_D{_short(outer)}'
       steps, warmup = _steps(s, want_tokens, tokens_per_step)
       tokens = steps * tokens_per_step
-      for mode in modes:
-        name = f'{base_name}_{mode}' if mode else base_name
+      for mode, lr, seed in itertools.product(modes, lrs, seeds):
+        name = base_name + (f'_{mode}' if mode else '') + (
+            f'_lr{_short(lr)}' if lr is not None else '') + (f'_s{seed}' if seed is not None else '')
         if name in names:
           raise ValueError(f'config.sweep: duplicate member {name} (repeated size or budget?)')
         names.add(name)
-        mcfg = _member_config(config, s, fam, steps, warmup, mode)
+        mcfg = _member_config(config, s, fam, steps, warmup, mode, lr, seed)
         counts = count_lib.param_counts(mcfg)
         flops_tok = count_lib.flop_counts(mcfg)
         info = {'name': name, 'params': counts['params'],
@@ -220,7 +256,8 @@ def members(config) -> list:
                 'n_layers': fam.n_layers, 'd_model': fam.d_model, 'n_heads': fam.n_heads,
                 'd_ff': fam.d_ff, 'lr': float(mcfg.optimizer.lr), 'warmup_steps': warmup,
                 'tokens_per_step': tokens_per_step,
-                'flops_chinchilla': flops_tok['flops_per_token_chinchilla'] * tokens}
+                'flops_chinchilla': flops_tok['flops_per_token_chinchilla'] * tokens,
+                'seed': int(mcfg.seed), 'parametrization': mcfg.model.parametrization}
         if mode:
           info['mode'] = mode
         out.append(Member(name, mcfg, info, mode))

@@ -1,0 +1,221 @@
+"""Coordinate check (Yang et al. 2022, μP; microsoft/mup's coord_check): activation RMS vs width.
+
+  python -m scaling.coord_check --config=configs/default.py --parametrization=sp,mup,umup \
+      --widths=64,128,256,512,1024 --steps=5 --out_dir=workdirs/coord_check
+
+For each parametrization and width (d_model; d_ff, heads and kv heads scale with it, head dim and
+depth stay; μP's base shape is the smallest width) the model trains `steps` Adam steps (the
+project's optimizer, constant lr, no clipping) on the config's data, and after every step records
+on one fixed batch the RMS of every probed tensor (embedding, each layer's attention and MLP
+outputs and residual stream, final norm, logits), the RMS of its change since init, and at init
+the RMS of the gradient of the summed token loss with respect to it. Under μP / u-μP the RMS after
+the steps should not depend on width (log-log slope near 0); under SP the logits grow.
+
+Writes coord_<parametrization>.png (one panel per step, like mup's plot, plus the change since
+init) and coord_check.json (every record) into --out_dir, prints a table of slopes, and ends with
+one JSON line {parametrization: {tensor: slope of RMS after the steps vs width}}.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import models
+from models import parametrization as param_lib
+from train import optimizer as optim
+from train.data import pipeline
+from train.step import TrainState, cross_entropy_sum, lm_loss, make_train_step
+
+
+def width_model(model_config, width: int, parametrization: str, base_width: int):
+  """The config's model at d_model=width: d_ff and heads scale with width, head dim fixed."""
+  c = models.ModelConfig.make(model_config)
+  hd = models.head_dim(c)
+  heads = max(1, width // hd)
+  kv = max(1, heads * models.kv_heads(c) // c.n_heads)
+  base = base_width if parametrization == 'mup' else 0
+  return c.replace(d_model=width, d_ff=width * c.d_ff // c.d_model, n_heads=heads, n_kv_heads=kv,
+                   head_dim=hd, parametrization=parametrization, base_d_model=base, base_d_ff=0,
+                   base_head_dim=0, scan_layers=False, remat='none', dtype='float32')
+
+
+def _flat(tree, prefix=''):
+  """{'layer_0/attn_out': array, ...} from a nested intermediates/perturbations dict."""
+  out = {}
+  for k, v in tree.items():
+    name = f'{prefix}{k}'
+    if isinstance(v, dict):
+      out.update(_flat(v, name + '/'))
+    else:
+      out[name] = v[0] if isinstance(v, tuple) else v
+  return out
+
+
+def _rms(x):
+  return float(jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)))))
+
+
+def measure(cfg, opt, batches, probe_BxL1, seed: int = 0) -> dict:
+  """{tensor: {'rms': [t=0..steps], 'delta': [...], 'grad': rms at init}} for one model."""
+  module = models.Transformer(cfg)
+  inputs_BxL, targets_BxL = probe_BxL1[:, :-1], probe_BxL1[:, 1:]
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+      module.init, jax.random.key(0), inputs_BxL)['perturbations'])
+
+  @jax.jit
+  def probe(params):
+    def loss(perturbations):
+      logits, state = module.apply({'params': params, 'perturbations': perturbations}, inputs_BxL,
+                                   mutable=['intermediates'])
+      return cross_entropy_sum(logits, targets_BxL)[0], state['intermediates']
+    grads, acts = jax.grad(loss, has_aux=True)(zeros)
+    return acts, grads
+
+  steps = len(batches)
+  tx = optim.make_optimizer(opt, steps, cfg)
+  train_step = jax.jit(make_train_step(lm_loss(cfg), tx, optim.lr_schedule(opt, steps), 1))
+  params = models.init(cfg, jax.random.key(seed))
+  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  acts0, grads0 = (_flat(t) for t in probe(state.params))
+  grads0 = {k.removesuffix('/'): v for k, v in grads0.items()}
+  out = {k: {'rms': [_rms(v)], 'delta': [0.0], 'grad': _rms(grads0[k]) if k in grads0 else None}
+         for k, v in acts0.items()}
+  for batch in batches:
+    state, _ = train_step(state, {'tokens': jnp.asarray(batch)})
+    acts = _flat(probe(state.params)[0])
+    for k, v in acts.items():
+      out[k]['rms'].append(_rms(v))
+      out[k]['delta'].append(_rms(v - acts0[k]))
+  return out
+
+
+def slope(widths, values) -> float:
+  """Least-squares slope of log(value) against log(width)."""
+  return float(np.polyfit(np.log(widths), np.log(np.maximum(values, 1e-30)), 1)[0])
+
+
+def run(config, parametrizations, widths, steps: int, lr=None, batch_size: int = 8,
+        seq_len: int = 0, seeds=(0,)) -> dict:
+  """Records per parametrization, width and seed; see the module docstring."""
+  config = config.copy_and_resolve_references()
+  seq_len = seq_len or min(config.data.seq_len, 128)
+  with config.unlocked():
+    config.data.seq_len = seq_len
+    config.train.global_batch_size = batch_size
+    config.model.max_len = max(config.model.max_len, seq_len)
+  train_ds, eval_ds, _ = pipeline.make_datasets(config, 0, 1)
+  batches = [train_ds.batch(s) for s in range(steps)]
+  probe = jnp.asarray(eval_ds.eval_batch(0))
+  opt = config.optimizer.copy_and_resolve_references()
+  with opt.unlocked():
+    opt.update(schedule='constant', warmup_steps=0, grad_clip=0.0)
+  records = []
+  for p in parametrizations:
+    with opt.unlocked():
+      opt.lr = float(lr[p] if isinstance(lr, dict) else (lr or config.optimizer.lr))
+    for w in widths:
+      cfg = width_model(config.model, w, p, widths[0])
+      for seed in seeds:
+        for tensor, r in measure(cfg, opt, batches, probe, seed).items():
+          records.append({'parametrization': p, 'width': w, 'seed': seed, 'tensor': tensor,
+                          'lr': opt.lr, **r})
+  return records
+
+
+def _mean_by(records, p, key, t=-1):
+  """{tensor: [mean over seeds of record[key][t] per width]} for parametrization p."""
+  widths = sorted({r['width'] for r in records if r['parametrization'] == p})
+  tensors = list(dict.fromkeys(r['tensor'] for r in records if r['parametrization'] == p))
+  out = {}
+  for name in tensors:
+    rows = [[r for r in records if (r['parametrization'], r['tensor'], r['width']) == (p, name, w)]
+            for w in widths]
+    vals = [[r[key][t] if isinstance(r[key], list) else r[key] for r in rs] for rs in rows]
+    if all(v is not None for vs in vals for v in vs):
+      out[name] = [float(np.mean(vs)) for vs in vals]
+  return widths, out
+
+
+def slopes(records, key='rms', t=-1) -> dict:
+  """{parametrization: {tensor: log-log slope vs width}} of record[key] at step t (mean of seeds)."""
+  out = {}
+  for p in dict.fromkeys(r['parametrization'] for r in records):
+    widths, series = _mean_by(records, p, key, t)
+    out[p] = {name: round(slope(widths, v), 4) for name, v in series.items()}
+  return out
+
+
+def plot(records, p, path):
+  """One panel per step (RMS vs width, log-log, a line per tensor) plus the change since init."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  steps = len(next(r for r in records if r['parametrization'] == p)['rms']) - 1
+  panels = [('rms', t, f'RMS at t={t}') for t in range(steps + 1)]
+  panels.append(('delta', steps, f'RMS of change, t={steps}'))
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), sharey=True)
+  for ax, (key, t, title) in zip(np.atleast_1d(axes), panels):
+    widths, series = _mean_by(records, p, key, t)
+    for name, vals in series.items():
+      ax.plot(widths, vals, marker='.', label=name, lw=1)
+    ax.set_xscale('log', base=2)
+    ax.set_yscale('log')
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel('width (d_model)')
+  np.atleast_1d(axes)[0].set_ylabel('RMS')
+  np.atleast_1d(axes)[-1].legend(fontsize=6, loc='center left', bbox_to_anchor=(1, 0.5))
+  fig.suptitle(f'coordinate check: {p}')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _parse_lr(text):
+  if '=' not in text:
+    return float(text)
+  return {k: float(v) for k, v in (item.split('=') for item in text.split(','))}
+
+
+def main(argv):
+  del argv
+  ps = [x for x in FLAGS.parametrization.split(',') if x]
+  bad = [x for x in ps if x not in param_lib.PARAMETRIZATIONS]
+  if bad:
+    raise app.UsageError(f'--parametrization: {bad} not in {param_lib.PARAMETRIZATIONS}')
+  widths = sorted(int(w) for w in FLAGS.widths.split(','))
+  records = run(_CONFIG.value, ps, widths, FLAGS.steps, _parse_lr(FLAGS.lr), FLAGS.batch_size,
+                FLAGS.seq_len, tuple(int(s) for s in FLAGS.seeds.split(',')))
+  out_dir = FLAGS.out_dir
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, 'coord_check.json'), 'w') as f:
+    json.dump(records, f)
+  after, init, change = slopes(records), slopes(records, t=0), slopes(records, 'delta')
+  grad = slopes(records, 'grad')
+  for par in ps:
+    plot(records, par, os.path.join(out_dir, f'coord_{par}.png'))
+    print(f'\n{par}: log-log slope vs width of the RMS at init | after {FLAGS.steps} steps | of '
+          f'the change | of the gradient at init')
+    for name in after[par]:
+      print(f'  {name:<22} {init[par][name]:+.3f} {after[par][name]:+.3f} '
+            f'{change[par].get(name, float("nan")):+.3f} {grad[par].get(name, float("nan")):+.3f}')
+  print(json.dumps(after), flush=True)
+
+
+if __name__ == '__main__':
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).')
+  flags.DEFINE_string('parametrization', 'sp,mup,umup', 'comma-separated parametrizations')
+  flags.DEFINE_string('widths', '64,128,256,512,1024', 'comma-separated d_model values')
+  flags.DEFINE_integer('steps', 5, 'Adam steps')
+  flags.DEFINE_string('lr', 'sp=0.01,mup=0.01,umup=1.0',
+                      "peak lr: one value or 'p=v' pairs (default: where each trains well)")
+  flags.DEFINE_integer('batch_size', 8, 'sequences per step')
+  flags.DEFINE_integer('seq_len', 0, "0: the config's, at most 128")
+  flags.DEFINE_string('seeds', '0', 'comma-separated init seeds (records are averaged)')
+  flags.DEFINE_string('out_dir', 'workdirs/coord_check', 'where plots and records go')
+  flags.mark_flag_as_required('config')
+  FLAGS = flags.FLAGS
+  app.run(main)
