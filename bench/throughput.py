@@ -30,17 +30,19 @@ def main(_):
   model = derived.model
   mesh = sharding.make_mesh(config.mesh)
   tx = optim.make_optimizer(config.optimizer, derived.num_steps, derived.model)
-  shardings = state_lib.state_shardings(model, tx, mesh)
+  shardings = state_lib.state_shardings(model, tx, mesh, derived.loss_scale)
   batch_sharding = sharding.batch_sharding(mesh)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, model.vocab_size, (config.train.global_batch_size,
                                               config.data.seq_len + 1), dtype=np.int32)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    state = state_lib.init_state(model, tx, shardings, config.seed)
+    state = state_lib.init_state(model, tx, shardings, config.seed,
+                                 loss_scale=config.train.loss_scale_init)
     batch = {'tokens': jax.device_put(tokens, batch_sharding)}
     step_fn = jax.jit(make_train_step(lm_loss(model), tx,
                                       optim.lr_schedule(config.optimizer, derived.num_steps),
-                                      config.train.grad_accum_steps),
+                                      config.train.grad_accum_steps,
+                                      config.train.loss_scale_period if derived.loss_scale else 0),
                       in_shardings=(shardings, batch_sharding),
                       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
     t0 = time.perf_counter()

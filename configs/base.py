@@ -27,7 +27,8 @@ def get_model_config() -> ml_collections.ConfigDict:
   m.use_bias = True
   m.qkv_bias = False          # q/k/v projection biases even when use_bias is False (Qwen2).
   m.init_std = 0.02
-  m.dtype = 'float32'         # compute dtype: 'float32' | 'bfloat16'. Params stay float32.
+  m.dtype = 'float32'         # compute dtype: 'float32' | 'bfloat16' | 'float16'. Params stay float32.
+  m.fp8 = False               # simulate fp8: dense-layer matmul inputs rounded to float8_e4m3fn.
   m.remat = 'none'            # 'none' | 'full' | 'dots' | 'dots_no_batch'
   m.scan_layers = True
   m.attention_impl = 'xla'    # 'xla' | 'cudnn' | 'auto': jax.nn.dot_product_attention implementation.
@@ -110,6 +111,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2       # keep the last N ...
   c.train.keep_every = 0             # ... plus every K-th step (0: none).
   c.train.async_checkpoint = True
+  # Dynamic loss scaling (jmp): 'auto' = on for model.dtype float16, off otherwise | 'dynamic' | 'none'.
+  c.train.loss_scale = 'auto'
+  c.train.loss_scale_init = 2.0**15
+  c.train.loss_scale_period = 2000   # finite steps before the scale doubles (halves on overflow).
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.lr = 3e-4

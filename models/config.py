@@ -23,6 +23,7 @@ class ModelConfig:
   qkv_bias: bool = False
   init_std: float = 0.02
   dtype: str = 'float32'
+  fp8: bool = False
   remat: str = 'none'
   scan_layers: bool = True
   attention_impl: str = 'xla'

@@ -30,6 +30,14 @@ def kv_heads(cfg) -> int:
   return cfg.n_kv_heads or cfg.n_heads
 
 
+def _f32_dot_inputs(*xs):
+  """Inputs of a dot that accumulates in float32. XLA:CPU has no float16 x float16 -> float32
+  dot (GPUs do), so on CPU float16 inputs are upcast: float16 runs there for tests and studies."""
+  if jax.default_backend() == 'cpu':
+    return tuple(x.astype(jnp.float32) if x.dtype == jnp.float16 else x for x in xs)
+  return xs
+
+
 def _param(module, name, shape, axes, init=None):
   """A float32 param with logical axes; weights (init None) get the parametrization's init std."""
   if init is None:
@@ -37,11 +45,27 @@ def _param(module, name, shape, axes, init=None):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
 
+def fp8(x):
+  """x rounded to float8_e4m3fn (saturating at ±448) and back, with a straight-through gradient:
+  a simulated fp8 matmul input (the product still accumulates in the compute dtype)."""
+  f8, top = jnp.float8_e4m3fn, float(jnp.finfo(jnp.float8_e4m3fn).max)
+  q = jnp.clip(x, -top, top).astype(f8).astype(x.dtype)
+  return x + jax.lax.stop_gradient(q - x)
+
+
+def _matmul(cfg, eqn, x, kernel, **kw):
+  """einsum in the compute dtype; with model.fp8 both inputs are first rounded to fp8."""
+  kernel = kernel.astype(DTYPES[cfg.dtype])
+  if cfg.fp8:
+    x, kernel = fp8(x), fp8(kernel)
+  return jnp.einsum(eqn, x, kernel, **kw)
+
+
 def _dense(module, name, x, eqn, shape, axes, n_out, bias):
   """einsum(eqn, x, kernel) in the compute dtype times the parametrization's multiplier, plus an
   optional zero-init bias over the kernel's last `n_out` (output) dims, named `<name>_bias`."""
   cfg = module.cfg
-  y = jnp.einsum(eqn, x, _param(module, name, shape, axes).astype(DTYPES[cfg.dtype]))
+  y = _matmul(cfg, eqn, x, _param(module, name, shape, axes))
   y = parametrization.apply(y, parametrization.scales(cfg, axes, shape))
   if bias:
     y = y + _param(module, name + '_bias', shape[-n_out:], axes[-n_out:],
@@ -102,9 +126,10 @@ class Attention(nn.Module):
     # Logits and softmax are computed in float32 inside dot_product_attention (XLA path);
     # 'cudnn' selects the fused flash kernel on GPU. GQA: K divides H, heads are grouped.
     o_BxLxHxDh = jax.nn.dot_product_attention(
-        q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, is_causal=True,
+        *_f32_dot_inputs(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh), is_causal=True,
         scale=parametrization.attention_scale(cfg),
         implementation=None if cfg.attention_impl == 'auto' else cfg.attention_impl)
+    o_BxLxHxDh = o_BxLxHxDh.astype(q_BxLxHxDh.dtype)
     return _dense(self, 'out', o_BxLxHxDh, 'blhk,hkd->bld', (H, Dh, D),
                   ('heads', 'head_dim', 'embed'), 1, cfg.use_bias)
 
@@ -197,8 +222,9 @@ class Transformer(nn.Module):
     else:
       unembed_DxV = _param(self, 'unembed', (D, V), ('embed', 'vocab'))
     # Logits in float32: the matmul accumulates in float32 whatever the compute dtype.
-    logits_BxLxV = jnp.einsum('bld,dv->blv', x_BxLxD, unembed_DxV.astype(dtype),
-                              preferred_element_type=jnp.float32)
+    x_BxLxD, = _f32_dot_inputs(x_BxLxD)
+    logits_BxLxV = _matmul(cfg, 'bld,dv->blv', x_BxLxD, unembed_DxV.astype(x_BxLxD.dtype),
+                           preferred_element_type=jnp.float32)
     logits_BxLxV = parametrization.apply(
         logits_BxLxV, parametrization.scales(cfg, ('embed', 'vocab'), (D, V)))
     self.sow('intermediates', 'logits', logits_BxLxV)

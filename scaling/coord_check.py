@@ -29,6 +29,11 @@ from train.data import pipeline
 from train.step import TrainState, cross_entropy_sum, lm_loss, make_train_step
 
 
+# Peak lrs of the check: a few steps that move every layer well past its init without leaving the
+# regime where widths are comparable (SP and μP share lrs, as they coincide at the base width).
+DEFAULT_LR = {'sp': 2.5e-3, 'mup': 2.5e-3, 'umup': 0.25}
+
+
 def width_model(model_config, width: int, parametrization: str, base_width: int):
   """The config's model at d_model=width: d_ff and heads scale with width, head dim fixed."""
   c = models.ModelConfig.make(model_config)
@@ -210,8 +215,8 @@ if __name__ == '__main__':
   flags.DEFINE_string('parametrization', 'sp,mup,umup', 'comma-separated parametrizations')
   flags.DEFINE_string('widths', '64,128,256,512,1024', 'comma-separated d_model values')
   flags.DEFINE_integer('steps', 5, 'Adam steps')
-  flags.DEFINE_string('lr', 'sp=0.01,mup=0.01,umup=1.0',
-                      "peak lr: one value or 'p=v' pairs (default: where each trains well)")
+  flags.DEFINE_string('lr', ','.join(f'{k}={v}' for k, v in DEFAULT_LR.items()),
+                      "peak lr: one value or 'p=v' pairs")
   flags.DEFINE_integer('batch_size', 8, 'sequences per step')
   flags.DEFINE_integer('seq_len', 0, "0: the config's, at most 128")
   flags.DEFINE_string('seeds', '0', 'comma-separated init seeds (records are averaged)')

@@ -67,7 +67,7 @@ def setup(config) -> Run:
                                                         jax.process_count())
   optimizer = optim.make_optimizer(config.optimizer, derived.num_steps, derived.model)
   lr_fn = optim.lr_schedule(config.optimizer, derived.num_steps)
-  state_shardings = state_lib.state_shardings(derived.model, optimizer, mesh)
+  state_shardings = state_lib.state_shardings(derived.model, optimizer, mesh, derived.loss_scale)
   return Run(config, derived, mesh, train_ds, eval_ds, tokenizer, state_shardings,
              sharding.batch_sharding(mesh), optimizer, lr_fn)
 
@@ -75,7 +75,7 @@ def setup(config) -> Run:
 def init_state(r: Run, params=None) -> TrainState:
   """Fresh state on the mesh: random params from config.seed, or the given (e.g. imported) ones."""
   return state_lib.init_state(r.derived.model, r.optimizer, r.state_shardings, r.config.seed,
-                              params)
+                              params, r.config.train.loss_scale_init)
 
 
 def global_batch(r: Run, host_arrays: dict):
@@ -142,7 +142,8 @@ def run(config, workdir: str, task_fn: Optional[Callable[[Run], Task]] = None,
 
     frozen_sh = tuple(task.frozen_shardings)
     train_step = jax.jit(
-        make_train_step(task.loss_fn, r.optimizer, r.lr_fn, t.grad_accum_steps),
+        make_train_step(task.loss_fn, r.optimizer, r.lr_fn, t.grad_accum_steps,
+                        t.loss_scale_period if r.derived.loss_scale else 0),
         in_shardings=(r.state_shardings, r.batch_sharding) + frozen_sh,
         out_shardings=(r.state_shardings, sharding.replicated(r.mesh)), donate_argnums=(0,))
     eval_step = jax.jit(make_eval_step(task.eval_loss_fn or task.loss_fn),

@@ -8,6 +8,7 @@ token-weighted mean of one k-times-larger batch.
 import flax.struct
 import jax
 import jax.numpy as jnp
+import jmp
 import optax
 
 import models
@@ -18,6 +19,14 @@ class TrainState:
   step: jax.Array
   params: dict
   opt_state: optax.OptState
+
+
+@flax.struct.dataclass
+class ScaledTrainState(TrainState):
+  """TrainState plus the dynamic loss scale of float16 training (jmp.DynamicLossScale's arrays,
+  kept as plain arrays so orbax checkpoints them like the rest of the state)."""
+  loss_scale: jax.Array
+  loss_scale_counter: jax.Array
 
 
 def cross_entropy_sum(logits_BxLxV, targets_BxL):
@@ -70,11 +79,29 @@ def accumulate_grads(loss_fn, params, batch, k: int, *frozen):
   return grads, sums
 
 
-def make_train_step(loss_fn, optimizer, lr_fn, grad_accum_steps: int):
-  """(state, batch, *frozen) -> (state, metrics): one optimizer step, metrics per step."""
+def make_train_step(loss_fn, optimizer, lr_fn, grad_accum_steps: int, loss_scale_period: int = 0):
+  """(state, batch, *frozen) -> (state, metrics): one optimizer step, metrics per step.
+
+  With loss_scale_period > 0 the state is a ScaledTrainState: the loss is multiplied by the
+  dynamic loss scale before differentiation (so float16 gradients do not underflow), gradients
+  are unscaled, and a step whose gradients are not finite is skipped while the scale halves
+  (jmp.DynamicLossScale; the scale doubles after `loss_scale_period` finite steps)."""
 
   def train_step(state: TrainState, batch, *frozen):
-    grads, sums = accumulate_grads(loss_fn, state.params, batch, grad_accum_steps, *frozen)
+    if loss_scale_period:
+      scale = jmp.DynamicLossScale(state.loss_scale, state.loss_scale_counter, loss_scale_period)
+
+      def scaled_loss_fn(params, batch, *frozen):
+        loss_sum, sums = loss_fn(params, batch, *frozen)
+        return scale.scale(loss_sum), sums
+
+      grads, sums = accumulate_grads(scaled_loss_fn, state.params, batch, grad_accum_steps,
+                                     *frozen)
+      grads = scale.unscale(grads)
+      finite = jmp.all_finite(grads)
+      scale = scale.adjust(finite)
+    else:
+      grads, sums = accumulate_grads(loss_fn, state.params, batch, grad_accum_steps, *frozen)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     n = jnp.maximum(sums['tokens'], 1.0)
@@ -83,7 +110,14 @@ def make_train_step(loss_fn, optimizer, lr_fn, grad_accum_steps: int):
                     'train/param_norm': optax.global_norm(params),
                     'train/lr': lr_fn(state.step),
                     'train/tokens': sums['tokens']})
-    return TrainState(state.step + 1, params, opt_state), metrics
+    if not loss_scale_period:
+      return TrainState(state.step + 1, params, opt_state), metrics
+    params, opt_state = jmp.select_tree(finite, (params, opt_state),
+                                        (state.params, state.opt_state))
+    metrics.update({'train/loss_scale': scale.loss_scale,
+                    'train/skipped': 1.0 - finite.astype(jnp.float32)})
+    return ScaledTrainState(state.step + 1, params, opt_state, scale.loss_scale,
+                            scale.counter), metrics
 
   return train_step
 

@@ -22,6 +22,7 @@ CHOICES = {
     'model.attention_impl': ('xla', 'cudnn', 'auto'),
     'model.parametrization': parametrization.PARAMETRIZATIONS,
     'optimizer.schedule': ('cosine', 'linear', 'constant', 'wsd'),
+    'train.loss_scale': ('auto', 'dynamic', 'none'),
     'distributed.initialize': ('auto', 'yes', 'no'),
 }
 # Sections owned by other trainers (validated there); allowed beside the base schema.
@@ -38,6 +39,7 @@ class Derived:
   per_device_batch: int     # sequences per device per optimizer step.
   micro_batch: int          # global sequences per microbatch.
   host_batch: int           # sequences this host feeds per step.
+  loss_scale: bool          # dynamic loss scaling on (train.loss_scale, model.dtype).
 
 
 def _check_schema(config, schema, prefix=''):
@@ -122,8 +124,12 @@ def derive(config, num_devices: int, process_count: int = 1) -> Derived:
   if config.optimizer.warmup_steps > num_steps:
     raise ValueError(f'config.optimizer.warmup_steps={config.optimizer.warmup_steps} exceeds the '
                      f'{num_steps} training steps')
+  if t.loss_scale != 'none' and (t.loss_scale_init <= 0 or t.loss_scale_period <= 0):
+    raise ValueError(f'config.train.loss_scale_init ({t.loss_scale_init}) and loss_scale_period '
+                     f'({t.loss_scale_period}) must be positive')
+  loss_scale = t.loss_scale == 'dynamic' or (t.loss_scale == 'auto' and m.dtype == 'float16')
   return Derived(model=ModelConfig.make(m), num_steps=num_steps, tokens_per_step=tokens_per_step,
                  mesh_shape=mesh_shape, batch_shards=shards,
                  per_device_batch=t.global_batch_size // shards,
                  micro_batch=t.global_batch_size // k,
-                 host_batch=t.global_batch_size // process_count)
+                 host_batch=t.global_batch_size // process_count, loss_scale=loss_scale)

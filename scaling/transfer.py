@@ -1,0 +1,116 @@
+"""Learning-rate transfer across width, from width sweeps with an lr axis (configs/sweeps/mup_transfer.py).
+
+  python -m scaling.transfer --results=W/sp/results.csv,W/mup/results.csv,W/umup/results.csv \
+      --out=docs/mup/transfer.png
+
+For each parametrization (the `parametrization` column) and width (`d_model`): the final eval loss
+of every peak lr, averaged over seeds; the optimal lr (lowest mean loss); how far that optimum moves
+across the widths, in grid steps (max - min of its index in the sorted lr grid); and the loss at
+the optimum. A member missing from results.csv (diverged, or not run) counts as no loss. Writes one
+plot panel per parametrization (loss vs lr, a curve per width, seed range as a band) and ends
+with one JSON object {parametrization: {"optimal_lr": {width: lr}, "shift_grid_steps": k,
+"at_grid_edge": [widths], "loss_at_optimum": {width: loss}, "seeds": n}}.
+"""
+import argparse
+import collections
+import csv
+import json
+import math
+import sys
+
+import numpy as np
+
+
+def read(paths) -> dict:
+  """{parametrization: {(width, lr): [losses over seeds]}} from one or more results CSVs."""
+  out = collections.defaultdict(lambda: collections.defaultdict(list))
+  for path in paths:
+    with open(path, newline='') as f:
+      rows = list(csv.DictReader(f))
+    for col in ('d_model', 'lr', 'loss'):
+      if rows and col not in rows[0]:
+        raise ValueError(f'{path}: missing column {col!r} (a width sweep with an lr axis?)')
+    for r in rows:
+      loss = float(r['loss'])
+      if math.isfinite(loss):
+        out[r.get('parametrization') or 'sp'][(int(r['d_model']), float(r['lr']))].append(loss)
+  return out
+
+
+def summarize(curves: dict) -> dict:
+  """The module docstring's summary for one parametrization's {(width, lr): losses}."""
+  widths = sorted({w for w, _ in curves})
+  lrs = sorted({lr for _, lr in curves})
+  best, loss_at, edge = {}, {}, []
+  for w in widths:
+    mean = {lr: float(np.mean(curves[(w, lr)])) for lr in lrs if curves.get((w, lr))}
+    lr = min(mean, key=mean.get)
+    best[w], loss_at[w] = lr, round(mean[lr], 4)
+    if lr in (lrs[0], lrs[-1]):
+      edge.append(w)
+  idx = [lrs.index(best[w]) for w in widths]
+  return {'optimal_lr': best, 'shift_grid_steps': max(idx) - min(idx), 'at_grid_edge': edge,
+          'loss_at_optimum': loss_at, 'lr_grid': lrs,
+          'seeds': max(len(v) for v in curves.values())}
+
+
+def plot(data: dict, path: str):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  names = list(data)
+  fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), sharey=True)
+  for ax, p in zip(np.atleast_1d(axes), names):
+    curves = data[p]
+    widths = sorted({w for w, _ in curves})
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(widths)))
+    for w, color in zip(widths, colors):
+      lrs = sorted(lr for ww, lr in curves if ww == w)
+      mean = np.array([np.mean(curves[(w, lr)]) for lr in lrs])
+      lo = np.array([np.min(curves[(w, lr)]) for lr in lrs])
+      hi = np.array([np.max(curves[(w, lr)]) for lr in lrs])
+      ax.plot(lrs, mean, marker='o', ms=3, color=color, label=f'd_model {w}')
+      ax.fill_between(lrs, lo, hi, color=color, alpha=0.2)
+      i = int(np.argmin(mean))
+      ax.plot([lrs[i]], [mean[i]], marker='*', ms=12, color=color, mec='k')
+    ax.set_xscale('log', base=2)
+    ax.set_title(p)
+    ax.set_xlabel('peak learning rate')
+    ax.grid(alpha=0.3)
+  ax0 = np.atleast_1d(axes)[0]
+  ax0.set_ylabel('final eval loss (nats/byte)')
+  ax0.legend(fontsize=8)
+  lo = min(min(np.mean(v) for v in c.values()) for c in data.values())
+  ax0.set_ylim(lo - 0.05, lo + 1.0)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--results', required=True, help='comma-separated results.csv paths')
+  p.add_argument('--out', default='', help='plot path (png); none if empty')
+  args = p.parse_args(argv)
+  try:
+    data = read([x for x in args.results.split(',') if x])
+  except (OSError, ValueError) as e:
+    sys.exit(f'error: {e}')
+  if not data:
+    sys.exit(f'error: no finished members in {args.results}')
+  summary = {name: summarize(curves) for name, curves in data.items()}
+  for name, s in summary.items():
+    print(f'{name}: optimum moves {s["shift_grid_steps"]} grid step(s) across widths '
+          f'({s["seeds"]} seed(s); grid {s["lr_grid"][0]:.3g} .. {s["lr_grid"][-1]:.3g}, x2)')
+    for w, lr in s['optimal_lr'].items():
+      edge = '  (grid edge)' if w in s['at_grid_edge'] else ''
+      print(f'  d_model {w:>5}: best lr {lr:.3g}, loss {s["loss_at_optimum"][w]:.4f}{edge}')
+  if args.out:
+    plot(data, args.out)
+  print(json.dumps({k: {**v, 'optimal_lr': {str(w): lr for w, lr in v['optimal_lr'].items()},
+                        'loss_at_optimum': {str(w): x for w, x in v['loss_at_optimum'].items()}}
+                    for k, v in summary.items()}), flush=True)
+
+
+if __name__ == '__main__':
+  main()
