@@ -339,3 +339,33 @@ def test_cli_in_process_isoflop_and_kaplan(tmp_path, capsys):
   assert len(paths) == 3 and all(os.path.exists(p) for p in paths)
   with pytest.raises(SystemExit, match="missing column 'val_loss'"):
     fit.main([f'--results={csv_path}', '--law=chinchilla', '--loss_col=val_loss'])
+
+
+def test_lr_and_seed_axes_collapse_to_best_lr_mean_over_seeds(tmp_path, capsys):
+  """An lr x seed sweep: each (N, D) keeps the lr with the lowest seed-mean loss (or the declared
+  one), its loss the mean over seeds; the fit says which."""
+  rows = []
+  true = {}
+  for n in (1e5, 3e5, 1e6):
+    for d in (1e7, 3e7, 1e8):
+      best = 1.69 + 406.4 / n**0.34 + 410.7 / d**0.28
+      true[(n, d)] = best
+      for lr, penalty in ((1e-3, 0.3), (2e-3, 0.0), (4e-3, 0.1)):
+        for seed, noise in ((0, -0.01), (1, 0.01)):
+          rows.append((f'n{n:g}_d{d:g}_lr{lr:g}_s{seed}', n, d, 6 * n * d, best + penalty + noise,
+                       lr, seed))
+  path = tmp_path / 'r.csv'
+  with open(path, 'w') as f:
+    f.write('name,params,tokens,flops,loss,lr,seed\n')
+    for r in rows:
+      f.write(','.join(repr(x) if isinstance(x, float) else str(x) for x in r) + '\n')
+  runs = results.read_results(path)
+  assert len(runs) == 9 and 'best of 3 lrs' in runs.selection and '2 seed' in runs.selection
+  for n, d, loss in zip(runs.params, runs.tokens, runs.loss):
+    assert loss == pytest.approx(true[(n, d)])     # lr 2e-3, seed noise averaged away.
+  declared = results.read_results(path, lr=4e-3)
+  assert np.allclose(declared.loss, [true[(n, d)] + 0.1 for n, d in zip(declared.params, declared.tokens)])
+  with pytest.raises(ValueError, match='no run with lr=0.5'):
+    results.read_results(path, lr=0.5)
+  fit.main(['--results', str(path), '--law', 'chinchilla'])
+  assert '"selection": "best of 3 lrs per (N, D); loss = mean over 2 seed(s)"' in capsys.readouterr().out

@@ -56,3 +56,7 @@ def test_start_from_our_workdir(tiny_config, tmp_path):
   bad = tiny_config({'init_from': first, 'model.d_model': 64})
   with pytest.raises(ValueError, match=r"\['embed'\]"):
     init_from.params_fn(bad)(loop.setup(bad))
+  other = tiny_config({'init_from': first, 'model.parametrization': 'mup',
+                       'model.base_d_model': 16})
+  with pytest.raises(ValueError, match='parametrization/base shape'):
+    init_from.params_fn(other)(loop.setup(other))

@@ -173,13 +173,13 @@ def test_family_cli():
   assert all(abs(float(l.split()[-1])) <= 5 for l in lines[1:])
 
 
-def _load_config_file(path):
-  """get_config() of a config file, as config_flags loads it (by path, not as a package)."""
+def _load_config_file(path, *args):
+  """get_config(*args) of a config file, as config_flags loads it (by path, not as a package)."""
   import importlib.util
   spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], os.path.join(REPO, path))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  return mod.get_config()
+  return mod.get_config(*args)
 
 
 # --- sweep members ---------------------------------------------------------------------------------
@@ -379,3 +379,33 @@ def test_sweep_end_to_end_and_resume(data_dir, tmp_path):
   config.optimizer.lr = 1e-3
   with pytest.raises(ValueError, match='different config'):
     sweep.run(config, workdir)
+
+
+def test_width_sweep_with_lr_and_seed_axes():
+  c = _sweep_config(kind='width', widths=(16, 32), tokens=(2e5,), lrs=(1e-3, 2e-3, 4e-3),
+                    seeds=(0, 1), min_steps=1)
+  ms = sweep.members(c)
+  assert len(ms) == 2 * 3 * 2
+  assert ms[0].name == 'd16_D2e5_lr1e-3_s0' and ms[1].name == 'd16_D2e5_lr1e-3_s1'
+  assert [m.config.model.d_model for m in ms] == [16] * 6 + [32] * 6
+  assert all(m.config.model.n_layers == c.model.n_layers for m in ms)
+  assert [(m.info['lr'], m.info['seed']) for m in ms[:6]] == [
+      (lr, s) for lr in (1e-3, 2e-3, 4e-3) for s in (0, 1)]
+  assert all(m.config.optimizer.lr == m.info['lr'] and m.config.seed == m.info['seed'] for m in ms)
+  assert len({m.config_hash for m in ms}) == len(ms)
+  with pytest.raises(ValueError, match='repeated'):
+    sweep.members(_sweep_config(kind='width', widths=(16,), tokens=(2e5,), lrs=(1e-3, 1e-3)))
+  with pytest.raises(ValueError, match='widths'):
+    sweep.members(_sweep_config(kind='width', tokens=(2e5,)))
+
+
+def test_transfer_sweep_configs():
+  for p in ('sp', 'mup', 'umup'):
+    ms = sweep.members(_load_config_file('configs/sweeps/mup_transfer.py', p))
+    assert len(ms) == 4 * (9 if p == 'sp' else 7) * 2
+    widths = sorted({m.config.model.d_model for m in ms})
+    assert widths[-1] / widths[0] >= 8
+    lrs = sorted({m.info['lr'] for m in ms})
+    assert len(lrs) >= 7 and all(b / a == 2 for a, b in zip(lrs, lrs[1:]))
+    assert {m.info['parametrization'] for m in ms} == {p}
+    assert {m.config.model.base_d_model for m in ms} == ({widths[0]} if p == 'mup' else {0})

@@ -1,5 +1,5 @@
 """Learning-rate transfer across width: SP vs μP vs u-μP on the embedded corpus (one config per
-parametrization; 4 widths x 7 peak lrs a factor 2 apart x 2 seeds = 56 members each).
+parametrization; 4 widths x 7 peak lrs a factor 2 apart (9 for SP) x 2 seeds = 56 (72) members).
 
   python main.py --config=configs/sweeps/mup_transfer.py:sp   --workdir=workdirs/mup_transfer/sp
   python main.py --config=configs/sweeps/mup_transfer.py:mup  --workdir=workdirs/mup_transfer/mup
@@ -22,7 +22,8 @@ WIDTHS = (32, 64, 128, 256)
 SEEDS = (0, 1)
 # 7 peak lrs a factor 2 apart per parametrization, centred where its width-64 model trains best.
 LRS = {
-    'sp': tuple(2.0 ** e for e in range(-10, -3)),     # 9.8e-4 .. 6.3e-2
+    # SP's optimum left the grid at the wide end: two more lrs below (9 points).
+    'sp': tuple(2.0 ** e for e in range(-12, -3)),     # 2.4e-4 .. 6.3e-2
     'mup': tuple(2.0 ** e for e in range(-10, -3)),
     'umup': tuple(2.0 ** e for e in range(-2, 5)),      # 0.25 .. 16
 }
