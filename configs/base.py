@@ -113,7 +113,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.async_checkpoint = True
   # Dynamic loss scaling (jmp): 'auto' = on for model.dtype float16, off otherwise | 'dynamic' | 'none'.
   c.train.loss_scale = 'auto'
-  c.train.loss_scale_init = 2.0**15
+  c.train.loss_scale_init = 2.0**15  # on the token-mean loss (the summed loss gets it / tokens).
   c.train.loss_scale_period = 2000   # finite steps before the scale doubles (halves on overflow).
 
   c.optimizer = ml_collections.ConfigDict()

@@ -16,7 +16,7 @@ step), 300 steps, each parametrization at its best lr of the transfer sweep at t
 from configs.sweeps import mup_transfer
 
 PRECISIONS = ('float32', 'float16', 'float16_unscaled', 'fp8')
-LR = {'sp': 2.0**-9, 'mup': 2.0**-7, 'umup': 2.0**1}   # transfer sweep optima at d_model 128.
+LR = {'sp': 2.0**-10, 'mup': 2.0**-7, 'umup': 2.0**0}   # transfer sweep optima at d_model 128.
 
 
 def get_config(arg='umup,float32'):

@@ -67,7 +67,8 @@ HASH_EXCLUDE = ('data.data_dir', 'distributed', 'mesh', 'train.async_checkpoint'
 # Keys added after sweeps were run: left out of the hash at their default (old behaviour), so
 # existing sweep directories stay valid.
 HASH_DEFAULTS = {'model.parametrization': 'sp', 'model.base_d_model': 0, 'model.base_d_ff': 0,
-                 'model.base_head_dim': 0}
+                 'model.base_head_dim': 0, 'model.fp8': False, 'train.loss_scale': 'auto',
+                 'train.loss_scale_init': 2.0**15, 'train.loss_scale_period': 2000}
 MEMBER_FILE = 'sweep_member.json'
 RESULT_FILE = 'result.json'
 # The section's schema and defaults live with the configs (configs are data).

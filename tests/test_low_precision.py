@@ -43,12 +43,12 @@ def _sgd_delta(dtype, loss_scale_period, init_scale=2.0**15):
 def test_float16_gradients_underflow_without_loss_scaling_and_not_with_it():
   ref, _, _ = _sgd_delta('float32', 0)
   unscaled, _, _ = _sgd_delta('float16', 0)
-  scaled, state, metrics = _sgd_delta('float16', 2000)
+  scaled, state, metrics = _sgd_delta('float16', 2000, init_scale=2.0**22)
   err = lambda x: np.linalg.norm(x - ref) / np.linalg.norm(ref)
   assert np.mean(unscaled == 0) > 0.5 > np.mean(ref == 0)   # most gradients flushed to zero.
   assert err(unscaled) > 0.5
   assert err(scaled) < 0.02, err(scaled)
-  assert float(metrics['train/skipped']) == 0.0 and float(state.loss_scale) == 2.0**15
+  assert float(metrics['train/skipped']) == 0.0 and float(state.loss_scale) == 2.0**22
 
 
 def test_overflow_skips_the_step_and_halves_the_scale():

@@ -83,21 +83,25 @@ def make_train_step(loss_fn, optimizer, lr_fn, grad_accum_steps: int, loss_scale
   """(state, batch, *frozen) -> (state, metrics): one optimizer step, metrics per step.
 
   With loss_scale_period > 0 the state is a ScaledTrainState: the loss is multiplied by the
-  dynamic loss scale before differentiation (so float16 gradients do not underflow), gradients
-  are unscaled, and a step whose gradients are not finite is skipped while the scale halves
-  (jmp.DynamicLossScale; the scale doubles after `loss_scale_period` finite steps)."""
+  dynamic loss scale before differentiation (so float16 gradients neither underflow nor overflow),
+  gradients are unscaled, and a step whose gradients are not finite is skipped while the scale
+  halves (jmp.DynamicLossScale; it doubles after `loss_scale_period` finite steps). The stored
+  scale applies to the token-mean loss (the usual convention, at least 1); the summed loss
+  differentiated here is multiplied by scale / tokens per microbatch."""
 
   def train_step(state: TrainState, batch, *frozen):
     if loss_scale_period:
       scale = jmp.DynamicLossScale(state.loss_scale, state.loss_scale_counter, loss_scale_period)
+      rows, cols = batch['tokens'].shape
+      factor = scale.loss_scale / (rows // grad_accum_steps * (cols - 1))  # per summed token.
 
       def scaled_loss_fn(params, batch, *frozen):
         loss_sum, sums = loss_fn(params, batch, *frozen)
-        return scale.scale(loss_sum), sums
+        return loss_sum * factor, sums
 
       grads, sums = accumulate_grads(scaled_loss_fn, state.params, batch, grad_accum_steps,
                                      *frozen)
-      grads = scale.unscale(grads)
+      grads = jax.tree.map(lambda g: g / factor, grads)
       finite = jmp.all_finite(grads)
       scale = scale.adjust(finite)
     else:
