@@ -163,8 +163,9 @@ def plot(records, p, path):
   fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), sharey=True)
   for ax, (key, t, title) in zip(np.atleast_1d(axes), panels):
     widths, series = _mean_by(records, p, key, t)
-    for name, vals in series.items():
-      ax.plot(widths, vals, marker='.', label=name, lw=1)
+    colors = plt.cm.tab20(np.linspace(0, 1, max(len(series), 2)))
+    for (name, vals), color in zip(series.items(), colors):
+      ax.plot(widths, vals, marker='.', label=name, lw=1, color=color)
     ax.set_xscale('log', base=2)
     ax.set_yscale('log')
     ax.set_title(title, fontsize=9)
