@@ -95,8 +95,6 @@ def read_results(path, params_col='params', tokens_col='tokens', loss_col='loss'
     reader.fieldnames = header
     rows = [r for r in reader if any((v or '').strip() for v in r.values())]
   have = ', '.join(header) or '(none)'
-  key_cols = [c for c in (params_col, tokens_col, flops_col) if c and c in header]
-  rows, selection = select_lr(rows, path, key_cols, loss_col, lr)
 
   def need(col, why=''):
     if col not in header:
@@ -110,6 +108,8 @@ def read_results(path, params_col='params', tokens_col='tokens', loss_col='loss'
     if tokens_col and not has_flops:
       need(tokens_col, f' (and no {flops_col!r} column to derive tokens as C/(6N))')
     need(flops_col, ' (needed to derive tokens as C/(6N))')
+  key_cols = [c for c in (params_col, tokens_col, flops_col) if c and c in header]
+  rows, selection = select_lr(rows, path, key_cols, loss_col, lr)
   if len(rows) < min_rows:
     raise ValueError(f'{path}: {len(rows)} rows, need at least {min_rows}')
 
