@@ -24,8 +24,7 @@ import jax
 import jax.numpy as jnp
 
 PARAMETRIZATIONS = ('sp', 'mup', 'umup')
-WIDTH_AXES = ('embed', 'mlp', 'heads', 'kv_heads', 'head_dim', 'norm')
-FIXED_AXES = ('vocab', 'position')
+WIDTH_AXES = ('embed', 'mlp', 'heads', 'kv_heads', 'head_dim', 'norm')  # the rest: 'vocab', 'position'.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,15 +60,8 @@ def _umup(c, role, w, n):
   # for hidden weights and embeddings (u-μP's "fan_in" of an embedding is d_model), 1 for the
   # readout and vectors, all × depth^-1/2; weight decay independent of the lr scale.
   del w
-  depth = c.n_layers ** -0.5
-  if role == 'vector':
-    lr = depth
-  elif role in ('embedding', 'position'):
-    lr = depth * c.d_model ** -0.5
-  elif role == 'readout':
-    lr = depth
-  else:
-    lr = depth * n ** -0.5
+  lr = c.n_layers ** -0.5 * {'embedding': c.d_model ** -0.5, 'position': c.d_model ** -0.5,
+                             'hidden': n ** -0.5, 'residual': n ** -0.5}.get(role, 1.0)
   mult = {'hidden': n ** -0.5, 'residual': n ** -0.5, 'readout': 1.0 / n}.get(role, 1.0)
   # Readout backward: u-μP scales the cross-entropy gradient by V/sqrt(V-1) and the readout's
   # input gradient by 1/sqrt(V) (not 1/fan_in), so backward signals start near unit RMS. Their
