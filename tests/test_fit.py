@@ -15,6 +15,7 @@ from scaling import fit
 from scaling import laws
 from scaling import predict
 from scaling import results
+from scaling import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRUE = laws.CHINCHILLA
@@ -369,3 +370,36 @@ def test_lr_and_seed_axes_collapse_to_best_lr_mean_over_seeds(tmp_path, capsys):
     results.read_results(path, lr=0.5)
   fit.main(['--results', str(path), '--law', 'chinchilla'])
   assert '"selection": "best of 3 lrs per (N, D); loss = mean over 2 seed(s)"' in capsys.readouterr().out
+
+
+# --- hold-out validation ---------------------------------------------------------------------------
+
+
+def test_holdout_split_and_prediction_on_a_known_law(tmp_path, capsys):
+  """Chinchilla-law runs over 1e17..1e21 FLOPs with 0.5 % noise: fitted at <= 1e19, every run
+  above is predicted within 2 % and inside its bootstrap interval (approach 3 recovers the law)."""
+  runs = grid_runs(0, 0.005, n_sizes=8, n_token_counts=8)
+  cut = np.sort(runs.flops)[40]
+  fit_runs, held = validate.split(runs, cut)
+  n_fit = int((runs.flops <= cut).sum())
+  assert len(fit_runs) == n_fit >= 41 and len(held) == len(runs) - n_fit
+  assert fit_runs.flops.max() <= cut < held.flops.min()
+  rows, _ = validate.validate(runs, cut, 'chinchilla', n_boot=8)
+  assert [r['flops'] for r in rows] == list(held.flops)
+  truth = laws.chinchilla_loss(TRUE, held.params, held.tokens)
+  for r, t in zip(rows, truth):
+    assert r['rel_error'] == pytest.approx(r['predicted'] / r['observed'] - 1)
+    assert abs(r['predicted'] / t - 1) < 0.02
+    assert r['lo'] <= r['predicted'] <= r['hi']
+  with pytest.raises(ValueError, match='no run above'):
+    validate.split(runs, runs.flops.max())
+  with pytest.raises(ValueError, match='only 0 runs to fit'):
+    validate.split(runs, runs.flops.min() / 2)
+  path = tmp_path / 'r.csv'
+  results.write_results(path, runs)
+  validate.main(['--results', str(path), f'--fit_below={cut}', '--out', str(tmp_path / 'h.png')])
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert set(out) == {'chinchilla', 'kaplan'} and len(out['kaplan']) == len(held)
+  assert set(out['chinchilla'][0]) == {'name', 'params', 'tokens', 'flops', 'observed',
+                                       'predicted', 'rel_error', 'lo', 'hi'}
+  assert (tmp_path / 'h.png').stat().st_size > 0
