@@ -36,6 +36,15 @@ def test_valid_base_and_derived_quantities():
     (lambda c: c.optimizer.update(warmup_steps=5000), 'config.optimizer.warmup_steps'),
     (lambda c: c.model.update(attention_impl='cudnn', dtype='float32'),
      'config.model.attention_impl'),
+    (lambda c: c.train.update(keep_checkpoints=0), 'config.train.keep_checkpoints'),
+    (lambda c: c.train.update(eval_every=0), 'config.train.eval_every'),
+    (lambda c: c.train.update(log_every=0), 'config.train.log_every'),
+    (lambda c: c.train.update(checkpoint_every=0), 'config.train.checkpoint_every'),
+    (lambda c: c.train.update(eval_batches=0), 'config.train.eval_batches'),
+    (lambda c: c.data.update(max_documents=-1), 'config.data.max_documents'),
+    (lambda c: c.model.update(parametrization='mu'), 'config.model.parametrization'),
+    (lambda c: c.model.update(base_d_model=64), 'config.model.base_'),
+    (lambda c: c.train.update(loss_scale='static'), 'config.train.loss_scale'),
 ])
 def test_impossible_combinations(mutate, field):
   c = base.get_config()

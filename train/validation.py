@@ -81,9 +81,16 @@ def derive(config, num_devices: int, process_count: int = 1) -> Derived:
   """Validate `config` for this many devices/processes and return the derived quantities."""
   _check_schema(config, base.get_config())
   m = config.model
+  # Intervals and counts the loop divides by or keeps by: 0 would crash mid-run or, for
+  # keep_checkpoints, delete every checkpoint.
   _positive(config, 'model.vocab_size', 'model.d_model', 'model.n_layers', 'model.n_heads',
             'model.d_ff', 'model.max_len', 'data.seq_len', 'train.global_batch_size',
-            'train.grad_accum_steps', 'optimizer.lr')
+            'train.grad_accum_steps', 'optimizer.lr', 'train.log_every', 'train.eval_every',
+            'train.eval_batches', 'train.checkpoint_every', 'train.keep_checkpoints')
+  for name in ('train.keep_every', 'data.max_documents'):
+    section, key = name.split('.')
+    if config[section][key] < 0:
+      raise ValueError(f'config.{name} must be >= 0 (0: off / all), got {config[section][key]}')
   if m.head_dim is None and m.d_model % m.n_heads:
     raise ValueError(f'config.model.n_heads={m.n_heads} does not divide '
                      f'config.model.d_model={m.d_model} (or set config.model.head_dim)')
