@@ -1,8 +1,9 @@
-"""Fits scaling laws to a results CSV: Chinchilla approaches 3 and 2, Kaplan L(N) and L(N, D), with bootstrap.
+"""Fits scaling laws to a results CSV: Chinchilla approaches 1, 2 and 3, Kaplan L(N) and L(N, D), with bootstrap.
 
 Approach 3 follows Hoffmann et al. 2022 (arXiv 2203.15556, sec. 3.3 / appendix D.2) with the SUM of
 Huber terms as Besiroglu et al. 2024 (arXiv 2404.10102) show is needed; approach 2 is the paper's
-IsoFLOP-profile method (sec. 3.2); the Kaplan forms are eqs. 1.1 and 1.5 of arXiv 2001.08361.
+IsoFLOP-profile method (sec. 3.2); approach 1 (sec. 3.1) takes the lower envelope of loss-vs-FLOPs
+curves (a sweep's curves.csv); the Kaplan forms are eqs. 1.1 and 1.5 of arXiv 2001.08361.
 
   python -m scaling.fit --results=runs.csv --law=chinchilla --bootstrap=200 --out=fit.json
 """
@@ -27,7 +28,7 @@ HUBER_DELTA = 1e-3
 # The paper's grid of starts for (a, b, e, alpha, beta): 6 * 6 * 5 * 5 * 5 = 4500 points.
 START_GRID = {'a': np.arange(0, 26, 5.0), 'b': np.arange(0, 26, 5.0), 'e': np.arange(-1, 1.01, 0.5),
               'alpha': np.arange(0, 2.01, 0.5), 'beta': np.arange(0, 2.01, 0.5)}
-MIN_ROWS = {'chinchilla': 5, 'isoflop': 6, 'kaplan': 4}
+MIN_ROWS = {'chinchilla': 5, 'isoflop': 6, 'kaplan': 4, 'envelope': 4}
 
 
 def huber(r, delta=HUBER_DELTA):
@@ -167,6 +168,59 @@ def fit_isoflop(runs, rtol=0.05):
           'constants': {'k_N': k_n, 'a': a, 'k_D': k_d, 'b': b, 'k_L': k_l, 'gamma': gamma}}
 
 
+def envelope(runs, n_points=200, min_sizes=2):
+  """Approach 1's lower envelope of loss vs FLOPs (Hoffmann et al. 2022, sec. 3.1).
+
+  `runs` holds points of loss curves (one row per evaluation of a run, its FLOPs so far). Each
+  model size's curve is interpolated (log loss vs log FLOPs) on n_points log-spaced FLOP values;
+  at each value covered by at least min_sizes sizes the size with the lowest loss is the
+  compute-optimal one there. Returns (flops, params_opt, loss_opt) arrays."""
+  curves = {}
+  for n in np.unique(runs.params):
+    idx = np.flatnonzero(runs.params == n)
+    c, l = np.log(runs.flops[idx]), np.log(runs.loss[idx])
+    order = np.argsort(c, kind='stable')
+    c, l = c[order], l[order]
+    keep = np.concatenate([[True], np.diff(c) > 0])   # one point per FLOP value (the first).
+    if keep.sum() >= 2:
+      curves[float(n)] = (c[keep], np.minimum.accumulate(l[keep]))
+  if len(curves) < min_sizes:
+    raise ValueError(f'envelope fit needs loss curves of at least {min_sizes} model sizes '
+                     f'(several evaluations each), got {len(curves)}')
+  grid = np.linspace(min(c[0] for c, _ in curves.values()), max(c[-1] for c, _ in curves.values()),
+                     n_points)
+  sizes = np.array(list(curves))
+  interp = np.full((len(sizes), n_points), np.inf)
+  for i, (c, l) in enumerate(curves.values()):
+    inside = (grid >= c[0]) & (grid <= c[-1])
+    interp[i, inside] = np.interp(grid[inside], c, l)
+  covered = np.isfinite(interp).sum(0) >= min_sizes
+  if covered.sum() < 2:
+    raise ValueError('envelope fit: fewer than 2 FLOP values are covered by '
+                     f'{min_sizes} model sizes; the curves do not overlap in compute')
+  best = np.argmin(interp[:, covered], axis=0)
+  return np.exp(grid[covered]), sizes[best], np.exp(interp[best, np.flatnonzero(covered)])
+
+
+def fit_envelope(runs, n_points=200):
+  """Approach 1: N_opt = k_N C^a, D_opt = C / 6 N_opt = k_D C^b, L_opt = k_L C^gamma on the envelope."""
+  c, n_opt, l_opt = envelope(runs, n_points)
+  # Where the smallest or largest size wins, the optimum may lie outside the sizes tried: censored.
+  interior = (n_opt > runs.params.min()) & (n_opt < runs.params.max())
+  if len(np.unique(n_opt[interior])) < 2:
+    raise ValueError('envelope fit: fewer than 2 sizes are optimal inside the range of sizes '
+                     f'tried ({runs.params.min():.3g} .. {runs.params.max():.3g}); add sizes')
+  censored = int((~interior).sum())
+  c, n_opt, l_opt = c[interior], n_opt[interior], l_opt[interior]
+  k_n, a = _power_law(c, n_opt)
+  k_d, b = _power_law(c, c / (6 * n_opt))
+  k_l, gamma = _power_law(c, l_opt)
+  return {'law': 'envelope', 'n_points': int(len(c)), 'censored_points': censored,
+          'flops_range': [float(c[0]), float(c[-1])],
+          'optimal_sizes': sorted(float(x) for x in np.unique(n_opt)),
+          'constants': {'k_N': k_n, 'a': a, 'k_D': k_d, 'b': b, 'k_L': k_l, 'gamma': gamma}}
+
+
 def fit_kaplan_n(params, loss):
   """Kaplan L(N) = (N_c/N)^alpha_N by log-log least squares on each size's lowest loss."""
   sizes = np.unique(params)
@@ -251,8 +305,13 @@ def fit(runs, law, n_boot=0, seed=0, budget_rtol=0.05, n_polish=16):
   elif law == 'kaplan':
     out = fit_kaplan(runs)
     boot_fn, groups = fit_kaplan, None
+  elif law == 'envelope':
+    out = fit_envelope(runs)
+    # Resample evaluation points within each size's curve; every size stays (the envelope needs it).
+    boot_fn = fit_envelope
+    groups = [np.flatnonzero(runs.params == n) for n in np.unique(runs.params)]
   else:
-    raise ValueError(f'unknown law {law!r}: expected chinchilla, isoflop or kaplan')
+    raise ValueError(f'unknown law {law!r}: expected chinchilla, isoflop, kaplan or envelope')
   out['n_runs'] = len(runs)
   if n_boot:
     out['bootstrap'] = bootstrap(runs, boot_fn, n_boot, seed, groups)
@@ -262,7 +321,8 @@ def fit(runs, law, n_boot=0, seed=0, budget_rtol=0.05, n_polish=16):
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--results', required=True, help='results CSV, one run per row')
-  p.add_argument('--law', default='chinchilla', choices=['chinchilla', 'isoflop', 'kaplan'])
+  p.add_argument('--law', default='chinchilla', choices=['chinchilla', 'isoflop', 'kaplan', 'envelope'],
+                 help="'envelope' (approach 1) reads a loss-curves CSV (a sweep's curves.csv)")
   p.add_argument('--bootstrap', type=int, default=0, help='number of bootstrap resamples (0: none)')
   p.add_argument('--seed', type=int, default=0, help='bootstrap seed')
   p.add_argument('--out', default='', help='also write the JSON here')
@@ -282,7 +342,8 @@ def main(argv=None):
   try:
     runs = results_lib.read_results(args.results, params_col=params_col, tokens_col=args.tokens_col,
                                     loss_col=args.loss_col, flops_col=args.flops_col,
-                                    min_rows=MIN_ROWS[args.law], lr=args.lr)
+                                    min_rows=MIN_ROWS[args.law],
+                                    lr=None if args.law == 'envelope' else args.lr)
     out = fit(runs, args.law, args.bootstrap, args.seed, args.budget_rtol, args.n_polish or None)
   except ValueError as e:
     sys.exit(f'error: {e}')

@@ -86,7 +86,7 @@ def read_results(path, params_col='params', tokens_col='tokens', loss_col='loss'
   """Reads runs from a CSV; tokens from tokens_col, else D = C / (6N) from flops_col.
 
   Pass tokens_col='' to force tokens from FLOPs. Rows of an lr / seed sweep are collapsed by
-  select_lr (the returned Runs says how in `selection`). Raises ValueError on a missing column,
+  select_lr (the returned Runs says how in `selection`); lr=None keeps every row (loss curves). Raises ValueError on a missing column,
   fewer than min_rows rows, or a NaN / non-numeric / non-positive value (naming row and column).
   """
   with open(path, newline='', encoding='utf-8-sig') as f:
@@ -108,8 +108,10 @@ def read_results(path, params_col='params', tokens_col='tokens', loss_col='loss'
     if tokens_col and not has_flops:
       need(tokens_col, f' (and no {flops_col!r} column to derive tokens as C/(6N))')
     need(flops_col, ' (needed to derive tokens as C/(6N))')
-  key_cols = [c for c in (params_col, tokens_col, flops_col) if c and c in header]
-  rows, selection = select_lr(rows, path, key_cols, loss_col, lr)
+  selection = 'every row'
+  if lr is not None:
+    key_cols = [c for c in (params_col, tokens_col, flops_col) if c and c in header]
+    rows, selection = select_lr(rows, path, key_cols, loss_col, lr)
   if len(rows) < min_rows:
     raise ValueError(f'{path}: {len(rows)} rows, need at least {min_rows}')
 

@@ -8,6 +8,8 @@ A sweep config is a normal training config plus a `sweep` section (see configs/s
   sweep.sizes_per_budget   isoflop, optional: one tuple of sizes per budget (overrides sizes)
   sweep.tokens             grid, width: training tokens per member
   sweep.widths             width: d_model values (the family's shape rule at each)
+  sweep.evals_per_member   evaluations along each member's training (1: at the end); all of them
+                           land in W/curves.csv, the input of approach 1 (scaling.fit --law=envelope)
   sweep.lrs, sweep.seeds   optional axes: one member per peak lr / per seed (columns lr, seed);
                            scaling.fit then takes the best lr per (N, D) and the mean over seeds
   sweep.count              which N sizes are matched to and C = 6·N·D uses: 'params' (total, the
@@ -176,7 +178,8 @@ def _member_config(base, s, fam: family_lib.Member, steps: int, warmup: int, mod
   c.model.update(fam.model)
   c.train.num_steps = steps
   c.train.total_tokens = 0
-  c.train.eval_every = steps              # evaluate once, at the end (the loss we report).
+  # Evaluate at the end (the loss we report) and, for loss curves (approach 1), evenly before.
+  c.train.eval_every = max(1, math.ceil(steps / max(1, int(_get(s, 'evals_per_member')))))
   c.train.checkpoint_every = max(1, math.ceil(steps / max(1, _get(s, 'checkpoints_per_member'))))
   c.train.log_every = max(1, math.ceil(steps / max(1, _get(s, 'logs_per_member'))))
   c.optimizer.warmup_steps = warmup
@@ -343,6 +346,30 @@ def _train(member: Member, member_dir: str) -> dict:
   return loop.run(member.config, member_dir, init_params_fn=init_from.params_fn(member.config))
 
 
+CURVE_COLUMNS = ('name', 'params', 'non_embedding_params', 'tokens', 'flops', 'loss', 'lr', 'seed',
+                 'parametrization', 'final')
+
+
+def curve_rows(member: Member, member_dir: str) -> list:
+  """The member's eval losses along training (metrics.jsonl), FLOPs so far by the sweep's count."""
+  rows, path = [], os.path.join(member_dir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return rows
+  i = member.info
+  with open(path) as f:
+    for line in f:
+      m = json.loads(line)
+      if m.get('eval/loss') is None:
+        continue
+      tokens = m['train/tokens_seen']
+      rows.append({'name': member.name, 'params': i['params'],
+                   'non_embedding_params': i['non_embedding_params'], 'tokens': tokens,
+                   'flops': i['flops'] * tokens / i['tokens'], 'loss': m['eval/loss'],
+                   'lr': i['lr'], 'seed': i['seed'], 'parametrization': i['parametrization'],
+                   'final': int(tokens == i['tokens'])})
+  return rows
+
+
 def _result_row(member: Member, metrics: dict, wall_s: float, h: str) -> dict:
   row = dict(member.info)
   row.update(loss=float(metrics['eval/loss']),
@@ -437,6 +464,9 @@ def run(config, workdir: str) -> dict:
                  done, len(ms), _hms(elapsed))
   if lead:
     write_csv(results_path, [rows[x.name] for x in ms if x.name in rows], columns)
+    write_csv(os.path.join(workdir, 'curves.csv'),
+              [r for x in ms if x.name in rows for r in curve_rows(x, os.path.join(workdir, x.name))],
+              CURVE_COLUMNS)
   return {'results_csv': results_path, 'members': len(ms), 'finished': len(rows),
           'ran': ran, 'skipped': skipped, 'failed': failed,
           'wall_s': round(time.time() - t_start, 1)}

@@ -403,3 +403,43 @@ def test_holdout_split_and_prediction_on_a_known_law(tmp_path, capsys):
   assert set(out['chinchilla'][0]) == {'name', 'params', 'tokens', 'flops', 'observed',
                                        'predicted', 'rel_error', 'lo', 'hi'}
   assert (tmp_path / 'h.png').stat().st_size > 0
+
+
+# --- approach 1 ------------------------------------------------------------------------------------
+
+
+def _curves(sizes, noise=0.0, seed=0, evals=40):
+  """Loss curves on the Chinchilla law: each size evaluated at 40 token counts up to 1e13 tokens."""
+  rng = np.random.default_rng(seed)
+  n = np.repeat(sizes, evals)
+  d = np.tile(np.logspace(8, 13, evals), len(sizes))
+  loss = laws.chinchilla_loss(TRUE, n, d) * np.exp(noise * rng.standard_normal(n.size))
+  return results.Runs([f'N{x:.3g}' for x in n], n, d, 6 * n * d, loss)
+
+
+def test_envelope_of_known_curves_recovers_the_frontier():
+  """On curves that follow the law exactly, the lower envelope picks, at each C, the size whose
+  curve is lowest; with 40 sizes per 3 decades the fitted exponents are the law's a and b."""
+  runs = _curves(np.logspace(7, 10, 40))
+  c, n_opt, l_opt = fit.envelope(runs)
+  for ci, ni in zip(c[::20], n_opt[::20]):   # brute force: the best size of the grid at ci.
+    sizes = np.logspace(7, 10, 40)
+    ok = (6 * sizes * 1e8 <= ci * 1.0001) & (ci <= 6 * sizes * 1e13 * 1.0001)
+    losses = laws.chinchilla_loss(TRUE, sizes[ok], ci / (6 * sizes[ok]))
+    assert np.log(ni) == pytest.approx(np.log(sizes[ok][np.argmin(losses)]), abs=np.log(10) / 13)
+  out = fit.fit_envelope(runs)
+  assert out['constants']['a'] == pytest.approx(TRUE_A, abs=0.03)
+  assert out['constants']['b'] == pytest.approx(TRUE_B, abs=0.03)
+  assert out['constants']['a'] + out['constants']['b'] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_envelope_errors_and_cli(tmp_path, capsys):
+  with pytest.raises(ValueError, match='at least 2 model sizes'):
+    fit.fit_envelope(_curves(np.array([1e8])))
+  runs = _curves(np.logspace(7, 10, 12), noise=0.003)
+  path = tmp_path / 'curves.csv'
+  results.write_results(path, runs)
+  fit.main(['--results', str(path), '--law', 'envelope', '--bootstrap', '4'])
+  out = json.loads(capsys.readouterr().out)
+  assert out['law'] == 'envelope' and out['selection'] == 'every row'
+  assert abs(out['constants']['a'] - TRUE_A) < 0.08 and out['bootstrap']['failed'] == 0

@@ -369,6 +369,9 @@ def test_sweep_end_to_end_and_resume(data_dir, tmp_path):
     assert r['config_hash'] == m.config_hash
     assert 0 < float(r['loss']) < 6 and math.isfinite(float(r['bits_per_byte']))
     assert float(r['flops']) == pytest.approx(6 * m.info['params'] * m.info['tokens'])
+  curves = _rows(os.path.join(workdir, 'curves.csv'))   # approach 1's input: the final evals here.
+  assert {r['name']: float(r['loss']) for r in curves if r['final'] == '1'} == {
+      r['name']: float(r['loss']) for r in rows}
 
   # The CSV feeds the fitting code as is.
   from scaling import results
@@ -392,6 +395,9 @@ def test_width_sweep_with_lr_and_seed_axes():
   assert [(m.info['lr'], m.info['seed']) for m in ms[:6]] == [
       (lr, s) for lr in (1e-3, 2e-3, 4e-3) for s in (0, 1)]
   assert all(m.config.optimizer.lr == m.info['lr'] and m.config.seed == m.info['seed'] for m in ms)
+  assert all(m.config.train.eval_every == m.info['steps'] for m in ms)
+  c.sweep.evals_per_member = 4
+  assert all(m.config.train.eval_every == math.ceil(m.info['steps'] / 4) for m in sweep.members(c))
   assert len({m.config_hash for m in ms}) == len(ms)
   with pytest.raises(ValueError, match='repeated'):
     sweep.members(_sweep_config(kind='width', widths=(16,), tokens=(2e5,), lrs=(1e-3, 1e-3)))
