@@ -76,6 +76,7 @@ def get_sweep_config(**overrides) -> ml_collections.ConfigDict:
   s.checkpoints_per_member = 2
   s.logs_per_member = 5
   s.evals_per_member = 1       # evaluations along training, written to curves.csv (approach 1).
+  s.member = -1                # -1: every member in turn; i: only member i (one job per member).
   s.lr_width_exponent = 0.0    # lr *= (lr_ref_d_model / d_model) ** exponent (0: same lr for all).
   s.lr_ref_d_model = 0
   s.family = ml_collections.ConfigDict(

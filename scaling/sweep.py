@@ -10,6 +10,8 @@ A sweep config is a normal training config plus a `sweep` section (see configs/s
   sweep.widths             width: d_model values (the family's shape rule at each)
   sweep.evals_per_member   evaluations along each member's training (1: at the end); all of them
                            land in W/curves.csv, the input of approach 1 (scaling.fit --law=envelope)
+  sweep.member             -1: run every member; i: only member i (one job of a SLURM array or one
+                           TPU VM per member; results.csv is merged under a lock, see merge_results)
   sweep.lrs, sweep.seeds   optional axes: one member per peak lr / per seed (columns lr, seed);
                            scaling.fit then takes the best lr per (N, D) and the mean over seeds
   sweep.count              which N sizes are matched to and C = 6·N·D uses: 'params' (total, the
@@ -33,7 +35,8 @@ steps · tokens_per_step and its `flops` column is 6·N·tokens (so rounding sho
 `python main.py --config=configs/sweeps/isoflop_tiny.py --workdir=W` runs each member in
 W/<member_name>/ through train.loop.run (train.distill.run for distilled members), one after another,
 each using the whole mesh; a member with W/<name>/result.json is skipped, a partial one resumes
-from its checkpoints. After each member W/results.csv is rewritten (columns in RESULT_COLUMNS).
+from its checkpoints. After each member W/results.csv and W/curves.csv are rebuilt from every finished
+member's result.json under a file lock (merge_results), so one-member jobs can share a workdir.
 The config hash is the sha256 of the member's resolved config JSON (sorted keys) without the keys
 in HASH_EXCLUDE, which place a run (data_dir, mesh, distributed) but do not change its result; a
 member directory made by a different config is an error, not silently reused.
@@ -43,12 +46,14 @@ member directory made by a different config is an error, not silently reused.
 import copy
 import csv
 import dataclasses
+import fcntl
 import hashlib
 import itertools
 import json
 import logging
 import math
 import os
+import threading
 import time
 from typing import Optional
 
@@ -308,13 +313,33 @@ def _fmt(v):
 
 def write_csv(path, rows, columns):
   """Writes rows (dicts) atomically with the given columns; missing values are blank."""
-  tmp = f'{path}.tmp'
+  tmp = f'{path}.{os.getpid()}.{threading.get_ident()}.tmp'
   with open(tmp, 'w', newline='') as f:
     w = csv.writer(f)
     w.writerow(columns)
     for r in rows:
       w.writerow([_fmt(r.get(c)) for c in columns])
   os.replace(tmp, path)
+
+
+def merge_results(workdir: str, ms: list) -> list:
+  """Rebuilds results.csv and curves.csv from every finished member's result.json, holding an
+  exclusive lock (fcntl, any shared POSIX filesystem), so members that finish at the same time in
+  separate jobs neither lose nor duplicate rows. Returns the rows, in member order."""
+  columns = RESULT_COLUMNS + (DISTILL_COLUMNS if any(m.mode for m in ms) else ())
+  with open(os.path.join(workdir, 'results.csv.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    done = []
+    for m in ms:
+      r = _read_json(os.path.join(workdir, m.name, RESULT_FILE))
+      if r and r.get('status', 'ok') == 'ok' and r.get('config_hash') == m.config_hash:
+        done.append((m, r))
+    rows = [{k: v for k, v in r.items() if k != 'status'} for _, r in done]
+    write_csv(os.path.join(workdir, 'results.csv'), rows, columns)
+    write_csv(os.path.join(workdir, 'curves.csv'),
+              [c for m, _ in done for c in curve_rows(m, os.path.join(workdir, m.name))],
+              CURVE_COLUMNS)
+  return rows
 
 
 def _finished(member_dir, h, name):
@@ -401,15 +426,18 @@ def run(config, workdir: str) -> dict:
       raise ValueError(f'sweep member {m.name}: {e}') from e
   lead = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  columns = RESULT_COLUMNS + (DISTILL_COLUMNS if any(m.mode for m in ms) else ())
   results_path = os.path.join(workdir, 'results.csv')
+  only = int(_get(config.sweep, 'member'))
+  if not -1 <= only < len(ms):
+    raise ValueError(f'config.sweep.member={only}: the sweep has members 0..{len(ms) - 1} (-1: all)')
+  todo = list(enumerate(ms)) if only < 0 else [(only, ms[only])]
   logging.info('Sweep of %d members in %s:\n%s', len(ms), workdir, plan_table(ms))
   if lead:
     with open(os.path.join(workdir, 'sweep_plan.txt'), 'w') as f:
       f.write(plan_table(ms) + '\n')
   rows, ran, skipped, failed = {}, [], [], []
   t_start = time.time()
-  for i, m in enumerate(ms):
+  for i, m in todo:
     member_dir = os.path.join(workdir, m.name)
     h = m.config_hash
     tag = f'[{i + 1}/{len(ms)}] {m.name}'
@@ -456,18 +484,14 @@ def run(config, workdir: str) -> dict:
     ran.append(m.name)
     if lead:
       _write_json(os.path.join(member_dir, RESULT_FILE), {**row, 'status': 'ok'})
-      write_csv(results_path, [rows[x.name] for x in ms if x.name in rows], columns)
+      merge_results(workdir, ms)
     done = len(rows) + len(failed)
     elapsed = time.time() - t_start
     logging.info('%s: loss %.4f, %.4f bits/byte, %d steps in %.1fs | %d/%d done, sweep %s',
                  tag, row['loss'], row['bits_per_byte'], m.info['steps'], time.time() - tic,
                  done, len(ms), _hms(elapsed))
-  if lead:
-    write_csv(results_path, [rows[x.name] for x in ms if x.name in rows], columns)
-    write_csv(os.path.join(workdir, 'curves.csv'),
-              [r for x in ms if x.name in rows for r in curve_rows(x, os.path.join(workdir, x.name))],
-              CURVE_COLUMNS)
-  return {'results_csv': results_path, 'members': len(ms), 'finished': len(rows),
+  finished = len(merge_results(workdir, ms)) if lead else len(rows)
+  return {'results_csv': results_path, 'members': len(ms), 'finished': finished,
           'ran': ran, 'skipped': skipped, 'failed': failed,
           'wall_s': round(time.time() - t_start, 1)}
 

@@ -9,6 +9,8 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -415,3 +417,43 @@ def test_transfer_sweep_configs():
     assert len(lrs) >= 7 and all(b / a == 2 for a, b in zip(lrs, lrs[1:]))
     assert {m.info['parametrization'] for m in ms} == {p}
     assert {m.config.model.base_d_model for m in ms} == ({widths[0]} if p == 'mup' else {0})
+
+
+def test_concurrent_members_merge_results_without_losing_rows(tmp_path, monkeypatch):
+  """15 members finishing at once (as array jobs would), each writing its result.json and merging,
+  on a slow shared filesystem (the earliest CSV writes take longest, 300 ms): results.csv ends
+  with every member exactly once, in member order. Without merge_results' lock rows are lost."""
+  config = _load_config_file('configs/sweeps/isoflop_tiny.py')
+  ms = sweep.members(config)
+  workdir = str(tmp_path)
+  write = sweep.write_csv
+
+  delays = iter([max(0.0, 0.3 - 0.01 * k) for k in range(1000)])   # first readers write last.
+
+  def slow_write(*args):
+    time.sleep(next(delays))
+    write(*args)
+
+  monkeypatch.setattr(sweep, 'write_csv', slow_write)
+  barrier = threading.Barrier(len(ms))
+
+  def finish(i, m):
+    os.makedirs(os.path.join(workdir, m.name), exist_ok=True)
+    barrier.wait()
+    time.sleep(0.01 * i)   # member i finishes 10 ms after member i - 1.
+    sweep._write_json(os.path.join(workdir, m.name, sweep.RESULT_FILE),
+                      {**m.info, 'loss': 2.0 + i / 100, 'config_hash': m.config_hash, 'status': 'ok'})
+    sweep.merge_results(workdir, ms)
+
+  threads = [threading.Thread(target=finish, args=(i, m)) for i, m in enumerate(ms)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  rows = _rows(os.path.join(workdir, 'results.csv'))
+  assert [r['name'] for r in rows] == [m.name for m in ms]
+  assert [float(r['loss']) for r in rows] == [2.0 + i / 100 for i in range(len(ms))]
+  assert not [f for f in os.listdir(workdir) if f.endswith('.tmp')]
+  config.sweep.member = len(ms)
+  with pytest.raises(ValueError, match='config.sweep.member'):
+    sweep.run(config, workdir)
