@@ -479,6 +479,10 @@ def run(config, workdir: str) -> dict:
         _write_json(os.path.join(member_dir, RESULT_FILE),
                     {'name': m.name, 'config_hash': h, 'status': status, 'error': error})
       continue
+    if metrics.get('preempted_at_step') is not None:   # SIGTERM / SIGINT: the sweep stops here.
+      logging.warning('%s: stopped at step %d; rerun the sweep to resume', tag,
+                      metrics['preempted_at_step'])
+      break
     row = _result_row(m, metrics, wall, h)
     rows[m.name] = row
     ran.append(m.name)

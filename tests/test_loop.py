@@ -1,6 +1,7 @@
 """The training loop end to end: exact resume, finished runs, metrics files, main.py CLI."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -80,3 +81,42 @@ def test_main_cli_trains_writes_outputs_and_resumes(data_dir, tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'already finished' in again.stderr
   assert len(open(os.path.join(workdir, 'metrics.jsonl')).readlines()) == len(rows)
+
+
+def _main_until(cmd, env, marker, sig=signal.SIGTERM):
+  """Starts main.py, sends `sig` once `marker` shows in its log; returns (returncode, stdout, log)."""
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  log = []
+  for line in proc.stderr:
+    log.append(line)
+    if marker in line:
+      proc.send_signal(sig)
+      break
+  log.extend(proc.stderr)
+  stdout = proc.stdout.read()
+  return proc.wait(timeout=300), stdout, ''.join(log)
+
+
+def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(data_dir, tmp_path):
+  """A real SIGTERM to a real main.py: it finishes the step it is in, commits a checkpoint of it,
+  says so in one line and exits 0; the same command resumes from that step (SIGINT likewise)."""
+  workdir = str(tmp_path / 'w')
+  cmd = [sys.executable, 'main.py', '--config=configs/default.py', f'--workdir={workdir}',
+         f'--config.data.data_dir={data_dir}', '--config.train.num_steps=5000',
+         '--config.train.log_every=5', '--config.train.eval_every=5000',
+         '--config.train.eval_batches=1', '--config.train.checkpoint_every=5000',
+         '--config.optimizer.warmup_steps=1', '--config.model.n_layers=1',
+         '--config.train.global_batch_size=8']
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  rc, stdout, log = _main_until(cmd, env, 'train/grad_norm=')   # the first logged step (5).
+  assert rc == 0, log[-3000:]
+  step = json.loads(stdout[stdout.index('{'):])['preempted_at_step']
+  assert 5 <= step < 5000
+  assert f'SIGTERM: stopped at step {step}, its checkpoint committed' in log
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(step)]
+  assert 'Traceback' not in log
+  rc, stdout, log = _main_until(cmd, env, f'Resumed from step {step}', signal.SIGINT)
+  assert rc == 0, log[-3000:]
+  assert json.loads(stdout[stdout.index('{'):])['preempted_at_step'] >= step
+  assert 'SIGINT: stopped at step' in log and 'Traceback' not in log

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from clu import periodic_actions
 
-from train import checkpoint, flops, metrics, sharding, validation
+from train import checkpoint, flops, metrics, preemption, sharding, validation
 from train import state as state_lib
 from train import optimizer as optim
 from train.data import pipeline
@@ -113,8 +113,14 @@ def run(config, workdir: str, task_fn: Optional[Callable[[Run], Task]] = None,
   """Train to config's step count in `workdir` (resuming if possible); returns final metrics.
 
   `stop_after` ends this invocation early at that step (a checkpoint is written), as a
-  preemption would; the schedule still follows the config's full step count.
+  preemption would; the schedule still follows the config's full step count. A SIGTERM or
+  SIGINT does the same at the end of the current step (train/preemption.py).
   """
+  with preemption.StopRequest() as stop:
+    return _run(config, workdir, task_fn, init_params_fn, stop_after, stop)
+
+
+def _run(config, workdir, task_fn, init_params_fn, stop_after, stop) -> dict:
   r = setup(config)
   task = task_fn(r) if task_fn else Task(loss_fn=lm_loss(r.derived.model))
   cfg, t = r.config, r.config.train
@@ -159,7 +165,10 @@ def run(config, workdir: str, task_fn: Optional[Callable[[Run], Task]] = None,
       logging.info('Run in %s already finished at step %d; nothing to train.', workdir, start)
     tic, tic_step = time.time(), start
     end = num_steps if stop_after is None else min(stop_after, num_steps)
+    # SIGTERM / SIGINT (stop): finish the step, checkpoint it, return.
     for step in range(start, end):
+      if stop.requested and step == start:   # signalled before the first step: nothing new.
+        break
       host = {'tokens': r.train_ds.batch(step)}
       if task.extra_batch:
         host.update(task.extra_batch(step, host))
@@ -167,7 +176,8 @@ def run(config, workdir: str, task_fn: Optional[Callable[[Run], Task]] = None,
       done = step + 1
       progress(done)
       is_eval = done % t.eval_every == 0 or done == num_steps
-      is_ckpt = done % t.checkpoint_every == 0 or done == end
+      stopping = stop.requested   # read once: a signal arriving later is handled next step.
+      is_ckpt = done % t.checkpoint_every == 0 or done == end or stopping
       if done % t.log_every == 0 or is_eval or is_ckpt:
         m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         if not math.isfinite(m['train/loss']):
@@ -187,7 +197,13 @@ def run(config, workdir: str, task_fn: Optional[Callable[[Run], Task]] = None,
         tic, tic_step = time.time(), done
       if is_ckpt:
         checkpoint.save(mngr, done, state, meta)
+      if stopping:
+        break
     mngr.wait_until_finished()
+    if stop.requested:
+      logging.warning('%s: stopped at step %d, its checkpoint committed in %s; run the same '
+                      'command to resume.', stop.signal, int(jax.device_get(state.step)), workdir)
+      last['preempted_at_step'] = int(jax.device_get(state.step))
     if not last:
       last = evaluate(r, eval_step, state.params, task.frozen)
   writer.flush()
