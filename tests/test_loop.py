@@ -55,16 +55,21 @@ def test_nonfinite_loss_stops_before_checkpoint(tiny_config, tmp_path):
   assert last is None or last >= 1
 
 
+def _main_cmd(workdir, data_dir, steps, log_every, eval_every, checkpoint_every):
+  """A tiny main.py command line on the default config, and its environment (2 CPU devices)."""
+  cmd = [sys.executable, 'main.py', '--config=configs/default.py', f'--workdir={workdir}',
+         f'--config.data.data_dir={data_dir}', f'--config.train.num_steps={steps}',
+         f'--config.train.log_every={log_every}', f'--config.train.eval_every={eval_every}',
+         '--config.train.eval_batches=1', f'--config.train.checkpoint_every={checkpoint_every}',
+         '--config.optimizer.warmup_steps=1', '--config.model.n_layers=1',
+         '--config.train.global_batch_size=8']
+  return cmd, dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+
+
 def test_main_cli_trains_writes_outputs_and_resumes(data_dir, tmp_path):
   """`python main.py --config=configs/default.py ...` through the real command line, twice."""
   workdir = str(tmp_path / 'w')
-  cmd = [sys.executable, 'main.py', '--config=configs/default.py', f'--workdir={workdir}',
-         f'--config.data.data_dir={data_dir}', '--config.train.num_steps=4',
-         '--config.train.log_every=2', '--config.train.eval_every=4',
-         '--config.train.eval_batches=1', '--config.train.checkpoint_every=2',
-         '--config.optimizer.warmup_steps=1', '--config.model.n_layers=1',
-         '--config.train.global_batch_size=8']
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  cmd, env = _main_cmd(workdir, data_dir, steps=4, log_every=2, eval_every=4, checkpoint_every=2)
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout[out.stdout.index('{'):])
@@ -102,13 +107,8 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(data_dir, tmp_pa
   """A real SIGTERM to a real main.py: it finishes the step it is in, commits a checkpoint of it,
   says so in one line and exits 0; the same command resumes from that step (SIGINT likewise)."""
   workdir = str(tmp_path / 'w')
-  cmd = [sys.executable, 'main.py', '--config=configs/default.py', f'--workdir={workdir}',
-         f'--config.data.data_dir={data_dir}', '--config.train.num_steps=5000',
-         '--config.train.log_every=5', '--config.train.eval_every=5000',
-         '--config.train.eval_batches=1', '--config.train.checkpoint_every=5000',
-         '--config.optimizer.warmup_steps=1', '--config.model.n_layers=1',
-         '--config.train.global_batch_size=8']
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  cmd, env = _main_cmd(workdir, data_dir, steps=5000, log_every=5, eval_every=5000,
+                       checkpoint_every=5000)
   rc, stdout, log = _main_until(cmd, env, 'train/grad_norm=')   # the first logged step (5).
   assert rc == 0, log[-3000:]
   step = json.loads(stdout[stdout.index('{'):])['preempted_at_step']
