@@ -113,6 +113,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2       # keep the last N ...
   c.train.keep_every = 0             # ... plus every K-th step (0: none).
   c.train.async_checkpoint = True
+  # Divergence guard (train/divergence.py): stop before checkpointing when a checked loss exceeds
+  # spike_factor x the median of the last spike_window checked losses (0: only non-finite stops).
+  c.train.spike_factor = 10.0
+  c.train.spike_window = 20
   # Dynamic loss scaling (jmp): 'auto' = on for model.dtype float16, off otherwise | 'dynamic' | 'none'.
   c.train.loss_scale = 'auto'
   c.train.loss_scale_init = 2.0**15  # on the token-mean loss (the summed loss gets it / tokens).

@@ -70,7 +70,8 @@ RESULT_COLUMNS = ('name', 'params', 'non_embedding_params', 'tokens', 'flops', '
                   'n_heads', 'd_ff', 'lr', 'warmup_steps', 'tokens_per_step', 'flops_chinchilla',
                   'seed', 'parametrization')
 DISTILL_COLUMNS = ('mode', 'teacher_params', 'teacher_loss')
-HASH_EXCLUDE = ('data.data_dir', 'distributed', 'mesh', 'train.async_checkpoint')
+HASH_EXCLUDE = ('data.data_dir', 'distributed', 'mesh', 'train.async_checkpoint',
+                'train.spike_factor', 'train.spike_window')
 # Keys added after sweeps were run: left out of the hash at their default (old behaviour), so
 # existing sweep directories stay valid.
 HASH_DEFAULTS = {'model.parametrization': 'sp', 'model.base_d_model': 0, 'model.base_d_ff': 0,

@@ -2,10 +2,21 @@
 
 The data position needs only the step (batches are a function of (seed, step)); the
 metadata records what the stream depends on so a resume with a different stream fails.
+Each checkpoint's metadata also carries a checksum of every array's contents, computed on
+device before the save and inside orbax's atomic commit, so a torn or corrupted checkpoint
+is detected on restore, moved aside and the previous good one used (`restore_latest_good`).
 """
+import datetime
+import logging
 import os
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+CORRUPT_DIR = 'checkpoints.corrupt'   # bad checkpoints are moved here, never deleted.
 
 
 def manager(workdir: str, train_config) -> ocp.CheckpointManager:
@@ -18,7 +29,33 @@ def manager(workdir: str, train_config) -> ocp.CheckpointManager:
                                options=options, item_names=('state', 'meta'))
 
 
+def _leaf_checksum(x):
+  """Two order-independent 32-bit sums of the array's raw words: sum(w_i * (2i+1)) and
+  sum(rotl(w_i, 13) ^ (i * golden)). Integer sums wrap, so they are exact under any sharding
+  or reduction order; an odd weight makes any single changed word change the first sum."""
+  words = jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32,
+                                           8: jnp.uint32}[x.dtype.itemsize])
+  w = words.reshape(-1).astype(jnp.uint32)
+  i = jnp.arange(w.shape[0], dtype=jnp.uint32)
+  rot = (w << 13) | (w >> 19)
+  return jnp.stack([jnp.sum(w * (2 * i + 1)), jnp.sum(rot ^ (i * jnp.uint32(0x9E3779B9)))])
+
+
+@jax.jit
+def _checksums(state):
+  return jax.tree.map(_leaf_checksum, state)
+
+
+def checksum(state) -> dict:
+  """{leaf path: 16 hex digits} of the state's contents (a global value on every process)."""
+  sums = jax.device_get(_checksums(state))
+  flat, _ = jax.tree_util.tree_flatten_with_path(sums)
+  return {jax.tree_util.keystr(path): '%08x%08x' % tuple(int(v) for v in np.asarray(s))
+          for path, s in flat}
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict, force: bool = False):
+  meta = {**meta, 'checksum': checksum(state)}
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           meta=ocp.args.JsonSave(meta)), force=force)
 
@@ -30,9 +67,104 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
   return out['state'], out['meta']
 
 
-def check_meta(saved: dict, current: dict):
+def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+  """Only the JSON metadata of `step` (cheap; read before the arrays to check compatibility)."""
+  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in d.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def check_meta(saved: dict, current: dict, workdir: str = ''):
   """The data stream and model must match the checkpoint's, else resuming is not exact."""
-  for key, value in current.items():
-    if key in saved and saved[key] != value:
-      raise ValueError(f'Checkpoint was written with {key}={saved[key]!r} but the config now '
-                       f'gives {value!r}; use a new --workdir or restore the config.')
+  saved_flat, current_flat = _flat({k: saved[k] for k in current if k in saved}), _flat(current)
+  diffs = [f'{k}={saved_flat[k]!r} (config now: {v!r})' for k, v in current_flat.items()
+           if k in saved_flat and saved_flat[k] != v]
+  if diffs:
+    raise ValueError(f'the checkpoint in {workdir or "the workdir"} was written with '
+                     f'{", ".join(diffs)}; restore those settings or use a new --workdir')
+
+
+def _agree(ok: bool) -> bool:
+  """True only if every process found the checkpoint good (all take the same branch)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.array([int(ok)]))))
+
+
+def set_aside(mngr: ocp.CheckpointManager, workdir: str, step: int) -> str:
+  """Move checkpoint `step` to workdir/checkpoints.corrupt/<step>-<time> (process 0); never delete."""
+  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+  dest = epath.Path(workdir) / CORRUPT_DIR / f'{step}-{stamp}'
+  if jax.process_index() == 0:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    (epath.Path(mngr.directory) / str(step)).rename(dest)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f'lmscale set aside checkpoint {step}')
+  mngr.reload()
+  return str(dest)
+
+
+def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, meta: dict, workdir: str):
+  """(state, step) from the newest checkpoint that loads and matches its checksums, or
+  (None, None). A checkpoint that does not is reported and moved aside; one written with a
+  different config raises ValueError (bad input, nothing is moved)."""
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      saved = restore_meta(mngr, step)
+    except Exception as e:  # torn or garbled JSON: orbax/json raise many types.
+      saved, problem = None, f'unreadable metadata ({type(e).__name__}: {str(e)[:200]})'
+    if _agree(saved is not None):
+      check_meta(saved, meta, workdir)
+      try:
+        state, _ = restore(mngr, step, abstract_state)
+        problem = _verify(state, saved.get('checksum'))
+      except Exception as e:  # truncated/emptied array files: TensorStore raises many types.
+        state, problem = None, f'unreadable arrays ({type(e).__name__}: {str(e)[:200]})'
+    if _agree(problem is None):
+      if saved.get('checksum') is None:
+        logging.warning('Checkpoint %d in %s has no checksums (written by an older version); '
+                        'loaded unverified.', step, workdir)
+      return state, step
+    dest = set_aside(mngr, workdir, step)
+    logging.warning('Checkpoint %d in %s is corrupt: %s; moved to %s, trying the previous one.',
+                    step, workdir, problem or 'corrupt on another process', dest)
+  return None, None
+
+
+def _verify(state, expected: dict | None) -> str | None:
+  """None if `state` matches the checksums saved with it (or none were saved), else what differs."""
+  if expected is None:
+    return None
+  got = checksum(state)
+  bad = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))
+  if bad:
+    return f'checksum mismatch in {len(bad)} array(s), e.g. {bad[0]}'
+  return None
+
+
+def write_config(workdir: str, config_json: str):
+  """Write workdir/config.json (process 0), keeping a different previous one as config.previous.json.
+  Called only once the resume check has passed, so a rejected run never changes it."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      old = f.read()
+    if old == config_json:
+      return
+    os.replace(path, os.path.join(workdir, 'config.previous.json'))
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(config_json)
+  os.replace(tmp, path)

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from typing import Callable, Optional
 
@@ -18,7 +19,8 @@ import jax.numpy as jnp
 import optax
 from clu import periodic_actions
 
-from train import checkpoint, flops, metrics, preemption, sharding, validation
+from train import checkpoint, divergence, flops, metrics, preemption, sharding, validation
+from train import workdir as workdir_lib
 from train import state as state_lib
 from train import optimizer as optim
 from train.data import pipeline
@@ -123,24 +125,41 @@ def run(config, workdir: str, task_fn: Optional[Callable[[Run], Task]] = None,
 def _run(config, workdir, task_fn, init_params_fn, stop_after, stop) -> dict:
   r = setup(config)
   task = task_fn(r) if task_fn else Task(loss_fn=lm_loss(r.derived.model))
+  lock = workdir_lib.claim(workdir)
+  mngr = checkpoint.manager(workdir, r.config.train)
+  finished = False
+  try:
+    last = _train(r, task, workdir, mngr, init_params_fn, stop_after, stop)
+    mngr.wait_until_finished()   # a failed async save raises here.
+    finished = True
+  finally:
+    # Every exit waits for a pending save, so it commits (or fails) whole; a second Ctrl-C
+    # (KeyboardInterrupt) exits at once instead.
+    if not finished and sys.exc_info()[0] is not KeyboardInterrupt:
+      try:
+        mngr.wait_until_finished()
+      except Exception as e:  # the original error is the one to report.
+        logging.warning('A pending checkpoint save failed too: %s', str(e)[:300])
+    if lock:
+      lock.close()
+  return last
+
+
+def _train(r: Run, task: Task, workdir, mngr, init_params_fn, stop_after, stop) -> dict:
   cfg, t = r.config, r.config.train
   num_steps = r.derived.num_steps
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(cfg.to_json_best_effort(indent=2))
-
-  mngr = checkpoint.manager(workdir, t)
   meta = {**stream_meta(cfg), **task.meta}
-  latest = mngr.latest_step()
-  metrics.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), latest or 0)
-  writer, progress_writer = metrics.make_writers(workdir)
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    if latest is not None:
+    state, latest = None, None
+    if mngr.all_steps():
       abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                               jax.eval_shape(lambda: init_state(r)), r.state_shardings)
-      state, saved_meta = checkpoint.restore(mngr, latest, abstract)
-      checkpoint.check_meta(saved_meta, meta)
+      state, latest = checkpoint.restore_latest_good(mngr, abstract, meta, workdir)
+    # Only now, with the resume check passed, does this run's config replace the old one.
+    checkpoint.write_config(workdir, cfg.to_json_best_effort(indent=2))
+    metrics.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), latest or 0)
+    writer, progress_writer = metrics.make_writers(workdir)
+    if state is not None:
       logging.info('Resumed from step %d in %s', latest, workdir)
     else:
       state = init_state(r, init_params_fn(r) if init_params_fn else None)
@@ -160,14 +179,15 @@ def _run(config, workdir, task_fn, init_params_fn, stop_after, stop) -> dict:
     peak = flops.peak_flops() * jax.device_count()
     progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=progress_writer,
                                                every_steps=t.log_every)
+    guard = divergence.Guard(t.spike_factor, t.spike_window, cfg.model.vocab_size)
+    last_saved = latest
     last = {}
     if start >= num_steps:
       logging.info('Run in %s already finished at step %d; nothing to train.', workdir, start)
     tic, tic_step = time.time(), start
     end = num_steps if stop_after is None else min(stop_after, num_steps)
-    # SIGTERM / SIGINT (stop): finish the step, checkpoint it, return.
     for step in range(start, end):
-      if stop.requested and step == start:   # signalled before the first step: nothing new.
+      if step == start and stop.requested:   # signalled before the first step: nothing new.
         break
       host = {'tokens': r.train_ds.batch(step)}
       if task.extra_batch:
@@ -176,14 +196,13 @@ def _run(config, workdir, task_fn, init_params_fn, stop_after, stop) -> dict:
       done = step + 1
       progress(done)
       is_eval = done % t.eval_every == 0 or done == num_steps
-      stopping = stop.requested   # read once: a signal arriving later is handled next step.
+      # SIGTERM / SIGINT: finish this step, checkpoint it, return (all processes at one step).
+      stopping = stop.should_stop(done)
       is_ckpt = done % t.checkpoint_every == 0 or done == end or stopping
       if done % t.log_every == 0 or is_eval or is_ckpt:
         m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        if not math.isfinite(m['train/loss']):
-          # Stop before a checkpoint could record a diverged state.
-          raise FloatingPointError(f'train/loss is {m["train/loss"]} at step {done}; the last '
-                                   f'good checkpoint in {workdir} is kept.')
+        # Every checkpointed state passes the guard: a diverged one is never saved.
+        guard.check(done, m, workdir, last_saved)
         elapsed = time.time() - tic
         tokens_per_sec = (done - tic_step) * r.derived.tokens_per_step / max(elapsed, 1e-9)
         m['train/tokens_seen'] = done * r.derived.tokens_per_step
@@ -197,6 +216,7 @@ def _run(config, workdir, task_fn, init_params_fn, stop_after, stop) -> dict:
         tic, tic_step = time.time(), done
       if is_ckpt:
         checkpoint.save(mngr, done, state, meta)
+        last_saved = done
       if stopping:
         break
     mngr.wait_until_finished()

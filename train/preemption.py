@@ -1,8 +1,12 @@
 """Graceful stop on SIGTERM / SIGINT (preemptible TPU VMs, cluster schedulers, Ctrl-C).
 
-The first signal only sets a flag: the loop finishes its current step, checkpoints it, waits for the
-save to commit and returns. A second signal gets the default behaviour (exit at once).
+The first signal only asks to stop: the loop finishes its current step, checkpoints it, waits for
+the save to commit and returns. A second signal gets the default behaviour (exit at once).
+With several processes every host must save the same step, so the notice goes through JAX's
+preemption sync service (`multihost_utils.reached_preemption_sync_point`, the mechanism orbax
+uses): its SIGTERM notifier tells the coordinator, which picks the step all hosts stop after.
 """
+import os
 import signal
 import threading
 
@@ -10,27 +14,56 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopRequest:
-  """Context manager that turns the first SIGTERM / SIGINT into `requested` (main thread only)."""
+  """Context manager; `should_stop(step)` says whether to checkpoint and return after `step`."""
 
   def __init__(self):
-    self.signal = None
+    self.signal = None      # name of the signal received (here or, multi-process, anywhere).
     self._previous = {}
+    self._multi = False
+    self._agreed = False
 
   @property
   def requested(self) -> bool:
-    return self.signal is not None
+    """A stop is due: a signal arrived (one process) or all processes agreed on a step."""
+    return self._agreed if self._multi else self.signal is not None
+
+  def should_stop(self, step: int) -> bool:
+    """Call once per finished step, with the same steps on every process."""
+    if self._multi:
+      from jax.experimental import multihost_utils
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signal, self._agreed = self.signal or 'SIGTERM', True
+        self._default_handlers()   # the sync point is agreed: a further signal exits at once.
+        return True
+      return False
+    return self.requested
+
+  def _default_handlers(self):
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, signal.SIG_DFL)
+      signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def _handle(self, signum, _):
     self.signal = signal.Signals(signum).name
-    for s in SIGNALS:  # a second signal is not caught: it stops the process at once.
-      signal.signal(s, signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
+    self._default_handlers()   # a second signal is not caught: it stops the process at once.
+
+  def _forward_sigint(self, signum, _):
+    # JAX's notifier listens for SIGTERM only; route Ctrl-C to it so all hosts stop together.
+    self.signal = signal.Signals(signum).name
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.kill(os.getpid(), signal.SIGTERM)
 
   def __enter__(self):
+    import jax
+    self._multi = jax.process_count() > 1
     if threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+      if self._multi:   # SIGTERM stays with JAX's preemption notifier (installed at initialize).
+        self._previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._forward_sigint)}
+      else:
+        self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
     return self
 
   def __exit__(self, *exc):
     for s, handler in self._previous.items():
-      signal.signal(s, handler)
+      signal.signal(s, handler if handler is not None else signal.SIG_DFL)
     return False

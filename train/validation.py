@@ -5,6 +5,7 @@ count from a token budget, per-device and micro batch sizes are computed; every
 inconsistency raises ValueError naming the offending field.
 """
 import dataclasses
+import difflib
 
 import ml_collections
 
@@ -42,13 +43,20 @@ class Derived:
   loss_scale: bool          # dynamic loss scaling on (train.loss_scale, model.dtype).
 
 
+def unknown_key(name: str, key: str, known) -> str:
+  """The one message for a key the schema lacks, in a config file or on the command line."""
+  close = difflib.get_close_matches(key, list(known), n=1)
+  hint = f'did you mean {close[0]!r}? ' if close else ''
+  return f'{name}: unknown key ({hint}known: {", ".join(sorted(known))})'
+
+
 def _check_schema(config, schema, prefix=''):
   for key, value in config.items():
     name = f'{prefix}{key}'
     if key not in schema:
       if not prefix and key in EXTRA_SECTIONS:
         continue
-      raise ValueError(f'config.{name}: unknown key (known: {sorted(schema.keys())})')
+      raise ValueError(unknown_key(f'config.{name}', key, schema.keys()))
     ref = schema[key]
     if isinstance(ref, ml_collections.ConfigDict):
       if not isinstance(value, ml_collections.ConfigDict):
@@ -86,8 +94,9 @@ def derive(config, num_devices: int, process_count: int = 1) -> Derived:
   _positive(config, 'model.vocab_size', 'model.d_model', 'model.n_layers', 'model.n_heads',
             'model.d_ff', 'model.max_len', 'data.seq_len', 'train.global_batch_size',
             'train.grad_accum_steps', 'optimizer.lr', 'train.log_every', 'train.eval_every',
-            'train.eval_batches', 'train.checkpoint_every', 'train.keep_checkpoints')
-  for name in ('train.keep_every', 'data.max_documents'):
+            'train.eval_batches', 'train.checkpoint_every', 'train.keep_checkpoints',
+            'train.spike_window')
+  for name in ('train.keep_every', 'data.max_documents', 'train.spike_factor'):
     section, key = name.split('.')
     if config[section][key] < 0:
       raise ValueError(f'config.{name} must be >= 0 (0: off / all), got {config[section][key]}')
