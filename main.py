@@ -2,10 +2,16 @@
 
 Wires the config to the right trainer: plain LM training, distillation (a `distill`
 section) or a scaling sweep (a `sweep` section). Reruns resume from `--workdir`.
+Bad input (config, files, dataset, tokenizer, checkpoint, resume) ends with one line on
+stderr and exit code 2, a failed run (divergence, disk full) with one line and exit code 1;
+`--debug` shows the Python traceback instead.
 """
+import errno
 import json
 import logging
 import os
+import re
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -13,22 +19,113 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and logs.')
+_DEBUG = flags.DEFINE_bool('debug', False, 'Show Python tracebacks instead of one-line errors.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+BAD_INPUT, RUN_FAILED = 2, 1
+# Errors that mean "fix the input": our validation raises ValueError naming the field or path.
+_INPUT_ERRORS = (ValueError, NotImplementedError, FileNotFoundError, NotADirectoryError,
+                 IsADirectoryError, PermissionError)
 
 
 class _QuietLibraries(logging.Filter):
-  """Drop orbax's per-save INFO chatter from the console; warnings still pass."""
+  """Drop orbax's per-save INFO chatter from the console; its warnings and errors pass as one
+  line (the error itself reaches main and is reported there)."""
 
   def filter(self, record):
-    return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+    if _DEBUG.value:
+      return True
+    if '/asyncio/' in record.pathname:   # orbax's abandoned writes after a failed save.
+      return 'exception was never retrieved' not in str(record.msg)
+    if '/orbax/' not in record.pathname:
+      return True
+    if record.levelno >= logging.ERROR:
+      record.exc_info, record.exc_text = None, None
+      record.msg, record.args = str(record.getMessage())[:200], ()
+    return record.levelno >= logging.WARNING
 
 
-def main(argv):
-  del argv
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_QuietLibraries())
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  config, workdir = _CONFIG.value, _WORKDIR.value
+def _fail(message: str, code: int):
+  sys.stderr.write(f'error: {message}\n')
+  sys.stderr.flush()
+  sys.exit(code)
+
+
+def _config_error(e: BaseException, argv) -> str:
+  """One line for a config that does not load: missing file, syntax error, unknown key."""
+  config_arg = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), '')
+  path = config_arg.split(':', 1)[0]
+  if isinstance(e, SyntaxError):
+    return f'--config={config_arg}: {e.filename}:{e.lineno}: {e.msg}'
+  if path and not os.path.isfile(path):
+    return f'--config={config_arg}: no such file {path!r}'
+  if isinstance(e, (AttributeError, KeyError)):   # ml_collections: an override names no key.
+    key = re.match(r"""\W*(\w+)""", str(e).strip('"\\'))
+    key = key.group(1) if key else ''
+    for arg in argv:
+      m = re.match(r'--config\.([\w.]+)', arg)
+      if m and m.group(1).split('.')[-1] == key:
+        return _unknown_override(m.group(1))
+  return f'--config={config_arg}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+
+
+def _unknown_override(dotted: str) -> str:
+  """The same 'unknown key (did you mean ...)' message the config-file check gives."""
+  from configs import base
+  from train import validation   # (imports JAX; only reached on this error path)
+  *sections, key = dotted.split('.')
+  node = base.get_config()
+  for s in sections:
+    node = node[s] if s in node else {}
+  return validation.unknown_key(f'config.{dotted}', key, node.keys() if node else [])
+
+
+def _parse_flags(argv):
+  """absl flag parsing with one-line errors (the config file is loaded here)."""
+  debug = '--debug' in argv
+  try:
+    rest = flags.FLAGS(argv)
+    getattr(_CONFIG.value, "keys")   # config_flags defers a failed load (e.g. a missing file) to here.
+    return rest
+  except flags.Error as e:
+    if debug:
+      raise
+    message = _config_error(e, argv)
+    if 'no such file' not in message:
+      cause = e
+      while cause.__cause__ or cause.__context__:   # the innermost error says what went wrong.
+        cause = cause.__cause__ or cause.__context__
+      cause = cause if cause is not e else None
+      detail = f' {type(cause).__name__}: {str(cause).splitlines()[0]}' if cause else ''
+      message = f'{str(e).splitlines()[0]}{detail}; see `python main.py --help`'
+    _fail(message, BAD_INPUT)
+  except Exception as e:   # the config file or an override is bad.
+    if debug:
+      raise
+    _fail(_config_error(e, argv), BAD_INPUT)
+
+
+def _exit_code(e: BaseException):
+  """BAD_INPUT / RUN_FAILED for errors with a one-line message; None: a bug, show the traceback."""
+  from train import divergence
+  if isinstance(e, divergence.Diverged):
+    return RUN_FAILED
+  if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+    return RUN_FAILED
+  if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES):
+    return BAD_INPUT
+  if isinstance(e, _INPUT_ERRORS):
+    return BAD_INPUT
+  return None
+
+
+def _message(e: BaseException) -> str:
+  if isinstance(e, OSError) and e.strerror and not e.filename:
+    return e.strerror
+  return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _train(config, workdir):
   from train import distributed  # JAX must not be touched before distributed init.
   distributed.initialize(config.distributed)
   import jax
@@ -47,5 +144,22 @@ def main(argv):
     print(json.dumps(result, indent=1, sort_keys=True), flush=True)
 
 
+def main(argv):
+  del argv
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_QuietLibraries())
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  try:
+    _train(_CONFIG.value, _WORKDIR.value)
+  except KeyboardInterrupt:   # a second Ctrl-C: stop at once, quietly.
+    sys.stderr.write('interrupted\n')
+    os._exit(130)
+  except Exception as e:
+    code = _exit_code(e)
+    if code is None or _DEBUG.value:
+      raise
+    _fail(_message(e), code)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -7,8 +7,10 @@ device before the save and inside orbax's atomic commit, so a torn or corrupted 
 is detected on restore, moved aside and the previous good one used (`restore_latest_good`).
 """
 import datetime
+import gc
 import logging
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,10 +22,12 @@ CORRUPT_DIR = 'checkpoints.corrupt'   # bad checkpoints are moved here, never de
 
 
 def manager(workdir: str, train_config) -> ocp.CheckpointManager:
+  silence_abandoned_io()
   options = ocp.CheckpointManagerOptions(
       max_to_keep=train_config.keep_checkpoints,
       keep_period=train_config.keep_every or None,
       enable_async_checkpointing=train_config.async_checkpoint,
+      cleanup_tmp_directories=True,   # a save cut short (kill, disk full) left only a tmp dir.
       create=True)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
                                options=options, item_names=('state', 'meta'))
@@ -82,10 +86,15 @@ def _flat(d: dict, prefix: str = '') -> dict:
   return out
 
 
+# Metadata keys (loop.stream_meta) -> the config fields they come from.
+_FIELDS = {'dataset': 'data.dataset', 'tokenizer': 'data.tokenizer', 'seq_len': 'data.seq_len',
+           'global_batch_size': 'train.global_batch_size'}
+
+
 def check_meta(saved: dict, current: dict, workdir: str = ''):
   """The data stream and model must match the checkpoint's, else resuming is not exact."""
   saved_flat, current_flat = _flat({k: saved[k] for k in current if k in saved}), _flat(current)
-  diffs = [f'{k}={saved_flat[k]!r} (config now: {v!r})' for k, v in current_flat.items()
+  diffs = [f'config.{_FIELDS.get(k, k)}={saved_flat[k]!r} (now {v!r})' for k, v in current_flat.items()
            if k in saved_flat and saved_flat[k] != v]
   if diffs:
     raise ValueError(f'the checkpoint in {workdir or "the workdir"} was written with '
@@ -114,6 +123,31 @@ def set_aside(mngr: ocp.CheckpointManager, workdir: str, step: int) -> str:
   return str(dest)
 
 
+def _is_abandoned_read(exc_value, obj=None) -> bool:
+  return ((isinstance(exc_value, RuntimeError) and 'Event loop is closed' in str(exc_value)) or
+          'orbax' in getattr(getattr(obj, 'cr_code', None), 'co_filename', ''))
+
+
+def silence_abandoned_io():
+  """After one array read or write of a failed restore/save raises (torn file, disk full), orbax
+  abandons the others; each then prints an 'Event loop is closed' traceback (hundreds of lines
+  under the one error that matters). Drop those, nothing else."""
+  if getattr(sys.excepthook, 'lmscale', False):
+    return
+  unraisable, excepthook = sys.unraisablehook, sys.excepthook
+
+  def quiet_unraisable(u):
+    if not _is_abandoned_read(u.exc_value, u.object):
+      unraisable(u)
+
+  def quiet_excepthook(kind, value, tb):
+    if not _is_abandoned_read(value):
+      excepthook(kind, value, tb)
+
+  quiet_excepthook.lmscale = True
+  sys.unraisablehook, sys.excepthook = quiet_unraisable, quiet_excepthook
+
+
 def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, meta: dict, workdir: str):
   """(state, step) from the newest checkpoint that loads and matches its checksums, or
   (None, None). A checkpoint that does not is reported and moved aside; one written with a
@@ -129,7 +163,8 @@ def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, meta: dict,
         state, _ = restore(mngr, step, abstract_state)
         problem = _verify(state, saved.get('checksum'))
       except Exception as e:  # truncated/emptied array files: TensorStore raises many types.
-        state, problem = None, f'unreadable arrays ({type(e).__name__}: {str(e)[:200]})'
+        state, problem = None, f'unreadable arrays ({str(e).split(". ")[0][:160]})'
+    gc.collect()   # abandoned reads of a failed restore end here, not mid-training.
     if _agree(problem is None):
       if saved.get('checksum') is None:
         logging.warning('Checkpoint %d in %s has no checksums (written by an older version); '

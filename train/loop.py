@@ -5,6 +5,7 @@ and one jitted train step, resumes from the latest checkpoint, trains, evaluates
 checkpoints and logs. What differs between trainers lives in a `Task`.
 """
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -132,17 +133,38 @@ def _run(config, workdir, task_fn, init_params_fn, stop_after, stop) -> dict:
     last = _train(r, task, workdir, mngr, init_params_fn, stop_after, stop)
     mngr.wait_until_finished()   # a failed async save raises here.
     finished = True
+  except Exception as e:
+    if not _disk_full(e):
+      raise
+    _wait_quietly(mngr)
+    mngr.reload()
+    raise OSError(errno.ENOSPC, f'disk full writing {workdir}; its last committed checkpoint '
+                  f'(step {mngr.latest_step()}) is kept: free space and run the same command '
+                  'to resume') from e
   finally:
     # Every exit waits for a pending save, so it commits (or fails) whole; a second Ctrl-C
     # (KeyboardInterrupt) exits at once instead.
     if not finished and sys.exc_info()[0] is not KeyboardInterrupt:
-      try:
-        mngr.wait_until_finished()
-      except Exception as e:  # the original error is the one to report.
-        logging.warning('A pending checkpoint save failed too: %s', str(e)[:300])
+      _wait_quietly(mngr)
     if lock:
       lock.close()
   return last
+
+
+def _disk_full(e: BaseException) -> bool:
+  """ENOSPC / quota, as an OSError or as TensorStore's RESOURCE_EXHAUSTED from an orbax save."""
+  if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+    return True
+  text = str(e)
+  return 'RESOURCE_EXHAUSTED' in text or 'No space left on device' in text
+
+
+def _wait_quietly(mngr):
+  """Let a pending save commit (or fail) on an error path; the original error is the one raised."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:
+    logging.warning('A pending checkpoint save failed too: %s', str(e)[:200])
 
 
 def _train(r: Run, task: Task, workdir, mngr, init_params_fn, stop_after, stop) -> dict:

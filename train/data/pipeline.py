@@ -4,6 +4,7 @@ Batches are a pure function of (seed, step, process), so resuming needs only the
 host computes just its own slice of the global batch.
 """
 import dataclasses
+import difflib
 import json
 import logging
 import os
@@ -48,13 +49,19 @@ class TokenStream:
 
 def load_builder(dataset: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   """The prepared TFDS builder; prepares it if needed (offline only for the embedded corpus)."""
-  builder = tfds.builder(dataset, data_dir=data_dir)
+  try:
+    builder = tfds.builder(dataset, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    close = difflib.get_close_matches(dataset, tfds.list_builders(), n=1)
+    hint = f'did you mean {close[0]!r}? ' if close else ''
+    raise ValueError(f'config.data.dataset={dataset!r}: no such TFDS dataset ({hint}see '
+                     '`tfds.list_builders()`, or register your own builder)') from None
   try:
     builder.download_and_prepare()
   except Exception as e:  # Network/manual-download failures come in many types.
     if dataset in _EMBEDDED_DATASETS:
       raise
-    raise RuntimeError(
+    raise ValueError(
         f'config.data.dataset={dataset!r} is not prepared in config.data.data_dir={data_dir!r} '
         'and could not be downloaded/prepared here; prepare it where the source is reachable '
         f'(tfds build {dataset} --data_dir=...) and point data_dir at it.') from e
