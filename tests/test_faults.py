@@ -1,0 +1,251 @@
+"""Fault injection: `main.py` as a real subprocess against bad input, torn checkpoints, divergence,
+a full disk, a read-only workdir and a busy one. Each case asserts the exit code (2 bad input,
+1 failed run, 0 recovered), the one `error:` line (no traceback), and that the workdir's
+checkpoints, config.json and metrics are unchanged or resumable."""
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cmd(workdir, data_dir, *extra, steps=4):
+  return [sys.executable, 'main.py', '--config=configs/default.py', f'--workdir={workdir}',
+          f'--config.data.data_dir={data_dir}', f'--config.train.num_steps={steps}',
+          '--config.train.log_every=2', '--config.train.eval_every=4',
+          '--config.train.eval_batches=1', '--config.train.checkpoint_every=2',
+          '--config.optimizer.warmup_steps=1', '--config.model.n_layers=1',
+          '--config.train.global_batch_size=8', *extra]
+
+
+def _env():
+  return dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+
+
+def _main(cmd, timeout=600):
+  """(returncode, stdout, stderr, seconds) of one main.py run."""
+  tic = time.time()
+  out = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+  return out.returncode, out.stdout, out.stderr, time.time() - tic
+
+
+def _error_line(stderr):
+  """The run's single `error:` line; fails on a traceback or on more than one error line."""
+  assert 'Traceback' not in stderr, stderr[-3000:]
+  lines = [l for l in stderr.splitlines() if l.startswith('error: ')]
+  assert len(lines) == 1, stderr[-3000:]
+  return lines[0]
+
+
+def _result(stdout):
+  return json.loads(stdout[stdout.index('{'):])
+
+
+def _snapshot(workdir):
+  """sha256 of every file under checkpoints/ plus config.json and metrics.jsonl."""
+  out = {}
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, workdir)
+      if rel.startswith('checkpoints') or rel in ('config.json', 'metrics.jsonl'):
+        with open(path, 'rb') as f:
+          out[rel] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+@contextlib.contextmanager
+def _tmpfs(path, size, read_only=False):
+  """A real small (or read-only) filesystem at `path`; skips where mounting is not permitted."""
+  os.makedirs(path, exist_ok=True)
+  opts = f'size={size}' + (',ro' if read_only else '')
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', opts, 'tmpfs', str(path)],
+                    capture_output=True).returncode:
+    pytest.skip('mounting a tmpfs needs root / CAP_SYS_ADMIN on this machine')
+  try:
+    yield str(path)
+  finally:
+    subprocess.run(['umount', '-l', str(path)], check=False)
+
+
+@pytest.fixture(scope='module')
+def trained(data_dir, tmp_path_factory):
+  """A 4-step workdir (checkpoints 2 and 4) and the result of the same run trained straight to 6."""
+  base = tmp_path_factory.mktemp('faults')
+  workdir, straight = str(base / 'trained'), str(base / 'straight')
+  rc, _, err, _ = _main(_cmd(workdir, data_dir))
+  assert rc == 0, err[-3000:]
+  rc, out, err, _ = _main(_cmd(straight, data_dir, steps=6))
+  assert rc == 0, err[-3000:]
+  return workdir, _result(out)
+
+
+def _copy(trained, tmp_path):
+  dest = str(tmp_path / 'w')
+  shutil.copytree(trained[0], dest)
+  return dest
+
+
+# --- bad input: one line, exit 2, before any compile --------------------------------------------
+
+@pytest.mark.parametrize('args,expected', [
+    (['--config.train.foo=1'], 'config.train.foo: unknown key'),
+    (['--config.model.d_modle=3'], "config.model.d_modle: unknown key (did you mean 'd_model'?"),
+    (['--config.train.keep_checkpoints=0'], 'config.train.keep_checkpoints must be positive'),
+    (['--config.train.eval_every=0'], 'config.train.eval_every must be positive'),
+    (['--config.data.max_documents=-1'], 'config.data.max_documents must be >= 0'),
+    (['--config.data.dataset=stdlib_corpuss'], "no such TFDS dataset (did you mean 'stdlib_corpus'?"),
+    (['--config.train.log_every=x'], 'flag --config.train.log_every=x'),
+])
+def test_bad_config_is_one_line_exit_2(args, expected, data_dir, tmp_path):
+  rc, _, err, _ = _main(_cmd(str(tmp_path / 'w'), data_dir, *args))
+  assert rc == 2
+  assert expected in _error_line(err)
+  assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
+
+
+def test_unknown_key_in_a_config_file_says_the_same(data_dir, tmp_path):
+  path = tmp_path / 'typo.py'
+  path.write_text('from configs import default\n\ndef get_config():\n  c = default.get_config()\n'
+                  '  c.model.d_modle = 3\n  return c\n')
+  cmd = _cmd(str(tmp_path / 'w'), data_dir)
+  cmd[2] = f'--config={path}'
+  rc, _, err, _ = _main(cmd)
+  assert rc == 2
+  assert "config.model.d_modle: unknown key (did you mean 'd_model'?" in _error_line(err)
+
+
+def test_missing_or_broken_config_file_names_the_path(data_dir, tmp_path):
+  cmd = _cmd(str(tmp_path / 'w'), data_dir)
+  cmd[2] = '--config=configs/nope.py'
+  rc, _, err, _ = _main(cmd)
+  assert rc == 2 and "no such file 'configs/nope.py'" in _error_line(err)
+  broken = tmp_path / 'broken.py'
+  broken.write_text('def get_config(:\n  pass\n')
+  cmd[2] = f'--config={broken}'
+  rc, _, err, _ = _main(cmd)
+  assert rc == 2 and f'{broken}:1: invalid syntax' in _error_line(err)
+
+
+def test_debug_flag_shows_the_traceback(data_dir, tmp_path):
+  rc, _, err, _ = _main(_cmd(str(tmp_path / 'w'), data_dir, '--config.train.eval_every=0',
+                             '--debug'))
+  assert rc != 0 and 'Traceback' in err and 'eval_every must be positive' in err
+
+
+def test_read_only_workdir_is_refused(data_dir, tmp_path):
+  with _tmpfs(tmp_path / 'ro', '1m', read_only=True) as ro:
+    rc, _, err, _ = _main(_cmd(os.path.join(ro, 'w'), data_dir))
+  assert rc == 2 and 'cannot be written (Read-only file system)' in _error_line(err)
+
+
+# --- resume: a rejected resume changes nothing; a bad checkpoint is set aside ---------------------
+
+@pytest.mark.parametrize('args,expected', [
+    (['--config.model.d_model=64'], 'config.model.d_model=128 (now 64)'),
+    (['--config.data.seq_len=64'], 'config.data.seq_len=128 (now 64)'),
+])
+def test_resume_with_other_shapes_is_refused_and_changes_nothing(args, expected, trained,
+                                                                 data_dir, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  before = _snapshot(workdir)
+  rc, _, err, _ = _main(_cmd(workdir, data_dir, *args, steps=6))
+  assert rc == 2
+  assert expected in _error_line(err)
+  assert _snapshot(workdir) == before   # config.json included: the checkpoint still loads.
+
+
+def _largest_array_file(step_dir):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, 'state')) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+def _truncate(step_dir):
+  path = _largest_array_file(step_dir)
+  os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _empty_meta(step_dir):
+  open(os.path.join(step_dir, 'meta', 'metadata'), 'w').close()
+
+
+def _garbage(step_dir):
+  path = _largest_array_file(step_dir)
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    f.write(os.urandom(4096))
+
+
+@pytest.mark.parametrize('corrupt,problem', [(_truncate, 'unreadable arrays'),
+                                             (_empty_meta, 'unreadable metadata'),
+                                             (_garbage, 'checksum mismatch')])
+def test_corrupt_latest_checkpoint_is_set_aside_and_the_previous_used(corrupt, problem, trained,
+                                                                      data_dir, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  corrupt(os.path.join(workdir, 'checkpoints', '4'))
+  rc, out, err, _ = _main(_cmd(workdir, data_dir, steps=6))
+  assert rc == 0, err[-3000:]
+  assert f'Checkpoint 4 in {workdir} is corrupt: {problem}' in err
+  assert 'Resumed from step 2' in err and 'Traceback' not in err
+  aside = os.listdir(os.path.join(workdir, 'checkpoints.corrupt'))
+  assert len(aside) == 1 and aside[0].startswith('4-')   # moved, not deleted.
+  # Resuming from step 2 is exact: the same final loss as the run trained straight to 6.
+  assert _result(out)['train/loss'] == trained[1]['train/loss']
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '6']
+
+
+# --- failed runs: one line, exit 1, the last good checkpoint kept ---------------------------------
+
+def test_loss_spike_stops_before_checkpointing(data_dir, tmp_path):
+  """lr=10 without clipping: the loss jumps from 5.4 to ~1.6e3 (finite) at step 3."""
+  workdir = str(tmp_path / 'w')
+  rc, _, err, _ = _main(_cmd(workdir, data_dir, '--config.optimizer.lr=10',
+                             '--config.optimizer.grad_clip=0', '--config.optimizer.schedule=constant',
+                             '--config.train.log_every=1', '--config.train.checkpoint_every=1',
+                             steps=8))
+  assert rc == 1
+  line = _error_line(err)
+  assert 'at step 3 is above 10 x its running median' in line
+  assert f'the last good checkpoint (step 2) in {workdir} is kept' in line
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['1', '2']
+
+
+def test_disk_full_keeps_the_last_checkpoint_and_resumes(data_dir, tmp_path):
+  """A 4 MiB filesystem holds checkpoint 2 (~2.8 MB) but not 4: exit 1, 2 intact and resumable."""
+  with _tmpfs(tmp_path / 'small', '4m') as small:
+    workdir = os.path.join(small, 'w')
+    rc, _, err, _ = _main(_cmd(workdir, data_dir))
+    assert rc == 1
+    assert f'disk full writing {workdir}; its last committed checkpoint (step 2) is kept' in \
+        _error_line(err)
+    moved = str(tmp_path / 'moved')
+    shutil.copytree(workdir, moved)   # "free space": the same workdir, on a disk with room.
+  rc, out, err, _ = _main(_cmd(moved, data_dir))
+  assert rc == 0, err[-3000:]
+  assert 'Resumed from step 2' in err and _result(out)['train/tokens_seen'] == 4 * 8 * 128
+
+
+def test_second_run_on_a_busy_workdir_is_refused(data_dir, tmp_path):
+  workdir = str(tmp_path / 'w')
+  first = subprocess.Popen(_cmd(workdir, data_dir, '--config.train.log_every=5', steps=100000),
+                           cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+  try:
+    for line in first.stderr:   # wait until the first run trains (it holds the lock by then).
+      if 'train/grad_norm=' in line:
+        break
+    rc, _, err, _ = _main(_cmd(workdir, data_dir))
+    assert rc == 2
+    assert f'--workdir={workdir} is in use by another run (pid {first.pid}' in _error_line(err)
+  finally:
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=300)
+  assert first.returncode == 0   # the first run was not disturbed: it stopped cleanly on SIGTERM.
