@@ -249,3 +249,63 @@ def test_second_run_on_a_busy_workdir_is_refused(data_dir, tmp_path):
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=300)
   assert first.returncode == 0   # the first run was not disturbed: it stopped cleanly on SIGTERM.
+
+
+def test_second_sigterm_exits_at_once_and_the_workdir_still_resumes(data_dir, tmp_path):
+  """Two SIGTERMs in a row: the second kills the process (no clean stop), yet only committed
+  checkpoints exist, and the same command resumes."""
+  workdir = str(tmp_path / 'w')
+  cmd = _cmd(workdir, data_dir, '--config.train.log_every=5', '--config.train.checkpoint_every=5',
+             '--config.train.eval_every=1000', steps=100000)
+  proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  logged = 0
+  for line in proc.stderr:   # step 15: the save of 10 has begun, so 5 has committed.
+    logged += 'train/grad_norm=' in line
+    if logged == 3:
+      break
+  proc.send_signal(signal.SIGTERM)
+  for line in proc.stderr:
+    if 'SIGTERM received' in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  proc.communicate(timeout=120)
+  assert proc.returncode == -signal.SIGTERM
+  committed = [int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()]
+  assert committed and min(committed) >= 5
+  rc, _, err, _ = _main(cmd + ['--config.train.num_steps=100'])
+  assert rc == 0, err[-3000:]
+  assert f'Resumed from step {max(committed)}' in err and 'corrupt' not in err
+  assert all(d.isdigit() for d in os.listdir(os.path.join(workdir, 'checkpoints')))
+
+
+def test_guard_spike_nonfinite_and_skipped_steps():
+  from train import divergence
+  g = divergence.Guard(factor=10.0, window=3, vocab_size=257)
+  with pytest.raises(divergence.Diverged, match='above 10 x its running median 5.549'):
+    g.check(1, {'train/loss': 60.0}, 'W', None)   # before any history: ln(257) is the reference.
+  for loss in (5.0, 3.0, 2.0, 1.0):
+    g.check(2, {'train/loss': loss, 'train/grad_norm': 1.0}, 'W', 1)
+  g.check(3, {'train/loss': 19.0}, 'W', 2)          # median of (3, 2, 1) is 2: 19 < 20 passes.
+  with pytest.raises(divergence.Diverged, match=r'step 4 .*checkpoint \(step 3\) in W is kept'):
+    g.check(4, {'train/loss': 1e13}, 'W', 3)
+  with pytest.raises(divergence.Diverged, match='grad_norm is inf'):
+    g.check(5, {'train/loss': 2.0, 'train/grad_norm': float('inf')}, 'W', 3)
+  # A float16 step skipped by the loss scaler reports an infinite grad norm by design.
+  g.check(6, {'train/loss': 2.0, 'train/grad_norm': float('inf'), 'train/skipped': 1.0}, 'W', 3)
+
+
+def test_checksum_sees_one_flipped_bit_and_ignores_sharding():
+  import jax
+  import numpy as np
+  from train import checkpoint
+  x = np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32)
+  state = {'w': x, 'b': np.arange(7, dtype=np.int32), 'h': x.astype(jax.numpy.bfloat16)}
+  ref = checkpoint.checksum(state)
+  mesh = jax.make_mesh((4, 2), ('a', 'b'))
+  sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.P('a', 'b')))
+  assert checkpoint.checksum({**state, 'w': sharded}) == ref
+  flipped = x.copy()
+  flipped.view(np.uint32)[17, 5] ^= 1 << 3
+  got = checkpoint.checksum({**state, 'w': flipped})
+  assert got["['w']"] != ref["['w']"] and got["['b']"] == ref["['b']"]

@@ -1,9 +1,12 @@
 """Two local processes (jax.distributed + gloo CPU collectives) == one process, same devices."""
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -53,3 +56,50 @@ def test_two_processes_match_one(data_dir, tmp_path):
   for key in ('train/loss', 'eval/loss', 'train/grad_norm'):
     np.testing.assert_allclose(multi[key], ref[key], rtol=1e-5, err_msg=key)
   assert os.path.isdir(tmp_path / 'multi' / 'checkpoints' / '3')
+
+
+def _start_pair(workdir, data_dir, steps, env, logdir):
+  """Two main.py processes; stdout/stderr go to files (a full pipe would stall one of them)."""
+  port = _free_port()
+  procs = []
+  for i in range(2):
+    with open(logdir / f'out{i}', 'w') as out, open(logdir / f'err{i}', 'w') as err:
+      procs.append(subprocess.Popen(
+          _cmd(workdir, data_dir,
+               [f'--config.train.num_steps={steps}', '--config.train.log_every=10',
+                f'--config.train.eval_every={steps}', f'--config.train.checkpoint_every={steps}',
+                f'--config.distributed.coordinator_address=localhost:{port}',
+                '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}']),
+          cwd=REPO, stdout=out, stderr=err, env=env))
+  return procs
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(data_dir, tmp_path):
+  """A real SIGTERM to process 1 only (a preempted host): through JAX's preemption sync both
+  processes finish the same step, commit its checkpoint together and exit 0; both resume from it."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  workdir = tmp_path / 'w'
+  procs = _start_pair(workdir, data_dir, 100000, env, tmp_path)
+  deadline = time.time() + 300
+  while 'train/grad_norm=' not in (tmp_path / 'err0').read_text():   # the first logged step
+    assert time.time() < deadline and procs[0].poll() is None, (tmp_path / 'err0').read_text()
+    time.sleep(0.5)
+  procs[1].send_signal(signal.SIGTERM)
+  steps = []
+  for i, p in enumerate(procs):
+    p.wait(timeout=300)
+    log = (tmp_path / f'err{i}').read_text()
+    assert p.returncode == 0, log[-3000:]
+    m = re.search(r'SIGTERM: stopped at step (\d+), its checkpoint committed', log)
+    assert m, log[-3000:]
+    steps.append(int(m.group(1)))
+  assert steps[0] == steps[1] and 10 <= steps[0] < 100000
+  assert os.listdir(workdir / 'checkpoints') == [str(steps[0])]
+  # The same command (one more step) resumes both processes from that checkpoint.
+  procs = _start_pair(workdir, data_dir, steps[0] + 1, env, tmp_path)
+  for i, p in enumerate(procs):
+    p.wait(timeout=300)
+    log = (tmp_path / f'err{i}').read_text()
+    assert p.returncode == 0, log[-3000:]
+    assert f'Resumed from step {steps[0]}' in log

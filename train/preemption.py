@@ -6,6 +6,7 @@ With several processes every host must save the same step, so the notice goes th
 preemption sync service (`multihost_utils.reached_preemption_sync_point`, the mechanism orbax
 uses): its SIGTERM notifier tells the coordinator, which picks the step all hosts stop after.
 """
+import logging
 import os
 import signal
 import threading
@@ -46,6 +47,8 @@ class StopRequest:
   def _handle(self, signum, _):
     self.signal = signal.Signals(signum).name
     self._default_handlers()   # a second signal is not caught: it stops the process at once.
+    logging.warning('%s received: finishing the current step, then checkpointing it (send it '
+                    'again to exit at once)', self.signal)
 
   def _forward_sigint(self, signum, _):
     # JAX's notifier listens for SIGTERM only; route Ctrl-C to it so all hosts stop together.
