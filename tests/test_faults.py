@@ -309,3 +309,20 @@ def test_checksum_sees_one_flipped_bit_and_ignores_sharding():
   flipped.view(np.uint32)[17, 5] ^= 1 << 3
   got = checkpoint.checksum({**state, 'w': flipped})
   assert got["['w']"] != ref["['w']"] and got["['b']"] == ref["['b']"]
+
+
+def test_init_from_and_teacher_loading_refuse_a_corrupt_checkpoint(trained, tmp_path):
+  """`init_from.load_params` (init_from=W and distillation teachers) verifies the checksums too."""
+  from train import init_from
+  init_from.load_params(trained[0])   # intact: loads.
+  workdir = _copy(trained, tmp_path)
+  step_dir = os.path.join(workdir, 'checkpoints', '4', 'state')
+  for root, _, files in os.walk(step_dir):   # 4 KiB of garbage in every array data file.
+    for name in files:
+      path = os.path.join(root, name)
+      if os.sep + 'd' + os.sep in path and os.path.getsize(path) > 8192:
+        with open(path, 'r+b') as f:
+          f.seek(os.path.getsize(path) // 2)
+          f.write(os.urandom(4096))
+  with pytest.raises(ValueError, match=f'{workdir}: checkpoint 4 is corrupt'):
+    init_from.load_params(workdir)

@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 
 import models
 from models import hf
+from train import checkpoint
 
 
 def workdir_model_config(workdir: str) -> models.ModelConfig:
@@ -60,8 +61,22 @@ def load_params(src: str, model_config=None, shardings=None):
   target = {'params': jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                    saved, shardings)}
   restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
-  out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=target, restore_args=restore_args, partial_restore=True)))
+  checkpoint.silence_abandoned_io()
+  try:
+    out = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
+        meta=ocp.args.JsonRestore()))
+    expected = (out['meta'] or {}).get('checksum')
+    problem = None
+    if expected:   # the params' entries of the checksums saved with the full train state.
+      got = checkpoint.checksum(out['state']['params'])
+      bad = [k for k, v in got.items() if expected.get('.params' + k) != v]
+      problem = f'checksum mismatch in {len(bad)} array(s), e.g. {bad[0]}' if bad else None
+  except Exception as e:  # torn files: orbax/TensorStore/json raise many types.
+    problem = str(e).split('. ')[0][:160]
+  if problem:
+    raise ValueError(f'{src}: checkpoint {step} is corrupt ({problem}); resume that run once '
+                     'to set it aside and fall back to its previous checkpoint') from None
   return cfg, out['state']['params']
 
 
