@@ -3,6 +3,8 @@
 A sweep config is a normal training config plus a `sweep` section (see configs/sweeps/*.py):
 
   sweep.kind               'isoflop' | 'grid' | 'width' (widths x tokens at config.model.n_layers)
+                           | 'wsd' (sizes x tokens like grid, but each size trains one constant-lr
+                           trunk and every token budget is a short cooldown branched from it)
   sweep.budgets            isoflop: training FLOPs per member, C = 6·N·D
   sweep.sizes              target parameter counts, used for every budget / token budget
   sweep.sizes_per_budget   isoflop, optional: one tuple of sizes per budget (overrides sizes)
@@ -32,6 +34,17 @@ steps = round(D / tokens_per_step) (at least the warmup and min_steps), warmup s
 and the cosine/linear schedule spans exactly those steps; the member's real tokens are
 steps · tokens_per_step and its `flops` column is 6·N·tokens (so rounding shows, and is logged).
 
+A 'wsd' member (Hägele et al. 2024) has the warmup-stable-decay schedule of its own step count S
+(optimizer.decay_fraction of S in the final decay) and the warmup of its size's smallest budget,
+so below its branch point B = S - round(decay_fraction·S) its learning rate is the same constant
+as every other budget of that size. One trunk per size (W/<N..>_trunk/, the largest budget's run)
+trains to each B in turn and stops there with a checkpoint; the branch copies that checkpoint
+into its own directory and trains the cooldown B..S, which makes it step for step the standalone
+WSD run of S steps (batches depend only on (seed, step)). Each branch is a result row (its
+`branch_tokens` = B·tokens_per_step); the sizes' trunks are shared, so the grid costs about one
+run per size plus the cooldowns. Branches of one trunk belong in one job (the trunk's workdir
+lock refuses a second job growing it at the same time).
+
 `python main.py --config=configs/sweeps/isoflop_tiny.py --workdir=W` runs each member in
 W/<member_name>/ through train.loop.run (train.distill.run for distilled members), one after another,
 each using the whole mesh; a member with W/<name>/result.json is skipped, a partial one resumes
@@ -53,6 +66,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 from typing import Optional
@@ -63,13 +77,14 @@ from configs import base
 from scaling import count as count_lib
 from scaling import family as family_lib
 
-KINDS = ('isoflop', 'grid', 'width')
+KINDS = ('isoflop', 'grid', 'width', 'wsd')
 RESULT_COLUMNS = ('name', 'params', 'non_embedding_params', 'tokens', 'flops', 'loss',
                   'bits_per_byte', 'steps', 'wall_s', 'config_hash', 'kind', 'budget',
                   'target_params', 'target_tokens', 'embedding_params', 'n_layers', 'd_model',
                   'n_heads', 'd_ff', 'lr', 'warmup_steps', 'tokens_per_step', 'flops_chinchilla',
                   'seed', 'parametrization')
 DISTILL_COLUMNS = ('mode', 'teacher_params', 'teacher_loss')
+WSD_COLUMNS = ('branch_tokens', 'trunk')
 HASH_EXCLUDE = ('data.data_dir', 'distributed', 'mesh', 'train.async_checkpoint',
                 'train.spike_factor', 'train.spike_window')
 # Keys added after sweeps were run: left out of the hash at their default (old behaviour), so
@@ -91,6 +106,10 @@ class Member:
   config: ml_collections.ConfigDict
   info: dict              # the static result columns (params, tokens, flops, ...).
   mode: str = ''          # '' (no distill axis) | 'supervised' | 'distill'
+  trunk: str = ''         # wsd: the trunk's directory name; '' for a standalone member.
+  trunk_config: Optional[ml_collections.ConfigDict] = None   # wsd: the trunk's training config.
+  branch_step: int = 0    # wsd: the trunk step this member's cooldown starts from.
+  trunk_steps: tuple = () # wsd: every branch point of the trunk, ascending.
 
   @property
   def config_hash(self) -> str:
@@ -149,9 +168,11 @@ def _check_sweep(s):
       raise ValueError('config.sweep.sizes (or sizes_per_budget) is empty')
     if any(not b > 0 for b in budgets):
       raise ValueError(f'config.sweep.budgets must be positive: {budgets}')
-  elif kind == 'grid':
+  elif kind in ('grid', 'wsd'):
     if not tuple(_get(s, 'tokens')) or not tuple(_get(s, 'sizes')):
-      raise ValueError('config.sweep: a grid sweep needs sizes and tokens')
+      raise ValueError(f'config.sweep: a {kind} sweep needs sizes and tokens')
+    if kind == 'wsd' and 'distill' in s:
+      raise ValueError("config.sweep: kind 'wsd' has no distill axis (trunks train plain LM)")
   elif not tuple(_get(s, 'tokens')) or not tuple(_get(s, 'widths')):
     raise ValueError('config.sweep: a width sweep needs widths and tokens')
   for key in ('lrs', 'seeds'):
@@ -224,7 +245,7 @@ def members(config) -> list:
     budgets = [float(b) for b in _get(s, 'budgets')]
     per = tuple(_get(s, 'sizes_per_budget'))
     axes = [(b, tuple(per[i]) if per else tuple(_get(s, 'sizes'))) for i, b in enumerate(budgets)]
-  elif kind == 'grid':
+  elif kind in ('grid', 'wsd'):
     axes = [(float(d), tuple(_get(s, 'sizes'))) for d in _get(s, 'tokens')]
   else:
     axes = [(float(d), tuple(int(w) for w in _get(s, 'widths'))) for d in _get(s, 'tokens')]
@@ -240,13 +261,16 @@ def members(config) -> list:
       if kind == 'isoflop':
         budget, want_tokens = outer, outer / (6.0 * n)
         base_name = f'C{_short(outer)}_N{_short(target)}'
-      elif kind == 'grid':
+      elif kind in ('grid', 'wsd'):
         budget, want_tokens = None, outer
         base_name = f'N{_short(target)}_D{_short(outer)}'
       else:
         budget, want_tokens = None, outer
         base_name = f'd{fam.d_model}_D{_short(outer)}'
       steps, warmup = _steps(s, want_tokens, tokens_per_step)
+      if kind == 'wsd':   # one warmup per size (its smallest budget's), so trunks are shared.
+        warmup = _steps(s, min(float(d) for d in _get(s, 'tokens')), tokens_per_step)[1]
+        steps = max(steps, warmup + 1)
       tokens = steps * tokens_per_step
       for mode, lr, seed in itertools.product(modes, lrs, seeds):
         name = base_name + (f'_{mode}' if mode else '') + (
@@ -262,7 +286,7 @@ def members(config) -> list:
                 'embedding_params': counts['embedding_params'], 'tokens': tokens,
                 'flops': 6.0 * counts[count_key] * tokens, 'steps': steps, 'kind': kind,
                 'budget': budget, 'target_params': target,
-                'target_tokens': outer if kind == 'grid' else want_tokens,
+                'target_tokens': outer if kind in ('grid', 'wsd') else want_tokens,
                 'n_layers': fam.n_layers, 'd_model': fam.d_model, 'n_heads': fam.n_heads,
                 'd_ff': fam.d_ff, 'lr': float(mcfg.optimizer.lr), 'warmup_steps': warmup,
                 'tokens_per_step': tokens_per_step,
@@ -271,7 +295,31 @@ def members(config) -> list:
         if mode:
           info['mode'] = mode
         out.append(Member(name, mcfg, info, mode))
-  return out
+  return _with_trunks(out, s, config.optimizer.decay_fraction) if kind == 'wsd' else out
+
+
+def _with_trunks(ms: list, s, decay_fraction: float) -> list:
+  """wsd: give each member the 'wsd' schedule and its branch point, and each size (lr, seed) a
+  trunk: the config of its largest budget, keeping every branch-point checkpoint."""
+  groups = {}
+  for m in ms:
+    m.config.optimizer.schedule = 'wsd'
+    steps, warmup = m.info['steps'], m.config.optimizer.warmup_steps
+    branch = steps - max(int(round(decay_fraction * steps)), 1)   # as train.optimizer's 'wsd'.
+    if branch < warmup:
+      raise ValueError(f'config.sweep: member {m.name} would branch at step {branch}, inside its '
+                       f'warmup ({warmup} steps); use larger tokens or a smaller warmup')
+    m.branch_step = branch
+    m.trunk = m.name.replace(f'_D{_short(m.info["target_tokens"])}', '_trunk', 1)
+    m.info.update(branch_tokens=branch * m.info['tokens_per_step'], trunk=m.trunk)
+    groups.setdefault(m.trunk, []).append(m)
+  for group in groups.values():
+    trunk_config = copy.deepcopy(max(group, key=lambda m: m.info['steps']).config)
+    points = tuple(sorted({m.branch_step for m in group}))
+    trunk_config.train.keep_checkpoints = len(points) + int(_get(s, 'checkpoints_per_member')) + 1
+    for m in group:
+      m.trunk_config, m.trunk_steps = trunk_config, points
+  return ms
 
 
 def plan_table(ms) -> str:
@@ -285,7 +333,12 @@ def plan_table(ms) -> str:
                  f'{i["n_layers"]:>3} {i["d_model"]:>4} {i["steps"]:>6} {i["tokens"]:>10,} '
                  f'{i["flops"]:>9.3g} {dev:>9}')
   total = sum(m.info['flops'] for m in ms)
-  lines.append(f'{len(ms)} members, {total:.3g} training FLOPs in all (6·N·D)')
+  line = f'{len(ms)} members, {total:.3g} training FLOPs in all (6·N·D)'
+  if any(m.trunk for m in ms):   # trunks shared: each size pays its longest run plus cooldowns.
+    trunks = {m.trunk: m.info['flops'] * max(m.trunk_steps) / m.info['steps'] for m in ms}
+    cooldowns = sum(m.info['flops'] * (1 - m.branch_step / m.info['steps']) for m in ms)
+    line += f'; {sum(trunks.values()) + cooldowns:.3g} actually trained (shared WSD trunks)'
+  lines.append(line)
   return '\n'.join(lines)
 
 
@@ -327,7 +380,8 @@ def merge_results(workdir: str, ms: list) -> list:
   """Rebuilds results.csv and curves.csv from every finished member's result.json, holding an
   exclusive lock (fcntl, any shared POSIX filesystem), so members that finish at the same time in
   separate jobs neither lose nor duplicate rows. Returns the rows, in member order."""
-  columns = RESULT_COLUMNS + (DISTILL_COLUMNS if any(m.mode for m in ms) else ())
+  columns = (RESULT_COLUMNS + (DISTILL_COLUMNS if any(m.mode for m in ms) else ()) +
+             (WSD_COLUMNS if any(m.trunk for m in ms) else ()))
   with open(os.path.join(workdir, 'results.csv.lock'), 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     done = []
@@ -362,6 +416,51 @@ def _latest_checkpoint(member_dir) -> Optional[int]:
   d = os.path.join(member_dir, 'checkpoints')
   steps = [int(x) for x in os.listdir(d) if x.isdigit()] if os.path.isdir(d) else []
   return max(steps) if steps else None
+
+
+def _grow_trunk(workdir: str, m: Member) -> Optional[int]:
+  """Train m's trunk through each branch point up to m's, stopping (and checkpointing) at each;
+  returns the step a SIGTERM stopped it at, else None."""
+  from train import init_from, loop  # pylint: disable=g-import-not-at-top
+  trunk_dir = os.path.join(workdir, m.trunk)
+  h = config_hash(m.trunk_config)
+  _finished(trunk_dir, h, m.trunk)   # a trunk made by another config is an error.
+  os.makedirs(trunk_dir, exist_ok=True)
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    _write_json(os.path.join(trunk_dir, MEMBER_FILE), {'name': m.trunk, 'config_hash': h})
+  for point in m.trunk_steps:
+    if point > m.branch_step:
+      break
+    if (_latest_checkpoint(trunk_dir) or 0) >= point:
+      continue
+    logging.info('trunk %s: training to step %d (branch point)', m.trunk, point)
+    metrics = loop.run(m.trunk_config, trunk_dir, stop_after=point,
+                       init_params_fn=init_from.params_fn(m.trunk_config))
+    if metrics.get('preempted_at_step') is not None:
+      return metrics['preempted_at_step']
+  return None
+
+
+def _branch(workdir: str, m: Member, member_dir: str):
+  """Copy the trunk's checkpoint at m's branch point into m's directory (atomically; process 0
+  on the shared filesystem, the others wait)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  src = os.path.join(workdir, m.trunk, 'checkpoints', str(m.branch_step))
+  if not os.path.isdir(src):
+    raise ValueError(f'sweep member {m.name}: the trunk has no checkpoint at its branch point '
+                     f'{m.branch_step} ({src}); remove {os.path.dirname(os.path.dirname(src))} '
+                     'to regrow it')
+  dest = os.path.join(member_dir, 'checkpoints', str(m.branch_step))
+  if jax.process_index() == 0:
+    tmp = os.path.join(member_dir, f'.branch-{m.branch_step}.tmp')
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    os.replace(tmp, dest)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f'lmscale branch {m.name}')
 
 
 def _train(member: Member, member_dir: str) -> dict:
@@ -454,6 +553,15 @@ def run(config, workdir: str) -> dict:
                         result['status'], result.get('error', ''), member_dir)
       continue
     latest = _latest_checkpoint(member_dir)
+    if m.trunk and latest is None:   # wsd: branch this member off its size's trunk.
+      stopped = _grow_trunk(workdir, m)
+      if stopped is not None:
+        logging.warning('%s: trunk %s stopped at step %d; rerun the sweep to resume', tag,
+                        m.trunk, stopped)
+        break
+      os.makedirs(member_dir, exist_ok=True)
+      _branch(workdir, m, member_dir)
+      latest = m.branch_step
     os.makedirs(member_dir, exist_ok=True)
     meta = _read_json(os.path.join(member_dir, MEMBER_FILE)) or {'wall_s': 0.0}
     if lead:

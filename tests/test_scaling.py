@@ -457,3 +457,31 @@ def test_concurrent_members_merge_results_without_losing_rows(tmp_path, monkeypa
   config.sweep.member = len(ms)
   with pytest.raises(ValueError, match='config.sweep.member'):
     sweep.run(config, workdir)
+
+
+def test_wsd_branches_equal_standalone_wsd_runs(data_dir, tmp_path):
+  """kind='wsd': one trunk per size trains to each branch point; every branch (a result row)
+  resumes from the trunk's checkpoint there and ends exactly where a standalone WSD run of its
+  own step count ends (same batches, same lr at every step)."""
+  config, _ = _load_tiny(data_dir, SIZES[:1])
+  config.sweep.kind = 'wsd'
+  config.sweep.tokens = (256 * 10, 256 * 20)   # 10 and 20 steps of 8 x 32 tokens.
+  config.optimizer.decay_fraction = 0.2
+  ms = sweep.members(config)
+  assert [m.branch_step for m in ms] == [8, 16] and len({m.trunk for m in ms}) == 1
+  assert all(m.config.optimizer.schedule == 'wsd' for m in ms)
+  workdir = str(tmp_path / 'wsd')
+  summary = sweep.run(config, workdir)
+  assert summary['finished'] == 2
+  trunk_dir = os.path.join(workdir, ms[0].trunk)
+  trunk_ckpts = {int(d) for d in os.listdir(os.path.join(trunk_dir, 'checkpoints'))}
+  assert {8, 16} <= trunk_ckpts and max(trunk_ckpts) == 16   # it never trains past a branch.
+  rows = {r['name']: r for r in _rows(os.path.join(workdir, 'results.csv'))}
+  for m in ms:
+    row = rows[m.name]
+    assert int(row['branch_tokens']) == m.branch_step * 256 and row['trunk'] == m.trunk
+    assert int(row['tokens']) == m.info['steps'] * 256
+    steps = [json.loads(l)['step'] for l in open(os.path.join(workdir, m.name, 'metrics.jsonl'))]
+    assert steps[0] > m.branch_step   # the branch trained only its cooldown.
+    alone = loop.run(m.config, str(tmp_path / f'alone_{m.name}'))
+    assert float(row['loss']) == alone['eval/loss'], m.name
