@@ -13,7 +13,8 @@ A sweep config is a normal training config plus a `sweep` section (see configs/s
   sweep.evals_per_member   evaluations along each member's training (1: at the end); all of them
                            land in W/curves.csv, the input of approach 1 (scaling.fit --law=envelope)
   sweep.member             -1: run every member; i: only member i (one job of a SLURM array or one
-                           TPU VM per member; results.csv is merged under a lock, see merge_results)
+                           TPU VM per member, or one process per device subset of a host through
+                           scaling/parallel.py; results.csv is merged under a lock, see merge_results)
   sweep.lrs, sweep.seeds   optional axes: one member per peak lr / per seed (columns lr, seed);
                            scaling.fit then takes the best lr per (N, D) and the mean over seeds
   sweep.count              which N sizes are matched to and C = 6·N·D uses: 'params' (total, the

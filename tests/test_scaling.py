@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -485,3 +486,33 @@ def test_wsd_branches_equal_standalone_wsd_runs(data_dir, tmp_path):
     assert steps[0] > m.branch_step   # the branch trained only its cooldown.
     alone = loop.run(m.config, str(tmp_path / f'alone_{m.name}'))
     assert float(row['loss']) == alone['eval/loss'], m.name
+
+
+def test_parallel_members_on_disjoint_device_subsets(data_dir, tmp_path):
+  """scaling.parallel runs 3 members 2 at a time, each process on its own 1-device subset; every
+  member lands in results.csv exactly once, and two of them trained at the same time."""
+  workdir = str(tmp_path / 'par')
+  _, overrides = _load_tiny(data_dir, SIZES)
+  cmd = [sys.executable, '-m', 'scaling.parallel', '--config=configs/sweeps/isoflop_tiny.py',
+         f'--workdir={workdir}', '--groups=2', '--platform=cpu', '--devices=2']
+  cmd += [f'--config.{k}={_cli_value(v)}' for k, v in overrides.items()]
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.returncode == 0, out.stderr[-4000:]
+  config, _ = _load_tiny(data_dir, SIZES)
+  names = [m.name for m in sweep.members(config)]
+  rows = _rows(os.path.join(workdir, 'results.csv'))
+  assert sorted(r['name'] for r in rows) == sorted(names)
+  spans = []
+  for name in names:
+    log = open(os.path.join(workdir, 'parallel_logs', f'{name}.log')).read()
+    assert 'on 1 cpu device(s)' in log, log[-2000:]
+    started = re.search(r'member \d+ ' + re.escape(name) + ' started on devices (\\[\\d\\])',
+                        out.stderr)
+    assert started, out.stderr[-2000:]
+    meta = json.load(open(os.path.join(workdir, name, 'sweep_member.json')))
+    end = os.path.getmtime(os.path.join(workdir, name, 'result.json'))
+    spans.append((end - meta['wall_s'], end, started.group(1)))
+  spans.sort()
+  assert spans[1][0] < spans[0][1]   # the second member started before the first finished.
+  assert spans[0][2] != spans[1][2]  # ... on the other device.
