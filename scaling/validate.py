@@ -70,7 +70,9 @@ def validate(runs, fit_below: float, law: str, n_boot: int = 0, seed: int = 0):
         p, _ = _fit(law, fit_runs.subset(idx), starts=starts, n_polish=2)
       except ValueError:
         continue
-      samples.append(p(held.params, held.tokens))
+      sample = p(held.params, held.tokens)
+      if np.all(np.isfinite(sample)):   # a degenerate refit (e.g. NaN) counts as failed.
+        samples.append(sample)
     if len(samples) < n_boot // 2:
       raise ValueError(f'bootstrap: only {len(samples)} of {n_boot} resamples could be fitted')
     lo, hi = np.percentile(np.array(samples), [2.5, 97.5], axis=0)
