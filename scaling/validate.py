@@ -101,6 +101,13 @@ def plot(report: dict, fit_runs: dict, path: str):
       ax.scatter(obs, pred, color='C3', s=16, label='held out')
     span = [min(obs.min(), pred.min(), f_obs.min()), max(obs.max(), pred.max(), f_obs.max())]
     ax.plot(span, span, 'k--', lw=0.8)
+    # Axes fit the points; an interval reaching far beyond them (a degenerate refit) is cut.
+    pad = 0.15 * (span[1] - span[0])
+    ax.set_ylim(span[0] - pad, span[1] + pad)
+    cut = [o for o, r in zip(obs, rows) if r['hi'] is not None and r['hi'] > span[1] + pad]
+    if cut:
+      ax.plot(cut, [span[1] + 0.9 * pad] * len(cut), '^', color='C3', ms=5,
+              label='interval beyond the axis')
     ax.set_xlabel('observed loss')
     ax.set_ylabel('predicted loss')
     ax.set_title(law)
