@@ -76,7 +76,7 @@ def _start_pair(workdir, data_dir, steps, env, logdir):
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step(data_dir, tmp_path):
   """A real SIGTERM to process 1 only (a preempted host): through JAX's preemption sync both
-  processes finish the same step, commit its checkpoint together and exit 0; both resume from it."""
+  processes finish the same step, commit its checkpoint together and exit 0."""
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=2')
   workdir = tmp_path / 'w'
@@ -96,10 +96,3 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(data_dir, tmp_path):
     steps.append(int(m.group(1)))
   assert steps[0] == steps[1] and 10 <= steps[0] < 100000
   assert os.listdir(workdir / 'checkpoints') == [str(steps[0])]
-  # The same command (one more step) resumes both processes from that checkpoint.
-  procs = _start_pair(workdir, data_dir, steps[0] + 1, env, tmp_path)
-  for i, p in enumerate(procs):
-    p.wait(timeout=300)
-    log = (tmp_path / f'err{i}').read_text()
-    assert p.returncode == 0, log[-3000:]
-    assert f'Resumed from step {steps[0]}' in log
