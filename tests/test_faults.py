@@ -107,8 +107,10 @@ def _copy(trained, tmp_path):
     (['--config.train.foo=1'], 'config.train.foo: unknown key'),
     (['--config.model.d_modle=3'], "config.model.d_modle: unknown key (did you mean 'd_model'?"),
     (['--config.train.keep_checkpoints=0'], 'config.train.keep_checkpoints must be positive'),
-    (['--config.train.eval_every=0'], 'config.train.eval_every must be positive'),
-    (['--config.data.max_documents=-1'], 'config.data.max_documents must be >= 0'),
+    pytest.param(['--config.train.eval_every=0'], 'config.train.eval_every must be positive',
+                 marks=pytest.mark.slow),   # (the validation messages are also tested in process)
+    pytest.param(['--config.data.max_documents=-1'], 'config.data.max_documents must be >= 0',
+                 marks=pytest.mark.slow),
     (['--config.data.dataset=stdlib_corpuss'], "no such TFDS dataset (did you mean 'stdlib_corpus'?"),
     (['--config.train.log_every=x'], 'flag --config.train.log_every=x'),
 ])
@@ -158,7 +160,8 @@ def test_read_only_workdir_is_refused(data_dir, tmp_path):
 
 @pytest.mark.parametrize('args,expected', [
     (['--config.model.d_model=64'], 'config.model.d_model=128 (now 64)'),
-    (['--config.data.seq_len=64'], 'config.data.seq_len=128 (now 64)'),
+    pytest.param(['--config.data.seq_len=64'], 'config.data.seq_len=128 (now 64)',
+                 marks=pytest.mark.slow),
 ])
 def test_resume_with_other_shapes_is_refused_and_changes_nothing(args, expected, trained,
                                                                  data_dir, tmp_path):
@@ -209,7 +212,8 @@ def _wrong_checksum(step_dir):
 
 
 @pytest.mark.parametrize('corrupt,problem', [(_truncate, 'unreadable arrays'),
-                                             (_empty_meta, 'unreadable metadata'),
+                                             pytest.param(_empty_meta, 'unreadable metadata',
+                                                          marks=pytest.mark.slow),
                                              (_garbage, '(unreadable arrays|checksum mismatch)'),
                                              (_wrong_checksum, 'checksum mismatch')])
 def test_corrupt_latest_checkpoint_is_set_aside_and_the_previous_used(corrupt, problem, trained,

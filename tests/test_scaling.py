@@ -484,22 +484,23 @@ def test_wsd_branches_equal_standalone_wsd_runs(data_dir, tmp_path):
     assert int(row['tokens']) == m.info['steps'] * 256
     steps = [json.loads(l)['step'] for l in open(os.path.join(workdir, m.name, 'metrics.jsonl'))]
     assert steps[0] > m.branch_step   # the branch trained only its cooldown.
-    alone = loop.run(m.config, str(tmp_path / f'alone_{m.name}'))
-    assert float(row['loss']) == alone['eval/loss'], m.name
+  # The longer branch (its trunk went through the shorter one's branch point first) alone:
+  alone = loop.run(ms[-1].config, str(tmp_path / 'alone'))
+  assert float(rows[ms[-1].name]['loss']) == alone['eval/loss']
 
 
 def test_parallel_members_on_disjoint_device_subsets(data_dir, tmp_path):
-  """scaling.parallel runs 3 members 2 at a time, each process on its own 1-device subset; every
-  member lands in results.csv exactly once, and two of them trained at the same time."""
+  """scaling.parallel runs 2 members at once, each process on its own 1-device subset; both
+  land in results.csv exactly once, and they trained at the same time."""
   workdir = str(tmp_path / 'par')
-  _, overrides = _load_tiny(data_dir, SIZES)
+  _, overrides = _load_tiny(data_dir, SIZES[:2])
   cmd = [sys.executable, '-m', 'scaling.parallel', '--config=configs/sweeps/isoflop_tiny.py',
          f'--workdir={workdir}', '--groups=2', '--platform=cpu', '--devices=2']
   cmd += [f'--config.{k}={_cli_value(v)}' for k, v in overrides.items()]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert out.returncode == 0, out.stderr[-4000:]
-  config, _ = _load_tiny(data_dir, SIZES)
+  config, _ = _load_tiny(data_dir, SIZES[:2])
   names = [m.name for m in sweep.members(config)]
   rows = _rows(os.path.join(workdir, 'results.csv'))
   assert sorted(r['name'] for r in rows) == sorted(names)
