@@ -153,6 +153,7 @@ def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, meta: dict,
   (None, None). A checkpoint that does not is reported and moved aside; one written with a
   different config raises ValueError (bad input, nothing is moved)."""
   for step in sorted(mngr.all_steps(), reverse=True):
+    state, problem = None, 'corrupt on another process'   # unless this process finds otherwise.
     try:
       saved = restore_meta(mngr, step)
     except Exception as e:  # torn or garbled JSON: orbax/json raise many types.
@@ -172,7 +173,7 @@ def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, meta: dict,
       return state, step
     dest = set_aside(mngr, workdir, step)
     logging.warning('Checkpoint %d in %s is corrupt: %s; moved to %s, trying the previous one.',
-                    step, workdir, problem or 'corrupt on another process', dest)
+                    step, workdir, problem, dest)
   return None, None
 
 
