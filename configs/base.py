@@ -1,44 +1,17 @@
 """Base config: every key the trainer understands, with its default.
 
-Not run directly; the runnable configs (default.py, gpt2.py, llama.py, ...) start from
+The model section's schema is models/config.py (ModelConfig). Not run directly; the runnable configs (default.py, gpt2.py, llama.py, ...) start from
 `base.get_config()` and change what they need. Any key not listed here is rejected by
 validation, so this file doubles as the reference of the config schema.
 """
 import ml_collections
 
+from models import config as model_config
+
 
 def get_model_config() -> ml_collections.ConfigDict:
-  """Model section: one decoder-only transformer covering GPT-2 and LLaMA styles."""
-  m = ml_collections.ConfigDict()
-  m.vocab_size = 257          # byte tokenizer: 256 bytes + EOS.
-  m.d_model = 256
-  m.n_layers = 4
-  m.n_heads = 4
-  m.n_kv_heads = ml_collections.FieldReference(None, field_type=int)  # None: = n_heads (MHA).
-  m.head_dim = ml_collections.FieldReference(None, field_type=int)    # None: d_model // n_heads.
-  m.d_ff = 1024
-  m.max_len = 256             # context length (size of learned position table / rope cache).
-  m.positions = 'learned'     # 'learned' | 'rope'
-  m.rope_theta = 10000.0
-  m.norm = 'layernorm'        # 'layernorm' | 'rmsnorm'
-  m.norm_eps = 1e-5
-  m.mlp = 'gelu'              # 'gelu' | 'swiglu'
-  m.tie_embeddings = True
-  m.use_bias = True
-  m.qkv_bias = False          # q/k/v projection biases even when use_bias is False (Qwen2).
-  m.init_std = 0.02
-  m.dtype = 'float32'         # compute dtype: 'float32' | 'bfloat16' | 'float16'. Params stay float32.
-  m.fp8 = False               # simulate fp8: dense-layer matmul inputs rounded to float8_e4m3fn.
-  m.remat = 'none'            # 'none' | 'full' | 'dots' | 'dots_no_batch'
-  m.scan_layers = True
-  m.attention_impl = 'xla'    # 'xla' | 'cudnn' | 'auto': jax.nn.dot_product_attention implementation.
-  # Per-parameter init, multipliers and Adam lr/wd scales (models/parametrization.py):
-  # 'sp' (standard, GPT-2 init) | 'mup' (μP, relative to the base shape) | 'umup' (u-μP).
-  m.parametrization = 'sp'
-  m.base_d_model = 0          # μP base shape; 0: this model's own (width multiplier 1).
-  m.base_d_ff = 0             # 0: d_ff * base_d_model / d_model.
-  m.base_head_dim = 0         # 0: this model's head dim.
-  return m
+  """Model section: its fields, defaults and allowed values are models/config.py's ModelConfig."""
+  return model_config.config_dict()
 
 
 def get_distill_config(**overrides) -> ml_collections.ConfigDict:

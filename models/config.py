@@ -1,36 +1,42 @@
-"""Frozen, hashable model config built from the `config.model` section."""
+"""The model schema: one frozen, hashable dataclass that is both the `config.model` section's
+definition (configs/base.py builds its ConfigDict from it) and the config the model code reads."""
 import dataclasses
 from typing import Optional
+
+import ml_collections
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  vocab_size: int = 257
+  """Decoder-only transformer covering GPT-2, LLaMA, Mistral, Qwen and Gemma styles."""
+  vocab_size: int = 257             # byte tokenizer: 256 bytes + EOS.
   d_model: int = 256
   n_layers: int = 4
   n_heads: int = 4
-  n_kv_heads: Optional[int] = None
-  head_dim: Optional[int] = None
+  n_kv_heads: Optional[int] = None  # None: = n_heads (MHA).
+  head_dim: Optional[int] = None    # None: d_model // n_heads.
   d_ff: int = 1024
-  max_len: int = 256
-  positions: str = 'learned'
+  max_len: int = 256                # context length (size of learned position table / rope cache).
+  positions: str = 'learned'        # 'learned' | 'rope'
   rope_theta: float = 10000.0
-  norm: str = 'layernorm'
+  norm: str = 'layernorm'           # 'layernorm' | 'rmsnorm'
   norm_eps: float = 1e-5
-  mlp: str = 'gelu'
+  mlp: str = 'gelu'                 # 'gelu' | 'swiglu'
   tie_embeddings: bool = True
   use_bias: bool = True
-  qkv_bias: bool = False
+  qkv_bias: bool = False            # q/k/v projection biases even when use_bias is False (Qwen2).
   init_std: float = 0.02
-  dtype: str = 'float32'
-  fp8: bool = False
-  remat: str = 'none'
+  dtype: str = 'float32'            # compute dtype: 'float32' | 'bfloat16' | 'float16'. Params stay float32.
+  fp8: bool = False                 # simulate fp8: dense-layer matmul inputs rounded to float8_e4m3fn.
+  remat: str = 'none'               # 'none' | 'full' | 'dots' | 'dots_no_batch'
   scan_layers: bool = True
-  attention_impl: str = 'xla'
+  attention_impl: str = 'xla'       # 'xla' | 'cudnn' | 'auto': jax.nn.dot_product_attention implementation.
+  # Per-parameter init, multipliers and Adam lr/wd scales (models/parametrization.py):
+  # 'sp' (standard, GPT-2 init) | 'mup' (μP, relative to the base shape) | 'umup' (u-μP).
   parametrization: str = 'sp'
-  base_d_model: int = 0
-  base_d_ff: int = 0
-  base_head_dim: int = 0
+  base_d_model: int = 0             # μP base shape; 0: this model's own (width multiplier 1).
+  base_d_ff: int = 0                # 0: d_ff * base_d_model / d_model.
+  base_head_dim: int = 0            # 0: this model's head dim.
 
   @classmethod
   def make(cls, cfg) -> 'ModelConfig':
@@ -46,3 +52,26 @@ class ModelConfig:
 
   def replace(self, **kw) -> 'ModelConfig':
     return dataclasses.replace(self, **kw)
+
+
+# Allowed values of the string fields (validated in train/validation.py).
+CHOICES = {
+    'positions': ('learned', 'rope'),
+    'norm': ('layernorm', 'rmsnorm'),
+    'mlp': ('gelu', 'swiglu'),
+    'dtype': ('float32', 'bfloat16', 'float16'),
+    'remat': ('none', 'full', 'dots', 'dots_no_batch'),
+    'attention_impl': ('xla', 'cudnn', 'auto'),
+    'parametrization': ('sp', 'mup', 'umup'),
+}
+
+
+def config_dict() -> ml_collections.ConfigDict:
+  """The `config.model` section with every field at its default (Optional fields typed)."""
+  m = ml_collections.ConfigDict()
+  for f in dataclasses.fields(ModelConfig):
+    if f.type == Optional[int]:
+      m[f.name] = ml_collections.FieldReference(f.default, field_type=int)
+    else:
+      m[f.name] = f.default
+  return m

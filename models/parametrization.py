@@ -23,7 +23,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-PARAMETRIZATIONS = ('sp', 'mup', 'umup')
+from models.config import CHOICES
+
+PARAMETRIZATIONS = CHOICES['parametrization']
 WIDTH_AXES = ('embed', 'mlp', 'heads', 'kv_heads', 'head_dim', 'norm')  # the rest: 'vocab', 'position'.
 
 

@@ -11,17 +11,12 @@ import ml_collections
 
 from configs import base
 from models import parametrization
+from models.config import CHOICES as model_choices
 from models.config import ModelConfig
 from train import sharding
 
 CHOICES = {
-    'model.positions': ('learned', 'rope'),
-    'model.norm': ('layernorm', 'rmsnorm'),
-    'model.mlp': ('gelu', 'swiglu'),
-    'model.dtype': ('float32', 'bfloat16', 'float16'),
-    'model.remat': ('none', 'full', 'dots', 'dots_no_batch'),
-    'model.attention_impl': ('xla', 'cudnn', 'auto'),
-    'model.parametrization': parametrization.PARAMETRIZATIONS,
+    **{'model.' + k: v for k, v in model_choices.items()},
     'optimizer.schedule': ('cosine', 'linear', 'constant', 'wsd'),
     'train.loss_scale': ('auto', 'dynamic', 'none'),
     'distributed.initialize': ('auto', 'yes', 'no'),
