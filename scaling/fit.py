@@ -7,13 +7,15 @@ curves (a sweep's curves.csv); the Kaplan forms are eqs. 1.1 and 1.5 of arXiv 20
 
   python -m scaling.fit --results=runs.csv --law=chinchilla --bootstrap=200 --out=fit.json
 """
-import argparse
 import itertools
 import json
 import os
 import sys
+from typing import Callable, Optional, Sequence
 
+from absl import flags
 import numpy as np
+import numpy.typing as npt
 
 # L-BFGS-B on 5 parameters makes many tiny BLAS calls; with OpenBLAS threads on a busy machine each
 # costs ~1 ms (10-20x slower fits). Takes effect only if set before scipy loads its OpenBLAS; an
@@ -21,6 +23,7 @@ import numpy as np
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 from scipy import optimize  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from scaling import cli
 from scaling import laws
 from scaling import results as results_lib
 
@@ -30,14 +33,37 @@ START_GRID = {'a': np.arange(0, 26, 5.0), 'b': np.arange(0, 26, 5.0), 'e': np.ar
               'alpha': np.arange(0, 2.01, 0.5), 'beta': np.arange(0, 2.01, 0.5)}
 MIN_ROWS = {'chinchilla': 5, 'isoflop': 6, 'kaplan': 4, 'envelope': 4}
 
+FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
+flags.DEFINE_string('results', None, 'results CSV, one run per row', flag_values=FLAGS)
+flags.DEFINE_enum('law', 'chinchilla', ['chinchilla', 'isoflop', 'kaplan', 'envelope'],
+                  "'envelope' (approach 1) reads a loss-curves CSV (a sweep's curves.csv)",
+                  flag_values=FLAGS)
+flags.DEFINE_integer('bootstrap', 0, 'number of bootstrap resamples (0: none)', flag_values=FLAGS)
+flags.DEFINE_integer('seed', 0, 'bootstrap seed', flag_values=FLAGS)
+flags.DEFINE_string('out', '', 'also write the JSON here', flag_values=FLAGS)
+flags.DEFINE_string('params_col', None, "default 'params' ('non_embedding_params' for --law=kaplan)",
+                    flag_values=FLAGS)
+flags.DEFINE_string('tokens_col', 'tokens', "'' derives tokens from FLOPs as C/(6N)", flag_values=FLAGS)
+flags.DEFINE_string('loss_col', 'loss', 'loss column', flag_values=FLAGS)
+flags.DEFINE_string('flops_col', 'flops', 'FLOPs column', flag_values=FLAGS)
+flags.DEFINE_float('budget_rtol', 0.05, 'isoflop: FLOPs within this relative tolerance form one budget',
+                   flag_values=FLAGS)
+flags.DEFINE_integer('n_polish', 16, 'chinchilla: grid starts polished by L-BFGS-B (0: all 4500)',
+                     flag_values=FLAGS)
+flags.DEFINE_string('lr', 'best',
+                    "lr sweeps: 'best' (lowest mean loss per (N, D)) or the transferred lr to use",
+                    flag_values=FLAGS)
+flags.mark_flag_as_required('results', flag_values=FLAGS)
 
-def huber(r, delta=HUBER_DELTA):
+
+def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
   """Huber loss: quadratic for |r| <= delta, linear beyond."""
   ar = np.abs(r)
   return np.where(ar <= delta, 0.5 * r * r, delta * (ar - 0.5 * delta))
 
 
-def chinchilla_objective(theta, log_n, log_d, log_l, delta=HUBER_DELTA):
+def chinchilla_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
+                         delta: float = HUBER_DELTA) -> tuple[float, np.ndarray]:
   """Sum over runs of Huber(LSE(a - alpha log N, b - beta log D, e) - log L), and its gradient.
 
   theta = (a, b, e, alpha, beta), with A, B, E = exp(a, b, e) (Hoffmann et al. 2022, eq. D.2).
@@ -54,14 +80,15 @@ def chinchilla_objective(theta, log_n, log_d, log_l, delta=HUBER_DELTA):
   return huber(r, delta).sum(), grad
 
 
-def chinchilla_objective_batch(thetas, log_n, log_d, log_l, delta=HUBER_DELTA):
+def chinchilla_objective_batch(thetas: np.ndarray, log_n: np.ndarray, log_d: np.ndarray,
+                               log_l: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
   """chinchilla_objective's value for each row of thetas (S, 5), vectorised (for scoring the start grid)."""
   a, b, e, al, be = (thetas[:, i:i + 1] for i in range(5))
   pred = np.logaddexp(np.logaddexp(a - al * log_n, b - be * log_d), e)
   return huber(pred - log_l, delta).sum(-1)
 
 
-def start_grid():
+def start_grid() -> np.ndarray:
   """The (4500, 5) grid of (a, b, e, alpha, beta) starting points."""
   g = START_GRID
   return np.array(list(itertools.product(g['a'], g['b'], g['e'], g['alpha'], g['beta'])))
@@ -75,7 +102,8 @@ def _chinchilla_constants(theta):
           'a': fa, 'b': fb, 'G': float(g)}
 
 
-def fit_chinchilla(runs, delta=HUBER_DELTA, n_polish=16, starts=None):
+def fit_chinchilla(runs: results_lib.Runs, delta: float = HUBER_DELTA, n_polish: Optional[int] = 16,
+                   starts: Optional[npt.ArrayLike] = None) -> dict:
   """Approach 3: L-BFGS-B on the summed Huber loss from the best n_polish grid starts.
 
   All 4500 starts are scored in one vectorised pass and the n_polish best are polished
@@ -103,7 +131,7 @@ def fit_chinchilla(runs, delta=HUBER_DELTA, n_polish=16, starts=None):
           'objective': float(best.fun), 'theta': [float(v) for v in best.x]}
 
 
-def group_budgets(flops, rtol=0.05):
+def group_budgets(flops: npt.ArrayLike, rtol: float = 0.05) -> np.ndarray:
   """Labels runs by compute budget: sorted FLOPs join a group while within rtol of its smallest."""
   flops = np.asarray(flops, float)
   order = np.argsort(flops, kind='stable')
@@ -116,7 +144,8 @@ def group_budgets(flops, rtol=0.05):
   return labels
 
 
-def isoflop_profiles(runs, rtol=0.05, min_sizes=3, strict=True):
+def isoflop_profiles(runs: results_lib.Runs, rtol: float = 0.05, min_sizes: int = 3,
+                     strict: bool = True) -> list[dict]:
   """Per budget, a parabola of loss vs ln N and its minimum (Hoffmann et al. 2022, sec. 3.2).
 
   Raises ValueError for a budget with fewer than min_sizes model sizes or a parabola opening
@@ -155,7 +184,7 @@ def _power_law(x, y):
   return float(np.exp(lk)), float(p)
 
 
-def fit_isoflop(runs, rtol=0.05):
+def fit_isoflop(runs: results_lib.Runs, rtol: float = 0.05) -> dict:
   """Approach 2: N_opt = k_N C^a, D_opt = k_D C^b (D_opt = C / 6 N_opt), L_opt = k_L C^gamma."""
   prof = isoflop_profiles(runs, rtol)
   if len(prof) < 2:
@@ -168,7 +197,8 @@ def fit_isoflop(runs, rtol=0.05):
           'constants': {'k_N': k_n, 'a': a, 'k_D': k_d, 'b': b, 'k_L': k_l, 'gamma': gamma}}
 
 
-def envelope(runs, n_points=200, min_sizes=2):
+def envelope(runs: results_lib.Runs, n_points: int = 200,
+             min_sizes: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Approach 1's lower envelope of loss vs FLOPs (Hoffmann et al. 2022, sec. 3.1).
 
   `runs` holds points of loss curves (one row per evaluation of a run, its FLOPs so far). Each
@@ -202,7 +232,7 @@ def envelope(runs, n_points=200, min_sizes=2):
   return np.exp(grid[covered]), sizes[best], np.exp(interp[best, np.flatnonzero(covered)])
 
 
-def fit_envelope(runs, n_points=200):
+def fit_envelope(runs: results_lib.Runs, n_points: int = 200) -> dict:
   """Approach 1: N_opt = k_N C^a, D_opt = C / 6 N_opt = k_D C^b, L_opt = k_L C^gamma on the envelope."""
   c, n_opt, l_opt = envelope(runs, n_points)
   # Where the smallest or largest size wins, the optimum may lie outside the sizes tried: censored.
@@ -221,7 +251,7 @@ def fit_envelope(runs, n_points=200):
           'constants': {'k_N': k_n, 'a': a, 'k_D': k_d, 'b': b, 'k_L': k_l, 'gamma': gamma}}
 
 
-def fit_kaplan_n(params, loss):
+def fit_kaplan_n(params: np.ndarray, loss: np.ndarray) -> laws.KaplanN:
   """Kaplan L(N) = (N_c/N)^alpha_N by log-log least squares on each size's lowest loss."""
   sizes = np.unique(params)
   if len(sizes) < 2:
@@ -232,7 +262,8 @@ def fit_kaplan_n(params, loss):
   return laws.KaplanN(alpha_N=float(alpha), N_c=float(np.exp(icpt / alpha)))
 
 
-def fit_kaplan_joint(params, tokens, loss, starts=None):
+def fit_kaplan_joint(params: np.ndarray, tokens: np.ndarray, loss: np.ndarray,
+                     starts: Optional[Sequence[Sequence[float]]] = None) -> laws.KaplanJoint:
   """Kaplan L(N, D) by least squares on log loss, from a few starts (incl. the published constants)."""
   log_l = np.log(loss)
 
@@ -255,7 +286,7 @@ def fit_kaplan_joint(params, tokens, loss, starts=None):
                           N_c=float(np.exp(th[0])), D_c=float(np.exp(th[1])))
 
 
-def fit_kaplan(runs):
+def fit_kaplan(runs: results_lib.Runs) -> dict:
   """Kaplan L(N) (alpha_N, N_c) and joint L(N, D) (joint_*) constants."""
   ln = fit_kaplan_n(runs.params, runs.loss)
   j = fit_kaplan_joint(runs.params, runs.tokens, runs.loss)
@@ -264,7 +295,8 @@ def fit_kaplan(runs):
       'joint_N_c': j.N_c, 'joint_D_c': j.D_c}}
 
 
-def bootstrap(runs, fit_fn, k, seed=0, groups=None):
+def bootstrap(runs: results_lib.Runs, fit_fn: Callable[[results_lib.Runs], dict], k: int, seed: int = 0,
+              groups: Optional[Sequence[np.ndarray]] = None) -> dict:
   """Refits on k resamples of the runs (with replacement, within each group when given).
 
   Resamples whose fit raises ValueError (e.g. a budget left with < 3 sizes) are skipped and counted.
@@ -290,7 +322,8 @@ def bootstrap(runs, fit_fn, k, seed=0, groups=None):
   return {'k': k, 'seed': seed, 'failed': failed, 'se': se, 'ci95': ci, 'samples': samples}
 
 
-def fit(runs, law, n_boot=0, seed=0, budget_rtol=0.05, n_polish=16):
+def fit(runs: results_lib.Runs, law: str, n_boot: int = 0, seed: int = 0, budget_rtol: float = 0.05,
+        n_polish: Optional[int] = 16) -> dict:
   """Fits `law` ('chinchilla' | 'isoflop' | 'kaplan') and optionally bootstraps; returns a JSON-able dict."""
   if law == 'chinchilla':
     out = fit_chinchilla(runs, n_polish=n_polish)
@@ -318,42 +351,25 @@ def fit(runs, law, n_boot=0, seed=0, budget_rtol=0.05, n_polish=16):
   return out
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--results', required=True, help='results CSV, one run per row')
-  p.add_argument('--law', default='chinchilla', choices=['chinchilla', 'isoflop', 'kaplan', 'envelope'],
-                 help="'envelope' (approach 1) reads a loss-curves CSV (a sweep's curves.csv)")
-  p.add_argument('--bootstrap', type=int, default=0, help='number of bootstrap resamples (0: none)')
-  p.add_argument('--seed', type=int, default=0, help='bootstrap seed')
-  p.add_argument('--out', default='', help='also write the JSON here')
-  p.add_argument('--params_col', default=None,
-                 help="default 'params' ('non_embedding_params' for --law=kaplan)")
-  p.add_argument('--tokens_col', default='tokens', help="'' derives tokens from FLOPs as C/(6N)")
-  p.add_argument('--loss_col', default='loss')
-  p.add_argument('--flops_col', default='flops')
-  p.add_argument('--budget_rtol', type=float, default=0.05,
-                 help='isoflop: FLOPs within this relative tolerance form one budget')
-  p.add_argument('--n_polish', type=int, default=16,
-                 help='chinchilla: grid starts polished by L-BFGS-B (0: all 4500)')
-  p.add_argument('--lr', default='best',
-                 help="lr sweeps: 'best' (lowest mean loss per (N, D)) or the transferred lr to use")
-  args = p.parse_args(argv)
-  params_col = args.params_col or ('non_embedding_params' if args.law == 'kaplan' else 'params')
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
+  cli.parse(FLAGS, argv, __doc__)
+  params_col = FLAGS.params_col or ('non_embedding_params' if FLAGS.law == 'kaplan' else 'params')
   try:
-    runs = results_lib.read_results(args.results, params_col=params_col, tokens_col=args.tokens_col,
-                                    loss_col=args.loss_col, flops_col=args.flops_col,
-                                    min_rows=MIN_ROWS[args.law],
-                                    lr=None if args.law == 'envelope' else args.lr)
-    out = fit(runs, args.law, args.bootstrap, args.seed, args.budget_rtol, args.n_polish or None)
+    runs = results_lib.read_results(FLAGS.results, params_col=params_col, tokens_col=FLAGS.tokens_col,
+                                    loss_col=FLAGS.loss_col, flops_col=FLAGS.flops_col,
+                                    min_rows=MIN_ROWS[FLAGS.law],
+                                    lr=None if FLAGS.law == 'envelope' else FLAGS.lr)
+    out = fit(runs, FLAGS.law, FLAGS.bootstrap, FLAGS.seed, FLAGS.budget_rtol, FLAGS.n_polish or None)
   except ValueError as e:
     sys.exit(f'error: {e}')
-  out['results'] = args.results
+  out['results'] = FLAGS.results
   out['selection'] = runs.selection
-  out['columns'] = {'params': params_col, 'tokens': args.tokens_col, 'loss': args.loss_col,
-                    'flops': args.flops_col}
+  out['columns'] = {'params': params_col, 'tokens': FLAGS.tokens_col, 'loss': FLAGS.loss_col,
+                    'flops': FLAGS.flops_col}
   text = json.dumps(out, indent=2)
-  if args.out:
-    with open(args.out, 'w') as f:
+  if FLAGS.out:
+    with open(FLAGS.out, 'w') as f:
       f.write(text + '\n')
   print(text)
 

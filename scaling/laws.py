@@ -7,6 +7,9 @@ Training compute is taken as C = 6·N·D throughout (both papers).
 import dataclasses
 
 import numpy as np
+import numpy.typing as npt
+
+Arrays3 = tuple[np.ndarray, np.ndarray, np.ndarray]  # e.g. (N_opt, D_opt, L_opt).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,20 +59,20 @@ KAPLAN_D = KaplanD(alpha_D=0.095, D_c=5.4e13)
 KAPLAN_JOINT = KaplanJoint(alpha_N=0.076, alpha_D=0.103, N_c=6.4e13, D_c=1.8e13)
 
 
-def chinchilla_loss(law, n, d):
+def chinchilla_loss(law: Chinchilla, n: npt.ArrayLike, d: npt.ArrayLike) -> np.ndarray:
   """Chinchilla parametric loss at N params and D tokens."""
   n, d = np.asarray(n, float), np.asarray(d, float)
   return law.E + law.A / n**law.alpha + law.B / d**law.beta
 
 
-def chinchilla_frontier_constants(law):
+def chinchilla_frontier_constants(law: Chinchilla) -> tuple[float, float, float]:
   """(G, a, b) of the C = 6ND frontier: N_opt = G (C/6)^a, D_opt = (C/6)^b / G (Hoffmann et al. 2022, eq. 4)."""
   s = law.alpha + law.beta
   g = (law.alpha * law.A / (law.beta * law.B))**(1.0 / s)
   return g, law.beta / s, law.alpha / s
 
 
-def chinchilla_optimal(law, compute):
+def chinchilla_optimal(law: Chinchilla, compute: npt.ArrayLike) -> Arrays3:
   """Compute-optimal (N_opt, D_opt, L_opt) at C FLOPs, with C = 6ND."""
   g, a, b = chinchilla_frontier_constants(law)
   c6 = np.asarray(compute, float) / 6.0
@@ -77,13 +80,14 @@ def chinchilla_optimal(law, compute):
   return n, d, chinchilla_loss(law, n, d)
 
 
-def chinchilla_at_params(law, n, compute):
+def chinchilla_at_params(law: Chinchilla, n: npt.ArrayLike,
+                         compute: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
   """A fixed model size N spending C FLOPs: (D = C / 6N, loss)."""
   d = np.asarray(compute, float) / (6.0 * np.asarray(n, float))
   return d, chinchilla_loss(law, n, d)
 
 
-def chinchilla_optimal_for_params(law, n):
+def chinchilla_optimal_for_params(law: Chinchilla, n: npt.ArrayLike) -> Arrays3:
   """Tokens, compute and loss at which N params is compute-optimal (inverts N_opt(C))."""
   g, a, _ = chinchilla_frontier_constants(law)
   c6 = (np.asarray(n, float) / g)**(1.0 / a)
@@ -91,7 +95,7 @@ def chinchilla_optimal_for_params(law, n):
   return d, 6.0 * c6, chinchilla_loss(law, n, d)
 
 
-def chinchilla_optimal_for_tokens(law, d):
+def chinchilla_optimal_for_tokens(law: Chinchilla, d: npt.ArrayLike) -> Arrays3:
   """Params, compute and loss at which D tokens is compute-optimal (inverts D_opt(C))."""
   g, _, b = chinchilla_frontier_constants(law)
   c6 = (np.asarray(d, float) * g)**(1.0 / b)
@@ -99,17 +103,17 @@ def chinchilla_optimal_for_tokens(law, d):
   return n, 6.0 * c6, chinchilla_loss(law, n, d)
 
 
-def kaplan_loss_n(law, n):
+def kaplan_loss_n(law: KaplanN, n: npt.ArrayLike) -> np.ndarray:
   """Kaplan L(N) = (N_c / N)^alpha_N."""
   return (law.N_c / np.asarray(n, float))**law.alpha_N
 
 
-def kaplan_loss_d(law, d):
+def kaplan_loss_d(law: KaplanD, d: npt.ArrayLike) -> np.ndarray:
   """Kaplan L(D) = (D_c / D)^alpha_D."""
   return (law.D_c / np.asarray(d, float))**law.alpha_D
 
 
-def kaplan_log_loss_joint(law, n, d):
+def kaplan_log_loss_joint(law: KaplanJoint, n: npt.ArrayLike, d: npt.ArrayLike) -> np.ndarray:
   """log of Kaplan's joint L(N, D), computed with logaddexp for stability."""
   p = law.alpha_N / law.alpha_D
   t1 = p * (np.log(law.N_c) - np.log(np.asarray(n, float)))
@@ -117,7 +121,7 @@ def kaplan_log_loss_joint(law, n, d):
   return law.alpha_D * np.logaddexp(t1, t2)
 
 
-def kaplan_loss_joint(law, n, d):
+def kaplan_loss_joint(law: KaplanJoint, n: npt.ArrayLike, d: npt.ArrayLike) -> np.ndarray:
   """Kaplan L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D."""
   return np.exp(kaplan_log_loss_joint(law, n, d))
 
@@ -128,7 +132,7 @@ def _kaplan_joint_k(law):
   return p, (p * law.N_c**p / (6.0 * law.D_c))**(1.0 / (1.0 + p))
 
 
-def kaplan_joint_optimal(law, compute):
+def kaplan_joint_optimal(law: KaplanJoint, compute: npt.ArrayLike) -> Arrays3:
   """Minimum of Kaplan's L(N, C/(6N)) over N: (N_opt, D_opt, L_opt), from d/dN of the bracket = 0."""
   p, k = _kaplan_joint_k(law)
   c = np.asarray(compute, float)
@@ -137,7 +141,7 @@ def kaplan_joint_optimal(law, compute):
   return n, d, kaplan_loss_joint(law, n, d)
 
 
-def kaplan_joint_optimal_for_params(law, n):
+def kaplan_joint_optimal_for_params(law: KaplanJoint, n: npt.ArrayLike) -> Arrays3:
   """Tokens, compute and loss at which N params is optimal under Kaplan's L(N, D) with C = 6ND."""
   p, k = _kaplan_joint_k(law)
   c = (np.asarray(n, float) / k)**(1.0 + p)
@@ -145,7 +149,7 @@ def kaplan_joint_optimal_for_params(law, n):
   return d, c, kaplan_loss_joint(law, n, d)
 
 
-def kaplan_joint_optimal_for_tokens(law, d):
+def kaplan_joint_optimal_for_tokens(law: KaplanJoint, d: npt.ArrayLike) -> Arrays3:
   """Params, compute and loss at which D tokens is optimal under Kaplan's L(N, D) with C = 6ND."""
   p, k = _kaplan_joint_k(law)
   c = (6.0 * k * np.asarray(d, float))**((1.0 + p) / p)

@@ -11,15 +11,17 @@ supervised and distilled, with the teacher's loss as a horizontal line; the tabl
 
   python -m scaling.plot --results=W/results.csv --distill   # W/results_distill.png
 """
-import argparse
 import csv
 import json
 import os
 import sys
+from typing import Optional, Sequence
 
+from absl import flags
 import matplotlib
 import numpy as np
 
+from scaling import cli
 from scaling import fit as fit_lib
 from scaling import laws
 from scaling import predict
@@ -28,8 +30,16 @@ from scaling import results as results_lib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
+flags.DEFINE_string('results', None, 'results CSV the fit was made from', flag_values=FLAGS)
+flags.DEFINE_string('fit', '', 'JSON written by scaling.fit (not with --distill)', flag_values=FLAGS)
+flags.DEFINE_bool('distill', False, 'a distillation sweep: plot student loss vs size (no fit needed)',
+                  flag_values=FLAGS)
+flags.DEFINE_string('out_dir', '', 'default: the results CSV directory', flag_values=FLAGS)
+flags.mark_flag_as_required('results', flag_values=FLAGS)
 
-def fitted_loss(runs, fit):
+
+def fitted_loss(runs: results_lib.Runs, fit: dict) -> np.ndarray:
   """The fit's loss for each run (isoflop: its budget's parabola), NaN where it has none."""
   c = fit['constants']
   if fit['law'] == 'chinchilla':
@@ -50,7 +60,7 @@ def fitted_loss(runs, fit):
   return out
 
 
-def plot_loss_vs_compute(runs, fit, path):
+def plot_loss_vs_compute(runs: results_lib.Runs, fit: dict, path: str) -> None:
   """Every run's loss against its FLOPs, with the fit's compute-optimal loss L_opt(C)."""
   fig, ax = plt.subplots(figsize=(6, 4.5))
   sc = ax.scatter(runs.flops, runs.loss, c=np.log10(runs.params), s=14, cmap='viridis')
@@ -66,8 +76,11 @@ def plot_loss_vs_compute(runs, fit, path):
   plt.close(fig)
 
 
-def plot_isoflops(runs, fit, path):
-  """Loss vs params per compute budget, with each budget's parabola in log N and its minimum."""
+def plot_isoflops(runs: results_lib.Runs, fit: dict, path: str) -> bool:
+  """Loss vs params per compute budget, with each budget's parabola in log N and its minimum.
+
+  Returns False (and writes nothing) when no budget has a profile.
+  """
   if fit['law'] == 'isoflop':
     profiles = fit['budgets']
     rtol = fit.get('budget_rtol', 0.05)
@@ -95,7 +108,7 @@ def plot_isoflops(runs, fit, path):
   return True
 
 
-def plot_observed_vs_fitted(runs, fit, path):
+def plot_observed_vs_fitted(runs: results_lib.Runs, fit: dict, path: str) -> None:
   """Observed loss against the fit's loss per run, with the y = x line."""
   pred = fitted_loss(runs, fit)
   ok = np.isfinite(pred)
@@ -111,7 +124,7 @@ def plot_observed_vs_fitted(runs, fit, path):
   plt.close(fig)
 
 
-def plot_all(runs, fit, out_dir, stem):
+def plot_all(runs: results_lib.Runs, fit: dict, out_dir: str, stem: str) -> list[str]:
   """Writes the PNGs and returns their paths."""
   os.makedirs(out_dir, exist_ok=True)
   base = os.path.join(out_dir, stem)
@@ -131,7 +144,7 @@ def _float(text):
     return float('nan')
 
 
-def read_distill_rows(results_csv):
+def read_distill_rows(results_csv: str) -> list[dict]:
   """The rows of a distillation sweep's CSV: dicts with name, mode, params, tokens, loss, teacher_*.
 
   Raises ValueError when the CSV has no `mode` column or no supervised/distill rows.
@@ -153,7 +166,7 @@ def read_distill_rows(results_csv):
   return rows
 
 
-def distill_table(rows):
+def distill_table(rows: Sequence[dict]) -> list[dict]:
   """One dict per (tokens, params): supervised and distilled loss and their difference (NaN if absent)."""
   by_key = {}
   for r in rows:
@@ -169,7 +182,7 @@ def distill_table(rows):
   return out
 
 
-def plot_distill_sweep(results_csv, out_path):
+def plot_distill_sweep(results_csv: str, out_path: str) -> list[dict]:
   """Student eval loss vs student params, supervised and distilled, with the teacher's loss line.
 
   One line per mode (and per token budget when the sweep has several). Returns distill_table(rows).
@@ -204,7 +217,7 @@ def plot_distill_sweep(results_csv, out_path):
   return distill_table(rows)
 
 
-def format_distill_table(table):
+def format_distill_table(table: Sequence[dict]) -> str:
   """A Markdown table of distill_table()'s rows."""
   lines = ['| student params | tokens | supervised loss | distilled loss | distilled − supervised '
            '| teacher params | teacher loss |', '|---|---|---|---|---|---|---|']
@@ -215,35 +228,30 @@ def format_distill_table(table):
   return '\n'.join(lines)
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--results', required=True, help='results CSV the fit was made from')
-  p.add_argument('--fit', default='', help='JSON written by scaling.fit (not with --distill)')
-  p.add_argument('--distill', action='store_true',
-                 help='a distillation sweep: plot student loss vs size (no fit needed)')
-  p.add_argument('--out_dir', default='', help='default: the results CSV directory')
-  args = p.parse_args(argv)
-  out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.results))
-  stem = os.path.splitext(os.path.basename(args.results))[0]
-  if args.distill:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
+  cli.parse(FLAGS, argv, __doc__)
+  out_dir = FLAGS.out_dir or os.path.dirname(os.path.abspath(FLAGS.results))
+  stem = os.path.splitext(os.path.basename(FLAGS.results))[0]
+  if FLAGS.distill:
     out_path = os.path.join(out_dir, f'{stem}_distill.png')
     try:
-      table = plot_distill_sweep(args.results, out_path)
+      table = plot_distill_sweep(FLAGS.results, out_path)
     except ValueError as e:
       sys.exit(f'error: {e}')
     print(format_distill_table(table))
     print(out_path)
     return
-  if not args.fit:
-    p.error('--fit is required (or pass --distill)')
-  with open(args.fit) as f:
-    fit = json.load(f)
-  cols = fit.get('columns', {})
+  if not FLAGS.fit:
+    cli.usage_error('--fit is required (or pass --distill)')
   try:
+    with open(FLAGS.fit) as f:
+      fit = json.load(f)
+    cols = fit.get('columns', {})
     runs = results_lib.read_results(
-        args.results, params_col=cols.get('params', 'params'), tokens_col=cols.get('tokens', 'tokens'),
+        FLAGS.results, params_col=cols.get('params', 'params'), tokens_col=cols.get('tokens', 'tokens'),
         loss_col=cols.get('loss', 'loss'), flops_col=cols.get('flops', 'flops'))
-  except ValueError as e:
+  except (OSError, ValueError) as e:
     sys.exit(f'error: {e}')
   for path in plot_all(runs, fit, out_dir, stem):
     print(path)

@@ -7,19 +7,30 @@ only C, the compute-optimal allocation; given N (or D) alone, the C at which it 
   python -m scaling.predict --law=chinchilla --compute=5.76e23      # ~40B params (Chinchilla, Table A3)
   python -m scaling.predict --law=fit.json --params=1e9 --compute=1e20
 """
-import argparse
 import dataclasses
 import json
 import sys
+from typing import Optional, Sequence
 
+from absl import flags
 import numpy as np
 
+from scaling import cli
 from scaling import laws
 
 QUANTITIES = ('params', 'tokens', 'compute', 'loss')
 
+FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
+flags.DEFINE_string('law', 'chinchilla',
+                    "'chinchilla' | 'chinchilla_rounded' | 'kaplan' (published) or a scaling.fit JSON",
+                    flag_values=FLAGS)
+flags.DEFINE_float('compute', None, 'training FLOPs, C = 6ND', flag_values=FLAGS)
+flags.DEFINE_float('params', None, 'model parameters N', flag_values=FLAGS)
+flags.DEFINE_float('tokens', None, 'training tokens D', flag_values=FLAGS)
+flags.DEFINE_string('out', '', 'also write the JSON here', flag_values=FLAGS)
 
-def published(name):
+
+def published(name: str) -> dict:
   """A fit-shaped dict for published constants: 'chinchilla', 'chinchilla_rounded' or 'kaplan'."""
   if name in ('chinchilla', 'chinchilla_rounded'):
     law = laws.CHINCHILLA if name == 'chinchilla' else laws.CHINCHILLA_ROUNDED
@@ -34,7 +45,7 @@ def published(name):
   raise ValueError(f'unknown published law {name!r}')
 
 
-def load_law(spec):
+def load_law(spec: str) -> dict:
   """'chinchilla' | 'chinchilla_rounded' | 'kaplan' (published), else the path of a scaling.fit JSON."""
   if spec in ('chinchilla', 'chinchilla_rounded', 'kaplan'):
     return published(spec)
@@ -77,7 +88,8 @@ def _isoflop(c, compute, params, tokens):
   return params, tokens, compute, c['k_L'] * compute**c['gamma']
 
 
-def predict_point(fit, compute=None, params=None, tokens=None):
+def predict_point(fit: dict, compute: Optional[float] = None, params: Optional[float] = None,
+                  tokens: Optional[float] = None) -> dict:
   """{params, tokens, compute, loss} under fit's constants; give C alone, N or D alone, or two of them."""
   given = sum(v is not None for v in (compute, params, tokens))
   if given not in (1, 2):
@@ -94,7 +106,8 @@ def predict_point(fit, compute=None, params=None, tokens=None):
   return {k: (None if v is None else float(v)) for k, v in zip(QUANTITIES, out)}
 
 
-def predict(fit, compute=None, params=None, tokens=None):
+def predict(fit: dict, compute: Optional[float] = None, params: Optional[float] = None,
+            tokens: Optional[float] = None) -> dict:
   """predict_point plus, if the fit has bootstrap samples, 95% percentile intervals (ci95) of the outputs."""
   out = {'law': fit['law'], **predict_point(fit, compute, params, tokens)}
   boot = fit.get('bootstrap')
@@ -113,22 +126,16 @@ def predict(fit, compute=None, params=None, tokens=None):
   return out
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--law', default='chinchilla',
-                 help="'chinchilla' | 'chinchilla_rounded' | 'kaplan' (published) or a scaling.fit JSON")
-  p.add_argument('--compute', type=float, default=None, help='training FLOPs, C = 6ND')
-  p.add_argument('--params', type=float, default=None, help='model parameters N')
-  p.add_argument('--tokens', type=float, default=None, help='training tokens D')
-  p.add_argument('--out', default='', help='also write the JSON here')
-  args = p.parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
+  cli.parse(FLAGS, argv, __doc__)
   try:
-    out = predict(load_law(args.law), args.compute, args.params, args.tokens)
+    out = predict(load_law(FLAGS.law), FLAGS.compute, FLAGS.params, FLAGS.tokens)
   except (ValueError, OSError, KeyError) as e:
     sys.exit(f'error: {e!r}' if isinstance(e, KeyError) else f'error: {e}')
   text = json.dumps(out, indent=2)
-  if args.out:
-    with open(args.out, 'w') as f:
+  if FLAGS.out:
+    with open(FLAGS.out, 'w') as f:
       f.write(text + '\n')
   print(text)
 

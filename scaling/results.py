@@ -6,8 +6,11 @@ C = 6ND convention of Kaplan et al. 2020 and Hoffmann et al. 2022.
 import csv
 import dataclasses
 import math
+import os
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclasses.dataclass
@@ -21,10 +24,10 @@ class Runs:
   path: str = ''
   selection: str = ''  # how several runs per (N, D) (lr / seed axes) became one.
 
-  def __len__(self):
+  def __len__(self) -> int:
     return len(self.loss)
 
-  def subset(self, idx):
+  def subset(self, idx: npt.ArrayLike) -> 'Runs':
     """The runs at integer indices idx (repeats allowed, for bootstrap resampling)."""
     idx = np.asarray(idx, int)
     return Runs([self.names[i] for i in idx], self.params[idx], self.tokens[idx],
@@ -47,7 +50,9 @@ def _value(path, row_no, name, col, text):
   return v
 
 
-def select_lr(rows, path, key_cols, loss_col='loss', lr='best', lr_col='lr', seed_col='seed'):
+def select_lr(rows: Sequence[dict], path: str, key_cols: Sequence[str], loss_col: str = 'loss',
+              lr: Union[str, float] = 'best', lr_col: str = 'lr',
+              seed_col: str = 'seed') -> tuple[list[dict], str]:
   """Collapses an lr / seed sweep to one row per (N, D): the mean loss over seeds of each lr, then
   the best lr (lr='best') or the declared (transferred) lr. Returns (rows, description)."""
   groups = {}
@@ -81,13 +86,15 @@ def select_lr(rows, path, key_cols, loss_col='loss', lr='best', lr_col='lr', see
   return out, f'{how}; loss = mean over {len(seeds)} seed(s)'
 
 
-def read_results(path, params_col='params', tokens_col='tokens', loss_col='loss',
-                 flops_col='flops', name_col='name', min_rows=3, lr='best'):
+def read_results(path: Union[str, os.PathLike], params_col: str = 'params', tokens_col: str = 'tokens',
+                 loss_col: str = 'loss', flops_col: str = 'flops', name_col: str = 'name',
+                 min_rows: int = 3, lr: Union[str, float, None] = 'best') -> Runs:
   """Reads runs from a CSV; tokens from tokens_col, else D = C / (6N) from flops_col.
 
   Pass tokens_col='' to force tokens from FLOPs. Rows of an lr / seed sweep are collapsed by
-  select_lr (the returned Runs says how in `selection`); lr=None keeps every row (loss curves). Raises ValueError on a missing column,
-  fewer than min_rows rows, or a NaN / non-numeric / non-positive value (naming row and column).
+  select_lr (the returned Runs says how in `selection`); lr=None keeps every row (loss curves).
+  Raises ValueError on a missing column, fewer than min_rows rows, or a NaN / non-numeric /
+  non-positive value (naming row and column).
   """
   with open(path, newline='', encoding='utf-8-sig') as f:
     reader = csv.DictReader(f, skipinitialspace=True)
@@ -132,7 +139,8 @@ def read_results(path, params_col='params', tokens_col='tokens', loss_col='loss'
               selection)
 
 
-def write_results(path, runs, extra=None):
+def write_results(path: Union[str, os.PathLike], runs: Runs,
+                  extra: Optional[Mapping[str, npt.ArrayLike]] = None) -> None:
   """Writes runs as a CSV with the default column names (plus extra {column: values})."""
   extra = extra or {}
   with open(path, 'w', newline='') as f:

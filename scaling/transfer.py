@@ -11,17 +11,25 @@ plot panel per parametrization (loss vs lr, a curve per width, seed range as a b
 with one JSON object {parametrization: {"optimal_lr": {width: lr}, "shift_grid_steps": k,
 "at_grid_edge": [widths], "loss_at_optimum": {width: loss}, "seeds": n}}.
 """
-import argparse
 import collections
 import csv
 import json
 import math
 import sys
+from typing import Optional, Sequence
 
+from absl import flags
 import numpy as np
 
+from scaling import cli
 
-def read(paths) -> dict:
+FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
+flags.DEFINE_list('results', None, 'comma-separated results.csv paths', flag_values=FLAGS)
+flags.DEFINE_string('out', '', 'plot path (png); none if empty', flag_values=FLAGS)
+flags.mark_flag_as_required('results', flag_values=FLAGS)
+
+
+def read(paths: Sequence[str]) -> dict:
   """{parametrization: {(width, lr): [losses over seeds]}} from one or more results CSVs."""
   out = collections.defaultdict(lambda: collections.defaultdict(list))
   for path in paths:
@@ -54,7 +62,9 @@ def summarize(curves: dict) -> dict:
           'seeds': max(len(v) for v in curves.values())}
 
 
-def plot(data: dict, path: str):
+def plot(data: dict, path: str) -> None:
+  """One panel per parametrization: mean loss vs lr per width, seed range as a band, optimum starred."""
+  # Lazy: matplotlib is heavy and only needed with --out.
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -87,17 +97,15 @@ def plot(data: dict, path: str):
   plt.close(fig)
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--results', required=True, help='comma-separated results.csv paths')
-  p.add_argument('--out', default='', help='plot path (png); none if empty')
-  args = p.parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
+  cli.parse(FLAGS, argv, __doc__)
   try:
-    data = read([x for x in args.results.split(',') if x])
+    data = read([x for x in FLAGS.results if x])
   except (OSError, ValueError) as e:
     sys.exit(f'error: {e}')
   if not data:
-    sys.exit(f'error: no finished members in {args.results}')
+    sys.exit(f'error: no finished members in {",".join(FLAGS.results)}')
   summary = {name: summarize(curves) for name, curves in data.items()}
   for name, s in summary.items():
     print(f'{name}: optimum moves {s["shift_grid_steps"]} grid step(s) across widths '
@@ -105,8 +113,8 @@ def main(argv=None):
     for w, lr in s['optimal_lr'].items():
       edge = '  (grid edge)' if w in s['at_grid_edge'] else ''
       print(f'  d_model {w:>5}: best lr {lr:.3g}, loss {s["loss_at_optimum"][w]:.4f}{edge}')
-  if args.out:
-    plot(data, args.out)
+  if FLAGS.out:
+    plot(data, FLAGS.out)
   print(json.dumps({k: {**v, 'optimal_lr': {str(w): lr for w, lr in v['optimal_lr'].items()},
                         'loss_at_optimum': {str(w): x for w, x in v['loss_at_optimum'].items()}}
                     for k, v in summary.items()}), flush=True)

@@ -12,21 +12,36 @@ Prints a table and ends with one JSON object {law: [{"name", "params", "tokens",
 "observed", "predicted", "rel_error", "lo", "hi"}, ...]}, one row per held-out run, rel_error =
 predicted / observed - 1.
 """
-import argparse
 import csv
 import json
 import sys
+from typing import Optional, Sequence
 
+from absl import flags
 import numpy as np
 
+from scaling import cli
 from scaling import fit as fit_lib
 from scaling import laws
 from scaling import results as results_lib
 
 LAWS = ('chinchilla', 'kaplan')
 
+FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
+flags.DEFINE_string('results', None, 'results CSV, one run per row', flag_values=FLAGS)
+flags.DEFINE_float('fit_below', None, 'fit on runs with FLOPs <= this', flag_values=FLAGS)
+flags.DEFINE_list('laws', list(LAWS), f'laws to validate, any of {",".join(LAWS)}', flag_values=FLAGS)
+flags.DEFINE_integer('bootstrap', 0, 'resamples of the fit set (0: none)', flag_values=FLAGS)
+flags.DEFINE_integer('seed', 0, 'bootstrap seed', flag_values=FLAGS)
+flags.DEFINE_string('params_col', 'params', 'N for Chinchilla', flag_values=FLAGS)
+flags.DEFINE_string('kaplan_params_col', 'non_embedding_params',
+                    'N for Kaplan (falls back to --params_col if the CSV lacks it)', flag_values=FLAGS)
+flags.DEFINE_string('lr', 'best', "lr sweeps: 'best' or the transferred lr", flag_values=FLAGS)
+flags.DEFINE_string('out', '', 'plot path (png)', flag_values=FLAGS)
+flags.mark_flags_as_required(['results', 'fit_below'], flag_values=FLAGS)
 
-def _fit(law: str, runs, starts=None, n_polish: int = 16):
+
+def _fit(law: str, runs: results_lib.Runs, starts=None, n_polish: int = 16):
   """(predict(N, D) -> loss, starts for refits) of `law` fitted on `runs`."""
   if law == 'chinchilla':
     out = fit_lib.fit_chinchilla(runs, n_polish=n_polish, starts=starts)
@@ -39,7 +54,7 @@ def _fit(law: str, runs, starts=None, n_polish: int = 16):
   raise ValueError(f'unknown law {law!r}: expected one of {LAWS}')
 
 
-def split(runs, fit_below: float):
+def split(runs: results_lib.Runs, fit_below: float) -> tuple[results_lib.Runs, results_lib.Runs]:
   """(fit runs, held-out runs): FLOPs <= fit_below vs above; ValueError if either is too small."""
   below = np.flatnonzero(runs.flops <= fit_below)
   above = np.flatnonzero(runs.flops > fit_below)
@@ -53,7 +68,8 @@ def split(runs, fit_below: float):
   return runs.subset(below), runs.subset(above)
 
 
-def validate(runs, fit_below: float, law: str, n_boot: int = 0, seed: int = 0):
+def validate(runs: results_lib.Runs, fit_below: float, law: str, n_boot: int = 0,
+             seed: int = 0) -> tuple[list[dict], tuple[np.ndarray, np.ndarray]]:
   """(rows, fitted): one row per held-out run (see the module docstring; lo / hi are None without
   bootstrap) and (observed, predicted) losses of the fitted runs."""
   fit_runs, held = split(runs, fit_below)
@@ -83,8 +99,9 @@ def validate(runs, fit_below: float, law: str, n_boot: int = 0, seed: int = 0):
            'hi': None if hi[i] is None else float(hi[i])} for i in range(len(held))], fitted
 
 
-def plot(report: dict, fit_runs: dict, path: str):
+def plot(report: dict, fit_runs: dict, path: str) -> None:
   """Predicted vs observed loss per law: fitted runs, held-out runs with their intervals."""
+  # Lazy: matplotlib is heavy and only needed with --out.
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -117,32 +134,23 @@ def plot(report: dict, fit_runs: dict, path: str):
   plt.close(fig)
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--results', required=True, help='results CSV, one run per row')
-  p.add_argument('--fit_below', type=float, required=True, help='fit on runs with FLOPs <= this')
-  p.add_argument('--laws', default=','.join(LAWS))
-  p.add_argument('--bootstrap', type=int, default=0, help='resamples of the fit set (0: none)')
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--params_col', default='params', help='N for Chinchilla')
-  p.add_argument('--kaplan_params_col', default='non_embedding_params',
-                 help="N for Kaplan (falls back to --params_col if the CSV lacks it)")
-  p.add_argument('--lr', default='best', help="lr sweeps: 'best' or the transferred lr")
-  p.add_argument('--out', default='', help='plot path (png)')
-  args = p.parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
+  cli.parse(FLAGS, argv, __doc__)
+  laws_asked = [x for x in FLAGS.laws if x]
+  if not laws_asked or any(x not in LAWS for x in laws_asked):
+    cli.usage_error(f'--laws={",".join(FLAGS.laws)}: expected one or more of {",".join(LAWS)}')
   report, fitted = {}, {}
   try:
-    with open(args.results, newline='', encoding='utf-8-sig') as f:
+    with open(FLAGS.results, newline='', encoding='utf-8-sig') as f:
       header = [h.strip() for h in next(csv.reader(f), [])]
-    for law in [x for x in args.laws.split(',') if x]:
-      if law not in LAWS:
-        raise ValueError(f'--laws: {law!r} is not one of {LAWS}')
-      col = args.params_col
-      if law == 'kaplan' and args.kaplan_params_col in header:
-        col = args.kaplan_params_col
-      runs = results_lib.read_results(args.results, params_col=col, lr=args.lr)
-      report[law], fitted[law] = validate(runs, args.fit_below, law, args.bootstrap, args.seed)
-      largest = runs.flops[runs.flops <= args.fit_below].max()
+    for law in laws_asked:
+      col = FLAGS.params_col
+      if law == 'kaplan' and FLAGS.kaplan_params_col in header:
+        col = FLAGS.kaplan_params_col
+      runs = results_lib.read_results(FLAGS.results, params_col=col, lr=FLAGS.lr)
+      report[law], fitted[law] = validate(runs, FLAGS.fit_below, law, FLAGS.bootstrap, FLAGS.seed)
+      largest = runs.flops[runs.flops <= FLAGS.fit_below].max()
   except (OSError, ValueError) as e:
     sys.exit(f'error: {e}')
   for law, rows in report.items():
@@ -155,8 +163,8 @@ def main(argv=None):
       ci = '' if r['lo'] is None else f'  [{r["lo"]:.4f}, {r["hi"]:.4f}]'
       print(f'  {r["name"]:<28} {r["flops"]:9.3g} observed {r["observed"]:.4f} predicted '
             f'{r["predicted"]:.4f} ({r["rel_error"]:+.2%}){ci}')
-  if args.out:
-    plot(report, fitted, args.out)
+  if FLAGS.out:
+    plot(report, fitted, FLAGS.out)
   print(json.dumps(report), flush=True)
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from scaling import fit
 from scaling import laws
+from scaling import plot
 from scaling import predict
 from scaling import results
 from scaling import validate
@@ -335,7 +336,6 @@ def test_cli_in_process_isoflop_and_kaplan(tmp_path, capsys):
   fit.main([f'--results={csv_path}', '--law=kaplan'])
   kap = json.loads(capsys.readouterr().out)
   assert kap['columns']['params'] == 'non_embedding_params' and kap['constants']['alpha_N'] > 0
-  from scaling import plot  # pylint: disable=g-import-not-at-top
   paths = plot.plot_all(runs, iso, str(tmp_path), 'iso')
   assert len(paths) == 3 and all(os.path.exists(p) for p in paths)
   with pytest.raises(SystemExit, match="missing column 'val_loss'"):
@@ -443,3 +443,21 @@ def test_envelope_errors_and_cli(tmp_path, capsys):
   out = json.loads(capsys.readouterr().out)
   assert out['law'] == 'envelope' and out['selection'] == 'every row'
   assert abs(out['constants']['a'] - TRUE_A) < 0.08 and out['bootstrap']['failed'] == 0
+
+
+def test_cli_usage_errors_help_and_separate_flags(capsys):
+  """absl flags per tool: bad usage is one `error:` line and exit 2; --help shows docstring and flags."""
+  for argv, flag in [(['--law=chinchilla'], '--results'), (['--results=x', '--law=foo'], '--law'),
+                     (['--results', 'x', '--bootstrap', 'many'], '--bootstrap')]:
+    with pytest.raises(SystemExit) as e:
+      fit.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and flag in err and err.count('\n') == 1
+  with pytest.raises(SystemExit) as e:
+    validate.main(['--help'])
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith('Hold-out validation') and '--fit_below' in out and '--kaplan_params_col' in out
+  # Same flag names on each tool's own FlagValues; a parse of one leaves the other's untouched.
+  assert fit.FLAGS is not validate.FLAGS and fit.FLAGS['results'] is not validate.FLAGS['results']
