@@ -15,10 +15,11 @@ def get_model_config() -> ml_collections.ConfigDict:
 
 
 def get_distill_config(**overrides) -> ml_collections.ConfigDict:
-  """The `distill` section (train/distill.py): teacher, temperature, mix, divergence, top-k."""
+  """The `distill` section (train/distill.py): teacher, temperature, mix, divergence, top-k,
+  sequence-KD generation."""
   d = ml_collections.ConfigDict()
   d.teacher = ''               # one of our workdirs, or 'hf:/path/to/dir'.
-  d.mode = 'online'            # 'online' | 'offline'
+  d.mode = 'online'            # 'online' | 'offline' | 'sequence' (Kim & Rush 2016 sequence KD)
   d.temperature = 1.0          # T > 0; both distributions are softened by T.
   d.alpha = 0.5                # weight of the T^2-scaled divergence; 1 - alpha on hard-label CE.
   d.divergence = 'forward'     # 'forward' | 'reverse' | 'mix'
@@ -26,6 +27,12 @@ def get_distill_config(**overrides) -> ml_collections.ConfigDict:
   d.top_k = 32                 # offline: stored teacher logits per token (1 <= k <= vocab).
   d.logits_dir = ''            # offline: where stored logits live; '' = <workdir>/teacher_logits.
   d.logits_dtype = 'float16'   # offline: stored values 'float16' | 'bfloat16' | 'float32'.
+  d.prompt_len = 32            # sequence: real tokens per row the teacher continues to seq_len + 1.
+  d.gen_temperature = 0.0      # sequence: 0 = greedy; > 0 samples (key from (seed, step)).
+  d.gen_top_k = 0              # sequence: sample from the k most likely tokens (0 = off).
+  d.gen_top_p = 1.0            # sequence: nucleus sampling mass (1 = off).
+  d.mask_prompt = True         # sequence: no loss on prompt tokens (Kim & Rush: output given source).
+  d.sequences_dir = ''         # sequence: the store; '' = <workdir>/teacher_sequences.
   d.update(overrides)
   return d
 
@@ -65,7 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = get_model_config()
 
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = 'stdlib_corpus'   # any TFDS text dataset name; default is the embedded corpus.
+  # A TFDS text dataset (default: the embedded corpus), or a mixture 'name=weight,name=weight'.
+  c.data.dataset = 'stdlib_corpus'
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir (e.g. gs://bucket/tfds).
   c.data.train_split = 'train'
   c.data.eval_split = 'validation'
@@ -73,6 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.tokenizer = 'byte'          # 'byte' | path to a local HuggingFace tokenizer directory.
   c.data.seq_len = 256
   c.data.max_documents = 0           # 0: whole split; else read at most this many documents per split.
+  # Tokenized shards (`python -m train.data.prepare`; local or gs://): '' = <data_dir>/tokenized.
+  c.data.prepared_dir = ''
+  c.data.read_threads = 4            # grain threads reading upcoming batches (0: read when asked).
 
   c.train = ml_collections.ConfigDict()
   c.train.global_batch_size = 32     # sequences per optimizer step (all hosts, all microbatches).
@@ -118,4 +129,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed.coordinator_address = ''
   c.distributed.num_processes = 0
   c.distributed.process_id = -1
+
+  # Downstream tasks at every eval step through lm-evaluation-harness (train/harness.py),
+  # logged as lm_eval/<task>/<metric>; no tasks: off.
+  c.lm_eval = ml_collections.ConfigDict()
+  c.lm_eval.tasks = ()               # lm-eval task / group names, e.g. ('hellaswag', 'arc_easy').
+  c.lm_eval.include_path = ''        # a directory of extra task YAMLs (lm-eval's --include_path).
+  c.lm_eval.limit = 0                # documents per task (0: all).
+  c.lm_eval.num_fewshot = ml_collections.FieldReference(None, field_type=int)  # None: the task's own.
+  c.lm_eval.batch_size = 16          # rows per forward (rounded up to a multiple of data x fsdp).
   return c

@@ -1,11 +1,14 @@
 """Distillation at CPU scale on the embedded corpus: a teacher, and one student trained
-from scratch or distilled from it (online or from stored top-k logits), on the same tokens.
+from scratch or distilled from it (online, from stored top-k logits, or on the teacher's own
+continuations: sequence-level KD), on the same number of tokens.
 
 Variants (`--config=configs/distill.py:<variant>`):
   teacher   the teacher, trained by the core trainer (a plain LM config, no `distill` section)
   scratch   the student alone (plain LM training), same data/steps as the distilled runs
   online    the student distilled online (teacher forward inside the jitted step)
   offline   the student distilled from stored top-k teacher logits
+  sequence  sequence-level KD (Kim & Rush 2016): the teacher continues the first 32 tokens of
+            each training row greedily; the student trains on those rows (CE on the continuation)
 
 Commands, from the repo root (results in docs/distillation.md):
 
@@ -14,6 +17,14 @@ Commands, from the repo root (results in docs/distillation.md):
   python main.py --config=configs/distill.py:online  --workdir=workdirs/distill/online
   python -m train.distill_store --config=configs/distill.py:offline --workdir=workdirs/distill/offline
   python main.py --config=configs/distill.py:offline --workdir=workdirs/distill/offline
+  python -m train.distill_store --config=configs/distill.py:sequence --workdir=workdirs/distill/sequence
+  python main.py --config=configs/distill.py:sequence --workdir=workdirs/distill/sequence
+  # sequence ablations reusing that store (S), and a sampled store:
+  S=--config.distill.sequences_dir=$PWD/workdirs/distill/sequence/teacher_sequences
+  python main.py --config=configs/distill.py:sequence --workdir=workdirs/distill/sequence_nomask $S --config.distill.mask_prompt=False
+  python main.py --config=configs/distill.py:sequence --workdir=workdirs/distill/sequence_word $S --config.distill.alpha=0.5
+  python -m train.distill_store --config=configs/distill.py:sequence --workdir=workdirs/distill/sequence_t1 --config.distill.gen_temperature=1.0
+  python main.py --config=configs/distill.py:sequence --workdir=workdirs/distill/sequence_t1 --config.distill.gen_temperature=1.0
 
 The teacher defaults to <repo>/workdirs/distill/teacher; point elsewhere (one of our workdirs
 or 'hf:/path/to/dir') with --config.distill.teacher=... . Any `distill` key can be overridden
@@ -25,7 +36,7 @@ from configs import base
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER_WORKDIR = os.path.join(REPO, 'workdirs', 'distill', 'teacher')
-VARIANTS = ('teacher', 'scratch', 'online', 'offline')
+VARIANTS = ('teacher', 'scratch', 'online', 'offline', 'sequence')
 
 
 def _common(c):
@@ -49,7 +60,8 @@ def student_model(m):
 def distill_section():
   return base.get_distill_config(
       teacher=TEACHER_WORKDIR, mode='online', temperature=1.0, alpha=0.5, divergence='forward',
-      mix_weight=0.5, top_k=32, logits_dir='', logits_dtype='float16')
+      mix_weight=0.5, top_k=32, logits_dir='', logits_dtype='float16', prompt_len=32,
+      gen_temperature=0.0, gen_top_k=0, gen_top_p=1.0, mask_prompt=True, sequences_dir='')
 
 
 def get_config(variant: str = 'online'):
@@ -65,4 +77,6 @@ def get_config(variant: str = 'online'):
     return c
   c.distill = distill_section()
   c.distill.mode = variant
+  if variant == 'sequence':
+    c.distill.alpha = 0.0   # pure Seq-KD: CE on the teacher's rows, no teacher at train time.
   return c

@@ -2,7 +2,8 @@
 
   python main.py --config=configs/llama.py:1b --workdir=gs://bucket/runs/llama_1b
 
-Sizes: 100m, 300m, 1b (Llama-3.2-1B shape), 3b (Llama-3.2-3B), 7b (Llama-2-7B), 8b (Llama-3-8B).
+Sizes: 100m, 300m, 1b (Llama-3.2-1B shape), 3b (Llama-3.2-3B), 7b (Llama-2-7B), 8b (Llama-3-8B);
+1b and 3b have Llama-3.2's rope scaling, so `init_from=hf:` loads those checkpoints.
 Defaults train on the embedded corpus with the byte tokenizer so the command runs anywhere;
 for real runs set --config.data.dataset=..., --config.data.data_dir=gs://... and
 --config.data.tokenizer=/path/to/hf_tokenizer_dir (vocab must fit model.vocab_size).
@@ -19,6 +20,9 @@ SIZES = {
     '7b': (32, 4096, 32, 32, 11008, 32000, False, 10000.0, 3e-4),
     '8b': (32, 4096, 32, 8, 14336, 128256, False, 500000.0, 3e-4),
 }
+# Llama-3.2's rope scaling (HF rope_scaling 'llama3').
+LLAMA3_ROPE = dict(rope_scaling='llama3', rope_factor=32.0, rope_low_freq_factor=1.0,
+                   rope_high_freq_factor=4.0, rope_original_max_len=8192)
 
 
 def get_config(size: str = '1b'):
@@ -30,6 +34,8 @@ def get_config(size: str = '1b'):
                  n_kv_heads=n_kv, d_ff=d_ff, max_len=2048, positions='rope', rope_theta=theta,
                  norm='rmsnorm', norm_eps=1e-5, mlp='swiglu', tie_embeddings=tied,
                  use_bias=False, dtype='bfloat16', remat='dots_no_batch')
+  if size in ('1b', '3b'):
+    c.model.update(LLAMA3_ROPE)
   c.data.seq_len = 2048
   c.train.update(global_batch_size=256, grad_accum_steps=1, total_tokens=20 * 10**9,
                  log_every=100, eval_every=2000, eval_batches=20, checkpoint_every=1000,

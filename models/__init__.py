@@ -1,7 +1,8 @@
 """Decoder-only transformers (GPT-2 and LLaMA families): config, init and forward.
 
 Public API: `init(model_config, rng)`, `logits(model_config, params, tokens)`,
-`logical_axes(model_config)`. Params are plain pytrees of float32 arrays.
+`logical_axes(model_config)`,
+`generate(model_config, params, prompts, max_new_tokens, ...)` (KV-cached sampling). Params are plain pytrees of float32 arrays.
 """
 import functools
 
@@ -13,6 +14,7 @@ from jax.sharding import PartitionSpec
 
 from models import parametrization
 from models.config import ModelConfig
+from models.generation import generate
 from models.transformer import Transformer, head_dim, kv_heads
 
 
@@ -62,5 +64,5 @@ def logits(model_config, params, tokens_BxL):
   return _logits(ModelConfig.make(model_config), params, tokens_BxL)
 
 
-__all__ = ['ModelConfig', 'Transformer', 'init', 'logits', 'logical_axes', 'param_shapes',
+__all__ = ['ModelConfig', 'Transformer', 'generate', 'init', 'logits', 'logical_axes', 'param_shapes',
            'param_scales', 'head_dim', 'kv_heads']

@@ -19,12 +19,21 @@ class ModelConfig:
   max_len: int = 256                # context length (size of learned position table / rope cache).
   positions: str = 'learned'        # 'learned' | 'rope'
   rope_theta: float = 10000.0
+  rope_scaling: str = 'none'        # HF rope_type: 'none' | 'linear' | 'dynamic' | 'llama3'
+  rope_factor: float = 1.0          # linear, dynamic, llama3: the scaling factor.
+  rope_low_freq_factor: float = 1.0   # llama3.
+  rope_high_freq_factor: float = 4.0  # llama3.
+  rope_original_max_len: int = 0    # llama3: HF original_max_position_embeddings; dynamic: max_len cap.
   norm: str = 'layernorm'           # 'layernorm' | 'rmsnorm'
   norm_eps: float = 1e-5
-  mlp: str = 'gelu'                 # 'gelu' | 'swiglu'
+  norm_plus_one: bool = False       # norms multiply by (1 + scale), scale zero-init (Gemma).
+  qk_norm: bool = False             # queries and keys normed per head over head_dim, before rope (Qwen3).
+  mlp: str = 'gelu'                 # 'gelu' | 'swiglu' | 'geglu' (gated, tanh GELU: Gemma)
+  embed_scale: bool = False         # token embeddings x sqrt(d_model) in the compute dtype (Gemma).
   tie_embeddings: bool = True
   use_bias: bool = True
   qkv_bias: bool = False            # q/k/v projection biases even when use_bias is False (Qwen2).
+  out_bias: bool = False            # attention out-projection bias even when use_bias is False.
   init_std: float = 0.02
   dtype: str = 'float32'            # compute dtype: 'float32' | 'bfloat16' | 'float16'. Params stay float32.
   fp8: bool = False                 # simulate fp8: dense-layer matmul inputs rounded to float8_e4m3fn.
@@ -54,15 +63,35 @@ class ModelConfig:
     return dataclasses.replace(self, **kw)
 
 
+
+def head_dim(cfg) -> int:
+  """Per-head width: model.head_dim, or d_model // n_heads when unset (ModelConfig or ConfigDict)."""
+  return cfg.head_dim or cfg.d_model // cfg.n_heads
+
+
+def kv_heads(cfg) -> int:
+  """Key/value heads: model.n_kv_heads, or n_heads (multi-head attention) when unset."""
+  return cfg.n_kv_heads or cfg.n_heads
+
+
 # Allowed values of the string fields (validated in train/validation.py).
 CHOICES = {
     'positions': ('learned', 'rope'),
     'norm': ('layernorm', 'rmsnorm'),
-    'mlp': ('gelu', 'swiglu'),
+    'rope_scaling': ('none', 'linear', 'dynamic', 'llama3'),
+    'mlp': ('gelu', 'swiglu', 'geglu'),
     'dtype': ('float32', 'bfloat16', 'float16'),
     'remat': ('none', 'full', 'dots', 'dots_no_batch'),
     'attention_impl': ('xla', 'cudnn', 'auto'),
     'parametrization': ('sp', 'mup', 'umup'),
+}
+# The rope fields each rope_scaling reads (the others must keep their defaults).
+ROPE_FIELDS = {
+    'none': (),
+    'linear': ('rope_factor',),
+    'dynamic': ('rope_factor', 'rope_original_max_len'),
+    'llama3': ('rope_factor', 'rope_low_freq_factor', 'rope_high_freq_factor',
+               'rope_original_max_len'),
 }
 
 

@@ -1,4 +1,4 @@
-"""HuggingFace interop: GPT-2 / LLaMA / Mistral / Qwen2 checkpoint directories <-> our params.
+"""HuggingFace interop: GPT-2 / LLaMA / Mistral / Qwen2 / Qwen3 / Gemma checkpoints <-> our params.
 
 `import_checkpoint` reads config.json and safetensors weights (single file or sharded index) into
 a ModelConfig and float32 params, optionally straight into sharded arrays where each device
@@ -21,30 +21,56 @@ import safetensors
 import safetensors.numpy
 
 import models
-from models.config import ModelConfig
+from models.config import ROPE_FIELDS, ModelConfig
 from models.transformer import head_dim, kv_heads
 
-LLAMA_TYPES = ('llama', 'mistral', 'qwen2')
+LLAMA_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3', 'gemma')  # HF names as LLaMA's.
 SUPPORTED_TYPES = ('gpt2',) + LLAMA_TYPES
+ROPE_TYPES = {'default': 'none', 'linear': 'linear', 'dynamic': 'dynamic', 'llama3': 'llama3'}
+# Families refused with their reason (any other unknown model_type gets the supported list).
+_REFUSED_TYPES = {
+    'gemma2': 'Gemma-2 (attention/final logit soft-capping, pre- and post-norms, alternating '
+              'sliding window, query_pre_attn_scalar) is not implemented',
+    'gemma3_text': 'Gemma-3 (as Gemma-2 without soft-capping, plus q/k norms and local/global '
+                   'rope) is not implemented',
+}
 SAFETENSORS_FILE = 'model.safetensors'
 SAFETENSORS_INDEX = 'model.safetensors.index.json'
 # Buffers some checkpoints carry that are not parameters (causal masks, rope caches).
 _IGNORED_KEYS = re.compile(r'(\.attn\.bias|\.attn\.masked_bias|rotary_emb\.inv_freq)$')
 # Fields that change the math but not the tensor shapes: an explicit model_config must agree.
-_ARCH_FIELDS = ('positions', 'norm', 'mlp', 'tie_embeddings', 'use_bias', 'qkv_bias', 'n_heads',
-                'n_kv_heads', 'head_dim', 'norm_eps')
+_ARCH_FIELDS = ('positions', 'norm', 'mlp', 'tie_embeddings', 'use_bias', 'qkv_bias', 'out_bias',
+                'n_heads', 'n_kv_heads', 'head_dim', 'norm_eps', 'norm_plus_one', 'qk_norm',
+                'embed_scale')
 
 
 # --------------------------------------------------------------------------- configs
 
 
-def _rope_theta(hf: dict) -> float:
-  """rope_theta from v5 `rope_parameters` or v4 `rope_theta`/`rope_scaling`; scaled rope refused."""
+def _rope(hf: dict) -> dict:
+  """ModelConfig rope fields from v5 `rope_parameters` or v4 `rope_theta`/`rope_scaling`."""
   rope = hf.get('rope_parameters') or hf.get('rope_scaling') or {}
+  if any(isinstance(v, dict) for v in rope.values()):
+    raise NotImplementedError(f'per-layer-type rope parameters ({sorted(rope)}) are not supported')
   rope_type = rope.get('rope_type', rope.get('type', 'default'))
+  if rope_type not in ROPE_TYPES:
+    raise NotImplementedError(f'rope scaling {rope_type!r} ({rope}) is not supported; supported '
+                              f'rope types: {sorted(ROPE_TYPES)}')
+  partial = rope.get('partial_rotary_factor', hf.get('partial_rotary_factor', 1.0))
+  if partial != 1.0:
+    raise NotImplementedError(f'partial_rotary_factor {partial}: rope on part of the head')
+  out = dict(rope_theta=float(rope.get('rope_theta', hf.get('rope_theta', 10000.0))),
+             rope_scaling=ROPE_TYPES[rope_type])
   if rope_type != 'default':
-    raise NotImplementedError(f'rope scaling {rope_type!r} ({rope}) is not supported')
-  return float(rope.get('rope_theta', hf.get('rope_theta', 10000.0)))
+    out['rope_factor'] = float(rope['factor'])
+  if rope_type == 'dynamic':  # transformers rescales past max_position_embeddings.
+    out['rope_original_max_len'] = hf['max_position_embeddings']
+  if rope_type == 'llama3':
+    out.update(rope_low_freq_factor=float(rope['low_freq_factor']),
+               rope_high_freq_factor=float(rope['high_freq_factor']),
+               rope_original_max_len=int(rope.get('original_max_position_embeddings',
+                                                  hf['max_position_embeddings'])))
+  return out
 
 
 def _gpt2_config(hf: dict) -> ModelConfig:
@@ -65,26 +91,37 @@ def _gpt2_config(hf: dict) -> ModelConfig:
 
 
 def _llama_config(hf: dict) -> ModelConfig:
-  """LLaMA, Mistral and Qwen2: rmsnorm, rope, SwiGLU, GQA; they differ only in biases."""
-  act = hf.get('hidden_act', 'silu')
-  if act != 'silu':
-    raise NotImplementedError(f'{hf["model_type"]} hidden_act {act!r}: only silu (SwiGLU)')
-  if hf['model_type'] == 'qwen2':
-    use_bias, qkv_bias = False, True
-  else:
-    attention_bias, mlp_bias = hf.get('attention_bias', False), hf.get('mlp_bias', False)
-    if attention_bias != mlp_bias:
-      raise NotImplementedError(
-          f'attention_bias={attention_bias} with mlp_bias={mlp_bias}: use_bias covers both')
-    use_bias, qkv_bias = attention_bias, False
+  """LLaMA, Mistral, Qwen2, Qwen3 and Gemma: rmsnorm, rope, gated MLP, GQA. Qwen3 adds q/k norms;
+  Gemma has (1 + w) norms, GeGLU and embeddings x sqrt(d_model)."""
+  model_type = hf['model_type']
+  gemma = model_type == 'gemma'
+  act = hf.get('hidden_act', 'gelu_pytorch_tanh' if gemma else 'silu')
+  acts = ('gelu', 'gelu_pytorch_tanh', 'gelu_new', 'gelu_fast') if gemma else ('silu',)
+  if act not in acts:  # Gemma's legacy 'gelu' means the tanh approximation (as in transformers).
+    raise NotImplementedError(f'{model_type} hidden_act {act!r}: only {" / ".join(acts)}')
+  if hf.get('use_bidirectional_attention'):
+    raise NotImplementedError(f'{model_type} use_bidirectional_attention: only causal attention')
+  attention_bias, mlp_bias = hf.get('attention_bias', False), hf.get('mlp_bias', False)
+  if model_type == 'qwen2':  # q/k/v biases only.
+    use_bias, qkv_bias, out_bias = False, True, False
+  elif attention_bias and mlp_bias:
+    use_bias, qkv_bias, out_bias = True, False, False
+  elif mlp_bias:
+    raise NotImplementedError('mlp_bias=True with attention_bias=False: MLP biases come only '
+                              'with attention biases (use_bias)')
+  else:  # attention_bias alone: q/k/v and out-projection biases.
+    use_bias, qkv_bias, out_bias = False, attention_bias, attention_bias
   d, h = hf['hidden_size'], hf['num_attention_heads']
+  head_dim_default = {'qwen3': 128, 'gemma': 256}.get(model_type)  # the config classes' defaults.
   return ModelConfig(
       vocab_size=hf['vocab_size'], d_model=d, n_layers=hf['num_hidden_layers'], n_heads=h,
-      n_kv_heads=hf.get('num_key_value_heads') or h, head_dim=hf.get('head_dim') or d // h,
-      d_ff=hf['intermediate_size'], max_len=hf['max_position_embeddings'], positions='rope',
-      rope_theta=_rope_theta(hf), norm='rmsnorm', norm_eps=hf.get('rms_norm_eps', 1e-6),
-      mlp='swiglu', tie_embeddings=hf.get('tie_word_embeddings', False), use_bias=use_bias,
-      qkv_bias=qkv_bias, init_std=hf.get('initializer_range', 0.02))
+      n_kv_heads=hf.get('num_key_value_heads') or h,
+      head_dim=hf.get('head_dim', head_dim_default) or d // h, d_ff=hf['intermediate_size'],
+      max_len=hf['max_position_embeddings'], positions='rope', **_rope(hf), norm='rmsnorm',
+      norm_eps=hf.get('rms_norm_eps', 1e-6), norm_plus_one=gemma, qk_norm=model_type == 'qwen3',
+      mlp='geglu' if gemma else 'swiglu', embed_scale=gemma,
+      tie_embeddings=hf.get('tie_word_embeddings', gemma), use_bias=use_bias, qkv_bias=qkv_bias,
+      out_bias=out_bias, init_std=hf.get('initializer_range', 0.02))
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -94,13 +131,15 @@ def config_from_hf(hf: dict) -> ModelConfig:
     return _gpt2_config(hf)
   if model_type in LLAMA_TYPES:
     return _llama_config(hf)
+  if model_type in _REFUSED_TYPES:
+    raise NotImplementedError(f'model_type {model_type!r}: {_REFUSED_TYPES[model_type]}')
   raise NotImplementedError(f'model_type {model_type!r}: supported are {SUPPORTED_TYPES}')
 
 
 def _sliding_window(hf: dict):
   """The sliding attention window the checkpoint uses on some layer, or None."""
   window = hf.get('sliding_window')
-  if hf.get('model_type') == 'qwen2':
+  if hf.get('model_type') in ('qwen2', 'qwen3'):
     layer_types = hf.get('layer_types') or ()
     uses = hf.get('use_sliding_window', False) or 'sliding_attention' in layer_types
     return window if uses else None
@@ -116,11 +155,23 @@ def _check_window(hf: dict, cfg: ModelConfig):
         f'exceeds the window; pass model_config with max_len <= {window}')
 
 
+def _check_dynamic_rope(cfg: ModelConfig):
+  """Dynamic NTK rope equals plain rope only on sequences within max_position_embeddings."""
+  if cfg.rope_scaling == 'dynamic' and cfg.max_len > cfg.rope_original_max_len:
+    raise NotImplementedError(
+        f'dynamic NTK rope: max_len {cfg.max_len} exceeds max_position_embeddings '
+        f'{cfg.rope_original_max_len}, past which transformers rescales rope_theta with each '
+        'call\'s length (and keeps it across calls), which fixed shapes cannot reproduce; '
+        f'pass model_config with max_len <= {cfg.rope_original_max_len}')
+
+
 def _check_arch(cfg: ModelConfig, target: ModelConfig):
   """A given model_config must agree with the checkpoint on everything the shapes don't show."""
   norm = lambda c: c.replace(n_kv_heads=kv_heads(c), head_dim=head_dim(c))
   got, want = norm(cfg), norm(target)
-  fields = _ARCH_FIELDS + (('rope_theta',) if cfg.positions == 'rope' else ())
+  fields = _ARCH_FIELDS
+  if cfg.positions == 'rope':
+    fields += ('rope_theta', 'rope_scaling') + ROPE_FIELDS[cfg.rope_scaling]
   bad = [f'{f}: checkpoint {getattr(got, f)!r}, model_config {getattr(want, f)!r}'
          for f in fields if getattr(got, f) != getattr(want, f)]
   if bad:
@@ -135,7 +186,7 @@ def _check_sp(cfg: ModelConfig, what: str):
 
 
 def to_hf_config(model_config):
-  """transformers GPT2Config / LlamaConfig / Qwen2Config for `model_config`.
+  """transformers GPT2Config / LlamaConfig / Qwen2Config / Qwen3Config / GemmaConfig for it.
 
   ValueError for configs no HF family expresses (e.g. learned positions with rmsnorm).
   """
@@ -143,11 +194,13 @@ def to_hf_config(model_config):
   cfg = ModelConfig.make(model_config)
   d, h, k, dh = cfg.d_model, cfg.n_heads, kv_heads(cfg), head_dim(cfg)
   if cfg.positions == 'learned':
-    if (cfg.norm, cfg.mlp, cfg.use_bias, k, h * dh) != ('layernorm', 'gelu', True, h, d):
+    extras = [f for f in ('norm_plus_one', 'qk_norm', 'embed_scale') if getattr(cfg, f)]
+    if (cfg.norm, cfg.mlp, cfg.use_bias, k, h * dh) != ('layernorm', 'gelu', True, h, d) or extras:
       raise ValueError(
           'learned positions export as GPT-2, which needs norm=layernorm, mlp=gelu, use_bias=True, '
           f'n_kv_heads=n_heads and n_heads*head_dim=d_model; got norm={cfg.norm}, mlp={cfg.mlp}, '
-          f'use_bias={cfg.use_bias}, n_kv_heads={k}, n_heads={h}, head_dim={dh}, d_model={d}')
+          f'use_bias={cfg.use_bias}, n_kv_heads={k}, n_heads={h}, head_dim={dh}, d_model={d}'
+          + ''.join(f', {f}=True' for f in extras))
     tokens = {} if cfg.vocab_size > 50256 else {'bos_token_id': None, 'eos_token_id': None}
     hf = transformers.GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=d, n_layer=cfg.n_layers,
@@ -157,21 +210,52 @@ def to_hf_config(model_config):
         dtype='float32', **tokens)
     hf.architectures = ['GPT2LMHeadModel']
     return hf
-  if cfg.positions != 'rope' or cfg.norm != 'rmsnorm' or cfg.mlp != 'swiglu':
+  gemma = (cfg.norm_plus_one, cfg.embed_scale, cfg.mlp == 'geglu')
+  if cfg.positions != 'rope' or cfg.norm != 'rmsnorm' or cfg.mlp == 'gelu' or len(set(gemma)) > 1:
     raise ValueError(
-        'HF export supports GPT-2 (learned, layernorm, gelu) and LLaMA/Qwen2 (rope, rmsnorm, '
-        f'swiglu); got positions={cfg.positions}, norm={cfg.norm}, mlp={cfg.mlp}')
+        'HF export supports GPT-2 (learned, layernorm, gelu), LLaMA/Qwen2/Qwen3 (rope, rmsnorm, '
+        'swiglu) and Gemma (rope, rmsnorm with norm_plus_one, geglu, embed_scale); got '
+        f'positions={cfg.positions}, norm={cfg.norm}, mlp={cfg.mlp}, '
+        f'norm_plus_one={cfg.norm_plus_one}, embed_scale={cfg.embed_scale}')
+  attention_bias = cfg.qkv_bias and cfg.out_bias and not cfg.use_bias  # q/k/v/o biases only.
+  if (cfg.qk_norm or all(gemma)) and (cfg.use_bias or cfg.qkv_bias != cfg.out_bias):
+    raise ValueError('Qwen3 and Gemma have no MLP biases and q/k/v biases only with an '
+                     f'out-projection bias; got use_bias={cfg.use_bias}, '
+                     f'qkv_bias={cfg.qkv_bias}, out_bias={cfg.out_bias}')
+  if cfg.qk_norm and all(gemma):
+    raise ValueError('qk_norm with Gemma norms/MLP (Gemma-3) has no HF export here')
+  if cfg.out_bias and not cfg.qkv_bias and not cfg.use_bias:
+    raise ValueError('out_bias without qkv_bias has no HF family')
+  rope = {'rope_type': {'none': 'default'}.get(cfg.rope_scaling, cfg.rope_scaling),
+          'rope_theta': cfg.rope_theta}
+  max_len = cfg.max_len
+  if cfg.rope_scaling != 'none':
+    rope['factor'] = cfg.rope_factor
+  if cfg.rope_scaling == 'dynamic':  # transformers rescales past max_position_embeddings.
+    max_len = cfg.rope_original_max_len
+  if cfg.rope_scaling == 'llama3':
+    rope.update(low_freq_factor=cfg.rope_low_freq_factor,
+                high_freq_factor=cfg.rope_high_freq_factor,
+                original_max_position_embeddings=cfg.rope_original_max_len)
   common = dict(
       vocab_size=cfg.vocab_size, hidden_size=d, intermediate_size=cfg.d_ff,
       num_hidden_layers=cfg.n_layers, num_attention_heads=h, num_key_value_heads=k, head_dim=dh,
-      max_position_embeddings=cfg.max_len, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-      tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std, hidden_act='silu',
-      dtype='float32')
-  if cfg.qkv_bias and not cfg.use_bias:
-    hf = transformers.Qwen2Config(use_sliding_window=False, **common)
+      max_position_embeddings=max_len, rms_norm_eps=cfg.norm_eps, rope_parameters=rope,
+      tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std, dtype='float32')
+  if all(gemma):
+    hf = transformers.GemmaConfig(hidden_act='gelu_pytorch_tanh', attention_bias=attention_bias,
+                                  **common)
+    hf.architectures = ['GemmaForCausalLM']
+  elif cfg.qk_norm:
+    hf = transformers.Qwen3Config(hidden_act='silu', attention_bias=attention_bias,
+                                  use_sliding_window=False, **common)
+    hf.architectures = ['Qwen3ForCausalLM']
+  elif cfg.qkv_bias and not cfg.out_bias and not cfg.use_bias:
+    hf = transformers.Qwen2Config(hidden_act='silu', use_sliding_window=False, **common)
     hf.architectures = ['Qwen2ForCausalLM']
   else:
-    hf = transformers.LlamaConfig(attention_bias=cfg.use_bias, mlp_bias=cfg.use_bias, **common)
+    hf = transformers.LlamaConfig(hidden_act='silu', attention_bias=cfg.use_bias or attention_bias,
+                                  mlp_bias=cfg.use_bias, **common)
     hf.architectures = ['LlamaForCausalLM']
   return hf
 
@@ -233,6 +317,8 @@ def _llama_specs(cfg):
   for ours, theirs in (('wi', 'up_proj'), ('wg', 'gate_proj'), ('wo', 'down_proj')):
     layer['mlp', ours] = Spec(f'{h}mlp.{theirs}.weight', transpose=True)
     layer['mlp', ours + '_bias'] = Spec(f'{h}mlp.{theirs}.bias')
+  layer['attn', 'query_norm', 'scale'] = Spec(h + 'self_attn.q_norm.weight')  # Qwen3.
+  layer['attn', 'key_norm', 'scale'] = Spec(h + 'self_attn.k_norm.weight')
   return top, layer
 
 
@@ -423,6 +509,7 @@ def import_checkpoint(path: str, model_config=None, shardings=None):
     _check_arch(cfg, target)
     cfg = target
   _check_window(hf, cfg)
+  _check_dynamic_rope(cfg)
   by_path = None if shardings is None else {
       _path(p): s for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}
   leaves = _leaves(cfg, 'gpt2' if hf['model_type'] == 'gpt2' else 'llama')

@@ -23,7 +23,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from models.config import CHOICES
+from models.config import CHOICES, head_dim
 
 PARAMETRIZATIONS = CHOICES['parametrization']
 WIDTH_AXES = ('embed', 'mlp', 'heads', 'kv_heads', 'head_dim', 'norm')  # the rest: 'vocab', 'position'.
@@ -73,10 +73,6 @@ def _umup(c, role, w, n):
 
 
 TABLE = {'sp': _sp, 'mup': _mup, 'umup': _umup}
-
-
-def head_dim(c) -> int:
-  return c.head_dim or c.d_model // c.n_heads
 
 
 def axis_width_mults(c) -> dict:

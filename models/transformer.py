@@ -1,4 +1,4 @@
-"""Decoder-only transformer covering the GPT-2 and LLaMA families.
+"""Decoder-only transformer covering the GPT-2, LLaMA, Qwen and Gemma families.
 
 One flat set of small modules; the choices (positions, norm, MLP, attention heads, tied
 embeddings, biases) come from the `config.model` section. Parameters are float32 and carry
@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from models import parametrization
+from models.config import head_dim, kv_heads
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -20,14 +21,6 @@ REMAT_POLICIES = {
     'dots': jax.checkpoint_policies.checkpoint_dots,
     'dots_no_batch': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
-
-
-def head_dim(cfg) -> int:
-  return cfg.head_dim or cfg.d_model // cfg.n_heads
-
-
-def kv_heads(cfg) -> int:
-  return cfg.n_kv_heads or cfg.n_heads
 
 
 def _f32_dot_inputs(*xs):
@@ -84,19 +77,44 @@ class Norm(nn.Module):
     if cfg.norm == 'layernorm':
       x = x - x.mean(-1, keepdims=True)
     x = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + cfg.norm_eps)
-    x = x * _param(self, 'scale', (cfg.d_model,), ('norm',), nn.initializers.ones)
+    n = x.shape[-1]  # d_model, or head_dim for the q/k norms.
+    if cfg.norm_plus_one:  # Gemma: (1 + scale), scale zero-init.
+      x = x * (1.0 + _param(self, 'scale', (n,), ('norm',), nn.initializers.zeros))
+    else:
+      x = x * _param(self, 'scale', (n,), ('norm',), nn.initializers.ones)
     if cfg.norm == 'layernorm' and cfg.use_bias:
-      x = x + _param(self, 'bias', (cfg.d_model,), ('norm',), nn.initializers.zeros)
+      x = x + _param(self, 'bias', (n,), ('norm',), nn.initializers.zeros)
     return x.astype(DTYPES[cfg.dtype])
 
 
-def rope(x_BxLxHxDh, positions_L, theta):
-  """Rotary embedding, HF/LLaMA 'rotate half' layout (first and second halves pair up)."""
+def rope_frequencies(cfg, dh):
+  """Inverse frequencies [Dh/2] as transformers computes them for cfg.rope_scaling. 'dynamic'
+  rescales theta only past rope_original_max_len (per call, statefully): plain rope within it."""
+  inv_freq = 1.0 / cfg.rope_theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh)
+  if cfg.rope_scaling == 'linear':
+    return inv_freq / cfg.rope_factor
+  if cfg.rope_scaling == 'dynamic' and cfg.max_len > cfg.rope_original_max_len:
+    raise ValueError(f'rope_scaling dynamic: max_len {cfg.max_len} exceeds rope_original_max_len '
+                     f'{cfg.rope_original_max_len}, beyond which it depends on run-time lengths')
+  if cfg.rope_scaling == 'llama3':  # Low frequencies / factor, high kept, a smooth ramp between.
+    old, low, high = cfg.rope_original_max_len, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    wavelen = 2 * jnp.pi / inv_freq
+    scaled = jnp.where(wavelen > old / low, inv_freq / cfg.rope_factor, inv_freq)
+    smooth = (old / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled
+    return jnp.where((wavelen >= old / high) & (wavelen <= old / low), smoothed, scaled)
+  return inv_freq
+
+
+def rope(x_BxLxHxDh, positions, cfg):
+  """Rotary embedding, HF/LLaMA 'rotate half' layout (first and second halves pair up).
+  positions: [L] (shared by the batch) or [B, L] (per row, e.g. left-padded decoding)."""
   dh = x_BxLxHxDh.shape[-1]
-  inv_freq = 1.0 / theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh)
-  angles_LxDh2 = positions_L.astype(jnp.float32)[:, None] * inv_freq[None, :]
-  cos = jnp.cos(jnp.concatenate([angles_LxDh2] * 2, -1))[None, :, None, :]
-  sin = jnp.sin(jnp.concatenate([angles_LxDh2] * 2, -1))[None, :, None, :]
+  inv_freq = rope_frequencies(cfg, dh)
+  positions_BxL = jnp.atleast_2d(positions)
+  angles_BxLxDh2 = positions_BxL.astype(jnp.float32)[..., None] * inv_freq
+  cos = jnp.cos(jnp.concatenate([angles_BxLxDh2] * 2, -1))[:, :, None, :]
+  sin = jnp.sin(jnp.concatenate([angles_BxLxDh2] * 2, -1))[:, :, None, :]
   x = x_BxLxHxDh.astype(jnp.float32)
   x1, x2 = jnp.split(x, 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], axis=-1)
@@ -108,7 +126,10 @@ class Attention(nn.Module):
   cfg: object
 
   @nn.compact
-  def __call__(self, x_BxLxD):
+  def __call__(self, x_BxLxD, cache=None, ctx=None):
+    """Training: causal attention over x. Decoding (cache = (keys, values) [B, S, K, Dh], ctx
+    from `decode_context`): x's keys/values are written at slot ctx['index'] of the cache and
+    the queries attend over the cache under ctx's mask. Returns (output, updated cache or None)."""
     cfg = self.cfg
     D, H, K, Dh = cfg.d_model, cfg.n_heads, kv_heads(cfg), head_dim(cfg)
 
@@ -119,23 +140,44 @@ class Attention(nn.Module):
     q_BxLxHxDh = proj('query', H, 'heads')
     k_BxLxKxDh = proj('key', K, 'kv_heads')
     v_BxLxKxDh = proj('value', K, 'kv_heads')
+    if cfg.qk_norm:  # Qwen3: each head's query and key normed over head_dim, before rope.
+      q_BxLxHxDh = Norm(cfg, name='query_norm')(q_BxLxHxDh)
+      k_BxLxKxDh = Norm(cfg, name='key_norm')(k_BxLxKxDh)
     if cfg.positions == 'rope':
-      positions_L = jnp.arange(x_BxLxD.shape[1])
-      q_BxLxHxDh = rope(q_BxLxHxDh, positions_L, cfg.rope_theta)
-      k_BxLxKxDh = rope(k_BxLxKxDh, positions_L, cfg.rope_theta)
+      positions = jnp.arange(x_BxLxD.shape[1]) if ctx is None else ctx['positions_BxL']
+      q_BxLxHxDh = rope(q_BxLxHxDh, positions, cfg)
+      k_BxLxKxDh = rope(k_BxLxKxDh, positions, cfg)
+    if cache is not None:
+      return self._decode(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, cache, ctx)
     # Logits and softmax are computed in float32 inside dot_product_attention (XLA path);
     # 'cudnn' selects the fused flash kernel on GPU. GQA: K divides H, heads are grouped.
     o_BxLxHxDh = jax.nn.dot_product_attention(
         *_f32_dot_inputs(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh), is_causal=True,
         scale=parametrization.attention_scale(cfg),
         implementation=None if cfg.attention_impl == 'auto' else cfg.attention_impl)
-    o_BxLxHxDh = o_BxLxHxDh.astype(q_BxLxHxDh.dtype)
+    return self._out(o_BxLxHxDh.astype(q_BxLxHxDh.dtype)), None
+
+  def _out(self, o_BxLxHxDh):
+    cfg = self.cfg
+    H, Dh, D = cfg.n_heads, head_dim(cfg), cfg.d_model
     return _dense(self, 'out', o_BxLxHxDh, 'blhk,hkd->bld', (H, Dh, D),
-                  ('heads', 'head_dim', 'embed'), 1, cfg.use_bias)
+                  ('heads', 'head_dim', 'embed'), 1, cfg.use_bias or cfg.out_bias)
+
+  def _decode(self, q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, cache, ctx):
+    """Attention of L new tokens over the KV cache (S slots) after writing theirs at ctx['index']."""
+    k_BxSxKxDh, v_BxSxKxDh = (
+        jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), ctx['index'], axis=1)
+        for c, x in zip(cache, (k_BxLxKxDh, v_BxLxKxDh)))
+    o_BxLxHxDh = jax.nn.dot_product_attention(
+        *_f32_dot_inputs(q_BxLxHxDh, k_BxSxKxDh.astype(q_BxLxHxDh.dtype),
+                         v_BxSxKxDh.astype(q_BxLxHxDh.dtype)),
+        mask=ctx['mask_BxLxS'][:, None], scale=parametrization.attention_scale(self.cfg),
+        implementation='xla')
+    return self._out(o_BxLxHxDh.astype(q_BxLxHxDh.dtype)), (k_BxSxKxDh, v_BxSxKxDh)
 
 
 class Mlp(nn.Module):
-  """GELU MLP (GPT-2, tanh approximation) or SwiGLU (LLaMA)."""
+  """GELU MLP (GPT-2, tanh approximation), SwiGLU (LLaMA) or GeGLU (Gemma)."""
   cfg: object
 
   @nn.compact
@@ -147,9 +189,10 @@ class Mlp(nn.Module):
       return _dense(self, name, x, '...i,io->...o', shape, axes, 1, cfg.use_bias)
 
     h_BxLxF = dense('wi', x_BxLxD, (D, F), ('embed', 'mlp'))
-    if cfg.mlp == 'swiglu':
+    if cfg.mlp in ('swiglu', 'geglu'):
       gate_BxLxF = dense('wg', x_BxLxD, (D, F), ('embed', 'mlp'))
-      h_BxLxF = nn.silu(gate_BxLxF) * h_BxLxF
+      act = nn.silu if cfg.mlp == 'swiglu' else lambda g: nn.gelu(g, approximate=True)
+      h_BxLxF = act(gate_BxLxF) * h_BxLxF
     else:
       h_BxLxF = nn.gelu(h_BxLxF, approximate=True)
     h_BxLxF = nn.with_logical_constraint(h_BxLxF, ('batch', 'length', 'mlp'))
@@ -177,30 +220,47 @@ class Block(nn.Module):
   cfg: object
 
   @nn.compact
-  def __call__(self, x_BxLxD, layer):
+  def __call__(self, x_BxLxD, layer, cache=None, ctx=None):
     cfg = self.cfg
-    attn_BxLxD = Attention(cfg, name='attn')(Norm(cfg, name='attn_norm')(x_BxLxD))
+    attn_BxLxD, cache = Attention(cfg, name='attn')(Norm(cfg, name='attn_norm')(x_BxLxD), cache, ctx)
     x_BxLxD = _residual_add(cfg, x_BxLxD, _probe(self, 'attn_out', attn_BxLxD), 2 * layer)
     mlp_BxLxD = Mlp(cfg, name='mlp')(Norm(cfg, name='mlp_norm')(x_BxLxD))
     x_BxLxD = _residual_add(cfg, x_BxLxD, _probe(self, 'mlp_out', mlp_BxLxD), 2 * layer + 1)
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed'))
-    return _probe(self, 'residual', x_BxLxD), None
+    return _probe(self, 'residual', x_BxLxD), cache
+
+
+def decode_context(index, pads_B, length: int, cache_len: int) -> dict:
+  """Positions and attention mask of `length` new tokens written at cache slot `index`, for rows
+  left-padded by pads_B slots: a query at slot i sees slots pad..i of its row."""
+  slots_L = index + jnp.arange(length)
+  keys_S = jnp.arange(cache_len)
+  mask_BxLxS = ((keys_S[None, None, :] <= slots_L[None, :, None])
+                & (keys_S[None, None, :] >= pads_B[:, None, None]))
+  return {'index': index, 'positions_BxL': jnp.maximum(slots_L[None, :] - pads_B[:, None], 0),
+          'mask_BxLxS': mask_BxLxS}
 
 
 class Transformer(nn.Module):
-  """Token ids [B, L] -> float32 logits [B, L, V]."""
+  """Token ids [B, L] -> float32 logits [B, L, V]; when decoding (cache: keys and values
+  [N, B, S, K, Dh], ctx: `decode_context`) -> (logits, updated cache)."""
   cfg: object
 
   @nn.compact
-  def __call__(self, tokens_BxL):
+  def __call__(self, tokens_BxL, cache=None, ctx=None):
     cfg = self.cfg
     dtype = DTYPES[cfg.dtype]
     V, D = cfg.vocab_size, cfg.d_model
     embed_VxD = _param(self, 'embed', (V, D), ('vocab', 'embed'))
     x_BxLxD = jnp.take(embed_VxD, tokens_BxL, axis=0).astype(dtype)
+    if cfg.embed_scale:  # Gemma: x sqrt(d_model) rounded to the compute dtype, as HF does.
+      x_BxLxD = x_BxLxD * jnp.asarray(D ** 0.5, dtype)
     if cfg.positions == 'learned':
       pos_PxD = _param(self, 'pos_embed', (cfg.max_len, D), ('position', 'embed'))
-      x_BxLxD = x_BxLxD + pos_PxD[:tokens_BxL.shape[1]].astype(dtype)[None]
+      if ctx is None:
+        x_BxLxD = x_BxLxD + pos_PxD[:tokens_BxL.shape[1]].astype(dtype)[None]
+      else:
+        x_BxLxD = x_BxLxD + jnp.take(pos_PxD, ctx['positions_BxL'], axis=0).astype(dtype)
     x_BxLxD = _probe(self, 'embedding', nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed')))
     layer_N = jnp.arange(cfg.n_layers, dtype=jnp.int32)
 
@@ -210,11 +270,16 @@ class Transformer(nn.Module):
     if cfg.scan_layers:
       # One traced layer, params stacked on a leading 'layers' axis: compile time flat in depth.
       layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
-                       length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-      x_BxLxD, _ = layers(cfg, name='layers')(x_BxLxD, layer_N)
+                       in_axes=(0, 0, nn.broadcast), length=cfg.n_layers,
+                       metadata_params={nn.PARTITION_NAME: 'layers'})
+      x_BxLxD, cache = layers(cfg, name='layers')(x_BxLxD, layer_N, cache, ctx)
     else:
+      new = []
       for i in range(cfg.n_layers):
-        x_BxLxD, _ = block(cfg, name=f'layer_{i}')(x_BxLxD, layer_N[i])
+        layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
+        x_BxLxD, layer_cache = block(cfg, name=f'layer_{i}')(x_BxLxD, layer_N[i], layer_cache, ctx)
+        new.append(layer_cache)
+      cache = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new)
 
     x_BxLxD = _probe(self, 'final', Norm(cfg, name='final_norm')(x_BxLxD))
     if cfg.tie_embeddings:  # the shared table keeps its embedding init and lr (mup's MuSharedReadout).
@@ -228,4 +293,5 @@ class Transformer(nn.Module):
     logits_BxLxV = parametrization.apply(
         logits_BxLxV, parametrization.scales(cfg, ('embed', 'vocab'), (D, V)))
     self.sow('intermediates', 'logits', logits_BxLxV)
-    return nn.with_logical_constraint(logits_BxLxV, ('batch', 'length', 'vocab'))
+    logits_BxLxV = nn.with_logical_constraint(logits_BxLxV, ('batch', 'length', 'vocab'))
+    return logits_BxLxV if cache is None else (logits_BxLxV, cache)

@@ -68,10 +68,12 @@ def param_counts(config) -> dict:
   m = _model_config(config)
   d, v, f = m.d_model, m.vocab_size, m.d_ff
   h, k, dh = m.n_heads, models.kv_heads(m), models.head_dim(m)
-  norm = d * (2 if (m.norm == 'layernorm' and m.use_bias) else 1)
+  per_feature = 2 if (m.norm == 'layernorm' and m.use_bias) else 1  # norm scale (+ bias).
+  norm = d * per_feature
   qkv_bias = (h + 2 * k) * dh if (m.use_bias or m.qkv_bias) else 0
-  attn = d * dh * (h + 2 * k) + qkv_bias + h * dh * d + (d if m.use_bias else 0)
-  n_mats = 3 if m.mlp == 'swiglu' else 2
+  attn = (d * dh * (h + 2 * k) + qkv_bias + h * dh * d + (d if m.use_bias or m.out_bias else 0)
+          + (2 * per_feature * dh if m.qk_norm else 0))  # q/k norms over head_dim.
+  n_mats = 3 if m.mlp in ('swiglu', 'geglu') else 2
   mlp = n_mats * d * f + ((n_mats - 1) * f + d if m.use_bias else 0)
   layer = 2 * norm + attn + mlp
   out = {
@@ -128,7 +130,7 @@ def flops_per_token_chinchilla_forward(config, seq_len=None) -> float:
   s = _seq_len(config, seq_len)
   d, v, f = m.d_model, m.vocab_size, m.d_ff
   h, k, dh = m.n_heads, models.kv_heads(m), models.head_dim(m)
-  n_mats = 3 if m.mlp == 'swiglu' else 2
+  n_mats = 3 if m.mlp in ('swiglu', 'geglu') else 2
   per_layer = (2 * d * (h + 2 * k) * dh     # Q, K, V projections
                + 2 * s * h * dh             # QK^T logits
                + 3 * h * s                  # softmax

@@ -14,16 +14,39 @@ Chinchilla's N, the default) or 'non_embedding_params' (Kaplan's N).
 
   python -m scaling.family --targets=1e6,3e6,1e7 --aspect=32 --head_dim=16 --family=gpt2
 """
-import argparse
 import dataclasses
 import json
 import math
-from typing import Optional
+from typing import Iterable, Mapping, Optional, Sequence, Union
 
+from absl import flags
+import ml_collections
+
+from models.config import ROPE_FIELDS, ModelConfig
+from scaling import cli
 from scaling import count as count_lib
 
 FAMILIES = ('gpt2', 'llama')
 COUNTS = ('params', 'non_embedding_params')
+
+FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
+flags.DEFINE_list('targets', None, 'comma-separated parameter counts, e.g. 1e6,3e6,1e7',
+                  flag_values=FLAGS)
+flags.DEFINE_enum('family', 'gpt2', FAMILIES, 'shape family', flag_values=FLAGS)
+flags.DEFINE_float('aspect', 32.0, 'preferred d_model / n_layers', flag_values=FLAGS)
+flags.DEFINE_integer('head_dim', 16, 'head dimension (d_model is a multiple of it)', flag_values=FLAGS)
+flags.DEFINE_float('mlp_ratio', None, 'default 4 (gpt2) or 8/3 (llama)', flag_values=FLAGS)
+flags.DEFINE_integer('ff_multiple', 8, 'd_ff is rounded to a multiple of this', flag_values=FLAGS)
+flags.DEFINE_integer('gqa', 1, 'query heads per kv head', flag_values=FLAGS)
+flags.DEFINE_integer('vocab_size', 257, 'vocabulary size', flag_values=FLAGS)
+flags.DEFINE_integer('max_len', 128, 'context length', flag_values=FLAGS)
+flags.DEFINE_bool('untied', False, 'untied output head', flag_values=FLAGS)
+flags.DEFINE_enum('count', 'params', COUNTS, 'which count meets the target', flag_values=FLAGS)
+flags.DEFINE_float('tolerance', 0.05, 'relative; shapes within it are preferred by aspect ratio',
+                   flag_values=FLAGS)
+flags.DEFINE_integer('max_layers', 96, 'deepest shape searched', flag_values=FLAGS)
+flags.DEFINE_bool('json', False, 'print JSON (one object per member) instead', flag_values=FLAGS)
+flags.mark_flag_as_required('targets', flag_values=FLAGS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +64,7 @@ class ShapeRule:
   tolerance: float = 0.05           # relative; shapes within it are preferred by aspect ratio.
   max_layers: int = 96
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     if self.family not in FAMILIES:
       raise ValueError(f'family must be one of {FAMILIES}, got {self.family!r}')
     if self.count not in COUNTS:
@@ -53,12 +76,14 @@ class ShapeRule:
 
   @property
   def ratio(self) -> float:
+    """d_ff / d_model before rounding to ff_multiple."""
     if self.mlp_ratio is not None:
       return float(self.mlp_ratio)
     return 4.0 if self.family == 'gpt2' else 8.0 / 3.0
 
   @classmethod
-  def from_config(cls, section, model=None) -> 'ShapeRule':
+  def from_config(cls, section: Union[Mapping, ml_collections.ConfigDict, None],
+                  model: Union[Mapping, ml_collections.ConfigDict, None] = None) -> 'ShapeRule':
     """From a config section (dict-like); vocab_size / max_len / tie default to `model`'s."""
     d = section.to_dict() if hasattr(section, 'to_dict') else dict(section or {})
     if model is not None:
@@ -82,6 +107,8 @@ def model_section(rule: ShapeRule, n_layers: int, d_model: int) -> dict:
     out.update(positions='learned', norm='layernorm', mlp='gelu', use_bias=True)
   else:
     out.update(positions='rope', norm='rmsnorm', mlp='swiglu', use_bias=False)
+  # Members train from scratch with plain rope, whatever the base config's (e.g. Llama-3.2's).
+  out.update({k: getattr(ModelConfig(), k) for k in ('rope_scaling',) + ROPE_FIELDS['llama3']})
   if rule.gqa == 1:
     out['n_kv_heads'] = None
   return out
@@ -111,6 +138,7 @@ class Member:
 
   @property
   def aspect(self) -> float:
+    """d_model / n_layers."""
     return self.d_model / self.n_layers
 
 
@@ -167,12 +195,12 @@ def at_width(rule: ShapeRule, n_layers: int, d_model: int) -> Member:
                 matched=c[rule.count], model=m)
 
 
-def family(targets, rule: ShapeRule) -> list:
+def family(targets: Iterable[float], rule: ShapeRule) -> list[Member]:
   """design() for each target, in the given order."""
   return [design(t, rule) for t in targets]
 
 
-def table(members, rule: ShapeRule) -> str:
+def table(members: Sequence[Member], rule: ShapeRule) -> str:
   """A plain-text table of a family."""
   head = (f'{"target":>12} {"params":>12} {"non-embedding":>14} {"n_layers":>8} {"d_model":>7} '
           f'{"n_heads":>7} {"kv":>3} {"d_ff":>6} {"d/L":>6} {"error %":>8}')
@@ -187,34 +215,23 @@ def table(members, rule: ShapeRule) -> str:
   return '\n'.join(lines)
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--targets', required=True, help='comma-separated parameter counts, e.g. 1e6,3e6,1e7')
-  p.add_argument('--family', default='gpt2', choices=FAMILIES)
-  p.add_argument('--aspect', type=float, default=32.0, help='preferred d_model / n_layers')
-  p.add_argument('--head_dim', type=int, default=16)
-  p.add_argument('--mlp_ratio', type=float, default=None, help='default 4 (gpt2) or 8/3 (llama)')
-  p.add_argument('--ff_multiple', type=int, default=8)
-  p.add_argument('--gqa', type=int, default=1, help='query heads per kv head')
-  p.add_argument('--vocab_size', type=int, default=257)
-  p.add_argument('--max_len', type=int, default=128)
-  p.add_argument('--untied', action='store_true', help='untied output head')
-  p.add_argument('--count', default='params', choices=COUNTS, help='which count meets the target')
-  p.add_argument('--tolerance', type=float, default=0.05)
-  p.add_argument('--max_layers', type=int, default=96)
-  p.add_argument('--json', action='store_true', help='print JSON (one object per member) instead')
-  args = p.parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
+  cli.parse(FLAGS, argv, __doc__)
   try:
-    targets = [float(t) for t in args.targets.split(',') if t.strip()]
-    rule = ShapeRule(family=args.family, aspect=args.aspect, head_dim=args.head_dim,
-                     mlp_ratio=args.mlp_ratio, ff_multiple=args.ff_multiple, gqa=args.gqa,
-                     vocab_size=args.vocab_size, max_len=args.max_len,
-                     tie_embeddings=not args.untied, count=args.count, tolerance=args.tolerance,
-                     max_layers=args.max_layers)
+    targets = [float(t) for t in FLAGS.targets if t.strip()]
+  except ValueError:
+    cli.usage_error(f'--targets={",".join(FLAGS.targets)}: not a comma-separated list of numbers')
+  try:
+    rule = ShapeRule(family=FLAGS.family, aspect=FLAGS.aspect, head_dim=FLAGS.head_dim,
+                     mlp_ratio=FLAGS.mlp_ratio, ff_multiple=FLAGS.ff_multiple, gqa=FLAGS.gqa,
+                     vocab_size=FLAGS.vocab_size, max_len=FLAGS.max_len,
+                     tie_embeddings=not FLAGS.untied, count=FLAGS.count, tolerance=FLAGS.tolerance,
+                     max_layers=FLAGS.max_layers)
     members = family(targets, rule)
   except ValueError as e:
-    p.error(str(e))
-  if args.json:
+    cli.usage_error(e)
+  if FLAGS.json:
     for m in members:
       print(json.dumps({**dataclasses.asdict(m), 'error': m.error}))
   else:

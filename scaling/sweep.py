@@ -92,7 +92,11 @@ HASH_EXCLUDE = ('data.data_dir', 'distributed', 'mesh', 'train.async_checkpoint'
 # existing sweep directories stay valid.
 HASH_DEFAULTS = {'model.parametrization': 'sp', 'model.base_d_model': 0, 'model.base_d_ff': 0,
                  'model.base_head_dim': 0, 'model.fp8': False, 'train.loss_scale': 'auto',
-                 'train.loss_scale_init': 2.0**15, 'train.loss_scale_period': 2000}
+                 'train.loss_scale_init': 2.0**15, 'train.loss_scale_period': 2000,
+                 'model.rope_scaling': 'none', 'model.rope_factor': 1.0,
+                 'model.rope_low_freq_factor': 1.0, 'model.rope_high_freq_factor': 4.0,
+                 'model.rope_original_max_len': 0, 'model.norm_plus_one': False,
+                 'model.qk_norm': False, 'model.embed_scale': False, 'model.out_bias': False}
 MEMBER_FILE = 'sweep_member.json'
 RESULT_FILE = 'result.json'
 # The section's schema and defaults live with the configs (configs are data).

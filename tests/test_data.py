@@ -1,6 +1,11 @@
-"""Data layer tests: the offline stdlib corpus, tokenizers, packing, determinism, host sharding."""
+"""Data layer tests: the offline corpora, tokenizers, prepared shards (incl. a crash mid-prepare),
+packing, determinism, host slicing, mixtures, bad input, and resume on two processes."""
+import glob
+import hashlib
+import json
 import os
-import time
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,45 +13,48 @@ import tensorflow_datasets as tfds
 
 from configs import base
 from train.data import pipeline
+from train.data import prepare
+from train.data import shards
 from train.data import stdlib_corpus
 from train.data import tokenizers
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BYTE = tokenizers.ByteTokenizer()
 
 
+def _config(data_dir, **data):
+  c = base.get_config()
+  c.data.data_dir = data_dir
+  c.data.update(data)
+  return c
+
+
 @pytest.fixture(scope='session')
-def data_dir(tmp_path_factory):
-  """A tmp TFDS data_dir with stdlib_corpus built and both splits byte-tokenized once."""
+def corpus(data_dir):
+  """data_dir with stdlib_corpus built and both splits prepared (byte tokens) once."""
   tfds.disable_progress_bar()
-  path = str(tmp_path_factory.mktemp('tfds'))
-  start = time.time()
-  pipeline.load_builder('stdlib_corpus', path)
-  built = time.time()
-  streams = {s: pipeline.load_token_stream('stdlib_corpus', s, BYTE, path)
-             for s in ('train', 'validation')}
-  done = time.time()
-  print(f'\nstdlib_corpus: build {built - start:.1f}s, byte-tokenize {done - built:.1f}s; '
-        + '; '.join(f'{s}: {st.num_documents} docs, {st.num_bytes} bytes, {st.num_tokens} tokens, '
-                    f'bytes/token {st.bytes_per_token:.6f}, unigram entropy '
-                    f'{st.unigram_byte_entropy_bits:.4f} bits' for s, st in streams.items()))
-  return path
-
-
-@pytest.fixture(scope='session')
-def train_stream(data_dir):
-  return pipeline.load_token_stream('stdlib_corpus', 'train', BYTE, data_dir)
+  pipeline.make_datasets(_config(data_dir, seq_len=64), 0, 1)
+  return data_dir
 
 
 def _read(data_dir, split, key, n=None):
   ds = tfds.builder('stdlib_corpus', data_dir=data_dir).as_dataset(split=split, shuffle_files=False)
-  if n:
-    ds = ds.take(n)
-  return [ex[key] for ex in tfds.as_numpy(ds)]
+  return [ex[key] for ex in tfds.as_numpy(ds.take(n) if n else ds)]
 
 
-def test_corpus_splits_disjoint_and_deterministic(data_dir):
-  train = {p.decode() for p in _read(data_dir, 'train', 'path')}
-  val = {p.decode() for p in _read(data_dir, 'validation', 'path')}
+def _packed(docs) -> np.ndarray:
+  return np.concatenate([np.append(np.frombuffer(d, np.uint8).astype(np.int64), BYTE.eos_id)
+                         for d in docs])
+
+
+def _snapshot(path):
+  return {p: hashlib.sha1(open(p, 'rb').read()).hexdigest()
+          for p in sorted(glob.glob(os.path.join(path, '**'), recursive=True)) if os.path.isfile(p)}
+
+
+def test_corpus_splits_disjoint_and_deterministic(corpus):
+  train = {p.decode() for p in _read(corpus, 'train', 'path')}
+  val = {p.decode() for p in _read(corpus, 'validation', 'path')}
   files = stdlib_corpus.list_files()
   assert files == sorted(files) == stdlib_corpus.list_files()
   assert not any('site-packages' in f or 'dist-packages' in f for f in files)
@@ -57,59 +65,219 @@ def test_corpus_splits_disjoint_and_deterministic(data_dir):
   assert 0.01 < len(val) / len(files) < 0.1
 
 
-def test_packing_matches_documents_and_cache(data_dir):
+def test_prepared_rows_are_the_documents_packed(corpus):
   n_docs, seq_len = 5, 63
-  stream = pipeline.load_token_stream('stdlib_corpus', 'train', BYTE, data_dir, max_documents=n_docs)
-  docs = _read(data_dir, 'train', 'text', n_docs)
-  expected = np.concatenate([np.append(np.frombuffer(d, np.uint8).astype(np.int64), BYTE.eos_id)
-                             for d in docs])
-  np.testing.assert_array_equal(stream.tokens, expected)
-  assert (stream.tokens == BYTE.eos_id).sum() == n_docs and stream.tokens[-1] == BYTE.eos_id
-  assert stream.num_documents == n_docs and stream.num_bytes == sum(map(len, docs))
+  c = _config(corpus, max_documents=n_docs, seq_len=seq_len)
+  source = pipeline.parse_sources(c.data)[0]
+  split = pipeline.open_prepared(c.data, source, 'train', BYTE)   # prepared here (embedded).
+  assert split.path == os.path.join(corpus, 'tokenized', 'stdlib_corpus', 'train.text.docs5')
+  assert sorted(os.listdir(split.path)) == [
+      'manifest.json', 'shard-00000-of-00001.json', 'shard-00000-of-00001.tokens', 'spec.json']
+  docs = _read(corpus, 'train', 'text', n_docs)
+  expected = _packed(docs)
+  rows = shards.PackedRows(split, seq_len)
+  np.testing.assert_array_equal(rows.tokens(0, split.num_tokens), expected)
+  assert split.stats.num_documents == n_docs and split.stats.num_bytes == sum(map(len, docs))
+  assert split.stats.byte_histogram.sum() == split.stats.num_bytes
+  assert split.num_tokens == split.stats.num_bytes + n_docs
 
-  ds = pipeline.PackedDataset(stream, seq_len, global_batch_size=1, shuffle=False)
-  rows = [ds.eval_batch(i) for i in range(ds.num_rows)]
-  assert all(r.shape == (1, seq_len + 1) and r.dtype == np.int32 for r in rows)
-  np.testing.assert_array_equal(np.concatenate(rows, axis=None),
-                                stream.tokens[:ds.num_rows * (seq_len + 1)])
-  np.testing.assert_array_equal(ds.eval_batch(ds.num_rows), rows[0])  # Eval wraps around.
-
-  cache_dir = os.path.join(data_dir, 'stdlib_corpus', '1.0.0', 'tokenized')
-  assert any(f.endswith('docs5.npy') for f in os.listdir(cache_dir))
-  again = pipeline.load_token_stream('stdlib_corpus', 'train', BYTE, data_dir, max_documents=n_docs)
-  assert isinstance(again.tokens, np.memmap)  # Served from the .npy cache.
-  np.testing.assert_array_equal(again.tokens, stream.tokens)
-
-
-def test_batch_is_deterministic_function_of_seed_and_step(train_stream):
-  make = lambda seed: pipeline.PackedDataset(train_stream, 64, global_batch_size=8, seed=seed)
-  a, b, c = make(0), make(0), make(1)
-  assert a.batch(5).shape == (8, 65) and a.batch(5).dtype == np.int32
-  np.testing.assert_array_equal(a.batch(5), b.batch(5))
-  np.testing.assert_array_equal(a.batch(3), b.batch(3))
-  assert not np.array_equal(a.batch(5), c.batch(5))
-  assert not np.array_equal(a.batch(5), a.batch(6))
+  ev = pipeline.EvalSource(source, split, seq_len, global_batch_size=1)
+  got = [ev.eval_batch(i) for i in range(ev.num_rows)]
+  assert all(r.shape == (1, seq_len + 1) and r.dtype == np.int32 for r in got)
+  np.testing.assert_array_equal(np.concatenate(got, axis=None),
+                                expected[:len(rows) * (seq_len + 1)])
+  np.testing.assert_array_equal(ev.eval_batch(ev.num_rows), got[0])  # Eval wraps around.
 
 
-def test_host_sharding_and_epochs(train_stream):
-  seq_len, batch, num_rows = 31, 12, 30
-  small = pipeline.TokenStream(train_stream.tokens[:num_rows * (seq_len + 1) + 5], 1, 1,
-                               np.ones(256, np.int64))
-  full = pipeline.PackedDataset(small, seq_len, batch, seed=3)
-  assert full.num_rows == num_rows
-  ids = np.concatenate([full.row_ids(s) for s in range(5)])  # 60 ids = 2 epochs.
-  assert sorted(ids[:num_rows]) == sorted(ids[num_rows:]) == list(range(num_rows))
-  assert not np.array_equal(ids[:num_rows], ids[num_rows:])
-  for processes in (1, 2, 3, 4):
-    hosts = [pipeline.PackedDataset(small, seq_len, batch, seed=3, process_index=p,
-                                    process_count=processes) for p in range(processes)]
-    for step in (0, 2, 7):  # Step 2 straddles an epoch boundary.
+def test_prepare_in_shards_survives_a_crash_and_matches_one_shard(corpus, tmp_path, monkeypatch):
+  """4 shards, the tokenizer dies inside shard 2: the half shard is never read, the re-run keeps
+  shards 0-1 and writes 2-3, and the stream equals a 1-shard preparation."""
+  kw = dict(data_dir=corpus, max_documents=24)
+  one = prepare.prepare_split('stdlib_corpus', 'train', str(tmp_path / 'one'), 'byte', **kw)
+  out = str(tmp_path / 'four')
+  calls, encode = [], tokenizers.ByteTokenizer.encode_batch
+
+  def dies_in_third_shard(self, texts):
+    calls.append(1)
+    if len(calls) == 3:
+      raise RuntimeError('killed')
+    return encode(self, texts)
+
+  monkeypatch.setattr(tokenizers.ByteTokenizer, 'encode_batch', dies_in_third_shard)
+  with pytest.raises(RuntimeError, match='killed'):
+    prepare.prepare_split('stdlib_corpus', 'train', out, 'byte', num_shards=4, **kw)
+  names = sorted(os.listdir(out))
+  assert 'manifest.json' not in names and 'shard-00002-of-00004.json' not in names
+  assert any(n.startswith('shard-00002-of-00004.tokens.tmp-') for n in names)   # the half shard
+  with pytest.raises(ValueError, match=r'half-prepared \(2 of 4 shards done; shard-00002'):
+    shards.open_split(out, 'config.data.prepared_dir')
+  kept = {n: os.path.getmtime(os.path.join(out, n)) for n in names if n.startswith('shard-0000')
+          and not '.tmp-' in n}
+  manifest = prepare.prepare_split('stdlib_corpus', 'train', out, 'byte', num_shards=0, **kw)
+  assert manifest['num_shards'] == 4 and len(calls) == 3 + 2
+  assert all(os.path.getmtime(os.path.join(out, n)) == t for n, t in kept.items())
+  assert not glob.glob(os.path.join(out, '*.tmp-*'))
+  a, b = shards.open_split(str(tmp_path / 'one'), 'x'), shards.open_split(out, 'x')
+  assert one['totals'] == manifest['totals'] and b.shard_tokens.min() > 0
+  ra, rb = shards.PackedRows(a, 255), shards.PackedRows(b, 255)
+  np.testing.assert_array_equal(rb.tokens(0, b.num_tokens), ra.tokens(0, a.num_tokens))
+  np.testing.assert_array_equal(np.stack([rb[i] for i in range(len(rb))]),
+                                np.stack([ra[i] for i in range(len(ra))]))   # rows span shards.
+
+
+def test_batch_is_a_function_of_seed_and_step_prefetched_or_not(corpus):
+  make = lambda seed, **kw: _train(corpus, seed, **kw)
+  a, b, c = make(0), make(0, read_threads=0), make(1)
+  seq = [a.batch(s) for s in range(12)]   # sequential: read ahead by grain threads.
+  assert seq[5].shape == (8, 65) and seq[5].dtype == np.int32
+  for s in (11, 3, 5, 0):                 # a fresh stream (a resume) at any step, random access.
+    np.testing.assert_array_equal(b.batch(s), seq[s])
+  assert not np.array_equal(c.batch(5), seq[5])
+  assert not np.array_equal(seq[5], seq[6])
+
+
+def _train(data_dir, seed=0, seq_len=64, batch=8, process_index=0, process_count=1,
+           read_threads=4, **data):
+  c = _config(data_dir, seq_len=seq_len, read_threads=read_threads, **data)
+  c.seed = seed
+  c.train.global_batch_size = batch
+  return pipeline.make_datasets(c, process_index, process_count)[0]
+
+
+def test_host_slicing_and_epochs(corpus):
+  """Hosts' rows concatenate to the global batch for 1-4 processes; every epoch visits every row
+  once, in a new order."""
+  kw = dict(seq_len=511, batch=12, seed=3, max_documents=4)
+  full = _train(corpus, **kw)
+  data = _config(corpus, max_documents=4).data
+  rows = shards.PackedRows(
+      pipeline.open_prepared(data, pipeline.parse_sources(data)[0], 'train', BYTE), 511)
+  index = {rows[i].tobytes(): i for i in range(len(rows))}
+  assert len(index) == len(rows) >= 24
+  epochs = -(-len(rows) // 12) * 2
+  ids = [index[r.tobytes()] for s in range(epochs) for r in full.batch(s)]
+  first, second = ids[:len(rows)], ids[len(rows):2 * len(rows)]
+  assert sorted(first) == sorted(second) == list(range(len(rows))) and first != second
+  for processes in (2, 3, 4):
+    hosts = [_train(corpus, process_index=p, process_count=processes, **kw)
+             for p in range(processes)]
+    for step in (0, 2, 7):
       np.testing.assert_array_equal(np.concatenate([h.batch(step) for h in hosts]),
                                     full.batch(step))
   with pytest.raises(ValueError, match='global_batch_size'):
-    pipeline.PackedDataset(small, seq_len, batch, process_count=5)
+    _train(corpus, process_count=5, **kw)
   with pytest.raises(ValueError, match='rows'):
-    pipeline.PackedDataset(small, seq_len, global_batch_size=32)
+    _train(corpus, **(kw | {'batch': 4096}))
+
+
+def test_mixture_weights_hosts_and_per_source_eval(corpus):
+  """3:1 code + prose: exact proportions in every 4 global sequences, a pure function of (seed,
+  step) on any host count; eval reports each source and their weighted mean."""
+  data = dict(dataset='stdlib_corpus=3,synthetic_prose/small=1', seq_len=64)
+  ds = _train(corpus, batch=8, **data)
+  c = _config(corpus, **data)
+  src = pipeline.parse_sources(c.data)
+  prose_rows = shards.PackedRows(pipeline.open_prepared(c.data, src[1], 'train', BYTE), 64)
+  prose = {prose_rows[i].tobytes() for i in range(len(prose_rows))}
+  is_prose = lambda row: row.tobytes() in prose
+  for step in range(6):
+    assert [is_prose(r) for r in ds.batch(step)] == [False] * 3 + [True] + [False] * 3 + [True]
+  halves = [_train(corpus, batch=8, process_index=p, process_count=2, **data) for p in (0, 1)]
+  np.testing.assert_array_equal(np.concatenate([h.batch(4) for h in halves]), ds.batch(4))
+  np.testing.assert_array_equal(_train(corpus, batch=8, **data).batch(4), ds.batch(4))
+
+  c.data.dataset = 'stdlib_corpus=3,synthetic_prose/small=0'
+  train_ds, eval_ds, _ = pipeline.make_datasets(c, 0, 1)
+  assert not any(is_prose(r) for s in range(4) for r in train_ds.batch(s))  # weight 0: eval only.
+  c.data.dataset = data['dataset']
+  eval_ds = pipeline.make_datasets(c, 0, 1)[1]
+  assert set(eval_ds.sources) == {'stdlib_corpus', 'synthetic_prose_small'}
+  assert eval_ds.sources['synthetic_prose_small'].split.path.endswith(
+      os.path.join('synthetic_prose_small', 'validation.text'))
+  m = eval_ds.metrics({'stdlib_corpus': {'loss': 1.0}, 'synthetic_prose_small': {'loss': 2.0}})
+  assert m['eval/loss'] == pytest.approx(0.75 * 1 + 0.25 * 2)
+  bpt = {n: s.bytes_per_token for n, s in eval_ds.sources.items()}
+  assert m['eval/synthetic_prose_small/bits_per_byte'] == pytest.approx(
+      2 / np.log(2) / bpt['synthetic_prose_small'])
+  assert m['eval/bits_per_byte'] == pytest.approx(
+      1.25 / np.log(2) / (0.75 * bpt['stdlib_corpus'] + 0.25 * bpt['synthetic_prose_small']))
+
+
+@pytest.mark.parametrize('field,value,expected', [
+    ('dataset', 'stdlib_corpus=-1,synthetic_prose/small=1', 'must be a finite number >= 0'),
+    ('dataset', 'stdlib_corpus=0,synthetic_prose/small=0', 'weights sum to 0'),
+    ('dataset', 'stdlib_corpus=x', "weight 'x' of 'stdlib_corpus' is not a number"),
+    ('dataset', 'stdlib_corpus=1,synthetic_prose/small', 'give every source a weight'),
+    ('dataset', 'stdlib_corpus,stdlib_corpus', 'named twice'),
+    ('dataset', 'stdlib_corpus,', 'empty source name'),
+    ('eval_split', 'validation,validation,test', 'one per source'),
+])
+def test_bad_mixture_is_refused_by_validation(field, value, expected):
+  from train import validation
+  c = base.get_config()
+  c.data.dataset = 'stdlib_corpus,synthetic_prose/small'
+  c.data[field] = value
+  with pytest.raises(ValueError, match=rf'config\.data\.{field}=.*{expected}'):
+    validation.derive(c, 1)
+
+
+def test_bad_data_inputs_name_the_field_and_write_nothing(corpus, tmp_path):
+  with pytest.raises(ValueError, match=r"config\.data\.dataset='stdlib_corpuss': no such TFDS "
+                     r"dataset \(did you mean 'stdlib_corpus'"):
+    pipeline.make_datasets(_config(corpus, dataset='stdlib_corpuss'), 0, 1)
+  with pytest.raises(ValueError, match=r"config\.data\.dataset='lm1b': split 'train' is not "
+                     r'prepared .*python -m train\.data\.prepare'):
+    pipeline.make_datasets(_config(corpus, dataset='lm1b', prepared_dir=str(tmp_path)), 0, 1)
+  assert os.listdir(tmp_path) == []
+
+  root = str(tmp_path / 'prepared')
+  c = _config(corpus, prepared_dir=root, max_documents=3)
+  pipeline.make_datasets(c, 0, 1)
+  before = _snapshot(root)
+  tok_dir = _save_hf_tokenizer(tmp_path / 'tok')
+  c.data.tokenizer, c.model.vocab_size = tok_dir, 512
+  with pytest.raises(ValueError, match=r"config\.data\.prepared_dir: .*train\.text\.docs3 was "
+                     r"prepared with tokenizer 'byte' \(fingerprint byte\), but "
+                     r'config\.data\.tokenizer=.* has fingerprint hf-'):
+    pipeline.make_datasets(c, 0, 1)
+  with pytest.raises(ValueError, match='prepared with tokenizer'):
+    prepare.prepare(c)
+  assert _snapshot(root) == before
+
+  split = os.path.join(root, 'stdlib_corpus', 'train.text.docs3')
+  os.remove(os.path.join(split, 'manifest.json'))
+  c.data.tokenizer, c.model.vocab_size = 'byte', 257
+  with pytest.raises(ValueError, match=r'config\.data\.prepared_dir: .*docs3 is half-prepared '
+                     r'\(1 of 1 shards done; manifest\.json is not\)'):
+    pipeline.make_datasets(c, 0, 1)
+  prepare.prepare(c)   # finishes it: writes only the manifest.
+  shard = os.path.join(split, 'shard-00000-of-00001.tokens')
+  with open(shard, 'r+b') as f:
+    f.truncate(100)
+  with pytest.raises(ValueError, match=r'shard .*shard-00000-of-00001\.tokens is 100 bytes, '
+                     'expected'):
+    pipeline.make_datasets(c, 0, 1)
+
+
+def test_prepare_command_shares_shards_between_hosts(corpus, tmp_path):
+  """Host 0 of 2 writes shards 0 and 2 (in process); `python -m train.data.prepare` as host 1
+  writes 1 and 3 and, finishing last, the manifest; training reads the same stream as from the
+  embedded corpus's own 1-shard preparation."""
+  c = _config(corpus, prepared_dir=str(tmp_path), max_documents=12)
+  assert prepare.prepare(c, num_shards=4, process_index=0, process_count=2) == []
+  assert sorted(n for n in os.listdir(tmp_path / 'stdlib_corpus' / 'train.text.docs12')
+                if n.endswith('.tokens')) == ['shard-00000-of-00004.tokens',
+                                              'shard-00002-of-00004.tokens']
+  cmd = [sys.executable, '-m', 'train.data.prepare', '--config=configs/default.py',
+         f'--config.data.data_dir={corpus}', f'--config.data.prepared_dir={tmp_path}',
+         '--config.data.max_documents=12', '--process_index=1', '--process_count=2']
+  out = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'stdlib_corpus train: 4 shards, 12 documents' in out.stdout
+  np.testing.assert_array_equal(
+      pipeline.make_datasets(c, 0, 1)[0].batch(3),
+      pipeline.make_datasets(_config(corpus, max_documents=12), 0, 1)[0].batch(3))
 
 
 def test_byte_tokenizer_round_trip():
@@ -141,7 +309,7 @@ def _save_hf_tokenizer(path, eos_token='<eos>'):
   return str(path)
 
 
-def test_hf_tokenizer_and_vocab_check(data_dir, tmp_path):
+def test_hf_tokenizer_and_vocab_check(corpus, tmp_path):
   path = _save_hf_tokenizer(tmp_path / 'tok')
   tok = tokenizers.make_tokenizer(path)
   assert isinstance(tok, tokenizers.HFTokenizer)
@@ -151,21 +319,20 @@ def test_hf_tokenizer_and_vocab_check(data_dir, tmp_path):
   assert tok.eos_id not in ids and len(ids) < len(text.encode())
   assert tok.decode(ids) == text
 
-  config = base.get_config()
-  config.data.data_dir = data_dir
-  config.data.tokenizer = path
-  config.data.max_documents = 3
-  config.data.seq_len = 32
+  config = _config(corpus, tokenizer=path, max_documents=3, seq_len=32,
+                   prepared_dir=str(tmp_path / 'prepared'))
   config.train.global_batch_size = 4
   with pytest.raises(ValueError, match=r'config\.model\.vocab_size=257.*vocab_size=2[6-9]\d'):
     pipeline.make_datasets(config, 0, 1)
   config.model.vocab_size = 512
   train_ds, eval_ds, tok2 = pipeline.make_datasets(config, 0, 1)
   assert tok2.fingerprint == tok.fingerprint
-  assert train_ds.stream.num_documents == 3
-  assert (train_ds.stream.tokens == tok.eos_id).sum() == 3
+  split = pipeline.open_prepared(config.data, train_ds.sources[0], 'train', tok)
+  assert split.manifest['tokenizer_fingerprint'] == tok.fingerprint
+  assert split.stats.num_documents == 3 and split.dtype == np.dtype('<u2')
+  assert (shards.PackedRows(split, 32).tokens(0, split.num_tokens) == tok.eos_id).sum() == 3
   assert train_ds.batch(0).shape == (4, 33) and train_ds.batch(0).max() < tok.vocab_size
-  assert train_ds.bytes_per_token > 1  # BPE merges some bytes.
+  assert eval_ds.bytes_per_token > 1  # BPE merges some bytes.
 
   with pytest.raises(ValueError, match='eos'):
     tokenizers.make_tokenizer(_save_hf_tokenizer(tmp_path / 'no_eos', eos_token=None))
@@ -173,25 +340,60 @@ def test_hf_tokenizer_and_vocab_check(data_dir, tmp_path):
     tokenizers.make_tokenizer(str(tmp_path / 'missing'))
 
 
-def test_stats(train_stream):
-  st = train_stream
-  assert st.num_tokens == st.num_bytes + st.num_documents
-  assert st.bytes_per_token == pytest.approx(1 / (1 + st.num_documents / st.num_bytes))
-  assert st.byte_histogram.sum() == st.num_bytes
-  assert 0 < st.unigram_byte_entropy_bits < 8
-
-
-def test_make_datasets_bytes(data_dir):
-  config = base.get_config()
-  config.data.data_dir = data_dir
-  config.data.seq_len = 64
+def test_make_datasets_bytes_and_stats(corpus):
+  config = _config(corpus, seq_len=64)
   config.train.global_batch_size = 8
   train_ds, eval_ds, tok = pipeline.make_datasets(config, 1, 2)
   assert isinstance(tok, tokenizers.ByteTokenizer)
   assert train_ds.batch(0).shape == eval_ds.eval_batch(0).shape == (4, 65)
-  assert eval_ds.num_rows < train_ds.num_rows
   full_eval = pipeline.make_datasets(config, 0, 1)[1]
   np.testing.assert_array_equal(eval_ds.eval_batch(2), full_eval.eval_batch(2)[4:])
-  assert 0.99 < eval_ds.bytes_per_token < 1
+  st = eval_ds.sources['stdlib_corpus'].split.stats
+  assert st.num_tokens == st.num_bytes + st.num_documents
+  assert eval_ds.bytes_per_token == pytest.approx(1 / (1 + st.num_documents / st.num_bytes))
+  assert 0.99 < eval_ds.bytes_per_token < 1 and 0 < eval_ds.unigram_byte_entropy_bits < 8
   with pytest.raises(ValueError, match='global_batch_size'):
     pipeline.make_datasets(config, 0, 3)
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow   # ~60 s of CPU (an in-process run, then two main.py processes).
+def test_resume_on_two_processes_matches_one_uninterrupted_run(corpus, tmp_path):
+  """One process trains 4 steps (checkpoints 2, 4); from its step-2 checkpoint two processes
+  (jax.distributed, other device count) finish steps 3-4 on the same global batches: same loss."""
+  from configs import default
+  from train import loop
+  flags = {'train.num_steps': 4, 'train.log_every': 2, 'train.eval_every': 4,
+           'train.eval_batches': 1, 'train.checkpoint_every': 2, 'optimizer.warmup_steps': 1,
+           'model.n_layers': 1, 'model.d_model': 32, 'model.d_ff': 64,
+           'train.global_batch_size': 8, 'data.seq_len': 64, 'data.data_dir': corpus}
+  c = default.get_config()
+  for key, value in flags.items():
+    section, name = key.split('.')
+    c[section][name] = value
+  straight = loop.run(c, str(tmp_path / 'straight'))
+  work = tmp_path / 'resumed'
+  os.makedirs(work / 'checkpoints')
+  os.rename(tmp_path / 'straight' / 'checkpoints' / '2', work / 'checkpoints' / '2')
+
+  port = _free_port()
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  cmd = [sys.executable, 'main.py', '--config=configs/default.py', f'--workdir={work}',
+         f'--config.distributed.coordinator_address=localhost:{port}',
+         '--config.distributed.num_processes=2'] + [f'--config.{k}={v}' for k, v in flags.items()]
+  procs = [subprocess.Popen(cmd + [f'--config.distributed.process_id={i}'], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert 'Resumed from step 2' in outs[0][1]
+  resumed = json.loads(outs[0][0][outs[0][0].index('{'):])
+  for key in ('train/loss', 'eval/loss', 'train/grad_norm'):
+    np.testing.assert_allclose(resumed[key], straight[key], rtol=1e-5, err_msg=key)

@@ -12,6 +12,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -358,3 +359,154 @@ def test_offline_store_float16_top_k_and_stream_check(teacher_dir, tiny_config, 
   config.seed = 1
   with pytest.raises(ValueError, match='different training stream'):
     store.check_stream(config, loop.setup(config))
+
+
+# ------------------------------------------------------------------------ sequence-level KD
+
+
+def _sequence_config(tiny_config, teacher, **distill):
+  config = _distill_config(tiny_config, teacher)
+  config.distill.update(**{'mode': 'sequence', 'alpha': 0.0, 'prompt_len': 8, **distill})
+  return config
+
+
+def test_sequence_loss_masks_the_prompt_and_mixes_word_kd(tiny_models):
+  """CE only on the continuation's targets; alpha > 0 is kd_sums on the same masked targets."""
+  student, teacher, sp, tp, batch = tiny_models
+  tokens = batch['tokens']
+  d = _section(mode='sequence', prompt_len=5, alpha=0.0)
+  total, sums = distill.sequence_loss_fn(student, d)(sp, batch)
+  targets = np.asarray(tokens[:, 1:]).copy()
+  targets[:, :4] = -1
+  ce, n = step.cross_entropy_sum(models.logits(student, sp, tokens[:, :-1]), targets)
+  assert float(n) == 4 * (16 - 4) and float(sums['tokens']) == float(n)
+  np.testing.assert_allclose(float(total), float(ce), rtol=1e-6)
+  d.mask_prompt = False
+  _, sums = distill.sequence_loss_fn(student, d)(sp, batch)
+  assert float(sums['tokens']) == 4 * 16
+  d.update(mask_prompt=True, alpha=0.4)
+  total, sums = distill.sequence_loss_fn(student, d, teacher)(sp, batch, tp)
+  ref, _ = distill.kd_sums(models.logits(student, sp, tokens[:, :-1]),
+                           models.logits(teacher, tp, tokens[:, :-1]), targets, alpha=0.4)
+  np.testing.assert_allclose(float(total), float(ref), rtol=1e-6)
+
+
+def test_sequence_config_validation(tiny_config):
+  config = _sequence_config(tiny_config, 'x')
+  for key, bad in (('prompt_len', 0), ('prompt_len', 33), ('gen_temperature', -1.0),
+                   ('gen_top_k', 300), ('gen_top_p', 0.0)):
+    c = _sequence_config(tiny_config, 'x', **{key: bad})
+    with pytest.raises(ValueError, match=f'config.distill.{key}'):
+      distill.validate(c)
+  assert distill.validate(config).mask_prompt is True
+  config.distill = ml_collections.ConfigDict({**config.distill.to_dict(), 'mask_prompt': 1})
+  with pytest.raises(ValueError, match='config.distill.mask_prompt: expected bool'):
+    distill.validate(config)
+
+
+def test_sequence_store_reads_this_hosts_rows(tmp_path):
+  """Host p of P opens tokens.p{p}of{P}.npy only; a logits store is not a sequence store."""
+  rows = [np.full((3, 2, 5), p + 1, np.uint16) for p in range(2)]
+  for p in range(2):
+    np.save(tmp_path / f'tokens.p{p}of2.npy', rows[p])
+    with open(tmp_path / f'meta.p{p}of2.json', 'w') as f:
+      json.dump({'kind': 'sequences', 'complete': True, 'steps_done': 3, 'num_steps': 3}, f)
+  store = distill_store.open_store(str(tmp_path), 1, 2, 'sequences')
+  b = store.batch(2)
+  assert b['tokens'].dtype == np.int32 and (b['tokens'] == 2).all() and b['tokens'].shape == (2, 5)
+  with pytest.raises(ValueError, match='teacher sequences, not teacher logits.*logits_dir'):
+    distill_store.open_store(str(tmp_path), 1, 2)
+  with pytest.raises(ValueError, match=f'No stored teacher sequences.*{tmp_path}'):
+    distill_store.open_store(str(tmp_path), 0, 1, 'sequences')
+
+
+def test_sequence_store_resume_and_student_run(teacher_dir, tiny_config, tmp_path, monkeypatch):
+  """Sampled store (keys from (seed, step)) cut at step 2 (flushed at 2) and resumed equals an
+  uninterrupted one; prompts are the stream's, new tokens the teacher's top-k; a student trains
+  on this host's rows; a missing or mismatching store is refused naming the path or field."""
+  config = _sequence_config(tiny_config, teacher_dir, gen_temperature=1.0, gen_top_k=20)
+  work = str(tmp_path / 'b')
+  with pytest.raises(ValueError, match=f'No stored teacher sequences.*{work}'):
+    distill.run(config, work)
+  whole = distill_store.write(config, str(tmp_path / 'a'))
+  generate, calls = models.generate, []
+
+  def cut(*args, **kw):
+    calls.append(1)
+    if len(calls) == 3:   # step 2: the job dies after the flush at 2.
+      raise KeyboardInterrupt
+    return generate(*args, **kw)
+
+  monkeypatch.setattr(models, 'generate', cut)
+  with pytest.raises(KeyboardInterrupt):
+    distill_store.write(config, work)
+  monkeypatch.setattr(models, 'generate', generate)
+  store_dir = os.path.join(work, 'teacher_sequences')
+  with pytest.raises(ValueError, match=r'incomplete \(2/4 steps\)'):
+    distill_store.open_store(store_dir, kind='sequences')
+  resumed = distill_store.write(config, work)
+  skip = ('seconds', 'tokens_per_sec')
+  assert ({k: v for k, v in resumed.items() if k not in skip} ==
+          {k: v for k, v in whole.items() if k not in skip})
+  assert resumed['complete'] and resumed['generated_tokens'] == 4 * 8 * 25
+  a, b = (np.load(os.path.join(tmp_path, w, 'teacher_sequences', 'tokens.p0of1.npy'))
+          for w in 'ab')
+  np.testing.assert_array_equal(a, b)
+  assert a.shape == (4, 8, 33) and a.dtype == np.uint16
+  r = loop.setup(config)
+  stream = np.stack([r.train_ds.batch(s) for s in range(4)])
+  np.testing.assert_array_equal(a[:, :, :8], stream[:, :, :8])
+  assert (a[:, :, 8:] != stream[:, :, 8:]).any()
+  _, tp = init_from.load_params(teacher_dir)
+  top20 = jax.lax.top_k(models.logits(distill.teacher_ref(config).model, tp, a[3, :, :-1]), 20)[1]
+  assert (np.asarray(top20)[:, 7:] == a[3, :, 8:, None]).any(-1).all()
+
+  config.train.checkpoint_every = 4   # one save: the loop's resume is tested elsewhere.
+  result = distill.run(config, work)
+  assert np.isfinite(result['eval/loss']) and result['eval/teacher_loss'] == whole[
+      'teacher_eval_loss']
+  assert [row['step'] for row in _rows(work)] == [2, 4]
+  ckpt_meta = json.load(open(os.path.join(work, 'checkpoints', '4', 'meta', 'metadata')))
+  assert ckpt_meta['distill']['mode'] == 'sequence' and ckpt_meta['distill']['prompt_len'] == 8
+  store = distill_store.open_store(store_dir, kind='sequences')
+  task = distill.sequence_task_fn(config, store)(r)
+  np.testing.assert_array_equal(task.extra_batch(1, None)['tokens'], a[1])
+  for key, value in (('prompt_len', 4), ('gen_temperature', 0.0), ('teacher', '/other')):
+    bad = _sequence_config(tiny_config, teacher_dir, gen_temperature=1.0, gen_top_k=20)
+    bad.distill[key] = value
+    with pytest.raises(ValueError, match=f'config.distill.{key}'):
+      store.check_stream(bad, r)
+  bad.seed = 1
+  with pytest.raises(ValueError, match='different training stream'):
+    store.check_stream(bad, loop.setup(bad))
+
+
+@pytest.mark.slow
+def test_sequence_distillation_through_main(teacher_dir, data_dir, tmp_path):
+  """8 simulated devices (data=2 fsdp=2 tensor=2), grad_accum 2: a greedy store (each new token
+  is the teacher's argmax) by the CLI, then Seq-KD + word-level KD (alpha 0.7, teacher online)
+  through main.py; a store for another prompt_len is one error line, exit code 2."""
+  work = str(tmp_path / 'seq')
+  flags = _student_flags(work, data_dir, teacher_dir, 'sequence',
+                         ['--config.distill.prompt_len=8'])
+  out = _cli(['-m', 'train.distill_store'] + flags, data_dir)
+  assert 'tokens/s' in out.stdout
+  store = distill_store.open_store(os.path.join(work, 'teacher_sequences'), kind='sequences')
+  rows = store.batch(3)['tokens']
+  _, tp = init_from.load_params(teacher_dir)
+  greedy = np.asarray(jnp.argmax(models.logits(init_from.workdir_model_config(teacher_dir), tp,
+                                               rows[:, :-1]), -1))
+  np.testing.assert_array_equal(rows[:, 8:], greedy[:, 7:])
+  out = _cli(['main.py'] + flags, data_dir)
+  result = json.loads(out.stdout[out.stdout.index('{'):])
+  assert result['eval/loss'] == result['eval/ce_loss']   # the student's CE on real text.
+  r = _rows(work)[-1]
+  np.testing.assert_allclose(r['train/loss'], 0.7 * r['train/kd_loss'] + 0.3 * r['train/ce_loss'],
+                             rtol=1e-5)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  bad = subprocess.run([sys.executable, 'main.py'] + flags[:-1] + ['--config.distill.prompt_len=4',
+                       f'--config.distill.sequences_dir={work}/teacher_sequences',
+                       f'--workdir={tmp_path}/other'],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert bad.returncode == 2 and bad.stderr.startswith('error: ')
+  assert 'config.distill.prompt_len' in bad.stderr and 'Traceback' not in bad.stderr

@@ -1,5 +1,6 @@
-"""HF interop: logits parity with transformers (PyTorch) for tiny random GPT-2/LLaMA/Mistral/Qwen2
-models, export/import round trips, sharded checkpoints and meshes, and the refusal errors."""
+"""HF interop: logits parity with transformers (PyTorch) for tiny random GPT-2/LLaMA/Mistral/Qwen2/
+Qwen3/Gemma models (Llama-3 / linear rope scaling too), export/import round trips, sharded
+checkpoints and meshes, the README's continued pre-training path, and the refusal errors."""
 import json
 import os
 
@@ -11,7 +12,9 @@ import transformers
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import models
+from configs import base, llama
 from models import hf
+from train import init_from, validation
 from train import sharding as sharding_lib
 
 TOL = 1e-4
@@ -40,7 +43,28 @@ CONFIGS = {
         vocab_size=89, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
         intermediate_size=96, num_hidden_layers=2, max_position_embeddings=64,
         rope_theta=1000000.0, tie_word_embeddings=True)),
+    # Llama-3 rope: theta 100 and original length 32 put rope dims in all three bands
+    # (kept / ramped / divided by the factor); sequences of 96 make the scaling matter.
+    'llama3_rope_tied': (transformers.LlamaConfig, dict(
+        vocab_size=97, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128,
+        rms_norm_eps=1e-5, tie_word_embeddings=True, rope_parameters=dict(
+            rope_type='llama3', rope_theta=100.0, factor=8.0, low_freq_factor=1.0,
+            high_freq_factor=4.0, original_max_position_embeddings=32))),
+    'gemma_kv1_headdim24': (transformers.GemmaConfig, dict(
+        vocab_size=97, hidden_size=64, num_attention_heads=4, num_key_value_heads=1, head_dim=24,
+        intermediate_size=96, num_hidden_layers=2, max_position_embeddings=64)),
+    'qwen3_tied_headdim8': (transformers.Qwen3Config, dict(
+        vocab_size=97, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        intermediate_size=96, num_hidden_layers=2, max_position_embeddings=64,
+        tie_word_embeddings=True)),
+    'qwen3_untied_bias_rope_linear': (transformers.Qwen3Config, dict(
+        vocab_size=97, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        intermediate_size=96, num_hidden_layers=2, max_position_embeddings=64,
+        attention_bias=True, tie_word_embeddings=False,
+        rope_parameters=dict(rope_type='linear', rope_theta=1000.0, factor=4.0))),
 }
+LENGTHS = {'llama3_rope_tied': 96, 'qwen3_untied_bias_rope_linear': 48}  # default 12.
 MISTRAL = (transformers.MistralConfig, dict(
     vocab_size=77, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
     intermediate_size=64, num_hidden_layers=2, max_position_embeddings=64, sliding_window=16))
@@ -87,10 +111,12 @@ def test_import_parity_and_export_round_trip(name, tmp_path):
   model = make_hf(*CONFIGS[name])
   cfg, params = hf.import_checkpoint(save(model, tmp_path / 'hf'))
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(params))
-  tokens = tokens_for(cfg.vocab_size)
+  tokens = tokens_for(cfg.vocab_size, LENGTHS.get(name, 12))
   MAX_DIFFS[name] = diff = max_diff(cfg, params, model, tokens)
   print(f'\n{name}: max |logit diff| = {diff:.3e}')
   assert diff < TOL
+  if cfg.rope_scaling != 'none':  # The test can tell: plain rope is far off on these lengths.
+    assert max_diff(cfg.replace(rope_scaling='none'), params, model, tokens) > 1000 * TOL
 
   out = str(tmp_path / 'export')
   hf.export_checkpoint(cfg, params, out)
@@ -221,9 +247,130 @@ def test_export_refuses_configs_hf_cannot_express(tmp_path):
 
 def test_unsupported_hf_features_refused():
   base = dict(CONFIGS['llama_gqa2_tied_theta1e4'][1], model_type='llama')
-  with pytest.raises(NotImplementedError, match="rope scaling 'linear'"):
-    hf.config_from_hf(dict(base, rope_parameters={'rope_type': 'linear', 'factor': 2.0}))
-  with pytest.raises(NotImplementedError, match='attention_bias=True with mlp_bias=False'):
-    hf.config_from_hf(dict(base, attention_bias=True))
-  with pytest.raises(NotImplementedError, match="model_type 'gemma'"):
-    hf.config_from_hf(dict(base, model_type='gemma'))
+  for rope_type in ('yarn', 'longrope'):
+    with pytest.raises(NotImplementedError, match=f"rope scaling '{rope_type}'"):
+      hf.config_from_hf(dict(base, rope_parameters={'rope_type': rope_type, 'factor': 2.0}))
+  with pytest.raises(NotImplementedError, match="rope scaling 'yarn'"):  # v4 spelling.
+    hf.config_from_hf(dict(base, rope_scaling={'type': 'yarn', 'factor': 2.0}))
+  with pytest.raises(NotImplementedError, match='partial_rotary_factor 0.5'):
+    hf.config_from_hf(dict(base, partial_rotary_factor=0.5))
+  with pytest.raises(NotImplementedError, match='mlp_bias=True with attention_bias=False'):
+    hf.config_from_hf(dict(base, mlp_bias=True))
+  with pytest.raises(NotImplementedError, match="model_type 'gemma2': Gemma-2 .attention/final "
+                                                "logit soft-capping"):
+    hf.config_from_hf(dict(base, model_type='gemma2'))
+  with pytest.raises(NotImplementedError, match="gemma hidden_act 'silu'"):
+    hf.config_from_hf(dict(base, model_type='gemma', hidden_act='silu'))
+
+
+def test_rope_and_bias_config_fields():
+  """v4 `rope_scaling` + `rope_theta` and v5 `rope_parameters` read alike; attention_bias alone."""
+  base = dict(CONFIGS['llama_gqa2_tied_theta1e4'][1], model_type='llama')
+  llama3 = dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                original_max_position_embeddings=8192)
+  v4 = hf.config_from_hf(dict(base, rope_theta=5e5, rope_scaling=dict(llama3, rope_type='llama3')))
+  v5 = hf.config_from_hf(dict(base, rope_parameters=dict(llama3, rope_type='llama3',
+                                                         rope_theta=5e5)))
+  assert v4 == v5 and (v4.rope_theta, v4.rope_scaling, v4.rope_factor) == (5e5, 'llama3', 32.0)
+  assert (v4.rope_low_freq_factor, v4.rope_high_freq_factor, v4.rope_original_max_len) == (
+      1.0, 4.0, 8192)
+  dynamic = hf.config_from_hf(dict(base, rope_scaling={'type': 'dynamic', 'factor': 2.0}))
+  assert (dynamic.rope_scaling, dynamic.rope_original_max_len) == ('dynamic', 64)
+  llama = hf.config_from_hf(dict(base, attention_bias=True))
+  assert (llama.use_bias, llama.qkv_bias, llama.out_bias) == (False, True, True)
+  assert hf.to_hf_config(llama).to_dict()['mlp_bias'] is False
+
+
+def test_dynamic_rope_within_max_position_embeddings(tmp_path):
+  """Dynamic NTK is plain rope up to max_position_embeddings (exact there); longer is refused."""
+  kwargs = dict(CONFIGS['llama_gqa2_tied_theta1e4'][1], max_position_embeddings=32,
+                rope_parameters=dict(rope_type='dynamic', rope_theta=10000.0, factor=4.0))
+  model = make_hf(transformers.LlamaConfig, kwargs)
+  path = save(model, tmp_path / 'hf')
+  cfg, params = hf.import_checkpoint(path)
+  MAX_DIFFS['llama_rope_dynamic'] = diff = max_diff(cfg, params, model, tokens_for(97, 32))
+  print(f'\nllama_rope_dynamic: max |logit diff| = {diff:.3e}')
+  assert diff < TOL
+  with pytest.raises(NotImplementedError, match='dynamic NTK rope: max_len 64 exceeds '
+                                                'max_position_embeddings 32'):
+    hf.import_checkpoint(path, model_config=cfg.replace(max_len=64))
+  out = str(tmp_path / 'export')
+  hf.export_checkpoint(cfg, params, out)
+  assert hf.read_config(out) == cfg
+
+
+def _validation_error(**model):
+  c = base.get_config()
+  c.model.update(dict(dict(positions='rope', norm='rmsnorm', mlp='swiglu'), **model))
+  c.data.seq_len = c.model.max_len
+  with pytest.raises(ValueError) as e:
+    validation.derive(c, 8)
+  return str(e.value)
+
+
+def test_rope_scaling_validation():
+  assert 'config.model.rope_scaling=' in _validation_error(rope_scaling='linear', rope_factor=2.0,
+                                                           positions='learned')
+  assert 'config.model.rope_factor=2.0 is not used by' in _validation_error(rope_factor=2.0)
+  assert 'config.model.rope_factor must be positive' in _validation_error(
+      rope_scaling='linear', rope_factor=0.0)
+  assert 'config.model.rope_original_max_len must be positive' in _validation_error(
+      rope_scaling='llama3', rope_factor=8.0)
+  assert 'config.model.rope_high_freq_factor=1.0 must exceed' in _validation_error(
+      rope_scaling='llama3', rope_factor=8.0, rope_original_max_len=64, rope_high_freq_factor=1.0)
+  assert 'config.model.max_len=256 exceeds config.model.rope_original_max_len=128' in (
+      _validation_error(rope_scaling='dynamic', rope_factor=2.0, rope_original_max_len=128))
+
+
+def test_export_refuses_partial_families(tmp_path):
+  rope = dict(positions='rope', norm='rmsnorm', use_bias=False)
+  with pytest.raises(ValueError, match='Gemma .rope, rmsnorm with norm_plus_one, geglu'):
+    hf.to_hf_config(models.ModelConfig(mlp='geglu', **rope))  # GeGLU without Gemma's norms.
+  with pytest.raises(ValueError, match='Qwen3 and Gemma have no MLP biases'):
+    hf.to_hf_config(models.ModelConfig(mlp='swiglu', qk_norm=True, qkv_bias=True, **rope))
+  with pytest.raises(ValueError, match='learned positions export as GPT-2.*qk_norm=True'):
+    hf.to_hf_config(models.ModelConfig(qk_norm=True))
+
+
+# Llama-3.2-1B's config.json (meta-llama/Llama-3.2-1B), which the README's example imports.
+LLAMA_32_1B = {
+    'architectures': ['LlamaForCausalLM'], 'attention_bias': False, 'head_dim': 64,
+    'hidden_act': 'silu', 'hidden_size': 2048, 'initializer_range': 0.02,
+    'intermediate_size': 8192, 'max_position_embeddings': 131072, 'mlp_bias': False,
+    'model_type': 'llama', 'num_attention_heads': 32, 'num_hidden_layers': 16,
+    'num_key_value_heads': 8, 'rms_norm_eps': 1e-05, 'rope_theta': 500000.0,
+    'rope_scaling': {'factor': 32.0, 'high_freq_factor': 4.0, 'low_freq_factor': 1.0,
+                     'original_max_position_embeddings': 8192, 'rope_type': 'llama3'},
+    'tie_word_embeddings': True, 'torch_dtype': 'bfloat16', 'vocab_size': 128256}
+
+
+def test_readme_continued_pretraining_from_llama32(tmp_path):
+  """README: `--config=configs/llama.py:1b --config.init_from=hf:/path/to/Llama-3.2-1B`. The 1b
+  config is Llama-3.2-1B's (every field import checks), and its import path (validation, then
+  init_from onto the run's shardings) loads a tiny random Llama-3.2-style checkpoint exactly."""
+  config = llama.get_config('1b')
+  real = hf.config_from_hf(LLAMA_32_1B)
+  target = models.ModelConfig.make(config.model)
+  hf._check_arch(real, target)  # pylint: disable=protected-access
+  shape = ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'n_kv_heads', 'd_ff')
+  assert [getattr(real, f) for f in shape] == [getattr(target, f) for f in shape]
+
+  tiny = dict(LLAMA_32_1B, vocab_size=97, hidden_size=64, head_dim=16, intermediate_size=96,
+              num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2)
+  for key in ('architectures', 'model_type', 'torch_dtype'):
+    tiny.pop(key)
+  model = make_hf(transformers.LlamaConfig, tiny)
+  path = save(model, tmp_path / 'Llama-3.2-tiny')
+  config.init_from = f'hf:{path}'
+  config.model.update(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96)
+  derived = validation.derive(config, jax.device_count())  # as main.py, via loop.setup.
+  mesh = sharding_lib.make_mesh(config.mesh)
+  shardings = sharding_lib.tree_shardings(models.logical_axes(derived.model),
+                                          models.param_shapes(derived.model), mesh)
+  _, params = init_from.load_params(config.init_from, derived.model, shardings)
+  cfg = derived.model.replace(dtype='float32')  # the config computes in bfloat16.
+  MAX_DIFFS['llama32_style_readme'] = diff = max_diff(cfg, params, model, tokens_for(97, 32))
+  print(f'\nllama32_style_readme: max |logit diff| = {diff:.3e}')
+  assert diff < TOL
+  with pytest.raises(ValueError, match='rope_scaling: checkpoint .llama3., model_config .none.'):
+    hf.import_checkpoint(path, model_config=cfg.replace(rope_scaling='none', rope_factor=1.0))

@@ -127,6 +127,21 @@ def test_umup_weight_decay_is_independent_of_the_lr_scale():
   assert (upd['layers/attn/query_bias'] == 0).all()  # 'bias' is excluded from decay
 
 
+def test_qk_norm_and_gemma_norm_scales_are_norm_vectors():
+  """Qwen3's q/k norm scales ([Dh], axis 'norm') are table 'vector's like every norm scale: lr 1
+  under μP, no weight decay. With Gemma's (1 + scale) norms, every norm scale starts at 0."""
+  cfg = _model('llama', qk_norm=True, norm_plus_one=True, parametrization='mup', base_d_model=32)
+  axes = _by_path(models.logical_axes(cfg))
+  lr = _by_path(models.param_scales(cfg, 'lr'))
+  params = models.init(cfg, jax.random.key(0))
+  p = _by_path(params)
+  decayed = _by_path(optim.decay_mask(params, base.get_config().optimizer.wd_exclude))
+  for k in ('layers/attn/query_norm/scale', 'layers/attn/key_norm/scale'):
+    assert tuple(axes[k]) == ('layers', 'norm') and P.role(tuple(axes[k])) == 'vector'
+    assert lr[k] == 1.0 and p[k].shape == (2, 16) and not decayed[k]
+  assert all((p[k] == 0).all() for k in p if k.endswith('norm/scale'))
+
+
 def test_hf_refuses_other_parametrizations(tmp_path):
   cfg = _model(parametrization='mup', base_d_model=32)
   with pytest.raises(ValueError, match="parametrization='mup'"):

@@ -38,6 +38,14 @@ Modes (config.distill.mode):
              only, i.e. the student renormalised over the teacher's top-k). D is then computed
              between p and q exactly as above; CE stays over the full vocabulary. With
              k = vocab this is the online loss (up to the storage dtype; tests check it).
+  'sequence' Sequence-level KD (Kim & Rush 2016). `python -m train.distill_store` first has the
+             teacher continue the first distill.prompt_len tokens of every training row to
+             seq_len + 1 tokens (greedy, or sampled with gen_temperature / gen_top_k /
+             gen_top_p, keys from (seed, step)) and stores them; the student then trains on
+             those rows instead of the stream's (`Task.extra_batch` replaces 'tokens') with
+             plain CE, the prompt's targets masked when distill.mask_prompt (Kim & Rush train
+             on the teacher's output given the source). With alpha > 0 the word-level term is
+             mixed in (Kim & Rush's Seq-KD + Word-KD), the teacher run online on the same rows.
 
 Teacher and student must share the tokenizer: a vocabulary or tokenizer mismatch is a
 ValueError naming config.distill.teacher and config.model.vocab_size, raised before any
@@ -59,7 +67,7 @@ from configs import base
 from train import init_from, loop, sharding
 from train.step import cross_entropy_sum
 
-MODES = ('online', 'offline')
+MODES = ('online', 'offline', 'sequence')
 DIVERGENCES = ('forward', 'reverse', 'mix')
 LOGITS_DTYPES = ('float16', 'bfloat16', 'float32')
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -78,8 +86,8 @@ def validate(config) -> ml_collections.ConfigDict:
     if key not in schema:
       raise ValueError(f'config.distill.{key}: unknown key (known: {sorted(schema.keys())})')
     want = type(schema[key])
-    if isinstance(value, bool) or not (isinstance(value, want) or
-                                       (want is float and isinstance(value, int))):
+    if isinstance(value, bool) != (want is bool) or not (
+        isinstance(value, want) or (want is float and isinstance(value, int))):
       raise ValueError(f'config.distill.{key}: expected {want.__name__}, got {value!r}')
   d = ml_collections.ConfigDict({**schema.to_dict(), **d.to_dict()})
   if not d.teacher:
@@ -96,7 +104,24 @@ def validate(config) -> ml_collections.ConfigDict:
   if d.mode == 'offline' and not 1 <= d.top_k <= config.model.vocab_size:
     raise ValueError(f'config.distill.top_k={d.top_k} must be in [1, config.model.vocab_size='
                      f'{config.model.vocab_size}]')
+  if d.mode == 'sequence':
+    _validate_sequence(d, config)
   return d
+
+
+def _validate_sequence(d, config):
+  seq_len, vocab = config.data.seq_len, config.model.vocab_size
+  if not 1 <= d.prompt_len <= seq_len:
+    raise ValueError(f'config.distill.prompt_len={d.prompt_len} must be in [1, '
+                     f'config.data.seq_len={seq_len}] (the teacher continues it to seq_len + 1)')
+  if not d.gen_temperature >= 0:
+    raise ValueError(f'config.distill.gen_temperature must be >= 0 (0: greedy), got '
+                     f'{d.gen_temperature}')
+  if not 0 <= d.gen_top_k <= vocab:
+    raise ValueError(f'config.distill.gen_top_k={d.gen_top_k} must be in [0 (off), '
+                     f'config.model.vocab_size={vocab}]')
+  if not 0 < d.gen_top_p <= 1:
+    raise ValueError(f'config.distill.gen_top_p must be in (0, 1], got {d.gen_top_p}')
 
 
 # --------------------------------------------------------------------------- loss
@@ -115,7 +140,8 @@ def _divergence(t_logp, s_logp, divergence: str, mix_weight: float):
   raise ValueError(f'config.distill.divergence: {divergence!r} is not one of {DIVERGENCES}')
 
 
-def _token_nll(logits, safe_targets):
+def token_nll(logits, safe_targets):
+  """Per-position CE of logits [..., V] at non-negative int targets [...]."""
   return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, safe_targets[..., None],
                                                             -1)[..., 0]
 
@@ -139,7 +165,7 @@ def kd_sums(student_logits, teacher_logits, targets, temperature=1.0, alpha=0.5,
   kl = _divergence(jax.nn.log_softmax(t / temperature, -1), jax.nn.log_softmax(s / temperature, -1),
                    divergence, mix_weight)
   agree = jnp.argmax(s, -1) == jnp.argmax(t, -1)
-  return _sums(kl, _token_nll(s, safe), _token_nll(t, safe), agree, mask, temperature, alpha)
+  return _sums(kl, token_nll(s, safe), token_nll(t, safe), agree, mask, temperature, alpha)
 
 
 def topk_kd_sums(student_logits, teacher_values, teacher_indices, teacher_nll, targets,
@@ -160,7 +186,7 @@ def topk_kd_sums(student_logits, teacher_values, teacher_indices, teacher_nll, t
                    jax.nn.log_softmax(gathered / temperature, -1), divergence, mix_weight)
   teacher_top1 = jnp.take_along_axis(indices, jnp.argmax(values, -1)[..., None], -1)[..., 0]
   agree = jnp.argmax(s, -1) == teacher_top1
-  return _sums(kl, _token_nll(s, jnp.maximum(targets, 0)), teacher_nll.astype(jnp.float32),
+  return _sums(kl, token_nll(s, jnp.maximum(targets, 0)), teacher_nll.astype(jnp.float32),
                agree, mask, temperature, alpha)
 
 
@@ -206,13 +232,40 @@ def offline_loss_fn(student_model, d):
 
 
 def offline_eval_loss_fn(student_model):
-  """Offline eval: no stored logits for the eval stream, so the student's plain CE."""
+  """Offline / sequence eval: nothing stored for the eval stream, so the student's plain CE
+  (frozen jit inputs, e.g. a teacher, are ignored)."""
 
-  def loss_fn(params, batch):
+  def loss_fn(params, batch, *frozen):
+    del frozen
     tokens = batch['tokens']
     ce, n = cross_entropy_sum(models.logits(student_model, params, tokens[:, :-1]),
                               tokens[:, 1:])
     return ce, {'loss': ce, 'ce_loss': ce, 'tokens': n}
+
+  return loss_fn
+
+
+def sequence_loss_fn(student_model, d, teacher_model=None):
+  """loss_fn(params, batch[, teacher_params]) on teacher-generated rows batch['tokens'] [B, L+1].
+
+  CE on the continuation: with d.mask_prompt the targets inside the prompt (the first
+  prompt_len - 1) are masked, as Kim & Rush train on the teacher's output given the source.
+  With a teacher_model (alpha > 0) the word-level term is added, the teacher run online on the
+  same rows: alpha * T^2 * D + (1 - alpha) * CE as in `kd_sums`.
+  """
+  kw = _kd_kwargs(d)
+  first = d.prompt_len - 1 if d.mask_prompt else 0
+
+  def loss_fn(params, batch, *teacher_params):
+    tokens = batch['tokens']
+    inputs_BxL = tokens[:, :-1]
+    targets_BxL = jnp.where(jnp.arange(inputs_BxL.shape[1]) >= first, tokens[:, 1:], -1)
+    student = models.logits(student_model, params, inputs_BxL)
+    if teacher_model is None:
+      ce, n = cross_entropy_sum(student, targets_BxL)
+      return ce, {'loss': ce, 'ce_loss': ce, 'tokens': n}
+    teacher = models.logits(teacher_model, jax.lax.stop_gradient(teacher_params[0]), inputs_BxL)
+    return kd_sums(student, jax.lax.stop_gradient(teacher), targets_BxL, **kw)
 
   return loss_fn
 
@@ -349,8 +402,45 @@ def offline_task_fn(config, store):
   return task_fn
 
 
-def logits_dir(config, workdir: str) -> str:
-  return config.distill.get('logits_dir') or os.path.join(workdir, 'teacher_logits')
+def sequence_task_fn(config, store, ref: Optional[TeacherRef] = None):
+  """Task training on the teacher's sequences of `store` (a distill_store.SequenceStore): they
+  replace the stream's rows step by step; with `ref` (alpha > 0) the teacher runs online too."""
+  d = validate(config)
+
+  def task_fn(r: loop.Run) -> loop.Task:
+    store.check_stream(config, r)
+    tmodel, frozen, shardings = None, (), ()
+    if ref is not None:
+      tmodel, teacher, tsh = load_teacher(config, ref, r.mesh)
+      frozen, shardings = (teacher,), (tsh,)
+    m = store.meta
+    return loop.Task(loss_fn=sequence_loss_fn(r.derived.model, d, tmodel), frozen=frozen,
+                     frozen_shardings=shardings, extra_batch=lambda step, host: store.batch(step),
+                     meta={'distill': {'teacher': m['teacher'], 'teacher_step': m['teacher_step'],
+                                       'mode': 'sequence', **m['generation']}},
+                     eval_loss_fn=offline_eval_loss_fn(r.derived.model))
+
+  return task_fn
+
+
+def store_dir(config, workdir: str) -> str:
+  """The offline (logits) or sequence store: its config.distill key, else under `workdir`."""
+  d = config.distill
+  if d.get('mode') == 'sequence':
+    return d.get('sequences_dir') or os.path.join(workdir, 'teacher_sequences')
+  return d.get('logits_dir') or os.path.join(workdir, 'teacher_logits')
+
+
+def _sequence_teacher(config, store) -> TeacherRef:
+  """The teacher for the word-level term of sequence mode: the one that generated `store`."""
+  ref = teacher_ref(config)
+  check_compatible(config, ref.model.vocab_size, ref.tokenizer, ref.model.max_len,
+                   ref.model.positions)
+  if ref.step != store.meta['teacher_step']:
+    raise ValueError(f'config.distill.teacher={ref.source!r} is at step {ref.step} but the '
+                     f'sequences in {store.directory} were generated at step '
+                     f'{store.meta["teacher_step"]}; rerun train.distill_store.')
+  return ref
 
 
 def run(config, workdir: str, stop_after: Optional[int] = None) -> dict:
@@ -366,12 +456,17 @@ def run(config, workdir: str, stop_after: Optional[int] = None) -> dict:
     task_fn, teacher_params, teacher_eval = online_task_fn(config, ref), ref.num_params, None
   else:
     from train import distill_store
-    store = distill_store.open_store(logits_dir(config, workdir), jax.process_index(),
-                                     jax.process_count())
+    kind = 'sequences' if d.mode == 'sequence' else 'logits'
+    store = distill_store.open_store(store_dir(config, workdir), jax.process_index(),
+                                     jax.process_count(), kind)
     m = store.meta
     check_compatible(config, m['teacher_vocab_size'], m['teacher_tokenizer'], 1 << 30)
-    task_fn, teacher_params, teacher_eval = (offline_task_fn(config, store),
-                                             m['teacher_params'], m['teacher_eval_loss'])
+    if d.mode == 'offline':
+      task_fn = offline_task_fn(config, store)
+    else:
+      ref = _sequence_teacher(config, store) if d.alpha > 0 else None
+      task_fn = sequence_task_fn(config, store, ref)
+    teacher_params, teacher_eval = m['teacher_params'], m['teacher_eval_loss']
   result = loop.run(config, workdir, task_fn=task_fn, init_params_fn=init_from.params_fn(config),
                     stop_after=stop_after)
   result['teacher_params'] = int(teacher_params)

@@ -1,4 +1,5 @@
-"""Offline distillation: run the teacher once over the training stream and store its top-k logits.
+"""Offline and sequence-level distillation: run the teacher once over the training stream and
+store its top-k logits (distill.mode 'offline') or its continuations (mode 'sequence').
 
   python -m train.distill_store --config=configs/distill.py:offline --workdir=W
   python main.py --config=configs/distill.py:offline --workdir=W    # the student reads them
@@ -23,23 +24,37 @@ view of logits_dir); the student must run with the same number of processes. Wri
 resumable: progress is flushed every config.train.checkpoint_every steps. The storage size
 (bytes and MB) is printed and recorded. A student may use a smaller top_k than was stored
 (the first k of the sorted entries) and fewer steps.
+
+Sequence mode (Kim & Rush 2016, see `write_sequences`) stores, the same way, per host:
+
+  tokens.p{p}of{P}.npy       [num_steps, host_batch, seq_len + 1]  the first prompt_len tokens
+                             of the stream's row, then the teacher's continuation (uint16 when
+                             the vocabulary fits, else int32)
+  meta.p{p}of{P}.json        as above, with kind 'sequences', the generation settings (prompt_len,
+                             gen_temperature, gen_top_k, gen_top_p), seconds and tokens/s
+
+in config.distill.sequences_dir (default W/teacher_sequences). Sampling keys are a function of
+(seed, step), so a resumed store equals an uninterrupted one.
 """
 import json
 import logging
-import math
 import os
 import time
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 import models
+from models import generation
 from train import distill, loop, sharding
-from train.step import cross_entropy_sum
+from train import step as step_lib
 
 FORMAT = 1
+_GEN_SALT = 0x5E9   # folded into the seed: sampling keys apart from the init's.
 
 
 def _name(kind: str, p: int, n: int) -> str:
@@ -75,60 +90,122 @@ def _write_json(path: str, obj: dict):
 
 def _same_job(a: dict, b: dict) -> bool:
   skip = ('steps_done', 'complete', 'bytes', 'teacher_eval_loss', 'teacher_eval_bits_per_byte',
-          'seconds')
+          'seconds', 'generated_tokens', 'tokens_per_sec')
   strip = lambda m: {k: v for k, v in m.items() if k not in skip}
   return strip(a) == strip(b)
 
 
-def write(config, workdir: str) -> dict:
-  """Run the teacher over the training stream; store top-k logits; return the meta dict."""
+class _Writer:
+  """This host's part of a store: one .npy memmap [num_steps, ...] per kind, and its meta json.
+
+  Arrays are flushed before the meta (replaced atomically) records `steps_done`, so a flush cut
+  half-way leaves the previous meta and its steps are written again on resume. A store begun
+  for another job (different meta) restarts at step 0, its old meta replaced first.
+  """
+
+  def __init__(self, out_dir: str, meta: dict, specs: dict):
+    os.makedirs(out_dir, exist_ok=True)
+    p, n = meta['process_index'], meta['process_count']
+    self.out_dir, self.meta = out_dir, meta
+    self.meta_path = os.path.join(out_dir, _name('meta', p, n))
+    self.paths = {kind: os.path.join(out_dir, _name(kind, p, n)) for kind in specs}
+    self.start, self.complete = 0, False
+    if os.path.exists(self.meta_path):
+      with open(self.meta_path) as f:
+        old = json.load(f)
+      if _same_job(old, meta) and all(os.path.exists(x) for x in self.paths.values()):
+        if old['complete']:
+          self.meta, self.complete = old, True
+          return
+        self.start = old['steps_done']
+        meta['seconds'] = old.get('seconds', 0.0)
+        logging.info('Resuming the store in %s at step %d', out_dir, self.start)
+    if not self.start:
+      _write_json(self.meta_path, meta)   # an older job's meta never describes the new files.
+    mode = 'r+' if self.start else 'w+'
+    self.arrays = {kind: np.lib.format.open_memmap(self.paths[kind], mode, dtype, tuple(shape))
+                   for kind, (dtype, shape) in specs.items()}
+
+  def flush(self, done: int, **extra):
+    for mm in self.arrays.values():
+      mm.flush()
+    self.meta.update(steps_done=done, **extra)
+    _write_json(self.meta_path, self.meta)
+
+  def fill(self, compute, config, stop_after: Optional[int] = None) -> bool:
+    """arrays[kind][step] = compute(step)[kind] from the resume point on; True once all steps are.
+
+    Flushes every config.train.checkpoint_every steps and at `stop_after` (an early stop, as a
+    preemption would); meta['seconds'] adds up the time spent here over resumes.
+    """
+    num_steps, t = self.meta['num_steps'], config.train
+    end = num_steps if stop_after is None else min(stop_after, num_steps)
+    tic = time.time()
+    for step in range(self.start, end):
+      for kind, rows in compute(step).items():
+        self.arrays[kind][step] = rows
+      done = step + 1
+      if done % t.checkpoint_every == 0 or done == end:
+        now = time.time()
+        self.flush(done, seconds=self.meta.get('seconds', 0.0) + now - tic)
+        tic = now
+      if done % t.log_every == 0:
+        logging.info('Stored %d/%d steps in %s', done, num_steps, self.out_dir)
+    return end == num_steps
+
+  def finish(self, **extra) -> dict:
+    size = sum(os.path.getsize(x) for x in self.paths.values())
+    self.flush(self.meta['num_steps'], complete=True, bytes=size, **extra)
+    return self.meta
+
+
+def _teacher_eval(r: loop.Run, tmodel, teacher, tsh) -> dict:
+  """The teacher's CE on the eval batches: teacher_eval_loss and teacher_eval_bits_per_byte."""
+  ev = jax.jit(step_lib.make_eval_step(step_lib.lm_loss(tmodel)),
+               in_shardings=(tsh, r.batch_sharding), out_shardings=sharding.replicated(r.mesh))
+  out = loop.evaluate(r, ev, teacher, ())
+  return {'teacher_eval_loss': out['eval/loss'],
+          'teacher_eval_bits_per_byte': out['eval/bits_per_byte']}
+
+
+def _teacher(config):
+  """Validated distill section, TeacherRef (checked against the student), and the Run."""
   d = distill.validate(config)
   ref = distill.teacher_ref(config)
   distill.check_compatible(config, ref.model.vocab_size, ref.tokenizer, ref.model.max_len,
                            ref.model.positions)
-  r = loop.setup(config)
-  out_dir = distill.logits_dir(config, workdir)
-  os.makedirs(out_dir, exist_ok=True)
-  p, n = jax.process_index(), jax.process_count()
+  return d, ref, loop.setup(config)
+
+
+def _base_meta(config, r: loop.Run, ref, kind: str, shape) -> dict:
+  return {'format': FORMAT, 'kind': kind, 'stream': stream_identity(config),
+          'num_steps': r.derived.num_steps, 'process_index': jax.process_index(),
+          'process_count': jax.process_count(), **ref.meta(),
+          'teacher_vocab_size': ref.model.vocab_size, 'teacher_tokenizer': ref.tokenizer,
+          'teacher_params': ref.num_params, 'shape': shape, 'steps_done': 0, 'complete': False}
+
+
+def write(config, workdir: str, stop_after: Optional[int] = None) -> dict:
+  """Store what config.distill.mode needs ('offline': top-k logits, 'sequence': teacher
+  continuations, see write_sequences); returns the meta dict (resumes a cut store)."""
+  if distill.validate(config).mode == 'sequence':
+    return write_sequences(config, workdir, stop_after)
+  d, ref, r = _teacher(config)
+  out_dir = distill.store_dir(config, workdir)
   num_steps, k, seq_len = r.derived.num_steps, d.top_k, config.data.seq_len
   shape = [num_steps, r.derived.host_batch, seq_len, k]
   values_dtype = {'float16': np.float16, 'float32': np.float32,
                   'bfloat16': np.uint16}[d.logits_dtype]
   indices_dtype = _indices_dtype(ref.model.vocab_size)
-  meta = {'format': FORMAT, 'stream': stream_identity(config), 'num_steps': num_steps,
-          'process_index': p, 'process_count': n, **ref.meta(),
-          'teacher_vocab_size': ref.model.vocab_size, 'teacher_tokenizer': ref.tokenizer,
-          'teacher_params': ref.num_params, 'top_k': k, 'shape': shape,
-          'values_dtype': d.logits_dtype, 'indices_dtype': np.dtype(indices_dtype).name,
-          'steps_done': 0, 'complete': False}
-  meta_path = os.path.join(out_dir, _name('meta', p, n))
-  paths = {kind: os.path.join(out_dir, _name(kind, p, n))
-           for kind in ('values', 'indices', 'teacher_nll')}
-  start = 0
-  if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      old = json.load(f)
-    if _same_job(old, meta) and all(os.path.exists(x) for x in paths.values()):
-      if old['complete']:
-        print(f'Stored logits in {out_dir} are complete: {old["bytes"]} bytes '
-              f'({old["bytes"] / 1e6:.1f} MB)', flush=True)
-        return old
-      start = old['steps_done']
-      logging.info('Resuming the logits store in %s at step %d', out_dir, start)
-  mode = 'r+' if start else 'w+'
-  open_mm = lambda kind, dtype, shp: np.lib.format.open_memmap(paths[kind], mode, dtype, tuple(shp))
-  values = open_mm('values', values_dtype, shape)
-  indices = open_mm('indices', indices_dtype, shape)
-  nll = open_mm('teacher_nll', np.float32, shape[:3])
-
-  def flush(done, **extra):
-    for mm in (values, indices, nll):
-      mm.flush()
-    meta.update(steps_done=done, **extra)
-    _write_json(meta_path, meta)
-
+  meta = {**_base_meta(config, r, ref, 'logits', shape), 'top_k': k,
+          'values_dtype': d.logits_dtype, 'indices_dtype': np.dtype(indices_dtype).name}
+  w = _Writer(out_dir, meta, {'values': (values_dtype, shape), 'indices': (indices_dtype, shape),
+                              'teacher_nll': (np.float32, shape[:3])})
+  if w.complete:
+    print(f'Stored logits in {out_dir} are complete: {w.meta["bytes"]} bytes '
+          f'({w.meta["bytes"] / 1e6:.1f} MB)', flush=True)
+    return w.meta
   out_dtype = jnp.bfloat16 if d.logits_dtype == 'bfloat16' else values_dtype
-  tic = time.time()
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     tmodel, teacher, tsh = distill.load_teacher(config, ref, r.mesh)
 
@@ -137,57 +214,118 @@ def write(config, workdir: str) -> dict:
       logits = models.logits(tmodel, tp, tokens[:, :-1])
       top_v, top_i = jax.lax.top_k(logits, k)
       targets = tokens[:, 1:]
-      safe = jnp.maximum(targets, 0)
-      tnll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, safe[..., None], -1)[..., 0]
-      tnll = tnll * (targets >= 0)
+      tnll = distill.token_nll(logits, jnp.maximum(targets, 0)) * (targets >= 0)
       return top_v.astype(out_dtype), top_i.astype(indices_dtype), tnll
 
-    def eval_sums(tp, batch):
-      tokens = batch['tokens']
-      return cross_entropy_sum(models.logits(tmodel, tp, tokens[:, :-1]), tokens[:, 1:])
-
     fwd = jax.jit(forward, in_shardings=(tsh, r.batch_sharding), out_shardings=r.batch_sharding)
-    for step in range(start, num_steps):
+
+    def compute(step):
       v, i, t = fwd(teacher, loop.global_batch(r, {'tokens': r.train_ds.batch(step)}))
       v = _host_rows(v)
-      values[step] = v.view(np.uint16) if d.logits_dtype == 'bfloat16' else v
-      indices[step] = _host_rows(i)
-      nll[step] = _host_rows(t)
-      done = step + 1
-      if done % config.train.checkpoint_every == 0 and done < num_steps:
-        flush(done)
-      if done % config.train.log_every == 0:
-        logging.info('Stored teacher logits for %d/%d steps', done, num_steps)
+      return {'values': v.view(np.uint16) if d.logits_dtype == 'bfloat16' else v,
+              'indices': _host_rows(i), 'teacher_nll': _host_rows(t)}
 
-    ev = jax.jit(eval_sums, in_shardings=(tsh, r.batch_sharding),
-                 out_shardings=sharding.replicated(r.mesh))
-    total = count = 0.0
-    for b in range(config.train.eval_batches):
-      s, c = jax.device_get(ev(teacher, loop.global_batch(r, {'tokens': r.eval_ds.eval_batch(b)})))
-      total, count = total + float(s), count + float(c)
-  eval_loss = total / max(count, 1.0)
-  size = sum(os.path.getsize(x) for x in paths.values())
-  flush(num_steps, complete=True, bytes=size, teacher_eval_loss=eval_loss,
-        teacher_eval_bits_per_byte=eval_loss / math.log(2) / r.eval_ds.bytes_per_token,
-        seconds=time.time() - tic)
-  tokens = num_steps * r.derived.host_batch * seq_len
+    if not w.fill(compute, config, stop_after):
+      return w.meta
+    teacher_eval = _teacher_eval(r, tmodel, teacher, tsh)
+  meta = w.finish(**teacher_eval)
+  size, tokens = meta['bytes'], num_steps * r.derived.host_batch * seq_len
   print(f'Stored top-{k} teacher logits ({d.logits_dtype} values, {meta["indices_dtype"]} ids, '
         f'float32 teacher NLL) for {num_steps} steps x {r.derived.host_batch} rows x {seq_len} '
         f'tokens in {out_dir}: {size} bytes ({size / 1e6:.1f} MB, {size / tokens:.1f} bytes/token)'
-        + (f' on host {p} of {n}' if n > 1 else ''), flush=True)
+        + _on_host(meta), flush=True)
   return meta
 
 
+def _on_host(meta: dict) -> str:
+  p, n = meta['process_index'], meta['process_count']
+  return f' on host {p} of {n}' if n > 1 else ''
+
+
+def generation_identity(config) -> dict:
+  """What the teacher's continuations depend on besides the stream and the teacher."""
+  d = config.distill
+  return {'prompt_len': d.prompt_len, 'gen_temperature': float(d.gen_temperature),
+          'gen_top_k': d.gen_top_k, 'gen_top_p': float(d.gen_top_p)}
+
+
+def generation_rng(seed: int, step: int) -> jax.Array:
+  """The sampling key of `step`: a pure function of (seed, step), apart from the init's keys."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _GEN_SALT), step)
+
+
+def write_sequences(config, workdir: str, stop_after: Optional[int] = None) -> dict:
+  """Sequence-level KD data (Kim & Rush 2016): the teacher continues the first
+  config.distill.prompt_len tokens of every training row to seq_len + 1 tokens.
+
+  Stores this host's rows as tokens.p{p}of{P}.npy [num_steps, host_batch, seq_len + 1] (uint16
+  when the vocabulary fits, else int32) in config.distill.sequences_dir (default
+  W/teacher_sequences), with meta.p{p}of{P}.json; resumable like the logits store.
+  """
+  d, ref, r = _teacher(config)
+  out_dir = distill.store_dir(config, workdir)
+  num_steps, seq_len, prompt_len = r.derived.num_steps, config.data.seq_len, d.prompt_len
+  new_tokens = seq_len + 1 - prompt_len
+  shape = [num_steps, r.derived.host_batch, seq_len + 1]
+  tokens_dtype = np.uint16 if ref.model.vocab_size <= 2**16 else np.int32
+  meta = {**_base_meta(config, r, ref, 'sequences', shape),
+          'generation': generation_identity(config), 'new_tokens_per_row': new_tokens,
+          'tokens_dtype': np.dtype(tokens_dtype).name}
+  w = _Writer(out_dir, meta, {'tokens': (tokens_dtype, shape)})
+  if w.complete:
+    print(f'Stored teacher sequences in {out_dir} are complete: {w.meta["bytes"]} bytes',
+          flush=True)
+    return w.meta
+  sampling = dict(temperature=float(d.gen_temperature), top_k=int(d.gen_top_k),
+                  top_p=float(d.gen_top_p))
+  with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    tmodel, teacher, tsh = distill.load_teacher(config, ref, r.mesh)
+    # Each host continues its own rows; with several processes on a full copy of the teacher.
+    local = teacher if jax.process_count() == 1 else multihost_utils.process_allgather(teacher)
+
+    def compute(step):
+      prompts_BxP = r.train_ds.batch(step)[:, :prompt_len]
+      rng_gen, rng_last = jax.random.split(generation_rng(config.seed, step))
+      rows_BxL = prompts_BxP
+      # models.generate keeps prompt + new tokens within max_len (= seq_len here) although the
+      # last new token is never fed back: it comes from one full forward over the row instead.
+      if new_tokens > 1:
+        rows_BxL = models.generate(tmodel, local, prompts_BxP, new_tokens - 1, rng=rng_gen,
+                                   **sampling)
+      last_BxV = models.logits(tmodel, local, rows_BxL)[:, -1]
+      last_B = generation.sample(last_BxV, rng_last, d.gen_temperature == 0,
+                                 sampling['temperature'] or 1.0, sampling['top_k'],
+                                 sampling['top_p'])
+      return {'tokens': np.concatenate([np.asarray(rows_BxL), np.asarray(last_B)[:, None]], 1)}
+
+    if not w.fill(compute, config, stop_after):
+      return w.meta
+    teacher_eval = _teacher_eval(r, tmodel, teacher, tsh)
+  generated = num_steps * r.derived.host_batch * new_tokens
+  seconds = w.meta['seconds']
+  meta = w.finish(generated_tokens=generated, tokens_per_sec=generated / max(seconds, 1e-9),
+                  **teacher_eval)
+  print(f'Stored teacher continuations of {prompt_len}-token prompts ({new_tokens} new tokens '
+        f'per row, {sampling}) for {num_steps} steps x {r.derived.host_batch} rows in {out_dir}: '
+        f'{generated} tokens generated in {seconds:.1f} s ({generated / max(seconds, 1e-9):.0f} '
+        f'tokens/s), {meta["bytes"]} bytes' + _on_host(meta), flush=True)
+  return meta
+
+
+_KINDS = {'logits': ('values', 'indices', 'teacher_nll'), 'sequences': ('tokens',)}
+_WHAT = {'logits': 'teacher logits', 'sequences': 'teacher sequences'}
+
+
 class Store:
-  """Read side: this host's stored arrays (memory-mapped) and their meta."""
+  """Read side: this host's stored arrays (memory-mapped) and their meta; top-k logits."""
 
   def __init__(self, directory: str, meta: dict, arrays: dict):
     self.directory, self.meta, self.arrays = directory, meta, arrays
-    self.top_k = meta['top_k']
+    self.top_k = meta.get('top_k')
 
-  def check_stream(self, config, r: loop.Run):
-    """ValueError unless these logits were stored for config's stream, teacher and k."""
-    m, where = self.meta, f'stored logits in {self.directory}'
+  def _check_common(self, config, r: loop.Run) -> str:
+    m = self.meta
+    where = f'stored {_WHAT[m.get("kind", "logits")]} in {self.directory}'
     if m['stream'] != stream_identity(config):
       diff = {k: (v, stream_identity(config).get(k)) for k, v in m['stream'].items()
               if stream_identity(config).get(k) != v}
@@ -199,9 +337,14 @@ class Store:
     if r.derived.num_steps > m['num_steps']:
       raise ValueError(f'{where} cover {m["num_steps"]} steps but the run needs '
                        f'{r.derived.num_steps}')
+    return where
+
+  def check_stream(self, config, r: loop.Run):
+    """ValueError unless these logits were stored for config's stream, teacher and k."""
+    self._check_common(config, r)
     top_k = distill.validate(config).top_k
-    if top_k > m['top_k']:
-      raise ValueError(f'config.distill.top_k={top_k} but only top-{m["top_k"]} '
+    if top_k > self.meta['top_k']:
+      raise ValueError(f'config.distill.top_k={top_k} but only top-{self.meta["top_k"]} '
                        f'logits were stored in {self.directory}')
     self.top_k = top_k
 
@@ -216,23 +359,48 @@ class Store:
             'teacher_nll': np.asarray(self.arrays['teacher_nll'][step])}
 
 
-def open_store(directory: str, process_index: int = 0, process_count: int = 1) -> Store:
-  """Open this host's part of a complete store (ValueError saying what to run otherwise)."""
+class SequenceStore(Store):
+  """Read side of a sequence store: this host's teacher-continued rows by step."""
+
+  def check_stream(self, config, r: loop.Run):
+    """ValueError unless these sequences were generated for config's stream, teacher, sampling."""
+    where = self._check_common(config, r)
+    want = generation_identity(config)
+    for key, value in self.meta['generation'].items():
+      if want[key] != value:
+        raise ValueError(f'{where} were generated with {key}={value!r} but config.distill.{key}='
+                         f'{want[key]!r}; rerun train.distill_store or set '
+                         'config.distill.sequences_dir to a matching store.')
+
+  def batch(self, step: int) -> dict:
+    """This host's rows at `step`: tokens [rows, seq_len + 1] int32, prompt then continuation."""
+    return {'tokens': np.asarray(self.arrays['tokens'][step], np.int32)}
+
+
+def open_store(directory: str, process_index: int = 0, process_count: int = 1,
+               kind: str = 'logits') -> Store:
+  """Open this host's part of a complete store of `kind` ('logits' | 'sequences'); a ValueError
+  naming the path and what to run otherwise."""
+  what = _WHAT[kind]
   meta_path = os.path.join(directory, _name('meta', process_index, process_count))
   if not os.path.exists(meta_path):
     raise ValueError(
-        f'No stored teacher logits for host {process_index} of {process_count} in {directory} '
+        f'No stored {what} for host {process_index} of {process_count} in {directory} '
         f'({meta_path} missing); run `python -m train.distill_store --config=... --workdir=...` '
         'with the same config first.')
   with open(meta_path) as f:
     meta = json.load(f)
+  if meta.get('kind', 'logits') != kind:
+    raise ValueError(f'{directory} holds {_WHAT[meta["kind"]]}, not {what}; point '
+                     f'config.distill.{"logits_dir" if kind == "logits" else "sequences_dir"} '
+                     'at a store of the right kind.')
   if not meta.get('complete'):
-    raise ValueError(f'Stored teacher logits in {directory} are incomplete '
+    raise ValueError(f'Stored {what} in {directory} are incomplete '
                      f'({meta["steps_done"]}/{meta["num_steps"]} steps); rerun train.distill_store '
                      'to finish them.')
-  arrays = {kind: np.load(os.path.join(directory, _name(kind, process_index, process_count)),
-                          mmap_mode='r') for kind in ('values', 'indices', 'teacher_nll')}
-  return Store(directory, meta, arrays)
+  arrays = {k: np.load(os.path.join(directory, _name(k, process_index, process_count)),
+                       mmap_mode='r') for k in _KINDS[kind]}
+  return (SequenceStore if kind == 'sequences' else Store)(directory, meta, arrays)
 
 
 def main(argv):
@@ -251,7 +419,8 @@ if __name__ == '__main__':
   from absl import app, flags
   from ml_collections import config_flags
   config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).', lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Student workdir (logits go to <workdir>/teacher_logits '
-                      'unless config.distill.logits_dir is set).')
+  flags.DEFINE_string('workdir', None, 'Student workdir (the store goes to '
+                      '<workdir>/teacher_logits or <workdir>/teacher_sequences unless '
+                      'config.distill.logits_dir / sequences_dir is set).')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

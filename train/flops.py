@@ -11,6 +11,8 @@ import math
 
 import jax
 
+from models.config import head_dim, kv_heads
+
 # Dense bf16 peak FLOP/s per chip/GPU (vendor datasheets; H100/H200 without sparsity).
 PEAK_FLOPS = {
     'TPU v4': 275e12,
@@ -37,14 +39,13 @@ def peak_flops(device=None) -> float:
 
 def matmul_params(cfg) -> int:
   """Weights used in matmuls per token: blocks (no norms/biases) + the output projection."""
-  hd = cfg.head_dim or cfg.d_model // cfg.n_heads
-  kv = cfg.n_kv_heads or cfg.n_heads
+  hd, kv = head_dim(cfg), kv_heads(cfg)
   attn = cfg.d_model * hd * (2 * cfg.n_heads + 2 * kv)
-  mlp = cfg.d_model * cfg.d_ff * (3 if cfg.mlp == 'swiglu' else 2)
+  mlp = cfg.d_model * cfg.d_ff * (3 if cfg.mlp in ('swiglu', 'geglu') else 2)
   return cfg.n_layers * (attn + mlp) + cfg.d_model * cfg.vocab_size
 
 
 def train_flops_per_token(cfg, seq_len: int) -> float:
   """6·N_matmul + 12·L·H·Q·T (see module docstring)."""
-  hd = cfg.head_dim or cfg.d_model // cfg.n_heads
+  hd = head_dim(cfg)
   return 6 * matmul_params(cfg) + 12 * cfg.n_layers * cfg.n_heads * hd * seq_len

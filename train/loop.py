@@ -8,7 +8,6 @@ import dataclasses
 import errno
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -62,12 +61,15 @@ class Run:
   lr_fn: Callable
 
 
-def setup(config) -> Run:
-  """Validate, then build mesh, data, optimizer and state shardings (nothing compiled yet)."""
+def setup(config, with_data: bool = True) -> Run:
+  """Validate, then build mesh, data, optimizer and state shardings (nothing compiled yet).
+  Without data (benchmarks on synthetic tokens) train_ds, eval_ds and tokenizer are None."""
   derived = validation.derive(config, jax.device_count(), jax.process_count())
   mesh = sharding.make_mesh(config.mesh)
-  train_ds, eval_ds, tokenizer = pipeline.make_datasets(config, jax.process_index(),
-                                                        jax.process_count())
+  train_ds, eval_ds, tokenizer = None, None, None
+  if with_data:
+    train_ds, eval_ds, tokenizer = pipeline.make_datasets(config, jax.process_index(),
+                                                          jax.process_count())
   optimizer = optim.make_optimizer(config.optimizer, derived.num_steps, derived.model)
   lr_fn = optim.lr_schedule(config.optimizer, derived.num_steps)
   state_shardings = state_lib.state_shardings(derived.model, optimizer, mesh, derived.loss_scale)
@@ -90,17 +92,26 @@ def global_batch(r: Run, host_arrays: dict):
 
 
 def evaluate(r: Run, eval_step, params, frozen) -> dict:
-  """Mean eval loss (and other per-token sums) over `eval_batches` fixed validation batches."""
-  total = None
-  for i in range(r.config.train.eval_batches):
-    sums = eval_step(params, global_batch(r, {'tokens': r.eval_ds.eval_batch(i)}), *frozen)
-    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-  total = jax.device_get(total)
-  n = max(float(total['tokens']), 1.0)
-  out = {f'eval/{k}': float(v) / n for k, v in total.items() if k != 'tokens'}
-  # Bits per byte of raw text: nats/token -> bits/token -> bits/byte; compares across tokenizers.
-  out['eval/bits_per_byte'] = out['eval/loss'] / math.log(2) / r.eval_ds.bytes_per_token
-  return out
+  """Mean eval loss (and other per-token sums) over `eval_batches` fixed validation batches of
+  each data source -> eval/loss, eval/bits_per_byte (and eval/<source>/... for a mixture)."""
+  means = {}
+  for name, source in r.eval_ds.sources.items():
+    total = None
+    for i in range(r.config.train.eval_batches):
+      sums = eval_step(params, global_batch(r, {'tokens': source.eval_batch(i)}), *frozen)
+      total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    total = jax.device_get(total)
+    n = max(float(total['tokens']), 1.0)
+    means[name] = {k: float(v) / n for k, v in total.items() if k != 'tokens'}
+  return r.eval_ds.metrics(means)
+
+
+def _lm_eval(r: Run) -> Optional[Callable]:
+  """params -> lm_eval/<task>/<metric> for config.lm_eval.tasks (train/harness.py); None: off."""
+  if not r.config.get('lm_eval') or not r.config.lm_eval.tasks:
+    return None
+  from train import harness   # imports lm-eval: only when tasks are set.
+  return harness.loop_evaluator(r)
 
 
 def stream_meta(config) -> dict:
@@ -196,6 +207,7 @@ def _train(r: Run, task: Task, workdir, mngr, init_params_fn, stop_after, stop) 
     eval_step = jax.jit(make_eval_step(task.eval_loss_fn or task.loss_fn),
                         in_shardings=(r.state_shardings.params, r.batch_sharding) + frozen_sh,
                         out_shardings=sharding.replicated(r.mesh))
+    lm_eval_fn = _lm_eval(r)
 
     flops_per_token = flops.train_flops_per_token(r.derived.model, cfg.data.seq_len)
     peak = flops.peak_flops() * jax.device_count()
@@ -233,6 +245,8 @@ def _train(r: Run, task: Task, workdir, mngr, init_params_fn, stop_after, stop) 
         del m['train/tokens']
         if is_eval:
           m.update(evaluate(r, eval_step, state.params, task.frozen))
+          if lm_eval_fn:
+            m.update(lm_eval_fn(state.params))
         writer.write_scalars(done, m)
         last = m
         tic, tic_step = time.time(), done

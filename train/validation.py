@@ -6,14 +6,16 @@ inconsistency raises ValueError naming the offending field.
 """
 import dataclasses
 import difflib
+import os
 
 import ml_collections
 
 from configs import base
 from models import parametrization
 from models.config import CHOICES as model_choices
-from models.config import ModelConfig
+from models.config import ROPE_FIELDS, ModelConfig, head_dim, kv_heads
 from train import sharding
+from train.data import pipeline
 
 CHOICES = {
     **{'model.' + k: v for k, v in model_choices.items()},
@@ -80,6 +82,48 @@ def _positive(config, *names):
       raise ValueError(f'config.{name} must be positive, got {config[section][key]}')
 
 
+def _check_rope_scaling(m):
+  """rope_scaling's fields: set only those it reads, each in range (as transformers uses them)."""
+  kind, defaults = m.rope_scaling, ModelConfig()
+  if kind != 'none' and m.positions != 'rope':
+    raise ValueError(f"config.model.rope_scaling={kind!r} needs config.model.positions='rope'")
+  for key in ('rope_factor', 'rope_low_freq_factor', 'rope_high_freq_factor',
+              'rope_original_max_len'):
+    if key not in ROPE_FIELDS[kind] and m[key] != getattr(defaults, key):
+      raise ValueError(f'config.model.{key}={m[key]} is not used by '
+                       f'config.model.rope_scaling={kind!r}; leave it at its default')
+  if kind != 'none' and m.rope_factor <= 0:
+    raise ValueError(f'config.model.rope_factor must be positive, got {m.rope_factor}')
+  if kind in ('llama3', 'dynamic') and m.rope_original_max_len <= 0:
+    raise ValueError(f'config.model.rope_original_max_len must be positive for rope_scaling '
+                     f'{kind!r}, got {m.rope_original_max_len}')
+  if kind == 'llama3' and not 0 < m.rope_low_freq_factor < m.rope_high_freq_factor:
+    raise ValueError(f'config.model.rope_high_freq_factor={m.rope_high_freq_factor} must exceed '
+                     f'config.model.rope_low_freq_factor={m.rope_low_freq_factor} > 0')
+  if kind == 'dynamic' and m.max_len > m.rope_original_max_len:
+    raise ValueError(
+        f'config.model.max_len={m.max_len} exceeds config.model.rope_original_max_len='
+        f'{m.rope_original_max_len}: past it dynamic NTK rope rescales theta with each call\'s '
+        'length (statefully, in transformers), which fixed shapes cannot reproduce')
+
+
+def _check_lm_eval(config):
+  """config.lm_eval: counts in range, include_path a directory, every task name known to lm-eval."""
+  e = config.get('lm_eval')
+  if e is None:
+    return
+  for key in ('limit', 'num_fewshot'):
+    if e[key] is not None and e[key] < 0:
+      raise ValueError(f'config.lm_eval.{key} must be >= 0, got {e[key]}')
+  if e.batch_size <= 0:
+    raise ValueError(f'config.lm_eval.batch_size must be positive, got {e.batch_size}')
+  if e.include_path and not os.path.isdir(e.include_path):
+    raise ValueError(f'config.lm_eval.include_path={e.include_path!r} is not a directory')
+  if e.tasks:
+    from train import harness   # imports lm-eval: only when tasks are set.
+    harness.check_tasks(e.tasks, e.include_path, 'config.lm_eval.tasks')
+
+
 def derive(config, num_devices: int, process_count: int = 1) -> Derived:
   """Validate `config` for this many devices/processes and return the derived quantities."""
   _check_schema(config, base.get_config())
@@ -91,19 +135,20 @@ def derive(config, num_devices: int, process_count: int = 1) -> Derived:
             'train.grad_accum_steps', 'optimizer.lr', 'train.log_every', 'train.eval_every',
             'train.eval_batches', 'train.checkpoint_every', 'train.keep_checkpoints',
             'train.spike_window')
-  for name in ('train.keep_every', 'data.max_documents', 'train.spike_factor'):
+  for name in ('train.keep_every', 'data.max_documents', 'data.read_threads', 'train.spike_factor'):
     section, key = name.split('.')
     if config[section][key] < 0:
       raise ValueError(f'config.{name} must be >= 0 (0: off / all), got {config[section][key]}')
   if m.head_dim is None and m.d_model % m.n_heads:
     raise ValueError(f'config.model.n_heads={m.n_heads} does not divide '
                      f'config.model.d_model={m.d_model} (or set config.model.head_dim)')
-  kv = m.n_kv_heads or m.n_heads
+  kv = kv_heads(m)
   if m.n_heads % kv:
     raise ValueError(f'config.model.n_kv_heads={kv} does not divide config.model.n_heads={m.n_heads}')
-  hd = m.head_dim or m.d_model // m.n_heads
+  hd = head_dim(m)
   if m.positions == 'rope' and hd % 2:
     raise ValueError(f'config.model: rope needs an even head dim, got {hd}')
+  _check_rope_scaling(m)
   if m.attention_impl == 'cudnn' and m.dtype == 'float32':
     raise ValueError("config.model.attention_impl='cudnn' needs config.model.dtype bfloat16 or "
                      "float16 (the cuDNN flash kernel has no float32 path); use 'xla' for float32")
@@ -112,6 +157,7 @@ def derive(config, num_devices: int, process_count: int = 1) -> Derived:
       raise ValueError(f'config.model.{key} must be >= 0 (0: the model\'s own), got {m[key]}')
   if m.parametrization != 'mup' and (m.base_d_model or m.base_d_ff or m.base_head_dim):
     raise ValueError("config.model.base_*: a base shape only applies to parametrization 'mup'")
+  pipeline.parse_sources(config.data)   # mixture syntax and weights.
   if config.data.seq_len > m.max_len:
     raise ValueError(f'config.data.seq_len={config.data.seq_len} exceeds '
                      f'config.model.max_len={m.max_len}')
@@ -139,6 +185,7 @@ def derive(config, num_devices: int, process_count: int = 1) -> Derived:
     raise ValueError(f'config.train.loss_scale_init ({t.loss_scale_init}) and loss_scale_period '
                      f'({t.loss_scale_period}) must be positive')
   loss_scale = t.loss_scale == 'dynamic' or (t.loss_scale == 'auto' and m.dtype == 'float16')
+  _check_lm_eval(config)
   return Derived(model=ModelConfig.make(m), num_steps=num_steps, tokens_per_step=tokens_per_step,
                  mesh_shape=mesh_shape, batch_shards=shards,
                  per_device_batch=t.global_batch_size // shards,

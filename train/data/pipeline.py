@@ -1,239 +1,290 @@
-"""TFDS text split -> tokenized, EOS-separated stream -> packed rows served by step number.
+"""Prepared token shards -> packed rows -> (mixed) per-host batches served by step, via grain.
 
-Batches are a pure function of (seed, step, process), so resuming needs only the step, and each
-host computes just its own slice of the global batch.
+The batch at step s is a pure function of (seed, s): global sequence g = s*B + j is row
+`shuffle_e(k)` of its source, where the mixture (grain's deterministic weighted interleave) maps
+g to (source, k) and each source's rows are permuted per epoch e by grain's index shuffle (O(1)
+memory, seeded from (seed, source)). Host p of P reads global sequences [p*B/P, (p+1)*B/P) of
+every step and nothing else, so resuming needs only the step, on any number of hosts. Sequential
+steps are read ahead by grain reader threads (config.data.read_threads).
 """
 import dataclasses
-import difflib
-import json
 import logging
+import math
 import os
-import re
-import time
-import uuid
 
+import grain
 import numpy as np
-import tensorflow_datasets as tfds
 
-from train.data import stdlib_corpus
+from train.data import shards
 from train.data import tokenizers
 
-_EMBEDDED_DATASETS = (stdlib_corpus.StdlibCorpus.name,)
-_READ_BATCH = 256  # documents per tf.data batch / tokenizer call.
 
-
-@dataclasses.dataclass
-class TokenStream:
-  """One split as a flat token array (EOS after every document) plus raw-byte statistics."""
-
-  tokens: np.ndarray            # 1-D, uint16 or int32.
-  num_documents: int
-  num_bytes: int                # UTF-8 bytes of all documents, EOS not counted.
-  byte_histogram: np.ndarray    # [256] counts of the raw document bytes.
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One dataset of config.data.dataset with its mixture weight, splits and text feature."""
+  dataset: str
+  weight: float
+  train_split: str
+  eval_split: str
+  text_key: str
 
   @property
-  def num_tokens(self) -> int:
-    return int(self.tokens.shape[0])
-
-  @property
-  def bytes_per_token(self) -> float:
-    """Raw bytes per token (EOS included): bits/byte = loss_bits_per_token / bytes_per_token."""
-    return self.num_bytes / max(self.num_tokens, 1)
-
-  @property
-  def unigram_byte_entropy_bits(self) -> float:
-    """Shannon entropy of the byte histogram: a bits/byte baseline a model should beat."""
-    p = self.byte_histogram[self.byte_histogram > 0] / max(self.num_bytes, 1)
-    return float(-(p * np.log2(p)).sum())
+  def name(self) -> str:
+    """Metric-safe name: eval/<name>/loss."""
+    return shards.sanitize(self.dataset)
 
 
-def load_builder(dataset: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-  """The prepared TFDS builder; prepares it if needed (offline only for the embedded corpus)."""
+def _per_source(value: str, n: int, field: str) -> list[str]:
+  parts = [v.strip() for v in str(value).split(',')]
+  if len(parts) == 1:
+    return parts * n
+  if len(parts) != n or not all(parts):
+    raise ValueError(f'{field}={value!r}: give one value, or one per source of '
+                     f'config.data.dataset ({n}), comma-separated')
+  return parts
+
+
+def parse_sources(data) -> list[Source]:
+  """config.data -> its sources. `dataset` is 'name' or 'name=weight,name=weight,...' (weights
+  >= 0, not all 0; none given: equal); train_split / eval_split / text_key are one value for all
+  sources or one per source. ValueError naming the field otherwise."""
+  spec = str(data.dataset)
+  items = [s.strip() for s in spec.split(',')]
+  if not all(items):
+    raise ValueError(f'config.data.dataset={spec!r}: empty source name')
+  names, weights = [], []
+  for item in items:
+    name, sep, weight = item.partition('=')
+    names.append(name.strip())
+    if not sep:
+      weights.append(None)
+      continue
+    try:
+      weights.append(float(weight))
+    except ValueError:
+      raise ValueError(f'config.data.dataset={spec!r}: weight {weight!r} of {name!r} is not a '
+                       'number') from None
+    if not math.isfinite(weights[-1]) or weights[-1] < 0:
+      raise ValueError(f'config.data.dataset={spec!r}: weight of {name!r} must be a finite '
+                       f'number >= 0, got {weight}')
+  if len(names) > 1 and None in weights and any(w is not None for w in weights):
+    raise ValueError(f'config.data.dataset={spec!r}: give every source a weight (name=weight) '
+                     'or none (equal weights)')
+  weights = [1.0 if w is None else w for w in weights]
+  if sum(weights) <= 0:
+    raise ValueError(f'config.data.dataset={spec!r}: the mixture weights sum to 0')
+  dup = {shards.sanitize(n) for n in names if sum(shards.sanitize(m) == shards.sanitize(n)
+                                                for m in names) > 1}
+  if dup:
+    raise ValueError(f'config.data.dataset={spec!r}: source {sorted(dup)[0]!r} is named twice')
+  n = len(names)
+  splits = [_per_source(data[k], n, f'config.data.{k}')
+            for k in ('train_split', 'eval_split', 'text_key')]
+  return [Source(name, w / sum(weights), *per) for name, w, *per in zip(names, weights, *splits)]
+
+
+def prepared_root(data) -> str:
+  """config.data.prepared_dir, or <data_dir (TFDS's default if unset)>/tokenized."""
+  if data.prepared_dir:
+    return data.prepared_dir
+  tfds_dir = data.data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.join(
+      os.path.expanduser('~'), 'tensorflow_datasets')
+  return os.path.join(tfds_dir, 'tokenized')
+
+
+def prepared_path(data, source: Source, split: str) -> str:
+  return shards.split_dir(prepared_root(data), source.dataset, split, source.text_key,
+                          data.max_documents)
+
+
+def open_prepared(data, source: Source, split: str, tokenizer) -> shards.PreparedSplit:
+  """The prepared split, checked against the tokenizer; the embedded corpora are prepared here
+  when missing, any other dataset must be prepared first (`python -m train.data.prepare`)."""
+  from train.data import prepare   # TFDS is imported only when something is not prepared yet.
+  path = prepared_path(data, source, split)
+  field = 'config.data.prepared_dir' if data.prepared_dir else 'config.data.dataset'
+  expect = {'tokenizer': data.tokenizer, 'tokenizer_fingerprint': tokenizer.fingerprint}
   try:
-    builder = tfds.builder(dataset, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
-    close = difflib.get_close_matches(dataset, tfds.list_builders(), n=1)
-    hint = f'did you mean {close[0]!r}? ' if close else ''
-    raise ValueError(f'config.data.dataset={dataset!r}: no such TFDS dataset ({hint}see '
-                     '`tfds.list_builders()`, or register your own builder)') from None
-  try:
-    builder.download_and_prepare()
-  except Exception as e:  # Network/manual-download failures come in many types.
-    if dataset in _EMBEDDED_DATASETS:
-      raise
-    raise ValueError(
-        f'config.data.dataset={dataset!r} is not prepared in config.data.data_dir={data_dir!r} '
-        'and could not be downloaded/prepared here; prepare it where the source is reachable '
-        f'(tfds build {dataset} --data_dir=...) and point data_dir at it.') from e
-  return builder
-
-
-def _cache_path(builder, split: str, text_key: str, tokenizer, max_documents: int) -> str:
-  safe_split = re.sub(r'[^A-Za-z0-9_.-]+', '_', split)
-  name = f'{safe_split}.{text_key}.{tokenizer.fingerprint}.docs{max_documents or "all"}.npy'
-  return os.path.join(os.fspath(builder.data_dir), 'tokenized', name)
-
-
-def _tokenize(builder, split: str, text_key: str, tokenizer, max_documents: int) -> TokenStream:
-  features = builder.info.features
-  if text_key not in features:
-    raise ValueError(f'config.data.text_key={text_key!r} is not a feature of '
-                     f'{builder.info.full_name}; it has {sorted(features.keys())}.')
-  ds = builder.as_dataset(split=split, shuffle_files=False)
-  if max_documents > 0:
-    ds = ds.take(max_documents)
-  ds = ds.map(lambda ex: ex[text_key]).batch(_READ_BATCH)
-  eos = np.array([tokenizer.eos_id], dtype=np.int64)
-  pieces, hist, num_docs, num_bytes = [], np.zeros(256, np.int64), 0, 0
-  for docs in tfds.as_numpy(ds):
-    docs = list(docs)
-    for doc in docs:
-      raw = np.frombuffer(doc, dtype=np.uint8)
-      hist += np.bincount(raw, minlength=256)
-      num_bytes += raw.size
-    for ids in tokenizer.encode_batch(docs):
-      pieces += [ids, eos]
-    num_docs += len(docs)
-  dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
-  tokens = np.concatenate(pieces).astype(dtype) if pieces else np.zeros(0, dtype)
-  return TokenStream(tokens, num_docs, num_bytes, hist)
-
-
-def _save(stream: TokenStream, path: str) -> None:
-  """Write tokens (.npy) and stats (.json) via temp files + rename, so readers never see halves."""
-  import tensorflow as tf  # Already loaded by tfds; gfile also handles gs:// data_dirs.
-  tf.io.gfile.makedirs(os.path.dirname(path))
-  stats = {'num_documents': stream.num_documents, 'num_bytes': stream.num_bytes,
-           'byte_histogram': stream.byte_histogram.tolist()}
-  tmp = f'{path}.tmp-{uuid.uuid4().hex}'
-  with tf.io.gfile.GFile(tmp + '.json', 'w') as f:
-    json.dump(stats, f)
-  with tf.io.gfile.GFile(tmp, 'wb') as f:
-    np.save(f, stream.tokens)
-  tf.io.gfile.rename(tmp + '.json', path + '.json', overwrite=True)
-  tf.io.gfile.rename(tmp, path, overwrite=True)  # .npy last: its presence means complete.
-
-
-def _load(path: str) -> TokenStream | None:
-  import tensorflow as tf
-  if not (tf.io.gfile.exists(path) and tf.io.gfile.exists(path + '.json')):
-    return None
-  with tf.io.gfile.GFile(path + '.json', 'r') as f:
-    stats = json.load(f)
-  if '://' in path:
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      tokens = np.load(f)
-  else:
-    tokens = np.load(path, mmap_mode='r')
-  return TokenStream(tokens, stats['num_documents'], stats['num_bytes'],
-                     np.asarray(stats['byte_histogram'], np.int64))
-
-
-def load_token_stream(dataset: str, split: str, tokenizer, data_dir: str | None = None,
-                      text_key: str = 'text', max_documents: int = 0) -> TokenStream:
-  """Tokenized split, read from the .npy cache beside the TFDS data or built and cached."""
-  builder = load_builder(dataset, data_dir)
-  path = _cache_path(builder, split, text_key, tokenizer, max_documents)
-  stream = _load(path)
-  if stream is None:
-    start = time.time()
-    stream = _tokenize(builder, split, text_key, tokenizer, max_documents)
-    _save(stream, path)
-    logging.info('Tokenized %s/%s: %d docs, %d bytes -> %d tokens in %.1fs; cached at %s',
-                 dataset, split, stream.num_documents, stream.num_bytes, stream.num_tokens,
-                 time.time() - start, path)
-  return stream
-
-
-class PackedDataset:
-  """Non-overlapping rows of seq_len+1 tokens; `batch(step)` is this host's slice of step's batch.
-
-  Global sequence ids step*B .. step*B+B-1 index an endless series of epochs; with shuffle, epoch e
-  visits rows in the order `default_rng([seed, e]).permutation(num_rows)`, else in file order
-  (wrapping around). Host p of P gets global rows [p*B/P, (p+1)*B/P).
-  """
-
-  def __init__(self, stream: TokenStream, seq_len: int, global_batch_size: int, seed: int = 0,
-               process_index: int = 0, process_count: int = 1, shuffle: bool = True):
-    if global_batch_size % process_count:
-      raise ValueError(f'config.train.global_batch_size={global_batch_size} is not divisible by '
-                       f'the number of processes ({process_count}).')
-    if not 0 <= process_index < process_count:
-      raise ValueError(f'process_index={process_index} not in [0, {process_count}).')
-    row_len = seq_len + 1
-    num_rows = stream.num_tokens // row_len
-    min_rows = global_batch_size if shuffle else 1
-    if num_rows < min_rows:
+    return shards.open_split(path, field, expect)
+  except FileNotFoundError:
+    prepare.check_known(source.dataset, data.data_dir)
+    if not prepare.is_embedded(source.dataset):
       raise ValueError(
-          f'Split has {stream.num_tokens} tokens = {num_rows} rows of config.data.seq_len+1='
-          f'{row_len}, fewer than the {min_rows} needed (config.train.global_batch_size='
-          f'{global_batch_size}); use more data or a smaller seq_len/batch.')
-    self.stream = stream
-    self.seq_len = seq_len
-    self.global_batch_size = global_batch_size
-    self.local_batch_size = global_batch_size // process_count
-    self.seed = seed
-    self.process_index = process_index
-    self.process_count = process_count
-    self.shuffle = shuffle
-    self.num_rows = num_rows
-    self._rows = stream.tokens[:num_rows * row_len].reshape(num_rows, row_len)
-    self._perms = {}
+          f'config.data.dataset={source.dataset!r}: split {split!r} is not prepared (no '
+          f'{shards.MANIFEST} in {path}); run `python -m train.data.prepare` once with this '
+          'config (on every host of a pod, or one machine writing to a shared gs:// '
+          'config.data.prepared_dir)') from None
+  logging.info('Preparing %s/%s (embedded, built offline) in %s', source.dataset, split, path)
+  prepare.prepare_split(source.dataset, split, path, data.tokenizer, data_dir=data.data_dir,
+                        text_key=source.text_key, max_documents=data.max_documents)
+  return shards.open_split(path, field, expect)
 
-  @property
-  def bytes_per_token(self) -> float:
-    return self.stream.bytes_per_token
 
-  @property
-  def unigram_byte_entropy_bits(self) -> float:
-    return self.stream.unigram_byte_entropy_bits
+def _rows(split: shards.PreparedSplit, seq_len: int, min_rows: int, what: str) -> shards.PackedRows:
+  rows = shards.PackedRows(split, seq_len)
+  if len(rows) < min_rows:
+    raise ValueError(
+        f'{what} ({split.path}) has {split.num_tokens} tokens = {len(rows)} rows of '
+        f'config.data.seq_len+1={seq_len + 1}, fewer than the {min_rows} needed '
+        '(config.train.global_batch_size); use more data or a smaller seq_len/batch.')
+  return rows
 
-  @property
-  def steps_per_epoch(self) -> int:
-    """Full global batches per pass over the rows (eval: batches that cover the split once)."""
-    if self.shuffle:
-      return self.num_rows // self.global_batch_size
-    return -(-self.num_rows // self.global_batch_size)
 
-  def _permutation(self, epoch: int) -> np.ndarray:
-    if epoch not in self._perms:
-      if len(self._perms) >= 2:  # A batch spans at most two epochs.
-        self._perms.pop(min(self._perms))
-      self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
-    return self._perms[epoch]
+def _shuffle_seed(seed: int, source_index: int) -> int:
+  """A 32-bit seed per (config seed, source) for grain's index shuffle."""
+  return int(np.random.SeedSequence([seed % 2**63, source_index, 0x5EED]).generate_state(1)[0])
 
-  def row_ids(self, step: int) -> np.ndarray:
-    """Indices into the packed rows of this host's part of the global batch at `step`."""
-    b = self.local_batch_size
-    ids = step * self.global_batch_size + self.process_index * b + np.arange(b, dtype=np.int64)
-    epochs, pos = np.divmod(ids, self.num_rows)
-    if not self.shuffle:
-      return pos
-    out = np.empty_like(pos)
-    for e in np.unique(epochs):
-      m = epochs == e
-      out[m] = self._permutation(int(e))[pos[m]]
+
+def _host_slice(ds: grain.MapDataset, global_batch_size: int, process_index: int,
+                process_count: int) -> grain.MapDataset:
+  """Element s: host p's [B/P, L+1] int32 rows of global batch s (ds: global sequences)."""
+  if global_batch_size % process_count:
+    raise ValueError(f'config.train.global_batch_size={global_batch_size} is not divisible by '
+                     f'the number of processes ({process_count}).')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} not in [0, {process_count}).')
+  return ds.batch(global_batch_size // process_count, drop_remainder=True)[
+      process_index::process_count]
+
+
+class _Prefetched:
+  """`get(i)` of a MapDataset, read ahead by grain threads while i increases one by one."""
+
+  def __init__(self, ds: grain.MapDataset, read_threads: int):
+    self._ds, self._threads = ds, read_threads
+    self._it, self._next, self._last = None, None, None
+
+  def get(self, i: int) -> np.ndarray:
+    if self._it is not None and i == self._next:
+      out = next(self._it)
+    else:
+      self.close()
+      if self._threads and self._last is not None and i == self._last + 1:
+        opts = grain.ReadOptions(num_threads=self._threads, prefetch_buffer_size=2 * self._threads)
+        self._it = iter(self._ds[i:].to_iter_dataset(opts))
+        out = next(self._it)
+      else:   # random access (first call, a jump): read just this one.
+        out = self._ds[i]
+    self._last, self._next = i, i + 1
     return out
 
+  def close(self):
+    """Stop the read-ahead threads (also when the stream is dropped, e.g. between sweep runs)."""
+    if self._it is not None:
+      getattr(self._it, 'close', lambda: None)()
+      self._it = None
+
+  __del__ = close
+
+
+class TrainStream:
+  """This host's rows of each step's global training batch; `batch(step)` is a pure function
+  of (seed, step), read lazily from the prepared shards of every source."""
+
+  def __init__(self, splits: list[tuple[Source, shards.PreparedSplit]], seq_len: int,
+               global_batch_size: int, seed: int = 0, process_index: int = 0,
+               process_count: int = 1, read_threads: int = 4):
+    self.sources = [s for s, _ in splits]
+    self.splits = [split for _, split in splits]
+    self.seq_len, self.global_batch_size, self.seed = seq_len, global_batch_size, seed
+    self.process_index, self.process_count = process_index, process_count
+    self.local_batch_size = global_batch_size // max(process_count, 1)
+    parts, weights = [], []
+    for i, (source, split) in enumerate(splits):
+      if source.weight == 0:
+        continue   # an eval-only source.
+      rows = _rows(split, seq_len, global_batch_size, f'config.data.dataset {source.dataset!r} '
+                   f'split {source.train_split!r}')
+      parts.append(grain.MapDataset.source(rows).shuffle(seed=_shuffle_seed(seed, i)).repeat())
+      weights.append(source.weight)
+    mixed = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+    self._batches = _Prefetched(_host_slice(mixed, global_batch_size, process_index,
+                                            process_count), read_threads)
+
   def batch(self, step: int) -> np.ndarray:
-    """int32 [local_batch_size, seq_len + 1]; inputs = [:, :-1], targets = [:, 1:]."""
-    return np.asarray(self._rows[self.row_ids(step)], dtype=np.int32)
+    """int32 [global_batch_size / processes, seq_len + 1]; inputs = [:, :-1], targets = [:, 1:]."""
+    return self._batches.get(step)
+
+
+class EvalSource:
+  """One source's validation rows in file order (wrapping around), this host's part of each."""
+
+  def __init__(self, source: Source, split: shards.PreparedSplit, seq_len: int,
+               global_batch_size: int, process_index: int = 0, process_count: int = 1):
+    self.source, self.split = source, split
+    self.weight = source.weight
+    rows = _rows(split, seq_len, 1, f'config.data.dataset {source.dataset!r} split '
+                 f'{source.eval_split!r}')
+    self.num_rows = len(rows)
+    self._batches = _host_slice(grain.MapDataset.source(rows).repeat(), global_batch_size,
+                                process_index, process_count)
+
+  @property
+  def bytes_per_token(self) -> float:
+    return self.split.bytes_per_token
 
   def eval_batch(self, i: int) -> np.ndarray:
-    """Same as `batch`; named for the unshuffled eval dataset."""
-    return self.batch(i)
+    """Rows [i*B + p*B/P, ...) mod num_rows: int32 [B/P, seq_len + 1]."""
+    return self._batches[i]
 
 
-def make_datasets(config, process_index: int, process_count: int):
-  """(train PackedDataset, eval PackedDataset, tokenizer) for this host, from config.data/train."""
+class EvalStream:
+  """The eval split of every source; `metrics` turns per-source mean sums into eval/ metrics."""
+
+  def __init__(self, sources: list[EvalSource]):
+    self.sources = {s.source.name: s for s in sources}
+    self._primary = max(sources, key=lambda s: s.weight)
+
+  def eval_batch(self, i: int) -> np.ndarray:
+    """The (heaviest) source's eval batch i: for tools that probe one fixed batch."""
+    return self._primary.eval_batch(i)
+
+  @property
+  def bytes_per_token(self) -> float:
+    """Raw bytes per token of the mixture (weights as in training)."""
+    return sum(s.weight * s.bytes_per_token for s in self.sources.values())
+
+  @property
+  def unigram_byte_entropy_bits(self) -> float:
+    """Entropy of the mixture's byte distribution (each source's histogram weighted)."""
+    hist = sum(s.weight * s.split.stats.byte_histogram / max(s.split.stats.num_bytes, 1)
+               for s in self.sources.values())
+    return shards.entropy_bits(np.asarray(hist))
+
+  def metrics(self, means: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{source name: {key: mean per token}} -> eval/<key> (weighted over sources) and
+    eval/bits_per_byte; with several sources also eval/<source>/<key> and its bits/byte."""
+    out = {}
+    for name, m in means.items():
+      src = self.sources[name]
+      if len(means) > 1:
+        out.update({f'eval/{name}/{k}': v for k, v in m.items()})
+        out[f'eval/{name}/bits_per_byte'] = m['loss'] / math.log(2) / src.bytes_per_token
+    weights = {n: self.sources[n].weight for n in means}
+    total = sum(weights.values()) or 1.0
+    for k in next(iter(means.values())):
+      out[f'eval/{k}'] = sum(weights[n] * means[n][k] for n in means) / total
+    # Bits per byte of raw text: nats/token -> bits/token -> bits/byte; compares across tokenizers.
+    bpt = sum(weights[n] * self.sources[n].bytes_per_token for n in means) / total
+    out['eval/bits_per_byte'] = out['eval/loss'] / math.log(2) / bpt
+    return out
+
+
+def make_datasets(config, process_index: int,
+                  process_count: int) -> tuple[TrainStream, EvalStream, object]:
+  """(TrainStream, EvalStream, tokenizer) for this host from config.data / config.train."""
   d = config.data
+  sources = parse_sources(d)
   tokenizer = tokenizers.make_tokenizer(d.tokenizer)
   tokenizers.check_vocab(tokenizer, config.model.vocab_size)
-  common = dict(seq_len=d.seq_len, global_batch_size=config.train.global_batch_size,
-                seed=config.seed, process_index=process_index, process_count=process_count)
-  datasets = []
-  for split, shuffle in ((d.train_split, True), (d.eval_split, False)):
-    stream = load_token_stream(d.dataset, split, tokenizer, data_dir=d.data_dir,
-                               text_key=d.text_key, max_documents=d.max_documents)
-    datasets.append(PackedDataset(stream, shuffle=shuffle, **common))
-  return datasets[0], datasets[1], tokenizer
+  train, evals = [], []
+  for s in sources:
+    train.append((s, open_prepared(d, s, s.train_split, tokenizer)))
+    split = open_prepared(d, s, s.eval_split, tokenizer)
+    evals.append(EvalSource(s, split, d.seq_len, config.train.global_batch_size, process_index,
+                            process_count))
+    logging.info('Data source %s (weight %.3g): train %d tokens in %s, eval %d tokens',
+                 s.dataset, s.weight, train[-1][1].num_tokens, train[-1][1].path, split.num_tokens)
+  train_ds = TrainStream(train, d.seq_len, config.train.global_batch_size, config.seed,
+                         process_index, process_count, d.read_threads)
+  return train_ds, EvalStream(evals), tokenizer

@@ -1,0 +1,448 @@
+"""Downstream evaluation with EleutherAI's lm-evaluation-harness (lm-eval).
+
+`LMScaleLM` (registered in lm-eval as 'lmscale') serves loglikelihood, loglikelihood_rolling and
+generate_until for one of our models: a workdir's latest checkpoint, an `hf:/dir` checkpoint, or
+in-memory (model_config, params, tokenizer), optionally sharded on a mesh. Rows are scored in
+fixed-size batches padded to a few bucket lengths, so nothing recompiles per request.
+
+Command line (prints lm-eval's table, writes <workdir>/lm_eval_results.json):
+
+  python -m train.harness --workdir=workdirs/default --tasks=lambada_openai,hellaswag \
+    [--include_path=my_tasks] [--limit=N] [--num_fewshot=K] [--batch_size=B]
+"""
+import dataclasses
+import difflib
+import functools
+import json
+import logging
+import math
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from lm_eval.api import registry
+from lm_eval.api.model import TemplateLM
+from lm_eval.models.utils import normalize_gen_kwargs, postprocess_generated_text
+
+import models
+from train.data import tokenizers
+
+REGISTRY_NAME = 'lmscale'
+RESULTS_FILE = 'lm_eval_results.json'
+FEWSHOT_SEED = 1234   # lm-eval's default few-shot sampler seed.
+# Lazy entry (module:class): `python -m train.harness` and `import train.harness` register alike.
+registry.model_registry.register(REGISTRY_NAME, target='train.harness:LMScaleLM')
+
+
+def task_names(tasks) -> list[str]:
+  """A tuple / list / comma-separated string of names -> names ('a,b' on a command line)."""
+  tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+  return [n.strip() for t in tasks for n in str(t).split(',') if n.strip()]
+
+
+@functools.lru_cache(maxsize=8)
+def task_manager(include_path: str = '', defaults: bool = True):
+  """lm-eval's TaskManager: built-in tasks (indexing them takes seconds, hence the cache) and
+  `include_path`'s."""
+  from lm_eval.tasks import TaskManager
+  return TaskManager(include_path=include_path or None, include_defaults=defaults)
+
+
+def _manager_for(names: list[str], include_path: str = ''):
+  """include_path's own tasks when `names` are all plain tasks there (fast), else every task
+  (groups and tags may gather built-in tasks)."""
+  if include_path:
+    from lm_eval.tasks._index import Kind
+    local = task_manager(include_path, defaults=False)
+    entries = [local.task_index.get(n) for n in names]
+    if all(e is not None and e.kind in (Kind.TASK, Kind.PY_TASK) for e in entries):
+      return local
+  return task_manager(include_path)
+
+
+def check_tasks(tasks, include_path: str = '', field: str = '--tasks') -> list[str]:
+  """The task names, or ValueError naming `field` and the first name lm-eval does not know."""
+  names = task_names(tasks)
+  if not names:
+    raise ValueError(f'{field}: no task names given')
+  if include_path and not os.path.isdir(include_path):
+    raise ValueError(f'{field}: include_path {include_path!r} is not a directory')
+  manager = _manager_for(names, include_path)
+  known = manager.all_tasks
+  for name in names:
+    if name not in manager.task_index and not os.path.isfile(name):
+      close = difflib.get_close_matches(name, known, n=3)
+      hint = f'; did you mean {", ".join(map(repr, close))}?' if close else ''
+      where = f', with those in {include_path}' if include_path else ''
+      raise ValueError(f'{field}: unknown lm-eval task {name!r} (lm-eval knows {len(known)} '
+                       f'tasks, groups and tags{where}){hint}')
+  return names
+
+
+def _buckets(max_len: int) -> tuple[int, ...]:
+  """Padded row lengths: 16, 32, 64, ... below max_len, then max_len."""
+  out, n = [], 16
+  while n < max_len:
+    out.append(n)
+    n *= 2
+  return tuple(out) + (max_len,)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _score(cfg, mesh, params, tokens_BxL, targets_BxL, mask_BxL):
+  """Per row: float32 sum of log p(target) over masked positions, and whether each is the argmax."""
+  logits_BxLxV = models.logits(cfg, params, tokens_BxL).astype(jnp.float32)
+  target_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+  logp_BxL = target_BxL - jax.nn.logsumexp(logits_BxLxV, axis=-1)   # no second [B, L, V] array.
+  greedy_BxL = jnp.argmax(logits_BxLxV, axis=-1) == targets_BxL
+  sum_B = jnp.sum(jnp.where(mask_BxL, logp_BxL, 0.0), axis=1)
+  is_greedy_B = jnp.all(greedy_BxL | ~mask_BxL, axis=1)
+  if mesh is not None:   # every process gets the whole (small) answer.
+    sum_B, is_greedy_B = jax.lax.with_sharding_constraint((sum_B, is_greedy_B),
+                                                          NamedSharding(mesh, P()))
+  return sum_B, is_greedy_B
+
+
+class LMScaleLM(TemplateLM):
+  """lm-eval model for our transformers: from `pretrained` (a workdir or 'hf:/dir') or in memory."""
+
+  def __init__(self, pretrained: str = '', *, model_config=None, params=None, tokenizer=None,
+               batch_size=16, mesh=None, max_gen_toks: int = 256, seed: int = 0, **_):
+    """`tokenizer`: our tokenizer object, or 'byte' / a HF tokenizer dir; None: the source's."""
+    super().__init__()
+    if pretrained:
+      model_config, params = load(pretrained)
+      tokenizer = tokenizer or source_tokenizer(pretrained)
+    if model_config is None or tokenizer is None:
+      raise ValueError('LMScaleLM: give pretrained=<workdir | hf:/dir>, or model_config, params '
+                       'and tokenizer')
+    self.model_config = models.ModelConfig.make(model_config)
+    self.params = params
+    self.tok = tokenizers.make_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    tokenizers.check_vocab(self.tok, self.model_config.vocab_size)
+    self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16   # 'auto' -> 16.
+    self.mesh = mesh
+    self.max_gen_toks = int(max_gen_toks)
+    self.seed = int(seed)
+    self.buckets = _buckets(self.model_config.max_len)
+
+  # ------------------------------------------------------------------ lm-eval's model interface
+  @property
+  def eot_token_id(self) -> int:
+    return self.tok.eos_id
+
+  @property
+  def max_length(self) -> int:
+    return self.model_config.max_len
+
+  @property
+  def tokenizer_name(self) -> str:
+    return self.tok.fingerprint
+
+  def tok_encode(self, string: str, add_special_tokens=None, left_truncate_len=None,
+                 **kwargs) -> list[int]:
+    """Token ids as in training (no special tokens), optionally only the last left_truncate_len."""
+    ids = [int(i) for i in self.tok.encode(string)]
+    return ids[-left_truncate_len:] if left_truncate_len else ids
+
+  def _put(self, x: np.ndarray):
+    """Host array -> replicated global array on the mesh (every process holds the same data)."""
+    if self.mesh is None:
+      return x
+    return jax.make_array_from_process_local_data(NamedSharding(self.mesh, P()), x, x.shape)
+
+  def score_tokens(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+    """(float32 sum of log p(continuation | context), is greedy) per (context, continuation) ids.
+
+    Like lm-eval's HF adapter, a row longer than max_len + 1 loses tokens from the left.
+    """
+    if self.params is None:
+      raise ValueError('LMScaleLM: no params to evaluate')
+    n = self.max_length
+    rows = []
+    for ctx, cont in pairs:
+      if not cont or len(cont) > n:
+        raise ValueError(f'continuation of {len(cont)} tokens: need 1 to max_len={n}')
+      rows.append((list(ctx) + list(cont))[-(n + 1):])
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    out = [None] * len(rows)
+    bs = self.batch_size
+    for start in range(0, len(order), bs):
+      idx = order[start:start + bs]
+      width = next(b for b in self.buckets if b >= len(rows[idx[0]]) - 1)
+      tokens, targets = np.zeros((bs, width), np.int32), np.zeros((bs, width), np.int32)
+      mask = np.zeros((bs, width), bool)
+      for r, i in enumerate(idx):
+        row, cont_len = rows[i], len(pairs[i][1])
+        tokens[r, :len(row) - 1], targets[r, :len(row) - 1] = row[:-1], row[1:]
+        mask[r, len(row) - 1 - cont_len:len(row) - 1] = True
+      sums, greedy = _score(self.model_config, self.mesh, self.params, self._put(tokens),
+                            self._put(targets), self._put(mask))
+      sums, greedy = jax.device_get((sums, greedy))
+      for r, i in enumerate(idx):
+        out[i] = (float(np.float32(sums[r])), bool(greedy[r]))
+    return out
+
+  def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
+    """lm-eval's token-level entry: [((context, continuation) | None, ctx ids, cont ids)]."""
+    answers = self.score_tokens([(ctx, cont) for _, ctx, cont in requests])
+    for (key, _, _), answer in zip(requests, answers):
+      if key is not None:
+        self.cache_hook.add_partial('loglikelihood', key, answer)
+    return answers
+
+  def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+    """Whole-string log-likelihood in disjoint max_len windows (lm-eval's rolling scheme)."""
+    from lm_eval import utils
+    windows, owner = [], []
+    for i, (string,) in enumerate(req.args for req in requests):
+      for w in utils.get_rolling_token_windows(self.tok_encode(string), self.prefix_token_id,
+                                               self.max_length, context_len=1):
+        windows.append(utils.make_disjoint_window(w))
+        owner.append(i)
+    totals = [0.0] * len(requests)
+    for i, (logp, _) in zip(owner, self.score_tokens(windows)):
+      totals[i] += logp
+    for req, total in zip(requests, totals):
+      self.cache_hook.add_partial('loglikelihood_rolling', req.args, total)
+    return totals
+
+  def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+    """models.generate's continuations, cut at the first EOS and at the requests' `until`."""
+    if self.params is None:
+      raise ValueError('LMScaleLM: no params to evaluate')
+    groups = {}
+    for i, req in enumerate(requests):
+      context, gen_kwargs = req.args
+      groups.setdefault(json.dumps(gen_kwargs, sort_keys=True, default=str), []).append(i)
+    out = [None] * len(requests)
+    for key, idx in groups.items():
+      kwargs = normalize_gen_kwargs(requests[idx[0]].args[1], self.max_gen_toks)
+      until = kwargs['until'] if isinstance(kwargs['until'], list) else [kwargs['until']]
+      texts = self._generate([requests[i].args[0] for i in idx], kwargs)
+      for i, text in zip(idx, texts):
+        out[i] = postprocess_generated_text(text, until, None)
+        self.cache_hook.add_partial('generate_until', requests[i].args, out[i])
+    return out
+
+  def _generate(self, contexts: list[str], kwargs: dict) -> list[str]:
+    """Decoded new text per context (before `until` cuts), in fixed-shape batches."""
+    n = self.max_length
+    new = int(kwargs['max_gen_toks'])
+    if new >= n:
+      logging.warning('lm-eval: max_gen_toks=%d does not fit max_len=%d; generating %d', new, n,
+                      n // 2)
+      new = n // 2
+    prompts = [self.tok_encode(c, left_truncate_len=n - new) or [self.eot_token_id]
+               for c in contexts]
+    sampling = dict(temperature=float(kwargs.get('temperature') or 0.0),
+                    top_k=int(kwargs.get('top_k') or 0), top_p=float(kwargs.get('top_p') or 1.0))
+    if not kwargs.get('do_sample'):
+      sampling = dict(temperature=0.0, top_k=0, top_p=1.0)
+    rng = jax.random.key(self.seed)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    texts = [None] * len(prompts)
+    # Fixed shapes: batch_size rows (filler rows pad a short batch), the last row a bucket-long
+    # filler, so the left-padded prompt length is a bucket.
+    chunk = max(self.batch_size - 1, 1)
+    for b, start in enumerate(range(0, len(order), chunk)):
+      idx = order[start:start + chunk]
+      width = min(next(w for w in self.buckets if w >= len(prompts[idx[0]])), n - new)
+      batch = [prompts[i] for i in idx] + [[self.eot_token_id]] * (chunk - len(idx))
+      batch.append([self.eot_token_id] * width)
+      tokens = models.generate(self.model_config, self.params, batch, new,
+                               rng=jax.random.fold_in(rng, b), eos_id=self.eot_token_id,
+                               **sampling)
+      new_BxT = np.asarray(jax.device_get(tokens))[:, -new:]
+      for r, i in enumerate(idx):
+        ids = new_BxT[r].tolist()
+        ids = ids[:ids.index(self.eot_token_id)] if self.eot_token_id in ids else ids
+        texts[i] = self.tok.decode(ids)
+    return texts
+
+  def get_model_info(self) -> dict:
+    return {'model_config': dataclasses.asdict(self.model_config)}
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def load(src: str):
+  """(ModelConfig, params) of a workdir's latest checkpoint or an 'hf:/dir' checkpoint."""
+  from train import init_from   # orbax + HF interop: only when loading from disk.
+  return init_from.load_params(src)
+
+
+def source_tokenizer(src: str) -> str:
+  """The tokenizer spec a source was trained with: the run's data.tokenizer, or the HF dir's own."""
+  if src.startswith('hf:'):
+    path = src[3:]
+    files = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json', 'tokenizer.model')
+    if any(os.path.exists(os.path.join(path, f)) for f in files):
+      return path
+    raise ValueError(f'{src}: no tokenizer files in {path}; pass --tokenizer=byte or a tokenizer '
+                     'directory')
+  path = os.path.join(src, 'config.json')
+  if not os.path.exists(path):
+    raise ValueError(f'{src!r} is neither hf:/path nor a workdir of ours (no config.json)')
+  with open(path) as f:
+    return json.load(f)['data']['tokenizer']
+
+
+def _latest_step(src: str) -> Optional[int]:
+  """The newest committed checkpoint step of a workdir (None for hf: sources)."""
+  path = os.path.join(src, 'checkpoints')
+  if src.startswith('hf:') or not os.path.isdir(path):
+    return None
+  steps = [int(d) for d in os.listdir(path) if d.isdigit()]
+  return max(steps) if steps else None
+
+
+# ------------------------------------------------------------------------------ running tasks
+
+
+class TaskSet:
+  """Tasks loaded once (datasets, few-shot settings) and evaluated on an LM as often as needed."""
+
+  def __init__(self, tasks, include_path: str = '', num_fewshot: Optional[int] = None):
+    self.names = task_names(tasks)
+    self.loaded = _manager_for(self.names, include_path).load(self.names)
+    for task in self.loaded['tasks'].values():   # as lm_eval.simple_evaluate does.
+      if num_fewshot is not None and task.get_config('num_fewshot') != 0:
+        task.set_config(key='num_fewshot', value=num_fewshot)
+      elif task.get_config('num_fewshot') is None:
+        task.set_config(key='num_fewshot', value=0)
+
+  def evaluate(self, lm, limit: Optional[int] = None, bootstrap_iters: int = 0) -> dict:
+    """lm-eval's results dict; the same few-shot examples every call."""
+    from lm_eval import evaluator
+    for task in self.loaded['tasks'].values():
+      task.set_fewshot_seed(seed=FEWSHOT_SEED)
+    return evaluator.evaluate(lm=lm, task_dict=self.loaded, limit=limit,
+                              bootstrap_iters=bootstrap_iters, log_samples=False)
+
+
+def flat_metrics(results: dict) -> dict[str, float]:
+  """{'lm_eval/<task>/<metric>[/<filter>]': value} for every numeric metric (no stderrs)."""
+  out = {}
+  for section in ('results', 'groups'):
+    for task, row in (results.get(section) or {}).items():
+      for key, value in row.items():
+        if ',' not in key or '_stderr' in key or isinstance(value, bool):
+          continue
+        if not isinstance(value, (int, float, np.number)):
+          continue
+        metric, filt = key.split(',', 1)
+        out[f'lm_eval/{task}/{metric}' + ('' if filt == 'none' else f'/{filt}')] = float(value)
+  return out
+
+
+def loop_evaluator(r) -> Callable[[dict], dict]:
+  """For the training loop (`r`: its Run): params -> flat lm_eval/... metrics of config.lm_eval."""
+  c = r.config.lm_eval
+  shards = r.derived.batch_shards
+  lm = LMScaleLM(model_config=r.derived.model, tokenizer=r.tokenizer, mesh=r.mesh,
+                 batch_size=-(-c.batch_size // shards) * shards, seed=r.config.seed)
+  tasks = TaskSet(c.tasks, c.include_path, c.num_fewshot)
+
+  def run(params) -> dict:
+    lm.params = params
+    try:
+      return flat_metrics(tasks.evaluate(lm, limit=c.limit or None))
+    finally:
+      lm.params = None   # the train step donates these buffers.
+
+  return run
+
+
+def _finite(x):
+  """NaN / inf -> None, recursively (strict JSON)."""
+  if isinstance(x, dict):
+    return {str(k): _finite(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_finite(v) for v in x]
+  if isinstance(x, (float, np.floating)):
+    return float(x) if math.isfinite(x) else None
+  if isinstance(x, np.integer):
+    return int(x)
+  return x
+
+
+def write_results(results: dict, path: str):
+  """lm-eval's results as strict JSON (no NaN); unserializable values as strings."""
+  from lm_eval.utils import handle_non_serializable
+  text = json.dumps(_finite(json.loads(json.dumps(results, default=handle_non_serializable))),
+                    indent=2, allow_nan=False)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text + '\n')
+  os.replace(tmp, path)
+
+
+def evaluate_source(src: str, tasks, include_path: str = '', limit=None,
+                    num_fewshot: Optional[int] = None, batch_size: int = 16, tokenizer: str = '',
+                    output: str = '', bootstrap_iters: int = 100000) -> dict:
+  """lm_eval.simple_evaluate on a workdir / 'hf:/dir'; writes the results JSON; returns them."""
+  import lm_eval
+  if include_path and not os.path.isdir(include_path):
+    raise ValueError(f'--include_path={include_path}: not a directory')
+  names = check_tasks(tasks, include_path)   # before loading anything.
+  if not src.startswith('hf:') and not os.path.isdir(src):
+    raise ValueError(f'--workdir={src}: no such directory')
+  lm = LMScaleLM(src, tokenizer=tokenizer or None, batch_size=batch_size)
+  results = lm_eval.simple_evaluate(model=lm, tasks=names,
+                                    task_manager=_manager_for(names, include_path),
+                                    limit=limit, num_fewshot=num_fewshot, log_samples=False,
+                                    bootstrap_iters=bootstrap_iters)
+  results['config'].update(model=src, batch_size=lm.batch_size, checkpoint_step=_latest_step(src))
+  output = output or os.path.join(src[3:] if src.startswith('hf:') else src, RESULTS_FILE)
+  write_results(results, output)
+  results['output'] = output
+  return results
+
+
+def main(argv):
+  """The command line: see the module docstring."""
+  from absl import flags
+  from lm_eval.utils import make_table
+  del argv
+  f = flags.FLAGS
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  limit = None if f.limit is None else (int(f.limit) if f.limit >= 1 else f.limit)
+  try:
+    results = evaluate_source(f.workdir, f.tasks, f.include_path, limit, f.num_fewshot,
+                              f.batch_size, f.tokenizer, f.output, f.bootstrap_iters)
+  except (ValueError, FileNotFoundError, NotImplementedError) as e:
+    if f.debug:
+      raise
+    sys.stderr.write(f'error: {str(e).splitlines()[0]}\n')
+    sys.exit(2)
+  print(make_table(results))
+  if results.get('groups'):
+    print(make_table(results, 'groups'))
+  print(f'results: {results["output"]}')
+
+
+def _define_flags():
+  from absl import flags
+  flags.DEFINE_string('workdir', None, 'One of our workdirs (latest checkpoint) or hf:/dir.')
+  flags.DEFINE_list('tasks', None, 'lm-eval task / group names, comma-separated.')
+  flags.DEFINE_string('include_path', '', 'A directory of extra task YAMLs.')
+  flags.DEFINE_float('limit', None, 'Documents per task (N >= 1) or a fraction (< 1); unset: all.')
+  flags.DEFINE_integer('num_fewshot', None, "Few-shot examples (unset: each task's own).")
+  flags.DEFINE_integer('batch_size', 16, 'Rows per forward pass.')
+  flags.DEFINE_string('tokenizer', '', "'byte' or a HF tokenizer dir ('' : the source's own).")
+  flags.DEFINE_string('output', '', f'Results JSON (default <workdir>/{RESULTS_FILE}).')
+  flags.DEFINE_integer('bootstrap_iters', 100000, "lm-eval's bootstrap iterations for stderrs.")
+  flags.DEFINE_bool('debug', False, 'Show Python tracebacks instead of one-line errors.')
+  flags.mark_flags_as_required(['workdir', 'tasks'])
+
+
+if __name__ == '__main__':
+  from absl import app
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,94 @@
+"""Sample text from one of our workdirs or a HuggingFace directory, with a KV cache.
+
+  python -m train.sample --checkpoint=workdirs/default --prompt='def main(' --prompt='import '
+  python -m train.sample --checkpoint=hf:/path/to/dir --prompt='Hello' --temperature=0.8 --top_p=0.95
+
+Prompts of different lengths are batched (left-padded); params are sharded over a mesh of all
+devices by the training rules. Prints each continuation, then the decode tokens/s.
+"""
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('checkpoint', None, "one of our workdirs (its latest checkpoint) or 'hf:/dir'")
+flags.DEFINE_multi_string('prompt', [], 'a text prompt; repeat the flag for a batch')
+flags.DEFINE_integer('max_new_tokens', 64, 'tokens generated per prompt')
+flags.DEFINE_float('temperature', 0.0, '0: greedy')
+flags.DEFINE_integer('top_k', 0, '0: off')
+flags.DEFINE_float('top_p', 1.0, '1: off')
+flags.DEFINE_integer('seed', 0, 'sampling seed (temperature > 0)')
+flags.DEFINE_string('tokenizer', None, "default: the workdir's data.tokenizer, or the hf: dir")
+flags.DEFINE_boolean('stop_at_eos', True, 'cut each continuation at the tokenizer EOS')
+
+
+def load(checkpoint: str, tokenizer: str = None):
+  """(ModelConfig, params sharded over all devices, tokenizer, prefix ids) for a checkpoint.
+
+  Our runs pack documents as `text EOS text EOS ...`, so their prompts start after an EOS."""
+  import jax
+
+  import models
+  from train import init_from, sharding
+  from train.data import tokenizers
+  hf_dir = checkpoint[3:] if checkpoint.startswith('hf:') else None
+  if hf_dir is None:
+    cfg = init_from.workdir_model_config(checkpoint)
+    with open(os.path.join(checkpoint, 'config.json')) as f:
+      tokenizer = tokenizer or json.load(f)['data']['tokenizer']
+  else:
+    from models import hf
+    cfg = hf.read_config(hf_dir)
+    tokenizer = tokenizer or hf_dir
+  tok = tokenizers.make_tokenizer(tokenizer)
+  tokenizers.check_vocab(tok, cfg.vocab_size)
+  mesh = sharding.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
+  shardings = sharding.tree_shardings(models.logical_axes(cfg), models.param_shapes(cfg), mesh)
+  cfg, params = init_from.load_params(checkpoint, cfg, shardings)
+  prefix = [] if hf_dir else [tok.eos_id]
+  del jax
+  return cfg, params, tok, prefix
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  if not FLAGS.checkpoint or not FLAGS.prompt:
+    raise app.UsageError('--checkpoint and at least one --prompt are required')
+  logging.set_verbosity(logging.WARNING)  # no per-restore library chatter on the console.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  import jax
+  import numpy as np
+
+  from models import generation
+  try:
+    cfg, params, tok, prefix = load(FLAGS.checkpoint, FLAGS.tokenizer)
+    prompts = [prefix + tok.encode(p) for p in FLAGS.prompt]
+    generation.check_options(cfg, max(map(len, prompts)), FLAGS.max_new_tokens, FLAGS.temperature,
+                             FLAGS.top_k, FLAGS.top_p)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  kw = dict(temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
+            rng=jax.random.key(FLAGS.seed), eos_id=tok.eos_id if FLAGS.stop_at_eos else None)
+  start = time.perf_counter()
+  out = np.asarray(generation.generate(cfg, params, prompts, FLAGS.max_new_tokens, **kw))
+  first = time.perf_counter() - start
+  start = time.perf_counter()  # again, compiled: the decode speed.
+  jax.block_until_ready(generation.generate(cfg, params, prompts, FLAGS.max_new_tokens, **kw))
+  seconds = time.perf_counter() - start
+  for text, row in zip(FLAGS.prompt, out[:, -FLAGS.max_new_tokens:]):
+    if FLAGS.stop_at_eos and tok.eos_id in row:
+      row = row[:list(row).index(tok.eos_id)]
+    print(f'--- {text!r}\n{text}{tok.decode(row)}')
+  new = len(prompts) * FLAGS.max_new_tokens
+  print(f'decode: {new / seconds:,.0f} tokens/s ({len(prompts)} x {FLAGS.max_new_tokens} new '
+        f'tokens in {seconds:.3f} s incl. prefill; first call with compile {first:.1f} s; '
+        f'{jax.devices()[0].platform})')
+
+
+if __name__ == '__main__':
+  app.run(main)
