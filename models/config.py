@@ -40,6 +40,10 @@ class ModelConfig:
   remat: str = 'none'               # 'none' | 'full' | 'dots' | 'dots_no_batch'
   scan_layers: bool = True
   attention_impl: str = 'xla'       # 'xla' | 'cudnn' | 'auto': jax.nn.dot_product_attention implementation.
+  # Cross-entropy over chunks of this many positions (0: whole rows), so float32 logits
+  # [B, L, V] are never materialised (the backward recomputes each chunk's).
+  loss_chunk: int = 0
+  vocab_multiple: int = 1           # compute pads the vocabulary to a multiple (128 on GPU/TPU).
   # Per-parameter init, multipliers and Adam lr/wd scales (models/parametrization.py):
   # 'sp' (standard, GPT-2 init) | 'mup' (μP, relative to the base shape) | 'umup' (u-μP).
   parametrization: str = 'sp'

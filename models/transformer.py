@@ -241,13 +241,34 @@ def decode_context(index, pads_B, length: int, cache_len: int) -> dict:
           'mask_BxLxS': mask_BxLxS}
 
 
+def unembedding(cfg, params):
+  """The output projection [D, V] (the embedding table's transpose when tied)."""
+  return params['embed'].T if cfg.tie_embeddings else params['unembed']
+
+
+def readout(cfg, x_BxLxD, unembed_DxV):
+  """float32 logits [B, L, V] from final features. The matmul accumulates in float32 whatever the
+  compute dtype; with model.vocab_multiple > 1 it runs over the vocabulary padded with zero
+  columns (aligned shapes on accelerators) and the padding is cut off again."""
+  D, V = unembed_DxV.shape
+  padded = -(-V // cfg.vocab_multiple) * cfg.vocab_multiple
+  if padded > V:
+    unembed_DxV = jnp.pad(unembed_DxV, ((0, 0), (0, padded - V)))
+  x_BxLxD, = _f32_dot_inputs(x_BxLxD)
+  logits_BxLxV = _matmul(cfg, 'bld,dv->blv', x_BxLxD, unembed_DxV.astype(x_BxLxD.dtype),
+                         preferred_element_type=jnp.float32)[..., :V]
+  return parametrization.apply(logits_BxLxV,
+                               parametrization.scales(cfg, ('embed', 'vocab'), (D, V)))
+
+
 class Transformer(nn.Module):
   """Token ids [B, L] -> float32 logits [B, L, V]; when decoding (cache: keys and values
-  [N, B, S, K, Dh], ctx: `decode_context`) -> (logits, updated cache)."""
+  [N, B, S, K, Dh], ctx: `decode_context`) -> (logits, updated cache); with head=False -> the
+  final normed features [B, L, D] (for `readout` by chunks)."""
   cfg: object
 
   @nn.compact
-  def __call__(self, tokens_BxL, cache=None, ctx=None):
+  def __call__(self, tokens_BxL, cache=None, ctx=None, head: bool = True):
     cfg = self.cfg
     dtype = DTYPES[cfg.dtype]
     V, D = cfg.vocab_size, cfg.d_model
@@ -286,12 +307,9 @@ class Transformer(nn.Module):
       unembed_DxV = embed_VxD.T
     else:
       unembed_DxV = _param(self, 'unembed', (D, V), ('embed', 'vocab'))
-    # Logits in float32: the matmul accumulates in float32 whatever the compute dtype.
-    x_BxLxD, = _f32_dot_inputs(x_BxLxD)
-    logits_BxLxV = _matmul(cfg, 'bld,dv->blv', x_BxLxD, unembed_DxV.astype(x_BxLxD.dtype),
-                           preferred_element_type=jnp.float32)
-    logits_BxLxV = parametrization.apply(
-        logits_BxLxV, parametrization.scales(cfg, ('embed', 'vocab'), (D, V)))
+    if not head:  # the final features, for a loss that applies `readout` chunk by chunk.
+      return x_BxLxD
+    logits_BxLxV = readout(cfg, x_BxLxD, unembed_DxV)
     self.sow('intermediates', 'logits', logits_BxLxV)
     logits_BxLxV = nn.with_logical_constraint(logits_BxLxV, ('batch', 'length', 'vocab'))
     return logits_BxLxV if cache is None else (logits_BxLxV, cache)

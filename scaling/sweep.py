@@ -96,7 +96,8 @@ HASH_DEFAULTS = {'model.parametrization': 'sp', 'model.base_d_model': 0, 'model.
                  'model.rope_scaling': 'none', 'model.rope_factor': 1.0,
                  'model.rope_low_freq_factor': 1.0, 'model.rope_high_freq_factor': 4.0,
                  'model.rope_original_max_len': 0, 'model.norm_plus_one': False,
-                 'model.qk_norm': False, 'model.embed_scale': False, 'model.out_bias': False}
+                 'model.qk_norm': False, 'model.embed_scale': False, 'model.out_bias': False,
+                 'model.loss_chunk': 0, 'model.vocab_multiple': 1}
 MEMBER_FILE = 'sweep_member.json'
 RESULT_FILE = 'result.json'
 # The section's schema and defaults live with the configs (configs are data).

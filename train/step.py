@@ -12,6 +12,7 @@ import jmp
 import optax
 
 import models
+from models import loss
 
 
 @flax.struct.dataclass
@@ -31,21 +32,20 @@ class ScaledTrainState(TrainState):
 
 def cross_entropy_sum(logits_BxLxV, targets_BxL):
   """Summed token cross-entropy in float32 and the token count (targets < 0 are masked)."""
-  logits = logits_BxLxV.astype(jnp.float32)
-  mask = (targets_BxL >= 0).astype(jnp.float32)
-  safe = jnp.maximum(targets_BxL, 0)
-  nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, safe[..., None], -1)[..., 0]
-  return (nll * mask).sum(), mask.sum()
+  nll_BxL, mask_BxL = loss.nll(logits_BxLxV, targets_BxL)
+  return nll_BxL.sum(), mask_BxL.sum()
 
 
 def lm_loss(model_config):
-  """Next-token loss on packed rows batch['tokens'] [B, L+1]: inputs row[:-1], targets row[1:]."""
+  """Next-token loss on packed rows batch['tokens'] [B, L+1]: inputs row[:-1], targets row[1:].
+  With model.loss_chunk the full float32 logits are never materialised (models/loss.py)."""
+  cfg = models.ModelConfig.make(model_config)
 
   def loss_fn(params, batch):
     tokens_BxL1 = batch['tokens']
-    logits = models.logits(model_config, params, tokens_BxL1[:, :-1])
-    loss_sum, tokens = cross_entropy_sum(logits, tokens_BxL1[:, 1:])
-    return loss_sum, {'loss': loss_sum, 'tokens': tokens}
+    nll_BxL, mask_BxL = loss.token_nll(cfg, params, tokens_BxL1[:, :-1], tokens_BxL1[:, 1:])
+    loss_sum = nll_BxL.sum()
+    return loss_sum, {'loss': loss_sum, 'tokens': mask_BxL.sum()}
 
   return loss_fn
 

@@ -134,7 +134,10 @@ def derive(config, num_devices: int, process_count: int = 1) -> Derived:
             'model.d_ff', 'model.max_len', 'data.seq_len', 'train.global_batch_size',
             'train.grad_accum_steps', 'optimizer.lr', 'train.log_every', 'train.eval_every',
             'train.eval_batches', 'train.checkpoint_every', 'train.keep_checkpoints',
-            'train.spike_window')
+            'train.spike_window', 'model.vocab_multiple')
+  if m.loss_chunk < 0 or (m.loss_chunk and config.data.seq_len % m.loss_chunk):
+    raise ValueError(f'config.model.loss_chunk={m.loss_chunk} must be 0 (whole rows) or divide '
+                     f'config.data.seq_len={config.data.seq_len}')
   for name in ('train.keep_every', 'data.max_documents', 'data.read_threads', 'train.spike_factor'):
     section, key = name.split('.')
     if config[section][key] < 0:
