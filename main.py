@@ -13,6 +13,10 @@ import os
 import re
 import sys
 
+# Before anything imports TensorFlow (TFDS reads data with it): no C++ start-up chatter.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -20,7 +24,10 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:ar
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and logs.')
 _DEBUG = flags.DEFINE_bool('debug', False, 'Show Python tracebacks instead of one-line errors.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_HELP_CONFIG = flags.DEFINE_bool('help_config', False,
+                                 'Print every config key with its resolved value (after the '
+                                 'overrides) and exit; no --workdir needed.')
+flags.mark_flags_as_required(['config'])
 
 BAD_INPUT, RUN_FAILED = 2, 1
 # Errors that mean "fix the input": our validation raises ValueError naming the field or path.
@@ -37,12 +44,38 @@ class _QuietLibraries(logging.Filter):
       return True
     if '/asyncio/' in record.pathname:   # orbax's abandoned writes after a failed save.
       return 'exception was never retrieved' not in str(record.msg)
+    if record.levelno < logging.WARNING and ('xla_bridge' in record.pathname
+                                            or '/tensorflow_datasets/' in record.pathname):
+      return False   # "Unable to initialize backend 'tpu'" on CPU, TFDS "Reusing dataset".
     if '/orbax/' not in record.pathname:
       return True
     if record.levelno >= logging.ERROR:
       record.exc_info, record.exc_text = None, None
       record.msg, record.args = str(record.getMessage())[:200], ()
     return record.levelno >= logging.WARNING
+
+
+class _Console(logging.Formatter):
+  """`HH:MM:SS message`, with the level named only for warnings and errors."""
+
+  def format(self, record):
+    level = '' if record.levelno < logging.WARNING else record.levelname + ': '
+    return f'{self.formatTime(record, "%H:%M:%S")} {level}{record.getMessage()}'
+
+
+def _config_keys(config) -> str:
+  """`section.key = value` for every key of the resolved config (sorted, as ConfigDict keeps them)."""
+  lines = []
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      if hasattr(value, 'items'):
+        walk(value, f'{prefix}{key}.')
+      else:
+        lines.append(f'{prefix}{key} = {value!r}')
+
+  walk(config, '')
+  return '\n'.join(lines)
 
 
 def _fail(message: str, code: int):
@@ -141,14 +174,21 @@ def _train(config, workdir):
     from train import init_from, loop
     result = loop.run(config, workdir, init_params_fn=init_from.params_fn(config))
   if jax.process_index() == 0:
-    print(json.dumps(result, indent=1, sort_keys=True), flush=True)
+    from train import metrics
+    print(json.dumps(metrics.strict_json(result), indent=1, sort_keys=True), flush=True)
 
 
 def main(argv):
   del argv
   for handler in logging.getLogger().handlers:
     handler.addFilter(_QuietLibraries())
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+    if not _DEBUG.value:
+      handler.setFormatter(_Console())
+  if _HELP_CONFIG.value:
+    print(_config_keys(_CONFIG.value))
+    return
+  if not _WORKDIR.value:
+    _fail('--workdir is required (the directory for checkpoints, metrics and logs)', BAD_INPUT)
   try:
     _train(_CONFIG.value, _WORKDIR.value)
   except KeyboardInterrupt:   # a second Ctrl-C: stop at once, quietly.

@@ -86,6 +86,12 @@ def test_main_cli_trains_writes_outputs_and_resumes(data_dir, tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'already finished' in again.stderr
   assert len(open(os.path.join(workdir, 'metrics.jsonl')).readlines()) == len(rows)
+  rerun = json.loads(again.stdout[again.stdout.index('{'):])
+  assert sorted(rerun) == sorted(result)   # the same summary, in strict JSON (no NaN).
+  assert 'NaN' not in out.stdout and 'NaN' not in again.stdout
+  steps = [l for l in out.stderr.splitlines() if ' step ' in l and ' | loss ' in l]
+  assert [l.split(' | ')[0].split()[-1] for l in steps] == ['2/4', '4/4'], out.stderr[-2000:]
+  assert 'steps/s' not in out.stderr and 'oneDNN' not in out.stderr
 
 
 def _main_until(cmd, env, marker, sig=signal.SIGTERM):

@@ -17,7 +17,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from clu import periodic_actions
 
 from train import checkpoint, divergence, flops, metrics, preemption, sharding, validation
 from train import workdir as workdir_lib
@@ -191,7 +190,7 @@ def _train(r: Run, task: Task, workdir, mngr, init_params_fn, stop_after, stop) 
     # Only now, with the resume check passed, does this run's config replace the old one.
     checkpoint.write_config(workdir, cfg.to_json_best_effort(indent=2))
     metrics.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), latest or 0)
-    writer, progress_writer = metrics.make_writers(workdir)
+    writer = metrics.make_writer(workdir)
     if state is not None:
       logging.info('Resumed from step %d in %s', latest, workdir)
     else:
@@ -211,14 +210,14 @@ def _train(r: Run, task: Task, workdir, mngr, init_params_fn, stop_after, stop) 
 
     flops_per_token = flops.train_flops_per_token(r.derived.model, cfg.data.seq_len)
     peak = flops.peak_flops() * jax.device_count()
-    progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=progress_writer,
-                                               every_steps=t.log_every)
     guard = divergence.Guard(t.spike_factor, t.spike_window, cfg.model.vocab_size)
     last_saved = latest
     last = {}
     if start >= num_steps:
       logging.info('Run in %s already finished at step %d; nothing to train.', workdir, start)
-    tic, tic_step = time.time(), start
+    for warning in validation.schedule_warnings(cfg, r.derived):
+      logging.warning(warning)
+    tic, tic_step, first = time.time(), start, None   # rates are timed from the first step's end.
     end = num_steps if stop_after is None else min(stop_after, num_steps)
     for step in range(start, end):
       if step == start and stop.requested:   # signalled before the first step: nothing new.
@@ -228,7 +227,9 @@ def _train(r: Run, task: Task, workdir, mngr, init_params_fn, stop_after, stop) 
         host.update(task.extra_batch(step, host))
       state, step_metrics = train_step(state, global_batch(r, host), *task.frozen)
       done = step + 1
-      progress(done)
+      if first is None:  # compiled and run once: time from here, so rates exclude compilation.
+        jax.block_until_ready(step_metrics)
+        tic, tic_step, first = time.time(), done, (time.time(), done)
       is_eval = done % t.eval_every == 0 or done == num_steps
       # SIGTERM / SIGINT: finish this step, checkpoint it, return (all processes at one step).
       stopping = stop.should_stop(done)
@@ -237,8 +238,9 @@ def _train(r: Run, task: Task, workdir, mngr, init_params_fn, stop_after, stop) 
         m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         # Every checkpointed state passes the guard: a diverged one is never saved.
         guard.check(done, m, workdir, last_saved)
-        elapsed = time.time() - tic
-        tokens_per_sec = (done - tic_step) * r.derived.tokens_per_step / max(elapsed, 1e-9)
+        now = time.time()
+        tokens_per_sec = ((done - tic_step) * r.derived.tokens_per_step / max(now - tic, 1e-9)
+                          if done > tic_step else math.nan)
         m['train/tokens_seen'] = done * r.derived.tokens_per_step
         m['train/tokens_per_sec'] = tokens_per_sec
         m['train/mfu'] = tokens_per_sec * flops_per_token / peak
@@ -248,6 +250,9 @@ def _train(r: Run, task: Task, workdir, mngr, init_params_fn, stop_after, stop) 
           if lm_eval_fn:
             m.update(lm_eval_fn(state.params))
         writer.write_scalars(done, m)
+        if jax.process_index() == 0:
+          eta = ((end - done) * (now - first[0]) / (done - first[1])) if done > first[1] else None
+          logging.info(metrics.console_line(done, num_steps, m, eta))
         last = m
         tic, tic_step = time.time(), done
       if is_ckpt:
@@ -260,8 +265,9 @@ def _train(r: Run, task: Task, workdir, mngr, init_params_fn, stop_after, stop) 
       logging.warning('%s: stopped at step %d, its checkpoint committed in %s; run the same '
                       'command to resume.', stop.signal, int(jax.device_get(state.step)), workdir)
       last['preempted_at_step'] = int(jax.device_get(state.step))
-    if not last:
-      last = evaluate(r, eval_step, state.params, task.frozen)
+    if not last:   # nothing logged now (a finished run rerun): the same summary as its end.
+      last = {**metrics.last_row(os.path.join(workdir, 'metrics.jsonl')),
+              **evaluate(r, eval_step, state.params, task.frozen)}
   writer.flush()
   last['unigram_byte_entropy_bits'] = r.eval_ds.unigram_byte_entropy_bits
   if 'eval/bits_per_byte' in last:

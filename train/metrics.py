@@ -2,6 +2,7 @@
 import json
 import math
 import os
+from typing import Optional
 
 import jax
 from clu import metric_writers
@@ -50,6 +51,17 @@ class _FiniteOnly:
     return getattr(self._inner, name)
 
 
+def last_row(path: str) -> dict:
+  """The metrics of the last row of a metrics.jsonl (without 'step'); {} if there is none."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    rows = [line for line in f if line.strip()]
+  row = json.loads(rows[-1]) if rows else {}
+  row.pop('step', None)
+  return row
+
+
 def truncate_jsonl(path: str, last_step: int):
   """Drop rows logged after `last_step` (the checkpoint a run resumes from), so a resumed run's
   metrics.jsonl reads like an uninterrupted one's instead of repeating those steps."""
@@ -65,13 +77,39 @@ def truncate_jsonl(path: str, last_step: int):
     os.replace(tmp, path)
 
 
-def make_writers(workdir: str):
-  """(metrics writer, progress writer). Process 0 writes TensorBoard + console, and the
-  metrics writer also metrics.jsonl (one row per logging step); other hosts only log."""
+def make_writer(workdir: str):
+  """Process 0: TensorBoard (finite scalars) + metrics.jsonl; other processes write nothing.
+  The console gets one `console_line` per logged step from the loop instead of clu's logging."""
   if jax.process_index() > 0:
-    w = metric_writers.create_default_writer(None, just_logging=True)
-    return w, w
-  tb = _FiniteOnly(metric_writers.create_default_writer(os.path.join(workdir, 'tensorboard'),
-                                                        asynchronous=False))
-  jsonl = JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))
-  return metric_writers.MultiWriter([tb, jsonl]), tb
+    return metric_writers.MultiWriter([])
+  tb = _FiniteOnly(metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard')))
+  return metric_writers.MultiWriter([tb, JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))])
+
+
+def _duration(seconds: float) -> str:
+  minutes, s = divmod(int(round(seconds)), 60)
+  h, m = divmod(minutes, 60)
+  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
+
+
+def console_line(step: int, num_steps: int, m: dict, eta_seconds: Optional[float]) -> str:
+  """`step 250/500 | loss 2.106 | eval 2.313 (3.337 bits/byte) | lr 1.89e-03 | 4,571 tok/s | ETA 3m05s`;
+  ETA is '-' until the step time is measured after compilation."""
+  parts = [f'step {step}/{num_steps}', f'loss {m["train/loss"]:.4f}']
+  if 'eval/loss' in m:
+    parts.append(f'eval {m["eval/loss"]:.4f} ({m["eval/bits_per_byte"]:.4f} bits/byte)')
+  rate = m['train/tokens_per_sec']
+  parts += [f'lr {m["train/lr"]:.2e}', (f'{rate:,.0f}' if math.isfinite(rate) else '-') + ' tok/s',
+            'ETA ' + ('-' if eta_seconds is None else _duration(eta_seconds))]
+  return ' | '.join(parts)
+
+
+def strict_json(obj) -> object:
+  """obj with non-finite floats as None, so json.dumps writes valid JSON (no NaN/Infinity)."""
+  if isinstance(obj, dict):
+    return {k: strict_json(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [strict_json(v) for v in obj]
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj

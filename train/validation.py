@@ -124,6 +124,21 @@ def _check_lm_eval(config):
     harness.check_tasks(e.tasks, e.include_path, 'config.lm_eval.tasks')
 
 
+def schedule_warnings(config, derived: 'Derived') -> list:
+  """Settings that are legal but rarely meant: a run that is all warm-up, a token budget that
+  rounds down to whole steps. The loop logs them once at the start."""
+  out, t = [], config.train
+  warmup = config.optimizer.warmup_steps
+  if warmup >= derived.num_steps:
+    out.append(f'config.optimizer.warmup_steps={warmup} >= the {derived.num_steps} training steps: '
+               'the whole run is warm-up and the learning rate never decays')
+  used = derived.num_steps * derived.tokens_per_step
+  if t.total_tokens > 0 and used != t.total_tokens:
+    out.append(f'config.train.total_tokens={t.total_tokens:,} rounds down to {derived.num_steps} '
+               f'steps x {derived.tokens_per_step:,} tokens = {used:,} tokens')
+  return out
+
+
 def derive(config, num_devices: int, process_count: int = 1) -> Derived:
   """Validate `config` for this many devices/processes and return the derived quantities."""
   _check_schema(config, base.get_config())
