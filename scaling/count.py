@@ -40,6 +40,7 @@ import math
 import models
 from models.config import ModelConfig
 from train import flops as train_flops
+from train import validation
 
 EMBEDDING_LEAVES = {'embed': 'token_embedding_params', 'pos_embed': 'position_embedding_params',
                     'unembed': 'unembedding_params'}
@@ -162,10 +163,7 @@ def flop_counts(config, seq_len=None) -> dict:
 
 def training_tokens(config) -> int:
   """Tokens a config trains on: num_steps (or total_tokens rounded down to whole steps) × B·T."""
-  t = config.train
-  per_step = t.global_batch_size * config.data.seq_len
-  steps = t.total_tokens // per_step if t.total_tokens > 0 else t.num_steps
-  return int(steps * per_step)
+  return int(validation.steps_for(config) * config.train.global_batch_size * config.data.seq_len)
 
 
 def count(config, seq_len=None, check=True) -> dict:

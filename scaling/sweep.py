@@ -77,6 +77,7 @@ import ml_collections
 from configs import base
 from scaling import count as count_lib
 from scaling import family as family_lib
+from train import workdir as workdir_lib
 
 KINDS = ('isoflop', 'grid', 'width', 'wsd')
 RESULT_COLUMNS = ('name', 'params', 'non_embedding_params', 'tokens', 'flops', 'loss',
@@ -356,13 +357,6 @@ def _read_json(path) -> Optional[dict]:
     return None
 
 
-def _write_json(path, obj):
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def _fmt(v):
   if v is None:
     return ''
@@ -418,12 +412,6 @@ def _finished(member_dir, h, name):
   return result
 
 
-def _latest_checkpoint(member_dir) -> Optional[int]:
-  d = os.path.join(member_dir, 'checkpoints')
-  steps = [int(x) for x in os.listdir(d) if x.isdigit()] if os.path.isdir(d) else []
-  return max(steps) if steps else None
-
-
 def _grow_trunk(workdir: str, m: Member) -> Optional[int]:
   """Train m's trunk through each branch point up to m's, stopping (and checkpointing) at each;
   returns the step a SIGTERM stopped it at, else None."""
@@ -434,11 +422,12 @@ def _grow_trunk(workdir: str, m: Member) -> Optional[int]:
   os.makedirs(trunk_dir, exist_ok=True)
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
-    _write_json(os.path.join(trunk_dir, MEMBER_FILE), {'name': m.trunk, 'config_hash': h})
+    workdir_lib.write_json(os.path.join(trunk_dir, MEMBER_FILE),
+                           {'name': m.trunk, 'config_hash': h})
   for point in m.trunk_steps:
     if point > m.branch_step:
       break
-    if (_latest_checkpoint(trunk_dir) or 0) >= point:
+    if (workdir_lib.latest_checkpoint_step(trunk_dir) or 0) >= point:
       continue
     logging.info('trunk %s: training to step %d (branch point)', m.trunk, point)
     metrics = loop.run(m.trunk_config, trunk_dir, stop_after=point,
@@ -558,7 +547,7 @@ def run(config, workdir: str) -> dict:
         logging.warning('%s: %s earlier (%s), skipped; remove %s to retry', tag,
                         result['status'], result.get('error', ''), member_dir)
       continue
-    latest = _latest_checkpoint(member_dir)
+    latest = workdir_lib.latest_checkpoint_step(member_dir)
     if m.trunk and latest is None:   # wsd: branch this member off its size's trunk.
       stopped = _grow_trunk(workdir, m)
       if stopped is not None:
@@ -571,7 +560,7 @@ def run(config, workdir: str) -> dict:
     os.makedirs(member_dir, exist_ok=True)
     meta = _read_json(os.path.join(member_dir, MEMBER_FILE)) or {'wall_s': 0.0}
     if lead:
-      _write_json(os.path.join(member_dir, MEMBER_FILE),
+      workdir_lib.write_json(os.path.join(member_dir, MEMBER_FILE),
                   {'name': m.name, 'config_hash': h, 'wall_s': meta['wall_s'], 'info': m.info})
     logging.info('%s: %s (%d steps, %s tokens, %.3g FLOPs, %d params)', tag,
                  f'resuming from step {latest}' if latest else 'starting', m.info['steps'],
@@ -585,13 +574,13 @@ def run(config, workdir: str) -> dict:
     finally:
       wall = meta['wall_s'] + time.time() - tic
       if lead:
-        _write_json(os.path.join(member_dir, MEMBER_FILE),
+        workdir_lib.write_json(os.path.join(member_dir, MEMBER_FILE),
                     {'name': m.name, 'config_hash': h, 'wall_s': wall, 'info': m.info})
     if status != 'ok':
       failed.append(m.name)
       logging.warning('%s: %s: %s', tag, status, error)
       if lead:
-        _write_json(os.path.join(member_dir, RESULT_FILE),
+        workdir_lib.write_json(os.path.join(member_dir, RESULT_FILE),
                     {'name': m.name, 'config_hash': h, 'status': status, 'error': error})
       continue
     if metrics.get('preempted_at_step') is not None:   # SIGTERM / SIGINT: the sweep stops here.
@@ -602,7 +591,7 @@ def run(config, workdir: str) -> dict:
     rows[m.name] = row
     ran.append(m.name)
     if lead:
-      _write_json(os.path.join(member_dir, RESULT_FILE), {**row, 'status': 'ok'})
+      workdir_lib.write_json(os.path.join(member_dir, RESULT_FILE), {**row, 'status': 'ok'})
       merge_results(workdir, ms)
     done = len(rows) + len(failed)
     elapsed = time.time() - t_start

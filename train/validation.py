@@ -124,6 +124,13 @@ def _check_lm_eval(config):
     harness.check_tasks(e.tasks, e.include_path, 'config.lm_eval.tasks')
 
 
+def steps_for(config) -> int:
+  """Optimizer steps: train.num_steps, or train.total_tokens rounded down to whole steps."""
+  t = config.train
+  tokens_per_step = t.global_batch_size * config.data.seq_len
+  return t.total_tokens // tokens_per_step if t.total_tokens > 0 else t.num_steps
+
+
 def schedule_warnings(config, derived: 'Derived') -> list:
   """Settings that are legal but rarely meant: a run that is all warm-up, a token budget that
   rounds down to whole steps. The loop logs them once at the start."""
@@ -192,7 +199,7 @@ def derive(config, num_devices: int, process_count: int = 1) -> Derived:
     raise ValueError(f'config.train.global_batch_size={t.global_batch_size} is not divisible by '
                      f'the number of processes ({process_count})')
   tokens_per_step = t.global_batch_size * config.data.seq_len
-  num_steps = t.total_tokens // tokens_per_step if t.total_tokens > 0 else t.num_steps
+  num_steps = steps_for(config)
   if num_steps <= 0:
     raise ValueError(f'config.train: no steps to run (num_steps={t.num_steps}, '
                      f'total_tokens={t.total_tokens} < one step of {tokens_per_step} tokens)')

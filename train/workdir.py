@@ -1,8 +1,11 @@
-"""The run directory: created writable up front, and held by one run at a time (an flock on
-workdir/.lock, released when the process exits, even when it is killed)."""
+"""The run directory: created writable up front, held by one run at a time (an flock on
+workdir/.lock, released when the process exits, even when it is killed), and the two file
+helpers every writer in it uses: atomic JSON files and the latest committed checkpoint step."""
 import errno
 import fcntl
+import json
 import os
+from typing import Optional
 
 import jax
 
@@ -35,3 +38,20 @@ def claim(workdir: str):
   lock.write(f'pid {os.getpid()} on {os.uname().nodename}\n')
   lock.flush()
   return lock
+
+
+def write_json(path: str, obj) -> None:
+  """Write `obj` as JSON to `path` atomically (a temporary file renamed over it): a reader or a
+  crash never sees half a file."""
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def latest_checkpoint_step(workdir: str) -> Optional[int]:
+  """The newest committed checkpoint step under workdir/checkpoints (orbax commits a step by
+  renaming its tmp directory to the bare number), or None."""
+  d = os.path.join(workdir, 'checkpoints')
+  steps = [int(x) for x in os.listdir(d) if x.isdigit()] if os.path.isdir(d) else []
+  return max(steps) if steps else None
