@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import json
 import logging
+import math
 import os
 import sys
 import time
