@@ -194,13 +194,27 @@ def test_mixture_weights_hosts_and_per_source_eval(corpus):
   assert set(eval_ds.sources) == {'stdlib_corpus', 'synthetic_prose_small'}
   assert eval_ds.sources['synthetic_prose_small'].split.path.endswith(
       os.path.join('synthetic_prose_small', 'validation.text'))
-  m = eval_ds.metrics({'stdlib_corpus': {'loss': 1.0}, 'synthetic_prose_small': {'loss': 2.0}})
-  assert m['eval/loss'] == pytest.approx(0.75 * 1 + 0.25 * 2)
-  bpt = {n: s.bytes_per_token for n, s in eval_ds.sources.items()}
-  assert m['eval/synthetic_prose_small/bits_per_byte'] == pytest.approx(
-      2 / np.log(2) / bpt['synthetic_prose_small'])
+  # The loop's evaluate over both sources, with a stand-in eval step: loss = the token id / 100.
+  import types
+  import jax.numpy as jnp
+  from train import loop, sharding
+  c.train.eval_batches = 2
+  r = types.SimpleNamespace(config=c, eval_ds=eval_ds,
+                            batch_sharding=sharding.batch_sharding(sharding.make_mesh(c.mesh)))
+  step = lambda params, batch: {'loss': jnp.sum(batch['tokens'][:, 1:] / 100),
+                                'tokens': jnp.asarray(batch['tokens'][:, 1:].size, jnp.float32)}
+  m = loop.evaluate(r, step, None, ())
+  mean = {n: np.mean([src.eval_batch(i)[:, 1:] / 100 for i in range(2)])
+          for n, src in eval_ds.sources.items()}
+  bpt = {n: src.bytes_per_token for n, src in eval_ds.sources.items()}
+  for n in mean:
+    assert m[f'eval/{n}/loss'] == pytest.approx(mean[n], rel=1e-5)
+    assert m[f'eval/{n}/bits_per_byte'] == pytest.approx(mean[n] / np.log(2) / bpt[n], rel=1e-5)
+  weighted = 0.75 * mean['stdlib_corpus'] + 0.25 * mean['synthetic_prose_small']
+  assert m['eval/loss'] == pytest.approx(weighted, rel=1e-5)
   assert m['eval/bits_per_byte'] == pytest.approx(
-      1.25 / np.log(2) / (0.75 * bpt['stdlib_corpus'] + 0.25 * bpt['synthetic_prose_small']))
+      weighted / np.log(2) / (0.75 * bpt['stdlib_corpus'] + 0.25 * bpt['synthetic_prose_small']),
+      rel=1e-5)
 
 
 @pytest.mark.parametrize('field,value,expected', [

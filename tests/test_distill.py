@@ -508,5 +508,6 @@ def test_sequence_distillation_through_main(teacher_dir, data_dir, tmp_path):
                        f'--config.distill.sequences_dir={work}/teacher_sequences',
                        f'--workdir={tmp_path}/other'],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  assert bad.returncode == 2 and bad.stderr.startswith('error: ')
-  assert 'config.distill.prompt_len' in bad.stderr and 'Traceback' not in bad.stderr
+  last = bad.stderr.strip().splitlines()[-1]
+  assert bad.returncode == 2 and last.startswith('error: ') and 'Traceback' not in bad.stderr
+  assert 'config.distill.prompt_len' in last and f'{work}/teacher_sequences' in last

@@ -3,6 +3,7 @@ transformers, toy tasks (multiple choice, generation, rolling) in lm-eval's YAML
 lm_eval.simple_evaluate, lm_eval metrics from a training run, unknown-task errors, the CLI."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -211,3 +212,42 @@ def test_cli_on_a_trained_workdir(tiny_config, task_dir, tmp_path):
   errors = [l for l in bad.stderr.splitlines() if l.startswith('error: ')]
   assert bad.returncode == 2 and len(errors) == 1 and 'Traceback' not in bad.stderr, bad.stderr
   assert "unknown lm-eval task 'toy_mcc'" in errors[0]
+
+
+@pytest.mark.slow
+def test_two_processes_log_the_same_lm_eval_metrics(data_dir, task_dir, tmp_path):
+  """jax.distributed, 2 processes x 2 devices, params sharded (fsdp 2): lm_eval metrics (all
+  three request types) equal one process's on 4 devices."""
+  def cmd(workdir, *extra):
+    return [sys.executable, 'main.py', '--config=configs/default.py', f'--workdir={workdir}',
+            f'--config.data.data_dir={data_dir}', '--config.train.num_steps=3',
+            '--config.train.log_every=3', '--config.train.eval_every=3',
+            '--config.train.eval_batches=1', '--config.train.checkpoint_every=3',
+            '--config.optimizer.warmup_steps=1', '--config.model.n_layers=1',
+            '--config.model.d_model=64', '--config.model.d_ff=128',
+            '--config.train.global_batch_size=8', '--config.mesh.fsdp=2',
+            f'--config.lm_eval.tasks={",".join(TASKS)}',
+            f'--config.lm_eval.include_path={task_dir}', *extra]
+
+  def result(stdout):
+    return {k: v for k, v in json.loads(stdout[stdout.index('{'):]).items() if 'lm_eval' in k}
+
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  single = subprocess.run(cmd(tmp_path / 'single'), cwd=REPO, capture_output=True, text=True,
+                          timeout=600,
+                          env={**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  assert single.returncode == 0, single.stderr[-3000:]
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen(
+      cmd(tmp_path / 'multi', f'--config.distributed.coordinator_address=localhost:{port}',
+          '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}'),
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env={**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  want = result(single.stdout)
+  assert {'lm_eval/toy_mc/acc', 'lm_eval/toy_gen/exact_match'} <= set(want)
+  assert result(outs[0][0]) == pytest.approx(want, rel=1e-5)

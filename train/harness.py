@@ -18,17 +18,19 @@ import logging
 import math
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from lm_eval.api import registry
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import normalize_gen_kwargs, postprocess_generated_text
 
 import models
+from models import loss
 from train.data import tokenizers
 
 REGISTRY_NAME = 'lmscale'
@@ -38,7 +40,7 @@ FEWSHOT_SEED = 1234   # lm-eval's default few-shot sampler seed.
 registry.model_registry.register(REGISTRY_NAME, target='train.harness:LMScaleLM')
 
 
-def task_names(tasks) -> list[str]:
+def task_names(tasks: Union[str, Sequence[str]]) -> list[str]:
   """A tuple / list / comma-separated string of names -> names ('a,b' on a command line)."""
   tasks = [tasks] if isinstance(tasks, str) else list(tasks)
   return [n.strip() for t in tasks for n in str(t).split(',') if n.strip()]
@@ -64,7 +66,8 @@ def _manager_for(names: list[str], include_path: str = ''):
   return task_manager(include_path)
 
 
-def check_tasks(tasks, include_path: str = '', field: str = '--tasks') -> list[str]:
+def check_tasks(tasks: Union[str, Sequence[str]], include_path: str = '',
+                field: str = '--tasks') -> list[str]:
   """The task names, or ValueError naming `field` and the first name lm-eval does not know."""
   names = task_names(tasks)
   if not names:
@@ -95,11 +98,10 @@ def _buckets(max_len: int) -> tuple[int, ...]:
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _score(cfg, mesh, params, tokens_BxL, targets_BxL, mask_BxL):
   """Per row: float32 sum of log p(target) over masked positions, and whether each is the argmax."""
-  logits_BxLxV = models.logits(cfg, params, tokens_BxL).astype(jnp.float32)
-  target_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-  logp_BxL = target_BxL - jax.nn.logsumexp(logits_BxLxV, axis=-1)   # no second [B, L, V] array.
+  logits_BxLxV = models.logits(cfg, params, tokens_BxL)
+  nll_BxL, _ = loss.nll(logits_BxLxV, targets_BxL)
   greedy_BxL = jnp.argmax(logits_BxLxV, axis=-1) == targets_BxL
-  sum_B = jnp.sum(jnp.where(mask_BxL, logp_BxL, 0.0), axis=1)
+  sum_B = -jnp.sum(jnp.where(mask_BxL, nll_BxL, 0.0), axis=1)
   is_greedy_B = jnp.all(greedy_BxL | ~mask_BxL, axis=1)
   if mesh is not None:   # every process gets the whole (small) answer.
     sum_B, is_greedy_B = jax.lax.with_sharding_constraint((sum_B, is_greedy_B),
@@ -257,6 +259,8 @@ class LMScaleLM(TemplateLM):
       tokens = models.generate(self.model_config, self.params, batch, new,
                                rng=jax.random.fold_in(rng, b), eos_id=self.eot_token_id,
                                **sampling)
+      if not tokens.is_fully_addressable:   # rows sharded over processes: every one gets all.
+        tokens = multihost_utils.process_allgather(tokens, tiled=True)
       new_BxT = np.asarray(jax.device_get(tokens))[:, -new:]
       for r, i in enumerate(idx):
         ids = new_BxT[r].tolist()
@@ -271,7 +275,7 @@ class LMScaleLM(TemplateLM):
 # ------------------------------------------------------------------------------ loading
 
 
-def load(src: str):
+def load(src: str) -> tuple:
   """(ModelConfig, params) of a workdir's latest checkpoint or an 'hf:/dir' checkpoint."""
   from train import init_from   # orbax + HF interop: only when loading from disk.
   return init_from.load_params(src)
@@ -308,7 +312,8 @@ def _latest_step(src: str) -> Optional[int]:
 class TaskSet:
   """Tasks loaded once (datasets, few-shot settings) and evaluated on an LM as often as needed."""
 
-  def __init__(self, tasks, include_path: str = '', num_fewshot: Optional[int] = None):
+  def __init__(self, tasks: Union[str, Sequence[str]], include_path: str = '',
+               num_fewshot: Optional[int] = None):
     self.names = task_names(tasks)
     self.loaded = _manager_for(self.names, include_path).load(self.names)
     for task in self.loaded['tasks'].values():   # as lm_eval.simple_evaluate does.
@@ -372,7 +377,7 @@ def _finite(x):
   return x
 
 
-def write_results(results: dict, path: str):
+def write_results(results: dict, path: str) -> None:
   """lm-eval's results as strict JSON (no NaN); unserializable values as strings."""
   from lm_eval.utils import handle_non_serializable
   text = json.dumps(_finite(json.loads(json.dumps(results, default=handle_non_serializable))),
@@ -383,7 +388,7 @@ def write_results(results: dict, path: str):
   os.replace(tmp, path)
 
 
-def evaluate_source(src: str, tasks, include_path: str = '', limit=None,
+def evaluate_source(src: str, tasks: Union[str, Sequence[str]], include_path: str = '', limit=None,
                     num_fewshot: Optional[int] = None, batch_size: int = 16, tokenizer: str = '',
                     output: str = '', bootstrap_iters: int = 100000) -> dict:
   """lm_eval.simple_evaluate on a workdir / 'hf:/dir'; writes the results JSON; returns them."""
@@ -416,7 +421,7 @@ def main(argv):
   try:
     results = evaluate_source(f.workdir, f.tasks, f.include_path, limit, f.num_fewshot,
                               f.batch_size, f.tokenizer, f.output, f.bootstrap_iters)
-  except (ValueError, FileNotFoundError, NotImplementedError) as e:
+  except (ValueError, OSError, NotImplementedError) as e:   # OSError: e.g. a dataset unreachable.
     if f.debug:
       raise
     sys.stderr.write(f'error: {str(e).splitlines()[0]}\n')

@@ -100,13 +100,13 @@ def prepared_path(data, source: Source, split: str) -> str:
 def open_prepared(data, source: Source, split: str, tokenizer) -> shards.PreparedSplit:
   """The prepared split, checked against the tokenizer; the embedded corpora are prepared here
   when missing, any other dataset must be prepared first (`python -m train.data.prepare`)."""
-  from train.data import prepare   # TFDS is imported only when something is not prepared yet.
   path = prepared_path(data, source, split)
   field = 'config.data.prepared_dir' if data.prepared_dir else 'config.data.dataset'
   expect = {'tokenizer': data.tokenizer, 'tokenizer_fingerprint': tokenizer.fingerprint}
   try:
     return shards.open_split(path, field, expect)
   except FileNotFoundError:
+    from train.data import prepare   # (imports TFDS: only when something is not prepared yet)
     prepare.check_known(source.dataset, data.data_dir)
     if not prepare.is_embedded(source.dataset):
       raise ValueError(
