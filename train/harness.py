@@ -15,7 +15,6 @@ import difflib
 import functools
 import json
 import logging
-import math
 import os
 import sys
 from typing import Callable, Optional, Sequence, Union
@@ -31,6 +30,8 @@ from lm_eval.models.utils import normalize_gen_kwargs, postprocess_generated_tex
 
 import models
 from models import loss
+from train import init_from, metrics
+from train import workdir as workdir_lib
 from train.data import tokenizers
 
 REGISTRY_NAME = 'lmscale'
@@ -118,7 +119,7 @@ class LMScaleLM(TemplateLM):
     super().__init__()
     if pretrained:
       model_config, params = load(pretrained)
-      tokenizer = tokenizer or source_tokenizer(pretrained)
+      tokenizer = tokenizer or init_from.source_tokenizer(pretrained)
     if model_config is None or tokenizer is None:
       raise ValueError('LMScaleLM: give pretrained=<workdir | hf:/dir>, or model_config, params '
                        'and tokenizer')
@@ -277,33 +278,7 @@ class LMScaleLM(TemplateLM):
 
 def load(src: str) -> tuple:
   """(ModelConfig, params) of a workdir's latest checkpoint or an 'hf:/dir' checkpoint."""
-  from train import init_from   # orbax + HF interop: only when loading from disk.
   return init_from.load_params(src)
-
-
-def source_tokenizer(src: str) -> str:
-  """The tokenizer spec a source was trained with: the run's data.tokenizer, or the HF dir's own."""
-  if src.startswith('hf:'):
-    path = src[3:]
-    files = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json', 'tokenizer.model')
-    if any(os.path.exists(os.path.join(path, f)) for f in files):
-      return path
-    raise ValueError(f'{src}: no tokenizer files in {path}; pass --tokenizer=byte or a tokenizer '
-                     'directory')
-  path = os.path.join(src, 'config.json')
-  if not os.path.exists(path):
-    raise ValueError(f'{src!r} is neither hf:/path nor a workdir of ours (no config.json)')
-  with open(path) as f:
-    return json.load(f)['data']['tokenizer']
-
-
-def _latest_step(src: str) -> Optional[int]:
-  """The newest committed checkpoint step of a workdir (None for hf: sources)."""
-  path = os.path.join(src, 'checkpoints')
-  if src.startswith('hf:') or not os.path.isdir(path):
-    return None
-  steps = [int(d) for d in os.listdir(path) if d.isdigit()]
-  return max(steps) if steps else None
 
 
 # ------------------------------------------------------------------------------ running tasks
@@ -364,28 +339,11 @@ def loop_evaluator(r) -> Callable[[dict], dict]:
   return run
 
 
-def _finite(x):
-  """NaN / inf -> None, recursively (strict JSON)."""
-  if isinstance(x, dict):
-    return {str(k): _finite(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_finite(v) for v in x]
-  if isinstance(x, (float, np.floating)):
-    return float(x) if math.isfinite(x) else None
-  if isinstance(x, np.integer):
-    return int(x)
-  return x
-
-
 def write_results(results: dict, path: str) -> None:
   """lm-eval's results as strict JSON (no NaN); unserializable values as strings."""
   from lm_eval.utils import handle_non_serializable
-  text = json.dumps(_finite(json.loads(json.dumps(results, default=handle_non_serializable))),
-                    indent=2, allow_nan=False)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text + '\n')
-  os.replace(tmp, path)
+  workdir_lib.write_json(path, metrics.strict_json(
+      json.loads(json.dumps(results, default=handle_non_serializable))))
 
 
 def evaluate_source(src: str, tasks: Union[str, Sequence[str]], include_path: str = '', limit=None,
@@ -403,7 +361,8 @@ def evaluate_source(src: str, tasks: Union[str, Sequence[str]], include_path: st
                                     task_manager=_manager_for(names, include_path),
                                     limit=limit, num_fewshot=num_fewshot, log_samples=False,
                                     bootstrap_iters=bootstrap_iters)
-  results['config'].update(model=src, batch_size=lm.batch_size, checkpoint_step=_latest_step(src))
+  step = None if src.startswith('hf:') else workdir_lib.latest_checkpoint_step(src)
+  results['config'].update(model=src, batch_size=lm.batch_size, checkpoint_step=step)
   output = output or os.path.join(src[3:] if src.startswith('hf:') else src, RESULTS_FILE)
   write_results(results, output)
   results['output'] = output

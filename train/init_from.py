@@ -23,6 +23,22 @@ def workdir_model_config(workdir: str) -> models.ModelConfig:
     return models.ModelConfig.make(json.load(f)['model'])
 
 
+def source_tokenizer(src: str) -> str:
+  """The tokenizer a source was trained with: our run's data.tokenizer, or the hf: dir itself."""
+  if src.startswith('hf:'):
+    path = src[3:]
+    files = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json', 'tokenizer.model')
+    if any(os.path.exists(os.path.join(path, f)) for f in files):
+      return path
+    raise ValueError(f'{src}: no tokenizer files in {path}; pass --tokenizer=byte or a tokenizer '
+                     'directory')
+  path = os.path.join(src, 'config.json')
+  if not os.path.exists(path):
+    raise ValueError(f'{src!r} is neither hf:/path nor a workdir of ours (no config.json)')
+  with open(path) as f:
+    return json.load(f)['data']['tokenizer']
+
+
 def _check_shapes(src: str, expected, found):
   """ValueError naming the first tensor whose presence or shape differs."""
   flat = lambda tree: {jax.tree_util.keystr(p): tuple(x.shape)

@@ -5,6 +5,7 @@ import os
 from typing import Optional
 
 import jax
+import numpy as np
 from clu import metric_writers
 from clu.metric_writers import interface
 
@@ -107,9 +108,11 @@ def console_line(step: int, num_steps: int, m: dict, eta_seconds: Optional[float
 def strict_json(obj) -> object:
   """obj with non-finite floats as None, so json.dumps writes valid JSON (no NaN/Infinity)."""
   if isinstance(obj, dict):
-    return {k: strict_json(v) for k, v in obj.items()}
+    return {str(k): strict_json(v) for k, v in obj.items()}
   if isinstance(obj, (list, tuple)):
     return [strict_json(v) for v in obj]
-  if isinstance(obj, float) and not math.isfinite(obj):
-    return None
+  if isinstance(obj, (float, np.floating)):
+    return float(obj) if math.isfinite(obj) else None
+  if isinstance(obj, np.integer):
+    return int(obj)
   return obj

@@ -6,12 +6,17 @@
 Prompts of different lengths are batched (left-padded); params are sharded over a mesh of all
 devices by the training rules. Prints each continuation, then the decode tokens/s.
 """
-import json
-import os
 import sys
 import time
 
+import jax
+import numpy as np
 from absl import app, flags, logging
+
+import models
+from models import generation, hf
+from train import init_from, sharding
+from train.data import tokenizers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('checkpoint', None, "one of our workdirs (its latest checkpoint) or 'hf:/dir'")
@@ -29,27 +34,14 @@ def load(checkpoint: str, tokenizer: str = None):
   """(ModelConfig, params sharded over all devices, tokenizer, prefix ids) for a checkpoint.
 
   Our runs pack documents as `text EOS text EOS ...`, so their prompts start after an EOS."""
-  import jax
-
-  import models
-  from train import init_from, sharding
-  from train.data import tokenizers
   hf_dir = checkpoint[3:] if checkpoint.startswith('hf:') else None
-  if hf_dir is None:
-    cfg = init_from.workdir_model_config(checkpoint)
-    with open(os.path.join(checkpoint, 'config.json')) as f:
-      tokenizer = tokenizer or json.load(f)['data']['tokenizer']
-  else:
-    from models import hf
-    cfg = hf.read_config(hf_dir)
-    tokenizer = tokenizer or hf_dir
-  tok = tokenizers.make_tokenizer(tokenizer)
+  cfg = init_from.workdir_model_config(checkpoint) if hf_dir is None else hf.read_config(hf_dir)
+  tok = tokenizers.make_tokenizer(tokenizer or init_from.source_tokenizer(checkpoint))
   tokenizers.check_vocab(tok, cfg.vocab_size)
   mesh = sharding.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
   shardings = sharding.tree_shardings(models.logical_axes(cfg), models.param_shapes(cfg), mesh)
   cfg, params = init_from.load_params(checkpoint, cfg, shardings)
   prefix = [] if hf_dir else [tok.eos_id]
-  del jax
   return cfg, params, tok, prefix
 
 
@@ -59,11 +51,6 @@ def main(argv):
   if not FLAGS.checkpoint or not FLAGS.prompt:
     raise app.UsageError('--checkpoint and at least one --prompt are required')
   logging.set_verbosity(logging.WARNING)  # no per-restore library chatter on the console.
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  import jax
-  import numpy as np
-
-  from models import generation
   try:
     cfg, params, tok, prefix = load(FLAGS.checkpoint, FLAGS.tokenizer)
     prompts = [prefix + tok.encode(p) for p in FLAGS.prompt]

@@ -32,6 +32,7 @@ from train.data import tokenizers
 
 _READ_BATCH = 256           # documents per tf.data batch / tokenizer call.
 _SHARD_TEXT_BYTES = 64 << 20  # automatic shard count: about this much source text per shard.
+_STALE_SECONDS = 600        # a shard's temp file untouched this long belongs to a dead writer.
 _EMBEDDED = ('stdlib_corpus', 'synthetic_prose')  # build offline; training prepares them itself.
 
 
@@ -121,9 +122,13 @@ def _write_shard(out_dir: str, spec: dict, data_dir: Optional[str], i: int) -> d
   dtype = np.dtype(spec['dtype'])
   eos = np.array([spec['eos_id']], dtype)
   remote = shards.is_remote(out_dir)
-  if not remote:   # temp files of an earlier, cut attempt at this shard are never read: drop them.
-    for stale in glob.glob(glob.escape(final) + '.tmp-*'):
-      os.remove(stale)
+  if not remote:   # an earlier, cut attempt's temp file is never read; drop it once clearly dead
+    for stale in glob.glob(glob.escape(final) + '.tmp-*'):   # (a live writer keeps its mtime new)
+      try:
+        if time.time() - os.path.getmtime(stale) > _STALE_SECONDS:
+          os.remove(stale)
+      except FileNotFoundError:   # its writer just finished (renamed it).
+        pass
   tmp = (os.path.join(os.environ.get('TMPDIR', '/tmp'), f'{name}.{uuid.uuid4().hex}') if remote
          else f'{final}.tmp-{uuid.uuid4().hex}')
   stats, tic = shards.ShardStats(), time.time()
