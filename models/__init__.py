@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from models import parametrization
-from models.config import ModelConfig
+from models.config import ModelConfig, ModelConfigLike, PyTree
 from models.generation import generate
 from models.transformer import Transformer, head_dim, kv_heads
 
@@ -22,7 +22,7 @@ def _module(model_config) -> Transformer:
   return Transformer(ModelConfig.make(model_config))
 
 
-def init(model_config, rng):
+def init(model_config: ModelConfigLike, rng: jax.Array) -> PyTree:
   """Random float32 params (plain pytree) for `model_config` (jitted per config)."""
   return _init(ModelConfig.make(model_config), rng)
 
@@ -33,7 +33,7 @@ def _init(cfg: ModelConfig, rng):
   return nn.unbox(Transformer(cfg).init(rng, tokens)['params'])
 
 
-def logical_axes(model_config):
+def logical_axes(model_config: ModelConfigLike) -> PyTree:
   """Pytree (matching params) of PartitionSpecs of logical axis names, e.g. ('embed', 'mlp')."""
   cfg = ModelConfig.make(model_config)
   tokens = jax.ShapeDtypeStruct((1, min(cfg.max_len, 8)), jnp.int32)
@@ -41,12 +41,12 @@ def logical_axes(model_config):
   return nn.get_partition_spec(boxed)
 
 
-def param_shapes(model_config):
+def param_shapes(model_config: ModelConfigLike) -> PyTree:
   """Pytree of ShapeDtypeStructs of the params, without allocating them."""
   return jax.eval_shape(lambda: init(model_config, jax.random.key(0)))
 
 
-def param_scales(model_config, field: str):
+def param_scales(model_config: ModelConfigLike, field: str) -> PyTree:
   """Pytree (matching params) of one field of the parametrization table, e.g. 'lr' or 'wd'."""
   cfg = ModelConfig.make(model_config)
   return jax.tree.map(lambda spec, s: getattr(parametrization.scales(cfg, tuple(spec), s.shape), field),
@@ -59,7 +59,8 @@ def _logits(cfg: ModelConfig, params, tokens_BxL):
   return Transformer(cfg).apply({'params': params}, tokens_BxL)
 
 
-def logits(model_config, params, tokens_BxL):
+def logits(model_config: ModelConfigLike, params: PyTree,
+           tokens_BxL: jax.Array) -> jax.Array:
   """float32 logits [batch, length, vocab] for int tokens [batch, length] (jitted per config)."""
   return _logits(ModelConfig.make(model_config), params, tokens_BxL)
 

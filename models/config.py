@@ -1,9 +1,12 @@
 """The model schema: one frozen, hashable dataclass that is both the `config.model` section's
 definition (configs/base.py builds its ConfigDict from it) and the config the model code reads."""
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import ml_collections
+
+# A pytree of arrays (or of ShapeDtypeStructs, shardings, specs) such as the model params.
+PyTree = Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +55,7 @@ class ModelConfig:
   base_head_dim: int = 0            # 0: this model's head dim.
 
   @classmethod
-  def make(cls, cfg) -> 'ModelConfig':
+  def make(cls, cfg: 'ModelConfigLike') -> 'ModelConfig':
     """From a ModelConfig, a ConfigDict or a dict; unknown keys are an error."""
     if isinstance(cfg, cls):
       return cfg
@@ -67,13 +70,16 @@ class ModelConfig:
     return dataclasses.replace(self, **kw)
 
 
+# What the public model functions accept (through ModelConfig.make).
+ModelConfigLike = ModelConfig | ml_collections.ConfigDict | dict
 
-def head_dim(cfg) -> int:
+
+def head_dim(cfg: ModelConfig | ml_collections.ConfigDict) -> int:
   """Per-head width: model.head_dim, or d_model // n_heads when unset (ModelConfig or ConfigDict)."""
   return cfg.head_dim or cfg.d_model // cfg.n_heads
 
 
-def kv_heads(cfg) -> int:
+def kv_heads(cfg: ModelConfig | ml_collections.ConfigDict) -> int:
   """Key/value heads: model.n_kv_heads, or n_heads (multi-head attention) when unset."""
   return cfg.n_kv_heads or cfg.n_heads
 

@@ -11,19 +11,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.config import ModelConfig
-from models.transformer import DTYPES, Transformer, decode_context, head_dim, kv_heads
+from models.config import ModelConfig, ModelConfigLike, PyTree
+from models.transformer import DTYPES, KVCache, Transformer, decode_context, head_dim, kv_heads
 
 Prompts = Union[Sequence[Sequence[int]], np.ndarray, jax.Array]
 
 
-def init_cache(cfg: ModelConfig, batch: int, slots: int):
+def init_cache(cfg: ModelConfig, batch: int, slots: int) -> KVCache:
   """Zero keys and values [N, B, S, K, Dh] in the compute dtype."""
   zeros = jnp.zeros((cfg.n_layers, batch, slots, kv_heads(cfg), head_dim(cfg)), DTYPES[cfg.dtype])
   return zeros, zeros
 
 
-def filter_logits(logits_BxV, top_k: int = 0, top_p=1.0):
+def filter_logits(logits_BxV: jax.Array, top_k: int = 0,
+                  top_p: Union[float, jax.Array] = 1.0) -> jax.Array:
   """float32 logits with everything outside the top-k and the top-p nucleus set to -inf."""
   logits_BxV = logits_BxV.astype(jnp.float32)
   if top_k:
@@ -37,7 +38,9 @@ def filter_logits(logits_BxV, top_k: int = 0, top_p=1.0):
   return jnp.where(logits_BxV < cutoff_B[:, None], -jnp.inf, logits_BxV)
 
 
-def sample(logits_BxV, rng, greedy: bool, temperature=1.0, top_k: int = 0, top_p=1.0):
+def sample(logits_BxV: jax.Array, rng: jax.Array, greedy: bool,
+           temperature: Union[float, jax.Array] = 1.0, top_k: int = 0,
+           top_p: Union[float, jax.Array] = 1.0) -> jax.Array:
   """Next tokens [B]: argmax when greedy, else a draw from the filtered softmax(logits / T)."""
   if greedy:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
@@ -70,7 +73,7 @@ def _generate(cfg, params, prompts_BxP, pads_B, rng, temperature, top_p, *, max_
   return tokens_TxB.T, jnp.swapaxes(logits_TxBxV, 0, 1)
 
 
-def left_pad(prompts: Prompts, pad_id: int = 0):
+def left_pad(prompts: Prompts, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """(int32 [B, P] with each prompt right-aligned, pads [B]) from sequences of varying length."""
   rows = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
   if not rows or min(len(r) for r in rows) == 0:
@@ -83,7 +86,7 @@ def left_pad(prompts: Prompts, pad_id: int = 0):
 
 
 def check_options(cfg: ModelConfig, prompt_len: int, max_new_tokens: int, temperature: float,
-                  top_k: int, top_p: float):
+                  top_k: int, top_p: float) -> None:
   """ValueError naming the first bad sampling option (checked before anything compiles)."""
   if max_new_tokens < 1:
     raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
@@ -98,9 +101,10 @@ def check_options(cfg: ModelConfig, prompt_len: int, max_new_tokens: int, temper
     raise ValueError(f'top_p must be in (0, 1] (1: off), got {top_p}')
 
 
-def generate_with_logits(model_config, params, prompts: Prompts, max_new_tokens: int, *,
-                         temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                         rng: Optional[jax.Array] = None, eos_id: Optional[int] = None):
+def generate_with_logits(model_config: ModelConfigLike, params: PyTree, prompts: Prompts,
+                         max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
+                         top_p: float = 1.0, rng: Optional[jax.Array] = None,
+                         eos_id: Optional[int] = None) -> tuple[jax.Array, jax.Array]:
   """`generate`, plus the float32 logits [B, T, V] each new token was chosen from."""
   cfg = ModelConfig.make(model_config)
   prompts_BxP, pads_B = left_pad(prompts)
@@ -115,9 +119,10 @@ def generate_with_logits(model_config, params, prompts: Prompts, max_new_tokens:
   return jnp.concatenate([jnp.asarray(prompts_BxP), new_BxT], axis=1), logits_BxTxV
 
 
-def generate(model_config, params, prompts: Prompts, max_new_tokens: int, *,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             rng: Optional[jax.Array] = None, eos_id: Optional[int] = None) -> jax.Array:
+def generate(model_config: ModelConfigLike, params: PyTree, prompts: Prompts,
+             max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, rng: Optional[jax.Array] = None,
+             eos_id: Optional[int] = None) -> jax.Array:
   """int32 [B, P + max_new_tokens]: the prompts left-padded with 0 to the longest (P), then the
   new tokens (the last max_new_tokens columns). temperature 0 is greedy; top_k 0 and top_p 1 are
   off. With eos_id, a row that emitted it keeps emitting it."""

@@ -13,6 +13,8 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +23,11 @@ import safetensors
 import safetensors.numpy
 
 import models
-from models.config import ROPE_FIELDS, ModelConfig
+from models.config import ROPE_FIELDS, ModelConfig, ModelConfigLike, PyTree
 from models.transformer import head_dim, kv_heads
+
+if TYPE_CHECKING:
+  import transformers
 
 LLAMA_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3', 'gemma')  # HF names as LLaMA's.
 SUPPORTED_TYPES = ('gpt2',) + LLAMA_TYPES
@@ -185,7 +190,7 @@ def _check_sp(cfg: ModelConfig, what: str):
                      f"config.model.parametrization={cfg.parametrization!r}; use 'sp'")
 
 
-def to_hf_config(model_config):
+def to_hf_config(model_config: ModelConfigLike) -> 'transformers.PreTrainedConfig':
   """transformers GPT2Config / LlamaConfig / Qwen2Config / Qwen3Config / GemmaConfig for it.
 
   ValueError for configs no HF family expresses (e.g. learned positions with rmsnorm).
@@ -332,10 +337,10 @@ class Leaf:
   stacked: bool = False
 
   @property
-  def full_shape(self):
+  def full_shape(self) -> tuple:
     return (len(self.layers),) + self.shape if self.stacked else self.shape
 
-  def keys(self):
+  def keys(self) -> list[str]:
     if self.layers is None:
       return [self.spec.key]
     return [self.spec.key.format(i=i) for i in self.layers]
@@ -369,7 +374,7 @@ def _view_shape(spec: Spec, shape) -> list:
   return out
 
 
-def expected_shapes(leaves) -> dict:
+def expected_shapes(leaves: Sequence[Leaf]) -> dict:
   """HF tensor name -> shape the leaves need (packed tensors: the span of all their parts)."""
   shapes = {}
   for leaf in leaves:
@@ -382,7 +387,7 @@ def expected_shapes(leaves) -> dict:
   return {k: tuple(s[::-1] if k in transposed else s) for k, s in shapes.items()}
 
 
-def check_shapes(expected: dict, found: dict, ignore=()):
+def check_shapes(expected: dict, found: dict, ignore: Sequence[str] = ()) -> None:
   """ValueError naming each HF tensor that is missing, unexpected or of an unexpected shape."""
   errors = [f'{k}: checkpoint has shape {tuple(found[k])}, model_config expects {tuple(s)}'
             for k, s in expected.items() if k in found and tuple(found[k]) != tuple(s)]
@@ -493,7 +498,8 @@ def read_config(path: str) -> ModelConfig:
   return config_from_hf(_load_json(os.path.join(path, 'config.json')))
 
 
-def import_checkpoint(path: str, model_config=None, shardings=None):
+def import_checkpoint(path: str, model_config: ModelConfigLike | None = None,
+                      shardings: PyTree | None = None) -> tuple[ModelConfig, PyTree]:
   """(ModelConfig, float32 params) from an HF checkpoint directory (safetensors only).
 
   model_config: target config (runtime fields such as scan_layers, dtype, max_len for rope are
@@ -535,7 +541,7 @@ def import_checkpoint(path: str, model_config=None, shardings=None):
 # --------------------------------------------------------------------------- writing
 
 
-def export_checkpoint(model_config, params, path: str):
+def export_checkpoint(model_config: ModelConfigLike, params: PyTree, path: str) -> None:
   """Write config.json and model.safetensors (float32, HF names) for `from_pretrained(path)`."""
   cfg = ModelConfig.make(model_config)
   _check_sp(cfg, f'exporting to {path}')

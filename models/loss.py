@@ -8,11 +8,11 @@ backward ever holds float32 logits for the whole [B, L, V] (large vocabularies, 
 import jax
 import jax.numpy as jnp
 
-from models.config import ModelConfig
+from models.config import ModelConfig, PyTree
 from models.transformer import Transformer, readout, unembedding
 
 
-def nll(logits_BxLxV, targets_BxL):
+def nll(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
   """float32 NLL per token [B, L], 0 where the target is masked (< 0); and the mask [B, L]."""
   logits_BxLxV = logits_BxLxV.astype(jnp.float32)
   mask_BxL = (targets_BxL >= 0).astype(jnp.float32)
@@ -21,7 +21,8 @@ def nll(logits_BxLxV, targets_BxL):
   return (jax.nn.logsumexp(logits_BxLxV, -1) - target_BxL) * mask_BxL, mask_BxL
 
 
-def token_nll(cfg: ModelConfig, params, inputs_BxL, targets_BxL):
+def token_nll(cfg: ModelConfig, params: PyTree, inputs_BxL: jax.Array,
+              targets_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(NLL per token [B, L] in float32, mask [B, L]) of `targets` given `inputs` (same length)."""
   chunk = cfg.loss_chunk
   if not chunk or chunk >= inputs_BxL.shape[1]:

@@ -19,11 +19,12 @@ graphcore-research/unit-scaling). SP is the GPT-2 scheme the model has always us
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from models.config import CHOICES, head_dim
+from models.config import CHOICES, ModelConfig, head_dim
 
 PARAMETRIZATIONS = CHOICES['parametrization']
 WIDTH_AXES = ('embed', 'mlp', 'heads', 'kv_heads', 'head_dim', 'norm')  # the rest: 'vocab', 'position'.
@@ -75,7 +76,7 @@ def _umup(c, role, w, n):
 TABLE = {'sp': _sp, 'mup': _mup, 'umup': _umup}
 
 
-def axis_width_mults(c) -> dict:
+def axis_width_mults(c: ModelConfig) -> dict:
   """Width multiplier of each logical axis against the base shape (fixed axes: 1).
 
   Heads are assumed to scale as d_model / head_dim (the usual width ladder)."""
@@ -88,14 +89,14 @@ def axis_width_mults(c) -> dict:
           'heads': embed / hdim, 'kv_heads': embed / hdim}
 
 
-def split_axes(axes):
+def split_axes(axes: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
   """(fan_in axes, fan_out axes) of a parameter's logical axes; 'layers' dropped."""
   axes = tuple(a for a in axes if a != 'layers')
   k = 2 if len(axes) >= 2 and axes[-1] == 'head_dim' and axes[-2] in ('heads', 'kv_heads') else 1
   return axes[:-k], axes[-k:]
 
 
-def role(axes) -> str:
+def role(axes: Sequence[str]) -> str:
   fan_in, fan_out = split_axes(axes)
   if not fan_in:
     return 'vector'
@@ -111,7 +112,7 @@ def role(axes) -> str:
   return 'residual' if fan_out == ('embed',) else 'hidden'
 
 
-def scales(c, axes, shape) -> Scales:
+def scales(c: ModelConfig, axes: Sequence[str], shape: Sequence[int]) -> Scales:
   """The table's entry for one parameter of model config `c` (logical `axes`, its `shape`)."""
   fan_in, _ = split_axes(axes)
   dims = dict(zip(tuple(axes), tuple(shape)))
@@ -121,7 +122,7 @@ def scales(c, axes, shape) -> Scales:
   return TABLE[c.parametrization](c, role(axes), w, n)
 
 
-def attention_scale(c):
+def attention_scale(c: ModelConfig) -> float | None:
   """Query-key logit scale: None (SP: 1/sqrt(Dh)); μP sqrt(base Dh)/Dh; u-μP 1/Dh."""
   hd = head_dim(c)
   if c.parametrization == 'mup':
@@ -131,7 +132,8 @@ def attention_scale(c):
   return None
 
 
-def residual_weights(c, branch: jax.Array):
+def residual_weights(c: ModelConfig,
+                     branch: jax.Array) -> tuple[jax.Array, jax.Array] | None:
   """(skip, branch) multipliers of residual add number `branch` (0 .. 2L-1), or None (plain sum).
 
   u-μP: x <- (x + tau f(x)) / sqrt(1 + tau^2), tau = 1/sqrt(L + branch), so the stream stays at
@@ -143,7 +145,7 @@ def residual_weights(c, branch: jax.Array):
   return norm, tau * norm
 
 
-def apply(y, s: Scales):
+def apply(y: jax.Array, s: Scales) -> jax.Array:
   """y times the forward multiplier (a no-op at 1), with the backward override if any."""
   if s.bwd is not None:
     return scale_fwd_bwd(y, s.mult, s.bwd)
@@ -151,7 +153,7 @@ def apply(y, s: Scales):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def scale_fwd_bwd(x, fwd: float, bwd: float):
+def scale_fwd_bwd(x: jax.Array, fwd: float, bwd: float) -> jax.Array:
   """x * fwd in the forward pass; the cotangent is multiplied by bwd (unit scaling's split scales)."""
   return x * jnp.asarray(fwd, x.dtype)
 

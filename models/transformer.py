@@ -12,9 +12,11 @@ import jax
 import jax.numpy as jnp
 
 from models import parametrization
-from models.config import head_dim, kv_heads
+from models.config import ModelConfig, PyTree, head_dim, kv_heads
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+# (keys, values): [B, S, K, Dh] per layer, [N, B, S, K, Dh] for the whole model.
+KVCache = tuple[jax.Array, jax.Array]
 
 REMAT_POLICIES = {
     'full': None,  # save nothing: recompute the whole layer.
@@ -38,7 +40,7 @@ def _param(module, name, shape, axes, init=None):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
 
-def fp8(x):
+def fp8(x: jax.Array) -> jax.Array:
   """x rounded to float8_e4m3fn (saturating at ±448) and back, with a straight-through gradient:
   a simulated fp8 matmul input (the product still accumulates in the compute dtype)."""
   f8, top = jnp.float8_e4m3fn, float(jnp.finfo(jnp.float8_e4m3fn).max)
@@ -68,10 +70,10 @@ def _dense(module, name, x, eqn, shape, axes, n_out, bias):
 
 class Norm(nn.Module):
   """LayerNorm (mean-centred, optional bias) or RMSNorm, computed in float32."""
-  cfg: object
+  cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD):
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     cfg = self.cfg
     x = x_BxLxD.astype(jnp.float32)
     if cfg.norm == 'layernorm':
@@ -87,7 +89,7 @@ class Norm(nn.Module):
     return x.astype(DTYPES[cfg.dtype])
 
 
-def rope_frequencies(cfg, dh):
+def rope_frequencies(cfg: ModelConfig, dh: int) -> jax.Array:
   """Inverse frequencies [Dh/2] as transformers computes them for cfg.rope_scaling. 'dynamic'
   rescales theta only past rope_original_max_len (per call, statefully): plain rope within it."""
   inv_freq = 1.0 / cfg.rope_theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh)
@@ -106,7 +108,7 @@ def rope_frequencies(cfg, dh):
   return inv_freq
 
 
-def rope(x_BxLxHxDh, positions, cfg):
+def rope(x_BxLxHxDh: jax.Array, positions: jax.Array, cfg: ModelConfig) -> jax.Array:
   """Rotary embedding, HF/LLaMA 'rotate half' layout (first and second halves pair up).
   positions: [L] (shared by the batch) or [B, L] (per row, e.g. left-padded decoding)."""
   dh = x_BxLxHxDh.shape[-1]
@@ -123,10 +125,11 @@ def rope(x_BxLxHxDh, positions, cfg):
 
 class Attention(nn.Module):
   """Causal multi-head / grouped-query attention through jax.nn.dot_product_attention."""
-  cfg: object
+  cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, cache=None, ctx=None):
+  def __call__(self, x_BxLxD: jax.Array, cache: KVCache | None = None,
+               ctx: dict | None = None) -> tuple[jax.Array, KVCache | None]:
     """Training: causal attention over x. Decoding (cache = (keys, values) [B, S, K, Dh], ctx
     from `decode_context`): x's keys/values are written at slot ctx['index'] of the cache and
     the queries attend over the cache under ctx's mask. Returns (output, updated cache or None)."""
@@ -178,10 +181,10 @@ class Attention(nn.Module):
 
 class Mlp(nn.Module):
   """GELU MLP (GPT-2, tanh approximation), SwiGLU (LLaMA) or GeGLU (Gemma)."""
-  cfg: object
+  cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD):
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     cfg = self.cfg
     D, F = cfg.d_model, cfg.d_ff
 
@@ -217,10 +220,11 @@ def _residual_add(cfg, x_BxLxD, f_BxLxD, branch):
 
 class Block(nn.Module):
   """Pre-norm residual block; the (carry, layer index) signature lets nn.scan stack it."""
-  cfg: object
+  cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, layer, cache=None, ctx=None):
+  def __call__(self, x_BxLxD: jax.Array, layer: jax.Array, cache: KVCache | None = None,
+               ctx: dict | None = None) -> tuple[jax.Array, KVCache | None]:
     cfg = self.cfg
     attn_BxLxD, cache = Attention(cfg, name='attn')(Norm(cfg, name='attn_norm')(x_BxLxD), cache, ctx)
     x_BxLxD = _residual_add(cfg, x_BxLxD, _probe(self, 'attn_out', attn_BxLxD), 2 * layer)
@@ -230,7 +234,8 @@ class Block(nn.Module):
     return _probe(self, 'residual', x_BxLxD), cache
 
 
-def decode_context(index, pads_B, length: int, cache_len: int) -> dict:
+def decode_context(index: int | jax.Array, pads_B: jax.Array, length: int,
+                   cache_len: int) -> dict:
   """Positions and attention mask of `length` new tokens written at cache slot `index`, for rows
   left-padded by pads_B slots: a query at slot i sees slots pad..i of its row."""
   slots_L = index + jnp.arange(length)
@@ -241,12 +246,12 @@ def decode_context(index, pads_B, length: int, cache_len: int) -> dict:
           'mask_BxLxS': mask_BxLxS}
 
 
-def unembedding(cfg, params):
+def unembedding(cfg: ModelConfig, params: PyTree) -> jax.Array:
   """The output projection [D, V] (the embedding table's transpose when tied)."""
   return params['embed'].T if cfg.tie_embeddings else params['unembed']
 
 
-def readout(cfg, x_BxLxD, unembed_DxV):
+def readout(cfg: ModelConfig, x_BxLxD: jax.Array, unembed_DxV: jax.Array) -> jax.Array:
   """float32 logits [B, L, V] from final features. The matmul accumulates in float32 whatever the
   compute dtype; with model.vocab_multiple > 1 it runs over the vocabulary padded with zero
   columns (aligned shapes on accelerators) and the padding is cut off again."""
@@ -265,10 +270,11 @@ class Transformer(nn.Module):
   """Token ids [B, L] -> float32 logits [B, L, V]; when decoding (cache: keys and values
   [N, B, S, K, Dh], ctx: `decode_context`) -> (logits, updated cache); with head=False -> the
   final normed features [B, L, D] (for `readout` by chunks)."""
-  cfg: object
+  cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BxL, cache=None, ctx=None, head: bool = True):
+  def __call__(self, tokens_BxL: jax.Array, cache: KVCache | None = None, ctx: dict | None = None,
+               head: bool = True) -> jax.Array | tuple[jax.Array, KVCache]:
     cfg = self.cfg
     dtype = DTYPES[cfg.dtype]
     V, D = cfg.vocab_size, cfg.d_model

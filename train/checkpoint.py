@@ -14,14 +14,17 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from models.config import PyTree
+
 CORRUPT_DIR = 'checkpoints.corrupt'   # bad checkpoints are moved here, never deleted.
 
 
-def manager(workdir: str, train_config) -> ocp.CheckpointManager:
+def manager(workdir: str, train_config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   silence_abandoned_io()
   options = ocp.CheckpointManagerOptions(
       max_to_keep=train_config.keep_checkpoints,
@@ -50,7 +53,7 @@ def _checksums(state):
   return jax.tree.map(_leaf_checksum, state)
 
 
-def checksum(state) -> dict:
+def checksum(state: PyTree) -> dict:
   """{leaf path: 16 hex digits} of the state's contents (a global value on every process)."""
   sums = jax.device_get(_checksums(state))
   flat, _ = jax.tree_util.tree_flatten_with_path(sums)
@@ -58,13 +61,14 @@ def checksum(state) -> dict:
           for path, s in flat}
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict, force: bool = False):
+def save(mngr: ocp.CheckpointManager, step: int, state: PyTree, meta: dict,
+         force: bool = False) -> None:
   meta = {**meta, 'checksum': checksum(state)}
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           meta=ocp.args.JsonSave(meta)), force=force)
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: PyTree) -> tuple[PyTree, dict]:
   """Restore onto the shardings carried by `abstract_state` (ShapeDtypeStructs with .sharding)."""
   out = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
@@ -91,7 +95,7 @@ _FIELDS = {'dataset': 'data.dataset', 'tokenizer': 'data.tokenizer', 'seq_len': 
            'global_batch_size': 'train.global_batch_size'}
 
 
-def check_meta(saved: dict, current: dict, workdir: str = ''):
+def check_meta(saved: dict, current: dict, workdir: str = '') -> None:
   """The data stream and model must match the checkpoint's, else resuming is not exact."""
   saved_flat, current_flat = _flat({k: saved[k] for k in current if k in saved}), _flat(current)
   diffs = [f'config.{_FIELDS.get(k, k)}={saved_flat[k]!r} (now {v!r})' for k, v in current_flat.items()
@@ -128,7 +132,7 @@ def _is_abandoned_read(exc_value, obj=None) -> bool:
           'orbax' in getattr(getattr(obj, 'cr_code', None), 'co_filename', ''))
 
 
-def silence_abandoned_io():
+def silence_abandoned_io() -> None:
   """After one array read or write of a failed restore/save raises (torn file, disk full), orbax
   abandons the others; each then prints an 'Event loop is closed' traceback (hundreds of lines
   under the one error that matters). Drop those, nothing else."""
@@ -148,7 +152,8 @@ def silence_abandoned_io():
   sys.unraisablehook, sys.excepthook = quiet_unraisable, quiet_excepthook
 
 
-def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state, meta: dict, workdir: str):
+def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state: PyTree, meta: dict,
+                        workdir: str) -> tuple[PyTree | None, int | None]:
   """(state, step) from the newest checkpoint that loads and matches its checksums, or
   (None, None). A checkpoint that does not is reported and moved aside; one written with a
   different config raises ValueError (bad input, nothing is moved)."""
@@ -188,7 +193,7 @@ def _verify(state, expected: dict | None) -> str | None:
   return None
 
 
-def write_config(workdir: str, config_json: str):
+def write_config(workdir: str, config_json: str) -> None:
   """Write workdir/config.json (process 0), keeping a different previous one as config.previous.json.
   Called only once the resume check has passed, so a rejected run never changes it."""
   if jax.process_index() != 0:

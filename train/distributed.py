@@ -4,6 +4,7 @@ import logging
 import os
 
 import jax
+import ml_collections
 
 # Environment variables that mean "this process is one of several" (TPU pod slices,
 # SLURM, Open MPI, or an explicit JAX coordinator).
@@ -24,7 +25,7 @@ def _looks_multi_process() -> bool:
   return False
 
 
-def initialize(dist_config):
+def initialize(dist_config: ml_collections.ConfigDict) -> None:
   """Call jax.distributed.initialize per `config.distributed` (before any other JAX call)."""
   mode = dist_config.initialize
   explicit = bool(dist_config.coordinator_address)

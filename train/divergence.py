@@ -16,12 +16,12 @@ class Diverged(FloatingPointError):
 class Guard:
   """Raises Diverged from `check` on a non-finite loss or grad norm, or a loss spike."""
 
-  def __init__(self, factor: float, window: int, vocab_size: int):
+  def __init__(self, factor: float, window: int, vocab_size: int) -> None:
     self.factor = factor
     self.recent = collections.deque(maxlen=max(window, 1))
     self.uniform_loss = math.log(vocab_size)
 
-  def check(self, step: int, m: dict, workdir: str, last_checkpoint):
+  def check(self, step: int, m: dict, workdir: str, last_checkpoint: int | None) -> None:
     kept = (f'the last good checkpoint (step {last_checkpoint}) in {workdir} is kept'
             if last_checkpoint else f'no checkpoint of this run in {workdir} was written')
     loss = m['train/loss']

@@ -11,7 +11,7 @@ import math
 
 import jax
 
-from models.config import head_dim, kv_heads
+from models.config import ModelConfig, head_dim, kv_heads
 
 # Dense bf16 peak FLOP/s per chip/GPU (vendor datasheets; H100/H200 without sparsity).
 PEAK_FLOPS = {
@@ -28,7 +28,7 @@ PEAK_FLOPS = {
 }
 
 
-def peak_flops(device=None) -> float:
+def peak_flops(device: jax.Device | None = None) -> float:
   """Peak FLOP/s of one device, or NaN when unknown (e.g. CPU)."""
   kind = (device or jax.devices()[0]).device_kind
   for name, flops in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
@@ -37,7 +37,7 @@ def peak_flops(device=None) -> float:
   return math.nan
 
 
-def matmul_params(cfg) -> int:
+def matmul_params(cfg: ModelConfig) -> int:
   """Weights used in matmuls per token: blocks (no norms/biases) + the output projection."""
   hd, kv = head_dim(cfg), kv_heads(cfg)
   attn = cfg.d_model * hd * (2 * cfg.n_heads + 2 * kv)
@@ -45,7 +45,7 @@ def matmul_params(cfg) -> int:
   return cfg.n_layers * (attn + mlp) + cfg.d_model * cfg.vocab_size
 
 
-def train_flops_per_token(cfg, seq_len: int) -> float:
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   """6·N_matmul + 12·L·H·Q·T (see module docstring)."""
   hd = head_dim(cfg)
   return 6 * matmul_params(cfg) + 12 * cfg.n_layers * cfg.n_heads * hd * seq_len

@@ -17,22 +17,31 @@ import json
 import logging
 import os
 import sys
-from typing import Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from lm_eval.api import registry
+from lm_eval.api.instance import Instance
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import normalize_gen_kwargs, postprocess_generated_text
 
 import models
 from models import loss
+from models.config import ModelConfigLike, PyTree
 from train import init_from, metrics
 from train import workdir as workdir_lib
 from train.data import tokenizers
+
+if TYPE_CHECKING:
+  from lm_eval.tasks import TaskManager
+
+  from train.loop import Run
+
+Tokenizer = Union[tokenizers.ByteTokenizer, tokenizers.HFTokenizer]   # make_tokenizer's result.
 
 REGISTRY_NAME = 'lmscale'
 RESULTS_FILE = 'lm_eval_results.json'
@@ -48,7 +57,7 @@ def task_names(tasks: Union[str, Sequence[str]]) -> list[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def task_manager(include_path: str = '', defaults: bool = True):
+def task_manager(include_path: str = '', defaults: bool = True) -> 'TaskManager':
   """lm-eval's TaskManager: built-in tasks (indexing them takes seconds, hence the cache) and
   `include_path`'s."""
   from lm_eval.tasks import TaskManager
@@ -113,8 +122,10 @@ def _score(cfg, mesh, params, tokens_BxL, targets_BxL, mask_BxL):
 class LMScaleLM(TemplateLM):
   """lm-eval model for our transformers: from `pretrained` (a workdir or 'hf:/dir') or in memory."""
 
-  def __init__(self, pretrained: str = '', *, model_config=None, params=None, tokenizer=None,
-               batch_size=16, mesh=None, max_gen_toks: int = 256, seed: int = 0, **_):
+  def __init__(self, pretrained: str = '', *, model_config: Optional[ModelConfigLike] = None,
+               params: Optional[PyTree] = None, tokenizer: Union[str, Tokenizer, None] = None,
+               batch_size: Union[int, str] = 16, mesh: Optional[Mesh] = None,
+               max_gen_toks: int = 256, seed: int = 0, **_) -> None:
     """`tokenizer`: our tokenizer object, or 'byte' / a HF tokenizer dir; None: the source's."""
     super().__init__()
     if pretrained:
@@ -146,8 +157,8 @@ class LMScaleLM(TemplateLM):
   def tokenizer_name(self) -> str:
     return self.tok.fingerprint
 
-  def tok_encode(self, string: str, add_special_tokens=None, left_truncate_len=None,
-                 **kwargs) -> list[int]:
+  def tok_encode(self, string: str, add_special_tokens: Optional[bool] = None,
+                 left_truncate_len: Optional[int] = None, **kwargs) -> list[int]:
     """Token ids as in training (no special tokens), optionally only the last left_truncate_len."""
     ids = [int(i) for i in self.tok.encode(string)]
     return ids[-left_truncate_len:] if left_truncate_len else ids
@@ -198,7 +209,8 @@ class LMScaleLM(TemplateLM):
         self.cache_hook.add_partial('loglikelihood', key, answer)
     return answers
 
-  def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+  def loglikelihood_rolling(self, requests: list[Instance],
+                            disable_tqdm: bool = False) -> list[float]:
     """Whole-string log-likelihood in disjoint max_len windows (lm-eval's rolling scheme)."""
     from lm_eval import utils
     windows, owner = [], []
@@ -214,7 +226,7 @@ class LMScaleLM(TemplateLM):
       self.cache_hook.add_partial('loglikelihood_rolling', req.args, total)
     return totals
 
-  def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+  def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
     """models.generate's continuations, cut at the first EOS and at the requests' `until`."""
     if self.params is None:
       raise ValueError('LMScaleLM: no params to evaluate')
@@ -288,7 +300,7 @@ class TaskSet:
   """Tasks loaded once (datasets, few-shot settings) and evaluated on an LM as often as needed."""
 
   def __init__(self, tasks: Union[str, Sequence[str]], include_path: str = '',
-               num_fewshot: Optional[int] = None):
+               num_fewshot: Optional[int] = None) -> None:
     self.names = task_names(tasks)
     self.loaded = _manager_for(self.names, include_path).load(self.names)
     for task in self.loaded['tasks'].values():   # as lm_eval.simple_evaluate does.
@@ -297,7 +309,8 @@ class TaskSet:
       elif task.get_config('num_fewshot') is None:
         task.set_config(key='num_fewshot', value=0)
 
-  def evaluate(self, lm, limit: Optional[int] = None, bootstrap_iters: int = 0) -> dict:
+  def evaluate(self, lm: TemplateLM, limit: Optional[int] = None,
+               bootstrap_iters: int = 0) -> dict:
     """lm-eval's results dict; the same few-shot examples every call."""
     from lm_eval import evaluator
     for task in self.loaded['tasks'].values():
@@ -321,7 +334,7 @@ def flat_metrics(results: dict) -> dict[str, float]:
   return out
 
 
-def loop_evaluator(r) -> Callable[[dict], dict]:
+def loop_evaluator(r: 'Run') -> Callable[[dict], dict]:
   """For the training loop (`r`: its Run): params -> flat lm_eval/... metrics of config.lm_eval."""
   c = r.config.lm_eval
   shards = r.derived.batch_shards
@@ -346,9 +359,10 @@ def write_results(results: dict, path: str) -> None:
       json.loads(json.dumps(results, default=handle_non_serializable))))
 
 
-def evaluate_source(src: str, tasks: Union[str, Sequence[str]], include_path: str = '', limit=None,
-                    num_fewshot: Optional[int] = None, batch_size: int = 16, tokenizer: str = '',
-                    output: str = '', bootstrap_iters: int = 100000) -> dict:
+def evaluate_source(src: str, tasks: Union[str, Sequence[str]], include_path: str = '',
+                    limit: Optional[Union[int, float]] = None, num_fewshot: Optional[int] = None,
+                    batch_size: int = 16, tokenizer: str = '', output: str = '',
+                    bootstrap_iters: int = 100000) -> dict:
   """lm_eval.simple_evaluate on a workdir / 'hf:/dir'; writes the results JSON; returns them."""
   import lm_eval
   if include_path and not os.path.isdir(include_path):
@@ -369,7 +383,7 @@ def evaluate_source(src: str, tasks: Union[str, Sequence[str]], include_path: st
   return results
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   """The command line: see the module docstring."""
   from absl import flags
   from lm_eval.utils import make_table

@@ -5,13 +5,20 @@ the given shardings; a shape mismatch with the target model config names the ten
 """
 import json
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
 import models
 from models import hf
+from models.config import ModelConfigLike, PyTree
 from train import checkpoint
+
+if TYPE_CHECKING:
+  from train.loop import Run
 
 
 def workdir_model_config(workdir: str) -> models.ModelConfig:
@@ -50,7 +57,8 @@ def _check_shapes(src: str, expected, found):
                        f'model config expects {want.get(key, "(none)")}')
 
 
-def load_params(src: str, model_config=None, shardings=None):
+def load_params(src: str, model_config: ModelConfigLike | None = None,
+                shardings: PyTree | None = None) -> tuple[models.ModelConfig, PyTree]:
   """(ModelConfig, params) from 'hf:/dir' or our workdir's latest checkpoint.
 
   With `model_config`, the checkpoint must fit it (ValueError naming the tensor otherwise);
@@ -96,7 +104,7 @@ def load_params(src: str, model_config=None, shardings=None):
   return cfg, out['state']['params']
 
 
-def params_fn(config):
+def params_fn(config: ml_collections.ConfigDict) -> Callable[['Run'], PyTree] | None:
   """None for random init, else Run -> params from `config.init_from` on the run's shardings."""
   src = config.init_from
   if not src:

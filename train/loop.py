@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from train import checkpoint, divergence, flops, metrics, preemption, sharding, validation
@@ -49,7 +50,7 @@ class Task:
 @dataclasses.dataclass
 class Run:
   """Everything `run` builds before the first step; also used by tools (e.g. offline distill)."""
-  config: object
+  config: ml_collections.ConfigDict
   derived: validation.Derived
   mesh: jax.sharding.Mesh
   train_ds: object

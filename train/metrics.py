@@ -2,7 +2,8 @@
 import json
 import math
 import os
-from typing import Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -13,10 +14,10 @@ from clu.metric_writers import interface
 class JsonlWriter(interface.MetricWriter):
   """Appends {'step': s, **scalars} per write to `path`; NaN/inf become null (valid JSON)."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str) -> None:
     self._f = open(path, 'a')
 
-  def write_scalars(self, step, scalars):
+  def write_scalars(self, step: int, scalars: Mapping[str, interface.Scalar]) -> None:
     row = {'step': int(step)}
     for k, v in scalars.items():
       v = float(v)
@@ -24,18 +25,21 @@ class JsonlWriter(interface.MetricWriter):
     self._f.write(json.dumps(row) + '\n')
     self._f.flush()
 
-  def write_summaries(self, step, values, metadata=None): pass
-  def write_images(self, step, images): pass
-  def write_videos(self, step, videos): pass
-  def write_audios(self, step, audios, *, sample_rate): pass
-  def write_texts(self, step, texts): pass
-  def write_histograms(self, step, arrays, num_buckets=None): pass
-  def write_hparams(self, hparams): pass
+  def write_summaries(self, step: int, values: Mapping[str, interface.Array],
+                      metadata: Optional[Mapping[str, Any]] = None) -> None: pass
+  def write_images(self, step: int, images: Mapping[str, interface.Array]) -> None: pass
+  def write_videos(self, step: int, videos: Mapping[str, interface.Array]) -> None: pass
+  def write_audios(self, step: int, audios: Mapping[str, interface.Array], *,
+                   sample_rate: int) -> None: pass
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None: pass
+  def write_histograms(self, step: int, arrays: Mapping[str, interface.Array],
+                       num_buckets: Optional[Mapping[str, int]] = None) -> None: pass
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None: pass
 
-  def flush(self):
+  def flush(self) -> None:
     self._f.flush()
 
-  def close(self):
+  def close(self) -> None:
     self._f.close()
 
 
@@ -63,7 +67,7 @@ def last_row(path: str) -> dict:
   return row
 
 
-def truncate_jsonl(path: str, last_step: int):
+def truncate_jsonl(path: str, last_step: int) -> None:
   """Drop rows logged after `last_step` (the checkpoint a run resumes from), so a resumed run's
   metrics.jsonl reads like an uninterrupted one's instead of repeating those steps."""
   if jax.process_index() > 0 or not os.path.exists(path):
@@ -78,7 +82,7 @@ def truncate_jsonl(path: str, last_step: int):
     os.replace(tmp, path)
 
 
-def make_writer(workdir: str):
+def make_writer(workdir: str) -> metric_writers.MultiWriter:
   """Process 0: TensorBoard (finite scalars) + metrics.jsonl; other processes write nothing.
   The console gets one `console_line` per logged step from the loop instead of clu's logging."""
   if jax.process_index() > 0:
@@ -105,7 +109,7 @@ def console_line(step: int, num_steps: int, m: dict, eta_seconds: Optional[float
   return ' | '.join(parts)
 
 
-def strict_json(obj) -> object:
+def strict_json(obj: Any) -> object:
   """obj with non-finite floats as None, so json.dumps writes valid JSON (no NaN/Infinity)."""
   if isinstance(obj, dict):
     return {str(k): strict_json(v) for k, v in obj.items()}

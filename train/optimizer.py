@@ -1,11 +1,15 @@
 """AdamW (per-parameter lr/wd scales under μP / u-μP) with warmup + (cosine | linear | constant | warmup-stable-decay), clipping and a decay mask."""
+from collections.abc import Iterable
+
 import jax
+import ml_collections
 import optax
 
 import models
+from models.config import ModelConfigLike, PyTree
 
 
-def lr_schedule(opt, num_steps: int) -> optax.Schedule:
+def lr_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
   """Learning rate per optimizer step, from the `config.optimizer` section."""
   peak, warmup = opt.lr, opt.warmup_steps
   floor = peak * opt.min_lr_ratio
@@ -27,7 +31,7 @@ def lr_schedule(opt, num_steps: int) -> optax.Schedule:
   return optax.join_schedules([warm, after], [warmup])
 
 
-def decay_mask(params, exclude):
+def decay_mask(params: PyTree, exclude: Iterable[str]) -> PyTree:
   """True where weight decay applies: a param is excluded when one of `exclude` is a whole
   '_'-separated word of a name on its path (e.g. 'norm' in 'attn_norm', 'bias' in 'query_bias')."""
   exclude = set(exclude)
@@ -44,7 +48,8 @@ def _per_leaf(fn, *trees) -> optax.GradientTransformation:
   return optax.stateless(lambda u, p: jax.tree.map(fn, u, p, *trees))
 
 
-def make_optimizer(opt, num_steps: int, model_config=None) -> optax.GradientTransformation:
+def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int,
+                   model_config: ModelConfigLike | None = None) -> optax.GradientTransformation:
   """Clipping + AdamW; under μP / u-μP with the per-parameter lr and weight-decay scales of
   models.parametrization (the same table that sets init and multipliers)."""
   chain = []

@@ -17,7 +17,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class StopRequest:
   """Context manager; `should_stop(step)` says whether to checkpoint and return after `step`."""
 
-  def __init__(self):
+  def __init__(self) -> None:
     self.signal = None      # name of the signal received (here or, multi-process, anywhere).
     self._previous = {}
     self._multi = False
@@ -56,7 +56,7 @@ class StopRequest:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     os.kill(os.getpid(), signal.SIGTERM)
 
-  def __enter__(self):
+  def __enter__(self) -> 'StopRequest':
     import jax
     self._multi = jax.process_count() > 1
     if threading.current_thread() is threading.main_thread():
@@ -66,7 +66,7 @@ class StopRequest:
         self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
     return self
 
-  def __exit__(self, *exc):
+  def __exit__(self, *exc: object) -> bool:
     for s, handler in self._previous.items():
       signal.signal(s, handler if handler is not None else signal.SIG_DFL)
     return False

@@ -15,6 +15,7 @@ from absl import app, flags, logging
 
 import models
 from models import generation, hf
+from models.config import PyTree
 from train import init_from, sharding
 from train.data import tokenizers
 
@@ -30,7 +31,8 @@ flags.DEFINE_string('tokenizer', None, "default: the workdir's data.tokenizer, o
 flags.DEFINE_boolean('stop_at_eos', True, 'cut each continuation at the tokenizer EOS')
 
 
-def load(checkpoint: str, tokenizer: str = None):
+def load(checkpoint: str, tokenizer: str | None = None) -> tuple[
+    models.ModelConfig, PyTree, tokenizers.ByteTokenizer | tokenizers.HFTokenizer, list[int]]:
   """(ModelConfig, params sharded over all devices, tokenizer, prefix ids) for a checkpoint.
 
   Our runs pack documents as `text EOS text EOS ...`, so their prompts start after an EOS."""
@@ -45,7 +47,7 @@ def load(checkpoint: str, tokenizer: str = None):
   return cfg, params, tok, prefix
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   if not FLAGS.checkpoint or not FLAGS.prompt:

@@ -4,13 +4,19 @@ Every parameter, optimizer-state and batch sharding in the trainer is derived fr
 `LOGICAL_RULES`; there are no per-layer special cases.
 """
 import logging
+from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from models.config import PyTree
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
+# `config.mesh`, or a plain {'data': ..., 'fsdp': ..., 'tensor': ...}.
+MeshConfig = ml_collections.ConfigDict | Mapping[str, int]
 
 # logical axis -> mesh axes (T5X/MaxText style). Unlisted logical axes are replicated.
 LOGICAL_RULES = (
@@ -28,7 +34,7 @@ LOGICAL_RULES = (
 )
 
 
-def mesh_shape(mesh_config, num_devices: int) -> dict:
+def mesh_shape(mesh_config: MeshConfig, num_devices: int) -> dict:
   """Resolve -1 entries (at most one) so the axes multiply to `num_devices`."""
   shape = {a: int(mesh_config[a]) for a in MESH_AXES}
   fill = [a for a, n in shape.items() if n == -1]
@@ -48,7 +54,7 @@ def mesh_shape(mesh_config, num_devices: int) -> dict:
   return shape
 
 
-def make_mesh(mesh_config, devices=None) -> Mesh:
+def make_mesh(mesh_config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(mesh_config, len(devices))
   dims = tuple(shape[a] for a in MESH_AXES)
@@ -58,7 +64,7 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
                        devices=devices)
 
 
-def logical_to_mesh(spec: P, shape, mesh: Mesh) -> NamedSharding:
+def logical_to_mesh(spec: P, shape: Sequence[int], mesh: Mesh) -> NamedSharding:
   """NamedSharding for one array; a dim the mesh axes don't divide is replicated."""
   mesh_spec = nn.logical_to_mesh_axes(spec, LOGICAL_RULES)
   axes = []
@@ -72,7 +78,7 @@ def logical_to_mesh(spec: P, shape, mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(*axes))
 
 
-def tree_shardings(logical_specs, shapes, mesh: Mesh):
+def tree_shardings(logical_specs: PyTree, shapes: PyTree, mesh: Mesh) -> PyTree:
   """Shardings for a pytree given its logical specs and its shapes (ShapeDtypeStructs/arrays)."""
   return jax.tree.map(lambda spec, x: logical_to_mesh(spec, x.shape, mesh), logical_specs, shapes,
                       is_leaf=lambda x: isinstance(x, P))

@@ -2,13 +2,16 @@
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 import models
+from models.config import ModelConfigLike, PyTree
 from train import sharding
 from train.step import ScaledTrainState, TrainState
 
 
-def state_shardings(model_config, optimizer, mesh, loss_scale: bool = False) -> TrainState:
+def state_shardings(model_config: ModelConfigLike, optimizer: optax.GradientTransformation,
+                    mesh: Mesh, loss_scale: bool = False) -> TrainState:
   """Params by the rules; Adam moments mirror their params; counters replicated.
   With `loss_scale`, a ScaledTrainState (dynamic loss scale, replicated)."""
   param_shapes = models.param_shapes(model_config)
@@ -22,8 +25,9 @@ def state_shardings(model_config, optimizer, mesh, loss_scale: bool = False) -> 
   return TrainState(step=rep, params=params, opt_state=opt_state)
 
 
-def init_state(model_config, optimizer, shardings: TrainState, seed: int = 0,
-               params=None, loss_scale: float = 2.0**15) -> TrainState:
+def init_state(model_config: ModelConfigLike, optimizer: optax.GradientTransformation,
+               shardings: TrainState, seed: int = 0, params: PyTree | None = None,
+               loss_scale: float = 2.0**15) -> TrainState:
   """Fresh state created directly on its shardings: random params from `seed`, or `params`;
   a ScaledTrainState (if `shardings` is one) starts at `loss_scale`."""
 

@@ -5,6 +5,8 @@ where `sums` is a dict of per-token sums including 'tokens' (the count). Dividin
 the token count happens once, after accumulation, so k microbatches give exactly the
 token-weighted mean of one k-times-larger batch.
 """
+from collections.abc import Callable
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,10 @@ import optax
 
 import models
 from models import loss
+from models.config import ModelConfigLike, PyTree
+
+# loss_fn(params, batch, *frozen) -> (loss_sum, sums), as in the module docstring.
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
 @flax.struct.dataclass
@@ -30,13 +36,18 @@ class ScaledTrainState(TrainState):
   loss_scale_counter: jax.Array
 
 
-def cross_entropy_sum(logits_BxLxV, targets_BxL):
+# train_step(state, batch, *frozen) -> (new state, metrics).
+TrainStepFn = Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+
+
+def cross_entropy_sum(logits_BxLxV: jax.Array,
+                      targets_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Summed token cross-entropy in float32 and the token count (targets < 0 are masked)."""
   nll_BxL, mask_BxL = loss.nll(logits_BxLxV, targets_BxL)
   return nll_BxL.sum(), mask_BxL.sum()
 
 
-def lm_loss(model_config):
+def lm_loss(model_config: ModelConfigLike) -> LossFn:
   """Next-token loss on packed rows batch['tokens'] [B, L+1]: inputs row[:-1], targets row[1:].
   With model.loss_chunk the full float32 logits are never materialised (models/loss.py)."""
   cfg = models.ModelConfig.make(model_config)
@@ -50,7 +61,7 @@ def lm_loss(model_config):
   return loss_fn
 
 
-def microbatches(batch, k: int):
+def microbatches(batch: PyTree, k: int) -> PyTree:
   """Leaves [B, ...] -> [k, B/k, ...]; microbatch j = rows j, j+k, ... so devices keep their rows."""
 
   def split(x):
@@ -60,7 +71,8 @@ def microbatches(batch, k: int):
   return jax.tree.map(split, batch)
 
 
-def accumulate_grads(loss_fn, params, batch, k: int, *frozen):
+def accumulate_grads(loss_fn: LossFn, params: PyTree, batch: PyTree, k: int,
+                     *frozen: PyTree) -> tuple[PyTree, dict[str, jax.Array]]:
   """Summed loss grads and sums over k microbatches (lax.scan), then the token-weighted mean."""
   grad_fn = jax.grad(loss_fn, has_aux=True)
   if k == 1:
@@ -79,7 +91,9 @@ def accumulate_grads(loss_fn, params, batch, k: int, *frozen):
   return grads, sums
 
 
-def make_train_step(loss_fn, optimizer, lr_fn, grad_accum_steps: int, loss_scale_period: int = 0):
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                    lr_fn: optax.Schedule, grad_accum_steps: int,
+                    loss_scale_period: int = 0) -> TrainStepFn:
   """(state, batch, *frozen) -> (state, metrics): one optimizer step, metrics per step.
 
   With loss_scale_period > 0 the state is a ScaledTrainState: the loss is multiplied by the
@@ -126,7 +140,7 @@ def make_train_step(loss_fn, optimizer, lr_fn, grad_accum_steps: int, loss_scale
   return train_step
 
 
-def make_eval_step(loss_fn):
+def make_eval_step(loss_fn: LossFn) -> Callable[..., dict[str, jax.Array]]:
   """(params, batch, *frozen) -> dict of sums over the batch (averaged by the caller)."""
 
   def eval_step(params, batch, *frozen):

@@ -5,12 +5,12 @@ import errno
 import fcntl
 import json
 import os
-from typing import Optional
+from typing import Any, Optional, TextIO
 
 import jax
 
 
-def claim(workdir: str):
+def claim(workdir: str) -> Optional[TextIO]:
   """Create `workdir` and lock it for this run (process 0; local paths); returns the lock file.
   Raises ValueError naming the path when it cannot be written or another run holds it."""
   if '://' in workdir:   # object stores (gs://): no local lock; orbax writes there directly.
@@ -40,7 +40,7 @@ def claim(workdir: str):
   return lock
 
 
-def write_json(path: str, obj) -> None:
+def write_json(path: str, obj: Any) -> None:
   """Write `obj` as JSON to `path` atomically (a temporary file renamed over it): a reader or a
   crash never sees half a file."""
   tmp = f'{path}.tmp'
