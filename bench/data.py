@@ -102,6 +102,7 @@ def measure(root: str, size: str, steps: int) -> dict:
 def _build_and_prepare(root: str, size: str, workers: int) -> dict:
   """Build the TFDS corpus (not timed as preparation) and run the prepare command (timed)."""
   import tensorflow_datasets as tfds
+
   from train.data import synthetic_corpus  # noqa: F401  (registers the builder)
   tfds.disable_progress_bar()
   tic = time.perf_counter()

@@ -12,11 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import base
-from train.data import pipeline
-from train.data import prepare
-from train.data import shards
-from train.data import stdlib_corpus
-from train.data import tokenizers
+from train.data import pipeline, prepare, shards, stdlib_corpus, tokenizers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BYTE = tokenizers.ByteTokenizer()
@@ -199,7 +195,9 @@ def test_mixture_weights_hosts_and_per_source_eval(corpus):
       os.path.join('synthetic_prose_small', 'validation.text'))
   # The loop's evaluate over both sources, with a stand-in eval step: loss = the token id / 100.
   import types
+
   import jax.numpy as jnp
+
   from train import loop, sharding
   c.train.eval_batches = 2
   r = types.SimpleNamespace(config=c, eval_ds=eval_ds,

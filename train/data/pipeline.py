@@ -15,8 +15,7 @@ import os
 import grain
 import numpy as np
 
-from train.data import shards
-from train.data import tokenizers
+from train.data import shards, tokenizers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +105,7 @@ def open_prepared(data, source: Source, split: str, tokenizer) -> shards.Prepare
   try:
     return shards.open_split(path, field, expect)
   except FileNotFoundError:
-    from train.data import prepare   # (imports TFDS: only when something is not prepared yet)
+    from train.data import prepare  # (imports TFDS: only when something is not prepared yet)
     prepare.check_known(source.dataset, data.data_dir)
     if not prepare.is_embedded(source.dataset):
       raise ValueError(

@@ -23,12 +23,11 @@ import os
 import sys
 import time
 import uuid
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from train.data import shards
-from train.data import tokenizers
+from train.data import shards, tokenizers
 
 _READ_BATCH = 256           # documents per tf.data batch / tokenizer call.
 _SHARD_TEXT_BYTES = 64 << 20  # automatic shard count: about this much source text per shard.
@@ -45,7 +44,7 @@ def _register_builders():
   from train.data import stdlib_corpus, synthetic_corpus  # noqa: F401  (registers the builders)
 
 
-def _builder(dataset: str, data_dir: Optional[str]):
+def _builder(dataset: str, data_dir: str | None):
   """tfds.builder, or ValueError (with a did-you-mean) when TFDS knows no such dataset."""
   import tensorflow_datasets as tfds
   _register_builders()
@@ -59,12 +58,12 @@ def _builder(dataset: str, data_dir: Optional[str]):
                      '`tfds.list_builders()`, or register your own builder)') from None
 
 
-def check_known(dataset: str, data_dir: Optional[str] = None) -> None:
+def check_known(dataset: str, data_dir: str | None = None) -> None:
   """ValueError (with a did-you-mean) unless TFDS knows `dataset`."""
   _builder(dataset, data_dir)
 
 
-def load_builder(dataset: str, data_dir: Optional[str]):
+def load_builder(dataset: str, data_dir: str | None):
   """The prepared TFDS builder; prepares it if needed (offline only for the embedded corpora)."""
   builder = _builder(dataset, data_dir)
   try:
@@ -103,7 +102,7 @@ def _cached(key, make):
   return _CACHE[key]
 
 
-def _write_shard(out_dir: str, spec: dict, data_dir: Optional[str], i: int) -> dict:
+def _write_shard(out_dir: str, spec: dict, data_dir: str | None, i: int) -> dict:
   """Tokenize shard i of spec's split into out_dir; returns its stats (skips a finished one)."""
   import tensorflow_datasets as tfds
   n = spec['num_shards']
@@ -160,7 +159,7 @@ def _write_shard(out_dir: str, spec: dict, data_dir: Optional[str], i: int) -> d
   return out
 
 
-def _finalize(out_dir: str, spec: dict) -> Optional[dict]:
+def _finalize(out_dir: str, spec: dict) -> dict | None:
   """Write manifest.json once every shard is done; returns it (None while some are not)."""
   _, missing = shards.progress(out_dir)
   if missing:
@@ -189,9 +188,9 @@ def _auto_num_shards(builder, split: str, max_documents: int, process_count: int
 
 
 def prepare_split(dataset: str, split: str, out_dir: str, tokenizer_spec: str, *,
-                  data_dir: Optional[str] = None, text_key: str = 'text',
+                  data_dir: str | None = None, text_key: str = 'text',
                   max_documents: int = 0, num_shards: int = 0, process_index: int = 0,
-                  process_count: int = 1, workers: int = 1) -> Optional[dict]:
+                  process_count: int = 1, workers: int = 1) -> dict | None:
   """Write this process's shards of one split (skipping finished ones); the manifest when the
   split is complete, else None. Refuses (ValueError, nothing written) a directory prepared with
   another tokenizer or shard count."""

@@ -23,7 +23,6 @@ import os
 import re
 import threading
 import uuid
-from typing import Optional
 
 import numpy as np
 
@@ -121,7 +120,7 @@ class ShardStats:
                np.asarray(d['byte_histogram'], np.int64))
 
 
-def spec_mismatch(old: dict, new: dict, path: str) -> Optional[str]:
+def spec_mismatch(old: dict, new: dict, path: str) -> str | None:
   """The one-line reason a directory prepared as `old` cannot serve or take `new`; None if same."""
   if ('tokenizer_fingerprint' in new
       and old.get('tokenizer_fingerprint') != new['tokenizer_fingerprint']):
@@ -171,7 +170,7 @@ def entropy_bits(histogram: np.ndarray) -> float:
   return float(-(p * np.log2(p)).sum())
 
 
-def progress(path: str) -> tuple[Optional[dict], list[int]]:
+def progress(path: str) -> tuple[dict | None, list[int]]:
   """(spec or None, indices of shards not finished yet) of a directory being prepared."""
   names = set(listdir(path))
   if SPEC not in names:
@@ -181,7 +180,7 @@ def progress(path: str) -> tuple[Optional[dict], list[int]]:
   return spec, [i for i in range(n) if shard_name(i, n) + '.json' not in names]
 
 
-def open_split(path: str, field: str, expect: Optional[dict] = None,
+def open_split(path: str, field: str, expect: dict | None = None,
                check_files: bool = True) -> PreparedSplit:
   """The prepared split at `path`; an error naming `field` and the path when it is missing,
   half-prepared, made for another `expect`ed spec (e.g. tokenizer), or (local dirs) has a missing

@@ -6,7 +6,7 @@ Interface: `.vocab_size`, `.eos_id`, `.fingerprint` (cache key), `.encode(text) 
 import hashlib
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
