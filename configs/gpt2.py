@@ -3,9 +3,12 @@
   python main.py --config=configs/gpt2.py:124m --workdir=gs://bucket/runs/gpt2_124m
 
 Defaults train on the embedded corpus with the byte tokenizer so the command runs anywhere;
-for real pre-training point it at a TFDS dataset and the GPT-2 tokenizer, e.g.
-  --config.data.dataset=c4/en:3.1.0 --config.data.data_dir=gs://bucket/tfds \
-  --config.data.tokenizer=/path/to/gpt2_tokenizer_dir
+for real pre-training point it at a TFDS dataset and the GPT-2 tokenizer, tokenized once into
+shards by the same command with `python -m train.data.prepare` (docs/data.md), e.g.
+  DATA="--config.data.dataset=c4/en:3.1.0 --config.data.data_dir=gs://bucket/tfds \
+    --config.data.tokenizer=/path/to/gpt2_tokenizer_dir --config.data.prepared_dir=gs://bucket/tokens"
+  python -m train.data.prepare --config=configs/gpt2.py:124m $DATA --workers=8
+  python main.py --config=configs/gpt2.py:124m --workdir=gs://bucket/runs/gpt2_124m $DATA
 Batch: 512 x 1024 tokens (~0.5M) per step, accumulated over 8 microbatches; bf16 compute.
 """
 from configs import base

@@ -412,3 +412,13 @@ def test_resume_on_two_processes_matches_one_uninterrupted_run(corpus, tmp_path)
   resumed = json.loads(outs[0][0][outs[0][0].index('{'):])
   for key in ('train/loss', 'eval/loss', 'train/grad_norm'):
     np.testing.assert_allclose(resumed[key], straight[key], rtol=1e-5, err_msg=key)
+
+
+def test_checkpoint_of_another_batch_order_is_refused(tiny_config):
+  """Resuming must replay the same batches: a checkpoint from the pre-shard pipeline is refused."""
+  from train import checkpoint, loop
+  current = loop.stream_meta(tiny_config())
+  checkpoint.check_meta(current, current)
+  old = {k: v for k, v in current.items() if k != 'pipeline'}
+  with pytest.raises(ValueError, match='input pipeline'):
+    checkpoint.check_meta(old, current)

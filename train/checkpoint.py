@@ -100,6 +100,9 @@ def check_meta(saved: dict, current: dict, workdir: str = '') -> None:
   saved_flat, current_flat = _flat({k: saved[k] for k in current if k in saved}), _flat(current)
   diffs = [f'config.{_FIELDS.get(k, k)}={saved_flat[k]!r} (now {v!r})' for k, v in current_flat.items()
            if k in saved_flat and saved_flat[k] != v]
+  if 'pipeline' in current and saved.get('pipeline') != current['pipeline']:
+    diffs.append(f'input pipeline {saved.get("pipeline", "before token shards")!r} '
+                 f'(now {current["pipeline"]!r}: another batch order)')
   if diffs:
     raise ValueError(f'the checkpoint in {workdir or "the workdir"} was written with '
                      f'{", ".join(diffs)}; restore those settings or use a new --workdir')

@@ -115,9 +115,15 @@ def _lm_eval(r: Run) -> Optional[Callable]:
   return harness.loop_evaluator(r)
 
 
+PIPELINE = 'token-shards-v1'
+
+
 def stream_meta(config) -> dict:
   """What the batch stream and the param shapes depend on; must not change across a resume."""
+  # 'pipeline' names the batch order (grain index shuffle over token shards): a checkpoint from
+  # another order is refused instead of silently resumed on different batches.
   return {'seed': config.seed, 'dataset': config.data.dataset, 'tokenizer': config.data.tokenizer,
+          'pipeline': PIPELINE,
           'seq_len': config.data.seq_len, 'global_batch_size': config.train.global_batch_size,
           'model': json.loads(config.model.to_json())}
 
