@@ -1,13 +1,12 @@
-"""Test setup: 8 simulated CPU devices (set before JAX is imported) and the repo on sys.path."""
+"""Test setup: 8 simulated CPU devices (set before JAX is imported); the packages come from
+`pip install --no-deps -e .` (pyproject.toml)."""
 import os
-import sys
+
+import pytest
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope='session')
