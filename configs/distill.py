@@ -8,7 +8,9 @@ Variants (`--config=configs/distill.py:<variant>`):
   online    the student distilled online (teacher forward inside the jitted step)
   offline   the student distilled from stored top-k teacher logits
   sequence  sequence-level KD (Kim & Rush 2016): the teacher continues the first 32 tokens of
-            each training row greedily; the student trains on those rows (CE on the continuation)
+            each training row greedily; the student trains on those rows (CE on the continuation).
+            Greedy text from this teacher loops: sampled (T = 1) with the prompt trained is the
+            setting that works here (docs/distillation.md)
 
 Commands, from the repo root (results in docs/distillation.md):
 
@@ -19,12 +21,13 @@ Commands, from the repo root (results in docs/distillation.md):
   python main.py --config=configs/distill.py:offline --workdir=workdirs/distill/offline
   python -m train.distill_store --config=configs/distill.py:sequence --workdir=workdirs/distill/sequence
   python main.py --config=configs/distill.py:sequence --workdir=workdirs/distill/sequence
-  # sequence ablations reusing that store (S), and a sampled store:
-  S=--config.distill.sequences_dir=$PWD/workdirs/distill/sequence/teacher_sequences
-  python main.py --config=configs/distill.py:sequence --workdir=workdirs/distill/sequence_nomask $S --config.distill.mask_prompt=False
-  python main.py --config=configs/distill.py:sequence --workdir=workdirs/distill/sequence_word $S --config.distill.alpha=0.5
-  python -m train.distill_store --config=configs/distill.py:sequence --workdir=workdirs/distill/sequence_t1 --config.distill.gen_temperature=1.0
-  python main.py --config=configs/distill.py:sequence --workdir=workdirs/distill/sequence_t1 --config.distill.gen_temperature=1.0
+  # sequence-level ablations: a sampled store (T = 1), the prompt's loss kept, Seq-KD + Word-KD:
+  C="--config=configs/distill.py:sequence --config.distill.gen_temperature=1.0"
+  S=--config.distill.sequences_dir=$PWD/workdirs/distill/sequence_t1/teacher_sequences
+  python -m train.distill_store $C --workdir=workdirs/distill/sequence_t1
+  python main.py $C --workdir=workdirs/distill/sequence_t1
+  python main.py $C $S --workdir=workdirs/distill/sequence_t1_nomask --config.distill.mask_prompt=False
+  python main.py $C $S --workdir=workdirs/distill/sequence_t1_word --config.distill.alpha=0.5
 
 The teacher defaults to <repo>/workdirs/distill/teacher; point elsewhere (one of our workdirs
 or 'hf:/path/to/dir') with --config.distill.teacher=... . Any `distill` key can be overridden

@@ -55,7 +55,6 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +63,9 @@ import numpy as np
 
 import models
 from configs import base
+from models import loss
 from train import init_from, loop, sharding
+from train import workdir as workdir_lib
 from train.step import cross_entropy_sum
 
 MODES = ('online', 'offline', 'sequence')
@@ -140,12 +141,6 @@ def _divergence(t_logp, s_logp, divergence: str, mix_weight: float):
   raise ValueError(f'config.distill.divergence: {divergence!r} is not one of {DIVERGENCES}')
 
 
-def token_nll(logits, safe_targets):
-  """Per-position CE of logits [..., V] at non-negative int targets [...]."""
-  return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, safe_targets[..., None],
-                                                            -1)[..., 0]
-
-
 def _sums(kl, ce, teacher_nll, agree, mask, temperature, alpha):
   kd = temperature * temperature * kl
   total = alpha * kd + (1.0 - alpha) * ce
@@ -161,11 +156,11 @@ def kd_sums(student_logits, teacher_logits, targets, temperature=1.0, alpha=0.5,
   s = student_logits.astype(jnp.float32)
   t = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
   mask = (targets >= 0).astype(jnp.float32)
-  safe = jnp.maximum(targets, 0)
   kl = _divergence(jax.nn.log_softmax(t / temperature, -1), jax.nn.log_softmax(s / temperature, -1),
                    divergence, mix_weight)
   agree = jnp.argmax(s, -1) == jnp.argmax(t, -1)
-  return _sums(kl, token_nll(s, safe), token_nll(t, safe), agree, mask, temperature, alpha)
+  return _sums(kl, loss.nll(s, targets)[0], loss.nll(t, targets)[0], agree, mask, temperature,
+               alpha)
 
 
 def topk_kd_sums(student_logits, teacher_values, teacher_indices, teacher_nll, targets,
@@ -186,7 +181,7 @@ def topk_kd_sums(student_logits, teacher_values, teacher_indices, teacher_nll, t
                    jax.nn.log_softmax(gathered / temperature, -1), divergence, mix_weight)
   teacher_top1 = jnp.take_along_axis(indices, jnp.argmax(values, -1)[..., None], -1)[..., 0]
   agree = jnp.argmax(s, -1) == teacher_top1
-  return _sums(kl, token_nll(s, jnp.maximum(targets, 0)), teacher_nll.astype(jnp.float32),
+  return _sums(kl, loss.nll(s, targets)[0], teacher_nll.astype(jnp.float32),
                agree, mask, temperature, alpha)
 
 
@@ -255,15 +250,17 @@ def sequence_loss_fn(student_model, d, teacher_model=None):
   """
   kw = _kd_kwargs(d)
   first = d.prompt_len - 1 if d.mask_prompt else 0
+  cfg = models.ModelConfig.make(student_model)
 
   def loss_fn(params, batch, *teacher_params):
     tokens = batch['tokens']
     inputs_BxL = tokens[:, :-1]
     targets_BxL = jnp.where(jnp.arange(inputs_BxL.shape[1]) >= first, tokens[:, 1:], -1)
+    if teacher_model is None:   # as step.lm_loss (model.loss_chunk applies), prompt masked.
+      nll_BxL, mask_BxL = loss.token_nll(cfg, params, inputs_BxL, targets_BxL)
+      ce = nll_BxL.sum()
+      return ce, {'loss': ce, 'ce_loss': ce, 'tokens': mask_BxL.sum()}
     student = models.logits(student_model, params, inputs_BxL)
-    if teacher_model is None:
-      ce, n = cross_entropy_sum(student, targets_BxL)
-      return ce, {'loss': ce, 'ce_loss': ce, 'tokens': n}
     teacher = models.logits(teacher_model, jax.lax.stop_gradient(teacher_params[0]), inputs_BxL)
     return kd_sums(student, jax.lax.stop_gradient(teacher), targets_BxL, **kw)
 
@@ -277,9 +274,9 @@ def sequence_loss_fn(student_model, d, teacher_model=None):
 class TeacherRef:
   """What a teacher is (read from its config files; no weights loaded)."""
   source: str                 # config.distill.teacher
-  step: Optional[int]         # checkpoint step of one of our workdirs; None for hf:.
+  step: int | None            # checkpoint step of one of our workdirs; None for hf:.
   model: models.ModelConfig   # as saved with the teacher.
-  tokenizer: Optional[str]    # the teacher's config.data.tokenizer / HF dir; None if unknown.
+  tokenizer: str | None       # the teacher's config.data.tokenizer / HF dir; None if unknown.
 
   @property
   def num_params(self) -> int:
@@ -287,12 +284,6 @@ class TeacherRef:
 
   def meta(self) -> dict:
     return {'teacher': self.source, 'teacher_step': self.step}
-
-
-def _latest_step(workdir: str) -> Optional[int]:
-  ckpts = os.path.join(workdir, 'checkpoints')
-  steps = [int(n) for n in os.listdir(ckpts) if n.isdigit()] if os.path.isdir(ckpts) else []
-  return max(steps) if steps else None
 
 
 def teacher_ref(config) -> TeacherRef:
@@ -312,7 +303,7 @@ def teacher_ref(config) -> TeacherRef:
     raise ValueError(f'config.distill.teacher={src!r}: {e}') from None
   with open(os.path.join(src, 'config.json')) as f:
     tokenizer = json.load(f).get('data', {}).get('tokenizer')
-  step = _latest_step(src)
+  step = workdir_lib.latest_checkpoint_step(src)
   if step is None:
     raise ValueError(f'config.distill.teacher={src!r}: no checkpoint under {src}/checkpoints '
                      '(train the teacher first)')
@@ -329,7 +320,7 @@ def _same_tokenizer(a: str, b: str) -> bool:
   return ta.eos_id == tb.eos_id and ta._tok.get_vocab() == tb._tok.get_vocab()
 
 
-def check_compatible(config, vocab_size: int, tokenizer: Optional[str], max_len: int,
+def check_compatible(config, vocab_size: int, tokenizer: str | None, max_len: int,
                      positions: str = 'learned'):
   """ValueError unless the teacher (vocab, tokenizer, context) fits the student's config."""
   src = config.distill.teacher
@@ -402,7 +393,7 @@ def offline_task_fn(config, store):
   return task_fn
 
 
-def sequence_task_fn(config, store, ref: Optional[TeacherRef] = None):
+def sequence_task_fn(config, store, ref: TeacherRef | None = None):
   """Task training on the teacher's sequences of `store` (a distill_store.SequenceStore): they
   replace the stream's rows step by step; with `ref` (alpha > 0) the teacher runs online too."""
   d = validate(config)
@@ -443,7 +434,7 @@ def _sequence_teacher(config, store) -> TeacherRef:
   return ref
 
 
-def run(config, workdir: str, stop_after: Optional[int] = None) -> dict:
+def run(config, workdir: str, stop_after: int | None = None) -> dict:
   """Distil into the student of `config` in `workdir` (resuming); returns final metrics.
 
   The result has the loop's metrics plus 'teacher_params' and 'eval/teacher_loss'.

@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import time
-from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -49,9 +48,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import models
-from models import generation
+from models import generation, loss
 from train import distill, loop, sharding
 from train import step as step_lib
+from train import workdir as workdir_lib
 
 FORMAT = 1
 _GEN_SALT = 0x5E9   # folded into the seed: sampling keys apart from the init's.
@@ -79,13 +79,6 @@ def _host_rows(x: jax.Array) -> np.ndarray:
   for s in x.addressable_shards:
     by_start.setdefault(s.index[0].start or 0, s.data)
   return np.concatenate([np.asarray(by_start[k]) for k in sorted(by_start)])
-
-
-def _write_json(path: str, obj: dict):
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def _same_job(a: dict, b: dict) -> bool:
@@ -121,7 +114,7 @@ class _Writer:
         meta['seconds'] = old.get('seconds', 0.0)
         logging.info('Resuming the store in %s at step %d', out_dir, self.start)
     if not self.start:
-      _write_json(self.meta_path, meta)   # an older job's meta never describes the new files.
+      workdir_lib.write_json(self.meta_path, meta)   # an older job's meta never describes the new files.
     mode = 'r+' if self.start else 'w+'
     self.arrays = {kind: np.lib.format.open_memmap(self.paths[kind], mode, dtype, tuple(shape))
                    for kind, (dtype, shape) in specs.items()}
@@ -130,9 +123,9 @@ class _Writer:
     for mm in self.arrays.values():
       mm.flush()
     self.meta.update(steps_done=done, **extra)
-    _write_json(self.meta_path, self.meta)
+    workdir_lib.write_json(self.meta_path, self.meta)
 
-  def fill(self, compute, config, stop_after: Optional[int] = None) -> bool:
+  def fill(self, compute, config, stop_after: int | None = None) -> bool:
     """arrays[kind][step] = compute(step)[kind] from the resume point on; True once all steps are.
 
     Flushes every config.train.checkpoint_every steps and at `stop_after` (an early stop, as a
@@ -185,7 +178,7 @@ def _base_meta(config, r: loop.Run, ref, kind: str, shape) -> dict:
           'teacher_params': ref.num_params, 'shape': shape, 'steps_done': 0, 'complete': False}
 
 
-def write(config, workdir: str, stop_after: Optional[int] = None) -> dict:
+def write(config, workdir: str, stop_after: int | None = None) -> dict:
   """Store what config.distill.mode needs ('offline': top-k logits, 'sequence': teacher
   continuations, see write_sequences); returns the meta dict (resumes a cut store)."""
   if distill.validate(config).mode == 'sequence':
@@ -214,8 +207,8 @@ def write(config, workdir: str, stop_after: Optional[int] = None) -> dict:
       logits = models.logits(tmodel, tp, tokens[:, :-1])
       top_v, top_i = jax.lax.top_k(logits, k)
       targets = tokens[:, 1:]
-      tnll = distill.token_nll(logits, jnp.maximum(targets, 0)) * (targets >= 0)
-      return top_v.astype(out_dtype), top_i.astype(indices_dtype), tnll
+      return (top_v.astype(out_dtype), top_i.astype(indices_dtype),
+              loss.nll(logits, targets)[0])
 
     fwd = jax.jit(forward, in_shardings=(tsh, r.batch_sharding), out_shardings=r.batch_sharding)
 
@@ -254,7 +247,7 @@ def generation_rng(seed: int, step: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _GEN_SALT), step)
 
 
-def write_sequences(config, workdir: str, stop_after: Optional[int] = None) -> dict:
+def write_sequences(config, workdir: str, stop_after: int | None = None) -> dict:
   """Sequence-level KD data (Kim & Rush 2016): the teacher continues the first
   config.distill.prompt_len tokens of every training row to seq_len + 1 tokens.
 
