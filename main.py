@@ -6,6 +6,7 @@ Bad input (config, files, dataset, tokenizer, checkpoint, resume) ends with one 
 stderr and exit code 2, a failed run (divergence, disk full) with one line and exit code 1;
 `--debug` shows the Python traceback instead.
 """
+
 import errno
 import json
 import logging
@@ -20,19 +21,29 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Config file (path[:arg]).', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and logs.')
 _DEBUG = flags.DEFINE_bool('debug', False, 'Show Python tracebacks instead of one-line errors.')
-_HELP_CONFIG = flags.DEFINE_bool('help_config', False,
-                                 'Print every config key with its resolved value (after the '
-                                 'overrides) and exit; no --workdir needed.')
+_HELP_CONFIG = flags.DEFINE_bool(
+  'help_config',
+  False,
+  'Print every config key with its resolved value (after the '
+  'overrides) and exit; no --workdir needed.',
+)
 flags.mark_flags_as_required(['config'])
 
 BAD_INPUT, RUN_FAILED = 2, 1
 # Errors that mean "fix the input": our validation raises ValueError naming the field or path.
-_INPUT_ERRORS = (ValueError, NotImplementedError, FileNotFoundError, NotADirectoryError,
-                 IsADirectoryError, PermissionError)
+_INPUT_ERRORS = (
+  ValueError,
+  NotImplementedError,
+  FileNotFoundError,
+  NotADirectoryError,
+  IsADirectoryError,
+  PermissionError,
+)
 
 
 class _QuietLibraries(logging.Filter):
@@ -42,11 +53,12 @@ class _QuietLibraries(logging.Filter):
   def filter(self, record):
     if _DEBUG.value:
       return True
-    if '/asyncio/' in record.pathname:   # orbax's abandoned writes after a failed save.
+    if '/asyncio/' in record.pathname:  # orbax's abandoned writes after a failed save.
       return 'exception was never retrieved' not in str(record.msg)
-    if record.levelno < logging.WARNING and ('xla_bridge' in record.pathname
-                                            or '/tensorflow_datasets/' in record.pathname):
-      return False   # "Unable to initialize backend 'tpu'" on CPU, TFDS "Reusing dataset".
+    if record.levelno < logging.WARNING and (
+      'xla_bridge' in record.pathname or '/tensorflow_datasets/' in record.pathname
+    ):
+      return False  # "Unable to initialize backend 'tpu'" on CPU, TFDS "Reusing dataset".
     if '/orbax/' not in record.pathname:
       return True
     if record.levelno >= logging.ERROR:
@@ -92,7 +104,7 @@ def _config_error(e: BaseException, argv) -> str:
     return f'--config={config_arg}: {e.filename}:{e.lineno}: {e.msg}'
   if path and not os.path.isfile(path):
     return f'--config={config_arg}: no such file {path!r}'
-  if isinstance(e, (AttributeError, KeyError)):   # ml_collections: an override names no key.
+  if isinstance(e, (AttributeError, KeyError)):  # ml_collections: an override names no key.
     key = re.match(r"""\W*(\w+)""", str(e).strip('"\\'))
     key = key.group(1) if key else ''
     for arg in argv:
@@ -105,7 +117,8 @@ def _config_error(e: BaseException, argv) -> str:
 def _unknown_override(dotted: str) -> str:
   """The same 'unknown key (did you mean ...)' message the config-file check gives."""
   from configs import base
-  from train import validation   # (imports JAX; only reached on this error path)
+  from train import validation  # (imports JAX; only reached on this error path)
+
   *sections, key = dotted.split('.')
   node = base.get_config()
   for s in sections:
@@ -118,7 +131,7 @@ def _parse_flags(argv):
   debug = '--debug' in argv
   try:
     rest = flags.FLAGS(argv)
-    getattr(_CONFIG.value, "keys")   # config_flags defers a failed load (e.g. a missing file) to here.
+    _ = _CONFIG.value.keys  # config_flags defers a failed load (e.g. a missing file) to here.
     return rest
   except flags.Error as e:
     if debug:
@@ -126,13 +139,13 @@ def _parse_flags(argv):
     message = _config_error(e, argv)
     if 'no such file' not in message:
       cause = e
-      while cause.__cause__ or cause.__context__:   # the innermost error says what went wrong.
+      while cause.__cause__ or cause.__context__:  # the innermost error says what went wrong.
         cause = cause.__cause__ or cause.__context__
       cause = cause if cause is not e else None
       detail = f' {type(cause).__name__}: {str(cause).splitlines()[0]}' if cause else ''
       message = f'{str(e).splitlines()[0]}{detail}; see `python main.py --help`'
     _fail(message, BAD_INPUT)
-  except Exception as e:   # the config file or an override is bad.
+  except Exception as e:  # the config file or an override is bad.
     if debug:
       raise
     _fail(_config_error(e, argv), BAD_INPUT)
@@ -141,6 +154,7 @@ def _parse_flags(argv):
 def _exit_code(e: BaseException):
   """BAD_INPUT / RUN_FAILED for errors with a one-line message; None: a bug, show the traceback."""
   from train import divergence
+
   if isinstance(e, divergence.Diverged):
     return RUN_FAILED
   if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -160,21 +174,32 @@ def _message(e: BaseException) -> str:
 
 def _train(config, workdir):
   from train import distributed  # JAX must not be touched before distributed init.
+
   distributed.initialize(config.distributed)
   import jax
-  logging.info('JAX %s on %d %s device(s), %d process(es)', jax.__version__, jax.device_count(),
-               jax.devices()[0].device_kind, jax.process_count())
+
+  logging.info(
+    'JAX %s on %d %s device(s), %d process(es)',
+    jax.__version__,
+    jax.device_count(),
+    jax.devices()[0].device_kind,
+    jax.process_count(),
+  )
   if 'sweep' in config:
     from scaling import sweep
+
     result = sweep.run(config, workdir)
   elif 'distill' in config:
     from train import distill
+
     result = distill.run(config, workdir)
   else:
     from train import init_from, loop
+
     result = loop.run(config, workdir, init_params_fn=init_from.params_fn(config))
   if jax.process_index() == 0:
     from train import metrics
+
     print(json.dumps(metrics.strict_json(result), indent=1, sort_keys=True), flush=True)
 
 
@@ -191,7 +216,7 @@ def main(argv):
     _fail('--workdir is required (the directory for checkpoints, metrics and logs)', BAD_INPUT)
   try:
     _train(_CONFIG.value, _WORKDIR.value)
-  except KeyboardInterrupt:   # a second Ctrl-C: stop at once, quietly.
+  except KeyboardInterrupt:  # a second Ctrl-C: stop at once, quietly.
     sys.stderr.write('interrupted\n')
     os._exit(130)
   except Exception as e:

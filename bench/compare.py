@@ -9,6 +9,7 @@ other processes affects both sides alike. Prints a markdown table: median tokens
 median ratio with its min-max spread, and our model FLOP/s (train/flops.py convention) as a
 share of a measured 2048^3 float32 matmul on the same device (the ceiling the step could reach).
 """
+
 import os
 import statistics
 import time
@@ -38,8 +39,9 @@ def our_config(shape: str, batch: int, seq_len: int):
   c.model.update(d_model=d, n_layers=n_layers, n_heads=heads, d_ff=4 * d, max_len=seq_len)
   c.data.seq_len = seq_len
   c.train.update(global_batch_size=batch, num_steps=1000)
-  c.optimizer.update(lr=3e-4, warmup_steps=10, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
-                     grad_clip=1.0)
+  c.optimizer.update(
+    lr=3e-4, warmup_steps=10, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0
+  )
   return c
 
 
@@ -49,11 +51,20 @@ class HFStep:
   def __init__(self, shape: str, batch: int, seq_len: int):
     import torch
     import transformers
+
     torch.set_num_threads(os.cpu_count())
     n_layers, d, heads = SHAPES[shape]
     cfg = transformers.GPT2Config(
-        vocab_size=257, n_positions=seq_len, n_embd=d, n_layer=n_layers, n_head=heads,
-        n_inner=4 * d, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+      vocab_size=257,
+      n_positions=seq_len,
+      n_embd=d,
+      n_layer=n_layers,
+      n_head=heads,
+      n_inner=4 * d,
+      resid_pdrop=0.0,
+      embd_pdrop=0.0,
+      attn_pdrop=0.0,
+    )
     cfg._attn_implementation = 'sdpa'
     torch.manual_seed(0)
     self.torch = torch
@@ -61,9 +72,12 @@ class HFStep:
     assert self.model.config._attn_implementation == 'sdpa'
     decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and 'wpe' not in n]
     rest = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and 'wpe' not in n)]
-    self.opt = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.1},
-                                  {'params': rest, 'weight_decay': 0.0}],
-                                 lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
+    self.opt = torch.optim.AdamW(
+      [{'params': decay, 'weight_decay': 0.1}, {'params': rest, 'weight_decay': 0.0}],
+      lr=3e-4,
+      betas=(0.9, 0.95),
+      eps=1e-8,
+    )
     self.tokens = torch.randint(0, 257, (batch, seq_len + 1))
     self.tokens_per_step = batch * seq_len
 
@@ -97,11 +111,15 @@ def matmul_flops_per_s(n: int = 2048, reps: int = 10) -> float:
 def main(argv):
   del argv
   ceiling = matmul_flops_per_s()
-  print(f'device {jax.devices()[0].device_kind}, {os.cpu_count()} CPU threads; 2048^3 float32 '
-        f'matmul: {ceiling / 1e9:.1f} GFLOP/s; fp32, AdamW, T={_SEQ.value}, batch {_BATCH.value}, '
-        f'{_ROUNDS.value} rounds x {_STEPS.value} steps each side\n')
-  print('| shape | params | ours tokens/s | HF tokens/s | ours / HF (median, min-max) '
-        '| model FLOP/s / matmul |')
+  print(
+    f'device {jax.devices()[0].device_kind}, {os.cpu_count()} CPU threads; 2048^3 float32 '
+    f'matmul: {ceiling / 1e9:.1f} GFLOP/s; fp32, AdamW, T={_SEQ.value}, batch {_BATCH.value}, '
+    f'{_ROUNDS.value} rounds x {_STEPS.value} steps each side\n'
+  )
+  print(
+    '| shape | params | ours tokens/s | HF tokens/s | ours / HF (median, min-max) '
+    '| model FLOP/s / matmul |'
+  )
   print('|---|---|---|---|---|---|')
   for shape in _SHAPES.value:
     config = our_config(shape, _BATCH.value, _SEQ.value)
@@ -113,12 +131,16 @@ def main(argv):
       hf_tps.append(theirs.tokens_per_step / theirs(_STEPS.value))
     ratios = [a / b for a, b in zip(ours_tps, hf_tps)]
     params = sum(p.numel() for p in theirs.model.parameters())
-    flop_share = (statistics.median(ours_tps)
-                  * flops.train_flops_per_token(ours.model, _SEQ.value) / ceiling)
-    print(f'| {shape} ({SHAPES[shape][0]}x{SHAPES[shape][1]}) | {params / 1e6:.2f}M '
-          f'| {statistics.median(ours_tps):,.0f} | {statistics.median(hf_tps):,.0f} '
-          f'| {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) '
-          f'| {100 * flop_share:.0f} % |', flush=True)
+    flop_share = (
+      statistics.median(ours_tps) * flops.train_flops_per_token(ours.model, _SEQ.value) / ceiling
+    )
+    print(
+      f'| {shape} ({SHAPES[shape][0]}x{SHAPES[shape][1]}) | {params / 1e6:.2f}M '
+      f'| {statistics.median(ours_tps):,.0f} | {statistics.median(hf_tps):,.0f} '
+      f'| {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) '
+      f'| {100 * flop_share:.0f} % |',
+      flush=True,
+    )
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@
 Times the real jitted train step (the trainer's own setup: same shardings, accumulation and
 optimizer as main.py); MFU uses the convention in train/flops.py. Prints one JSON object.
 """
+
 import json
 import time
 
@@ -29,16 +30,26 @@ class Step:
     self.run = r = loop.setup(config, with_data=False)
     self.model = r.derived.model
     tokens = np.random.default_rng(0).integers(
-        0, self.model.vocab_size, (config.train.global_batch_size, config.data.seq_len + 1),
-        dtype=np.int32)
+      0,
+      self.model.vocab_size,
+      (config.train.global_batch_size, config.data.seq_len + 1),
+      dtype=np.int32,
+    )
     with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
       self.state = loop.init_state(r)
       self.batch = {'tokens': jax.device_put(tokens, r.batch_sharding)}
       step_fn = jax.jit(
-          make_train_step(lm_loss(self.model), r.optimizer, r.lr_fn, config.train.grad_accum_steps,
-                          config.train.loss_scale_period if r.derived.loss_scale else 0),
-          in_shardings=(r.state_shardings, r.batch_sharding),
-          out_shardings=(r.state_shardings, sharding.replicated(r.mesh)), donate_argnums=(0,))
+        make_train_step(
+          lm_loss(self.model),
+          r.optimizer,
+          r.lr_fn,
+          config.train.grad_accum_steps,
+          config.train.loss_scale_period if r.derived.loss_scale else 0,
+        ),
+        in_shardings=(r.state_shardings, r.batch_sharding),
+        out_shardings=(r.state_shardings, sharding.replicated(r.mesh)),
+        donate_argnums=(0,),
+      )
       start = time.perf_counter()
       self.compiled = step_fn.lower(self.state, self.batch).compile()
       self.compile_s = time.perf_counter() - start
@@ -67,16 +78,29 @@ def main(_):
   flops_per_token = flops.train_flops_per_token(model, config.data.seq_len)
   peak = flops.peak_flops() * jax.device_count()
   mem = jax.devices()[0].memory_stats() or {}
-  print(json.dumps({
-      'device': jax.devices()[0].device_kind, 'devices': jax.device_count(),
-      'dtype': model.dtype, 'remat': model.remat, 'attention_impl': model.attention_impl,
-      'matmul_params': flops.matmul_params(model), 'global_batch': config.train.global_batch_size,
-      'seq_len': config.data.seq_len, 'grad_accum_steps': config.train.grad_accum_steps,
-      'compile_s': round(step.compile_s, 2), 'step_s': step_s, 'tokens_per_s': tokens_per_s,
-      'model_tflops_per_s': tokens_per_s * flops_per_token / 1e12,
-      'mfu': tokens_per_s * flops_per_token / peak if peak == peak else None,
-      'peak_memory_gib': mem.get('peak_bytes_in_use', 0) / 2**30,
-      'final_loss': float(step.metrics['train/loss'])}), flush=True)
+  print(
+    json.dumps(
+      {
+        'device': jax.devices()[0].device_kind,
+        'devices': jax.device_count(),
+        'dtype': model.dtype,
+        'remat': model.remat,
+        'attention_impl': model.attention_impl,
+        'matmul_params': flops.matmul_params(model),
+        'global_batch': config.train.global_batch_size,
+        'seq_len': config.data.seq_len,
+        'grad_accum_steps': config.train.grad_accum_steps,
+        'compile_s': round(step.compile_s, 2),
+        'step_s': step_s,
+        'tokens_per_s': tokens_per_s,
+        'model_tflops_per_s': tokens_per_s * flops_per_token / 1e12,
+        'mfu': tokens_per_s * flops_per_token / peak if peak == peak else None,
+        'peak_memory_gib': mem.get('peak_bytes_in_use', 0) / 2**30,
+        'final_loss': float(step.metrics['train/loss']),
+      }
+    ),
+    flush=True,
+  )
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ Everything else (data, steps, optimizer, seed) is the default job's, so the two 
 the same batches; compare `eval/bits_per_byte` in each workdir's metrics.jsonl or in
 TensorBoard (`tensorboard --logdir=workdirs`).
 """
+
 from configs import default
 
 

@@ -33,6 +33,7 @@ The teacher defaults to <repo>/workdirs/distill/teacher; point elsewhere (one of
 or 'hf:/path/to/dir') with --config.distill.teacher=... . Any `distill` key can be overridden
 the same way, e.g. --config.distill.temperature=2 --config.distill.divergence=reverse.
 """
+
 import os
 
 from configs import base
@@ -44,8 +45,14 @@ VARIANTS = ('teacher', 'scratch', 'online', 'offline', 'sequence')
 
 def _common(c):
   c.data.seq_len = 128
-  c.train.update(global_batch_size=32, num_steps=300, log_every=25, eval_every=100,
-                 eval_batches=16, checkpoint_every=100)
+  c.train.update(
+    global_batch_size=32,
+    num_steps=300,
+    log_every=25,
+    eval_every=100,
+    eval_batches=16,
+    checkpoint_every=100,
+  )
   c.optimizer.update(lr=3e-3, warmup_steps=30, weight_decay=0.1)
   return c
 
@@ -62,9 +69,22 @@ def student_model(m):
 
 def distill_section():
   return base.get_distill_config(
-      teacher=TEACHER_WORKDIR, mode='online', temperature=1.0, alpha=0.5, divergence='forward',
-      mix_weight=0.5, top_k=32, logits_dir='', logits_dtype='float16', prompt_len=32,
-      gen_temperature=0.0, gen_top_k=0, gen_top_p=1.0, mask_prompt=True, sequences_dir='')
+    teacher=TEACHER_WORKDIR,
+    mode='online',
+    temperature=1.0,
+    alpha=0.5,
+    divergence='forward',
+    mix_weight=0.5,
+    top_k=32,
+    logits_dir='',
+    logits_dtype='float16',
+    prompt_len=32,
+    gen_temperature=0.0,
+    gen_top_k=0,
+    gen_top_p=1.0,
+    mask_prompt=True,
+    sequences_dir='',
+  )
 
 
 def get_config(variant: str = 'online'):
@@ -81,5 +101,5 @@ def get_config(variant: str = 'online'):
   c.distill = distill_section()
   c.distill.mode = variant
   if variant == 'sequence':
-    c.distill.alpha = 0.0   # pure Seq-KD: CE on the teacher's rows, no teacher at train time.
+    c.distill.alpha = 0.0  # pure Seq-KD: CE on the teacher's rows, no teacher at train time.
   return c

@@ -1,15 +1,15 @@
 """Decoder-only transformers (GPT-2 and LLaMA families): config, init and forward.
 
 Public API: `init(model_config, rng)`, `logits(model_config, params, tokens)`,
-`logical_axes(model_config)`,
-`generate(model_config, params, prompts, max_new_tokens, ...)` (KV-cached sampling). Params are plain pytrees of float32 arrays.
+`logical_axes(model_config)`, `generate(model_config, params, prompts, max_new_tokens, ...)`
+(KV-cached sampling). Params are plain pytrees of float32 arrays.
 """
+
 import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
 from jax.sharding import PartitionSpec
 
 from models import parametrization
@@ -49,9 +49,12 @@ def param_shapes(model_config: ModelConfigLike) -> PyTree:
 def param_scales(model_config: ModelConfigLike, field: str) -> PyTree:
   """Pytree (matching params) of one field of the parametrization table, e.g. 'lr' or 'wd'."""
   cfg = ModelConfig.make(model_config)
-  return jax.tree.map(lambda spec, s: getattr(parametrization.scales(cfg, tuple(spec), s.shape), field),
-                      logical_axes(cfg), param_shapes(cfg),
-                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+  return jax.tree.map(
+    lambda spec, s: getattr(parametrization.scales(cfg, tuple(spec), s.shape), field),
+    logical_axes(cfg),
+    param_shapes(cfg),
+    is_leaf=lambda x: isinstance(x, PartitionSpec),
+  )
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -59,11 +62,20 @@ def _logits(cfg: ModelConfig, params, tokens_BxL):
   return Transformer(cfg).apply({'params': params}, tokens_BxL)
 
 
-def logits(model_config: ModelConfigLike, params: PyTree,
-           tokens_BxL: jax.Array) -> jax.Array:
+def logits(model_config: ModelConfigLike, params: PyTree, tokens_BxL: jax.Array) -> jax.Array:
   """float32 logits [batch, length, vocab] for int tokens [batch, length] (jitted per config)."""
   return _logits(ModelConfig.make(model_config), params, tokens_BxL)
 
 
-__all__ = ['ModelConfig', 'Transformer', 'generate', 'init', 'logits', 'logical_axes', 'param_shapes',
-           'param_scales', 'head_dim', 'kv_heads']
+__all__ = [
+  'ModelConfig',
+  'Transformer',
+  'generate',
+  'init',
+  'logits',
+  'logical_axes',
+  'param_shapes',
+  'param_scales',
+  'head_dim',
+  'kv_heads',
+]

@@ -1,5 +1,6 @@
 """The model schema: one frozen, hashable dataclass that is both the `config.model` section's
 definition (configs/base.py builds its ConfigDict from it) and the config the model code reads."""
+
 import dataclasses
 from typing import Any, Optional
 
@@ -12,47 +13,52 @@ PyTree = Any
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Decoder-only transformer covering GPT-2, LLaMA, Mistral, Qwen and Gemma styles."""
-  vocab_size: int = 257             # byte tokenizer: 256 bytes + EOS.
+
+  vocab_size: int = 257  # byte tokenizer: 256 bytes + EOS.
   d_model: int = 256
   n_layers: int = 4
   n_heads: int = 4
-  n_kv_heads: Optional[int] = None  # None: = n_heads (MHA).
-  head_dim: Optional[int] = None    # None: d_model // n_heads.
+  n_kv_heads: int | None = None  # None: = n_heads (MHA).
+  head_dim: int | None = None  # None: d_model // n_heads.
   d_ff: int = 1024
-  max_len: int = 256                # context length (size of learned position table / rope cache).
-  positions: str = 'learned'        # 'learned' | 'rope'
+  max_len: int = 256  # context length (size of learned position table / rope cache).
+  positions: str = 'learned'  # 'learned' | 'rope'
   rope_theta: float = 10000.0
-  rope_scaling: str = 'none'        # HF rope_type: 'none' | 'linear' | 'dynamic' | 'llama3'
-  rope_factor: float = 1.0          # linear, dynamic, llama3: the scaling factor.
-  rope_low_freq_factor: float = 1.0   # llama3.
+  rope_scaling: str = 'none'  # HF rope_type: 'none' | 'linear' | 'dynamic' | 'llama3'
+  rope_factor: float = 1.0  # linear, dynamic, llama3: the scaling factor.
+  rope_low_freq_factor: float = 1.0  # llama3.
   rope_high_freq_factor: float = 4.0  # llama3.
-  rope_original_max_len: int = 0    # llama3: HF original_max_position_embeddings; dynamic: max_len cap.
-  norm: str = 'layernorm'           # 'layernorm' | 'rmsnorm'
+  rope_original_max_len: int = (
+    0  # llama3: HF original_max_position_embeddings; dynamic: max_len cap.
+  )
+  norm: str = 'layernorm'  # 'layernorm' | 'rmsnorm'
   norm_eps: float = 1e-5
-  norm_plus_one: bool = False       # norms multiply by (1 + scale), scale zero-init (Gemma).
-  qk_norm: bool = False             # queries and keys normed per head over head_dim, before rope (Qwen3).
-  mlp: str = 'gelu'                 # 'gelu' | 'swiglu' | 'geglu' (gated, tanh GELU: Gemma)
-  embed_scale: bool = False         # token embeddings x sqrt(d_model) in the compute dtype (Gemma).
+  norm_plus_one: bool = False  # norms multiply by (1 + scale), scale zero-init (Gemma).
+  qk_norm: bool = False  # queries and keys normed per head over head_dim, before rope (Qwen3).
+  mlp: str = 'gelu'  # 'gelu' | 'swiglu' | 'geglu' (gated, tanh GELU: Gemma)
+  embed_scale: bool = False  # token embeddings x sqrt(d_model) in the compute dtype (Gemma).
   tie_embeddings: bool = True
   use_bias: bool = True
-  qkv_bias: bool = False            # q/k/v projection biases even when use_bias is False (Qwen2).
-  out_bias: bool = False            # attention out-projection bias even when use_bias is False.
+  qkv_bias: bool = False  # q/k/v projection biases even when use_bias is False (Qwen2).
+  out_bias: bool = False  # attention out-projection bias even when use_bias is False.
   init_std: float = 0.02
-  dtype: str = 'float32'            # compute dtype: 'float32' | 'bfloat16' | 'float16'. Params stay float32.
-  fp8: bool = False                 # simulate fp8: dense-layer matmul inputs rounded to float8_e4m3fn.
-  remat: str = 'none'               # 'none' | 'full' | 'dots' | 'dots_no_batch'
+  dtype: str = 'float32'  # compute dtype: 'float32' | 'bfloat16' | 'float16'. Params stay float32.
+  fp8: bool = False  # simulate fp8: dense-layer matmul inputs rounded to float8_e4m3fn.
+  remat: str = 'none'  # 'none' | 'full' | 'dots' | 'dots_no_batch'
   scan_layers: bool = True
-  attention_impl: str = 'xla'       # 'xla' | 'cudnn' | 'auto': jax.nn.dot_product_attention implementation.
+  attention_impl: str = (
+    'xla'  # 'xla' | 'cudnn' | 'auto': jax.nn.dot_product_attention implementation.
+  )
   # Cross-entropy over chunks of this many positions (0: whole rows), so float32 logits
   # [B, L, V] are never materialised (the backward recomputes each chunk's).
   loss_chunk: int = 0
-  vocab_multiple: int = 1           # compute pads the vocabulary to a multiple (128 on GPU/TPU).
+  vocab_multiple: int = 1  # compute pads the vocabulary to a multiple (128 on GPU/TPU).
   # Per-parameter init, multipliers and Adam lr/wd scales (models/parametrization.py):
   # 'sp' (standard, GPT-2 init) | 'mup' (μP, relative to the base shape) | 'umup' (u-μP).
   parametrization: str = 'sp'
-  base_d_model: int = 0             # μP base shape; 0: this model's own (width multiplier 1).
-  base_d_ff: int = 0                # 0: d_ff * base_d_model / d_model.
-  base_head_dim: int = 0            # 0: this model's head dim.
+  base_d_model: int = 0  # μP base shape; 0: this model's own (width multiplier 1).
+  base_d_ff: int = 0  # 0: d_ff * base_d_model / d_model.
+  base_head_dim: int = 0  # 0: this model's head dim.
 
   @classmethod
   def make(cls, cfg: 'ModelConfigLike') -> 'ModelConfig':
@@ -86,22 +92,26 @@ def kv_heads(cfg: ModelConfig | ml_collections.ConfigDict) -> int:
 
 # Allowed values of the string fields (validated in train/validation.py).
 CHOICES = {
-    'positions': ('learned', 'rope'),
-    'norm': ('layernorm', 'rmsnorm'),
-    'rope_scaling': ('none', 'linear', 'dynamic', 'llama3'),
-    'mlp': ('gelu', 'swiglu', 'geglu'),
-    'dtype': ('float32', 'bfloat16', 'float16'),
-    'remat': ('none', 'full', 'dots', 'dots_no_batch'),
-    'attention_impl': ('xla', 'cudnn', 'auto'),
-    'parametrization': ('sp', 'mup', 'umup'),
+  'positions': ('learned', 'rope'),
+  'norm': ('layernorm', 'rmsnorm'),
+  'rope_scaling': ('none', 'linear', 'dynamic', 'llama3'),
+  'mlp': ('gelu', 'swiglu', 'geglu'),
+  'dtype': ('float32', 'bfloat16', 'float16'),
+  'remat': ('none', 'full', 'dots', 'dots_no_batch'),
+  'attention_impl': ('xla', 'cudnn', 'auto'),
+  'parametrization': ('sp', 'mup', 'umup'),
 }
 # The rope fields each rope_scaling reads (the others must keep their defaults).
 ROPE_FIELDS = {
-    'none': (),
-    'linear': ('rope_factor',),
-    'dynamic': ('rope_factor', 'rope_original_max_len'),
-    'llama3': ('rope_factor', 'rope_low_freq_factor', 'rope_high_freq_factor',
-               'rope_original_max_len'),
+  'none': (),
+  'linear': ('rope_factor',),
+  'dynamic': ('rope_factor', 'rope_original_max_len'),
+  'llama3': (
+    'rope_factor',
+    'rope_low_freq_factor',
+    'rope_high_freq_factor',
+    'rope_original_max_len',
+  ),
 }
 
 
@@ -109,7 +119,7 @@ def config_dict() -> ml_collections.ConfigDict:
   """The `config.model` section with every field at its default (Optional fields typed)."""
   m = ml_collections.ConfigDict()
   for f in dataclasses.fields(ModelConfig):
-    if f.type == Optional[int]:
+    if f.type == Optional[int]:  # noqa: UP045 (the dataclass field's runtime type)
       m[f.name] = ml_collections.FieldReference(f.default, field_type=int)
     else:
       m[f.name] = f.default

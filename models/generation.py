@@ -4,8 +4,9 @@ new token is one cached decode step inside a single compiled loop (no recompilat
 Greedy (temperature 0), temperature, top-k and top-p (nucleus) sampling; logits in float32.
 Shape suffixes as in models/transformer.py, plus P prompt length, S cache slots, T new tokens.
 """
+
 import functools
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ import numpy as np
 from models.config import ModelConfig, ModelConfigLike, PyTree
 from models.transformer import DTYPES, KVCache, Transformer, decode_context, head_dim, kv_heads
 
-Prompts = Union[Sequence[Sequence[int]], np.ndarray, jax.Array]
+Prompts = Sequence[Sequence[int]] | np.ndarray | jax.Array
 
 
 def init_cache(cfg: ModelConfig, batch: int, slots: int) -> KVCache:
@@ -23,8 +24,9 @@ def init_cache(cfg: ModelConfig, batch: int, slots: int) -> KVCache:
   return zeros, zeros
 
 
-def filter_logits(logits_BxV: jax.Array, top_k: int = 0,
-                  top_p: Union[float, jax.Array] = 1.0) -> jax.Array:
+def filter_logits(
+  logits_BxV: jax.Array, top_k: int = 0, top_p: float | jax.Array = 1.0
+) -> jax.Array:
   """float32 logits with everything outside the top-k and the top-p nucleus set to -inf."""
   logits_BxV = logits_BxV.astype(jnp.float32)
   if top_k:
@@ -38,9 +40,14 @@ def filter_logits(logits_BxV: jax.Array, top_k: int = 0,
   return jnp.where(logits_BxV < cutoff_B[:, None], -jnp.inf, logits_BxV)
 
 
-def sample(logits_BxV: jax.Array, rng: jax.Array, greedy: bool,
-           temperature: Union[float, jax.Array] = 1.0, top_k: int = 0,
-           top_p: Union[float, jax.Array] = 1.0) -> jax.Array:
+def sample(
+  logits_BxV: jax.Array,
+  rng: jax.Array,
+  greedy: bool,
+  temperature: float | jax.Array = 1.0,
+  top_k: int = 0,
+  top_p: float | jax.Array = 1.0,
+) -> jax.Array:
   """Next tokens [B]: argmax when greedy, else a draw from the filtered softmax(logits / T)."""
   if greedy:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
@@ -49,8 +56,20 @@ def sample(logits_BxV: jax.Array, rng: jax.Array, greedy: bool,
 
 
 @functools.partial(jax.jit, static_argnames=('cfg', 'max_new_tokens', 'greedy', 'top_k', 'eos_id'))
-def _generate(cfg, params, prompts_BxP, pads_B, rng, temperature, top_p, *, max_new_tokens,
-              greedy, top_k, eos_id):
+def _generate(
+  cfg,
+  params,
+  prompts_BxP,
+  pads_B,
+  rng,
+  temperature,
+  top_p,
+  *,
+  max_new_tokens,
+  greedy,
+  top_k,
+  eos_id,
+):
   """(new tokens [B, T], the logits each was drawn from [B, T, V])."""
   model = Transformer(cfg)
   B, P = prompts_BxP.shape
@@ -64,8 +83,9 @@ def _generate(cfg, params, prompts_BxP, pads_B, rng, temperature, top_p, *, max_
     if eos_id is not None:  # after its EOS a row keeps emitting EOS.
       tokens_B = jnp.where(done_B, eos_id, tokens_B)
       done_B = done_B | (tokens_B == eos_id)
-    next_BxLxV, cache = model.apply({'params': params}, tokens_B[:, None], cache,
-                                    decode_context(P + t, pads_B, 1, S))
+    next_BxLxV, cache = model.apply(
+      {'params': params}, tokens_B[:, None], cache, decode_context(P + t, pads_B, 1, S)
+    )
     return (cache, next_BxLxV[:, 0], done_B), (tokens_B, logits_BxV)
 
   init = (cache, logits_BxPxV[:, -1], jnp.zeros((B,), bool))
@@ -81,18 +101,26 @@ def left_pad(prompts: Prompts, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]
   width = max(len(r) for r in rows)
   out = np.full((len(rows), width), pad_id, np.int32)
   for i, r in enumerate(rows):
-    out[i, width - len(r):] = r
+    out[i, width - len(r) :] = r
   return out, np.asarray([width - len(r) for r in rows], np.int32)
 
 
-def check_options(cfg: ModelConfig, prompt_len: int, max_new_tokens: int, temperature: float,
-                  top_k: int, top_p: float) -> None:
+def check_options(
+  cfg: ModelConfig,
+  prompt_len: int,
+  max_new_tokens: int,
+  temperature: float,
+  top_k: int,
+  top_p: float,
+) -> None:
   """ValueError naming the first bad sampling option (checked before anything compiles)."""
   if max_new_tokens < 1:
     raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
   if prompt_len + max_new_tokens > cfg.max_len:
-    raise ValueError(f'prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} exceeds the '
-                     f'context (model max_len={cfg.max_len})')
+    raise ValueError(
+      f'prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} exceeds the '
+      f'context (model max_len={cfg.max_len})'
+    )
   if not temperature >= 0:
     raise ValueError(f'temperature must be >= 0 (0: greedy), got {temperature}')
   if not 0 <= top_k <= cfg.vocab_size:
@@ -101,10 +129,18 @@ def check_options(cfg: ModelConfig, prompt_len: int, max_new_tokens: int, temper
     raise ValueError(f'top_p must be in (0, 1] (1: off), got {top_p}')
 
 
-def generate_with_logits(model_config: ModelConfigLike, params: PyTree, prompts: Prompts,
-                         max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
-                         top_p: float = 1.0, rng: Optional[jax.Array] = None,
-                         eos_id: Optional[int] = None) -> tuple[jax.Array, jax.Array]:
+def generate_with_logits(
+  model_config: ModelConfigLike,
+  params: PyTree,
+  prompts: Prompts,
+  max_new_tokens: int,
+  *,
+  temperature: float = 0.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  rng: jax.Array | None = None,
+  eos_id: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """`generate`, plus the float32 logits [B, T, V] each new token was chosen from."""
   cfg = ModelConfig.make(model_config)
   prompts_BxP, pads_B = left_pad(prompts)
@@ -113,19 +149,44 @@ def generate_with_logits(model_config: ModelConfigLike, params: PyTree, prompts:
     raise ValueError('rng: sampling with temperature > 0 needs a jax.random key')
   rng = jax.random.key(0) if rng is None else rng
   new_BxT, logits_BxTxV = _generate(
-      cfg, params, jnp.asarray(prompts_BxP), jnp.asarray(pads_B), rng,
-      jnp.float32(temperature or 1.0), jnp.float32(top_p), max_new_tokens=max_new_tokens,
-      greedy=temperature == 0, top_k=top_k, eos_id=eos_id)
+    cfg,
+    params,
+    jnp.asarray(prompts_BxP),
+    jnp.asarray(pads_B),
+    rng,
+    jnp.float32(temperature or 1.0),
+    jnp.float32(top_p),
+    max_new_tokens=max_new_tokens,
+    greedy=temperature == 0,
+    top_k=top_k,
+    eos_id=eos_id,
+  )
   return jnp.concatenate([jnp.asarray(prompts_BxP), new_BxT], axis=1), logits_BxTxV
 
 
-def generate(model_config: ModelConfigLike, params: PyTree, prompts: Prompts,
-             max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0, rng: Optional[jax.Array] = None,
-             eos_id: Optional[int] = None) -> jax.Array:
+def generate(
+  model_config: ModelConfigLike,
+  params: PyTree,
+  prompts: Prompts,
+  max_new_tokens: int,
+  *,
+  temperature: float = 0.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  rng: jax.Array | None = None,
+  eos_id: int | None = None,
+) -> jax.Array:
   """int32 [B, P + max_new_tokens]: the prompts left-padded with 0 to the longest (P), then the
   new tokens (the last max_new_tokens columns). temperature 0 is greedy; top_k 0 and top_p 1 are
   off. With eos_id, a row that emitted it keeps emitting it."""
-  return generate_with_logits(model_config, params, prompts, max_new_tokens,
-                              temperature=temperature, top_k=top_k, top_p=top_p, rng=rng,
-                              eos_id=eos_id)[0]
+  return generate_with_logits(
+    model_config,
+    params,
+    prompts,
+    max_new_tokens,
+    temperature=temperature,
+    top_k=top_k,
+    top_p=top_p,
+    rng=rng,
+    eos_id=eos_id,
+  )[0]

@@ -6,6 +6,7 @@ reads only its own slice. `export_checkpoint` writes a directory that
 `transformers.AutoModelForCausalLM.from_pretrained` loads. Pickled `pytorch_model.bin`
 checkpoints are refused, never unpickled. Shape suffixes as in models/transformer.py.
 """
+
 import collections
 import contextlib
 import dataclasses
@@ -34,19 +35,32 @@ SUPPORTED_TYPES = ('gpt2',) + LLAMA_TYPES
 ROPE_TYPES = {'default': 'none', 'linear': 'linear', 'dynamic': 'dynamic', 'llama3': 'llama3'}
 # Families refused with their reason (any other unknown model_type gets the supported list).
 _REFUSED_TYPES = {
-    'gemma2': 'Gemma-2 (attention/final logit soft-capping, pre- and post-norms, alternating '
-              'sliding window, query_pre_attn_scalar) is not implemented',
-    'gemma3_text': 'Gemma-3 (as Gemma-2 without soft-capping, plus q/k norms and local/global '
-                   'rope) is not implemented',
+  'gemma2': 'Gemma-2 (attention/final logit soft-capping, pre- and post-norms, alternating '
+  'sliding window, query_pre_attn_scalar) is not implemented',
+  'gemma3_text': 'Gemma-3 (as Gemma-2 without soft-capping, plus q/k norms and local/global '
+  'rope) is not implemented',
 }
 SAFETENSORS_FILE = 'model.safetensors'
 SAFETENSORS_INDEX = 'model.safetensors.index.json'
 # Buffers some checkpoints carry that are not parameters (causal masks, rope caches).
 _IGNORED_KEYS = re.compile(r'(\.attn\.bias|\.attn\.masked_bias|rotary_emb\.inv_freq)$')
 # Fields that change the math but not the tensor shapes: an explicit model_config must agree.
-_ARCH_FIELDS = ('positions', 'norm', 'mlp', 'tie_embeddings', 'use_bias', 'qkv_bias', 'out_bias',
-                'n_heads', 'n_kv_heads', 'head_dim', 'norm_eps', 'norm_plus_one', 'qk_norm',
-                'embed_scale')
+_ARCH_FIELDS = (
+  'positions',
+  'norm',
+  'mlp',
+  'tie_embeddings',
+  'use_bias',
+  'qkv_bias',
+  'out_bias',
+  'n_heads',
+  'n_kv_heads',
+  'head_dim',
+  'norm_eps',
+  'norm_plus_one',
+  'qk_norm',
+  'embed_scale',
+)
 
 
 # --------------------------------------------------------------------------- configs
@@ -59,22 +73,29 @@ def _rope(hf: dict) -> dict:
     raise NotImplementedError(f'per-layer-type rope parameters ({sorted(rope)}) are not supported')
   rope_type = rope.get('rope_type', rope.get('type', 'default'))
   if rope_type not in ROPE_TYPES:
-    raise NotImplementedError(f'rope scaling {rope_type!r} ({rope}) is not supported; supported '
-                              f'rope types: {sorted(ROPE_TYPES)}')
+    raise NotImplementedError(
+      f'rope scaling {rope_type!r} ({rope}) is not supported; supported '
+      f'rope types: {sorted(ROPE_TYPES)}'
+    )
   partial = rope.get('partial_rotary_factor', hf.get('partial_rotary_factor', 1.0))
   if partial != 1.0:
     raise NotImplementedError(f'partial_rotary_factor {partial}: rope on part of the head')
-  out = dict(rope_theta=float(rope.get('rope_theta', hf.get('rope_theta', 10000.0))),
-             rope_scaling=ROPE_TYPES[rope_type])
+  out = dict(
+    rope_theta=float(rope.get('rope_theta', hf.get('rope_theta', 10000.0))),
+    rope_scaling=ROPE_TYPES[rope_type],
+  )
   if rope_type != 'default':
     out['rope_factor'] = float(rope['factor'])
   if rope_type == 'dynamic':  # transformers rescales past max_position_embeddings.
     out['rope_original_max_len'] = hf['max_position_embeddings']
   if rope_type == 'llama3':
-    out.update(rope_low_freq_factor=float(rope['low_freq_factor']),
-               rope_high_freq_factor=float(rope['high_freq_factor']),
-               rope_original_max_len=int(rope.get('original_max_position_embeddings',
-                                                  hf['max_position_embeddings'])))
+    out.update(
+      rope_low_freq_factor=float(rope['low_freq_factor']),
+      rope_high_freq_factor=float(rope['high_freq_factor']),
+      rope_original_max_len=int(
+        rope.get('original_max_position_embeddings', hf['max_position_embeddings'])
+      ),
+    )
   return out
 
 
@@ -88,11 +109,20 @@ def _gpt2_config(hf: dict) -> ModelConfig:
     raise NotImplementedError('GPT-2 cross-attention is not supported')
   d = hf['n_embd']
   return ModelConfig(
-      vocab_size=hf['vocab_size'], d_model=d, n_layers=hf['n_layer'], n_heads=hf['n_head'],
-      d_ff=hf.get('n_inner') or 4 * d, max_len=hf['n_positions'], positions='learned',
-      norm='layernorm', norm_eps=hf.get('layer_norm_epsilon', 1e-5), mlp='gelu',
-      tie_embeddings=hf.get('tie_word_embeddings', True), use_bias=True,
-      init_std=hf.get('initializer_range', 0.02))
+    vocab_size=hf['vocab_size'],
+    d_model=d,
+    n_layers=hf['n_layer'],
+    n_heads=hf['n_head'],
+    d_ff=hf.get('n_inner') or 4 * d,
+    max_len=hf['n_positions'],
+    positions='learned',
+    norm='layernorm',
+    norm_eps=hf.get('layer_norm_epsilon', 1e-5),
+    mlp='gelu',
+    tie_embeddings=hf.get('tie_word_embeddings', True),
+    use_bias=True,
+    init_std=hf.get('initializer_range', 0.02),
+  )
 
 
 def _llama_config(hf: dict) -> ModelConfig:
@@ -112,21 +142,37 @@ def _llama_config(hf: dict) -> ModelConfig:
   elif attention_bias and mlp_bias:
     use_bias, qkv_bias, out_bias = True, False, False
   elif mlp_bias:
-    raise NotImplementedError('mlp_bias=True with attention_bias=False: MLP biases come only '
-                              'with attention biases (use_bias)')
+    raise NotImplementedError(
+      'mlp_bias=True with attention_bias=False: MLP biases come only '
+      'with attention biases (use_bias)'
+    )
   else:  # attention_bias alone: q/k/v and out-projection biases.
     use_bias, qkv_bias, out_bias = False, attention_bias, attention_bias
   d, h = hf['hidden_size'], hf['num_attention_heads']
   head_dim_default = {'qwen3': 128, 'gemma': 256}.get(model_type)  # the config classes' defaults.
   return ModelConfig(
-      vocab_size=hf['vocab_size'], d_model=d, n_layers=hf['num_hidden_layers'], n_heads=h,
-      n_kv_heads=hf.get('num_key_value_heads') or h,
-      head_dim=hf.get('head_dim', head_dim_default) or d // h, d_ff=hf['intermediate_size'],
-      max_len=hf['max_position_embeddings'], positions='rope', **_rope(hf), norm='rmsnorm',
-      norm_eps=hf.get('rms_norm_eps', 1e-6), norm_plus_one=gemma, qk_norm=model_type == 'qwen3',
-      mlp='geglu' if gemma else 'swiglu', embed_scale=gemma,
-      tie_embeddings=hf.get('tie_word_embeddings', gemma), use_bias=use_bias, qkv_bias=qkv_bias,
-      out_bias=out_bias, init_std=hf.get('initializer_range', 0.02))
+    vocab_size=hf['vocab_size'],
+    d_model=d,
+    n_layers=hf['num_hidden_layers'],
+    n_heads=h,
+    n_kv_heads=hf.get('num_key_value_heads') or h,
+    head_dim=hf.get('head_dim', head_dim_default) or d // h,
+    d_ff=hf['intermediate_size'],
+    max_len=hf['max_position_embeddings'],
+    positions='rope',
+    **_rope(hf),
+    norm='rmsnorm',
+    norm_eps=hf.get('rms_norm_eps', 1e-6),
+    norm_plus_one=gemma,
+    qk_norm=model_type == 'qwen3',
+    mlp='geglu' if gemma else 'swiglu',
+    embed_scale=gemma,
+    tie_embeddings=hf.get('tie_word_embeddings', gemma),
+    use_bias=use_bias,
+    qkv_bias=qkv_bias,
+    out_bias=out_bias,
+    init_std=hf.get('initializer_range', 0.02),
+  )
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -156,18 +202,20 @@ def _check_window(hf: dict, cfg: ModelConfig):
   window = _sliding_window(hf)
   if window is not None and window < cfg.max_len:
     raise NotImplementedError(
-        f'sliding-window attention (window {window}) is not implemented and max_len {cfg.max_len} '
-        f'exceeds the window; pass model_config with max_len <= {window}')
+      f'sliding-window attention (window {window}) is not implemented and max_len {cfg.max_len} '
+      f'exceeds the window; pass model_config with max_len <= {window}'
+    )
 
 
 def _check_dynamic_rope(cfg: ModelConfig):
   """Dynamic NTK rope equals plain rope only on sequences within max_position_embeddings."""
   if cfg.rope_scaling == 'dynamic' and cfg.max_len > cfg.rope_original_max_len:
     raise NotImplementedError(
-        f'dynamic NTK rope: max_len {cfg.max_len} exceeds max_position_embeddings '
-        f'{cfg.rope_original_max_len}, past which transformers rescales rope_theta with each '
-        'call\'s length (and keeps it across calls), which fixed shapes cannot reproduce; '
-        f'pass model_config with max_len <= {cfg.rope_original_max_len}')
+      f'dynamic NTK rope: max_len {cfg.max_len} exceeds max_position_embeddings '
+      f'{cfg.rope_original_max_len}, past which transformers rescales rope_theta with each '
+      "call's length (and keeps it across calls), which fixed shapes cannot reproduce; "
+      f'pass model_config with max_len <= {cfg.rope_original_max_len}'
+    )
 
 
 def _check_arch(cfg: ModelConfig, target: ModelConfig):
@@ -177,8 +225,11 @@ def _check_arch(cfg: ModelConfig, target: ModelConfig):
   fields = _ARCH_FIELDS
   if cfg.positions == 'rope':
     fields += ('rope_theta', 'rope_scaling') + ROPE_FIELDS[cfg.rope_scaling]
-  bad = [f'{f}: checkpoint {getattr(got, f)!r}, model_config {getattr(want, f)!r}'
-         for f in fields if getattr(got, f) != getattr(want, f)]
+  bad = [
+    f'{f}: checkpoint {getattr(got, f)!r}, model_config {getattr(want, f)!r}'
+    for f in fields
+    if getattr(got, f) != getattr(want, f)
+  ]
   if bad:
     raise ValueError('model_config disagrees with the checkpoint config: ' + '; '.join(bad))
 
@@ -186,8 +237,10 @@ def _check_arch(cfg: ModelConfig, target: ModelConfig):
 def _check_sp(cfg: ModelConfig, what: str):
   """HF checkpoints hold standard-parametrized weights: μP / u-μP multipliers would be lost."""
   if cfg.parametrization != 'sp':
-    raise ValueError(f"{what}: HuggingFace checkpoints are standard-parametrized, but "
-                     f"config.model.parametrization={cfg.parametrization!r}; use 'sp'")
+    raise ValueError(
+      f'{what}: HuggingFace checkpoints are standard-parametrized, but '
+      f"config.model.parametrization={cfg.parametrization!r}; use 'sp'"
+    )
 
 
 def to_hf_config(model_config: ModelConfigLike) -> 'transformers.PreTrainedConfig':
@@ -196,71 +249,107 @@ def to_hf_config(model_config: ModelConfigLike) -> 'transformers.PreTrainedConfi
   ValueError for configs no HF family expresses (e.g. learned positions with rmsnorm).
   """
   import transformers  # Heavy: only needed to export.
+
   cfg = ModelConfig.make(model_config)
   d, h, k, dh = cfg.d_model, cfg.n_heads, kv_heads(cfg), head_dim(cfg)
   if cfg.positions == 'learned':
     extras = [f for f in ('norm_plus_one', 'qk_norm', 'embed_scale') if getattr(cfg, f)]
     if (cfg.norm, cfg.mlp, cfg.use_bias, k, h * dh) != ('layernorm', 'gelu', True, h, d) or extras:
       raise ValueError(
-          'learned positions export as GPT-2, which needs norm=layernorm, mlp=gelu, use_bias=True, '
-          f'n_kv_heads=n_heads and n_heads*head_dim=d_model; got norm={cfg.norm}, mlp={cfg.mlp}, '
-          f'use_bias={cfg.use_bias}, n_kv_heads={k}, n_heads={h}, head_dim={dh}, d_model={d}'
-          + ''.join(f', {f}=True' for f in extras))
+        'learned positions export as GPT-2, which needs norm=layernorm, mlp=gelu, use_bias=True, '
+        f'n_kv_heads=n_heads and n_heads*head_dim=d_model; got norm={cfg.norm}, mlp={cfg.mlp}, '
+        f'use_bias={cfg.use_bias}, n_kv_heads={k}, n_heads={h}, head_dim={dh}, d_model={d}'
+        + ''.join(f', {f}=True' for f in extras)
+      )
     tokens = {} if cfg.vocab_size > 50256 else {'bos_token_id': None, 'eos_token_id': None}
     hf = transformers.GPT2Config(
-        vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=d, n_layer=cfg.n_layers,
-        n_head=h, n_inner=cfg.d_ff, activation_function='gelu_new',
-        layer_norm_epsilon=cfg.norm_eps, initializer_range=cfg.init_std,
-        tie_word_embeddings=cfg.tie_embeddings, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        dtype='float32', **tokens)
+      vocab_size=cfg.vocab_size,
+      n_positions=cfg.max_len,
+      n_embd=d,
+      n_layer=cfg.n_layers,
+      n_head=h,
+      n_inner=cfg.d_ff,
+      activation_function='gelu_new',
+      layer_norm_epsilon=cfg.norm_eps,
+      initializer_range=cfg.init_std,
+      tie_word_embeddings=cfg.tie_embeddings,
+      resid_pdrop=0.0,
+      embd_pdrop=0.0,
+      attn_pdrop=0.0,
+      dtype='float32',
+      **tokens,
+    )
     hf.architectures = ['GPT2LMHeadModel']
     return hf
   gemma = (cfg.norm_plus_one, cfg.embed_scale, cfg.mlp == 'geglu')
   if cfg.positions != 'rope' or cfg.norm != 'rmsnorm' or cfg.mlp == 'gelu' or len(set(gemma)) > 1:
     raise ValueError(
-        'HF export supports GPT-2 (learned, layernorm, gelu), LLaMA/Qwen2/Qwen3 (rope, rmsnorm, '
-        'swiglu) and Gemma (rope, rmsnorm with norm_plus_one, geglu, embed_scale); got '
-        f'positions={cfg.positions}, norm={cfg.norm}, mlp={cfg.mlp}, '
-        f'norm_plus_one={cfg.norm_plus_one}, embed_scale={cfg.embed_scale}')
+      'HF export supports GPT-2 (learned, layernorm, gelu), LLaMA/Qwen2/Qwen3 (rope, rmsnorm, '
+      'swiglu) and Gemma (rope, rmsnorm with norm_plus_one, geglu, embed_scale); got '
+      f'positions={cfg.positions}, norm={cfg.norm}, mlp={cfg.mlp}, '
+      f'norm_plus_one={cfg.norm_plus_one}, embed_scale={cfg.embed_scale}'
+    )
   attention_bias = cfg.qkv_bias and cfg.out_bias and not cfg.use_bias  # q/k/v/o biases only.
   if (cfg.qk_norm or all(gemma)) and (cfg.use_bias or cfg.qkv_bias != cfg.out_bias):
-    raise ValueError('Qwen3 and Gemma have no MLP biases and q/k/v biases only with an '
-                     f'out-projection bias; got use_bias={cfg.use_bias}, '
-                     f'qkv_bias={cfg.qkv_bias}, out_bias={cfg.out_bias}')
+    raise ValueError(
+      'Qwen3 and Gemma have no MLP biases and q/k/v biases only with an '
+      f'out-projection bias; got use_bias={cfg.use_bias}, '
+      f'qkv_bias={cfg.qkv_bias}, out_bias={cfg.out_bias}'
+    )
   if cfg.qk_norm and all(gemma):
     raise ValueError('qk_norm with Gemma norms/MLP (Gemma-3) has no HF export here')
   if cfg.out_bias and not cfg.qkv_bias and not cfg.use_bias:
     raise ValueError('out_bias without qkv_bias has no HF family')
-  rope = {'rope_type': {'none': 'default'}.get(cfg.rope_scaling, cfg.rope_scaling),
-          'rope_theta': cfg.rope_theta}
+  rope = {
+    'rope_type': {'none': 'default'}.get(cfg.rope_scaling, cfg.rope_scaling),
+    'rope_theta': cfg.rope_theta,
+  }
   max_len = cfg.max_len
   if cfg.rope_scaling != 'none':
     rope['factor'] = cfg.rope_factor
   if cfg.rope_scaling == 'dynamic':  # transformers rescales past max_position_embeddings.
     max_len = cfg.rope_original_max_len
   if cfg.rope_scaling == 'llama3':
-    rope.update(low_freq_factor=cfg.rope_low_freq_factor,
-                high_freq_factor=cfg.rope_high_freq_factor,
-                original_max_position_embeddings=cfg.rope_original_max_len)
+    rope.update(
+      low_freq_factor=cfg.rope_low_freq_factor,
+      high_freq_factor=cfg.rope_high_freq_factor,
+      original_max_position_embeddings=cfg.rope_original_max_len,
+    )
   common = dict(
-      vocab_size=cfg.vocab_size, hidden_size=d, intermediate_size=cfg.d_ff,
-      num_hidden_layers=cfg.n_layers, num_attention_heads=h, num_key_value_heads=k, head_dim=dh,
-      max_position_embeddings=max_len, rms_norm_eps=cfg.norm_eps, rope_parameters=rope,
-      tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std, dtype='float32')
+    vocab_size=cfg.vocab_size,
+    hidden_size=d,
+    intermediate_size=cfg.d_ff,
+    num_hidden_layers=cfg.n_layers,
+    num_attention_heads=h,
+    num_key_value_heads=k,
+    head_dim=dh,
+    max_position_embeddings=max_len,
+    rms_norm_eps=cfg.norm_eps,
+    rope_parameters=rope,
+    tie_word_embeddings=cfg.tie_embeddings,
+    initializer_range=cfg.init_std,
+    dtype='float32',
+  )
   if all(gemma):
-    hf = transformers.GemmaConfig(hidden_act='gelu_pytorch_tanh', attention_bias=attention_bias,
-                                  **common)
+    hf = transformers.GemmaConfig(
+      hidden_act='gelu_pytorch_tanh', attention_bias=attention_bias, **common
+    )
     hf.architectures = ['GemmaForCausalLM']
   elif cfg.qk_norm:
-    hf = transformers.Qwen3Config(hidden_act='silu', attention_bias=attention_bias,
-                                  use_sliding_window=False, **common)
+    hf = transformers.Qwen3Config(
+      hidden_act='silu', attention_bias=attention_bias, use_sliding_window=False, **common
+    )
     hf.architectures = ['Qwen3ForCausalLM']
   elif cfg.qkv_bias and not cfg.out_bias and not cfg.use_bias:
     hf = transformers.Qwen2Config(hidden_act='silu', use_sliding_window=False, **common)
     hf.architectures = ['Qwen2ForCausalLM']
   else:
-    hf = transformers.LlamaConfig(hidden_act='silu', attention_bias=cfg.use_bias or attention_bias,
-                                  mlp_bias=cfg.use_bias, **common)
+    hf = transformers.LlamaConfig(
+      hidden_act='silu',
+      attention_bias=cfg.use_bias or attention_bias,
+      mlp_bias=cfg.use_bias,
+      **common,
+    )
     hf.architectures = ['LlamaForCausalLM']
   return hf
 
@@ -276,6 +365,7 @@ class Spec:
   its last axis (GPT-2's packed c_attn), is our param with `groups[j]` of our dims merged into
   its dim j: query [D, H, Dh] <- q_proj.weight.T [D, H*Dh] has groups (1, 2). () means 1:1.
   """
+
   key: str
   groups: tuple = ()
   transpose: bool = False
@@ -285,21 +375,25 @@ class Spec:
 def _gpt2_specs(cfg):
   h = 'transformer.h.{i}.'
   width = cfg.n_heads * head_dim(cfg)
-  top = {('embed',): Spec('transformer.wte.weight'),
-         ('pos_embed',): Spec('transformer.wpe.weight'),
-         ('final_norm', 'scale'): Spec('transformer.ln_f.weight'),
-         ('final_norm', 'bias'): Spec('transformer.ln_f.bias'),
-         ('unembed',): Spec('lm_head.weight', transpose=True)}
-  layer = {('attn_norm', 'scale'): Spec(h + 'ln_1.weight'),
-           ('attn_norm', 'bias'): Spec(h + 'ln_1.bias'),
-           ('mlp_norm', 'scale'): Spec(h + 'ln_2.weight'),
-           ('mlp_norm', 'bias'): Spec(h + 'ln_2.bias'),
-           ('attn', 'out'): Spec(h + 'attn.c_proj.weight', (2, 1)),
-           ('attn', 'out_bias'): Spec(h + 'attn.c_proj.bias'),
-           ('mlp', 'wi'): Spec(h + 'mlp.c_fc.weight'),
-           ('mlp', 'wi_bias'): Spec(h + 'mlp.c_fc.bias'),
-           ('mlp', 'wo'): Spec(h + 'mlp.c_proj.weight'),
-           ('mlp', 'wo_bias'): Spec(h + 'mlp.c_proj.bias')}
+  top = {
+    ('embed',): Spec('transformer.wte.weight'),
+    ('pos_embed',): Spec('transformer.wpe.weight'),
+    ('final_norm', 'scale'): Spec('transformer.ln_f.weight'),
+    ('final_norm', 'bias'): Spec('transformer.ln_f.bias'),
+    ('unembed',): Spec('lm_head.weight', transpose=True),
+  }
+  layer = {
+    ('attn_norm', 'scale'): Spec(h + 'ln_1.weight'),
+    ('attn_norm', 'bias'): Spec(h + 'ln_1.bias'),
+    ('mlp_norm', 'scale'): Spec(h + 'ln_2.weight'),
+    ('mlp_norm', 'bias'): Spec(h + 'ln_2.bias'),
+    ('attn', 'out'): Spec(h + 'attn.c_proj.weight', (2, 1)),
+    ('attn', 'out_bias'): Spec(h + 'attn.c_proj.bias'),
+    ('mlp', 'wi'): Spec(h + 'mlp.c_fc.weight'),
+    ('mlp', 'wi_bias'): Spec(h + 'mlp.c_fc.bias'),
+    ('mlp', 'wo'): Spec(h + 'mlp.c_proj.weight'),
+    ('mlp', 'wo_bias'): Spec(h + 'mlp.c_proj.bias'),
+  }
   for j, name in enumerate(('query', 'key', 'value')):  # c_attn: Conv1D [D, 3D] = [q | k | v].
     layer['attn', name] = Spec(h + 'attn.c_attn.weight', (1, 2), offset=j * width)
     layer['attn', name + '_bias'] = Spec(h + 'attn.c_attn.bias', (2,), offset=j * width)
@@ -309,13 +403,17 @@ def _gpt2_specs(cfg):
 def _llama_specs(cfg):
   del cfg
   h = 'model.layers.{i}.'
-  top = {('embed',): Spec('model.embed_tokens.weight'),
-         ('final_norm', 'scale'): Spec('model.norm.weight'),
-         ('unembed',): Spec('lm_head.weight', transpose=True)}
-  layer = {('attn_norm', 'scale'): Spec(h + 'input_layernorm.weight'),
-           ('mlp_norm', 'scale'): Spec(h + 'post_attention_layernorm.weight'),
-           ('attn', 'out'): Spec(h + 'self_attn.o_proj.weight', (2, 1), transpose=True),
-           ('attn', 'out_bias'): Spec(h + 'self_attn.o_proj.bias')}
+  top = {
+    ('embed',): Spec('model.embed_tokens.weight'),
+    ('final_norm', 'scale'): Spec('model.norm.weight'),
+    ('unembed',): Spec('lm_head.weight', transpose=True),
+  }
+  layer = {
+    ('attn_norm', 'scale'): Spec(h + 'input_layernorm.weight'),
+    ('mlp_norm', 'scale'): Spec(h + 'post_attention_layernorm.weight'),
+    ('attn', 'out'): Spec(h + 'self_attn.o_proj.weight', (2, 1), transpose=True),
+    ('attn', 'out_bias'): Spec(h + 'self_attn.o_proj.bias'),
+  }
   for ours, theirs in (('query', 'q_proj'), ('key', 'k_proj'), ('value', 'v_proj')):
     layer['attn', ours] = Spec(f'{h}self_attn.{theirs}.weight', (1, 2), transpose=True)
     layer['attn', ours + '_bias'] = Spec(f'{h}self_attn.{theirs}.bias', (2,))
@@ -330,6 +428,7 @@ def _llama_specs(cfg):
 @dataclasses.dataclass(frozen=True)
 class Leaf:
   """One of our params: its path, HF spec, per-layer shape and layers (None: not a layer param)."""
+
   path: tuple
   spec: Spec
   shape: tuple
@@ -369,7 +468,7 @@ def _view_shape(spec: Spec, shape) -> list:
   """Our per-layer shape with `spec.groups` merged: the HF shape before transpose/packing."""
   out, k = [], 0
   for g in spec.groups or (1,) * len(shape):
-    out.append(math.prod(shape[k:k + g]))
+    out.append(math.prod(shape[k : k + g]))
     k += g
   return out
 
@@ -389,11 +488,15 @@ def expected_shapes(leaves: Sequence[Leaf]) -> dict:
 
 def check_shapes(expected: dict, found: dict, ignore: Sequence[str] = ()) -> None:
   """ValueError naming each HF tensor that is missing, unexpected or of an unexpected shape."""
-  errors = [f'{k}: checkpoint has shape {tuple(found[k])}, model_config expects {tuple(s)}'
-            for k, s in expected.items() if k in found and tuple(found[k]) != tuple(s)]
+  errors = [
+    f'{k}: checkpoint has shape {tuple(found[k])}, model_config expects {tuple(s)}'
+    for k, s in expected.items()
+    if k in found and tuple(found[k]) != tuple(s)
+  ]
   missing = sorted(set(expected) - set(found))
-  unexpected = sorted(k for k in set(found) - set(expected)
-                      if k not in ignore and not _IGNORED_KEYS.search(k))
+  unexpected = sorted(
+    k for k in set(found) - set(expected) if k not in ignore and not _IGNORED_KEYS.search(k)
+  )
   if missing:
     errors.append(f'missing tensors {missing[:8]}' + (' ...' if len(missing) > 8 else ''))
   if unexpected:
@@ -423,12 +526,14 @@ class _Checkpoint:
   def _open(self, filename, framework):
     if (filename, framework) not in self._handles:
       self._handles[filename, framework] = self._stack.enter_context(
-          safetensors.safe_open(filename, framework=framework))
+        safetensors.safe_open(filename, framework=framework)
+      )
     return self._handles[filename, framework]
 
   def shapes(self) -> dict:
-    return {k: tuple(self._open(f, 'numpy').get_slice(k).get_shape())
-            for k, f in self.files.items()}
+    return {
+      k: tuple(self._open(f, 'numpy').get_slice(k).get_shape()) for k, f in self.files.items()
+    }
 
   def read(self, key: str, box: tuple) -> np.ndarray:
     """float32 copy of tensor[box] (box: tuple of slices), reading only that part of the file."""
@@ -442,11 +547,13 @@ class _Checkpoint:
 
 def _refuse_non_safetensors(path: str):
   if os.path.exists(os.path.join(path, 'pytorch_model.bin')) or os.path.exists(
-      os.path.join(path, 'pytorch_model.bin.index.json')):
+    os.path.join(path, 'pytorch_model.bin.index.json')
+  ):
     raise ValueError(
-        f'{path} has only pytorch_model.bin (pickle), which is never loaded here because '
-        'unpickling can run arbitrary code. Convert it once with transformers: '
-        'AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)')
+      f'{path} has only pytorch_model.bin (pickle), which is never loaded here because '
+      'unpickling can run arbitrary code. Convert it once with transformers: '
+      'AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)'
+    )
   raise ValueError(f'{path} has no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX}')
 
 
@@ -457,9 +564,9 @@ def _read_layer(ckpt: _Checkpoint, key: str, leaf: Leaf, index) -> np.ndarray:
   for g in spec.groups or (1,) * len(shape):
     # Row-major merge: a range of the outermost dim of the group is a contiguous HF range;
     # ranges of the inner dims are cut after reading.
-    (start, stop), inner = index[k], math.prod(shape[k + 1:k + g])
+    (start, stop), inner = index[k], math.prod(shape[k + 1 : k + g])
     box.append(slice(start * inner, stop * inner))
-    grouped += [stop - start] + list(shape[k + 1:k + g])
+    grouped += [stop - start] + list(shape[k + 1 : k + g])
     post += [slice(None)] + [slice(*index[j]) for j in range(k + 1, k + g)]
     k += g
   box[-1] = slice(box[-1].start + spec.offset, box[-1].stop + spec.offset)
@@ -498,8 +605,9 @@ def read_config(path: str) -> ModelConfig:
   return config_from_hf(_load_json(os.path.join(path, 'config.json')))
 
 
-def import_checkpoint(path: str, model_config: ModelConfigLike | None = None,
-                      shardings: PyTree | None = None) -> tuple[ModelConfig, PyTree]:
+def import_checkpoint(
+  path: str, model_config: ModelConfigLike | None = None, shardings: PyTree | None = None
+) -> tuple[ModelConfig, PyTree]:
   """(ModelConfig, float32 params) from an HF checkpoint directory (safetensors only).
 
   model_config: target config (runtime fields such as scan_layers, dtype, max_len for rope are
@@ -516,8 +624,11 @@ def import_checkpoint(path: str, model_config: ModelConfigLike | None = None,
     cfg = target
   _check_window(hf, cfg)
   _check_dynamic_rope(cfg)
-  by_path = None if shardings is None else {
-      _path(p): s for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}
+  by_path = (
+    None
+    if shardings is None
+    else {_path(p): s for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}
+  )
   leaves = _leaves(cfg, 'gpt2' if hf['model_type'] == 'gpt2' else 'llama')
 
   with contextlib.ExitStack() as stack:
@@ -567,4 +678,5 @@ def export_checkpoint(model_config: ModelConfigLike, params: PyTree, path: str) 
   os.makedirs(path, exist_ok=True)
   hf.save_pretrained(path)
   safetensors.numpy.save_file(
-      tensors, os.path.join(path, SAFETENSORS_FILE), metadata={'format': 'pt'})
+    tensors, os.path.join(path, SAFETENSORS_FILE), metadata={'format': 'pt'}
+  )

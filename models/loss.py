@@ -5,6 +5,7 @@ targets)` runs the model and, with model.loss_chunk > 0, applies the readout and
 chunk by chunk along the sequence under `jax.checkpoint`, so neither the forward nor the
 backward ever holds float32 logits for the whole [B, L, V] (large vocabularies, long rows).
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -21,8 +22,9 @@ def nll(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> tuple[jax.Array, jax
   return (jax.nn.logsumexp(logits_BxLxV, -1) - target_BxL) * mask_BxL, mask_BxL
 
 
-def token_nll(cfg: ModelConfig, params: PyTree, inputs_BxL: jax.Array,
-              targets_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+def token_nll(
+  cfg: ModelConfig, params: PyTree, inputs_BxL: jax.Array, targets_BxL: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """(NLL per token [B, L] in float32, mask [B, L]) of `targets` given `inputs` (same length)."""
   chunk = cfg.loss_chunk
   if not chunk or chunk >= inputs_BxL.shape[1]:

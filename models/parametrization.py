@@ -16,6 +16,7 @@ base_d_ff, base_head_dim); `n` its absolute fan-in. References: Yang et al. 2022
 Programs V, Adam column; microsoft/mup MuReadout / MuAdam), Blake et al. 2024 (u-μP,
 graphcore-research/unit-scaling). SP is the GPT-2 scheme the model has always used.
 """
+
 import dataclasses
 import functools
 import math
@@ -27,22 +28,34 @@ import jax.numpy as jnp
 from models.config import CHOICES, ModelConfig, head_dim
 
 PARAMETRIZATIONS = CHOICES['parametrization']
-WIDTH_AXES = ('embed', 'mlp', 'heads', 'kv_heads', 'head_dim', 'norm')  # the rest: 'vocab', 'position'.
+WIDTH_AXES = (
+  'embed',
+  'mlp',
+  'heads',
+  'kv_heads',
+  'head_dim',
+  'norm',
+)  # the rest: 'vocab', 'position'.
 
 
 @dataclasses.dataclass(frozen=True)
 class Scales:
-  init: float   # std of the normal init (None: the module's own init, ones/zeros for vectors).
-  mult: float   # forward multiplier on the op's output (1: none).
-  lr: float     # Adam learning-rate scale.
-  wd: float     # weight-decay scale (on top of the lr scale: optax multiplies wd by the lr).
+  init: float  # std of the normal init (None: the module's own init, ones/zeros for vectors).
+  mult: float  # forward multiplier on the op's output (1: none).
+  lr: float  # Adam learning-rate scale.
+  wd: float  # weight-decay scale (on top of the lr scale: optax multiplies wd by the lr).
   bwd: float = None  # multiplier on the output's cotangent if not `mult` (unit scaling).
 
 
 def _sp(c, role, w, n):
   del w, n
-  std = {'embedding': c.init_std, 'position': c.init_std / 2, 'hidden': c.init_std,
-         'residual': c.init_std / (2 * c.n_layers) ** 0.5, 'readout': c.init_std}.get(role)
+  std = {
+    'embedding': c.init_std,
+    'position': c.init_std / 2,
+    'hidden': c.init_std,
+    'residual': c.init_std / (2 * c.n_layers) ** 0.5,
+    'readout': c.init_std,
+  }.get(role)
   return Scales(std, 1.0, 1.0, 1.0)
 
 
@@ -52,7 +65,7 @@ def _mup(c, role, w, n):
   # Weight decay stays coupled to the (scaled) lr, as in MuAdamW.
   sp = _sp(c, role, w, n)
   if role in ('hidden', 'residual'):
-    return Scales(sp.init / w ** 0.5, 1.0, 1.0 / w, 1.0)
+    return Scales(sp.init / w**0.5, 1.0, 1.0 / w, 1.0)
   if role == 'readout':
     return Scales(sp.init, 1.0 / w, 1.0, 1.0)
   return sp
@@ -63,9 +76,13 @@ def _umup(c, role, w, n):
   # for hidden weights and embeddings (u-μP's "fan_in" of an embedding is d_model), 1 for the
   # readout and vectors, all × depth^-1/2; weight decay independent of the lr scale.
   del w
-  lr = c.n_layers ** -0.5 * {'embedding': c.d_model ** -0.5, 'position': c.d_model ** -0.5,
-                             'hidden': n ** -0.5, 'residual': n ** -0.5}.get(role, 1.0)
-  mult = {'hidden': n ** -0.5, 'residual': n ** -0.5, 'readout': 1.0 / n}.get(role, 1.0)
+  lr = c.n_layers**-0.5 * {
+    'embedding': c.d_model**-0.5,
+    'position': c.d_model**-0.5,
+    'hidden': n**-0.5,
+    'residual': n**-0.5,
+  }.get(role, 1.0)
+  mult = {'hidden': n**-0.5, 'residual': n**-0.5, 'readout': 1.0 / n}.get(role, 1.0)
   # Readout backward: u-μP scales the cross-entropy gradient by V/sqrt(V-1) and the readout's
   # input gradient by 1/sqrt(V) (not 1/fan_in), so backward signals start near unit RMS. Their
   # product on the logits' cotangent is a uniform gradient scale n·sqrt(V/(V-1)) for every param.
@@ -85,8 +102,14 @@ def axis_width_mults(c: ModelConfig) -> dict:
   hd = head_dim(c)
   h0 = c.base_head_dim or hd
   embed, hdim = c.d_model / d0, hd / h0
-  return {'embed': embed, 'norm': embed, 'mlp': c.d_ff / f0, 'head_dim': hdim,
-          'heads': embed / hdim, 'kv_heads': embed / hdim}
+  return {
+    'embed': embed,
+    'norm': embed,
+    'mlp': c.d_ff / f0,
+    'head_dim': hdim,
+    'heads': embed / hdim,
+    'kv_heads': embed / hdim,
+  }
 
 
 def split_axes(axes: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -132,8 +155,7 @@ def attention_scale(c: ModelConfig) -> float | None:
   return None
 
 
-def residual_weights(c: ModelConfig,
-                     branch: jax.Array) -> tuple[jax.Array, jax.Array] | None:
+def residual_weights(c: ModelConfig, branch: jax.Array) -> tuple[jax.Array, jax.Array] | None:
   """(skip, branch) multipliers of residual add number `branch` (0 .. 2L-1), or None (plain sum).
 
   u-μP: x <- (x + tau f(x)) / sqrt(1 + tau^2), tau = 1/sqrt(L + branch), so the stream stays at

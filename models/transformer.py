@@ -19,9 +19,9 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float
 KVCache = tuple[jax.Array, jax.Array]
 
 REMAT_POLICIES = {
-    'full': None,  # save nothing: recompute the whole layer.
-    'dots': jax.checkpoint_policies.checkpoint_dots,
-    'dots_no_batch': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+  'full': None,  # save nothing: recompute the whole layer.
+  'dots': jax.checkpoint_policies.checkpoint_dots,
+  'dots_no_batch': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 
 
@@ -63,13 +63,15 @@ def _dense(module, name, x, eqn, shape, axes, n_out, bias):
   y = _matmul(cfg, eqn, x, _param(module, name, shape, axes))
   y = parametrization.apply(y, parametrization.scales(cfg, axes, shape))
   if bias:
-    y = y + _param(module, name + '_bias', shape[-n_out:], axes[-n_out:],
-                   nn.initializers.zeros).astype(DTYPES[cfg.dtype])
+    y = y + _param(
+      module, name + '_bias', shape[-n_out:], axes[-n_out:], nn.initializers.zeros
+    ).astype(DTYPES[cfg.dtype])
   return y
 
 
 class Norm(nn.Module):
   """LayerNorm (mean-centred, optional bias) or RMSNorm, computed in float32."""
+
   cfg: ModelConfig
 
   @nn.compact
@@ -96,8 +98,10 @@ def rope_frequencies(cfg: ModelConfig, dh: int) -> jax.Array:
   if cfg.rope_scaling == 'linear':
     return inv_freq / cfg.rope_factor
   if cfg.rope_scaling == 'dynamic' and cfg.max_len > cfg.rope_original_max_len:
-    raise ValueError(f'rope_scaling dynamic: max_len {cfg.max_len} exceeds rope_original_max_len '
-                     f'{cfg.rope_original_max_len}, beyond which it depends on run-time lengths')
+    raise ValueError(
+      f'rope_scaling dynamic: max_len {cfg.max_len} exceeds rope_original_max_len '
+      f'{cfg.rope_original_max_len}, beyond which it depends on run-time lengths'
+    )
   if cfg.rope_scaling == 'llama3':  # Low frequencies / factor, high kept, a smooth ramp between.
     old, low, high = cfg.rope_original_max_len, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
     wavelen = 2 * jnp.pi / inv_freq
@@ -125,11 +129,13 @@ def rope(x_BxLxHxDh: jax.Array, positions: jax.Array, cfg: ModelConfig) -> jax.A
 
 class Attention(nn.Module):
   """Causal multi-head / grouped-query attention through jax.nn.dot_product_attention."""
+
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, cache: KVCache | None = None,
-               ctx: dict | None = None) -> tuple[jax.Array, KVCache | None]:
+  def __call__(
+    self, x_BxLxD: jax.Array, cache: KVCache | None = None, ctx: dict | None = None
+  ) -> tuple[jax.Array, KVCache | None]:
     """Training: causal attention over x. Decoding (cache = (keys, values) [B, S, K, Dh], ctx
     from `decode_context`): x's keys/values are written at slot ctx['index'] of the cache and
     the queries attend over the cache under ctx's mask. Returns (output, updated cache or None)."""
@@ -137,8 +143,16 @@ class Attention(nn.Module):
     D, H, K, Dh = cfg.d_model, cfg.n_heads, kv_heads(cfg), head_dim(cfg)
 
     def proj(name, heads, axes):  # qkv_bias alone: Qwen2 (no out-projection/MLP biases).
-      return _dense(self, name, x_BxLxD, 'bld,dhk->blhk', (D, heads, Dh),
-                    ('embed', axes, 'head_dim'), 2, cfg.use_bias or cfg.qkv_bias)
+      return _dense(
+        self,
+        name,
+        x_BxLxD,
+        'bld,dhk->blhk',
+        (D, heads, Dh),
+        ('embed', axes, 'head_dim'),
+        2,
+        cfg.use_bias or cfg.qkv_bias,
+      )
 
     q_BxLxHxDh = proj('query', H, 'heads')
     k_BxLxKxDh = proj('key', K, 'kv_heads')
@@ -155,32 +169,47 @@ class Attention(nn.Module):
     # Logits and softmax are computed in float32 inside dot_product_attention (XLA path);
     # 'cudnn' selects the fused flash kernel on GPU. GQA: K divides H, heads are grouped.
     o_BxLxHxDh = jax.nn.dot_product_attention(
-        *_f32_dot_inputs(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh), is_causal=True,
-        scale=parametrization.attention_scale(cfg),
-        implementation=None if cfg.attention_impl == 'auto' else cfg.attention_impl)
+      *_f32_dot_inputs(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh),
+      is_causal=True,
+      scale=parametrization.attention_scale(cfg),
+      implementation=None if cfg.attention_impl == 'auto' else cfg.attention_impl,
+    )
     return self._out(o_BxLxHxDh.astype(q_BxLxHxDh.dtype)), None
 
   def _out(self, o_BxLxHxDh):
     cfg = self.cfg
     H, Dh, D = cfg.n_heads, head_dim(cfg), cfg.d_model
-    return _dense(self, 'out', o_BxLxHxDh, 'blhk,hkd->bld', (H, Dh, D),
-                  ('heads', 'head_dim', 'embed'), 1, cfg.use_bias or cfg.out_bias)
+    return _dense(
+      self,
+      'out',
+      o_BxLxHxDh,
+      'blhk,hkd->bld',
+      (H, Dh, D),
+      ('heads', 'head_dim', 'embed'),
+      1,
+      cfg.use_bias or cfg.out_bias,
+    )
 
   def _decode(self, q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, cache, ctx):
     """Attention of L new tokens over the KV cache (S slots) after writing theirs at ctx['index']."""
     k_BxSxKxDh, v_BxSxKxDh = (
-        jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), ctx['index'], axis=1)
-        for c, x in zip(cache, (k_BxLxKxDh, v_BxLxKxDh)))
+      jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), ctx['index'], axis=1)
+      for c, x in zip(cache, (k_BxLxKxDh, v_BxLxKxDh))
+    )
     o_BxLxHxDh = jax.nn.dot_product_attention(
-        *_f32_dot_inputs(q_BxLxHxDh, k_BxSxKxDh.astype(q_BxLxHxDh.dtype),
-                         v_BxSxKxDh.astype(q_BxLxHxDh.dtype)),
-        mask=ctx['mask_BxLxS'][:, None], scale=parametrization.attention_scale(self.cfg),
-        implementation='xla')
+      *_f32_dot_inputs(
+        q_BxLxHxDh, k_BxSxKxDh.astype(q_BxLxHxDh.dtype), v_BxSxKxDh.astype(q_BxLxHxDh.dtype)
+      ),
+      mask=ctx['mask_BxLxS'][:, None],
+      scale=parametrization.attention_scale(self.cfg),
+      implementation='xla',
+    )
     return self._out(o_BxLxHxDh.astype(q_BxLxHxDh.dtype)), (k_BxSxKxDh, v_BxSxKxDh)
 
 
 class Mlp(nn.Module):
   """GELU MLP (GPT-2, tanh approximation), SwiGLU (LLaMA) or GeGLU (Gemma)."""
+
   cfg: ModelConfig
 
   @nn.compact
@@ -220,13 +249,21 @@ def _residual_add(cfg, x_BxLxD, f_BxLxD, branch):
 
 class Block(nn.Module):
   """Pre-norm residual block; the (carry, layer index) signature lets nn.scan stack it."""
+
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, layer: jax.Array, cache: KVCache | None = None,
-               ctx: dict | None = None) -> tuple[jax.Array, KVCache | None]:
+  def __call__(
+    self,
+    x_BxLxD: jax.Array,
+    layer: jax.Array,
+    cache: KVCache | None = None,
+    ctx: dict | None = None,
+  ) -> tuple[jax.Array, KVCache | None]:
     cfg = self.cfg
-    attn_BxLxD, cache = Attention(cfg, name='attn')(Norm(cfg, name='attn_norm')(x_BxLxD), cache, ctx)
+    attn_BxLxD, cache = Attention(cfg, name='attn')(
+      Norm(cfg, name='attn_norm')(x_BxLxD), cache, ctx
+    )
     x_BxLxD = _residual_add(cfg, x_BxLxD, _probe(self, 'attn_out', attn_BxLxD), 2 * layer)
     mlp_BxLxD = Mlp(cfg, name='mlp')(Norm(cfg, name='mlp_norm')(x_BxLxD))
     x_BxLxD = _residual_add(cfg, x_BxLxD, _probe(self, 'mlp_out', mlp_BxLxD), 2 * layer + 1)
@@ -234,16 +271,19 @@ class Block(nn.Module):
     return _probe(self, 'residual', x_BxLxD), cache
 
 
-def decode_context(index: int | jax.Array, pads_B: jax.Array, length: int,
-                   cache_len: int) -> dict:
+def decode_context(index: int | jax.Array, pads_B: jax.Array, length: int, cache_len: int) -> dict:
   """Positions and attention mask of `length` new tokens written at cache slot `index`, for rows
   left-padded by pads_B slots: a query at slot i sees slots pad..i of its row."""
   slots_L = index + jnp.arange(length)
   keys_S = jnp.arange(cache_len)
-  mask_BxLxS = ((keys_S[None, None, :] <= slots_L[None, :, None])
-                & (keys_S[None, None, :] >= pads_B[:, None, None]))
-  return {'index': index, 'positions_BxL': jnp.maximum(slots_L[None, :] - pads_B[:, None], 0),
-          'mask_BxLxS': mask_BxLxS}
+  mask_BxLxS = (keys_S[None, None, :] <= slots_L[None, :, None]) & (
+    keys_S[None, None, :] >= pads_B[:, None, None]
+  )
+  return {
+    'index': index,
+    'positions_BxL': jnp.maximum(slots_L[None, :] - pads_B[:, None], 0),
+    'mask_BxLxS': mask_BxLxS,
+  }
 
 
 def unembedding(cfg: ModelConfig, params: PyTree) -> jax.Array:
@@ -259,36 +299,50 @@ def readout(cfg: ModelConfig, x_BxLxD: jax.Array, unembed_DxV: jax.Array) -> jax
   padded = -(-V // cfg.vocab_multiple) * cfg.vocab_multiple
   if padded > V:
     unembed_DxV = jnp.pad(unembed_DxV, ((0, 0), (0, padded - V)))
-  x_BxLxD, = _f32_dot_inputs(x_BxLxD)
-  logits_BxLxV = _matmul(cfg, 'bld,dv->blv', x_BxLxD, unembed_DxV.astype(x_BxLxD.dtype),
-                         preferred_element_type=jnp.float32)[..., :V]
-  return parametrization.apply(logits_BxLxV,
-                               parametrization.scales(cfg, ('embed', 'vocab'), (D, V)))
+  (x_BxLxD,) = _f32_dot_inputs(x_BxLxD)
+  logits_BxLxV = _matmul(
+    cfg,
+    'bld,dv->blv',
+    x_BxLxD,
+    unembed_DxV.astype(x_BxLxD.dtype),
+    preferred_element_type=jnp.float32,
+  )[..., :V]
+  return parametrization.apply(
+    logits_BxLxV, parametrization.scales(cfg, ('embed', 'vocab'), (D, V))
+  )
 
 
 class Transformer(nn.Module):
   """Token ids [B, L] -> float32 logits [B, L, V]; when decoding (cache: keys and values
   [N, B, S, K, Dh], ctx: `decode_context`) -> (logits, updated cache); with head=False -> the
   final normed features [B, L, D] (for `readout` by chunks)."""
+
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BxL: jax.Array, cache: KVCache | None = None, ctx: dict | None = None,
-               head: bool = True) -> jax.Array | tuple[jax.Array, KVCache]:
+  def __call__(
+    self,
+    tokens_BxL: jax.Array,
+    cache: KVCache | None = None,
+    ctx: dict | None = None,
+    head: bool = True,
+  ) -> jax.Array | tuple[jax.Array, KVCache]:
     cfg = self.cfg
     dtype = DTYPES[cfg.dtype]
     V, D = cfg.vocab_size, cfg.d_model
     embed_VxD = _param(self, 'embed', (V, D), ('vocab', 'embed'))
     x_BxLxD = jnp.take(embed_VxD, tokens_BxL, axis=0).astype(dtype)
     if cfg.embed_scale:  # Gemma: x sqrt(d_model) rounded to the compute dtype, as HF does.
-      x_BxLxD = x_BxLxD * jnp.asarray(D ** 0.5, dtype)
+      x_BxLxD = x_BxLxD * jnp.asarray(D**0.5, dtype)
     if cfg.positions == 'learned':
       pos_PxD = _param(self, 'pos_embed', (cfg.max_len, D), ('position', 'embed'))
       if ctx is None:
-        x_BxLxD = x_BxLxD + pos_PxD[:tokens_BxL.shape[1]].astype(dtype)[None]
+        x_BxLxD = x_BxLxD + pos_PxD[: tokens_BxL.shape[1]].astype(dtype)[None]
       else:
         x_BxLxD = x_BxLxD + jnp.take(pos_PxD, ctx['positions_BxL'], axis=0).astype(dtype)
-    x_BxLxD = _probe(self, 'embedding', nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed')))
+    x_BxLxD = _probe(
+      self, 'embedding', nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed'))
+    )
     layer_N = jnp.arange(cfg.n_layers, dtype=jnp.int32)
 
     block = Block
@@ -296,20 +350,27 @@ class Transformer(nn.Module):
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       # One traced layer, params stacked on a leading 'layers' axis: compile time flat in depth.
-      layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
-                       in_axes=(0, 0, nn.broadcast), length=cfg.n_layers,
-                       metadata_params={nn.PARTITION_NAME: 'layers'})
+      layers = nn.scan(
+        block,
+        variable_axes={'params': 0},
+        split_rngs={'params': True},
+        in_axes=(0, 0, nn.broadcast),
+        length=cfg.n_layers,
+        metadata_params={nn.PARTITION_NAME: 'layers'},
+      )
       x_BxLxD, cache = layers(cfg, name='layers')(x_BxLxD, layer_N, cache, ctx)
     else:
       new = []
       for i in range(cfg.n_layers):
-        layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
+        layer_cache = None if cache is None else jax.tree.map(lambda c, i=i: c[i], cache)
         x_BxLxD, layer_cache = block(cfg, name=f'layer_{i}')(x_BxLxD, layer_N[i], layer_cache, ctx)
         new.append(layer_cache)
       cache = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new)
 
     x_BxLxD = _probe(self, 'final', Norm(cfg, name='final_norm')(x_BxLxD))
-    if cfg.tie_embeddings:  # the shared table keeps its embedding init and lr (mup's MuSharedReadout).
+    if (
+      cfg.tie_embeddings
+    ):  # the shared table keeps its embedding init and lr (mup's MuSharedReadout).
       unembed_DxV = embed_VxD.T
     else:
       unembed_DxV = _param(self, 'unembed', (D, V), ('embed', 'vocab'))

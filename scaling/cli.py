@@ -6,8 +6,10 @@ share flag names such as --results and --out) and parses them here: `--flag=valu
 (missing required flag, bad enum choice, unparsable value, unknown flag) ends with one line
 `error: ...` on stderr and exit code 2, as argparse did.
 """
+
 import sys
-from typing import NoReturn, Optional, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from absl import flags
 
@@ -26,16 +28,18 @@ def usage_error(message: object) -> NoReturn:
 def help_text(flag_values: flags.FlagValues, doc: str) -> str:
   """The module docstring followed by the flags' help (absl's format, without module headers)."""
   body = flag_values.get_help(include_special_flags=False).splitlines()
-  return '\n'.join([(doc or '').strip(), '', 'flags:'] + [line for line in body if line.startswith(' ')])
+  return '\n'.join(
+    [(doc or '').strip(), '', 'flags:'] + [line for line in body if line.startswith(' ')]
+  )
 
 
-def parse(flag_values: flags.FlagValues, argv: Optional[Sequence[str]], doc: str) -> None:
+def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, doc: str) -> None:
   """Parses argv (the arguments without the program name; None: sys.argv[1:]) into flag_values.
 
   Every flag starts from its default, so main() can be called several times in one process.
   """
   args = list(sys.argv[1:] if argv is None else argv)
-  flag_args = args[:args.index('--')] if '--' in args else args
+  flag_args = args[: args.index('--')] if '--' in args else args
   if any(a in _HELP_ARGS for a in flag_args):
     print(help_text(flag_values, doc))
     sys.exit(0)

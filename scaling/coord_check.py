@@ -15,6 +15,7 @@ Writes coord_<parametrization>.png (one panel per step, like mup's plot, plus th
 init) and coord_check.json (every record) into --out_dir, prints a table of slopes, and ends with
 one JSON line {parametrization: {tensor: slope of RMS after the steps vs width}}.
 """
+
 import json
 import os
 
@@ -28,7 +29,6 @@ from train import optimizer as optim
 from train.data import pipeline
 from train.step import TrainState, cross_entropy_sum, lm_loss, make_train_step
 
-
 # Peak lrs of the check: a few steps that move every layer well past its init without leaving the
 # regime where widths are comparable (SP and μP share lrs, as they coincide at the base width).
 DEFAULT_LR = {'sp': 2.5e-3, 'mup': 2.5e-3, 'umup': 0.25}
@@ -41,9 +41,20 @@ def width_model(model_config, width: int, parametrization: str, base_width: int)
   heads = max(1, width // hd)
   kv = max(1, heads * models.kv_heads(c) // c.n_heads)
   base = base_width if parametrization == 'mup' else 0
-  return c.replace(d_model=width, d_ff=width * c.d_ff // c.d_model, n_heads=heads, n_kv_heads=kv,
-                   head_dim=hd, parametrization=parametrization, base_d_model=base, base_d_ff=0,
-                   base_head_dim=0, scan_layers=False, remat='none', dtype='float32')
+  return c.replace(
+    d_model=width,
+    d_ff=width * c.d_ff // c.d_model,
+    n_heads=heads,
+    n_kv_heads=kv,
+    head_dim=hd,
+    parametrization=parametrization,
+    base_d_model=base,
+    base_d_ff=0,
+    base_head_dim=0,
+    scan_layers=False,
+    remat='none',
+    dtype='float32',
+  )
 
 
 def _flat(tree, prefix=''):
@@ -66,15 +77,18 @@ def measure(cfg, opt, batches, probe_BxL1, seed: int = 0) -> dict:
   """{tensor: {'rms': [t=0..steps], 'delta': [...], 'grad': rms at init}} for one model."""
   module = models.Transformer(cfg)
   inputs_BxL, targets_BxL = probe_BxL1[:, :-1], probe_BxL1[:, 1:]
-  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-      module.init, jax.random.key(0), inputs_BxL)['perturbations'])
+  zeros = jax.tree.map(
+    jnp.zeros_like, jax.eval_shape(module.init, jax.random.key(0), inputs_BxL)['perturbations']
+  )
 
   @jax.jit
   def probe(params):
     def loss(perturbations):
-      logits, state = module.apply({'params': params, 'perturbations': perturbations}, inputs_BxL,
-                                   mutable=['intermediates'])
+      logits, state = module.apply(
+        {'params': params, 'perturbations': perturbations}, inputs_BxL, mutable=['intermediates']
+      )
       return cross_entropy_sum(logits, targets_BxL)[0], state['intermediates']
+
     grads, acts = jax.grad(loss, has_aux=True)(zeros)
     return acts, grads
 
@@ -85,8 +99,10 @@ def measure(cfg, opt, batches, probe_BxL1, seed: int = 0) -> dict:
   state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   acts0, grads0 = (_flat(t) for t in probe(state.params))
   grads0 = {k.removesuffix('/'): v for k, v in grads0.items()}
-  out = {k: {'rms': [_rms(v)], 'delta': [0.0], 'grad': _rms(grads0[k]) if k in grads0 else None}
-         for k, v in acts0.items()}
+  out = {
+    k: {'rms': [_rms(v)], 'delta': [0.0], 'grad': _rms(grads0[k]) if k in grads0 else None}
+    for k, v in acts0.items()
+  }
   for batch in batches:
     state, _ = train_step(state, {'tokens': jnp.asarray(batch)})
     acts = _flat(probe(state.params)[0])
@@ -101,8 +117,16 @@ def slope(widths, values) -> float:
   return float(np.polyfit(np.log(widths), np.log(np.maximum(values, 1e-30)), 1)[0])
 
 
-def run(config, parametrizations, widths, steps: int, lr=None, batch_size: int = 8,
-        seq_len: int = 0, seeds=(0,)) -> dict:
+def run(
+  config,
+  parametrizations,
+  widths,
+  steps: int,
+  lr=None,
+  batch_size: int = 8,
+  seq_len: int = 0,
+  seeds=(0,),
+) -> dict:
   """Records per parametrization, width and seed; see the module docstring."""
   config = config.copy_and_resolve_references()
   seq_len = seq_len or min(config.data.seq_len, 128)
@@ -124,8 +148,9 @@ def run(config, parametrizations, widths, steps: int, lr=None, batch_size: int =
       cfg = width_model(config.model, w, p, widths[0])
       for seed in seeds:
         for tensor, r in measure(cfg, opt, batches, probe, seed).items():
-          records.append({'parametrization': p, 'width': w, 'seed': seed, 'tensor': tensor,
-                          'lr': opt.lr, **r})
+          records.append(
+            {'parametrization': p, 'width': w, 'seed': seed, 'tensor': tensor, 'lr': opt.lr, **r}
+          )
   return records
 
 
@@ -135,8 +160,10 @@ def _mean_by(records, p, key, t=-1):
   tensors = list(dict.fromkeys(r['tensor'] for r in records if r['parametrization'] == p))
   out = {}
   for name in tensors:
-    rows = [[r for r in records if (r['parametrization'], r['tensor'], r['width']) == (p, name, w)]
-            for w in widths]
+    rows = [
+      [r for r in records if (r['parametrization'], r['tensor'], r['width']) == (p, name, w)]
+      for w in widths
+    ]
     vals = [[r[key][t] if isinstance(r[key], list) else r[key] for r in rs] for rs in rows]
     if all(v is not None for vs in vals for v in vs):
       out[name] = [float(np.mean(vs)) for vs in vals]
@@ -155,8 +182,10 @@ def slopes(records, key='rms', t=-1) -> dict:
 def plot(records, p, path):
   """One panel per step (RMS vs width, log-log, a line per tensor) plus the change since init."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   steps = len(next(r for r in records if r['parametrization'] == p)['rms']) - 1
   panels = [('rms', t, f'RMS at t={t}') for t in range(steps + 1)]
   panels.append(('delta', steps, f'RMS of change, t={steps}'))
@@ -191,8 +220,16 @@ def main(argv):
   if bad:
     raise app.UsageError(f'--parametrization: {bad} not in {param_lib.PARAMETRIZATIONS}')
   widths = sorted(int(w) for w in FLAGS.widths.split(','))
-  records = run(_CONFIG.value, ps, widths, FLAGS.steps, _parse_lr(FLAGS.lr), FLAGS.batch_size,
-                FLAGS.seq_len, tuple(int(s) for s in FLAGS.seeds.split(',')))
+  records = run(
+    _CONFIG.value,
+    ps,
+    widths,
+    FLAGS.steps,
+    _parse_lr(FLAGS.lr),
+    FLAGS.batch_size,
+    FLAGS.seq_len,
+    tuple(int(s) for s in FLAGS.seeds.split(',')),
+  )
   out_dir = FLAGS.out_dir
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, 'coord_check.json'), 'w') as f:
@@ -201,23 +238,29 @@ def main(argv):
   grad = slopes(records, 'grad')
   for par in ps:
     plot(records, par, os.path.join(out_dir, f'coord_{par}.png'))
-    print(f'\n{par}: log-log slope vs width of the RMS at init | after {FLAGS.steps} steps | of '
-          f'the change | of the gradient at init')
+    print(
+      f'\n{par}: log-log slope vs width of the RMS at init | after {FLAGS.steps} steps | of '
+      f'the change | of the gradient at init'
+    )
     for name in after[par]:
-      print(f'  {name:<22} {init[par][name]:+.3f} {after[par][name]:+.3f} '
-            f'{change[par].get(name, float("nan")):+.3f} {grad[par].get(name, float("nan")):+.3f}')
+      print(
+        f'  {name:<22} {init[par][name]:+.3f} {after[par][name]:+.3f} '
+        f'{change[par].get(name, float("nan")):+.3f} {grad[par].get(name, float("nan")):+.3f}'
+      )
   print(json.dumps(after), flush=True)
 
 
 if __name__ == '__main__':
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).')
   flags.DEFINE_string('parametrization', 'sp,mup,umup', 'comma-separated parametrizations')
   flags.DEFINE_string('widths', '64,128,256,512,1024', 'comma-separated d_model values')
   flags.DEFINE_integer('steps', 5, 'Adam steps')
-  flags.DEFINE_string('lr', ','.join(f'{k}={v}' for k, v in DEFAULT_LR.items()),
-                      "peak lr: one value or 'p=v' pairs")
+  flags.DEFINE_string(
+    'lr', ','.join(f'{k}={v}' for k, v in DEFAULT_LR.items()), "peak lr: one value or 'p=v' pairs"
+  )
   flags.DEFINE_integer('batch_size', 8, 'sequences per step')
   flags.DEFINE_integer('seq_len', 0, "0: the config's, at most 128")
   flags.DEFINE_string('seeds', '0', 'comma-separated init seeds (records are averaged)')

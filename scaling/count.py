@@ -34,6 +34,7 @@ FLOPs per token (one token of training unless the name says forward):
 
   python -m scaling.count --config=configs/gpt2.py:124m [--config.model.n_layers=6]
 """
+
 import json
 import math
 
@@ -42,8 +43,11 @@ from models.config import ModelConfig
 from train import flops as train_flops
 from train import validation
 
-EMBEDDING_LEAVES = {'embed': 'token_embedding_params', 'pos_embed': 'position_embedding_params',
-                    'unembed': 'unembedding_params'}
+EMBEDDING_LEAVES = {
+  'embed': 'token_embedding_params',
+  'pos_embed': 'position_embedding_params',
+  'unembed': 'unembedding_params',
+}
 
 
 def _model_config(config) -> ModelConfig:
@@ -72,19 +76,25 @@ def param_counts(config) -> dict:
   per_feature = 2 if (m.norm == 'layernorm' and m.use_bias) else 1  # norm scale (+ bias).
   norm = d * per_feature
   qkv_bias = (h + 2 * k) * dh if (m.use_bias or m.qkv_bias) else 0
-  attn = (d * dh * (h + 2 * k) + qkv_bias + h * dh * d + (d if m.use_bias or m.out_bias else 0)
-          + (2 * per_feature * dh if m.qk_norm else 0))  # q/k norms over head_dim.
+  attn = (
+    d * dh * (h + 2 * k)
+    + qkv_bias
+    + h * dh * d
+    + (d if m.use_bias or m.out_bias else 0)
+    + (2 * per_feature * dh if m.qk_norm else 0)
+  )  # q/k norms over head_dim.
   n_mats = 3 if m.mlp in ('swiglu', 'geglu') else 2
   mlp = n_mats * d * f + ((n_mats - 1) * f + d if m.use_bias else 0)
   layer = 2 * norm + attn + mlp
   out = {
-      'token_embedding_params': v * d,
-      'position_embedding_params': m.max_len * d if m.positions == 'learned' else 0,
-      'unembedding_params': 0 if m.tie_embeddings else d * v,
-      'non_embedding_params': m.n_layers * layer + norm,
+    'token_embedding_params': v * d,
+    'position_embedding_params': m.max_len * d if m.positions == 'learned' else 0,
+    'unembedding_params': 0 if m.tie_embeddings else d * v,
+    'non_embedding_params': m.n_layers * layer + norm,
   }
-  out['embedding_params'] = (out['token_embedding_params'] + out['position_embedding_params'] +
-                             out['unembedding_params'])
+  out['embedding_params'] = (
+    out['token_embedding_params'] + out['position_embedding_params'] + out['unembedding_params']
+  )
   out['params'] = out['embedding_params'] + out['non_embedding_params']
   return out
 
@@ -105,6 +115,7 @@ def pytree_param_counts(config) -> dict:
 
 def _tree_size(tree) -> int:
   import jax  # pylint: disable=g-import-not-at-top
+
   return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
 
@@ -112,8 +123,9 @@ def checked_param_counts(config) -> dict:
   """param_counts, after checking they equal the pytree's counts (raises AssertionError if not)."""
   formula, tree = param_counts(config), pytree_param_counts(config)
   if formula != tree:
-    raise AssertionError(f'parameter count formula {formula} != initialised pytree {tree} for '
-                         f'{_model_config(config)}')
+    raise AssertionError(
+      f'parameter count formula {formula} != initialised pytree {tree} for {_model_config(config)}'
+    )
   return formula
 
 
@@ -132,12 +144,14 @@ def flops_per_token_chinchilla_forward(config, seq_len=None) -> float:
   d, v, f = m.d_model, m.vocab_size, m.d_ff
   h, k, dh = m.n_heads, models.kv_heads(m), models.head_dim(m)
   n_mats = 3 if m.mlp in ('swiglu', 'geglu') else 2
-  per_layer = (2 * d * (h + 2 * k) * dh     # Q, K, V projections
-               + 2 * s * h * dh             # QK^T logits
-               + 3 * h * s                  # softmax
-               + 2 * s * h * dh             # softmax @ V
-               + 2 * h * dh * d             # output projection
-               + 2 * n_mats * d * f)        # MLP
+  per_layer = (
+    2 * d * (h + 2 * k) * dh  # Q, K, V projections
+    + 2 * s * h * dh  # QK^T logits
+    + 3 * h * s  # softmax
+    + 2 * s * h * dh  # softmax @ V
+    + 2 * h * dh * d  # output projection
+    + 2 * n_mats * d * f
+  )  # MLP
   return float(2 * v * d + m.n_layers * per_layer + 2 * d * v)
 
 
@@ -149,15 +163,15 @@ def flop_counts(config, seq_len=None) -> dict:
   kaplan_fwd = flops_per_token_kaplan_forward(m, s)
   chin_fwd = flops_per_token_chinchilla_forward(m, s)
   return {
-      'seq_len': s,
-      'flops_per_token_6n': 6.0 * p['params'],
-      'flops_per_token_6n_non_embedding': 6.0 * p['non_embedding_params'],
-      'flops_per_token_kaplan_forward': kaplan_fwd,
-      'flops_per_token_kaplan': 3.0 * kaplan_fwd,
-      'flops_per_token_chinchilla_forward': chin_fwd,
-      'flops_per_token_chinchilla': 3.0 * chin_fwd,
-      'flops_per_token_mfu': float(train_flops.train_flops_per_token(m, s)),
-      'matmul_params': int(train_flops.matmul_params(m)),
+    'seq_len': s,
+    'flops_per_token_6n': 6.0 * p['params'],
+    'flops_per_token_6n_non_embedding': 6.0 * p['non_embedding_params'],
+    'flops_per_token_kaplan_forward': kaplan_fwd,
+    'flops_per_token_kaplan': 3.0 * kaplan_fwd,
+    'flops_per_token_chinchilla_forward': chin_fwd,
+    'flops_per_token_chinchilla': 3.0 * chin_fwd,
+    'flops_per_token_mfu': float(train_flops.train_flops_per_token(m, s)),
+    'matmul_params': int(train_flops.matmul_params(m)),
   }
 
 
@@ -190,6 +204,7 @@ def main(argv):
 if __name__ == '__main__':
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).')
   _NO_CHECK = flags.DEFINE_bool('no_check', False, 'Skip the pytree cross-check (formula only).')
   flags.mark_flags_as_required(['config'])

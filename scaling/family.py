@@ -14,13 +14,14 @@ Chinchilla's N, the default) or 'non_embedding_params' (Kaplan's N).
 
   python -m scaling.family --targets=1e6,3e6,1e7 --aspect=32 --head_dim=16 --family=gpt2
 """
+
 import dataclasses
 import json
 import math
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from collections.abc import Iterable, Mapping, Sequence
 
-from absl import flags
 import ml_collections
+from absl import flags
 
 from models.config import ROPE_FIELDS, ModelConfig
 from scaling import cli
@@ -30,11 +31,14 @@ FAMILIES = ('gpt2', 'llama')
 COUNTS = ('params', 'non_embedding_params')
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
-flags.DEFINE_list('targets', None, 'comma-separated parameter counts, e.g. 1e6,3e6,1e7',
-                  flag_values=FLAGS)
+flags.DEFINE_list(
+  'targets', None, 'comma-separated parameter counts, e.g. 1e6,3e6,1e7', flag_values=FLAGS
+)
 flags.DEFINE_enum('family', 'gpt2', FAMILIES, 'shape family', flag_values=FLAGS)
 flags.DEFINE_float('aspect', 32.0, 'preferred d_model / n_layers', flag_values=FLAGS)
-flags.DEFINE_integer('head_dim', 16, 'head dimension (d_model is a multiple of it)', flag_values=FLAGS)
+flags.DEFINE_integer(
+  'head_dim', 16, 'head dimension (d_model is a multiple of it)', flag_values=FLAGS
+)
 flags.DEFINE_float('mlp_ratio', None, 'default 4 (gpt2) or 8/3 (llama)', flag_values=FLAGS)
 flags.DEFINE_integer('ff_multiple', 8, 'd_ff is rounded to a multiple of this', flag_values=FLAGS)
 flags.DEFINE_integer('gqa', 1, 'query heads per kv head', flag_values=FLAGS)
@@ -42,8 +46,9 @@ flags.DEFINE_integer('vocab_size', 257, 'vocabulary size', flag_values=FLAGS)
 flags.DEFINE_integer('max_len', 128, 'context length', flag_values=FLAGS)
 flags.DEFINE_bool('untied', False, 'untied output head', flag_values=FLAGS)
 flags.DEFINE_enum('count', 'params', COUNTS, 'which count meets the target', flag_values=FLAGS)
-flags.DEFINE_float('tolerance', 0.05, 'relative; shapes within it are preferred by aspect ratio',
-                   flag_values=FLAGS)
+flags.DEFINE_float(
+  'tolerance', 0.05, 'relative; shapes within it are preferred by aspect ratio', flag_values=FLAGS
+)
 flags.DEFINE_integer('max_layers', 96, 'deepest shape searched', flag_values=FLAGS)
 flags.DEFINE_bool('json', False, 'print JSON (one object per member) instead', flag_values=FLAGS)
 flags.mark_flag_as_required('targets', flag_values=FLAGS)
@@ -52,16 +57,16 @@ flags.mark_flag_as_required('targets', flag_values=FLAGS)
 @dataclasses.dataclass(frozen=True)
 class ShapeRule:
   family: str = 'gpt2'
-  aspect: float = 32.0              # preferred d_model / n_layers.
+  aspect: float = 32.0  # preferred d_model / n_layers.
   head_dim: int = 16
-  mlp_ratio: Optional[float] = None  # None: 4 (gpt2) or 8/3 (llama, SwiGLU).
-  ff_multiple: int = 8              # d_ff is rounded to a multiple of this (gpt2 with ratio 4: exact).
-  gqa: int = 1                      # query heads per kv head (1: multi-head attention).
+  mlp_ratio: float | None = None  # None: 4 (gpt2) or 8/3 (llama, SwiGLU).
+  ff_multiple: int = 8  # d_ff is rounded to a multiple of this (gpt2 with ratio 4: exact).
+  gqa: int = 1  # query heads per kv head (1: multi-head attention).
   vocab_size: int = 257
   max_len: int = 128
   tie_embeddings: bool = True
-  count: str = 'params'             # 'params' | 'non_embedding_params': which count meets the target.
-  tolerance: float = 0.05           # relative; shapes within it are preferred by aspect ratio.
+  count: str = 'params'  # 'params' | 'non_embedding_params': which count meets the target.
+  tolerance: float = 0.05  # relative; shapes within it are preferred by aspect ratio.
   max_layers: int = 96
 
   def __post_init__(self) -> None:
@@ -82,8 +87,11 @@ class ShapeRule:
     return 4.0 if self.family == 'gpt2' else 8.0 / 3.0
 
   @classmethod
-  def from_config(cls, section: Union[Mapping, ml_collections.ConfigDict, None],
-                  model: Union[Mapping, ml_collections.ConfigDict, None] = None) -> 'ShapeRule':
+  def from_config(
+    cls,
+    section: Mapping | ml_collections.ConfigDict | None,
+    model: Mapping | ml_collections.ConfigDict | None = None,
+  ) -> 'ShapeRule':
     """From a config section (dict-like); vocab_size / max_len / tie default to `model`'s."""
     d = section.to_dict() if hasattr(section, 'to_dict') else dict(section or {})
     if model is not None:
@@ -99,10 +107,20 @@ class ShapeRule:
 def model_section(rule: ShapeRule, n_layers: int, d_model: int) -> dict:
   """The config.model overrides for one shape of this family."""
   n_heads = d_model // rule.head_dim
-  d_ff = max(rule.ff_multiple, int(round(rule.ratio * d_model / rule.ff_multiple)) * rule.ff_multiple)
-  out = dict(vocab_size=rule.vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
-             n_kv_heads=n_heads // rule.gqa, head_dim=None, d_ff=d_ff, max_len=rule.max_len,
-             tie_embeddings=rule.tie_embeddings)
+  d_ff = max(
+    rule.ff_multiple, int(round(rule.ratio * d_model / rule.ff_multiple)) * rule.ff_multiple
+  )
+  out = dict(
+    vocab_size=rule.vocab_size,
+    d_model=d_model,
+    n_layers=n_layers,
+    n_heads=n_heads,
+    n_kv_heads=n_heads // rule.gqa,
+    head_dim=None,
+    d_ff=d_ff,
+    max_len=rule.max_len,
+    tie_embeddings=rule.tie_embeddings,
+  )
   if rule.family == 'gpt2':
     out.update(positions='learned', norm='layernorm', mlp='gelu', use_bias=True)
   else:
@@ -128,8 +146,8 @@ class Member:
   d_ff: int
   params: int
   non_embedding_params: int
-  matched: int          # the count the target refers to (rule.count).
-  model: dict           # config.model overrides.
+  matched: int  # the count the target refers to (rule.count).
+  model: dict  # config.model overrides.
 
   @property
   def error(self) -> float:
@@ -177,22 +195,40 @@ def design(target: float, rule: ShapeRule) -> Member:
     _, _, n_layers, d = min(cands, key=lambda c: (c[0], c[1]))
   m = model_section(rule, n_layers, d)
   c = _count(rule, n_layers, d)
-  return Member(target=float(target), n_layers=n_layers, d_model=d, n_heads=m['n_heads'],
-                n_kv_heads=m['n_kv_heads'] or m['n_heads'], d_ff=m['d_ff'], params=c['params'],
-                non_embedding_params=c['non_embedding_params'], matched=c[rule.count], model=m)
+  return Member(
+    target=float(target),
+    n_layers=n_layers,
+    d_model=d,
+    n_heads=m['n_heads'],
+    n_kv_heads=m['n_kv_heads'] or m['n_heads'],
+    d_ff=m['d_ff'],
+    params=c['params'],
+    non_embedding_params=c['non_embedding_params'],
+    matched=c[rule.count],
+    model=m,
+  )
 
 
 def at_width(rule: ShapeRule, n_layers: int, d_model: int) -> Member:
   """The family's shape at a given depth and width (for width-transfer sweeps)."""
   if d_model % (rule.head_dim * rule.gqa):
-    raise ValueError(f'width {d_model} is not a multiple of head_dim x gqa = '
-                     f'{rule.head_dim * rule.gqa}')
+    raise ValueError(
+      f'width {d_model} is not a multiple of head_dim x gqa = {rule.head_dim * rule.gqa}'
+    )
   m = model_section(rule, n_layers, d_model)
   c = _count(rule, n_layers, d_model)
-  return Member(target=float(c[rule.count]), n_layers=n_layers, d_model=d_model,
-                n_heads=m['n_heads'], n_kv_heads=m['n_kv_heads'] or m['n_heads'], d_ff=m['d_ff'],
-                params=c['params'], non_embedding_params=c['non_embedding_params'],
-                matched=c[rule.count], model=m)
+  return Member(
+    target=float(c[rule.count]),
+    n_layers=n_layers,
+    d_model=d_model,
+    n_heads=m['n_heads'],
+    n_kv_heads=m['n_kv_heads'] or m['n_heads'],
+    d_ff=m['d_ff'],
+    params=c['params'],
+    non_embedding_params=c['non_embedding_params'],
+    matched=c[rule.count],
+    model=m,
+  )
 
 
 def family(targets: Iterable[float], rule: ShapeRule) -> list[Member]:
@@ -202,20 +238,26 @@ def family(targets: Iterable[float], rule: ShapeRule) -> list[Member]:
 
 def table(members: Sequence[Member], rule: ShapeRule) -> str:
   """A plain-text table of a family."""
-  head = (f'{"target":>12} {"params":>12} {"non-embedding":>14} {"n_layers":>8} {"d_model":>7} '
-          f'{"n_heads":>7} {"kv":>3} {"d_ff":>6} {"d/L":>6} {"error %":>8}')
-  lines = [f'# family={rule.family} aspect={rule.aspect:g} head_dim={rule.head_dim} '
-           f'mlp_ratio={rule.ratio:.4g} vocab={rule.vocab_size} max_len={rule.max_len} '
-           f'tied={rule.tie_embeddings} target count={rule.count} tolerance={rule.tolerance:.0%}',
-           head]
+  head = (
+    f'{"target":>12} {"params":>12} {"non-embedding":>14} {"n_layers":>8} {"d_model":>7} '
+    f'{"n_heads":>7} {"kv":>3} {"d_ff":>6} {"d/L":>6} {"error %":>8}'
+  )
+  lines = [
+    f'# family={rule.family} aspect={rule.aspect:g} head_dim={rule.head_dim} '
+    f'mlp_ratio={rule.ratio:.4g} vocab={rule.vocab_size} max_len={rule.max_len} '
+    f'tied={rule.tie_embeddings} target count={rule.count} tolerance={rule.tolerance:.0%}',
+    head,
+  ]
   for m in members:
-    lines.append(f'{m.target:>12.4g} {m.params:>12,} {m.non_embedding_params:>14,} {m.n_layers:>8} '
-                 f'{m.d_model:>7} {m.n_heads:>7} {m.n_kv_heads:>3} {m.d_ff:>6} {m.aspect:>6.1f} '
-                 f'{100 * m.error:>+8.2f}')
+    lines.append(
+      f'{m.target:>12.4g} {m.params:>12,} {m.non_embedding_params:>14,} {m.n_layers:>8} '
+      f'{m.d_model:>7} {m.n_heads:>7} {m.n_kv_heads:>3} {m.d_ff:>6} {m.aspect:>6.1f} '
+      f'{100 * m.error:>+8.2f}'
+    )
   return '\n'.join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
   """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
   cli.parse(FLAGS, argv, __doc__)
   try:
@@ -223,11 +265,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   except ValueError:
     cli.usage_error(f'--targets={",".join(FLAGS.targets)}: not a comma-separated list of numbers')
   try:
-    rule = ShapeRule(family=FLAGS.family, aspect=FLAGS.aspect, head_dim=FLAGS.head_dim,
-                     mlp_ratio=FLAGS.mlp_ratio, ff_multiple=FLAGS.ff_multiple, gqa=FLAGS.gqa,
-                     vocab_size=FLAGS.vocab_size, max_len=FLAGS.max_len,
-                     tie_embeddings=not FLAGS.untied, count=FLAGS.count, tolerance=FLAGS.tolerance,
-                     max_layers=FLAGS.max_layers)
+    rule = ShapeRule(
+      family=FLAGS.family,
+      aspect=FLAGS.aspect,
+      head_dim=FLAGS.head_dim,
+      mlp_ratio=FLAGS.mlp_ratio,
+      ff_multiple=FLAGS.ff_multiple,
+      gqa=FLAGS.gqa,
+      vocab_size=FLAGS.vocab_size,
+      max_len=FLAGS.max_len,
+      tie_embeddings=not FLAGS.untied,
+      count=FLAGS.count,
+      tolerance=FLAGS.tolerance,
+      max_layers=FLAGS.max_layers,
+    )
     members = family(targets, rule)
   except ValueError as e:
     cli.usage_error(e)

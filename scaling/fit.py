@@ -7,15 +7,16 @@ curves (a sweep's curves.csv); the Kaplan forms are eqs. 1.1 and 1.5 of arXiv 20
 
   python -m scaling.fit --results=runs.csv --law=chinchilla --bootstrap=200 --out=fit.json
 """
+
 import itertools
 import json
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
-from absl import flags
 import numpy as np
 import numpy.typing as npt
+from absl import flags
 
 # L-BFGS-B on 5 parameters makes many tiny BLAS calls; with OpenBLAS threads on a busy machine each
 # costs ~1 ms (10-20x slower fits). Takes effect only if set before scipy loads its OpenBLAS; an
@@ -23,36 +24,58 @@ import numpy.typing as npt
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 from scipy import optimize  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from scaling import cli
-from scaling import laws
+from scaling import cli, laws
 from scaling import results as results_lib
 
 HUBER_DELTA = 1e-3
 # The paper's grid of starts for (a, b, e, alpha, beta): 6 * 6 * 5 * 5 * 5 = 4500 points.
-START_GRID = {'a': np.arange(0, 26, 5.0), 'b': np.arange(0, 26, 5.0), 'e': np.arange(-1, 1.01, 0.5),
-              'alpha': np.arange(0, 2.01, 0.5), 'beta': np.arange(0, 2.01, 0.5)}
+START_GRID = {
+  'a': np.arange(0, 26, 5.0),
+  'b': np.arange(0, 26, 5.0),
+  'e': np.arange(-1, 1.01, 0.5),
+  'alpha': np.arange(0, 2.01, 0.5),
+  'beta': np.arange(0, 2.01, 0.5),
+}
 MIN_ROWS = {'chinchilla': 5, 'isoflop': 6, 'kaplan': 4, 'envelope': 4}
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
 flags.DEFINE_string('results', None, 'results CSV, one run per row', flag_values=FLAGS)
-flags.DEFINE_enum('law', 'chinchilla', ['chinchilla', 'isoflop', 'kaplan', 'envelope'],
-                  "'envelope' (approach 1) reads a loss-curves CSV (a sweep's curves.csv)",
-                  flag_values=FLAGS)
+flags.DEFINE_enum(
+  'law',
+  'chinchilla',
+  ['chinchilla', 'isoflop', 'kaplan', 'envelope'],
+  "'envelope' (approach 1) reads a loss-curves CSV (a sweep's curves.csv)",
+  flag_values=FLAGS,
+)
 flags.DEFINE_integer('bootstrap', 0, 'number of bootstrap resamples (0: none)', flag_values=FLAGS)
 flags.DEFINE_integer('seed', 0, 'bootstrap seed', flag_values=FLAGS)
 flags.DEFINE_string('out', '', 'also write the JSON here', flag_values=FLAGS)
-flags.DEFINE_string('params_col', None, "default 'params' ('non_embedding_params' for --law=kaplan)",
-                    flag_values=FLAGS)
-flags.DEFINE_string('tokens_col', 'tokens', "'' derives tokens from FLOPs as C/(6N)", flag_values=FLAGS)
+flags.DEFINE_string(
+  'params_col',
+  None,
+  "default 'params' ('non_embedding_params' for --law=kaplan)",
+  flag_values=FLAGS,
+)
+flags.DEFINE_string(
+  'tokens_col', 'tokens', "'' derives tokens from FLOPs as C/(6N)", flag_values=FLAGS
+)
 flags.DEFINE_string('loss_col', 'loss', 'loss column', flag_values=FLAGS)
 flags.DEFINE_string('flops_col', 'flops', 'FLOPs column', flag_values=FLAGS)
-flags.DEFINE_float('budget_rtol', 0.05, 'isoflop: FLOPs within this relative tolerance form one budget',
-                   flag_values=FLAGS)
-flags.DEFINE_integer('n_polish', 16, 'chinchilla: grid starts polished by L-BFGS-B (0: all 4500)',
-                     flag_values=FLAGS)
-flags.DEFINE_string('lr', 'best',
-                    "lr sweeps: 'best' (lowest mean loss per (N, D)) or the transferred lr to use",
-                    flag_values=FLAGS)
+flags.DEFINE_float(
+  'budget_rtol',
+  0.05,
+  'isoflop: FLOPs within this relative tolerance form one budget',
+  flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+  'n_polish', 16, 'chinchilla: grid starts polished by L-BFGS-B (0: all 4500)', flag_values=FLAGS
+)
+flags.DEFINE_string(
+  'lr',
+  'best',
+  "lr sweeps: 'best' (lowest mean loss per (N, D)) or the transferred lr to use",
+  flag_values=FLAGS,
+)
 flags.mark_flag_as_required('results', flag_values=FLAGS)
 
 
@@ -62,8 +85,13 @@ def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
   return np.where(ar <= delta, 0.5 * r * r, delta * (ar - 0.5 * delta))
 
 
-def chinchilla_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
-                         delta: float = HUBER_DELTA) -> tuple[float, np.ndarray]:
+def chinchilla_objective(
+  theta: np.ndarray,
+  log_n: np.ndarray,
+  log_d: np.ndarray,
+  log_l: np.ndarray,
+  delta: float = HUBER_DELTA,
+) -> tuple[float, np.ndarray]:
   """Sum over runs of Huber(LSE(a - alpha log N, b - beta log D, e) - log L), and its gradient.
 
   theta = (a, b, e, alpha, beta), with A, B, E = exp(a, b, e) (Hoffmann et al. 2022, eq. D.2).
@@ -74,16 +102,21 @@ def chinchilla_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray
   e1, e2, e3 = np.exp(t1 - m), np.exp(t2 - m), np.exp(e - m)
   s = e1 + e2 + e3
   r = m + np.log(s) - log_l
-  dr = np.clip(r, -delta, delta) / s       # d Huber / d r times 1/s (softmax weights are e_i / s).
+  dr = np.clip(r, -delta, delta) / s  # d Huber / d r times 1/s (softmax weights are e_i / s).
   g1, g2 = dr * e1, dr * e2
   grad = np.array([g1.sum(), g2.sum(), (dr * e3).sum(), -(g1 @ log_n), -(g2 @ log_d)])
   return huber(r, delta).sum(), grad
 
 
-def chinchilla_objective_batch(thetas: np.ndarray, log_n: np.ndarray, log_d: np.ndarray,
-                               log_l: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
+def chinchilla_objective_batch(
+  thetas: np.ndarray,
+  log_n: np.ndarray,
+  log_d: np.ndarray,
+  log_l: np.ndarray,
+  delta: float = HUBER_DELTA,
+) -> np.ndarray:
   """chinchilla_objective's value for each row of thetas (S, 5), vectorised (for scoring the start grid)."""
-  a, b, e, al, be = (thetas[:, i:i + 1] for i in range(5))
+  a, b, e, al, be = (thetas[:, i : i + 1] for i in range(5))
   pred = np.logaddexp(np.logaddexp(a - al * log_n, b - be * log_d), e)
   return huber(pred - log_l, delta).sum(-1)
 
@@ -98,12 +131,24 @@ def _chinchilla_constants(theta):
   a, b, e, alpha, beta = (float(v) for v in theta)
   law = laws.Chinchilla(E=np.exp(e), A=np.exp(a), B=np.exp(b), alpha=alpha, beta=beta)
   g, fa, fb = laws.chinchilla_frontier_constants(law)
-  return {'E': law.E, 'A': law.A, 'B': law.B, 'alpha': alpha, 'beta': beta,
-          'a': fa, 'b': fb, 'G': float(g)}
+  return {
+    'E': law.E,
+    'A': law.A,
+    'B': law.B,
+    'alpha': alpha,
+    'beta': beta,
+    'a': fa,
+    'b': fb,
+    'G': float(g),
+  }
 
 
-def fit_chinchilla(runs: results_lib.Runs, delta: float = HUBER_DELTA, n_polish: Optional[int] = 16,
-                   starts: Optional[npt.ArrayLike] = None) -> dict:
+def fit_chinchilla(
+  runs: results_lib.Runs,
+  delta: float = HUBER_DELTA,
+  n_polish: int | None = 16,
+  starts: npt.ArrayLike | None = None,
+) -> dict:
   """Approach 3: L-BFGS-B on the summed Huber loss from the best n_polish grid starts.
 
   All 4500 starts are scored in one vectorised pass and the n_polish best are polished
@@ -114,21 +159,32 @@ def fit_chinchilla(runs: results_lib.Runs, delta: float = HUBER_DELTA, n_polish:
   if n_polish is None or n_polish >= len(grid):
     chosen = grid
   else:
-    values = np.concatenate([chinchilla_objective_batch(g, log_n, log_d, log_l, delta)
-                             for g in np.array_split(grid, 10)])
+    values = np.concatenate(
+      [chinchilla_objective_batch(g, log_n, log_d, log_l, delta) for g in np.array_split(grid, 10)]
+    )
     chosen = grid[np.argsort(values, kind='stable')[:n_polish]]
   if starts is not None:
     chosen = np.concatenate([np.atleast_2d(starts), chosen])
   best = None
   for x0 in chosen:
-    res = optimize.minimize(chinchilla_objective, x0, args=(log_n, log_d, log_l, delta), jac=True,
-                            method='L-BFGS-B', options={'maxiter': 2000, 'ftol': 1e-15, 'gtol': 1e-12})
+    res = optimize.minimize(
+      chinchilla_objective,
+      x0,
+      args=(log_n, log_d, log_l, delta),
+      jac=True,
+      method='L-BFGS-B',
+      options={'maxiter': 2000, 'ftol': 1e-15, 'gtol': 1e-12},
+    )
     if np.all(np.isfinite(res.x)) and (best is None or res.fun < best.fun):
       best = res
   if best is None:
     raise ValueError('chinchilla fit: no start converged to finite parameters')
-  return {'law': 'chinchilla', 'constants': _chinchilla_constants(best.x),
-          'objective': float(best.fun), 'theta': [float(v) for v in best.x]}
+  return {
+    'law': 'chinchilla',
+    'constants': _chinchilla_constants(best.x),
+    'objective': float(best.fun),
+    'theta': [float(v) for v in best.x],
+  }
 
 
 def group_budgets(flops: npt.ArrayLike, rtol: float = 0.05) -> np.ndarray:
@@ -144,8 +200,9 @@ def group_budgets(flops: npt.ArrayLike, rtol: float = 0.05) -> np.ndarray:
   return labels
 
 
-def isoflop_profiles(runs: results_lib.Runs, rtol: float = 0.05, min_sizes: int = 3,
-                     strict: bool = True) -> list[dict]:
+def isoflop_profiles(
+  runs: results_lib.Runs, rtol: float = 0.05, min_sizes: int = 3, strict: bool = True
+) -> list[dict]:
   """Per budget, a parabola of loss vs ln N and its minimum (Hoffmann et al. 2022, sec. 3.2).
 
   Raises ValueError for a budget with fewer than min_sizes model sizes or a parabola opening
@@ -171,10 +228,18 @@ def isoflop_profiles(runs: results_lib.Runs, rtol: float = 0.05, min_sizes: int 
       continue
     x_opt = -p[1] / (2 * p[0])
     n_opt = float(np.exp(x_opt))
-    out.append({'flops': c, 'n_runs': len(idx), 'n_sizes': sizes, 'params_opt': n_opt,
-                'tokens_opt': c / (6 * n_opt), 'loss_opt': float(np.polyval(p, x_opt)),
-                'parabola_ln_params': [float(v) for v in p],
-                'extrapolated': bool(not x.min() <= x_opt <= x.max())})
+    out.append(
+      {
+        'flops': c,
+        'n_runs': len(idx),
+        'n_sizes': sizes,
+        'params_opt': n_opt,
+        'tokens_opt': c / (6 * n_opt),
+        'loss_opt': float(np.polyval(p, x_opt)),
+        'parabola_ln_params': [float(v) for v in p],
+        'extrapolated': bool(not x.min() <= x_opt <= x.max()),
+      }
+    )
   return out
 
 
@@ -193,12 +258,17 @@ def fit_isoflop(runs: results_lib.Runs, rtol: float = 0.05) -> dict:
   k_n, a = _power_law(c, [p['params_opt'] for p in prof])
   k_d, b = _power_law(c, [p['tokens_opt'] for p in prof])
   k_l, gamma = _power_law(c, [p['loss_opt'] for p in prof])
-  return {'law': 'isoflop', 'budget_rtol': rtol, 'budgets': prof,
-          'constants': {'k_N': k_n, 'a': a, 'k_D': k_d, 'b': b, 'k_L': k_l, 'gamma': gamma}}
+  return {
+    'law': 'isoflop',
+    'budget_rtol': rtol,
+    'budgets': prof,
+    'constants': {'k_N': k_n, 'a': a, 'k_D': k_d, 'b': b, 'k_L': k_l, 'gamma': gamma},
+  }
 
 
-def envelope(runs: results_lib.Runs, n_points: int = 200,
-             min_sizes: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def envelope(
+  runs: results_lib.Runs, n_points: int = 200, min_sizes: int = 2
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Approach 1's lower envelope of loss vs FLOPs (Hoffmann et al. 2022, sec. 3.1).
 
   `runs` holds points of loss curves (one row per evaluation of a run, its FLOPs so far). Each
@@ -211,14 +281,17 @@ def envelope(runs: results_lib.Runs, n_points: int = 200,
     c, l = np.log(runs.flops[idx]), np.log(runs.loss[idx])
     order = np.argsort(c, kind='stable')
     c, l = c[order], l[order]
-    keep = np.concatenate([[True], np.diff(c) > 0])   # one point per FLOP value (the first).
+    keep = np.concatenate([[True], np.diff(c) > 0])  # one point per FLOP value (the first).
     if keep.sum() >= 2:
       curves[float(n)] = (c[keep], np.minimum.accumulate(l[keep]))
   if len(curves) < min_sizes:
-    raise ValueError(f'envelope fit needs loss curves of at least {min_sizes} model sizes '
-                     f'(several evaluations each), got {len(curves)}')
-  grid = np.linspace(min(c[0] for c, _ in curves.values()), max(c[-1] for c, _ in curves.values()),
-                     n_points)
+    raise ValueError(
+      f'envelope fit needs loss curves of at least {min_sizes} model sizes '
+      f'(several evaluations each), got {len(curves)}'
+    )
+  grid = np.linspace(
+    min(c[0] for c, _ in curves.values()), max(c[-1] for c, _ in curves.values()), n_points
+  )
   sizes = np.array(list(curves))
   interp = np.full((len(sizes), n_points), np.inf)
   for i, (c, l) in enumerate(curves.values()):
@@ -226,8 +299,10 @@ def envelope(runs: results_lib.Runs, n_points: int = 200,
     interp[i, inside] = np.interp(grid[inside], c, l)
   covered = np.isfinite(interp).sum(0) >= min_sizes
   if covered.sum() < 2:
-    raise ValueError('envelope fit: fewer than 2 FLOP values are covered by '
-                     f'{min_sizes} model sizes; the curves do not overlap in compute')
+    raise ValueError(
+      'envelope fit: fewer than 2 FLOP values are covered by '
+      f'{min_sizes} model sizes; the curves do not overlap in compute'
+    )
   best = np.argmin(interp[:, covered], axis=0)
   return np.exp(grid[covered]), sizes[best], np.exp(interp[best, np.flatnonzero(covered)])
 
@@ -238,17 +313,23 @@ def fit_envelope(runs: results_lib.Runs, n_points: int = 200) -> dict:
   # Where the smallest or largest size wins, the optimum may lie outside the sizes tried: censored.
   interior = (n_opt > runs.params.min()) & (n_opt < runs.params.max())
   if len(np.unique(n_opt[interior])) < 2:
-    raise ValueError('envelope fit: fewer than 2 sizes are optimal inside the range of sizes '
-                     f'tried ({runs.params.min():.3g} .. {runs.params.max():.3g}); add sizes')
+    raise ValueError(
+      'envelope fit: fewer than 2 sizes are optimal inside the range of sizes '
+      f'tried ({runs.params.min():.3g} .. {runs.params.max():.3g}); add sizes'
+    )
   censored = int((~interior).sum())
   c, n_opt, l_opt = c[interior], n_opt[interior], l_opt[interior]
   k_n, a = _power_law(c, n_opt)
   k_d, b = _power_law(c, c / (6 * n_opt))
   k_l, gamma = _power_law(c, l_opt)
-  return {'law': 'envelope', 'n_points': int(len(c)), 'censored_points': censored,
-          'flops_range': [float(c[0]), float(c[-1])],
-          'optimal_sizes': sorted(float(x) for x in np.unique(n_opt)),
-          'constants': {'k_N': k_n, 'a': a, 'k_D': k_d, 'b': b, 'k_L': k_l, 'gamma': gamma}}
+  return {
+    'law': 'envelope',
+    'n_points': int(len(c)),
+    'censored_points': censored,
+    'flops_range': [float(c[0]), float(c[-1])],
+    'optimal_sizes': sorted(float(x) for x in np.unique(n_opt)),
+    'constants': {'k_N': k_n, 'a': a, 'k_D': k_d, 'b': b, 'k_L': k_l, 'gamma': gamma},
+  }
 
 
 def fit_kaplan_n(params: np.ndarray, loss: np.ndarray) -> laws.KaplanN:
@@ -262,8 +343,12 @@ def fit_kaplan_n(params: np.ndarray, loss: np.ndarray) -> laws.KaplanN:
   return laws.KaplanN(alpha_N=float(alpha), N_c=float(np.exp(icpt / alpha)))
 
 
-def fit_kaplan_joint(params: np.ndarray, tokens: np.ndarray, loss: np.ndarray,
-                     starts: Optional[Sequence[Sequence[float]]] = None) -> laws.KaplanJoint:
+def fit_kaplan_joint(
+  params: np.ndarray,
+  tokens: np.ndarray,
+  loss: np.ndarray,
+  starts: Sequence[Sequence[float]] | None = None,
+) -> laws.KaplanJoint:
   """Kaplan L(N, D) by least squares on log loss, from a few starts (incl. the published constants)."""
   log_l = np.log(loss)
 
@@ -273,30 +358,49 @@ def fit_kaplan_joint(params: np.ndarray, tokens: np.ndarray, loss: np.ndarray,
 
   p = laws.KAPLAN_JOINT
   x0s = [[np.log(p.N_c), np.log(p.D_c), p.alpha_N, p.alpha_D]] + list(starts or [])
-  x0s += [[np.log(nc), np.log(dc), an, ad] for nc in (1e10, 1e14) for dc in (1e10, 1e14)
-          for an, ad in ((0.05, 0.1), (0.3, 0.3))]
+  x0s += [
+    [np.log(nc), np.log(dc), an, ad]
+    for nc in (1e10, 1e14)
+    for dc in (1e10, 1e14)
+    for an, ad in ((0.05, 0.1), (0.3, 0.3))
+  ]
   best = None
   for x0 in x0s:
-    res = optimize.least_squares(resid, x0, bounds=([-50, -50, 1e-4, 1e-4], [200, 200, 5, 5]),
-                                 x_scale=[10, 10, 0.1, 0.1])
+    res = optimize.least_squares(
+      resid, x0, bounds=([-50, -50, 1e-4, 1e-4], [200, 200, 5, 5]), x_scale=[10, 10, 0.1, 0.1]
+    )
     if best is None or res.cost < best.cost:
       best = res
   th = best.x
-  return laws.KaplanJoint(alpha_N=float(th[2]), alpha_D=float(th[3]),
-                          N_c=float(np.exp(th[0])), D_c=float(np.exp(th[1])))
+  return laws.KaplanJoint(
+    alpha_N=float(th[2]), alpha_D=float(th[3]), N_c=float(np.exp(th[0])), D_c=float(np.exp(th[1]))
+  )
 
 
 def fit_kaplan(runs: results_lib.Runs) -> dict:
   """Kaplan L(N) (alpha_N, N_c) and joint L(N, D) (joint_*) constants."""
   ln = fit_kaplan_n(runs.params, runs.loss)
   j = fit_kaplan_joint(runs.params, runs.tokens, runs.loss)
-  return {'law': 'kaplan', 'constants': {
-      'alpha_N': ln.alpha_N, 'N_c': ln.N_c, 'joint_alpha_N': j.alpha_N, 'joint_alpha_D': j.alpha_D,
-      'joint_N_c': j.N_c, 'joint_D_c': j.D_c}}
+  return {
+    'law': 'kaplan',
+    'constants': {
+      'alpha_N': ln.alpha_N,
+      'N_c': ln.N_c,
+      'joint_alpha_N': j.alpha_N,
+      'joint_alpha_D': j.alpha_D,
+      'joint_N_c': j.N_c,
+      'joint_D_c': j.D_c,
+    },
+  }
 
 
-def bootstrap(runs: results_lib.Runs, fit_fn: Callable[[results_lib.Runs], dict], k: int, seed: int = 0,
-              groups: Optional[Sequence[np.ndarray]] = None) -> dict:
+def bootstrap(
+  runs: results_lib.Runs,
+  fit_fn: Callable[[results_lib.Runs], dict],
+  k: int,
+  seed: int = 0,
+  groups: Sequence[np.ndarray] | None = None,
+) -> dict:
   """Refits on k resamples of the runs (with replacement, within each group when given).
 
   Resamples whose fit raises ValueError (e.g. a budget left with < 3 sizes) are skipped and counted.
@@ -322,8 +426,14 @@ def bootstrap(runs: results_lib.Runs, fit_fn: Callable[[results_lib.Runs], dict]
   return {'k': k, 'seed': seed, 'failed': failed, 'se': se, 'ci95': ci, 'samples': samples}
 
 
-def fit(runs: results_lib.Runs, law: str, n_boot: int = 0, seed: int = 0, budget_rtol: float = 0.05,
-        n_polish: Optional[int] = 16) -> dict:
+def fit(
+  runs: results_lib.Runs,
+  law: str,
+  n_boot: int = 0,
+  seed: int = 0,
+  budget_rtol: float = 0.05,
+  n_polish: int | None = 16,
+) -> dict:
   """Fits `law` ('chinchilla' | 'isoflop' | 'kaplan') and optionally bootstraps; returns a JSON-able dict."""
   if law == 'chinchilla':
     out = fit_chinchilla(runs, n_polish=n_polish)
@@ -351,22 +461,33 @@ def fit(runs: results_lib.Runs, law: str, n_boot: int = 0, seed: int = 0, budget
   return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
   """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
   cli.parse(FLAGS, argv, __doc__)
   params_col = FLAGS.params_col or ('non_embedding_params' if FLAGS.law == 'kaplan' else 'params')
   try:
-    runs = results_lib.read_results(FLAGS.results, params_col=params_col, tokens_col=FLAGS.tokens_col,
-                                    loss_col=FLAGS.loss_col, flops_col=FLAGS.flops_col,
-                                    min_rows=MIN_ROWS[FLAGS.law],
-                                    lr=None if FLAGS.law == 'envelope' else FLAGS.lr)
-    out = fit(runs, FLAGS.law, FLAGS.bootstrap, FLAGS.seed, FLAGS.budget_rtol, FLAGS.n_polish or None)
+    runs = results_lib.read_results(
+      FLAGS.results,
+      params_col=params_col,
+      tokens_col=FLAGS.tokens_col,
+      loss_col=FLAGS.loss_col,
+      flops_col=FLAGS.flops_col,
+      min_rows=MIN_ROWS[FLAGS.law],
+      lr=None if FLAGS.law == 'envelope' else FLAGS.lr,
+    )
+    out = fit(
+      runs, FLAGS.law, FLAGS.bootstrap, FLAGS.seed, FLAGS.budget_rtol, FLAGS.n_polish or None
+    )
   except ValueError as e:
     sys.exit(f'error: {e}')
   out['results'] = FLAGS.results
   out['selection'] = runs.selection
-  out['columns'] = {'params': params_col, 'tokens': FLAGS.tokens_col, 'loss': FLAGS.loss_col,
-                    'flops': FLAGS.flops_col}
+  out['columns'] = {
+    'params': params_col,
+    'tokens': FLAGS.tokens_col,
+    'loss': FLAGS.loss_col,
+    'flops': FLAGS.flops_col,
+  }
   text = json.dumps(out, indent=2)
   if FLAGS.out:
     with open(FLAGS.out, 'w') as f:

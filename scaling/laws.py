@@ -4,6 +4,7 @@ Sources: Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models",
 (Chinchilla, approach 3); Kaplan et al. 2020, "Scaling Laws for Neural Language Models", arXiv 2001.08361.
 Training compute is taken as C = 6·N·D throughout (both papers).
 """
+
 import dataclasses
 
 import numpy as np
@@ -15,6 +16,7 @@ Arrays3 = tuple[np.ndarray, np.ndarray, np.ndarray]  # e.g. (N_opt, D_opt, L_opt
 @dataclasses.dataclass(frozen=True)
 class Chinchilla:
   """L(N, D) = E + A / N^alpha + B / D^beta (Hoffmann et al. 2022, eq. 2)."""
+
   E: float
   A: float
   B: float
@@ -25,8 +27,12 @@ class Chinchilla:
 # Unrounded approach-3 fit from the paper's source (log A, log B, log E, alpha, beta); the paper's
 # Table A3 / Figure 1 predictions (e.g. ~40B params at 5.76e23 FLOPs) follow from these.
 CHINCHILLA = Chinchilla(
-    E=float(np.exp(0.5267228)), A=float(np.exp(6.0073404)), B=float(np.exp(6.0179186)),
-    alpha=0.33917084, beta=0.2849083)
+  E=float(np.exp(0.5267228)),
+  A=float(np.exp(6.0073404)),
+  B=float(np.exp(6.0179186)),
+  alpha=0.33917084,
+  beta=0.2849083,
+)
 # The rounded values printed in the paper's eq. 10; they give noticeably smaller compute-optimal models.
 CHINCHILLA_ROUNDED = Chinchilla(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 
@@ -34,6 +40,7 @@ CHINCHILLA_ROUNDED = Chinchilla(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 @dataclasses.dataclass(frozen=True)
 class KaplanN:
   """L(N) = (N_c / N)^alpha_N, N = non-embedding params, data unlimited (Kaplan et al. 2020, eq. 1.1)."""
+
   alpha_N: float
   N_c: float
 
@@ -41,6 +48,7 @@ class KaplanN:
 @dataclasses.dataclass(frozen=True)
 class KaplanD:
   """L(D) = (D_c / D)^alpha_D, large model, early-stopped (Kaplan et al. 2020, eq. 1.2)."""
+
   alpha_D: float
   D_c: float
 
@@ -48,6 +56,7 @@ class KaplanD:
 @dataclasses.dataclass(frozen=True)
 class KaplanJoint:
   """L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D (Kaplan et al. 2020, eq. 1.5)."""
+
   alpha_N: float
   alpha_D: float
   N_c: float
@@ -68,7 +77,7 @@ def chinchilla_loss(law: Chinchilla, n: npt.ArrayLike, d: npt.ArrayLike) -> np.n
 def chinchilla_frontier_constants(law: Chinchilla) -> tuple[float, float, float]:
   """(G, a, b) of the C = 6ND frontier: N_opt = G (C/6)^a, D_opt = (C/6)^b / G (Hoffmann et al. 2022, eq. 4)."""
   s = law.alpha + law.beta
-  g = (law.alpha * law.A / (law.beta * law.B))**(1.0 / s)
+  g = (law.alpha * law.A / (law.beta * law.B)) ** (1.0 / s)
   return g, law.beta / s, law.alpha / s
 
 
@@ -80,8 +89,9 @@ def chinchilla_optimal(law: Chinchilla, compute: npt.ArrayLike) -> Arrays3:
   return n, d, chinchilla_loss(law, n, d)
 
 
-def chinchilla_at_params(law: Chinchilla, n: npt.ArrayLike,
-                         compute: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def chinchilla_at_params(
+  law: Chinchilla, n: npt.ArrayLike, compute: npt.ArrayLike
+) -> tuple[np.ndarray, np.ndarray]:
   """A fixed model size N spending C FLOPs: (D = C / 6N, loss)."""
   d = np.asarray(compute, float) / (6.0 * np.asarray(n, float))
   return d, chinchilla_loss(law, n, d)
@@ -90,7 +100,7 @@ def chinchilla_at_params(law: Chinchilla, n: npt.ArrayLike,
 def chinchilla_optimal_for_params(law: Chinchilla, n: npt.ArrayLike) -> Arrays3:
   """Tokens, compute and loss at which N params is compute-optimal (inverts N_opt(C))."""
   g, a, _ = chinchilla_frontier_constants(law)
-  c6 = (np.asarray(n, float) / g)**(1.0 / a)
+  c6 = (np.asarray(n, float) / g) ** (1.0 / a)
   d = c6 / n
   return d, 6.0 * c6, chinchilla_loss(law, n, d)
 
@@ -98,19 +108,19 @@ def chinchilla_optimal_for_params(law: Chinchilla, n: npt.ArrayLike) -> Arrays3:
 def chinchilla_optimal_for_tokens(law: Chinchilla, d: npt.ArrayLike) -> Arrays3:
   """Params, compute and loss at which D tokens is compute-optimal (inverts D_opt(C))."""
   g, _, b = chinchilla_frontier_constants(law)
-  c6 = (np.asarray(d, float) * g)**(1.0 / b)
+  c6 = (np.asarray(d, float) * g) ** (1.0 / b)
   n = c6 / d
   return n, 6.0 * c6, chinchilla_loss(law, n, d)
 
 
 def kaplan_loss_n(law: KaplanN, n: npt.ArrayLike) -> np.ndarray:
   """Kaplan L(N) = (N_c / N)^alpha_N."""
-  return (law.N_c / np.asarray(n, float))**law.alpha_N
+  return (law.N_c / np.asarray(n, float)) ** law.alpha_N
 
 
 def kaplan_loss_d(law: KaplanD, d: npt.ArrayLike) -> np.ndarray:
   """Kaplan L(D) = (D_c / D)^alpha_D."""
-  return (law.D_c / np.asarray(d, float))**law.alpha_D
+  return (law.D_c / np.asarray(d, float)) ** law.alpha_D
 
 
 def kaplan_log_loss_joint(law: KaplanJoint, n: npt.ArrayLike, d: npt.ArrayLike) -> np.ndarray:
@@ -129,14 +139,14 @@ def kaplan_loss_joint(law: KaplanJoint, n: npt.ArrayLike, d: npt.ArrayLike) -> n
 def _kaplan_joint_k(law):
   """(p, K) with N_opt = K C^(1/(1+p)) under C = 6ND, p = alpha_N / alpha_D."""
   p = law.alpha_N / law.alpha_D
-  return p, (p * law.N_c**p / (6.0 * law.D_c))**(1.0 / (1.0 + p))
+  return p, (p * law.N_c**p / (6.0 * law.D_c)) ** (1.0 / (1.0 + p))
 
 
 def kaplan_joint_optimal(law: KaplanJoint, compute: npt.ArrayLike) -> Arrays3:
   """Minimum of Kaplan's L(N, C/(6N)) over N: (N_opt, D_opt, L_opt), from d/dN of the bracket = 0."""
   p, k = _kaplan_joint_k(law)
   c = np.asarray(compute, float)
-  n = k * c**(1.0 / (1.0 + p))
+  n = k * c ** (1.0 / (1.0 + p))
   d = c / (6.0 * n)
   return n, d, kaplan_loss_joint(law, n, d)
 
@@ -144,7 +154,7 @@ def kaplan_joint_optimal(law: KaplanJoint, compute: npt.ArrayLike) -> Arrays3:
 def kaplan_joint_optimal_for_params(law: KaplanJoint, n: npt.ArrayLike) -> Arrays3:
   """Tokens, compute and loss at which N params is optimal under Kaplan's L(N, D) with C = 6ND."""
   p, k = _kaplan_joint_k(law)
-  c = (np.asarray(n, float) / k)**(1.0 + p)
+  c = (np.asarray(n, float) / k) ** (1.0 + p)
   d = c / (6.0 * n)
   return d, c, kaplan_loss_joint(law, n, d)
 
@@ -152,6 +162,6 @@ def kaplan_joint_optimal_for_params(law: KaplanJoint, n: npt.ArrayLike) -> Array
 def kaplan_joint_optimal_for_tokens(law: KaplanJoint, d: npt.ArrayLike) -> Arrays3:
   """Params, compute and loss at which D tokens is optimal under Kaplan's L(N, D) with C = 6ND."""
   p, k = _kaplan_joint_k(law)
-  c = (6.0 * k * np.asarray(d, float))**((1.0 + p) / p)
+  c = (6.0 * k * np.asarray(d, float)) ** ((1.0 + p) / p)
   n = c / (6.0 * d)
   return n, c, kaplan_loss_joint(law, n, d)

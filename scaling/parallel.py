@@ -12,6 +12,7 @@ table is the same as a sequential run's. SIGTERM/SIGINT are passed on: each runn
 checkpoints and stops; rerunning the command resumes. `--config.*` overrides go to every member.
 WSD branches of one trunk never run at once (they share the trunk); they wait for each other.
 """
+
 import glob
 import logging
 import os
@@ -26,8 +27,12 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config file (path[:arg]).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The sweep directory (as for main.py).')
 _GROUPS = flags.DEFINE_integer('groups', 2, 'Members run at once (device groups).')
-_PLATFORM = flags.DEFINE_enum('platform', 'auto', ['auto', 'gpu', 'tpu', 'cpu'],
-                              'Which devices to split (auto: GPUs, else TPU chips, else CPU).')
+_PLATFORM = flags.DEFINE_enum(
+  'platform',
+  'auto',
+  ['auto', 'gpu', 'tpu', 'cpu'],
+  'Which devices to split (auto: GPUs, else TPU chips, else CPU).',
+)
 _DEVICES = flags.DEFINE_integer('devices', 0, 'Devices to split (0: all found; CPU: groups).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -65,13 +70,20 @@ def group_env(platform: str, devices: list, index: int) -> dict:
     if len(devices) not in _TPU_BOUNDS:
       raise ValueError(f'--groups: {len(devices)} TPU chips per member; use 1, 2, 4 or 8')
     port = 8476 + index
-    return {'TPU_VISIBLE_CHIPS': ids, 'TPU_CHIPS_PER_PROCESS_BOUNDS': _TPU_BOUNDS[len(devices)],
-            'TPU_PROCESS_BOUNDS': '1,1,1', 'TPU_PROCESS_ADDRESSES': f'localhost:{port}',
-            'TPU_PROCESS_PORT': str(port), 'CLOUD_TPU_TASK_ID': '0'}
+    return {
+      'TPU_VISIBLE_CHIPS': ids,
+      'TPU_CHIPS_PER_PROCESS_BOUNDS': _TPU_BOUNDS[len(devices)],
+      'TPU_PROCESS_BOUNDS': '1,1,1',
+      'TPU_PROCESS_ADDRESSES': f'localhost:{port}',
+      'TPU_PROCESS_PORT': str(port),
+      'CLOUD_TPU_TASK_ID': '0',
+    }
   flags_ = os.environ.get('XLA_FLAGS', '').split()
   flags_ = [f for f in flags_ if not f.startswith('--xla_force_host_platform_device_count')]
-  return {'XLA_FLAGS': ' '.join(flags_ + [
-      f'--xla_force_host_platform_device_count={len(devices)}']), 'JAX_PLATFORMS': 'cpu'}
+  return {
+    'XLA_FLAGS': ' '.join(flags_ + [f'--xla_force_host_platform_device_count={len(devices)}']),
+    'JAX_PLATFORMS': 'cpu',
+  }
 
 
 def split(num_devices: int, groups: int) -> list:
@@ -83,15 +95,22 @@ def split(num_devices: int, groups: int) -> list:
 
 
 def member_command(config_arg: str, workdir: str, member: int, overrides) -> list:
-  return [sys.executable, os.path.join(REPO, 'main.py'), f'--config={config_arg}',
-          f'--workdir={workdir}', f'--config.sweep.member={member}',
-          '--config.distributed.initialize=no'] + [f'--config.{o}' for o in overrides]
+  return [
+    sys.executable,
+    os.path.join(REPO, 'main.py'),
+    f'--config={config_arg}',
+    f'--workdir={workdir}',
+    f'--config.sweep.member={member}',
+    '--config.distributed.initialize=no',
+  ] + [f'--config.{o}' for o in overrides]
 
 
-def run(config, config_arg: str, workdir: str, groups: int, platform: str, devices: int,
-        overrides=()) -> dict:
+def run(
+  config, config_arg: str, workdir: str, groups: int, platform: str, devices: int, overrides=()
+) -> dict:
   """Runs the sweep's unfinished members `groups` at a time; returns {member: exit code}."""
   from scaling import sweep  # (no JAX backend is started here)
+
   ms = sweep.members(config)
   todo = []
   for i, m in enumerate(ms):
@@ -101,8 +120,14 @@ def run(config, config_arg: str, workdir: str, groups: int, platform: str, devic
   platform, found = detect(platform)
   subsets = split(devices or found or groups, groups)
   os.makedirs(os.path.join(workdir, 'parallel_logs'), exist_ok=True)
-  logging.info('%d of %d members to run, %d at a time on %s devices %s', len(todo), len(ms),
-               groups, platform, subsets)
+  logging.info(
+    '%d of %d members to run, %d at a time on %s devices %s',
+    len(todo),
+    len(ms),
+    groups,
+    platform,
+    subsets,
+  )
   running, codes, stopping = {}, {}, []
 
   def forward(signum, _):
@@ -123,11 +148,17 @@ def run(config, config_arg: str, workdir: str, groups: int, platform: str, devic
           ready = [j for j in ready if ms[j].trunk != ms[i].trunk]
         log = open(os.path.join(workdir, 'parallel_logs', f'{ms[i].name}.log'), 'w')
         env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3', **group_env(platform, subsets[g], g)}
-        proc = subprocess.Popen(member_command(config_arg, workdir, i, overrides), cwd=REPO,
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+          member_command(config_arg, workdir, i, overrides),
+          cwd=REPO,
+          env=env,
+          stdout=log,
+          stderr=subprocess.STDOUT,
+        )
         running[g] = (proc, i, log)
-        logging.info('member %d %s started on devices %s (pid %d)', i, ms[i].name,
-                     subsets[g], proc.pid)
+        logging.info(
+          'member %d %s started on devices %s (pid %d)', i, ms[i].name, subsets[g], proc.pid
+        )
       if stopping and not running:
         break
       time.sleep(0.2)
@@ -146,12 +177,25 @@ def run(config, config_arg: str, workdir: str, groups: int, platform: str, devic
 def main(argv):
   del argv
   config_arg = next(a.split('=', 1)[1] for a in sys.argv if a.startswith('--config='))
-  overrides = [a[len('--config.'):] for a in sys.argv[1:] if a.startswith('--config.')]
-  codes = run(_CONFIG.value, config_arg, _WORKDIR.value, _GROUPS.value, _PLATFORM.value,
-              _DEVICES.value, overrides)
+  overrides = [a[len('--config.') :] for a in sys.argv[1:] if a.startswith('--config.')]
+  codes = run(
+    _CONFIG.value,
+    config_arg,
+    _WORKDIR.value,
+    _GROUPS.value,
+    _PLATFORM.value,
+    _DEVICES.value,
+    overrides,
+  )
   failed = {k: v for k, v in codes.items() if v}
-  print({'ran': len(codes), 'failed': failed,
-         'results_csv': os.path.join(_WORKDIR.value, 'results.csv')}, flush=True)
+  print(
+    {
+      'ran': len(codes),
+      'failed': failed,
+      'results_csv': os.path.join(_WORKDIR.value, 'results.csv'),
+    },
+    flush=True,
+  )
   sys.exit(1 if failed else 0)
 
 

@@ -11,20 +11,19 @@ supervised and distilled, with the teacher's loss as a horizontal line; the tabl
 
   python -m scaling.plot --results=W/results.csv --distill   # W/results_distill.png
 """
+
 import csv
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
-from absl import flags
 import matplotlib
 import numpy as np
+from absl import flags
 
-from scaling import cli
+from scaling import cli, laws, predict
 from scaling import fit as fit_lib
-from scaling import laws
-from scaling import predict
 from scaling import results as results_lib
 
 matplotlib.use('Agg')
@@ -32,9 +31,15 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
 flags.DEFINE_string('results', None, 'results CSV the fit was made from', flag_values=FLAGS)
-flags.DEFINE_string('fit', '', 'JSON written by scaling.fit (not with --distill)', flag_values=FLAGS)
-flags.DEFINE_bool('distill', False, 'a distillation sweep: plot student loss vs size (no fit needed)',
-                  flag_values=FLAGS)
+flags.DEFINE_string(
+  'fit', '', 'JSON written by scaling.fit (not with --distill)', flag_values=FLAGS
+)
+flags.DEFINE_bool(
+  'distill',
+  False,
+  'a distillation sweep: plot student loss vs size (no fit needed)',
+  flag_values=FLAGS,
+)
 flags.DEFINE_string('out_dir', '', 'default: the results CSV directory', flag_values=FLAGS)
 flags.mark_flag_as_required('results', flag_values=FLAGS)
 
@@ -46,8 +51,9 @@ def fitted_loss(runs: results_lib.Runs, fit: dict) -> np.ndarray:
     law = laws.Chinchilla(E=c['E'], A=c['A'], B=c['B'], alpha=c['alpha'], beta=c['beta'])
     return laws.chinchilla_loss(law, runs.params, runs.tokens)
   if fit['law'] == 'kaplan':
-    law = laws.KaplanJoint(alpha_N=c['joint_alpha_N'], alpha_D=c['joint_alpha_D'],
-                           N_c=c['joint_N_c'], D_c=c['joint_D_c'])
+    law = laws.KaplanJoint(
+      alpha_N=c['joint_alpha_N'], alpha_D=c['joint_alpha_D'], N_c=c['joint_N_c'], D_c=c['joint_D_c']
+    )
     return laws.kaplan_loss_joint(law, runs.params, runs.tokens)
   out = np.full(len(runs), np.nan)
   budgets = fit.get('budgets', [])
@@ -68,8 +74,7 @@ def plot_loss_vs_compute(runs: results_lib.Runs, fit: dict, path: str) -> None:
   cs = np.logspace(np.log10(runs.flops.min()) - 0.5, np.log10(runs.flops.max()) + 1, 100)
   frontier = [predict.predict_point(fit, compute=c)['loss'] for c in cs]
   ax.plot(cs, frontier, 'k--', label=f'{fit["law"]} compute-optimal frontier')
-  ax.set(xscale='log', xlabel='training FLOPs (6ND)', ylabel='loss',
-         title='Loss vs compute')
+  ax.set(xscale='log', xlabel='training FLOPs (6ND)', ylabel='loss', title='Loss vs compute')
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -96,7 +101,9 @@ def plot_isoflops(runs: results_lib.Runs, fit: dict, path: str) -> bool:
     colour = cmap(i / max(1, len(profiles) - 1) * 0.85)
     g = labels[np.argmin(np.abs(np.log(runs.flops) - np.log(prof['flops'])))]
     idx = labels == g
-    ax.scatter(runs.params[idx], runs.loss[idx], color=colour, s=14, label=f'{prof["flops"]:.2g} FLOPs')
+    ax.scatter(
+      runs.params[idx], runs.loss[idx], color=colour, s=14, label=f'{prof["flops"]:.2g} FLOPs'
+    )
     x = np.linspace(np.log(runs.params[idx].min()), np.log(runs.params[idx].max()), 100)
     ax.plot(np.exp(x), np.polyval(prof['parabola_ln_params'], x), color=colour, lw=1)
     ax.plot(prof['params_opt'], prof['loss_opt'], 'k*', ms=8)
@@ -116,9 +123,12 @@ def plot_observed_vs_fitted(runs: results_lib.Runs, fit: dict, path: str) -> Non
   ax.scatter(pred[ok], runs.loss[ok], s=14)
   lo, hi = min(pred[ok].min(), runs.loss.min()), max(pred[ok].max(), runs.loss.max())
   ax.plot([lo, hi], [lo, hi], 'k--', lw=1)
-  rmse = float(np.sqrt(np.mean((np.log(pred[ok]) - np.log(runs.loss[ok]))**2)))
-  ax.set(xlabel=f'fitted loss ({fit["law"]})', ylabel='observed loss',
-         title=f'Observed vs fitted (RMS log error {rmse:.3g})')
+  rmse = float(np.sqrt(np.mean((np.log(pred[ok]) - np.log(runs.loss[ok])) ** 2)))
+  ax.set(
+    xlabel=f'fitted loss ({fit["law"]})',
+    ylabel='observed loss',
+    title=f'Observed vs fitted (RMS log error {rmse:.3g})',
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -157,10 +167,17 @@ def read_distill_rows(results_csv: str) -> list[dict]:
     for r in reader:
       if r.get('mode') not in ('supervised', 'distill'):
         continue
-      rows.append({'name': r.get('name', ''), 'mode': r['mode'], 'params': _float(r.get('params')),
-                   'tokens': _float(r.get('tokens')), 'loss': _float(r.get('loss')),
-                   'teacher_params': _float(r.get('teacher_params')),
-                   'teacher_loss': _float(r.get('teacher_loss'))})
+      rows.append(
+        {
+          'name': r.get('name', ''),
+          'mode': r['mode'],
+          'params': _float(r.get('params')),
+          'tokens': _float(r.get('tokens')),
+          'loss': _float(r.get('loss')),
+          'teacher_params': _float(r.get('teacher_params')),
+          'teacher_loss': _float(r.get('teacher_loss')),
+        }
+      )
   if not rows:
     raise ValueError(f'{results_csv}: no supervised or distill rows')
   return rows
@@ -176,9 +193,17 @@ def distill_table(rows: Sequence[dict]) -> list[dict]:
     sup = modes.get('supervised', {}).get('loss', float('nan'))
     dis = modes.get('distill', {}).get('loss', float('nan'))
     t = modes.get('distill', {})
-    out.append({'params': params, 'tokens': tokens, 'supervised': sup, 'distill': dis,
-                'diff': dis - sup, 'teacher_params': t.get('teacher_params', float('nan')),
-                'teacher_loss': t.get('teacher_loss', float('nan'))})
+    out.append(
+      {
+        'params': params,
+        'tokens': tokens,
+        'supervised': sup,
+        'distill': dis,
+        'diff': dis - sup,
+        'teacher_params': t.get('teacher_params', float('nan')),
+        'teacher_loss': t.get('teacher_loss', float('nan')),
+      }
+    )
   return out
 
 
@@ -189,26 +214,38 @@ def plot_distill_sweep(results_csv: str, out_path: str) -> list[dict]:
   """
   rows = read_distill_rows(results_csv)
   token_budgets = sorted({r['tokens'] for r in rows})
-  styles = {'supervised': ('tab:blue', 'o', 'supervised (from scratch)'),
-            'distill': ('tab:orange', 's', 'distilled')}
+  styles = {
+    'supervised': ('tab:blue', 'o', 'supervised (from scratch)'),
+    'distill': ('tab:orange', 's', 'distilled'),
+  }
   fig, ax = plt.subplots(figsize=(6, 4.5))
   for k, tokens in enumerate(token_budgets):
     for mode, (colour, marker, label) in styles.items():
-      pts = sorted((r['params'], r['loss']) for r in rows
-                   if r['mode'] == mode and r['tokens'] == tokens and np.isfinite(r['loss']))
+      pts = sorted(
+        (r['params'], r['loss'])
+        for r in rows
+        if r['mode'] == mode and r['tokens'] == tokens and np.isfinite(r['loss'])
+      )
       if not pts:
         continue
       if len(token_budgets) > 1:
         label = f'{label}, {tokens:.3g} tokens'
       x, y = zip(*pts)
       ax.plot(x, y, marker=marker, color=colour, ls=('-', '--', ':', '-.')[k % 4], label=label)
-  teachers = {(r['teacher_params'], r['teacher_loss']) for r in rows
-              if r['mode'] == 'distill' and np.isfinite(r['teacher_loss'])}
+  teachers = {
+    (r['teacher_params'], r['teacher_loss'])
+    for r in rows
+    if r['mode'] == 'distill' and np.isfinite(r['teacher_loss'])
+  }
   for tp, tl in sorted(teachers):
     size = f'{tp / 1e6:.3g}M params' if np.isfinite(tp) else 'params unknown'
     ax.axhline(tl, color='k', ls='--', lw=1, label=f'teacher ({size}): {tl:.3f}')
-  ax.set(xscale='log', xlabel='student params', ylabel='student eval loss (CE, nats/token)',
-         title='Distillation sweep: student loss vs size')
+  ax.set(
+    xscale='log',
+    xlabel='student params',
+    ylabel='student eval loss (CE, nats/token)',
+    title='Distillation sweep: student loss vs size',
+  )
   ax.legend(fontsize=8)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
@@ -219,16 +256,21 @@ def plot_distill_sweep(results_csv: str, out_path: str) -> list[dict]:
 
 def format_distill_table(table: Sequence[dict]) -> str:
   """A Markdown table of distill_table()'s rows."""
-  lines = ['| student params | tokens | supervised loss | distilled loss | distilled − supervised '
-           '| teacher params | teacher loss |', '|---|---|---|---|---|---|---|']
+  lines = [
+    '| student params | tokens | supervised loss | distilled loss | distilled − supervised '
+    '| teacher params | teacher loss |',
+    '|---|---|---|---|---|---|---|',
+  ]
   for r in table:
     tp = f'{r["teacher_params"]:,.0f}' if np.isfinite(r['teacher_params']) else ''
-    lines.append(f'| {r["params"]:,.0f} | {r["tokens"]:,.0f} | {r["supervised"]:.3f} | '
-                 f'{r["distill"]:.3f} | {r["diff"]:+.3f} | {tp} | {r["teacher_loss"]:.3f} |')
+    lines.append(
+      f'| {r["params"]:,.0f} | {r["tokens"]:,.0f} | {r["supervised"]:.3f} | '
+      f'{r["distill"]:.3f} | {r["diff"]:+.3f} | {tp} | {r["teacher_loss"]:.3f} |'
+    )
   return '\n'.join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
   """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
   cli.parse(FLAGS, argv, __doc__)
   out_dir = FLAGS.out_dir or os.path.dirname(os.path.abspath(FLAGS.results))
@@ -249,8 +291,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       fit = json.load(f)
     cols = fit.get('columns', {})
     runs = results_lib.read_results(
-        FLAGS.results, params_col=cols.get('params', 'params'), tokens_col=cols.get('tokens', 'tokens'),
-        loss_col=cols.get('loss', 'loss'), flops_col=cols.get('flops', 'flops'))
+      FLAGS.results,
+      params_col=cols.get('params', 'params'),
+      tokens_col=cols.get('tokens', 'tokens'),
+      loss_col=cols.get('loss', 'loss'),
+      flops_col=cols.get('flops', 'flops'),
+    )
   except (OSError, ValueError) as e:
     sys.exit(f'error: {e}')
   for path in plot_all(runs, fit, out_dir, stem):

@@ -7,23 +7,26 @@ only C, the compute-optimal allocation; given N (or D) alone, the C at which it 
   python -m scaling.predict --law=chinchilla --compute=5.76e23      # ~40B params (Chinchilla, Table A3)
   python -m scaling.predict --law=fit.json --params=1e9 --compute=1e20
 """
+
 import dataclasses
 import json
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
-from absl import flags
 import numpy as np
+from absl import flags
 
-from scaling import cli
-from scaling import laws
+from scaling import cli, laws
 
 QUANTITIES = ('params', 'tokens', 'compute', 'loss')
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
-flags.DEFINE_string('law', 'chinchilla',
-                    "'chinchilla' | 'chinchilla_rounded' | 'kaplan' (published) or a scaling.fit JSON",
-                    flag_values=FLAGS)
+flags.DEFINE_string(
+  'law',
+  'chinchilla',
+  "'chinchilla' | 'chinchilla_rounded' | 'kaplan' (published) or a scaling.fit JSON",
+  flag_values=FLAGS,
+)
 flags.DEFINE_float('compute', None, 'training FLOPs, C = 6ND', flag_values=FLAGS)
 flags.DEFINE_float('params', None, 'model parameters N', flag_values=FLAGS)
 flags.DEFINE_float('tokens', None, 'training tokens D', flag_values=FLAGS)
@@ -35,13 +38,25 @@ def published(name: str) -> dict:
   if name in ('chinchilla', 'chinchilla_rounded'):
     law = laws.CHINCHILLA if name == 'chinchilla' else laws.CHINCHILLA_ROUNDED
     g, a, b = laws.chinchilla_frontier_constants(law)
-    return {'law': 'chinchilla', 'source': f'published {name} (Hoffmann et al. 2022)',
-            'constants': {**dataclasses.asdict(law), 'a': a, 'b': b, 'G': g}}
+    return {
+      'law': 'chinchilla',
+      'source': f'published {name} (Hoffmann et al. 2022)',
+      'constants': {**dataclasses.asdict(law), 'a': a, 'b': b, 'G': g},
+    }
   if name == 'kaplan':
     j = laws.KAPLAN_JOINT
-    return {'law': 'kaplan', 'source': 'published (Kaplan et al. 2020)', 'constants': {
-        'alpha_N': laws.KAPLAN_N.alpha_N, 'N_c': laws.KAPLAN_N.N_c, 'joint_alpha_N': j.alpha_N,
-        'joint_alpha_D': j.alpha_D, 'joint_N_c': j.N_c, 'joint_D_c': j.D_c}}
+    return {
+      'law': 'kaplan',
+      'source': 'published (Kaplan et al. 2020)',
+      'constants': {
+        'alpha_N': laws.KAPLAN_N.alpha_N,
+        'N_c': laws.KAPLAN_N.N_c,
+        'joint_alpha_N': j.alpha_N,
+        'joint_alpha_D': j.alpha_D,
+        'joint_N_c': j.N_c,
+        'joint_D_c': j.D_c,
+      },
+    }
   raise ValueError(f'unknown published law {name!r}')
 
 
@@ -65,8 +80,9 @@ def _chinchilla(c, compute, params, tokens):
 
 
 def _kaplan(c, compute, params, tokens):
-  law = laws.KaplanJoint(alpha_N=c['joint_alpha_N'], alpha_D=c['joint_alpha_D'],
-                         N_c=c['joint_N_c'], D_c=c['joint_D_c'])
+  law = laws.KaplanJoint(
+    alpha_N=c['joint_alpha_N'], alpha_D=c['joint_alpha_D'], N_c=c['joint_N_c'], D_c=c['joint_D_c']
+  )
   if params is None and tokens is None:
     params, tokens, _ = laws.kaplan_joint_optimal(law, compute)
   elif tokens is None and compute is None:
@@ -81,15 +97,21 @@ def _isoflop(c, compute, params, tokens):
   if params is not None and tokens is not None:
     return params, tokens, compute, None
   if compute is None:
-    compute = (params / c['k_N'])**(1 / c['a']) if tokens is None else (tokens / c['k_D'])**(1 / c['b'])
+    compute = (
+      (params / c['k_N']) ** (1 / c['a']) if tokens is None else (tokens / c['k_D']) ** (1 / c['b'])
+    )
   if params is None:
-    params = c['k_N'] * compute**c['a'] if tokens is None else compute / (6.0 * tokens)
+    params = c['k_N'] * compute ** c['a'] if tokens is None else compute / (6.0 * tokens)
   tokens = compute / (6.0 * params) if tokens is None else tokens
-  return params, tokens, compute, c['k_L'] * compute**c['gamma']
+  return params, tokens, compute, c['k_L'] * compute ** c['gamma']
 
 
-def predict_point(fit: dict, compute: Optional[float] = None, params: Optional[float] = None,
-                  tokens: Optional[float] = None) -> dict:
+def predict_point(
+  fit: dict,
+  compute: float | None = None,
+  params: float | None = None,
+  tokens: float | None = None,
+) -> dict:
   """{params, tokens, compute, loss} under fit's constants; give C alone, N or D alone, or two of them."""
   given = sum(v is not None for v in (compute, params, tokens))
   if given not in (1, 2):
@@ -106,16 +128,27 @@ def predict_point(fit: dict, compute: Optional[float] = None, params: Optional[f
   return {k: (None if v is None else float(v)) for k, v in zip(QUANTITIES, out)}
 
 
-def predict(fit: dict, compute: Optional[float] = None, params: Optional[float] = None,
-            tokens: Optional[float] = None) -> dict:
+def predict(
+  fit: dict,
+  compute: float | None = None,
+  params: float | None = None,
+  tokens: float | None = None,
+) -> dict:
   """predict_point plus, if the fit has bootstrap samples, 95% percentile intervals (ci95) of the outputs."""
   out = {'law': fit['law'], **predict_point(fit, compute, params, tokens)}
   boot = fit.get('bootstrap')
   if boot and boot.get('samples'):
     samples = boot['samples']
     k = min(len(v) for v in samples.values())
-    draws = [predict_point({'law': fit['law'], 'constants': {n: v[i] for n, v in samples.items()}},
-                           compute, params, tokens) for i in range(k)]
+    draws = [
+      predict_point(
+        {'law': fit['law'], 'constants': {n: v[i] for n, v in samples.items()}},
+        compute,
+        params,
+        tokens,
+      )
+      for i in range(k)
+    ]
     given = {'compute': compute, 'params': params, 'tokens': tokens}
     out['ci95'] = {}
     for q in QUANTITIES:
@@ -126,7 +159,7 @@ def predict(fit: dict, compute: Optional[float] = None, params: Optional[float] 
   return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
   """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
   cli.parse(FLAGS, argv, __doc__)
   try:

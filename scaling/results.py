@@ -3,11 +3,12 @@
 Columns are configurable; tokens may instead come from a FLOPs column as D = C / (6N), the
 C = 6ND convention of Kaplan et al. 2020 and Hoffmann et al. 2022.
 """
+
 import csv
 import dataclasses
 import math
 import os
-from typing import Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -16,10 +17,11 @@ import numpy.typing as npt
 @dataclasses.dataclass
 class Runs:
   """Validated runs: 1-D float arrays of equal length, all positive and finite."""
+
   names: list
   params: np.ndarray
   tokens: np.ndarray
-  flops: np.ndarray   # from the FLOPs column when present, else 6·N·D.
+  flops: np.ndarray  # from the FLOPs column when present, else 6·N·D.
   loss: np.ndarray
   path: str = ''
   selection: str = ''  # how several runs per (N, D) (lr / seed axes) became one.
@@ -30,8 +32,15 @@ class Runs:
   def subset(self, idx: npt.ArrayLike) -> 'Runs':
     """The runs at integer indices idx (repeats allowed, for bootstrap resampling)."""
     idx = np.asarray(idx, int)
-    return Runs([self.names[i] for i in idx], self.params[idx], self.tokens[idx],
-                self.flops[idx], self.loss[idx], self.path, self.selection)
+    return Runs(
+      [self.names[i] for i in idx],
+      self.params[idx],
+      self.tokens[idx],
+      self.flops[idx],
+      self.loss[idx],
+      self.path,
+      self.selection,
+    )
 
 
 def _value(path, row_no, name, col, text):
@@ -50,9 +59,15 @@ def _value(path, row_no, name, col, text):
   return v
 
 
-def select_lr(rows: Sequence[dict], path: str, key_cols: Sequence[str], loss_col: str = 'loss',
-              lr: Union[str, float] = 'best', lr_col: str = 'lr',
-              seed_col: str = 'seed') -> tuple[list[dict], str]:
+def select_lr(
+  rows: Sequence[dict],
+  path: str,
+  key_cols: Sequence[str],
+  loss_col: str = 'loss',
+  lr: str | float = 'best',
+  lr_col: str = 'lr',
+  seed_col: str = 'seed',
+) -> tuple[list[dict], str]:
   """Collapses an lr / seed sweep to one row per (N, D): the mean loss over seeds of each lr, then
   the best lr (lr='best') or the declared (transferred) lr. Returns (rows, description)."""
   groups = {}
@@ -69,15 +84,18 @@ def select_lr(rows: Sequence[dict], path: str, key_cols: Sequence[str], loss_col
       try:
         by_lr.setdefault(float(r[lr_col]), []).append(float(r[loss_col]))
       except (KeyError, TypeError, ValueError):
-        raise ValueError(f'{path}: several runs share {dict(zip(key_cols, key))} but a row has no '
-                         f'numeric {lr_col!r} to tell them apart') from None
+        raise ValueError(
+          f'{path}: several runs share {dict(zip(key_cols, key))} but a row has no '
+          f'numeric {lr_col!r} to tell them apart'
+        ) from None
     if lr == 'best':
       chosen = min(by_lr, key=lambda x: float(np.mean(by_lr[x])))
     else:
       match = [x for x in by_lr if math.isclose(x, float(lr), rel_tol=1e-6)]
       if not match:
-        raise ValueError(f'{path}: no run with {lr_col}={lr} for {dict(zip(key_cols, key))} '
-                         f'(have {sorted(by_lr)})')
+        raise ValueError(
+          f'{path}: no run with {lr_col}={lr} for {dict(zip(key_cols, key))} (have {sorted(by_lr)})'
+        )
       chosen = match[0]
     row = dict(next(r for r in group if float(r[lr_col]) == chosen))
     row[loss_col] = repr(float(np.mean(by_lr[chosen])))
@@ -86,9 +104,16 @@ def select_lr(rows: Sequence[dict], path: str, key_cols: Sequence[str], loss_col
   return out, f'{how}; loss = mean over {len(seeds)} seed(s)'
 
 
-def read_results(path: Union[str, os.PathLike], params_col: str = 'params', tokens_col: str = 'tokens',
-                 loss_col: str = 'loss', flops_col: str = 'flops', name_col: str = 'name',
-                 min_rows: int = 3, lr: Union[str, float, None] = 'best') -> Runs:
+def read_results(
+  path: str | os.PathLike,
+  params_col: str = 'params',
+  tokens_col: str = 'tokens',
+  loss_col: str = 'loss',
+  flops_col: str = 'flops',
+  name_col: str = 'name',
+  min_rows: int = 3,
+  lr: str | float | None = 'best',
+) -> Runs:
   """Reads runs from a CSV; tokens from tokens_col, else D = C / (6N) from flops_col.
 
   Pass tokens_col='' to force tokens from FLOPs. Rows of an lr / seed sweep are collapsed by
@@ -131,22 +156,33 @@ def read_results(path: Union[str, os.PathLike], params_col: str = 'params', toke
     loss.append(_value(path, i, name, loss_col, r[loss_col]))
     c = None
     if has_flops and not (use_tokens and not (r[flops_col] or '').strip()):
-      c = _value(path, i, name, flops_col, r[flops_col])  # blank FLOPs are fine when tokens are given.
+      c = _value(
+        path, i, name, flops_col, r[flops_col]
+      )  # blank FLOPs are fine when tokens are given.
     d = _value(path, i, name, tokens_col, r[tokens_col]) if use_tokens else c / (6.0 * n)
     tokens.append(d)
     flops.append(c if c is not None else 6.0 * n * d)
-  return Runs(names, np.array(params), np.array(tokens), np.array(flops), np.array(loss), str(path),
-              selection)
+  return Runs(
+    names, np.array(params), np.array(tokens), np.array(flops), np.array(loss), str(path), selection
+  )
 
 
-def write_results(path: Union[str, os.PathLike], runs: Runs,
-                  extra: Optional[Mapping[str, npt.ArrayLike]] = None) -> None:
+def write_results(
+  path: str | os.PathLike, runs: Runs, extra: Mapping[str, npt.ArrayLike] | None = None
+) -> None:
   """Writes runs as a CSV with the default column names (plus extra {column: values})."""
   extra = extra or {}
   with open(path, 'w', newline='') as f:
     w = csv.writer(f)
     w.writerow(['name', 'params', 'tokens', 'flops', 'loss', *extra])
     for i in range(len(runs)):
-      w.writerow([runs.names[i], repr(float(runs.params[i])), repr(float(runs.tokens[i])),
-                  repr(float(runs.flops[i])), repr(float(runs.loss[i])),
-                  *(repr(float(v[i])) for v in extra.values())])
+      w.writerow(
+        [
+          runs.names[i],
+          repr(float(runs.params[i])),
+          repr(float(runs.tokens[i])),
+          repr(float(runs.flops[i])),
+          repr(float(runs.loss[i])),
+          *(repr(float(v[i])) for v in extra.values()),
+        ]
+      )

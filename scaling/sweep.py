@@ -57,6 +57,7 @@ member directory made by a different config is an error, not silently reused.
 
   python -m scaling.sweep --config=configs/sweeps/isoflop_tiny.py     # print the members only
 """
+
 import copy
 import csv
 import dataclasses
@@ -70,7 +71,6 @@ import os
 import shutil
 import threading
 import time
-from typing import Optional
 
 import ml_collections
 
@@ -80,25 +80,66 @@ from scaling import family as family_lib
 from train import workdir as workdir_lib
 
 KINDS = ('isoflop', 'grid', 'width', 'wsd')
-RESULT_COLUMNS = ('name', 'params', 'non_embedding_params', 'tokens', 'flops', 'loss',
-                  'bits_per_byte', 'steps', 'wall_s', 'config_hash', 'kind', 'budget',
-                  'target_params', 'target_tokens', 'embedding_params', 'n_layers', 'd_model',
-                  'n_heads', 'd_ff', 'lr', 'warmup_steps', 'tokens_per_step', 'flops_chinchilla',
-                  'seed', 'parametrization')
+RESULT_COLUMNS = (
+  'name',
+  'params',
+  'non_embedding_params',
+  'tokens',
+  'flops',
+  'loss',
+  'bits_per_byte',
+  'steps',
+  'wall_s',
+  'config_hash',
+  'kind',
+  'budget',
+  'target_params',
+  'target_tokens',
+  'embedding_params',
+  'n_layers',
+  'd_model',
+  'n_heads',
+  'd_ff',
+  'lr',
+  'warmup_steps',
+  'tokens_per_step',
+  'flops_chinchilla',
+  'seed',
+  'parametrization',
+)
 DISTILL_COLUMNS = ('mode', 'teacher_params', 'teacher_loss')
 WSD_COLUMNS = ('branch_tokens', 'trunk')
-HASH_EXCLUDE = ('data.data_dir', 'distributed', 'mesh', 'train.async_checkpoint',
-                'train.spike_factor', 'train.spike_window')
+HASH_EXCLUDE = (
+  'data.data_dir',
+  'distributed',
+  'mesh',
+  'train.async_checkpoint',
+  'train.spike_factor',
+  'train.spike_window',
+)
 # Keys added after sweeps were run: left out of the hash at their default (old behaviour), so
 # existing sweep directories stay valid.
-HASH_DEFAULTS = {'model.parametrization': 'sp', 'model.base_d_model': 0, 'model.base_d_ff': 0,
-                 'model.base_head_dim': 0, 'model.fp8': False, 'train.loss_scale': 'auto',
-                 'train.loss_scale_init': 2.0**15, 'train.loss_scale_period': 2000,
-                 'model.rope_scaling': 'none', 'model.rope_factor': 1.0,
-                 'model.rope_low_freq_factor': 1.0, 'model.rope_high_freq_factor': 4.0,
-                 'model.rope_original_max_len': 0, 'model.norm_plus_one': False,
-                 'model.qk_norm': False, 'model.embed_scale': False, 'model.out_bias': False,
-                 'model.loss_chunk': 0, 'model.vocab_multiple': 1}
+HASH_DEFAULTS = {
+  'model.parametrization': 'sp',
+  'model.base_d_model': 0,
+  'model.base_d_ff': 0,
+  'model.base_head_dim': 0,
+  'model.fp8': False,
+  'train.loss_scale': 'auto',
+  'train.loss_scale_init': 2.0**15,
+  'train.loss_scale_period': 2000,
+  'model.rope_scaling': 'none',
+  'model.rope_factor': 1.0,
+  'model.rope_low_freq_factor': 1.0,
+  'model.rope_high_freq_factor': 4.0,
+  'model.rope_original_max_len': 0,
+  'model.norm_plus_one': False,
+  'model.qk_norm': False,
+  'model.embed_scale': False,
+  'model.out_bias': False,
+  'model.loss_chunk': 0,
+  'model.vocab_multiple': 1,
+}
 MEMBER_FILE = 'sweep_member.json'
 RESULT_FILE = 'result.json'
 # The section's schema and defaults live with the configs (configs are data).
@@ -109,14 +150,15 @@ DEFAULTS = {k: v for k, v in base.get_sweep_config().items() if k != 'family'}
 @dataclasses.dataclass
 class Member:
   """One run of the sweep: its name, resolved training config and what the results table needs."""
+
   name: str
   config: ml_collections.ConfigDict
-  info: dict              # the static result columns (params, tokens, flops, ...).
-  mode: str = ''          # '' (no distill axis) | 'supervised' | 'distill'
-  trunk: str = ''         # wsd: the trunk's directory name; '' for a standalone member.
-  trunk_config: Optional[ml_collections.ConfigDict] = None   # wsd: the trunk's training config.
-  branch_step: int = 0    # wsd: the trunk step this member's cooldown starts from.
-  trunk_steps: tuple = () # wsd: every branch point of the trunk, ascending.
+  info: dict  # the static result columns (params, tokens, flops, ...).
+  mode: str = ''  # '' (no distill axis) | 'supervised' | 'distill'
+  trunk: str = ''  # wsd: the trunk's directory name; '' for a standalone member.
+  trunk_config: ml_collections.ConfigDict | None = None  # wsd: the trunk's training config.
+  branch_step: int = 0  # wsd: the trunk step this member's cooldown starts from.
+  trunk_steps: tuple = ()  # wsd: every branch point of the trunk, ascending.
 
   @property
   def config_hash(self) -> str:
@@ -126,7 +168,7 @@ class Member:
 def _short(x: float) -> str:
   """3e11 -> '3e11', 1.5e5 -> '1.5e5', 20000 -> '2e4' (3 significant digits, filesystem-safe)."""
   mant, exp = f'{float(x):.2e}'.split('e')
-  return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
+  return f'{mant.rstrip("0").rstrip(".")}e{int(exp)}'
 
 
 def _get(section, key):
@@ -157,8 +199,10 @@ def config_hash(config) -> str:
 def _check_sweep(s):
   unknown = sorted(set(s.keys()) - set(DEFAULTS) - {'family', 'distill'})
   if unknown:
-    raise ValueError(f'config.sweep has unknown keys {unknown}; known: '
-                     f'{sorted(set(DEFAULTS) | {"family", "distill"})}')
+    raise ValueError(
+      f'config.sweep has unknown keys {unknown}; known: '
+      f'{sorted(set(DEFAULTS) | {"family", "distill"})}'
+    )
   kind = _get(s, 'kind')
   if kind not in KINDS:
     raise ValueError(f'config.sweep.kind must be one of {KINDS}, got {kind!r}')
@@ -169,8 +213,9 @@ def _check_sweep(s):
     if not budgets:
       raise ValueError('config.sweep.budgets: an isoflop sweep needs at least one compute budget')
     if per and len(per) != len(budgets):
-      raise ValueError(f'config.sweep.sizes_per_budget has {len(per)} entries for '
-                       f'{len(budgets)} budgets')
+      raise ValueError(
+        f'config.sweep.sizes_per_budget has {len(per)} entries for {len(budgets)} budgets'
+      )
     if not per and not tuple(_get(s, 'sizes')):
       raise ValueError('config.sweep.sizes (or sizes_per_budget) is empty')
     if any(not b > 0 for b in budgets):
@@ -191,15 +236,26 @@ def _check_sweep(s):
   if 'distill' in s:
     modes = tuple(s.distill.get('modes', ()))
     if not modes or any(m not in ('supervised', 'distill') for m in modes):
-      raise ValueError(f"config.sweep.distill.modes must be a non-empty subset of "
-                       f"('supervised', 'distill'), got {modes}")
+      raise ValueError(
+        f'config.sweep.distill.modes must be a non-empty subset of '
+        f"('supervised', 'distill'), got {modes}"
+      )
     if 'distill' in modes and 'section' not in s.distill:
-      raise ValueError('config.sweep.distill.section (the distill config of distilled members) '
-                       'is missing')
+      raise ValueError(
+        'config.sweep.distill.section (the distill config of distilled members) is missing'
+      )
 
 
-def _member_config(base, s, fam: family_lib.Member, steps: int, warmup: int, mode: str,
-                   lr: Optional[float], seed: Optional[int]):
+def _member_config(
+  base,
+  s,
+  fam: family_lib.Member,
+  steps: int,
+  warmup: int,
+  mode: str,
+  lr: float | None,
+  seed: int | None,
+):
   """The resolved training config of one member: base config, family shape, steps, schedule,
   and its lr and seed when the sweep has those axes."""
   c = copy.deepcopy(base)
@@ -221,7 +277,7 @@ def _member_config(base, s, fam: family_lib.Member, steps: int, warmup: int, mod
   if lr is not None:
     c.optimizer.lr = float(lr)
   if exp and ref:
-    c.optimizer.lr = float(c.optimizer.lr * (ref / fam.d_model)**exp)
+    c.optimizer.lr = float(c.optimizer.lr * (ref / fam.d_model) ** exp)
   if seed is not None:
     c.seed = int(seed)
   return c
@@ -260,8 +316,11 @@ def members(config) -> list:
   for outer, sizes in axes:
     for target in sizes:
       if target not in cache:
-        cache[target] = (family_lib.at_width(rule, config.model.n_layers, target)
-                         if kind == 'width' else family_lib.design(float(target), rule))
+        cache[target] = (
+          family_lib.at_width(rule, config.model.n_layers, target)
+          if kind == 'width'
+          else family_lib.design(float(target), rule)
+        )
       fam = cache[target]
       target = float(target) if kind != 'width' else float(fam.matched)
       n = getattr(fam, count_key)
@@ -275,30 +334,46 @@ def members(config) -> list:
         budget, want_tokens = None, outer
         base_name = f'd{fam.d_model}_D{_short(outer)}'
       steps, warmup = _steps(s, want_tokens, tokens_per_step)
-      if kind == 'wsd':   # one warmup per size (its smallest budget's), so trunks are shared.
+      if kind == 'wsd':  # one warmup per size (its smallest budget's), so trunks are shared.
         warmup = _steps(s, min(float(d) for d in _get(s, 'tokens')), tokens_per_step)[1]
         steps = max(steps, warmup + 1)
       tokens = steps * tokens_per_step
       for mode, lr, seed in itertools.product(modes, lrs, seeds):
-        name = base_name + (f'_{mode}' if mode else '') + (
-            f'_lr{_short(lr)}' if lr is not None else '') + (f'_s{seed}' if seed is not None else '')
+        name = (
+          base_name
+          + (f'_{mode}' if mode else '')
+          + (f'_lr{_short(lr)}' if lr is not None else '')
+          + (f'_s{seed}' if seed is not None else '')
+        )
         if name in names:
           raise ValueError(f'config.sweep: duplicate member {name} (repeated size or budget?)')
         names.add(name)
         mcfg = _member_config(config, s, fam, steps, warmup, mode, lr, seed)
         counts = count_lib.param_counts(mcfg)
         flops_tok = count_lib.flop_counts(mcfg)
-        info = {'name': name, 'params': counts['params'],
-                'non_embedding_params': counts['non_embedding_params'],
-                'embedding_params': counts['embedding_params'], 'tokens': tokens,
-                'flops': 6.0 * counts[count_key] * tokens, 'steps': steps, 'kind': kind,
-                'budget': budget, 'target_params': target,
-                'target_tokens': outer if kind in ('grid', 'wsd') else want_tokens,
-                'n_layers': fam.n_layers, 'd_model': fam.d_model, 'n_heads': fam.n_heads,
-                'd_ff': fam.d_ff, 'lr': float(mcfg.optimizer.lr), 'warmup_steps': warmup,
-                'tokens_per_step': tokens_per_step,
-                'flops_chinchilla': flops_tok['flops_per_token_chinchilla'] * tokens,
-                'seed': int(mcfg.seed), 'parametrization': mcfg.model.parametrization}
+        info = {
+          'name': name,
+          'params': counts['params'],
+          'non_embedding_params': counts['non_embedding_params'],
+          'embedding_params': counts['embedding_params'],
+          'tokens': tokens,
+          'flops': 6.0 * counts[count_key] * tokens,
+          'steps': steps,
+          'kind': kind,
+          'budget': budget,
+          'target_params': target,
+          'target_tokens': outer if kind in ('grid', 'wsd') else want_tokens,
+          'n_layers': fam.n_layers,
+          'd_model': fam.d_model,
+          'n_heads': fam.n_heads,
+          'd_ff': fam.d_ff,
+          'lr': float(mcfg.optimizer.lr),
+          'warmup_steps': warmup,
+          'tokens_per_step': tokens_per_step,
+          'flops_chinchilla': flops_tok['flops_per_token_chinchilla'] * tokens,
+          'seed': int(mcfg.seed),
+          'parametrization': mcfg.model.parametrization,
+        }
         if mode:
           info['mode'] = mode
         out.append(Member(name, mcfg, info, mode))
@@ -312,10 +387,12 @@ def _with_trunks(ms: list, s, decay_fraction: float) -> list:
   for m in ms:
     m.config.optimizer.schedule = 'wsd'
     steps, warmup = m.info['steps'], m.config.optimizer.warmup_steps
-    branch = steps - max(int(round(decay_fraction * steps)), 1)   # as train.optimizer's 'wsd'.
+    branch = steps - max(int(round(decay_fraction * steps)), 1)  # as train.optimizer's 'wsd'.
     if branch < warmup:
-      raise ValueError(f'config.sweep: member {m.name} would branch at step {branch}, inside its '
-                       f'warmup ({warmup} steps); use larger tokens or a smaller warmup')
+      raise ValueError(
+        f'config.sweep: member {m.name} would branch at step {branch}, inside its '
+        f'warmup ({warmup} steps); use larger tokens or a smaller warmup'
+      )
     m.branch_step = branch
     m.trunk = m.name.replace(f'_D{_short(m.info["target_tokens"])}', '_trunk', 1)
     m.info.update(branch_tokens=branch * m.info['tokens_per_step'], trunk=m.trunk)
@@ -331,17 +408,21 @@ def _with_trunks(ms: list, s, decay_fraction: float) -> list:
 
 def plan_table(ms) -> str:
   """One line per member: shape, steps, tokens, FLOPs (and the rounding vs the budget)."""
-  lines = [f'{"member":<28} {"params":>10} {"non-emb":>10} {"L":>3} {"d":>4} {"steps":>6} '
-           f'{"tokens":>10} {"flops":>9} {"vs budget":>9}']
+  lines = [
+    f'{"member":<28} {"params":>10} {"non-emb":>10} {"L":>3} {"d":>4} {"steps":>6} '
+    f'{"tokens":>10} {"flops":>9} {"vs budget":>9}'
+  ]
   for m in ms:
     i = m.info
     dev = f'{i["flops"] / i["budget"] - 1:+.1%}' if i.get('budget') else ''
-    lines.append(f'{m.name:<28} {i["params"]:>10,} {i["non_embedding_params"]:>10,} '
-                 f'{i["n_layers"]:>3} {i["d_model"]:>4} {i["steps"]:>6} {i["tokens"]:>10,} '
-                 f'{i["flops"]:>9.3g} {dev:>9}')
+    lines.append(
+      f'{m.name:<28} {i["params"]:>10,} {i["non_embedding_params"]:>10,} '
+      f'{i["n_layers"]:>3} {i["d_model"]:>4} {i["steps"]:>6} {i["tokens"]:>10,} '
+      f'{i["flops"]:>9.3g} {dev:>9}'
+    )
   total = sum(m.info['flops'] for m in ms)
   line = f'{len(ms)} members, {total:.3g} training FLOPs in all (6·N·D)'
-  if any(m.trunk for m in ms):   # trunks shared: each size pays its longest run plus cooldowns.
+  if any(m.trunk for m in ms):  # trunks shared: each size pays its longest run plus cooldowns.
     trunks = {m.trunk: m.info['flops'] * max(m.trunk_steps) / m.info['steps'] for m in ms}
     cooldowns = sum(m.info['flops'] * (1 - m.branch_step / m.info['steps']) for m in ms)
     line += f'; {sum(trunks.values()) + cooldowns:.3g} actually trained (shared WSD trunks)'
@@ -349,7 +430,7 @@ def plan_table(ms) -> str:
   return '\n'.join(lines)
 
 
-def _read_json(path) -> Optional[dict]:
+def _read_json(path) -> dict | None:
   try:
     with open(path) as f:
       return json.load(f)
@@ -380,8 +461,11 @@ def merge_results(workdir: str, ms: list) -> list:
   """Rebuilds results.csv and curves.csv from every finished member's result.json, holding an
   exclusive lock (fcntl, any shared POSIX filesystem), so members that finish at the same time in
   separate jobs neither lose nor duplicate rows. Returns the rows, in member order."""
-  columns = (RESULT_COLUMNS + (DISTILL_COLUMNS if any(m.mode for m in ms) else ()) +
-             (WSD_COLUMNS if any(m.trunk for m in ms) else ()))
+  columns = (
+    RESULT_COLUMNS
+    + (DISTILL_COLUMNS if any(m.mode for m in ms) else ())
+    + (WSD_COLUMNS if any(m.trunk for m in ms) else ())
+  )
   with open(os.path.join(workdir, 'results.csv.lock'), 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     done = []
@@ -391,9 +475,11 @@ def merge_results(workdir: str, ms: list) -> list:
         done.append((m, r))
     rows = [{k: v for k, v in r.items() if k != 'status'} for _, r in done]
     write_csv(os.path.join(workdir, 'results.csv'), rows, columns)
-    write_csv(os.path.join(workdir, 'curves.csv'),
-              [c for m, _ in done for c in curve_rows(m, os.path.join(workdir, m.name))],
-              CURVE_COLUMNS)
+    write_csv(
+      os.path.join(workdir, 'curves.csv'),
+      [c for m, _ in done for c in curve_rows(m, os.path.join(workdir, m.name))],
+      CURVE_COLUMNS,
+    )
   return rows
 
 
@@ -402,36 +488,46 @@ def _finished(member_dir, h, name):
   meta = _read_json(os.path.join(member_dir, MEMBER_FILE))
   if meta is not None and meta.get('config_hash') != h:
     raise ValueError(
-        f'sweep member {name}: {member_dir} was made by a different config (hash '
-        f'{meta.get("config_hash")}, now {h}); it would not be resumed correctly. Use a new '
-        f'--workdir, or remove {member_dir} to retrain this member.')
+      f'sweep member {name}: {member_dir} was made by a different config (hash '
+      f'{meta.get("config_hash")}, now {h}); it would not be resumed correctly. Use a new '
+      f'--workdir, or remove {member_dir} to retrain this member.'
+    )
   result = _read_json(os.path.join(member_dir, RESULT_FILE))
   if result is not None and result.get('config_hash') != h:
-    raise ValueError(f'sweep member {name}: {RESULT_FILE} in {member_dir} has hash '
-                     f'{result.get("config_hash")}, config now {h}')
+    raise ValueError(
+      f'sweep member {name}: {RESULT_FILE} in {member_dir} has hash '
+      f'{result.get("config_hash")}, config now {h}'
+    )
   return result
 
 
-def _grow_trunk(workdir: str, m: Member) -> Optional[int]:
+def _grow_trunk(workdir: str, m: Member) -> int | None:
   """Train m's trunk through each branch point up to m's, stopping (and checkpointing) at each;
   returns the step a SIGTERM stopped it at, else None."""
   from train import init_from, loop  # pylint: disable=g-import-not-at-top
+
   trunk_dir = os.path.join(workdir, m.trunk)
   h = config_hash(m.trunk_config)
-  _finished(trunk_dir, h, m.trunk)   # a trunk made by another config is an error.
+  _finished(trunk_dir, h, m.trunk)  # a trunk made by another config is an error.
   os.makedirs(trunk_dir, exist_ok=True)
   import jax  # pylint: disable=g-import-not-at-top
+
   if jax.process_index() == 0:
-    workdir_lib.write_json(os.path.join(trunk_dir, MEMBER_FILE),
-                           {'name': m.trunk, 'config_hash': h})
+    workdir_lib.write_json(
+      os.path.join(trunk_dir, MEMBER_FILE), {'name': m.trunk, 'config_hash': h}
+    )
   for point in m.trunk_steps:
     if point > m.branch_step:
       break
     if (workdir_lib.latest_checkpoint_step(trunk_dir) or 0) >= point:
       continue
     logging.info('trunk %s: training to step %d (branch point)', m.trunk, point)
-    metrics = loop.run(m.trunk_config, trunk_dir, stop_after=point,
-                       init_params_fn=init_from.params_fn(m.trunk_config))
+    metrics = loop.run(
+      m.trunk_config,
+      trunk_dir,
+      stop_after=point,
+      init_params_fn=init_from.params_fn(m.trunk_config),
+    )
     if metrics.get('preempted_at_step') is not None:
       return metrics['preempted_at_step']
   return None
@@ -441,11 +537,14 @@ def _branch(workdir: str, m: Member, member_dir: str):
   """Copy the trunk's checkpoint at m's branch point into m's directory (atomically; process 0
   on the shared filesystem, the others wait)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   src = os.path.join(workdir, m.trunk, 'checkpoints', str(m.branch_step))
   if not os.path.isdir(src):
-    raise ValueError(f'sweep member {m.name}: the trunk has no checkpoint at its branch point '
-                     f'{m.branch_step} ({src}); remove {os.path.dirname(os.path.dirname(src))} '
-                     'to regrow it')
+    raise ValueError(
+      f'sweep member {m.name}: the trunk has no checkpoint at its branch point '
+      f'{m.branch_step} ({src}); remove {os.path.dirname(os.path.dirname(src))} '
+      'to regrow it'
+    )
   dest = os.path.join(member_dir, 'checkpoints', str(m.branch_step))
   if jax.process_index() == 0:
     tmp = os.path.join(member_dir, f'.branch-{m.branch_step}.tmp')
@@ -455,19 +554,32 @@ def _branch(workdir: str, m: Member, member_dir: str):
     os.replace(tmp, dest)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     multihost_utils.sync_global_devices(f'lmscale branch {m.name}')
 
 
 def _train(member: Member, member_dir: str) -> dict:
   if 'distill' in member.config:
     from train import distill  # pylint: disable=g-import-not-at-top
+
     return distill.run(member.config, member_dir)
   from train import init_from, loop  # pylint: disable=g-import-not-at-top
+
   return loop.run(member.config, member_dir, init_params_fn=init_from.params_fn(member.config))
 
 
-CURVE_COLUMNS = ('name', 'params', 'non_embedding_params', 'tokens', 'flops', 'loss', 'lr', 'seed',
-                 'parametrization', 'final')
+CURVE_COLUMNS = (
+  'name',
+  'params',
+  'non_embedding_params',
+  'tokens',
+  'flops',
+  'loss',
+  'lr',
+  'seed',
+  'parametrization',
+  'final',
+)
 
 
 def curve_rows(member: Member, member_dir: str) -> list:
@@ -482,19 +594,31 @@ def curve_rows(member: Member, member_dir: str) -> list:
       if m.get('eval/loss') is None:
         continue
       tokens = m['train/tokens_seen']
-      rows.append({'name': member.name, 'params': i['params'],
-                   'non_embedding_params': i['non_embedding_params'], 'tokens': tokens,
-                   'flops': i['flops'] * tokens / i['tokens'], 'loss': m['eval/loss'],
-                   'lr': i['lr'], 'seed': i['seed'], 'parametrization': i['parametrization'],
-                   'final': int(tokens == i['tokens'])})
+      rows.append(
+        {
+          'name': member.name,
+          'params': i['params'],
+          'non_embedding_params': i['non_embedding_params'],
+          'tokens': tokens,
+          'flops': i['flops'] * tokens / i['tokens'],
+          'loss': m['eval/loss'],
+          'lr': i['lr'],
+          'seed': i['seed'],
+          'parametrization': i['parametrization'],
+          'final': int(tokens == i['tokens']),
+        }
+      )
   return rows
 
 
 def _result_row(member: Member, metrics: dict, wall_s: float, h: str) -> dict:
   row = dict(member.info)
-  row.update(loss=float(metrics['eval/loss']),
-             bits_per_byte=float(metrics.get('eval/bits_per_byte', math.nan)),
-             wall_s=round(wall_s, 2), config_hash=h)
+  row.update(
+    loss=float(metrics['eval/loss']),
+    bits_per_byte=float(metrics.get('eval/bits_per_byte', math.nan)),
+    wall_s=round(wall_s, 2),
+    config_hash=h,
+  )
   if member.mode:
     row['teacher_params'] = metrics.get('teacher_params')
     row['teacher_loss'] = metrics.get('eval/teacher_loss')
@@ -503,19 +627,24 @@ def _result_row(member: Member, metrics: dict, wall_s: float, h: str) -> dict:
 
 def _hms(s):
   s = int(round(s))
-  return f'{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'
+  return (
+    f'{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'
+  )
 
 
 def run(config, workdir: str) -> dict:
   """Runs every member (skipping finished ones, resuming partial ones); returns a summary dict."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from train import validation  # pylint: disable=g-import-not-at-top
+
   ms = members(config)
   for m in ms:  # fail fast: every member must be a valid training config here.
     try:
       validation.derive(m.config, jax.device_count(), jax.process_count())
       if 'distill' in m.config:
         from train import distill  # pylint: disable=g-import-not-at-top
+
         distill.validate(m.config)
     except ValueError as e:
       raise ValueError(f'sweep member {m.name}: {e}') from e
@@ -524,7 +653,9 @@ def run(config, workdir: str) -> dict:
   results_path = os.path.join(workdir, 'results.csv')
   only = int(_get(config.sweep, 'member'))
   if not -1 <= only < len(ms):
-    raise ValueError(f'config.sweep.member={only}: the sweep has members 0..{len(ms) - 1} (-1: all)')
+    raise ValueError(
+      f'config.sweep.member={only}: the sweep has members 0..{len(ms) - 1} (-1: all)'
+    )
   todo = list(enumerate(ms)) if only < 0 else [(only, ms[only])]
   logging.info('Sweep of %d members in %s:\n%s', len(ms), workdir, plan_table(ms))
   if lead:
@@ -544,15 +675,21 @@ def run(config, workdir: str) -> dict:
         logging.info('%s: finished earlier (loss %.4f), skipped', tag, result['loss'])
       else:
         failed.append(m.name)
-        logging.warning('%s: %s earlier (%s), skipped; remove %s to retry', tag,
-                        result['status'], result.get('error', ''), member_dir)
+        logging.warning(
+          '%s: %s earlier (%s), skipped; remove %s to retry',
+          tag,
+          result['status'],
+          result.get('error', ''),
+          member_dir,
+        )
       continue
     latest = workdir_lib.latest_checkpoint_step(member_dir)
-    if m.trunk and latest is None:   # wsd: branch this member off its size's trunk.
+    if m.trunk and latest is None:  # wsd: branch this member off its size's trunk.
       stopped = _grow_trunk(workdir, m)
       if stopped is not None:
-        logging.warning('%s: trunk %s stopped at step %d; rerun the sweep to resume', tag,
-                        m.trunk, stopped)
+        logging.warning(
+          '%s: trunk %s stopped at step %d; rerun the sweep to resume', tag, m.trunk, stopped
+        )
         break
       os.makedirs(member_dir, exist_ok=True)
       _branch(workdir, m, member_dir)
@@ -560,11 +697,19 @@ def run(config, workdir: str) -> dict:
     os.makedirs(member_dir, exist_ok=True)
     meta = _read_json(os.path.join(member_dir, MEMBER_FILE)) or {'wall_s': 0.0}
     if lead:
-      workdir_lib.write_json(os.path.join(member_dir, MEMBER_FILE),
-                  {'name': m.name, 'config_hash': h, 'wall_s': meta['wall_s'], 'info': m.info})
-    logging.info('%s: %s (%d steps, %s tokens, %.3g FLOPs, %d params)', tag,
-                 f'resuming from step {latest}' if latest else 'starting', m.info['steps'],
-                 f'{m.info["tokens"]:,}', m.info['flops'], m.info['params'])
+      workdir_lib.write_json(
+        os.path.join(member_dir, MEMBER_FILE),
+        {'name': m.name, 'config_hash': h, 'wall_s': meta['wall_s'], 'info': m.info},
+      )
+    logging.info(
+      '%s: %s (%d steps, %s tokens, %.3g FLOPs, %d params)',
+      tag,
+      f'resuming from step {latest}' if latest else 'starting',
+      m.info['steps'],
+      f'{m.info["tokens"]:,}',
+      m.info['flops'],
+      m.info['params'],
+    )
     tic = time.time()
     status, metrics, error = 'ok', None, ''
     try:
@@ -574,18 +719,23 @@ def run(config, workdir: str) -> dict:
     finally:
       wall = meta['wall_s'] + time.time() - tic
       if lead:
-        workdir_lib.write_json(os.path.join(member_dir, MEMBER_FILE),
-                    {'name': m.name, 'config_hash': h, 'wall_s': wall, 'info': m.info})
+        workdir_lib.write_json(
+          os.path.join(member_dir, MEMBER_FILE),
+          {'name': m.name, 'config_hash': h, 'wall_s': wall, 'info': m.info},
+        )
     if status != 'ok':
       failed.append(m.name)
       logging.warning('%s: %s: %s', tag, status, error)
       if lead:
-        workdir_lib.write_json(os.path.join(member_dir, RESULT_FILE),
-                    {'name': m.name, 'config_hash': h, 'status': status, 'error': error})
+        workdir_lib.write_json(
+          os.path.join(member_dir, RESULT_FILE),
+          {'name': m.name, 'config_hash': h, 'status': status, 'error': error},
+        )
       continue
-    if metrics.get('preempted_at_step') is not None:   # SIGTERM / SIGINT: the sweep stops here.
-      logging.warning('%s: stopped at step %d; rerun the sweep to resume', tag,
-                      metrics['preempted_at_step'])
+    if metrics.get('preempted_at_step') is not None:  # SIGTERM / SIGINT: the sweep stops here.
+      logging.warning(
+        '%s: stopped at step %d; rerun the sweep to resume', tag, metrics['preempted_at_step']
+      )
       break
     row = _result_row(m, metrics, wall, h)
     rows[m.name] = row
@@ -595,13 +745,27 @@ def run(config, workdir: str) -> dict:
       merge_results(workdir, ms)
     done = len(rows) + len(failed)
     elapsed = time.time() - t_start
-    logging.info('%s: loss %.4f, %.4f bits/byte, %d steps in %.1fs | %d/%d done, sweep %s',
-                 tag, row['loss'], row['bits_per_byte'], m.info['steps'], time.time() - tic,
-                 done, len(ms), _hms(elapsed))
+    logging.info(
+      '%s: loss %.4f, %.4f bits/byte, %d steps in %.1fs | %d/%d done, sweep %s',
+      tag,
+      row['loss'],
+      row['bits_per_byte'],
+      m.info['steps'],
+      time.time() - tic,
+      done,
+      len(ms),
+      _hms(elapsed),
+    )
   finished = len(merge_results(workdir, ms)) if lead else len(rows)
-  return {'results_csv': results_path, 'members': len(ms), 'finished': finished,
-          'ran': ran, 'skipped': skipped, 'failed': failed,
-          'wall_s': round(time.time() - t_start, 1)}
+  return {
+    'results_csv': results_path,
+    'members': len(ms),
+    'finished': finished,
+    'ran': ran,
+    'skipped': skipped,
+    'failed': failed,
+    'wall_s': round(time.time() - t_start, 1),
+  }
 
 
 def main(argv):
@@ -612,5 +776,6 @@ def main(argv):
 if __name__ == '__main__':
   from absl import app  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config file (path[:arg]).')
   app.run(main)

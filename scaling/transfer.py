@@ -11,15 +11,16 @@ plot panel per parametrization (loss vs lr, a curve per width, seed range as a b
 with one JSON object {parametrization: {"optimal_lr": {width: lr}, "shift_grid_steps": k,
 "at_grid_edge": [widths], "loss_at_optimum": {width: loss}, "seeds": n}}.
 """
+
 import collections
 import csv
 import json
 import math
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
-from absl import flags
 import numpy as np
+from absl import flags
 
 from scaling import cli
 
@@ -57,17 +58,24 @@ def summarize(curves: dict) -> dict:
     if lr in (lrs[0], lrs[-1]):
       edge.append(w)
   idx = [lrs.index(best[w]) for w in widths]
-  return {'optimal_lr': best, 'shift_grid_steps': max(idx) - min(idx), 'at_grid_edge': edge,
-          'loss_at_optimum': loss_at, 'lr_grid': lrs,
-          'seeds': max(len(v) for v in curves.values())}
+  return {
+    'optimal_lr': best,
+    'shift_grid_steps': max(idx) - min(idx),
+    'at_grid_edge': edge,
+    'loss_at_optimum': loss_at,
+    'lr_grid': lrs,
+    'seeds': max(len(v) for v in curves.values()),
+  }
 
 
 def plot(data: dict, path: str) -> None:
   """One panel per parametrization: mean loss vs lr per width, seed range as a band, optimum starred."""
   # Lazy: matplotlib is heavy and only needed with --out.
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   names = list(data)
   fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), sharey=True)
   for ax, p in zip(np.atleast_1d(axes), names):
@@ -97,7 +105,7 @@ def plot(data: dict, path: str) -> None:
   plt.close(fig)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
   """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
   cli.parse(FLAGS, argv, __doc__)
   try:
@@ -108,16 +116,28 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     sys.exit(f'error: no finished members in {",".join(FLAGS.results)}')
   summary = {name: summarize(curves) for name, curves in data.items()}
   for name, s in summary.items():
-    print(f'{name}: optimum moves {s["shift_grid_steps"]} grid step(s) across widths '
-          f'({s["seeds"]} seed(s); grid {s["lr_grid"][0]:.3g} .. {s["lr_grid"][-1]:.3g}, x2)')
+    print(
+      f'{name}: optimum moves {s["shift_grid_steps"]} grid step(s) across widths '
+      f'({s["seeds"]} seed(s); grid {s["lr_grid"][0]:.3g} .. {s["lr_grid"][-1]:.3g}, x2)'
+    )
     for w, lr in s['optimal_lr'].items():
       edge = '  (grid edge)' if w in s['at_grid_edge'] else ''
       print(f'  d_model {w:>5}: best lr {lr:.3g}, loss {s["loss_at_optimum"][w]:.4f}{edge}')
   if FLAGS.out:
     plot(data, FLAGS.out)
-  print(json.dumps({k: {**v, 'optimal_lr': {str(w): lr for w, lr in v['optimal_lr'].items()},
-                        'loss_at_optimum': {str(w): x for w, x in v['loss_at_optimum'].items()}}
-                    for k, v in summary.items()}), flush=True)
+  print(
+    json.dumps(
+      {
+        k: {
+          **v,
+          'optimal_lr': {str(w): lr for w, lr in v['optimal_lr'].items()},
+          'loss_at_optimum': {str(w): x for w, x in v['loss_at_optimum'].items()},
+        }
+        for k, v in summary.items()
+      }
+    ),
+    flush=True,
+  )
 
 
 if __name__ == '__main__':

@@ -12,17 +12,17 @@ Prints a table and ends with one JSON object {law: [{"name", "params", "tokens",
 "observed", "predicted", "rel_error", "lo", "hi"}, ...]}, one row per held-out run, rel_error =
 predicted / observed - 1.
 """
+
 import csv
 import json
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
-from absl import flags
 import numpy as np
+from absl import flags
 
-from scaling import cli
+from scaling import cli, laws
 from scaling import fit as fit_lib
-from scaling import laws
 from scaling import results as results_lib
 
 LAWS = ('chinchilla', 'kaplan')
@@ -30,12 +30,18 @@ LAWS = ('chinchilla', 'kaplan')
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
 flags.DEFINE_string('results', None, 'results CSV, one run per row', flag_values=FLAGS)
 flags.DEFINE_float('fit_below', None, 'fit on runs with FLOPs <= this', flag_values=FLAGS)
-flags.DEFINE_list('laws', list(LAWS), f'laws to validate, any of {",".join(LAWS)}', flag_values=FLAGS)
+flags.DEFINE_list(
+  'laws', list(LAWS), f'laws to validate, any of {",".join(LAWS)}', flag_values=FLAGS
+)
 flags.DEFINE_integer('bootstrap', 0, 'resamples of the fit set (0: none)', flag_values=FLAGS)
 flags.DEFINE_integer('seed', 0, 'bootstrap seed', flag_values=FLAGS)
 flags.DEFINE_string('params_col', 'params', 'N for Chinchilla', flag_values=FLAGS)
-flags.DEFINE_string('kaplan_params_col', 'non_embedding_params',
-                    'N for Kaplan (falls back to --params_col if the CSV lacks it)', flag_values=FLAGS)
+flags.DEFINE_string(
+  'kaplan_params_col',
+  'non_embedding_params',
+  'N for Kaplan (falls back to --params_col if the CSV lacks it)',
+  flag_values=FLAGS,
+)
 flags.DEFINE_string('lr', 'best', "lr sweeps: 'best' or the transferred lr", flag_values=FLAGS)
 flags.DEFINE_string('out', '', 'plot path (png)', flag_values=FLAGS)
 flags.mark_flags_as_required(['results', 'fit_below'], flag_values=FLAGS)
@@ -59,17 +65,22 @@ def split(runs: results_lib.Runs, fit_below: float) -> tuple[results_lib.Runs, r
   below = np.flatnonzero(runs.flops <= fit_below)
   above = np.flatnonzero(runs.flops > fit_below)
   if len(below) < fit_lib.MIN_ROWS['chinchilla']:
-    raise ValueError(f'--fit_below={fit_below:g}: only {len(below)} runs to fit (need '
-                     f'{fit_lib.MIN_ROWS["chinchilla"]}); FLOPs range {runs.flops.min():.3g} .. '
-                     f'{runs.flops.max():.3g}')
+    raise ValueError(
+      f'--fit_below={fit_below:g}: only {len(below)} runs to fit (need '
+      f'{fit_lib.MIN_ROWS["chinchilla"]}); FLOPs range {runs.flops.min():.3g} .. '
+      f'{runs.flops.max():.3g}'
+    )
   if not len(above):
-    raise ValueError(f'--fit_below={fit_below:g}: no run above it to predict (largest '
-                     f'{runs.flops.max():.3g} FLOPs)')
+    raise ValueError(
+      f'--fit_below={fit_below:g}: no run above it to predict (largest '
+      f'{runs.flops.max():.3g} FLOPs)'
+    )
   return runs.subset(below), runs.subset(above)
 
 
-def validate(runs: results_lib.Runs, fit_below: float, law: str, n_boot: int = 0,
-             seed: int = 0) -> tuple[list[dict], tuple[np.ndarray, np.ndarray]]:
+def validate(
+  runs: results_lib.Runs, fit_below: float, law: str, n_boot: int = 0, seed: int = 0
+) -> tuple[list[dict], tuple[np.ndarray, np.ndarray]]:
   """(rows, fitted): one row per held-out run (see the module docstring; lo / hi are None without
   bootstrap) and (observed, predicted) losses of the fitted runs."""
   fit_runs, held = split(runs, fit_below)
@@ -87,24 +98,35 @@ def validate(runs: results_lib.Runs, fit_below: float, law: str, n_boot: int = 0
       except ValueError:
         continue
       sample = p(held.params, held.tokens)
-      if np.all(np.isfinite(sample)):   # a degenerate refit (e.g. NaN) counts as failed.
+      if np.all(np.isfinite(sample)):  # a degenerate refit (e.g. NaN) counts as failed.
         samples.append(sample)
     if len(samples) < n_boot // 2:
       raise ValueError(f'bootstrap: only {len(samples)} of {n_boot} resamples could be fitted')
     lo, hi = np.percentile(np.array(samples), [2.5, 97.5], axis=0)
-  return [{'name': held.names[i], 'params': float(held.params[i]), 'tokens': float(held.tokens[i]),
-           'flops': float(held.flops[i]), 'observed': float(held.loss[i]),
-           'predicted': float(pred[i]), 'rel_error': float(pred[i] / held.loss[i] - 1.0),
-           'lo': None if lo[i] is None else float(lo[i]),
-           'hi': None if hi[i] is None else float(hi[i])} for i in range(len(held))], fitted
+  return [
+    {
+      'name': held.names[i],
+      'params': float(held.params[i]),
+      'tokens': float(held.tokens[i]),
+      'flops': float(held.flops[i]),
+      'observed': float(held.loss[i]),
+      'predicted': float(pred[i]),
+      'rel_error': float(pred[i] / held.loss[i] - 1.0),
+      'lo': None if lo[i] is None else float(lo[i]),
+      'hi': None if hi[i] is None else float(hi[i]),
+    }
+    for i in range(len(held))
+  ], fitted
 
 
 def plot(report: dict, fit_runs: dict, path: str) -> None:
   """Predicted vs observed loss per law: fitted runs, held-out runs with their intervals."""
   # Lazy: matplotlib is heavy and only needed with --out.
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig, axes = plt.subplots(1, len(report), figsize=(4.6 * len(report), 4.2))
   for ax, (law, rows) in zip(np.atleast_1d(axes), report.items()):
     obs = np.array([r['observed'] for r in rows])
@@ -123,8 +145,14 @@ def plot(report: dict, fit_runs: dict, path: str) -> None:
     ax.set_ylim(span[0] - pad, span[1] + pad)
     cut = [o for o, r in zip(obs, rows) if r['hi'] is not None and r['hi'] > span[1] + pad]
     if cut:
-      ax.plot(cut, [span[1] + 0.9 * pad] * len(cut), '^', color='C3', ms=5,
-              label='interval beyond the axis')
+      ax.plot(
+        cut,
+        [span[1] + 0.9 * pad] * len(cut),
+        '^',
+        color='C3',
+        ms=5,
+        label='interval beyond the axis',
+      )
     ax.set_xlabel('observed loss')
     ax.set_ylabel('predicted loss')
     ax.set_title(law)
@@ -134,7 +162,7 @@ def plot(report: dict, fit_runs: dict, path: str) -> None:
   plt.close(fig)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
   """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
   cli.parse(FLAGS, argv, __doc__)
   laws_asked = [x for x in FLAGS.laws if x]
@@ -155,14 +183,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     sys.exit(f'error: {e}')
   for law, rows in report.items():
     inside = [r['lo'] <= r['observed'] <= r['hi'] for r in rows if r['lo'] is not None]
-    print(f'{law}: fitted on runs up to {largest:.3g} FLOPs; {len(rows)} held-out runs up to '
-          f'{max(r["flops"] for r in rows) / largest:.3g}x that; mean |rel error| '
-          f'{np.mean([abs(r["rel_error"]) for r in rows]):.2%}' +
-          (f'; {sum(inside)}/{len(inside)} observed inside the 95% interval' if inside else ''))
+    print(
+      f'{law}: fitted on runs up to {largest:.3g} FLOPs; {len(rows)} held-out runs up to '
+      f'{max(r["flops"] for r in rows) / largest:.3g}x that; mean |rel error| '
+      f'{np.mean([abs(r["rel_error"]) for r in rows]):.2%}'
+      + (f'; {sum(inside)}/{len(inside)} observed inside the 95% interval' if inside else '')
+    )
     for r in rows:
       ci = '' if r['lo'] is None else f'  [{r["lo"]:.4f}, {r["hi"]:.4f}]'
-      print(f'  {r["name"]:<28} {r["flops"]:9.3g} observed {r["observed"]:.4f} predicted '
-            f'{r["predicted"]:.4f} ({r["rel_error"]:+.2%}){ci}')
+      print(
+        f'  {r["name"]:<28} {r["flops"]:9.3g} observed {r["observed"]:.4f} predicted '
+        f'{r["predicted"]:.4f} ({r["rel_error"]:+.2%}){ci}'
+      )
   if FLAGS.out:
     plot(report, fitted, FLAGS.out)
   print(json.dumps(report), flush=True)

@@ -1,5 +1,6 @@
 """Test setup: 8 simulated CPU devices (set before JAX is imported); the packages come from
 `pip install --no-deps -e .` (pyproject.toml)."""
+
 import os
 
 import pytest
@@ -24,8 +25,15 @@ def tiny_config(data_dir):
     c = base.get_config()
     c.model.update(d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=32)
     c.data.update(seq_len=32, data_dir=data_dir)
-    c.train.update(global_batch_size=8, num_steps=4, log_every=2, eval_every=4, eval_batches=1,
-                   checkpoint_every=2, async_checkpoint=False)
+    c.train.update(
+      global_batch_size=8,
+      num_steps=4,
+      log_every=2,
+      eval_every=4,
+      eval_batches=1,
+      checkpoint_every=2,
+      async_checkpoint=False,
+    )
     c.optimizer.update(lr=1e-3, warmup_steps=1)
     for key, value in (overrides or {}).items():
       *sections, name = key.split('.')

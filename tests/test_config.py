@@ -1,4 +1,5 @@
 """Config validation: each impossible or malformed config fails before compile, naming the field."""
+
 import ml_collections
 import pytest
 
@@ -22,20 +23,26 @@ def test_valid_base_and_derived_quantities():
   assert d.num_steps == 10 and d.per_device_batch == 16 and d.micro_batch == 32
 
 
-@pytest.mark.parametrize('mutate, field', [
+@pytest.mark.parametrize(
+  'mutate, field',
+  [
     (lambda c: c.model.__setitem__('n_heads', 3), 'config.model.n_heads'),
     (lambda c: c.model.update(n_heads=4, n_kv_heads=3), 'config.model.n_kv_heads'),
     (lambda c: c.train.update(global_batch_size=12), 'config.train.global_batch_size'),
-    (lambda c: c.train.update(global_batch_size=16, grad_accum_steps=4),
-     'config.train.global_batch_size'),
+    (
+      lambda c: c.train.update(global_batch_size=16, grad_accum_steps=4),
+      'config.train.global_batch_size',
+    ),
     (lambda c: c.mesh.update(data=2, fsdp=2, tensor=1), 'config.mesh'),
     (lambda c: c.mesh.update(data=3, fsdp=-1), 'config.mesh'),
     (lambda c: c.data.update(seq_len=512), 'config.data.seq_len'),
     (lambda c: c.model.update(norm='batchnorm'), 'config.model.norm'),
     (lambda c: c.optimizer.update(schedule='step'), 'config.optimizer.schedule'),
     (lambda c: c.optimizer.update(warmup_steps=5000), 'config.optimizer.warmup_steps'),
-    (lambda c: c.model.update(attention_impl='cudnn', dtype='float32'),
-     'config.model.attention_impl'),
+    (
+      lambda c: c.model.update(attention_impl='cudnn', dtype='float32'),
+      'config.model.attention_impl',
+    ),
     (lambda c: c.train.update(keep_checkpoints=0), 'config.train.keep_checkpoints'),
     (lambda c: c.train.update(eval_every=0), 'config.train.eval_every'),
     (lambda c: c.train.update(log_every=0), 'config.train.log_every'),
@@ -45,7 +52,8 @@ def test_valid_base_and_derived_quantities():
     (lambda c: c.model.update(parametrization='mu'), 'config.model.parametrization'),
     (lambda c: c.model.update(base_d_model=64), 'config.model.base_'),
     (lambda c: c.train.update(loss_scale='static'), 'config.train.loss_scale'),
-])
+  ],
+)
 def test_impossible_combinations(mutate, field):
   c = base.get_config()
   mutate(c)
@@ -73,9 +81,13 @@ def test_batch_must_split_over_processes():
 def test_shipped_configs_validate():
   """Every shipped model config is consistent (checked on a mesh the size it expects)."""
   import importlib
-  for module, args in [('configs.default', [None]), ('configs.ablation_mlp', ['gelu', 'swiglu']),
-                       ('configs.gpt2', ['124m', '350m', '774m', '1.5b']),
-                       ('configs.llama', ['100m', '1b', '8b'])]:
+
+  for module, args in [
+    ('configs.default', [None]),
+    ('configs.ablation_mlp', ['gelu', 'swiglu']),
+    ('configs.gpt2', ['124m', '350m', '774m', '1.5b']),
+    ('configs.llama', ['100m', '1b', '8b']),
+  ]:
     mod = importlib.import_module(module)
     for arg in args:
       c = mod.get_config() if arg is None else mod.get_config(arg)

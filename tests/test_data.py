@@ -1,5 +1,6 @@
 """Data layer tests: the offline corpora, tokenizers, prepared shards (incl. a crash mid-prepare),
 packing, determinism, host slicing, mixtures, bad input, and resume on two processes."""
+
 import glob
 import hashlib
 import json
@@ -39,13 +40,17 @@ def _read(data_dir, split, key, n=None):
 
 
 def _packed(docs) -> np.ndarray:
-  return np.concatenate([np.append(np.frombuffer(d, np.uint8).astype(np.int64), BYTE.eos_id)
-                         for d in docs])
+  return np.concatenate(
+    [np.append(np.frombuffer(d, np.uint8).astype(np.int64), BYTE.eos_id) for d in docs]
+  )
 
 
 def _snapshot(path):
-  return {p: hashlib.sha1(open(p, 'rb').read()).hexdigest()
-          for p in sorted(glob.glob(os.path.join(path, '**'), recursive=True)) if os.path.isfile(p)}
+  return {
+    p: hashlib.sha1(open(p, 'rb').read()).hexdigest()
+    for p in sorted(glob.glob(os.path.join(path, '**'), recursive=True))
+    if os.path.isfile(p)
+  }
 
 
 def test_corpus_splits_disjoint_and_deterministic(corpus):
@@ -65,10 +70,14 @@ def test_prepared_rows_are_the_documents_packed(corpus):
   n_docs, seq_len = 5, 63
   c = _config(corpus, max_documents=n_docs, seq_len=seq_len)
   source = pipeline.parse_sources(c.data)[0]
-  split = pipeline.open_prepared(c.data, source, 'train', BYTE)   # prepared here (embedded).
+  split = pipeline.open_prepared(c.data, source, 'train', BYTE)  # prepared here (embedded).
   assert split.path == os.path.join(corpus, 'tokenized', 'stdlib_corpus', 'train.text.docs5')
   assert sorted(os.listdir(split.path)) == [
-      'manifest.json', 'shard-00000-of-00001.json', 'shard-00000-of-00001.tokens', 'spec.json']
+    'manifest.json',
+    'shard-00000-of-00001.json',
+    'shard-00000-of-00001.tokens',
+    'spec.json',
+  ]
   docs = _read(corpus, 'train', 'text', n_docs)
   expected = _packed(docs)
   rows = shards.PackedRows(split, seq_len)
@@ -80,8 +89,9 @@ def test_prepared_rows_are_the_documents_packed(corpus):
   ev = pipeline.EvalSource(source, split, seq_len, global_batch_size=1)
   got = [ev.eval_batch(i) for i in range(ev.num_rows)]
   assert all(r.shape == (1, seq_len + 1) and r.dtype == np.int32 for r in got)
-  np.testing.assert_array_equal(np.concatenate(got, axis=None),
-                                expected[:len(rows) * (seq_len + 1)])
+  np.testing.assert_array_equal(
+    np.concatenate(got, axis=None), expected[: len(rows) * (seq_len + 1)]
+  )
   np.testing.assert_array_equal(ev.eval_batch(ev.num_rows), got[0])  # Eval wraps around.
 
 
@@ -104,12 +114,15 @@ def test_prepare_in_shards_survives_a_crash_and_matches_one_shard(corpus, tmp_pa
     prepare.prepare_split('stdlib_corpus', 'train', out, 'byte', num_shards=4, **kw)
   names = sorted(os.listdir(out))
   assert 'manifest.json' not in names and 'shard-00002-of-00004.json' not in names
-  assert any(n.startswith('shard-00002-of-00004.tokens.tmp-') for n in names)   # the half shard
+  assert any(n.startswith('shard-00002-of-00004.tokens.tmp-') for n in names)  # the half shard
   with pytest.raises(ValueError, match=r'half-prepared \(2 of 4 shards done; shard-00002'):
     shards.open_split(out, 'config.data.prepared_dir')
-  kept = {n: os.path.getmtime(os.path.join(out, n)) for n in names if n.startswith('shard-0000')
-          and '.tmp-' not in n}
-  for n in names:   # the crash was 20 minutes ago: its temp file is clearly dead.
+  kept = {
+    n: os.path.getmtime(os.path.join(out, n))
+    for n in names
+    if n.startswith('shard-0000') and '.tmp-' not in n
+  }
+  for n in names:  # the crash was 20 minutes ago: its temp file is clearly dead.
     if '.tmp-' in n:
       os.utime(os.path.join(out, n), (os.path.getmtime(os.path.join(out, n)) - 1200,) * 2)
   manifest = prepare.prepare_split('stdlib_corpus', 'train', out, 'byte', num_shards=0, **kw)
@@ -120,23 +133,25 @@ def test_prepare_in_shards_survives_a_crash_and_matches_one_shard(corpus, tmp_pa
   assert one['totals'] == manifest['totals'] and b.shard_tokens.min() > 0
   ra, rb = shards.PackedRows(a, 255), shards.PackedRows(b, 255)
   np.testing.assert_array_equal(rb.tokens(0, b.num_tokens), ra.tokens(0, a.num_tokens))
-  np.testing.assert_array_equal(np.stack([rb[i] for i in range(len(rb))]),
-                                np.stack([ra[i] for i in range(len(ra))]))   # rows span shards.
+  np.testing.assert_array_equal(
+    np.stack([rb[i] for i in range(len(rb))]), np.stack([ra[i] for i in range(len(ra))])
+  )  # rows span shards.
 
 
 def test_batch_is_a_function_of_seed_and_step_prefetched_or_not(corpus):
   make = lambda seed, **kw: _train(corpus, seed, **kw)
   a, b, c = make(0), make(0, read_threads=0), make(1)
-  seq = [a.batch(s) for s in range(12)]   # sequential: read ahead by grain threads.
+  seq = [a.batch(s) for s in range(12)]  # sequential: read ahead by grain threads.
   assert seq[5].shape == (8, 65) and seq[5].dtype == np.int32
-  for s in (11, 3, 5, 0):                 # a fresh stream (a resume) at any step, random access.
+  for s in (11, 3, 5, 0):  # a fresh stream (a resume) at any step, random access.
     np.testing.assert_array_equal(b.batch(s), seq[s])
   assert not np.array_equal(c.batch(5), seq[5])
   assert not np.array_equal(seq[5], seq[6])
 
 
-def _train(data_dir, seed=0, seq_len=64, batch=8, process_index=0, process_count=1,
-           read_threads=4, **data):
+def _train(
+  data_dir, seed=0, seq_len=64, batch=8, process_index=0, process_count=1, read_threads=4, **data
+):
   c = _config(data_dir, seq_len=seq_len, read_threads=read_threads, **data)
   c.seed = seed
   c.train.global_batch_size = batch
@@ -150,19 +165,22 @@ def test_host_slicing_and_epochs(corpus):
   full = _train(corpus, **kw)
   data = _config(corpus, max_documents=4).data
   rows = shards.PackedRows(
-      pipeline.open_prepared(data, pipeline.parse_sources(data)[0], 'train', BYTE), 511)
+    pipeline.open_prepared(data, pipeline.parse_sources(data)[0], 'train', BYTE), 511
+  )
   index = {rows[i].tobytes(): i for i in range(len(rows))}
   assert len(index) == len(rows) >= 24
   epochs = -(-len(rows) // 12) * 2
   ids = [index[r.tobytes()] for s in range(epochs) for r in full.batch(s)]
-  first, second = ids[:len(rows)], ids[len(rows):2 * len(rows)]
+  first, second = ids[: len(rows)], ids[len(rows) : 2 * len(rows)]
   assert sorted(first) == sorted(second) == list(range(len(rows))) and first != second
   for processes in (2, 3, 4):
-    hosts = [_train(corpus, process_index=p, process_count=processes, **kw)
-             for p in range(processes)]
+    hosts = [
+      _train(corpus, process_index=p, process_count=processes, **kw) for p in range(processes)
+    ]
     for step in (0, 2, 7):
-      np.testing.assert_array_equal(np.concatenate([h.batch(step) for h in hosts]),
-                                    full.batch(step))
+      np.testing.assert_array_equal(
+        np.concatenate([h.batch(step) for h in hosts]), full.batch(step)
+      )
   with pytest.raises(ValueError, match='global_batch_size'):
     _train(corpus, process_count=5, **kw)
   with pytest.raises(ValueError, match='rows'):
@@ -192,21 +210,28 @@ def test_mixture_weights_hosts_and_per_source_eval(corpus):
   eval_ds = pipeline.make_datasets(c, 0, 1)[1]
   assert set(eval_ds.sources) == {'stdlib_corpus', 'synthetic_prose_small'}
   assert eval_ds.sources['synthetic_prose_small'].split.path.endswith(
-      os.path.join('synthetic_prose_small', 'validation.text'))
+    os.path.join('synthetic_prose_small', 'validation.text')
+  )
   # The loop's evaluate over both sources, with a stand-in eval step: loss = the token id / 100.
   import types
 
   import jax.numpy as jnp
 
   from train import loop, sharding
+
   c.train.eval_batches = 2
-  r = types.SimpleNamespace(config=c, eval_ds=eval_ds,
-                            batch_sharding=sharding.batch_sharding(sharding.make_mesh(c.mesh)))
-  step = lambda params, batch: {'loss': jnp.sum(batch['tokens'][:, 1:] / 100),
-                                'tokens': jnp.asarray(batch['tokens'][:, 1:].size, jnp.float32)}
+  r = types.SimpleNamespace(
+    config=c, eval_ds=eval_ds, batch_sharding=sharding.batch_sharding(sharding.make_mesh(c.mesh))
+  )
+  step = lambda params, batch: {
+    'loss': jnp.sum(batch['tokens'][:, 1:] / 100),
+    'tokens': jnp.asarray(batch['tokens'][:, 1:].size, jnp.float32),
+  }
   m = loop.evaluate(r, step, None, ())
-  mean = {n: np.mean([src.eval_batch(i)[:, 1:] / 100 for i in range(2)])
-          for n, src in eval_ds.sources.items()}
+  mean = {
+    n: np.mean([src.eval_batch(i)[:, 1:] / 100 for i in range(2)])
+    for n, src in eval_ds.sources.items()
+  }
   bpt = {n: src.bytes_per_token for n, src in eval_ds.sources.items()}
   for n in mean:
     assert m[f'eval/{n}/loss'] == pytest.approx(mean[n], rel=1e-5)
@@ -214,11 +239,14 @@ def test_mixture_weights_hosts_and_per_source_eval(corpus):
   weighted = 0.75 * mean['stdlib_corpus'] + 0.25 * mean['synthetic_prose_small']
   assert m['eval/loss'] == pytest.approx(weighted, rel=1e-5)
   assert m['eval/bits_per_byte'] == pytest.approx(
-      weighted / np.log(2) / (0.75 * bpt['stdlib_corpus'] + 0.25 * bpt['synthetic_prose_small']),
-      rel=1e-5)
+    weighted / np.log(2) / (0.75 * bpt['stdlib_corpus'] + 0.25 * bpt['synthetic_prose_small']),
+    rel=1e-5,
+  )
 
 
-@pytest.mark.parametrize('field,value,expected', [
+@pytest.mark.parametrize(
+  'field,value,expected',
+  [
     ('dataset', 'stdlib_corpus=-1,synthetic_prose/small=1', 'must be a finite number >= 0'),
     ('dataset', 'stdlib_corpus=0,synthetic_prose/small=0', 'weights sum to 0'),
     ('dataset', 'stdlib_corpus=x', "weight 'x' of 'stdlib_corpus' is not a number"),
@@ -226,9 +254,11 @@ def test_mixture_weights_hosts_and_per_source_eval(corpus):
     ('dataset', 'stdlib_corpus,stdlib_corpus', 'named twice'),
     ('dataset', 'stdlib_corpus,', 'empty source name'),
     ('eval_split', 'validation,validation,test', 'one per source'),
-])
+  ],
+)
 def test_bad_mixture_is_refused_by_validation(field, value, expected):
   from train import validation
+
   c = base.get_config()
   c.data.dataset = 'stdlib_corpus,synthetic_prose/small'
   c.data[field] = value
@@ -237,11 +267,17 @@ def test_bad_mixture_is_refused_by_validation(field, value, expected):
 
 
 def test_bad_data_inputs_name_the_field_and_write_nothing(corpus, tmp_path):
-  with pytest.raises(ValueError, match=r"config\.data\.dataset='stdlib_corpuss': no such TFDS "
-                     r"dataset \(did you mean 'stdlib_corpus'"):
+  with pytest.raises(
+    ValueError,
+    match=r"config\.data\.dataset='stdlib_corpuss': no such TFDS "
+    r"dataset \(did you mean 'stdlib_corpus'",
+  ):
     pipeline.make_datasets(_config(corpus, dataset='stdlib_corpuss'), 0, 1)
-  with pytest.raises(ValueError, match=r"config\.data\.dataset='lm1b': split 'train' is not "
-                     r'prepared .*python -m train\.data\.prepare'):
+  with pytest.raises(
+    ValueError,
+    match=r"config\.data\.dataset='lm1b': split 'train' is not "
+    r'prepared .*python -m train\.data\.prepare',
+  ):
     pipeline.make_datasets(_config(corpus, dataset='lm1b', prepared_dir=str(tmp_path)), 0, 1)
   assert os.listdir(tmp_path) == []
 
@@ -251,9 +287,12 @@ def test_bad_data_inputs_name_the_field_and_write_nothing(corpus, tmp_path):
   before = _snapshot(root)
   tok_dir = _save_hf_tokenizer(tmp_path / 'tok')
   c.data.tokenizer, c.model.vocab_size = tok_dir, 512
-  with pytest.raises(ValueError, match=r"config\.data\.prepared_dir: .*train\.text\.docs3 was "
-                     r"prepared with tokenizer 'byte' \(fingerprint byte\), but "
-                     r'config\.data\.tokenizer=.* has fingerprint hf-'):
+  with pytest.raises(
+    ValueError,
+    match=r'config\.data\.prepared_dir: .*train\.text\.docs3 was '
+    r"prepared with tokenizer 'byte' \(fingerprint byte\), but "
+    r'config\.data\.tokenizer=.* has fingerprint hf-',
+  ):
     pipeline.make_datasets(c, 0, 1)
   with pytest.raises(ValueError, match='prepared with tokenizer'):
     prepare.prepare(c)
@@ -262,15 +301,21 @@ def test_bad_data_inputs_name_the_field_and_write_nothing(corpus, tmp_path):
   split = os.path.join(root, 'stdlib_corpus', 'train.text.docs3')
   os.remove(os.path.join(split, 'manifest.json'))
   c.data.tokenizer, c.model.vocab_size = 'byte', 257
-  with pytest.raises(ValueError, match=r'config\.data\.prepared_dir: .*docs3 is half-prepared '
-                     r'\(1 of 1 shards done; manifest\.json is not\)'):
+  with pytest.raises(
+    ValueError,
+    match=r'config\.data\.prepared_dir: .*docs3 is half-prepared '
+    r'\(1 of 1 shards done; manifest\.json is not\)',
+  ):
     pipeline.make_datasets(c, 0, 1)
-  prepare.prepare(c)   # finishes it: writes only the manifest.
+  prepare.prepare(c)  # finishes it: writes only the manifest.
   shard = os.path.join(split, 'shard-00000-of-00001.tokens')
   with open(shard, 'r+b') as f:
     f.truncate(100)
-  with pytest.raises(ValueError, match=r'shard .*shard-00000-of-00001\.tokens is 100 bytes, '
-                     'expected'):
+  with pytest.raises(
+    ValueError,
+    match=r'shard .*shard-00000-of-00001\.tokens is 100 bytes, '
+    'expected',
+  ):
     pipeline.make_datasets(c, 0, 1)
 
 
@@ -280,19 +325,34 @@ def test_prepare_command_shares_shards_between_hosts(corpus, tmp_path):
   embedded corpus's own 1-shard preparation."""
   c = _config(corpus, prepared_dir=str(tmp_path), max_documents=12)
   assert prepare.prepare(c, num_shards=4, process_index=0, process_count=2) == []
-  assert sorted(n for n in os.listdir(tmp_path / 'stdlib_corpus' / 'train.text.docs12')
-                if n.endswith('.tokens')) == ['shard-00000-of-00004.tokens',
-                                              'shard-00002-of-00004.tokens']
-  cmd = [sys.executable, '-m', 'train.data.prepare', '--config=configs/default.py',
-         f'--config.data.data_dir={corpus}', f'--config.data.prepared_dir={tmp_path}',
-         '--config.data.max_documents=12', '--process_index=1', '--process_count=2']
-  out = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
-                       capture_output=True, text=True, timeout=600)
+  assert sorted(
+    n for n in os.listdir(tmp_path / 'stdlib_corpus' / 'train.text.docs12') if n.endswith('.tokens')
+  ) == ['shard-00000-of-00004.tokens', 'shard-00002-of-00004.tokens']
+  cmd = [
+    sys.executable,
+    '-m',
+    'train.data.prepare',
+    '--config=configs/default.py',
+    f'--config.data.data_dir={corpus}',
+    f'--config.data.prepared_dir={tmp_path}',
+    '--config.data.max_documents=12',
+    '--process_index=1',
+    '--process_count=2',
+  ]
+  out = subprocess.run(
+    cmd,
+    cwd=REPO,
+    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'stdlib_corpus train: 4 shards, 12 documents' in out.stdout
   np.testing.assert_array_equal(
-      pipeline.make_datasets(c, 0, 1)[0].batch(3),
-      pipeline.make_datasets(_config(corpus, max_documents=12), 0, 1)[0].batch(3))
+    pipeline.make_datasets(c, 0, 1)[0].batch(3),
+    pipeline.make_datasets(_config(corpus, max_documents=12), 0, 1)[0].batch(3),
+  )
 
 
 def test_byte_tokenizer_round_trip():
@@ -311,14 +371,19 @@ def _save_hf_tokenizer(path, eos_token='<eos>'):
   """Train a tiny byte-level BPE locally and save it as a transformers tokenizer dir."""
   import tokenizers as hf_tokenizers
   import transformers
+
   tok = hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE())
   tok.pre_tokenizer = hf_tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = hf_tokenizers.decoders.ByteLevel()
   trainer = hf_tokenizers.trainers.BpeTrainer(
-      vocab_size=320, special_tokens=['<eos>'], show_progress=False,
-      initial_alphabet=hf_tokenizers.pre_tokenizers.ByteLevel.alphabet())
-  tok.train_from_iterator(['def main():\n  return self.value\n'] * 20 + ['import os, sys'] * 5,
-                          trainer)
+    vocab_size=320,
+    special_tokens=['<eos>'],
+    show_progress=False,
+    initial_alphabet=hf_tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+  )
+  tok.train_from_iterator(
+    ['def main():\n  return self.value\n'] * 20 + ['import os, sys'] * 5, trainer
+  )
   kwargs = {'eos_token': eos_token} if eos_token else {}
   transformers.PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs).save_pretrained(str(path))
   return str(path)
@@ -334,8 +399,9 @@ def test_hf_tokenizer_and_vocab_check(corpus, tmp_path):
   assert tok.eos_id not in ids and len(ids) < len(text.encode())
   assert tok.decode(ids) == text
 
-  config = _config(corpus, tokenizer=path, max_documents=3, seq_len=32,
-                   prepared_dir=str(tmp_path / 'prepared'))
+  config = _config(
+    corpus, tokenizer=path, max_documents=3, seq_len=32, prepared_dir=str(tmp_path / 'prepared')
+  )
   config.train.global_batch_size = 4
   with pytest.raises(ValueError, match=r'config\.model\.vocab_size=257.*vocab_size=2[6-9]\d'):
     pipeline.make_datasets(config, 0, 1)
@@ -373,21 +439,33 @@ def test_make_datasets_bytes_and_stats(corpus):
 
 def _free_port():
   import socket
+
   with socket.socket() as s:
     s.bind(('localhost', 0))
     return s.getsockname()[1]
 
 
-@pytest.mark.slow   # ~60 s of CPU (an in-process run, then two main.py processes).
+@pytest.mark.slow  # ~60 s of CPU (an in-process run, then two main.py processes).
 def test_resume_on_two_processes_matches_one_uninterrupted_run(corpus, tmp_path):
   """One process trains 4 steps (checkpoints 2, 4); from its step-2 checkpoint two processes
   (jax.distributed, other device count) finish steps 3-4 on the same global batches: same loss."""
   from configs import default
   from train import loop
-  flags = {'train.num_steps': 4, 'train.log_every': 2, 'train.eval_every': 4,
-           'train.eval_batches': 1, 'train.checkpoint_every': 2, 'optimizer.warmup_steps': 1,
-           'model.n_layers': 1, 'model.d_model': 32, 'model.d_ff': 64,
-           'train.global_batch_size': 8, 'data.seq_len': 64, 'data.data_dir': corpus}
+
+  flags = {
+    'train.num_steps': 4,
+    'train.log_every': 2,
+    'train.eval_every': 4,
+    'train.eval_batches': 1,
+    'train.checkpoint_every': 2,
+    'optimizer.warmup_steps': 1,
+    'model.n_layers': 1,
+    'model.d_model': 32,
+    'model.d_ff': 64,
+    'train.global_batch_size': 8,
+    'data.seq_len': 64,
+    'data.data_dir': corpus,
+  }
   c = default.get_config()
   for key, value in flags.items():
     section, name = key.split('.')
@@ -399,17 +477,30 @@ def test_resume_on_two_processes_matches_one_uninterrupted_run(corpus, tmp_path)
 
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  cmd = [sys.executable, 'main.py', '--config=configs/default.py', f'--workdir={work}',
-         f'--config.distributed.coordinator_address=localhost:{port}',
-         '--config.distributed.num_processes=2'] + [f'--config.{k}={v}' for k, v in flags.items()]
-  procs = [subprocess.Popen(cmd + [f'--config.distributed.process_id={i}'], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
+  cmd = [
+    sys.executable,
+    'main.py',
+    '--config=configs/default.py',
+    f'--workdir={work}',
+    f'--config.distributed.coordinator_address=localhost:{port}',
+    '--config.distributed.num_processes=2',
+  ] + [f'--config.{k}={v}' for k, v in flags.items()]
+  procs = [
+    subprocess.Popen(
+      cmd + [f'--config.distributed.process_id={i}'],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   assert 'Resumed from step 2' in outs[0][1]
-  resumed = json.loads(outs[0][0][outs[0][0].index('{'):])
+  resumed = json.loads(outs[0][0][outs[0][0].index('{') :])
   for key in ('train/loss', 'eval/loss', 'train/grad_norm'):
     np.testing.assert_allclose(resumed[key], straight[key], rtol=1e-5, err_msg=key)
 
@@ -417,6 +508,7 @@ def test_resume_on_two_processes_matches_one_uninterrupted_run(corpus, tmp_path)
 def test_checkpoint_of_another_batch_order_is_refused(tiny_config):
   """Resuming must replay the same batches: a checkpoint from the pre-shard pipeline is refused."""
   from train import checkpoint, loop
+
   current = loop.stream_meta(tiny_config())
   checkpoint.check_meta(current, current)
   old = {k: v for k, v in current.items() if k != 'pipeline'}

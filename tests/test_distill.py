@@ -5,6 +5,7 @@ Loss reference: Hinton et al. 2015,
 total = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE
 (../shared/reference/facts.md, "Distillation"); reverse KL = KL(student_T || teacher_T) (MiniLLM).
 """
+
 import json
 import os
 import subprocess
@@ -42,9 +43,14 @@ def _np_reference(s, t, targets, T, alpha, divergence, mix_weight=0.5):
   kd = T * T * kl
   total = alpha * kd + (1 - alpha) * ce
   agree = s.argmax(-1) == t.argmax(-1)
-  return {'loss': total[mask].sum(), 'kd_loss': kd[mask].sum(), 'ce_loss': ce[mask].sum(),
-          'teacher_loss': tce[mask].sum(), 'top1_agreement': agree[mask].sum(),
-          'tokens': mask.sum()}
+  return {
+    'loss': total[mask].sum(),
+    'kd_loss': kd[mask].sum(),
+    'ce_loss': ce[mask].sum(),
+    'teacher_loss': tce[mask].sum(),
+    'top1_agreement': agree[mask].sum(),
+    'tokens': mask.sum(),
+  }
 
 
 def _random_logits(seed=0, shape=(3, 7, 11)):
@@ -60,8 +66,9 @@ def _random_logits(seed=0, shape=(3, 7, 11)):
 @pytest.mark.parametrize('T,alpha', [(1.0, 0.5), (2.0, 0.0), (0.5, 1.0), (4.0, 0.3)])
 def test_loss_matches_numpy_reference(divergence, T, alpha):
   s, t, targets = _random_logits()
-  total, sums = distill.kd_sums(jnp.asarray(s), jnp.asarray(t), jnp.asarray(targets), T, alpha,
-                                divergence, 0.3)
+  total, sums = distill.kd_sums(
+    jnp.asarray(s), jnp.asarray(t), jnp.asarray(targets), T, alpha, divergence, 0.3
+  )
   ref = _np_reference(s, t, targets, T, alpha, divergence, 0.3)
   assert set(sums) == set(ref)
   for key, value in ref.items():
@@ -76,28 +83,45 @@ def test_topk_loss_is_renormalised_kl_over_teacher_support(divergence):
   k, T, alpha = 4, 2.0, 0.7
   values, indices = jax.lax.top_k(jnp.asarray(t), k)
   values16 = np.asarray(values).astype(np.float16)
-  tnll = jax.nn.logsumexp(t, -1) - np.take_along_axis(t, np.maximum(targets, 0)[..., None],
-                                                      -1)[..., 0]
-  _, sums = distill.topk_kd_sums(jnp.asarray(s), values16, np.asarray(indices, np.int16), tnll,
-                                 jnp.asarray(targets), T, alpha, divergence)
+  tnll = (
+    jax.nn.logsumexp(t, -1) - np.take_along_axis(t, np.maximum(targets, 0)[..., None], -1)[..., 0]
+  )
+  _, sums = distill.topk_kd_sums(
+    jnp.asarray(s),
+    values16,
+    np.asarray(indices, np.int16),
+    tnll,
+    jnp.asarray(targets),
+    T,
+    alpha,
+    divergence,
+  )
   # Reference: both restricted to the teacher's top-k ids and renormalised there (the
   # numpy reference over a k-entry "vocabulary"); CE and teacher CE over the full vocabulary.
-  topk = _np_reference(np.take_along_axis(s, np.asarray(indices), -1), values16,
-                       np.where(targets >= 0, 0, -1), T, 1.0, divergence)
+  topk = _np_reference(
+    np.take_along_axis(s, np.asarray(indices), -1),
+    values16,
+    np.where(targets >= 0, 0, -1),
+    T,
+    1.0,
+    divergence,
+  )
   full = _np_reference(s, t, targets, T, alpha, divergence)
   np.testing.assert_allclose(float(sums['kd_loss']), topk['kd_loss'], rtol=1e-4)
   np.testing.assert_allclose(float(sums['ce_loss']), full['ce_loss'], rtol=1e-5)
   np.testing.assert_allclose(float(sums['teacher_loss']), full['teacher_loss'], rtol=1e-5)
-  np.testing.assert_allclose(float(sums['loss']),
-                             alpha * topk['kd_loss'] + (1 - alpha) * full['ce_loss'], rtol=1e-4)
+  np.testing.assert_allclose(
+    float(sums['loss']), alpha * topk['kd_loss'] + (1 - alpha) * full['ce_loss'], rtol=1e-4
+  )
   assert float(sums['top1_agreement']) == full['top1_agreement']
 
 
 @pytest.fixture(scope='module')
 def tiny_models():
   """(student config, teacher config, student params, teacher params, batch): 2 layers each."""
-  student = models.ModelConfig(vocab_size=257, d_model=16, n_layers=2, n_heads=2, d_ff=32,
-                               max_len=32)
+  student = models.ModelConfig(
+    vocab_size=257, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=32
+  )
   teacher = student.replace(d_model=32, d_ff=64, n_heads=4)
   init = jax.jit(models.init, static_argnums=0)
   sp, tp = init(student, jax.random.key(0)), init(teacher, jax.random.key(1))
@@ -114,9 +138,11 @@ def _section(**kw):
 def test_t1_alpha0_reduces_to_lm_loss(tiny_models):
   student, teacher, sp, tp, batch = tiny_models
   lm = jax.jit(jax.value_and_grad(step.lm_loss(student), has_aux=True))
-  kd = jax.jit(jax.value_and_grad(
-      distill.online_loss_fn(student, teacher, _section(temperature=1.0, alpha=0.0)),
-      has_aux=True))
+  kd = jax.jit(
+    jax.value_and_grad(
+      distill.online_loss_fn(student, teacher, _section(temperature=1.0, alpha=0.0)), has_aux=True
+    )
+  )
   (lm_total, lm_sums), g1 = lm(sp, batch)
   (total, sums), g2 = kd(sp, batch, tp)
   np.testing.assert_allclose(float(total), float(lm_total), rtol=1e-6)
@@ -146,8 +172,12 @@ def test_offline_with_full_k_equals_online(tiny_models):
   logits = jax.jit(models.logits, static_argnums=0)(teacher, tp, tokens[:, :-1])
   values, indices = jax.lax.top_k(logits, 257)  # k = vocab, sorted: a permutation of the vocab
   nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, tokens[:, 1:, None], -1)[..., 0]
-  obatch = {'tokens': tokens, 'teacher_values': values,
-            'teacher_indices': indices.astype(jnp.int16), 'teacher_nll': nll}
+  obatch = {
+    'tokens': tokens,
+    'teacher_values': values,
+    'teacher_indices': indices.astype(jnp.int16),
+    'teacher_nll': nll,
+  }
   (l1, s1), g1 = jax.jit(jax.value_and_grad(online, has_aux=True))(sp, batch, tp)
   (l2, s2), g2 = jax.jit(jax.value_and_grad(offline, has_aux=True))(sp, obatch)
   np.testing.assert_allclose(float(l1), float(l2), rtol=1e-5)
@@ -159,6 +189,7 @@ def test_offline_with_full_k_equals_online(tiny_models):
 def _fake_teacher(path, vocab_size=257, tokenizer='byte'):
   """A teacher workdir with a config.json and an (empty) checkpoint step: enough for the checks."""
   from configs import base
+
   c = base.get_config()
   c.model.vocab_size = vocab_size
   c.data.tokenizer = tokenizer
@@ -215,8 +246,13 @@ def test_store_reads_bfloat16_and_refuses_incomplete_or_missing(tmp_path):
   np.save(tmp_path / 'values.p0of1.npy', vals.view(np.uint16))
   np.save(tmp_path / 'indices.p0of1.npy', rng.integers(0, 257, shape).astype(np.int16))
   np.save(tmp_path / 'teacher_nll.p0of1.npy', rng.random(shape[:3]).astype(np.float32))
-  meta = {'top_k': 5, 'values_dtype': 'bfloat16', 'complete': False, 'steps_done': 1,
-          'num_steps': 2}
+  meta = {
+    'top_k': 5,
+    'values_dtype': 'bfloat16',
+    'complete': False,
+    'steps_done': 1,
+    'num_steps': 2,
+  }
   with open(tmp_path / 'meta.p0of1.json', 'w') as f:
     json.dump(meta, f)
   with pytest.raises(ValueError, match='incomplete'):
@@ -230,8 +266,9 @@ def test_store_reads_bfloat16_and_refuses_incomplete_or_missing(tmp_path):
   store.top_k = 3
   b = store.batch(1)
   assert b['teacher_values'].dtype == jnp.bfloat16 and b['teacher_values'].shape == (4, 3, 3)
-  np.testing.assert_array_equal(b['teacher_values'].astype(np.float32),
-                                vals[1, :, :, :3].astype(np.float32))
+  np.testing.assert_array_equal(
+    b['teacher_values'].astype(np.float32), vals[1, :, :, :3].astype(np.float32)
+  )
   assert b['teacher_indices'].dtype == np.int16 and b['teacher_nll'].shape == (4, 3)
 
 
@@ -241,8 +278,15 @@ def test_store_reads_bfloat16_and_refuses_incomplete_or_missing(tmp_path):
 @pytest.fixture(scope='module')
 def teacher_dir(tmp_path_factory, tiny_config):
   """A tiny teacher trained by the core loop (in-process, on the default 8 simulated devices)."""
-  c = tiny_config({'train.num_steps': 6, 'train.log_every': 3, 'train.eval_every': 6,
-                   'train.checkpoint_every': 6, 'optimizer.lr': 3e-3})
+  c = tiny_config(
+    {
+      'train.num_steps': 6,
+      'train.log_every': 3,
+      'train.eval_every': 6,
+      'train.checkpoint_every': 6,
+      'optimizer.lr': 3e-3,
+    }
+  )
   path = str(tmp_path_factory.mktemp('teacher'))
   loop.run(c, path)
   return path
@@ -250,24 +294,40 @@ def teacher_dir(tmp_path_factory, tiny_config):
 
 def _cli(args, data_dir):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
-  out = subprocess.run([sys.executable] + args, cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=600)
+  out = subprocess.run(
+    [sys.executable] + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+  )
   assert out.returncode == 0, out.stderr[-4000:]
   return out
 
 
 def _student_flags(workdir, data_dir, teacher, mode, extra=()):
-  return ['--config=configs/distill.py:' + mode, f'--workdir={workdir}',
-          f'--config.distill.teacher={teacher}', f'--config.data.data_dir={data_dir}',
-          '--config.model.d_model=16', '--config.model.n_layers=2', '--config.model.n_heads=2',
-          '--config.model.d_ff=32', '--config.model.max_len=32', '--config.data.seq_len=32',
-          '--config.train.global_batch_size=8', '--config.train.grad_accum_steps=2',
-          '--config.train.num_steps=4', '--config.train.log_every=2',
-          '--config.train.eval_every=4', '--config.train.eval_batches=1',
-          '--config.train.checkpoint_every=2', '--config.train.async_checkpoint=False',
-          '--config.optimizer.warmup_steps=1', '--config.mesh.data=2', '--config.mesh.fsdp=2',
-          '--config.mesh.tensor=2', '--config.distill.alpha=0.7',
-          '--config.distill.temperature=2.0'] + list(extra)
+  return [
+    '--config=configs/distill.py:' + mode,
+    f'--workdir={workdir}',
+    f'--config.distill.teacher={teacher}',
+    f'--config.data.data_dir={data_dir}',
+    '--config.model.d_model=16',
+    '--config.model.n_layers=2',
+    '--config.model.n_heads=2',
+    '--config.model.d_ff=32',
+    '--config.model.max_len=32',
+    '--config.data.seq_len=32',
+    '--config.train.global_batch_size=8',
+    '--config.train.grad_accum_steps=2',
+    '--config.train.num_steps=4',
+    '--config.train.log_every=2',
+    '--config.train.eval_every=4',
+    '--config.train.eval_batches=1',
+    '--config.train.checkpoint_every=2',
+    '--config.train.async_checkpoint=False',
+    '--config.optimizer.warmup_steps=1',
+    '--config.mesh.data=2',
+    '--config.mesh.fsdp=2',
+    '--config.mesh.tensor=2',
+    '--config.distill.alpha=0.7',
+    '--config.distill.temperature=2.0',
+  ] + list(extra)
 
 
 def _rows(workdir):
@@ -280,45 +340,62 @@ def test_online_and_offline_runs_through_main(teacher_dir, data_dir, tmp_path):
   k = vocab (float32 store) follows the online run's losses; the teacher is referenced only."""
   online = str(tmp_path / 'online')
   out = _cli(['main.py'] + _student_flags(online, data_dir, teacher_dir, 'online'), data_dir)
-  result = json.loads(out.stdout[out.stdout.index('{'):])
+  result = json.loads(out.stdout[out.stdout.index('{') :])
   assert result['teacher_params'] > 0 and np.isfinite(result['eval/teacher_loss'])
-  for key in ('eval/loss', 'eval/ce_loss', 'eval/distill_loss', 'eval/top1_agreement',
-              'eval/bits_per_byte'):
+  for key in (
+    'eval/loss',
+    'eval/ce_loss',
+    'eval/distill_loss',
+    'eval/top1_agreement',
+    'eval/bits_per_byte',
+  ):
     assert key in result, key
   assert result['eval/loss'] == result['eval/ce_loss']
   rows = _rows(online)
-  for key in ('train/loss', 'train/kd_loss', 'train/ce_loss', 'train/teacher_loss',
-              'train/top1_agreement'):
+  for key in (
+    'train/loss',
+    'train/kd_loss',
+    'train/ce_loss',
+    'train/teacher_loss',
+    'train/top1_agreement',
+  ):
     assert all(key in r for r in rows), key
   # loss = alpha * kd + (1 - alpha) * ce, per token.
   r = rows[-1]
-  np.testing.assert_allclose(r['train/loss'], 0.7 * r['train/kd_loss'] + 0.3 * r['train/ce_loss'],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    r['train/loss'], 0.7 * r['train/kd_loss'] + 0.3 * r['train/ce_loss'], rtol=1e-5
+  )
   # Checkpoint: teacher referenced in meta (path + step), its weights not saved.
   ckpt = os.path.join(online, 'checkpoints', '4')
   meta = json.load(open(os.path.join(ckpt, 'meta', 'metadata')))
   assert meta['distill'] == {'teacher': teacher_dir, 'teacher_step': 6, 'mode': 'online'}
   import orbax.checkpoint as ocp
+
   saved = ocp.StandardCheckpointer().metadata(os.path.join(ckpt, 'state')).item_metadata.tree
   assert sorted(saved) == ['opt_state', 'params', 'step']
   student_shapes = models.param_shapes(init_from.workdir_model_config(online))
-  assert (jax.tree.map(lambda x: tuple(x.shape), saved['params']) ==
-          jax.tree.map(lambda x: tuple(x.shape), student_shapes))
+  assert jax.tree.map(lambda x: tuple(x.shape), saved['params']) == jax.tree.map(
+    lambda x: tuple(x.shape), student_shapes
+  )
   # Rerun: resumes and finds the run finished.
   again = _cli(['main.py'] + _student_flags(online, data_dir, teacher_dir, 'online'), data_dir)
   assert 'already finished' in again.stderr
 
   offline = str(tmp_path / 'offline')
   extra = ['--config.distill.top_k=257', '--config.distill.logits_dtype=float32']
-  store = _cli(['-m', 'train.distill_store'] +
-               _student_flags(offline, data_dir, teacher_dir, 'offline', extra), data_dir)
+  store = _cli(
+    ['-m', 'train.distill_store']
+    + _student_flags(offline, data_dir, teacher_dir, 'offline', extra),
+    data_dir,
+  )
   assert 'bytes' in store.stdout and 'MB' in store.stdout
   smeta = json.load(open(os.path.join(offline, 'teacher_logits', 'meta.p0of1.json')))
   assert smeta['complete'] and smeta['indices_dtype'] == 'int16'
   assert smeta['shape'] == [4, 8, 32, 257]
-  out = _cli(['main.py'] + _student_flags(offline, data_dir, teacher_dir, 'offline', extra),
-             data_dir)
-  off = json.loads(out.stdout[out.stdout.index('{'):])
+  out = _cli(
+    ['main.py'] + _student_flags(offline, data_dir, teacher_dir, 'offline', extra), data_dir
+  )
+  off = json.loads(out.stdout[out.stdout.index('{') :])
   np.testing.assert_allclose(off['eval/teacher_loss'], result['eval/teacher_loss'], rtol=1e-5)
   assert off['teacher_params'] == result['teacher_params']
   for a, b in zip(rows, _rows(offline)):
@@ -334,9 +411,10 @@ def test_offline_store_float16_top_k_and_stream_check(teacher_dir, tiny_config, 
   work = str(tmp_path / 's')
   meta = distill_store.write(config, work)
   assert meta['complete'] and meta['bytes'] == os.path.getsize(
-      os.path.join(work, 'teacher_logits', 'values.p0of1.npy')) + os.path.getsize(
-      os.path.join(work, 'teacher_logits', 'indices.p0of1.npy')) + os.path.getsize(
-      os.path.join(work, 'teacher_logits', 'teacher_nll.p0of1.npy'))
+    os.path.join(work, 'teacher_logits', 'values.p0of1.npy')
+  ) + os.path.getsize(os.path.join(work, 'teacher_logits', 'indices.p0of1.npy')) + os.path.getsize(
+    os.path.join(work, 'teacher_logits', 'teacher_nll.p0of1.npy')
+  )
   store = distill_store.open_store(os.path.join(work, 'teacher_logits'))
   r = loop.setup(config)
   store.check_stream(config, r)
@@ -386,15 +464,24 @@ def test_sequence_loss_masks_the_prompt_and_mixes_word_kd(tiny_models):
   assert float(sums['tokens']) == 4 * 16
   d.update(mask_prompt=True, alpha=0.4)
   total, sums = distill.sequence_loss_fn(student, d, teacher)(sp, batch, tp)
-  ref, _ = distill.kd_sums(models.logits(student, sp, tokens[:, :-1]),
-                           models.logits(teacher, tp, tokens[:, :-1]), targets, alpha=0.4)
+  ref, _ = distill.kd_sums(
+    models.logits(student, sp, tokens[:, :-1]),
+    models.logits(teacher, tp, tokens[:, :-1]),
+    targets,
+    alpha=0.4,
+  )
   np.testing.assert_allclose(float(total), float(ref), rtol=1e-6)
 
 
 def test_sequence_config_validation(tiny_config):
   config = _sequence_config(tiny_config, 'x')
-  for key, bad in (('prompt_len', 0), ('prompt_len', 33), ('gen_temperature', -1.0),
-                   ('gen_top_k', 300), ('gen_top_p', 0.0)):
+  for key, bad in (
+    ('prompt_len', 0),
+    ('prompt_len', 33),
+    ('gen_temperature', -1.0),
+    ('gen_top_k', 300),
+    ('gen_top_p', 0.0),
+  ):
     c = _sequence_config(tiny_config, 'x', **{key: bad})
     with pytest.raises(ValueError, match=f'config.distill.{key}'):
       distill.validate(c)
@@ -433,7 +520,7 @@ def test_sequence_store_resume_and_student_run(teacher_dir, tiny_config, tmp_pat
 
   def cut(*args, **kw):
     calls.append(1)
-    if len(calls) == 3:   # step 2: the job dies after the flush at 2.
+    if len(calls) == 3:  # step 2: the job dies after the flush at 2.
       raise KeyboardInterrupt
     return generate(*args, **kw)
 
@@ -446,11 +533,11 @@ def test_sequence_store_resume_and_student_run(teacher_dir, tiny_config, tmp_pat
     distill_store.open_store(store_dir, kind='sequences')
   resumed = distill_store.write(config, work)
   skip = ('seconds', 'tokens_per_sec')
-  assert ({k: v for k, v in resumed.items() if k not in skip} ==
-          {k: v for k, v in whole.items() if k not in skip})
+  assert {k: v for k, v in resumed.items() if k not in skip} == {
+    k: v for k, v in whole.items() if k not in skip
+  }
   assert resumed['complete'] and resumed['generated_tokens'] == 4 * 8 * 25
-  a, b = (np.load(os.path.join(tmp_path, w, 'teacher_sequences', 'tokens.p0of1.npy'))
-          for w in 'ab')
+  a, b = (np.load(os.path.join(tmp_path, w, 'teacher_sequences', 'tokens.p0of1.npy')) for w in 'ab')
   np.testing.assert_array_equal(a, b)
   assert a.shape == (4, 8, 33) and a.dtype == np.uint16
   r = loop.setup(config)
@@ -461,10 +548,11 @@ def test_sequence_store_resume_and_student_run(teacher_dir, tiny_config, tmp_pat
   top20 = jax.lax.top_k(models.logits(distill.teacher_ref(config).model, tp, a[3, :, :-1]), 20)[1]
   assert (np.asarray(top20)[:, 7:] == a[3, :, 8:, None]).any(-1).all()
 
-  config.train.checkpoint_every = 4   # one save: the loop's resume is tested elsewhere.
+  config.train.checkpoint_every = 4  # one save: the loop's resume is tested elsewhere.
   result = distill.run(config, work)
-  assert np.isfinite(result['eval/loss']) and result['eval/teacher_loss'] == whole[
-      'teacher_eval_loss']
+  assert (
+    np.isfinite(result['eval/loss']) and result['eval/teacher_loss'] == whole['teacher_eval_loss']
+  )
   assert [row['step'] for row in _rows(work)] == [2, 4]
   ckpt_meta = json.load(open(os.path.join(work, 'checkpoints', '4', 'meta', 'metadata')))
   assert ckpt_meta['distill']['mode'] == 'sequence' and ckpt_meta['distill']['prompt_len'] == 8
@@ -487,27 +575,38 @@ def test_sequence_distillation_through_main(teacher_dir, data_dir, tmp_path):
   is the teacher's argmax) by the CLI, then Seq-KD + word-level KD (alpha 0.7, teacher online)
   through main.py; a store for another prompt_len is one error line, exit code 2."""
   work = str(tmp_path / 'seq')
-  flags = _student_flags(work, data_dir, teacher_dir, 'sequence',
-                         ['--config.distill.prompt_len=8'])
+  flags = _student_flags(work, data_dir, teacher_dir, 'sequence', ['--config.distill.prompt_len=8'])
   out = _cli(['-m', 'train.distill_store'] + flags, data_dir)
   assert 'tokens/s' in out.stdout
   store = distill_store.open_store(os.path.join(work, 'teacher_sequences'), kind='sequences')
   rows = store.batch(3)['tokens']
   _, tp = init_from.load_params(teacher_dir)
-  greedy = np.asarray(jnp.argmax(models.logits(init_from.workdir_model_config(teacher_dir), tp,
-                                               rows[:, :-1]), -1))
+  greedy = np.asarray(
+    jnp.argmax(models.logits(init_from.workdir_model_config(teacher_dir), tp, rows[:, :-1]), -1)
+  )
   np.testing.assert_array_equal(rows[:, 8:], greedy[:, 7:])
   out = _cli(['main.py'] + flags, data_dir)
-  result = json.loads(out.stdout[out.stdout.index('{'):])
-  assert result['eval/loss'] == result['eval/ce_loss']   # the student's CE on real text.
+  result = json.loads(out.stdout[out.stdout.index('{') :])
+  assert result['eval/loss'] == result['eval/ce_loss']  # the student's CE on real text.
   r = _rows(work)[-1]
-  np.testing.assert_allclose(r['train/loss'], 0.7 * r['train/kd_loss'] + 0.3 * r['train/ce_loss'],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    r['train/loss'], 0.7 * r['train/kd_loss'] + 0.3 * r['train/ce_loss'], rtol=1e-5
+  )
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
-  bad = subprocess.run([sys.executable, 'main.py'] + flags[:-1] + ['--config.distill.prompt_len=4',
-                       f'--config.distill.sequences_dir={work}/teacher_sequences',
-                       f'--workdir={tmp_path}/other'],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  bad = subprocess.run(
+    [sys.executable, 'main.py']
+    + flags[:-1]
+    + [
+      '--config.distill.prompt_len=4',
+      f'--config.distill.sequences_dir={work}/teacher_sequences',
+      f'--workdir={tmp_path}/other',
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   last = bad.stderr.strip().splitlines()[-1]
   assert bad.returncode == 2 and last.startswith('error: ') and 'Traceback' not in bad.stderr
   assert 'config.distill.prompt_len' in last and f'{work}/teacher_sequences' in last

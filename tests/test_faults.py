@@ -2,6 +2,7 @@
 a full disk, a read-only workdir and a busy one. Each case asserts the exit code (2 bad input,
 1 failed run, 0 recovered), the one `error:` line (no traceback), and that the workdir's
 checkpoints, config.json and metrics are unchanged or resumable."""
+
 import contextlib
 import hashlib
 import json
@@ -20,12 +21,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cmd(workdir, data_dir, *extra, steps=4):
-  return [sys.executable, 'main.py', '--config=configs/default.py', f'--workdir={workdir}',
-          f'--config.data.data_dir={data_dir}', f'--config.train.num_steps={steps}',
-          '--config.train.log_every=2', '--config.train.eval_every=4',
-          '--config.train.eval_batches=1', '--config.train.checkpoint_every=2',
-          '--config.optimizer.warmup_steps=1', '--config.model.n_layers=1',
-          '--config.train.global_batch_size=8', *extra]
+  return [
+    sys.executable,
+    'main.py',
+    '--config=configs/default.py',
+    f'--workdir={workdir}',
+    f'--config.data.data_dir={data_dir}',
+    f'--config.train.num_steps={steps}',
+    '--config.train.log_every=2',
+    '--config.train.eval_every=4',
+    '--config.train.eval_batches=1',
+    '--config.train.checkpoint_every=2',
+    '--config.optimizer.warmup_steps=1',
+    '--config.model.n_layers=1',
+    '--config.train.global_batch_size=8',
+    *extra,
+  ]
 
 
 def _env():
@@ -48,7 +59,7 @@ def _error_line(stderr):
 
 
 def _result(stdout):
-  return json.loads(stdout[stdout.index('{'):])
+  return json.loads(stdout[stdout.index('{') :])
 
 
 def _snapshot(workdir):
@@ -69,8 +80,9 @@ def _tmpfs(path, size, read_only=False):
   """A real small (or read-only) filesystem at `path`; skips where mounting is not permitted."""
   os.makedirs(path, exist_ok=True)
   opts = f'size={size}' + (',ro' if read_only else '')
-  if subprocess.run(['mount', '-t', 'tmpfs', '-o', opts, 'tmpfs', str(path)],
-                    capture_output=True).returncode:
+  if subprocess.run(
+    ['mount', '-t', 'tmpfs', '-o', opts, 'tmpfs', str(path)], capture_output=True
+  ).returncode:
     pytest.skip('mounting a tmpfs needs root / CAP_SYS_ADMIN on this machine')
   try:
     yield str(path)
@@ -92,6 +104,7 @@ def trained(data_dir, tmp_path_factory):
 
 def _tiny_train():
   from configs import base
+
   return base.get_config().train
 
 
@@ -103,17 +116,30 @@ def _copy(trained, tmp_path):
 
 # --- bad input: one line, exit 2, before any compile --------------------------------------------
 
-@pytest.mark.parametrize('args,expected', [
+
+@pytest.mark.parametrize(
+  'args,expected',
+  [
     (['--config.train.foo=1'], 'config.train.foo: unknown key'),
     (['--config.model.d_modle=3'], "config.model.d_modle: unknown key (did you mean 'd_model'?"),
     (['--config.train.keep_checkpoints=0'], 'config.train.keep_checkpoints must be positive'),
-    pytest.param(['--config.train.eval_every=0'], 'config.train.eval_every must be positive',
-                 marks=pytest.mark.slow),   # (the validation messages are also tested in process)
-    pytest.param(['--config.data.max_documents=-1'], 'config.data.max_documents must be >= 0',
-                 marks=pytest.mark.slow),
-    (['--config.data.dataset=stdlib_corpuss'], "no such TFDS dataset (did you mean 'stdlib_corpus'?"),
+    pytest.param(
+      ['--config.train.eval_every=0'],
+      'config.train.eval_every must be positive',
+      marks=pytest.mark.slow,
+    ),  # (the validation messages are also tested in process)
+    pytest.param(
+      ['--config.data.max_documents=-1'],
+      'config.data.max_documents must be >= 0',
+      marks=pytest.mark.slow,
+    ),
+    (
+      ['--config.data.dataset=stdlib_corpuss'],
+      "no such TFDS dataset (did you mean 'stdlib_corpus'?",
+    ),
     (['--config.train.log_every=x'], 'flag --config.train.log_every=x'),
-])
+  ],
+)
 def test_bad_config_is_one_line_exit_2(args, expected, data_dir, tmp_path):
   rc, _, err, _ = _main(_cmd(str(tmp_path / 'w'), data_dir, *args))
   assert rc == 2
@@ -123,8 +149,10 @@ def test_bad_config_is_one_line_exit_2(args, expected, data_dir, tmp_path):
 
 def test_unknown_key_in_a_config_file_says_the_same(data_dir, tmp_path):
   path = tmp_path / 'typo.py'
-  path.write_text('from configs import default\n\ndef get_config():\n  c = default.get_config()\n'
-                  '  c.model.d_modle = 3\n  return c\n')
+  path.write_text(
+    'from configs import default\n\ndef get_config():\n  c = default.get_config()\n'
+    '  c.model.d_modle = 3\n  return c\n'
+  )
   cmd = _cmd(str(tmp_path / 'w'), data_dir)
   cmd[2] = f'--config={path}'
   rc, _, err, _ = _main(cmd)
@@ -145,8 +173,9 @@ def test_missing_or_broken_config_file_names_the_path(data_dir, tmp_path):
 
 
 def test_debug_flag_shows_the_traceback(data_dir, tmp_path):
-  rc, _, err, _ = _main(_cmd(str(tmp_path / 'w'), data_dir, '--config.train.eval_every=0',
-                             '--debug'))
+  rc, _, err, _ = _main(
+    _cmd(str(tmp_path / 'w'), data_dir, '--config.train.eval_every=0', '--debug')
+  )
   assert rc != 0 and 'Traceback' in err and 'eval_every must be positive' in err
 
 
@@ -158,19 +187,25 @@ def test_read_only_workdir_is_refused(data_dir, tmp_path):
 
 # --- resume: a rejected resume changes nothing; a bad checkpoint is set aside ---------------------
 
-@pytest.mark.parametrize('args,expected', [
+
+@pytest.mark.parametrize(
+  'args,expected',
+  [
     (['--config.model.d_model=64'], 'config.model.d_model=128 (now 64)'),
-    pytest.param(['--config.data.seq_len=64'], 'config.data.seq_len=128 (now 64)',
-                 marks=pytest.mark.slow),
-])
-def test_resume_with_other_shapes_is_refused_and_changes_nothing(args, expected, trained,
-                                                                 data_dir, tmp_path):
+    pytest.param(
+      ['--config.data.seq_len=64'], 'config.data.seq_len=128 (now 64)', marks=pytest.mark.slow
+    ),
+  ],
+)
+def test_resume_with_other_shapes_is_refused_and_changes_nothing(
+  args, expected, trained, data_dir, tmp_path
+):
   workdir = _copy(trained, tmp_path)
   before = _snapshot(workdir)
   rc, _, err, _ = _main(_cmd(workdir, data_dir, *args, steps=6))
   assert rc == 2
   assert expected in _error_line(err)
-  assert _snapshot(workdir) == before   # config.json included: the checkpoint still loads.
+  assert _snapshot(workdir) == before  # config.json included: the checkpoint still loads.
 
 
 def _largest_array_file(step_dir):
@@ -211,13 +246,18 @@ def _wrong_checksum(step_dir):
     json.dump(meta, f)
 
 
-@pytest.mark.parametrize('corrupt,problem', [(_truncate, 'unreadable arrays'),
-                                             pytest.param(_empty_meta, 'unreadable metadata',
-                                                          marks=pytest.mark.slow),
-                                             (_garbage, '(unreadable arrays|checksum mismatch)'),
-                                             (_wrong_checksum, 'checksum mismatch')])
-def test_corrupt_latest_checkpoint_is_set_aside_and_the_previous_used(corrupt, problem, trained,
-                                                                      data_dir, tmp_path):
+@pytest.mark.parametrize(
+  'corrupt,problem',
+  [
+    (_truncate, 'unreadable arrays'),
+    pytest.param(_empty_meta, 'unreadable metadata', marks=pytest.mark.slow),
+    (_garbage, '(unreadable arrays|checksum mismatch)'),
+    (_wrong_checksum, 'checksum mismatch'),
+  ],
+)
+def test_corrupt_latest_checkpoint_is_set_aside_and_the_previous_used(
+  corrupt, problem, trained, data_dir, tmp_path
+):
   workdir = _copy(trained, tmp_path)
   corrupt(os.path.join(workdir, 'checkpoints', '4'))
   rc, out, err, _ = _main(_cmd(workdir, data_dir, steps=6))
@@ -225,7 +265,7 @@ def test_corrupt_latest_checkpoint_is_set_aside_and_the_previous_used(corrupt, p
   assert re.search(f'Checkpoint 4 in {re.escape(workdir)} is corrupt: {problem}', err), err[-3000:]
   assert 'Resumed from step 2' in err and 'Traceback' not in err
   aside = os.listdir(os.path.join(workdir, 'checkpoints.corrupt'))
-  assert len(aside) == 1 and aside[0].startswith('4-')   # moved, not deleted.
+  assert len(aside) == 1 and aside[0].startswith('4-')  # moved, not deleted.
   # Resuming from step 2 is exact: the same final loss as the run trained straight to 6.
   assert _result(out)['train/loss'] == trained[1]['train/loss']
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '6']
@@ -233,13 +273,22 @@ def test_corrupt_latest_checkpoint_is_set_aside_and_the_previous_used(corrupt, p
 
 # --- failed runs: one line, exit 1, the last good checkpoint kept ---------------------------------
 
+
 def test_loss_spike_stops_before_checkpointing(data_dir, tmp_path):
   """lr=10 without clipping: the loss jumps from 5.4 to ~1.6e3 (finite) at step 3."""
   workdir = str(tmp_path / 'w')
-  rc, _, err, _ = _main(_cmd(workdir, data_dir, '--config.optimizer.lr=10',
-                             '--config.optimizer.grad_clip=0', '--config.optimizer.schedule=constant',
-                             '--config.train.log_every=1', '--config.train.checkpoint_every=1',
-                             steps=8))
+  rc, _, err, _ = _main(
+    _cmd(
+      workdir,
+      data_dir,
+      '--config.optimizer.lr=10',
+      '--config.optimizer.grad_clip=0',
+      '--config.optimizer.schedule=constant',
+      '--config.train.log_every=1',
+      '--config.train.checkpoint_every=1',
+      steps=8,
+    )
+  )
   assert rc == 1
   line = _error_line(err)
   assert 'at step 3 is above 10 x its running median' in line
@@ -253,24 +302,32 @@ def test_disk_full_keeps_the_last_checkpoint_and_resumes(data_dir, tmp_path):
     workdir = os.path.join(small, 'w')
     rc, _, err, _ = _main(_cmd(workdir, data_dir))
     assert rc == 1
-    assert f'disk full writing {workdir}; its last committed checkpoint (step 2) is kept' in \
-        _error_line(err)
+    assert (
+      f'disk full writing {workdir}; its last committed checkpoint (step 2) is kept'
+      in _error_line(err)
+    )
     moved = str(tmp_path / 'moved')
-    shutil.copytree(workdir, moved)   # "free space": the same workdir, on a disk with room.
+    shutil.copytree(workdir, moved)  # "free space": the same workdir, on a disk with room.
   # Checkpoint 2 is whole: it loads and matches its checksums (resuming from it is exact, as the
   # corrupt-checkpoint tests show end to end).
   from train import checkpoint, init_from
+
   assert checkpoint.restore_meta(checkpoint.manager(moved, _tiny_train()), 2)['checksum']
   init_from.load_params(moved)
 
 
 def test_second_run_on_a_busy_workdir_is_refused(data_dir, tmp_path):
   workdir = str(tmp_path / 'w')
-  first = subprocess.Popen(_cmd(workdir, data_dir, '--config.train.log_every=5', steps=100000),
-                           cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
+  first = subprocess.Popen(
+    _cmd(workdir, data_dir, '--config.train.log_every=5', steps=100000),
+    cwd=REPO,
+    env=_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   try:
-    for line in first.stderr:   # wait until the first run trains (it holds the lock by then).
+    for line in first.stderr:  # wait until the first run trains (it holds the lock by then).
       if 'train/grad_norm=' in line:
         break
     rc, _, err, _ = _main(_cmd(workdir, data_dir))
@@ -279,20 +336,27 @@ def test_second_run_on_a_busy_workdir_is_refused(data_dir, tmp_path):
   finally:
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=300)
-  assert first.returncode == 0   # the first run was not disturbed: it stopped cleanly on SIGTERM.
+  assert first.returncode == 0  # the first run was not disturbed: it stopped cleanly on SIGTERM.
 
 
-@pytest.mark.slow   # (23 s; the first-signal path is in the default run: tests/test_loop.py)
+@pytest.mark.slow  # (23 s; the first-signal path is in the default run: tests/test_loop.py)
 def test_second_sigterm_exits_at_once_and_the_workdir_still_resumes(data_dir, tmp_path):
   """Two SIGTERMs in a row: the second kills the process (no clean stop), yet only committed
   checkpoints exist, and the same command resumes."""
   workdir = str(tmp_path / 'w')
-  cmd = _cmd(workdir, data_dir, '--config.train.log_every=5', '--config.train.checkpoint_every=5',
-             '--config.train.eval_every=1000', steps=100000)
-  proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  cmd = _cmd(
+    workdir,
+    data_dir,
+    '--config.train.log_every=5',
+    '--config.train.checkpoint_every=5',
+    '--config.train.eval_every=1000',
+    steps=100000,
+  )
+  proc = subprocess.Popen(
+    cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+  )
   logged = 0
-  for line in proc.stderr:   # step 15: the save of 10 has begun, so 5 has committed.
+  for line in proc.stderr:  # step 15: the save of 10 has begun, so 5 has committed.
     logged += 'train/grad_norm=' in line
     if logged == 3:
       break
@@ -313,12 +377,13 @@ def test_second_sigterm_exits_at_once_and_the_workdir_still_resumes(data_dir, tm
 
 def test_guard_spike_nonfinite_and_skipped_steps():
   from train import divergence
+
   g = divergence.Guard(factor=10.0, window=3, vocab_size=257)
   with pytest.raises(divergence.Diverged, match='above 10 x its running median 5.549'):
-    g.check(1, {'train/loss': 60.0}, 'W', None)   # before any history: ln(257) is the reference.
+    g.check(1, {'train/loss': 60.0}, 'W', None)  # before any history: ln(257) is the reference.
   for loss in (5.0, 3.0, 2.0, 1.0):
     g.check(2, {'train/loss': loss, 'train/grad_norm': 1.0}, 'W', 1)
-  g.check(3, {'train/loss': 19.0}, 'W', 2)          # median of (3, 2, 1) is 2: 19 < 20 passes.
+  g.check(3, {'train/loss': 19.0}, 'W', 2)  # median of (3, 2, 1) is 2: 19 < 20 passes.
   with pytest.raises(divergence.Diverged, match=r'step 4 .*checkpoint \(step 3\) in W is kept'):
     g.check(4, {'train/loss': 1e13}, 'W', 3)
   with pytest.raises(divergence.Diverged, match='grad_norm is inf'):
@@ -330,7 +395,9 @@ def test_guard_spike_nonfinite_and_skipped_steps():
 def test_checksum_sees_one_flipped_bit_and_ignores_sharding():
   import jax
   import numpy as np
+
   from train import checkpoint
+
   x = np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32)
   state = {'w': x, 'b': np.arange(7, dtype=np.int32), 'h': x.astype(jax.numpy.bfloat16)}
   ref = checkpoint.checksum(state)
@@ -346,7 +413,8 @@ def test_checksum_sees_one_flipped_bit_and_ignores_sharding():
 def test_init_from_and_teacher_loading_refuse_a_corrupt_checkpoint(trained, tmp_path):
   """`init_from.load_params` (init_from=W and distillation teachers) verifies the checksums too."""
   from train import init_from
-  init_from.load_params(trained[0])   # intact: loads.
+
+  init_from.load_params(trained[0])  # intact: loads.
   workdir = _copy(trained, tmp_path)
   _garbage(os.path.join(workdir, 'checkpoints', '4'))
   with pytest.raises(ValueError, match=f'{workdir}: checkpoint 4 is corrupt'):

@@ -3,6 +3,7 @@
 Published constants are from ../shared/reference/facts.md: Chinchilla (Hoffmann et al. 2022, arXiv
 2203.15556) and Kaplan et al. 2020 (arXiv 2001.08361).
 """
+
 import json
 import os
 import subprocess
@@ -11,12 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from scaling import fit
-from scaling import laws
-from scaling import plot
-from scaling import predict
-from scaling import results
-from scaling import validate
+from scaling import fit, laws, plot, predict, results, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRUE = laws.CHINCHILLA
@@ -32,11 +28,13 @@ def grid_runs(seed, noise, n_sizes=12, n_token_counts=12):
   return results.Runs([f'run{i}' for i in range(n.size)], n, d, 6 * n * d, loss)
 
 
-def isoflop_runs(seed, noise, budgets=np.logspace(18, 22, 9), sizes=9):
+def isoflop_runs(seed, noise, budgets=None, sizes=9):
   """An IsoFLOP grid: per budget, sizes spanning +-1 decade around 1.5x the true optimum (a guess)."""
+  budgets = np.logspace(18, 22, 9) if budgets is None else budgets
   rng = np.random.default_rng(seed)
-  n = np.concatenate([laws.chinchilla_optimal(TRUE, c)[0] * 1.5 * np.logspace(-1, 1, sizes)
-                      for c in budgets])
+  n = np.concatenate(
+    [laws.chinchilla_optimal(TRUE, c)[0] * 1.5 * np.logspace(-1, 1, sizes) for c in budgets]
+  )
   c = np.repeat(budgets, sizes)
   d = c / (6 * n)
   loss = laws.chinchilla_loss(TRUE, n, d) * np.exp(noise * rng.standard_normal(n.size))
@@ -74,8 +72,9 @@ def test_kaplan_joint_frontier_matches_brute_force():
 def test_optimal_for_params_inverts_frontier():
   """Given N alone, the C at which N is optimal maps back to N (Chinchilla and Kaplan)."""
   for law, optimal, for_params in (
-      (laws.CHINCHILLA, laws.chinchilla_optimal, laws.chinchilla_optimal_for_params),
-      (laws.KAPLAN_JOINT, laws.kaplan_joint_optimal, laws.kaplan_joint_optimal_for_params)):
+    (laws.CHINCHILLA, laws.chinchilla_optimal, laws.chinchilla_optimal_for_params),
+    (laws.KAPLAN_JOINT, laws.kaplan_joint_optimal, laws.kaplan_joint_optimal_for_params),
+  ):
     n, d, _ = optimal(law, 3e21)
     d2, c2, _ = for_params(law, n)
     np.testing.assert_allclose([d2, c2], [d, 3e21], rtol=1e-9)
@@ -90,8 +89,11 @@ def test_published_constants():
   assert laws.KAPLAN_JOINT == laws.KaplanJoint(alpha_N=0.076, alpha_D=0.103, N_c=6.4e13, D_c=1.8e13)
   # L(N, D) -> L(N) as D -> infinity.
   j = laws.KAPLAN_JOINT
-  np.testing.assert_allclose(laws.kaplan_loss_joint(j, 1e9, 1e30),
-                             laws.kaplan_loss_n(laws.KaplanN(j.alpha_N, j.N_c), 1e9), rtol=1e-9)
+  np.testing.assert_allclose(
+    laws.kaplan_loss_joint(j, 1e9, 1e30),
+    laws.kaplan_loss_n(laws.KaplanN(j.alpha_N, j.N_c), 1e9),
+    rtol=1e-9,
+  )
 
 
 # --- predictions ------------------------------------------------------------------------------------
@@ -157,8 +159,14 @@ def test_chinchilla_objective_gradient():
   theta = np.array([6.0, 6.1, 0.5, 0.33, 0.29])
   _, grad = fit.chinchilla_objective(theta, *args)
   eps = 1e-7
-  num = [(fit.chinchilla_objective(theta + eps * e, *args)[0] -
-          fit.chinchilla_objective(theta - eps * e, *args)[0]) / (2 * eps) for e in np.eye(5)]
+  num = [
+    (
+      fit.chinchilla_objective(theta + eps * e, *args)[0]
+      - fit.chinchilla_objective(theta - eps * e, *args)[0]
+    )
+    / (2 * eps)
+    for e in np.eye(5)
+  ]
   np.testing.assert_allclose(grad, num, rtol=1e-4, atol=1e-9)
   batch = fit.chinchilla_objective_batch(theta[None], *args)
   assert batch[0] == pytest.approx(fit.chinchilla_objective(theta, *args)[0])
@@ -179,8 +187,9 @@ def test_isoflop_noiseless_minima_and_grouping():
   runs = isoflop_runs(0, 0.0)
   runs.flops = runs.flops * (1 + 0.01 * np.sin(np.arange(len(runs))))  # FLOPs jitter by +-1%.
   for prof in fit.isoflop_profiles(runs):
-    np.testing.assert_allclose(prof['params_opt'], laws.chinchilla_optimal(TRUE, prof['flops'])[0],
-                               rtol=0.05)
+    np.testing.assert_allclose(
+      prof['params_opt'], laws.chinchilla_optimal(TRUE, prof['flops'])[0], rtol=0.05
+    )
   assert len(fit.isoflop_profiles(runs)) == 9
 
 
@@ -259,37 +268,65 @@ CSV_HEADER = 'name,params,non_embedding_params,tokens,flops,loss\n'
 
 def test_read_results_and_flops_tokens(tmp_path):
   """Tokens come from the tokens column, or from FLOPs as D = C / (6N) when it is absent."""
-  rows = ''.join(f'r{i},{n},{n * 0.9},{d},{6 * n * d},{3.0 - i * 0.1}\n'
-                 for i, (n, d) in enumerate([(1e7, 1e9), (2e7, 3e9), (4e7, 1e10)]))
+  rows = ''.join(
+    f'r{i},{n},{n * 0.9},{d},{6 * n * d},{3.0 - i * 0.1}\n'
+    for i, (n, d) in enumerate([(1e7, 1e9), (2e7, 3e9), (4e7, 1e10)])
+  )
   runs = results.read_results(_write(tmp_path / 'a.csv', CSV_HEADER + rows))
   np.testing.assert_allclose(runs.tokens, [1e9, 3e9, 1e10])
   assert runs.names == ['r0', 'r1', 'r2']
-  no_tokens = _write(tmp_path / 'b.csv', 'name,params,flops,loss\n' +
-                     ''.join(f'r{i},{n},{c},2.5\n' for i, (n, c) in enumerate([(1e7, 6e16), (2e7, 6e17),
-                                                                             (4e7, 1e18)])))
+  no_tokens = _write(
+    tmp_path / 'b.csv',
+    'name,params,flops,loss\n'
+    + ''.join(
+      f'r{i},{n},{c},2.5\n' for i, (n, c) in enumerate([(1e7, 6e16), (2e7, 6e17), (4e7, 1e18)])
+    ),
+  )
   runs = results.read_results(no_tokens)
   np.testing.assert_allclose(runs.tokens, [1e9, 5e9, 1e18 / 2.4e8])
-  runs = results.read_results(_write(tmp_path / 'c.csv', CSV_HEADER + rows), params_col='non_embedding_params',
-                              tokens_col='')
+  runs = results.read_results(
+    _write(tmp_path / 'c.csv', CSV_HEADER + rows), params_col='non_embedding_params', tokens_col=''
+  )
   np.testing.assert_allclose(runs.params * runs.tokens * 6, runs.flops)
 
 
-@pytest.mark.parametrize('body, kwargs, message', [
+@pytest.mark.parametrize(
+  'body, kwargs, message',
+  [
     ('name,params,tokens\na,1e7,1e9\nb,2e7,1e9\nc,3e7,1e9\n', {}, r"missing column 'loss'"),
-    ('name,params,loss\na,1e7,3\nb,2e7,3\nc,3e7,3\n', {},
-     r"missing column 'tokens' \(and no 'flops' column"),
+    (
+      'name,params,loss\na,1e7,3\nb,2e7,3\nc,3e7,3\n',
+      {},
+      r"missing column 'tokens' \(and no 'flops' column",
+    ),
     ('name,params,tokens,loss\na,1e7,1e9,3\nb,2e7,1e9,3\n', {}, r'2 rows, need at least 3'),
-    ('name,params,tokens,loss\na,1e7,1e9,3\nb,2e7,1e9,nan\nc,3e7,1e9,3\n', {},
-     r"row 2 \('b'\), column 'loss': value is NaN"),
-    ('name,params,tokens,loss\na,1e7,1e9,3\nb,2e7,1e9,3\nc,-3e7,1e9,3\n', {},
-     r"row 3 \('c'\), column 'params': value must be positive, got -3e\+07"),
-    ('name,params,tokens,loss\na,1e7,0,3\nb,2e7,1e9,3\nc,3e7,1e9,3\n', {},
-     r"row 1 \('a'\), column 'tokens': value must be positive, got 0"),
-    ('name,params,tokens,loss\na,1e7,1e9,3\nb,2e7,,3\nc,3e7,1e9,3\n', {},
-     r"row 2 \('b'\), column 'tokens': not a number: ''"),
-    ('name,n,tokens,loss\na,1e7,1e9,3\nb,2e7,1e9,3\nc,3e7,1e9,3\n', {'params_col': 'N'},
-     r"missing column 'N' \(have: name, n, tokens, loss\)"),
-])
+    (
+      'name,params,tokens,loss\na,1e7,1e9,3\nb,2e7,1e9,nan\nc,3e7,1e9,3\n',
+      {},
+      r"row 2 \('b'\), column 'loss': value is NaN",
+    ),
+    (
+      'name,params,tokens,loss\na,1e7,1e9,3\nb,2e7,1e9,3\nc,-3e7,1e9,3\n',
+      {},
+      r"row 3 \('c'\), column 'params': value must be positive, got -3e\+07",
+    ),
+    (
+      'name,params,tokens,loss\na,1e7,0,3\nb,2e7,1e9,3\nc,3e7,1e9,3\n',
+      {},
+      r"row 1 \('a'\), column 'tokens': value must be positive, got 0",
+    ),
+    (
+      'name,params,tokens,loss\na,1e7,1e9,3\nb,2e7,,3\nc,3e7,1e9,3\n',
+      {},
+      r"row 2 \('b'\), column 'tokens': not a number: ''",
+    ),
+    (
+      'name,n,tokens,loss\na,1e7,1e9,3\nb,2e7,1e9,3\nc,3e7,1e9,3\n',
+      {'params_col': 'N'},
+      r"missing column 'N' \(have: name, n, tokens, loss\)",
+    ),
+  ],
+)
 def test_read_results_errors(tmp_path, body, kwargs, message):
   """Missing column, too few rows, NaN, non-positive and blank values: a ValueError naming row and column."""
   with pytest.raises(ValueError, match=message):
@@ -307,21 +344,38 @@ def test_cli_fit_predict_plot(tmp_path):
   env = {**os.environ, 'PYTHONPATH': REPO + os.pathsep + os.environ.get('PYTHONPATH', '')}
 
   def run(*args):
-    proc = subprocess.run([sys.executable, '-m', *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+    proc = subprocess.run(
+      [sys.executable, '-m', *args],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
   fit_json = tmp_path / 'fit.json'
-  out = json.loads(run('scaling.fit', f'--results={csv_path}', '--law=chinchilla', '--bootstrap=6',
-                       f'--out={fit_json}'))
+  out = json.loads(
+    run(
+      'scaling.fit',
+      f'--results={csv_path}',
+      '--law=chinchilla',
+      '--bootstrap=6',
+      f'--out={fit_json}',
+    )
+  )
   assert json.loads(fit_json.read_text()) == out
   assert abs(out['constants']['a'] - TRUE_A) < 0.05 and len(out['bootstrap']['samples']['E']) == 6
   pred = json.loads(run('scaling.predict', f'--law={fit_json}', '--compute=1e22'))
   assert pred['ci95']['params'][0] <= pred['params'] <= pred['ci95']['params'][1]
   paths = run('scaling.plot', f'--results={csv_path}', f'--fit={fit_json}').split()
   assert [os.path.basename(p) for p in paths] == [
-      'runs_loss_vs_compute.png', 'runs_isoflops.png', 'runs_observed_vs_fitted.png']
+    'runs_loss_vs_compute.png',
+    'runs_isoflops.png',
+    'runs_observed_vs_fitted.png',
+  ]
   assert all(os.path.getsize(p) > 1000 and os.path.dirname(p) == str(tmp_path) for p in paths)
 
 
@@ -330,7 +384,9 @@ def test_cli_in_process_isoflop_and_kaplan(tmp_path, capsys):
   runs = isoflop_runs(1, 0.003, budgets=np.logspace(18, 21, 4), sizes=7)
   csv_path = tmp_path / 'runs.csv'
   results.write_results(csv_path, runs, extra={'non_embedding_params': runs.params * 0.9})
-  fit.main([f'--results={csv_path}', '--law=isoflop', '--tokens_col=', f'--out={tmp_path / "iso.json"}'])
+  fit.main(
+    [f'--results={csv_path}', '--law=isoflop', '--tokens_col=', f'--out={tmp_path / "iso.json"}']
+  )
   iso = json.loads(capsys.readouterr().out)
   assert abs(iso['constants']['a'] - TRUE_A) < 0.05 and len(iso['budgets']) == 4
   fit.main([f'--results={csv_path}', '--law=kaplan'])
@@ -353,8 +409,9 @@ def test_lr_and_seed_axes_collapse_to_best_lr_mean_over_seeds(tmp_path, capsys):
       true[(n, d)] = best
       for lr, penalty in ((1e-3, 0.3), (2e-3, 0.0), (4e-3, 0.1)):
         for seed, noise in ((0, -0.01), (1, 0.01)):
-          rows.append((f'n{n:g}_d{d:g}_lr{lr:g}_s{seed}', n, d, 6 * n * d, best + penalty + noise,
-                       lr, seed))
+          rows.append(
+            (f'n{n:g}_d{d:g}_lr{lr:g}_s{seed}', n, d, 6 * n * d, best + penalty + noise, lr, seed)
+          )
   path = tmp_path / 'r.csv'
   with open(path, 'w') as f:
     f.write('name,params,tokens,flops,loss,lr,seed\n')
@@ -363,13 +420,17 @@ def test_lr_and_seed_axes_collapse_to_best_lr_mean_over_seeds(tmp_path, capsys):
   runs = results.read_results(path)
   assert len(runs) == 9 and 'best of 3 lrs' in runs.selection and '2 seed' in runs.selection
   for n, d, loss in zip(runs.params, runs.tokens, runs.loss):
-    assert loss == pytest.approx(true[(n, d)])     # lr 2e-3, seed noise averaged away.
+    assert loss == pytest.approx(true[(n, d)])  # lr 2e-3, seed noise averaged away.
   declared = results.read_results(path, lr=4e-3)
-  assert np.allclose(declared.loss, [true[(n, d)] + 0.1 for n, d in zip(declared.params, declared.tokens)])
+  assert np.allclose(
+    declared.loss, [true[(n, d)] + 0.1 for n, d in zip(declared.params, declared.tokens)]
+  )
   with pytest.raises(ValueError, match='no run with lr=0.5'):
     results.read_results(path, lr=0.5)
   fit.main(['--results', str(path), '--law', 'chinchilla'])
-  assert '"selection": "best of 3 lrs per (N, D); loss = mean over 2 seed(s)"' in capsys.readouterr().out
+  assert (
+    '"selection": "best of 3 lrs per (N, D); loss = mean over 2 seed(s)"' in capsys.readouterr().out
+  )
 
 
 # --- hold-out validation ---------------------------------------------------------------------------
@@ -400,8 +461,17 @@ def test_holdout_split_and_prediction_on_a_known_law(tmp_path, capsys):
   validate.main(['--results', str(path), f'--fit_below={cut}', '--out', str(tmp_path / 'h.png')])
   out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert set(out) == {'chinchilla', 'kaplan'} and len(out['kaplan']) == len(held)
-  assert set(out['chinchilla'][0]) == {'name', 'params', 'tokens', 'flops', 'observed',
-                                       'predicted', 'rel_error', 'lo', 'hi'}
+  assert set(out['chinchilla'][0]) == {
+    'name',
+    'params',
+    'tokens',
+    'flops',
+    'observed',
+    'predicted',
+    'rel_error',
+    'lo',
+    'hi',
+  }
   assert (tmp_path / 'h.png').stat().st_size > 0
 
 
@@ -422,7 +492,7 @@ def test_envelope_of_known_curves_recovers_the_frontier():
   curve is lowest; with 40 sizes per 3 decades the fitted exponents are the law's a and b."""
   runs = _curves(np.logspace(7, 10, 40))
   c, n_opt, l_opt = fit.envelope(runs)
-  for ci, ni in zip(c[::20], n_opt[::20]):   # brute force: the best size of the grid at ci.
+  for ci, ni in zip(c[::20], n_opt[::20]):  # brute force: the best size of the grid at ci.
     sizes = np.logspace(7, 10, 40)
     ok = (6 * sizes * 1e8 <= ci * 1.0001) & (ci <= 6 * sizes * 1e13 * 1.0001)
     losses = laws.chinchilla_loss(TRUE, sizes[ok], ci / (6 * sizes[ok]))
@@ -447,8 +517,11 @@ def test_envelope_errors_and_cli(tmp_path, capsys):
 
 def test_cli_usage_errors_help_and_separate_flags(capsys):
   """absl flags per tool: bad usage is one `error:` line and exit 2; --help shows docstring and flags."""
-  for argv, flag in [(['--law=chinchilla'], '--results'), (['--results=x', '--law=foo'], '--law'),
-                     (['--results', 'x', '--bootstrap', 'many'], '--bootstrap')]:
+  for argv, flag in [
+    (['--law=chinchilla'], '--results'),
+    (['--results=x', '--law=foo'], '--law'),
+    (['--results', 'x', '--bootstrap', 'many'], '--bootstrap'),
+  ]:
     with pytest.raises(SystemExit) as e:
       fit.main(argv)
     assert e.value.code == 2
@@ -458,6 +531,8 @@ def test_cli_usage_errors_help_and_separate_flags(capsys):
     validate.main(['--help'])
   assert e.value.code == 0
   out = capsys.readouterr().out
-  assert out.startswith('Hold-out validation') and '--fit_below' in out and '--kaplan_params_col' in out
+  assert (
+    out.startswith('Hold-out validation') and '--fit_below' in out and '--kaplan_params_col' in out
+  )
   # Same flag names on each tool's own FlagValues; a parse of one leaves the other's untouched.
   assert fit.FLAGS is not validate.FLAGS and fit.FLAGS['results'] is not validate.FLAGS['results']

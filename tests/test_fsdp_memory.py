@@ -1,5 +1,6 @@
 """FSDP on 8 simulated devices: each device holds 1/8 of the params and Adam moments (within 5 %),
 measured from the shards the arrays actually place on each device."""
+
 import collections
 
 import jax
@@ -28,8 +29,14 @@ def test_fsdp_state_bytes_per_device_are_an_eighth(family):
   m = base.get_model_config()
   m.update(vocab_size=512, d_model=256, n_layers=2, n_heads=8, d_ff=1024, max_len=64)
   if family == 'llama':
-    m.update(positions='rope', norm='rmsnorm', mlp='swiglu', use_bias=False, n_kv_heads=4,
-             tie_embeddings=False)
+    m.update(
+      positions='rope',
+      norm='rmsnorm',
+      mlp='swiglu',
+      use_bias=False,
+      n_kv_heads=4,
+      tie_embeddings=False,
+    )
   model = models.ModelConfig.make(m)
   mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': 1, 'fsdp': 8, 'tensor': 1}))
   assert mesh.devices.size == 8

@@ -1,6 +1,7 @@
 """KV-cached generation: the cached decode equals a full forward at every position, greedy tokens
 equal transformers' `generate` on random-init GPT-2 and LLaMA checkpoints, sampling filters, the
 sample CLI on a trained workdir, and the bad-input errors."""
+
 import os
 import subprocess
 import sys
@@ -10,22 +11,41 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from test_hf import make_hf, save
 
 import models
 from models import generation, hf
-from test_hf import make_hf, save
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = [[5, 17, 3, 9, 22, 1, 8], [4, 2], [30, 31, 7, 7]]  # ragged: left-padded together.
 NEW = 12  # one length everywhere: the tests share compiled decode loops.
 FAMILIES = {
-    'gpt2': (transformers.GPT2Config, dict(
-        vocab_size=61, n_embd=32, n_head=4, n_layer=2, n_positions=32,
-        bos_token_id=None, eos_token_id=None)),
-    'llama_gqa': (transformers.LlamaConfig, dict(
-        vocab_size=67, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=48, num_hidden_layers=2, max_position_embeddings=32,
-        bos_token_id=None, eos_token_id=None)),
+  'gpt2': (
+    transformers.GPT2Config,
+    dict(
+      vocab_size=61,
+      n_embd=32,
+      n_head=4,
+      n_layer=2,
+      n_positions=32,
+      bos_token_id=None,
+      eos_token_id=None,
+    ),
+  ),
+  'llama_gqa': (
+    transformers.LlamaConfig,
+    dict(
+      vocab_size=67,
+      hidden_size=32,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      intermediate_size=48,
+      num_hidden_layers=2,
+      max_position_embeddings=32,
+      bos_token_id=None,
+      eos_token_id=None,
+    ),
+  ),
 }
 
 
@@ -43,17 +63,21 @@ def test_cached_decode_equals_full_forward(checkpoint, scan_layers):
   _, cfg, params = checkpoint
   if not scan_layers:
     cfg = cfg.replace(scan_layers=False)
-    params = {**{k: v for k, v in params.items() if k != 'layers'},
-              **{f'layer_{i}': jax.tree.map(lambda x: x[i], params['layers'])
-                 for i in range(cfg.n_layers)}}
+    params = {
+      **{k: v for k, v in params.items() if k != 'layers'},
+      **{
+        f'layer_{i}': jax.tree.map(lambda x, i=i: x[i], params['layers'])
+        for i in range(cfg.n_layers)
+      },
+    }
   new = NEW
   out, logits_BxTxV = generation.generate_with_logits(cfg, params, PROMPTS, new)
   out, logits_BxTxV = np.asarray(out), np.asarray(logits_BxTxV)
   for b, prompt in enumerate(PROMPTS):
     seq = np.concatenate([prompt, out[b, -new:]])[None].astype(np.int32)
-    full_TxV = np.asarray(models.logits(cfg, params, seq))[0, len(prompt) - 1:-1]
+    full_TxV = np.asarray(models.logits(cfg, params, seq))[0, len(prompt) - 1 : -1]
     np.testing.assert_allclose(logits_BxTxV[b], full_TxV, atol=2e-5, rtol=0)
-    np.testing.assert_array_equal(out[b, :-new][len(out[b]) - new - len(prompt):], prompt)
+    np.testing.assert_array_equal(out[b, :-new][len(out[b]) - new - len(prompt) :], prompt)
 
 
 def test_greedy_equals_transformers_generate(checkpoint):
@@ -63,9 +87,14 @@ def test_greedy_equals_transformers_generate(checkpoint):
   assert out.shape == (len(PROMPTS), max(map(len, PROMPTS)) + new)
   for b, prompt in enumerate(PROMPTS):
     with torch.no_grad():
-      ref = model.generate(torch.tensor([prompt]), max_new_tokens=new, do_sample=False,
-                           min_new_tokens=new, pad_token_id=0)
-    np.testing.assert_array_equal(out[b, -new:], ref[0, len(prompt):].numpy())
+      ref = model.generate(
+        torch.tensor([prompt]),
+        max_new_tokens=new,
+        do_sample=False,
+        min_new_tokens=new,
+        pad_token_id=0,
+      )
+    np.testing.assert_array_equal(out[b, -new:], ref[0, len(prompt) :].numpy())
 
 
 def test_filters_and_sampling(checkpoint):
@@ -79,22 +108,27 @@ def test_filters_and_sampling(checkpoint):
   assert kept(top_p=0.81) == [True, True, True, False]
   assert kept(top_p=1.0) == [True] * 4
   greedy = np.asarray(models.generate(cfg, params, PROMPTS, NEW))
-  top1 = np.asarray(models.generate(cfg, params, PROMPTS, NEW, temperature=1.0, top_k=1,
-                                    rng=jax.random.key(0)))
+  top1 = np.asarray(
+    models.generate(cfg, params, PROMPTS, NEW, temperature=1.0, top_k=1, rng=jax.random.key(0))
+  )
   np.testing.assert_array_equal(greedy, top1)
-  draw = lambda seed: np.asarray(models.generate(cfg, params, PROMPTS, NEW, temperature=1.5,
-                                                 top_p=0.9, rng=jax.random.key(seed)))
+  draw = lambda seed: np.asarray(
+    models.generate(cfg, params, PROMPTS, NEW, temperature=1.5, top_p=0.9, rng=jax.random.key(seed))
+  )
   np.testing.assert_array_equal(draw(1), draw(1))
   assert (draw(1) != draw(2)).any()
 
 
-@pytest.mark.parametrize('kw, match', [
+@pytest.mark.parametrize(
+  'kw, match',
+  [
     (dict(max_new_tokens=30), 'exceeds the context'),
     (dict(top_p=0.0), 'top_p'),
     (dict(temperature=-1.0), 'temperature'),
     (dict(top_k=10_000), 'top_k'),
     (dict(temperature=0.7), 'rng'),
-])
+  ],
+)
 def test_bad_options(checkpoint, kw, match):
   _, cfg, params = checkpoint
   kw = {'max_new_tokens': 4, **kw}
@@ -105,17 +139,31 @@ def test_bad_options(checkpoint, kw, match):
 def test_sample_cli_on_trained_workdir(tiny_config, tmp_path):
   """`python -m train.sample` on a run of ours: continuations, the decode speed, a one-line error."""
   from train import loop
+
   workdir = str(tmp_path / 'w')
   loop.run(tiny_config(), workdir)
-  cmd = [sys.executable, '-m', 'train.sample', f'--checkpoint={workdir}', '--prompt=def ',
-         '--prompt=import os', '--max_new_tokens=8']
+  cmd = [
+    sys.executable,
+    '-m',
+    'train.sample',
+    f'--checkpoint={workdir}',
+    '--prompt=def ',
+    '--prompt=import os',
+    '--max_new_tokens=8',
+  ]
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr
   assert "--- 'def '" in done.stdout and "--- 'import os'" in done.stdout
   assert 'decode:' in done.stdout and 'tokens/s' in done.stdout
-  bad = subprocess.run(cmd[:-1] + ['--max_new_tokens=40'], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=300)
+  bad = subprocess.run(
+    cmd[:-1] + ['--max_new_tokens=40'],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert bad.returncode == 2 and 'exceeds the context' in bad.stderr
   assert 'Traceback' not in bad.stderr
 
@@ -123,6 +171,7 @@ def test_sample_cli_on_trained_workdir(tiny_config, tmp_path):
 def test_generate_with_params_sharded_like_training(checkpoint):
   """Params on a (data, fsdp, tensor) = (2, 2, 2) mesh by the training rules: the same tokens."""
   from train import sharding
+
   _, cfg, params = checkpoint
   if cfg.positions == 'learned':
     pytest.skip('one family is enough: the decode path is shared')
@@ -130,5 +179,7 @@ def test_generate_with_params_sharded_like_training(checkpoint):
   shardings = sharding.tree_shardings(models.logical_axes(cfg), models.param_shapes(cfg), mesh)
   sharded = jax.device_put(params, shardings)
   assert len(jax.tree.leaves(sharded)[0].sharding.device_set) == 8
-  np.testing.assert_array_equal(np.asarray(models.generate(cfg, sharded, PROMPTS, NEW)),
-                                np.asarray(models.generate(cfg, params, PROMPTS, NEW)))
+  np.testing.assert_array_equal(
+    np.asarray(models.generate(cfg, sharded, PROMPTS, NEW)),
+    np.asarray(models.generate(cfg, params, PROMPTS, NEW)),
+  )

@@ -1,6 +1,7 @@
 """HF interop: logits parity with transformers (PyTorch) for tiny random GPT-2/LLaMA/Mistral/Qwen2/
 Qwen3/Gemma models (Llama-3 / linear rope scaling too), export/import round trips, sharded
 checkpoints and meshes, the README's continued pre-training path, and the refusal errors."""
+
 import json
 import os
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import models
 from configs import base, llama
@@ -21,53 +23,173 @@ TOL = 1e-4
 MAX_DIFFS = {}  # config name -> max |logit diff| vs transformers (printed with -s).
 
 CONFIGS = {
-    'gpt2_v101': (transformers.GPT2Config, dict(
-        vocab_size=101, n_embd=32, n_head=4, n_layer=2, n_positions=32,
-        bos_token_id=None, eos_token_id=None)),
-    'gpt2_v263_untied': (transformers.GPT2Config, dict(
-        vocab_size=263, n_embd=48, n_head=3, n_layer=2, n_positions=24, n_inner=80,
-        layer_norm_epsilon=1e-6, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)),
-    'llama_gqa2_tied_theta1e4': (transformers.LlamaConfig, dict(
-        vocab_size=97, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=96, num_hidden_layers=2, max_position_embeddings=64,
-        rope_theta=10000.0, tie_word_embeddings=True)),
-    'llama_kv1_untied_theta5e5': (transformers.LlamaConfig, dict(
-        vocab_size=131, hidden_size=64, num_attention_heads=4, num_key_value_heads=1,
-        intermediate_size=80, num_hidden_layers=2, max_position_embeddings=64,
-        rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)),
-    'llama_headdim8_biases': (transformers.LlamaConfig, dict(
-        vocab_size=64, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-        intermediate_size=48, num_hidden_layers=2, max_position_embeddings=32,
-        attention_bias=True, mlp_bias=True)),
-    'qwen2_gqa2': (transformers.Qwen2Config, dict(
-        vocab_size=89, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=96, num_hidden_layers=2, max_position_embeddings=64,
-        rope_theta=1000000.0, tie_word_embeddings=True)),
-    # Llama-3 rope: theta 100 and original length 32 put rope dims in all three bands
-    # (kept / ramped / divided by the factor); sequences of 96 make the scaling matter.
-    'llama3_rope_tied': (transformers.LlamaConfig, dict(
-        vocab_size=97, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128,
-        rms_norm_eps=1e-5, tie_word_embeddings=True, rope_parameters=dict(
-            rope_type='llama3', rope_theta=100.0, factor=8.0, low_freq_factor=1.0,
-            high_freq_factor=4.0, original_max_position_embeddings=32))),
-    'gemma_kv1_headdim24': (transformers.GemmaConfig, dict(
-        vocab_size=97, hidden_size=64, num_attention_heads=4, num_key_value_heads=1, head_dim=24,
-        intermediate_size=96, num_hidden_layers=2, max_position_embeddings=64)),
-    'qwen3_tied_headdim8': (transformers.Qwen3Config, dict(
-        vocab_size=97, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-        intermediate_size=96, num_hidden_layers=2, max_position_embeddings=64,
-        tie_word_embeddings=True)),
-    'qwen3_untied_bias_rope_linear': (transformers.Qwen3Config, dict(
-        vocab_size=97, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        intermediate_size=96, num_hidden_layers=2, max_position_embeddings=64,
-        attention_bias=True, tie_word_embeddings=False,
-        rope_parameters=dict(rope_type='linear', rope_theta=1000.0, factor=4.0))),
+  'gpt2_v101': (
+    transformers.GPT2Config,
+    dict(
+      vocab_size=101,
+      n_embd=32,
+      n_head=4,
+      n_layer=2,
+      n_positions=32,
+      bos_token_id=None,
+      eos_token_id=None,
+    ),
+  ),
+  'gpt2_v263_untied': (
+    transformers.GPT2Config,
+    dict(
+      vocab_size=263,
+      n_embd=48,
+      n_head=3,
+      n_layer=2,
+      n_positions=24,
+      n_inner=80,
+      layer_norm_epsilon=1e-6,
+      tie_word_embeddings=False,
+      bos_token_id=0,
+      eos_token_id=0,
+    ),
+  ),
+  'llama_gqa2_tied_theta1e4': (
+    transformers.LlamaConfig,
+    dict(
+      vocab_size=97,
+      hidden_size=64,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      intermediate_size=96,
+      num_hidden_layers=2,
+      max_position_embeddings=64,
+      rope_theta=10000.0,
+      tie_word_embeddings=True,
+    ),
+  ),
+  'llama_kv1_untied_theta5e5': (
+    transformers.LlamaConfig,
+    dict(
+      vocab_size=131,
+      hidden_size=64,
+      num_attention_heads=4,
+      num_key_value_heads=1,
+      intermediate_size=80,
+      num_hidden_layers=2,
+      max_position_embeddings=64,
+      rope_theta=500000.0,
+      rms_norm_eps=1e-5,
+      tie_word_embeddings=False,
+    ),
+  ),
+  'llama_headdim8_biases': (
+    transformers.LlamaConfig,
+    dict(
+      vocab_size=64,
+      hidden_size=32,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      head_dim=8,
+      intermediate_size=48,
+      num_hidden_layers=2,
+      max_position_embeddings=32,
+      attention_bias=True,
+      mlp_bias=True,
+    ),
+  ),
+  'qwen2_gqa2': (
+    transformers.Qwen2Config,
+    dict(
+      vocab_size=89,
+      hidden_size=64,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      intermediate_size=96,
+      num_hidden_layers=2,
+      max_position_embeddings=64,
+      rope_theta=1000000.0,
+      tie_word_embeddings=True,
+    ),
+  ),
+  # Llama-3 rope: theta 100 and original length 32 put rope dims in all three bands
+  # (kept / ramped / divided by the factor); sequences of 96 make the scaling matter.
+  'llama3_rope_tied': (
+    transformers.LlamaConfig,
+    dict(
+      vocab_size=97,
+      hidden_size=64,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      intermediate_size=96,
+      num_hidden_layers=2,
+      max_position_embeddings=128,
+      rms_norm_eps=1e-5,
+      tie_word_embeddings=True,
+      rope_parameters=dict(
+        rope_type='llama3',
+        rope_theta=100.0,
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=32,
+      ),
+    ),
+  ),
+  'gemma_kv1_headdim24': (
+    transformers.GemmaConfig,
+    dict(
+      vocab_size=97,
+      hidden_size=64,
+      num_attention_heads=4,
+      num_key_value_heads=1,
+      head_dim=24,
+      intermediate_size=96,
+      num_hidden_layers=2,
+      max_position_embeddings=64,
+    ),
+  ),
+  'qwen3_tied_headdim8': (
+    transformers.Qwen3Config,
+    dict(
+      vocab_size=97,
+      hidden_size=64,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      head_dim=8,
+      intermediate_size=96,
+      num_hidden_layers=2,
+      max_position_embeddings=64,
+      tie_word_embeddings=True,
+    ),
+  ),
+  'qwen3_untied_bias_rope_linear': (
+    transformers.Qwen3Config,
+    dict(
+      vocab_size=97,
+      hidden_size=64,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      head_dim=32,
+      intermediate_size=96,
+      num_hidden_layers=2,
+      max_position_embeddings=64,
+      attention_bias=True,
+      tie_word_embeddings=False,
+      rope_parameters=dict(rope_type='linear', rope_theta=1000.0, factor=4.0),
+    ),
+  ),
 }
 LENGTHS = {'llama3_rope_tied': 96, 'qwen3_untied_bias_rope_linear': 48}  # default 12.
-MISTRAL = (transformers.MistralConfig, dict(
-    vocab_size=77, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-    intermediate_size=64, num_hidden_layers=2, max_position_embeddings=64, sliding_window=16))
+MISTRAL = (
+  transformers.MistralConfig,
+  dict(
+    vocab_size=77,
+    hidden_size=32,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    max_position_embeddings=64,
+    sliding_window=16,
+  ),
+)
 
 
 def make_hf(config_cls, kwargs, seed=0):
@@ -125,8 +247,9 @@ def test_import_parity_and_export_round_trip(name, tmp_path):
   assert_trees_equal(params, params2)
   reloaded, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
   assert not info['missing_keys'] and not info['unexpected_keys'], info
-  np.testing.assert_allclose(hf_logits(reloaded.eval(), tokens), hf_logits(model, tokens),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    hf_logits(reloaded.eval(), tokens), hf_logits(model, tokens), atol=1e-6
+  )
 
 
 def test_mistral_sliding_window(tmp_path):
@@ -157,7 +280,7 @@ def test_unstacked_layers_and_sharded_index(tmp_path):
   cfg_flat, flat = hf.import_checkpoint(path, model_config=cfg.replace(scan_layers=False))
   assert set(flat) == {'embed', 'final_norm', 'layer_0', 'layer_1'}
   for i in range(cfg.n_layers):
-    assert_trees_equal(flat[f'layer_{i}'], jax.tree.map(lambda x: x[i], stacked['layers']))
+    assert_trees_equal(flat[f'layer_{i}'], jax.tree.map(lambda x, i=i: x[i], stacked['layers']))
   out = str(tmp_path / 'export_flat')
   hf.export_checkpoint(cfg_flat, flat, out)
   assert_trees_equal(stacked, hf.import_checkpoint(out)[1])
@@ -180,6 +303,7 @@ def test_import_onto_mesh(tmp_path):
   MAX_DIFFS['llama_mesh_2x2x2'] = diff = max_diff(cfg, params, model, tokens_for(cfg.vocab_size))
   print(f'\nllama_mesh_2x2x2: max |logit diff| = {diff:.3e}')
   assert diff < TOL
+
   def inner_dims_split(x):
     """Splits the last two dims, so shards cut inside merged HF dims (e.g. head_dim of H*Dh)."""
     spec = [None] * x.ndim
@@ -221,8 +345,11 @@ def test_pytorch_bin_refused(tmp_path):
 def test_shape_and_config_mismatch_errors(tmp_path):
   path = save(make_hf(*CONFIGS['llama_gqa2_tied_theta1e4']), tmp_path / 'hf')
   cfg = hf.read_config(path)
-  with pytest.raises(ValueError, match=r'model\.layers\.0\.mlp\.up_proj\.weight: checkpoint has '
-                                       r'shape \(96, 64\), model_config expects \(128, 64\)'):
+  with pytest.raises(
+    ValueError,
+    match=r'model\.layers\.0\.mlp\.up_proj\.weight: checkpoint has '
+    r'shape \(96, 64\), model_config expects \(128, 64\)',
+  ):
     hf.import_checkpoint(path, model_config=cfg.replace(d_ff=128))
   with pytest.raises(ValueError, match=r'embed_tokens\.weight: checkpoint has shape \(97, 64\)'):
     hf.import_checkpoint(path, model_config=cfg.replace(vocab_size=100))
@@ -232,8 +359,11 @@ def test_shape_and_config_mismatch_errors(tmp_path):
     hf.import_checkpoint(path, model_config=cfg.replace(n_kv_heads=4))
 
   gpt2 = save(make_hf(*CONFIGS['gpt2_v101']), tmp_path / 'gpt2')
-  with pytest.raises(ValueError, match=r'transformer\.h\.1\.mlp\.c_fc\.weight: checkpoint has '
-                                       r'shape \(32, 128\), model_config expects \(32, 64\)'):
+  with pytest.raises(
+    ValueError,
+    match=r'transformer\.h\.1\.mlp\.c_fc\.weight: checkpoint has '
+    r'shape \(32, 128\), model_config expects \(32, 64\)',
+  ):
     hf.import_checkpoint(gpt2, model_config=hf.read_config(gpt2).replace(d_ff=64))
 
 
@@ -256,8 +386,9 @@ def test_unsupported_hf_features_refused():
     hf.config_from_hf(dict(base, partial_rotary_factor=0.5))
   with pytest.raises(NotImplementedError, match='mlp_bias=True with attention_bias=False'):
     hf.config_from_hf(dict(base, mlp_bias=True))
-  with pytest.raises(NotImplementedError, match="model_type 'gemma2': Gemma-2 .attention/final "
-                                                "logit soft-capping"):
+  with pytest.raises(
+    NotImplementedError, match="model_type 'gemma2': Gemma-2 .attention/final logit soft-capping"
+  ):
     hf.config_from_hf(dict(base, model_type='gemma2'))
   with pytest.raises(NotImplementedError, match="gemma hidden_act 'silu'"):
     hf.config_from_hf(dict(base, model_type='gemma', hidden_act='silu'))
@@ -266,14 +397,19 @@ def test_unsupported_hf_features_refused():
 def test_rope_and_bias_config_fields():
   """v4 `rope_scaling` + `rope_theta` and v5 `rope_parameters` read alike; attention_bias alone."""
   base = dict(CONFIGS['llama_gqa2_tied_theta1e4'][1], model_type='llama')
-  llama3 = dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                original_max_position_embeddings=8192)
+  llama3 = dict(
+    factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192
+  )
   v4 = hf.config_from_hf(dict(base, rope_theta=5e5, rope_scaling=dict(llama3, rope_type='llama3')))
-  v5 = hf.config_from_hf(dict(base, rope_parameters=dict(llama3, rope_type='llama3',
-                                                         rope_theta=5e5)))
+  v5 = hf.config_from_hf(
+    dict(base, rope_parameters=dict(llama3, rope_type='llama3', rope_theta=5e5))
+  )
   assert v4 == v5 and (v4.rope_theta, v4.rope_scaling, v4.rope_factor) == (5e5, 'llama3', 32.0)
   assert (v4.rope_low_freq_factor, v4.rope_high_freq_factor, v4.rope_original_max_len) == (
-      1.0, 4.0, 8192)
+    1.0,
+    4.0,
+    8192,
+  )
   dynamic = hf.config_from_hf(dict(base, rope_scaling={'type': 'dynamic', 'factor': 2.0}))
   assert (dynamic.rope_scaling, dynamic.rope_original_max_len) == ('dynamic', 64)
   llama = hf.config_from_hf(dict(base, attention_bias=True))
@@ -283,16 +419,20 @@ def test_rope_and_bias_config_fields():
 
 def test_dynamic_rope_within_max_position_embeddings(tmp_path):
   """Dynamic NTK is plain rope up to max_position_embeddings (exact there); longer is refused."""
-  kwargs = dict(CONFIGS['llama_gqa2_tied_theta1e4'][1], max_position_embeddings=32,
-                rope_parameters=dict(rope_type='dynamic', rope_theta=10000.0, factor=4.0))
+  kwargs = dict(
+    CONFIGS['llama_gqa2_tied_theta1e4'][1],
+    max_position_embeddings=32,
+    rope_parameters=dict(rope_type='dynamic', rope_theta=10000.0, factor=4.0),
+  )
   model = make_hf(transformers.LlamaConfig, kwargs)
   path = save(model, tmp_path / 'hf')
   cfg, params = hf.import_checkpoint(path)
   MAX_DIFFS['llama_rope_dynamic'] = diff = max_diff(cfg, params, model, tokens_for(97, 32))
   print(f'\nllama_rope_dynamic: max |logit diff| = {diff:.3e}')
   assert diff < TOL
-  with pytest.raises(NotImplementedError, match='dynamic NTK rope: max_len 64 exceeds '
-                                                'max_position_embeddings 32'):
+  with pytest.raises(
+    NotImplementedError, match='dynamic NTK rope: max_len 64 exceeds max_position_embeddings 32'
+  ):
     hf.import_checkpoint(path, model_config=cfg.replace(max_len=64))
   out = str(tmp_path / 'export')
   hf.export_checkpoint(cfg, params, out)
@@ -309,17 +449,22 @@ def _validation_error(**model):
 
 
 def test_rope_scaling_validation():
-  assert 'config.model.rope_scaling=' in _validation_error(rope_scaling='linear', rope_factor=2.0,
-                                                           positions='learned')
+  assert 'config.model.rope_scaling=' in _validation_error(
+    rope_scaling='linear', rope_factor=2.0, positions='learned'
+  )
   assert 'config.model.rope_factor=2.0 is not used by' in _validation_error(rope_factor=2.0)
   assert 'config.model.rope_factor must be positive' in _validation_error(
-      rope_scaling='linear', rope_factor=0.0)
+    rope_scaling='linear', rope_factor=0.0
+  )
   assert 'config.model.rope_original_max_len must be positive' in _validation_error(
-      rope_scaling='llama3', rope_factor=8.0)
+    rope_scaling='llama3', rope_factor=8.0
+  )
   assert 'config.model.rope_high_freq_factor=1.0 must exceed' in _validation_error(
-      rope_scaling='llama3', rope_factor=8.0, rope_original_max_len=64, rope_high_freq_factor=1.0)
+    rope_scaling='llama3', rope_factor=8.0, rope_original_max_len=64, rope_high_freq_factor=1.0
+  )
   assert 'config.model.max_len=256 exceeds config.model.rope_original_max_len=128' in (
-      _validation_error(rope_scaling='dynamic', rope_factor=2.0, rope_original_max_len=128))
+    _validation_error(rope_scaling='dynamic', rope_factor=2.0, rope_original_max_len=128)
+  )
 
 
 def test_export_refuses_partial_families(tmp_path):
@@ -334,14 +479,32 @@ def test_export_refuses_partial_families(tmp_path):
 
 # Llama-3.2-1B's config.json (meta-llama/Llama-3.2-1B), which the README's example imports.
 LLAMA_32_1B = {
-    'architectures': ['LlamaForCausalLM'], 'attention_bias': False, 'head_dim': 64,
-    'hidden_act': 'silu', 'hidden_size': 2048, 'initializer_range': 0.02,
-    'intermediate_size': 8192, 'max_position_embeddings': 131072, 'mlp_bias': False,
-    'model_type': 'llama', 'num_attention_heads': 32, 'num_hidden_layers': 16,
-    'num_key_value_heads': 8, 'rms_norm_eps': 1e-05, 'rope_theta': 500000.0,
-    'rope_scaling': {'factor': 32.0, 'high_freq_factor': 4.0, 'low_freq_factor': 1.0,
-                     'original_max_position_embeddings': 8192, 'rope_type': 'llama3'},
-    'tie_word_embeddings': True, 'torch_dtype': 'bfloat16', 'vocab_size': 128256}
+  'architectures': ['LlamaForCausalLM'],
+  'attention_bias': False,
+  'head_dim': 64,
+  'hidden_act': 'silu',
+  'hidden_size': 2048,
+  'initializer_range': 0.02,
+  'intermediate_size': 8192,
+  'max_position_embeddings': 131072,
+  'mlp_bias': False,
+  'model_type': 'llama',
+  'num_attention_heads': 32,
+  'num_hidden_layers': 16,
+  'num_key_value_heads': 8,
+  'rms_norm_eps': 1e-05,
+  'rope_theta': 500000.0,
+  'rope_scaling': {
+    'factor': 32.0,
+    'high_freq_factor': 4.0,
+    'low_freq_factor': 1.0,
+    'original_max_position_embeddings': 8192,
+    'rope_type': 'llama3',
+  },
+  'tie_word_embeddings': True,
+  'torch_dtype': 'bfloat16',
+  'vocab_size': 128256,
+}
 
 
 def test_readme_continued_pretraining_from_llama32(tmp_path):
@@ -355,8 +518,16 @@ def test_readme_continued_pretraining_from_llama32(tmp_path):
   shape = ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'n_kv_heads', 'd_ff')
   assert [getattr(real, f) for f in shape] == [getattr(target, f) for f in shape]
 
-  tiny = dict(LLAMA_32_1B, vocab_size=97, hidden_size=64, head_dim=16, intermediate_size=96,
-              num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2)
+  tiny = dict(
+    LLAMA_32_1B,
+    vocab_size=97,
+    hidden_size=64,
+    head_dim=16,
+    intermediate_size=96,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_hidden_layers=2,
+  )
   for key in ('architectures', 'model_type', 'torch_dtype'):
     tiny.pop(key)
   model = make_hf(transformers.LlamaConfig, tiny)
@@ -365,8 +536,9 @@ def test_readme_continued_pretraining_from_llama32(tmp_path):
   config.model.update(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96)
   derived = validation.derive(config, jax.device_count())  # as main.py, via loop.setup.
   mesh = sharding_lib.make_mesh(config.mesh)
-  shardings = sharding_lib.tree_shardings(models.logical_axes(derived.model),
-                                          models.param_shapes(derived.model), mesh)
+  shardings = sharding_lib.tree_shardings(
+    models.logical_axes(derived.model), models.param_shapes(derived.model), mesh
+  )
   _, params = init_from.load_params(config.init_from, derived.model, shardings)
   cfg = derived.model.replace(dtype='float32')  # the config computes in bfloat16.
   MAX_DIFFS['llama32_style_readme'] = diff = max_diff(cfg, params, model, tokens_for(97, 32))

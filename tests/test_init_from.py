@@ -1,4 +1,5 @@
 """config.init_from: runs start from a HuggingFace directory or one of our workdirs."""
+
 import jax
 import numpy as np
 import pytest
@@ -11,19 +12,32 @@ from train import init_from, loop
 
 def _tiny_llama_dir(tmp_path, vocab_size=257):
   torch.manual_seed(0)
-  cfg = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                                 num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, max_position_embeddings=32,
-                                 tie_word_embeddings=False)
+  cfg = transformers.LlamaConfig(
+    vocab_size=vocab_size,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=32,
+    tie_word_embeddings=False,
+  )
   path = str(tmp_path / 'hf')
   transformers.LlamaForCausalLM(cfg).save_pretrained(path)
   return path
 
 
 def _llama_overrides(path):
-  return {'init_from': f'hf:{path}', 'model.positions': 'rope', 'model.norm': 'rmsnorm',
-          'model.norm_eps': 1e-6, 'model.mlp': 'swiglu', 'model.use_bias': False,
-          'model.tie_embeddings': False, 'model.n_kv_heads': 2}
+  return {
+    'init_from': f'hf:{path}',
+    'model.positions': 'rope',
+    'model.norm': 'rmsnorm',
+    'model.norm_eps': 1e-6,
+    'model.mlp': 'swiglu',
+    'model.use_bias': False,
+    'model.tie_embeddings': False,
+    'model.n_kv_heads': 2,
+  }
 
 
 def test_training_starts_from_hf_checkpoint(tiny_config, tmp_path):
@@ -51,12 +65,16 @@ def test_start_from_our_workdir(tiny_config, tmp_path):
   config = tiny_config({'init_from': first})
   r = loop.setup(config)
   _, trained = init_from.load_params(first)
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(init_from.params_fn(config)(r)),
-               jax.device_get(trained))
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    jax.device_get(init_from.params_fn(config)(r)),
+    jax.device_get(trained),
+  )
   bad = tiny_config({'init_from': first, 'model.d_model': 64})
   with pytest.raises(ValueError, match=r"\['embed'\]"):
     init_from.params_fn(bad)(loop.setup(bad))
-  other = tiny_config({'init_from': first, 'model.parametrization': 'mup',
-                       'model.base_d_model': 16})
+  other = tiny_config(
+    {'init_from': first, 'model.parametrization': 'mup', 'model.base_d_model': 16}
+  )
   with pytest.raises(ValueError, match='parametrization/base shape'):
     init_from.params_fn(other)(loop.setup(other))

@@ -1,4 +1,5 @@
 """The training loop end to end: exact resume, finished runs, metrics files, main.py CLI."""
+
 import json
 import os
 import signal
@@ -17,17 +18,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _params(workdir, config):
   r = loop.setup(config)
   from train import checkpoint
+
   mngr = checkpoint.manager(workdir, config.train)
-  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          jax.eval_shape(lambda: loop.init_state(r)), r.state_shardings)
+  abstract = jax.tree.map(
+    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+    jax.eval_shape(lambda: loop.init_state(r)),
+    r.state_shardings,
+  )
   state, _ = checkpoint.restore(mngr, mngr.latest_step(), abstract)
   return int(state.step), jax.device_get(state.params), jax.device_get(state.opt_state)
 
 
 def test_resume_is_bitwise_exact(tiny_config, tmp_path):
   """2n steps straight == n steps, restart, n steps (params and optimizer state, bitwise)."""
-  config = tiny_config({'train.num_steps': 4, 'train.grad_accum_steps': 2,
-                        'train.global_batch_size': 16, 'mesh.fsdp': 2, 'mesh.tensor': 2})
+  config = tiny_config(
+    {
+      'train.num_steps': 4,
+      'train.grad_accum_steps': 2,
+      'train.global_batch_size': 16,
+      'mesh.fsdp': 2,
+      'mesh.tensor': 2,
+    }
+  )
   straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
   loop.run(config, straight)
   loop.run(config, split, stop_after=2)
@@ -45,24 +57,41 @@ def test_resume_is_bitwise_exact(tiny_config, tmp_path):
 
 
 def test_nonfinite_loss_stops_before_checkpoint(tiny_config, tmp_path):
-  config = tiny_config({'optimizer.lr': 1e30, 'optimizer.grad_clip': 0.0,
-                        'train.checkpoint_every': 1, 'train.log_every': 1})
+  config = tiny_config(
+    {
+      'optimizer.lr': 1e30,
+      'optimizer.grad_clip': 0.0,
+      'train.checkpoint_every': 1,
+      'train.log_every': 1,
+    }
+  )
   with pytest.raises(FloatingPointError, match='train/loss'):
     loop.run(config, str(tmp_path))
   steps = sorted(os.listdir(tmp_path / 'checkpoints'))
   last = loop.checkpoint.manager(str(tmp_path), config.train).latest_step()
-  assert all(np.isfinite(x).all() for x in jax.tree.leaves(_params(str(tmp_path), config)[1])), steps
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(_params(str(tmp_path), config)[1])), (
+    steps
+  )
   assert last is None or last >= 1
 
 
 def _main_cmd(workdir, data_dir, steps, log_every, eval_every, checkpoint_every):
   """A tiny main.py command line on the default config, and its environment (2 CPU devices)."""
-  cmd = [sys.executable, 'main.py', '--config=configs/default.py', f'--workdir={workdir}',
-         f'--config.data.data_dir={data_dir}', f'--config.train.num_steps={steps}',
-         f'--config.train.log_every={log_every}', f'--config.train.eval_every={eval_every}',
-         '--config.train.eval_batches=1', f'--config.train.checkpoint_every={checkpoint_every}',
-         '--config.optimizer.warmup_steps=1', '--config.model.n_layers=1',
-         '--config.train.global_batch_size=8']
+  cmd = [
+    sys.executable,
+    'main.py',
+    '--config=configs/default.py',
+    f'--workdir={workdir}',
+    f'--config.data.data_dir={data_dir}',
+    f'--config.train.num_steps={steps}',
+    f'--config.train.log_every={log_every}',
+    f'--config.train.eval_every={eval_every}',
+    '--config.train.eval_batches=1',
+    f'--config.train.checkpoint_every={checkpoint_every}',
+    '--config.optimizer.warmup_steps=1',
+    '--config.model.n_layers=1',
+    '--config.train.global_batch_size=8',
+  ]
   return cmd, dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
 
 
@@ -72,11 +101,18 @@ def test_main_cli_trains_writes_outputs_and_resumes(data_dir, tmp_path):
   cmd, env = _main_cmd(workdir, data_dir, steps=4, log_every=2, eval_every=4, checkpoint_every=2)
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  result = json.loads(out.stdout[out.stdout.index('{'):])
+  result = json.loads(out.stdout[out.stdout.index('{') :])
   assert result['eval/bits_per_byte'] < result['unigram_byte_entropy_bits'] + 3
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
-  for key in ('step', 'train/loss', 'train/lr', 'train/grad_norm', 'train/tokens_seen',
-              'train/tokens_per_sec', 'train/mfu'):
+  for key in (
+    'step',
+    'train/loss',
+    'train/lr',
+    'train/grad_norm',
+    'train/tokens_seen',
+    'train/tokens_per_sec',
+    'train/mfu',
+  ):
     assert key in rows[-1], key
   assert 'eval/loss' in rows[-1] and 'eval/bits_per_byte' in rows[-1]
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
@@ -86,8 +122,8 @@ def test_main_cli_trains_writes_outputs_and_resumes(data_dir, tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'already finished' in again.stderr
   assert len(open(os.path.join(workdir, 'metrics.jsonl')).readlines()) == len(rows)
-  rerun = json.loads(again.stdout[again.stdout.index('{'):])
-  assert sorted(rerun) == sorted(result)   # the same summary, in strict JSON (no NaN).
+  rerun = json.loads(again.stdout[again.stdout.index('{') :])
+  assert sorted(rerun) == sorted(result)  # the same summary, in strict JSON (no NaN).
   assert 'NaN' not in out.stdout and 'NaN' not in again.stdout
   steps = [l for l in out.stderr.splitlines() if ' step ' in l and ' | loss ' in l]
   assert [l.split(' | ')[0].split()[-1] for l in steps] == ['2/4', '4/4'], out.stderr[-2000:]
@@ -96,8 +132,9 @@ def test_main_cli_trains_writes_outputs_and_resumes(data_dir, tmp_path):
 
 def _main_until(cmd, env, marker, sig=signal.SIGTERM):
   """Starts main.py, sends `sig` once `marker` shows in its log; returns (returncode, stdout, log)."""
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+  proc = subprocess.Popen(
+    cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
   log = []
   for line in proc.stderr:
     log.append(line)
@@ -113,16 +150,17 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(data_dir, tmp_pa
   """A real SIGTERM to a real main.py: it finishes the step it is in, commits a checkpoint of it,
   says so in one line and exits 0; the same command resumes from that step (SIGINT likewise)."""
   workdir = str(tmp_path / 'w')
-  cmd, env = _main_cmd(workdir, data_dir, steps=5000, log_every=5, eval_every=5000,
-                       checkpoint_every=5000)
-  rc, stdout, log = _main_until(cmd, env, 'train/grad_norm=')   # the first logged step (5).
+  cmd, env = _main_cmd(
+    workdir, data_dir, steps=5000, log_every=5, eval_every=5000, checkpoint_every=5000
+  )
+  rc, stdout, log = _main_until(cmd, env, 'train/grad_norm=')  # the first logged step (5).
   assert rc == 0, log[-3000:]
-  step = json.loads(stdout[stdout.index('{'):])['preempted_at_step']
+  step = json.loads(stdout[stdout.index('{') :])['preempted_at_step']
   assert 5 <= step < 5000
   assert f'SIGTERM: stopped at step {step}, its checkpoint committed' in log
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(step)]
   assert 'Traceback' not in log
   rc, stdout, log = _main_until(cmd, env, f'Resumed from step {step}', signal.SIGINT)
   assert rc == 0, log[-3000:]
-  assert json.loads(stdout[stdout.index('{'):])['preempted_at_step'] >= step
+  assert json.loads(stdout[stdout.index('{') :])['preempted_at_step'] >= step
   assert 'SIGINT: stopped at step' in log and 'Traceback' not in log

@@ -1,4 +1,5 @@
 """float16 dynamic loss scaling (jmp) and the simulated-fp8 matmul inputs."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,8 +32,9 @@ def _sgd_delta(dtype, loss_scale_period, init_scale=2.0**15):
   weighted = lambda p, b: (lambda l, s: (l * WEIGHT, s))(*loss(p, b))
   state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   if loss_scale_period:
-    state = ScaledTrainState(state.step, params, state.opt_state, jnp.float32(init_scale),
-                             jnp.zeros((), jnp.int32))
+    state = ScaledTrainState(
+      state.step, params, state.opt_state, jnp.float32(init_scale), jnp.zeros((), jnp.int32)
+    )
   step = jax.jit(make_train_step(weighted, tx, lambda s: 1.0, 1, loss_scale_period))
   batch = {'tokens': jax.random.randint(jax.random.key(1), (4, 17), 0, 257)}
   new, metrics = step(state, batch)
@@ -45,7 +47,7 @@ def test_float16_gradients_underflow_without_loss_scaling_and_not_with_it():
   unscaled, _, _ = _sgd_delta('float16', 0)
   scaled, state, metrics = _sgd_delta('float16', 2000, init_scale=2.0**22)
   err = lambda x: np.linalg.norm(x - ref) / np.linalg.norm(ref)
-  assert np.mean(unscaled == 0) > 0.5 > np.mean(ref == 0)   # most gradients flushed to zero.
+  assert np.mean(unscaled == 0) > 0.5 > np.mean(ref == 0)  # most gradients flushed to zero.
   assert err(unscaled) > 0.5
   assert err(scaled) < 0.02, err(scaled)
   assert float(metrics['train/skipped']) == 0.0 and float(state.loss_scale) == 2.0**22
@@ -57,7 +59,7 @@ def test_overflow_skips_the_step_and_halves_the_scale():
   assert float(metrics['train/skipped']) == 1.0
   assert float(state.loss_scale) == 2.0**99
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)):
-    np.testing.assert_array_equal(a, b)   # non-finite gradients never reach the params.
+    np.testing.assert_array_equal(a, b)  # non-finite gradients never reach the params.
 
 
 def test_float16_run_resumes_exactly_with_its_loss_scale(tiny_config, tmp_path):

@@ -1,4 +1,5 @@
 """Model: causality, shapes and dtypes for both families; scan/remat do not change the math."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,9 +9,20 @@ import models
 from models import ModelConfig
 
 GPT2 = ModelConfig(vocab_size=67, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=16)
-LLAMA = ModelConfig(vocab_size=67, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48,
-                    max_len=16, positions='rope', norm='rmsnorm', mlp='swiglu',
-                    tie_embeddings=False, use_bias=False)
+LLAMA = ModelConfig(
+  vocab_size=67,
+  d_model=32,
+  n_layers=2,
+  n_heads=4,
+  n_kv_heads=2,
+  d_ff=48,
+  max_len=16,
+  positions='rope',
+  norm='rmsnorm',
+  mlp='swiglu',
+  tie_embeddings=False,
+  use_bias=False,
+)
 FAMILIES = {'gpt2': GPT2, 'llama': LLAMA}
 
 
@@ -48,9 +60,12 @@ def test_logical_axes_cover_every_param(family):
   cfg, params = family
   specs = models.logical_axes(cfg)
   assert jax.tree.structure(params) == jax.tree.structure(
-      specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-  for p, spec in zip(jax.tree.leaves(params), jax.tree.leaves(
-      specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))):
+    specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+  )
+  for p, spec in zip(
+    jax.tree.leaves(params),
+    jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)),
+  ):
     assert len(spec) == p.ndim and all(a is not None for a in spec)
 
 
@@ -60,12 +75,13 @@ def test_scan_and_remat_match_unrolled(family):
   ref = models.logits(cfg, params, tokens)
   unrolled = {k: v for k, v in params.items() if k != 'layers'}
   for i in range(cfg.n_layers):
-    unrolled[f'layer_{i}'] = jax.tree.map(lambda x: x[i], params['layers'])
+    unrolled[f'layer_{i}'] = jax.tree.map(lambda x, i=i: x[i], params['layers'])
   out = models.logits(cfg.replace(scan_layers=False), unrolled, tokens)
   np.testing.assert_allclose(out, ref, atol=1e-5)
   for policy in ('full', 'dots'):
-    np.testing.assert_allclose(models.logits(cfg.replace(remat=policy), params, tokens), ref,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+      models.logits(cfg.replace(remat=policy), params, tokens), ref, atol=1e-5
+    )
 
 
 def test_gqa_equals_mha_with_repeated_kv_heads():
@@ -78,5 +94,6 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
   for name in ('key', 'value'):
     p2['layers']['attn'][name] = jnp.repeat(params['layers']['attn'][name], group, axis=2)
   tokens = _tokens(cfg)
-  np.testing.assert_allclose(models.logits(mha, p2, tokens), models.logits(cfg, params, tokens),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    models.logits(mha, p2, tokens), models.logits(cfg, params, tokens), atol=1e-5
+  )

@@ -1,4 +1,5 @@
 """Two local processes (jax.distributed + gloo CPU collectives) == one process, same devices."""
+
 import json
 import os
 import re
@@ -20,33 +21,63 @@ def _free_port():
 
 
 def _cmd(workdir, data_dir, extra=()):
-  return [sys.executable, 'main.py', '--config=configs/default.py', f'--workdir={workdir}',
-          f'--config.data.data_dir={data_dir}', '--config.train.num_steps=3',
-          '--config.train.log_every=3', '--config.train.eval_every=3',
-          '--config.train.eval_batches=1', '--config.train.checkpoint_every=3',
-          '--config.optimizer.warmup_steps=1', '--config.model.n_layers=1',
-          '--config.model.d_model=64', '--config.model.d_ff=128',
-          '--config.train.global_batch_size=8', '--config.mesh.fsdp=2', *extra]
+  return [
+    sys.executable,
+    'main.py',
+    '--config=configs/default.py',
+    f'--workdir={workdir}',
+    f'--config.data.data_dir={data_dir}',
+    '--config.train.num_steps=3',
+    '--config.train.log_every=3',
+    '--config.train.eval_every=3',
+    '--config.train.eval_batches=1',
+    '--config.train.checkpoint_every=3',
+    '--config.optimizer.warmup_steps=1',
+    '--config.model.n_layers=1',
+    '--config.model.d_model=64',
+    '--config.model.d_ff=128',
+    '--config.train.global_batch_size=8',
+    '--config.mesh.fsdp=2',
+    *extra,
+  ]
 
 
 def _result(stdout):
-  return json.loads(stdout[stdout.index('{'):])
+  return json.loads(stdout[stdout.index('{') :])
 
 
 def test_two_processes_match_one(data_dir, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   single = subprocess.run(
-      _cmd(tmp_path / 'single', data_dir), cwd=REPO, capture_output=True, text=True, timeout=600,
-      env={**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+    _cmd(tmp_path / 'single', data_dir),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env={**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'},
+  )
   assert single.returncode == 0, single.stderr[-3000:]
 
   port = _free_port()
-  procs = [subprocess.Popen(
-      _cmd(tmp_path / 'multi', data_dir,
-           [f'--config.distributed.coordinator_address=localhost:{port}',
-            '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}']),
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env={**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      _cmd(
+        tmp_path / 'multi',
+        data_dir,
+        [
+          f'--config.distributed.coordinator_address=localhost:{port}',
+          '--config.distributed.num_processes=2',
+          f'--config.distributed.process_id={i}',
+        ],
+      ),
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env={**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
@@ -64,25 +95,38 @@ def _start_pair(workdir, data_dir, steps, env, logdir):
   procs = []
   for i in range(2):
     with open(logdir / f'out{i}', 'w') as out, open(logdir / f'err{i}', 'w') as err:
-      procs.append(subprocess.Popen(
-          _cmd(workdir, data_dir,
-               [f'--config.train.num_steps={steps}', '--config.train.log_every=10',
-                f'--config.train.eval_every={steps}', f'--config.train.checkpoint_every={steps}',
-                f'--config.distributed.coordinator_address=localhost:{port}',
-                '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}']),
-          cwd=REPO, stdout=out, stderr=err, env=env))
+      procs.append(
+        subprocess.Popen(
+          _cmd(
+            workdir,
+            data_dir,
+            [
+              f'--config.train.num_steps={steps}',
+              '--config.train.log_every=10',
+              f'--config.train.eval_every={steps}',
+              f'--config.train.checkpoint_every={steps}',
+              f'--config.distributed.coordinator_address=localhost:{port}',
+              '--config.distributed.num_processes=2',
+              f'--config.distributed.process_id={i}',
+            ],
+          ),
+          cwd=REPO,
+          stdout=out,
+          stderr=err,
+          env=env,
+        )
+      )
   return procs
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step(data_dir, tmp_path):
   """A real SIGTERM to process 1 only (a preempted host): through JAX's preemption sync both
   processes finish the same step, commit its checkpoint together and exit 0."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
   workdir = tmp_path / 'w'
   procs = _start_pair(workdir, data_dir, 100000, env, tmp_path)
   deadline = time.time() + 300
-  while 'train/grad_norm=' not in (tmp_path / 'err0').read_text():   # the first logged step
+  while 'train/grad_norm=' not in (tmp_path / 'err0').read_text():  # the first logged step
     assert time.time() < deadline and procs[0].poll() is None, (tmp_path / 'err0').read_text()
     time.sleep(0.5)
   procs[1].send_signal(signal.SIGTERM)

@@ -4,15 +4,16 @@ The coordinate-check tests assert the property of each parametrization (Yang et 
 Blake et al. 2024, u-μP; microsoft/mup's coord check): after a few Adam steps, activation RMS is
 flat in width under μP and u-μP and the logits grow under SP; u-μP starts at unit scale.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import models
 from configs import base
-from models import hf, parametrization as P
+from models import hf
+from models import parametrization as P
 from scaling import coord_check
 from train import optimizer as optim
 
@@ -21,22 +22,35 @@ def _model(family='gpt2', **kw):
   m = base.get_model_config()
   m.update(vocab_size=97, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=32)
   if family == 'llama':
-    m.update(positions='rope', norm='rmsnorm', mlp='swiglu', use_bias=False, tie_embeddings=False,
-             n_kv_heads=2)
+    m.update(
+      positions='rope',
+      norm='rmsnorm',
+      mlp='swiglu',
+      use_bias=False,
+      tie_embeddings=False,
+      n_kv_heads=2,
+    )
   m.update(kw)
   return models.ModelConfig.make(m)
 
 
 def _by_path(tree):
-  return {'/'.join(str(getattr(k, 'key', k)) for k in path): v
-          for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    '/'.join(str(getattr(k, 'key', k)) for k in path): v
+    for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 @pytest.mark.parametrize('family', ['gpt2', 'llama'])
 def test_roles_from_logical_axes(family):
   cfg = _model(family)
-  roles = _by_path(jax.tree.map(lambda spec: P.role(tuple(spec)), models.logical_axes(cfg),
-                                is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)))
+  roles = _by_path(
+    jax.tree.map(
+      lambda spec: P.role(tuple(spec)),
+      models.logical_axes(cfg),
+      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
+    )
+  )
   assert roles['embed'] == 'embedding'
   assert roles['layers/attn/query'] == roles['layers/attn/key'] == 'hidden'
   assert roles['layers/mlp/wi'] == 'hidden'
@@ -68,31 +82,39 @@ def test_mup_equals_sp_at_base_width_and_scales_beyond(family):
   sp, mup = _model(family), _model(family, parametrization='mup', base_d_model=64)
   params = models.init(sp, jax.random.key(1))
   # Attention: sqrt(base Dh)/Dh = 1/sqrt(Dh) at the base; readout multiplier 1: identical model.
-  np.testing.assert_allclose(models.logits(mup, params, tokens), models.logits(sp, params, tokens),
-                             rtol=1e-6, atol=1e-6)
-  wide = _model(family, parametrization='mup', base_d_model=64, d_model=256, n_heads=16,
-                d_ff=1024, **({'n_kv_heads': 8} if family == 'llama' else {}))
+  np.testing.assert_allclose(
+    models.logits(mup, params, tokens), models.logits(sp, params, tokens), rtol=1e-6, atol=1e-6
+  )
+  wide = _model(
+    family,
+    parametrization='mup',
+    base_d_model=64,
+    d_model=256,
+    n_heads=16,
+    d_ff=1024,
+    **({'n_kv_heads': 8} if family == 'llama' else {}),
+  )
   lr, init = _by_path(models.param_scales(wide, 'lr')), _by_path(models.param_scales(wide, 'init'))
   assert lr['layers/attn/query'] == lr['layers/attn/out'] == lr['layers/mlp/wo'] == 0.25
   assert lr['embed'] == lr['layers/attn_norm/scale'] == 1.0
   assert init['layers/mlp/wi'] == pytest.approx(0.02 / 2)  # std / sqrt(w), w = 4
   if family == 'llama':
     assert lr['unembed'] == 1.0
-    assert P.scales(wide, ('embed', 'vocab'), (256, 97)).mult == 0.25   # readout × 1/w
+    assert P.scales(wide, ('embed', 'vocab'), (256, 97)).mult == 0.25  # readout × 1/w
 
 
 def test_umup_table():
   cfg = _model('llama', parametrization='umup', d_model=256, n_heads=16, n_kv_heads=8, d_ff=512)
   s = lambda axes, shape: P.scales(cfg, axes, shape)
   hidden = s(('embed', 'heads', 'head_dim'), (256, 16, 16))
-  assert (hidden.init, hidden.mult) == (1.0, 256 ** -0.5)
-  assert hidden.lr == pytest.approx(256 ** -0.5 * 2 ** -0.5)          # fan_in^-1/2 · depth^-1/2
-  assert hidden.wd * hidden.lr == pytest.approx(1.0)                   # independent weight decay
+  assert (hidden.init, hidden.mult) == (1.0, 256**-0.5)
+  assert hidden.lr == pytest.approx(256**-0.5 * 2**-0.5)  # fan_in^-1/2 · depth^-1/2
+  assert hidden.wd * hidden.lr == pytest.approx(1.0)  # independent weight decay
   wo = s(('mlp', 'embed'), (512, 256))
-  assert wo.mult == 512 ** -0.5 and wo.lr == pytest.approx(512 ** -0.5 * 2 ** -0.5)
+  assert wo.mult == 512**-0.5 and wo.lr == pytest.approx(512**-0.5 * 2**-0.5)
   readout = s(('embed', 'vocab'), (256, 97))
-  assert readout.mult == 1 / 256 and readout.lr == pytest.approx(2 ** -0.5)
-  assert s(('vocab', 'embed'), (97, 256)).lr == pytest.approx(256 ** -0.5 * 2 ** -0.5)
+  assert readout.mult == 1 / 256 and readout.lr == pytest.approx(2**-0.5)
+  assert s(('vocab', 'embed'), (97, 256)).lr == pytest.approx(256**-0.5 * 2**-0.5)
   assert P.attention_scale(cfg) == 1 / 16
 
 
@@ -100,7 +122,7 @@ def test_mup_optimizer_scales_adam_updates_per_leaf():
   """First Adam step: the μP update of each leaf is the SP update times its lr scale."""
   opt = base.get_config().optimizer
   opt.update(lr=1e-2, warmup_steps=0, schedule='constant', weight_decay=0.0, grad_clip=0.0)
-  wide = _model(parametrization='mup', base_d_model=32)   # w = 2
+  wide = _model(parametrization='mup', base_d_model=32)  # w = 2
   params = models.init(wide, jax.random.key(0))
   grads = jax.tree.map(lambda x: jnp.ones_like(x) * 0.1, params)
   updates = {}
@@ -123,7 +145,9 @@ def test_umup_weight_decay_is_independent_of_the_lr_scale():
   upd = _by_path(tx.update(zeros, tx.init(params), params)[0])
   p = _by_path(params)
   # Zero gradients: the update is pure decay, -lr · wd · p for every decayed weight, whatever its scale.
-  np.testing.assert_allclose(upd['layers/attn/query'], -0.5 * 0.1 * p['layers/attn/query'], rtol=1e-5)
+  np.testing.assert_allclose(
+    upd['layers/attn/query'], -0.5 * 0.1 * p['layers/attn/query'], rtol=1e-5
+  )
   assert (upd['layers/attn/query_bias'] == 0).all()  # 'bias' is excluded from decay
 
 
@@ -158,12 +182,21 @@ def coord_records(tiny_config):
   out = {}
   for family in ('gpt2', 'llama'):
     c = tiny_config()
-    c.model.update(_model(family).__dict__ | {'vocab_size': 257, 'max_len': 64, 'n_heads': 2,
-                                              'head_dim': 16, 'd_ff': 128, 'd_model': 32})
+    c.model.update(
+      _model(family).__dict__
+      | {'vocab_size': 257, 'max_len': 64, 'n_heads': 2, 'head_dim': 16, 'd_ff': 128, 'd_model': 32}
+    )
     if family == 'llama':
       c.model.n_kv_heads = 1
-    out[family] = coord_check.run(c, ('sp', 'mup', 'umup'), (32, 64, 128, 256), steps=5,
-                                  lr=coord_check.DEFAULT_LR, batch_size=16, seq_len=64)
+    out[family] = coord_check.run(
+      c,
+      ('sp', 'mup', 'umup'),
+      (32, 64, 128, 256),
+      steps=5,
+      lr=coord_check.DEFAULT_LR,
+      batch_size=16,
+      seq_len=64,
+    )
   return out
 
 
@@ -176,7 +209,7 @@ def test_coord_check_flat_under_mup_and_umup_growing_under_sp(coord_records, fam
   assert np.median(list(hidden('sp').values())) > 1.0, after['sp']
   for p in ('mup', 'umup'):
     assert max(abs(v) for v in hidden(p).values()) < 0.3, (p, after[p])
-    assert after[p]['logits'] < 0.1, (p, after[p])   # logits do not grow with width.
+    assert after[p]['logits'] < 0.1, (p, after[p])  # logits do not grow with width.
 
 
 def test_umup_starts_at_unit_scale(coord_records):

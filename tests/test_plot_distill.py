@@ -1,4 +1,5 @@
 """Tests for scaling/plot.py's distillation-sweep plot on a synthetic results.csv."""
+
 import csv
 import math
 import os
@@ -16,10 +17,28 @@ COLUMNS = ('name', 'params', 'tokens', 'loss', 'mode', 'teacher_params', 'teache
 def _write_csv(path, with_mode=True):
   rows = []
   for n, sup, dis in ((8412, 2.90, 2.85), (22920, 2.60, 2.52), (63200, 2.40, 2.33)):
-    rows.append({'name': f'N{n}_supervised', 'params': n, 'tokens': 598016, 'loss': sup,
-                 'mode': 'supervised', 'teacher_params': '', 'teacher_loss': ''})
-    rows.append({'name': f'N{n}_distill', 'params': n, 'tokens': 598016, 'loss': dis,
-                 'mode': 'distill', 'teacher_params': 1853760, 'teacher_loss': 1.893})
+    rows.append(
+      {
+        'name': f'N{n}_supervised',
+        'params': n,
+        'tokens': 598016,
+        'loss': sup,
+        'mode': 'supervised',
+        'teacher_params': '',
+        'teacher_loss': '',
+      }
+    )
+    rows.append(
+      {
+        'name': f'N{n}_distill',
+        'params': n,
+        'tokens': 598016,
+        'loss': dis,
+        'mode': 'distill',
+        'teacher_params': 1853760,
+        'teacher_loss': 1.893,
+      }
+    )
   cols = COLUMNS if with_mode else tuple(c for c in COLUMNS if c != 'mode')
   with open(path, 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=cols, extrasaction='ignore')
@@ -39,8 +58,9 @@ def test_plot_distill_sweep_writes_png_and_table(tmp_path):
   assert table[0]['supervised'] == pytest.approx(2.90)
   assert table[0]['distill'] == pytest.approx(2.85)
   assert table[1]['diff'] == pytest.approx(-0.08)
-  assert all(r['teacher_params'] == 1853760 and r['teacher_loss'] == pytest.approx(1.893)
-             for r in table)
+  assert all(
+    r['teacher_params'] == 1853760 and r['teacher_loss'] == pytest.approx(1.893) for r in table
+  )
   md = plot.format_distill_table(table)
   assert '| 22,920 | 598,016 | 2.600 | 2.520 | -0.080 | 1,853,760 | 1.893 |' in md
 
@@ -65,8 +85,13 @@ def test_plot_distill_sweep_one_mode_only(tmp_path):
 
 def test_cli_distill(tmp_path):
   csv_path = _write_csv(tmp_path / 'results.csv')
-  out = subprocess.run([sys.executable, '-m', 'scaling.plot', f'--results={csv_path}', '--distill'],
-                       cwd=REPO, capture_output=True, text=True, check=True).stdout
+  out = subprocess.run(
+    [sys.executable, '-m', 'scaling.plot', f'--results={csv_path}', '--distill'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
   png = tmp_path / 'results_distill.png'
   assert out.strip().splitlines()[-1] == str(png)
   assert png.stat().st_size > 0

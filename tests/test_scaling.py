@@ -3,6 +3,7 @@
 Published counts are from ../shared/reference/facts.md (HuggingFace GPT-2 layout; Hoffmann et al.
 2022 Appendix F; Kaplan et al. 2020 Table 1).
 """
+
 import csv
 import json
 import math
@@ -31,8 +32,12 @@ def _model(**kw):
 # --- counts ----------------------------------------------------------------------------------------
 
 # facts.md, "Parameter counts": total (HF sum of parameters) and without wte/wpe.
-GPT2_FACTS = {'124m': (124_439_808, 85_056_000), '350m': (354_823_168, 302_311_424),
-              '774m': (774_030_080, 708_390_400), '1.5b': (1_557_611_200, 1_475_561_600)}
+GPT2_FACTS = {
+  '124m': (124_439_808, 85_056_000),
+  '350m': (354_823_168, 302_311_424),
+  '774m': (774_030_080, 708_390_400),
+  '1.5b': (1_557_611_200, 1_475_561_600),
+}
 
 
 @pytest.mark.parametrize('size', list(GPT2_FACTS))
@@ -45,19 +50,46 @@ def test_gpt2_counts_match_facts(size):
   n_layer, d = gpt2.SIZES[size][:2]
   assert c['embedding_params'] == total - without_wte_wpe == (50257 + 1024) * d
   assert c['unembedding_params'] == 0
-  assert c['non_embedding_params'] == n_layer * (12 * d * d + 13 * d) + 2 * d   # facts.md formula
+  assert c['non_embedding_params'] == n_layer * (12 * d * d + 13 * d) + 2 * d  # facts.md formula
 
 
 PYTREE_CASES = {
-    'gpt2_tiny': dict(),
-    'gpt2_untied_nobias': dict(tie_embeddings=False, use_bias=False),
-    'llama_gqa_untied': dict(positions='rope', norm='rmsnorm', mlp='swiglu', use_bias=False,
-                             n_heads=8, n_kv_heads=2, d_model=64, d_ff=176, tie_embeddings=False),
-    'llama_mqa_tied_headdim': dict(positions='rope', norm='rmsnorm', mlp='swiglu', use_bias=False,
-                                   n_heads=4, n_kv_heads=1, head_dim=24, d_model=64, d_ff=96),
-    'qwen2_qkv_bias': dict(positions='rope', norm='rmsnorm', mlp='swiglu', use_bias=False,
-                           qkv_bias=True, n_heads=4, n_kv_heads=2, d_model=32, d_ff=80),
-    'layernorm_nobias_unscanned': dict(use_bias=False, scan_layers=False, n_layers=3),
+  'gpt2_tiny': dict(),
+  'gpt2_untied_nobias': dict(tie_embeddings=False, use_bias=False),
+  'llama_gqa_untied': dict(
+    positions='rope',
+    norm='rmsnorm',
+    mlp='swiglu',
+    use_bias=False,
+    n_heads=8,
+    n_kv_heads=2,
+    d_model=64,
+    d_ff=176,
+    tie_embeddings=False,
+  ),
+  'llama_mqa_tied_headdim': dict(
+    positions='rope',
+    norm='rmsnorm',
+    mlp='swiglu',
+    use_bias=False,
+    n_heads=4,
+    n_kv_heads=1,
+    head_dim=24,
+    d_model=64,
+    d_ff=96,
+  ),
+  'qwen2_qkv_bias': dict(
+    positions='rope',
+    norm='rmsnorm',
+    mlp='swiglu',
+    use_bias=False,
+    qkv_bias=True,
+    n_heads=4,
+    n_kv_heads=2,
+    d_model=32,
+    d_ff=80,
+  ),
+  'layernorm_nobias_unscanned': dict(use_bias=False, scan_layers=False, n_layers=3),
 }
 
 
@@ -70,7 +102,9 @@ def test_counts_equal_pytree(case):
   c = count.param_counts(m)
   assert c['params'] == c['embedding_params'] + c['non_embedding_params']
   assert c['unembedding_params'] == (0 if m.tie_embeddings else m.d_model * m.vocab_size)
-  assert c['position_embedding_params'] == (m.max_len * m.d_model if m.positions == 'learned' else 0)
+  assert c['position_embedding_params'] == (
+    m.max_len * m.d_model if m.positions == 'learned' else 0
+  )
 
 
 @pytest.mark.parametrize('size', ['100m', '1b', '8b'])
@@ -86,11 +120,13 @@ def test_llama2_7b_count():
 def test_hf_gpt2_tiny_count_equals_ours():
   """transformers' own count (sum of parameters; tied head counted once) for a tiny GPT-2 shape."""
   transformers = pytest.importorskip('transformers')
-  hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-      n_layer=2, n_embd=64, n_head=4, vocab_size=101, n_positions=32))
+  hf = transformers.GPT2LMHeadModel(
+    transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=101, n_positions=32)
+  )
   hf_total = sum(p.numel() for p in hf.parameters())
-  ours = count.checked_param_counts(_model(vocab_size=101, d_model=64, n_layers=2, n_heads=4,
-                                           d_ff=256, max_len=32))
+  ours = count.checked_param_counts(
+    _model(vocab_size=101, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=32)
+  )
   assert ours['params'] == hf_total
   hf_emb = hf.transformer.wte.weight.numel() + hf.transformer.wpe.weight.numel()
   assert ours['embedding_params'] == hf_emb
@@ -122,13 +158,30 @@ def test_chinchilla_flops_close_to_6n_for_large_models(size, seq_len):
 
 
 def test_count_cli():
-  out = subprocess.run([sys.executable, '-m', 'scaling.count', '--config=configs/gpt2.py:124m',
-                        '--config.model.n_layers=6'], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+  out = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'scaling.count',
+      '--config=configs/gpt2.py:124m',
+      '--config.model.n_layers=6',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   d = json.loads(out.stdout)
-  for key in ('params', 'non_embedding_params', 'embedding_params', 'flops_per_token_6n',
-              'flops_per_token_chinchilla', 'flops_per_token_kaplan', 'flops_per_token_mfu'):
+  for key in (
+    'params',
+    'non_embedding_params',
+    'embedding_params',
+    'flops_per_token_6n',
+    'flops_per_token_chinchilla',
+    'flops_per_token_kaplan',
+    'flops_per_token_mfu',
+  ):
     assert key in d
   assert d['params'] == 124_439_808 - 6 * (12 * 768**2 + 13 * 768)
   assert d['pytree_checked'] is True
@@ -139,36 +192,62 @@ def test_count_cli():
 TINY_TARGETS = (1e5, 3e5, 1e6, 3e6, 1e7)
 
 
-@pytest.mark.parametrize('rule', [
+@pytest.mark.parametrize(
+  'rule',
+  [
     family.ShapeRule(family='gpt2', aspect=32, head_dim=16, tolerance=0.05),
-    family.ShapeRule(family='llama', aspect=32, head_dim=16, gqa=2, tie_embeddings=False,
-                     tolerance=0.05),
-    family.ShapeRule(family='gpt2', aspect=64, head_dim=16, count='non_embedding_params',
-                     tolerance=0.05),
-])
+    family.ShapeRule(
+      family='llama', aspect=32, head_dim=16, gqa=2, tie_embeddings=False, tolerance=0.05
+    ),
+    family.ShapeRule(
+      family='gpt2', aspect=64, head_dim=16, count='non_embedding_params', tolerance=0.05
+    ),
+  ],
+)
 def test_family_members_within_tolerance(rule):
   members = family.family(TINY_TARGETS, rule)
   for m in members:
     assert abs(m.error) <= rule.tolerance, (m.target, m.matched)
     assert m.d_model % rule.head_dim == 0 and m.n_heads * rule.head_dim == m.d_model
     assert m.n_heads % m.n_kv_heads == 0 and m.n_heads // m.n_kv_heads == rule.gqa
-    c = count.checked_param_counts(m.model)   # the shapes are real configs, counts exact.
+    c = count.checked_param_counts(m.model)  # the shapes are real configs, counts exact.
     assert (c['params'], c['non_embedding_params']) == (m.params, m.non_embedding_params)
   assert [m.params for m in members] == sorted(m.params for m in members)
 
 
 def test_family_large_llama_targets():
-  rule = family.ShapeRule(family='llama', aspect=128, head_dim=128, gqa=4, vocab_size=32000,
-                          max_len=2048, tie_embeddings=False, ff_multiple=256, tolerance=0.05)
+  rule = family.ShapeRule(
+    family='llama',
+    aspect=128,
+    head_dim=128,
+    gqa=4,
+    vocab_size=32000,
+    max_len=2048,
+    tie_embeddings=False,
+    ff_multiple=256,
+    tolerance=0.05,
+  )
   for m in family.family((1e8, 1e9, 7e9), rule):
     assert abs(m.error) <= 0.05
     assert 64 <= m.aspect <= 400
 
 
 def test_family_cli():
-  out = subprocess.run([sys.executable, '-m', 'scaling.family', '--targets=1e6,3e6,1e7',
-                        '--aspect=32', '--head_dim=16', '--family=gpt2'], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+  out = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'scaling.family',
+      '--targets=1e6,3e6,1e7',
+      '--aspect=32',
+      '--head_dim=16',
+      '--family=gpt2',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert out.returncode == 0, out.stderr
   lines = [l for l in out.stdout.splitlines() if l and not l.startswith('#')]
   assert lines[0].split()[:3] == ['target', 'params', 'non-embedding']
@@ -179,7 +258,10 @@ def test_family_cli():
 def _load_config_file(path, *args):
   """get_config(*args) of a config file, as config_flags loads it (by path, not as a package)."""
   import importlib.util
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], os.path.join(REPO, path))
+
+  spec = importlib.util.spec_from_file_location(
+    os.path.basename(path)[:-3], os.path.join(REPO, path)
+  )
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod.get_config(*args)
@@ -190,6 +272,7 @@ def _load_config_file(path, *args):
 
 def _sweep_config(**sweep_kw):
   from configs import default
+
   c = default.get_config()
   c.train.global_batch_size = 16
   c.sweep = sweep.get_sweep_config(**sweep_kw)
@@ -199,11 +282,19 @@ def _sweep_config(**sweep_kw):
 
 def test_isoflop_members_d_equals_c_over_6n():
   budgets, sizes = (1e11, 1e12), (2e4, 5e4, 1e5)
-  c = _sweep_config(kind='isoflop', budgets=budgets, sizes=sizes, warmup_fraction=0.05,
-                    min_warmup_steps=5, min_steps=10)
+  c = _sweep_config(
+    kind='isoflop',
+    budgets=budgets,
+    sizes=sizes,
+    warmup_fraction=0.05,
+    min_warmup_steps=5,
+    min_steps=10,
+  )
   ms = sweep.members(c)
-  assert [m.name for m in ms] == [f'C{b}_N{s}' for b in ('1e11', '1e12') for s in ('2e4', '5e4', '1e5')]
-  assert [m.name for m in sweep.members(c)] == [m.name for m in ms]   # deterministic
+  assert [m.name for m in ms] == [
+    f'C{b}_N{s}' for b in ('1e11', '1e12') for s in ('2e4', '5e4', '1e5')
+  ]
+  assert [m.name for m in sweep.members(c)] == [m.name for m in ms]  # deterministic
   tps = 16 * 128
   for m in ms:
     i, cfg = m.info, m.config
@@ -287,16 +378,27 @@ def test_tiny_sweep_configs_members():
 # --- sweeps end to end -----------------------------------------------------------------------------
 
 TINY_OVERRIDES = {
-    'train.global_batch_size': 8, 'data.seq_len': 32, 'model.max_len': 32,
-    'train.eval_batches': 1, 'sweep.budgets': (1.2e8,), 'sweep.sizes_per_budget': (),
-    'sweep.min_steps': 2, 'sweep.min_warmup_steps': 1, 'sweep.warmup_fraction': 0.0,
-    'sweep.logs_per_member': 100, 'sweep.family.head_dim': 8,
+  'train.global_batch_size': 8,
+  'data.seq_len': 32,
+  'model.max_len': 32,
+  'train.eval_batches': 1,
+  'sweep.budgets': (1.2e8,),
+  'sweep.sizes_per_budget': (),
+  'sweep.min_steps': 2,
+  'sweep.min_warmup_steps': 1,
+  'sweep.warmup_fraction': 0.0,
+  'sweep.logs_per_member': 100,
+  'sweep.family.head_dim': 8,
 }
 SIZES = (5e3, 1e4, 2e4)
 
 
 def _cli_value(v):
-  return '(' + ','.join(repr(x) for x in v) + (',)' if len(v) == 1 else ')') if isinstance(v, tuple) else str(v)
+  return (
+    '(' + ','.join(repr(x) for x in v) + (',)' if len(v) == 1 else ')')
+    if isinstance(v, tuple)
+    else str(v)
+  )
 
 
 def _load_tiny(data_dir, sizes):
@@ -312,7 +414,12 @@ def _load_tiny(data_dir, sizes):
 
 
 def _main_sweep(workdir, overrides):
-  cmd = [sys.executable, 'main.py', '--config=configs/sweeps/isoflop_tiny.py', f'--workdir={workdir}']
+  cmd = [
+    sys.executable,
+    'main.py',
+    '--config=configs/sweeps/isoflop_tiny.py',
+    f'--workdir={workdir}',
+  ]
   cmd += [f'--config.{k}={_cli_value(v)}' for k, v in overrides.items()]
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -354,30 +461,42 @@ def test_sweep_end_to_end_and_resume(data_dir, tmp_path):
   assert f'{a.name}: finished earlier' in out.stderr
   assert f'{b.name}: resuming from step 3' in out.stderr
   assert 'Resumed from step 3' in out.stderr
-  assert open(os.path.join(workdir, a.name, 'result.json')).read() == a_result   # not retrained
+  assert open(os.path.join(workdir, a.name, 'result.json')).read() == a_result  # not retrained
   b_rows = [json.loads(l) for l in open(os.path.join(b_dir, 'metrics.jsonl'))]
   steps = [r['step'] for r in b_rows]
-  assert steps[:len(b_rows_before)] == [r['step'] for r in b_rows_before]
-  assert steps == sorted(set(steps)) and steps[-1] == b.info['steps']   # continued, not restarted
+  assert steps[: len(b_rows_before)] == [r['step'] for r in b_rows_before]
+  assert steps == sorted(set(steps)) and steps[-1] == b.info['steps']  # continued, not restarted
 
-  summary = json.loads(out.stdout[out.stdout.index('{'):])
+  summary = json.loads(out.stdout[out.stdout.index('{') :])
   assert summary['skipped'] == [a.name] and summary['ran'] == [b.name, c.name]
   rows = _rows(os.path.join(workdir, 'results.csv'))
   assert [r['name'] for r in rows] == [a.name, b.name, c.name]
   for r, m in zip(rows, ms):
-    for col in ('name', 'params', 'non_embedding_params', 'tokens', 'flops', 'loss', 'config_hash',
-                'bits_per_byte', 'steps', 'wall_s'):
+    for col in (
+      'name',
+      'params',
+      'non_embedding_params',
+      'tokens',
+      'flops',
+      'loss',
+      'config_hash',
+      'bits_per_byte',
+      'steps',
+      'wall_s',
+    ):
       assert r[col] != '', col
     assert int(r['params']) == m.info['params'] and int(r['steps']) == m.info['steps']
     assert r['config_hash'] == m.config_hash
     assert 0 < float(r['loss']) < 6 and math.isfinite(float(r['bits_per_byte']))
     assert float(r['flops']) == pytest.approx(6 * m.info['params'] * m.info['tokens'])
-  curves = _rows(os.path.join(workdir, 'curves.csv'))   # approach 1's input: the final evals here.
+  curves = _rows(os.path.join(workdir, 'curves.csv'))  # approach 1's input: the final evals here.
   assert {r['name']: float(r['loss']) for r in curves if r['final'] == '1'} == {
-      r['name']: float(r['loss']) for r in rows}
+    r['name']: float(r['loss']) for r in rows
+  }
 
   # The CSV feeds the fitting code as is.
   from scaling import results
+
   assert len(results.read_results(os.path.join(workdir, 'results.csv'))) == 3
 
   # Running again has nothing to do; a changed member config is refused, not silently reused.
@@ -388,15 +507,17 @@ def test_sweep_end_to_end_and_resume(data_dir, tmp_path):
 
 
 def test_width_sweep_with_lr_and_seed_axes():
-  c = _sweep_config(kind='width', widths=(16, 32), tokens=(2e5,), lrs=(1e-3, 2e-3, 4e-3),
-                    seeds=(0, 1), min_steps=1)
+  c = _sweep_config(
+    kind='width', widths=(16, 32), tokens=(2e5,), lrs=(1e-3, 2e-3, 4e-3), seeds=(0, 1), min_steps=1
+  )
   ms = sweep.members(c)
   assert len(ms) == 2 * 3 * 2
   assert ms[0].name == 'd16_D2e5_lr1e-3_s0' and ms[1].name == 'd16_D2e5_lr1e-3_s1'
   assert [m.config.model.d_model for m in ms] == [16] * 6 + [32] * 6
   assert all(m.config.model.n_layers == c.model.n_layers for m in ms)
   assert [(m.info['lr'], m.info['seed']) for m in ms[:6]] == [
-      (lr, s) for lr in (1e-3, 2e-3, 4e-3) for s in (0, 1)]
+    (lr, s) for lr in (1e-3, 2e-3, 4e-3) for s in (0, 1)
+  ]
   assert all(m.config.optimizer.lr == m.info['lr'] and m.config.seed == m.info['seed'] for m in ms)
   assert all(m.config.train.eval_every == m.info['steps'] for m in ms)
   c.sweep.evals_per_member = 4
@@ -429,7 +550,7 @@ def test_concurrent_members_merge_results_without_losing_rows(tmp_path, monkeypa
   workdir = str(tmp_path)
   write = sweep.write_csv
 
-  delays = iter([max(0.0, 0.3 - 0.01 * k) for k in range(1000)])   # first readers write last.
+  delays = iter([max(0.0, 0.3 - 0.01 * k) for k in range(1000)])  # first readers write last.
 
   def slow_write(*args):
     time.sleep(next(delays))
@@ -441,9 +562,11 @@ def test_concurrent_members_merge_results_without_losing_rows(tmp_path, monkeypa
   def finish(i, m):
     os.makedirs(os.path.join(workdir, m.name), exist_ok=True)
     barrier.wait()
-    time.sleep(0.01 * i)   # member i finishes 10 ms after member i - 1.
-    sweep._write_json(os.path.join(workdir, m.name, sweep.RESULT_FILE),
-                      {**m.info, 'loss': 2.0 + i / 100, 'config_hash': m.config_hash, 'status': 'ok'})
+    time.sleep(0.01 * i)  # member i finishes 10 ms after member i - 1.
+    sweep._write_json(
+      os.path.join(workdir, m.name, sweep.RESULT_FILE),
+      {**m.info, 'loss': 2.0 + i / 100, 'config_hash': m.config_hash, 'status': 'ok'},
+    )
     sweep.merge_results(workdir, ms)
 
   threads = [threading.Thread(target=finish, args=(i, m)) for i, m in enumerate(ms)]
@@ -466,7 +589,7 @@ def test_wsd_branches_equal_standalone_wsd_runs(data_dir, tmp_path):
   own step count ends (same batches, same lr at every step)."""
   config, _ = _load_tiny(data_dir, SIZES[:1])
   config.sweep.kind = 'wsd'
-  config.sweep.tokens = (256 * 10, 256 * 20)   # 10 and 20 steps of 8 x 32 tokens.
+  config.sweep.tokens = (256 * 10, 256 * 20)  # 10 and 20 steps of 8 x 32 tokens.
   config.optimizer.decay_fraction = 0.2
   ms = sweep.members(config)
   assert [m.branch_step for m in ms] == [8, 16] and len({m.trunk for m in ms}) == 1
@@ -476,14 +599,14 @@ def test_wsd_branches_equal_standalone_wsd_runs(data_dir, tmp_path):
   assert summary['finished'] == 2
   trunk_dir = os.path.join(workdir, ms[0].trunk)
   trunk_ckpts = {int(d) for d in os.listdir(os.path.join(trunk_dir, 'checkpoints'))}
-  assert {8, 16} <= trunk_ckpts and max(trunk_ckpts) == 16   # it never trains past a branch.
+  assert {8, 16} <= trunk_ckpts and max(trunk_ckpts) == 16  # it never trains past a branch.
   rows = {r['name']: r for r in _rows(os.path.join(workdir, 'results.csv'))}
   for m in ms:
     row = rows[m.name]
     assert int(row['branch_tokens']) == m.branch_step * 256 and row['trunk'] == m.trunk
     assert int(row['tokens']) == m.info['steps'] * 256
     steps = [json.loads(l)['step'] for l in open(os.path.join(workdir, m.name, 'metrics.jsonl'))]
-    assert steps[0] > m.branch_step   # the branch trained only its cooldown.
+    assert steps[0] > m.branch_step  # the branch trained only its cooldown.
   # The longer branch (its trunk went through the shorter one's branch point first) alone:
   alone = loop.run(ms[-1].config, str(tmp_path / 'alone'))
   assert float(rows[ms[-1].name]['loss']) == alone['eval/loss']
@@ -494,11 +617,25 @@ def test_parallel_members_on_disjoint_device_subsets(data_dir, tmp_path):
   land in results.csv exactly once, and they trained at the same time."""
   workdir = str(tmp_path / 'par')
   _, overrides = _load_tiny(data_dir, SIZES[:2])
-  cmd = [sys.executable, '-m', 'scaling.parallel', '--config=configs/sweeps/isoflop_tiny.py',
-         f'--workdir={workdir}', '--groups=2', '--platform=cpu', '--devices=2']
+  cmd = [
+    sys.executable,
+    '-m',
+    'scaling.parallel',
+    '--config=configs/sweeps/isoflop_tiny.py',
+    f'--workdir={workdir}',
+    '--groups=2',
+    '--platform=cpu',
+    '--devices=2',
+  ]
   cmd += [f'--config.{k}={_cli_value(v)}' for k, v in overrides.items()]
-  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
-                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  out = subprocess.run(
+    cmd,
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert out.returncode == 0, out.stderr[-4000:]
   config, _ = _load_tiny(data_dir, SIZES[:2])
   names = [m.name for m in sweep.members(config)]
@@ -508,12 +645,13 @@ def test_parallel_members_on_disjoint_device_subsets(data_dir, tmp_path):
   for name in names:
     log = open(os.path.join(workdir, 'parallel_logs', f'{name}.log')).read()
     assert 'on 1 cpu device(s)' in log, log[-2000:]
-    started = re.search(r'member \d+ ' + re.escape(name) + ' started on devices (\\[\\d\\])',
-                        out.stderr)
+    started = re.search(
+      r'member \d+ ' + re.escape(name) + ' started on devices (\\[\\d\\])', out.stderr
+    )
     assert started, out.stderr[-2000:]
     meta = json.load(open(os.path.join(workdir, name, 'sweep_member.json')))
     end = os.path.getmtime(os.path.join(workdir, name, 'result.json'))
     spans.append((end - meta['wall_s'], end, started.group(1)))
   spans.sort()
-  assert spans[1][0] < spans[0][1]   # the second member started before the first finished.
+  assert spans[1][0] < spans[0][1]  # the second member started before the first finished.
   assert spans[0][2] != spans[1][2]  # ... on the other device.

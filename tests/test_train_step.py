@@ -1,4 +1,5 @@
 """Train step: sharded == single device, gradient accumulation == big batch, bf16 trains."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,10 +15,21 @@ from train import sharding
 from train.step import TrainState, accumulate_grads, lm_loss, make_train_step
 
 CFGS = {
-    'gpt2': ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=16),
-    'llama': ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
-                         max_len=16, positions='rope', norm='rmsnorm', mlp='swiglu',
-                         tie_embeddings=False, use_bias=False),
+  'gpt2': ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=16),
+  'llama': ModelConfig(
+    vocab_size=64,
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=64,
+    max_len=16,
+    positions='rope',
+    norm='rmsnorm',
+    mlp='swiglu',
+    tie_embeddings=False,
+    use_bias=False,
+  ),
 }
 
 
@@ -45,15 +57,19 @@ def test_sharded_matches_single_device(family):
   assert shardings['layers']['mlp']['wi'].spec == P(None, 'fsdp', 'tensor')
   assert shardings['layers']['attn']['key'].spec == P(None, 'fsdp', 'tensor', None)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    fn = jax.jit(lambda p, b: _loss_and_grads(cfg, p, b),
-                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=(sharding.replicated(mesh), shardings))
-    sharded = fn(jax.device_put(params, shardings),
-                 jax.device_put(batch, sharding.batch_sharding(mesh)))
+    fn = jax.jit(
+      lambda p, b: _loss_and_grads(cfg, p, b),
+      in_shardings=(shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(sharding.replicated(mesh), shardings),
+    )
+    sharded = fn(
+      jax.device_put(params, shardings), jax.device_put(batch, sharding.batch_sharding(mesh))
+    )
   assert sharded[1]['layers']['mlp']['wi'].sharding == shardings['layers']['mlp']['wi']
   np.testing.assert_allclose(sharded[0], single[0], rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               sharded[1], single[1])
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), sharded[1], single[1]
+  )
 
 
 @pytest.mark.parametrize('k', [2, 4])
@@ -72,12 +88,14 @@ def test_grad_accumulation_equals_big_batch(k):
   opt = base.get_config().optimizer
   tx = optim.make_optimizer(opt, 10)
   state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-  steps = [jax.jit(make_train_step(lm_loss(cfg), tx, optim.lr_schedule(opt, 10), n))
-           for n in (1, k)]
+  steps = [
+    jax.jit(make_train_step(lm_loss(cfg), tx, optim.lr_schedule(opt, 10), n)) for n in (1, k)
+  ]
   (s1, m1), (sk, mk) = [step(state, batch) for step in steps]
   np.testing.assert_allclose(mk['train/loss'], m1['train/loss'], rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               sk.params, s1.params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), sk.params, s1.params
+  )
 
 
 def test_bfloat16_compute_trains_with_float32_master_weights():
@@ -98,8 +116,11 @@ def test_bfloat16_compute_trains_with_float32_master_weights():
   assert np.all(np.isfinite(losses))
   assert losses[-1] < 0.75 * losses[0] and losses[-1] < min(losses[:5])
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
-  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.opt_state)
-             if jnp.issubdtype(x.dtype, jnp.floating))
+  assert all(
+    x.dtype == jnp.float32
+    for x in jax.tree.leaves(state.opt_state)
+    if jnp.issubdtype(x.dtype, jnp.floating)
+  )
 
 
 def test_weight_decay_mask_and_schedules():

@@ -6,6 +6,7 @@ Each checkpoint's metadata also carries a checksum of every array's contents, co
 device before the save and inside orbax's atomic commit, so a torn or corrupted checkpoint
 is detected on restore, moved aside and the previous good one used (`restore_latest_good`).
 """
+
 import datetime
 import gc
 import logging
@@ -21,27 +22,32 @@ from etils import epath
 
 from models.config import PyTree
 
-CORRUPT_DIR = 'checkpoints.corrupt'   # bad checkpoints are moved here, never deleted.
+CORRUPT_DIR = 'checkpoints.corrupt'  # bad checkpoints are moved here, never deleted.
 
 
 def manager(workdir: str, train_config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   silence_abandoned_io()
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=train_config.keep_checkpoints,
-      keep_period=train_config.keep_every or None,
-      enable_async_checkpointing=train_config.async_checkpoint,
-      cleanup_tmp_directories=True,   # a save cut short (kill, disk full) left only a tmp dir.
-      create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                               options=options, item_names=('state', 'meta'))
+    max_to_keep=train_config.keep_checkpoints,
+    keep_period=train_config.keep_every or None,
+    enable_async_checkpointing=train_config.async_checkpoint,
+    cleanup_tmp_directories=True,  # a save cut short (kill, disk full) left only a tmp dir.
+    create=True,
+  )
+  return ocp.CheckpointManager(
+    os.path.join(os.path.abspath(workdir), 'checkpoints'),
+    options=options,
+    item_names=('state', 'meta'),
+  )
 
 
 def _leaf_checksum(x):
   """Two order-independent 32-bit sums of the array's raw words: sum(w_i * (2i+1)) and
   sum(rotl(w_i, 13) ^ (i * golden)). Integer sums wrap, so they are exact under any sharding
   or reduction order; an odd weight makes any single changed word change the first sum."""
-  words = jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32,
-                                           8: jnp.uint32}[x.dtype.itemsize])
+  words = jax.lax.bitcast_convert_type(
+    x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+  )
   w = words.reshape(-1).astype(jnp.uint32)
   i = jnp.arange(w.shape[0], dtype=jnp.uint32)
   rot = (w << 13) | (w >> 19)
@@ -57,21 +63,30 @@ def checksum(state: PyTree) -> dict:
   """{leaf path: 16 hex digits} of the state's contents (a global value on every process)."""
   sums = jax.device_get(_checksums(state))
   flat, _ = jax.tree_util.tree_flatten_with_path(sums)
-  return {jax.tree_util.keystr(path): '%08x%08x' % tuple(int(v) for v in np.asarray(s))
-          for path, s in flat}
+  return {
+    jax.tree_util.keystr(path): ''.join(f'{int(v):08x}' for v in np.asarray(s)) for path, s in flat
+  }
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: PyTree, meta: dict,
-         force: bool = False) -> None:
+def save(
+  mngr: ocp.CheckpointManager, step: int, state: PyTree, meta: dict, force: bool = False
+) -> None:
   meta = {**meta, 'checksum': checksum(state)}
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          meta=ocp.args.JsonSave(meta)), force=force)
+  mngr.save(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+    force=force,
+  )
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: PyTree) -> tuple[PyTree, dict]:
   """Restore onto the shardings carried by `abstract_state` (ShapeDtypeStructs with .sharding)."""
-  out = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  out = mngr.restore(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+    ),
+  )
   return out['state'], out['meta']
 
 
@@ -91,21 +106,32 @@ def _flat(d: dict, prefix: str = '') -> dict:
 
 
 # Metadata keys (loop.stream_meta) -> the config fields they come from.
-_FIELDS = {'dataset': 'data.dataset', 'tokenizer': 'data.tokenizer', 'seq_len': 'data.seq_len',
-           'global_batch_size': 'train.global_batch_size'}
+_FIELDS = {
+  'dataset': 'data.dataset',
+  'tokenizer': 'data.tokenizer',
+  'seq_len': 'data.seq_len',
+  'global_batch_size': 'train.global_batch_size',
+}
 
 
 def check_meta(saved: dict, current: dict, workdir: str = '') -> None:
   """The data stream and model must match the checkpoint's, else resuming is not exact."""
   saved_flat, current_flat = _flat({k: saved[k] for k in current if k in saved}), _flat(current)
-  diffs = [f'config.{_FIELDS.get(k, k)}={saved_flat[k]!r} (now {v!r})' for k, v in current_flat.items()
-           if k in saved_flat and saved_flat[k] != v]
+  diffs = [
+    f'config.{_FIELDS.get(k, k)}={saved_flat[k]!r} (now {v!r})'
+    for k, v in current_flat.items()
+    if k in saved_flat and saved_flat[k] != v
+  ]
   if 'pipeline' in current and saved.get('pipeline') != current['pipeline']:
-    diffs.append(f'input pipeline {saved.get("pipeline", "before token shards")!r} '
-                 f'(now {current["pipeline"]!r}: another batch order)')
+    diffs.append(
+      f'input pipeline {saved.get("pipeline", "before token shards")!r} '
+      f'(now {current["pipeline"]!r}: another batch order)'
+    )
   if diffs:
-    raise ValueError(f'the checkpoint in {workdir or "the workdir"} was written with '
-                     f'{", ".join(diffs)}; restore those settings or use a new --workdir')
+    raise ValueError(
+      f'the checkpoint in {workdir or "the workdir"} was written with '
+      f'{", ".join(diffs)}; restore those settings or use a new --workdir'
+    )
 
 
 def _agree(ok: bool) -> bool:
@@ -113,6 +139,7 @@ def _agree(ok: bool) -> bool:
   if jax.process_count() == 1:
     return ok
   from jax.experimental import multihost_utils
+
   return bool(np.all(multihost_utils.process_allgather(np.array([int(ok)]))))
 
 
@@ -125,14 +152,16 @@ def set_aside(mngr: ocp.CheckpointManager, workdir: str, step: int) -> str:
     (epath.Path(mngr.directory) / str(step)).rename(dest)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(f'lmscale set aside checkpoint {step}')
   mngr.reload()
   return str(dest)
 
 
 def _is_abandoned_read(exc_value, obj=None) -> bool:
-  return ((isinstance(exc_value, RuntimeError) and 'Event loop is closed' in str(exc_value)) or
-          'orbax' in getattr(getattr(obj, 'cr_code', None), 'co_filename', ''))
+  return (
+    isinstance(exc_value, RuntimeError) and 'Event loop is closed' in str(exc_value)
+  ) or 'orbax' in getattr(getattr(obj, 'cr_code', None), 'co_filename', '')
 
 
 def silence_abandoned_io() -> None:
@@ -155,13 +184,14 @@ def silence_abandoned_io() -> None:
   sys.unraisablehook, sys.excepthook = quiet_unraisable, quiet_excepthook
 
 
-def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state: PyTree, meta: dict,
-                        workdir: str) -> tuple[PyTree | None, int | None]:
+def restore_latest_good(
+  mngr: ocp.CheckpointManager, abstract_state: PyTree, meta: dict, workdir: str
+) -> tuple[PyTree | None, int | None]:
   """(state, step) from the newest checkpoint that loads and matches its checksums, or
   (None, None). A checkpoint that does not is reported and moved aside; one written with a
   different config raises ValueError (bad input, nothing is moved)."""
   for step in sorted(mngr.all_steps(), reverse=True):
-    state, problem = None, 'corrupt on another process'   # unless this process finds otherwise.
+    state, problem = None, 'corrupt on another process'  # unless this process finds otherwise.
     try:
       saved = restore_meta(mngr, step)
     except Exception as e:  # torn or garbled JSON: orbax/json raise many types.
@@ -173,15 +203,23 @@ def restore_latest_good(mngr: ocp.CheckpointManager, abstract_state: PyTree, met
         problem = _verify(state, saved.get('checksum'))
       except Exception as e:  # truncated/emptied array files: TensorStore raises many types.
         state, problem = None, f'unreadable arrays ({str(e).split(". ")[0][:160]})'
-    gc.collect()   # abandoned reads of a failed restore end here, not mid-training.
+    gc.collect()  # abandoned reads of a failed restore end here, not mid-training.
     if _agree(problem is None):
       if saved.get('checksum') is None:
-        logging.warning('Checkpoint %d in %s has no checksums (written by an older version); '
-                        'loaded unverified.', step, workdir)
+        logging.warning(
+          'Checkpoint %d in %s has no checksums (written by an older version); loaded unverified.',
+          step,
+          workdir,
+        )
       return state, step
     dest = set_aside(mngr, workdir, step)
-    logging.warning('Checkpoint %d in %s is corrupt: %s; moved to %s, trying the previous one.',
-                    step, workdir, problem, dest)
+    logging.warning(
+      'Checkpoint %d in %s is corrupt: %s; moved to %s, trying the previous one.',
+      step,
+      workdir,
+      problem,
+      dest,
+    )
   return None, None
 
 

@@ -51,6 +51,7 @@ Teacher and student must share the tokenizer: a vocabulary or tokenizer mismatch
 ValueError naming config.distill.teacher and config.model.vocab_size, raised before any
 compile. The final metrics dict has 'teacher_params' and 'eval/teacher_loss' (for sweeps).
 """
+
 import dataclasses
 import json
 import logging
@@ -88,13 +89,17 @@ def validate(config) -> ml_collections.ConfigDict:
       raise ValueError(f'config.distill.{key}: unknown key (known: {sorted(schema.keys())})')
     want = type(schema[key])
     if isinstance(value, bool) != (want is bool) or not (
-        isinstance(value, want) or (want is float and isinstance(value, int))):
+      isinstance(value, want) or (want is float and isinstance(value, int))
+    ):
       raise ValueError(f'config.distill.{key}: expected {want.__name__}, got {value!r}')
   d = ml_collections.ConfigDict({**schema.to_dict(), **d.to_dict()})
   if not d.teacher:
     raise ValueError("config.distill.teacher: required (one of our workdirs or 'hf:/path')")
-  for key, choices in (('mode', MODES), ('divergence', DIVERGENCES),
-                       ('logits_dtype', LOGITS_DTYPES)):
+  for key, choices in (
+    ('mode', MODES),
+    ('divergence', DIVERGENCES),
+    ('logits_dtype', LOGITS_DTYPES),
+  ):
     if d[key] not in choices:
       raise ValueError(f'config.distill.{key}: {d[key]!r} is not one of {choices}')
   if not d.temperature > 0:
@@ -103,8 +108,10 @@ def validate(config) -> ml_collections.ConfigDict:
     if not 0.0 <= d[key] <= 1.0:
       raise ValueError(f'config.distill.{key} must be in [0, 1], got {d[key]}')
   if d.mode == 'offline' and not 1 <= d.top_k <= config.model.vocab_size:
-    raise ValueError(f'config.distill.top_k={d.top_k} must be in [1, config.model.vocab_size='
-                     f'{config.model.vocab_size}]')
+    raise ValueError(
+      f'config.distill.top_k={d.top_k} must be in [1, config.model.vocab_size='
+      f'{config.model.vocab_size}]'
+    )
   if d.mode == 'sequence':
     _validate_sequence(d, config)
   return d
@@ -113,14 +120,19 @@ def validate(config) -> ml_collections.ConfigDict:
 def _validate_sequence(d, config):
   seq_len, vocab = config.data.seq_len, config.model.vocab_size
   if not 1 <= d.prompt_len <= seq_len:
-    raise ValueError(f'config.distill.prompt_len={d.prompt_len} must be in [1, '
-                     f'config.data.seq_len={seq_len}] (the teacher continues it to seq_len + 1)')
+    raise ValueError(
+      f'config.distill.prompt_len={d.prompt_len} must be in [1, '
+      f'config.data.seq_len={seq_len}] (the teacher continues it to seq_len + 1)'
+    )
   if not d.gen_temperature >= 0:
-    raise ValueError(f'config.distill.gen_temperature must be >= 0 (0: greedy), got '
-                     f'{d.gen_temperature}')
+    raise ValueError(
+      f'config.distill.gen_temperature must be >= 0 (0: greedy), got {d.gen_temperature}'
+    )
   if not 0 <= d.gen_top_k <= vocab:
-    raise ValueError(f'config.distill.gen_top_k={d.gen_top_k} must be in [0 (off), '
-                     f'config.model.vocab_size={vocab}]')
+    raise ValueError(
+      f'config.distill.gen_top_k={d.gen_top_k} must be in [0 (off), '
+      f'config.model.vocab_size={vocab}]'
+    )
   if not 0 < d.gen_top_p <= 1:
     raise ValueError(f'config.distill.gen_top_p must be in (0, 1], got {d.gen_top_p}')
 
@@ -145,26 +157,53 @@ def _sums(kl, ce, teacher_nll, agree, mask, temperature, alpha):
   kd = temperature * temperature * kl
   total = alpha * kd + (1.0 - alpha) * ce
   msum = lambda x: jnp.sum(x.astype(jnp.float32) * mask)
-  sums = {'loss': msum(total), 'kd_loss': msum(kd), 'ce_loss': msum(ce),
-          'teacher_loss': msum(teacher_nll), 'top1_agreement': msum(agree), 'tokens': mask.sum()}
+  sums = {
+    'loss': msum(total),
+    'kd_loss': msum(kd),
+    'ce_loss': msum(ce),
+    'teacher_loss': msum(teacher_nll),
+    'top1_agreement': msum(agree),
+    'tokens': mask.sum(),
+  }
   return sums['loss'], sums
 
 
-def kd_sums(student_logits, teacher_logits, targets, temperature=1.0, alpha=0.5,
-            divergence='forward', mix_weight=0.5):
+def kd_sums(
+  student_logits,
+  teacher_logits,
+  targets,
+  temperature=1.0,
+  alpha=0.5,
+  divergence='forward',
+  mix_weight=0.5,
+):
   """(loss_sum, sums) of the distillation loss over the full vocabulary (see module doc)."""
   s = student_logits.astype(jnp.float32)
   t = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
   mask = (targets >= 0).astype(jnp.float32)
-  kl = _divergence(jax.nn.log_softmax(t / temperature, -1), jax.nn.log_softmax(s / temperature, -1),
-                   divergence, mix_weight)
+  kl = _divergence(
+    jax.nn.log_softmax(t / temperature, -1),
+    jax.nn.log_softmax(s / temperature, -1),
+    divergence,
+    mix_weight,
+  )
   agree = jnp.argmax(s, -1) == jnp.argmax(t, -1)
-  return _sums(kl, loss.nll(s, targets)[0], loss.nll(t, targets)[0], agree, mask, temperature,
-               alpha)
+  return _sums(
+    kl, loss.nll(s, targets)[0], loss.nll(t, targets)[0], agree, mask, temperature, alpha
+  )
 
 
-def topk_kd_sums(student_logits, teacher_values, teacher_indices, teacher_nll, targets,
-                 temperature=1.0, alpha=0.5, divergence='forward', mix_weight=0.5):
+def topk_kd_sums(
+  student_logits,
+  teacher_values,
+  teacher_indices,
+  teacher_nll,
+  targets,
+  temperature=1.0,
+  alpha=0.5,
+  divergence='forward',
+  mix_weight=0.5,
+):
   """(loss_sum, sums) with D over the teacher's top-k support, both sides renormalised.
 
   teacher_values/indices [..., k]: the teacher's k largest logits and their token ids;
@@ -177,17 +216,26 @@ def topk_kd_sums(student_logits, teacher_values, teacher_indices, teacher_nll, t
   indices = teacher_indices.astype(jnp.int32)
   mask = (targets >= 0).astype(jnp.float32)
   gathered = jnp.take_along_axis(s, indices, -1)
-  kl = _divergence(jax.nn.log_softmax(values / temperature, -1),
-                   jax.nn.log_softmax(gathered / temperature, -1), divergence, mix_weight)
+  kl = _divergence(
+    jax.nn.log_softmax(values / temperature, -1),
+    jax.nn.log_softmax(gathered / temperature, -1),
+    divergence,
+    mix_weight,
+  )
   teacher_top1 = jnp.take_along_axis(indices, jnp.argmax(values, -1)[..., None], -1)[..., 0]
   agree = jnp.argmax(s, -1) == teacher_top1
-  return _sums(kl, loss.nll(s, targets)[0], teacher_nll.astype(jnp.float32),
-               agree, mask, temperature, alpha)
+  return _sums(
+    kl, loss.nll(s, targets)[0], teacher_nll.astype(jnp.float32), agree, mask, temperature, alpha
+  )
 
 
 def _kd_kwargs(d) -> dict:
-  return dict(temperature=float(d.temperature), alpha=float(d.alpha), divergence=d.divergence,
-              mix_weight=float(d.mix_weight))
+  return dict(
+    temperature=float(d.temperature),
+    alpha=float(d.alpha),
+    divergence=d.divergence,
+    mix_weight=float(d.mix_weight),
+  )
 
 
 def _as_eval(sums):
@@ -220,8 +268,14 @@ def offline_loss_fn(student_model, d):
   def loss_fn(params, batch):
     tokens = batch['tokens']
     student = models.logits(student_model, params, tokens[:, :-1])
-    return topk_kd_sums(student, batch['teacher_values'], batch['teacher_indices'],
-                        batch['teacher_nll'], tokens[:, 1:], **kw)
+    return topk_kd_sums(
+      student,
+      batch['teacher_values'],
+      batch['teacher_indices'],
+      batch['teacher_nll'],
+      tokens[:, 1:],
+      **kw,
+    )
 
   return loss_fn
 
@@ -233,8 +287,7 @@ def offline_eval_loss_fn(student_model):
   def loss_fn(params, batch, *frozen):
     del frozen
     tokens = batch['tokens']
-    ce, n = cross_entropy_sum(models.logits(student_model, params, tokens[:, :-1]),
-                              tokens[:, 1:])
+    ce, n = cross_entropy_sum(models.logits(student_model, params, tokens[:, :-1]), tokens[:, 1:])
     return ce, {'loss': ce, 'ce_loss': ce, 'tokens': n}
 
   return loss_fn
@@ -256,7 +309,7 @@ def sequence_loss_fn(student_model, d, teacher_model=None):
     tokens = batch['tokens']
     inputs_BxL = tokens[:, :-1]
     targets_BxL = jnp.where(jnp.arange(inputs_BxL.shape[1]) >= first, tokens[:, 1:], -1)
-    if teacher_model is None:   # as step.lm_loss (model.loss_chunk applies), prompt masked.
+    if teacher_model is None:  # as step.lm_loss (model.loss_chunk applies), prompt masked.
       nll_BxL, mask_BxL = loss.token_nll(cfg, params, inputs_BxL, targets_BxL)
       ce = nll_BxL.sum()
       return ce, {'loss': ce, 'ce_loss': ce, 'tokens': mask_BxL.sum()}
@@ -273,10 +326,11 @@ def sequence_loss_fn(student_model, d, teacher_model=None):
 @dataclasses.dataclass(frozen=True)
 class TeacherRef:
   """What a teacher is (read from its config files; no weights loaded)."""
-  source: str                 # config.distill.teacher
-  step: int | None            # checkpoint step of one of our workdirs; None for hf:.
-  model: models.ModelConfig   # as saved with the teacher.
-  tokenizer: str | None       # the teacher's config.data.tokenizer / HF dir; None if unknown.
+
+  source: str  # config.distill.teacher
+  step: int | None  # checkpoint step of one of our workdirs; None for hf:.
+  model: models.ModelConfig  # as saved with the teacher.
+  tokenizer: str | None  # the teacher's config.data.tokenizer / HF dir; None if unknown.
 
   @property
   def num_params(self) -> int:
@@ -291,11 +345,14 @@ def teacher_ref(config) -> TeacherRef:
   src = config.distill.teacher
   if src.startswith('hf:'):
     from models import hf
+
     path = src[3:]
     if not os.path.exists(os.path.join(path, 'config.json')):
       raise ValueError(f'config.distill.teacher={src!r}: no config.json in {path!r}')
-    has_tok = any(os.path.exists(os.path.join(path, f))
-                  for f in ('tokenizer.json', 'tokenizer_config.json', 'vocab.json'))
+    has_tok = any(
+      os.path.exists(os.path.join(path, f))
+      for f in ('tokenizer.json', 'tokenizer_config.json', 'vocab.json')
+    )
     return TeacherRef(src, None, hf.read_config(path), path if has_tok else None)
   try:
     model = init_from.workdir_model_config(src)
@@ -305,8 +362,10 @@ def teacher_ref(config) -> TeacherRef:
     tokenizer = json.load(f).get('data', {}).get('tokenizer')
   step = workdir_lib.latest_checkpoint_step(src)
   if step is None:
-    raise ValueError(f'config.distill.teacher={src!r}: no checkpoint under {src}/checkpoints '
-                     '(train the teacher first)')
+    raise ValueError(
+      f'config.distill.teacher={src!r}: no checkpoint under {src}/checkpoints '
+      '(train the teacher first)'
+    )
   return TeacherRef(src, step, model, tokenizer)
 
 
@@ -316,27 +375,33 @@ def _same_tokenizer(a: str, b: str) -> bool:
   if 'byte' in (a, b) or not (os.path.isdir(a) and os.path.isdir(b)):
     return False
   from train.data import tokenizers
+
   ta, tb = tokenizers.make_tokenizer(a), tokenizers.make_tokenizer(b)
   return ta.eos_id == tb.eos_id and ta._tok.get_vocab() == tb._tok.get_vocab()
 
 
-def check_compatible(config, vocab_size: int, tokenizer: str | None, max_len: int,
-                     positions: str = 'learned'):
+def check_compatible(
+  config, vocab_size: int, tokenizer: str | None, max_len: int, positions: str = 'learned'
+):
   """ValueError unless the teacher (vocab, tokenizer, context) fits the student's config."""
   src = config.distill.teacher
   if vocab_size != config.model.vocab_size:
     raise ValueError(
-        f'Vocabulary mismatch: config.distill.teacher={src!r} has vocab_size={vocab_size} but '
-        f'config.model.vocab_size={config.model.vocab_size}; teacher and student must share the '
-        'tokenizer and vocabulary.')
+      f'Vocabulary mismatch: config.distill.teacher={src!r} has vocab_size={vocab_size} but '
+      f'config.model.vocab_size={config.model.vocab_size}; teacher and student must share the '
+      'tokenizer and vocabulary.'
+    )
   if tokenizer is not None and not _same_tokenizer(tokenizer, config.data.tokenizer):
     raise ValueError(
-        f'Tokenizer mismatch: config.distill.teacher={src!r} uses tokenizer {tokenizer!r} but '
-        f'config.data.tokenizer={config.data.tokenizer!r} (config.model.vocab_size='
-        f'{config.model.vocab_size}); teacher and student must share the tokenizer.')
+      f'Tokenizer mismatch: config.distill.teacher={src!r} uses tokenizer {tokenizer!r} but '
+      f'config.data.tokenizer={config.data.tokenizer!r} (config.model.vocab_size='
+      f'{config.model.vocab_size}); teacher and student must share the tokenizer.'
+    )
   if positions == 'learned' and max_len < config.data.seq_len:
-    raise ValueError(f'config.distill.teacher={src!r} has max_len={max_len} < '
-                     f'config.data.seq_len={config.data.seq_len}')
+    raise ValueError(
+      f'config.distill.teacher={src!r} has max_len={max_len} < '
+      f'config.data.seq_len={config.data.seq_len}'
+    )
 
 
 def teacher_model(config, ref: TeacherRef) -> models.ModelConfig:
@@ -363,12 +428,20 @@ def online_task_fn(config, ref: TeacherRef):
 
   def task_fn(r: loop.Run) -> loop.Task:
     tmodel, teacher, shardings = load_teacher(config, ref, r.mesh)
-    logging.info('Distilling online from %s (step %s, %d params, dtype %s)', ref.source, ref.step,
-                 ref.num_params, tmodel.dtype)
-    return loop.Task(loss_fn=online_loss_fn(r.derived.model, tmodel, d), frozen=(teacher,),
-                     frozen_shardings=(shardings,),
-                     meta={'distill': {**ref.meta(), 'mode': 'online'}},
-                     eval_loss_fn=online_loss_fn(r.derived.model, tmodel, d, eval_mode=True))
+    logging.info(
+      'Distilling online from %s (step %s, %d params, dtype %s)',
+      ref.source,
+      ref.step,
+      ref.num_params,
+      tmodel.dtype,
+    )
+    return loop.Task(
+      loss_fn=online_loss_fn(r.derived.model, tmodel, d),
+      frozen=(teacher,),
+      frozen_shardings=(shardings,),
+      meta={'distill': {**ref.meta(), 'mode': 'online'}},
+      eval_loss_fn=online_loss_fn(r.derived.model, tmodel, d, eval_mode=True),
+    )
 
   return task_fn
 
@@ -384,11 +457,19 @@ def offline_task_fn(config, store):
       del host
       return store.batch(step)
 
-    return loop.Task(loss_fn=offline_loss_fn(r.derived.model, d), extra_batch=extra_batch,
-                     meta={'distill': {'teacher': store.meta['teacher'],
-                                       'teacher_step': store.meta['teacher_step'],
-                                       'mode': 'offline', 'top_k': store.meta['top_k']}},
-                     eval_loss_fn=offline_eval_loss_fn(r.derived.model))
+    return loop.Task(
+      loss_fn=offline_loss_fn(r.derived.model, d),
+      extra_batch=extra_batch,
+      meta={
+        'distill': {
+          'teacher': store.meta['teacher'],
+          'teacher_step': store.meta['teacher_step'],
+          'mode': 'offline',
+          'top_k': store.meta['top_k'],
+        }
+      },
+      eval_loss_fn=offline_eval_loss_fn(r.derived.model),
+    )
 
   return task_fn
 
@@ -405,11 +486,21 @@ def sequence_task_fn(config, store, ref: TeacherRef | None = None):
       tmodel, teacher, tsh = load_teacher(config, ref, r.mesh)
       frozen, shardings = (teacher,), (tsh,)
     m = store.meta
-    return loop.Task(loss_fn=sequence_loss_fn(r.derived.model, d, tmodel), frozen=frozen,
-                     frozen_shardings=shardings, extra_batch=lambda step, host: store.batch(step),
-                     meta={'distill': {'teacher': m['teacher'], 'teacher_step': m['teacher_step'],
-                                       'mode': 'sequence', **m['generation']}},
-                     eval_loss_fn=offline_eval_loss_fn(r.derived.model))
+    return loop.Task(
+      loss_fn=sequence_loss_fn(r.derived.model, d, tmodel),
+      frozen=frozen,
+      frozen_shardings=shardings,
+      extra_batch=lambda step, host: store.batch(step),
+      meta={
+        'distill': {
+          'teacher': m['teacher'],
+          'teacher_step': m['teacher_step'],
+          'mode': 'sequence',
+          **m['generation'],
+        }
+      },
+      eval_loss_fn=offline_eval_loss_fn(r.derived.model),
+    )
 
   return task_fn
 
@@ -425,12 +516,15 @@ def store_dir(config, workdir: str) -> str:
 def _sequence_teacher(config, store) -> TeacherRef:
   """The teacher for the word-level term of sequence mode: the one that generated `store`."""
   ref = teacher_ref(config)
-  check_compatible(config, ref.model.vocab_size, ref.tokenizer, ref.model.max_len,
-                   ref.model.positions)
+  check_compatible(
+    config, ref.model.vocab_size, ref.tokenizer, ref.model.max_len, ref.model.positions
+  )
   if ref.step != store.meta['teacher_step']:
-    raise ValueError(f'config.distill.teacher={ref.source!r} is at step {ref.step} but the '
-                     f'sequences in {store.directory} were generated at step '
-                     f'{store.meta["teacher_step"]}; rerun train.distill_store.')
+    raise ValueError(
+      f'config.distill.teacher={ref.source!r} is at step {ref.step} but the '
+      f'sequences in {store.directory} were generated at step '
+      f'{store.meta["teacher_step"]}; rerun train.distill_store.'
+    )
   return ref
 
 
@@ -442,14 +536,17 @@ def run(config, workdir: str, stop_after: int | None = None) -> dict:
   d = validate(config)
   if d.mode == 'online':
     ref = teacher_ref(config)
-    check_compatible(config, ref.model.vocab_size, ref.tokenizer, ref.model.max_len,
-                     ref.model.positions)
+    check_compatible(
+      config, ref.model.vocab_size, ref.tokenizer, ref.model.max_len, ref.model.positions
+    )
     task_fn, teacher_params, teacher_eval = online_task_fn(config, ref), ref.num_params, None
   else:
     from train import distill_store
+
     kind = 'sequences' if d.mode == 'sequence' else 'logits'
-    store = distill_store.open_store(store_dir(config, workdir), jax.process_index(),
-                                     jax.process_count(), kind)
+    store = distill_store.open_store(
+      store_dir(config, workdir), jax.process_index(), jax.process_count(), kind
+    )
     m = store.meta
     check_compatible(config, m['teacher_vocab_size'], m['teacher_tokenizer'], 1 << 30)
     if d.mode == 'offline':
@@ -458,8 +555,13 @@ def run(config, workdir: str, stop_after: int | None = None) -> dict:
       ref = _sequence_teacher(config, store) if d.alpha > 0 else None
       task_fn = sequence_task_fn(config, store, ref)
     teacher_params, teacher_eval = m['teacher_params'], m['teacher_eval_loss']
-  result = loop.run(config, workdir, task_fn=task_fn, init_params_fn=init_from.params_fn(config),
-                    stop_after=stop_after)
+  result = loop.run(
+    config,
+    workdir,
+    task_fn=task_fn,
+    init_params_fn=init_from.params_fn(config),
+    stop_after=stop_after,
+  )
   result['teacher_params'] = int(teacher_params)
   if teacher_eval is not None:
     result['eval/teacher_loss'] = float(teacher_eval)

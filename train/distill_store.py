@@ -36,6 +36,7 @@ Sequence mode (Kim & Rush 2016, see `write_sequences`) stores, the same way, per
 in config.distill.sequences_dir (default W/teacher_sequences). Sampling keys are a function of
 (seed, step), so a resumed store equals an uninterrupted one.
 """
+
 import json
 import logging
 import os
@@ -54,7 +55,7 @@ from train import step as step_lib
 from train import workdir as workdir_lib
 
 FORMAT = 1
-_GEN_SALT = 0x5E9   # folded into the seed: sampling keys apart from the init's.
+_GEN_SALT = 0x5E9  # folded into the seed: sampling keys apart from the init's.
 
 
 def _name(kind: str, p: int, n: int) -> str:
@@ -64,9 +65,16 @@ def _name(kind: str, p: int, n: int) -> str:
 def stream_identity(config) -> dict:
   """What the training batches depend on (not the student model): must match to reuse logits."""
   d = config.data
-  return {'seed': config.seed, 'dataset': d.dataset, 'train_split': d.train_split,
-          'text_key': d.text_key, 'tokenizer': d.tokenizer, 'max_documents': d.max_documents,
-          'seq_len': d.seq_len, 'global_batch_size': config.train.global_batch_size}
+  return {
+    'seed': config.seed,
+    'dataset': d.dataset,
+    'train_split': d.train_split,
+    'text_key': d.text_key,
+    'tokenizer': d.tokenizer,
+    'max_documents': d.max_documents,
+    'seq_len': d.seq_len,
+    'global_batch_size': config.train.global_batch_size,
+  }
 
 
 def _indices_dtype(vocab_size: int):
@@ -82,8 +90,16 @@ def _host_rows(x: jax.Array) -> np.ndarray:
 
 
 def _same_job(a: dict, b: dict) -> bool:
-  skip = ('steps_done', 'complete', 'bytes', 'teacher_eval_loss', 'teacher_eval_bits_per_byte',
-          'seconds', 'generated_tokens', 'tokens_per_sec')
+  skip = (
+    'steps_done',
+    'complete',
+    'bytes',
+    'teacher_eval_loss',
+    'teacher_eval_bits_per_byte',
+    'seconds',
+    'generated_tokens',
+    'tokens_per_sec',
+  )
   strip = lambda m: {k: v for k, v in m.items() if k not in skip}
   return strip(a) == strip(b)
 
@@ -114,10 +130,14 @@ class _Writer:
         meta['seconds'] = old.get('seconds', 0.0)
         logging.info('Resuming the store in %s at step %d', out_dir, self.start)
     if not self.start:
-      workdir_lib.write_json(self.meta_path, meta)   # an older job's meta never describes the new files.
+      workdir_lib.write_json(
+        self.meta_path, meta
+      )  # an older job's meta never describes the new files.
     mode = 'r+' if self.start else 'w+'
-    self.arrays = {kind: np.lib.format.open_memmap(self.paths[kind], mode, dtype, tuple(shape))
-                   for kind, (dtype, shape) in specs.items()}
+    self.arrays = {
+      kind: np.lib.format.open_memmap(self.paths[kind], mode, dtype, tuple(shape))
+      for kind, (dtype, shape) in specs.items()
+    }
 
   def flush(self, done: int, **extra):
     for mm in self.arrays.values():
@@ -154,28 +174,44 @@ class _Writer:
 
 def _teacher_eval(r: loop.Run, tmodel, teacher, tsh) -> dict:
   """The teacher's CE on the eval batches: teacher_eval_loss and teacher_eval_bits_per_byte."""
-  ev = jax.jit(step_lib.make_eval_step(step_lib.lm_loss(tmodel)),
-               in_shardings=(tsh, r.batch_sharding), out_shardings=sharding.replicated(r.mesh))
+  ev = jax.jit(
+    step_lib.make_eval_step(step_lib.lm_loss(tmodel)),
+    in_shardings=(tsh, r.batch_sharding),
+    out_shardings=sharding.replicated(r.mesh),
+  )
   out = loop.evaluate(r, ev, teacher, ())
-  return {'teacher_eval_loss': out['eval/loss'],
-          'teacher_eval_bits_per_byte': out['eval/bits_per_byte']}
+  return {
+    'teacher_eval_loss': out['eval/loss'],
+    'teacher_eval_bits_per_byte': out['eval/bits_per_byte'],
+  }
 
 
 def _teacher(config):
   """Validated distill section, TeacherRef (checked against the student), and the Run."""
   d = distill.validate(config)
   ref = distill.teacher_ref(config)
-  distill.check_compatible(config, ref.model.vocab_size, ref.tokenizer, ref.model.max_len,
-                           ref.model.positions)
+  distill.check_compatible(
+    config, ref.model.vocab_size, ref.tokenizer, ref.model.max_len, ref.model.positions
+  )
   return d, ref, loop.setup(config)
 
 
 def _base_meta(config, r: loop.Run, ref, kind: str, shape) -> dict:
-  return {'format': FORMAT, 'kind': kind, 'stream': stream_identity(config),
-          'num_steps': r.derived.num_steps, 'process_index': jax.process_index(),
-          'process_count': jax.process_count(), **ref.meta(),
-          'teacher_vocab_size': ref.model.vocab_size, 'teacher_tokenizer': ref.tokenizer,
-          'teacher_params': ref.num_params, 'shape': shape, 'steps_done': 0, 'complete': False}
+  return {
+    'format': FORMAT,
+    'kind': kind,
+    'stream': stream_identity(config),
+    'num_steps': r.derived.num_steps,
+    'process_index': jax.process_index(),
+    'process_count': jax.process_count(),
+    **ref.meta(),
+    'teacher_vocab_size': ref.model.vocab_size,
+    'teacher_tokenizer': ref.tokenizer,
+    'teacher_params': ref.num_params,
+    'shape': shape,
+    'steps_done': 0,
+    'complete': False,
+  }
 
 
 def write(config, workdir: str, stop_after: int | None = None) -> dict:
@@ -187,16 +223,31 @@ def write(config, workdir: str, stop_after: int | None = None) -> dict:
   out_dir = distill.store_dir(config, workdir)
   num_steps, k, seq_len = r.derived.num_steps, d.top_k, config.data.seq_len
   shape = [num_steps, r.derived.host_batch, seq_len, k]
-  values_dtype = {'float16': np.float16, 'float32': np.float32,
-                  'bfloat16': np.uint16}[d.logits_dtype]
+  values_dtype = {'float16': np.float16, 'float32': np.float32, 'bfloat16': np.uint16}[
+    d.logits_dtype
+  ]
   indices_dtype = _indices_dtype(ref.model.vocab_size)
-  meta = {**_base_meta(config, r, ref, 'logits', shape), 'top_k': k,
-          'values_dtype': d.logits_dtype, 'indices_dtype': np.dtype(indices_dtype).name}
-  w = _Writer(out_dir, meta, {'values': (values_dtype, shape), 'indices': (indices_dtype, shape),
-                              'teacher_nll': (np.float32, shape[:3])})
+  meta = {
+    **_base_meta(config, r, ref, 'logits', shape),
+    'top_k': k,
+    'values_dtype': d.logits_dtype,
+    'indices_dtype': np.dtype(indices_dtype).name,
+  }
+  w = _Writer(
+    out_dir,
+    meta,
+    {
+      'values': (values_dtype, shape),
+      'indices': (indices_dtype, shape),
+      'teacher_nll': (np.float32, shape[:3]),
+    },
+  )
   if w.complete:
-    print(f'Stored logits in {out_dir} are complete: {w.meta["bytes"]} bytes '
-          f'({w.meta["bytes"] / 1e6:.1f} MB)', flush=True)
+    print(
+      f'Stored logits in {out_dir} are complete: {w.meta["bytes"]} bytes '
+      f'({w.meta["bytes"] / 1e6:.1f} MB)',
+      flush=True,
+    )
     return w.meta
   out_dtype = jnp.bfloat16 if d.logits_dtype == 'bfloat16' else values_dtype
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
@@ -207,26 +258,31 @@ def write(config, workdir: str, stop_after: int | None = None) -> dict:
       logits = models.logits(tmodel, tp, tokens[:, :-1])
       top_v, top_i = jax.lax.top_k(logits, k)
       targets = tokens[:, 1:]
-      return (top_v.astype(out_dtype), top_i.astype(indices_dtype),
-              loss.nll(logits, targets)[0])
+      return (top_v.astype(out_dtype), top_i.astype(indices_dtype), loss.nll(logits, targets)[0])
 
     fwd = jax.jit(forward, in_shardings=(tsh, r.batch_sharding), out_shardings=r.batch_sharding)
 
     def compute(step):
       v, i, t = fwd(teacher, loop.global_batch(r, {'tokens': r.train_ds.batch(step)}))
       v = _host_rows(v)
-      return {'values': v.view(np.uint16) if d.logits_dtype == 'bfloat16' else v,
-              'indices': _host_rows(i), 'teacher_nll': _host_rows(t)}
+      return {
+        'values': v.view(np.uint16) if d.logits_dtype == 'bfloat16' else v,
+        'indices': _host_rows(i),
+        'teacher_nll': _host_rows(t),
+      }
 
     if not w.fill(compute, config, stop_after):
       return w.meta
     teacher_eval = _teacher_eval(r, tmodel, teacher, tsh)
   meta = w.finish(**teacher_eval)
   size, tokens = meta['bytes'], num_steps * r.derived.host_batch * seq_len
-  print(f'Stored top-{k} teacher logits ({d.logits_dtype} values, {meta["indices_dtype"]} ids, '
-        f'float32 teacher NLL) for {num_steps} steps x {r.derived.host_batch} rows x {seq_len} '
-        f'tokens in {out_dir}: {size} bytes ({size / 1e6:.1f} MB, {size / tokens:.1f} bytes/token)'
-        + _on_host(meta), flush=True)
+  print(
+    f'Stored top-{k} teacher logits ({d.logits_dtype} values, {meta["indices_dtype"]} ids, '
+    f'float32 teacher NLL) for {num_steps} steps x {r.derived.host_batch} rows x {seq_len} '
+    f'tokens in {out_dir}: {size} bytes ({size / 1e6:.1f} MB, {size / tokens:.1f} bytes/token)'
+    + _on_host(meta),
+    flush=True,
+  )
   return meta
 
 
@@ -238,8 +294,12 @@ def _on_host(meta: dict) -> str:
 def generation_identity(config) -> dict:
   """What the teacher's continuations depend on besides the stream and the teacher."""
   d = config.distill
-  return {'prompt_len': d.prompt_len, 'gen_temperature': float(d.gen_temperature),
-          'gen_top_k': d.gen_top_k, 'gen_top_p': float(d.gen_top_p)}
+  return {
+    'prompt_len': d.prompt_len,
+    'gen_temperature': float(d.gen_temperature),
+    'gen_top_k': d.gen_top_k,
+    'gen_top_p': float(d.gen_top_p),
+  }
 
 
 def generation_rng(seed: int, step: int) -> jax.Array:
@@ -261,16 +321,21 @@ def write_sequences(config, workdir: str, stop_after: int | None = None) -> dict
   new_tokens = seq_len + 1 - prompt_len
   shape = [num_steps, r.derived.host_batch, seq_len + 1]
   tokens_dtype = np.uint16 if ref.model.vocab_size <= 2**16 else np.int32
-  meta = {**_base_meta(config, r, ref, 'sequences', shape),
-          'generation': generation_identity(config), 'new_tokens_per_row': new_tokens,
-          'tokens_dtype': np.dtype(tokens_dtype).name}
+  meta = {
+    **_base_meta(config, r, ref, 'sequences', shape),
+    'generation': generation_identity(config),
+    'new_tokens_per_row': new_tokens,
+    'tokens_dtype': np.dtype(tokens_dtype).name,
+  }
   w = _Writer(out_dir, meta, {'tokens': (tokens_dtype, shape)})
   if w.complete:
-    print(f'Stored teacher sequences in {out_dir} are complete: {w.meta["bytes"]} bytes',
-          flush=True)
+    print(
+      f'Stored teacher sequences in {out_dir} are complete: {w.meta["bytes"]} bytes', flush=True
+    )
     return w.meta
-  sampling = dict(temperature=float(d.gen_temperature), top_k=int(d.gen_top_k),
-                  top_p=float(d.gen_top_p))
+  sampling = dict(
+    temperature=float(d.gen_temperature), top_k=int(d.gen_top_k), top_p=float(d.gen_top_p)
+  )
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     tmodel, teacher, tsh = distill.load_teacher(config, ref, r.mesh)
     # Each host continues its own rows; with several processes on a full copy of the teacher.
@@ -283,12 +348,18 @@ def write_sequences(config, workdir: str, stop_after: int | None = None) -> dict
       # models.generate keeps prompt + new tokens within max_len (= seq_len here) although the
       # last new token is never fed back: it comes from one full forward over the row instead.
       if new_tokens > 1:
-        rows_BxL = models.generate(tmodel, local, prompts_BxP, new_tokens - 1, rng=rng_gen,
-                                   **sampling)
+        rows_BxL = models.generate(
+          tmodel, local, prompts_BxP, new_tokens - 1, rng=rng_gen, **sampling
+        )
       last_BxV = models.logits(tmodel, local, rows_BxL)[:, -1]
-      last_B = generation.sample(last_BxV, rng_last, d.gen_temperature == 0,
-                                 sampling['temperature'] or 1.0, sampling['top_k'],
-                                 sampling['top_p'])
+      last_B = generation.sample(
+        last_BxV,
+        rng_last,
+        d.gen_temperature == 0,
+        sampling['temperature'] or 1.0,
+        sampling['top_k'],
+        sampling['top_p'],
+      )
       return {'tokens': np.concatenate([np.asarray(rows_BxL), np.asarray(last_B)[:, None]], 1)}
 
     if not w.fill(compute, config, stop_after):
@@ -296,12 +367,16 @@ def write_sequences(config, workdir: str, stop_after: int | None = None) -> dict
     teacher_eval = _teacher_eval(r, tmodel, teacher, tsh)
   generated = num_steps * r.derived.host_batch * new_tokens
   seconds = w.meta['seconds']
-  meta = w.finish(generated_tokens=generated, tokens_per_sec=generated / max(seconds, 1e-9),
-                  **teacher_eval)
-  print(f'Stored teacher continuations of {prompt_len}-token prompts ({new_tokens} new tokens '
-        f'per row, {sampling}) for {num_steps} steps x {r.derived.host_batch} rows in {out_dir}: '
-        f'{generated} tokens generated in {seconds:.1f} s ({generated / max(seconds, 1e-9):.0f} '
-        f'tokens/s), {meta["bytes"]} bytes' + _on_host(meta), flush=True)
+  meta = w.finish(
+    generated_tokens=generated, tokens_per_sec=generated / max(seconds, 1e-9), **teacher_eval
+  )
+  print(
+    f'Stored teacher continuations of {prompt_len}-token prompts ({new_tokens} new tokens '
+    f'per row, {sampling}) for {num_steps} steps x {r.derived.host_batch} rows in {out_dir}: '
+    f'{generated} tokens generated in {seconds:.1f} s ({generated / max(seconds, 1e-9):.0f} '
+    f'tokens/s), {meta["bytes"]} bytes' + _on_host(meta),
+    flush=True,
+  )
   return meta
 
 
@@ -320,16 +395,24 @@ class Store:
     m = self.meta
     where = f'stored {_WHAT[m.get("kind", "logits")]} in {self.directory}'
     if m['stream'] != stream_identity(config):
-      diff = {k: (v, stream_identity(config).get(k)) for k, v in m['stream'].items()
-              if stream_identity(config).get(k) != v}
-      raise ValueError(f'{where} were written for a different training stream '
-                       f'(stored vs config: {diff}); rerun train.distill_store.')
+      diff = {
+        k: (v, stream_identity(config).get(k))
+        for k, v in m['stream'].items()
+        if stream_identity(config).get(k) != v
+      }
+      raise ValueError(
+        f'{where} were written for a different training stream '
+        f'(stored vs config: {diff}); rerun train.distill_store.'
+      )
     if m['teacher'] != config.distill.teacher:
-      raise ValueError(f'{where} come from teacher {m["teacher"]!r} but config.distill.teacher='
-                       f'{config.distill.teacher!r}')
+      raise ValueError(
+        f'{where} come from teacher {m["teacher"]!r} but config.distill.teacher='
+        f'{config.distill.teacher!r}'
+      )
     if r.derived.num_steps > m['num_steps']:
-      raise ValueError(f'{where} cover {m["num_steps"]} steps but the run needs '
-                       f'{r.derived.num_steps}')
+      raise ValueError(
+        f'{where} cover {m["num_steps"]} steps but the run needs {r.derived.num_steps}'
+      )
     return where
 
   def check_stream(self, config, r: loop.Run):
@@ -337,8 +420,10 @@ class Store:
     self._check_common(config, r)
     top_k = distill.validate(config).top_k
     if top_k > self.meta['top_k']:
-      raise ValueError(f'config.distill.top_k={top_k} but only top-{self.meta["top_k"]} '
-                       f'logits were stored in {self.directory}')
+      raise ValueError(
+        f'config.distill.top_k={top_k} but only top-{self.meta["top_k"]} '
+        f'logits were stored in {self.directory}'
+      )
     self.top_k = top_k
 
   def batch(self, step: int) -> dict:
@@ -347,9 +432,11 @@ class Store:
     v = np.asarray(self.arrays['values'][step, :, :, :k])
     if self.meta['values_dtype'] == 'bfloat16':
       v = v.view(jnp.bfloat16)
-    return {'teacher_values': v,
-            'teacher_indices': np.asarray(self.arrays['indices'][step, :, :, :k]),
-            'teacher_nll': np.asarray(self.arrays['teacher_nll'][step])}
+    return {
+      'teacher_values': v,
+      'teacher_indices': np.asarray(self.arrays['indices'][step, :, :, :k]),
+      'teacher_nll': np.asarray(self.arrays['teacher_nll'][step]),
+    }
 
 
 class SequenceStore(Store):
@@ -361,47 +448,59 @@ class SequenceStore(Store):
     want = generation_identity(config)
     for key, value in self.meta['generation'].items():
       if want[key] != value:
-        raise ValueError(f'{where} were generated with {key}={value!r} but config.distill.{key}='
-                         f'{want[key]!r}; rerun train.distill_store or set '
-                         'config.distill.sequences_dir to a matching store.')
+        raise ValueError(
+          f'{where} were generated with {key}={value!r} but config.distill.{key}='
+          f'{want[key]!r}; rerun train.distill_store or set '
+          'config.distill.sequences_dir to a matching store.'
+        )
 
   def batch(self, step: int) -> dict:
     """This host's rows at `step`: tokens [rows, seq_len + 1] int32, prompt then continuation."""
     return {'tokens': np.asarray(self.arrays['tokens'][step], np.int32)}
 
 
-def open_store(directory: str, process_index: int = 0, process_count: int = 1,
-               kind: str = 'logits') -> Store:
+def open_store(
+  directory: str, process_index: int = 0, process_count: int = 1, kind: str = 'logits'
+) -> Store:
   """Open this host's part of a complete store of `kind` ('logits' | 'sequences'); a ValueError
   naming the path and what to run otherwise."""
   what = _WHAT[kind]
   meta_path = os.path.join(directory, _name('meta', process_index, process_count))
   if not os.path.exists(meta_path):
     raise ValueError(
-        f'No stored {what} for host {process_index} of {process_count} in {directory} '
-        f'({meta_path} missing); run `python -m train.distill_store --config=... --workdir=...` '
-        'with the same config first.')
+      f'No stored {what} for host {process_index} of {process_count} in {directory} '
+      f'({meta_path} missing); run `python -m train.distill_store --config=... --workdir=...` '
+      'with the same config first.'
+    )
   with open(meta_path) as f:
     meta = json.load(f)
   if meta.get('kind', 'logits') != kind:
-    raise ValueError(f'{directory} holds {_WHAT[meta["kind"]]}, not {what}; point '
-                     f'config.distill.{"logits_dir" if kind == "logits" else "sequences_dir"} '
-                     'at a store of the right kind.')
+    raise ValueError(
+      f'{directory} holds {_WHAT[meta["kind"]]}, not {what}; point '
+      f'config.distill.{"logits_dir" if kind == "logits" else "sequences_dir"} '
+      'at a store of the right kind.'
+    )
   if not meta.get('complete'):
-    raise ValueError(f'Stored {what} in {directory} are incomplete '
-                     f'({meta["steps_done"]}/{meta["num_steps"]} steps); rerun train.distill_store '
-                     'to finish them.')
-  arrays = {k: np.load(os.path.join(directory, _name(k, process_index, process_count)),
-                       mmap_mode='r') for k in _KINDS[kind]}
+    raise ValueError(
+      f'Stored {what} in {directory} are incomplete '
+      f'({meta["steps_done"]}/{meta["num_steps"]} steps); rerun train.distill_store '
+      'to finish them.'
+    )
+  arrays = {
+    k: np.load(os.path.join(directory, _name(k, process_index, process_count)), mmap_mode='r')
+    for k in _KINDS[kind]
+  }
   return (SequenceStore if kind == 'sequences' else Store)(directory, meta, arrays)
 
 
 def main(argv):
   del argv
   from absl import flags
+
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   from train import distributed
+
   distributed.initialize(config.distributed)
   meta = write(config, workdir)
   if jax.process_index() == 0:
@@ -411,9 +510,14 @@ def main(argv):
 if __name__ == '__main__':
   from absl import app, flags
   from ml_collections import config_flags
+
   config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).', lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Student workdir (the store goes to '
-                      '<workdir>/teacher_logits or <workdir>/teacher_sequences unless '
-                      'config.distill.logits_dir / sequences_dir is set).')
+  flags.DEFINE_string(
+    'workdir',
+    None,
+    'Student workdir (the store goes to '
+    '<workdir>/teacher_logits or <workdir>/teacher_sequences unless '
+    'config.distill.logits_dir / sequences_dir is set).',
+  )
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

@@ -1,4 +1,5 @@
 """Multi-host start-up: jax.distributed.initialize when the run spans several processes."""
+
 import glob
 import logging
 import os
@@ -8,8 +9,13 @@ import ml_collections
 
 # Environment variables that mean "this process is one of several" (TPU pod slices,
 # SLURM, Open MPI, or an explicit JAX coordinator).
-_MULTI_PROCESS_ENV = ('TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS', 'SLURM_NTASKS',
-                      'OMPI_COMM_WORLD_SIZE', 'JAX_COORDINATOR_ADDRESS')
+_MULTI_PROCESS_ENV = (
+  'TPU_WORKER_HOSTNAMES',
+  'MEGASCALE_COORDINATOR_ADDRESS',
+  'SLURM_NTASKS',
+  'OMPI_COMM_WORLD_SIZE',
+  'JAX_COORDINATOR_ADDRESS',
+)
 
 
 def _looks_multi_process() -> bool:
@@ -41,5 +47,10 @@ def initialize(dist_config: ml_collections.ConfigDict) -> None:
   if dist_config.process_id >= 0:
     kwargs['process_id'] = dist_config.process_id
   jax.distributed.initialize(**kwargs)
-  logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
-               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info(
+    'jax.distributed: process %d of %d, %d local / %d global devices',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )

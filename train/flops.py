@@ -7,6 +7,7 @@ or the position table), L layers, H query heads, Q head dim, T sequence length. 
 attention term counts the full T×T score matrix (PaLM), not the causal half (MaxText);
 rematerialisation is not counted. MFU = tokens/s × flops_per_token / (devices × peak).
 """
+
 import math
 
 import jax
@@ -15,16 +16,16 @@ from models.config import ModelConfig, head_dim, kv_heads
 
 # Dense bf16 peak FLOP/s per chip/GPU (vendor datasheets; H100/H200 without sparsity).
 PEAK_FLOPS = {
-    'TPU v4': 275e12,
-    'TPU v5 lite': 197e12,   # v5e
-    'TPU v5e': 197e12,
-    'TPU v5p': 459e12,
-    'TPU v5': 459e12,
-    'TPU v6 lite': 918e12,   # v6e / Trillium
-    'TPU v6e': 918e12,
-    'H100': 989e12,
-    'H200': 989e12,
-    'A100': 312e12,
+  'TPU v4': 275e12,
+  'TPU v5 lite': 197e12,  # v5e
+  'TPU v5e': 197e12,
+  'TPU v5p': 459e12,
+  'TPU v5': 459e12,
+  'TPU v6 lite': 918e12,  # v6e / Trillium
+  'TPU v6e': 918e12,
+  'H100': 989e12,
+  'H200': 989e12,
+  'A100': 312e12,
 }
 
 

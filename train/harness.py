@@ -10,6 +10,7 @@ Command line (prints lm-eval's table, writes <workdir>/lm_eval_results.json):
   python -m train.harness --workdir=workdirs/default --tasks=lambada_openai,hellaswag \
     [--include_path=my_tasks] [--limit=N] [--num_fewshot=K] [--batch_size=B]
 """
+
 import dataclasses
 import difflib
 import functools
@@ -17,13 +18,15 @@ import json
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from lm_eval.api import registry
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import TemplateLM
@@ -41,16 +44,16 @@ if TYPE_CHECKING:
 
   from train.loop import Run
 
-Tokenizer = Union[tokenizers.ByteTokenizer, tokenizers.HFTokenizer]   # make_tokenizer's result.
+Tokenizer = tokenizers.ByteTokenizer | tokenizers.HFTokenizer  # make_tokenizer's result.
 
 REGISTRY_NAME = 'lmscale'
 RESULTS_FILE = 'lm_eval_results.json'
-FEWSHOT_SEED = 1234   # lm-eval's default few-shot sampler seed.
+FEWSHOT_SEED = 1234  # lm-eval's default few-shot sampler seed.
 # Lazy entry (module:class): `python -m train.harness` and `import train.harness` register alike.
 registry.model_registry.register(REGISTRY_NAME, target='train.harness:LMScaleLM')
 
 
-def task_names(tasks: Union[str, Sequence[str]]) -> list[str]:
+def task_names(tasks: str | Sequence[str]) -> list[str]:
   """A tuple / list / comma-separated string of names -> names ('a,b' on a command line)."""
   tasks = [tasks] if isinstance(tasks, str) else list(tasks)
   return [n.strip() for t in tasks for n in str(t).split(',') if n.strip()]
@@ -61,6 +64,7 @@ def task_manager(include_path: str = '', defaults: bool = True) -> 'TaskManager'
   """lm-eval's TaskManager: built-in tasks (indexing them takes seconds, hence the cache) and
   `include_path`'s."""
   from lm_eval.tasks import TaskManager
+
   return TaskManager(include_path=include_path or None, include_defaults=defaults)
 
 
@@ -69,6 +73,7 @@ def _manager_for(names: list[str], include_path: str = ''):
   (groups and tags may gather built-in tasks)."""
   if include_path:
     from lm_eval.tasks._index import Kind
+
     local = task_manager(include_path, defaults=False)
     entries = [local.task_index.get(n) for n in names]
     if all(e is not None and e.kind in (Kind.TASK, Kind.PY_TASK) for e in entries):
@@ -76,8 +81,9 @@ def _manager_for(names: list[str], include_path: str = ''):
   return task_manager(include_path)
 
 
-def check_tasks(tasks: Union[str, Sequence[str]], include_path: str = '',
-                field: str = '--tasks') -> list[str]:
+def check_tasks(
+  tasks: str | Sequence[str], include_path: str = '', field: str = '--tasks'
+) -> list[str]:
   """The task names, or ValueError naming `field` and the first name lm-eval does not know."""
   names = task_names(tasks)
   if not names:
@@ -91,8 +97,10 @@ def check_tasks(tasks: Union[str, Sequence[str]], include_path: str = '',
       close = difflib.get_close_matches(name, known, n=3)
       hint = f'; did you mean {", ".join(map(repr, close))}?' if close else ''
       where = f', with those in {include_path}' if include_path else ''
-      raise ValueError(f'{field}: unknown lm-eval task {name!r} (lm-eval knows {len(known)} '
-                       f'tasks, groups and tags{where}){hint}')
+      raise ValueError(
+        f'{field}: unknown lm-eval task {name!r} (lm-eval knows {len(known)} '
+        f'tasks, groups and tags{where}){hint}'
+      )
   return names
 
 
@@ -113,32 +121,43 @@ def _score(cfg, mesh, params, tokens_BxL, targets_BxL, mask_BxL):
   greedy_BxL = jnp.argmax(logits_BxLxV, axis=-1) == targets_BxL
   sum_B = -jnp.sum(jnp.where(mask_BxL, nll_BxL, 0.0), axis=1)
   is_greedy_B = jnp.all(greedy_BxL | ~mask_BxL, axis=1)
-  if mesh is not None:   # every process gets the whole (small) answer.
-    sum_B, is_greedy_B = jax.lax.with_sharding_constraint((sum_B, is_greedy_B),
-                                                          NamedSharding(mesh, P()))
+  if mesh is not None:  # every process gets the whole (small) answer.
+    sum_B, is_greedy_B = jax.lax.with_sharding_constraint(
+      (sum_B, is_greedy_B), NamedSharding(mesh, P())
+    )
   return sum_B, is_greedy_B
 
 
 class LMScaleLM(TemplateLM):
   """lm-eval model for our transformers: from `pretrained` (a workdir or 'hf:/dir') or in memory."""
 
-  def __init__(self, pretrained: str = '', *, model_config: Optional[ModelConfigLike] = None,
-               params: Optional[PyTree] = None, tokenizer: Union[str, Tokenizer, None] = None,
-               batch_size: Union[int, str] = 16, mesh: Optional[Mesh] = None,
-               max_gen_toks: int = 256, seed: int = 0, **_) -> None:
+  def __init__(
+    self,
+    pretrained: str = '',
+    *,
+    model_config: ModelConfigLike | None = None,
+    params: PyTree | None = None,
+    tokenizer: str | Tokenizer | None = None,
+    batch_size: int | str = 16,
+    mesh: Mesh | None = None,
+    max_gen_toks: int = 256,
+    seed: int = 0,
+    **_,
+  ) -> None:
     """`tokenizer`: our tokenizer object, or 'byte' / a HF tokenizer dir; None: the source's."""
     super().__init__()
     if pretrained:
       model_config, params = load(pretrained)
       tokenizer = tokenizer or init_from.source_tokenizer(pretrained)
     if model_config is None or tokenizer is None:
-      raise ValueError('LMScaleLM: give pretrained=<workdir | hf:/dir>, or model_config, params '
-                       'and tokenizer')
+      raise ValueError(
+        'LMScaleLM: give pretrained=<workdir | hf:/dir>, or model_config, params and tokenizer'
+      )
     self.model_config = models.ModelConfig.make(model_config)
     self.params = params
     self.tok = tokenizers.make_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     tokenizers.check_vocab(self.tok, self.model_config.vocab_size)
-    self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16   # 'auto' -> 16.
+    self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16  # 'auto' -> 16.
     self.mesh = mesh
     self.max_gen_toks = int(max_gen_toks)
     self.seed = int(seed)
@@ -157,8 +176,13 @@ class LMScaleLM(TemplateLM):
   def tokenizer_name(self) -> str:
     return self.tok.fingerprint
 
-  def tok_encode(self, string: str, add_special_tokens: Optional[bool] = None,
-                 left_truncate_len: Optional[int] = None, **kwargs) -> list[int]:
+  def tok_encode(
+    self,
+    string: str,
+    add_special_tokens: bool | None = None,
+    left_truncate_len: int | None = None,
+    **kwargs,
+  ) -> list[int]:
     """Token ids as in training (no special tokens), optionally only the last left_truncate_len."""
     ids = [int(i) for i in self.tok.encode(string)]
     return ids[-left_truncate_len:] if left_truncate_len else ids
@@ -181,21 +205,27 @@ class LMScaleLM(TemplateLM):
     for ctx, cont in pairs:
       if not cont or len(cont) > n:
         raise ValueError(f'continuation of {len(cont)} tokens: need 1 to max_len={n}')
-      rows.append((list(ctx) + list(cont))[-(n + 1):])
+      rows.append((list(ctx) + list(cont))[-(n + 1) :])
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     out = [None] * len(rows)
     bs = self.batch_size
     for start in range(0, len(order), bs):
-      idx = order[start:start + bs]
+      idx = order[start : start + bs]
       width = next(b for b in self.buckets if b >= len(rows[idx[0]]) - 1)
       tokens, targets = np.zeros((bs, width), np.int32), np.zeros((bs, width), np.int32)
       mask = np.zeros((bs, width), bool)
       for r, i in enumerate(idx):
         row, cont_len = rows[i], len(pairs[i][1])
-        tokens[r, :len(row) - 1], targets[r, :len(row) - 1] = row[:-1], row[1:]
-        mask[r, len(row) - 1 - cont_len:len(row) - 1] = True
-      sums, greedy = _score(self.model_config, self.mesh, self.params, self._put(tokens),
-                            self._put(targets), self._put(mask))
+        tokens[r, : len(row) - 1], targets[r, : len(row) - 1] = row[:-1], row[1:]
+        mask[r, len(row) - 1 - cont_len : len(row) - 1] = True
+      sums, greedy = _score(
+        self.model_config,
+        self.mesh,
+        self.params,
+        self._put(tokens),
+        self._put(targets),
+        self._put(mask),
+      )
       sums, greedy = jax.device_get((sums, greedy))
       for r, i in enumerate(idx):
         out[i] = (float(np.float32(sums[r])), bool(greedy[r]))
@@ -209,14 +239,17 @@ class LMScaleLM(TemplateLM):
         self.cache_hook.add_partial('loglikelihood', key, answer)
     return answers
 
-  def loglikelihood_rolling(self, requests: list[Instance],
-                            disable_tqdm: bool = False) -> list[float]:
+  def loglikelihood_rolling(
+    self, requests: list[Instance], disable_tqdm: bool = False
+  ) -> list[float]:
     """Whole-string log-likelihood in disjoint max_len windows (lm-eval's rolling scheme)."""
     from lm_eval import utils
+
     windows, owner = [], []
     for i, (string,) in enumerate(req.args for req in requests):
-      for w in utils.get_rolling_token_windows(self.tok_encode(string), self.prefix_token_id,
-                                               self.max_length, context_len=1):
+      for w in utils.get_rolling_token_windows(
+        self.tok_encode(string), self.prefix_token_id, self.max_length, context_len=1
+      ):
         windows.append(utils.make_disjoint_window(w))
         owner.append(i)
     totals = [0.0] * len(requests)
@@ -235,7 +268,7 @@ class LMScaleLM(TemplateLM):
       context, gen_kwargs = req.args
       groups.setdefault(json.dumps(gen_kwargs, sort_keys=True, default=str), []).append(i)
     out = [None] * len(requests)
-    for key, idx in groups.items():
+    for idx in groups.values():
       kwargs = normalize_gen_kwargs(requests[idx[0]].args[1], self.max_gen_toks)
       until = kwargs['until'] if isinstance(kwargs['until'], list) else [kwargs['until']]
       texts = self._generate([requests[i].args[0] for i in idx], kwargs)
@@ -249,13 +282,18 @@ class LMScaleLM(TemplateLM):
     n = self.max_length
     new = int(kwargs['max_gen_toks'])
     if new >= n:
-      logging.warning('lm-eval: max_gen_toks=%d does not fit max_len=%d; generating %d', new, n,
-                      n // 2)
+      logging.warning(
+        'lm-eval: max_gen_toks=%d does not fit max_len=%d; generating %d', new, n, n // 2
+      )
       new = n // 2
-    prompts = [self.tok_encode(c, left_truncate_len=n - new) or [self.eot_token_id]
-               for c in contexts]
-    sampling = dict(temperature=float(kwargs.get('temperature') or 0.0),
-                    top_k=int(kwargs.get('top_k') or 0), top_p=float(kwargs.get('top_p') or 1.0))
+    prompts = [
+      self.tok_encode(c, left_truncate_len=n - new) or [self.eot_token_id] for c in contexts
+    ]
+    sampling = dict(
+      temperature=float(kwargs.get('temperature') or 0.0),
+      top_k=int(kwargs.get('top_k') or 0),
+      top_p=float(kwargs.get('top_p') or 1.0),
+    )
     if not kwargs.get('do_sample'):
       sampling = dict(temperature=0.0, top_k=0, top_p=1.0)
     rng = jax.random.key(self.seed)
@@ -265,19 +303,25 @@ class LMScaleLM(TemplateLM):
     # filler, so the left-padded prompt length is a bucket.
     chunk = max(self.batch_size - 1, 1)
     for b, start in enumerate(range(0, len(order), chunk)):
-      idx = order[start:start + chunk]
+      idx = order[start : start + chunk]
       width = min(next(w for w in self.buckets if w >= len(prompts[idx[0]])), n - new)
       batch = [prompts[i] for i in idx] + [[self.eot_token_id]] * (chunk - len(idx))
       batch.append([self.eot_token_id] * width)
-      tokens = models.generate(self.model_config, self.params, batch, new,
-                               rng=jax.random.fold_in(rng, b), eos_id=self.eot_token_id,
-                               **sampling)
-      if not tokens.is_fully_addressable:   # rows sharded over processes: every one gets all.
+      tokens = models.generate(
+        self.model_config,
+        self.params,
+        batch,
+        new,
+        rng=jax.random.fold_in(rng, b),
+        eos_id=self.eot_token_id,
+        **sampling,
+      )
+      if not tokens.is_fully_addressable:  # rows sharded over processes: every one gets all.
         tokens = multihost_utils.process_allgather(tokens, tiled=True)
       new_BxT = np.asarray(jax.device_get(tokens))[:, -new:]
       for r, i in enumerate(idx):
         ids = new_BxT[r].tolist()
-        ids = ids[:ids.index(self.eot_token_id)] if self.eot_token_id in ids else ids
+        ids = ids[: ids.index(self.eot_token_id)] if self.eot_token_id in ids else ids
         texts[i] = self.tok.decode(ids)
     return texts
 
@@ -299,24 +343,29 @@ def load(src: str) -> tuple:
 class TaskSet:
   """Tasks loaded once (datasets, few-shot settings) and evaluated on an LM as often as needed."""
 
-  def __init__(self, tasks: Union[str, Sequence[str]], include_path: str = '',
-               num_fewshot: Optional[int] = None) -> None:
+  def __init__(
+    self,
+    tasks: str | Sequence[str],
+    include_path: str = '',
+    num_fewshot: int | None = None,
+  ) -> None:
     self.names = task_names(tasks)
     self.loaded = _manager_for(self.names, include_path).load(self.names)
-    for task in self.loaded['tasks'].values():   # as lm_eval.simple_evaluate does.
+    for task in self.loaded['tasks'].values():  # as lm_eval.simple_evaluate does.
       if num_fewshot is not None and task.get_config('num_fewshot') != 0:
         task.set_config(key='num_fewshot', value=num_fewshot)
       elif task.get_config('num_fewshot') is None:
         task.set_config(key='num_fewshot', value=0)
 
-  def evaluate(self, lm: TemplateLM, limit: Optional[int] = None,
-               bootstrap_iters: int = 0) -> dict:
+  def evaluate(self, lm: TemplateLM, limit: int | None = None, bootstrap_iters: int = 0) -> dict:
     """lm-eval's results dict; the same few-shot examples every call."""
     from lm_eval import evaluator
+
     for task in self.loaded['tasks'].values():
       task.set_fewshot_seed(seed=FEWSHOT_SEED)
-    return evaluator.evaluate(lm=lm, task_dict=self.loaded, limit=limit,
-                              bootstrap_iters=bootstrap_iters, log_samples=False)
+    return evaluator.evaluate(
+      lm=lm, task_dict=self.loaded, limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False
+    )
 
 
 def flat_metrics(results: dict) -> dict[str, float]:
@@ -338,8 +387,13 @@ def loop_evaluator(r: 'Run') -> Callable[[dict], dict]:
   """For the training loop (`r`: its Run): params -> flat lm_eval/... metrics of config.lm_eval."""
   c = r.config.lm_eval
   shards = r.derived.batch_shards
-  lm = LMScaleLM(model_config=r.derived.model, tokenizer=r.tokenizer, mesh=r.mesh,
-                 batch_size=-(-c.batch_size // shards) * shards, seed=r.config.seed)
+  lm = LMScaleLM(
+    model_config=r.derived.model,
+    tokenizer=r.tokenizer,
+    mesh=r.mesh,
+    batch_size=-(-c.batch_size // shards) * shards,
+    seed=r.config.seed,
+  )
   tasks = TaskSet(c.tasks, c.include_path, c.num_fewshot)
 
   def run(params) -> dict:
@@ -347,7 +401,7 @@ def loop_evaluator(r: 'Run') -> Callable[[dict], dict]:
     try:
       return flat_metrics(tasks.evaluate(lm, limit=c.limit or None))
     finally:
-      lm.params = None   # the train step donates these buffers.
+      lm.params = None  # the train step donates these buffers.
 
   return run
 
@@ -355,26 +409,41 @@ def loop_evaluator(r: 'Run') -> Callable[[dict], dict]:
 def write_results(results: dict, path: str) -> None:
   """lm-eval's results as strict JSON (no NaN); unserializable values as strings."""
   from lm_eval.utils import handle_non_serializable
-  workdir_lib.write_json(path, metrics.strict_json(
-      json.loads(json.dumps(results, default=handle_non_serializable))))
+
+  workdir_lib.write_json(
+    path, metrics.strict_json(json.loads(json.dumps(results, default=handle_non_serializable)))
+  )
 
 
-def evaluate_source(src: str, tasks: Union[str, Sequence[str]], include_path: str = '',
-                    limit: Optional[Union[int, float]] = None, num_fewshot: Optional[int] = None,
-                    batch_size: int = 16, tokenizer: str = '', output: str = '',
-                    bootstrap_iters: int = 100000) -> dict:
+def evaluate_source(
+  src: str,
+  tasks: str | Sequence[str],
+  include_path: str = '',
+  limit: int | float | None = None,
+  num_fewshot: int | None = None,
+  batch_size: int = 16,
+  tokenizer: str = '',
+  output: str = '',
+  bootstrap_iters: int = 100000,
+) -> dict:
   """lm_eval.simple_evaluate on a workdir / 'hf:/dir'; writes the results JSON; returns them."""
   import lm_eval
+
   if include_path and not os.path.isdir(include_path):
     raise ValueError(f'--include_path={include_path}: not a directory')
-  names = check_tasks(tasks, include_path)   # before loading anything.
+  names = check_tasks(tasks, include_path)  # before loading anything.
   if not src.startswith('hf:') and not os.path.isdir(src):
     raise ValueError(f'--workdir={src}: no such directory')
   lm = LMScaleLM(src, tokenizer=tokenizer or None, batch_size=batch_size)
-  results = lm_eval.simple_evaluate(model=lm, tasks=names,
-                                    task_manager=_manager_for(names, include_path),
-                                    limit=limit, num_fewshot=num_fewshot, log_samples=False,
-                                    bootstrap_iters=bootstrap_iters)
+  results = lm_eval.simple_evaluate(
+    model=lm,
+    tasks=names,
+    task_manager=_manager_for(names, include_path),
+    limit=limit,
+    num_fewshot=num_fewshot,
+    log_samples=False,
+    bootstrap_iters=bootstrap_iters,
+  )
   step = None if src.startswith('hf:') else workdir_lib.latest_checkpoint_step(src)
   results['config'].update(model=src, batch_size=lm.batch_size, checkpoint_step=step)
   output = output or os.path.join(src[3:] if src.startswith('hf:') else src, RESULTS_FILE)
@@ -387,14 +456,24 @@ def main(argv: list[str]) -> None:
   """The command line: see the module docstring."""
   from absl import flags
   from lm_eval.utils import make_table
+
   del argv
   f = flags.FLAGS
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   limit = None if f.limit is None else (int(f.limit) if f.limit >= 1 else f.limit)
   try:
-    results = evaluate_source(f.workdir, f.tasks, f.include_path, limit, f.num_fewshot,
-                              f.batch_size, f.tokenizer, f.output, f.bootstrap_iters)
-  except (ValueError, OSError, NotImplementedError) as e:   # OSError: e.g. a dataset unreachable.
+    results = evaluate_source(
+      f.workdir,
+      f.tasks,
+      f.include_path,
+      limit,
+      f.num_fewshot,
+      f.batch_size,
+      f.tokenizer,
+      f.output,
+      f.bootstrap_iters,
+    )
+  except (ValueError, OSError, NotImplementedError) as e:  # OSError: e.g. a dataset unreachable.
     if f.debug:
       raise
     sys.stderr.write(f'error: {str(e).splitlines()[0]}\n')
@@ -407,6 +486,7 @@ def main(argv: list[str]) -> None:
 
 def _define_flags():
   from absl import flags
+
   flags.DEFINE_string('workdir', None, 'One of our workdirs (latest checkpoint) or hf:/dir.')
   flags.DEFINE_list('tasks', None, 'lm-eval task / group names, comma-separated.')
   flags.DEFINE_string('include_path', '', 'A directory of extra task YAMLs.')
@@ -422,5 +502,6 @@ def _define_flags():
 
 if __name__ == '__main__':
   from absl import app
+
   _define_flags()
   app.run(main)

@@ -3,6 +3,7 @@
 Also used by the distillation trainer to load teachers. Params are placed straight onto
 the given shardings; a shape mismatch with the target model config names the tensor.
 """
+
 import json
 import os
 from collections.abc import Callable
@@ -37,8 +38,9 @@ def source_tokenizer(src: str) -> str:
     files = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json', 'tokenizer.model')
     if any(os.path.exists(os.path.join(path, f)) for f in files):
       return path
-    raise ValueError(f'{src}: no tokenizer files in {path}; pass --tokenizer=byte or a tokenizer '
-                     'directory')
+    raise ValueError(
+      f'{src}: no tokenizer files in {path}; pass --tokenizer=byte or a tokenizer directory'
+    )
   path = os.path.join(src, 'config.json')
   if not os.path.exists(path):
     raise ValueError(f'{src!r} is neither hf:/path nor a workdir of ours (no config.json)')
@@ -48,17 +50,22 @@ def source_tokenizer(src: str) -> str:
 
 def _check_shapes(src: str, expected, found):
   """ValueError naming the first tensor whose presence or shape differs."""
-  flat = lambda tree: {jax.tree_util.keystr(p): tuple(x.shape)
-                       for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  flat = lambda tree: {
+    jax.tree_util.keystr(p): tuple(x.shape)
+    for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
   want, have = flat(expected), flat(found)
   for key in sorted(set(want) | set(have)):
     if want.get(key) != have.get(key):
-      raise ValueError(f'{src}: tensor {key} has shape {have.get(key, "(missing)")} but the '
-                       f'model config expects {want.get(key, "(none)")}')
+      raise ValueError(
+        f'{src}: tensor {key} has shape {have.get(key, "(missing)")} but the '
+        f'model config expects {want.get(key, "(none)")}'
+      )
 
 
-def load_params(src: str, model_config: ModelConfigLike | None = None,
-                shardings: PyTree | None = None) -> tuple[models.ModelConfig, PyTree]:
+def load_params(
+  src: str, model_config: ModelConfigLike | None = None, shardings: PyTree | None = None
+) -> tuple[models.ModelConfig, PyTree]:
   """(ModelConfig, params) from 'hf:/dir' or our workdir's latest checkpoint.
 
   With `model_config`, the checkpoint must fit it (ValueError naming the tensor otherwise);
@@ -70,37 +77,49 @@ def load_params(src: str, model_config: ModelConfigLike | None = None,
   cfg = models.ModelConfig.make(model_config) if model_config is not None else saved_cfg
   shape_of = lambda c: (c.parametrization, c.base_d_model, c.base_d_ff, c.base_head_dim)
   if shape_of(saved_cfg) != shape_of(cfg):
-    raise ValueError(f'{src}: trained with parametrization/base shape {shape_of(saved_cfg)}, the '
-                     f'model config has {shape_of(cfg)}; the weights would mean something else')
+    raise ValueError(
+      f'{src}: trained with parametrization/base shape {shape_of(saved_cfg)}, the '
+      f'model config has {shape_of(cfg)}; the weights would mean something else'
+    )
   saved = models.param_shapes(saved_cfg)
   _check_shapes(src, models.param_shapes(cfg), saved)
-  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(src), 'checkpoints'),
-                               item_names=('state', 'meta'))
+  mngr = ocp.CheckpointManager(
+    os.path.join(os.path.abspath(src), 'checkpoints'), item_names=('state', 'meta')
+  )
   step = mngr.latest_step()
   if step is None:
     raise ValueError(f'{src}: no checkpoint under {src}/checkpoints')
   if shardings is None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shardings = jax.tree.map(lambda _: device, saved)
-  target = {'params': jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                   saved, shardings)}
+  target = {
+    'params': jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), saved, shardings
+    )
+  }
   restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
   checkpoint.silence_abandoned_io()
   try:
-    out = mngr.restore(step, args=ocp.args.Composite(
+    out = mngr.restore(
+      step,
+      args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
-        meta=ocp.args.JsonRestore()))
+        meta=ocp.args.JsonRestore(),
+      ),
+    )
     expected = (out['meta'] or {}).get('checksum')
     problem = None
-    if expected:   # the params' entries of the checksums saved with the full train state.
+    if expected:  # the params' entries of the checksums saved with the full train state.
       got = checkpoint.checksum(out['state']['params'])
       bad = [k for k, v in got.items() if expected.get('.params' + k) != v]
       problem = f'checksum mismatch in {len(bad)} array(s), e.g. {bad[0]}' if bad else None
   except Exception as e:  # torn files: orbax/TensorStore/json raise many types.
     problem = str(e).split('. ')[0][:160]
   if problem:
-    raise ValueError(f'{src}: checkpoint {step} is corrupt ({problem}); resume that run once '
-                     'to set it aside and fall back to its previous checkpoint') from None
+    raise ValueError(
+      f'{src}: checkpoint {step} is corrupt ({problem}); resume that run once '
+      'to set it aside and fall back to its previous checkpoint'
+    ) from None
   return cfg, out['state']['params']
 
 

@@ -4,6 +4,7 @@
 and one jitted train step, resumes from the latest checkpoint, trains, evaluates,
 checkpoints and logs. What differs between trainers lives in a `Task`.
 """
+
 import dataclasses
 import errno
 import json
@@ -12,7 +13,7 @@ import math
 import os
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -21,9 +22,9 @@ import ml_collections
 import optax
 
 from train import checkpoint, divergence, flops, metrics, preemption, sharding, validation
-from train import workdir as workdir_lib
-from train import state as state_lib
 from train import optimizer as optim
+from train import state as state_lib
+from train import workdir as workdir_lib
 from train.data import pipeline
 from train.step import TrainState, lm_loss, make_eval_step, make_train_step
 
@@ -39,17 +40,19 @@ class Task:
   default `loss_fn`) is what evaluation uses, e.g. plain CE when the training objective
   differs; its sums['loss'] becomes eval/loss and eval/bits_per_byte.
   """
+
   loss_fn: Callable
   frozen: tuple = ()
   frozen_shardings: tuple = ()
-  extra_batch: Optional[Callable] = None
+  extra_batch: Callable | None = None
   meta: dict = dataclasses.field(default_factory=dict)
-  eval_loss_fn: Optional[Callable] = None
+  eval_loss_fn: Callable | None = None
 
 
 @dataclasses.dataclass
 class Run:
   """Everything `run` builds before the first step; also used by tools (e.g. offline distill)."""
+
   config: ml_collections.ConfigDict
   derived: validation.Derived
   mesh: jax.sharding.Mesh
@@ -69,26 +72,45 @@ def setup(config, with_data: bool = True) -> Run:
   mesh = sharding.make_mesh(config.mesh)
   train_ds, eval_ds, tokenizer = None, None, None
   if with_data:
-    train_ds, eval_ds, tokenizer = pipeline.make_datasets(config, jax.process_index(),
-                                                          jax.process_count())
+    train_ds, eval_ds, tokenizer = pipeline.make_datasets(
+      config, jax.process_index(), jax.process_count()
+    )
   optimizer = optim.make_optimizer(config.optimizer, derived.num_steps, derived.model)
   lr_fn = optim.lr_schedule(config.optimizer, derived.num_steps)
   state_shardings = state_lib.state_shardings(derived.model, optimizer, mesh, derived.loss_scale)
-  return Run(config, derived, mesh, train_ds, eval_ds, tokenizer, state_shardings,
-             sharding.batch_sharding(mesh), optimizer, lr_fn)
+  return Run(
+    config,
+    derived,
+    mesh,
+    train_ds,
+    eval_ds,
+    tokenizer,
+    state_shardings,
+    sharding.batch_sharding(mesh),
+    optimizer,
+    lr_fn,
+  )
 
 
 def init_state(r: Run, params=None) -> TrainState:
   """Fresh state on the mesh: random params from config.seed, or the given (e.g. imported) ones."""
-  return state_lib.init_state(r.derived.model, r.optimizer, r.state_shardings, r.config.seed,
-                              params, r.config.train.loss_scale_init)
+  return state_lib.init_state(
+    r.derived.model,
+    r.optimizer,
+    r.state_shardings,
+    r.config.seed,
+    params,
+    r.config.train.loss_scale_init,
+  )
 
 
 def global_batch(r: Run, host_arrays: dict):
   """Host-local rows -> global arrays sharded over ('data', 'fsdp')."""
+
   def put(x):
     shape = (r.config.train.global_batch_size,) + x.shape[1:]
     return jax.make_array_from_process_local_data(r.batch_sharding, x, shape)
+
   return jax.tree.map(put, host_arrays)
 
 
@@ -107,11 +129,12 @@ def evaluate(r: Run, eval_step, params, frozen) -> dict:
   return r.eval_ds.metrics(means)
 
 
-def _lm_eval(r: Run) -> Optional[Callable]:
+def _lm_eval(r: Run) -> Callable | None:
   """params -> lm_eval/<task>/<metric> for config.lm_eval.tasks (train/harness.py); None: off."""
   if not r.config.get('lm_eval') or not r.config.lm_eval.tasks:
     return None
-  from train import harness   # imports lm-eval: only when tasks are set.
+  from train import harness  # imports lm-eval: only when tasks are set.
+
   return harness.loop_evaluator(r)
 
 
@@ -122,15 +145,24 @@ def stream_meta(config) -> dict:
   """What the batch stream and the param shapes depend on; must not change across a resume."""
   # 'pipeline' names the batch order (grain index shuffle over token shards): a checkpoint from
   # another order is refused instead of silently resumed on different batches.
-  return {'seed': config.seed, 'dataset': config.data.dataset, 'tokenizer': config.data.tokenizer,
-          'pipeline': PIPELINE,
-          'seq_len': config.data.seq_len, 'global_batch_size': config.train.global_batch_size,
-          'model': json.loads(config.model.to_json())}
+  return {
+    'seed': config.seed,
+    'dataset': config.data.dataset,
+    'tokenizer': config.data.tokenizer,
+    'pipeline': PIPELINE,
+    'seq_len': config.data.seq_len,
+    'global_batch_size': config.train.global_batch_size,
+    'model': json.loads(config.model.to_json()),
+  }
 
 
-def run(config, workdir: str, task_fn: Optional[Callable[[Run], Task]] = None,
-        init_params_fn: Optional[Callable[[Run], dict]] = None,
-        stop_after: Optional[int] = None) -> dict:
+def run(
+  config,
+  workdir: str,
+  task_fn: Callable[[Run], Task] | None = None,
+  init_params_fn: Callable[[Run], dict] | None = None,
+  stop_after: int | None = None,
+) -> dict:
   """Train to config's step count in `workdir` (resuming if possible); returns final metrics.
 
   `stop_after` ends this invocation early at that step (a checkpoint is written), as a
@@ -149,16 +181,19 @@ def _run(config, workdir, task_fn, init_params_fn, stop_after, stop) -> dict:
   finished = False
   try:
     last = _train(r, task, workdir, mngr, init_params_fn, stop_after, stop)
-    mngr.wait_until_finished()   # a failed async save raises here.
+    mngr.wait_until_finished()  # a failed async save raises here.
     finished = True
   except Exception as e:
     if not _disk_full(e):
       raise
     _wait_quietly(mngr)
     mngr.reload()
-    raise OSError(errno.ENOSPC, f'disk full writing {workdir}; its last committed checkpoint '
-                  f'(step {mngr.latest_step()}) is kept: free space and run the same command '
-                  'to resume') from e
+    raise OSError(
+      errno.ENOSPC,
+      f'disk full writing {workdir}; its last committed checkpoint '
+      f'(step {mngr.latest_step()}) is kept: free space and run the same command '
+      'to resume',
+    ) from e
   finally:
     # Every exit waits for a pending save, so it commits (or fails) whole; a second Ctrl-C
     # (KeyboardInterrupt) exits at once instead.
@@ -192,8 +227,11 @@ def _train(r: Run, task: Task, workdir, mngr, init_params_fn, stop_after, stop) 
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     state, latest = None, None
     if mngr.all_steps():
-      abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                              jax.eval_shape(lambda: init_state(r)), r.state_shardings)
+      abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        jax.eval_shape(lambda: init_state(r)),
+        r.state_shardings,
+      )
       state, latest = checkpoint.restore_latest_good(mngr, abstract, meta, workdir)
     # Only now, with the resume check passed, does this run's config replace the old one.
     checkpoint.write_config(workdir, cfg.to_json_best_effort(indent=2))
@@ -207,13 +245,22 @@ def _train(r: Run, task: Task, workdir, mngr, init_params_fn, stop_after, stop) 
 
     frozen_sh = tuple(task.frozen_shardings)
     train_step = jax.jit(
-        make_train_step(task.loss_fn, r.optimizer, r.lr_fn, t.grad_accum_steps,
-                        t.loss_scale_period if r.derived.loss_scale else 0),
-        in_shardings=(r.state_shardings, r.batch_sharding) + frozen_sh,
-        out_shardings=(r.state_shardings, sharding.replicated(r.mesh)), donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(task.eval_loss_fn or task.loss_fn),
-                        in_shardings=(r.state_shardings.params, r.batch_sharding) + frozen_sh,
-                        out_shardings=sharding.replicated(r.mesh))
+      make_train_step(
+        task.loss_fn,
+        r.optimizer,
+        r.lr_fn,
+        t.grad_accum_steps,
+        t.loss_scale_period if r.derived.loss_scale else 0,
+      ),
+      in_shardings=(r.state_shardings, r.batch_sharding) + frozen_sh,
+      out_shardings=(r.state_shardings, sharding.replicated(r.mesh)),
+      donate_argnums=(0,),
+    )
+    eval_step = jax.jit(
+      make_eval_step(task.eval_loss_fn or task.loss_fn),
+      in_shardings=(r.state_shardings.params, r.batch_sharding) + frozen_sh,
+      out_shardings=sharding.replicated(r.mesh),
+    )
     lm_eval_fn = _lm_eval(r)
 
     flops_per_token = flops.train_flops_per_token(r.derived.model, cfg.data.seq_len)
@@ -225,10 +272,10 @@ def _train(r: Run, task: Task, workdir, mngr, init_params_fn, stop_after, stop) 
       logging.info('Run in %s already finished at step %d; nothing to train.', workdir, start)
     for warning in validation.schedule_warnings(cfg, r.derived):
       logging.warning(warning)
-    tic, tic_step, first = time.time(), start, None   # rates are timed from the first step's end.
+    tic, tic_step, first = time.time(), start, None  # rates are timed from the first step's end.
     end = num_steps if stop_after is None else min(stop_after, num_steps)
     for step in range(start, end):
-      if step == start and stop.requested:   # signalled before the first step: nothing new.
+      if step == start and stop.requested:  # signalled before the first step: nothing new.
         break
       host = {'tokens': r.train_ds.batch(step)}
       if task.extra_batch:
@@ -247,8 +294,11 @@ def _train(r: Run, task: Task, workdir, mngr, init_params_fn, stop_after, stop) 
         # Every checkpointed state passes the guard: a diverged one is never saved.
         guard.check(done, m, workdir, last_saved)
         now = time.time()
-        tokens_per_sec = ((done - tic_step) * r.derived.tokens_per_step / max(now - tic, 1e-9)
-                          if done > tic_step else math.nan)
+        tokens_per_sec = (
+          (done - tic_step) * r.derived.tokens_per_step / max(now - tic, 1e-9)
+          if done > tic_step
+          else math.nan
+        )
         m['train/tokens_seen'] = done * r.derived.tokens_per_step
         m['train/tokens_per_sec'] = tokens_per_sec
         m['train/mfu'] = tokens_per_sec * flops_per_token / peak
@@ -270,15 +320,24 @@ def _train(r: Run, task: Task, workdir, mngr, init_params_fn, stop_after, stop) 
         break
     mngr.wait_until_finished()
     if stop.requested:
-      logging.warning('%s: stopped at step %d, its checkpoint committed in %s; run the same '
-                      'command to resume.', stop.signal, int(jax.device_get(state.step)), workdir)
+      logging.warning(
+        '%s: stopped at step %d, its checkpoint committed in %s; run the same command to resume.',
+        stop.signal,
+        int(jax.device_get(state.step)),
+        workdir,
+      )
       last['preempted_at_step'] = int(jax.device_get(state.step))
-    if not last:   # nothing logged now (a finished run rerun): the same summary as its end.
-      last = {**metrics.last_row(os.path.join(workdir, 'metrics.jsonl')),
-              **evaluate(r, eval_step, state.params, task.frozen)}
+    if not last:  # nothing logged now (a finished run rerun): the same summary as its end.
+      last = {
+        **metrics.last_row(os.path.join(workdir, 'metrics.jsonl')),
+        **evaluate(r, eval_step, state.params, task.frozen),
+      }
   writer.flush()
   last['unigram_byte_entropy_bits'] = r.eval_ds.unigram_byte_entropy_bits
   if 'eval/bits_per_byte' in last:
-    logging.info('Final eval/bits_per_byte %.4f vs unigram byte entropy %.4f bits',
-                 last['eval/bits_per_byte'], last['unigram_byte_entropy_bits'])
+    logging.info(
+      'Final eval/bits_per_byte %.4f vs unigram byte entropy %.4f bits',
+      last['eval/bits_per_byte'],
+      last['unigram_byte_entropy_bits'],
+    )
   return last

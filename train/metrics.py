@@ -1,9 +1,10 @@
 """Metric writers: clu (TensorBoard + console) and one JSON object per logged step in metrics.jsonl."""
+
 import json
 import math
 import os
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
@@ -25,16 +26,38 @@ class JsonlWriter(interface.MetricWriter):
     self._f.write(json.dumps(row) + '\n')
     self._f.flush()
 
-  def write_summaries(self, step: int, values: Mapping[str, interface.Array],
-                      metadata: Optional[Mapping[str, Any]] = None) -> None: pass
-  def write_images(self, step: int, images: Mapping[str, interface.Array]) -> None: pass
-  def write_videos(self, step: int, videos: Mapping[str, interface.Array]) -> None: pass
-  def write_audios(self, step: int, audios: Mapping[str, interface.Array], *,
-                   sample_rate: int) -> None: pass
-  def write_texts(self, step: int, texts: Mapping[str, str]) -> None: pass
-  def write_histograms(self, step: int, arrays: Mapping[str, interface.Array],
-                       num_buckets: Optional[Mapping[str, int]] = None) -> None: pass
-  def write_hparams(self, hparams: Mapping[str, Any]) -> None: pass
+  def write_summaries(
+    self,
+    step: int,
+    values: Mapping[str, interface.Array],
+    metadata: Mapping[str, Any] | None = None,
+  ) -> None:
+    pass
+
+  def write_images(self, step: int, images: Mapping[str, interface.Array]) -> None:
+    pass
+
+  def write_videos(self, step: int, videos: Mapping[str, interface.Array]) -> None:
+    pass
+
+  def write_audios(
+    self, step: int, audios: Mapping[str, interface.Array], *, sample_rate: int
+  ) -> None:
+    pass
+
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    pass
+
+  def write_histograms(
+    self,
+    step: int,
+    arrays: Mapping[str, interface.Array],
+    num_buckets: Mapping[str, int] | None = None,
+  ) -> None:
+    pass
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    pass
 
   def flush(self) -> None:
     self._f.flush()
@@ -97,15 +120,18 @@ def _duration(seconds: float) -> str:
   return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
 
 
-def console_line(step: int, num_steps: int, m: dict, eta_seconds: Optional[float]) -> str:
+def console_line(step: int, num_steps: int, m: dict, eta_seconds: float | None) -> str:
   """`step 250/500 | loss 2.106 | eval 2.313 (3.337 bits/byte) | lr 1.89e-03 | 4,571 tok/s | ETA 3m05s`;
   ETA is '-' until the step time is measured after compilation."""
   parts = [f'step {step}/{num_steps}', f'loss {m["train/loss"]:.4f}']
   if 'eval/loss' in m:
     parts.append(f'eval {m["eval/loss"]:.4f} ({m["eval/bits_per_byte"]:.4f} bits/byte)')
   rate = m['train/tokens_per_sec']
-  parts += [f'lr {m["train/lr"]:.2e}', (f'{rate:,.0f}' if math.isfinite(rate) else '-') + ' tok/s',
-            'ETA ' + ('-' if eta_seconds is None else _duration(eta_seconds))]
+  parts += [
+    f'lr {m["train/lr"]:.2e}',
+    (f'{rate:,.0f}' if math.isfinite(rate) else '-') + ' tok/s',
+    'ETA ' + ('-' if eta_seconds is None else _duration(eta_seconds)),
+  ]
   return ' | '.join(parts)
 
 

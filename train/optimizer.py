@@ -1,4 +1,6 @@
-"""AdamW (per-parameter lr/wd scales under μP / u-μP) with warmup + (cosine | linear | constant | warmup-stable-decay), clipping and a decay mask."""
+"""AdamW (per-parameter lr/wd scales under μP / u-μP) with warmup + (cosine | linear | constant |
+warmup-stable-decay), clipping and a decay mask."""
+
 from collections.abc import Iterable
 
 import jax
@@ -25,7 +27,8 @@ def lr_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedul
     decay = max(int(round(opt.decay_fraction * num_steps)), 1)
     stable = max(rest - decay, 0)
     after = optax.join_schedules(
-        [optax.constant_schedule(peak), optax.linear_schedule(peak, floor, decay)], [stable])
+      [optax.constant_schedule(peak), optax.linear_schedule(peak, floor, decay)], [stable]
+    )
   else:
     raise ValueError(f'config.optimizer.schedule: unknown {opt.schedule!r}')
   return optax.join_schedules([warm, after], [warmup])
@@ -48,8 +51,9 @@ def _per_leaf(fn, *trees) -> optax.GradientTransformation:
   return optax.stateless(lambda u, p: jax.tree.map(fn, u, p, *trees))
 
 
-def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int,
-                   model_config: ModelConfigLike | None = None) -> optax.GradientTransformation:
+def make_optimizer(
+  opt: ml_collections.ConfigDict, num_steps: int, model_config: ModelConfigLike | None = None
+) -> optax.GradientTransformation:
   """Clipping + AdamW; under μP / u-μP with the per-parameter lr and weight-decay scales of
   models.parametrization (the same table that sets init and multipliers)."""
   chain = []
@@ -58,16 +62,23 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int,
   schedule = lr_schedule(opt, num_steps)
   mask = lambda p: decay_mask(p, opt.wd_exclude)
   if model_config is None or models.ModelConfig.make(model_config).parametrization == 'sp':
-    chain.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                             weight_decay=opt.weight_decay, mask=mask))
+    chain.append(
+      optax.adamw(
+        schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=mask
+      )
+    )
     return optax.chain(*chain)
   # optax.adamw's chain, with per-leaf decay (wd · wd scale, 0 where masked) and lr scale.
   lr_scales = models.param_scales(model_config, 'lr')
-  decays = jax.tree.map(lambda m, s: opt.weight_decay * s if m else 0.0,
-                        mask(models.param_shapes(model_config)),
-                        models.param_scales(model_config, 'wd'))
-  chain += [optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
-            _per_leaf(lambda u, p, wd: u + wd * p if wd else u, decays),
-            _per_leaf(lambda u, p, s: u * s, lr_scales),
-            optax.scale_by_learning_rate(schedule)]
+  decays = jax.tree.map(
+    lambda m, s: opt.weight_decay * s if m else 0.0,
+    mask(models.param_shapes(model_config)),
+    models.param_scales(model_config, 'wd'),
+  )
+  chain += [
+    optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
+    _per_leaf(lambda u, p, wd: u + wd * p if wd else u, decays),
+    _per_leaf(lambda u, p, s: u * s, lr_scales),
+    optax.scale_by_learning_rate(schedule),
+  ]
   return optax.chain(*chain)

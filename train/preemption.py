@@ -6,6 +6,7 @@ With several processes every host must save the same step, so the notice goes th
 preemption sync service (`multihost_utils.reached_preemption_sync_point`, the mechanism orbax
 uses): its SIGTERM notifier tells the coordinator, which picks the step all hosts stop after.
 """
+
 import logging
 import os
 import signal
@@ -18,7 +19,7 @@ class StopRequest:
   """Context manager; `should_stop(step)` says whether to checkpoint and return after `step`."""
 
   def __init__(self) -> None:
-    self.signal = None      # name of the signal received (here or, multi-process, anywhere).
+    self.signal = None  # name of the signal received (here or, multi-process, anywhere).
     self._previous = {}
     self._multi = False
     self._agreed = False
@@ -32,9 +33,10 @@ class StopRequest:
     """Call once per finished step, with the same steps on every process."""
     if self._multi:
       from jax.experimental import multihost_utils
+
       if multihost_utils.reached_preemption_sync_point(step):
         self.signal, self._agreed = self.signal or 'SIGTERM', True
-        self._default_handlers()   # the sync point is agreed: a further signal exits at once.
+        self._default_handlers()  # the sync point is agreed: a further signal exits at once.
         return True
       return False
     return self.requested
@@ -46,9 +48,12 @@ class StopRequest:
 
   def _handle(self, signum, _):
     self.signal = signal.Signals(signum).name
-    self._default_handlers()   # a second signal is not caught: it stops the process at once.
-    logging.warning('%s received: finishing the current step, then checkpointing it (send it '
-                    'again to exit at once)', self.signal)
+    self._default_handlers()  # a second signal is not caught: it stops the process at once.
+    logging.warning(
+      '%s received: finishing the current step, then checkpointing it (send it '
+      'again to exit at once)',
+      self.signal,
+    )
 
   def _forward_sigint(self, signum, _):
     # JAX's notifier listens for SIGTERM only; route Ctrl-C to it so all hosts stop together.
@@ -58,9 +63,10 @@ class StopRequest:
 
   def __enter__(self) -> 'StopRequest':
     import jax
+
     self._multi = jax.process_count() > 1
     if threading.current_thread() is threading.main_thread():
-      if self._multi:   # SIGTERM stays with JAX's preemption notifier (installed at initialize).
+      if self._multi:  # SIGTERM stays with JAX's preemption notifier (installed at initialize).
         self._previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._forward_sigint)}
       else:
         self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}

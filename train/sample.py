@@ -6,6 +6,7 @@
 Prompts of different lengths are batched (left-padded); params are sharded over a mesh of all
 devices by the training rules. Prints each continuation, then the decode tokens/s.
 """
+
 import sys
 import time
 
@@ -31,8 +32,11 @@ flags.DEFINE_string('tokenizer', None, "default: the workdir's data.tokenizer, o
 flags.DEFINE_boolean('stop_at_eos', True, 'cut each continuation at the tokenizer EOS')
 
 
-def load(checkpoint: str, tokenizer: str | None = None) -> tuple[
-    models.ModelConfig, PyTree, tokenizers.ByteTokenizer | tokenizers.HFTokenizer, list[int]]:
+def load(
+  checkpoint: str, tokenizer: str | None = None
+) -> tuple[
+  models.ModelConfig, PyTree, tokenizers.ByteTokenizer | tokenizers.HFTokenizer, list[int]
+]:
   """(ModelConfig, params sharded over all devices, tokenizer, prefix ids) for a checkpoint.
 
   Our runs pack documents as `text EOS text EOS ...`, so their prompts start after an EOS."""
@@ -56,27 +60,35 @@ def main(argv: list[str]) -> None:
   try:
     cfg, params, tok, prefix = load(FLAGS.checkpoint, FLAGS.tokenizer)
     prompts = [prefix + tok.encode(p) for p in FLAGS.prompt]
-    generation.check_options(cfg, max(map(len, prompts)), FLAGS.max_new_tokens, FLAGS.temperature,
-                             FLAGS.top_k, FLAGS.top_p)
+    generation.check_options(
+      cfg, max(map(len, prompts)), FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k, FLAGS.top_p
+    )
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  kw = dict(temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-            rng=jax.random.key(FLAGS.seed), eos_id=tok.eos_id if FLAGS.stop_at_eos else None)
+  kw = dict(
+    temperature=FLAGS.temperature,
+    top_k=FLAGS.top_k,
+    top_p=FLAGS.top_p,
+    rng=jax.random.key(FLAGS.seed),
+    eos_id=tok.eos_id if FLAGS.stop_at_eos else None,
+  )
   start = time.perf_counter()
   out = np.asarray(generation.generate(cfg, params, prompts, FLAGS.max_new_tokens, **kw))
   first = time.perf_counter() - start
   start = time.perf_counter()  # again, compiled: the decode speed.
   jax.block_until_ready(generation.generate(cfg, params, prompts, FLAGS.max_new_tokens, **kw))
   seconds = time.perf_counter() - start
-  for text, row in zip(FLAGS.prompt, out[:, -FLAGS.max_new_tokens:]):
+  for text, row in zip(FLAGS.prompt, out[:, -FLAGS.max_new_tokens :]):
     if FLAGS.stop_at_eos and tok.eos_id in row:
-      row = row[:list(row).index(tok.eos_id)]
+      row = row[: list(row).index(tok.eos_id)]
     print(f'--- {text!r}\n{text}{tok.decode(row)}')
   new = len(prompts) * FLAGS.max_new_tokens
-  print(f'decode: {new / seconds:,.0f} tokens/s ({len(prompts)} x {FLAGS.max_new_tokens} new '
-        f'tokens in {seconds:.3f} s incl. prefill; first call with compile {first:.1f} s; '
-        f'{jax.devices()[0].platform})')
+  print(
+    f'decode: {new / seconds:,.0f} tokens/s ({len(prompts)} x {FLAGS.max_new_tokens} new '
+    f'tokens in {seconds:.3f} s incl. prefill; first call with compile {first:.1f} s; '
+    f'{jax.devices()[0].platform})'
+  )
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@
 Every parameter, optimizer-state and batch sharding in the trainer is derived from
 `LOGICAL_RULES`; there are no per-layer special cases.
 """
+
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -10,7 +11,8 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from models.config import PyTree
 
@@ -20,17 +22,17 @@ MeshConfig = ml_collections.ConfigDict | Mapping[str, int]
 
 # logical axis -> mesh axes (T5X/MaxText style). Unlisted logical axes are replicated.
 LOGICAL_RULES = (
-    ('batch', ('data', 'fsdp')),
-    ('embed', 'fsdp'),
-    ('vocab', 'tensor'),
-    ('heads', 'tensor'),
-    ('kv_heads', 'tensor'),
-    ('mlp', 'tensor'),
-    ('layers', None),
-    ('head_dim', None),
-    ('norm', None),
-    ('position', None),
-    ('length', None),
+  ('batch', ('data', 'fsdp')),
+  ('embed', 'fsdp'),
+  ('vocab', 'tensor'),
+  ('heads', 'tensor'),
+  ('kv_heads', 'tensor'),
+  ('mlp', 'tensor'),
+  ('layers', None),
+  ('head_dim', None),
+  ('norm', None),
+  ('position', None),
+  ('length', None),
 )
 
 
@@ -45,12 +47,16 @@ def mesh_shape(mesh_config: MeshConfig, num_devices: int) -> dict:
   known = int(np.prod([n for n in shape.values() if n != -1]))
   if fill:
     if num_devices % known:
-      raise ValueError(f'config.mesh: {shape} cannot fill {num_devices} devices '
-                       f'({num_devices} is not divisible by {known})')
+      raise ValueError(
+        f'config.mesh: {shape} cannot fill {num_devices} devices '
+        f'({num_devices} is not divisible by {known})'
+      )
     shape[fill[0]] = num_devices // known
   if int(np.prod(list(shape.values()))) != num_devices:
-    raise ValueError(f'config.mesh: data*fsdp*tensor = {int(np.prod(list(shape.values())))} '
-                     f'{shape} but there are {num_devices} devices')
+    raise ValueError(
+      f'config.mesh: data*fsdp*tensor = {int(np.prod(list(shape.values())))} '
+      f'{shape} but there are {num_devices} devices'
+    )
   return shape
 
 
@@ -60,8 +66,9 @@ def make_mesh(mesh_config: MeshConfig, devices: Sequence[jax.Device] | None = No
   dims = tuple(shape[a] for a in MESH_AXES)
   # jax.make_mesh orders devices by topology (ICI rings on TPU slices, hosts contiguous).
   # Auto axes: GSPMD propagates shardings from the explicit in/out shardings of the step.
-  return jax.make_mesh(dims, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(dims),
-                       devices=devices)
+  return jax.make_mesh(
+    dims, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(dims), devices=devices
+  )
 
 
 def logical_to_mesh(spec: P, shape: Sequence[int], mesh: Mesh) -> NamedSharding:
@@ -71,8 +78,13 @@ def logical_to_mesh(spec: P, shape: Sequence[int], mesh: Mesh) -> NamedSharding:
   for dim, ax in zip(shape, tuple(mesh_spec) + (None,) * (len(shape) - len(mesh_spec))):
     size = int(np.prod([mesh.shape[a] for a in ((ax,) if isinstance(ax, str) else ax or ())]))
     if size > 1 and dim % size:
-      logging.warning('Replicating a dim of size %d (logical %s): not divisible by mesh %s=%d',
-                      dim, spec, ax, size)
+      logging.warning(
+        'Replicating a dim of size %d (logical %s): not divisible by mesh %s=%d',
+        dim,
+        spec,
+        ax,
+        size,
+      )
       ax = None
     axes.append(ax)
   return NamedSharding(mesh, P(*axes))
@@ -80,8 +92,12 @@ def logical_to_mesh(spec: P, shape: Sequence[int], mesh: Mesh) -> NamedSharding:
 
 def tree_shardings(logical_specs: PyTree, shapes: PyTree, mesh: Mesh) -> PyTree:
   """Shardings for a pytree given its logical specs and its shapes (ShapeDtypeStructs/arrays)."""
-  return jax.tree.map(lambda spec, x: logical_to_mesh(spec, x.shape, mesh), logical_specs, shapes,
-                      is_leaf=lambda x: isinstance(x, P))
+  return jax.tree.map(
+    lambda spec, x: logical_to_mesh(spec, x.shape, mesh),
+    logical_specs,
+    shapes,
+    is_leaf=lambda x: isinstance(x, P),
+  )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -1,4 +1,5 @@
 """Train state on the mesh: its shardings (from the logical-axis rules) and its initialisation."""
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -10,24 +11,37 @@ from train import sharding
 from train.step import ScaledTrainState, TrainState
 
 
-def state_shardings(model_config: ModelConfigLike, optimizer: optax.GradientTransformation,
-                    mesh: Mesh, loss_scale: bool = False) -> TrainState:
+def state_shardings(
+  model_config: ModelConfigLike,
+  optimizer: optax.GradientTransformation,
+  mesh: Mesh,
+  loss_scale: bool = False,
+) -> TrainState:
   """Params by the rules; Adam moments mirror their params; counters replicated.
   With `loss_scale`, a ScaledTrainState (dynamic loss scale, replicated)."""
   param_shapes = models.param_shapes(model_config)
   params = sharding.tree_shardings(models.logical_axes(model_config), param_shapes, mesh)
   opt_state = optax.tree_map_params(
-      optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, param_shapes), params,
-      transform_non_params=lambda _: sharding.replicated(mesh))
+    optimizer,
+    lambda _, s: s,
+    jax.eval_shape(optimizer.init, param_shapes),
+    params,
+    transform_non_params=lambda _: sharding.replicated(mesh),
+  )
   rep = sharding.replicated(mesh)
   if loss_scale:
     return ScaledTrainState(rep, params, opt_state, rep, rep)
   return TrainState(step=rep, params=params, opt_state=opt_state)
 
 
-def init_state(model_config: ModelConfigLike, optimizer: optax.GradientTransformation,
-               shardings: TrainState, seed: int = 0, params: PyTree | None = None,
-               loss_scale: float = 2.0**15) -> TrainState:
+def init_state(
+  model_config: ModelConfigLike,
+  optimizer: optax.GradientTransformation,
+  shardings: TrainState,
+  seed: int = 0,
+  params: PyTree | None = None,
+  loss_scale: float = 2.0**15,
+) -> TrainState:
   """Fresh state created directly on its shardings: random params from `seed`, or `params`;
   a ScaledTrainState (if `shardings` is one) starts at `loss_scale`."""
 
@@ -36,11 +50,17 @@ def init_state(model_config: ModelConfigLike, optimizer: optax.GradientTransform
       params = models.init(model_config, rng)
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
     if isinstance(shardings, ScaledTrainState):
-      state = ScaledTrainState(state.step, state.params, state.opt_state,
-                               jnp.asarray(loss_scale, jnp.float32), jnp.zeros((), jnp.int32))
+      state = ScaledTrainState(
+        state.step,
+        state.params,
+        state.opt_state,
+        jnp.asarray(loss_scale, jnp.float32),
+        jnp.zeros((), jnp.int32),
+      )
     return state
 
   if params is None:
     return jax.jit(lambda rng: make(rng, None), out_shardings=shardings)(jax.random.key(seed))
-  return jax.jit(lambda p: make(None, p), in_shardings=(shardings.params,),
-                 out_shardings=shardings)(params)
+  return jax.jit(
+    lambda p: make(None, p), in_shardings=(shardings.params,), out_shardings=shardings
+  )(params)

@@ -5,6 +5,7 @@ where `sums` is a dict of per-token sums including 'tokens' (the count). Dividin
 the token count happens once, after accumulation, so k microbatches give exactly the
 token-weighted mean of one k-times-larger batch.
 """
+
 from collections.abc import Callable
 
 import flax.struct
@@ -32,6 +33,7 @@ class TrainState:
 class ScaledTrainState(TrainState):
   """TrainState plus the dynamic loss scale of float16 training (jmp.DynamicLossScale's arrays,
   kept as plain arrays so orbax checkpoints them like the rest of the state)."""
+
   loss_scale: jax.Array
   loss_scale_counter: jax.Array
 
@@ -40,8 +42,9 @@ class ScaledTrainState(TrainState):
 TrainStepFn = Callable[..., tuple[TrainState, dict[str, jax.Array]]]
 
 
-def cross_entropy_sum(logits_BxLxV: jax.Array,
-                      targets_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+def cross_entropy_sum(
+  logits_BxLxV: jax.Array, targets_BxL: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """Summed token cross-entropy in float32 and the token count (targets < 0 are masked)."""
   nll_BxL, mask_BxL = loss.nll(logits_BxLxV, targets_BxL)
   return nll_BxL.sum(), mask_BxL.sum()
@@ -71,13 +74,15 @@ def microbatches(batch: PyTree, k: int) -> PyTree:
   return jax.tree.map(split, batch)
 
 
-def accumulate_grads(loss_fn: LossFn, params: PyTree, batch: PyTree, k: int,
-                     *frozen: PyTree) -> tuple[PyTree, dict[str, jax.Array]]:
+def accumulate_grads(
+  loss_fn: LossFn, params: PyTree, batch: PyTree, k: int, *frozen: PyTree
+) -> tuple[PyTree, dict[str, jax.Array]]:
   """Summed loss grads and sums over k microbatches (lax.scan), then the token-weighted mean."""
   grad_fn = jax.grad(loss_fn, has_aux=True)
   if k == 1:
     grads, sums = grad_fn(params, batch, *frozen)
   else:
+
     def body(carry, mb):
       g, s = grad_fn(params, mb, *frozen)
       return jax.tree.map(jnp.add, carry, (g, s)), None
@@ -91,9 +96,13 @@ def accumulate_grads(loss_fn: LossFn, params: PyTree, batch: PyTree, k: int,
   return grads, sums
 
 
-def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
-                    lr_fn: optax.Schedule, grad_accum_steps: int,
-                    loss_scale_period: int = 0) -> TrainStepFn:
+def make_train_step(
+  loss_fn: LossFn,
+  optimizer: optax.GradientTransformation,
+  lr_fn: optax.Schedule,
+  grad_accum_steps: int,
+  loss_scale_period: int = 0,
+) -> TrainStepFn:
   """(state, batch, *frozen) -> (state, metrics): one optimizer step, metrics per step.
 
   With loss_scale_period > 0 the state is a ScaledTrainState: the loss is multiplied by the
@@ -113,8 +122,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
         loss_sum, sums = loss_fn(params, batch, *frozen)
         return loss_sum * factor, sums
 
-      grads, sums = accumulate_grads(scaled_loss_fn, state.params, batch, grad_accum_steps,
-                                     *frozen)
+      grads, sums = accumulate_grads(scaled_loss_fn, state.params, batch, grad_accum_steps, *frozen)
       grads = jax.tree.map(lambda g: g / factor, grads)
       finite = jmp.all_finite(grads)
       scale = scale.adjust(finite)
@@ -124,18 +132,25 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     params = optax.apply_updates(state.params, updates)
     n = jnp.maximum(sums['tokens'], 1.0)
     metrics = {f'train/{k}': v / n for k, v in sums.items() if k != 'tokens'}
-    metrics.update({'train/grad_norm': optax.global_norm(grads),
-                    'train/param_norm': optax.global_norm(params),
-                    'train/lr': lr_fn(state.step),
-                    'train/tokens': sums['tokens']})
+    metrics.update(
+      {
+        'train/grad_norm': optax.global_norm(grads),
+        'train/param_norm': optax.global_norm(params),
+        'train/lr': lr_fn(state.step),
+        'train/tokens': sums['tokens'],
+      }
+    )
     if not loss_scale_period:
       return TrainState(state.step + 1, params, opt_state), metrics
-    params, opt_state = jmp.select_tree(finite, (params, opt_state),
-                                        (state.params, state.opt_state))
-    metrics.update({'train/loss_scale': scale.loss_scale,
-                    'train/skipped': 1.0 - finite.astype(jnp.float32)})
-    return ScaledTrainState(state.step + 1, params, opt_state, scale.loss_scale,
-                            scale.counter), metrics
+    params, opt_state = jmp.select_tree(
+      finite, (params, opt_state), (state.params, state.opt_state)
+    )
+    metrics.update(
+      {'train/loss_scale': scale.loss_scale, 'train/skipped': 1.0 - finite.astype(jnp.float32)}
+    )
+    return ScaledTrainState(
+      state.step + 1, params, opt_state, scale.loss_scale, scale.counter
+    ), metrics
 
   return train_step
 

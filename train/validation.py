@@ -4,6 +4,7 @@
 count from a token budget, per-device and micro batch sizes are computed; every
 inconsistency raises ValueError naming the offending field.
 """
+
 import dataclasses
 import difflib
 import os
@@ -11,17 +12,16 @@ import os
 import ml_collections
 
 from configs import base
-from models import parametrization
 from models.config import CHOICES as model_choices
 from models.config import ROPE_FIELDS, ModelConfig, head_dim, kv_heads
 from train import sharding
 from train.data import pipeline
 
 CHOICES = {
-    **{'model.' + k: v for k, v in model_choices.items()},
-    'optimizer.schedule': ('cosine', 'linear', 'constant', 'wsd'),
-    'train.loss_scale': ('auto', 'dynamic', 'none'),
-    'distributed.initialize': ('auto', 'yes', 'no'),
+  **{'model.' + k: v for k, v in model_choices.items()},
+  'optimizer.schedule': ('cosine', 'linear', 'constant', 'wsd'),
+  'train.loss_scale': ('auto', 'dynamic', 'none'),
+  'distributed.initialize': ('auto', 'yes', 'no'),
 }
 # Sections owned by other trainers (validated there); allowed beside the base schema.
 EXTRA_SECTIONS = ('distill', 'sweep')
@@ -33,11 +33,11 @@ class Derived:
   num_steps: int
   tokens_per_step: int
   mesh_shape: dict
-  batch_shards: int         # data * fsdp: devices the batch is split over.
-  per_device_batch: int     # sequences per device per optimizer step.
-  micro_batch: int          # global sequences per microbatch.
-  host_batch: int           # sequences this host feeds per step.
-  loss_scale: bool          # dynamic loss scaling on (train.loss_scale, model.dtype).
+  batch_shards: int  # data * fsdp: devices the batch is split over.
+  per_device_batch: int  # sequences per device per optimizer step.
+  micro_batch: int  # global sequences per microbatch.
+  host_batch: int  # sequences this host feeds per step.
+  loss_scale: bool  # dynamic loss scaling on (train.loss_scale, model.dtype).
 
 
 def unknown_key(name: str, key: str, known) -> str:
@@ -69,8 +69,9 @@ def _check_schema(config, schema, prefix=''):
     if ref_type is tuple and isinstance(value, list):
       ok = True
     if not ok:
-      raise ValueError(f'config.{name}: expected {ref_type.__name__}, got '
-                       f'{type(value).__name__} {value!r}')
+      raise ValueError(
+        f'config.{name}: expected {ref_type.__name__}, got {type(value).__name__} {value!r}'
+      )
     if name in CHOICES and value not in CHOICES[name]:
       raise ValueError(f'config.{name}: {value!r} is not one of {CHOICES[name]}')
 
@@ -87,24 +88,35 @@ def _check_rope_scaling(m):
   kind, defaults = m.rope_scaling, ModelConfig()
   if kind != 'none' and m.positions != 'rope':
     raise ValueError(f"config.model.rope_scaling={kind!r} needs config.model.positions='rope'")
-  for key in ('rope_factor', 'rope_low_freq_factor', 'rope_high_freq_factor',
-              'rope_original_max_len'):
+  for key in (
+    'rope_factor',
+    'rope_low_freq_factor',
+    'rope_high_freq_factor',
+    'rope_original_max_len',
+  ):
     if key not in ROPE_FIELDS[kind] and m[key] != getattr(defaults, key):
-      raise ValueError(f'config.model.{key}={m[key]} is not used by '
-                       f'config.model.rope_scaling={kind!r}; leave it at its default')
+      raise ValueError(
+        f'config.model.{key}={m[key]} is not used by '
+        f'config.model.rope_scaling={kind!r}; leave it at its default'
+      )
   if kind != 'none' and m.rope_factor <= 0:
     raise ValueError(f'config.model.rope_factor must be positive, got {m.rope_factor}')
   if kind in ('llama3', 'dynamic') and m.rope_original_max_len <= 0:
-    raise ValueError(f'config.model.rope_original_max_len must be positive for rope_scaling '
-                     f'{kind!r}, got {m.rope_original_max_len}')
+    raise ValueError(
+      f'config.model.rope_original_max_len must be positive for rope_scaling '
+      f'{kind!r}, got {m.rope_original_max_len}'
+    )
   if kind == 'llama3' and not 0 < m.rope_low_freq_factor < m.rope_high_freq_factor:
-    raise ValueError(f'config.model.rope_high_freq_factor={m.rope_high_freq_factor} must exceed '
-                     f'config.model.rope_low_freq_factor={m.rope_low_freq_factor} > 0')
+    raise ValueError(
+      f'config.model.rope_high_freq_factor={m.rope_high_freq_factor} must exceed '
+      f'config.model.rope_low_freq_factor={m.rope_low_freq_factor} > 0'
+    )
   if kind == 'dynamic' and m.max_len > m.rope_original_max_len:
     raise ValueError(
-        f'config.model.max_len={m.max_len} exceeds config.model.rope_original_max_len='
-        f'{m.rope_original_max_len}: past it dynamic NTK rope rescales theta with each call\'s '
-        'length (statefully, in transformers), which fixed shapes cannot reproduce')
+      f'config.model.max_len={m.max_len} exceeds config.model.rope_original_max_len='
+      f"{m.rope_original_max_len}: past it dynamic NTK rope rescales theta with each call's "
+      'length (statefully, in transformers), which fixed shapes cannot reproduce'
+    )
 
 
 def _check_lm_eval(config):
@@ -120,7 +132,8 @@ def _check_lm_eval(config):
   if e.include_path and not os.path.isdir(e.include_path):
     raise ValueError(f'config.lm_eval.include_path={e.include_path!r} is not a directory')
   if e.tasks:
-    from train import harness   # imports lm-eval: only when tasks are set.
+    from train import harness  # imports lm-eval: only when tasks are set.
+
     harness.check_tasks(e.tasks, e.include_path, 'config.lm_eval.tasks')
 
 
@@ -137,12 +150,16 @@ def schedule_warnings(config, derived: 'Derived') -> list:
   out, t = [], config.train
   warmup = config.optimizer.warmup_steps
   if warmup >= derived.num_steps:
-    out.append(f'config.optimizer.warmup_steps={warmup} >= the {derived.num_steps} training steps: '
-               'the whole run is warm-up and the learning rate never decays')
+    out.append(
+      f'config.optimizer.warmup_steps={warmup} >= the {derived.num_steps} training steps: '
+      'the whole run is warm-up and the learning rate never decays'
+    )
   used = derived.num_steps * derived.tokens_per_step
   if t.total_tokens > 0 and used != t.total_tokens:
-    out.append(f'config.train.total_tokens={t.total_tokens:,} rounds down to {derived.num_steps} '
-               f'steps x {derived.tokens_per_step:,} tokens = {used:,} tokens')
+    out.append(
+      f'config.train.total_tokens={t.total_tokens:,} rounds down to {derived.num_steps} '
+      f'steps x {derived.tokens_per_step:,} tokens = {used:,} tokens'
+    )
   return out
 
 
@@ -152,40 +169,64 @@ def derive(config, num_devices: int, process_count: int = 1) -> Derived:
   m = config.model
   # Intervals and counts the loop divides by or keeps by: 0 would crash mid-run or, for
   # keep_checkpoints, delete every checkpoint.
-  _positive(config, 'model.vocab_size', 'model.d_model', 'model.n_layers', 'model.n_heads',
-            'model.d_ff', 'model.max_len', 'data.seq_len', 'train.global_batch_size',
-            'train.grad_accum_steps', 'optimizer.lr', 'train.log_every', 'train.eval_every',
-            'train.eval_batches', 'train.checkpoint_every', 'train.keep_checkpoints',
-            'train.spike_window', 'model.vocab_multiple')
+  _positive(
+    config,
+    'model.vocab_size',
+    'model.d_model',
+    'model.n_layers',
+    'model.n_heads',
+    'model.d_ff',
+    'model.max_len',
+    'data.seq_len',
+    'train.global_batch_size',
+    'train.grad_accum_steps',
+    'optimizer.lr',
+    'train.log_every',
+    'train.eval_every',
+    'train.eval_batches',
+    'train.checkpoint_every',
+    'train.keep_checkpoints',
+    'train.spike_window',
+    'model.vocab_multiple',
+  )
   if m.loss_chunk < 0 or (m.loss_chunk and config.data.seq_len % m.loss_chunk):
-    raise ValueError(f'config.model.loss_chunk={m.loss_chunk} must be 0 (whole rows) or divide '
-                     f'config.data.seq_len={config.data.seq_len}')
+    raise ValueError(
+      f'config.model.loss_chunk={m.loss_chunk} must be 0 (whole rows) or divide '
+      f'config.data.seq_len={config.data.seq_len}'
+    )
   for name in ('train.keep_every', 'data.max_documents', 'data.read_threads', 'train.spike_factor'):
     section, key = name.split('.')
     if config[section][key] < 0:
       raise ValueError(f'config.{name} must be >= 0 (0: off / all), got {config[section][key]}')
   if m.head_dim is None and m.d_model % m.n_heads:
-    raise ValueError(f'config.model.n_heads={m.n_heads} does not divide '
-                     f'config.model.d_model={m.d_model} (or set config.model.head_dim)')
+    raise ValueError(
+      f'config.model.n_heads={m.n_heads} does not divide '
+      f'config.model.d_model={m.d_model} (or set config.model.head_dim)'
+    )
   kv = kv_heads(m)
   if m.n_heads % kv:
-    raise ValueError(f'config.model.n_kv_heads={kv} does not divide config.model.n_heads={m.n_heads}')
+    raise ValueError(
+      f'config.model.n_kv_heads={kv} does not divide config.model.n_heads={m.n_heads}'
+    )
   hd = head_dim(m)
   if m.positions == 'rope' and hd % 2:
     raise ValueError(f'config.model: rope needs an even head dim, got {hd}')
   _check_rope_scaling(m)
   if m.attention_impl == 'cudnn' and m.dtype == 'float32':
-    raise ValueError("config.model.attention_impl='cudnn' needs config.model.dtype bfloat16 or "
-                     "float16 (the cuDNN flash kernel has no float32 path); use 'xla' for float32")
+    raise ValueError(
+      "config.model.attention_impl='cudnn' needs config.model.dtype bfloat16 or "
+      "float16 (the cuDNN flash kernel has no float32 path); use 'xla' for float32"
+    )
   for key in ('base_d_model', 'base_d_ff', 'base_head_dim'):
     if m[key] < 0:
-      raise ValueError(f'config.model.{key} must be >= 0 (0: the model\'s own), got {m[key]}')
+      raise ValueError(f"config.model.{key} must be >= 0 (0: the model's own), got {m[key]}")
   if m.parametrization != 'mup' and (m.base_d_model or m.base_d_ff or m.base_head_dim):
     raise ValueError("config.model.base_*: a base shape only applies to parametrization 'mup'")
-  pipeline.parse_sources(config.data)   # mixture syntax and weights.
+  pipeline.parse_sources(config.data)  # mixture syntax and weights.
   if config.data.seq_len > m.max_len:
-    raise ValueError(f'config.data.seq_len={config.data.seq_len} exceeds '
-                     f'config.model.max_len={m.max_len}')
+    raise ValueError(
+      f'config.data.seq_len={config.data.seq_len} exceeds config.model.max_len={m.max_len}'
+    )
 
   mesh_shape = sharding.mesh_shape(config.mesh, num_devices)
   t = config.train
@@ -193,26 +234,41 @@ def derive(config, num_devices: int, process_count: int = 1) -> Derived:
   k = t.grad_accum_steps
   if t.global_batch_size % (shards * k):
     raise ValueError(
-        f'config.train.global_batch_size={t.global_batch_size} is not divisible by data*fsdp '
-        f'({shards}) x config.train.grad_accum_steps ({k}) = {shards * k}')
+      f'config.train.global_batch_size={t.global_batch_size} is not divisible by data*fsdp '
+      f'({shards}) x config.train.grad_accum_steps ({k}) = {shards * k}'
+    )
   if t.global_batch_size % process_count:
-    raise ValueError(f'config.train.global_batch_size={t.global_batch_size} is not divisible by '
-                     f'the number of processes ({process_count})')
+    raise ValueError(
+      f'config.train.global_batch_size={t.global_batch_size} is not divisible by '
+      f'the number of processes ({process_count})'
+    )
   tokens_per_step = t.global_batch_size * config.data.seq_len
   num_steps = steps_for(config)
   if num_steps <= 0:
-    raise ValueError(f'config.train: no steps to run (num_steps={t.num_steps}, '
-                     f'total_tokens={t.total_tokens} < one step of {tokens_per_step} tokens)')
+    raise ValueError(
+      f'config.train: no steps to run (num_steps={t.num_steps}, '
+      f'total_tokens={t.total_tokens} < one step of {tokens_per_step} tokens)'
+    )
   if config.optimizer.warmup_steps > num_steps:
-    raise ValueError(f'config.optimizer.warmup_steps={config.optimizer.warmup_steps} exceeds the '
-                     f'{num_steps} training steps')
+    raise ValueError(
+      f'config.optimizer.warmup_steps={config.optimizer.warmup_steps} exceeds the '
+      f'{num_steps} training steps'
+    )
   if t.loss_scale != 'none' and (t.loss_scale_init <= 0 or t.loss_scale_period <= 0):
-    raise ValueError(f'config.train.loss_scale_init ({t.loss_scale_init}) and loss_scale_period '
-                     f'({t.loss_scale_period}) must be positive')
+    raise ValueError(
+      f'config.train.loss_scale_init ({t.loss_scale_init}) and loss_scale_period '
+      f'({t.loss_scale_period}) must be positive'
+    )
   loss_scale = t.loss_scale == 'dynamic' or (t.loss_scale == 'auto' and m.dtype == 'float16')
   _check_lm_eval(config)
-  return Derived(model=ModelConfig.make(m), num_steps=num_steps, tokens_per_step=tokens_per_step,
-                 mesh_shape=mesh_shape, batch_shards=shards,
-                 per_device_batch=t.global_batch_size // shards,
-                 micro_batch=t.global_batch_size // k,
-                 host_batch=t.global_batch_size // process_count, loss_scale=loss_scale)
+  return Derived(
+    model=ModelConfig.make(m),
+    num_steps=num_steps,
+    tokens_per_step=tokens_per_step,
+    mesh_shape=mesh_shape,
+    batch_shards=shards,
+    per_device_batch=t.global_batch_size // shards,
+    micro_batch=t.global_batch_size // k,
+    host_batch=t.global_batch_size // process_count,
+    loss_scale=loss_scale,
+  )

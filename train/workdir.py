@@ -1,19 +1,20 @@
 """The run directory: created writable up front, held by one run at a time (an flock on
 workdir/.lock, released when the process exits, even when it is killed), and the two file
 helpers every writer in it uses: atomic JSON files and the latest committed checkpoint step."""
+
 import errno
 import fcntl
 import json
 import os
-from typing import Any, Optional, TextIO
+from typing import Any, TextIO
 
 import jax
 
 
-def claim(workdir: str) -> Optional[TextIO]:
+def claim(workdir: str) -> TextIO | None:
   """Create `workdir` and lock it for this run (process 0; local paths); returns the lock file.
   Raises ValueError naming the path when it cannot be written or another run holds it."""
-  if '://' in workdir:   # object stores (gs://): no local lock; orbax writes there directly.
+  if '://' in workdir:  # object stores (gs://): no local lock; orbax writes there directly.
     return None
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -21,8 +22,9 @@ def claim(workdir: str) -> Optional[TextIO]:
       return None
     lock = open(os.path.join(workdir, '.lock'), 'a+')
   except OSError as e:
-    raise ValueError(f'--workdir={workdir} cannot be written ({e.strerror}); '
-                     'choose a writable directory') from None
+    raise ValueError(
+      f'--workdir={workdir} cannot be written ({e.strerror}); choose a writable directory'
+    ) from None
   try:
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError as e:
@@ -31,8 +33,10 @@ def claim(workdir: str) -> Optional[TextIO]:
     lock.seek(0)
     holder = lock.read().strip() or 'another process'
     lock.close()
-    raise ValueError(f'--workdir={workdir} is in use by another run ({holder}); wait for it to '
-                     'finish or use another --workdir') from None
+    raise ValueError(
+      f'--workdir={workdir} is in use by another run ({holder}); wait for it to '
+      'finish or use another --workdir'
+    ) from None
   lock.seek(0)
   lock.truncate()
   lock.write(f'pid {os.getpid()} on {os.uname().nodename}\n')
@@ -49,7 +53,7 @@ def write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def latest_checkpoint_step(workdir: str) -> Optional[int]:
+def latest_checkpoint_step(workdir: str) -> int | None:
   """The newest committed checkpoint step under workdir/checkpoints (orbax commits a step by
   renaming its tmp directory to the bare number), or None."""
   d = os.path.join(workdir, 'checkpoints')

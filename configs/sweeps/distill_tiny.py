@@ -13,8 +13,10 @@ The teacher defaults to <repo>/workdirs/distill/teacher (TEACHER_WORKDIR below, 
 file's location): configs/distill.py:teacher, d_model 192, 4 layers, 1.85M params (1.78M
 non-embedding), eval loss 1.893. The students (8.4K, 23K and 63K params) are 30-220x smaller.
 3 sizes x 2 modes x 0.6M tokens (146 steps of 32 x 128): 9m48s measured on a shared 2-core CPU,
-the distilled members taking 1.6-2.3x their supervised twins (the teacher's forward pass in every step). docs/distillation.md has the result.
+the distilled members taking 1.6-2.3x their supervised twins (the teacher's forward pass in
+every step). docs/distillation.md has the result.
 """
+
 import os
 
 import ml_collections
@@ -30,10 +32,18 @@ def get_config():
   c.sweep = tiny.sweep_section(kind='grid', sizes=(8e3, 2.4e4, 6.4e4), tokens=(6e5,))
   # The `distill` section of the distilled members (configs/base.py get_distill_config() keys;
   # omitted keys take its defaults).
-  c.sweep.distill = ml_collections.ConfigDict({
+  c.sweep.distill = ml_collections.ConfigDict(
+    {
       'modes': ('supervised', 'distill'),
-      'section': ml_collections.ConfigDict({
-          'teacher': TEACHER_WORKDIR, 'mode': 'online', 'temperature': 1.0, 'alpha': 0.5,
-          'divergence': 'forward'}),
-  })
+      'section': ml_collections.ConfigDict(
+        {
+          'teacher': TEACHER_WORKDIR,
+          'mode': 'online',
+          'temperature': 1.0,
+          'alpha': 0.5,
+          'divergence': 'forward',
+        }
+      ),
+    }
+  )
   return c

@@ -12,6 +12,7 @@ from it. Each size trains one constant-lr trunk; every token budget is a 20 % li
 branched from it (sweep kind 'wsd'), so the 25 members cost about 5 runs. docs/scaling.md has the
 result and wall time.
 """
+
 from configs.sweeps import tiny
 
 SIZES = (8e3, 1.6e4, 3.2e4, 6.4e4, 1.28e5)

@@ -13,6 +13,7 @@ At this scale small models win (optima of 6K-12K parameters, ~250 training bytes
 the sizes are consecutive shapes of that ladder around each budget's optimum, and every budget's
 loss-vs-N parabola has its minimum inside the sizes tried.
 """
+
 from configs.sweeps import tiny
 
 BUDGETS = (5e10, 1.2e11, 2.5e11)
@@ -20,9 +21,9 @@ BUDGETS = (5e10, 1.2e11, 2.5e11)
 # Measured here first: at 1e11 FLOPs the smallest of 6.5K / 12.7K / 23K params had the lowest loss
 # (at lr 3e-3, 1e-2 and 2.5e-2 alike), so the optima are a few thousand to ~1e4 parameters.
 SIZES_PER_BUDGET = (
-    (4e3, 4.8e3, 6.5e3, 8.4e3, 1.28e4),
-    (4.8e3, 6.5e3, 8.4e3, 1.28e4, 1.6e4),
-    (6.5e3, 8.4e3, 1.28e4, 1.6e4, 2.3e4),
+  (4e3, 4.8e3, 6.5e3, 8.4e3, 1.28e4),
+  (4.8e3, 6.5e3, 8.4e3, 1.28e4, 1.6e4),
+  (6.5e3, 8.4e3, 1.28e4, 1.6e4, 2.3e4),
 )
 
 

@@ -11,6 +11,7 @@ roughly 15 minutes on a 2-core CPU), each member its own cosine run. `:wsd` trai
 Same training setup and shape rule as configs/sweeps/isoflop_tiny.py; members that also appear
 there (same shape, same steps) are not shared, each sweep has its own workdir.
 """
+
 from configs.sweeps import tiny
 
 

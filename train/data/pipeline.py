@@ -7,6 +7,7 @@ memory, seeded from (seed, source)). Host p of P reads global sequences [p*B/P, 
 every step and nothing else, so resuming needs only the step, on any number of hosts. Sequential
 steps are read ahead by grain reader threads (config.data.read_threads).
 """
+
 import dataclasses
 import logging
 import math
@@ -21,6 +22,7 @@ from train.data import shards, tokenizers
 @dataclasses.dataclass(frozen=True)
 class Source:
   """One dataset of config.data.dataset with its mixture weight, splits and text feature."""
+
   dataset: str
   weight: float
   train_split: str
@@ -38,8 +40,10 @@ def _per_source(value: str, n: int, field: str) -> list[str]:
   if len(parts) == 1:
     return parts * n
   if len(parts) != n or not all(parts):
-    raise ValueError(f'{field}={value!r}: give one value, or one per source of '
-                     f'config.data.dataset ({n}), comma-separated')
+    raise ValueError(
+      f'{field}={value!r}: give one value, or one per source of '
+      f'config.data.dataset ({n}), comma-separated'
+    )
   return parts
 
 
@@ -61,24 +65,33 @@ def parse_sources(data) -> list[Source]:
     try:
       weights.append(float(weight))
     except ValueError:
-      raise ValueError(f'config.data.dataset={spec!r}: weight {weight!r} of {name!r} is not a '
-                       'number') from None
+      raise ValueError(
+        f'config.data.dataset={spec!r}: weight {weight!r} of {name!r} is not a number'
+      ) from None
     if not math.isfinite(weights[-1]) or weights[-1] < 0:
-      raise ValueError(f'config.data.dataset={spec!r}: weight of {name!r} must be a finite '
-                       f'number >= 0, got {weight}')
+      raise ValueError(
+        f'config.data.dataset={spec!r}: weight of {name!r} must be a finite '
+        f'number >= 0, got {weight}'
+      )
   if len(names) > 1 and None in weights and any(w is not None for w in weights):
-    raise ValueError(f'config.data.dataset={spec!r}: give every source a weight (name=weight) '
-                     'or none (equal weights)')
+    raise ValueError(
+      f'config.data.dataset={spec!r}: give every source a weight (name=weight) '
+      'or none (equal weights)'
+    )
   weights = [1.0 if w is None else w for w in weights]
   if sum(weights) <= 0:
     raise ValueError(f'config.data.dataset={spec!r}: the mixture weights sum to 0')
-  dup = {shards.sanitize(n) for n in names if sum(shards.sanitize(m) == shards.sanitize(n)
-                                                for m in names) > 1}
+  dup = {
+    shards.sanitize(n)
+    for n in names
+    if sum(shards.sanitize(m) == shards.sanitize(n) for m in names) > 1
+  }
   if dup:
     raise ValueError(f'config.data.dataset={spec!r}: source {sorted(dup)[0]!r} is named twice')
   n = len(names)
-  splits = [_per_source(data[k], n, f'config.data.{k}')
-            for k in ('train_split', 'eval_split', 'text_key')]
+  splits = [
+    _per_source(data[k], n, f'config.data.{k}') for k in ('train_split', 'eval_split', 'text_key')
+  ]
   return [Source(name, w / sum(weights), *per) for name, w, *per in zip(names, weights, *splits)]
 
 
@@ -86,14 +99,18 @@ def prepared_root(data) -> str:
   """config.data.prepared_dir, or <data_dir (TFDS's default if unset)>/tokenized."""
   if data.prepared_dir:
     return data.prepared_dir
-  tfds_dir = data.data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.join(
-      os.path.expanduser('~'), 'tensorflow_datasets')
+  tfds_dir = (
+    data.data_dir
+    or os.environ.get('TFDS_DATA_DIR')
+    or os.path.join(os.path.expanduser('~'), 'tensorflow_datasets')
+  )
   return os.path.join(tfds_dir, 'tokenized')
 
 
 def prepared_path(data, source: Source, split: str) -> str:
-  return shards.split_dir(prepared_root(data), source.dataset, split, source.text_key,
-                          data.max_documents)
+  return shards.split_dir(
+    prepared_root(data), source.dataset, split, source.text_key, data.max_documents
+  )
 
 
 def open_prepared(data, source: Source, split: str, tokenizer) -> shards.PreparedSplit:
@@ -106,16 +123,25 @@ def open_prepared(data, source: Source, split: str, tokenizer) -> shards.Prepare
     return shards.open_split(path, field, expect)
   except FileNotFoundError:
     from train.data import prepare  # (imports TFDS: only when something is not prepared yet)
+
     prepare.check_known(source.dataset, data.data_dir)
     if not prepare.is_embedded(source.dataset):
       raise ValueError(
-          f'config.data.dataset={source.dataset!r}: split {split!r} is not prepared (no '
-          f'{shards.MANIFEST} in {path}); run `python -m train.data.prepare` once with this '
-          'config (on every host of a pod, or one machine writing to a shared gs:// '
-          'config.data.prepared_dir)') from None
+        f'config.data.dataset={source.dataset!r}: split {split!r} is not prepared (no '
+        f'{shards.MANIFEST} in {path}); run `python -m train.data.prepare` once with this '
+        'config (on every host of a pod, or one machine writing to a shared gs:// '
+        'config.data.prepared_dir)'
+      ) from None
   logging.info('Preparing %s/%s (embedded, built offline) in %s', source.dataset, split, path)
-  prepare.prepare_split(source.dataset, split, path, data.tokenizer, data_dir=data.data_dir,
-                        text_key=source.text_key, max_documents=data.max_documents)
+  prepare.prepare_split(
+    source.dataset,
+    split,
+    path,
+    data.tokenizer,
+    data_dir=data.data_dir,
+    text_key=source.text_key,
+    max_documents=data.max_documents,
+  )
   return shards.open_split(path, field, expect)
 
 
@@ -123,9 +149,10 @@ def _rows(split: shards.PreparedSplit, seq_len: int, min_rows: int, what: str) -
   rows = shards.PackedRows(split, seq_len)
   if len(rows) < min_rows:
     raise ValueError(
-        f'{what} ({split.path}) has {split.num_tokens} tokens = {len(rows)} rows of '
-        f'config.data.seq_len+1={seq_len + 1}, fewer than the {min_rows} needed '
-        '(config.train.global_batch_size); use more data or a smaller seq_len/batch.')
+      f'{what} ({split.path}) has {split.num_tokens} tokens = {len(rows)} rows of '
+      f'config.data.seq_len+1={seq_len + 1}, fewer than the {min_rows} needed '
+      '(config.train.global_batch_size); use more data or a smaller seq_len/batch.'
+    )
   return rows
 
 
@@ -134,16 +161,20 @@ def _shuffle_seed(seed: int, source_index: int) -> int:
   return int(np.random.SeedSequence([seed % 2**63, source_index, 0x5EED]).generate_state(1)[0])
 
 
-def _host_slice(ds: grain.MapDataset, global_batch_size: int, process_index: int,
-                process_count: int) -> grain.MapDataset:
+def _host_slice(
+  ds: grain.MapDataset, global_batch_size: int, process_index: int, process_count: int
+) -> grain.MapDataset:
   """Element s: host p's [B/P, L+1] int32 rows of global batch s (ds: global sequences)."""
   if global_batch_size % process_count:
-    raise ValueError(f'config.train.global_batch_size={global_batch_size} is not divisible by '
-                     f'the number of processes ({process_count}).')
+    raise ValueError(
+      f'config.train.global_batch_size={global_batch_size} is not divisible by '
+      f'the number of processes ({process_count}).'
+    )
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} not in [0, {process_count}).')
   return ds.batch(global_batch_size // process_count, drop_remainder=True)[
-      process_index::process_count]
+    process_index::process_count
+  ]
 
 
 class _Prefetched:
@@ -162,7 +193,7 @@ class _Prefetched:
         opts = grain.ReadOptions(num_threads=self._threads, prefetch_buffer_size=2 * self._threads)
         self._it = iter(self._ds[i:].to_iter_dataset(opts))
         out = next(self._it)
-      else:   # random access (first call, a jump): read just this one.
+      else:  # random access (first call, a jump): read just this one.
         out = self._ds[i]
     self._last, self._next = i, i + 1
     return out
@@ -180,9 +211,16 @@ class TrainStream:
   """This host's rows of each step's global training batch; `batch(step)` is a pure function
   of (seed, step), read lazily from the prepared shards of every source."""
 
-  def __init__(self, splits: list[tuple[Source, shards.PreparedSplit]], seq_len: int,
-               global_batch_size: int, seed: int = 0, process_index: int = 0,
-               process_count: int = 1, read_threads: int = 4):
+  def __init__(
+    self,
+    splits: list[tuple[Source, shards.PreparedSplit]],
+    seq_len: int,
+    global_batch_size: int,
+    seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    read_threads: int = 4,
+  ):
     self.sources = [s for s, _ in splits]
     self.splits = [split for _, split in splits]
     self.seq_len, self.global_batch_size, self.seed = seq_len, global_batch_size, seed
@@ -191,14 +229,19 @@ class TrainStream:
     parts, weights = [], []
     for i, (source, split) in enumerate(splits):
       if source.weight == 0:
-        continue   # an eval-only source.
-      rows = _rows(split, seq_len, global_batch_size, f'config.data.dataset {source.dataset!r} '
-                   f'split {source.train_split!r}')
+        continue  # an eval-only source.
+      rows = _rows(
+        split,
+        seq_len,
+        global_batch_size,
+        f'config.data.dataset {source.dataset!r} split {source.train_split!r}',
+      )
       parts.append(grain.MapDataset.source(rows).shuffle(seed=_shuffle_seed(seed, i)).repeat())
       weights.append(source.weight)
     mixed = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
-    self._batches = _Prefetched(_host_slice(mixed, global_batch_size, process_index,
-                                            process_count), read_threads)
+    self._batches = _Prefetched(
+      _host_slice(mixed, global_batch_size, process_index, process_count), read_threads
+    )
 
   def batch(self, step: int) -> np.ndarray:
     """int32 [global_batch_size / processes, seq_len + 1]; inputs = [:, :-1], targets = [:, 1:]."""
@@ -208,15 +251,24 @@ class TrainStream:
 class EvalSource:
   """One source's validation rows in file order (wrapping around), this host's part of each."""
 
-  def __init__(self, source: Source, split: shards.PreparedSplit, seq_len: int,
-               global_batch_size: int, process_index: int = 0, process_count: int = 1):
+  def __init__(
+    self,
+    source: Source,
+    split: shards.PreparedSplit,
+    seq_len: int,
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
     self.source, self.split = source, split
     self.weight = source.weight
-    rows = _rows(split, seq_len, 1, f'config.data.dataset {source.dataset!r} split '
-                 f'{source.eval_split!r}')
+    rows = _rows(
+      split, seq_len, 1, f'config.data.dataset {source.dataset!r} split {source.eval_split!r}'
+    )
     self.num_rows = len(rows)
-    self._batches = _host_slice(grain.MapDataset.source(rows).repeat(), global_batch_size,
-                                process_index, process_count)
+    self._batches = _host_slice(
+      grain.MapDataset.source(rows).repeat(), global_batch_size, process_index, process_count
+    )
 
   @property
   def bytes_per_token(self) -> float:
@@ -246,8 +298,10 @@ class EvalStream:
   @property
   def unigram_byte_entropy_bits(self) -> float:
     """Entropy of the mixture's byte distribution (each source's histogram weighted)."""
-    hist = sum(s.weight * s.split.stats.byte_histogram / max(s.split.stats.num_bytes, 1)
-               for s in self.sources.values())
+    hist = sum(
+      s.weight * s.split.stats.byte_histogram / max(s.split.stats.num_bytes, 1)
+      for s in self.sources.values()
+    )
     return shards.entropy_bits(np.asarray(hist))
 
   def metrics(self, means: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -269,8 +323,9 @@ class EvalStream:
     return out
 
 
-def make_datasets(config, process_index: int,
-                  process_count: int) -> tuple[TrainStream, EvalStream, object]:
+def make_datasets(
+  config, process_index: int, process_count: int
+) -> tuple[TrainStream, EvalStream, object]:
   """(TrainStream, EvalStream, tokenizer) for this host from config.data / config.train."""
   d = config.data
   sources = parse_sources(d)
@@ -280,10 +335,24 @@ def make_datasets(config, process_index: int,
   for s in sources:
     train.append((s, open_prepared(d, s, s.train_split, tokenizer)))
     split = open_prepared(d, s, s.eval_split, tokenizer)
-    evals.append(EvalSource(s, split, d.seq_len, config.train.global_batch_size, process_index,
-                            process_count))
-    logging.info('Data source %s (weight %.3g): train %d tokens in %s, eval %d tokens',
-                 s.dataset, s.weight, train[-1][1].num_tokens, train[-1][1].path, split.num_tokens)
-  train_ds = TrainStream(train, d.seq_len, config.train.global_batch_size, config.seed,
-                         process_index, process_count, d.read_threads)
+    evals.append(
+      EvalSource(s, split, d.seq_len, config.train.global_batch_size, process_index, process_count)
+    )
+    logging.info(
+      'Data source %s (weight %.3g): train %d tokens in %s, eval %d tokens',
+      s.dataset,
+      s.weight,
+      train[-1][1].num_tokens,
+      train[-1][1].path,
+      split.num_tokens,
+    )
+  train_ds = TrainStream(
+    train,
+    d.seq_len,
+    config.train.global_batch_size,
+    config.seed,
+    process_index,
+    process_count,
+    d.read_threads,
+  )
   return train_ds, EvalStream(evals), tokenizer

@@ -13,6 +13,7 @@ whichever process completes the last shard writes manifest.json, after which tra
 directory. Bad input (unknown dataset, another tokenizer than the directory's) is one `error:`
 line and exit code 2, with nothing written.
 """
+
 import concurrent.futures
 import difflib
 import glob
@@ -29,9 +30,9 @@ import numpy as np
 
 from train.data import shards, tokenizers
 
-_READ_BATCH = 256           # documents per tf.data batch / tokenizer call.
+_READ_BATCH = 256  # documents per tf.data batch / tokenizer call.
 _SHARD_TEXT_BYTES = 64 << 20  # automatic shard count: about this much source text per shard.
-_STALE_SECONDS = 600        # a shard's temp file untouched this long belongs to a dead writer.
+_STALE_SECONDS = 600  # a shard's temp file untouched this long belongs to a dead writer.
 _EMBEDDED = ('stdlib_corpus', 'synthetic_prose')  # build offline; training prepares them itself.
 
 
@@ -47,6 +48,7 @@ def _register_builders():
 def _builder(dataset: str, data_dir: str | None):
   """tfds.builder, or ValueError (with a did-you-mean) when TFDS knows no such dataset."""
   import tensorflow_datasets as tfds
+
   _register_builders()
   try:
     return tfds.builder(dataset, data_dir=data_dir)
@@ -54,8 +56,10 @@ def _builder(dataset: str, data_dir: str | None):
     known = tfds.list_builders(with_community_datasets=False)
     close = difflib.get_close_matches(dataset.split(':')[0].split('/')[0], known, n=1)
     hint = f'did you mean {close[0]!r}? ' if close else ''
-    raise ValueError(f'config.data.dataset={dataset!r}: no such TFDS dataset ({hint}see '
-                     '`tfds.list_builders()`, or register your own builder)') from None
+    raise ValueError(
+      f'config.data.dataset={dataset!r}: no such TFDS dataset ({hint}see '
+      '`tfds.list_builders()`, or register your own builder)'
+    ) from None
 
 
 def check_known(dataset: str, data_dir: str | None = None) -> None:
@@ -72,9 +76,10 @@ def load_builder(dataset: str, data_dir: str | None):
     if is_embedded(dataset):
       raise
     raise ValueError(
-        f'config.data.dataset={dataset!r} is not prepared in config.data.data_dir={data_dir!r} '
-        'and could not be downloaded/prepared here; prepare it where the source is reachable '
-        f'(tfds build {dataset} --data_dir=...) and point data_dir at it.') from e
+      f'config.data.dataset={dataset!r} is not prepared in config.data.data_dir={data_dir!r} '
+      'and could not be downloaded/prepared here; prepare it where the source is reachable '
+      f'(tfds build {dataset} --data_dir=...) and point data_dir at it.'
+    ) from e
   return builder
 
 
@@ -82,18 +87,32 @@ def _base_split(split: str, max_documents: int) -> str:
   return f'{split}[:{max_documents}]' if max_documents else split
 
 
-def split_spec(dataset: str, split: str, text_key: str, max_documents: int, tokenizer_spec: str,
-               tokenizer, num_shards: int) -> dict:
+def split_spec(
+  dataset: str,
+  split: str,
+  text_key: str,
+  max_documents: int,
+  tokenizer_spec: str,
+  tokenizer,
+  num_shards: int,
+) -> dict:
   """What a prepared directory holds; two runs may share a directory only with equal specs."""
-  return {'format': shards.FORMAT, 'dataset': dataset, 'split': split, 'text_key': text_key,
-          'max_documents': max_documents, 'tokenizer': tokenizer_spec,
-          'tokenizer_fingerprint': tokenizer.fingerprint, 'vocab_size': tokenizer.vocab_size,
-          'eos_id': tokenizer.eos_id,
-          'dtype': shards.token_dtype(max(tokenizer.vocab_size, tokenizer.eos_id + 1)),
-          'num_shards': num_shards}
+  return {
+    'format': shards.FORMAT,
+    'dataset': dataset,
+    'split': split,
+    'text_key': text_key,
+    'max_documents': max_documents,
+    'tokenizer': tokenizer_spec,
+    'tokenizer_fingerprint': tokenizer.fingerprint,
+    'vocab_size': tokenizer.vocab_size,
+    'eos_id': tokenizer.eos_id,
+    'dtype': shards.token_dtype(max(tokenizer.vocab_size, tokenizer.eos_id + 1)),
+    'num_shards': num_shards,
+  }
 
 
-_CACHE = {}   # per (worker) process: builder and tokenizer, made once.
+_CACHE = {}  # per (worker) process: builder and tokenizer, made once.
 
 
 def _cached(key, make):
@@ -105,38 +124,43 @@ def _cached(key, make):
 def _write_shard(out_dir: str, spec: dict, data_dir: str | None, i: int) -> dict:
   """Tokenize shard i of spec's split into out_dir; returns its stats (skips a finished one)."""
   import tensorflow_datasets as tfds
+
   n = spec['num_shards']
   name = shards.shard_name(i, n)
   final, stats_path = (os.path.join(out_dir, name + ext) for ext in ('.tokens', '.json'))
   if shards.exists(stats_path) and shards.exists(final):
     return shards.read_json(stats_path) | {'skipped': True}
   _register_builders()
-  builder = _cached(('builder', spec['dataset'], data_dir),
-                    lambda: load_builder(spec['dataset'], data_dir))
-  tokenizer = _cached(('tokenizer', spec['tokenizer']),
-                      lambda: tokenizers.make_tokenizer(spec['tokenizer']))
+  builder = _cached(
+    ('builder', spec['dataset'], data_dir), lambda: load_builder(spec['dataset'], data_dir)
+  )
+  tokenizer = _cached(
+    ('tokenizer', spec['tokenizer']), lambda: tokenizers.make_tokenizer(spec['tokenizer'])
+  )
   sub = tfds.even_splits(_base_split(spec['split'], spec['max_documents']), n=n)[i]
   ds = builder.as_dataset(split=sub, shuffle_files=False)
   ds = ds.map(lambda ex: ex[spec['text_key']]).batch(_READ_BATCH)
   dtype = np.dtype(spec['dtype'])
   eos = np.array([spec['eos_id']], dtype)
   remote = shards.is_remote(out_dir)
-  if not remote:   # an earlier, cut attempt's temp file is never read; drop it once clearly dead
-    for stale in glob.glob(glob.escape(final) + '.tmp-*'):   # (a live writer keeps its mtime new)
+  if not remote:  # an earlier, cut attempt's temp file is never read; drop it once clearly dead
+    for stale in glob.glob(glob.escape(final) + '.tmp-*'):  # (a live writer keeps its mtime new)
       try:
         if time.time() - os.path.getmtime(stale) > _STALE_SECONDS:
           os.remove(stale)
-      except FileNotFoundError:   # its writer just finished (renamed it).
+      except FileNotFoundError:  # its writer just finished (renamed it).
         pass
-  tmp = (os.path.join(os.environ.get('TMPDIR', '/tmp'), f'{name}.{uuid.uuid4().hex}') if remote
-         else f'{final}.tmp-{uuid.uuid4().hex}')
+  tmp = (
+    os.path.join(os.environ.get('TMPDIR', '/tmp'), f'{name}.{uuid.uuid4().hex}')
+    if remote
+    else f'{final}.tmp-{uuid.uuid4().hex}'
+  )
   stats, tic = shards.ShardStats(), time.time()
   try:
     with open(tmp, 'wb') as f:
       for docs in tfds.as_numpy(ds):
         docs = list(docs)
-        stats.byte_histogram += np.bincount(np.frombuffer(b''.join(docs), np.uint8),
-                                            minlength=256)
+        stats.byte_histogram += np.bincount(np.frombuffer(b''.join(docs), np.uint8), minlength=256)
         stats.num_bytes += sum(map(len, docs))
         pieces = []
         for ids in tokenizer.encode_batch(docs):
@@ -146,16 +170,16 @@ def _write_shard(out_dir: str, spec: dict, data_dir: str | None, i: int) -> dict
         stats.num_tokens += int(block.size)
         stats.num_documents += len(docs)
     if remote:
-      shards._gfile().copy(tmp, final, overwrite=True)   # a GCS object appears whole.
+      shards._gfile().copy(tmp, final, overwrite=True)  # a GCS object appears whole.
       os.remove(tmp)
     else:
       os.replace(tmp, final)
-  except BaseException:   # (a local temp file stays, as after a kill; the next try drops it)
+  except BaseException:  # (a local temp file stays, as after a kill; the next try drops it)
     if remote and os.path.exists(tmp):
       os.remove(tmp)
     raise
   out = stats.to_json() | {'seconds': time.time() - tic}
-  shards.write_json(stats_path, out)   # last: its presence means the shard is complete.
+  shards.write_json(stats_path, out)  # last: its presence means the shard is complete.
   return out
 
 
@@ -165,16 +189,22 @@ def _finalize(out_dir: str, spec: dict) -> dict | None:
   if missing:
     return None
   n = spec['num_shards']
-  per_shard = [shards.ShardStats.from_json(
-      shards.read_json(os.path.join(out_dir, shards.shard_name(i, n) + '.json'))) for i in range(n)]
+  per_shard = [
+    shards.ShardStats.from_json(
+      shards.read_json(os.path.join(out_dir, shards.shard_name(i, n) + '.json'))
+    )
+    for i in range(n)
+  ]
   totals = shards.ShardStats()
   for st in per_shard:
     totals.num_tokens += st.num_tokens
     totals.num_documents += st.num_documents
     totals.num_bytes += st.num_bytes
     totals.byte_histogram += st.byte_histogram
-  manifest = spec | {'shard_tokens': [st.num_tokens for st in per_shard],
-                     'totals': totals.to_json()}
+  manifest = spec | {
+    'shard_tokens': [st.num_tokens for st in per_shard],
+    'totals': totals.to_json(),
+  }
   shards.write_json(os.path.join(out_dir, shards.MANIFEST), manifest)
   return manifest
 
@@ -187,10 +217,20 @@ def _auto_num_shards(builder, split: str, max_documents: int, process_count: int
   return max(1, min(docs, max(process_count, math.ceil(text / _SHARD_TEXT_BYTES))))
 
 
-def prepare_split(dataset: str, split: str, out_dir: str, tokenizer_spec: str, *,
-                  data_dir: str | None = None, text_key: str = 'text',
-                  max_documents: int = 0, num_shards: int = 0, process_index: int = 0,
-                  process_count: int = 1, workers: int = 1) -> dict | None:
+def prepare_split(
+  dataset: str,
+  split: str,
+  out_dir: str,
+  tokenizer_spec: str,
+  *,
+  data_dir: str | None = None,
+  text_key: str = 'text',
+  max_documents: int = 0,
+  num_shards: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+  workers: int = 1,
+) -> dict | None:
   """Write this process's shards of one split (skipping finished ones); the manifest when the
   split is complete, else None. Refuses (ValueError, nothing written) a directory prepared with
   another tokenizer or shard count."""
@@ -200,11 +240,20 @@ def prepare_split(dataset: str, split: str, out_dir: str, tokenizer_spec: str, *
   if old is None:
     builder = load_builder(dataset, data_dir)
     if text_key not in builder.info.features:
-      raise ValueError(f'config.data.text_key={text_key!r} is not a feature of '
-                       f'{builder.info.full_name}; it has {sorted(builder.info.features.keys())}.')
+      raise ValueError(
+        f'config.data.text_key={text_key!r} is not a feature of '
+        f'{builder.info.full_name}; it has {sorted(builder.info.features.keys())}.'
+      )
     num_shards = num_shards or _auto_num_shards(builder, split, max_documents, process_count)
-  spec = split_spec(dataset, split, text_key, max_documents, tokenizer_spec, tokenizer,
-                    num_shards or old['num_shards'])
+  spec = split_spec(
+    dataset,
+    split,
+    text_key,
+    max_documents,
+    tokenizer_spec,
+    tokenizer,
+    num_shards or old['num_shards'],
+  )
   if old is not None:
     why = shards.spec_mismatch(old, spec, out_dir)
     if why:
@@ -221,21 +270,35 @@ def prepare_split(dataset: str, split: str, out_dir: str, tokenizer_spec: str, *
   else:
     done = [_write_shard(out_dir, spec, data_dir, i) for i in mine]
   new = [d for d in done if not d.get('skipped')]
-  logging.info('%s/%s: %d of my %d shards written (%d tokens) in %.1fs, %d already done; in %s',
-               dataset, split, len(new), len(mine), sum(d['num_tokens'] for d in new),
-               time.time() - tic, len(done) - len(new), out_dir)
+  logging.info(
+    '%s/%s: %d of my %d shards written (%d tokens) in %.1fs, %d already done; in %s',
+    dataset,
+    split,
+    len(new),
+    len(mine),
+    sum(d['num_tokens'] for d in new),
+    time.time() - tic,
+    len(done) - len(new),
+    out_dir,
+  )
   manifest = _finalize(out_dir, spec)
   if manifest is None:
-    logging.info('%s/%s: other processes still have shards to write; the last one to finish '
-                 'writes the manifest.', dataset, split)
+    logging.info(
+      '%s/%s: other processes still have shards to write; the last one to finish '
+      'writes the manifest.',
+      dataset,
+      split,
+    )
   return manifest
 
 
 def _env_process() -> tuple[int, int]:
   """(process index, count) from SLURM, Open MPI or a Cloud TPU VM's worker variables."""
   env = os.environ
-  for rank, size in (('SLURM_PROCID', 'SLURM_NTASKS'),
-                     ('OMPI_COMM_WORLD_RANK', 'OMPI_COMM_WORLD_SIZE')):
+  for rank, size in (
+    ('SLURM_PROCID', 'SLURM_NTASKS'),
+    ('OMPI_COMM_WORLD_RANK', 'OMPI_COMM_WORLD_SIZE'),
+  ):
     if rank in env and size in env:
       return int(env[rank]), int(env[size])
   if 'TPU_WORKER_ID' in env and env.get('TPU_WORKER_HOSTNAMES'):
@@ -243,11 +306,13 @@ def _env_process() -> tuple[int, int]:
   return 0, 1
 
 
-def prepare(config, *, num_shards: int = 0, process_index: int = -1, process_count: int = 0,
-            workers: int = 1) -> list[dict]:
+def prepare(
+  config, *, num_shards: int = 0, process_index: int = -1, process_count: int = 0, workers: int = 1
+) -> list[dict]:
   """Prepare the train and eval split of every source of config.data; the manifests written
   (fewer than the splits when other processes still have shards to write)."""
   from train.data import pipeline
+
   if process_count <= 0 or process_index < 0:
     process_index, process_count = _env_process()
   if not 0 <= process_index < process_count:
@@ -257,29 +322,49 @@ def prepare(config, *, num_shards: int = 0, process_index: int = -1, process_cou
   for source in pipeline.parse_sources(d):
     for split in dict.fromkeys((source.train_split, source.eval_split)):
       path = pipeline.prepared_path(d, source, split)
-      manifest = prepare_split(source.dataset, split, path, d.tokenizer, data_dir=d.data_dir,
-                               text_key=source.text_key, max_documents=d.max_documents,
-                               num_shards=num_shards, process_index=process_index,
-                               process_count=process_count, workers=workers)
+      manifest = prepare_split(
+        source.dataset,
+        split,
+        path,
+        d.tokenizer,
+        data_dir=d.data_dir,
+        text_key=source.text_key,
+        max_documents=d.max_documents,
+        num_shards=num_shards,
+        process_index=process_index,
+        process_count=process_count,
+        workers=workers,
+      )
       if manifest is not None:
         t = manifest['totals']
-        print(f'{source.dataset} {split}: {manifest["num_shards"]} shards, {t["num_documents"]} '
-              f'documents, {t["num_bytes"]} bytes -> {t["num_tokens"]} tokens in {path}',
-              flush=True)
+        print(
+          f'{source.dataset} {split}: {manifest["num_shards"]} shards, {t["num_documents"]} '
+          f'documents, {t["num_bytes"]} bytes -> {t["num_tokens"]} tokens in {path}',
+          flush=True,
+        )
         out.append(manifest)
       else:
-        print(f'{source.dataset} {split}: my shards are done; others are still being written '
-              f'into {path}', flush=True)
+        print(
+          f'{source.dataset} {split}: my shards are done; others are still being written '
+          f'into {path}',
+          flush=True,
+        )
   return out
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
   from absl import flags
+
   f = flags.FLAGS
   try:
-    prepare(f.config, num_shards=f.num_shards, process_index=f.process_index,
-            process_count=f.process_count, workers=f.workers)
+    prepare(
+      f.config,
+      num_shards=f.num_shards,
+      process_index=f.process_index,
+      process_count=f.process_count,
+      workers=f.workers,
+    )
   except (ValueError, FileNotFoundError) as e:
     sys.stderr.write(f'error: {str(e).splitlines()[0]}\n')
     sys.exit(2)
@@ -288,13 +373,19 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == '__main__':
   from absl import app, flags
   from ml_collections import config_flags
+
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  config_flags.DEFINE_config_file('config', None, 'Training config file (path[:arg]).',
-                                  lock_config=True)
-  flags.DEFINE_integer('num_shards', 0, 'Shards per split (0: about 64 MiB of text each, at '
-                       'least one per process; an existing directory keeps its own).')
-  flags.DEFINE_integer('workers', 1, 'Local processes tokenizing this process\'s shards.')
-  flags.DEFINE_integer('process_index', -1, 'This host\'s index (-1: from the environment).')
+  config_flags.DEFINE_config_file(
+    'config', None, 'Training config file (path[:arg]).', lock_config=True
+  )
+  flags.DEFINE_integer(
+    'num_shards',
+    0,
+    'Shards per split (0: about 64 MiB of text each, at '
+    'least one per process; an existing directory keeps its own).',
+  )
+  flags.DEFINE_integer('workers', 1, "Local processes tokenizing this process's shards.")
+  flags.DEFINE_integer('process_index', -1, "This host's index (-1: from the environment).")
   flags.DEFINE_integer('process_count', 0, 'Number of hosts preparing (0: from the environment).')
   flags.mark_flags_as_required(['config'])
   app.run(main)

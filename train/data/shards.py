@@ -16,6 +16,7 @@ only once its .json exists, so a crash mid-shard leaves nothing that is later re
 nothing but manifest.json at start-up and read rows with positioned reads: no per-record index
 is held, so a host's memory does not grow with the corpus.
 """
+
 import collections
 import dataclasses
 import json
@@ -28,7 +29,7 @@ import numpy as np
 
 FORMAT = 1
 SPEC, MANIFEST = 'spec.json', 'manifest.json'
-_FILE_CACHE = 64   # open shard files per reading thread.
+_FILE_CACHE = 64  # open shard files per reading thread.
 
 
 def is_remote(path: str) -> bool:
@@ -37,6 +38,7 @@ def is_remote(path: str) -> bool:
 
 def _gfile():
   import tensorflow as tf  # gs:// (and other remote) paths only; loaded lazily.
+
   return tf.io.gfile
 
 
@@ -104,34 +106,45 @@ def token_dtype(vocab_size: int) -> str:
 @dataclasses.dataclass
 class ShardStats:
   """Counts of one shard (or, summed, of a split): what bits/byte and the baselines need."""
+
   num_tokens: int = 0
   num_documents: int = 0
-  num_bytes: int = 0            # raw UTF-8 bytes of the documents, EOS not counted.
-  byte_histogram: np.ndarray = dataclasses.field(
-      default_factory=lambda: np.zeros(256, np.int64))
+  num_bytes: int = 0  # raw UTF-8 bytes of the documents, EOS not counted.
+  byte_histogram: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(256, np.int64))
 
   def to_json(self) -> dict:
-    return {'num_tokens': self.num_tokens, 'num_documents': self.num_documents,
-            'num_bytes': self.num_bytes, 'byte_histogram': self.byte_histogram.tolist()}
+    return {
+      'num_tokens': self.num_tokens,
+      'num_documents': self.num_documents,
+      'num_bytes': self.num_bytes,
+      'byte_histogram': self.byte_histogram.tolist(),
+    }
 
   @classmethod
   def from_json(cls, d: dict) -> 'ShardStats':
-    return cls(d['num_tokens'], d['num_documents'], d['num_bytes'],
-               np.asarray(d['byte_histogram'], np.int64))
+    return cls(
+      d['num_tokens'], d['num_documents'], d['num_bytes'], np.asarray(d['byte_histogram'], np.int64)
+    )
 
 
 def spec_mismatch(old: dict, new: dict, path: str) -> str | None:
   """The one-line reason a directory prepared as `old` cannot serve or take `new`; None if same."""
-  if ('tokenizer_fingerprint' in new
-      and old.get('tokenizer_fingerprint') != new['tokenizer_fingerprint']):
-    return (f'{path} was prepared with tokenizer {old.get("tokenizer")!r} (fingerprint '
-            f'{old.get("tokenizer_fingerprint")}), but config.data.tokenizer='
-            f'{new.get("tokenizer")!r} has fingerprint {new.get("tokenizer_fingerprint")}; '
-            'prepare into another config.data.prepared_dir (nothing was written)')
+  if (
+    'tokenizer_fingerprint' in new
+    and old.get('tokenizer_fingerprint') != new['tokenizer_fingerprint']
+  ):
+    return (
+      f'{path} was prepared with tokenizer {old.get("tokenizer")!r} (fingerprint '
+      f'{old.get("tokenizer_fingerprint")}), but config.data.tokenizer='
+      f'{new.get("tokenizer")!r} has fingerprint {new.get("tokenizer_fingerprint")}; '
+      'prepare into another config.data.prepared_dir (nothing was written)'
+    )
   for key in ('format', 'dataset', 'split', 'text_key', 'max_documents', 'dtype', 'num_shards'):
     if key in new and old.get(key) != new[key]:
-      return (f'{path} was prepared with {key}={old.get(key)!r}, not {new[key]!r}; use the same '
-              'value or another config.data.prepared_dir (nothing was written)')
+      return (
+        f'{path} was prepared with {key}={old.get(key)!r}, not {new[key]!r}; use the same '
+        'value or another config.data.prepared_dir (nothing was written)'
+      )
   return None
 
 
@@ -180,8 +193,9 @@ def progress(path: str) -> tuple[dict | None, list[int]]:
   return spec, [i for i in range(n) if shard_name(i, n) + '.json' not in names]
 
 
-def open_split(path: str, field: str, expect: dict | None = None,
-               check_files: bool = True) -> PreparedSplit:
+def open_split(
+  path: str, field: str, expect: dict | None = None, check_files: bool = True
+) -> PreparedSplit:
   """The prepared split at `path`; an error naming `field` and the path when it is missing,
   half-prepared, made for another `expect`ed spec (e.g. tokenizer), or (local dirs) has a missing
   or truncated shard. FileNotFoundError only when nothing was ever prepared there."""
@@ -191,9 +205,11 @@ def open_split(path: str, field: str, expect: dict | None = None,
     if spec is None:
       raise FileNotFoundError(f'{field}: no prepared shards at {path}')
     n = spec['num_shards']
-    raise ValueError(f'{field}: {path} is half-prepared ({n - len(missing)} of {n} shards done; '
-                     f'{shard_name(missing[0], n) if missing else "manifest.json"} is not); rerun '
-                     '`python -m train.data.prepare` with the same config to finish it')
+    raise ValueError(
+      f'{field}: {path} is half-prepared ({n - len(missing)} of {n} shards done; '
+      f'{shard_name(missing[0], n) if missing else "manifest.json"} is not); rerun '
+      '`python -m train.data.prepare` with the same config to finish it'
+    )
   manifest = read_json(manifest_path)
   why = spec_mismatch(manifest, expect, path) if expect else None
   if why:
@@ -205,9 +221,11 @@ def open_split(path: str, field: str, expect: dict | None = None,
       want = int(split.shard_tokens[i]) * split.dtype.itemsize
       size = os.path.getsize(p) if os.path.exists(p) else None
       if size != want:
-        raise ValueError(f'{field}: shard {p} is {"missing" if size is None else f"{size} bytes"}'
-                         f', expected {want} bytes; rerun `python -m train.data.prepare` (a '
-                         'damaged shard: delete it and its .json first)')
+        raise ValueError(
+          f'{field}: shard {p} is {"missing" if size is None else f"{size} bytes"}'
+          f', expected {want} bytes; rerun `python -m train.data.prepare` (a '
+          'damaged shard: delete it and its .json first)'
+        )
   return split
 
 
@@ -235,7 +253,7 @@ class PackedRows:
   def __len__(self) -> int:
     return self.num_rows
 
-  def __getstate__(self):   # grain worker processes get a copy without open files.
+  def __getstate__(self):  # grain worker processes get a copy without open files.
     state = self.__dict__.copy()
     del state['_handles']
     return state
@@ -265,8 +283,10 @@ class PackedRows:
     else:
       data = os.pread(f.fileno(), (hi - lo) * size, lo * size)
     if len(data) != (hi - lo) * size:
-      raise ValueError(f'shard {self.split.shard_path(i)} is shorter than its manifest says; '
-                       'rerun `python -m train.data.prepare` after deleting it and its .json')
+      raise ValueError(
+        f'shard {self.split.shard_path(i)} is shorter than its manifest says; '
+        'rerun `python -m train.data.prepare` after deleting it and its .json'
+      )
     return data
 
   def tokens(self, start: int, stop: int) -> np.ndarray:

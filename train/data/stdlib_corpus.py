@@ -3,6 +3,7 @@
 Builds offline (no download), so tests and smoke runs need no network. Importing this module
 registers the builder, after which `tfds.builder('stdlib_corpus', data_dir=...)` finds it.
 """
+
 import hashlib
 import os
 import sys
@@ -10,7 +11,7 @@ import sysconfig
 
 import tensorflow_datasets as tfds
 
-VALIDATION_PERCENT = 5    # sha1(relative path) % 100 < this -> validation.
+VALIDATION_PERCENT = 5  # sha1(relative path) % 100 < this -> validation.
 _EXCLUDED_DIRS = ('site-packages', 'dist-packages', '__pycache__')
 
 
@@ -46,23 +47,26 @@ class StdlibCorpus(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            'The .py files of the standard library of the Python interpreter that built this '
-            f'copy (built with Python {sys.version.split()[0]}); {VALIDATION_PERCENT}% of files, '
-            'chosen by sha1 of the relative path, form the validation split.'),
-        features=tfds.features.FeaturesDict({
-            'text': tfds.features.Text(),
-            'path': tfds.features.Text(),
-        }),
-        supervised_keys=None,
+      builder=self,
+      description=(
+        'The .py files of the standard library of the Python interpreter that built this '
+        f'copy (built with Python {sys.version.split()[0]}); {VALIDATION_PERCENT}% of files, '
+        'chosen by sha1 of the relative path, form the validation split.'
+      ),
+      features=tfds.features.FeaturesDict(
+        {
+          'text': tfds.features.Text(),
+          'path': tfds.features.Text(),
+        }
+      ),
+      supervised_keys=None,
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
     return {
-        'train': self._generate_examples('train'),
-        'validation': self._generate_examples('validation'),
+      'train': self._generate_examples('train'),
+      'validation': self._generate_examples('validation'),
     }
 
   def _generate_examples(self, split: str):

@@ -5,13 +5,42 @@ A second embedded corpus beside `stdlib_corpus` (code): prose-like text for mixt
 come from a fixed pseudo-word vocabulary with Zipfian frequencies; document i is a pure function
 of (config seed, i), so every build of a config is identical.
 """
+
 import numpy as np
 import tensorflow_datasets as tfds
 
 _VOCAB = 4096
 _LETTERS = np.frombuffer(b'etaoinshrdlcumwfgypbvkjxqz', np.uint8)
-_LETTER_P = np.array([12.7, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4, 2.4,
-                      2.2, 2.0, 2.0, 1.9, 1.5, 1.0, 0.8, 0.2, 0.2, 0.1, 0.1])
+_LETTER_P = np.array(
+  [
+    12.7,
+    9.1,
+    8.2,
+    7.5,
+    7.0,
+    6.7,
+    6.3,
+    6.1,
+    6.0,
+    4.3,
+    4.0,
+    2.8,
+    2.8,
+    2.4,
+    2.4,
+    2.2,
+    2.0,
+    2.0,
+    1.9,
+    1.5,
+    1.0,
+    0.8,
+    0.2,
+    0.2,
+    0.1,
+    0.1,
+  ]
+)
 
 
 class SyntheticConfig(tfds.core.BuilderConfig):
@@ -50,25 +79,42 @@ class SyntheticProse(tfds.core.GeneratorBasedBuilder):
   """Pseudo-English prose; 1% as many validation documents as train ones (at least 20)."""
 
   BUILDER_CONFIGS = [
-      SyntheticConfig(name='small', train_documents=600, mean_bytes=2000,
-                      description='about 1.2 MB: tests, mixture examples'),
-      SyntheticConfig(name='bench_1x', train_documents=26_000, mean_bytes=4000,
-                      description='about 104 MB: bench/data.py at 1x'),
-      SyntheticConfig(name='bench_10x', train_documents=260_000, mean_bytes=4000,
-                      description='about 1.04 GB: bench/data.py at 10x'),
+    SyntheticConfig(
+      name='small',
+      train_documents=600,
+      mean_bytes=2000,
+      description='about 1.2 MB: tests, mixture examples',
+    ),
+    SyntheticConfig(
+      name='bench_1x',
+      train_documents=26_000,
+      mean_bytes=4000,
+      description='about 104 MB: bench/data.py at 1x',
+    ),
+    SyntheticConfig(
+      name='bench_10x',
+      train_documents=260_000,
+      mean_bytes=4000,
+      description='about 1.04 GB: bench/data.py at 10x',
+    ),
   ]
   SEED = 20261123
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self, description=__doc__,
-        features=tfds.features.FeaturesDict({'text': tfds.features.Text()}), supervised_keys=None)
+      builder=self,
+      description=__doc__,
+      features=tfds.features.FeaturesDict({'text': tfds.features.Text()}),
+      supervised_keys=None,
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
     n = self.builder_config.train_documents
-    return {'train': self._generate_examples(0, n),
-            'validation': self._generate_examples(n, n + max(20, n // 100))}
+    return {
+      'train': self._generate_examples(0, n),
+      'validation': self._generate_examples(n, n + max(20, n // 100)),
+    }
 
   def _generate_examples(self, start: int, stop: int):
     vocabulary = _vocabulary(self.SEED)

@@ -3,6 +3,7 @@
 Interface: `.vocab_size`, `.eos_id`, `.fingerprint` (cache key), `.encode(text) -> list[int]`,
 `.encode_batch(texts) -> list[np.ndarray]`, `.decode(ids) -> str`. No special tokens are added.
 """
+
 import hashlib
 import os
 import sys
@@ -37,12 +38,17 @@ class HFTokenizer:
 
   def __init__(self, path: str):
     import transformers  # Heavy import; only when a HF tokenizer is asked for.
+
     self.path = path
     self._tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-    self._tok.model_max_length = sys.maxsize  # We tokenize whole documents; silence length warnings.
+    self._tok.model_max_length = (
+      sys.maxsize
+    )  # We tokenize whole documents; silence length warnings.
     if self._tok.eos_token_id is None:
-      raise ValueError(f'config.data.tokenizer={path!r}: tokenizer has no eos_token; documents '
-                       'are separated by EOS, so one is required.')
+      raise ValueError(
+        f'config.data.tokenizer={path!r}: tokenizer has no eos_token; documents '
+        'are separated by EOS, so one is required.'
+      )
     self.eos_id = int(self._tok.eos_token_id)
     self.vocab_size = len(self._tok)
     self.fingerprint = 'hf-' + _dir_digest(path)
@@ -76,8 +82,10 @@ def make_tokenizer(spec: str) -> ByteTokenizer | HFTokenizer:
   if spec == 'byte':
     return ByteTokenizer()
   if not os.path.isdir(spec):
-    raise ValueError(f"config.data.tokenizer={spec!r} is neither 'byte' nor an existing local "
-                     'directory holding a HuggingFace tokenizer.')
+    raise ValueError(
+      f"config.data.tokenizer={spec!r} is neither 'byte' nor an existing local "
+      'directory holding a HuggingFace tokenizer.'
+    )
   return HFTokenizer(spec)
 
 
@@ -86,6 +94,7 @@ def check_vocab(tokenizer, model_vocab_size: int) -> None:
   needed = max(tokenizer.vocab_size, tokenizer.eos_id + 1)
   if needed > model_vocab_size:
     raise ValueError(
-        f'config.model.vocab_size={model_vocab_size} is too small for the tokenizer '
-        f'({type(tokenizer).__name__}, vocab_size={tokenizer.vocab_size}, eos_id='
-        f'{tokenizer.eos_id}); set config.model.vocab_size >= {needed}.')
+      f'config.model.vocab_size={model_vocab_size} is too small for the tokenizer '
+      f'({type(tokenizer).__name__}, vocab_size={tokenizer.vocab_size}, eos_id='
+      f'{tokenizer.eos_id}); set config.model.vocab_size >= {needed}.'
+    )
