@@ -153,7 +153,7 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(data_dir, tmp_pa
   cmd, env = _main_cmd(
     workdir, data_dir, steps=5000, log_every=5, eval_every=5000, checkpoint_every=5000
   )
-  rc, stdout, log = _main_until(cmd, env, 'train/grad_norm=')  # the first logged step (5).
+  rc, stdout, log = _main_until(cmd, env, ' | loss ')  # the first logged step (5).
   assert rc == 0, log[-3000:]
   step = json.loads(stdout[stdout.index('{') :])['preempted_at_step']
   assert 5 <= step < 5000

@@ -126,7 +126,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(data_dir, tmp_path):
   workdir = tmp_path / 'w'
   procs = _start_pair(workdir, data_dir, 100000, env, tmp_path)
   deadline = time.time() + 300
-  while 'train/grad_norm=' not in (tmp_path / 'err0').read_text():  # the first logged step
+  while ' | loss ' not in (tmp_path / 'err0').read_text():  # the first logged step
     assert time.time() < deadline and procs[0].poll() is None, (tmp_path / 'err0').read_text()
     time.sleep(0.5)
   procs[1].send_signal(signal.SIGTERM)
