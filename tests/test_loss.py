@@ -18,7 +18,7 @@ def loss_and_grads(cfg, params, tokens):
   return jax.jit(jax.value_and_grad(lambda p: lm_loss(cfg)(p, {'tokens': tokens})[0]))(params)
 
 
-@pytest.mark.parametrize('tie', [True, False])
+@pytest.mark.parametrize('tie', [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_chunked_and_padded_loss_equal_plain(tie):
   cfg = BASE.replace(tie_embeddings=tie)
   params = models.init(cfg, jax.random.key(0))

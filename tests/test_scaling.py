@@ -563,7 +563,7 @@ def test_concurrent_members_merge_results_without_losing_rows(tmp_path, monkeypa
     os.makedirs(os.path.join(workdir, m.name), exist_ok=True)
     barrier.wait()
     time.sleep(0.01 * i)  # member i finishes 10 ms after member i - 1.
-    sweep._write_json(
+    sweep.workdir_lib.write_json(
       os.path.join(workdir, m.name, sweep.RESULT_FILE),
       {**m.info, 'loss': 2.0 + i / 100, 'config_hash': m.config_hash, 'status': 'ok'},
     )
