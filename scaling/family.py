@@ -178,6 +178,24 @@ def _best_width(rule, n_layers, target):
   return sorted({lo * step, hi * step})
 
 
+def _member(rule: ShapeRule, n_layers: int, d: int, target: float | None) -> Member:
+  """The Member at one depth and width; target None: the matched count itself."""
+  m = model_section(rule, n_layers, d)
+  c = _count(rule, n_layers, d)
+  return Member(
+    target=float(c[rule.count] if target is None else target),
+    n_layers=n_layers,
+    d_model=d,
+    n_heads=m['n_heads'],
+    n_kv_heads=m['n_kv_heads'] or m['n_heads'],
+    d_ff=m['d_ff'],
+    params=c['params'],
+    non_embedding_params=c['non_embedding_params'],
+    matched=c[rule.count],
+    model=m,
+  )
+
+
 def design(target: float, rule: ShapeRule) -> Member:
   """The shape for one target count (see module docstring for the choice)."""
   if not target > 0:
@@ -193,20 +211,7 @@ def design(target: float, rule: ShapeRule) -> Member:
     _, _, n_layers, d = min(within, key=lambda c: (c[1], c[0]))
   else:
     _, _, n_layers, d = min(cands, key=lambda c: (c[0], c[1]))
-  m = model_section(rule, n_layers, d)
-  c = _count(rule, n_layers, d)
-  return Member(
-    target=float(target),
-    n_layers=n_layers,
-    d_model=d,
-    n_heads=m['n_heads'],
-    n_kv_heads=m['n_kv_heads'] or m['n_heads'],
-    d_ff=m['d_ff'],
-    params=c['params'],
-    non_embedding_params=c['non_embedding_params'],
-    matched=c[rule.count],
-    model=m,
-  )
+  return _member(rule, n_layers, d, target)
 
 
 def at_width(rule: ShapeRule, n_layers: int, d_model: int) -> Member:
@@ -215,20 +220,7 @@ def at_width(rule: ShapeRule, n_layers: int, d_model: int) -> Member:
     raise ValueError(
       f'width {d_model} is not a multiple of head_dim x gqa = {rule.head_dim * rule.gqa}'
     )
-  m = model_section(rule, n_layers, d_model)
-  c = _count(rule, n_layers, d_model)
-  return Member(
-    target=float(c[rule.count]),
-    n_layers=n_layers,
-    d_model=d_model,
-    n_heads=m['n_heads'],
-    n_kv_heads=m['n_kv_heads'] or m['n_heads'],
-    d_ff=m['d_ff'],
-    params=c['params'],
-    non_embedding_params=c['non_embedding_params'],
-    matched=c[rule.count],
-    model=m,
-  )
+  return _member(rule, n_layers, d_model, None)
 
 
 def family(targets: Iterable[float], rule: ShapeRule) -> list[Member]:

@@ -17,6 +17,7 @@ import torch
 import transformers
 from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
+from test_multihost import _cmd as multihost_cmd
 
 from train import harness, loop, sharding, validation
 
@@ -288,28 +289,16 @@ def test_two_processes_log_the_same_lm_eval_metrics(data_dir, task_dir, tmp_path
   """jax.distributed, 2 processes x 2 devices, params sharded (fsdp 2): lm_eval metrics (all
   three request types) equal one process's on 4 devices."""
 
-  def cmd(workdir, *extra):
-    return [
-      sys.executable,
-      'main.py',
-      '--config=configs/default.py',
-      f'--workdir={workdir}',
-      f'--config.data.data_dir={data_dir}',
-      '--config.train.num_steps=3',
-      '--config.train.log_every=3',
-      '--config.train.eval_every=3',
-      '--config.train.eval_batches=1',
-      '--config.train.checkpoint_every=3',
-      '--config.optimizer.warmup_steps=1',
-      '--config.model.n_layers=1',
-      '--config.model.d_model=64',
-      '--config.model.d_ff=128',
-      '--config.train.global_batch_size=8',
-      '--config.mesh.fsdp=2',
-      f'--config.lm_eval.tasks={",".join(TASKS)}',
-      f'--config.lm_eval.include_path={task_dir}',
-      *extra,
-    ]
+  def cmd(workdir, *extra):  # test_multihost's tiny fsdp=2 run, plus the lm-eval tasks.
+    return multihost_cmd(
+      workdir,
+      data_dir,
+      (
+        f'--config.lm_eval.tasks={",".join(TASKS)}',
+        f'--config.lm_eval.include_path={task_dir}',
+        *extra,
+      ),
+    )
 
   def result(stdout):
     return {k: v for k, v in json.loads(stdout[stdout.index('{') :]).items() if 'lm_eval' in k}
