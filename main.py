@@ -173,8 +173,10 @@ def _message(e: BaseException) -> str:
 
 
 def _train(config, workdir):
+  from models import backend
   from train import distributed  # JAX must not be touched before distributed init.
 
+  os.environ.update(backend.xla_env())  # per-backend XLA flags, read when the backend starts.
   distributed.initialize(config.distributed)
   import jax
 

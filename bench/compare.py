@@ -2,6 +2,7 @@
 
   python -m bench.compare                       # all shapes, fp32, AdamW, T=256, batch 12
   python -m bench.compare --shapes=10m --rounds=7 --steps_per_round=3
+  python -m bench.compare --shapes=1m,10m --before   # plus the pre-#13 step, same rounds
 
 Each round times `--steps_per_round` steps of ours, then of HF (SDPA attention, torch AdamW with the same
 betas, eps, weight decay and global-norm clipping); the ratio is taken per round, so load from
@@ -20,6 +21,7 @@ from absl import app, flags
 
 from bench.throughput import Step
 from configs import base
+from models import backend
 from train import flops
 
 # name -> (n_layers, d_model, n_heads): GPT-2 blocks (learned positions, layernorm, GELU, tied),
@@ -31,6 +33,13 @@ _ROUNDS = flags.DEFINE_integer('rounds', 5, 'interleaved rounds')
 _STEPS = flags.DEFINE_integer('steps_per_round', 3, 'timed steps per side per round')
 _BATCH = flags.DEFINE_integer('batch', 12, 'sequences per step')
 _SEQ = flags.DEFINE_integer('seq_len', 256, 'tokens per sequence')
+_BEFORE = flags.DEFINE_bool(
+  'before',
+  False,
+  'also time, in the same rounds, our step as it was before the per-backend defaults '
+  "(model.attention_impl='xla', model.scan_unroll=1): a before/after column",
+)
+BEFORE = {'attention_impl': 'xla', 'scan_unroll': 1}
 
 
 def our_config(shape: str, batch: int, seq_len: int):
@@ -49,6 +58,7 @@ class HFStep:
   """transformers GPT2LMHeadModel: forward with labels, backward, clip, AdamW step."""
 
   def __init__(self, shape: str, batch: int, seq_len: int):
+    # Lazy: heavy optional libraries, only for the HF side of the comparison.
     import torch
     import transformers
 
@@ -108,28 +118,42 @@ def matmul_flops_per_s(n: int = 2048, reps: int = 10) -> float:
   return 2 * n**3 / best
 
 
+def _spread(ratios) -> str:
+  return f'{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})'
+
+
 def main(argv):
   del argv
+  os.environ.update(backend.xla_env())  # the trainer's per-backend flags (main.py sets them too).
   ceiling = matmul_flops_per_s()
   print(
     f'device {jax.devices()[0].device_kind}, {os.cpu_count()} CPU threads; 2048^3 float32 '
     f'matmul: {ceiling / 1e9:.1f} GFLOP/s; fp32, AdamW, T={_SEQ.value}, batch {_BATCH.value}, '
     f'{_ROUNDS.value} rounds x {_STEPS.value} steps each side\n'
   )
+  before = ' before / HF |' if _BEFORE.value else ''
   print(
     '| shape | params | ours tokens/s | HF tokens/s | ours / HF (median, min-max) '
-    '| model FLOP/s / matmul |'
+    f'| model FLOP/s / matmul |{before}'
   )
-  print('|---|---|---|---|---|---|')
+  print('|---|---|---|---|---|---|' + ('---|' if before else ''))
   for shape in _SHAPES.value:
     config = our_config(shape, _BATCH.value, _SEQ.value)
     ours, theirs = Step(config), HFStep(shape, _BATCH.value, _SEQ.value)
     ours(2), theirs(2)
-    ours_tps, hf_tps = [], []
+    old = None
+    if _BEFORE.value:
+      config.model.update(BEFORE)
+      old = Step(config)
+      old(2)
+    ours_tps, hf_tps, old_tps = [], [], []
     for _ in range(_ROUNDS.value):
       ours_tps.append(ours.tokens_per_step / ours(_STEPS.value))
       hf_tps.append(theirs.tokens_per_step / theirs(_STEPS.value))
+      if old:
+        old_tps.append(old.tokens_per_step / old(_STEPS.value))
     ratios = [a / b for a, b in zip(ours_tps, hf_tps)]
+    old_col = f' {_spread([a / b for a, b in zip(old_tps, hf_tps)])} |' if old else ''
     params = sum(p.numel() for p in theirs.model.parameters())
     flop_share = (
       statistics.median(ours_tps) * flops.train_flops_per_token(ours.model, _SEQ.value) / ceiling
@@ -137,8 +161,7 @@ def main(argv):
     print(
       f'| {shape} ({SHAPES[shape][0]}x{SHAPES[shape][1]}) | {params / 1e6:.2f}M '
       f'| {statistics.median(ours_tps):,.0f} | {statistics.median(hf_tps):,.0f} '
-      f'| {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) '
-      f'| {100 * flop_share:.0f} % |',
+      f'| {_spread(ratios)} | {100 * flop_share:.0f} % |{old_col}',
       flush=True,
     )
 

@@ -37,6 +37,7 @@ TRAINER_TOKENS_PER_SEC = 345_497
 
 
 def _config(root: str, size: str, read_threads: int = 4):
+  # Lazy: it imports models (flax); measure() times the data layer's import before that.
   from configs import gpt2
 
   c = gpt2.get_config('124m')
@@ -75,7 +76,9 @@ def _du(path: str) -> int:
 
 def measure(root: str, size: str, steps: int) -> dict:
   """One size, in this (fresh) process: start-up, memory and reader tokens/s of the data layer."""
-  import jax  # noqa: F401  (the trainer has JAX loaded before its data; not counted as start-up)
+  # Lazy, in this order: JAX first (the trainer has it loaded before its data; not counted as
+  # start-up), then the timed import of the data layer.
+  import jax  # noqa: F401
 
   tic = time.perf_counter()
   from train.data import pipeline
@@ -122,6 +125,7 @@ def measure(root: str, size: str, steps: int) -> dict:
 
 def _build_and_prepare(root: str, size: str, workers: int) -> dict:
   """Build the TFDS corpus (not timed as preparation) and run the prepare command (timed)."""
+  # Lazy: TFDS (TensorFlow) is heavy and not for the measuring processes.
   import tensorflow_datasets as tfds
 
   from train.data import synthetic_corpus  # noqa: F401  (registers the builder)

@@ -8,6 +8,7 @@ optimizer as main.py); MFU uses the convention in train/flops.py. Prints one JSO
 """
 
 import json
+import os
 import time
 
 import flax.linen as nn
@@ -16,6 +17,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from models import attention, backend
 from train import flops, loop, sharding
 from train.step import lm_loss, make_train_step
 
@@ -69,6 +71,7 @@ class Step:
 
 
 def main(_):
+  os.environ.update(backend.xla_env())  # the trainer's per-backend flags (main.py sets them too).
   config = _CONFIG.value
   step = Step(config)
   step(2)
@@ -85,7 +88,7 @@ def main(_):
         'devices': jax.device_count(),
         'dtype': model.dtype,
         'remat': model.remat,
-        'attention_impl': model.attention_impl,
+        'attention_impl': attention.resolve(model, config.data.seq_len),
         'matmul_params': flops.matmul_params(model),
         'global_batch': config.train.global_batch_size,
         'seq_len': config.data.seq_len,

@@ -46,9 +46,13 @@ class ModelConfig:
   fp8: bool = False  # simulate fp8: dense-layer matmul inputs rounded to float8_e4m3fn.
   remat: str = 'none'  # 'none' | 'full' | 'dots' | 'dots_no_batch'
   scan_layers: bool = True
-  attention_impl: str = (
-    'xla'  # 'xla' | 'cudnn' | 'auto': jax.nn.dot_product_attention implementation.
-  )
+  # Layers per iteration of the layer scan (0: per backend, models/backend.py: all on CPU, 1
+  # elsewhere). Compute only: params stay stacked on the 'layers' axis either way.
+  scan_unroll: int = 0
+  # 'auto' | 'xla' | 'blockwise' | 'cudnn' | 'splash' (models/attention.py); 'auto' picks per
+  # backend: blockwise on CPU, cuDNN flash on GPU (bf16/fp16), splash on TPU.
+  attention_impl: str = 'auto'
+  attention_block: int = 128  # 'blockwise': queries per block.
   # Cross-entropy over chunks of this many positions (0: whole rows), so float32 logits
   # [B, L, V] are never materialised (the backward recomputes each chunk's).
   loss_chunk: int = 0
@@ -98,7 +102,7 @@ CHOICES = {
   'mlp': ('gelu', 'swiglu', 'geglu'),
   'dtype': ('float32', 'bfloat16', 'float16'),
   'remat': ('none', 'full', 'dots', 'dots_no_batch'),
-  'attention_impl': ('xla', 'cudnn', 'auto'),
+  'attention_impl': ('auto', 'xla', 'blockwise', 'cudnn', 'splash'),
   'parametrization': ('sp', 'mup', 'umup'),
 }
 # The rope fields each rope_scaling reads (the others must keep their defaults).

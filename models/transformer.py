@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import parametrization
+from models import attention, backend, parametrization
 from models.config import ModelConfig, PyTree, head_dim, kv_heads
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -128,7 +128,7 @@ def rope(x_BxLxHxDh: jax.Array, positions: jax.Array, cfg: ModelConfig) -> jax.A
 
 
 class Attention(nn.Module):
-  """Causal multi-head / grouped-query attention through jax.nn.dot_product_attention."""
+  """Causal multi-head / grouped-query attention (kernels in models/attention.py)."""
 
   cfg: ModelConfig
 
@@ -166,13 +166,12 @@ class Attention(nn.Module):
       k_BxLxKxDh = rope(k_BxLxKxDh, positions, cfg)
     if cache is not None:
       return self._decode(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, cache, ctx)
-    # Logits and softmax are computed in float32 inside dot_product_attention (XLA path);
-    # 'cudnn' selects the fused flash kernel on GPU. GQA: K divides H, heads are grouped.
-    o_BxLxHxDh = jax.nn.dot_product_attention(
+    # Scores and softmax in float32; the kernel is model.attention_impl's (models/attention.py).
+    # GQA: K divides H, heads are grouped.
+    o_BxLxHxDh = attention.causal(
+      cfg,
       *_f32_dot_inputs(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh),
-      is_causal=True,
-      scale=parametrization.attention_scale(cfg),
-      implementation=None if cfg.attention_impl == 'auto' else cfg.attention_impl,
+      parametrization.attention_scale(cfg),
     )
     return self._out(o_BxLxHxDh.astype(q_BxLxHxDh.dtype)), None
 
@@ -356,6 +355,7 @@ class Transformer(nn.Module):
         split_rngs={'params': True},
         in_axes=(0, 0, nn.broadcast),
         length=cfg.n_layers,
+        unroll=cfg.scan_unroll or (cfg.n_layers if backend.current().unroll_layers else 1),
         metadata_params={nn.PARTITION_NAME: 'layers'},
       )
       x_BxLxD, cache = layers(cfg, name='layers')(x_BxLxD, layer_N, cache, ctx)

@@ -22,6 +22,8 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
 import models
 from models import parametrization as param_lib
@@ -181,10 +183,11 @@ def slopes(records, key='rms', t=-1) -> dict:
 
 def plot(records, p, path):
   """One panel per step (RMS vs width, log-log, a line per tensor) plus the change since init."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  # Lazy: matplotlib is heavy and only needed for the plots.
+  import matplotlib
 
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # after use('Agg'): no display needed.
 
   steps = len(next(r for r in records if r['parametrization'] == p)['rms']) - 1
   panels = [('rms', t, f'RMS at t={t}') for t in range(steps + 1)]
@@ -251,9 +254,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).')
   flags.DEFINE_string('parametrization', 'sp,mup,umup', 'comma-separated parametrizations')
   flags.DEFINE_string('widths', '64,128,256,512,1024', 'comma-separated d_model values')

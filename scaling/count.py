@@ -38,6 +38,10 @@ FLOPs per token (one token of training unless the name says forward):
 import json
 import math
 
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
 import models
 from models.config import ModelConfig
 from train import flops as train_flops
@@ -114,8 +118,6 @@ def pytree_param_counts(config) -> dict:
 
 
 def _tree_size(tree) -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-
   return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
 
@@ -202,9 +204,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).')
   _NO_CHECK = flags.DEFINE_bool('no_check', False, 'Skip the pytree cross-check (formula only).')
   flags.mark_flags_as_required(['config'])

@@ -22,7 +22,7 @@ from absl import flags
 # costs ~1 ms (10-20x slower fits). Takes effect only if set before scipy loads its OpenBLAS; an
 # explicit user setting wins.
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
-from scipy import optimize  # pylint: disable=g-import-not-at-top,wrong-import-position
+from scipy import optimize  # after OPENBLAS_NUM_THREADS is set (above).
 
 from scaling import cli, laws
 from scaling import results as results_lib

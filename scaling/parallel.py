@@ -24,6 +24,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from scaling import sweep  # importing starts no JAX backend here (detect() reads no devices).
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config file (path[:arg]).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The sweep directory (as for main.py).')
 _GROUPS = flags.DEFINE_integer('groups', 2, 'Members run at once (device groups).')
@@ -109,12 +111,10 @@ def run(
   config, config_arg: str, workdir: str, groups: int, platform: str, devices: int, overrides=()
 ) -> dict:
   """Runs the sweep's unfinished members `groups` at a time; returns {member: exit code}."""
-  from scaling import sweep  # (no JAX backend is started here)
-
   ms = sweep.members(config)
   todo = []
   for i, m in enumerate(ms):
-    result = sweep._finished(os.path.join(workdir, m.name), m.config_hash, m.name)  # pylint: disable=protected-access
+    result = sweep._finished(os.path.join(workdir, m.name), m.config_hash, m.name)
     if result is None:
       todo.append(i)
   platform, found = detect(platform)

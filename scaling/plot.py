@@ -27,7 +27,7 @@ from scaling import fit as fit_lib
 from scaling import results as results_lib
 
 matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import matplotlib.pyplot as plt  # after use('Agg'): no display needed.
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
 flags.DEFINE_string('results', None, 'results CSV the fit was made from', flag_values=FLAGS)

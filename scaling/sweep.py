@@ -72,11 +72,16 @@ import shutil
 import threading
 import time
 
+import jax
 import ml_collections
+from absl import app
+from jax.experimental import multihost_utils
+from ml_collections import config_flags
 
 from configs import base
 from scaling import count as count_lib
 from scaling import family as family_lib
+from train import distill, init_from, loop, validation
 from train import workdir as workdir_lib
 
 KINDS = ('isoflop', 'grid', 'width', 'wsd')
@@ -504,14 +509,10 @@ def _finished(member_dir, h, name):
 def _grow_trunk(workdir: str, m: Member) -> int | None:
   """Train m's trunk through each branch point up to m's, stopping (and checkpointing) at each;
   returns the step a SIGTERM stopped it at, else None."""
-  from train import init_from, loop  # pylint: disable=g-import-not-at-top
-
   trunk_dir = os.path.join(workdir, m.trunk)
   h = config_hash(m.trunk_config)
   _finished(trunk_dir, h, m.trunk)  # a trunk made by another config is an error.
   os.makedirs(trunk_dir, exist_ok=True)
-  import jax  # pylint: disable=g-import-not-at-top
-
   if jax.process_index() == 0:
     workdir_lib.write_json(
       os.path.join(trunk_dir, MEMBER_FILE), {'name': m.trunk, 'config_hash': h}
@@ -536,8 +537,6 @@ def _grow_trunk(workdir: str, m: Member) -> int | None:
 def _branch(workdir: str, m: Member, member_dir: str):
   """Copy the trunk's checkpoint at m's branch point into m's directory (atomically; process 0
   on the shared filesystem, the others wait)."""
-  import jax  # pylint: disable=g-import-not-at-top
-
   src = os.path.join(workdir, m.trunk, 'checkpoints', str(m.branch_step))
   if not os.path.isdir(src):
     raise ValueError(
@@ -553,19 +552,19 @@ def _branch(workdir: str, m: Member, member_dir: str):
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     os.replace(tmp, dest)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
     multihost_utils.sync_global_devices(f'lmscale branch {m.name}')
 
 
-def _train(member: Member, member_dir: str) -> dict:
+def _train(member: Member, member_dir: str, derived: validation.Derived) -> dict:
+  """Train one member; `derived` is validation.derive's result for its config (run() has it)."""
   if 'distill' in member.config:
-    from train import distill  # pylint: disable=g-import-not-at-top
-
-    return distill.run(member.config, member_dir)
-  from train import init_from, loop  # pylint: disable=g-import-not-at-top
-
-  return loop.run(member.config, member_dir, init_params_fn=init_from.params_fn(member.config))
+    return distill.run(member.config, member_dir, derived=derived)
+  return loop.run(
+    member.config,
+    member_dir,
+    init_params_fn=init_from.params_fn(member.config),
+    derived=derived,
+  )
 
 
 CURVE_COLUMNS = (
@@ -634,18 +633,11 @@ def _hms(s):
 
 def run(config, workdir: str) -> dict:
   """Runs every member (skipping finished ones, resuming partial ones); returns a summary dict."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from train import validation  # pylint: disable=g-import-not-at-top
-
   ms = members(config)
-  for m in ms:  # fail fast: every member must be a valid training config here.
+  derived = {}
+  for m in ms:  # fail fast: every member (distill section included) must be valid here.
     try:
-      validation.derive(m.config, jax.device_count(), jax.process_count())
-      if 'distill' in m.config:
-        from train import distill  # pylint: disable=g-import-not-at-top
-
-        distill.validate(m.config)
+      derived[m.name] = validation.derive(m.config, jax.device_count(), jax.process_count())
     except ValueError as e:
       raise ValueError(f'sweep member {m.name}: {e}') from e
   lead = jax.process_index() == 0
@@ -713,7 +705,7 @@ def run(config, workdir: str) -> dict:
     tic = time.time()
     status, metrics, error = 'ok', None, ''
     try:
-      metrics = _train(m, member_dir)
+      metrics = _train(m, member_dir, derived[m.name])
     except FloatingPointError as e:  # a diverged member must not end the sweep.
       status, error = 'diverged', str(e)
     finally:
@@ -774,8 +766,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config file (path[:arg]).')
   app.run(main)

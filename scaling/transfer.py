@@ -71,10 +71,10 @@ def summarize(curves: dict) -> dict:
 def plot(data: dict, path: str) -> None:
   """One panel per parametrization: mean loss vs lr per width, seed range as a band, optimum starred."""
   # Lazy: matplotlib is heavy and only needed with --out.
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
 
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # after use('Agg'): no display needed.
 
   names = list(data)
   fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), sharey=True)

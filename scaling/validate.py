@@ -122,10 +122,10 @@ def validate(
 def plot(report: dict, fit_runs: dict, path: str) -> None:
   """Predicted vs observed loss per law: fitted runs, held-out runs with their intervals."""
   # Lazy: matplotlib is heavy and only needed with --out.
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
 
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # after use('Agg'): no display needed.
 
   fig, axes = plt.subplots(1, len(report), figsize=(4.6 * len(report), 4.2))
   for ax, (law, rows) in zip(np.atleast_1d(axes), report.items()):

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import models
-from train import distill, distill_store, init_from, loop, step
+from train import distill, distill_store, init_from, loop, step, validation
+from train import teacher as teacher_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -219,23 +220,23 @@ def test_vocabulary_mismatch_is_a_clear_error_before_compiling(tiny_config, tmp_
     distill.run(config, str(work))
   with pytest.raises(ValueError, match='config.distill.divergence'):
     config.distill.divergence = 'js'
-    distill.validate(config)
+    validation.derive(config, 8)
 
 
 def test_validate_rejects_unknown_keys_and_ranges(tiny_config):
   config = _distill_config(tiny_config, 'x')
   config.distill.alpha = 1.5
   with pytest.raises(ValueError, match='config.distill.alpha'):
-    distill.validate(config)
+    validation.derive(config, 8)
   config.distill.alpha = 0.5
   config.distill.mode = 'offline'
   config.distill.top_k = 1000
   with pytest.raises(ValueError, match='config.distill.top_k'):
-    distill.validate(config)
+    validation.derive(config, 8)
   config = _distill_config(tiny_config, 'x')
   config.distill.unknown = 1
   with pytest.raises(ValueError, match='config.distill.unknown'):
-    distill.validate(config)
+    validation.derive(config, 8)
 
 
 def test_store_reads_bfloat16_and_refuses_incomplete_or_missing(tmp_path):
@@ -420,7 +421,7 @@ def test_offline_store_float16_top_k_and_stream_check(teacher_dir, tiny_config, 
   store.check_stream(config, r)
   b = store.batch(2)
   assert b['teacher_values'].dtype == np.float16 and b['teacher_indices'].dtype == np.int16
-  ref = distill.teacher_ref(config)
+  ref = teacher_lib.teacher_ref(config)
   _, tp = init_from.load_params(teacher_dir)
   logits = models.logits(ref.model, tp, r.train_ds.batch(2)[:, :-1])
   v, i = jax.lax.top_k(logits, 4)
@@ -484,11 +485,11 @@ def test_sequence_config_validation(tiny_config):
   ):
     c = _sequence_config(tiny_config, 'x', **{key: bad})
     with pytest.raises(ValueError, match=f'config.distill.{key}'):
-      distill.validate(c)
-  assert distill.validate(config).mask_prompt is True
+      validation.derive(c, 8)
+  assert validation.derive(config, 8).distill.mask_prompt is True
   config.distill = ml_collections.ConfigDict({**config.distill.to_dict(), 'mask_prompt': 1})
   with pytest.raises(ValueError, match='config.distill.mask_prompt: expected bool'):
-    distill.validate(config)
+    validation.derive(config, 8)
 
 
 def test_sequence_store_reads_this_hosts_rows(tmp_path):
@@ -545,7 +546,9 @@ def test_sequence_store_resume_and_student_run(teacher_dir, tiny_config, tmp_pat
   np.testing.assert_array_equal(a[:, :, :8], stream[:, :, :8])
   assert (a[:, :, 8:] != stream[:, :, 8:]).any()
   _, tp = init_from.load_params(teacher_dir)
-  top20 = jax.lax.top_k(models.logits(distill.teacher_ref(config).model, tp, a[3, :, :-1]), 20)[1]
+  top20 = jax.lax.top_k(models.logits(teacher_lib.teacher_ref(config).model, tp, a[3, :, :-1]), 20)[
+    1
+  ]
   assert (np.asarray(top20)[:, 7:] == a[3, :, 8:, None]).any(-1).all()
 
   config.train.checkpoint_every = 4  # one save: the loop's resume is tested elsewhere.

@@ -514,7 +514,7 @@ def test_readme_continued_pretraining_from_llama32(tmp_path):
   config = llama.get_config('1b')
   real = hf.config_from_hf(LLAMA_32_1B)
   target = models.ModelConfig.make(config.model)
-  hf._check_arch(real, target)  # pylint: disable=protected-access
+  hf._check_arch(real, target)
   shape = ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'n_kv_heads', 'd_ff')
   assert [getattr(real, f) for f in shape] == [getattr(target, f) for f in shape]
 

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 from models.config import PyTree
 
@@ -138,8 +139,6 @@ def _agree(ok: bool) -> bool:
   """True only if every process found the checkpoint good (all take the same branch)."""
   if jax.process_count() == 1:
     return ok
-  from jax.experimental import multihost_utils
-
   return bool(np.all(multihost_utils.process_allgather(np.array([int(ok)]))))
 
 
@@ -151,8 +150,6 @@ def set_aside(mngr: ocp.CheckpointManager, workdir: str, step: int) -> str:
     dest.parent.mkdir(parents=True, exist_ok=True)
     (epath.Path(mngr.directory) / str(step)).rename(dest)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
     multihost_utils.sync_global_devices(f'lmscale set aside checkpoint {step}')
   mngr.reload()
   return str(dest)

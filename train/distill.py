@@ -52,89 +52,21 @@ ValueError naming config.distill.teacher and config.model.vocab_size, raised bef
 compile. The final metrics dict has 'teacher_params' and 'eval/teacher_loss' (for sweeps).
 """
 
-import dataclasses
-import json
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
 
 import models
 from configs import base
 from models import loss
-from train import init_from, loop, sharding
-from train import workdir as workdir_lib
+from train import distill_store, init_from, loop, validation
+from train import teacher as teacher_lib
 from train.step import cross_entropy_sum
 
-MODES = ('online', 'offline', 'sequence')
-DIVERGENCES = ('forward', 'reverse', 'mix')
-LOGITS_DTYPES = ('float16', 'bfloat16', 'float32')
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-
-
-# The section's schema and defaults live with the configs (configs are data).
+# The section's schema and defaults live with the configs (configs are data); train/validation.py
+# checks it (validation.derive -> Derived.distill).
 default_section = base.get_distill_config
-
-
-def validate(config) -> ml_collections.ConfigDict:
-  """Check config.distill (keys, types, ranges); returns it."""
-  if 'distill' not in config or not isinstance(config.distill, ml_collections.ConfigDict):
-    raise ValueError('config.distill: missing section (see configs/base.py get_distill_config)')
-  d, schema = config.distill, default_section()
-  for key, value in d.items():
-    if key not in schema:
-      raise ValueError(f'config.distill.{key}: unknown key (known: {sorted(schema.keys())})')
-    want = type(schema[key])
-    if isinstance(value, bool) != (want is bool) or not (
-      isinstance(value, want) or (want is float and isinstance(value, int))
-    ):
-      raise ValueError(f'config.distill.{key}: expected {want.__name__}, got {value!r}')
-  d = ml_collections.ConfigDict({**schema.to_dict(), **d.to_dict()})
-  if not d.teacher:
-    raise ValueError("config.distill.teacher: required (one of our workdirs or 'hf:/path')")
-  for key, choices in (
-    ('mode', MODES),
-    ('divergence', DIVERGENCES),
-    ('logits_dtype', LOGITS_DTYPES),
-  ):
-    if d[key] not in choices:
-      raise ValueError(f'config.distill.{key}: {d[key]!r} is not one of {choices}')
-  if not d.temperature > 0:
-    raise ValueError(f'config.distill.temperature must be positive, got {d.temperature}')
-  for key in ('alpha', 'mix_weight'):
-    if not 0.0 <= d[key] <= 1.0:
-      raise ValueError(f'config.distill.{key} must be in [0, 1], got {d[key]}')
-  if d.mode == 'offline' and not 1 <= d.top_k <= config.model.vocab_size:
-    raise ValueError(
-      f'config.distill.top_k={d.top_k} must be in [1, config.model.vocab_size='
-      f'{config.model.vocab_size}]'
-    )
-  if d.mode == 'sequence':
-    _validate_sequence(d, config)
-  return d
-
-
-def _validate_sequence(d, config):
-  seq_len, vocab = config.data.seq_len, config.model.vocab_size
-  if not 1 <= d.prompt_len <= seq_len:
-    raise ValueError(
-      f'config.distill.prompt_len={d.prompt_len} must be in [1, '
-      f'config.data.seq_len={seq_len}] (the teacher continues it to seq_len + 1)'
-    )
-  if not d.gen_temperature >= 0:
-    raise ValueError(
-      f'config.distill.gen_temperature must be >= 0 (0: greedy), got {d.gen_temperature}'
-    )
-  if not 0 <= d.gen_top_k <= vocab:
-    raise ValueError(
-      f'config.distill.gen_top_k={d.gen_top_k} must be in [0 (off), '
-      f'config.model.vocab_size={vocab}]'
-    )
-  if not 0 < d.gen_top_p <= 1:
-    raise ValueError(f'config.distill.gen_top_p must be in (0, 1], got {d.gen_top_p}')
 
 
 # --------------------------------------------------------------------------- loss
@@ -150,7 +82,9 @@ def _divergence(t_logp, s_logp, divergence: str, mix_weight: float):
     return reverse()
   if divergence == 'mix':
     return mix_weight * forward() + (1.0 - mix_weight) * reverse()
-  raise ValueError(f'config.distill.divergence: {divergence!r} is not one of {DIVERGENCES}')
+  raise ValueError(
+    f'config.distill.divergence: {divergence!r} is not one of {validation.DIVERGENCES}'
+  )
 
 
 def _sums(kl, ce, teacher_nll, agree, mask, temperature, alpha):
@@ -320,114 +254,13 @@ def sequence_loss_fn(student_model, d, teacher_model=None):
   return loss_fn
 
 
-# --------------------------------------------------------------------------- teacher
-
-
-@dataclasses.dataclass(frozen=True)
-class TeacherRef:
-  """What a teacher is (read from its config files; no weights loaded)."""
-
-  source: str  # config.distill.teacher
-  step: int | None  # checkpoint step of one of our workdirs; None for hf:.
-  model: models.ModelConfig  # as saved with the teacher.
-  tokenizer: str | None  # the teacher's config.data.tokenizer / HF dir; None if unknown.
-
-  @property
-  def num_params(self) -> int:
-    return int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(models.param_shapes(self.model))))
-
-  def meta(self) -> dict:
-    return {'teacher': self.source, 'teacher_step': self.step}
-
-
-def teacher_ref(config) -> TeacherRef:
-  """Read config.distill.teacher's model config, tokenizer and checkpoint step."""
-  src = config.distill.teacher
-  if src.startswith('hf:'):
-    from models import hf
-
-    path = src[3:]
-    if not os.path.exists(os.path.join(path, 'config.json')):
-      raise ValueError(f'config.distill.teacher={src!r}: no config.json in {path!r}')
-    has_tok = any(
-      os.path.exists(os.path.join(path, f))
-      for f in ('tokenizer.json', 'tokenizer_config.json', 'vocab.json')
-    )
-    return TeacherRef(src, None, hf.read_config(path), path if has_tok else None)
-  try:
-    model = init_from.workdir_model_config(src)
-  except ValueError as e:
-    raise ValueError(f'config.distill.teacher={src!r}: {e}') from None
-  with open(os.path.join(src, 'config.json')) as f:
-    tokenizer = json.load(f).get('data', {}).get('tokenizer')
-  step = workdir_lib.latest_checkpoint_step(src)
-  if step is None:
-    raise ValueError(
-      f'config.distill.teacher={src!r}: no checkpoint under {src}/checkpoints '
-      '(train the teacher first)'
-    )
-  return TeacherRef(src, step, model, tokenizer)
-
-
-def _same_tokenizer(a: str, b: str) -> bool:
-  if a == b:
-    return True
-  if 'byte' in (a, b) or not (os.path.isdir(a) and os.path.isdir(b)):
-    return False
-  from train.data import tokenizers
-
-  ta, tb = tokenizers.make_tokenizer(a), tokenizers.make_tokenizer(b)
-  return ta.eos_id == tb.eos_id and ta._tok.get_vocab() == tb._tok.get_vocab()
-
-
-def check_compatible(
-  config, vocab_size: int, tokenizer: str | None, max_len: int, positions: str = 'learned'
-):
-  """ValueError unless the teacher (vocab, tokenizer, context) fits the student's config."""
-  src = config.distill.teacher
-  if vocab_size != config.model.vocab_size:
-    raise ValueError(
-      f'Vocabulary mismatch: config.distill.teacher={src!r} has vocab_size={vocab_size} but '
-      f'config.model.vocab_size={config.model.vocab_size}; teacher and student must share the '
-      'tokenizer and vocabulary.'
-    )
-  if tokenizer is not None and not _same_tokenizer(tokenizer, config.data.tokenizer):
-    raise ValueError(
-      f'Tokenizer mismatch: config.distill.teacher={src!r} uses tokenizer {tokenizer!r} but '
-      f'config.data.tokenizer={config.data.tokenizer!r} (config.model.vocab_size='
-      f'{config.model.vocab_size}); teacher and student must share the tokenizer.'
-    )
-  if positions == 'learned' and max_len < config.data.seq_len:
-    raise ValueError(
-      f'config.distill.teacher={src!r} has max_len={max_len} < '
-      f'config.data.seq_len={config.data.seq_len}'
-    )
-
-
-def teacher_model(config, ref: TeacherRef) -> models.ModelConfig:
-  """The teacher's model config for this run: compute dtype of the student, no remat."""
-  return ref.model.replace(dtype=config.model.dtype, remat='none')
-
-
-def load_teacher(config, ref: TeacherRef, mesh):
-  """(teacher ModelConfig, params in the compute dtype, their shardings) on `mesh`."""
-  tmodel = teacher_model(config, ref)
-  shapes = models.param_shapes(tmodel)
-  shardings = sharding.tree_shardings(models.logical_axes(tmodel), shapes, mesh)
-  _, params = init_from.load_params(ref.source, model_config=tmodel, shardings=shardings)
-  dtype = _DTYPES[tmodel.dtype]
-  cast = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p), out_shardings=shardings)
-  return tmodel, cast(params), shardings
-
-
 # --------------------------------------------------------------------------- tasks and run
 
 
-def online_task_fn(config, ref: TeacherRef):
-  d = validate(config)
-
+def online_task_fn(config, ref: teacher_lib.TeacherRef):
   def task_fn(r: loop.Run) -> loop.Task:
-    tmodel, teacher, shardings = load_teacher(config, ref, r.mesh)
+    d = r.derived.distill
+    tmodel, teacher, shardings = teacher_lib.load_teacher(config, ref, r.mesh)
     logging.info(
       'Distilling online from %s (step %s, %d params, dtype %s)',
       ref.source,
@@ -448,7 +281,6 @@ def online_task_fn(config, ref: TeacherRef):
 
 def offline_task_fn(config, store):
   """Task reading the stored top-k logits of `store` (a distill_store.Store) by step."""
-  d = validate(config)
 
   def task_fn(r: loop.Run) -> loop.Task:
     store.check_stream(config, r)
@@ -458,7 +290,7 @@ def offline_task_fn(config, store):
       return store.batch(step)
 
     return loop.Task(
-      loss_fn=offline_loss_fn(r.derived.model, d),
+      loss_fn=offline_loss_fn(r.derived.model, r.derived.distill),
       extra_batch=extra_batch,
       meta={
         'distill': {
@@ -474,20 +306,19 @@ def offline_task_fn(config, store):
   return task_fn
 
 
-def sequence_task_fn(config, store, ref: TeacherRef | None = None):
+def sequence_task_fn(config, store, ref: teacher_lib.TeacherRef | None = None):
   """Task training on the teacher's sequences of `store` (a distill_store.SequenceStore): they
   replace the stream's rows step by step; with `ref` (alpha > 0) the teacher runs online too."""
-  d = validate(config)
 
   def task_fn(r: loop.Run) -> loop.Task:
     store.check_stream(config, r)
     tmodel, frozen, shardings = None, (), ()
     if ref is not None:
-      tmodel, teacher, tsh = load_teacher(config, ref, r.mesh)
+      tmodel, teacher, tsh = teacher_lib.load_teacher(config, ref, r.mesh)
       frozen, shardings = (teacher,), (tsh,)
     m = store.meta
     return loop.Task(
-      loss_fn=sequence_loss_fn(r.derived.model, d, tmodel),
+      loss_fn=sequence_loss_fn(r.derived.model, r.derived.distill, tmodel),
       frozen=frozen,
       frozen_shardings=shardings,
       extra_batch=lambda step, host: store.batch(step),
@@ -505,18 +336,10 @@ def sequence_task_fn(config, store, ref: TeacherRef | None = None):
   return task_fn
 
 
-def store_dir(config, workdir: str) -> str:
-  """The offline (logits) or sequence store: its config.distill key, else under `workdir`."""
-  d = config.distill
-  if d.get('mode') == 'sequence':
-    return d.get('sequences_dir') or os.path.join(workdir, 'teacher_sequences')
-  return d.get('logits_dir') or os.path.join(workdir, 'teacher_logits')
-
-
-def _sequence_teacher(config, store) -> TeacherRef:
+def _sequence_teacher(config, store) -> teacher_lib.TeacherRef:
   """The teacher for the word-level term of sequence mode: the one that generated `store`."""
-  ref = teacher_ref(config)
-  check_compatible(
+  ref = teacher_lib.teacher_ref(config)
+  teacher_lib.check_compatible(
     config, ref.model.vocab_size, ref.tokenizer, ref.model.max_len, ref.model.positions
   )
   if ref.step != store.meta['teacher_step']:
@@ -528,27 +351,30 @@ def _sequence_teacher(config, store) -> TeacherRef:
   return ref
 
 
-def run(config, workdir: str, stop_after: int | None = None) -> dict:
+def run(
+  config, workdir: str, stop_after: int | None = None, derived: validation.Derived | None = None
+) -> dict:
   """Distil into the student of `config` in `workdir` (resuming); returns final metrics.
 
-  The result has the loop's metrics plus 'teacher_params' and 'eval/teacher_loss'.
+  The result has the loop's metrics plus 'teacher_params' and 'eval/teacher_loss'. `derived`:
+  validation.derive's result for `config` when the caller has it (derived here otherwise).
   """
-  d = validate(config)
+  if derived is None:
+    derived = validation.derive(config, jax.device_count(), jax.process_count())
+  d = validation.distill_section(derived)
   if d.mode == 'online':
-    ref = teacher_ref(config)
-    check_compatible(
+    ref = teacher_lib.teacher_ref(config)
+    teacher_lib.check_compatible(
       config, ref.model.vocab_size, ref.tokenizer, ref.model.max_len, ref.model.positions
     )
     task_fn, teacher_params, teacher_eval = online_task_fn(config, ref), ref.num_params, None
   else:
-    from train import distill_store
-
     kind = 'sequences' if d.mode == 'sequence' else 'logits'
     store = distill_store.open_store(
-      store_dir(config, workdir), jax.process_index(), jax.process_count(), kind
+      teacher_lib.store_dir(config, workdir), jax.process_index(), jax.process_count(), kind
     )
     m = store.meta
-    check_compatible(config, m['teacher_vocab_size'], m['teacher_tokenizer'], 1 << 30)
+    teacher_lib.check_compatible(config, m['teacher_vocab_size'], m['teacher_tokenizer'], 1 << 30)
     if d.mode == 'offline':
       task_fn = offline_task_fn(config, store)
     else:
@@ -561,6 +387,7 @@ def run(config, workdir: str, stop_after: int | None = None) -> dict:
     task_fn=task_fn,
     init_params_fn=init_from.params_fn(config),
     stop_after=stop_after,
+    derived=derived,
   )
   result['teacher_params'] = int(teacher_params)
   if teacher_eval is not None:

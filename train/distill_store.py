@@ -46,12 +46,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 from jax.experimental import multihost_utils
+from ml_collections import config_flags
 
 import models
 from models import generation, loss
-from train import distill, loop, sharding
+from train import distributed, loop, sharding, validation
 from train import step as step_lib
+from train import teacher as teacher_lib
 from train import workdir as workdir_lib
 
 FORMAT = 1
@@ -186,14 +189,20 @@ def _teacher_eval(r: loop.Run, tmodel, teacher, tsh) -> dict:
   }
 
 
-def _teacher(config):
-  """Validated distill section, TeacherRef (checked against the student), and the Run."""
-  d = distill.validate(config)
-  ref = distill.teacher_ref(config)
-  distill.check_compatible(
+def _derive(config) -> validation.Derived:
+  """The config validated once (distill section included) for this run's devices and processes."""
+  return validation.derive(config, jax.device_count(), jax.process_count())
+
+
+def _teacher(config, derived: validation.Derived):
+  """Validated distill section, TeacherRef (checked against the student), and the Run (built on
+  `derived`, after the teacher checks: those fail before any data is read)."""
+  d = validation.distill_section(derived)
+  ref = teacher_lib.teacher_ref(config)
+  teacher_lib.check_compatible(
     config, ref.model.vocab_size, ref.tokenizer, ref.model.max_len, ref.model.positions
   )
-  return d, ref, loop.setup(config)
+  return d, ref, loop.setup(config, derived=derived)
 
 
 def _base_meta(config, r: loop.Run, ref, kind: str, shape) -> dict:
@@ -217,10 +226,11 @@ def _base_meta(config, r: loop.Run, ref, kind: str, shape) -> dict:
 def write(config, workdir: str, stop_after: int | None = None) -> dict:
   """Store what config.distill.mode needs ('offline': top-k logits, 'sequence': teacher
   continuations, see write_sequences); returns the meta dict (resumes a cut store)."""
-  if distill.validate(config).mode == 'sequence':
-    return write_sequences(config, workdir, stop_after)
-  d, ref, r = _teacher(config)
-  out_dir = distill.store_dir(config, workdir)
+  derived = _derive(config)
+  if validation.distill_section(derived).mode == 'sequence':
+    return write_sequences(config, workdir, stop_after, derived)
+  d, ref, r = _teacher(config, derived)
+  out_dir = teacher_lib.store_dir(config, workdir)
   num_steps, k, seq_len = r.derived.num_steps, d.top_k, config.data.seq_len
   shape = [num_steps, r.derived.host_batch, seq_len, k]
   values_dtype = {'float16': np.float16, 'float32': np.float32, 'bfloat16': np.uint16}[
@@ -251,7 +261,7 @@ def write(config, workdir: str, stop_after: int | None = None) -> dict:
     return w.meta
   out_dtype = jnp.bfloat16 if d.logits_dtype == 'bfloat16' else values_dtype
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    tmodel, teacher, tsh = distill.load_teacher(config, ref, r.mesh)
+    tmodel, teacher, tsh = teacher_lib.load_teacher(config, ref, r.mesh)
 
     def forward(tp, batch):
       tokens = batch['tokens']
@@ -307,16 +317,21 @@ def generation_rng(seed: int, step: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _GEN_SALT), step)
 
 
-def write_sequences(config, workdir: str, stop_after: int | None = None) -> dict:
+def write_sequences(
+  config, workdir: str, stop_after: int | None = None, derived: validation.Derived | None = None
+) -> dict:
   """Sequence-level KD data (Kim & Rush 2016): the teacher continues the first
   config.distill.prompt_len tokens of every training row to seq_len + 1 tokens.
 
   Stores this host's rows as tokens.p{p}of{P}.npy [num_steps, host_batch, seq_len + 1] (uint16
   when the vocabulary fits, else int32) in config.distill.sequences_dir (default
-  W/teacher_sequences), with meta.p{p}of{P}.json; resumable like the logits store.
+  W/teacher_sequences), with meta.p{p}of{P}.json; resumable like the logits store. `derived`:
+  validation.derive's result for `config` when the caller has it (derived here otherwise).
   """
-  d, ref, r = _teacher(config)
-  out_dir = distill.store_dir(config, workdir)
+  if derived is None:
+    derived = _derive(config)
+  d, ref, r = _teacher(config, derived)
+  out_dir = teacher_lib.store_dir(config, workdir)
   num_steps, seq_len, prompt_len = r.derived.num_steps, config.data.seq_len, d.prompt_len
   new_tokens = seq_len + 1 - prompt_len
   shape = [num_steps, r.derived.host_batch, seq_len + 1]
@@ -337,7 +352,7 @@ def write_sequences(config, workdir: str, stop_after: int | None = None) -> dict
     temperature=float(d.gen_temperature), top_k=int(d.gen_top_k), top_p=float(d.gen_top_p)
   )
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    tmodel, teacher, tsh = distill.load_teacher(config, ref, r.mesh)
+    tmodel, teacher, tsh = teacher_lib.load_teacher(config, ref, r.mesh)
     # Each host continues its own rows; with several processes on a full copy of the teacher.
     local = teacher if jax.process_count() == 1 else multihost_utils.process_allgather(teacher)
 
@@ -418,7 +433,7 @@ class Store:
   def check_stream(self, config, r: loop.Run):
     """ValueError unless these logits were stored for config's stream, teacher and k."""
     self._check_common(config, r)
-    top_k = distill.validate(config).top_k
+    top_k = r.derived.distill.top_k
     if top_k > self.meta['top_k']:
       raise ValueError(
         f'config.distill.top_k={top_k} but only top-{self.meta["top_k"]} '
@@ -495,12 +510,8 @@ def open_store(
 
 def main(argv):
   del argv
-  from absl import flags
-
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  from train import distributed
-
   distributed.initialize(config.distributed)
   meta = write(config, workdir)
   if jax.process_index() == 0:
@@ -508,9 +519,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from absl import app, flags
-  from ml_collections import config_flags
-
   config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).', lock_config=True)
   flags.DEFINE_string(
     'workdir',

@@ -23,14 +23,18 @@ from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+import lm_eval
 import numpy as np
+from absl import app, flags
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from lm_eval import utils
 from lm_eval.api import registry
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import normalize_gen_kwargs, postprocess_generated_text
+from lm_eval.utils import handle_non_serializable, make_table
 
 import models
 from models import loss
@@ -63,7 +67,7 @@ def task_names(tasks: str | Sequence[str]) -> list[str]:
 def task_manager(include_path: str = '', defaults: bool = True) -> 'TaskManager':
   """lm-eval's TaskManager: built-in tasks (indexing them takes seconds, hence the cache) and
   `include_path`'s."""
-  from lm_eval.tasks import TaskManager
+  from lm_eval.tasks import TaskManager  # lazy: lm_eval.tasks imports HF datasets (slow).
 
   return TaskManager(include_path=include_path or None, include_defaults=defaults)
 
@@ -72,7 +76,7 @@ def _manager_for(names: list[str], include_path: str = ''):
   """include_path's own tasks when `names` are all plain tasks there (fast), else every task
   (groups and tags may gather built-in tasks)."""
   if include_path:
-    from lm_eval.tasks._index import Kind
+    from lm_eval.tasks._index import Kind  # lazy: lm_eval.tasks imports HF datasets (slow).
 
     local = task_manager(include_path, defaults=False)
     entries = [local.task_index.get(n) for n in names]
@@ -243,8 +247,6 @@ class LMScaleLM(TemplateLM):
     self, requests: list[Instance], disable_tqdm: bool = False
   ) -> list[float]:
     """Whole-string log-likelihood in disjoint max_len windows (lm-eval's rolling scheme)."""
-    from lm_eval import utils
-
     windows, owner = [], []
     for i, (string,) in enumerate(req.args for req in requests):
       for w in utils.get_rolling_token_windows(
@@ -359,7 +361,7 @@ class TaskSet:
 
   def evaluate(self, lm: TemplateLM, limit: int | None = None, bootstrap_iters: int = 0) -> dict:
     """lm-eval's results dict; the same few-shot examples every call."""
-    from lm_eval import evaluator
+    from lm_eval import evaluator  # lazy: imports HF datasets (slow).
 
     for task in self.loaded['tasks'].values():
       task.set_fewshot_seed(seed=FEWSHOT_SEED)
@@ -408,8 +410,6 @@ def loop_evaluator(r: 'Run') -> Callable[[dict], dict]:
 
 def write_results(results: dict, path: str) -> None:
   """lm-eval's results as strict JSON (no NaN); unserializable values as strings."""
-  from lm_eval.utils import handle_non_serializable
-
   workdir_lib.write_json(
     path, metrics.strict_json(json.loads(json.dumps(results, default=handle_non_serializable)))
   )
@@ -427,8 +427,6 @@ def evaluate_source(
   bootstrap_iters: int = 100000,
 ) -> dict:
   """lm_eval.simple_evaluate on a workdir / 'hf:/dir'; writes the results JSON; returns them."""
-  import lm_eval
-
   if include_path and not os.path.isdir(include_path):
     raise ValueError(f'--include_path={include_path}: not a directory')
   names = check_tasks(tasks, include_path)  # before loading anything.
@@ -454,9 +452,6 @@ def evaluate_source(
 
 def main(argv: list[str]) -> None:
   """The command line: see the module docstring."""
-  from absl import flags
-  from lm_eval.utils import make_table
-
   del argv
   f = flags.FLAGS
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -485,8 +480,6 @@ def main(argv: list[str]) -> None:
 
 
 def _define_flags():
-  from absl import flags
-
   flags.DEFINE_string('workdir', None, 'One of our workdirs (latest checkpoint) or hf:/dir.')
   flags.DEFINE_list('tasks', None, 'lm-eval task / group names, comma-separated.')
   flags.DEFINE_string('include_path', '', 'A directory of extra task YAMLs.')
@@ -501,7 +494,5 @@ def _define_flags():
 
 
 if __name__ == '__main__':
-  from absl import app
-
   _define_flags()
   app.run(main)

@@ -65,10 +65,12 @@ class Run:
   lr_fn: Callable
 
 
-def setup(config, with_data: bool = True) -> Run:
+def setup(config, with_data: bool = True, derived: validation.Derived | None = None) -> Run:
   """Validate, then build mesh, data, optimizer and state shardings (nothing compiled yet).
-  Without data (benchmarks on synthetic tokens) train_ds, eval_ds and tokenizer are None."""
-  derived = validation.derive(config, jax.device_count(), jax.process_count())
+  Without data (benchmarks on synthetic tokens) train_ds, eval_ds and tokenizer are None.
+  `derived`: validation.derive's result for `config` when the caller has it (not derived again)."""
+  if derived is None:
+    derived = validation.derive(config, jax.device_count(), jax.process_count())
   mesh = sharding.make_mesh(config.mesh)
   train_ds, eval_ds, tokenizer = None, None, None
   if with_data:
@@ -162,19 +164,21 @@ def run(
   task_fn: Callable[[Run], Task] | None = None,
   init_params_fn: Callable[[Run], dict] | None = None,
   stop_after: int | None = None,
+  derived: validation.Derived | None = None,
 ) -> dict:
   """Train to config's step count in `workdir` (resuming if possible); returns final metrics.
 
   `stop_after` ends this invocation early at that step (a checkpoint is written), as a
   preemption would; the schedule still follows the config's full step count. A SIGTERM or
-  SIGINT does the same at the end of the current step (train/preemption.py).
+  SIGINT does the same at the end of the current step (train/preemption.py). `derived`:
+  validation.derive's result for `config` when the caller has it (see `setup`).
   """
   with preemption.StopRequest() as stop:
-    return _run(config, workdir, task_fn, init_params_fn, stop_after, stop)
+    return _run(config, workdir, task_fn, init_params_fn, stop_after, stop, derived)
 
 
-def _run(config, workdir, task_fn, init_params_fn, stop_after, stop) -> dict:
-  r = setup(config)
+def _run(config, workdir, task_fn, init_params_fn, stop_after, stop, derived) -> dict:
+  r = setup(config, derived=derived)
   task = task_fn(r) if task_fn else Task(loss_fn=lm_loss(r.derived.model))
   lock = workdir_lib.claim(workdir)
   mngr = checkpoint.manager(workdir, r.config.train)

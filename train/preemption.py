@@ -12,6 +12,9 @@ import os
 import signal
 import threading
 
+import jax
+from jax.experimental import multihost_utils
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -32,8 +35,6 @@ class StopRequest:
   def should_stop(self, step: int) -> bool:
     """Call once per finished step, with the same steps on every process."""
     if self._multi:
-      from jax.experimental import multihost_utils
-
       if multihost_utils.reached_preemption_sync_point(step):
         self.signal, self._agreed = self.signal or 'SIGTERM', True
         self._default_handlers()  # the sync point is agreed: a further signal exits at once.
@@ -62,8 +63,6 @@ class StopRequest:
     os.kill(os.getpid(), signal.SIGTERM)
 
   def __enter__(self) -> 'StopRequest':
-    import jax
-
     self._multi = jax.process_count() > 1
     if threading.current_thread() is threading.main_thread():
       if self._multi:  # SIGTERM stays with JAX's preemption notifier (installed at initialize).

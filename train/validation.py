@@ -1,8 +1,10 @@
 """Config validation and derived quantities, computed once and checked before any compile.
 
 `derive(config, num_devices, process_count)` is the single place where head dim, step
-count from a token budget, per-device and micro batch sizes are computed; every
-inconsistency raises ValueError naming the offending field.
+count from a token budget, per-device and micro batch sizes are computed, and where the whole
+config is checked in one pass: the base schema, the `distill` section (train/distill.py) and the
+`sweep` section's keys and types (its grid is scaling/sweep.py's); every inconsistency raises
+ValueError naming the offending field.
 """
 
 import dataclasses
@@ -23,8 +25,13 @@ CHOICES = {
   'train.loss_scale': ('auto', 'dynamic', 'none'),
   'distributed.initialize': ('auto', 'yes', 'no'),
 }
-# Sections owned by other trainers (validated there); allowed beside the base schema.
+# Optional sections with schemas of their own (base.get_distill_config, base.get_sweep_config),
+# checked by _check_distill and _check_sweep_section.
 EXTRA_SECTIONS = ('distill', 'sweep')
+MODES = ('online', 'offline', 'sequence')  # config.distill.mode
+DIVERGENCES = ('forward', 'reverse', 'mix')  # config.distill.divergence
+LOGITS_DTYPES = ('float16', 'bfloat16', 'float32')  # config.distill.logits_dtype
+_MISSING_DISTILL = 'config.distill: missing section (see configs/base.py get_distill_config)'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +45,8 @@ class Derived:
   micro_batch: int  # global sequences per microbatch.
   host_batch: int  # sequences this host feeds per step.
   loss_scale: bool  # dynamic loss scaling on (train.loss_scale, model.dtype).
+  # config.distill with its defaults filled in (base.get_distill_config); None without one.
+  distill: ml_collections.ConfigDict | None = None
 
 
 def unknown_key(name: str, key: str, known) -> str:
@@ -60,20 +69,115 @@ def _check_schema(config, schema, prefix=''):
         raise ValueError(f'config.{name}: expected a section, got {value!r}')
       _check_schema(value, ref, name + '.')
       continue
-    ref_type = schema.get_type(key) if hasattr(schema, 'get_type') else type(ref)
-    if value is None or ref_type is type(None):
-      continue
-    ok = isinstance(value, ref_type) or (ref_type is float and isinstance(value, int))
-    if isinstance(value, bool) and ref_type is not bool:
-      ok = False
-    if ref_type is tuple and isinstance(value, list):
-      ok = True
-    if not ok:
-      raise ValueError(
-        f'config.{name}: expected {ref_type.__name__}, got {type(value).__name__} {value!r}'
-      )
+    _check_type(name, value, schema.get_type(key) if hasattr(schema, 'get_type') else type(ref))
     if name in CHOICES and value not in CHOICES[name]:
       raise ValueError(f'config.{name}: {value!r} is not one of {CHOICES[name]}')
+
+
+def _check_type(name, value, ref_type):
+  """config.<name> has the schema's type (None always passes; an int is a float, a list a tuple)."""
+  if value is None or ref_type is type(None):
+    return
+  ok = isinstance(value, ref_type) or (ref_type is float and isinstance(value, int))
+  if isinstance(value, bool) and ref_type is not bool:
+    ok = False
+  if ref_type is tuple and isinstance(value, list):
+    ok = True
+  if not ok:
+    raise ValueError(
+      f'config.{name}: expected {ref_type.__name__}, got {type(value).__name__} {value!r}'
+    )
+
+
+def _check_distill(config) -> ml_collections.ConfigDict | None:
+  """config.distill (train/distill.py): keys, types, choices and ranges; the section with its
+  defaults filled in, or None when the config has none."""
+  if 'distill' not in config:
+    return None
+  if not isinstance(config.distill, ml_collections.ConfigDict):
+    raise ValueError(_MISSING_DISTILL)
+  d, schema = config.distill, base.get_distill_config()
+  for key, value in d.items():
+    if key not in schema:
+      raise ValueError(f'config.distill.{key}: unknown key (known: {sorted(schema.keys())})')
+    want = type(schema[key])
+    if isinstance(value, bool) != (want is bool) or not (
+      isinstance(value, want) or (want is float and isinstance(value, int))
+    ):
+      raise ValueError(f'config.distill.{key}: expected {want.__name__}, got {value!r}')
+  d = ml_collections.ConfigDict({**schema.to_dict(), **d.to_dict()})
+  if not d.teacher:
+    raise ValueError("config.distill.teacher: required (one of our workdirs or 'hf:/path')")
+  for key, choices in (
+    ('mode', MODES),
+    ('divergence', DIVERGENCES),
+    ('logits_dtype', LOGITS_DTYPES),
+  ):
+    if d[key] not in choices:
+      raise ValueError(f'config.distill.{key}: {d[key]!r} is not one of {choices}')
+  if not d.temperature > 0:
+    raise ValueError(f'config.distill.temperature must be positive, got {d.temperature}')
+  for key in ('alpha', 'mix_weight'):
+    if not 0.0 <= d[key] <= 1.0:
+      raise ValueError(f'config.distill.{key} must be in [0, 1], got {d[key]}')
+  if d.mode == 'offline' and not 1 <= d.top_k <= config.model.vocab_size:
+    raise ValueError(
+      f'config.distill.top_k={d.top_k} must be in [1, config.model.vocab_size='
+      f'{config.model.vocab_size}]'
+    )
+  if d.mode == 'sequence':
+    _check_distill_sequence(d, config)
+  return d
+
+
+def _check_distill_sequence(d, config):
+  seq_len, vocab = config.data.seq_len, config.model.vocab_size
+  if not 1 <= d.prompt_len <= seq_len:
+    raise ValueError(
+      f'config.distill.prompt_len={d.prompt_len} must be in [1, '
+      f'config.data.seq_len={seq_len}] (the teacher continues it to seq_len + 1)'
+    )
+  if not d.gen_temperature >= 0:
+    raise ValueError(
+      f'config.distill.gen_temperature must be >= 0 (0: greedy), got {d.gen_temperature}'
+    )
+  if not 0 <= d.gen_top_k <= vocab:
+    raise ValueError(
+      f'config.distill.gen_top_k={d.gen_top_k} must be in [0 (off), '
+      f'config.model.vocab_size={vocab}]'
+    )
+  if not 0 < d.gen_top_p <= 1:
+    raise ValueError(f'config.distill.gen_top_p must be in (0, 1], got {d.gen_top_p}')
+
+
+def distill_section(derived: Derived) -> ml_collections.ConfigDict:
+  """derived.distill, or the ValueError of a distillation run whose config has no such section."""
+  if derived.distill is None:
+    raise ValueError(_MISSING_DISTILL)
+  return derived.distill
+
+
+def _check_sweep_section(config):
+  """config.sweep's keys and types against base.get_sweep_config(). What the grid means is
+  scaling/sweep.py's (_check_sweep, in members()); so are the keys of the `family` shape rule
+  (scaling/family.py ShapeRule) and the optional `distill` axis, here only required to be
+  sections. Sweep members drop the section (scaling/sweep.py _member_config)."""
+  if 'sweep' not in config:
+    return
+  s = config.sweep
+  if not isinstance(s, ml_collections.ConfigDict):
+    raise ValueError(f'config.sweep: expected a section, got {s!r}')
+  schema = base.get_sweep_config()
+  known = [*schema.keys(), 'distill']
+  for key, value in s.items():
+    name = f'sweep.{key}'
+    if key not in known:
+      raise ValueError(unknown_key(f'config.{name}', key, known))
+    if key in ('family', 'distill'):
+      if value is not None and not isinstance(value, ml_collections.ConfigDict):
+        raise ValueError(f'config.{name}: expected a section, got {value!r}')
+      continue
+    _check_type(name, value, schema.get_type(key))
 
 
 def _positive(config, *names):
@@ -166,6 +270,8 @@ def schedule_warnings(config, derived: 'Derived') -> list:
 def derive(config, num_devices: int, process_count: int = 1) -> Derived:
   """Validate `config` for this many devices/processes and return the derived quantities."""
   _check_schema(config, base.get_config())
+  _check_sweep_section(config)
+  distill = _check_distill(config)
   m = config.model
   # Intervals and counts the loop divides by or keeps by: 0 would crash mid-run or, for
   # keep_checkpoints, delete every checkpoint.
@@ -188,13 +294,20 @@ def derive(config, num_devices: int, process_count: int = 1) -> Derived:
     'train.keep_checkpoints',
     'train.spike_window',
     'model.vocab_multiple',
+    'model.attention_block',
   )
   if m.loss_chunk < 0 or (m.loss_chunk and config.data.seq_len % m.loss_chunk):
     raise ValueError(
       f'config.model.loss_chunk={m.loss_chunk} must be 0 (whole rows) or divide '
       f'config.data.seq_len={config.data.seq_len}'
     )
-  for name in ('train.keep_every', 'data.max_documents', 'data.read_threads', 'train.spike_factor'):
+  for name in (
+    'train.keep_every',
+    'data.max_documents',
+    'data.read_threads',
+    'train.spike_factor',
+    'model.scan_unroll',
+  ):
     section, key = name.split('.')
     if config[section][key] < 0:
       raise ValueError(f'config.{name} must be >= 0 (0: off / all), got {config[section][key]}')
@@ -271,4 +384,5 @@ def derive(config, num_devices: int, process_count: int = 1) -> Derived:
     micro_batch=t.global_batch_size // k,
     host_batch=t.global_batch_size // process_count,
     loss_scale=loss_scale,
+    distill=distill,
   )

@@ -122,7 +122,8 @@ def open_prepared(data, source: Source, split: str, tokenizer) -> shards.Prepare
   try:
     return shards.open_split(path, field, expect)
   except FileNotFoundError:
-    from train.data import prepare  # (imports TFDS: only when something is not prepared yet)
+    # Lazy: prepare imports this module (a circle at the top), and only a missing split needs it.
+    from train.data import prepare
 
     prepare.check_known(source.dataset, data.data_dir)
     if not prepare.is_embedded(source.dataset):

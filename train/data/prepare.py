@@ -27,8 +27,10 @@ import uuid
 from collections.abc import Sequence
 
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
-from train.data import shards, tokenizers
+from train.data import pipeline, shards, tokenizers
 
 _READ_BATCH = 256  # documents per tf.data batch / tokenizer call.
 _SHARD_TEXT_BYTES = 64 << 20  # automatic shard count: about this much source text per shard.
@@ -42,12 +44,13 @@ def is_embedded(dataset: str) -> bool:
 
 
 def _register_builders():
+  # Lazy: they import tensorflow_datasets (slow), needed only to build or read a TFDS dataset.
   from train.data import stdlib_corpus, synthetic_corpus  # noqa: F401  (registers the builders)
 
 
 def _builder(dataset: str, data_dir: str | None):
   """tfds.builder, or ValueError (with a did-you-mean) when TFDS knows no such dataset."""
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # lazy: heavy (TensorFlow), only when TFDS is read.
 
   _register_builders()
   try:
@@ -123,7 +126,7 @@ def _cached(key, make):
 
 def _write_shard(out_dir: str, spec: dict, data_dir: str | None, i: int) -> dict:
   """Tokenize shard i of spec's split into out_dir; returns its stats (skips a finished one)."""
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # lazy: heavy (TensorFlow), only when TFDS is read.
 
   n = spec['num_shards']
   name = shards.shard_name(i, n)
@@ -311,8 +314,6 @@ def prepare(
 ) -> list[dict]:
   """Prepare the train and eval split of every source of config.data; the manifests written
   (fewer than the splits when other processes still have shards to write)."""
-  from train.data import pipeline
-
   if process_count <= 0 or process_index < 0:
     process_index, process_count = _env_process()
   if not 0 <= process_index < process_count:
@@ -354,8 +355,6 @@ def prepare(
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  from absl import flags
-
   f = flags.FLAGS
   try:
     prepare(
@@ -371,9 +370,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  from absl import app, flags
-  from ml_collections import config_flags
-
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   config_flags.DEFINE_config_file(
     'config', None, 'Training config file (path[:arg]).', lock_config=True
