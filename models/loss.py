@@ -6,6 +6,8 @@ chunk by chunk along the sequence under `jax.checkpoint`, so neither the forward
 backward ever holds float32 logits for the whole [B, L, V] (large vocabularies, long rows).
 """
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -22,6 +24,28 @@ def nll(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> tuple[jax.Array, jax
   return (jax.nn.logsumexp(logits_BxLxV, -1) - target_BxL) * mask_BxL, mask_BxL
 
 
+def features(
+  cfg: ModelConfig, params: PyTree, inputs_BxL: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """(final normed features [B, L, D], unembedding [D, V]): what `readout` turns into logits."""
+  return Transformer(cfg).apply({'params': params}, inputs_BxL, head=False), unembedding(
+    cfg, params
+  )
+
+
+def chunk_map(fn: Callable, chunk: int, *xs_BxL: jax.Array):
+  """fn over chunks of `chunk` positions of [B, L, ...] arrays, each under `jax.checkpoint` (only
+  the chunk's inputs are kept; what fn builds, e.g. its logits, is recomputed in the backward);
+  fn's per-position outputs [B, chunk, ...] come back as [B, L, ...]."""
+  B, L = xs_BxL[0].shape[:2]
+  if L % chunk:
+    raise ValueError(f'config.model.loss_chunk={chunk} does not divide the sequence length {L}')
+  split = lambda x: x.reshape(B, L // chunk, chunk, *x.shape[2:]).swapaxes(0, 1)
+  join = lambda x: x.swapaxes(0, 1).reshape(B, L, *x.shape[3:])
+  out = jax.lax.map(lambda xs: jax.checkpoint(fn)(*xs), tuple(split(x) for x in xs_BxL))
+  return jax.tree.map(join, out)
+
+
 def token_nll(
   cfg: ModelConfig, params: PyTree, inputs_BxL: jax.Array, targets_BxL: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -29,17 +53,6 @@ def token_nll(
   chunk = cfg.loss_chunk
   if not chunk or chunk >= inputs_BxL.shape[1]:
     return nll(Transformer(cfg).apply({'params': params}, inputs_BxL), targets_BxL)
-  x_BxLxD = Transformer(cfg).apply({'params': params}, inputs_BxL, head=False)
-  unembed_DxV = unembedding(cfg, params)
-  B, L, D = x_BxLxD.shape
-  if L % chunk:
-    raise ValueError(f'config.model.loss_chunk={chunk} does not divide the sequence length {L}')
-  x_CxBxKxD = x_BxLxD.reshape(B, L // chunk, chunk, D).swapaxes(0, 1)
-  t_CxBxK = targets_BxL.reshape(B, L // chunk, chunk).swapaxes(0, 1)
-
-  @jax.checkpoint  # keep only the chunk's inputs; its logits are recomputed in the backward.
-  def one(x_BxKxD, t_BxK):
-    return nll(readout(cfg, x_BxKxD, unembed_DxV), t_BxK)
-
-  nll_CxBxK, mask_CxBxK = jax.lax.map(lambda xt: one(*xt), (x_CxBxKxD, t_CxBxK))
-  return nll_CxBxK.swapaxes(0, 1).reshape(B, L), mask_CxBxK.swapaxes(0, 1).reshape(B, L)
+  x_BxLxD, unembed_DxV = features(cfg, params, inputs_BxL)
+  one = lambda x_BxKxD, t_BxK: nll(readout(cfg, x_BxKxD, unembed_DxV), t_BxK)
+  return chunk_map(one, chunk, x_BxLxD, targets_BxL)

@@ -187,6 +187,37 @@ def test_offline_with_full_k_equals_online(tiny_models):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g2)
 
 
+def test_chunked_loss_equals_whole_rows(tiny_models):
+  """model.loss_chunk (logits built chunk by chunk, never whole): online, offline top-k,
+  sequence-level + word KD and the offline eval loss give the whole-row losses, logged sums and
+  gradients."""
+  student, teacher, sp, tp, batch = tiny_models
+  chunked = student.replace(loss_chunk=4)  # rows of 16 positions: 4 chunks.
+  d = _section(alpha=0.6, temperature=1.5, divergence='mix')
+  tokens = batch['tokens']
+  values, indices = jax.lax.top_k(models.logits(teacher, tp, tokens[:, :-1]), 8)
+  obatch = {
+    'tokens': tokens,
+    'teacher_values': values,
+    'teacher_indices': indices,
+    'teacher_nll': jnp.ones(tokens[:, 1:].shape),
+  }
+  seq = _section(mode='sequence', prompt_len=5, alpha=0.4)
+  cases = {
+    'online': (lambda m: distill.online_loss_fn(m, teacher, d), (batch, tp)),
+    'offline': (lambda m: distill.offline_loss_fn(m, d), (obatch,)),
+    'sequence': (lambda m: distill.sequence_loss_fn(m, seq, teacher), (batch, tp)),
+    'eval': (distill.offline_eval_loss_fn, (batch,)),
+  }
+  for name, (make, args) in cases.items():
+    (l1, s1), g1 = jax.jit(jax.value_and_grad(make(student), has_aux=True))(sp, *args)
+    (l2, s2), g2 = jax.jit(jax.value_and_grad(make(chunked), has_aux=True))(sp, *args)
+    np.testing.assert_allclose(float(l2), float(l1), rtol=1e-5, err_msg=name)
+    for key in s1:
+      np.testing.assert_allclose(float(s2[key]), float(s1[key]), rtol=1e-5, err_msg=name + key)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g2, g1)
+
+
 def _fake_teacher(path, vocab_size=257, tokenizer='byte'):
   """A teacher workdir with a config.json and an (empty) checkpoint step: enough for the checks."""
   from configs import base

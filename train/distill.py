@@ -60,9 +60,9 @@ import jax.numpy as jnp
 import models
 from configs import base
 from models import loss
+from models.transformer import readout
 from train import distill_store, init_from, loop, validation
 from train import teacher as teacher_lib
-from train.step import cross_entropy_sum
 
 # The section's schema and defaults live with the configs (configs are data); train/validation.py
 # checks it (validation.derive -> Derived.distill).
@@ -102,6 +102,20 @@ def _sums(kl, ce, teacher_nll, agree, mask, temperature, alpha):
   return sums['loss'], sums
 
 
+def kd_terms(student_logits, teacher_logits, targets, temperature, divergence, mix_weight):
+  """Per-token (D, student CE, teacher CE, top-1 agreement) over the full vocabulary."""
+  s = student_logits.astype(jnp.float32)
+  t = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
+  kl = _divergence(
+    jax.nn.log_softmax(t / temperature, -1),
+    jax.nn.log_softmax(s / temperature, -1),
+    divergence,
+    mix_weight,
+  )
+  agree = jnp.argmax(s, -1) == jnp.argmax(t, -1)
+  return kl, loss.nll(s, targets)[0], loss.nll(t, targets)[0], agree
+
+
 def kd_sums(
   student_logits,
   teacher_logits,
@@ -112,19 +126,26 @@ def kd_sums(
   mix_weight=0.5,
 ):
   """(loss_sum, sums) of the distillation loss over the full vocabulary (see module doc)."""
+  terms = kd_terms(student_logits, teacher_logits, targets, temperature, divergence, mix_weight)
+  return _sums(*terms, (targets >= 0).astype(jnp.float32), temperature, alpha)
+
+
+def topk_kd_terms(
+  student_logits, teacher_values, teacher_indices, targets, temperature, divergence, mix_weight
+):
+  """Per-token (D over the teacher's top-k support, student CE, top-1 agreement)."""
   s = student_logits.astype(jnp.float32)
-  t = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
-  mask = (targets >= 0).astype(jnp.float32)
+  values = jax.lax.stop_gradient(teacher_values.astype(jnp.float32))
+  indices = teacher_indices.astype(jnp.int32)
+  gathered = jnp.take_along_axis(s, indices, -1)
   kl = _divergence(
-    jax.nn.log_softmax(t / temperature, -1),
-    jax.nn.log_softmax(s / temperature, -1),
+    jax.nn.log_softmax(values / temperature, -1),
+    jax.nn.log_softmax(gathered / temperature, -1),
     divergence,
     mix_weight,
   )
-  agree = jnp.argmax(s, -1) == jnp.argmax(t, -1)
-  return _sums(
-    kl, loss.nll(s, targets)[0], loss.nll(t, targets)[0], agree, mask, temperature, alpha
-  )
+  teacher_top1 = jnp.take_along_axis(indices, jnp.argmax(values, -1)[..., None], -1)[..., 0]
+  return kl, loss.nll(s, targets)[0], jnp.argmax(s, -1) == teacher_top1
 
 
 def topk_kd_sums(
@@ -145,22 +166,37 @@ def topk_kd_sums(
   Teacher: p = softmax(values / T) over the k entries. Student: the logits at the same k ids,
   q = softmax(gathered / T) over those k (logsumexp over the gathered logits only).
   """
-  s = student_logits.astype(jnp.float32)
-  values = jax.lax.stop_gradient(teacher_values.astype(jnp.float32))
-  indices = teacher_indices.astype(jnp.int32)
+  kl, ce, agree = topk_kd_terms(
+    student_logits, teacher_values, teacher_indices, targets, temperature, divergence, mix_weight
+  )
   mask = (targets >= 0).astype(jnp.float32)
-  gathered = jnp.take_along_axis(s, indices, -1)
-  kl = _divergence(
-    jax.nn.log_softmax(values / temperature, -1),
-    jax.nn.log_softmax(gathered / temperature, -1),
-    divergence,
-    mix_weight,
-  )
-  teacher_top1 = jnp.take_along_axis(indices, jnp.argmax(values, -1)[..., None], -1)[..., 0]
-  agree = jnp.argmax(s, -1) == teacher_top1
-  return _sums(
-    kl, loss.nll(s, targets)[0], teacher_nll.astype(jnp.float32), agree, mask, temperature, alpha
-  )
+  return _sums(kl, ce, teacher_nll.astype(jnp.float32), agree, mask, temperature, alpha)
+
+
+def _chunked_kd_sums(student_model, params, teacher_model, teacher_params, inputs, targets, kw):
+  """kd_sums with model.loss_chunk: both models' logits built and used chunk by chunk."""
+  scfg, tcfg = models.ModelConfig.make(student_model), models.ModelConfig.make(teacher_model)
+  xs_BxLxD, us_DxV = loss.features(scfg, params, inputs)
+  xt_BxLxD, ut_DxV = loss.features(tcfg, jax.lax.stop_gradient(teacher_params), inputs)
+
+  def one(xs, xt, t):
+    s_logits, t_logits = readout(scfg, xs, us_DxV), readout(tcfg, xt, ut_DxV)
+    return kd_terms(s_logits, t_logits, t, kw['temperature'], kw['divergence'], kw['mix_weight'])
+
+  terms = loss.chunk_map(one, scfg.loss_chunk, xs_BxLxD, xt_BxLxD, targets)
+  return _sums(*terms, (targets >= 0).astype(jnp.float32), kw['temperature'], kw['alpha'])
+
+
+def _kd(student_model, params, teacher_model, teacher_params, inputs, targets, kw):
+  """Full-vocabulary KD sums, chunked along the sequence when the student sets loss_chunk."""
+  chunk = models.ModelConfig.make(student_model).loss_chunk
+  if chunk and chunk < inputs.shape[1]:
+    return _chunked_kd_sums(
+      student_model, params, teacher_model, teacher_params, inputs, targets, kw
+    )
+  student = models.logits(student_model, params, inputs)
+  teacher = models.logits(teacher_model, jax.lax.stop_gradient(teacher_params), inputs)
+  return kd_sums(student, jax.lax.stop_gradient(teacher), targets, **kw)
 
 
 def _kd_kwargs(d) -> dict:
@@ -187,9 +223,7 @@ def online_loss_fn(student_model, teacher_model, d, eval_mode: bool = False):
   def loss_fn(params, batch, teacher_params):
     tokens = batch['tokens']
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    student = models.logits(student_model, params, inputs)
-    teacher = models.logits(teacher_model, jax.lax.stop_gradient(teacher_params), inputs)
-    total, sums = kd_sums(student, jax.lax.stop_gradient(teacher), targets, **kw)
+    total, sums = _kd(student_model, params, teacher_model, teacher_params, inputs, targets, kw)
     return (total, _as_eval(sums)) if eval_mode else (total, sums)
 
   return loss_fn
@@ -199,17 +233,22 @@ def offline_loss_fn(student_model, d):
   """loss_fn(params, batch) reading batch['teacher_values'/'teacher_indices'/'teacher_nll']."""
   kw = _kd_kwargs(d)
 
+  cfg = models.ModelConfig.make(student_model)
+  terms_kw = {k: kw[k] for k in ('temperature', 'divergence', 'mix_weight')}
+
   def loss_fn(params, batch):
     tokens = batch['tokens']
-    student = models.logits(student_model, params, tokens[:, :-1])
-    return topk_kd_sums(
-      student,
-      batch['teacher_values'],
-      batch['teacher_indices'],
-      batch['teacher_nll'],
-      tokens[:, 1:],
-      **kw,
-    )
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    values, indices = batch['teacher_values'], batch['teacher_indices']
+    if not cfg.loss_chunk or cfg.loss_chunk >= inputs.shape[1]:
+      student = models.logits(cfg, params, inputs)
+      return topk_kd_sums(student, values, indices, batch['teacher_nll'], targets, **kw)
+    x_BxLxD, unembed_DxV = loss.features(cfg, params, inputs)
+    one = lambda x, v, i, t: topk_kd_terms(readout(cfg, x, unembed_DxV), v, i, t, **terms_kw)
+    kl, ce, agree = loss.chunk_map(one, cfg.loss_chunk, x_BxLxD, values, indices, targets)
+    teacher_nll = batch['teacher_nll'].astype(jnp.float32)
+    mask = (targets >= 0).astype(jnp.float32)
+    return _sums(kl, ce, teacher_nll, agree, mask, kw['temperature'], kw['alpha'])
 
   return loss_fn
 
@@ -217,12 +256,14 @@ def offline_loss_fn(student_model, d):
 def offline_eval_loss_fn(student_model):
   """Offline / sequence eval: nothing stored for the eval stream, so the student's plain CE
   (frozen jit inputs, e.g. a teacher, are ignored)."""
+  cfg = models.ModelConfig.make(student_model)
 
   def loss_fn(params, batch, *frozen):
     del frozen
     tokens = batch['tokens']
-    ce, n = cross_entropy_sum(models.logits(student_model, params, tokens[:, :-1]), tokens[:, 1:])
-    return ce, {'loss': ce, 'ce_loss': ce, 'tokens': n}
+    nll_BxL, mask_BxL = loss.token_nll(cfg, params, tokens[:, :-1], tokens[:, 1:])
+    ce = nll_BxL.sum()
+    return ce, {'loss': ce, 'ce_loss': ce, 'tokens': mask_BxL.sum()}
 
   return loss_fn
 
@@ -247,9 +288,7 @@ def sequence_loss_fn(student_model, d, teacher_model=None):
       nll_BxL, mask_BxL = loss.token_nll(cfg, params, inputs_BxL, targets_BxL)
       ce = nll_BxL.sum()
       return ce, {'loss': ce, 'ce_loss': ce, 'tokens': mask_BxL.sum()}
-    student = models.logits(student_model, params, inputs_BxL)
-    teacher = models.logits(teacher_model, jax.lax.stop_gradient(teacher_params[0]), inputs_BxL)
-    return kd_sums(student, jax.lax.stop_gradient(teacher), targets_BxL, **kw)
+    return _kd(student_model, params, teacher_model, teacher_params[0], inputs_BxL, targets_BxL, kw)
 
   return loss_fn
 
