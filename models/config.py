@@ -52,7 +52,7 @@ class ModelConfig:
   # 'auto' | 'xla' | 'blockwise' | 'cudnn' | 'splash' (models/attention.py); 'auto' picks per
   # backend: blockwise on CPU, cuDNN flash on GPU (bf16/fp16), splash on TPU.
   attention_impl: str = 'auto'
-  attention_block: int = 128  # 'blockwise': queries per block.
+  attention_block: int = 64  # 'blockwise': queries per block.
   # Cross-entropy over chunks of this many positions (0: whole rows), so float32 logits
   # [B, L, V] are never materialised (the backward recomputes each chunk's).
   loss_chunk: int = 0
