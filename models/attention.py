@@ -66,32 +66,34 @@ def causal(
 def blockwise(
   q_BxLxHxDh: jax.Array, k_BxLxKxDh: jax.Array, v_BxLxKxDh: jax.Array, scale, block: int
 ) -> jax.Array:
-  """Causal attention by query blocks: block i sees keys up to its own last position only."""
+  """Causal attention by query blocks: block i sees keys up to its own last position only.
+
+  Layout: kv heads go in front of the length once (one transpose each way) and a block's G query
+  heads of one kv head stack as rows (Q positions x G heads), so each block is two plain batched
+  matmuls over contiguous tiles (about 2x faster on CPU than dots over [B, L, H, Dh] slices)."""
   B, L, H, Dh = q_BxLxHxDh.shape
   K = k_BxLxKxDh.shape[2]
-  q_BxLxKxGxDh = q_BxLxHxDh.reshape(B, L, K, H // K, Dh)
+  G = H // K
+  q_BxKxLxGxDh = q_BxLxHxDh.reshape(B, L, K, G, Dh).transpose(0, 2, 1, 3, 4)
+  k_BxKxLxDh, v_BxKxLxDh = (x.transpose(0, 2, 1, 3) for x in (k_BxLxKxDh, v_BxLxKxDh))
   outs = []
   for start in range(0, L, block):
     end = min(start + block, L)  # keys [0, end) are the only ones this block can see.
-    s_BxKxGxQxS = jnp.einsum(
-      'bqkgd,bskd->bkgqs',
-      q_BxLxKxGxDh[:, start:end],
-      k_BxLxKxDh[:, :end],
-      preferred_element_type=jnp.float32,
+    rows = (end - start) * G  # row r: position start + r // G, query head r % G.
+    q_BxKxRxDh = q_BxKxLxGxDh[:, :, start:end].reshape(B, K, rows, Dh)
+    s_BxKxRxS = jnp.einsum(
+      'bkrd,bksd->bkrs', q_BxKxRxDh, k_BxKxLxDh[:, :, :end], preferred_element_type=jnp.float32
     )
-    s_BxKxGxQxS = s_BxKxGxQxS * jnp.float32(scale)
-    causal_QxS = jnp.arange(start, end)[:, None] >= jnp.arange(end)[None, :]
-    s_BxKxGxQxS = jnp.where(causal_QxS, s_BxKxGxQxS, jnp.finfo(jnp.float32).min)
-    p_BxKxGxQxS = jax.nn.softmax(s_BxKxGxQxS, axis=-1).astype(v_BxLxKxDh.dtype)
-    outs.append(
-      jnp.einsum(
-        'bkgqs,bskd->bqkgd',
-        p_BxKxGxQxS,
-        v_BxLxKxDh[:, :end],
-        preferred_element_type=jnp.float32,
-      )
+    s_BxKxRxS = s_BxKxRxS * jnp.float32(scale)
+    causal_RxS = (start + jnp.arange(rows) // G)[:, None] >= jnp.arange(end)[None, :]
+    s_BxKxRxS = jnp.where(causal_RxS, s_BxKxRxS, jnp.finfo(jnp.float32).min)
+    p_BxKxRxS = jax.nn.softmax(s_BxKxRxS, axis=-1).astype(v_BxLxKxDh.dtype)
+    o_BxKxRxDh = jnp.einsum(
+      'bkrs,bksd->bkrd', p_BxKxRxS, v_BxKxLxDh[:, :, :end], preferred_element_type=jnp.float32
     )
-  return jnp.concatenate(outs, axis=1).reshape(B, L, H, Dh).astype(q_BxLxHxDh.dtype)
+    outs.append(o_BxKxRxDh.reshape(B, K, end - start, G, Dh))
+  o_BxKxLxGxDh = jnp.concatenate(outs, axis=2)
+  return o_BxKxLxGxDh.transpose(0, 2, 1, 3, 4).reshape(B, L, H, Dh).astype(q_BxLxHxDh.dtype)
 
 
 def splash_attention(
