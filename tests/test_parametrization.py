@@ -178,31 +178,41 @@ def test_hf_refuses_other_parametrizations(tmp_path):
 
 @pytest.fixture(scope='module')
 def coord_records(tiny_config):
-  """Coordinate checks of both families, widths 32..256, 5 Adam steps (about a minute each)."""
-  out = {}
-  for family in ('gpt2', 'llama'):
-    c = tiny_config()
-    c.model.update(
-      _model(family).__dict__
-      | {'vocab_size': 257, 'max_len': 64, 'n_heads': 2, 'head_dim': 16, 'd_ff': 128, 'd_model': 32}
-    )
-    if family == 'llama':
-      c.model.n_kv_heads = 1
-    out[family] = coord_check.run(
-      c,
-      ('sp', 'mup', 'umup'),
-      (32, 64, 128, 256),
-      steps=5,
-      lr=coord_check.DEFAULT_LR,
-      batch_size=16,
-      seq_len=64,
-    )
-  return out
+  """family -> coordinate-check records, widths 32..256, 5 Adam steps (about a minute each,
+  computed on first use)."""
+  cache = {}
+
+  def get(family):
+    if family not in cache:
+      c = tiny_config()
+      c.model.update(
+        _model(family).__dict__
+        | {'vocab_size': 257, 'max_len': 64, 'n_heads': 2, 'head_dim': 16, 'd_ff': 128}
+        | {'d_model': 32}
+      )
+      if family == 'llama':
+        c.model.n_kv_heads = 1
+      cache[family] = coord_check.run(
+        c,
+        ('sp', 'mup', 'umup'),
+        (32, 64, 128, 256),
+        steps=5,
+        lr=coord_check.DEFAULT_LR,
+        batch_size=16,
+        seq_len=64,
+      )
+    return cache[family]
+
+  return get
 
 
-@pytest.mark.parametrize('family', ['gpt2', 'llama'])
+# The LLaMA family's check is one more minute: in the slow set (GPT-2's runs by default).
+COORD_FAMILIES = ['gpt2', pytest.param('llama', marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize('family', COORD_FAMILIES)
 def test_coord_check_flat_under_mup_and_umup_growing_under_sp(coord_records, family):
-  after = coord_check.slopes(coord_records[family])
+  after = coord_check.slopes(coord_records(family))
   hidden = lambda p: {k: v for k, v in after[p].items() if k != 'logits'}
   # SP + Adam: every update adds ~lr per coordinate, summed over fan-in: activations grow with width.
   assert after['sp']['logits'] > 0.4, after['sp']
@@ -212,14 +222,14 @@ def test_coord_check_flat_under_mup_and_umup_growing_under_sp(coord_records, fam
     assert after[p]['logits'] < 0.1, (p, after[p])  # logits do not grow with width.
 
 
-def test_umup_starts_at_unit_scale(coord_records):
-  for family, records in coord_records.items():
-    for r in records:
-      if r['parametrization'] != 'umup':
-        continue
-      assert 0.2 < r['rms'][0] < 4 or r['tensor'] == 'logits', (family, r['tensor'], r['rms'][0])
-      if r['grad'] is not None:
-        assert 0.2 < r['grad'] < 4, (family, r['tensor'], r['grad'])
+@pytest.mark.parametrize('family', COORD_FAMILIES)
+def test_umup_starts_at_unit_scale(coord_records, family):
+  for r in coord_records(family):
+    if r['parametrization'] != 'umup':
+      continue
+    assert 0.2 < r['rms'][0] < 4 or r['tensor'] == 'logits', (family, r['tensor'], r['rms'][0])
+    if r['grad'] is not None:
+      assert 0.2 < r['grad'] < 4, (family, r['tensor'], r['grad'])
   cfg = _model(parametrization='umup')
   for w in jax.tree.leaves(models.init(cfg, jax.random.key(0))):
     assert float(np.std(w)) == 0.0 or 0.9 < float(np.sqrt(np.mean(np.square(w)))) < 1.1
