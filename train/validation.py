@@ -99,12 +99,8 @@ def _check_distill(config) -> ml_collections.ConfigDict | None:
   d, schema = config.distill, base.get_distill_config()
   for key, value in d.items():
     if key not in schema:
-      raise ValueError(f'config.distill.{key}: unknown key (known: {sorted(schema.keys())})')
-    want = type(schema[key])
-    if isinstance(value, bool) != (want is bool) or not (
-      isinstance(value, want) or (want is float and isinstance(value, int))
-    ):
-      raise ValueError(f'config.distill.{key}: expected {want.__name__}, got {value!r}')
+      raise ValueError(unknown_key(f'config.distill.{key}', key, schema.keys()))
+    _check_type(f'distill.{key}', value, type(schema[key]))
   d = ml_collections.ConfigDict({**schema.to_dict(), **d.to_dict()})
   if not d.teacher:
     raise ValueError("config.distill.teacher: required (one of our workdirs or 'hf:/path')")
