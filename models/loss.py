@@ -33,6 +33,11 @@ def features(
   )
 
 
+def chunked(cfg: ModelConfig, length: int) -> bool:
+  """Whether a length-`length` row's loss goes chunk by chunk (model.loss_chunk set and shorter)."""
+  return 0 < cfg.loss_chunk < length
+
+
 def chunk_map(fn: Callable, chunk: int, *xs_BxL: jax.Array):
   """fn over chunks of `chunk` positions of [B, L, ...] arrays, each under `jax.checkpoint` (only
   the chunk's inputs are kept; what fn builds, e.g. its logits, is recomputed in the backward);
@@ -50,9 +55,8 @@ def token_nll(
   cfg: ModelConfig, params: PyTree, inputs_BxL: jax.Array, targets_BxL: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
   """(NLL per token [B, L] in float32, mask [B, L]) of `targets` given `inputs` (same length)."""
-  chunk = cfg.loss_chunk
-  if not chunk or chunk >= inputs_BxL.shape[1]:
+  if not chunked(cfg, inputs_BxL.shape[1]):
     return nll(Transformer(cfg).apply({'params': params}, inputs_BxL), targets_BxL)
   x_BxLxD, unembed_DxV = features(cfg, params, inputs_BxL)
   one = lambda x_BxKxD, t_BxK: nll(readout(cfg, x_BxKxD, unembed_DxV), t_BxK)
-  return chunk_map(one, chunk, x_BxLxD, targets_BxL)
+  return chunk_map(one, cfg.loss_chunk, x_BxLxD, targets_BxL)

@@ -189,8 +189,7 @@ def _chunked_kd_sums(student_model, params, teacher_model, teacher_params, input
 
 def _kd(student_model, params, teacher_model, teacher_params, inputs, targets, kw):
   """Full-vocabulary KD sums, chunked along the sequence when the student sets loss_chunk."""
-  chunk = models.ModelConfig.make(student_model).loss_chunk
-  if chunk and chunk < inputs.shape[1]:
+  if loss.chunked(models.ModelConfig.make(student_model), inputs.shape[1]):
     return _chunked_kd_sums(
       student_model, params, teacher_model, teacher_params, inputs, targets, kw
     )
@@ -240,7 +239,7 @@ def offline_loss_fn(student_model, d):
     tokens = batch['tokens']
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     values, indices = batch['teacher_values'], batch['teacher_indices']
-    if not cfg.loss_chunk or cfg.loss_chunk >= inputs.shape[1]:
+    if not loss.chunked(cfg, inputs.shape[1]):
       student = models.logits(cfg, params, inputs)
       return topk_kd_sums(student, values, indices, batch['teacher_nll'], targets, **kw)
     x_BxLxD, unembed_DxV = loss.features(cfg, params, inputs)
