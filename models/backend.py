@@ -17,7 +17,8 @@ import jax
 class Backend:
   attention: str  # preferred kernel for 'auto' (models/attention.py falls back when it can't run).
   fallback: str  # kernel when the preferred one does not apply (dtype, length, head dim).
-  unroll_layers: bool  # scan_unroll=0: unroll the layer scan fully (params stay stacked).
+  # scan_unroll=0: unroll the layer scan fully (params stay stacked); a remat run stays rolled.
+  unroll_layers: bool
   xla_flags: tuple[str, ...] = ()  # appended to XLA_FLAGS (skipped when the user set the flag).
   libtpu_flags: tuple[str, ...] = ()  # appended to LIBTPU_INIT_ARGS.
 

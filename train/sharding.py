@@ -71,23 +71,36 @@ def make_mesh(mesh_config: MeshConfig, devices: Sequence[jax.Device] | None = No
   )
 
 
-def logical_to_mesh(spec: P, shape: Sequence[int], mesh: Mesh) -> NamedSharding:
-  """NamedSharding for one array; a dim the mesh axes don't divide is replicated."""
+def _mesh_axes(spec: P, shape: Sequence[int], sizes: Mapping[str, int], warn: bool = True) -> list:
+  """Mesh axes per dim of one array under LOGICAL_RULES; a dim they don't divide is replicated."""
   mesh_spec = nn.logical_to_mesh_axes(spec, LOGICAL_RULES)
   axes = []
   for dim, ax in zip(shape, tuple(mesh_spec) + (None,) * (len(shape) - len(mesh_spec))):
-    size = int(np.prod([mesh.shape[a] for a in ((ax,) if isinstance(ax, str) else ax or ())]))
+    size = int(np.prod([sizes[a] for a in ((ax,) if isinstance(ax, str) else ax or ())]))
     if size > 1 and dim % size:
-      logging.warning(
-        'Replicating a dim of size %d (logical %s): not divisible by mesh %s=%d',
-        dim,
-        spec,
-        ax,
-        size,
-      )
+      if warn:
+        logging.warning(
+          'Replicating a dim of size %d (logical %s): not divisible by mesh %s=%d',
+          dim,
+          spec,
+          ax,
+          size,
+        )
       ax = None
     axes.append(ax)
-  return NamedSharding(mesh, P(*axes))
+  return axes
+
+
+def logical_to_mesh(spec: P, shape: Sequence[int], mesh: Mesh) -> NamedSharding:
+  """NamedSharding for one array; a dim the mesh axes don't divide is replicated."""
+  return NamedSharding(mesh, P(*_mesh_axes(spec, shape, mesh.shape)))
+
+
+def shards(spec: P, shape: Sequence[int], sizes: Mapping[str, int]) -> int:
+  """How many devices one array is split over (the rest hold copies), from the mesh shape."""
+  axes = _mesh_axes(spec, shape, sizes, warn=False)
+  names = [a for ax in axes for a in ((ax,) if isinstance(ax, str) else ax or ())]
+  return int(np.prod([sizes[a] for a in names]))
 
 
 def tree_shardings(logical_specs: PyTree, shapes: PyTree, mesh: Mesh) -> PyTree:

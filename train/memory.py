@@ -1,0 +1,131 @@
+"""Device memory of one train step, estimated from the config before anything is allocated.
+
+Parameters, Adam's two moments and the gradients are counted exactly per device from the shapes
+and the sharding table; activations of one microbatch are a per-token model of what the backward
+keeps, by remat policy, calibrated against XLA's compiled memory analysis (tests/test_memory.py
+states the tolerance). A run that cannot fit is refused before compile with the knobs to turn.
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+import models
+from models.config import ModelConfig, head_dim, kv_heads
+from train import sharding
+
+GIB = 2**30
+F32 = 4
+ITEMSIZE = {'float32': 4, 'bfloat16': 2, 'float16': 2}
+# Floats the backward keeps per token and layer without remat, fitted on XLA's buffer assignment
+# (21 shapes: d_model, d_ff, heads, length, vocab varied one at a time): about 16 d_model-wide
+# tensors (residuals, norms, q/k/v/out), 3 d_ff-wide ones (up, activation, its input; 4.4 when
+# gated) and 2 per head and key (attention probabilities and their softmax input).
+PER_D, PER_FF, PER_FF_GATED, PER_SCORE = 16, 3, 4.4, 2
+PER_V, PER_D_HEAD = 2, 5  # logits and their gradient (float32); final norm and its input.
+ROLLED = 1.25  # a rolled layer scan keeps its stacked carries too (407 vs 327 MB measured).
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+  """Bytes per device of one train step; `limit` is what the device (or host) offers, if known."""
+
+  params: int
+  optimizer: int
+  grads: int
+  activations: int
+  limit: int | None
+
+  @property
+  def total(self) -> int:
+    return self.params + self.optimizer + self.grads + self.activations
+
+  def line(self) -> str:
+    parts = ', '.join(
+      f'{k} {getattr(self, k) / GIB:.2f}' for k in ('params', 'optimizer', 'grads', 'activations')
+    )
+    limit = f' of {self.limit / GIB:.2f} GiB available' if self.limit else ''
+    return f'memory per device (GiB): {parts}; total {self.total / GIB:.2f}{limit}'
+
+
+def param_bytes(model: ModelConfig, mesh_shape: dict) -> int:
+  """float32 parameter bytes held by one device under the sharding table."""
+  shapes, specs = models.param_shapes(model), models.logical_axes(model)
+  sizes = jax.tree.map(
+    lambda spec, s: F32 * int(np.prod(s.shape)) // sharding.shards(spec, s.shape, mesh_shape),
+    specs,
+    shapes,
+    is_leaf=lambda x: isinstance(x, P),
+  )
+  return int(sum(jax.tree.leaves(sizes)))
+
+
+def _saved_per_layer(m: ModelConfig, seq_len: int, tensor: int) -> float:
+  """Floats per token one layer keeps for the backward under m.remat."""
+  gated = m.mlp in ('swiglu', 'geglu')
+  hd, heads = head_dim(m), m.n_heads / tensor
+  ff = m.d_ff / tensor
+  if m.remat == 'full':
+    return m.d_model  # the layer's input only.
+  if m.remat in ('dots', 'dots_no_batch'):  # matmul outputs: q, k, v, out, up (gate), down.
+    return (m.n_heads + 2 * kv_heads(m)) * hd / tensor + 2 * m.d_model + ff * (1 + gated)
+  return PER_D * m.d_model + (PER_FF_GATED if gated else PER_FF) * ff + PER_SCORE * heads * seq_len
+
+
+def activation_bytes(m: ModelConfig, tokens: int, seq_len: int, tensor: int = 1) -> int:
+  """Bytes of activations for `tokens` tokens of one microbatch on one device."""
+  itemsize = F32 if jax.default_backend() == 'cpu' else ITEMSIZE[m.dtype]  # XLA:CPU widens.
+  saved = m.n_layers * _saved_per_layer(m, seq_len, tensor)
+  if m.remat != 'none':  # plus one layer's working set while it is recomputed.
+    saved += _saved_per_layer(m.replace(remat='none'), seq_len, tensor)
+  elif m.scan_layers and (m.scan_unroll == 1 or jax.default_backend() != 'cpu'):
+    saved *= ROLLED
+  vocab = -(-m.vocab_size // m.vocab_multiple) * m.vocab_multiple / tensor
+  rows = tokens if not m.loss_chunk else tokens * m.loss_chunk // seq_len
+  return int(tokens * (saved + PER_D_HEAD * m.d_model) * itemsize + rows * PER_V * vocab * F32)
+
+
+def available(devices: list | None = None) -> int | None:
+  """Bytes one device can hold: the accelerator's limit, or on CPU the host's available memory
+  shared by its local devices; None when unknown."""
+  devices = devices or jax.local_devices()
+  stats = devices[0].memory_stats() if devices[0].platform != 'cpu' else None
+  if stats and stats.get('bytes_limit'):
+    return int(stats['bytes_limit'])
+  try:
+    with open('/proc/meminfo') as f:
+      info = dict(line.split(':', 1) for line in f)
+    return int(info['MemAvailable'].split()[0]) * 1024 // len(devices)
+  except (OSError, KeyError, ValueError):  # not Linux: unknown.
+    return None
+
+
+def estimate(
+  model: ModelConfig,
+  mesh_shape: dict,
+  micro_batch: int,
+  seq_len: int,
+  grad_accum_steps: int = 1,
+  limit: int | None = None,
+) -> Estimate:
+  """Per-device bytes of the train step: params, Adam moments, gradients (plus the accumulator
+  when accumulating) and one microbatch's activations (`micro_batch` global sequences)."""
+  p = param_bytes(model, mesh_shape)
+  shards = mesh_shape['data'] * mesh_shape['fsdp']
+  tokens = max(micro_batch // shards, 1) * seq_len
+  acts = activation_bytes(model, tokens, seq_len, mesh_shape['tensor'])
+  return Estimate(p, 2 * p, p * (2 if grad_accum_steps > 1 else 1), acts, limit)
+
+
+def check(est: Estimate) -> None:
+  """Refuse a step that cannot fit, in one line with the estimate, the limit and the knobs."""
+  if est.limit is None or est.total <= est.limit:
+    return
+  raise ValueError(
+    f'{est.line()}: the step does not fit; shard the state (config.mesh.fsdp), '
+    'recompute activations (config.model.remat), use smaller microbatches '
+    '(config.train.grad_accum_steps or global_batch_size), or chunk the loss '
+    '(config.model.loss_chunk)'
+  )
