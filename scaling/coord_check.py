@@ -26,6 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import models
+from configs import schema
 from models import parametrization as param_lib
 from train import optimizer as optim
 from train.data import pipeline
@@ -36,9 +37,10 @@ from train.step import TrainState, cross_entropy_sum, lm_loss, make_train_step
 DEFAULT_LR = {'sp': 2.5e-3, 'mup': 2.5e-3, 'umup': 0.25}
 
 
-def width_model(model_config, width: int, parametrization: str, base_width: int):
+def width_model(
+  c: models.ModelConfig, width: int, parametrization: str, base_width: int
+) -> models.ModelConfig:
   """The config's model at d_model=width: d_ff and heads scale with width, head dim fixed."""
-  c = models.ModelConfig.make(model_config)
   hd = models.head_dim(c)
   heads = max(1, width // hd)
   kv = max(1, heads * models.kv_heads(c) // c.n_heads)
@@ -136,6 +138,7 @@ def run(
     config.data.seq_len = seq_len
     config.train.global_batch_size = batch_size
     config.model.max_len = max(config.model.max_len, seq_len)
+  model = schema.Config.make(config).model  # parsed once, typed.
   train_ds, eval_ds, _ = pipeline.make_datasets(config, 0, 1)
   batches = [train_ds.batch(s) for s in range(steps)]
   probe = jnp.asarray(eval_ds.eval_batch(0))
@@ -147,7 +150,7 @@ def run(
     with opt.unlocked():
       opt.lr = float(lr[p] if isinstance(lr, dict) else (lr or config.optimizer.lr))
     for w in widths:
-      cfg = width_model(config.model, w, p, widths[0])
+      cfg = width_model(model, w, p, widths[0])
       for seed in seeds:
         for tensor, r in measure(cfg, opt, batches, probe, seed).items():
           records.append(

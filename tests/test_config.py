@@ -1,10 +1,14 @@
 """Config validation: each impossible or malformed config fails before compile, naming the field."""
 
+import os
+
 import ml_collections
 import pytest
 
 from configs import base
 from train import validation
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _err(config, devices=8, processes=1):
@@ -93,3 +97,65 @@ def test_shipped_configs_validate():
       c = mod.get_config() if arg is None else mod.get_config(arg)
       c.mesh.update(data=-1, fsdp=1, tensor=1)
       validation.derive(c, 8)
+
+
+@pytest.mark.parametrize(
+  'section, key, value, message',
+  [
+    ('optimizer', 'lr', float('nan'), 'config.optimizer.lr must be finite, got nan'),
+    ('optimizer', 'lr', 0.0, 'config.optimizer.lr must be positive, got 0.0'),
+    ('optimizer', 'eps', float('inf'), 'config.optimizer.eps must be finite, got inf'),
+    ('optimizer', 'b2', 2.0, 'config.optimizer.b2 must be in [0, 1), got 2.0'),
+    ('optimizer', 'b1', -0.1, 'config.optimizer.b1 must be in [0, 1), got -0.1'),
+    ('optimizer', 'min_lr_ratio', -1.0, 'config.optimizer.min_lr_ratio must be in [0, 1], got'),
+    ('optimizer', 'decay_fraction', 1.5, 'config.optimizer.decay_fraction must be in [0, 1]'),
+    ('optimizer', 'weight_decay', -0.1, 'config.optimizer.weight_decay must be >= 0, got -0.1'),
+    ('optimizer', 'grad_clip', float('nan'), 'config.optimizer.grad_clip must be finite'),
+    ('train', 'spike_factor', float('nan'), 'config.train.spike_factor must be finite, got nan'),
+    ('train', 'loss_scale_init', float('inf'), 'config.train.loss_scale_init (inf)'),
+    ('train', 'loss_scale_init', 0.0, 'config.train.loss_scale_init (0.0)'),
+    ('data', 'read_threads', 10**6, 'config.data.read_threads must be <= 256'),
+    ('data', 'read_threads', -1, 'config.data.read_threads must be >= 0'),
+    ('model', 'rope_theta', float('nan'), 'config.model.rope_theta must be finite, got nan'),
+    ('model', 'norm_eps', 0.0, 'config.model.norm_eps must be positive'),
+    ('lm_eval', 'batch_size', 0, 'config.lm_eval.batch_size must be positive'),
+    ('distributed', 'num_processes', -2, 'config.distributed.num_processes must be >= 0'),
+    ('mesh', 'fsdp', 0, 'config.mesh: axis sizes must be positive or -1'),
+  ],
+)
+def test_numeric_fields_finite_and_in_range(section, key, value, message):
+  """Every numeric field is checked for finiteness and range, in one line naming it."""
+  c = base.get_config()
+  c[section][key] = value
+  err = _err(c)
+  assert message in err and '\n' not in err
+
+
+def test_numeric_faults_stop_main_before_anything_is_written(tmp_path):
+  """Through main.py as a user would: one `error:` line, exit 2, the workdir left untouched."""
+  import subprocess
+  import sys
+
+  workdir = tmp_path / 'w'
+  cases = [
+    ('--config.optimizer.lr=nan', 'config.optimizer.lr must be finite'),
+    ('--config.data.read_threads=1000000', 'config.data.read_threads must be <= 256'),
+  ]
+  for flag, message in cases:
+    cmd = [sys.executable, 'main.py', '--config=configs/default.py', f'--workdir={workdir}', flag]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert not workdir.exists() or not any(workdir.iterdir())
+
+
+def test_typed_config_parses_once_and_reads_like_the_configdict():
+  """derive returns the parsed typed config; it reads like the ConfigDict it came from."""
+  c = base.get_config()
+  d = validation.derive(c, 8)
+  typed = d.config
+  assert d.model is typed.model and d.distill is None and 'distill' not in typed
+  assert typed.train.global_batch_size == c.train.global_batch_size
+  assert typed['mesh']['data'] == c.mesh.data and typed.data.data_dir is None
+  assert typed.to_dict() == c.to_dict()
+  assert validation.derive(typed, 8) == d  # a parsed Config derives the same, unparsed again.

@@ -3,30 +3,58 @@ on a (data, fsdp, tensor) mesh; with FLOPs per device, when a step becomes commu
 
   python -m train.collectives --config=configs/gpt2.py:124m --devices=64,256 \
       --mesh=data=-1 --mesh=fsdp=-1
+
+What XLA emits, read from the compiled step (tests/test_collectives.py; the same rules matched
+GPT-2 124M and LLaMA 1B lowered for 8, 64 and 256 CPU devices). k = train.grad_accum_steps
+microbatches in a lax.scan, B_m = global_batch / k rows, S = seq_len, D = d_model, V = vocab;
+params are float32 and so is every buffer below, whatever model.dtype: the cast to the compute
+dtype follows the gather.
+* fsdp all-gathers of the params sharded on 'embed': per layer inside the layer scan, the
+  layer's weights and biases in the forward and its weight matrices again in the backward (with
+  remat also a bias, < 0.2 %), so k times per step each way; the head (tied embedding or
+  unembed) and the position table once per step, hoisted out of the microbatch loop (the head
+  twice, forward and backward, when model.dtype is not float32). With the layer scan fully
+  unrolled (scan_unroll=0 on CPU) the layer gathers are hoisted too; without scan_layers the
+  forward's gathers serve the backward.
+* gradients, every microbatch (k times per step, not once after accumulating): weight matrices
+  and the head are reduce-scattered over fsdp, then their shards all-reduced over data; the
+  rest (norms, biases, position table) is all-reduced whole over data x fsdp. The lookup
+  table's gradient is reduced apart from the head's even when tied (below).
+* the embedding lookup (table sharded on 'embed', tokens on (data, fsdp)) when fsdp > 1: XLA
+  gathers the table if that moves no less than gathering the tokens would ((B_m/data)*S tokens
+  plus the [B_m, S, D/fsdp] activations it then gathers over data): one fsdp all-gather of the
+  table per step, and its gradient all-reduced whole over data x fsdp per microbatch. Otherwise,
+  per microbatch: int32 tokens all-gathered over fsdp, activations all-to-all'd over fsdp
+  (forward, and backward when data = 1); with data > 1 also the [B_m, S, D/fsdp] activations
+  all-gathered over data (XLA's 'Involuntary full rematerialization') and, for the backward,
+  the cheaper of all-gathering the [B_m, S, D] activation grads over data x fsdp (when
+  B_m*S < V) or all-reducing the whole table gradient over data x fsdp. With data = 1 the
+  table gradient needs no collective; with fsdp = 1 it is all-reduced over data.
+Not counted: scalar all-reduces of the loss and metrics (bytes), and tensor-parallel activation
+collectives (tensor > 1 only shrinks the param and gradient buffers here).
+XLA:CPU, where this is checked, has no reduce-scatter pass (it all-reduces the whole gradient
+and slices it); GPU and TPU form the reduce-scatter counted here, and may also hoist the
+data-parallel all-reduce of accumulated gradients out of the microbatch loop
+(WhileLoopAllReduceCodeMotion), dividing those bytes by k: not verified here. `platform` only
+resolves model.scan_unroll = 0 (fully unrolled on 'cpu').
 """
 
 import dataclasses
 import math
 
 import jax
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
 import models
+from configs import schema
+from models import count
 from train import flops as flops_lib
 from train import sharding
 
 KINDS = ('all-gather', 'reduce-scatter', 'all-reduce', 'all-to-all')
-# Published per-chip figures (vendor pages, not measured here): dense bf16 peak FLOP/s and the
-# bidirectional interconnect bandwidth per chip in bytes/s. A ring sends at most half of it.
-HARDWARE = {
-  # cloud.google.com/tpu/docs/v5e: 197 TFLOPs bf16; bidirectional ICI bandwidth per chip 400 GBps.
-  'TPU v5e': (197e12, 400e9),
-  # cloud.google.com/tpu/docs/v5p: 459 TFLOPs bf16; bidirectional ICI bandwidth per chip 1200 GBps.
-  'TPU v5p': (459e12, 1200e9),
-  # NVIDIA H100 SXM datasheet: 989 TFLOPS dense bf16; NVLink 900 GB/s (bidirectional, total).
-  'H100 SXM (NVLink)': (989e12, 900e9),
-}
+_DATA, _FSDP, _BOTH = ('data',), ('fsdp',), ('data', 'fsdp')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,12 +110,7 @@ def comm_time(step: StepCollectives, bandwidth_bytes_per_s: float) -> float:
   return step.bytes_per_device / bandwidth_bytes_per_s
 
 
-def compute_time(step: StepCollectives, peak_flops: float) -> float:
-  """Seconds per step of model FLOPs at `peak_flops` per device (MFU = 1)."""
-  return step.flops_per_device / peak_flops
-
-
-def _layers_rolled(model, platform: str) -> bool:
+def _layers_rolled(model: models.ModelConfig, platform: str) -> bool:
   """Whether the layer scan stays a loop (models/backend.py: scan_unroll=0 unrolls fully on CPU)."""
   if not model.scan_layers:
     return False
@@ -95,7 +118,7 @@ def _layers_rolled(model, platform: str) -> bool:
   return unroll < model.n_layers
 
 
-def _param_bytes(model, mesh_shape: dict) -> dict:
+def _param_bytes(model: models.ModelConfig, mesh_shape: dict) -> dict:
   """Bytes of the params by role, each divided by its non-fsdp (tensor) sharding, from the
   logical axes of the initialised pytree and the trainer's own rules (sharding.logical_to_mesh)."""
   mesh = jax.sharding.AbstractMesh(
@@ -132,113 +155,86 @@ def _param_bytes(model, mesh_shape: dict) -> dict:
   return out
 
 
-def step_collectives(config, num_devices: int, platform: str = 'tpu') -> StepCollectives:
-  """The collectives of one optimizer step of `config`'s train step on `num_devices`.
-
-  What XLA emits, read from the compiled step (tests/test_collectives.py; the same rules matched
-  GPT-2 124M and LLaMA 1B lowered for 8, 64 and 256 CPU devices). k = train.grad_accum_steps
-  microbatches in a lax.scan, B_m = global_batch / k rows, S = seq_len, D = d_model, V = vocab;
-  params are float32 and so is every buffer below, whatever model.dtype: the cast to the compute
-  dtype follows the gather.
-  * fsdp all-gathers of the params sharded on 'embed': per layer inside the layer scan, the
-    layer's weights and biases in the forward and its weight matrices again in the backward (with
-    remat also a bias, < 0.2 %), so k times per step each way; the head (tied embedding or
-    unembed) and the position table once per step, hoisted out of the microbatch loop (the head
-    twice, forward and backward, when model.dtype is not float32). With the layer scan fully
-    unrolled (scan_unroll=0 on CPU) the layer gathers are hoisted too; without scan_layers the
-    forward's gathers serve the backward.
-  * gradients, every microbatch (k times per step, not once after accumulating): weight matrices
-    and the head are reduce-scattered over fsdp, then their shards all-reduced over data; the
-    rest (norms, biases, position table) is all-reduced whole over data x fsdp. The lookup
-    table's gradient is reduced apart from the head's even when tied (below).
-  * the embedding lookup (table sharded on 'embed', tokens on (data, fsdp)) when fsdp > 1: XLA
-    gathers the table if that moves no less than gathering the tokens would ((B_m/data)*S tokens
-    plus the [B_m, S, D/fsdp] activations it then gathers over data): one fsdp all-gather of the
-    table per step, and its gradient all-reduced whole over data x fsdp per microbatch. Otherwise,
-    per microbatch: int32 tokens all-gathered over fsdp, activations all-to-all'd over fsdp
-    (forward, and backward when data = 1); with data > 1 also the [B_m, S, D/fsdp] activations
-    all-gathered over data (XLA's 'Involuntary full rematerialization') and, for the backward,
-    the cheaper of all-gathering the [B_m, S, D] activation grads over data x fsdp (when
-    B_m*S < V) or all-reducing the whole table gradient over data x fsdp. With data = 1 the
-    table gradient needs no collective; with fsdp = 1 it is all-reduced over data.
-  Not counted: scalar all-reduces of the loss and metrics (bytes), and tensor-parallel activation
-  collectives (tensor > 1 only shrinks the param and gradient buffers here).
-  XLA:CPU, where this is checked, has no reduce-scatter pass (it all-reduces the whole gradient
-  and slices it); GPU and TPU form the reduce-scatter counted here, and may also hoist the
-  data-parallel all-reduce of accumulated gradients out of the microbatch loop
-  (WhileLoopAllReduceCodeMotion), dividing those bytes by k: not verified here. `platform` only
-  resolves model.scan_unroll = 0 (fully unrolled on 'cpu').
-  """
+def step_collectives(
+  config: ml_collections.ConfigDict, num_devices: int, platform: str = 'tpu'
+) -> StepCollectives:
+  """The collectives of one optimizer step of `config`'s train step on `num_devices` (the rules
+  in the module docstring); `platform` only resolves model.scan_unroll = 0."""
   model = models.ModelConfig.make(config.model)
   shape = sharding.mesh_shape(config.mesh, num_devices)
-  n_d, n_f, n_t = shape['data'], shape['fsdp'], shape['tensor']
+  n_d, n_f = shape['data'], shape['fsdp']
   k = int(config.train.grad_accum_steps)
   batch, seq = int(config.train.global_batch_size), int(config.data.seq_len)
   if batch % (n_d * n_f * k):
     raise ValueError(
       f'global_batch_size {batch} is not a multiple of data*fsdp*grad_accum_steps = {n_d}*{n_f}*{k}'
     )
-  p = _param_bytes(model, shape)
-  rolled = _layers_rolled(model, platform)
-  gathers = k if rolled else 1
-  scanned = int(model.scan_layers)  # unscanned: the forward's gathered weights serve the backward.
-  b_m, d, act = batch // k, model.d_model, 4  # the lookup runs on the float32 table.
-  data, fsdp, both = ('data',), ('fsdp',), ('data', 'fsdp')
-  head_gathers = 1 if model.dtype == 'float32' else 2
-  rows = [
-    ('layer params, forward', 'all-gather', fsdp, p['layer_matrix'] + p['layer_vector'], gathers),
-    ('layer weights, backward', 'all-gather', fsdp, p['layer_matrix'], gathers * scanned),
-    ('head', 'all-gather', fsdp, p['head'], head_gathers),
-    ('position table', 'all-gather', fsdp, p['pos'], 1),
-    ('weight + head grads', 'reduce-scatter', fsdp, p['layer_matrix'] + p['head'], k),
-    ('weight + head grad shards', 'all-reduce', data, (p['layer_matrix'] + p['head']) / n_f, k),
-    (
-      'other grads',
-      'all-reduce',
-      both,
-      p['layer_vector'] + p['replicated'] + p['pos'] + p['other'],
-      k,
-    ),
-  ]
-  # XLA's gather partitioner picks the cheaper of two lookups: gather the tokens and move the
-  # activations, or (at least as much to move) gather the table.
-  v = model.vocab_size
-  table_gathered = n_f > 1 and b_m // n_d * seq + b_m * seq * d // n_f >= v * d
-  # ... and on data x fsdp meshes the smaller of the activation grads and the table grad.
-  grads_gathered = n_d > 1 and n_f > 1 and not table_gathered and b_m * seq < v
-  if n_f == 1:
-    rows.append(('lookup table grad', 'all-reduce', data, p['table'], k))
-  elif (n_d > 1 or table_gathered) and not grads_gathered:
-    rows.append(('lookup table grad', 'all-reduce', both, p['table'], k))
-  elif n_d > 1:
-    rows.append(('lookup table grad shards', 'all-reduce', data, p['table'] / n_f, k))
-  if table_gathered:  # a gather of its own even when tied (not merged with the head's).
-    rows.append(('lookup table', 'all-gather', fsdp, p['table'], 1))
-  elif n_f > 1:
-    local = b_m // (n_d * n_f) * seq * d * act
-    rows += [
-      ('tokens for the lookup', 'all-gather', fsdp, b_m // n_d * seq * 4, k),
-      ('looked-up activations', 'all-to-all', fsdp, local, k),
-    ]
-    if n_d == 1:
-      rows.append(('activation grads', 'all-to-all', fsdp, local, k))
-    else:
-      rows.append(('looked-up activations', 'all-gather', data, b_m * seq * d // n_f * act, k))
-      if grads_gathered:
-        rows.append(('activation grads', 'all-gather', both, b_m * seq * d * act, k))
-  groups = {data: n_d, fsdp: n_f, both: n_d * n_f}
+  rows = _param_rows(model, _param_bytes(model, shape), n_f, k, platform)
+  rows += _lookup_rows(model, _param_bytes(model, shape)['table'], shape, batch // k, seq, k)
+  groups = {_DATA: n_d, _FSDP: n_f, _BOTH: n_d * n_f}
   collectives = tuple(
     Collective(what, kind, axes, groups[axes], float(buf), int(count))
     for what, kind, axes, buf, count in rows
     if groups[axes] > 1 and buf > 0 and count > 0
   )
-  tokens = batch * seq
-  flops = flops_lib.train_flops_per_token(model, seq) * tokens / num_devices
-  note = 'tensor-parallel activation collectives not counted' if n_t > 1 else ''
+  flops = count.train_flops_per_token(model, seq) * batch * seq / num_devices
+  note = 'tensor-parallel activation collectives not counted' if shape['tensor'] > 1 else ''
   return StepCollectives(shape, k, collectives, flops, note)
 
 
-def _fit_accum(config, num_devices: int) -> int:
+def _param_rows(model: models.ModelConfig, p: dict, n_f: int, k: int, platform: str) -> list:
+  """(what, kind, axes, buffer bytes, count) of the param gathers and gradient reductions."""
+  rolled = _layers_rolled(model, platform)
+  gathers = k if rolled else 1
+  scanned = int(model.scan_layers)  # unscanned: the forward's gathered weights serve the backward.
+  head_gathers = 1 if model.dtype == 'float32' else 2
+  other = p['layer_vector'] + p['replicated'] + p['pos'] + p['other']
+  return [
+    ('layer params, forward', 'all-gather', _FSDP, p['layer_matrix'] + p['layer_vector'], gathers),
+    ('layer weights, backward', 'all-gather', _FSDP, p['layer_matrix'], gathers * scanned),
+    ('head', 'all-gather', _FSDP, p['head'], head_gathers),
+    ('position table', 'all-gather', _FSDP, p['pos'], 1),
+    ('weight + head grads', 'reduce-scatter', _FSDP, p['layer_matrix'] + p['head'], k),
+    ('weight + head grad shards', 'all-reduce', _DATA, (p['layer_matrix'] + p['head']) / n_f, k),
+    ('other grads', 'all-reduce', _BOTH, other, k),
+  ]
+
+
+def _lookup_rows(
+  model: models.ModelConfig, table: float, shape: dict, b_m: int, seq: int, k: int
+) -> list:
+  """The embedding lookup's collectives: XLA's gather partitioner picks the cheaper of gathering
+  the tokens and moving the activations, or (at least as much to move) gathering the table."""
+  n_d, n_f, d, v = shape['data'], shape['fsdp'], model.d_model, model.vocab_size
+  act = 4  # the lookup runs on the float32 table.
+  table_gathered = n_f > 1 and b_m // n_d * seq + b_m * seq * d // n_f >= v * d
+  # ... and on data x fsdp meshes the smaller of the activation grads and the table grad.
+  grads_gathered = n_d > 1 and n_f > 1 and not table_gathered and b_m * seq < v
+  rows = []
+  if n_f == 1:
+    rows.append(('lookup table grad', 'all-reduce', _DATA, table, k))
+  elif (n_d > 1 or table_gathered) and not grads_gathered:
+    rows.append(('lookup table grad', 'all-reduce', _BOTH, table, k))
+  elif n_d > 1:
+    rows.append(('lookup table grad shards', 'all-reduce', _DATA, table / n_f, k))
+  if table_gathered:  # a gather of its own even when tied (not merged with the head's).
+    return rows + [('lookup table', 'all-gather', _FSDP, table, 1)]
+  if n_f == 1:
+    return rows
+  local = b_m // (n_d * n_f) * seq * d * act
+  rows += [
+    ('tokens for the lookup', 'all-gather', _FSDP, b_m // n_d * seq * 4, k),
+    ('looked-up activations', 'all-to-all', _FSDP, local, k),
+  ]
+  if n_d == 1:
+    return rows + [('activation grads', 'all-to-all', _FSDP, local, k)]
+  rows.append(('looked-up activations', 'all-gather', _DATA, b_m * seq * d // n_f * act, k))
+  if grads_gathered:
+    rows.append(('activation grads', 'all-gather', _BOTH, b_m * seq * d * act, k))
+  return rows
+
+
+def _fit_accum(config: ml_collections.ConfigDict, num_devices: int) -> int:
   """The largest grad_accum_steps <= the config's that divides the rows per data x fsdp shard."""
   shape = sharding.mesh_shape(config.mesh, num_devices)
   rows = config.train.global_batch_size // (shape['data'] * shape['fsdp'])
@@ -256,7 +252,7 @@ def _mesh_arg(text: str) -> dict:
   return out
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   del argv
   jax.config.update('jax_platforms', 'cpu')  # shapes only: no accelerator needed or taken.
   config = _CONFIG.value
@@ -292,8 +288,9 @@ def main(argv):
       if step.note:
         print(f'|   |   | {step.note} |')
   print('\nCompute-bound while FLOP/byte > peak FLOP/s / (bidirectional link bandwidth / 2):')
-  for name, (peak, link) in HARDWARE.items():
-    print(f'  {name}: {peak / (link / 2):,.0f} (published figures, not measured)')
+  for name, chip in flops_lib.CHIPS.items():
+    if chip.link_bytes_per_s:
+      print(f'  {name}: {chip.peak_flops / (chip.link_bytes_per_s / 2):,.0f} (published figures)')
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
 """Knowledge distillation: a student learns from a teacher's output distribution.
 
 Entry point `run(config, workdir)` (main.py calls it for any config with a `distill`
-section). It plugs a `loop.Task` into the core training loop, so sharding, gradient
+section). It plugs a `context.Task` into the core training loop, so sharding, gradient
 accumulation, checkpoints, resume and metrics are the core trainer's.
 
 Loss, per unmasked token (targets < 0 are masked, as in `step.cross_entropy_sum`), all in
@@ -53,20 +53,26 @@ compile. The final metrics dict has 'teacher_params' and 'eval/teacher_loss' (fo
 """
 
 import logging
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 import models
-from configs import base
+from configs import base, schema
 from models import loss
+from models.config import PyTree
 from models.transformer import readout
-from train import distill_store, init_from, loop, validation
+from train import context, distill_store, init_from, loop, validation
 from train import teacher as teacher_lib
+from train.evaluators import Evaluator
 
 # The section's schema and defaults live with the configs (configs are data); train/validation.py
 # checks it (validation.derive -> Derived.distill).
 default_section = base.get_distill_config
+# The section as the loss functions read it: derived.distill (typed) or a ConfigDict.
+DistillSection = schema.DistillConfig | ml_collections.ConfigDict
 
 
 # --------------------------------------------------------------------------- loss
@@ -173,9 +179,17 @@ def topk_kd_sums(
   return _sums(kl, ce, teacher_nll.astype(jnp.float32), agree, mask, temperature, alpha)
 
 
-def _chunked_kd_sums(student_model, params, teacher_model, teacher_params, inputs, targets, kw):
+def _chunked_kd_sums(
+  student_model: models.ModelConfig,
+  params: PyTree,
+  teacher_model: models.ModelConfig,
+  teacher_params: PyTree,
+  inputs: jax.Array,
+  targets: jax.Array,
+  kw: dict,
+):
   """kd_sums with model.loss_chunk: both models' logits built and used chunk by chunk."""
-  scfg, tcfg = models.ModelConfig.make(student_model), models.ModelConfig.make(teacher_model)
+  scfg, tcfg = student_model, teacher_model
   xs_BxLxD, us_DxV = loss.features(scfg, params, inputs)
   xt_BxLxD, ut_DxV = loss.features(tcfg, jax.lax.stop_gradient(teacher_params), inputs)
 
@@ -187,9 +201,17 @@ def _chunked_kd_sums(student_model, params, teacher_model, teacher_params, input
   return _sums(*terms, (targets >= 0).astype(jnp.float32), kw['temperature'], kw['alpha'])
 
 
-def _kd(student_model, params, teacher_model, teacher_params, inputs, targets, kw):
+def _kd(
+  student_model: models.ModelConfig,
+  params: PyTree,
+  teacher_model: models.ModelConfig,
+  teacher_params: PyTree,
+  inputs: jax.Array,
+  targets: jax.Array,
+  kw: dict,
+):
   """Full-vocabulary KD sums, chunked along the sequence when the student sets loss_chunk."""
-  if loss.chunked(models.ModelConfig.make(student_model), inputs.shape[1]):
+  if loss.chunked(student_model, inputs.shape[1]):
     return _chunked_kd_sums(
       student_model, params, teacher_model, teacher_params, inputs, targets, kw
     )
@@ -198,7 +220,7 @@ def _kd(student_model, params, teacher_model, teacher_params, inputs, targets, k
   return kd_sums(student, jax.lax.stop_gradient(teacher), targets, **kw)
 
 
-def _kd_kwargs(d) -> dict:
+def _kd_kwargs(d: DistillSection) -> dict:
   return dict(
     temperature=float(d.temperature),
     alpha=float(d.alpha),
@@ -215,7 +237,12 @@ def _as_eval(sums):
   return sums
 
 
-def online_loss_fn(student_model, teacher_model, d, eval_mode: bool = False):
+def online_loss_fn(
+  student_model: models.ModelConfig,
+  teacher_model: models.ModelConfig,
+  d: DistillSection,
+  eval_mode: bool = False,
+):
   """loss_fn(params, batch, teacher_params) with the teacher forward inside (no gradient)."""
   kw = _kd_kwargs(d)
 
@@ -228,11 +255,11 @@ def online_loss_fn(student_model, teacher_model, d, eval_mode: bool = False):
   return loss_fn
 
 
-def offline_loss_fn(student_model, d):
+def offline_loss_fn(student_model: models.ModelConfig, d: DistillSection):
   """loss_fn(params, batch) reading batch['teacher_values'/'teacher_indices'/'teacher_nll']."""
   kw = _kd_kwargs(d)
 
-  cfg = models.ModelConfig.make(student_model)
+  cfg = student_model
   terms_kw = {k: kw[k] for k in ('temperature', 'divergence', 'mix_weight')}
 
   def loss_fn(params, batch):
@@ -252,10 +279,10 @@ def offline_loss_fn(student_model, d):
   return loss_fn
 
 
-def offline_eval_loss_fn(student_model):
+def offline_eval_loss_fn(student_model: models.ModelConfig):
   """Offline / sequence eval: nothing stored for the eval stream, so the student's plain CE
   (frozen jit inputs, e.g. a teacher, are ignored)."""
-  cfg = models.ModelConfig.make(student_model)
+  cfg = student_model
 
   def loss_fn(params, batch, *frozen):
     del frozen
@@ -267,7 +294,11 @@ def offline_eval_loss_fn(student_model):
   return loss_fn
 
 
-def sequence_loss_fn(student_model, d, teacher_model=None):
+def sequence_loss_fn(
+  student_model: models.ModelConfig,
+  d: DistillSection,
+  teacher_model: models.ModelConfig | None = None,
+):
   """loss_fn(params, batch[, teacher_params]) on teacher-generated rows batch['tokens'] [B, L+1].
 
   CE on the continuation: with d.mask_prompt the targets inside the prompt (the first
@@ -277,7 +308,7 @@ def sequence_loss_fn(student_model, d, teacher_model=None):
   """
   kw = _kd_kwargs(d)
   first = d.prompt_len - 1 if d.mask_prompt else 0
-  cfg = models.ModelConfig.make(student_model)
+  cfg = student_model
 
   def loss_fn(params, batch, *teacher_params):
     tokens = batch['tokens']
@@ -296,7 +327,7 @@ def sequence_loss_fn(student_model, d, teacher_model=None):
 
 
 def online_task_fn(config, ref: teacher_lib.TeacherRef):
-  def task_fn(r: loop.Run) -> loop.Task:
+  def task_fn(r: context.Run) -> context.Task:
     d = r.derived.distill
     tmodel, teacher, shardings = teacher_lib.load_teacher(config, ref, r.mesh)
     logging.info(
@@ -306,7 +337,7 @@ def online_task_fn(config, ref: teacher_lib.TeacherRef):
       ref.num_params,
       tmodel.dtype,
     )
-    return loop.Task(
+    return context.Task(
       loss_fn=online_loss_fn(r.derived.model, tmodel, d),
       frozen=(teacher,),
       frozen_shardings=(shardings,),
@@ -320,14 +351,14 @@ def online_task_fn(config, ref: teacher_lib.TeacherRef):
 def offline_task_fn(config, store):
   """Task reading the stored top-k logits of `store` (a distill_store.Store) by step."""
 
-  def task_fn(r: loop.Run) -> loop.Task:
+  def task_fn(r: context.Run) -> context.Task:
     store.check_stream(config, r)
 
     def extra_batch(step, host):
       del host
       return store.batch(step)
 
-    return loop.Task(
+    return context.Task(
       loss_fn=offline_loss_fn(r.derived.model, r.derived.distill),
       extra_batch=extra_batch,
       meta={
@@ -348,14 +379,14 @@ def sequence_task_fn(config, store, ref: teacher_lib.TeacherRef | None = None):
   """Task training on the teacher's sequences of `store` (a distill_store.SequenceStore): they
   replace the stream's rows step by step; with `ref` (alpha > 0) the teacher runs online too."""
 
-  def task_fn(r: loop.Run) -> loop.Task:
+  def task_fn(r: context.Run) -> context.Task:
     store.check_stream(config, r)
     tmodel, frozen, shardings = None, (), ()
     if ref is not None:
       tmodel, teacher, tsh = teacher_lib.load_teacher(config, ref, r.mesh)
       frozen, shardings = (teacher,), (tsh,)
     m = store.meta
-    return loop.Task(
+    return context.Task(
       loss_fn=sequence_loss_fn(r.derived.model, r.derived.distill, tmodel),
       frozen=frozen,
       frozen_shardings=shardings,
@@ -390,12 +421,17 @@ def _sequence_teacher(config, store) -> teacher_lib.TeacherRef:
 
 
 def run(
-  config, workdir: str, stop_after: int | None = None, derived: validation.Derived | None = None
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  stop_after: int | None = None,
+  derived: validation.Derived | None = None,
+  evaluators: Sequence[Evaluator] = (),
 ) -> dict:
   """Distil into the student of `config` in `workdir` (resuming); returns final metrics.
 
   The result has the loop's metrics plus 'teacher_params' and 'eval/teacher_loss'. `derived`:
-  validation.derive's result for `config` when the caller has it (derived here otherwise).
+  validation.derive's result for `config` when the caller has it (derived here otherwise);
+  `evaluators` as in `loop.run`.
   """
   if derived is None:
     derived = validation.derive(config, jax.device_count(), jax.process_count())
@@ -426,6 +462,7 @@ def run(
     init_params_fn=init_from.params_fn(config),
     stop_after=stop_after,
     derived=derived,
+    evaluators=evaluators,
   )
   result['teacher_params'] = int(teacher_params)
   if teacher_eval is not None:

@@ -15,11 +15,11 @@ import orbax.checkpoint as ocp
 
 import models
 from models import hf
-from models.config import ModelConfigLike, PyTree
+from models.config import PyTree
 from train import checkpoint
 
 if TYPE_CHECKING:
-  from train.loop import Run
+  from train.context import Run
 
 
 def workdir_model_config(workdir: str) -> models.ModelConfig:
@@ -48,7 +48,7 @@ def source_tokenizer(src: str) -> str:
     return json.load(f)['data']['tokenizer']
 
 
-def _check_shapes(src: str, expected, found):
+def _check_shapes(src: str, expected: PyTree, found: PyTree) -> None:
   """ValueError naming the first tensor whose presence or shape differs."""
   flat = lambda tree: {
     jax.tree_util.keystr(p): tuple(x.shape)
@@ -64,7 +64,7 @@ def _check_shapes(src: str, expected, found):
 
 
 def load_params(
-  src: str, model_config: ModelConfigLike | None = None, shardings: PyTree | None = None
+  src: str, model_config: models.ModelConfig | None = None, shardings: PyTree | None = None
 ) -> tuple[models.ModelConfig, PyTree]:
   """(ModelConfig, params) from 'hf:/dir' or our workdir's latest checkpoint.
 
@@ -74,7 +74,7 @@ def load_params(
   if src.startswith('hf:'):
     return hf.import_checkpoint(src[3:], model_config=model_config, shardings=shardings)
   saved_cfg = workdir_model_config(src)
-  cfg = models.ModelConfig.make(model_config) if model_config is not None else saved_cfg
+  cfg = model_config if model_config is not None else saved_cfg
   shape_of = lambda c: (c.parametrization, c.base_d_model, c.base_d_ff, c.base_head_dim)
   if shape_of(saved_cfg) != shape_of(cfg):
     raise ValueError(
@@ -129,7 +129,7 @@ def params_fn(config: ml_collections.ConfigDict) -> Callable[['Run'], PyTree] | 
   if not src:
     return None
 
-  def load(run):
+  def load(run: 'Run') -> PyTree:
     _, params = load_params(src, run.derived.model, run.state_shardings.params)
     return params
 

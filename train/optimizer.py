@@ -1,17 +1,21 @@
 """AdamW (per-parameter lr/wd scales under μP / u-μP) with warmup + (cosine | linear | constant |
 warmup-stable-decay), clipping and a decay mask."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import jax
 import ml_collections
 import optax
 
 import models
-from models.config import ModelConfigLike, PyTree
+from configs.schema import OptimizerConfig
+from models.config import ModelConfig, PyTree
+
+# The `config.optimizer` section: typed (derived.config.optimizer) or its ConfigDict.
+Optimizer = OptimizerConfig | ml_collections.ConfigDict
 
 
-def lr_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+def lr_schedule(opt: Optimizer, num_steps: int) -> optax.Schedule:
   """Learning rate per optimizer step, from the `config.optimizer` section."""
   peak, warmup = opt.lr, opt.warmup_steps
   floor = peak * opt.min_lr_ratio
@@ -46,22 +50,23 @@ def decay_mask(params: PyTree, exclude: Iterable[str]) -> PyTree:
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def _per_leaf(fn, *trees) -> optax.GradientTransformation:
+def _per_leaf(fn: Callable, *trees: PyTree) -> optax.GradientTransformation:
   """Stateless transform applying fn(update, param, *leaves of trees) leaf by leaf."""
   return optax.stateless(lambda u, p: jax.tree.map(fn, u, p, *trees))
 
 
 def make_optimizer(
-  opt: ml_collections.ConfigDict, num_steps: int, model_config: ModelConfigLike | None = None
+  opt: Optimizer, num_steps: int, model_config: ModelConfig | None = None
 ) -> optax.GradientTransformation:
-  """Clipping + AdamW; under μP / u-μP with the per-parameter lr and weight-decay scales of
-  models.parametrization (the same table that sets init and multipliers)."""
+  """Clipping + AdamW; under μP / u-μP (`model_config`, validation.derive's derived.model) with
+  the per-parameter lr and weight-decay scales of models.parametrization (the same table that
+  sets init and multipliers). Without a model config: SP."""
   chain = []
   if opt.grad_clip > 0:
     chain.append(optax.clip_by_global_norm(opt.grad_clip))
   schedule = lr_schedule(opt, num_steps)
   mask = lambda p: decay_mask(p, opt.wd_exclude)
-  if model_config is None or models.ModelConfig.make(model_config).parametrization == 'sp':
+  if model_config is None or model_config.parametrization == 'sp':
     chain.append(
       optax.adamw(
         schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=mask
