@@ -156,11 +156,12 @@ def _param_bytes(model: models.ModelConfig, mesh_shape: dict) -> dict:
 
 
 def step_collectives(
-  config: ml_collections.ConfigDict, num_devices: int, platform: str = 'tpu'
+  config: schema.Config | ml_collections.ConfigDict, num_devices: int, platform: str = 'tpu'
 ) -> StepCollectives:
   """The collectives of one optimizer step of `config`'s train step on `num_devices` (the rules
   in the module docstring); `platform` only resolves model.scan_unroll = 0."""
-  model = models.ModelConfig.make(config.model)
+  config = schema.Config.make(config)  # typed once; a parsed Config passes as it is.
+  model = config.model
   shape = sharding.mesh_shape(config.mesh, num_devices)
   n_d, n_f = shape['data'], shape['fsdp']
   k = int(config.train.grad_accum_steps)
