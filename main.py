@@ -19,7 +19,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 from absl import app, flags
-from ml_collections import config_flags
+from ml_collections import ConfigDict, config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Config file (path[:arg]).', lock_config=True
@@ -50,7 +50,7 @@ class _QuietLibraries(logging.Filter):
   """Drop orbax's per-save INFO chatter from the console; its warnings and errors pass as one
   line (the error itself reaches main and is reported there)."""
 
-  def filter(self, record):
+  def filter(self, record: logging.LogRecord) -> bool:
     if _DEBUG.value:
       return True
     if '/asyncio/' in record.pathname:  # orbax's abandoned writes after a failed save.
@@ -70,16 +70,16 @@ class _QuietLibraries(logging.Filter):
 class _Console(logging.Formatter):
   """`HH:MM:SS message`, with the level named only for warnings and errors."""
 
-  def format(self, record):
+  def format(self, record: logging.LogRecord) -> str:
     level = '' if record.levelno < logging.WARNING else record.levelname + ': '
     return f'{self.formatTime(record, "%H:%M:%S")} {level}{record.getMessage()}'
 
 
-def _config_keys(config) -> str:
+def _config_keys(config: ConfigDict) -> str:
   """`section.key = value` for every key of the resolved config (sorted, as ConfigDict keeps them)."""
   lines = []
 
-  def walk(node, prefix):
+  def walk(node: ConfigDict, prefix: str) -> None:
     for key, value in node.items():
       if hasattr(value, 'items'):
         walk(value, f'{prefix}{key}.')
@@ -96,7 +96,7 @@ def _fail(message: str, code: int):
   sys.exit(code)
 
 
-def _config_error(e: BaseException, argv) -> str:
+def _config_error(e: BaseException, argv: list[str]) -> str:
   """One line for a config that does not load: missing file, syntax error, unknown key."""
   config_arg = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), '')
   path = config_arg.split(':', 1)[0]
@@ -126,7 +126,7 @@ def _unknown_override(dotted: str) -> str:
   return validation.unknown_key(f'config.{dotted}', key, node.keys() if node else [])
 
 
-def _parse_flags(argv):
+def _parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with one-line errors (the config file is loaded here)."""
   debug = '--debug' in argv
   try:
@@ -172,7 +172,17 @@ def _message(e: BaseException) -> str:
   return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
-def _train(config, workdir):
+def _evaluators(config: ConfigDict) -> list:
+  """The evaluators the loop runs after the eval loss: lm-eval's when config.lm_eval.tasks is set
+  (its task names are checked, and the tasks loaded, here)."""
+  if not config.get('lm_eval') or not config.lm_eval.tasks:
+    return []
+  from train import harness  # imports lm-eval: only when tasks are set.
+
+  return [harness.LmEvalEvaluator(config.lm_eval, config.seed)]
+
+
+def _train(config: ConfigDict, workdir: str) -> None:
   from models import backend
   from train import distributed  # JAX must not be touched before distributed init.
 
@@ -187,6 +197,7 @@ def _train(config, workdir):
     jax.devices()[0].device_kind,
     jax.process_count(),
   )
+  evaluators = _evaluators(config)  # before any compile: a bad task name stops the run here.
   if 'sweep' in config:
     from scaling import sweep
 
@@ -194,18 +205,20 @@ def _train(config, workdir):
   elif 'distill' in config:
     from train import distill
 
-    result = distill.run(config, workdir)
+    result = distill.run(config, workdir, evaluators=evaluators)
   else:
     from train import init_from, loop
 
-    result = loop.run(config, workdir, init_params_fn=init_from.params_fn(config))
+    result = loop.run(
+      config, workdir, init_params_fn=init_from.params_fn(config), evaluators=evaluators
+    )
   if jax.process_index() == 0:
     from train import metrics
 
     print(json.dumps(metrics.strict_json(result), indent=1, sort_keys=True), flush=True)
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   del argv
   for handler in logging.getLogger().handlers:
     handler.addFilter(_QuietLibraries())

@@ -13,13 +13,13 @@ import time
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from models import attention, backend
-from train import flops, loop, sharding
-from train.step import lm_loss, make_train_step
+from train import context, flops, sharding
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up steps).')
@@ -28,8 +28,8 @@ _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up steps).
 class Step:
   """The compiled train step of `config` on a fixed synthetic batch, with its state."""
 
-  def __init__(self, config):
-    self.run = r = loop.setup(config, with_data=False)
+  def __init__(self, config: ml_collections.ConfigDict) -> None:
+    self.run = r = context.setup(config, with_data=False)
     self.model = r.derived.model
     tokens = np.random.default_rng(0).integers(
       0,
@@ -38,20 +38,9 @@ class Step:
       dtype=np.int32,
     )
     with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-      self.state = loop.init_state(r)
+      self.state = context.init_state(r)
       self.batch = {'tokens': jax.device_put(tokens, r.batch_sharding)}
-      step_fn = jax.jit(
-        make_train_step(
-          lm_loss(self.model),
-          r.optimizer,
-          r.lr_fn,
-          config.train.grad_accum_steps,
-          config.train.loss_scale_period if r.derived.loss_scale else 0,
-        ),
-        in_shardings=(r.state_shardings, r.batch_sharding),
-        out_shardings=(r.state_shardings, sharding.replicated(r.mesh)),
-        donate_argnums=(0,),
-      )
+      step_fn = context.jit_train_step(r, context.lm_task(r))
       start = time.perf_counter()
       self.compiled = step_fn.lower(self.state, self.batch).compile()
       self.compile_s = time.perf_counter() - start
@@ -70,7 +59,7 @@ class Step:
     return self.run.derived.tokens_per_step
 
 
-def main(_):
+def main(_: list[str]) -> None:
   os.environ.update(backend.xla_env())  # the trainer's per-backend flags (main.py sets them too).
   config = _CONFIG.value
   step = Step(config)

@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,7 @@ def manager(workdir: str, train_config: ml_collections.ConfigDict) -> ocp.Checkp
   )
 
 
-def _leaf_checksum(x):
+def _leaf_checksum(x: jax.Array) -> jax.Array:
   """Two order-independent 32-bit sums of the array's raw words: sum(w_i * (2i+1)) and
   sum(rotl(w_i, 13) ^ (i * golden)). Integer sums wrap, so they are exact under any sharding
   or reduction order; an odd weight makes any single changed word change the first sum."""
@@ -56,7 +57,7 @@ def _leaf_checksum(x):
 
 
 @jax.jit
-def _checksums(state):
+def _checksums(state: PyTree) -> PyTree:
   return jax.tree.map(_leaf_checksum, state)
 
 
@@ -106,7 +107,7 @@ def _flat(d: dict, prefix: str = '') -> dict:
   return out
 
 
-# Metadata keys (loop.stream_meta) -> the config fields they come from.
+# Metadata keys (context.stream_meta) -> the config fields they come from.
 _FIELDS = {
   'dataset': 'data.dataset',
   'tokenizer': 'data.tokenizer',
@@ -155,7 +156,7 @@ def set_aside(mngr: ocp.CheckpointManager, workdir: str, step: int) -> str:
   return str(dest)
 
 
-def _is_abandoned_read(exc_value, obj=None) -> bool:
+def _is_abandoned_read(exc_value: BaseException | None, obj: object = None) -> bool:
   return (
     isinstance(exc_value, RuntimeError) and 'Event loop is closed' in str(exc_value)
   ) or 'orbax' in getattr(getattr(obj, 'cr_code', None), 'co_filename', '')
@@ -169,11 +170,11 @@ def silence_abandoned_io() -> None:
     return
   unraisable, excepthook = sys.unraisablehook, sys.excepthook
 
-  def quiet_unraisable(u):
+  def quiet_unraisable(u: object) -> None:  # sys.UnraisableHookArgs
     if not _is_abandoned_read(u.exc_value, u.object):
       unraisable(u)
 
-  def quiet_excepthook(kind, value, tb):
+  def quiet_excepthook(kind: type, value: BaseException, tb: types.TracebackType) -> None:
     if not _is_abandoned_read(value):
       excepthook(kind, value, tb)
 
@@ -220,7 +221,7 @@ def restore_latest_good(
   return None, None
 
 
-def _verify(state, expected: dict | None) -> str | None:
+def _verify(state: PyTree, expected: dict | None) -> str | None:
   """None if `state` matches the checksums saved with it (or none were saved), else what differs."""
   if expected is None:
     return None

@@ -52,7 +52,8 @@ from ml_collections import config_flags
 
 import models
 from models import generation, loss
-from train import distributed, loop, sharding, validation
+from models.config import PyTree
+from train import context, distributed, evaluators, sharding, validation
 from train import step as step_lib
 from train import teacher as teacher_lib
 from train import workdir as workdir_lib
@@ -175,14 +176,10 @@ class _Writer:
     return self.meta
 
 
-def _teacher_eval(r: loop.Run, tmodel, teacher, tsh) -> dict:
+def _teacher_eval(r: context.Run, tmodel: models.ModelConfig, teacher: PyTree, tsh: PyTree) -> dict:
   """The teacher's CE on the eval batches: teacher_eval_loss and teacher_eval_bits_per_byte."""
-  ev = jax.jit(
-    step_lib.make_eval_step(step_lib.lm_loss(tmodel)),
-    in_shardings=(tsh, r.batch_sharding),
-    out_shardings=sharding.replicated(r.mesh),
-  )
-  out = loop.evaluate(r, ev, teacher, ())
+  ev = context.jit_eval_step(r, step_lib.lm_loss(tmodel), params_shardings=tsh)
+  out = evaluators.evaluate(r, ev, teacher, ())
   return {
     'teacher_eval_loss': out['eval/loss'],
     'teacher_eval_bits_per_byte': out['eval/bits_per_byte'],
@@ -202,10 +199,10 @@ def _teacher(config, derived: validation.Derived):
   teacher_lib.check_compatible(
     config, ref.model.vocab_size, ref.tokenizer, ref.model.max_len, ref.model.positions
   )
-  return d, ref, loop.setup(config, derived=derived)
+  return d, ref, context.setup(config, derived=derived)
 
 
-def _base_meta(config, r: loop.Run, ref, kind: str, shape) -> dict:
+def _base_meta(config, r: context.Run, ref, kind: str, shape) -> dict:
   return {
     'format': FORMAT,
     'kind': kind,
@@ -273,7 +270,7 @@ def write(config, workdir: str, stop_after: int | None = None) -> dict:
     fwd = jax.jit(forward, in_shardings=(tsh, r.batch_sharding), out_shardings=r.batch_sharding)
 
     def compute(step):
-      v, i, t = fwd(teacher, loop.global_batch(r, {'tokens': r.train_ds.batch(step)}))
+      v, i, t = fwd(teacher, context.global_batch(r, {'tokens': r.train_ds.batch(step)}))
       v = _host_rows(v)
       return {
         'values': v.view(np.uint16) if d.logits_dtype == 'bfloat16' else v,
@@ -406,7 +403,7 @@ class Store:
     self.directory, self.meta, self.arrays = directory, meta, arrays
     self.top_k = meta.get('top_k')
 
-  def _check_common(self, config, r: loop.Run) -> str:
+  def _check_common(self, config, r: context.Run) -> str:
     m = self.meta
     where = f'stored {_WHAT[m.get("kind", "logits")]} in {self.directory}'
     if m['stream'] != stream_identity(config):
@@ -430,7 +427,7 @@ class Store:
       )
     return where
 
-  def check_stream(self, config, r: loop.Run):
+  def check_stream(self, config, r: context.Run):
     """ValueError unless these logits were stored for config's stream, teacher and k."""
     self._check_common(config, r)
     top_k = r.derived.distill.top_k
@@ -457,7 +454,7 @@ class Store:
 class SequenceStore(Store):
   """Read side of a sequence store: this host's teacher-continued rows by step."""
 
-  def check_stream(self, config, r: loop.Run):
+  def check_stream(self, config, r: context.Run):
     """ValueError unless these sequences were generated for config's stream, teacher, sampling."""
     where = self._check_common(config, r)
     want = generation_identity(config)

@@ -18,12 +18,13 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import lm_eval
+import ml_collections
 import numpy as np
 from absl import app, flags
 from jax.experimental import multihost_utils
@@ -46,7 +47,7 @@ from train.data import tokenizers
 if TYPE_CHECKING:
   from lm_eval.tasks import TaskManager
 
-  from train.loop import Run
+  from train.context import Run
 
 Tokenizer = tokenizers.ByteTokenizer | tokenizers.HFTokenizer  # make_tokenizer's result.
 
@@ -118,7 +119,14 @@ def _buckets(max_len: int) -> tuple[int, ...]:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _score(cfg, mesh, params, tokens_BxL, targets_BxL, mask_BxL):
+def _score(
+  cfg: models.ModelConfig,
+  mesh: Mesh | None,
+  params: PyTree,
+  tokens_BxL: jax.Array,
+  targets_BxL: jax.Array,
+  mask_BxL: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
   """Per row: float32 sum of log p(target) over masked positions, and whether each is the argmax."""
   logits_BxLxV = models.logits(cfg, params, tokens_BxL)
   nll_BxL, _ = loss.nll(logits_BxLxV, targets_BxL)
@@ -235,7 +243,9 @@ class LMScaleLM(TemplateLM):
         out[i] = (float(np.float32(sums[r])), bool(greedy[r]))
     return out
 
-  def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
+  def _loglikelihood_tokens(
+    self, requests: list[tuple], disable_tqdm: bool = False, **kwargs
+  ) -> list[tuple[float, bool]]:
     """lm-eval's token-level entry: [((context, continuation) | None, ctx ids, cont ids)]."""
     answers = self.score_tokens([(ctx, cont) for _, ctx, cont in requests])
     for (key, _, _), answer in zip(requests, answers):
@@ -385,27 +395,34 @@ def flat_metrics(results: dict) -> dict[str, float]:
   return out
 
 
-def loop_evaluator(r: 'Run') -> Callable[[dict], dict]:
-  """For the training loop (`r`: its Run): params -> flat lm_eval/... metrics of config.lm_eval."""
-  c = r.config.lm_eval
-  shards = r.derived.batch_shards
-  lm = LMScaleLM(
-    model_config=r.derived.model,
-    tokenizer=r.tokenizer,
-    mesh=r.mesh,
-    batch_size=-(-c.batch_size // shards) * shards,
-    seed=r.config.seed,
-  )
-  tasks = TaskSet(c.tasks, c.include_path, c.num_fewshot)
+class LmEvalEvaluator:
+  """The training loop's lm-eval evaluator (train/evaluators.py) for `config.lm_eval`: params ->
+  flat lm_eval/<task>/<metric>. Task names are checked and the tasks loaded when it is built, so
+  a bad name stops the run before anything is compiled or written."""
 
-  def run(params) -> dict:
-    lm.params = params
+  def __init__(self, lm_eval_config: ml_collections.ConfigDict, seed: int = 0) -> None:
+    c = self.config = lm_eval_config
+    check_tasks(c.tasks, c.include_path, 'config.lm_eval.tasks')
+    self.tasks = TaskSet(c.tasks, c.include_path, c.num_fewshot)
+    self.seed, self.lm = seed, None
+
+  def start(self, r: 'Run', task: object = None) -> None:
+    """Score on the run's mesh with its tokenizer, batch rows rounded up to the batch shards."""
+    shards = r.derived.batch_shards
+    self.lm = LMScaleLM(
+      model_config=r.derived.model,
+      tokenizer=r.tokenizer,
+      mesh=r.mesh,
+      batch_size=-(-self.config.batch_size // shards) * shards,
+      seed=self.seed,
+    )
+
+  def __call__(self, params: PyTree) -> dict[str, float]:
+    self.lm.params = params
     try:
-      return flat_metrics(tasks.evaluate(lm, limit=c.limit or None))
+      return flat_metrics(self.tasks.evaluate(self.lm, limit=self.config.limit or None))
     finally:
-      lm.params = None  # the train step donates these buffers.
-
-  return run
+      self.lm.params = None  # the train step donates these buffers.
 
 
 def write_results(results: dict, path: str) -> None:

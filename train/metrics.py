@@ -1,6 +1,7 @@
 """Metric writers: clu (TensorBoard + console) and one JSON object per logged step in metrics.jsonl."""
 
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -21,6 +22,9 @@ class JsonlWriter(interface.MetricWriter):
   def write_scalars(self, step: int, scalars: Mapping[str, interface.Scalar]) -> None:
     row = {'step': int(step)}
     for k, v in scalars.items():
+      if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        row[k] = int(v)  # counts (train/tokens_seen) stay integers, read back as on a first run.
+        continue
       v = float(v)
       row[k] = v if math.isfinite(v) else None
     self._f.write(json.dumps(row) + '\n')
@@ -69,22 +73,41 @@ class JsonlWriter(interface.MetricWriter):
 class _FiniteOnly:
   """Drops non-finite scalars (e.g. MFU on a device without a known peak) before TensorBoard."""
 
-  def __init__(self, inner):
+  def __init__(self, inner: interface.MetricWriter) -> None:
     self._inner = inner
 
-  def write_scalars(self, step, scalars):
+  def write_scalars(self, step: int, scalars: Mapping[str, interface.Scalar]) -> None:
     self._inner.write_scalars(step, {k: v for k, v in scalars.items() if math.isfinite(float(v))})
 
-  def __getattr__(self, name):
+  def __getattr__(self, name: str) -> Any:
     return getattr(self._inner, name)
+
+
+def _read_rows(path: str) -> tuple[list[bytes], int]:
+  """(the complete rows of a metrics.jsonl as bytes, the bytes of a torn last row after them).
+  A crash mid-write leaves a last row without its newline, or one that does not parse (e.g. a
+  tail of NUL bytes); a bad row before the last is an error naming the file and line."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  *lines, tail = data.split(b'\n')  # `tail`: bytes after the last newline (b'' when none).
+  rows, torn = [line + b'\n' for line in lines], len(tail)
+  for i, row in enumerate(rows):
+    if not row.strip(b' \t\r\n\0'):
+      continue
+    try:
+      json.loads(row)
+    except ValueError:
+      if i < len(rows) - 1:
+        raise ValueError(f'{path}: line {i + 1} is not a JSON row; fix or remove it') from None
+      rows, torn = rows[:-1], torn + len(row)
+  return rows, torn
 
 
 def last_row(path: str) -> dict:
   """The metrics of the last row of a metrics.jsonl (without 'step'); {} if there is none."""
   if not os.path.exists(path):
     return {}
-  with open(path) as f:
-    rows = [line for line in f if line.strip()]
+  rows = [r for r in _read_rows(path)[0] if r.strip(b' \t\r\n\0')]
   row = json.loads(rows[-1]) if rows else {}
   row.pop('step', None)
   return row
@@ -92,15 +115,17 @@ def last_row(path: str) -> dict:
 
 def truncate_jsonl(path: str, last_step: int) -> None:
   """Drop rows logged after `last_step` (the checkpoint a run resumes from), so a resumed run's
-  metrics.jsonl reads like an uninterrupted one's instead of repeating those steps."""
+  metrics.jsonl reads like an uninterrupted one's instead of repeating those steps; a torn last
+  row (a crash mid-write) is cut off with a warning."""
   if jax.process_index() > 0 or not os.path.exists(path):
     return
-  with open(path) as f:
-    rows = f.readlines()
-  keep = [r for r in rows if r.strip() and json.loads(r)['step'] <= last_step]
-  if len(keep) != len(rows):
+  rows, torn = _read_rows(path)
+  if torn:
+    logging.warning('%s ends in a torn row (%d bytes, cut off mid-write); dropped it', path, torn)
+  keep = [r for r in rows if r.strip(b' \t\r\n\0') and json.loads(r)['step'] <= last_step]
+  if torn or len(keep) != len(rows):
     tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
+    with open(tmp, 'wb') as f:
       f.writelines(keep)
     os.replace(tmp, path)
 

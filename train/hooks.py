@@ -1,0 +1,146 @@
+"""Periodic actions the training loop calls (in the spirit of clu's periodic actions).
+
+Each action has `due(step, stopping)`: whether it needs this finished step's metrics read from the
+device, and `__call__(step, state, m, stopping)`, called in list order on every step whose
+metrics are read (any action due), so the divergence guard and the log see every logged,
+evaluated and checkpointed step, and each action may add to `m` for the ones after it.
+"""
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+import jax
+import orbax.checkpoint as ocp
+from clu.metric_writers import interface
+
+from models.config import PyTree
+from train import checkpoint, context, divergence, flops, metrics, preemption
+from train.evaluators import Evaluator
+
+
+class Action:
+  """A no-op action: due at no step, does nothing when called."""
+
+  def due(self, step: int, stopping: bool) -> bool:
+    return False
+
+  def __call__(self, step: int, state: PyTree, m: dict, stopping: bool) -> None:
+    pass
+
+
+def _every(step: int, every: int, last: int) -> bool:
+  return step % every == 0 or step == last
+
+
+class Clock(Action):
+  """Tokens seen, tokens/s, MFU and the ETA, timed from the end of the first (compiling) step."""
+
+  def __init__(self, r: context.Run, start: int, end: int) -> None:
+    self.tokens_per_step = r.derived.tokens_per_step
+    self.flops_per_token = flops.train_flops_per_token(r.derived.model, r.config.data.seq_len)
+    self.peak = flops.peak_flops() * jax.device_count()
+    self.end = end
+    self.tic, self.tic_step, self.first, self.now = time.time(), start, None, None
+
+  def started(self, step: int, step_metrics: PyTree) -> None:
+    """After every step: the first one is waited for, so rates exclude compilation."""
+    if self.first is None:
+      jax.block_until_ready(step_metrics)
+      self.tic, self.tic_step, self.first = time.time(), step, (time.time(), step)
+
+  def __call__(self, step: int, state: PyTree, m: dict, stopping: bool) -> None:
+    self.now = time.time()
+    rate = math.nan
+    if step > self.tic_step:
+      rate = (step - self.tic_step) * self.tokens_per_step / max(self.now - self.tic, 1e-9)
+    m['train/tokens_seen'] = step * self.tokens_per_step
+    m['train/tokens_per_sec'] = rate
+    m['train/mfu'] = rate * self.flops_per_token / self.peak
+    del m['train/tokens']
+
+  def eta(self, step: int) -> float | None:
+    """Seconds left at the measured pace; None until a step after the first was timed."""
+    t0, s0 = self.first
+    return (self.end - step) * (self.now - t0) / (step - s0) if step > s0 else None
+
+  def restart(self, step: int) -> None:
+    """Rates from here on (eval and logging time are not training time)."""
+    self.tic, self.tic_step = time.time(), step
+
+
+class Checkpoint(Action):
+  """Saves every `every` steps, at `end` and when stopping; remembers the last saved step."""
+
+  def __init__(
+    self, mngr: ocp.CheckpointManager, meta: dict, every: int, end: int, last_saved: int | None
+  ) -> None:
+    self.mngr, self.meta, self.every, self.end, self.last_saved = mngr, meta, every, end, last_saved
+
+  def due(self, step: int, stopping: bool) -> bool:
+    return _every(step, self.every, self.end) or stopping
+
+  def __call__(self, step: int, state: PyTree, m: dict, stopping: bool) -> None:
+    if self.due(step, stopping):
+      checkpoint.save(self.mngr, step, state, self.meta)
+      self.last_saved = step
+
+
+class Guard(Action):
+  """The divergence guard on every step whose metrics are read: a diverged state is never saved
+  (it runs before the checkpoint action)."""
+
+  def __init__(self, guard: divergence.Guard, workdir: str, ckpt: Checkpoint) -> None:
+    self.guard, self.workdir, self.ckpt = guard, workdir, ckpt
+
+  def __call__(self, step: int, state: PyTree, m: dict, stopping: bool) -> None:
+    self.guard.check(step, m, self.workdir, self.ckpt.last_saved)
+
+
+class Evaluate(Action):
+  """Runs the evaluators every `every` steps and at `last`, adding their metrics to `m`."""
+
+  def __init__(self, evaluators: Sequence[Evaluator], every: int, last: int) -> None:
+    self.evaluators, self.every, self.last = list(evaluators), every, last
+
+  def due(self, step: int, stopping: bool) -> bool:
+    return _every(step, self.every, self.last)
+
+  def __call__(self, step: int, state: PyTree, m: dict, stopping: bool) -> None:
+    if self.due(step, stopping):
+      for evaluator in self.evaluators:
+        m.update(evaluator(state.params))
+
+
+class Log(Action):
+  """Writes `m` (metrics.jsonl, TensorBoard) and one console line on every read step; due every
+  `every` steps. `last` holds the last row written."""
+
+  def __init__(
+    self, writer: interface.MetricWriter, clock: Clock, every: int, num_steps: int
+  ) -> None:
+    self.writer, self.clock, self.every, self.num_steps = writer, clock, every, num_steps
+    self.last = {}
+
+  def due(self, step: int, stopping: bool) -> bool:
+    return step % self.every == 0
+
+  def __call__(self, step: int, state: PyTree, m: dict, stopping: bool) -> None:
+    self.writer.write_scalars(step, m)
+    if jax.process_index() == 0:
+      logging.info(metrics.console_line(step, self.num_steps, m, self.clock.eta(step)))
+    self.last = m
+    self.clock.restart(step)
+
+
+def report_stop(stop: preemption.StopRequest, state: PyTree, workdir: str, last: dict) -> None:
+  """After a signalled stop: say where the run stopped, and record it in the final metrics."""
+  step = int(jax.device_get(state.step))
+  logging.warning(
+    '%s: stopped at step %d, its checkpoint committed in %s; run the same command to resume.',
+    stop.signal,
+    step,
+    workdir,
+  )
+  last['preempted_at_step'] = step
