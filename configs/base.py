@@ -7,6 +7,8 @@ directly; the runnable configs (default.py, gpt2.py, llama.py, ...) start from
 validation.
 """
 
+from typing import Any
+
 import ml_collections
 
 from configs import schema
@@ -18,13 +20,13 @@ def get_model_config() -> ml_collections.ConfigDict:
   return model_config.config_dict()
 
 
-def get_distill_config(**overrides) -> ml_collections.ConfigDict:
+def get_distill_config(**overrides: Any) -> ml_collections.ConfigDict:
   """The `distill` section (train/distill.py): teacher, temperature, mix, divergence, top-k,
   sequence-KD generation; keys, defaults and documentation in configs/schema.py DistillConfig."""
   return schema.DistillConfig.config_dict(**overrides)
 
 
-def get_sweep_config(**overrides) -> ml_collections.ConfigDict:
+def get_sweep_config(**overrides: Any) -> ml_collections.ConfigDict:
   """The `sweep` section (scaling/sweep.py): a grid of members around a base training config;
   keys, defaults and documentation in configs/schema.py SweepConfig."""
   return schema.SweepConfig.config_dict(**overrides)

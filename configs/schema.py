@@ -22,6 +22,7 @@ from models.config import ROPE_FIELDS, ModelConfig, head_dim, kv_heads
 
 Section = ml_collections.ConfigDict | dict
 MISSING_DISTILL = 'config.distill: missing section (see configs/base.py get_distill_config)'
+DIVERGENCES = ('forward', 'reverse', 'mix')  # distill.divergence (train/distill.py)
 MAX_READ_THREADS = 256  # data.read_threads: a sane bound (a million threads hang the reader).
 
 
@@ -397,7 +398,7 @@ class DistillConfig(_Section):
   mode: str = _field('online', choices=('online', 'offline', 'sequence'))
   temperature: float = 1.0  # T > 0; both distributions are softened by T.
   alpha: float = 0.5  # weight of the T^2-scaled divergence; 1 - alpha on hard-label CE.
-  divergence: str = _field('forward', choices=('forward', 'reverse', 'mix'))
+  divergence: str = _field('forward', choices=DIVERGENCES)
   mix_weight: float = 0.5  # 'mix': weight of forward KL (1 - mix_weight on reverse KL).
   top_k: int = 32  # offline: stored teacher logits per token (1 <= k <= vocab).
   logits_dir: str = ''  # offline: where stored logits live; '' = <workdir>/teacher_logits.

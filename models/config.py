@@ -76,7 +76,7 @@ class ModelConfig:
       raise ValueError(f'config.model has unknown keys {unknown}; known: {sorted(names)}')
     return cls(**d)
 
-  def replace(self, **kw) -> 'ModelConfig':
+  def replace(self, **kw: Any) -> 'ModelConfig':
     return dataclasses.replace(self, **kw)
 
 

@@ -43,7 +43,7 @@ def decay_mask(params: PyTree, exclude: Iterable[str]) -> PyTree:
   '_'-separated word of a name on its path (e.g. 'norm' in 'attn_norm', 'bias' in 'query_bias')."""
   exclude = set(exclude)
 
-  def keep(path, _):
+  def keep(path: tuple, _: object) -> bool:
     words = {w for k in path for w in str(getattr(k, 'key', k)).split('_')}
     return not (words & exclude)
 

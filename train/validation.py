@@ -16,7 +16,7 @@ from models.config import ModelConfig
 from train import sharding
 from train.data import pipeline
 
-DIVERGENCES = schema.DistillConfig.__dataclass_fields__['divergence'].metadata['choices']
+DIVERGENCES = schema.DIVERGENCES  # train/distill.py's message
 
 
 @dataclasses.dataclass(frozen=True)
