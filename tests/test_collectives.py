@@ -1,5 +1,5 @@
 """train/collectives.py against the collectives of the compiled train step (bench/throughput.py's
-Step, i.e. loop.setup's shardings and make_train_step) on 8 simulated CPU devices, read from the
+Step, i.e. context.setup's shardings and make_train_step) on 8 simulated CPU devices, read from the
 optimized HLO with each op counted as often as its enclosing while loops run."""
 
 import collections

@@ -212,12 +212,12 @@ def test_mixture_weights_hosts_and_per_source_eval(corpus):
   assert eval_ds.sources['synthetic_prose_small'].split.path.endswith(
     os.path.join('synthetic_prose_small', 'validation.text')
   )
-  # The loop's evaluate over both sources, with a stand-in eval step: loss = the token id / 100.
+  # The loop's eval-loss evaluation over both sources, with a stand-in eval step: loss = the token id / 100.
   import types
 
   import jax.numpy as jnp
 
-  from train import loop, sharding
+  from train import evaluators, sharding
 
   c.train.eval_batches = 2
   r = types.SimpleNamespace(
@@ -227,7 +227,7 @@ def test_mixture_weights_hosts_and_per_source_eval(corpus):
     'loss': jnp.sum(batch['tokens'][:, 1:] / 100),
     'tokens': jnp.asarray(batch['tokens'][:, 1:].size, jnp.float32),
   }
-  m = loop.evaluate(r, step, None, ())
+  m = evaluators.evaluate(r, step, None, ())
   mean = {
     n: np.mean([src.eval_batch(i)[:, 1:] / 100 for i in range(2)])
     for n, src in eval_ds.sources.items()
@@ -507,9 +507,9 @@ def test_resume_on_two_processes_matches_one_uninterrupted_run(corpus, tmp_path)
 
 def test_checkpoint_of_another_batch_order_is_refused(tiny_config):
   """Resuming must replay the same batches: a checkpoint from the pre-shard pipeline is refused."""
-  from train import checkpoint, loop
+  from train import checkpoint, context
 
-  current = loop.stream_meta(tiny_config())
+  current = context.stream_meta(tiny_config())
   checkpoint.check_meta(current, current)
   old = {k: v for k, v in current.items() if k != 'pipeline'}
   with pytest.raises(ValueError, match='input pipeline'):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import models
-from train import distill, distill_store, init_from, loop, step, validation
+from train import context, distill, distill_store, init_from, loop, step, validation
 from train import teacher as teacher_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -445,7 +445,7 @@ def test_offline_store_float16_top_k_and_stream_check(teacher_dir, tiny_config, 
     os.path.join(work, 'teacher_logits', 'teacher_nll.p0of1.npy')
   )
   store = distill_store.open_store(os.path.join(work, 'teacher_logits'))
-  r = loop.setup(config)
+  r = context.setup(config)
   store.check_stream(config, r)
   b = store.batch(2)
   assert b['teacher_values'].dtype == np.float16 and b['teacher_indices'].dtype == np.int16
@@ -465,7 +465,7 @@ def test_offline_store_float16_top_k_and_stream_check(teacher_dir, tiny_config, 
   assert 'train/kd_loss' in _rows(work)[-1]
   config.seed = 1
   with pytest.raises(ValueError, match='different training stream'):
-    store.check_stream(config, loop.setup(config))
+    store.check_stream(config, context.setup(config))
 
 
 # ------------------------------------------------------------------------ sequence-level KD
@@ -569,7 +569,7 @@ def test_sequence_store_resume_and_student_run(teacher_dir, tiny_config, tmp_pat
   a, b = (np.load(os.path.join(tmp_path, w, 'teacher_sequences', 'tokens.p0of1.npy')) for w in 'ab')
   np.testing.assert_array_equal(a, b)
   assert a.shape == (4, 8, 33) and a.dtype == np.uint16
-  r = loop.setup(config)
+  r = context.setup(config)
   stream = np.stack([r.train_ds.batch(s) for s in range(4)])
   np.testing.assert_array_equal(a[:, :, :8], stream[:, :, :8])
   assert (a[:, :, 8:] != stream[:, :, 8:]).any()
@@ -597,7 +597,7 @@ def test_sequence_store_resume_and_student_run(teacher_dir, tiny_config, tmp_pat
       store.check_stream(bad, r)
   bad.seed = 1
   with pytest.raises(ValueError, match='different training stream'):
-    store.check_stream(bad, loop.setup(bad))
+    store.check_stream(bad, context.setup(bad))
 
 
 @pytest.mark.slow

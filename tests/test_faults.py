@@ -272,6 +272,47 @@ def test_corrupt_latest_checkpoint_is_set_aside_and_the_previous_used(
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '6']
 
 
+def test_torn_last_metrics_row_is_cut_and_the_run_resumes(trained, data_dir, tmp_path):
+  """A crash mid-write leaves half a row (or a NUL-filled tail): cut back to the last complete
+  row with a warning naming the file and the bytes dropped, never more than the torn row."""
+  workdir = _copy(trained, tmp_path)
+  path = os.path.join(workdir, 'metrics.jsonl')
+  torn = b'{"step": 45, "train/lo'
+  with open(path, 'ab') as f:
+    f.write(torn)
+  rc, out, err, _ = _main(_cmd(workdir, data_dir, steps=6))
+  assert rc == 0, err[-3000:]
+  assert f'{path} ends in a torn row ({len(torn)} bytes' in err, err[-3000:]
+  assert [json.loads(line)['step'] for line in open(path)] == [2, 4, 6]
+  assert _result(out)['train/loss'] == trained[1]['train/loss']
+  from train import metrics  # a NUL tail (a power cut), in process: the rows before it stay.
+
+  with open(path, 'rb') as f:
+    rows = f.read()
+  with open(path, 'ab') as f:
+    f.write(b'\0' * 512)
+  metrics.truncate_jsonl(path, 6)
+  with open(path, 'rb') as f:
+    assert f.read() == rows
+
+
+def test_bad_init_from_changes_nothing_in_the_workdir(trained, data_dir, tmp_path):
+  """init_from is loaded before the workdir is touched: metrics and config.json stay as they
+  were (a workdir with metrics but no checkpoint yet), and a fresh workdir is not created."""
+  workdir = _copy(trained, tmp_path)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints'))
+  before = _snapshot(workdir)
+  missing = str(tmp_path / 'no_such_run')
+  rc, _, err, _ = _main(_cmd(workdir, data_dir, f'--config.init_from={missing}'))
+  assert rc == 2
+  assert missing in _error_line(err)
+  assert _snapshot(workdir) == before and not os.path.exists(os.path.join(workdir, 'checkpoints'))
+  fresh = str(tmp_path / 'fresh')
+  rc, _, err, _ = _main(_cmd(fresh, data_dir, f'--config.init_from={missing}'))
+  assert rc == 2 and missing in _error_line(err)
+  assert not os.path.exists(fresh)
+
+
 # --- failed runs: one line, exit 1, the last good checkpoint kept ---------------------------------
 
 

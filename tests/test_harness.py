@@ -19,7 +19,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
 from test_multihost import _cmd as multihost_cmd
 
-from train import harness, loop, sharding, validation
+from train import context, harness, loop, sharding, validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4
@@ -201,11 +201,13 @@ def test_lm_eval_on_sharded_params_matches_unsharded(tiny_config, task_dir):
       'mesh.tensor': 2,
     }
   )
-  r = loop.setup(config)
+  r = context.setup(config)
+  evaluator = harness.LmEvalEvaluator(config.lm_eval, config.seed)
+  evaluator.start(r)
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    params = loop.init_state(r).params
+    params = context.init_state(r).params
     assert not params['layers']['mlp']['wi'].sharding.is_fully_replicated
-    sharded = harness.loop_evaluator(r)(params)
+    sharded = evaluator(params)
   local = harness.LMScaleLM(
     model_config=r.derived.model, params=jax.device_get(params), tokenizer='byte', batch_size=8
   )
@@ -226,21 +228,23 @@ def test_training_run_logs_lm_eval_metrics(tiny_config, task_dir, tmp_path):
       'train.eval_every': 2,
     }
   )
-  result = loop.run(config, str(tmp_path))
+  evaluators = [harness.LmEvalEvaluator(config.lm_eval, config.seed)]  # as main.py builds it.
+  result = loop.run(config, str(tmp_path), evaluators=evaluators)
   rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   assert 'eval/loss' in rows[-1] and 0 <= rows[-1]['lm_eval/toy_mc/acc'] <= 1
   assert result['lm_eval/toy_mc/acc'] == rows[-1]['lm_eval/toy_mc/acc']
 
 
 def test_unknown_task_is_one_clear_error(tiny_config, task_dir):
-  """Named before anything is loaded or compiled: config validation and the command's entry."""
+  """Named before anything is loaded or compiled: the loop's evaluator when main.py builds it
+  (before the run starts), and the command's entry."""
   config = tiny_config({'lm_eval.tasks': ('toy_mcc',), 'lm_eval.include_path': task_dir})
   with pytest.raises(
     ValueError,
     match=r"config\.lm_eval\.tasks: unknown lm-eval task 'toy_mcc'"
     r".*did you mean 'toy_mc'",
   ):
-    validation.derive(config, 8)
+    harness.LmEvalEvaluator(config.lm_eval)
   with pytest.raises(ValueError, match=r"--tasks: unknown lm-eval task 'hellaswagg'.*'hellaswag'"):
     harness.evaluate_source('/no/such/workdir', 'arc_easy,hellaswagg', include_path=task_dir)
   config.lm_eval.include_path = os.path.join(task_dir, 'missing')

@@ -534,7 +534,7 @@ def test_readme_continued_pretraining_from_llama32(tmp_path):
   path = save(model, tmp_path / 'Llama-3.2-tiny')
   config.init_from = f'hf:{path}'
   config.model.update(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96)
-  derived = validation.derive(config, jax.device_count())  # as main.py, via loop.setup.
+  derived = validation.derive(config, jax.device_count())  # as main.py, via context.setup.
   mesh = sharding_lib.make_mesh(config.mesh)
   shardings = sharding_lib.tree_shardings(
     models.logical_axes(derived.model), models.param_shapes(derived.model), mesh

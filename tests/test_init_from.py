@@ -7,7 +7,7 @@ import torch
 import transformers
 
 from models import hf
-from train import init_from, loop
+from train import context, init_from, loop
 
 
 def _tiny_llama_dir(tmp_path, vocab_size=257):
@@ -43,7 +43,7 @@ def _llama_overrides(path):
 def test_training_starts_from_hf_checkpoint(tiny_config, tmp_path):
   path = _tiny_llama_dir(tmp_path)
   config = tiny_config(_llama_overrides(path))
-  r = loop.setup(config)
+  r = context.setup(config)
   params = init_from.params_fn(config)(r)
   _, ref = hf.import_checkpoint(path)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), ref)
@@ -56,14 +56,14 @@ def test_shape_mismatch_names_the_tensor(tiny_config, tmp_path):
   path = _tiny_llama_dir(tmp_path)
   config = tiny_config({**_llama_overrides(path), 'model.d_ff': 96})
   with pytest.raises(ValueError, match='mlp.up_proj.weight'):
-    init_from.params_fn(config)(loop.setup(config))
+    init_from.params_fn(config)(context.setup(config))
 
 
 def test_start_from_our_workdir(tiny_config, tmp_path):
   first = str(tmp_path / 'first')
   loop.run(tiny_config(), first)
   config = tiny_config({'init_from': first})
-  r = loop.setup(config)
+  r = context.setup(config)
   _, trained = init_from.load_params(first)
   jax.tree.map(
     np.testing.assert_array_equal,
@@ -72,9 +72,9 @@ def test_start_from_our_workdir(tiny_config, tmp_path):
   )
   bad = tiny_config({'init_from': first, 'model.d_model': 64})
   with pytest.raises(ValueError, match=r"\['embed'\]"):
-    init_from.params_fn(bad)(loop.setup(bad))
+    init_from.params_fn(bad)(context.setup(bad))
   other = tiny_config(
     {'init_from': first, 'model.parametrization': 'mup', 'model.base_d_model': 16}
   )
   with pytest.raises(ValueError, match='parametrization/base shape'):
-    init_from.params_fn(other)(loop.setup(other))
+    init_from.params_fn(other)(context.setup(other))

@@ -10,19 +10,19 @@ import jax
 import numpy as np
 import pytest
 
-from train import loop
+from train import context, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _params(workdir, config):
-  r = loop.setup(config)
+  r = context.setup(config)
   from train import checkpoint
 
   mngr = checkpoint.manager(workdir, config.train)
   abstract = jax.tree.map(
     lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-    jax.eval_shape(lambda: loop.init_state(r)),
+    jax.eval_shape(lambda: context.init_state(r)),
     r.state_shardings,
   )
   state, _ = checkpoint.restore(mngr, mngr.latest_step(), abstract)
