@@ -22,7 +22,6 @@ from jax.sharding import PartitionSpec as P
 from models import backend
 from models.config import ModelConfig, head_dim
 
-IMPLS = ('auto', 'xla', 'blockwise', 'cudnn', 'splash')
 _SPLASH_BLOCKS = (512, 256, 128)  # splash block sizes must be multiples of 128 dividing L.
 
 

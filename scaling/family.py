@@ -9,7 +9,7 @@ For each target we search every n_layers (1..max_layers) and, for each, the d_mo
 brings the count closest to the target; among the shapes within `tolerance` of the target we pick
 the one whose aspect ratio is closest (in log) to the preferred one, otherwise the closest count.
 (A strict aspect ratio cannot hit small targets: one more layer changes the size by ((L+1)/L)^3.)
-Counts are exact (scaling.count.param_counts); `count` says which one is matched: 'params' (total,
+Counts are exact (models/count.py param_counts); `count` says which one is matched: 'params' (total,
 Chinchilla's N, the default) or 'non_embedding_params' (Kaplan's N).
 
   python -m scaling.family --targets=1e6,3e6,1e7 --aspect=32 --head_dim=16 --family=gpt2
@@ -23,9 +23,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import ml_collections
 from absl import flags
 
+from models import count as count_lib
 from models.config import ROPE_FIELDS, ModelConfig
 from scaling import cli
-from scaling import count as count_lib
 
 FAMILIES = ('gpt2', 'llama')
 COUNTS = ('params', 'non_embedding_params')
@@ -132,7 +132,7 @@ def model_section(rule: ShapeRule, n_layers: int, d_model: int) -> dict:
   return out
 
 
-def _count(rule, n_layers, d_model) -> dict:
+def _count(rule: ShapeRule, n_layers: int, d_model: int) -> dict:
   return count_lib.param_counts(model_section(rule, n_layers, d_model))
 
 
@@ -160,7 +160,7 @@ class Member:
     return self.d_model / self.n_layers
 
 
-def _best_width(rule, n_layers, target):
+def _best_width(rule: ShapeRule, n_layers: int, target: float) -> list[int]:
   """For n_layers, the d_model multiples just below and above the target (counts grow with d)."""
   step = rule.head_dim * rule.gqa
   size = lambda m: _count(rule, n_layers, m * step)[rule.count]

@@ -46,14 +46,6 @@ class KaplanN:
 
 
 @dataclasses.dataclass(frozen=True)
-class KaplanD:
-  """L(D) = (D_c / D)^alpha_D, large model, early-stopped (Kaplan et al. 2020, eq. 1.2)."""
-
-  alpha_D: float
-  D_c: float
-
-
-@dataclasses.dataclass(frozen=True)
 class KaplanJoint:
   """L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D (Kaplan et al. 2020, eq. 1.5)."""
 
@@ -64,7 +56,6 @@ class KaplanJoint:
 
 
 KAPLAN_N = KaplanN(alpha_N=0.076, N_c=8.8e13)
-KAPLAN_D = KaplanD(alpha_D=0.095, D_c=5.4e13)
 KAPLAN_JOINT = KaplanJoint(alpha_N=0.076, alpha_D=0.103, N_c=6.4e13, D_c=1.8e13)
 
 
@@ -89,14 +80,6 @@ def chinchilla_optimal(law: Chinchilla, compute: npt.ArrayLike) -> Arrays3:
   return n, d, chinchilla_loss(law, n, d)
 
 
-def chinchilla_at_params(
-  law: Chinchilla, n: npt.ArrayLike, compute: npt.ArrayLike
-) -> tuple[np.ndarray, np.ndarray]:
-  """A fixed model size N spending C FLOPs: (D = C / 6N, loss)."""
-  d = np.asarray(compute, float) / (6.0 * np.asarray(n, float))
-  return d, chinchilla_loss(law, n, d)
-
-
 def chinchilla_optimal_for_params(law: Chinchilla, n: npt.ArrayLike) -> Arrays3:
   """Tokens, compute and loss at which N params is compute-optimal (inverts N_opt(C))."""
   g, a, _ = chinchilla_frontier_constants(law)
@@ -116,11 +99,6 @@ def chinchilla_optimal_for_tokens(law: Chinchilla, d: npt.ArrayLike) -> Arrays3:
 def kaplan_loss_n(law: KaplanN, n: npt.ArrayLike) -> np.ndarray:
   """Kaplan L(N) = (N_c / N)^alpha_N."""
   return (law.N_c / np.asarray(n, float)) ** law.alpha_N
-
-
-def kaplan_loss_d(law: KaplanD, d: npt.ArrayLike) -> np.ndarray:
-  """Kaplan L(D) = (D_c / D)^alpha_D."""
-  return (law.D_c / np.asarray(d, float)) ** law.alpha_D
 
 
 def kaplan_log_loss_joint(law: KaplanJoint, n: npt.ArrayLike, d: npt.ArrayLike) -> np.ndarray:
