@@ -37,20 +37,24 @@ in config.distill.sequences_dir (default W/teacher_sequences). Sampling keys are
 (seed, step), so a resumed store equals an uninterrupted one.
 """
 
+import dataclasses
 import json
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app, flags
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 import models
+from configs import schema
 from models import generation, loss
 from models.config import PyTree
 from train import context, distributed, evaluators, sharding, validation
@@ -66,7 +70,7 @@ def _name(kind: str, p: int, n: int) -> str:
   return f'{kind}.p{p}of{n}.npy' if kind != 'meta' else f'meta.p{p}of{n}.json'
 
 
-def stream_identity(config) -> dict:
+def stream_identity(config: ml_collections.ConfigDict) -> dict:
   """What the training batches depend on (not the student model): must match to reuse logits."""
   d = config.data
   return {
@@ -149,7 +153,12 @@ class _Writer:
     self.meta.update(steps_done=done, **extra)
     workdir_lib.write_json(self.meta_path, self.meta)
 
-  def fill(self, compute, config, stop_after: int | None = None) -> bool:
+  def fill(
+    self,
+    compute: Callable[[int], dict],
+    config: ml_collections.ConfigDict,
+    stop_after: int | None = None,
+  ) -> bool:
     """arrays[kind][step] = compute(step)[kind] from the resume point on; True once all steps are.
 
     Flushes every config.train.checkpoint_every steps and at `stop_after` (an early stop, as a
@@ -186,12 +195,12 @@ def _teacher_eval(r: context.Run, tmodel: models.ModelConfig, teacher: PyTree, t
   }
 
 
-def _derive(config) -> validation.Derived:
+def _derive(config: ml_collections.ConfigDict) -> validation.Derived:
   """The config validated once (distill section included) for this run's devices and processes."""
   return validation.derive(config, jax.device_count(), jax.process_count())
 
 
-def _teacher(config, derived: validation.Derived):
+def _teacher(config: ml_collections.ConfigDict, derived: validation.Derived):
   """Validated distill section, TeacherRef (checked against the student), and the Run (built on
   `derived`, after the teacher checks: those fail before any data is read)."""
   d = validation.distill_section(derived)
@@ -202,7 +211,13 @@ def _teacher(config, derived: validation.Derived):
   return d, ref, context.setup(config, derived=derived)
 
 
-def _base_meta(config, r: context.Run, ref, kind: str, shape) -> dict:
+def _base_meta(
+  config: ml_collections.ConfigDict,
+  r: context.Run,
+  ref: teacher_lib.TeacherRef,
+  kind: str,
+  shape: tuple,
+) -> dict:
   return {
     'format': FORMAT,
     'kind': kind,
@@ -220,7 +235,47 @@ def _base_meta(config, r: context.Run, ref, kind: str, shape) -> dict:
   }
 
 
-def write(config, workdir: str, stop_after: int | None = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """What one kind of store puts into the skeleton both share (_store)."""
+
+  kind: str  # 'logits' | 'sequences'
+  shape: list[int]
+  meta: dict  # its own meta keys (after the common ones)
+  arrays: dict  # array name -> (dtype, shape)
+  # (teacher ModelConfig, teacher params, their shardings) -> step -> {array name: host rows}
+  compute: Callable[[models.ModelConfig, PyTree, PyTree], Callable[[int], dict]]
+  complete_note: Callable[[dict], str]  # meta -> the line for a store found complete
+  summary: Callable[[dict], str]  # final meta -> the closing line
+  finish_extra: Callable[[dict], dict] = lambda meta: {}  # meta -> keys added when complete
+
+
+def _store(
+  config: ml_collections.ConfigDict,
+  r: context.Run,
+  ref: teacher_lib.TeacherRef,
+  out_dir: str,
+  stop_after: int | None,
+  plan: _Plan,
+) -> dict:
+  """Open (or resume) this host's store, fill every step with the teacher, then add the
+  teacher's eval loss and print the summary; returns the meta (a found-complete store's as is)."""
+  meta = {**_base_meta(config, r, ref, plan.kind, plan.shape), **plan.meta}
+  w = _Writer(out_dir, meta, plan.arrays)
+  if w.complete:
+    print(plan.complete_note(w.meta), flush=True)
+    return w.meta
+  with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    tmodel, teacher, tsh = teacher_lib.load_teacher(config, ref, r.mesh)
+    if not w.fill(plan.compute(tmodel, teacher, tsh), config, stop_after):
+      return w.meta
+    teacher_eval = _teacher_eval(r, tmodel, teacher, tsh)
+  meta = w.finish(**plan.finish_extra(w.meta), **teacher_eval)
+  print(plan.summary(meta), flush=True)
+  return meta
+
+
+def write(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None = None) -> dict:
   """Store what config.distill.mode needs ('offline': top-k logits, 'sequence': teacher
   continuations, see write_sequences); returns the meta dict (resumes a cut store)."""
   derived = _derive(config)
@@ -228,39 +283,27 @@ def write(config, workdir: str, stop_after: int | None = None) -> dict:
     return write_sequences(config, workdir, stop_after, derived)
   d, ref, r = _teacher(config, derived)
   out_dir = teacher_lib.store_dir(config, workdir)
+  return _store(config, r, ref, out_dir, stop_after, _logits_plan(config, d, ref, r, out_dir))
+
+
+def _logits_plan(
+  config: ml_collections.ConfigDict,
+  d: schema.DistillConfig,
+  ref: teacher_lib.TeacherRef,
+  r: context.Run,
+  out_dir: str,
+) -> _Plan:
+  """The top-k teacher logits (values and ids) and the teacher's NLL of every training token."""
   num_steps, k, seq_len = r.derived.num_steps, d.top_k, config.data.seq_len
   shape = [num_steps, r.derived.host_batch, seq_len, k]
   values_dtype = {'float16': np.float16, 'float32': np.float32, 'bfloat16': np.uint16}[
     d.logits_dtype
   ]
   indices_dtype = _indices_dtype(ref.model.vocab_size)
-  meta = {
-    **_base_meta(config, r, ref, 'logits', shape),
-    'top_k': k,
-    'values_dtype': d.logits_dtype,
-    'indices_dtype': np.dtype(indices_dtype).name,
-  }
-  w = _Writer(
-    out_dir,
-    meta,
-    {
-      'values': (values_dtype, shape),
-      'indices': (indices_dtype, shape),
-      'teacher_nll': (np.float32, shape[:3]),
-    },
-  )
-  if w.complete:
-    print(
-      f'Stored logits in {out_dir} are complete: {w.meta["bytes"]} bytes '
-      f'({w.meta["bytes"] / 1e6:.1f} MB)',
-      flush=True,
-    )
-    return w.meta
   out_dtype = jnp.bfloat16 if d.logits_dtype == 'bfloat16' else values_dtype
-  with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    tmodel, teacher, tsh = teacher_lib.load_teacher(config, ref, r.mesh)
 
-    def forward(tp, batch):
+  def compute(tmodel: models.ModelConfig, teacher: PyTree, tsh: PyTree) -> Callable[[int], dict]:
+    def forward(tp: PyTree, batch: dict) -> tuple:
       tokens = batch['tokens']
       logits = models.logits(tmodel, tp, tokens[:, :-1])
       top_v, top_i = jax.lax.top_k(logits, k)
@@ -269,7 +312,7 @@ def write(config, workdir: str, stop_after: int | None = None) -> dict:
 
     fwd = jax.jit(forward, in_shardings=(tsh, r.batch_sharding), out_shardings=r.batch_sharding)
 
-    def compute(step):
+    def rows(step: int) -> dict:
       v, i, t = fwd(teacher, context.global_batch(r, {'tokens': r.train_ds.batch(step)}))
       v = _host_rows(v)
       return {
@@ -278,19 +321,36 @@ def write(config, workdir: str, stop_after: int | None = None) -> dict:
         'teacher_nll': _host_rows(t),
       }
 
-    if not w.fill(compute, config, stop_after):
-      return w.meta
-    teacher_eval = _teacher_eval(r, tmodel, teacher, tsh)
-  meta = w.finish(**teacher_eval)
-  size, tokens = meta['bytes'], num_steps * r.derived.host_batch * seq_len
-  print(
-    f'Stored top-{k} teacher logits ({d.logits_dtype} values, {meta["indices_dtype"]} ids, '
-    f'float32 teacher NLL) for {num_steps} steps x {r.derived.host_batch} rows x {seq_len} '
-    f'tokens in {out_dir}: {size} bytes ({size / 1e6:.1f} MB, {size / tokens:.1f} bytes/token)'
-    + _on_host(meta),
-    flush=True,
+    return rows
+
+  def summary(meta: dict) -> str:
+    size, tokens = meta['bytes'], num_steps * r.derived.host_batch * seq_len
+    return (
+      f'Stored top-{k} teacher logits ({d.logits_dtype} values, {meta["indices_dtype"]} ids, '
+      f'float32 teacher NLL) for {num_steps} steps x {r.derived.host_batch} rows x {seq_len} '
+      f'tokens in {out_dir}: {size} bytes ({size / 1e6:.1f} MB, {size / tokens:.1f} bytes/token)'
+      + _on_host(meta)
+    )
+
+  return _Plan(
+    kind='logits',
+    shape=shape,
+    meta={
+      'top_k': k,
+      'values_dtype': d.logits_dtype,
+      'indices_dtype': np.dtype(indices_dtype).name,
+    },
+    arrays={
+      'values': (values_dtype, shape),
+      'indices': (indices_dtype, shape),
+      'teacher_nll': (np.float32, shape[:3]),
+    },
+    compute=compute,
+    complete_note=lambda m: (
+      f'Stored logits in {out_dir} are complete: {m["bytes"]} bytes ({m["bytes"] / 1e6:.1f} MB)'
+    ),
+    summary=summary,
   )
-  return meta
 
 
 def _on_host(meta: dict) -> str:
@@ -298,7 +358,7 @@ def _on_host(meta: dict) -> str:
   return f' on host {p} of {n}' if n > 1 else ''
 
 
-def generation_identity(config) -> dict:
+def generation_identity(config: ml_collections.ConfigDict) -> dict:
   """What the teacher's continuations depend on besides the stream and the teacher."""
   d = config.distill
   return {
@@ -315,7 +375,10 @@ def generation_rng(seed: int, step: int) -> jax.Array:
 
 
 def write_sequences(
-  config, workdir: str, stop_after: int | None = None, derived: validation.Derived | None = None
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  stop_after: int | None = None,
+  derived: validation.Derived | None = None,
 ) -> dict:
   """Sequence-level KD data (Kim & Rush 2016): the teacher continues the first
   config.distill.prompt_len tokens of every training row to seq_len + 1 tokens.
@@ -329,31 +392,31 @@ def write_sequences(
     derived = _derive(config)
   d, ref, r = _teacher(config, derived)
   out_dir = teacher_lib.store_dir(config, workdir)
+  return _store(config, r, ref, out_dir, stop_after, _sequences_plan(config, d, ref, r, out_dir))
+
+
+def _sequences_plan(
+  config: ml_collections.ConfigDict,
+  d: schema.DistillConfig,
+  ref: teacher_lib.TeacherRef,
+  r: context.Run,
+  out_dir: str,
+) -> _Plan:
+  """The teacher's continuations of every training row's first prompt_len tokens."""
   num_steps, seq_len, prompt_len = r.derived.num_steps, config.data.seq_len, d.prompt_len
   new_tokens = seq_len + 1 - prompt_len
   shape = [num_steps, r.derived.host_batch, seq_len + 1]
   tokens_dtype = np.uint16 if ref.model.vocab_size <= 2**16 else np.int32
-  meta = {
-    **_base_meta(config, r, ref, 'sequences', shape),
-    'generation': generation_identity(config),
-    'new_tokens_per_row': new_tokens,
-    'tokens_dtype': np.dtype(tokens_dtype).name,
-  }
-  w = _Writer(out_dir, meta, {'tokens': (tokens_dtype, shape)})
-  if w.complete:
-    print(
-      f'Stored teacher sequences in {out_dir} are complete: {w.meta["bytes"]} bytes', flush=True
-    )
-    return w.meta
+  generated = num_steps * r.derived.host_batch * new_tokens
   sampling = dict(
     temperature=float(d.gen_temperature), top_k=int(d.gen_top_k), top_p=float(d.gen_top_p)
   )
-  with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    tmodel, teacher, tsh = teacher_lib.load_teacher(config, ref, r.mesh)
-    # Each host continues its own rows; with several processes on a full copy of the teacher.
+
+  def compute(tmodel: models.ModelConfig, teacher: PyTree, tsh: PyTree) -> Callable[[int], dict]:
+    del tsh  # Each host continues its own rows; with several processes on a full copy.
     local = teacher if jax.process_count() == 1 else multihost_utils.process_allgather(teacher)
 
-    def compute(step):
+    def rows(step: int) -> dict:
       prompts_BxP = r.train_ds.batch(step)[:, :prompt_len]
       rng_gen, rng_last = jax.random.split(generation_rng(config.seed, step))
       rows_BxL = prompts_BxP
@@ -374,22 +437,36 @@ def write_sequences(
       )
       return {'tokens': np.concatenate([np.asarray(rows_BxL), np.asarray(last_B)[:, None]], 1)}
 
-    if not w.fill(compute, config, stop_after):
-      return w.meta
-    teacher_eval = _teacher_eval(r, tmodel, teacher, tsh)
-  generated = num_steps * r.derived.host_batch * new_tokens
-  seconds = w.meta['seconds']
-  meta = w.finish(
-    generated_tokens=generated, tokens_per_sec=generated / max(seconds, 1e-9), **teacher_eval
+    return rows
+
+  def summary(meta: dict) -> str:
+    seconds = meta['seconds']
+    return (
+      f'Stored teacher continuations of {prompt_len}-token prompts ({new_tokens} new tokens '
+      f'per row, {sampling}) for {num_steps} steps x {r.derived.host_batch} rows in {out_dir}: '
+      f'{generated} tokens generated in {seconds:.1f} s ({generated / max(seconds, 1e-9):.0f} '
+      f'tokens/s), {meta["bytes"]} bytes' + _on_host(meta)
+    )
+
+  return _Plan(
+    kind='sequences',
+    shape=shape,
+    meta={
+      'generation': generation_identity(config),
+      'new_tokens_per_row': new_tokens,
+      'tokens_dtype': np.dtype(tokens_dtype).name,
+    },
+    arrays={'tokens': (tokens_dtype, shape)},
+    compute=compute,
+    complete_note=lambda m: (
+      f'Stored teacher sequences in {out_dir} are complete: {m["bytes"]} bytes'
+    ),
+    summary=summary,
+    finish_extra=lambda m: {
+      'generated_tokens': generated,
+      'tokens_per_sec': generated / max(m['seconds'], 1e-9),
+    },
   )
-  print(
-    f'Stored teacher continuations of {prompt_len}-token prompts ({new_tokens} new tokens '
-    f'per row, {sampling}) for {num_steps} steps x {r.derived.host_batch} rows in {out_dir}: '
-    f'{generated} tokens generated in {seconds:.1f} s ({generated / max(seconds, 1e-9):.0f} '
-    f'tokens/s), {meta["bytes"]} bytes' + _on_host(meta),
-    flush=True,
-  )
-  return meta
 
 
 _KINDS = {'logits': ('values', 'indices', 'teacher_nll'), 'sequences': ('tokens',)}
@@ -403,7 +480,7 @@ class Store:
     self.directory, self.meta, self.arrays = directory, meta, arrays
     self.top_k = meta.get('top_k')
 
-  def _check_common(self, config, r: context.Run) -> str:
+  def _check_common(self, config: ml_collections.ConfigDict, r: context.Run) -> str:
     m = self.meta
     where = f'stored {_WHAT[m.get("kind", "logits")]} in {self.directory}'
     if m['stream'] != stream_identity(config):
@@ -427,7 +504,7 @@ class Store:
       )
     return where
 
-  def check_stream(self, config, r: context.Run):
+  def check_stream(self, config: ml_collections.ConfigDict, r: context.Run):
     """ValueError unless these logits were stored for config's stream, teacher and k."""
     self._check_common(config, r)
     top_k = r.derived.distill.top_k
@@ -454,7 +531,7 @@ class Store:
 class SequenceStore(Store):
   """Read side of a sequence store: this host's teacher-continued rows by step."""
 
-  def check_stream(self, config, r: context.Run):
+  def check_stream(self, config: ml_collections.ConfigDict, r: context.Run):
     """ValueError unless these sequences were generated for config's stream, teacher, sampling."""
     where = self._check_common(config, r)
     want = generation_identity(config)
@@ -505,7 +582,7 @@ def open_store(
   return (SequenceStore if kind == 'sequences' else Store)(directory, meta, arrays)
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   del argv
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
