@@ -7,7 +7,6 @@ Prompts of different lengths are batched (left-padded); params are sharded over 
 devices by the training rules. Prints each continuation, then the decode tokens/s.
 """
 
-import sys
 import time
 
 import jax
@@ -17,7 +16,7 @@ from absl import app, flags, logging
 import models
 from models import generation, hf
 from models.config import PyTree
-from train import init_from, sharding
+from train import cli, init_from, sharding
 from train.data import tokenizers
 
 FLAGS = flags.FLAGS
@@ -34,9 +33,7 @@ flags.DEFINE_boolean('stop_at_eos', True, 'cut each continuation at the tokenize
 
 def load(
   checkpoint: str, tokenizer: str | None = None
-) -> tuple[
-  models.ModelConfig, PyTree, tokenizers.ByteTokenizer | tokenizers.HFTokenizer, list[int]
-]:
+) -> tuple[models.ModelConfig, PyTree, tokenizers.Tokenizer, list[int]]:
   """(ModelConfig, params sharded over all devices, tokenizer, prefix ids) for a checkpoint.
 
   Our runs pack documents as `text EOS text EOS ...`, so their prompts start after an EOS."""
@@ -57,15 +54,12 @@ def main(argv: list[str]) -> None:
   if not FLAGS.checkpoint or not FLAGS.prompt:
     raise app.UsageError('--checkpoint and at least one --prompt are required')
   logging.set_verbosity(logging.WARNING)  # no per-restore library chatter on the console.
-  try:
+  with cli.one_line_errors():
     cfg, params, tok, prefix = load(FLAGS.checkpoint, FLAGS.tokenizer)
     prompts = [prefix + tok.encode(p) for p in FLAGS.prompt]
     generation.check_options(
       cfg, max(map(len, prompts)), FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k, FLAGS.top_p
     )
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
   kw = dict(
     temperature=FLAGS.temperature,
     top_k=FLAGS.top_k,

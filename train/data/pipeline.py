@@ -8,142 +8,41 @@ every step and nothing else, so resuming needs only the step, on any number of h
 steps are read ahead by grain reader threads (config.data.read_threads).
 """
 
-import dataclasses
 import logging
 import math
-import os
 
 import grain
 import numpy as np
 
-from train.data import shards, tokenizers
+from configs import schema
+from train.data import embedded, prepare, shards, tokenizers
+from train.data.sources import DataSection, Source, parse_sources
 
 
-@dataclasses.dataclass(frozen=True)
-class Source:
-  """One dataset of config.data.dataset with its mixture weight, splits and text feature."""
-
-  dataset: str
-  weight: float
-  train_split: str
-  eval_split: str
-  text_key: str
-
-  @property
-  def name(self) -> str:
-    """Metric-safe name: eval/<name>/loss."""
-    return shards.sanitize(self.dataset)
-
-
-def _per_source(value: str, n: int, field: str) -> list[str]:
-  parts = [v.strip() for v in str(value).split(',')]
-  if len(parts) == 1:
-    return parts * n
-  if len(parts) != n or not all(parts):
-    raise ValueError(
-      f'{field}={value!r}: give one value, or one per source of '
-      f'config.data.dataset ({n}), comma-separated'
-    )
-  return parts
-
-
-def parse_sources(data) -> list[Source]:
-  """config.data -> its sources. `dataset` is 'name' or 'name=weight,name=weight,...' (weights
-  >= 0, not all 0; none given: equal); train_split / eval_split / text_key are one value for all
-  sources or one per source. ValueError naming the field otherwise."""
-  spec = str(data.dataset)
-  items = [s.strip() for s in spec.split(',')]
-  if not all(items):
-    raise ValueError(f'config.data.dataset={spec!r}: empty source name')
-  names, weights = [], []
-  for item in items:
-    name, sep, weight = item.partition('=')
-    names.append(name.strip())
-    if not sep:
-      weights.append(None)
-      continue
-    try:
-      weights.append(float(weight))
-    except ValueError:
-      raise ValueError(
-        f'config.data.dataset={spec!r}: weight {weight!r} of {name!r} is not a number'
-      ) from None
-    if not math.isfinite(weights[-1]) or weights[-1] < 0:
-      raise ValueError(
-        f'config.data.dataset={spec!r}: weight of {name!r} must be a finite '
-        f'number >= 0, got {weight}'
-      )
-  if len(names) > 1 and None in weights and any(w is not None for w in weights):
-    raise ValueError(
-      f'config.data.dataset={spec!r}: give every source a weight (name=weight) '
-      'or none (equal weights)'
-    )
-  weights = [1.0 if w is None else w for w in weights]
-  if sum(weights) <= 0:
-    raise ValueError(f'config.data.dataset={spec!r}: the mixture weights sum to 0')
-  dup = {
-    shards.sanitize(n)
-    for n in names
-    if sum(shards.sanitize(m) == shards.sanitize(n) for m in names) > 1
-  }
-  if dup:
-    raise ValueError(f'config.data.dataset={spec!r}: source {sorted(dup)[0]!r} is named twice')
-  n = len(names)
-  splits = [
-    _per_source(data[k], n, f'config.data.{k}') for k in ('train_split', 'eval_split', 'text_key')
-  ]
-  return [Source(name, w / sum(weights), *per) for name, w, *per in zip(names, weights, *splits)]
-
-
-def prepared_root(data) -> str:
-  """config.data.prepared_dir, or <data_dir (TFDS's default if unset)>/tokenized."""
-  if data.prepared_dir:
-    return data.prepared_dir
-  tfds_dir = (
-    data.data_dir
-    or os.environ.get('TFDS_DATA_DIR')
-    or os.path.join(os.path.expanduser('~'), 'tensorflow_datasets')
-  )
-  return os.path.join(tfds_dir, 'tokenized')
-
-
-def prepared_path(data, source: Source, split: str) -> str:
-  return shards.split_dir(
-    prepared_root(data), source.dataset, split, source.text_key, data.max_documents
-  )
-
-
-def open_prepared(data, source: Source, split: str, tokenizer) -> shards.PreparedSplit:
+def open_prepared(
+  data: DataSection, source: Source, split: str, tokenizer: tokenizers.Tokenizer
+) -> shards.PreparedSplit:
   """The prepared split, checked against the tokenizer; the embedded corpora are prepared here
   when missing, any other dataset must be prepared first (`python -m train.data.prepare`)."""
-  path = prepared_path(data, source, split)
+  request = prepare.SplitRequest.of(data, source, split)
   field = 'config.data.prepared_dir' if data.prepared_dir else 'config.data.dataset'
   expect = {'tokenizer': data.tokenizer, 'tokenizer_fingerprint': tokenizer.fingerprint}
   try:
-    return shards.open_split(path, field, expect)
+    return shards.open_split(request.out_dir, field, expect)
   except FileNotFoundError:
-    # Lazy: prepare imports this module (a circle at the top), and only a missing split needs it.
-    from train.data import prepare
-
     prepare.check_known(source.dataset, data.data_dir)
-    if not prepare.is_embedded(source.dataset):
+    if not embedded.is_embedded(source.dataset):
       raise ValueError(
         f'config.data.dataset={source.dataset!r}: split {split!r} is not prepared (no '
-        f'{shards.MANIFEST} in {path}); run `python -m train.data.prepare` once with this '
-        'config (on every host of a pod, or one machine writing to a shared gs:// '
+        f'{shards.MANIFEST} in {request.out_dir}); run `python -m train.data.prepare` once with '
+        'this config (on every host of a pod, or one machine writing to a shared gs:// '
         'config.data.prepared_dir)'
       ) from None
-  logging.info('Preparing %s/%s (embedded, built offline) in %s', source.dataset, split, path)
-  prepare.prepare_split(
-    source.dataset,
-    split,
-    path,
-    data.tokenizer,
-    data_dir=data.data_dir,
-    text_key=source.text_key,
-    max_documents=data.max_documents,
+  logging.info(
+    'Preparing %s/%s (embedded, built offline) in %s', source.dataset, split, request.out_dir
   )
-  return shards.open_split(path, field, expect)
+  prepare.prepare_split(request)
+  return shards.open_split(request.out_dir, field, expect)
 
 
 def _rows(split: shards.PreparedSplit, seq_len: int, min_rows: int, what: str) -> shards.PackedRows:
@@ -199,7 +98,7 @@ class _Prefetched:
     self._last, self._next = i, i + 1
     return out
 
-  def close(self):
+  def close(self) -> None:
     """Stop the read-ahead threads (also when the stream is dropped, e.g. between sweep runs)."""
     if self._it is not None:
       getattr(self._it, 'close', lambda: None)()
@@ -325,8 +224,8 @@ class EvalStream:
 
 
 def make_datasets(
-  config, process_index: int, process_count: int
-) -> tuple[TrainStream, EvalStream, object]:
+  config: schema.Config | schema.Section, process_index: int, process_count: int
+) -> tuple[TrainStream, EvalStream, tokenizers.Tokenizer]:
   """(TrainStream, EvalStream, tokenizer) for this host from config.data / config.train."""
   d = config.data
   sources = parse_sources(d)

@@ -15,40 +15,37 @@ line and exit code 2, with nothing written.
 """
 
 import concurrent.futures
+import dataclasses
 import difflib
 import glob
 import logging
 import math
 import multiprocessing
 import os
-import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from train.data import pipeline, shards, tokenizers
+from configs import schema
+from train import cli
+from train.data import embedded, shards, sources, tokenizers
 
 _READ_BATCH = 256  # documents per tf.data batch / tokenizer call.
 _SHARD_TEXT_BYTES = 64 << 20  # automatic shard count: about this much source text per shard.
 _STALE_SECONDS = 600  # a shard's temp file untouched this long belongs to a dead writer.
-_EMBEDDED = ('stdlib_corpus', 'synthetic_prose')  # build offline; training prepares them itself.
 
 
-def is_embedded(dataset: str) -> bool:
-  """True for the corpora this package builds offline (training prepares them when missing)."""
-  return dataset.split(':')[0].split('/')[0] in _EMBEDDED
-
-
-def _register_builders():
+def _register_builders() -> None:
   # Lazy: they import tensorflow_datasets (slow), needed only to build or read a TFDS dataset.
   from train.data import stdlib_corpus, synthetic_corpus  # noqa: F401  (registers the builders)
 
 
-def _builder(dataset: str, data_dir: str | None):
+def _builder(dataset: str, data_dir: str | None) -> Any:
   """tfds.builder, or ValueError (with a did-you-mean) when TFDS knows no such dataset."""
   import tensorflow_datasets as tfds  # lazy: heavy (TensorFlow), only when TFDS is read.
 
@@ -70,13 +67,13 @@ def check_known(dataset: str, data_dir: str | None = None) -> None:
   _builder(dataset, data_dir)
 
 
-def load_builder(dataset: str, data_dir: str | None):
+def load_builder(dataset: str, data_dir: str | None) -> Any:
   """The prepared TFDS builder; prepares it if needed (offline only for the embedded corpora)."""
   builder = _builder(dataset, data_dir)
   try:
     builder.download_and_prepare()
   except Exception as e:  # Network/manual-download failures come in many types.
-    if is_embedded(dataset):
+    if embedded.is_embedded(dataset):
       raise
     raise ValueError(
       f'config.data.dataset={dataset!r} is not prepared in config.data.data_dir={data_dir!r} '
@@ -90,23 +87,56 @@ def _base_split(split: str, max_documents: int) -> str:
   return f'{split}[:{max_documents}]' if max_documents else split
 
 
-def split_spec(
-  dataset: str,
-  split: str,
-  text_key: str,
-  max_documents: int,
-  tokenizer_spec: str,
-  tokenizer,
-  num_shards: int,
-) -> dict:
+@dataclasses.dataclass(frozen=True)
+class SplitRequest:
+  """One split to tokenize into shards: its TFDS dataset, feature and tokenizer, and where to."""
+
+  dataset: str
+  split: str
+  out_dir: str
+  tokenizer: str  # 'byte' or a local HuggingFace tokenizer directory.
+  data_dir: str | None = None  # TFDS data_dir.
+  text_key: str = 'text'
+  max_documents: int = 0  # 0: the whole split.
+
+  @classmethod
+  def of(cls, data: sources.DataSection, source: sources.Source, split: str) -> 'SplitRequest':
+    """`split` of a config.data source, into its prepared directory."""
+    out_dir = sources.prepared_path(data, source, split)
+    return cls(
+      source.dataset,
+      split,
+      out_dir,
+      data.tokenizer,
+      data_dir=data.data_dir,
+      text_key=source.text_key,
+      max_documents=data.max_documents,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Share:
+  """This process's part: process p of P writes shards p, p+P, ... with `workers` local
+  processes; num_shards 0: about 64 MiB of text each (an existing directory keeps its own)."""
+
+  num_shards: int = 0
+  process_index: int = 0
+  process_count: int = 1
+  workers: int = 1
+
+
+ALONE = Share()  # one process writing every shard.
+
+
+def split_spec(request: SplitRequest, tokenizer: tokenizers.Tokenizer, num_shards: int) -> dict:
   """What a prepared directory holds; two runs may share a directory only with equal specs."""
   return {
     'format': shards.FORMAT,
-    'dataset': dataset,
-    'split': split,
-    'text_key': text_key,
-    'max_documents': max_documents,
-    'tokenizer': tokenizer_spec,
+    'dataset': request.dataset,
+    'split': request.split,
+    'text_key': request.text_key,
+    'max_documents': request.max_documents,
+    'tokenizer': request.tokenizer,
     'tokenizer_fingerprint': tokenizer.fingerprint,
     'vocab_size': tokenizer.vocab_size,
     'eos_id': tokenizer.eos_id,
@@ -118,7 +148,7 @@ def split_spec(
 _CACHE = {}  # per (worker) process: builder and tokenizer, made once.
 
 
-def _cached(key, make):
+def _cached(key: tuple, make: Callable[[], Any]) -> Any:
   if key not in _CACHE:
     _CACHE[key] = make()
   return _CACHE[key]
@@ -212,7 +242,7 @@ def _finalize(out_dir: str, spec: dict) -> dict | None:
   return manifest
 
 
-def _auto_num_shards(builder, split: str, max_documents: int, process_count: int) -> int:
+def _auto_num_shards(builder: Any, split: str, max_documents: int, process_count: int) -> int:
   info = builder.info.splits[_base_split(split, max_documents)]
   docs = max(int(info.num_examples), 1)
   whole = builder.info.splits[split]
@@ -220,77 +250,69 @@ def _auto_num_shards(builder, split: str, max_documents: int, process_count: int
   return max(1, min(docs, max(process_count, math.ceil(text / _SHARD_TEXT_BYTES))))
 
 
-def prepare_split(
-  dataset: str,
-  split: str,
-  out_dir: str,
-  tokenizer_spec: str,
-  *,
-  data_dir: str | None = None,
-  text_key: str = 'text',
-  max_documents: int = 0,
-  num_shards: int = 0,
-  process_index: int = 0,
-  process_count: int = 1,
-  workers: int = 1,
-) -> dict | None:
-  """Write this process's shards of one split (skipping finished ones); the manifest when the
-  split is complete, else None. Refuses (ValueError, nothing written) a directory prepared with
-  another tokenizer or shard count."""
-  tokenizer = tokenizers.make_tokenizer(tokenizer_spec)
-  spec_path = os.path.join(out_dir, shards.SPEC)
+def _open_spec(request: SplitRequest, share: Share, tokenizer: tokenizers.Tokenizer) -> dict:
+  """The directory's spec: written for a new one, checked (ValueError) for an existing one."""
+  spec_path = os.path.join(request.out_dir, shards.SPEC)
   old = shards.read_json(spec_path) if shards.exists(spec_path) else None
+  num_shards = share.num_shards
   if old is None:
-    builder = load_builder(dataset, data_dir)
-    if text_key not in builder.info.features:
+    builder = load_builder(request.dataset, request.data_dir)
+    if request.text_key not in builder.info.features:
       raise ValueError(
-        f'config.data.text_key={text_key!r} is not a feature of '
+        f'config.data.text_key={request.text_key!r} is not a feature of '
         f'{builder.info.full_name}; it has {sorted(builder.info.features.keys())}.'
       )
-    num_shards = num_shards or _auto_num_shards(builder, split, max_documents, process_count)
-  spec = split_spec(
-    dataset,
-    split,
-    text_key,
-    max_documents,
-    tokenizer_spec,
-    tokenizer,
-    num_shards or old['num_shards'],
-  )
+    num_shards = num_shards or _auto_num_shards(
+      builder, request.split, request.max_documents, share.process_count
+    )
+  spec = split_spec(request, tokenizer, num_shards or old['num_shards'])
   if old is not None:
-    why = shards.spec_mismatch(old, spec, out_dir)
+    why = shards.spec_mismatch(old, spec, request.out_dir)
     if why:
       raise ValueError(f'config.data.prepared_dir: {why}')
   else:
-    shards.makedirs(out_dir)
+    shards.makedirs(request.out_dir)
     shards.write_json(spec_path, spec)
-  mine = list(range(process_index, spec['num_shards'], process_count))
-  tic = time.time()
+  return spec
+
+
+def _write_shards(request: SplitRequest, spec: dict, mine: list[int], workers: int) -> list[dict]:
+  """_write_shard for each of `mine`, in `workers` local processes when more than one."""
+  args = [(request.out_dir, spec, request.data_dir, i) for i in mine]
   if workers > 1 and len(mine) > 1:
     ctx = multiprocessing.get_context('spawn')
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(mine)), mp_context=ctx) as pool:
-      done = list(pool.map(_write_shard, *zip(*[(out_dir, spec, data_dir, i) for i in mine])))
-  else:
-    done = [_write_shard(out_dir, spec, data_dir, i) for i in mine]
+      return list(pool.map(_write_shard, *zip(*args)))
+  return [_write_shard(*a) for a in args]
+
+
+def prepare_split(request: SplitRequest, share: Share = ALONE) -> dict | None:
+  """Write this process's shards of one split (skipping finished ones); the manifest when the
+  split is complete, else None. Refuses (ValueError, nothing written) a directory prepared with
+  another tokenizer or shard count."""
+  spec = _open_spec(request, share, tokenizers.make_tokenizer(request.tokenizer))
+  mine = list(range(share.process_index, spec['num_shards'], share.process_count))
+  tic = time.time()
+  done = _write_shards(request, spec, mine, share.workers)
   new = [d for d in done if not d.get('skipped')]
   logging.info(
     '%s/%s: %d of my %d shards written (%d tokens) in %.1fs, %d already done; in %s',
-    dataset,
-    split,
+    request.dataset,
+    request.split,
     len(new),
     len(mine),
     sum(d['num_tokens'] for d in new),
     time.time() - tic,
     len(done) - len(new),
-    out_dir,
+    request.out_dir,
   )
-  manifest = _finalize(out_dir, spec)
+  manifest = _finalize(request.out_dir, spec)
   if manifest is None:
     logging.info(
       '%s/%s: other processes still have shards to write; the last one to finish '
       'writes the manifest.',
-      dataset,
-      split,
+      request.dataset,
+      request.split,
     )
   return manifest
 
@@ -310,7 +332,12 @@ def _env_process() -> tuple[int, int]:
 
 
 def prepare(
-  config, *, num_shards: int = 0, process_index: int = -1, process_count: int = 0, workers: int = 1
+  config: schema.Config | schema.Section,
+  *,
+  num_shards: int = 0,
+  process_index: int = -1,
+  process_count: int = 0,
+  workers: int = 1,
 ) -> list[dict]:
   """Prepare the train and eval split of every source of config.data; the manifests written
   (fewer than the splits when other processes still have shards to write)."""
@@ -318,36 +345,24 @@ def prepare(
     process_index, process_count = _env_process()
   if not 0 <= process_index < process_count:
     raise ValueError(f'--process_index={process_index} not in [0, --process_count={process_count})')
-  d = config.data
+  share = Share(num_shards, process_index, process_count, workers)
   out = []
-  for source in pipeline.parse_sources(d):
+  for source in sources.parse_sources(config.data):
     for split in dict.fromkeys((source.train_split, source.eval_split)):
-      path = pipeline.prepared_path(d, source, split)
-      manifest = prepare_split(
-        source.dataset,
-        split,
-        path,
-        d.tokenizer,
-        data_dir=d.data_dir,
-        text_key=source.text_key,
-        max_documents=d.max_documents,
-        num_shards=num_shards,
-        process_index=process_index,
-        process_count=process_count,
-        workers=workers,
-      )
+      request = SplitRequest.of(config.data, source, split)
+      manifest = prepare_split(request, share)
       if manifest is not None:
         t = manifest['totals']
         print(
           f'{source.dataset} {split}: {manifest["num_shards"]} shards, {t["num_documents"]} '
-          f'documents, {t["num_bytes"]} bytes -> {t["num_tokens"]} tokens in {path}',
+          f'documents, {t["num_bytes"]} bytes -> {t["num_tokens"]} tokens in {request.out_dir}',
           flush=True,
         )
         out.append(manifest)
       else:
         print(
           f'{source.dataset} {split}: my shards are done; others are still being written '
-          f'into {path}',
+          f'into {request.out_dir}',
           flush=True,
         )
   return out
@@ -356,7 +371,7 @@ def prepare(
 def main(argv: Sequence[str]) -> None:
   del argv
   f = flags.FLAGS
-  try:
+  with cli.one_line_errors():
     prepare(
       f.config,
       num_shards=f.num_shards,
@@ -364,9 +379,6 @@ def main(argv: Sequence[str]) -> None:
       process_count=f.process_count,
       workers=f.workers,
     )
-  except (ValueError, FileNotFoundError) as e:
-    sys.stderr.write(f'error: {str(e).splitlines()[0]}\n')
-    sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -258,7 +258,7 @@ class PackedRows:
     del state['_handles']
     return state
 
-  def __setstate__(self, state):
+  def __setstate__(self, state: dict) -> None:
     self.__dict__.update(state)
     self._handles = _Handles()
 

@@ -11,6 +11,8 @@ import sysconfig
 
 import tensorflow_datasets as tfds
 
+from train.data import embedded
+
 VALIDATION_PERCENT = 5  # sha1(relative path) % 100 < this -> validation.
 _EXCLUDED_DIRS = ('site-packages', 'dist-packages', '__pycache__')
 
@@ -38,7 +40,7 @@ def split_of(relpath: str) -> str:
   return 'validation' if bucket < VALIDATION_PERCENT else 'train'
 
 
-class StdlibCorpus(tfds.core.GeneratorBasedBuilder):
+class StdlibCorpus(embedded.QuietBuild, tfds.core.GeneratorBasedBuilder):
   """Python standard library source files, split by a hash of the file path."""
 
   name = 'stdlib_corpus'
@@ -62,7 +64,7 @@ class StdlibCorpus(tfds.core.GeneratorBasedBuilder):
       supervised_keys=None,
     )
 
-  def _split_generators(self, dl_manager):
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
     del dl_manager  # Nothing to download.
     return {
       'train': self._generate_examples('train'),

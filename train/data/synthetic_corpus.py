@@ -9,6 +9,8 @@ of (config seed, i), so every build of a config is identical.
 import numpy as np
 import tensorflow_datasets as tfds
 
+from train.data import embedded
+
 _VOCAB = 4096
 _LETTERS = np.frombuffer(b'etaoinshrdlcumwfgypbvkjxqz', np.uint8)
 _LETTER_P = np.array(
@@ -46,7 +48,7 @@ _LETTER_P = np.array(
 class SyntheticConfig(tfds.core.BuilderConfig):
   """Size of a synthetic_prose build: train documents and mean document length in bytes."""
 
-  def __init__(self, *, train_documents: int, mean_bytes: int, **kwargs):
+  def __init__(self, *, train_documents: int, mean_bytes: int, **kwargs: object) -> None:
     super().__init__(version=tfds.core.Version('1.0.0'), **kwargs)
     self.train_documents = train_documents
     self.mean_bytes = mean_bytes
@@ -66,7 +68,9 @@ def _vocabulary(seed: int) -> tuple[np.ndarray, np.ndarray, float]:
   return words, np.cumsum(p_word) / p_word.sum(), mean_len
 
 
-def document(seed: int, index: int, mean_bytes: int, vocabulary) -> str:
+def document(
+  seed: int, index: int, mean_bytes: int, vocabulary: tuple[np.ndarray, np.ndarray, float]
+) -> str:
   """Document `index`: Zipf-distributed words, about `mean_bytes` long (lognormal lengths)."""
   words, cdf, mean_len = vocabulary
   rng = np.random.default_rng([seed, 2, index])
@@ -75,7 +79,7 @@ def document(seed: int, index: int, mean_bytes: int, vocabulary) -> str:
   return ''.join(words[ranks]).capitalize()
 
 
-class SyntheticProse(tfds.core.GeneratorBasedBuilder):
+class SyntheticProse(embedded.QuietBuild, tfds.core.GeneratorBasedBuilder):
   """Pseudo-English prose; 1% as many validation documents as train ones (at least 20)."""
 
   BUILDER_CONFIGS = [
@@ -108,7 +112,7 @@ class SyntheticProse(tfds.core.GeneratorBasedBuilder):
       supervised_keys=None,
     )
 
-  def _split_generators(self, dl_manager):
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
     del dl_manager  # Nothing to download.
     n = self.builder_config.train_documents
     return {

@@ -29,7 +29,7 @@ class ByteTokenizer:
   def encode_batch(self, texts: Sequence[str | bytes]) -> list[np.ndarray]:
     return [np.frombuffer(_as_bytes(t), dtype=np.uint8) for t in texts]
 
-  def decode(self, ids) -> str:
+  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode('utf-8', errors='replace')
 
 
@@ -61,7 +61,7 @@ class HFTokenizer:
     ids = self._tok(texts, add_special_tokens=False)['input_ids']
     return [np.asarray(x, dtype=np.int64) for x in ids]
 
-  def decode(self, ids) -> str:
+  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     return self._tok.decode([int(i) for i in ids])
 
 
@@ -77,7 +77,10 @@ def _dir_digest(path: str) -> str:
   return h.hexdigest()[:12]
 
 
-def make_tokenizer(spec: str) -> ByteTokenizer | HFTokenizer:
+Tokenizer = ByteTokenizer | HFTokenizer
+
+
+def make_tokenizer(spec: str) -> Tokenizer:
   """'byte' -> ByteTokenizer; a local directory -> HFTokenizer."""
   if spec == 'byte':
     return ByteTokenizer()
@@ -89,7 +92,7 @@ def make_tokenizer(spec: str) -> ByteTokenizer | HFTokenizer:
   return HFTokenizer(spec)
 
 
-def check_vocab(tokenizer, model_vocab_size: int) -> None:
+def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:
   """Raise unless every id the tokenizer can emit (EOS included) fits in the embedding table."""
   needed = max(tokenizer.vocab_size, tokenizer.eos_id + 1)
   if needed > model_vocab_size:

@@ -1,0 +1,64 @@
+"""One-line `error:` exits for every command line (main.py, train.data.prepare, train.sample,
+train.harness, the scaling tools): bad input exits 2, a failed run 1, a bug keeps its traceback."""
+
+import contextlib
+import errno
+import sys
+from collections.abc import Iterator
+from typing import NoReturn
+
+BAD_INPUT, RUN_FAILED = 2, 1
+# Errors that mean "fix the input": our validation raises ValueError naming the field or path.
+INPUT_ERRORS = (
+  ValueError,
+  NotImplementedError,
+  FileNotFoundError,
+  NotADirectoryError,
+  IsADirectoryError,
+  PermissionError,
+)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # the run failed; its input was fine.
+_REFUSED = (errno.EROFS, errno.EACCES)  # a read-only or forbidden path: fix the input.
+
+Errors = type[BaseException] | tuple[type[BaseException], ...]
+
+
+def fail(message: object, code: int = BAD_INPUT) -> NoReturn:
+  """Writes `error: message` as one line on stderr and exits with `code`."""
+  sys.stderr.write(f'error: {message}\n')
+  sys.stderr.flush()
+  sys.exit(code)
+
+
+def message(e: BaseException) -> str:
+  """The first line of e's message (an OSError without a path: its strerror)."""
+  if isinstance(e, OSError) and e.strerror and not e.filename:
+    return e.strerror
+  return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def exit_code(
+  e: BaseException, input_errors: Errors = INPUT_ERRORS, failures: Errors = ()
+) -> int | None:
+  """RUN_FAILED (`failures`, disk full), BAD_INPUT (`input_errors`, a read-only or forbidden
+  path), or None: not a known error, a bug whose traceback should show."""
+  if isinstance(e, failures) or (isinstance(e, OSError) and e.errno in _DISK_FULL):
+    return RUN_FAILED
+  if (isinstance(e, OSError) and e.errno in _REFUSED) or isinstance(e, input_errors):
+    return BAD_INPUT
+  return None
+
+
+@contextlib.contextmanager
+def one_line_errors(
+  debug: bool = False, input_errors: Errors = INPUT_ERRORS, failures: Errors = ()
+) -> Iterator[None]:
+  """Ends a known error raised inside (exit_code) with `error: <its first line>` and its exit
+  code; any other exception, or every one with `debug`, propagates with its traceback."""
+  try:
+    yield
+  except Exception as e:
+    code = exit_code(e, input_errors, failures)
+    if code is None or debug:
+      raise
+    fail(message(e), code)
