@@ -114,7 +114,7 @@ def run(
   ms = sweep.members(config)
   todo = []
   for i, m in enumerate(ms):
-    result = sweep._finished(os.path.join(workdir, m.name), m.config_hash, m.name)
+    result = sweep.finished(os.path.join(workdir, m.name), m.config, m.name)
     if result is None:
       todo.append(i)
   platform, found = detect(platform)

@@ -1,4 +1,6 @@
-"""Reads a results CSV (one training run per row) into arrays of params, tokens, FLOPs and loss.
+"""Results I/O: reads a results CSV (one training run per row) into arrays of params, tokens, FLOPs
+and loss; writes CSVs (one atomic writer); builds a sweep's results.csv and curves.csv from its
+members' result.json files.
 
 Columns are configurable; tokens may instead come from a FLOPs column as D = C / (6N), the
 C = 6ND convention of Kaplan et al. 2020 and Hoffmann et al. 2022.
@@ -6,12 +8,18 @@ C = 6ND convention of Kaplan et al. 2020 and Hoffmann et al. 2022.
 
 import csv
 import dataclasses
+import fcntl
+import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from scaling import config_hash as hash_lib
 
 
 @dataclasses.dataclass
@@ -43,7 +51,7 @@ class Runs:
     )
 
 
-def _value(path, row_no, name, col, text):
+def _value(path: str | os.PathLike, row_no: int, name: str, col: str, text: str | None) -> float:
   """Parse one cell as a positive finite float, or raise a ValueError naming the row and column."""
   where = f'{path}: row {row_no} ({name!r}), column {col!r}'
   try:
@@ -172,17 +180,162 @@ def write_results(
 ) -> None:
   """Writes runs as a CSV with the default column names (plus extra {column: values})."""
   extra = extra or {}
-  with open(path, 'w', newline='') as f:
+  columns = ('name', 'params', 'tokens', 'flops', 'loss', *extra)
+  rows = (
+    {
+      'name': runs.names[i],
+      'params': float(runs.params[i]),
+      'tokens': float(runs.tokens[i]),
+      'flops': float(runs.flops[i]),
+      'loss': float(runs.loss[i]),
+      **{k: float(v[i]) for k, v in extra.items()},
+    }
+    for i in range(len(runs))
+  )
+  write_csv(path, rows, columns)
+
+
+def _cell(v: Any) -> str:
+  if v is None:
+    return ''
+  if isinstance(v, float):
+    return repr(v)
+  return str(v)
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], columns: Sequence[str]) -> None:
+  """Writes rows (dicts) atomically with the given columns; floats exact (repr), missing blank."""
+  tmp = f'{path}.{os.getpid()}.{threading.get_ident()}.tmp'
+  with open(tmp, 'w', newline='') as f:
     w = csv.writer(f)
-    w.writerow(['name', 'params', 'tokens', 'flops', 'loss', *extra])
-    for i in range(len(runs)):
-      w.writerow(
-        [
-          runs.names[i],
-          repr(float(runs.params[i])),
-          repr(float(runs.tokens[i])),
-          repr(float(runs.flops[i])),
-          repr(float(runs.loss[i])),
-          *(repr(float(v[i])) for v in extra.values()),
-        ]
+    w.writerow(columns)
+    for r in rows:
+      w.writerow([_cell(r.get(c)) for c in columns])
+  os.replace(tmp, path)
+
+
+# --- a sweep's results -----------------------------------------------------------------------------
+
+RESULT_FILE = 'result.json'
+RESULT_COLUMNS = (
+  'name',
+  'params',
+  'non_embedding_params',
+  'tokens',
+  'flops',
+  'loss',
+  'bits_per_byte',
+  'steps',
+  'wall_s',
+  'config_hash',
+  'kind',
+  'budget',
+  'target_params',
+  'target_tokens',
+  'embedding_params',
+  'n_layers',
+  'd_model',
+  'n_heads',
+  'd_ff',
+  'lr',
+  'warmup_steps',
+  'tokens_per_step',
+  'flops_chinchilla',
+  'seed',
+  'parametrization',
+)
+DISTILL_COLUMNS = ('mode', 'teacher_params', 'teacher_loss')
+WSD_COLUMNS = ('branch_tokens', 'trunk')
+CURVE_COLUMNS = (
+  'name',
+  'params',
+  'non_embedding_params',
+  'tokens',
+  'flops',
+  'loss',
+  'lr',
+  'seed',
+  'parametrization',
+  'final',
+)
+
+
+def read_json(path: str | os.PathLike) -> dict | None:
+  """A JSON file's object, None when there is no file."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+
+
+def result_row(member: Any, metrics: Mapping, wall_s: float, h: str) -> dict:
+  """A finished member's results.csv row: its static columns, final eval loss, time and hash."""
+  row = dict(member.info)
+  row.update(
+    loss=float(metrics['eval/loss']),
+    bits_per_byte=float(metrics.get('eval/bits_per_byte', math.nan)),
+    wall_s=round(wall_s, 2),
+    config_hash=h,
+  )
+  if member.mode:
+    row['teacher_params'] = metrics.get('teacher_params')
+    row['teacher_loss'] = metrics.get('eval/teacher_loss')
+  return row
+
+
+def curve_rows(member: Any, member_dir: str) -> list:
+  """The member's eval losses along training (metrics.jsonl), FLOPs so far by the sweep's count."""
+  rows, path = [], os.path.join(member_dir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return rows
+  i = member.info
+  with open(path) as f:
+    for line in f:
+      m = json.loads(line)
+      if m.get('eval/loss') is None:
+        continue
+      tokens = m['train/tokens_seen']
+      rows.append(
+        {
+          'name': member.name,
+          'params': i['params'],
+          'non_embedding_params': i['non_embedding_params'],
+          'tokens': tokens,
+          'flops': i['flops'] * tokens / i['tokens'],
+          'loss': m['eval/loss'],
+          'lr': i['lr'],
+          'seed': i['seed'],
+          'parametrization': i['parametrization'],
+          'final': int(tokens == i['tokens']),
+        }
       )
+  return rows
+
+
+def merge_results(workdir: str, ms: Sequence[Any]) -> list:
+  """Rebuilds results.csv and curves.csv from every finished member's result.json (scaling/plan.py
+  Members), holding an exclusive lock (fcntl, any shared POSIX filesystem), so members that finish
+  at the same time in separate jobs neither lose nor duplicate rows. Returns the rows, in order."""
+  columns = (
+    RESULT_COLUMNS
+    + (DISTILL_COLUMNS if any(m.mode for m in ms) else ())
+    + (WSD_COLUMNS if any(m.trunk for m in ms) else ())
+  )
+  with open(os.path.join(workdir, 'results.csv.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    done = []
+    for m in ms:
+      r = read_json(os.path.join(workdir, m.name, RESULT_FILE))
+      if (
+        r and r.get('status', 'ok') == 'ok' and hash_lib.recognises(m.config, r.get('config_hash'))
+      ):
+        done.append((m, r))
+    rows = [{k: v for k, v in r.items() if k != 'status'} for _, r in done]
+    write_csv(os.path.join(workdir, 'results.csv'), rows, columns)
+    write_csv(
+      os.path.join(workdir, 'curves.csv'),
+      [c for m, _ in done for c in curve_rows(m, os.path.join(workdir, m.name))],
+      CURVE_COLUMNS,
+    )
+  return rows

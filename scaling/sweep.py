@@ -1,4 +1,4 @@
-"""Config-driven scaling sweeps: IsoFLOP (compute budgets × sizes) or grid (sizes × token budgets).
+"""Runs config-driven scaling sweeps: IsoFLOP (compute budgets × sizes) or grid (sizes × token budgets).
 
 A sweep config is a normal training config plus a `sweep` section (see configs/sweeps/*.py):
 
@@ -51,25 +51,19 @@ W/<member_name>/ through train.loop.run (train.distill.run for distilled members
 each using the whole mesh; a member with W/<name>/result.json is skipped, a partial one resumes
 from its checkpoints. After each member W/results.csv and W/curves.csv are rebuilt from every finished
 member's result.json under a file lock (merge_results), so one-member jobs can share a workdir.
-The config hash is the sha256 of the member's resolved config JSON (sorted keys) without the keys
-in HASH_EXCLUDE, which place a run (data_dir, mesh, distributed) but do not change its result; a
-member directory made by a different config is an error, not silently reused.
+The config hash (scaling/config_hash.py) covers the keys of the member's config that differ from
+the schema defaults, without those that place a run (data_dir, mesh, distributed); a member
+directory made by a different config is an error, not silently reused. Directories written under
+the previous hash rule are recognised by it and resume. Planning is scaling/plan.py's, results.csv
+and curves.csv scaling/results.py's; this module runs the members.
 
   python -m scaling.sweep --config=configs/sweeps/isoflop_tiny.py     # print the members only
 """
 
-import copy
-import csv
 import dataclasses
-import fcntl
-import hashlib
-import itertools
-import json
 import logging
-import math
 import os
 import shutil
-import threading
 import time
 
 import jax
@@ -78,429 +72,31 @@ from absl import app
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from configs import base
-from scaling import count as count_lib
-from scaling import family as family_lib
+from scaling import config_hash as hash_lib
+from scaling import results
+from scaling.plan import Member, get, get_sweep_config, members, plan_table
 from train import distill, init_from, loop, validation
 from train import workdir as workdir_lib
 
-KINDS = ('isoflop', 'grid', 'width', 'wsd')
-RESULT_COLUMNS = (
-  'name',
-  'params',
-  'non_embedding_params',
-  'tokens',
-  'flops',
-  'loss',
-  'bits_per_byte',
-  'steps',
-  'wall_s',
-  'config_hash',
-  'kind',
-  'budget',
-  'target_params',
-  'target_tokens',
-  'embedding_params',
-  'n_layers',
-  'd_model',
-  'n_heads',
-  'd_ff',
-  'lr',
-  'warmup_steps',
-  'tokens_per_step',
-  'flops_chinchilla',
-  'seed',
-  'parametrization',
-)
-DISTILL_COLUMNS = ('mode', 'teacher_params', 'teacher_loss')
-WSD_COLUMNS = ('branch_tokens', 'trunk')
-HASH_EXCLUDE = (
-  'data.data_dir',
-  'distributed',
-  'mesh',
-  'train.async_checkpoint',
-  'train.spike_factor',
-  'train.spike_window',
-)
-# Keys added after sweeps were run: left out of the hash at their default (old behaviour), so
-# existing sweep directories stay valid.
-HASH_DEFAULTS = {
-  'model.parametrization': 'sp',
-  'model.base_d_model': 0,
-  'model.base_d_ff': 0,
-  'model.base_head_dim': 0,
-  'model.fp8': False,
-  'train.loss_scale': 'auto',
-  'train.loss_scale_init': 2.0**15,
-  'train.loss_scale_period': 2000,
-  'model.rope_scaling': 'none',
-  'model.rope_factor': 1.0,
-  'model.rope_low_freq_factor': 1.0,
-  'model.rope_high_freq_factor': 4.0,
-  'model.rope_original_max_len': 0,
-  'model.norm_plus_one': False,
-  'model.qk_norm': False,
-  'model.embed_scale': False,
-  'model.out_bias': False,
-  'model.loss_chunk': 0,
-  'model.vocab_multiple': 1,
-}
+__all__ = ('Member', 'finished', 'get_sweep_config', 'members', 'plan_table', 'run')
 MEMBER_FILE = 'sweep_member.json'
-RESULT_FILE = 'result.json'
-# The section's schema and defaults live with the configs (configs are data).
-get_sweep_config = base.get_sweep_config
-DEFAULTS = {k: v for k, v in base.get_sweep_config().items() if k != 'family'}
 
 
-@dataclasses.dataclass
-class Member:
-  """One run of the sweep: its name, resolved training config and what the results table needs."""
-
-  name: str
-  config: ml_collections.ConfigDict
-  info: dict  # the static result columns (params, tokens, flops, ...).
-  mode: str = ''  # '' (no distill axis) | 'supervised' | 'distill'
-  trunk: str = ''  # wsd: the trunk's directory name; '' for a standalone member.
-  trunk_config: ml_collections.ConfigDict | None = None  # wsd: the trunk's training config.
-  branch_step: int = 0  # wsd: the trunk step this member's cooldown starts from.
-  trunk_steps: tuple = ()  # wsd: every branch point of the trunk, ascending.
-
-  @property
-  def config_hash(self) -> str:
-    return config_hash(self.config)
-
-
-def _short(x: float) -> str:
-  """3e11 -> '3e11', 1.5e5 -> '1.5e5', 20000 -> '2e4' (3 significant digits, filesystem-safe)."""
-  mant, exp = f'{float(x):.2e}'.split('e')
-  return f'{mant.rstrip("0").rstrip(".")}e{int(exp)}'
-
-
-def _get(section, key):
-  return section[key] if key in section else DEFAULTS[key]
-
-
-def _drop(d: dict, dotted: str):
-  head, _, rest = dotted.partition('.')
-  if head in d:
-    if rest:
-      _drop(d[head], rest)
-    else:
-      del d[head]
-
-
-def config_hash(config) -> str:
-  """sha256 (first 16 hex digits) of the resolved config JSON, without the HASH_EXCLUDE keys."""
-  d = json.loads(config.to_json_best_effort(sort_keys=True))
-  for key in HASH_EXCLUDE:
-    _drop(d, key)
-  for key, default in HASH_DEFAULTS.items():
-    section, name = key.split('.')
-    if d.get(section, {}).get(name, default) == default:
-      _drop(d, key)
-  return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _check_sweep(s):
-  unknown = sorted(set(s.keys()) - set(DEFAULTS) - {'family', 'distill'})
-  if unknown:
-    raise ValueError(
-      f'config.sweep has unknown keys {unknown}; known: '
-      f'{sorted(set(DEFAULTS) | {"family", "distill"})}'
-    )
-  kind = _get(s, 'kind')
-  if kind not in KINDS:
-    raise ValueError(f'config.sweep.kind must be one of {KINDS}, got {kind!r}')
-  if _get(s, 'count') not in family_lib.COUNTS:
-    raise ValueError(f'config.sweep.count must be one of {family_lib.COUNTS}')
-  if kind == 'isoflop':
-    budgets, per = tuple(_get(s, 'budgets')), tuple(_get(s, 'sizes_per_budget'))
-    if not budgets:
-      raise ValueError('config.sweep.budgets: an isoflop sweep needs at least one compute budget')
-    if per and len(per) != len(budgets):
-      raise ValueError(
-        f'config.sweep.sizes_per_budget has {len(per)} entries for {len(budgets)} budgets'
-      )
-    if not per and not tuple(_get(s, 'sizes')):
-      raise ValueError('config.sweep.sizes (or sizes_per_budget) is empty')
-    if any(not b > 0 for b in budgets):
-      raise ValueError(f'config.sweep.budgets must be positive: {budgets}')
-  elif kind in ('grid', 'wsd'):
-    if not tuple(_get(s, 'tokens')) or not tuple(_get(s, 'sizes')):
-      raise ValueError(f'config.sweep: a {kind} sweep needs sizes and tokens')
-    if kind == 'wsd' and 'distill' in s:
-      raise ValueError("config.sweep: kind 'wsd' has no distill axis (trunks train plain LM)")
-  elif not tuple(_get(s, 'tokens')) or not tuple(_get(s, 'widths')):
-    raise ValueError('config.sweep: a width sweep needs widths and tokens')
-  for key in ('lrs', 'seeds'):
-    values = tuple(_get(s, key))
-    if len(set(values)) != len(values):
-      raise ValueError(f'config.sweep.{key} has repeated values: {values}')
-  if any(not float(lr) > 0 for lr in _get(s, 'lrs')):
-    raise ValueError(f'config.sweep.lrs must be positive: {tuple(_get(s, "lrs"))}')
-  if 'distill' in s:
-    modes = tuple(s.distill.get('modes', ()))
-    if not modes or any(m not in ('supervised', 'distill') for m in modes):
-      raise ValueError(
-        f'config.sweep.distill.modes must be a non-empty subset of '
-        f"('supervised', 'distill'), got {modes}"
-      )
-    if 'distill' in modes and 'section' not in s.distill:
-      raise ValueError(
-        'config.sweep.distill.section (the distill config of distilled members) is missing'
-      )
-
-
-def _member_config(
-  base,
-  s,
-  fam: family_lib.Member,
-  steps: int,
-  warmup: int,
-  mode: str,
-  lr: float | None,
-  seed: int | None,
-):
-  """The resolved training config of one member: base config, family shape, steps, schedule,
-  and its lr and seed when the sweep has those axes."""
-  c = copy.deepcopy(base)
-  with c.unlocked():
-    del c['sweep']
-    if 'distill' in c and mode == 'supervised':
-      del c['distill']
-    if mode == 'distill':
-      c.distill = copy.deepcopy(s.distill.section)
-  c.model.update(fam.model)
-  c.train.num_steps = steps
-  c.train.total_tokens = 0
-  # Evaluate at the end (the loss we report) and, for loss curves (approach 1), evenly before.
-  c.train.eval_every = max(1, math.ceil(steps / max(1, int(_get(s, 'evals_per_member')))))
-  c.train.checkpoint_every = max(1, math.ceil(steps / max(1, _get(s, 'checkpoints_per_member'))))
-  c.train.log_every = max(1, math.ceil(steps / max(1, _get(s, 'logs_per_member'))))
-  c.optimizer.warmup_steps = warmup
-  exp, ref = float(_get(s, 'lr_width_exponent')), int(_get(s, 'lr_ref_d_model'))
-  if lr is not None:
-    c.optimizer.lr = float(lr)
-  if exp and ref:
-    c.optimizer.lr = float(c.optimizer.lr * (ref / fam.d_model) ** exp)
-  if seed is not None:
-    c.seed = int(seed)
-  return c
-
-
-def _steps(s, tokens: float, tokens_per_step: int):
-  """(steps, warmup) for a token budget: steps rounded, >= warmup and min_steps; warmup scaled."""
-  raw = max(1, round(tokens / tokens_per_step))
-  warmup = max(int(_get(s, 'min_warmup_steps')), round(float(_get(s, 'warmup_fraction')) * raw))
-  steps = max(raw, warmup, int(_get(s, 'min_steps')))
-  return steps, min(warmup, steps)
-
-
-def members(config) -> list:
-  """The sweep's members, in a fixed order (budgets or token budgets, then sizes, then modes)."""
-  if 'sweep' not in config:
-    raise ValueError('config has no sweep section')
-  s = config.sweep
-  _check_sweep(s)
-  rule = family_lib.ShapeRule.from_config(s.family if 'family' in s else {}, config.model)
-  count_key = _get(s, 'count')
-  tokens_per_step = config.train.global_batch_size * config.data.seq_len
-  modes = tuple(s.distill.modes) if 'distill' in s else ('',)
-  lrs = tuple(float(x) for x in _get(s, 'lrs')) or (None,)
-  seeds = tuple(int(x) for x in _get(s, 'seeds')) or (None,)
-  kind = _get(s, 'kind')
-  if kind == 'isoflop':
-    budgets = [float(b) for b in _get(s, 'budgets')]
-    per = tuple(_get(s, 'sizes_per_budget'))
-    axes = [(b, tuple(per[i]) if per else tuple(_get(s, 'sizes'))) for i, b in enumerate(budgets)]
-  elif kind in ('grid', 'wsd'):
-    axes = [(float(d), tuple(_get(s, 'sizes'))) for d in _get(s, 'tokens')]
-  else:
-    axes = [(float(d), tuple(int(w) for w in _get(s, 'widths'))) for d in _get(s, 'tokens')]
-  cache, out, names = {}, [], set()
-  for outer, sizes in axes:
-    for target in sizes:
-      if target not in cache:
-        cache[target] = (
-          family_lib.at_width(rule, config.model.n_layers, target)
-          if kind == 'width'
-          else family_lib.design(float(target), rule)
-        )
-      fam = cache[target]
-      target = float(target) if kind != 'width' else float(fam.matched)
-      n = getattr(fam, count_key)
-      if kind == 'isoflop':
-        budget, want_tokens = outer, outer / (6.0 * n)
-        base_name = f'C{_short(outer)}_N{_short(target)}'
-      elif kind in ('grid', 'wsd'):
-        budget, want_tokens = None, outer
-        base_name = f'N{_short(target)}_D{_short(outer)}'
-      else:
-        budget, want_tokens = None, outer
-        base_name = f'd{fam.d_model}_D{_short(outer)}'
-      steps, warmup = _steps(s, want_tokens, tokens_per_step)
-      if kind == 'wsd':  # one warmup per size (its smallest budget's), so trunks are shared.
-        warmup = _steps(s, min(float(d) for d in _get(s, 'tokens')), tokens_per_step)[1]
-        steps = max(steps, warmup + 1)
-      tokens = steps * tokens_per_step
-      for mode, lr, seed in itertools.product(modes, lrs, seeds):
-        name = (
-          base_name
-          + (f'_{mode}' if mode else '')
-          + (f'_lr{_short(lr)}' if lr is not None else '')
-          + (f'_s{seed}' if seed is not None else '')
-        )
-        if name in names:
-          raise ValueError(f'config.sweep: duplicate member {name} (repeated size or budget?)')
-        names.add(name)
-        mcfg = _member_config(config, s, fam, steps, warmup, mode, lr, seed)
-        counts = count_lib.param_counts(mcfg)
-        flops_tok = count_lib.flop_counts(mcfg)
-        info = {
-          'name': name,
-          'params': counts['params'],
-          'non_embedding_params': counts['non_embedding_params'],
-          'embedding_params': counts['embedding_params'],
-          'tokens': tokens,
-          'flops': 6.0 * counts[count_key] * tokens,
-          'steps': steps,
-          'kind': kind,
-          'budget': budget,
-          'target_params': target,
-          'target_tokens': outer if kind in ('grid', 'wsd') else want_tokens,
-          'n_layers': fam.n_layers,
-          'd_model': fam.d_model,
-          'n_heads': fam.n_heads,
-          'd_ff': fam.d_ff,
-          'lr': float(mcfg.optimizer.lr),
-          'warmup_steps': warmup,
-          'tokens_per_step': tokens_per_step,
-          'flops_chinchilla': flops_tok['flops_per_token_chinchilla'] * tokens,
-          'seed': int(mcfg.seed),
-          'parametrization': mcfg.model.parametrization,
-        }
-        if mode:
-          info['mode'] = mode
-        out.append(Member(name, mcfg, info, mode))
-  return _with_trunks(out, s, config.optimizer.decay_fraction) if kind == 'wsd' else out
-
-
-def _with_trunks(ms: list, s, decay_fraction: float) -> list:
-  """wsd: give each member the 'wsd' schedule and its branch point, and each size (lr, seed) a
-  trunk: the config of its largest budget, keeping every branch-point checkpoint."""
-  groups = {}
-  for m in ms:
-    m.config.optimizer.schedule = 'wsd'
-    steps, warmup = m.info['steps'], m.config.optimizer.warmup_steps
-    branch = steps - max(int(round(decay_fraction * steps)), 1)  # as train.optimizer's 'wsd'.
-    if branch < warmup:
-      raise ValueError(
-        f'config.sweep: member {m.name} would branch at step {branch}, inside its '
-        f'warmup ({warmup} steps); use larger tokens or a smaller warmup'
-      )
-    m.branch_step = branch
-    m.trunk = m.name.replace(f'_D{_short(m.info["target_tokens"])}', '_trunk', 1)
-    m.info.update(branch_tokens=branch * m.info['tokens_per_step'], trunk=m.trunk)
-    groups.setdefault(m.trunk, []).append(m)
-  for group in groups.values():
-    trunk_config = copy.deepcopy(max(group, key=lambda m: m.info['steps']).config)
-    points = tuple(sorted({m.branch_step for m in group}))
-    trunk_config.train.keep_checkpoints = len(points) + int(_get(s, 'checkpoints_per_member')) + 1
-    for m in group:
-      m.trunk_config, m.trunk_steps = trunk_config, points
-  return ms
-
-
-def plan_table(ms) -> str:
-  """One line per member: shape, steps, tokens, FLOPs (and the rounding vs the budget)."""
-  lines = [
-    f'{"member":<28} {"params":>10} {"non-emb":>10} {"L":>3} {"d":>4} {"steps":>6} '
-    f'{"tokens":>10} {"flops":>9} {"vs budget":>9}'
-  ]
-  for m in ms:
-    i = m.info
-    dev = f'{i["flops"] / i["budget"] - 1:+.1%}' if i.get('budget') else ''
-    lines.append(
-      f'{m.name:<28} {i["params"]:>10,} {i["non_embedding_params"]:>10,} '
-      f'{i["n_layers"]:>3} {i["d_model"]:>4} {i["steps"]:>6} {i["tokens"]:>10,} '
-      f'{i["flops"]:>9.3g} {dev:>9}'
-    )
-  total = sum(m.info['flops'] for m in ms)
-  line = f'{len(ms)} members, {total:.3g} training FLOPs in all (6·N·D)'
-  if any(m.trunk for m in ms):  # trunks shared: each size pays its longest run plus cooldowns.
-    trunks = {m.trunk: m.info['flops'] * max(m.trunk_steps) / m.info['steps'] for m in ms}
-    cooldowns = sum(m.info['flops'] * (1 - m.branch_step / m.info['steps']) for m in ms)
-    line += f'; {sum(trunks.values()) + cooldowns:.3g} actually trained (shared WSD trunks)'
-  lines.append(line)
-  return '\n'.join(lines)
-
-
-def _read_json(path) -> dict | None:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
-
-
-def _fmt(v):
-  if v is None:
-    return ''
-  if isinstance(v, float):
-    return repr(v)
-  return str(v)
-
-
-def write_csv(path, rows, columns):
-  """Writes rows (dicts) atomically with the given columns; missing values are blank."""
-  tmp = f'{path}.{os.getpid()}.{threading.get_ident()}.tmp'
-  with open(tmp, 'w', newline='') as f:
-    w = csv.writer(f)
-    w.writerow(columns)
-    for r in rows:
-      w.writerow([_fmt(r.get(c)) for c in columns])
-  os.replace(tmp, path)
-
-
-def merge_results(workdir: str, ms: list) -> list:
-  """Rebuilds results.csv and curves.csv from every finished member's result.json, holding an
-  exclusive lock (fcntl, any shared POSIX filesystem), so members that finish at the same time in
-  separate jobs neither lose nor duplicate rows. Returns the rows, in member order."""
-  columns = (
-    RESULT_COLUMNS
-    + (DISTILL_COLUMNS if any(m.mode for m in ms) else ())
-    + (WSD_COLUMNS if any(m.trunk for m in ms) else ())
-  )
-  with open(os.path.join(workdir, 'results.csv.lock'), 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    done = []
-    for m in ms:
-      r = _read_json(os.path.join(workdir, m.name, RESULT_FILE))
-      if r and r.get('status', 'ok') == 'ok' and r.get('config_hash') == m.config_hash:
-        done.append((m, r))
-    rows = [{k: v for k, v in r.items() if k != 'status'} for _, r in done]
-    write_csv(os.path.join(workdir, 'results.csv'), rows, columns)
-    write_csv(
-      os.path.join(workdir, 'curves.csv'),
-      [c for m, _ in done for c in curve_rows(m, os.path.join(workdir, m.name))],
-      CURVE_COLUMNS,
-    )
-  return rows
-
-
-def _finished(member_dir, h, name):
-  """The stored result of a finished member, None if unfinished; error if made by another config."""
-  meta = _read_json(os.path.join(member_dir, MEMBER_FILE))
-  if meta is not None and meta.get('config_hash') != h:
+def finished(member_dir: str, config: ml_collections.ConfigDict, name: str) -> dict | None:
+  """The stored result of a finished member, None if unfinished; error if made by another config
+  (a hash under the previous rule is recognised too: scaling/config_hash.py)."""
+  h = hash_lib.config_hash(config)
+  meta = results.read_json(os.path.join(member_dir, MEMBER_FILE))
+  if meta is not None and not hash_lib.recognises(config, meta.get('config_hash')):
     raise ValueError(
       f'sweep member {name}: {member_dir} was made by a different config (hash '
       f'{meta.get("config_hash")}, now {h}); it would not be resumed correctly. Use a new '
       f'--workdir, or remove {member_dir} to retrain this member.'
     )
-  result = _read_json(os.path.join(member_dir, RESULT_FILE))
-  if result is not None and result.get('config_hash') != h:
+  result = results.read_json(os.path.join(member_dir, results.RESULT_FILE))
+  if result is not None and not hash_lib.recognises(config, result.get('config_hash')):
     raise ValueError(
-      f'sweep member {name}: {RESULT_FILE} in {member_dir} has hash '
+      f'sweep member {name}: {results.RESULT_FILE} in {member_dir} has hash '
       f'{result.get("config_hash")}, config now {h}'
     )
   return result
@@ -510,12 +106,12 @@ def _grow_trunk(workdir: str, m: Member) -> int | None:
   """Train m's trunk through each branch point up to m's, stopping (and checkpointing) at each;
   returns the step a SIGTERM stopped it at, else None."""
   trunk_dir = os.path.join(workdir, m.trunk)
-  h = config_hash(m.trunk_config)
-  _finished(trunk_dir, h, m.trunk)  # a trunk made by another config is an error.
+  finished(trunk_dir, m.trunk_config, m.trunk)  # a trunk made by another config is an error.
   os.makedirs(trunk_dir, exist_ok=True)
   if jax.process_index() == 0:
     workdir_lib.write_json(
-      os.path.join(trunk_dir, MEMBER_FILE), {'name': m.trunk, 'config_hash': h}
+      os.path.join(trunk_dir, MEMBER_FILE),
+      {'name': m.trunk, 'config_hash': hash_lib.config_hash(m.trunk_config)},
     )
   for point in m.trunk_steps:
     if point > m.branch_step:
@@ -534,7 +130,7 @@ def _grow_trunk(workdir: str, m: Member) -> int | None:
   return None
 
 
-def _branch(workdir: str, m: Member, member_dir: str):
+def _branch(workdir: str, m: Member, member_dir: str) -> None:
   """Copy the trunk's checkpoint at m's branch point into m's directory (atomically; process 0
   on the shared filesystem, the others wait)."""
   src = os.path.join(workdir, m.trunk, 'checkpoints', str(m.branch_step))
@@ -567,200 +163,172 @@ def _train(member: Member, member_dir: str, derived: validation.Derived) -> dict
   )
 
 
-CURVE_COLUMNS = (
-  'name',
-  'params',
-  'non_embedding_params',
-  'tokens',
-  'flops',
-  'loss',
-  'lr',
-  'seed',
-  'parametrization',
-  'final',
-)
-
-
-def curve_rows(member: Member, member_dir: str) -> list:
-  """The member's eval losses along training (metrics.jsonl), FLOPs so far by the sweep's count."""
-  rows, path = [], os.path.join(member_dir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return rows
-  i = member.info
-  with open(path) as f:
-    for line in f:
-      m = json.loads(line)
-      if m.get('eval/loss') is None:
-        continue
-      tokens = m['train/tokens_seen']
-      rows.append(
-        {
-          'name': member.name,
-          'params': i['params'],
-          'non_embedding_params': i['non_embedding_params'],
-          'tokens': tokens,
-          'flops': i['flops'] * tokens / i['tokens'],
-          'loss': m['eval/loss'],
-          'lr': i['lr'],
-          'seed': i['seed'],
-          'parametrization': i['parametrization'],
-          'final': int(tokens == i['tokens']),
-        }
-      )
-  return rows
-
-
-def _result_row(member: Member, metrics: dict, wall_s: float, h: str) -> dict:
-  row = dict(member.info)
-  row.update(
-    loss=float(metrics['eval/loss']),
-    bits_per_byte=float(metrics.get('eval/bits_per_byte', math.nan)),
-    wall_s=round(wall_s, 2),
-    config_hash=h,
-  )
-  if member.mode:
-    row['teacher_params'] = metrics.get('teacher_params')
-    row['teacher_loss'] = metrics.get('eval/teacher_loss')
-  return row
-
-
-def _hms(s):
+def _hms(s: float) -> str:
   s = int(round(s))
   return (
     f'{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'
   )
 
 
-def run(config, workdir: str) -> dict:
-  """Runs every member (skipping finished ones, resuming partial ones); returns a summary dict."""
+@dataclasses.dataclass
+class _Sweep:
+  """One run() over a workdir: its members, their derived configs and what happened so far."""
+
+  workdir: str
+  ms: list
+  derived: dict
+  lead: bool = dataclasses.field(default_factory=lambda: jax.process_index() == 0)
+  rows: dict = dataclasses.field(default_factory=dict)
+  ran: list = dataclasses.field(default_factory=list)
+  skipped: list = dataclasses.field(default_factory=list)
+  failed: list = dataclasses.field(default_factory=list)
+  t_start: float = dataclasses.field(default_factory=time.time)
+
+  def write(self, member_dir: str, name: str, obj: dict) -> None:
+    if self.lead:
+      workdir_lib.write_json(os.path.join(member_dir, name), obj)
+
+
+def _skip_finished(sw: _Sweep, m: Member, member_dir: str, tag: str) -> bool:
+  """Whether m finished (or failed) in an earlier run; logs and records it."""
+  result = finished(member_dir, m.config, m.name)
+  if result is None:
+    return False
+  if result.get('status', 'ok') == 'ok':
+    sw.rows[m.name] = result
+    sw.skipped.append(m.name)
+    logging.info('%s: finished earlier (loss %.4f), skipped', tag, result['loss'])
+  else:
+    sw.failed.append(m.name)
+    logging.warning(
+      '%s: %s earlier (%s), skipped; remove %s to retry',
+      tag,
+      result['status'],
+      result.get('error', ''),
+      member_dir,
+    )
+  return True
+
+
+def _start(sw: _Sweep, m: Member, member_dir: str, tag: str) -> bool:
+  """Whether m can train now: a wsd member branches off its trunk first (a SIGTERM may stop it)."""
+  latest = workdir_lib.latest_checkpoint_step(member_dir)
+  if m.trunk and latest is None:  # wsd: branch this member off its size's trunk.
+    stopped = _grow_trunk(sw.workdir, m)
+    if stopped is not None:
+      logging.warning(
+        '%s: trunk %s stopped at step %d; rerun the sweep to resume', tag, m.trunk, stopped
+      )
+      return False
+    os.makedirs(member_dir, exist_ok=True)
+    _branch(sw.workdir, m, member_dir)
+    latest = m.branch_step
+  os.makedirs(member_dir, exist_ok=True)
+  logging.info(
+    '%s: %s (%d steps, %s tokens, %.3g FLOPs, %d params)',
+    tag,
+    f'resuming from step {latest}' if latest else 'starting',
+    m.info['steps'],
+    f'{m.info["tokens"]:,}',
+    m.info['flops'],
+    m.info['params'],
+  )
+  return True
+
+
+def _run_member(sw: _Sweep, m: Member, member_dir: str, tag: str) -> bool:
+  """Trains m and records its result; False when a SIGTERM stopped it (the sweep stops too)."""
+  h = m.config_hash
+  meta = results.read_json(os.path.join(member_dir, MEMBER_FILE)) or {'wall_s': 0.0}
+  member_meta = lambda wall_s: {'name': m.name, 'config_hash': h, 'wall_s': wall_s, 'info': m.info}
+  sw.write(member_dir, MEMBER_FILE, member_meta(meta['wall_s']))
+  tic = time.time()
+  status, metrics, error = 'ok', None, ''
+  try:
+    metrics = _train(m, member_dir, sw.derived[m.name])
+  except FloatingPointError as e:  # a diverged member must not end the sweep.
+    status, error = 'diverged', str(e)
+  finally:
+    wall = meta['wall_s'] + time.time() - tic
+    sw.write(member_dir, MEMBER_FILE, member_meta(wall))
+  if status != 'ok':
+    sw.failed.append(m.name)
+    logging.warning('%s: %s: %s', tag, status, error)
+    result = {'name': m.name, 'config_hash': h, 'status': status, 'error': error}
+    sw.write(member_dir, results.RESULT_FILE, result)
+    return True
+  if metrics.get('preempted_at_step') is not None:  # SIGTERM / SIGINT: the sweep stops here.
+    logging.warning(
+      '%s: stopped at step %d; rerun the sweep to resume', tag, metrics['preempted_at_step']
+    )
+    return False
+  row = results.result_row(m, metrics, wall, h)
+  sw.rows[m.name] = row
+  sw.ran.append(m.name)
+  sw.write(member_dir, results.RESULT_FILE, {**row, 'status': 'ok'})
+  if sw.lead:
+    results.merge_results(sw.workdir, sw.ms)
+  logging.info(
+    '%s: loss %.4f, %.4f bits/byte, %d steps in %.1fs | %d/%d done, sweep %s',
+    tag,
+    row['loss'],
+    row['bits_per_byte'],
+    m.info['steps'],
+    time.time() - tic,
+    len(sw.rows) + len(sw.failed),
+    len(sw.ms),
+    _hms(time.time() - sw.t_start),
+  )
+  return True
+
+
+def _prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Sweep, list]:
+  """The members (each validated here, fail fast), the plan written, and the (index, member)
+  pairs this job runs (config.sweep.member)."""
   ms = members(config)
   derived = {}
-  for m in ms:  # fail fast: every member (distill section included) must be valid here.
+  for m in ms:  # every member (distill section included) must be valid before any trains.
     try:
       derived[m.name] = validation.derive(m.config, jax.device_count(), jax.process_count())
     except ValueError as e:
       raise ValueError(f'sweep member {m.name}: {e}') from e
-  lead = jax.process_index() == 0
+  sw = _Sweep(workdir, ms, derived)
   os.makedirs(workdir, exist_ok=True)
-  results_path = os.path.join(workdir, 'results.csv')
-  only = int(_get(config.sweep, 'member'))
+  only = int(get(config.sweep, 'member'))
   if not -1 <= only < len(ms):
     raise ValueError(
       f'config.sweep.member={only}: the sweep has members 0..{len(ms) - 1} (-1: all)'
     )
-  todo = list(enumerate(ms)) if only < 0 else [(only, ms[only])]
   logging.info('Sweep of %d members in %s:\n%s', len(ms), workdir, plan_table(ms))
-  if lead:
+  if sw.lead:
     with open(os.path.join(workdir, 'sweep_plan.txt'), 'w') as f:
       f.write(plan_table(ms) + '\n')
-  rows, ran, skipped, failed = {}, [], [], []
-  t_start = time.time()
+  return sw, list(enumerate(ms)) if only < 0 else [(only, ms[only])]
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs every member (skipping finished ones, resuming partial ones); returns a summary dict."""
+  sw, todo = _prepare(config, workdir)
   for i, m in todo:
     member_dir = os.path.join(workdir, m.name)
-    h = m.config_hash
-    tag = f'[{i + 1}/{len(ms)}] {m.name}'
-    result = _finished(member_dir, h, m.name)
-    if result is not None:
-      if result.get('status', 'ok') == 'ok':
-        rows[m.name] = result
-        skipped.append(m.name)
-        logging.info('%s: finished earlier (loss %.4f), skipped', tag, result['loss'])
-      else:
-        failed.append(m.name)
-        logging.warning(
-          '%s: %s earlier (%s), skipped; remove %s to retry',
-          tag,
-          result['status'],
-          result.get('error', ''),
-          member_dir,
-        )
+    tag = f'[{i + 1}/{len(sw.ms)}] {m.name}'
+    if _skip_finished(sw, m, member_dir, tag):
       continue
-    latest = workdir_lib.latest_checkpoint_step(member_dir)
-    if m.trunk and latest is None:  # wsd: branch this member off its size's trunk.
-      stopped = _grow_trunk(workdir, m)
-      if stopped is not None:
-        logging.warning(
-          '%s: trunk %s stopped at step %d; rerun the sweep to resume', tag, m.trunk, stopped
-        )
-        break
-      os.makedirs(member_dir, exist_ok=True)
-      _branch(workdir, m, member_dir)
-      latest = m.branch_step
-    os.makedirs(member_dir, exist_ok=True)
-    meta = _read_json(os.path.join(member_dir, MEMBER_FILE)) or {'wall_s': 0.0}
-    if lead:
-      workdir_lib.write_json(
-        os.path.join(member_dir, MEMBER_FILE),
-        {'name': m.name, 'config_hash': h, 'wall_s': meta['wall_s'], 'info': m.info},
-      )
-    logging.info(
-      '%s: %s (%d steps, %s tokens, %.3g FLOPs, %d params)',
-      tag,
-      f'resuming from step {latest}' if latest else 'starting',
-      m.info['steps'],
-      f'{m.info["tokens"]:,}',
-      m.info['flops'],
-      m.info['params'],
-    )
-    tic = time.time()
-    status, metrics, error = 'ok', None, ''
-    try:
-      metrics = _train(m, member_dir, derived[m.name])
-    except FloatingPointError as e:  # a diverged member must not end the sweep.
-      status, error = 'diverged', str(e)
-    finally:
-      wall = meta['wall_s'] + time.time() - tic
-      if lead:
-        workdir_lib.write_json(
-          os.path.join(member_dir, MEMBER_FILE),
-          {'name': m.name, 'config_hash': h, 'wall_s': wall, 'info': m.info},
-        )
-    if status != 'ok':
-      failed.append(m.name)
-      logging.warning('%s: %s: %s', tag, status, error)
-      if lead:
-        workdir_lib.write_json(
-          os.path.join(member_dir, RESULT_FILE),
-          {'name': m.name, 'config_hash': h, 'status': status, 'error': error},
-        )
-      continue
-    if metrics.get('preempted_at_step') is not None:  # SIGTERM / SIGINT: the sweep stops here.
-      logging.warning(
-        '%s: stopped at step %d; rerun the sweep to resume', tag, metrics['preempted_at_step']
-      )
+    if not _start(sw, m, member_dir, tag) or not _run_member(sw, m, member_dir, tag):
       break
-    row = _result_row(m, metrics, wall, h)
-    rows[m.name] = row
-    ran.append(m.name)
-    if lead:
-      workdir_lib.write_json(os.path.join(member_dir, RESULT_FILE), {**row, 'status': 'ok'})
-      merge_results(workdir, ms)
-    done = len(rows) + len(failed)
-    elapsed = time.time() - t_start
-    logging.info(
-      '%s: loss %.4f, %.4f bits/byte, %d steps in %.1fs | %d/%d done, sweep %s',
-      tag,
-      row['loss'],
-      row['bits_per_byte'],
-      m.info['steps'],
-      time.time() - tic,
-      done,
-      len(ms),
-      _hms(elapsed),
-    )
-  finished = len(merge_results(workdir, ms)) if lead else len(rows)
+  finished_rows = len(results.merge_results(workdir, sw.ms)) if sw.lead else len(sw.rows)
   return {
-    'results_csv': results_path,
-    'members': len(ms),
-    'finished': finished,
-    'ran': ran,
-    'skipped': skipped,
-    'failed': failed,
-    'wall_s': round(time.time() - t_start, 1),
+    'results_csv': os.path.join(workdir, 'results.csv'),
+    'members': len(sw.ms),
+    'finished': finished_rows,
+    'ran': sw.ran,
+    'skipped': sw.skipped,
+    'failed': sw.failed,
+    'wall_s': round(time.time() - sw.t_start, 1),
   }
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   del argv
   print(plan_table(members(_CONFIG.value)))
 
