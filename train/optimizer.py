@@ -56,17 +56,17 @@ def _per_leaf(fn: Callable, *trees: PyTree) -> optax.GradientTransformation:
 
 
 def make_optimizer(
-  opt: Optimizer, num_steps: int, model_config: ModelConfig | None = None
+  opt: Optimizer, num_steps: int, model_config: ModelConfig
 ) -> optax.GradientTransformation:
   """Clipping + AdamW; under μP / u-μP (`model_config`, validation.derive's derived.model) with
   the per-parameter lr and weight-decay scales of models.parametrization (the same table that
-  sets init and multipliers). Without a model config: SP."""
+  sets init and multipliers)."""
   chain = []
   if opt.grad_clip > 0:
     chain.append(optax.clip_by_global_norm(opt.grad_clip))
   schedule = lr_schedule(opt, num_steps)
   mask = lambda p: decay_mask(p, opt.wd_exclude)
-  if model_config is None or model_config.parametrization == 'sp':
+  if model_config.parametrization == 'sp':
     chain.append(
       optax.adamw(
         schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=mask
