@@ -15,7 +15,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -251,36 +251,64 @@ def to_hf_config(model_config: ModelConfigLike) -> 'transformers.PreTrainedConfi
   import transformers  # Heavy: only needed to export.
 
   cfg = ModelConfig.make(model_config)
-  d, h, k, dh = cfg.d_model, cfg.n_heads, kv_heads(cfg), head_dim(cfg)
   if cfg.positions == 'learned':
-    extras = [f for f in ('norm_plus_one', 'qk_norm', 'embed_scale') if getattr(cfg, f)]
-    if (cfg.norm, cfg.mlp, cfg.use_bias, k, h * dh) != ('layernorm', 'gelu', True, h, d) or extras:
-      raise ValueError(
-        'learned positions export as GPT-2, which needs norm=layernorm, mlp=gelu, use_bias=True, '
-        f'n_kv_heads=n_heads and n_heads*head_dim=d_model; got norm={cfg.norm}, mlp={cfg.mlp}, '
-        f'use_bias={cfg.use_bias}, n_kv_heads={k}, n_heads={h}, head_dim={dh}, d_model={d}'
-        + ''.join(f', {f}=True' for f in extras)
-      )
-    tokens = {} if cfg.vocab_size > 50256 else {'bos_token_id': None, 'eos_token_id': None}
-    hf = transformers.GPT2Config(
-      vocab_size=cfg.vocab_size,
-      n_positions=cfg.max_len,
-      n_embd=d,
-      n_layer=cfg.n_layers,
-      n_head=h,
-      n_inner=cfg.d_ff,
-      activation_function='gelu_new',
-      layer_norm_epsilon=cfg.norm_eps,
-      initializer_range=cfg.init_std,
-      tie_word_embeddings=cfg.tie_embeddings,
-      resid_pdrop=0.0,
-      embd_pdrop=0.0,
-      attn_pdrop=0.0,
-      dtype='float32',
-      **tokens,
+    _check_gpt2_export(cfg)
+    family, kwargs = 'GPT2', _gpt2_fields(cfg)
+  else:
+    _check_rope_export(cfg)
+    family, own = _rope_family(cfg)
+    kwargs = {**own, **_rope_fields(cfg)}
+  hf = getattr(transformers, f'{family}Config')(**kwargs)
+  hf.architectures = [_ARCHITECTURES[family]]
+  return hf
+
+
+_ARCHITECTURES = {
+  'GPT2': 'GPT2LMHeadModel',
+  'Gemma': 'GemmaForCausalLM',
+  'Qwen3': 'Qwen3ForCausalLM',
+  'Qwen2': 'Qwen2ForCausalLM',
+  'Llama': 'LlamaForCausalLM',
+}
+
+
+def _check_gpt2_export(cfg: ModelConfig) -> None:
+  """Learned positions export as GPT-2: ValueError for what GPT-2 cannot express."""
+  d, h, k, dh = cfg.d_model, cfg.n_heads, kv_heads(cfg), head_dim(cfg)
+  extras = [f for f in ('norm_plus_one', 'qk_norm', 'embed_scale') if getattr(cfg, f)]
+  if (cfg.norm, cfg.mlp, cfg.use_bias, k, h * dh) != ('layernorm', 'gelu', True, h, d) or extras:
+    raise ValueError(
+      'learned positions export as GPT-2, which needs norm=layernorm, mlp=gelu, use_bias=True, '
+      f'n_kv_heads=n_heads and n_heads*head_dim=d_model; got norm={cfg.norm}, mlp={cfg.mlp}, '
+      f'use_bias={cfg.use_bias}, n_kv_heads={k}, n_heads={h}, head_dim={dh}, d_model={d}'
+      + ''.join(f', {f}=True' for f in extras)
     )
-    hf.architectures = ['GPT2LMHeadModel']
-    return hf
+
+
+def _gpt2_fields(cfg: ModelConfig) -> dict:
+  """GPT2Config's arguments (no dropout; GPT-2's BOS/EOS ids only where its vocabulary fits)."""
+  tokens = {} if cfg.vocab_size > 50256 else {'bos_token_id': None, 'eos_token_id': None}
+  return dict(
+    vocab_size=cfg.vocab_size,
+    n_positions=cfg.max_len,
+    n_embd=cfg.d_model,
+    n_layer=cfg.n_layers,
+    n_head=cfg.n_heads,
+    n_inner=cfg.d_ff,
+    activation_function='gelu_new',
+    layer_norm_epsilon=cfg.norm_eps,
+    initializer_range=cfg.init_std,
+    tie_word_embeddings=cfg.tie_embeddings,
+    resid_pdrop=0.0,
+    embd_pdrop=0.0,
+    attn_pdrop=0.0,
+    dtype='float32',
+    **tokens,
+  )
+
+
+def _check_rope_export(cfg: ModelConfig) -> None:
+  """ValueError unless a LLaMA / Qwen2 / Qwen3 / Gemma config expresses this rope model."""
   gemma = (cfg.norm_plus_one, cfg.embed_scale, cfg.mlp == 'geglu')
   if cfg.positions != 'rope' or cfg.norm != 'rmsnorm' or cfg.mlp == 'gelu' or len(set(gemma)) > 1:
     raise ValueError(
@@ -289,7 +317,6 @@ def to_hf_config(model_config: ModelConfigLike) -> 'transformers.PreTrainedConfi
       f'positions={cfg.positions}, norm={cfg.norm}, mlp={cfg.mlp}, '
       f'norm_plus_one={cfg.norm_plus_one}, embed_scale={cfg.embed_scale}'
     )
-  attention_bias = cfg.qkv_bias and cfg.out_bias and not cfg.use_bias  # q/k/v/o biases only.
   if (cfg.qk_norm or all(gemma)) and (cfg.use_bias or cfg.qkv_bias != cfg.out_bias):
     raise ValueError(
       'Qwen3 and Gemma have no MLP biases and q/k/v biases only with an '
@@ -300,6 +327,24 @@ def to_hf_config(model_config: ModelConfigLike) -> 'transformers.PreTrainedConfi
     raise ValueError('qk_norm with Gemma norms/MLP (Gemma-3) has no HF export here')
   if cfg.out_bias and not cfg.qkv_bias and not cfg.use_bias:
     raise ValueError('out_bias without qkv_bias has no HF family')
+
+
+def _rope_family(cfg: ModelConfig) -> tuple[str, dict]:
+  """The HF family of a (checked) rope model and the arguments only its config class takes."""
+  attention_bias = cfg.qkv_bias and cfg.out_bias and not cfg.use_bias  # q/k/v/o biases only.
+  if cfg.norm_plus_one:  # (checked: with embed_scale and geglu, i.e. Gemma)
+    return 'Gemma', dict(hidden_act='gelu_pytorch_tanh', attention_bias=attention_bias)
+  if cfg.qk_norm:
+    return 'Qwen3', dict(hidden_act='silu', attention_bias=attention_bias, use_sliding_window=False)
+  if cfg.qkv_bias and not cfg.out_bias and not cfg.use_bias:
+    return 'Qwen2', dict(hidden_act='silu', use_sliding_window=False)
+  return 'Llama', dict(
+    hidden_act='silu', attention_bias=cfg.use_bias or attention_bias, mlp_bias=cfg.use_bias
+  )
+
+
+def _rope_fields(cfg: ModelConfig) -> dict:
+  """The arguments the LLaMA-like config classes share, rope_parameters included."""
   rope = {
     'rope_type': {'none': 'default'}.get(cfg.rope_scaling, cfg.rope_scaling),
     'rope_theta': cfg.rope_theta,
@@ -315,14 +360,14 @@ def to_hf_config(model_config: ModelConfigLike) -> 'transformers.PreTrainedConfi
       high_freq_factor=cfg.rope_high_freq_factor,
       original_max_position_embeddings=cfg.rope_original_max_len,
     )
-  common = dict(
+  return dict(
     vocab_size=cfg.vocab_size,
-    hidden_size=d,
+    hidden_size=cfg.d_model,
     intermediate_size=cfg.d_ff,
     num_hidden_layers=cfg.n_layers,
-    num_attention_heads=h,
-    num_key_value_heads=k,
-    head_dim=dh,
+    num_attention_heads=cfg.n_heads,
+    num_key_value_heads=kv_heads(cfg),
+    head_dim=head_dim(cfg),
     max_position_embeddings=max_len,
     rms_norm_eps=cfg.norm_eps,
     rope_parameters=rope,
@@ -330,28 +375,6 @@ def to_hf_config(model_config: ModelConfigLike) -> 'transformers.PreTrainedConfi
     initializer_range=cfg.init_std,
     dtype='float32',
   )
-  if all(gemma):
-    hf = transformers.GemmaConfig(
-      hidden_act='gelu_pytorch_tanh', attention_bias=attention_bias, **common
-    )
-    hf.architectures = ['GemmaForCausalLM']
-  elif cfg.qk_norm:
-    hf = transformers.Qwen3Config(
-      hidden_act='silu', attention_bias=attention_bias, use_sliding_window=False, **common
-    )
-    hf.architectures = ['Qwen3ForCausalLM']
-  elif cfg.qkv_bias and not cfg.out_bias and not cfg.use_bias:
-    hf = transformers.Qwen2Config(hidden_act='silu', use_sliding_window=False, **common)
-    hf.architectures = ['Qwen2ForCausalLM']
-  else:
-    hf = transformers.LlamaConfig(
-      hidden_act='silu',
-      attention_bias=cfg.use_bias or attention_bias,
-      mlp_bias=cfg.use_bias,
-      **common,
-    )
-    hf.architectures = ['LlamaForCausalLM']
-  return hf
 
 
 # --------------------------------------------------------------------------- name mapping
@@ -372,7 +395,7 @@ class Spec:
   offset: int = 0
 
 
-def _gpt2_specs(cfg):
+def _gpt2_specs(cfg: ModelConfig) -> tuple[dict, dict]:
   h = 'transformer.h.{i}.'
   width = cfg.n_heads * head_dim(cfg)
   top = {
@@ -400,7 +423,7 @@ def _gpt2_specs(cfg):
   return top, layer
 
 
-def _llama_specs(cfg):
+def _llama_specs(cfg: ModelConfig) -> tuple[dict, dict]:
   del cfg
   h = 'model.layers.{i}.'
   top = {
@@ -445,7 +468,7 @@ class Leaf:
     return [self.spec.key.format(i=i) for i in self.layers]
 
 
-def _path(key_path) -> tuple:
+def _path(key_path: Sequence) -> tuple:
   return tuple(getattr(k, 'key', getattr(k, 'name', k)) for k in key_path)
 
 
@@ -464,7 +487,7 @@ def _leaves(cfg: ModelConfig, family: str):
   return out
 
 
-def _view_shape(spec: Spec, shape) -> list:
+def _view_shape(spec: Spec, shape: Sequence[int]) -> list:
   """Our per-layer shape with `spec.groups` merged: the HF shape before transpose/packing."""
   out, k = [], 0
   for g in spec.groups or (1,) * len(shape):
@@ -523,7 +546,7 @@ class _Checkpoint:
       _refuse_non_safetensors(path)
     self.rename = {}
 
-  def _open(self, filename, framework):
+  def _open(self, filename: str, framework: str) -> Any:
     if (filename, framework) not in self._handles:
       self._handles[filename, framework] = self._stack.enter_context(
         safetensors.safe_open(filename, framework=framework)
@@ -557,7 +580,9 @@ def _refuse_non_safetensors(path: str):
   raise ValueError(f'{path} has no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX}')
 
 
-def _read_layer(ckpt: _Checkpoint, key: str, leaf: Leaf, index) -> np.ndarray:
+def _read_layer(
+  ckpt: _Checkpoint, key: str, leaf: Leaf, index: Sequence[tuple[int, int]]
+) -> np.ndarray:
   """Our per-layer param restricted to `index` ((start, stop) per dim), reading only its HF box."""
   spec, shape = leaf.spec, leaf.shape
   box, post, grouped, k = [], [], [], 0
@@ -574,12 +599,12 @@ def _read_layer(ckpt: _Checkpoint, key: str, leaf: Leaf, index) -> np.ndarray:
   return (x.T if spec.transpose else x).reshape(grouped)[tuple(post)]
 
 
-def _build(ckpt: _Checkpoint, leaf: Leaf, sharding):
+def _build(ckpt: _Checkpoint, leaf: Leaf, sharding: jax.sharding.Sharding | None) -> jax.Array:
   """One param as a jax.Array: whole, or built shard by shard from lazily read slices."""
   shape = leaf.full_shape
   cache = {}
 
-  def read(index):
+  def read(index: tuple[slice, ...]) -> np.ndarray:
     index = tuple((s.indices(n)[0], s.indices(n)[1]) for s, n in zip(index, shape))
     if index not in cache:  # replicated shards ask for the same slice several times.
       keys = [ckpt.rename.get(k, k) for k in leaf.keys()]

@@ -29,4 +29,4 @@ class QuietBuild:
     pass  # TFDS prints its banner here (sizes "Unknown size" for a generated dataset).
 
   def _log_download_done(self) -> None:
-    logging.info('Built the %s corpus (offline) in %s', self.name, self.data_dir)
+    logging.info('Built %s offline in %s', self.name, self.data_dir)
