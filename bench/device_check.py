@@ -299,6 +299,7 @@ def worker(names: list[str], tiny: bool, steps: int) -> None:
 
 
 def emit(event: dict) -> None:
+  """One event line for the supervisor (stdout, marked, flushed)."""
   print(MARK + json.dumps(event), flush=True)
 
 
@@ -335,6 +336,7 @@ class Worker:
     threading.Thread(target=self._read, daemon=True).start()
 
   def _read(self) -> None:
+    """Queue the worker's event lines; None at its end."""
     for line in self.proc.stdout:
       if line.startswith(MARK):
         self.events.put(json.loads(line[len(MARK) :]))
@@ -447,6 +449,7 @@ def row_limits(rows: list[Row], tiny: bool) -> dict[str, float]:
 
 
 def summary(result: dict) -> str:
+  """A row's progress line: its figure, or its status and error."""
   if result['status'] != 'ok':
     return f'{result["status"]}: {result.get("error", "")}'
   tok = result.get('tokens_per_s')
@@ -482,6 +485,7 @@ def report(rows: list[Row], results: dict[str, dict], tiny: bool, steps: int) ->
 
 
 def fmt(value: Any, spec: str) -> str:
+  """`value` formatted by `spec`, '-' when missing."""
   return '-' if value is None else format(value, spec)
 
 
@@ -526,6 +530,7 @@ def dry_run(rows: list[Row], tiny: bool, steps: int, budget_s: float) -> None:
 
 
 def main(argv: list[str]) -> None:
+  """Worker, dry run, or the whole check: run the rows, write the JSON and the table."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   names = [r.name for r in ROWS]

@@ -3,6 +3,7 @@ one-line reasons) and writes the table; the GPU row list dry-runs; a worker that
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -13,13 +14,14 @@ NAMES = [r.name for r in device_check.ROWS]
 
 
 def run_check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+  """`python -m bench.device_check *args` from the repo root; it must exit 0."""
   cmd = [sys.executable, '-m', 'bench.device_check', *args]
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
 
 
-def test_tiny_run_every_row_with_a_failing_and_a_timed_out_one(tmp_path):
+def test_tiny_run_every_row_with_a_failing_and_a_timed_out_one(tmp_path: pathlib.Path) -> None:
   # An impossible config (7 heads) in one row; the last row hangs past its 3 s limit.
   env = dict(os.environ, **{device_check.INJECT_ENV: 'fail=gpt2_350m_b32,hang=matmul_fp8'})
   run_check('--tiny', f'--out={tmp_path}', '--limit_s=matmul_fp8=3', env=env)
@@ -42,7 +44,7 @@ def test_tiny_run_every_row_with_a_failing_and_a_timed_out_one(tmp_path):
   assert 'error: ValueError: config.model.n_heads=7' in table and 'timed out' in table
 
 
-def test_dry_run_lists_the_gpu_rows():
+def test_dry_run_lists_the_gpu_rows() -> None:
   out = run_check('--dry_run').stdout
   assert [line.split(':')[0] for line in out.splitlines() if line[:1] not in ' 0123456789'] == NAMES
   assert '--config.model.vocab_multiple=128' in out and '16 x 2048' in out
@@ -63,7 +65,7 @@ class DyingWorker:
     return 'Fatal Python error: Aborted'
 
 
-def test_a_dying_worker_is_that_rows_error():
+def test_a_dying_worker_is_that_rows_error() -> None:
   results = {}
   device_check.run_worker(DyingWorker(), ['matmul_bf16'], {'matmul_bf16': 60.0}, 1e12, results)
   assert results['matmul_bf16'] == {
