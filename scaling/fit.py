@@ -127,7 +127,7 @@ def start_grid() -> np.ndarray:
   return np.array(list(itertools.product(g['a'], g['b'], g['e'], g['alpha'], g['beta'])))
 
 
-def _chinchilla_constants(theta):
+def _chinchilla_constants(theta: np.ndarray):
   a, b, e, alpha, beta = (float(v) for v in theta)
   law = laws.Chinchilla(E=np.exp(e), A=np.exp(a), B=np.exp(b), alpha=alpha, beta=beta)
   g, fa, fb = laws.chinchilla_frontier_constants(law)
@@ -243,7 +243,7 @@ def isoflop_profiles(
   return out
 
 
-def _power_law(x, y):
+def _power_law(x: np.ndarray, y: np.ndarray):
   """Least-squares y = k x^p in log-log space; returns (k, p)."""
   p, lk = np.polyfit(np.log(x), np.log(y), 1)
   return float(np.exp(lk)), float(p)
@@ -352,7 +352,7 @@ def fit_kaplan_joint(
   """Kaplan L(N, D) by least squares on log loss, from a few starts (incl. the published constants)."""
   log_l = np.log(loss)
 
-  def resid(th):
+  def resid(th: np.ndarray) -> np.ndarray:
     law = laws.KaplanJoint(alpha_N=th[2], alpha_D=th[3], N_c=np.exp(th[0]), D_c=np.exp(th[1]))
     return laws.kaplan_log_loss_joint(law, params, tokens) - log_l
 

@@ -114,7 +114,7 @@ def kaplan_loss_joint(law: KaplanJoint, n: npt.ArrayLike, d: npt.ArrayLike) -> n
   return np.exp(kaplan_log_loss_joint(law, n, d))
 
 
-def _kaplan_joint_k(law):
+def _kaplan_joint_k(law: KaplanJoint):
   """(p, K) with N_opt = K C^(1/(1+p)) under C = 6ND, p = alpha_N / alpha_D."""
   p = law.alpha_N / law.alpha_D
   return p, (p * law.N_c**p / (6.0 * law.D_c)) ** (1.0 / (1.0 + p))

@@ -20,7 +20,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -96,7 +98,7 @@ def split(num_devices: int, groups: int) -> list:
   return [list(range(g * per, (g + 1) * per)) for g in range(groups)]
 
 
-def member_command(config_arg: str, workdir: str, member: int, overrides) -> list:
+def member_command(config_arg: str, workdir: str, member: int, overrides: Sequence[str]) -> list:
   return [
     sys.executable,
     os.path.join(REPO, 'main.py'),
@@ -108,7 +110,13 @@ def member_command(config_arg: str, workdir: str, member: int, overrides) -> lis
 
 
 def run(
-  config, config_arg: str, workdir: str, groups: int, platform: str, devices: int, overrides=()
+  config: ml_collections.ConfigDict,
+  config_arg: str,
+  workdir: str,
+  groups: int,
+  platform: str,
+  devices: int,
+  overrides: Sequence[str] = (),
 ) -> dict:
   """Runs the sweep's unfinished members `groups` at a time; returns {member: exit code}."""
   ms = sweep.members(config)
@@ -130,7 +138,7 @@ def run(
   )
   running, codes, stopping = {}, {}, []
 
-  def forward(signum, _):
+  def forward(signum: int, _: object) -> None:
     stopping.append(signum)
     for proc, _, _ in running.values():
       proc.send_signal(signum)
@@ -174,7 +182,7 @@ def run(
   return codes
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   del argv
   config_arg = next(a.split('=', 1)[1] for a in sys.argv if a.startswith('--config='))
   overrides = [a[len('--config.') :] for a in sys.argv[1:] if a.startswith('--config.')]

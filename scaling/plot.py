@@ -147,7 +147,7 @@ def plot_all(runs: results_lib.Runs, fit: dict, out_dir: str, stem: str) -> list
   return paths
 
 
-def _float(text):
+def _float(text: str | None):
   try:
     return float(text)
   except (TypeError, ValueError):

@@ -18,6 +18,8 @@ from absl import flags
 
 from scaling import cli, laws
 
+Arr = np.ndarray | Sequence[float]  # values given on the command line
+
 QUANTITIES = ('params', 'tokens', 'compute', 'loss')
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
@@ -68,7 +70,7 @@ def load_law(spec: str) -> dict:
     return json.load(f)
 
 
-def _chinchilla(c, compute, params, tokens):
+def _chinchilla(c: dict, compute: Arr | None, params: Arr | None, tokens: Arr | None):
   law = laws.Chinchilla(E=c['E'], A=c['A'], B=c['B'], alpha=c['alpha'], beta=c['beta'])
   if params is None and tokens is None:
     params, tokens, _ = laws.chinchilla_optimal(law, compute)
@@ -79,7 +81,7 @@ def _chinchilla(c, compute, params, tokens):
   return params, tokens, compute, laws.chinchilla_loss(law, params, tokens)
 
 
-def _kaplan(c, compute, params, tokens):
+def _kaplan(c: dict, compute: Arr | None, params: Arr | None, tokens: Arr | None):
   law = laws.KaplanJoint(
     alpha_N=c['joint_alpha_N'], alpha_D=c['joint_alpha_D'], N_c=c['joint_N_c'], D_c=c['joint_D_c']
   )
@@ -92,7 +94,7 @@ def _kaplan(c, compute, params, tokens):
   return params, tokens, compute, laws.kaplan_loss_joint(law, params, tokens)
 
 
-def _isoflop(c, compute, params, tokens):
+def _isoflop(c: dict, compute: Arr | None, params: Arr | None, tokens: Arr | None):
   """Approach-2 power laws N_opt = k_N C^a, L_opt = k_L C^gamma; no loss off the frontier (None)."""
   if params is not None and tokens is not None:
     return params, tokens, compute, None

@@ -136,7 +136,7 @@ def read_results(
     rows = [r for r in reader if any((v or '').strip() for v in r.values())]
   have = ', '.join(header) or '(none)'
 
-  def need(col, why=''):
+  def need(col: str, why: str = '') -> None:
     if col not in header:
       raise ValueError(f'{path}: missing column {col!r}{why} (have: {have})')
 

@@ -47,7 +47,7 @@ flags.DEFINE_string('out', '', 'plot path (png)', flag_values=FLAGS)
 flags.mark_flags_as_required(['results', 'fit_below'], flag_values=FLAGS)
 
 
-def _fit(law: str, runs: results_lib.Runs, starts=None, n_polish: int = 16):
+def _fit(law: str, runs: results_lib.Runs, starts: Sequence | None = None, n_polish: int = 16):
   """(predict(N, D) -> loss, starts for refits) of `law` fitted on `runs`."""
   if law == 'chinchilla':
     out = fit_lib.fit_chinchilla(runs, n_polish=n_polish, starts=starts)
