@@ -19,28 +19,16 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope='session')
 def tiny_config(data_dir):
   """Factory for a seconds-fast config on the embedded corpus, with {'section.key': value} overrides."""
+  from helpers import TINY_RUN, apply_overrides
+
   from configs import base
 
   def make(overrides=None):
     c = base.get_config()
     c.model.update(d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=32)
     c.data.update(seq_len=32, data_dir=data_dir)
-    c.train.update(
-      global_batch_size=8,
-      num_steps=4,
-      log_every=2,
-      eval_every=4,
-      eval_batches=1,
-      checkpoint_every=2,
-      async_checkpoint=False,
-    )
-    c.optimizer.update(lr=1e-3, warmup_steps=1)
-    for key, value in (overrides or {}).items():
-      *sections, name = key.split('.')
-      node = c
-      for s in sections:
-        node = node[s]
-      node[name] = value
-    return c
+    c.train.async_checkpoint = False
+    c.optimizer.lr = 1e-3
+    return apply_overrides(c, {**TINY_RUN, **(overrides or {})})
 
   return make

@@ -96,7 +96,12 @@ def test_shipped_configs_validate():
     for arg in args:
       c = mod.get_config() if arg is None else mod.get_config(arg)
       c.mesh.update(data=-1, fsdp=1, tensor=1)
-      validation.derive(c, 8)
+      d = validation.derive(c, 8)  # a ValueError naming the field if anything is inconsistent.
+      name = f'{module}:{arg}'
+      assert d.mesh_shape == {'data': 8, 'fsdp': 1, 'tensor': 1}, name
+      shape = ('vocab_size', 'd_model', 'n_layers', 'n_heads', 'd_ff', 'max_len')
+      assert all(getattr(d.model, k) == c.model[k] for k in shape), name
+      assert d.num_steps > 0 and d.per_device_batch * 8 == c.train.global_batch_size, name
 
 
 @pytest.mark.parametrize(

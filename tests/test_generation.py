@@ -2,8 +2,6 @@
 equal transformers' `generate` on random-init GPT-2 and LLaMA checkpoints, sampling filters, the
 sample CLI on a trained workdir, and the bad-input errors."""
 
-import os
-import subprocess
 import sys
 
 import jax
@@ -11,40 +9,18 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from test_hf import make_hf, save
+from helpers import HF_GPT2, HF_LLAMA, cpu_env, make_hf, run, save
 
 import models
 from models import generation, hf
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = [[5, 17, 3, 9, 22, 1, 8], [4, 2], [30, 31, 7, 7]]  # ragged: left-padded together.
 NEW = 12  # one length everywhere: the tests share compiled decode loops.
 FAMILIES = {
-  'gpt2': (
-    transformers.GPT2Config,
-    dict(
-      vocab_size=61,
-      n_embd=32,
-      n_head=4,
-      n_layer=2,
-      n_positions=32,
-      bos_token_id=None,
-      eos_token_id=None,
-    ),
-  ),
+  'gpt2': (transformers.GPT2Config, dict(HF_GPT2, vocab_size=61)),
   'llama_gqa': (
     transformers.LlamaConfig,
-    dict(
-      vocab_size=67,
-      hidden_size=32,
-      num_attention_heads=4,
-      num_key_value_heads=2,
-      intermediate_size=48,
-      num_hidden_layers=2,
-      max_position_embeddings=32,
-      bos_token_id=None,
-      eos_token_id=None,
-    ),
+    dict(HF_LLAMA, vocab_size=67, intermediate_size=48, bos_token_id=None, eos_token_id=None),
   ),
 }
 
@@ -151,19 +127,12 @@ def test_sample_cli_on_trained_workdir(tiny_config, tmp_path):
     '--prompt=import os',
     '--max_new_tokens=8',
   ]
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  env = cpu_env()
+  done = run(cmd, env, timeout=300)
   assert done.returncode == 0, done.stderr
   assert "--- 'def '" in done.stdout and "--- 'import os'" in done.stdout
   assert 'decode:' in done.stdout and 'tokens/s' in done.stdout
-  bad = subprocess.run(
-    cmd[:-1] + ['--max_new_tokens=40'],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  bad = run(cmd[:-1] + ['--max_new_tokens=40'], env, timeout=300)
   assert bad.returncode == 2 and 'exceeds the context' in bad.stderr
   assert 'Traceback' not in bad.stderr
 

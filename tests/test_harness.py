@@ -4,8 +4,6 @@ lm_eval.simple_evaluate, lm_eval metrics from a training run, unknown-task error
 
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import flax.linen as nn
@@ -15,13 +13,12 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import HF_GPT2, cpu_env, fsdp2_main_cmd, make_hf, run, run_pair, save
 from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
-from test_multihost import _cmd as multihost_cmd
 
 from train import context, harness, loop, sharding, validation
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4
 MAX_LEN = 48
 
@@ -77,24 +74,9 @@ def task_dir(tmp_path_factory):
 @pytest.fixture(scope='module')
 def gpt2(tmp_path_factory):
   """(transformers model, hf dir): a tiny random byte-vocabulary GPT-2, every weight drawn."""
-  torch.manual_seed(0)
-  config = transformers.GPT2Config(
-    vocab_size=257,
-    n_embd=32,
-    n_head=4,
-    n_layer=2,
-    n_positions=MAX_LEN,
-    bos_token_id=256,
-    eos_token_id=256,
-  )
-  model = transformers.GPT2LMHeadModel(config).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      is_scale = p.ndim == 1 and 'ln_' in name and name.endswith('weight')
-      p.copy_((1.0 if is_scale else 0.0) + 0.1 * torch.randn_like(p))
-  path = str(tmp_path_factory.mktemp('gpt2'))
-  model.save_pretrained(path, safe_serialization=True)
-  return model, path
+  kwargs = dict(HF_GPT2, vocab_size=257, n_positions=MAX_LEN, bos_token_id=256, eos_token_id=256)
+  model = make_hf(transformers.GPT2Config, kwargs)
+  return model, save(model, tmp_path_factory.mktemp('gpt2'), safe_serialization=True)
 
 
 @pytest.fixture(scope='module')
@@ -257,7 +239,7 @@ def test_cli_on_a_trained_workdir(tiny_config, task_dir, tmp_path):
   """`python -m train.harness` on a workdir: table, strict results JSON; unknown task: exit 2."""
   workdir = str(tmp_path / 'w')
   loop.run(tiny_config({'train.num_steps': 2}), workdir)
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  env = cpu_env(1)
   cmd = [
     sys.executable,
     '-m',
@@ -266,23 +248,14 @@ def test_cli_on_a_trained_workdir(tiny_config, task_dir, tmp_path):
     f'--include_path={task_dir}',
     '--limit=2',
   ]
-  out = subprocess.run(
-    cmd + ['--tasks=toy_mc,toy_roll'],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  out = run(cmd + ['--tasks=toy_mc,toy_roll'], env)
   assert out.returncode == 0, out.stderr[-3000:]
   assert '|toy_mc' in out.stdout and 'bits_per_byte' in out.stdout
   with open(os.path.join(workdir, harness.RESULTS_FILE)) as f:
     results = json.load(f, parse_constant=lambda c: pytest.fail(f'non-strict JSON constant {c}'))
   assert 0 <= results['results']['toy_mc']['acc,none'] <= 1
   assert results['config']['checkpoint_step'] == 2
-  bad = subprocess.run(
-    cmd + ['--tasks=toy_mcc'], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-  )
+  bad = run(cmd + ['--tasks=toy_mcc'], env)
   errors = [l for l in bad.stderr.splitlines() if l.startswith('error: ')]
   assert bad.returncode == 2 and len(errors) == 1 and 'Traceback' not in bad.stderr, bad.stderr
   assert "unknown lm-eval task 'toy_mcc'" in errors[0]
@@ -294,51 +267,20 @@ def test_two_processes_log_the_same_lm_eval_metrics(data_dir, task_dir, tmp_path
   three request types) equal one process's on 4 devices."""
 
   def cmd(workdir, *extra):  # test_multihost's tiny fsdp=2 run, plus the lm-eval tasks.
-    return multihost_cmd(
+    return fsdp2_main_cmd(
       workdir,
       data_dir,
-      (
-        f'--config.lm_eval.tasks={",".join(TASKS)}',
-        f'--config.lm_eval.include_path={task_dir}',
-        *extra,
-      ),
+      f'--config.lm_eval.tasks={",".join(TASKS)}',
+      f'--config.lm_eval.include_path={task_dir}',
+      *extra,
     )
 
   def result(stdout):
     return {k: v for k, v in json.loads(stdout[stdout.index('{') :]).items() if 'lm_eval' in k}
 
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  single = subprocess.run(
-    cmd(tmp_path / 'single'),
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env={**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'},
-  )
+  single = run(cmd(tmp_path / 'single'), cpu_env(4))
   assert single.returncode == 0, single.stderr[-3000:]
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
-  procs = [
-    subprocess.Popen(
-      cmd(
-        tmp_path / 'multi',
-        f'--config.distributed.coordinator_address=localhost:{port}',
-        '--config.distributed.num_processes=2',
-        f'--config.distributed.process_id={i}',
-      ),
-      cwd=REPO,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-      env={**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
-    )
-    for i in range(2)
-  ]
-  outs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
+  outs = run_pair(lambda *flags: cmd(tmp_path / 'multi', *flags))
   want = result(single.stdout)
   assert {'lm_eval/toy_mc/acc', 'lm_eval/toy_gen/exact_match'} <= set(want)
   assert result(outs[0][0]) == pytest.approx(want, rel=1e-5)

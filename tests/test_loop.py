@@ -4,15 +4,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+from helpers import REPO, cpu_env, main_result, run, tiny_main_cmd
 
 from train import context, loop
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _params(workdir, config):
@@ -75,33 +73,18 @@ def test_nonfinite_loss_stops_before_checkpoint(tiny_config, tmp_path):
   assert last is None or last >= 1
 
 
-def _main_cmd(workdir, data_dir, steps, log_every, eval_every, checkpoint_every):
+def _main_cmd(workdir, data_dir, **schedule):
   """A tiny main.py command line on the default config, and its environment (2 CPU devices)."""
-  cmd = [
-    sys.executable,
-    'main.py',
-    '--config=configs/default.py',
-    f'--workdir={workdir}',
-    f'--config.data.data_dir={data_dir}',
-    f'--config.train.num_steps={steps}',
-    f'--config.train.log_every={log_every}',
-    f'--config.train.eval_every={eval_every}',
-    '--config.train.eval_batches=1',
-    f'--config.train.checkpoint_every={checkpoint_every}',
-    '--config.optimizer.warmup_steps=1',
-    '--config.model.n_layers=1',
-    '--config.train.global_batch_size=8',
-  ]
-  return cmd, dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  return tiny_main_cmd(workdir, data_dir, **schedule), cpu_env(2)
 
 
 def test_main_cli_trains_writes_outputs_and_resumes(data_dir, tmp_path):
   """`python main.py --config=configs/default.py ...` through the real command line, twice."""
   workdir = str(tmp_path / 'w')
   cmd, env = _main_cmd(workdir, data_dir, steps=4, log_every=2, eval_every=4, checkpoint_every=2)
-  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  out = run(cmd, env)
   assert out.returncode == 0, out.stderr[-3000:]
-  result = json.loads(out.stdout[out.stdout.index('{') :])
+  result = main_result(out.stdout)
   assert result['eval/bits_per_byte'] < result['unigram_byte_entropy_bits'] + 3
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
   for key in (
@@ -118,11 +101,11 @@ def test_main_cli_trains_writes_outputs_and_resumes(data_dir, tmp_path):
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   assert json.load(open(os.path.join(workdir, 'config.json')))['train']['num_steps'] == 4
-  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  again = run(cmd, env)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'already finished' in again.stderr
   assert len(open(os.path.join(workdir, 'metrics.jsonl')).readlines()) == len(rows)
-  rerun = json.loads(again.stdout[again.stdout.index('{') :])
+  rerun = main_result(again.stdout)
   assert sorted(rerun) == sorted(result)  # the same summary, in strict JSON (no NaN).
   assert 'NaN' not in out.stdout and 'NaN' not in again.stdout
   steps = [l for l in out.stderr.splitlines() if ' step ' in l and ' | loss ' in l]
@@ -155,12 +138,12 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(data_dir, tmp_pa
   )
   rc, stdout, log = _main_until(cmd, env, ' | loss ')  # the first logged step (5).
   assert rc == 0, log[-3000:]
-  step = json.loads(stdout[stdout.index('{') :])['preempted_at_step']
+  step = main_result(stdout)['preempted_at_step']
   assert 5 <= step < 5000
   assert f'SIGTERM: stopped at step {step}, its checkpoint committed' in log
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(step)]
   assert 'Traceback' not in log
   rc, stdout, log = _main_until(cmd, env, f'Resumed from step {step}', signal.SIGINT)
   assert rc == 0, log[-3000:]
-  assert json.loads(stdout[stdout.index('{') :])['preempted_at_step'] >= step
+  assert main_result(stdout)['preempted_at_step'] >= step
   assert 'SIGINT: stopped at step' in log and 'Traceback' not in log
