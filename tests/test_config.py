@@ -1,14 +1,11 @@
 """Config validation: each impossible or malformed config fails before compile, naming the field."""
 
-import os
-
 import ml_collections
 import pytest
+from helpers import main_cmd, run
 
 from configs import base
 from train import validation
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _err(config, devices=8, processes=1):
@@ -138,17 +135,13 @@ def test_numeric_fields_finite_and_in_range(section, key, value, message):
 
 def test_numeric_faults_stop_main_before_anything_is_written(tmp_path):
   """Through main.py as a user would: one `error:` line, exit 2, the workdir left untouched."""
-  import subprocess
-  import sys
-
   workdir = tmp_path / 'w'
   cases = [
     ('--config.optimizer.lr=nan', 'config.optimizer.lr must be finite'),
     ('--config.data.read_threads=1000000', 'config.data.read_threads must be <= 256'),
   ]
   for flag, message in cases:
-    cmd = [sys.executable, 'main.py', '--config=configs/default.py', f'--workdir={workdir}', flag]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = run(main_cmd(workdir, flag), timeout=300)
     lines = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
     assert not workdir.exists() or not any(workdir.iterdir())
