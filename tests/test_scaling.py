@@ -9,18 +9,16 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 import threading
 import time
 
 import pytest
+from helpers import LLAMA_BLOCK, REPO, apply_overrides, cpu_env, main_cmd, main_result, run
 
 from configs import base, gpt2, llama
 from scaling import count, family, sweep
 from train import loop
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _model(**kw):
@@ -57,38 +55,12 @@ PYTREE_CASES = {
   'gpt2_tiny': dict(),
   'gpt2_untied_nobias': dict(tie_embeddings=False, use_bias=False),
   'llama_gqa_untied': dict(
-    positions='rope',
-    norm='rmsnorm',
-    mlp='swiglu',
-    use_bias=False,
-    n_heads=8,
-    n_kv_heads=2,
-    d_model=64,
-    d_ff=176,
-    tie_embeddings=False,
+    LLAMA_BLOCK, n_heads=8, n_kv_heads=2, d_model=64, d_ff=176, tie_embeddings=False
   ),
   'llama_mqa_tied_headdim': dict(
-    positions='rope',
-    norm='rmsnorm',
-    mlp='swiglu',
-    use_bias=False,
-    n_heads=4,
-    n_kv_heads=1,
-    head_dim=24,
-    d_model=64,
-    d_ff=96,
+    LLAMA_BLOCK, n_heads=4, n_kv_heads=1, head_dim=24, d_model=64, d_ff=96
   ),
-  'qwen2_qkv_bias': dict(
-    positions='rope',
-    norm='rmsnorm',
-    mlp='swiglu',
-    use_bias=False,
-    qkv_bias=True,
-    n_heads=4,
-    n_kv_heads=2,
-    d_model=32,
-    d_ff=80,
-  ),
+  'qwen2_qkv_bias': dict(LLAMA_BLOCK, qkv_bias=True, n_heads=4, n_kv_heads=2, d_model=32, d_ff=80),
   'layernorm_nobias_unscanned': dict(use_bias=False, scan_layers=False, n_layers=3),
 }
 
@@ -109,7 +81,10 @@ def test_counts_equal_pytree(case):
 
 @pytest.mark.parametrize('size', ['100m', '1b', '8b'])
 def test_llama_counts_equal_pytree(size):
-  count.checked_param_counts(llama.get_config(size))
+  config = llama.get_config(size)
+  formula, pytree = count.param_counts(config), count.pytree_param_counts(config)
+  assert formula == pytree
+  assert formula['params'] == formula['embedding_params'] + formula['non_embedding_params'] > 0
 
 
 def test_llama2_7b_count():
@@ -158,7 +133,7 @@ def test_chinchilla_flops_close_to_6n_for_large_models(size, seq_len):
 
 
 def test_count_cli():
-  out = subprocess.run(
+  out = run(
     [
       sys.executable,
       '-m',
@@ -166,9 +141,6 @@ def test_count_cli():
       '--config=configs/gpt2.py:124m',
       '--config.model.n_layers=6',
     ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=300,
   )
   assert out.returncode == 0, out.stderr[-2000:]
@@ -233,7 +205,7 @@ def test_family_large_llama_targets():
 
 
 def test_family_cli():
-  out = subprocess.run(
+  out = run(
     [
       sys.executable,
       '-m',
@@ -243,9 +215,6 @@ def test_family_cli():
       '--head_dim=16',
       '--family=gpt2',
     ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
     timeout=120,
   )
   assert out.returncode == 0, out.stderr
@@ -404,25 +373,13 @@ def _cli_value(v):
 def _load_tiny(data_dir, sizes):
   c = _load_config_file('configs/sweeps/isoflop_tiny.py')
   overrides = {**TINY_OVERRIDES, 'sweep.sizes': tuple(sizes), 'data.data_dir': data_dir}
-  for key, value in overrides.items():
-    *path, name = key.split('.')
-    node = c
-    for p in path:
-      node = node[p]
-    node[name] = value
-  return c, overrides
+  return apply_overrides(c, overrides), overrides
 
 
 def _main_sweep(workdir, overrides):
-  cmd = [
-    sys.executable,
-    'main.py',
-    '--config=configs/sweeps/isoflop_tiny.py',
-    f'--workdir={workdir}',
-  ]
-  cmd += [f'--config.{k}={_cli_value(v)}' for k, v in overrides.items()]
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  flags = [f'--config.{k}={_cli_value(v)}' for k, v in overrides.items()]
+  cmd = main_cmd(workdir, *flags, config='configs/sweeps/isoflop_tiny.py')
+  out = run(cmd, cpu_env(2), timeout=900)
   assert out.returncode == 0, out.stderr[-4000:]
   return out
 
@@ -467,7 +424,7 @@ def test_sweep_end_to_end_and_resume(data_dir, tmp_path):
   assert steps[: len(b_rows_before)] == [r['step'] for r in b_rows_before]
   assert steps == sorted(set(steps)) and steps[-1] == b.info['steps']  # continued, not restarted
 
-  summary = json.loads(out.stdout[out.stdout.index('{') :])
+  summary = main_result(out.stdout)
   assert summary['skipped'] == [a.name] and summary['ran'] == [b.name, c.name]
   rows = _rows(os.path.join(workdir, 'results.csv'))
   assert [r['name'] for r in rows] == [a.name, b.name, c.name]
@@ -628,14 +585,7 @@ def test_parallel_members_on_disjoint_device_subsets(data_dir, tmp_path):
     '--devices=2',
   ]
   cmd += [f'--config.{k}={_cli_value(v)}' for k, v in overrides.items()]
-  out = subprocess.run(
-    cmd,
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=900,
-    env=dict(os.environ, JAX_PLATFORMS='cpu'),
-  )
+  out = run(cmd, cpu_env(), timeout=900)
   assert out.returncode == 0, out.stderr[-4000:]
   config, _ = _load_tiny(data_dir, SIZES[:2])
   names = [m.name for m in sweep.members(config)]
