@@ -3,19 +3,25 @@ packing, determinism, host slicing, mixtures, bad input, and resume on two proce
 
 import glob
 import hashlib
-import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from helpers import (
+  TINY_RUN,
+  apply_overrides,
+  config_flags,
+  main_cmd,
+  main_result,
+  run,
+  run_pair,
+)
 
 from configs import base
 from train.data import pipeline, prepare, shards, stdlib_corpus, tokenizers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BYTE = tokenizers.ByteTokenizer()
 
 
@@ -340,14 +346,7 @@ def test_prepare_command_shares_shards_between_hosts(corpus, tmp_path):
     '--process_index=1',
     '--process_count=2',
   ]
-  out = subprocess.run(
-    cmd,
-    cwd=REPO,
-    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  out = run(cmd, dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'stdlib_corpus train: 4 shards, 12 documents' in out.stdout
   np.testing.assert_array_equal(
@@ -438,14 +437,6 @@ def test_make_datasets_bytes_and_stats(corpus):
     pipeline.make_datasets(config, 0, 3)
 
 
-def _free_port():
-  import socket
-
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow  # ~60 s of CPU (an in-process run, then two main.py processes).
 def test_resume_on_two_processes_matches_one_uninterrupted_run(corpus, tmp_path):
   """One process trains 4 steps (checkpoints 2, 4); from its step-2 checkpoint two processes
@@ -454,54 +445,21 @@ def test_resume_on_two_processes_matches_one_uninterrupted_run(corpus, tmp_path)
   from train import loop
 
   flags = {
-    'train.num_steps': 4,
-    'train.log_every': 2,
-    'train.eval_every': 4,
-    'train.eval_batches': 1,
-    'train.checkpoint_every': 2,
-    'optimizer.warmup_steps': 1,
+    **TINY_RUN,
     'model.n_layers': 1,
     'model.d_model': 32,
     'model.d_ff': 64,
-    'train.global_batch_size': 8,
     'data.seq_len': 64,
     'data.data_dir': corpus,
   }
-  c = default.get_config()
-  for key, value in flags.items():
-    section, name = key.split('.')
-    c[section][name] = value
-  straight = loop.run(c, str(tmp_path / 'straight'))
+  straight = loop.run(apply_overrides(default.get_config(), flags), str(tmp_path / 'straight'))
   work = tmp_path / 'resumed'
   os.makedirs(work / 'checkpoints')
   os.rename(tmp_path / 'straight' / 'checkpoints' / '2', work / 'checkpoints' / '2')
 
-  port = _free_port()
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  cmd = [
-    sys.executable,
-    'main.py',
-    '--config=configs/default.py',
-    f'--workdir={work}',
-    f'--config.distributed.coordinator_address=localhost:{port}',
-    '--config.distributed.num_processes=2',
-  ] + [f'--config.{k}={v}' for k, v in flags.items()]
-  procs = [
-    subprocess.Popen(
-      cmd + [f'--config.distributed.process_id={i}'],
-      cwd=REPO,
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
-  outs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
+  outs = run_pair(lambda *distributed: main_cmd(work, *distributed, *config_flags(flags)))
   assert 'Resumed from step 2' in outs[0][1]
-  resumed = json.loads(outs[0][0][outs[0][0].index('{') :])
+  resumed = main_result(outs[0][0])
   for key in ('train/loss', 'eval/loss', 'train/grad_norm'):
     np.testing.assert_allclose(resumed[key], straight[key], rtol=1e-5, err_msg=key)
 

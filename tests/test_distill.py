@@ -8,7 +8,6 @@ total = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE
 
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -16,12 +15,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from helpers import cpu_env, main_result, run
 
 import models
 from train import context, distill, distill_store, init_from, loop, step, validation
 from train import teacher as teacher_lib
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _np_reference(s, t, targets, T, alpha, divergence, mix_weight=0.5):
@@ -322,10 +320,7 @@ def teacher_dir(tmp_path_factory, tiny_config):
 
 
 def _cli(args, data_dir):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
-  out = subprocess.run(
-    [sys.executable] + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-  )
+  out = run([sys.executable, *args], cpu_env(8))
   assert out.returncode == 0, out.stderr[-4000:]
   return out
 
@@ -369,7 +364,7 @@ def test_online_and_offline_runs_through_main(teacher_dir, data_dir, tmp_path):
   k = vocab (float32 store) follows the online run's losses; the teacher is referenced only."""
   online = str(tmp_path / 'online')
   out = _cli(['main.py'] + _student_flags(online, data_dir, teacher_dir, 'online'), data_dir)
-  result = json.loads(out.stdout[out.stdout.index('{') :])
+  result = main_result(out.stdout)
   assert result['teacher_params'] > 0 and np.isfinite(result['eval/teacher_loss'])
   for key in (
     'eval/loss',
@@ -424,7 +419,7 @@ def test_online_and_offline_runs_through_main(teacher_dir, data_dir, tmp_path):
   out = _cli(
     ['main.py'] + _student_flags(offline, data_dir, teacher_dir, 'offline', extra), data_dir
   )
-  off = json.loads(out.stdout[out.stdout.index('{') :])
+  off = main_result(out.stdout)
   np.testing.assert_allclose(off['eval/teacher_loss'], result['eval/teacher_loss'], rtol=1e-5)
   assert off['teacher_params'] == result['teacher_params']
   for a, b in zip(rows, _rows(offline)):
@@ -617,14 +612,13 @@ def test_sequence_distillation_through_main(teacher_dir, data_dir, tmp_path):
   )
   np.testing.assert_array_equal(rows[:, 8:], greedy[:, 7:])
   out = _cli(['main.py'] + flags, data_dir)
-  result = json.loads(out.stdout[out.stdout.index('{') :])
+  result = main_result(out.stdout)
   assert result['eval/loss'] == result['eval/ce_loss']  # the student's CE on real text.
   r = _rows(work)[-1]
   np.testing.assert_allclose(
     r['train/loss'], 0.7 * r['train/kd_loss'] + 0.3 * r['train/ce_loss'], rtol=1e-5
   )
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
-  bad = subprocess.run(
+  bad = run(
     [sys.executable, 'main.py']
     + flags[:-1]
     + [
@@ -632,11 +626,7 @@ def test_sequence_distillation_through_main(teacher_dir, data_dir, tmp_path):
       f'--config.distill.sequences_dir={work}/teacher_sequences',
       f'--workdir={tmp_path}/other',
     ],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
+    cpu_env(8),
   )
   last = bad.stderr.strip().splitlines()[-1]
   assert bad.returncode == 2 and last.startswith('error: ') and 'Traceback' not in bad.stderr

@@ -11,10 +11,10 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import REPO
 
 from scaling import fit, laws, plot, predict, results, validate
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRUE = laws.CHINCHILLA
 TRUE_G, TRUE_A, TRUE_B = laws.chinchilla_frontier_constants(TRUE)
 

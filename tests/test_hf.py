@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import HF_GPT2, HF_LLAMA, make_hf, save
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -22,26 +23,19 @@ from train import sharding as sharding_lib
 TOL = 1e-4
 MAX_DIFFS = {}  # config name -> max |logit diff| vs transformers (printed with -s).
 
+# The LLaMA-shaped configs below vary this one: 64 wide, 4 heads (2 kv), 2 layers, 64 positions.
+LLAMA_64 = dict(
+  HF_LLAMA, vocab_size=97, hidden_size=64, intermediate_size=96, max_position_embeddings=64
+)
 CONFIGS = {
-  'gpt2_v101': (
-    transformers.GPT2Config,
-    dict(
-      vocab_size=101,
-      n_embd=32,
-      n_head=4,
-      n_layer=2,
-      n_positions=32,
-      bos_token_id=None,
-      eos_token_id=None,
-    ),
-  ),
+  'gpt2_v101': (transformers.GPT2Config, dict(HF_GPT2, vocab_size=101)),
   'gpt2_v263_untied': (
     transformers.GPT2Config,
     dict(
+      HF_GPT2,
       vocab_size=263,
       n_embd=48,
       n_head=3,
-      n_layer=2,
       n_positions=24,
       n_inner=80,
       layer_norm_epsilon=1e-6,
@@ -52,28 +46,15 @@ CONFIGS = {
   ),
   'llama_gqa2_tied_theta1e4': (
     transformers.LlamaConfig,
-    dict(
-      vocab_size=97,
-      hidden_size=64,
-      num_attention_heads=4,
-      num_key_value_heads=2,
-      intermediate_size=96,
-      num_hidden_layers=2,
-      max_position_embeddings=64,
-      rope_theta=10000.0,
-      tie_word_embeddings=True,
-    ),
+    dict(LLAMA_64, rope_theta=10000.0, tie_word_embeddings=True),
   ),
   'llama_kv1_untied_theta5e5': (
     transformers.LlamaConfig,
     dict(
+      LLAMA_64,
       vocab_size=131,
-      hidden_size=64,
-      num_attention_heads=4,
       num_key_value_heads=1,
       intermediate_size=80,
-      num_hidden_layers=2,
-      max_position_embeddings=64,
       rope_theta=500000.0,
       rms_norm_eps=1e-5,
       tie_word_embeddings=False,
@@ -82,43 +63,19 @@ CONFIGS = {
   'llama_headdim8_biases': (
     transformers.LlamaConfig,
     dict(
-      vocab_size=64,
-      hidden_size=32,
-      num_attention_heads=4,
-      num_key_value_heads=2,
-      head_dim=8,
-      intermediate_size=48,
-      num_hidden_layers=2,
-      max_position_embeddings=32,
-      attention_bias=True,
-      mlp_bias=True,
+      HF_LLAMA, vocab_size=64, head_dim=8, intermediate_size=48, attention_bias=True, mlp_bias=True
     ),
   ),
   'qwen2_gqa2': (
     transformers.Qwen2Config,
-    dict(
-      vocab_size=89,
-      hidden_size=64,
-      num_attention_heads=4,
-      num_key_value_heads=2,
-      intermediate_size=96,
-      num_hidden_layers=2,
-      max_position_embeddings=64,
-      rope_theta=1000000.0,
-      tie_word_embeddings=True,
-    ),
+    dict(LLAMA_64, vocab_size=89, rope_theta=1000000.0, tie_word_embeddings=True),
   ),
   # Llama-3 rope: theta 100 and original length 32 put rope dims in all three bands
   # (kept / ramped / divided by the factor); sequences of 96 make the scaling matter.
   'llama3_rope_tied': (
     transformers.LlamaConfig,
     dict(
-      vocab_size=97,
-      hidden_size=64,
-      num_attention_heads=4,
-      num_key_value_heads=2,
-      intermediate_size=96,
-      num_hidden_layers=2,
+      LLAMA_64,
       max_position_embeddings=128,
       rms_norm_eps=1e-5,
       tie_word_embeddings=True,
@@ -134,42 +91,17 @@ CONFIGS = {
   ),
   'gemma_kv1_headdim24': (
     transformers.GemmaConfig,
-    dict(
-      vocab_size=97,
-      hidden_size=64,
-      num_attention_heads=4,
-      num_key_value_heads=1,
-      head_dim=24,
-      intermediate_size=96,
-      num_hidden_layers=2,
-      max_position_embeddings=64,
-    ),
+    dict(LLAMA_64, num_key_value_heads=1, head_dim=24),
   ),
   'qwen3_tied_headdim8': (
     transformers.Qwen3Config,
-    dict(
-      vocab_size=97,
-      hidden_size=64,
-      num_attention_heads=4,
-      num_key_value_heads=2,
-      head_dim=8,
-      intermediate_size=96,
-      num_hidden_layers=2,
-      max_position_embeddings=64,
-      tie_word_embeddings=True,
-    ),
+    dict(LLAMA_64, head_dim=8, tie_word_embeddings=True),
   ),
   'qwen3_untied_bias_rope_linear': (
     transformers.Qwen3Config,
     dict(
-      vocab_size=97,
-      hidden_size=64,
-      num_attention_heads=4,
-      num_key_value_heads=2,
+      LLAMA_64,
       head_dim=32,
-      intermediate_size=96,
-      num_hidden_layers=2,
-      max_position_embeddings=64,
       attention_bias=True,
       tie_word_embeddings=False,
       rope_parameters=dict(rope_type='linear', rope_theta=1000.0, factor=4.0),
@@ -180,32 +112,9 @@ LENGTHS = {'llama3_rope_tied': 96, 'qwen3_untied_bias_rope_linear': 48}  # defau
 MISTRAL = (
   transformers.MistralConfig,
   dict(
-    vocab_size=77,
-    hidden_size=32,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    max_position_embeddings=64,
-    sliding_window=16,
+    HF_LLAMA, vocab_size=77, intermediate_size=64, max_position_embeddings=64, sliding_window=16
   ),
 )
-
-
-def make_hf(config_cls, kwargs, seed=0):
-  """Random transformers model; every weight (biases, norm scales too) drawn so all are tested."""
-  torch.manual_seed(seed)
-  model = transformers.AutoModelForCausalLM.from_config(config_cls(**kwargs)).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      is_norm_scale = p.ndim == 1 and ('norm' in name or 'ln_' in name) and name.endswith('weight')
-      p.copy_((1.0 if is_norm_scale else 0.0) + 0.1 * torch.randn_like(p))
-  return model
-
-
-def save(model, path, **kw):
-  model.save_pretrained(path, **kw)
-  return str(path)
 
 
 def hf_logits(model, tokens):

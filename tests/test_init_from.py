@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import HF_LLAMA, LLAMA_BLOCK
 
 from models import hf
 from train import context, init_from, loop
@@ -13,14 +14,7 @@ from train import context, init_from, loop
 def _tiny_llama_dir(tmp_path, vocab_size=257):
   torch.manual_seed(0)
   cfg = transformers.LlamaConfig(
-    vocab_size=vocab_size,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=32,
-    tie_word_embeddings=False,
+    **HF_LLAMA, vocab_size=vocab_size, intermediate_size=64, tie_word_embeddings=False
   )
   path = str(tmp_path / 'hf')
   transformers.LlamaForCausalLM(cfg).save_pretrained(path)
@@ -30,11 +24,8 @@ def _tiny_llama_dir(tmp_path, vocab_size=257):
 def _llama_overrides(path):
   return {
     'init_from': f'hf:{path}',
-    'model.positions': 'rope',
-    'model.norm': 'rmsnorm',
+    **{f'model.{k}': v for k, v in LLAMA_BLOCK.items()},
     'model.norm_eps': 1e-6,
-    'model.mlp': 'swiglu',
-    'model.use_bias': False,
     'model.tie_embeddings': False,
     'model.n_kv_heads': 2,
   }

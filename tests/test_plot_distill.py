@@ -2,15 +2,14 @@
 
 import csv
 import math
-import os
 import subprocess
 import sys
 
 import pytest
+from helpers import REPO
 
 from scaling import plot
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = ('name', 'params', 'tokens', 'loss', 'mode', 'teacher_params', 'teacher_loss')
 
 
