@@ -8,6 +8,7 @@ import re
 
 import jax
 import pytest
+from helpers import LLAMA_BLOCK
 
 from bench.throughput import Step
 from configs import base
@@ -105,14 +106,7 @@ def tiny_config(family, data, fsdp, grad_accum, dtype):
     d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=32, vocab_size=257, dtype=dtype
   )
   if family == 'llama':
-    c.model.update(
-      positions='rope',
-      norm='rmsnorm',
-      mlp='swiglu',
-      use_bias=False,
-      n_kv_heads=2,
-      tie_embeddings=False,
-    )
+    c.model.update(LLAMA_BLOCK, n_kv_heads=2, tie_embeddings=False)
   if 'scan_unroll' in c.model:
     c.model.scan_unroll = 1  # a rolled layer loop, as on GPU and TPU (CPU unrolls by default).
   c.data.seq_len = 32

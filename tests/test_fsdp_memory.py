@@ -7,6 +7,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from helpers import LLAMA_BLOCK
 
 import models
 from configs import base
@@ -29,14 +30,7 @@ def test_fsdp_state_bytes_per_device_are_an_eighth(family):
   m = base.get_model_config()
   m.update(vocab_size=512, d_model=256, n_layers=2, n_heads=8, d_ff=1024, max_len=64)
   if family == 'llama':
-    m.update(
-      positions='rope',
-      norm='rmsnorm',
-      mlp='swiglu',
-      use_bias=False,
-      n_kv_heads=4,
-      tie_embeddings=False,
-    )
+    m.update(LLAMA_BLOCK, n_kv_heads=4, tie_embeddings=False)
   model = models.ModelConfig.make(m)
   mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': 1, 'fsdp': 8, 'tensor': 1}))
   assert mesh.devices.size == 8

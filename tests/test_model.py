@@ -4,25 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import LLAMA_BLOCK
 
 import models
 from models import ModelConfig
 
 GPT2 = ModelConfig(vocab_size=67, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=16)
-LLAMA = ModelConfig(
-  vocab_size=67,
-  d_model=32,
-  n_layers=2,
-  n_heads=4,
-  n_kv_heads=2,
-  d_ff=48,
-  max_len=16,
-  positions='rope',
-  norm='rmsnorm',
-  mlp='swiglu',
-  tie_embeddings=False,
-  use_bias=False,
-)
+LLAMA = GPT2.replace(**LLAMA_BLOCK, n_kv_heads=2, d_ff=48, tie_embeddings=False)
 FAMILIES = {'gpt2': GPT2, 'llama': LLAMA}
 
 

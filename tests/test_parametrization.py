@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import LLAMA_BLOCK
 
 import models
 from configs import base
@@ -22,14 +23,7 @@ def _model(family='gpt2', **kw):
   m = base.get_model_config()
   m.update(vocab_size=97, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=32)
   if family == 'llama':
-    m.update(
-      positions='rope',
-      norm='rmsnorm',
-      mlp='swiglu',
-      use_bias=False,
-      tie_embeddings=False,
-      n_kv_heads=2,
-    )
+    m.update(LLAMA_BLOCK, tie_embeddings=False, n_kv_heads=2)
   m.update(kw)
   return models.ModelConfig.make(m)
 

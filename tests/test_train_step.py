@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import LLAMA_BLOCK
 from jax.sharding import PartitionSpec as P
 
 import models
@@ -14,23 +15,8 @@ from train import optimizer as optim
 from train import sharding
 from train.step import TrainState, accumulate_grads, lm_loss, make_train_step
 
-CFGS = {
-  'gpt2': ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=16),
-  'llama': ModelConfig(
-    vocab_size=64,
-    d_model=32,
-    n_layers=2,
-    n_heads=4,
-    n_kv_heads=2,
-    d_ff=64,
-    max_len=16,
-    positions='rope',
-    norm='rmsnorm',
-    mlp='swiglu',
-    tie_embeddings=False,
-    use_bias=False,
-  ),
-}
+_GPT2 = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=16)
+CFGS = {'gpt2': _GPT2, 'llama': _GPT2.replace(**LLAMA_BLOCK, n_kv_heads=2, tie_embeddings=False)}
 
 
 def _batch(cfg, b=8, seed=0):
@@ -86,7 +72,7 @@ def test_grad_accumulation_equals_big_batch(k):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), gk, g1)
 
   opt = base.get_config().optimizer
-  tx = optim.make_optimizer(opt, 10)
+  tx = optim.make_optimizer(opt, 10, cfg)
   state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   steps = [
     jax.jit(make_train_step(lm_loss(cfg), tx, optim.lr_schedule(opt, 10), n)) for n in (1, k)
@@ -103,7 +89,7 @@ def test_bfloat16_compute_trains_with_float32_master_weights():
   params = models.init(cfg, jax.random.key(0))
   opt = base.get_config().optimizer
   opt.update(lr=3e-3, warmup_steps=2)
-  tx = optim.make_optimizer(opt, 30)
+  tx = optim.make_optimizer(opt, 30, cfg)
   step = jax.jit(make_train_step(lm_loss(cfg), tx, optim.lr_schedule(opt, 30), 1))
   state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   # A learnable stream: token t+1 = (token t + 1) mod V.
