@@ -12,41 +12,16 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _cmd(workdir, data_dir, *extra, steps=4):
-  return [
-    sys.executable,
-    'main.py',
-    '--config=configs/default.py',
-    f'--workdir={workdir}',
-    f'--config.data.data_dir={data_dir}',
-    f'--config.train.num_steps={steps}',
-    '--config.train.log_every=2',
-    '--config.train.eval_every=4',
-    '--config.train.eval_batches=1',
-    '--config.train.checkpoint_every=2',
-    '--config.optimizer.warmup_steps=1',
-    '--config.model.n_layers=1',
-    '--config.train.global_batch_size=8',
-    *extra,
-  ]
-
-
-def _env():
-  return dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+from helpers import REPO, cpu_env, main_result, run, tiny_main_cmd
 
 
 def _main(cmd, timeout=600):
   """(returncode, stdout, stderr, seconds) of one main.py run."""
   tic = time.time()
-  out = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+  out = run(cmd, cpu_env(2), timeout)
   return out.returncode, out.stdout, out.stderr, time.time() - tic
 
 
@@ -56,10 +31,6 @@ def _error_line(stderr):
   lines = [l for l in stderr.splitlines() if l.startswith('error: ')]
   assert len(lines) == 1, stderr[-3000:]
   return lines[0]
-
-
-def _result(stdout):
-  return json.loads(stdout[stdout.index('{') :])
 
 
 def _snapshot(workdir):
@@ -95,11 +66,11 @@ def trained(data_dir, tmp_path_factory):
   """A 4-step workdir (checkpoints 2 and 4) and the result of the same run trained straight to 6."""
   base = tmp_path_factory.mktemp('faults')
   workdir, straight = str(base / 'trained'), str(base / 'straight')
-  rc, _, err, _ = _main(_cmd(workdir, data_dir))
+  rc, _, err, _ = _main(tiny_main_cmd(workdir, data_dir))
   assert rc == 0, err[-3000:]
-  rc, out, err, _ = _main(_cmd(straight, data_dir, steps=6))
+  rc, out, err, _ = _main(tiny_main_cmd(straight, data_dir, steps=6))
   assert rc == 0, err[-3000:]
-  return workdir, _result(out)
+  return workdir, main_result(out)
 
 
 def _tiny_train():
@@ -141,7 +112,7 @@ def _copy(trained, tmp_path):
   ],
 )
 def test_bad_config_is_one_line_exit_2(args, expected, data_dir, tmp_path):
-  rc, _, err, _ = _main(_cmd(str(tmp_path / 'w'), data_dir, *args))
+  rc, _, err, _ = _main(tiny_main_cmd(str(tmp_path / 'w'), data_dir, *args))
   assert rc == 2
   assert expected in _error_line(err)
   assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
@@ -153,7 +124,7 @@ def test_unknown_key_in_a_config_file_says_the_same(data_dir, tmp_path):
     'from configs import default\n\ndef get_config():\n  c = default.get_config()\n'
     '  c.model.d_modle = 3\n  return c\n'
   )
-  cmd = _cmd(str(tmp_path / 'w'), data_dir)
+  cmd = tiny_main_cmd(str(tmp_path / 'w'), data_dir)
   cmd[2] = f'--config={path}'
   rc, _, err, _ = _main(cmd)
   assert rc == 2
@@ -161,7 +132,7 @@ def test_unknown_key_in_a_config_file_says_the_same(data_dir, tmp_path):
 
 
 def test_missing_or_broken_config_file_names_the_path(data_dir, tmp_path):
-  cmd = _cmd(str(tmp_path / 'w'), data_dir)
+  cmd = tiny_main_cmd(str(tmp_path / 'w'), data_dir)
   cmd[2] = '--config=configs/nope.py'
   rc, _, err, _ = _main(cmd)
   assert rc == 2 and "no such file 'configs/nope.py'" in _error_line(err)
@@ -174,14 +145,14 @@ def test_missing_or_broken_config_file_names_the_path(data_dir, tmp_path):
 
 def test_debug_flag_shows_the_traceback(data_dir, tmp_path):
   rc, _, err, _ = _main(
-    _cmd(str(tmp_path / 'w'), data_dir, '--config.train.eval_every=0', '--debug')
+    tiny_main_cmd(str(tmp_path / 'w'), data_dir, '--config.train.eval_every=0', '--debug')
   )
   assert rc != 0 and 'Traceback' in err and 'eval_every must be positive' in err
 
 
 def test_read_only_workdir_is_refused(data_dir, tmp_path):
   with _tmpfs(tmp_path / 'ro', '1m', read_only=True) as ro:
-    rc, _, err, _ = _main(_cmd(os.path.join(ro, 'w'), data_dir))
+    rc, _, err, _ = _main(tiny_main_cmd(os.path.join(ro, 'w'), data_dir))
   assert rc == 2 and 'cannot be written (Read-only file system)' in _error_line(err)
 
 
@@ -202,7 +173,7 @@ def test_resume_with_other_shapes_is_refused_and_changes_nothing(
 ):
   workdir = _copy(trained, tmp_path)
   before = _snapshot(workdir)
-  rc, _, err, _ = _main(_cmd(workdir, data_dir, *args, steps=6))
+  rc, _, err, _ = _main(tiny_main_cmd(workdir, data_dir, *args, steps=6))
   assert rc == 2
   assert expected in _error_line(err)
   assert _snapshot(workdir) == before  # config.json included: the checkpoint still loads.
@@ -261,14 +232,14 @@ def test_corrupt_latest_checkpoint_is_set_aside_and_the_previous_used(
 ):
   workdir = _copy(trained, tmp_path)
   corrupt(os.path.join(workdir, 'checkpoints', '4'))
-  rc, out, err, _ = _main(_cmd(workdir, data_dir, steps=6))
+  rc, out, err, _ = _main(tiny_main_cmd(workdir, data_dir, steps=6))
   assert rc == 0, err[-3000:]
   assert re.search(f'Checkpoint 4 in {re.escape(workdir)} is corrupt: {problem}', err), err[-3000:]
   assert 'Resumed from step 2' in err and 'Traceback' not in err
   aside = os.listdir(os.path.join(workdir, 'checkpoints.corrupt'))
   assert len(aside) == 1 and aside[0].startswith('4-')  # moved, not deleted.
   # Resuming from step 2 is exact: the same final loss as the run trained straight to 6.
-  assert _result(out)['train/loss'] == trained[1]['train/loss']
+  assert main_result(out)['train/loss'] == trained[1]['train/loss']
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '6']
 
 
@@ -280,7 +251,7 @@ def test_torn_last_metrics_row_is_cut_and_the_run_resumes(trained, data_dir, tmp
   torn = b'{"step": 45, "train/lo'
   with open(path, 'ab') as f:
     f.write(torn)
-  rc, _, err, _ = _main(_cmd(workdir, data_dir, steps=6))
+  rc, _, err, _ = _main(tiny_main_cmd(workdir, data_dir, steps=6))
   assert rc == 0, err[-3000:]
   assert f'{path} ends in a torn row ({len(torn)} bytes' in err, err[-3000:]
   assert [json.loads(line)['step'] for line in open(path)] == [2, 4, 6]
@@ -302,12 +273,12 @@ def test_bad_init_from_changes_nothing_in_the_workdir(trained, data_dir, tmp_pat
   shutil.rmtree(os.path.join(workdir, 'checkpoints'))
   before = _snapshot(workdir)
   missing = str(tmp_path / 'no_such_run')
-  rc, _, err, _ = _main(_cmd(workdir, data_dir, f'--config.init_from={missing}'))
+  rc, _, err, _ = _main(tiny_main_cmd(workdir, data_dir, f'--config.init_from={missing}'))
   assert rc == 2
   assert missing in _error_line(err)
   assert _snapshot(workdir) == before and not os.path.exists(os.path.join(workdir, 'checkpoints'))
   fresh = str(tmp_path / 'fresh')
-  rc, _, err, _ = _main(_cmd(fresh, data_dir, f'--config.init_from={missing}'))
+  rc, _, err, _ = _main(tiny_main_cmd(fresh, data_dir, f'--config.init_from={missing}'))
   assert rc == 2 and missing in _error_line(err)
   assert not os.path.exists(fresh)
 
@@ -319,7 +290,7 @@ def test_loss_spike_stops_before_checkpointing(data_dir, tmp_path):
   """lr=10 without clipping: the loss jumps from 5.4 to ~1.6e3 (finite) at step 3."""
   workdir = str(tmp_path / 'w')
   rc, _, err, _ = _main(
-    _cmd(
+    tiny_main_cmd(
       workdir,
       data_dir,
       '--config.optimizer.lr=10',
@@ -341,7 +312,7 @@ def test_disk_full_keeps_the_last_checkpoint_and_resumes(data_dir, tmp_path):
   """A 4 MiB filesystem holds checkpoint 2 (~2.8 MB) but not 4: exit 1, 2 intact and loadable."""
   with _tmpfs(tmp_path / 'small', '4m') as small:
     workdir = os.path.join(small, 'w')
-    rc, _, err, _ = _main(_cmd(workdir, data_dir))
+    rc, _, err, _ = _main(tiny_main_cmd(workdir, data_dir))
     assert rc == 1
     assert (
       f'disk full writing {workdir}; its last committed checkpoint (step 2) is kept'
@@ -360,9 +331,9 @@ def test_disk_full_keeps_the_last_checkpoint_and_resumes(data_dir, tmp_path):
 def test_second_run_on_a_busy_workdir_is_refused(data_dir, tmp_path):
   workdir = str(tmp_path / 'w')
   first = subprocess.Popen(
-    _cmd(workdir, data_dir, '--config.train.log_every=5', steps=100000),
+    tiny_main_cmd(workdir, data_dir, '--config.train.log_every=5', steps=100000),
     cwd=REPO,
-    env=_env(),
+    env=cpu_env(2),
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,
@@ -371,7 +342,7 @@ def test_second_run_on_a_busy_workdir_is_refused(data_dir, tmp_path):
     for line in first.stderr:  # wait until the first run trains (it holds the lock by then).
       if ' | loss ' in line:
         break
-    rc, _, err, _ = _main(_cmd(workdir, data_dir))
+    rc, _, err, _ = _main(tiny_main_cmd(workdir, data_dir))
     assert rc == 2
     assert f'--workdir={workdir} is in use by another run (pid {first.pid}' in _error_line(err)
   finally:
@@ -385,7 +356,7 @@ def test_second_sigterm_exits_at_once_and_the_workdir_still_resumes(data_dir, tm
   """Two SIGTERMs in a row: the second kills the process (no clean stop), yet only committed
   checkpoints exist, and the same command resumes."""
   workdir = str(tmp_path / 'w')
-  cmd = _cmd(
+  cmd = tiny_main_cmd(
     workdir,
     data_dir,
     '--config.train.log_every=5',
@@ -394,7 +365,7 @@ def test_second_sigterm_exits_at_once_and_the_workdir_still_resumes(data_dir, tm
     steps=100000,
   )
   proc = subprocess.Popen(
-    cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    cmd, cwd=REPO, env=cpu_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
   )
   logged = 0
   for line in proc.stderr:  # step 15: the save of 10 has begun, so 5 has committed.
