@@ -17,7 +17,7 @@ import pytest
 from helpers import LLAMA_BLOCK, REPO, apply_overrides, cpu_env, main_cmd, main_result, run
 
 from configs import base, gpt2, llama
-from scaling import count, family, sweep
+from scaling import config_hash, count, family, results, sweep
 from train import loop
 
 
@@ -313,6 +313,48 @@ def test_config_hash_ignores_placement_only():
   assert sweep.members(c)[0].config_hash != h
 
 
+# Hashes the sweep code gave these isoflop_tiny members before the default-diff hash (its rule is
+# scaling/config_hash.legacy_config_hash), hard-coded: workdirs written then must still resume.
+LEGACY_HASHES = {'C5e10_N4e3': '6c2ea15547c078d4', 'C5e10_N4.8e3': 'dad68b94449e08e3'}
+
+
+def test_member_written_under_the_legacy_hash_is_recognised_not_rerun(tmp_path, monkeypatch):
+  config = _load_config_file('configs/sweeps/isoflop_tiny.py')
+  config.sweep.member = 0
+  ms = sweep.members(config)
+  a, b = ms[0], ms[1]
+  assert {a.name: LEGACY_HASHES[a.name], b.name: LEGACY_HASHES[b.name]} == LEGACY_HASHES
+  assert a.config_hash != LEGACY_HASHES[a.name]  # the rule changed ...
+  workdir = str(tmp_path)
+  for m, files in ((a, ('sweep_member.json', 'result.json')), (b, ('sweep_member.json',))):
+    os.makedirs(os.path.join(workdir, m.name))
+    old = {'name': m.name, 'config_hash': LEGACY_HASHES[m.name], 'wall_s': 1.0, 'info': m.info}
+    result = {**m.info, 'loss': 2.5, 'bits_per_byte': 3.0, 'wall_s': 1.0, 'status': 'ok'}
+    for name, obj in zip(files, (old, {**result, 'config_hash': old['config_hash']})):
+      sweep.workdir_lib.write_json(os.path.join(workdir, m.name, name), obj)
+
+  def train(*args, **kwargs):
+    raise AssertionError('a finished legacy member was trained again')
+
+  monkeypatch.setattr(sweep, '_train', train)
+  summary = sweep.run(config, workdir)  # ... yet the finished member is skipped, not retrained,
+  assert summary['skipped'] == [a.name] and summary['ran'] == [] and summary['finished'] == 1
+  rows = _rows(os.path.join(workdir, 'results.csv'))
+  assert [(r['name'], r['config_hash']) for r in rows] == [(a.name, LEGACY_HASHES[a.name])]
+  # ... and the partial one resumes (no result, no 'different config' error).
+  assert sweep.finished(os.path.join(workdir, b.name), b.config, b.name) is None
+  # A key the schema gains later, at its default, changes neither hash.
+  defaults = config_hash._defaults()
+  monkeypatch.setattr(config_hash, '_defaults', lambda: {**defaults, 'model.new_knob': 7})
+  with a.config.unlocked():
+    a.config.model.new_knob = 7
+  assert config_hash.legacy_config_hash(a.config) == LEGACY_HASHES[a.name]
+  assert a.config_hash == sweep.members(config)[0].config_hash
+  a.config.optimizer.lr *= 2  # a changed config is still refused.
+  with pytest.raises(ValueError, match='different config'):
+    sweep.finished(os.path.join(workdir, a.name), a.config, a.name)
+
+
 def test_sweep_config_errors():
   with pytest.raises(ValueError, match='budgets'):
     sweep.members(_sweep_config(kind='isoflop', sizes=(1e4,)))
@@ -505,7 +547,7 @@ def test_concurrent_members_merge_results_without_losing_rows(tmp_path, monkeypa
   config = _load_config_file('configs/sweeps/isoflop_tiny.py')
   ms = sweep.members(config)
   workdir = str(tmp_path)
-  write = sweep.write_csv
+  write = results.write_csv
 
   delays = iter([max(0.0, 0.3 - 0.01 * k) for k in range(1000)])  # first readers write last.
 
@@ -513,7 +555,7 @@ def test_concurrent_members_merge_results_without_losing_rows(tmp_path, monkeypa
     time.sleep(next(delays))
     write(*args)
 
-  monkeypatch.setattr(sweep, 'write_csv', slow_write)
+  monkeypatch.setattr(results, 'write_csv', slow_write)
   barrier = threading.Barrier(len(ms))
 
   def finish(i, m):
@@ -521,10 +563,10 @@ def test_concurrent_members_merge_results_without_losing_rows(tmp_path, monkeypa
     barrier.wait()
     time.sleep(0.01 * i)  # member i finishes 10 ms after member i - 1.
     sweep.workdir_lib.write_json(
-      os.path.join(workdir, m.name, sweep.RESULT_FILE),
+      os.path.join(workdir, m.name, results.RESULT_FILE),
       {**m.info, 'loss': 2.0 + i / 100, 'config_hash': m.config_hash, 'status': 'ok'},
     )
-    sweep.merge_results(workdir, ms)
+    results.merge_results(workdir, ms)
 
   threads = [threading.Thread(target=finish, args=(i, m)) for i, m in enumerate(ms)]
   for t in threads:
