@@ -7,7 +7,6 @@ stderr and exit code 2, a failed run (divergence, disk full) with one line and e
 `--debug` shows the Python traceback instead.
 """
 
-import errno
 import json
 import logging
 import os
@@ -21,6 +20,8 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
+from train import cli, divergence
+
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Config file (path[:arg]).', lock_config=True
 )
@@ -33,17 +34,6 @@ _HELP_CONFIG = flags.DEFINE_bool(
   'overrides) and exit; no --workdir needed.',
 )
 flags.mark_flags_as_required(['config'])
-
-BAD_INPUT, RUN_FAILED = 2, 1
-# Errors that mean "fix the input": our validation raises ValueError naming the field or path.
-_INPUT_ERRORS = (
-  ValueError,
-  NotImplementedError,
-  FileNotFoundError,
-  NotADirectoryError,
-  IsADirectoryError,
-  PermissionError,
-)
 
 
 class _QuietLibraries(logging.Filter):
@@ -59,6 +49,8 @@ class _QuietLibraries(logging.Filter):
       'xla_bridge' in record.pathname or '/tensorflow_datasets/' in record.pathname
     ):
       return False  # "Unable to initialize backend 'tpu'" on CPU, TFDS "Reusing dataset".
+    if '/matplotlib/' in record.pathname and record.levelno < logging.ERROR:
+      return False  # its font-cache notices: TensorFlow imports Keras, which imports matplotlib.
     if '/orbax/' not in record.pathname:
       return True
     if record.levelno >= logging.ERROR:
@@ -88,12 +80,6 @@ def _config_keys(config: ConfigDict) -> str:
 
   walk(config, '')
   return '\n'.join(lines)
-
-
-def _fail(message: str, code: int):
-  sys.stderr.write(f'error: {message}\n')
-  sys.stderr.flush()
-  sys.exit(code)
 
 
 def _config_error(e: BaseException, argv: list[str]) -> str:
@@ -144,32 +130,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
       cause = cause if cause is not e else None
       detail = f' {type(cause).__name__}: {str(cause).splitlines()[0]}' if cause else ''
       message = f'{str(e).splitlines()[0]}{detail}; see `python main.py --help`'
-    _fail(message, BAD_INPUT)
+    cli.fail(message)
   except Exception as e:  # the config file or an override is bad.
     if debug:
       raise
-    _fail(_config_error(e, argv), BAD_INPUT)
-
-
-def _exit_code(e: BaseException):
-  """BAD_INPUT / RUN_FAILED for errors with a one-line message; None: a bug, show the traceback."""
-  from train import divergence
-
-  if isinstance(e, divergence.Diverged):
-    return RUN_FAILED
-  if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-    return RUN_FAILED
-  if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES):
-    return BAD_INPUT
-  if isinstance(e, _INPUT_ERRORS):
-    return BAD_INPUT
-  return None
-
-
-def _message(e: BaseException) -> str:
-  if isinstance(e, OSError) and e.strerror and not e.filename:
-    return e.strerror
-  return str(e).splitlines()[0] if str(e) else type(e).__name__
+    cli.fail(_config_error(e, argv))
 
 
 def _evaluators(config: ConfigDict) -> list:
@@ -228,17 +193,13 @@ def main(argv: list[str]) -> None:
     print(_config_keys(_CONFIG.value))
     return
   if not _WORKDIR.value:
-    _fail('--workdir is required (the directory for checkpoints, metrics and logs)', BAD_INPUT)
+    cli.fail('--workdir is required (the directory for checkpoints, metrics and logs)')
   try:
-    _train(_CONFIG.value, _WORKDIR.value)
+    with cli.one_line_errors(_DEBUG.value, failures=divergence.Diverged):
+      _train(_CONFIG.value, _WORKDIR.value)
   except KeyboardInterrupt:  # a second Ctrl-C: stop at once, quietly.
     sys.stderr.write('interrupted\n')
     os._exit(130)
-  except Exception as e:
-    code = _exit_code(e)
-    if code is None or _DEBUG.value:
-      raise
-    _fail(_message(e), code)
 
 
 if __name__ == '__main__':

@@ -13,16 +13,15 @@ from typing import NoReturn
 
 from absl import flags
 
-USAGE_ERROR = 2
+from train import cli
+
+USAGE_ERROR = cli.BAD_INPUT
 _HELP_ARGS = ('-h', '-help', '--help', '--helpshort', '--helpfull')
 
 
 def usage_error(message: object) -> NoReturn:
   """Writes `error: message` as one line on stderr and exits with code 2."""
-  text = ' '.join(str(message).split())
-  sys.stderr.write(f'error: {text}\n')
-  sys.stderr.flush()
-  sys.exit(USAGE_ERROR)
+  cli.fail(' '.join(str(message).split()), USAGE_ERROR)
 
 
 def help_text(flag_values: flags.FlagValues, doc: str) -> str:

@@ -17,7 +17,6 @@ import functools
 import json
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -40,7 +39,7 @@ from lm_eval.utils import handle_non_serializable, make_table
 import models
 from models import loss
 from models.config import ModelConfigLike, PyTree
-from train import init_from, metrics
+from train import cli, init_from, metrics
 from train import workdir as workdir_lib
 from train.data import tokenizers
 
@@ -473,7 +472,8 @@ def main(argv: list[str]) -> None:
   f = flags.FLAGS
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   limit = None if f.limit is None else (int(f.limit) if f.limit >= 1 else f.limit)
-  try:
+  # OSError: e.g. a dataset unreachable.
+  with cli.one_line_errors(f.debug, input_errors=(ValueError, OSError, NotImplementedError)):
     results = evaluate_source(
       f.workdir,
       f.tasks,
@@ -485,11 +485,6 @@ def main(argv: list[str]) -> None:
       f.output,
       f.bootstrap_iters,
     )
-  except (ValueError, OSError, NotImplementedError) as e:  # OSError: e.g. a dataset unreachable.
-    if f.debug:
-      raise
-    sys.stderr.write(f'error: {str(e).splitlines()[0]}\n')
-    sys.exit(2)
   print(make_table(results))
   if results.get('groups'):
     print(make_table(results, 'groups'))
