@@ -166,7 +166,7 @@ def _train(config: ConfigDict, workdir: str) -> None:
   if 'sweep' in config:
     from scaling import sweep
 
-    result = sweep.run(config, workdir)
+    result = sweep.run(config, workdir, evaluators=evaluators)
   elif 'distill' in config:
     from train import distill
 

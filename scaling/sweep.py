@@ -65,6 +65,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -77,6 +78,7 @@ from scaling import results
 from scaling.plan import Member, get, get_sweep_config, members, plan_table
 from train import distill, init_from, loop, validation
 from train import workdir as workdir_lib
+from train.evaluators import Evaluator
 
 __all__ = ('Member', 'finished', 'get_sweep_config', 'members', 'plan_table', 'run')
 MEMBER_FILE = 'sweep_member.json'
@@ -151,15 +153,19 @@ def _branch(workdir: str, m: Member, member_dir: str) -> None:
     multihost_utils.sync_global_devices(f'lmscale branch {m.name}')
 
 
-def _train(member: Member, member_dir: str, derived: validation.Derived) -> dict:
-  """Train one member; `derived` is validation.derive's result for its config (run() has it)."""
+def _train(
+  member: Member, member_dir: str, derived: validation.Derived, evaluators: Sequence[Evaluator]
+) -> dict:
+  """Train one member; `derived` is validation.derive's result for its config (run() has it);
+  `evaluators` run after its eval loss (e.g. lm-eval's, built once by main.py)."""
   if 'distill' in member.config:
-    return distill.run(member.config, member_dir, derived=derived)
+    return distill.run(member.config, member_dir, derived=derived, evaluators=evaluators)
   return loop.run(
     member.config,
     member_dir,
     init_params_fn=init_from.params_fn(member.config),
     derived=derived,
+    evaluators=evaluators,
   )
 
 
@@ -177,6 +183,7 @@ class _Sweep:
   workdir: str
   ms: list
   derived: dict
+  evaluators: Sequence[Evaluator] = ()
   lead: bool = dataclasses.field(default_factory=lambda: jax.process_index() == 0)
   rows: dict = dataclasses.field(default_factory=dict)
   ran: list = dataclasses.field(default_factory=list)
@@ -245,7 +252,7 @@ def _run_member(sw: _Sweep, m: Member, member_dir: str, tag: str) -> bool:
   tic = time.time()
   status, metrics, error = 'ok', None, ''
   try:
-    metrics = _train(m, member_dir, sw.derived[m.name])
+    metrics = _train(m, member_dir, sw.derived[m.name], sw.evaluators)
   except FloatingPointError as e:  # a diverged member must not end the sweep.
     status, error = 'diverged', str(e)
   finally:
@@ -282,7 +289,9 @@ def _run_member(sw: _Sweep, m: Member, member_dir: str, tag: str) -> bool:
   return True
 
 
-def _prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Sweep, list]:
+def _prepare(
+  config: ml_collections.ConfigDict, workdir: str, evaluators: Sequence[Evaluator]
+) -> tuple[_Sweep, list]:
   """The members (each validated here, fail fast), the plan written, and the (index, member)
   pairs this job runs (config.sweep.member)."""
   ms = members(config)
@@ -292,7 +301,7 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Sweep, l
       derived[m.name] = validation.derive(m.config, jax.device_count(), jax.process_count())
     except ValueError as e:
       raise ValueError(f'sweep member {m.name}: {e}') from e
-  sw = _Sweep(workdir, ms, derived)
+  sw = _Sweep(workdir, ms, derived, evaluators)
   os.makedirs(workdir, exist_ok=True)
   only = int(get(config.sweep, 'member'))
   if not -1 <= only < len(ms):
@@ -306,9 +315,12 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Sweep, l
   return sw, list(enumerate(ms)) if only < 0 else [(only, ms[only])]
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs every member (skipping finished ones, resuming partial ones); returns a summary dict."""
-  sw, todo = _prepare(config, workdir)
+def run(
+  config: ml_collections.ConfigDict, workdir: str, evaluators: Sequence[Evaluator] = ()
+) -> dict:
+  """Runs every member (skipping finished ones, resuming partial ones); returns a summary dict.
+  `evaluators` run in every member after its eval loss."""
+  sw, todo = _prepare(config, workdir, evaluators)
   for i, m in todo:
     member_dir = os.path.join(workdir, m.name)
     tag = f'[{i + 1}/{len(sw.ms)}] {m.name}'
