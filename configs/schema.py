@@ -183,13 +183,36 @@ def check_model(m: ModelConfig) -> None:
       "config.model.attention_impl='cudnn' needs config.model.dtype bfloat16 or "
       "float16 (the cuDNN flash kernel has no float32 path); use 'xla' for float32"
     )
-  for key in ('base_d_model', 'base_d_ff', 'base_head_dim'):
+  for key in ('base_d_model', 'base_d_ff', 'base_head_dim', 'base_n_layers'):
     if getattr(m, key) < 0:
       raise ValueError(
         f"config.model.{key} must be >= 0 (0: the model's own), got {getattr(m, key)}"
       )
-  if m.parametrization != 'mup' and (m.base_d_model or m.base_d_ff or m.base_head_dim):
+  if m.parametrization != 'mup' and (
+    m.base_d_model or m.base_d_ff or m.base_head_dim or m.base_n_layers
+  ):
     raise ValueError("config.model.base_*: a base shape only applies to parametrization 'mup'")
+  _check_mup_hparams(m)
+
+
+MUP_HPARAMS = ('mup_input_mult', 'mup_output_mult', 'mup_attn_mult') + tuple(
+  f'mup_lr_{r}' for r in ('embedding', 'readout', 'vector')
+)
+
+
+def _check_mup_hparams(m: ModelConfig) -> None:
+  """μP's base hyperparameters: positive, under 'mup' / 'umup' only, readout ones when untied."""
+  defaults = ModelConfig()
+  for key in MUP_HPARAMS:
+    _ok(f'model.{key}', getattr(m, key), getattr(m, key) > 0, 'positive')
+  changed = [
+    k for k in MUP_HPARAMS + ('mup_readout_init',) if getattr(m, k) != getattr(defaults, k)
+  ]
+  if changed and m.parametrization == 'sp':
+    raise ValueError(f"config.model.{changed[0]}: a μP hyperparameter; needs 'mup' or 'umup'")
+  untied = [k for k in ('mup_lr_readout', 'mup_readout_init') if k in changed]
+  if untied and m.tie_embeddings:
+    raise ValueError(f'config.model.{untied[0]}: needs an untied readout (tie_embeddings=False)')
 
 
 def _check_rope_scaling(m: ModelConfig) -> None:

@@ -63,6 +63,19 @@ class ModelConfig:
   base_d_model: int = 0  # μP base shape; 0: this model's own (width multiplier 1).
   base_d_ff: int = 0  # 0: d_ff * base_d_model / d_model.
   base_head_dim: int = 0  # 0: this model's head dim.
+  # μP depth base (depth-μP: residual branches × (n_layers/base)^-½, hidden lr likewise); 0: own.
+  base_n_layers: int = 0
+  # μP / u-μP base hyperparameters (models/parametrization.py; 'sp' refuses them), 1 = as before:
+  mup_input_mult: float = 1.0  # α_in: token (and position) embedding outputs ×.
+  mup_output_mult: float = 1.0  # α_out: logits × (on top of μP's 1/w, u-μP's 1/fan_in).
+  mup_attn_mult: float = 1.0  # attention logits × (on top of μP's √(base Dh)/Dh, u-μP's 1/Dh).
+  mup_lr_embedding: float = 1.0  # Adam lr of the embedding tables, relative to the hidden weights.
+  mup_lr_readout: float = 1.0  # of an untied readout.
+  mup_lr_vector: float = 1.0  # of norm scales and biases.
+  mup_readout_init: str = 'default'  # untied readout: 'default' | 'zero' | 'fan_in' (std n^-½).
+  # Weight decay independent of the lr (Wortsman et al. 2023): each step decays by
+  # weight_decay · lr(t)/peak lr, whatever the per-leaf lr scale; any parametrization.
+  independent_wd: bool = False
 
   @classmethod
   def make(cls, cfg: 'ModelConfigLike') -> 'ModelConfig':
@@ -104,6 +117,7 @@ CHOICES = {
   'remat': ('none', 'full', 'dots', 'dots_no_batch'),
   'attention_impl': ('auto', 'xla', 'blockwise', 'cudnn', 'splash'),
   'parametrization': ('sp', 'mup', 'umup'),
+  'mup_readout_init': ('default', 'zero', 'fan_in'),
 }
 # The rope fields each rope_scaling reads (the others must keep their defaults).
 ROPE_FIELDS = {

@@ -47,7 +47,7 @@ class Scales:
   bwd: float = None  # multiplier on the output's cotangent if not `mult` (unit scaling).
 
 
-def _sp(c, role, w, n):
+def _sp(c: ModelConfig, role: str, w: float, n: int) -> Scales:
   del w, n
   std = {
     'embedding': c.init_std,
@@ -59,35 +59,74 @@ def _sp(c, role, w, n):
   return Scales(std, 1.0, 1.0, 1.0)
 
 
-def _mup(c, role, w, n):
+def _depth_mult(c: ModelConfig) -> float:
+  """Depth-μP's branch multiplier (L / L_base)^-½ (1 at the base depth or base_n_layers=0)."""
+  return (c.n_layers / (c.base_n_layers or c.n_layers)) ** -0.5
+
+
+def _role_mult(c: ModelConfig, role: str) -> float:
+  """The base-width forward multipliers α_in (embedding, position) and α_out (readout)."""
+  return {'embedding': c.mup_input_mult, 'position': c.mup_input_mult}.get(
+    role, c.mup_output_mult if role == 'readout' else 1.0
+  )
+
+
+def _role_lr(c: ModelConfig, role: str) -> float:
+  """The base-width Adam lr multipliers of the non-hidden roles, relative to the hidden weights."""
+  return {
+    'embedding': c.mup_lr_embedding,
+    'position': c.mup_lr_embedding,
+    'readout': c.mup_lr_readout,
+    'vector': c.mup_lr_vector,
+  }.get(role, 1.0)
+
+
+def _readout_init(c: ModelConfig, default: float, n: int) -> float:
+  """The readout's init std: the table's (`default`), 0 ('zero') or fan_in^-½ ('fan_in')."""
+  return {'default': default, 'zero': 0.0, 'fan_in': n**-0.5}[c.mup_readout_init]
+
+
+def _mup(c: ModelConfig, role: str, w: float, n: int) -> Scales:
   # Equal to SP at the base shape (w = 1). Hidden weights: variance and Adam lr ∝ 1/fan_in.
-  # Readout: SP init, forward × 1/w, lr 1 (MuReadout). Input weights and vectors: as SP.
-  # Weight decay stays coupled to the (scaled) lr, as in MuAdamW.
-  sp = _sp(c, role, w, n)
+  # Readout: SP init, forward × α_out/w, lr 1 (MuReadout). Input weights and vectors: as SP, × α_in.
+  # Weight decay stays coupled to the (scaled) lr, as in MuAdamW. Depth-μP (Yang et al. 2023,
+  # Tensor Programs VI, arXiv 2310.02244, Depth-μP with Adam; CompleteP, Dey et al. 2025, Table 1
+  # at α = ½): each residual branch × (L/L_base)^-½ (residual_weights) and the blocks' hidden
+  # Adam lr × (L/L_base)^-½; residual init uses the base depth, the multiplier carries the rest.
+  sp = _sp(c.replace(n_layers=c.base_n_layers or c.n_layers), role, w, n)
   if role in ('hidden', 'residual'):
-    return Scales(sp.init / w**0.5, 1.0, 1.0 / w, 1.0)
+    return Scales(sp.init / w**0.5, 1.0, _depth_mult(c) / w, 1.0)
   if role == 'readout':
-    return Scales(sp.init, 1.0 / w, 1.0, 1.0)
-  return sp
+    init = _readout_init(c, sp.init, n)
+    return Scales(init, _role_mult(c, role) / w, _role_lr(c, role), 1.0)
+  return Scales(sp.init, _role_mult(c, role), _role_lr(c, role), 1.0)
 
 
-def _umup(c, role, w, n):
+def _umup(c: ModelConfig, role: str, w: float, n: int) -> Scales:
   # Unit init everywhere; hidden ops × fan_in^-1/2, readout × 1/fan_in; Adam lr × fan_in^-1/2
   # for hidden weights and embeddings (u-μP's "fan_in" of an embedding is d_model), 1 for the
-  # readout and vectors, all × depth^-1/2; weight decay independent of the lr scale.
+  # readout and vectors, all × depth^-1/2; weight decay independent of the lr scale. The μP
+  # base hyperparameters (α_in, α_out, per-role lrs, readout init) multiply in as under μP.
   del w
-  lr = c.n_layers**-0.5 * {
-    'embedding': c.d_model**-0.5,
-    'position': c.d_model**-0.5,
-    'hidden': n**-0.5,
-    'residual': n**-0.5,
-  }.get(role, 1.0)
-  mult = {'hidden': n**-0.5, 'residual': n**-0.5, 'readout': 1.0 / n}.get(role, 1.0)
+  lr = (
+    c.n_layers**-0.5
+    * _role_lr(c, role)
+    * {
+      'embedding': c.d_model**-0.5,
+      'position': c.d_model**-0.5,
+      'hidden': n**-0.5,
+      'residual': n**-0.5,
+    }.get(role, 1.0)
+  )
+  mult = _role_mult(c, role) * {'hidden': n**-0.5, 'residual': n**-0.5, 'readout': 1.0 / n}.get(
+    role, 1.0
+  )
   # Readout backward: u-μP scales the cross-entropy gradient by V/sqrt(V-1) and the readout's
   # input gradient by 1/sqrt(V) (not 1/fan_in), so backward signals start near unit RMS. Their
   # product on the logits' cotangent is a uniform gradient scale n·sqrt(V/(V-1)) for every param.
   bwd = (c.vocab_size / (c.vocab_size - 1)) ** 0.5 if role == 'readout' else None
-  return Scales(None if role == 'vector' else 1.0, mult, lr, 1.0 / lr, bwd)
+  init = None if role == 'vector' else _readout_init(c, 1.0, n) if role == 'readout' else 1.0
+  return Scales(init, mult, lr, 1.0 / lr, bwd)
 
 
 TABLE = {'sp': _sp, 'mup': _mup, 'umup': _umup}
@@ -149,9 +188,9 @@ def attention_scale(c: ModelConfig) -> float | None:
   """Query-key logit scale: None (SP: 1/sqrt(Dh)); μP sqrt(base Dh)/Dh; u-μP 1/Dh."""
   hd = head_dim(c)
   if c.parametrization == 'mup':
-    return (c.base_head_dim or hd) ** 0.5 / hd
+    return c.mup_attn_mult * (c.base_head_dim or hd) ** 0.5 / hd
   if c.parametrization == 'umup':
-    return 1.0 / hd
+    return c.mup_attn_mult / hd
   return None
 
 
@@ -159,7 +198,10 @@ def residual_weights(c: ModelConfig, branch: jax.Array) -> tuple[jax.Array, jax.
   """(skip, branch) multipliers of residual add number `branch` (0 .. 2L-1), or None (plain sum).
 
   u-μP: x <- (x + tau f(x)) / sqrt(1 + tau^2), tau = 1/sqrt(L + branch), so the stream stays at
-  unit variance and embedding, attention and MLP contribute equally at the output."""
+  unit variance and embedding, attention and MLP contribute equally at the output. μP with a
+  base depth (base_n_layers): x <- x + (L/L_base)^-1/2 f(x) (depth-μP; see _mup)."""
+  if c.parametrization == 'mup' and _depth_mult(c) != 1.0:
+    return jnp.ones((), jnp.float32), jnp.asarray(_depth_mult(c), jnp.float32)
   if c.parametrization != 'umup':
     return None
   tau = jax.lax.rsqrt(c.n_layers + branch.astype(jnp.float32))

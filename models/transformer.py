@@ -340,14 +340,20 @@ class Transformer(nn.Module):
     V, D = cfg.vocab_size, cfg.d_model
     embed_VxD = _param(self, 'embed', (V, D), ('vocab', 'embed'))
     x_BxLxD = jnp.take(embed_VxD, tokens_BxL, axis=0).astype(dtype)
+    # μP's input multiplier α_in (a no-op at 1, as always under SP).
+    x_BxLxD = parametrization.apply(
+      x_BxLxD, parametrization.scales(cfg, ('vocab', 'embed'), (V, D))
+    )
     if cfg.embed_scale:  # Gemma: x sqrt(d_model) rounded to the compute dtype, as HF does.
       x_BxLxD = x_BxLxD * jnp.asarray(D**0.5, dtype)
     if cfg.positions == 'learned':
       pos_PxD = _param(self, 'pos_embed', (cfg.max_len, D), ('position', 'embed'))
       if ctx is None:
-        x_BxLxD = x_BxLxD + pos_PxD[: tokens_BxL.shape[1]].astype(dtype)[None]
+        pos_BxLxD = pos_PxD[: tokens_BxL.shape[1]].astype(dtype)[None]
       else:
-        x_BxLxD = x_BxLxD + jnp.take(pos_PxD, ctx['positions_BxL'], axis=0).astype(dtype)
+        pos_BxLxD = jnp.take(pos_PxD, ctx['positions_BxL'], axis=0).astype(dtype)
+      pos_scales = parametrization.scales(cfg, ('position', 'embed'), (cfg.max_len, D))
+      x_BxLxD = x_BxLxD + parametrization.apply(pos_BxLxD, pos_scales)
     x_BxLxD = _probe(
       self, 'embedding', nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed'))
     )

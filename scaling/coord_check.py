@@ -14,10 +14,18 @@ the steps should not depend on width (log-log slope near 0); under SP the logits
 Writes coord_<parametrization>.png (one panel per step, like mup's plot, plus the change since
 init) and coord_check.json (every record) into --out_dir, prints a table of slopes, and ends with
 one JSON line {parametrization: {tensor: slope of RMS after the steps vs width}}.
+
+  python -m scaling.coord_check --config=configs/default.py --parametrization=mup \
+      --widths=64 --depths=2,4,8,16 --depth_base=2 --steps=5 --out_dir=workdirs/coord_check_depth
+
+With --depths the check runs at the smallest of --widths over depths instead (μP's base width is
+that width, its base depth --depth_base: depth-μP's branch and lr scales; 0: none), records the
+first and last layers as 'first/...' and 'last/...', and fits the slopes against depth.
 """
 
 import json
 import os
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,14 +46,23 @@ DEFAULT_LR = {'sp': 2.5e-3, 'mup': 2.5e-3, 'umup': 0.25}
 
 
 def width_model(
-  c: models.ModelConfig, width: int, parametrization: str, base_width: int
+  c: models.ModelConfig,
+  width: int,
+  parametrization: str,
+  base_width: int,
+  depth: int = 0,
+  base_depth: int = 0,
 ) -> models.ModelConfig:
-  """The config's model at d_model=width: d_ff and heads scale with width, head dim fixed."""
+  """The config's model at d_model=width (and n_layers=depth if set): d_ff and heads scale with
+  width, head dim fixed; μP's base shape is base_width (and base_depth: depth-μP, 0 = none)."""
   hd = models.head_dim(c)
   heads = max(1, width // hd)
   kv = max(1, heads * models.kv_heads(c) // c.n_heads)
-  base = base_width if parametrization == 'mup' else 0
+  mup = parametrization == 'mup'
+  base = base_width if mup else 0
   return c.replace(
+    n_layers=depth or c.n_layers,
+    base_n_layers=base_depth if mup else 0,
     d_model=width,
     d_ff=width * c.d_ff // c.d_model,
     n_heads=heads,
@@ -121,17 +138,8 @@ def slope(widths, values) -> float:
   return float(np.polyfit(np.log(widths), np.log(np.maximum(values, 1e-30)), 1)[0])
 
 
-def run(
-  config,
-  parametrizations,
-  widths,
-  steps: int,
-  lr=None,
-  batch_size: int = 8,
-  seq_len: int = 0,
-  seeds=(0,),
-) -> dict:
-  """Records per parametrization, width and seed; see the module docstring."""
+def _setup(config, steps: int, batch_size: int, seq_len: int) -> tuple:
+  """(typed model config, train batches, the fixed probe batch, constant-lr optimizer section)."""
   config = config.copy_and_resolve_references()
   seq_len = seq_len or min(config.data.seq_len, 128)
   with config.unlocked():
@@ -144,29 +152,65 @@ def run(
   probe = jnp.asarray(eval_ds.eval_batch(0))
   opt = config.optimizer.copy_and_resolve_references()
   with opt.unlocked():
-    opt.update(schedule='constant', warmup_steps=0, grad_clip=0.0)
+    opt.update(schedule='constant', warmup_steps=0, grad_clip=0.0, lr=float(config.optimizer.lr))
+  return model, batches, probe, opt
+
+
+def _by_depth(acts: dict, depth: int) -> dict:
+  """Depth mode: 'layer_0/x' -> 'first/x', 'layer_<L-1>/x' -> 'last/x', the other layers out."""
+  out = {}
+  for k, v in acts.items():
+    head, _, rest = k.partition('/')
+    if not head.startswith('layer_'):
+      out[k] = v
+    elif head in ('layer_0', f'layer_{depth - 1}'):
+      out[f'{"first" if head == "layer_0" else "last"}/{rest}'] = v
+      if depth == 1:
+        out[f'last/{rest}'] = v
+  return out
+
+
+def run(
+  config,
+  parametrizations: Sequence[str],
+  widths: Sequence[int],
+  steps: int,
+  lr: float | dict | None = None,
+  batch_size: int = 8,
+  seq_len: int = 0,
+  seeds: Sequence[int] = (0,),
+  depths: Sequence[int] = (),
+  depth_base: int | None = None,
+) -> list:
+  """Records per parametrization, width (or depth, with `depths`) and seed; see the docstring."""
+  model, batches, probe, opt = _setup(config, steps, batch_size, seq_len)
+  shapes = [(widths[0], d) for d in depths] or [(w, 0) for w in widths]
+  base_depth = depths[0] if depths and depth_base is None else (depth_base or 0)
   records = []
   for p in parametrizations:
     with opt.unlocked():
-      opt.lr = float(lr[p] if isinstance(lr, dict) else (lr or config.optimizer.lr))
-    for w in widths:
-      cfg = width_model(model, w, p, widths[0])
+      opt.lr = float(lr[p] if isinstance(lr, dict) else (lr or opt.lr))
+    for w, d in shapes:
+      cfg = width_model(model, w, p, widths[0], d, base_depth)
       for seed in seeds:
-        for tensor, r in measure(cfg, opt, batches, probe, seed).items():
+        rec = measure(cfg, opt, batches, probe, seed)
+        for tensor, r in (_by_depth(rec, d) if d else rec).items():
           records.append(
-            {'parametrization': p, 'width': w, 'seed': seed, 'tensor': tensor, 'lr': opt.lr, **r}
+            {'parametrization': p, 'width': w, 'depth': cfg.n_layers, 'seed': seed}
+            | {'tensor': tensor, 'lr': opt.lr, **r}
           )
   return records
 
 
-def _mean_by(records, p, key, t=-1):
-  """{tensor: [mean over seeds of record[key][t] per width]} for parametrization p."""
-  widths = sorted({r['width'] for r in records if r['parametrization'] == p})
+def _mean_by(records: list, p: str, key: str, t: int = -1, axis: str = 'width') -> tuple:
+  """(sizes, {tensor: [mean over seeds of record[key][t] per size]}) for parametrization p, the
+  sizes being the records' `axis` ('width' or 'depth')."""
+  widths = sorted({r[axis] for r in records if r['parametrization'] == p})
   tensors = list(dict.fromkeys(r['tensor'] for r in records if r['parametrization'] == p))
   out = {}
   for name in tensors:
     rows = [
-      [r for r in records if (r['parametrization'], r['tensor'], r['width']) == (p, name, w)]
+      [r for r in records if (r['parametrization'], r['tensor'], r[axis]) == (p, name, w)]
       for w in widths
     ]
     vals = [[r[key][t] if isinstance(r[key], list) else r[key] for r in rs] for rs in rows]
@@ -175,17 +219,17 @@ def _mean_by(records, p, key, t=-1):
   return widths, out
 
 
-def slopes(records, key='rms', t=-1) -> dict:
-  """{parametrization: {tensor: log-log slope vs width}} of record[key] at step t (mean of seeds)."""
+def slopes(records: list, key: str = 'rms', t: int = -1, axis: str = 'width') -> dict:
+  """{parametrization: {tensor: log-log slope vs width (or depth)}} of record[key] at step t."""
   out = {}
   for p in dict.fromkeys(r['parametrization'] for r in records):
-    widths, series = _mean_by(records, p, key, t)
+    widths, series = _mean_by(records, p, key, t, axis)
     out[p] = {name: round(slope(widths, v), 4) for name, v in series.items()}
   return out
 
 
-def plot(records, p, path):
-  """One panel per step (RMS vs width, log-log, a line per tensor) plus the change since init."""
+def plot(records: list, p: str, path: str, axis: str = 'width') -> None:
+  """One panel per step (RMS vs width or depth, log-log, a line per tensor) plus the change."""
   # Lazy: matplotlib is heavy and only needed for the plots.
   import matplotlib
 
@@ -197,14 +241,14 @@ def plot(records, p, path):
   panels.append(('delta', steps, f'RMS of change, t={steps}'))
   fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), sharey=True)
   for ax, (key, t, title) in zip(np.atleast_1d(axes), panels):
-    widths, series = _mean_by(records, p, key, t)
+    widths, series = _mean_by(records, p, key, t, axis)
     colors = plt.cm.tab20(np.linspace(0, 1, max(len(series), 2)))
     for (name, vals), color in zip(series.items(), colors):
       ax.plot(widths, vals, marker='.', label=name, lw=1, color=color)
     ax.set_xscale('log', base=2)
     ax.set_yscale('log')
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel('width (d_model)')
+    ax.set_xlabel('width (d_model)' if axis == 'width' else 'depth (n_layers)')
   np.atleast_1d(axes)[0].set_ylabel('RMS')
   np.atleast_1d(axes)[-1].legend(fontsize=6, loc='center left', bbox_to_anchor=(1, 0.5))
   fig.suptitle(f'coordinate check: {p}')
@@ -235,17 +279,20 @@ def main(argv):
     FLAGS.batch_size,
     FLAGS.seq_len,
     tuple(int(s) for s in FLAGS.seeds.split(',')),
+    sorted(int(d) for d in FLAGS.depths.split(',') if d),
+    FLAGS.depth_base,
   )
+  axis = 'depth' if FLAGS.depths else 'width'
   out_dir = FLAGS.out_dir
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, 'coord_check.json'), 'w') as f:
     json.dump(records, f)
-  after, init, change = slopes(records), slopes(records, t=0), slopes(records, 'delta')
-  grad = slopes(records, 'grad')
+  after, init = slopes(records, axis=axis), slopes(records, t=0, axis=axis)
+  change, grad = slopes(records, 'delta', axis=axis), slopes(records, 'grad', axis=axis)
   for par in ps:
-    plot(records, par, os.path.join(out_dir, f'coord_{par}.png'))
+    plot(records, par, os.path.join(out_dir, f'coord_{par}.png'), axis)
     print(
-      f'\n{par}: log-log slope vs width of the RMS at init | after {FLAGS.steps} steps | of '
+      f'\n{par}: log-log slope vs {axis} of the RMS at init | after {FLAGS.steps} steps | of '
       f'the change | of the gradient at init'
     )
     for name in after[par]:
@@ -266,6 +313,8 @@ if __name__ == '__main__':
   )
   flags.DEFINE_integer('batch_size', 8, 'sequences per step')
   flags.DEFINE_integer('seq_len', 0, "0: the config's, at most 128")
+  flags.DEFINE_string('depths', '', 'comma-separated n_layers: a depth check at the first width')
+  flags.DEFINE_integer('depth_base', None, "μP's base depth (default: the smallest; 0: none)")
   flags.DEFINE_string('seeds', '0', 'comma-separated init seeds (records are averaged)')
   flags.DEFINE_string('out_dir', 'workdirs/coord_check', 'where plots and records go')
   flags.mark_flag_as_required('config')

@@ -12,7 +12,7 @@ import pytest
 from helpers import LLAMA_BLOCK
 
 import models
-from configs import base
+from configs import base, schema
 from models import hf
 from models import parametrization as P
 from scaling import coord_check
@@ -120,7 +120,7 @@ def test_mup_optimizer_scales_adam_updates_per_leaf():
   params = models.init(wide, jax.random.key(0))
   grads = jax.tree.map(lambda x: jnp.ones_like(x) * 0.1, params)
   updates = {}
-  for name, cfg in (('sp', None), ('mup', wide)):
+  for name, cfg in (('sp', _model()), ('mup', wide)):
     tx = optim.make_optimizer(opt, 10, cfg)
     updates[name] = _by_path(tx.update(grads, tx.init(params), params)[0])
   lr = _by_path(models.param_scales(wide, 'lr'))
@@ -227,3 +227,147 @@ def test_umup_starts_at_unit_scale(coord_records, family):
   cfg = _model(parametrization='umup')
   for w in jax.tree.leaves(models.init(cfg, jax.random.key(0))):
     assert float(np.std(w)) == 0.0 or 0.9 < float(np.sqrt(np.mean(np.square(w)))) < 1.1
+
+
+# --- μP's base hyperparameters, independent weight decay, depth-μP (issue 22) ---------------------
+
+# Sum of |x| over params, logits on arange tokens, and the first AdamW update (lr 1e-2, wd 0.1,
+# gradients of sum(sin(logits))), computed before the new keys existed (the commit before them).
+BEFORE = {
+  'gpt2/sp': (1677.8511820591277, 209.40320864506066, 1067.0299003039745),
+  'gpt2/mup': (1314.1022882196703, 106.12875563767739, 575.4098538382632),
+  'gpt2/umup': (85340.22553948198, 164.07624680618756, 118.329399844173),
+  'llama/sp': (2154.59198709585, 190.92612470499444, 1304.320416986011),
+  'llama/mup': (1675.1707122526009, 95.79338957849541, 689.9163761748932),
+  'llama/umup': (108388.99689826764, 149.25418616598063, 173.92963497385736),
+}
+TOKENS = jnp.arange(16).reshape(2, 8) % 97
+
+
+def _opt(**kw: float) -> object:
+  opt = base.get_config().optimizer
+  opt.update(lr=1e-2, warmup_steps=0, schedule='constant', weight_decay=0.1, grad_clip=0.0)
+  opt.update(kw)
+  return opt
+
+
+def _first_update(cfg: models.ModelConfig, params: dict, grads: dict, opt: object) -> dict:
+  tx = optim.make_optimizer(opt, 10, cfg)
+  return _by_path(tx.update(grads, tx.init(params), params)[0])
+
+
+@pytest.mark.parametrize('key', list(BEFORE))
+def test_new_keys_at_their_defaults_change_nothing(key: str) -> None:
+  family, p = key.split('/')
+  cfg = _model(family, parametrization=p, base_d_model=32 if p == 'mup' else 0)
+  params = models.init(cfg, jax.random.key(0))
+  logits = models.logits(cfg, params, TOKENS)
+  grads = jax.grad(lambda q: jnp.sum(jnp.sin(models.logits(cfg, q, TOKENS))))(params)
+  upd = _first_update(cfg, params, grads, _opt())
+  total = lambda t: float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(t)))
+  got = (total(params), total(logits), total(upd))
+  np.testing.assert_allclose(got, BEFORE[key], rtol=1e-6)
+
+
+def test_readout_init_choices_and_output_multiplier() -> None:
+  mup = dict(parametrization='mup', base_d_model=32)
+  zero = _model('llama', mup_readout_init='zero', **mup)
+  params = models.init(zero, jax.random.key(0))
+  assert (params['unembed'] == 0).all()
+  assert (models.logits(zero, params, TOKENS) == 0).all()  # zero readout: logits zero at init.
+  fan_in = _model('llama', mup_readout_init='fan_in', **mup)
+  assert float(np.std(models.init(fan_in, jax.random.key(0))['unembed'])) == pytest.approx(
+    64**-0.5, rel=0.05
+  )
+  plain, out2 = _model('llama', **mup), _model('llama', mup_output_mult=2.0, **mup)
+  params = models.init(plain, jax.random.key(0))
+  np.testing.assert_allclose(
+    models.logits(out2, params, TOKENS), 2 * models.logits(plain, params, TOKENS), rtol=1e-6
+  )
+  assert P.scales(out2, ('embed', 'vocab'), (64, 97)).mult == 2.0 / 2  # α_out / w, w = 2
+
+
+def test_input_and_attention_multipliers() -> None:
+  for p, base_d in (('mup', 32), ('umup', 0)):
+    cfg = _model(parametrization=p, base_d_model=base_d, mup_input_mult=3.0, mup_attn_mult=2.0)
+    plain = _model(parametrization=p, base_d_model=base_d)
+    assert P.scales(cfg, ('vocab', 'embed'), (97, 64)).mult == 3.0
+    assert P.scales(cfg, ('position', 'embed'), (32, 64)).mult == 3.0
+    assert P.attention_scale(cfg) == pytest.approx(2 * P.attention_scale(plain))
+  # α_in scales the embedding probe (token + position sum) exactly.
+  cfg = _model(parametrization='mup', base_d_model=32, mup_input_mult=3.0)
+  params = models.init(cfg, jax.random.key(0))
+  emb = lambda c: models.Transformer(c).apply(
+    {'params': params}, TOKENS, mutable=['intermediates']
+  )[1]['intermediates']['embedding'][0]
+  plain = _model(parametrization='mup', base_d_model=32)
+  np.testing.assert_allclose(emb(cfg), 3 * emb(plain), rtol=1e-5)
+
+
+def test_per_role_lr_multipliers_scale_the_updates() -> None:
+  kw = dict(parametrization='mup', base_d_model=32)
+  plain = _model('llama', **kw)
+  tuned = _model('llama', mup_lr_embedding=4.0, mup_lr_readout=2.0, mup_lr_vector=0.5, **kw)
+  params = models.init(plain, jax.random.key(0))
+  grads = jax.tree.map(lambda x: jnp.full_like(x, 0.1), params)
+  a, b = (_first_update(c, params, grads, _opt(weight_decay=0.0)) for c in (plain, tuned))
+  ratio = {'embed': 4.0, 'unembed': 2.0, 'layers/attn_norm/scale': 0.5, 'layers/mlp/wi': 1.0}
+  for k, r in ratio.items():
+    np.testing.assert_allclose(b[k], r * a[k], rtol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize('p', ['sp', 'mup'])
+def test_independent_weight_decay_ignores_peak_and_per_leaf_lr(p: str) -> None:
+  """Zero gradients: the update is pure decay. Coupled: -lr · lr scale · wd · p; independent
+  (Wortsman et al. 2023): -wd · p at a constant schedule, whatever the lr and its per-leaf scale."""
+  kw = dict(parametrization=p, base_d_model=32 if p == 'mup' else 0)  # μP: hidden lr scale 1/2.
+  params = models.init(_model(**kw), jax.random.key(0))
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  w = _by_path(params)['layers/mlp/wi']
+  coupled = _first_update(_model(**kw), params, zeros, _opt(lr=0.5))['layers/mlp/wi']
+  np.testing.assert_allclose(coupled, -0.5 * 0.1 * (0.5 if p == 'mup' else 1) * w, rtol=1e-5)
+  for lr in (0.5, 0.01):
+    upd = _first_update(_model(independent_wd=True, **kw), params, zeros, _opt(lr=lr))
+    np.testing.assert_allclose(upd['layers/mlp/wi'], -0.1 * w, rtol=1e-5)
+    assert (upd['layers/attn/query_bias'] == 0).all()  # wd_exclude still applies.
+
+
+def test_depth_mup_branch_scale_and_lr() -> None:
+  deep = _model(parametrization='mup', base_d_model=32, n_layers=8, base_n_layers=2)
+  skip, branch = P.residual_weights(deep, jnp.asarray(3))
+  assert float(skip) == 1.0 and float(branch) == pytest.approx(0.5)  # (8 / 2)^-1/2
+  lr, init = _by_path(models.param_scales(deep, 'lr')), _by_path(models.param_scales(deep, 'init'))
+  assert lr['layers/attn/query'] == lr['layers/mlp/wo'] == pytest.approx(0.5 / 2)  # depth · 1/w
+  assert lr['embed'] == lr['layers/attn_norm/scale'] == 1.0
+  assert init['layers/mlp/wo'] == pytest.approx(0.02 / (2 * 2) ** 0.5 / 2**0.5)  # base depth 2
+  own = _model(parametrization='mup', base_d_model=32, n_layers=8, base_n_layers=8)
+  assert P.residual_weights(own, jnp.asarray(0)) is None  # at the base depth: plain μP.
+
+
+@pytest.mark.parametrize(
+  'kw, match',
+  [
+    (dict(mup_input_mult=2.0), 'mup_input_mult'),
+    (dict(base_n_layers=2), 'base_'),
+    (dict(parametrization='mup', mup_lr_readout=2.0), 'untied'),
+    (dict(parametrization='mup', mup_output_mult=0.0), 'positive'),
+    (dict(parametrization='umup', base_n_layers=2), 'base_'),
+  ],
+)
+def test_new_keys_validated(kw: dict, match: str) -> None:
+  with pytest.raises(ValueError, match=match):
+    schema.check_model(models.ModelConfig(**kw))
+
+
+def test_depth_coord_check_flat_under_depth_mup(tiny_config: object) -> None:
+  """Residual stream after 2 Adam steps at depths 1 and 4 (width 32): flat under depth-μP, growing
+  like depth without its branch scale (each block's update adds ~lr, summed over the blocks)."""
+  c = tiny_config({'optimizer.lr': 1e-2})
+  c.model.update(vocab_size=257, n_heads=2, head_dim=16)
+  slope = {}
+  for name, depth_base in (('depth_mup', 1), ('none', 0)):
+    r = coord_check.run(
+      c, ('mup',), (32,), steps=2, batch_size=8, depths=(1, 4), depth_base=depth_base
+    )
+    slope[name] = coord_check.slopes(r, axis='depth')['mup']['last/residual']
+  assert abs(slope['depth_mup']) < 0.3 and slope['none'] > 0.5, slope

@@ -66,24 +66,36 @@ def make_optimizer(
     chain.append(optax.clip_by_global_norm(opt.grad_clip))
   schedule = lr_schedule(opt, num_steps)
   mask = lambda p: decay_mask(p, opt.wd_exclude)
-  if model_config.parametrization == 'sp':
+  if model_config.parametrization == 'sp' and not model_config.independent_wd:
     chain.append(
       optax.adamw(
         schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=mask
       )
     )
     return optax.chain(*chain)
-  # optax.adamw's chain, with per-leaf decay (wd · wd scale, 0 where masked) and lr scale.
-  lr_scales = models.param_scales(model_config, 'lr')
-  decays = jax.tree.map(
-    lambda m, s: opt.weight_decay * s if m else 0.0,
-    mask(models.param_shapes(model_config)),
-    models.param_scales(model_config, 'wd'),
-  )
+  # optax.adamw's chain, with per-leaf decay (0 where masked) and per-leaf lr scale.
+  lr_scale = _per_leaf(lambda u, p, s: u * s, models.param_scales(model_config, 'lr'))
+  decay = _per_leaf(lambda u, p, wd: u + wd * p if wd else u, _decays(opt, model_config, mask))
+  # Coupled (AdamW, MuAdamW): decay before the lr scale. Independent: after it, so only lr(t)/peak.
+  middle = [lr_scale, decay] if model_config.independent_wd else [decay, lr_scale]
   chain += [
     optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
-    _per_leaf(lambda u, p, wd: u + wd * p if wd else u, decays),
-    _per_leaf(lambda u, p, s: u * s, lr_scales),
+    *middle,
     optax.scale_by_learning_rate(schedule),
   ]
   return optax.chain(*chain)
+
+
+def _decays(opt: Optimizer, model_config: ModelConfig, mask: Callable) -> PyTree:
+  """Per-leaf decay coefficients: wd · the table's wd scale (multiplied by the per-leaf lr scale
+  and lr(t) later), or with model.independent_wd wd / peak lr (Wortsman et al. 2023: each step
+  decays by wd · lr(t)/peak, whatever the peak lr and the per-leaf lr scale)."""
+  decayed = mask(models.param_shapes(model_config))
+  if model_config.independent_wd:
+    wd = opt.weight_decay / opt.lr if opt.lr else 0.0
+    return jax.tree.map(lambda m: wd if m else 0.0, decayed)
+  return jax.tree.map(
+    lambda m, s: opt.weight_decay * s if m else 0.0,
+    decayed,
+    models.param_scales(model_config, 'wd'),
+  )
