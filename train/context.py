@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from configs import schema
 from models.config import PyTree
 from train import optimizer as optim
 from train import sharding, validation
@@ -45,7 +46,7 @@ class Task:
 class Run:
   """Everything built before the first step; also used by tools (e.g. offline distill)."""
 
-  config: ml_collections.ConfigDict
+  config: schema.Config  # parsed once by validation.derive: what every consumer reads.
   derived: validation.Derived
   mesh: jax.sharding.Mesh
   train_ds: object
@@ -67,6 +68,7 @@ def setup(
   `derived`: validation.derive's result for `config` when the caller has it (not derived again)."""
   if derived is None:
     derived = validation.derive(config, jax.device_count(), jax.process_count())
+  config = derived.config
   mesh = sharding.make_mesh(config.mesh)
   train_ds, eval_ds, tokenizer = None, None, None
   if with_data:
@@ -126,7 +128,7 @@ def global_batch(r: Run, host_arrays: dict) -> dict:
   return jax.tree.map(put, host_arrays)
 
 
-def stream_meta(config: ml_collections.ConfigDict) -> dict:
+def stream_meta(config: schema.Config | ml_collections.ConfigDict) -> dict:
   """What the batch stream and the param shapes depend on; must not change across a resume."""
   # 'pipeline' names the batch order (grain index shuffle over token shards): a checkpoint from
   # another order is refused instead of silently resumed on different batches.
@@ -137,7 +139,7 @@ def stream_meta(config: ml_collections.ConfigDict) -> dict:
     'pipeline': PIPELINE,
     'seq_len': config.data.seq_len,
     'global_batch_size': config.train.global_batch_size,
-    'model': json.loads(config.model.to_json()),
+    'model': json.loads(json.dumps(dataclasses.asdict(schema.Config.make(config).model))),
   }
 
 

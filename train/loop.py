@@ -7,6 +7,7 @@ differs between trainers lives in a `Task`; extra evaluators (e.g. lm-eval) come
 """
 
 import errno
+import json
 import logging
 import os
 import sys
@@ -179,7 +180,7 @@ def _resume(
   state, latest = None, None
   if mngr.all_steps():
     state, latest = checkpoint.restore_latest_good(mngr, context.abstract_state(r), meta, workdir)
-  checkpoint.write_config(workdir, r.config.to_json_best_effort(indent=2))
+  checkpoint.write_config(workdir, json.dumps(r.config.to_dict(), indent=2))
   metrics.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), latest or 0)
   if state is not None:
     logging.info('Resumed from step %d in %s', latest, workdir)
