@@ -7,7 +7,7 @@
 Each round times `--steps_per_round` steps of ours, then of HF (SDPA attention, torch AdamW with the same
 betas, eps, weight decay and global-norm clipping); the ratio is taken per round, so load from
 other processes affects both sides alike. Prints a markdown table: median tokens/s of each, the
-median ratio with its min-max spread, and our model FLOP/s (train/flops.py convention) as a
+median ratio with its min-max spread, and our model FLOP/s (models/count.py convention) as a
 share of a measured 2048^3 float32 matmul on the same device (the ceiling the step could reach).
 """
 
@@ -21,8 +21,7 @@ from absl import app, flags
 
 from bench.throughput import Step
 from configs import base
-from models import backend
-from train import flops
+from models import backend, count
 
 # name -> (n_layers, d_model, n_heads): GPT-2 blocks (learned positions, layernorm, GELU, tied),
 # byte vocabulary (257), d_ff = 4 d_model.
@@ -156,7 +155,7 @@ def main(argv):
     old_col = f' {_spread([a / b for a, b in zip(old_tps, hf_tps)])} |' if old else ''
     params = sum(p.numel() for p in theirs.model.parameters())
     flop_share = (
-      statistics.median(ours_tps) * flops.train_flops_per_token(ours.model, _SEQ.value) / ceiling
+      statistics.median(ours_tps) * count.train_flops_per_token(ours.model, _SEQ.value) / ceiling
     )
     print(
       f'| {shape} ({SHAPES[shape][0]}x{SHAPES[shape][1]}) | {params / 1e6:.2f}M '

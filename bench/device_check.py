@@ -8,7 +8,7 @@
 Each row runs in a worker subprocess under a time limit (one process per row by default, so an
 OOM or XLA abort ends only its row; --tiny shares one worker and restarts it after a crash or a
 timeout). Writes device_check.json and device_check.md to --out. MFU is given in two named
-conventions: PaLM's 6N + 12·L·H·Q·T (train/flops.py) and MaxText's causal-halved 6N + 6·L·H·Q·T.
+conventions: PaLM's 6N + 12·L·H·Q·T (models/count.py) and MaxText's causal-halved 6N + 6·L·H·Q·T.
 """
 
 import dataclasses
@@ -161,18 +161,18 @@ def mfu_fields(model: Any, seq_len: int, tokens_per_s: float) -> dict:
   """Model TFLOP/s and MFU under PaLM's and MaxText's (causal-halved attention) conventions."""
   import jax
 
-  from models.config import head_dim
+  from models import count
   from train import flops
 
-  palm = flops.train_flops_per_token(model, seq_len)
-  maxtext = palm - 6 * model.n_layers * model.n_heads * head_dim(model) * seq_len
+  palm = count.train_flops_per_token(model, seq_len)
+  maxtext = count.train_flops_per_token(model, seq_len, causal=True)
   peak = flops.peak_flops() * jax.device_count()
   known = peak == peak
   return {
     'model_tflops_per_s': tokens_per_s * palm / 1e12,
     'mfu_palm': tokens_per_s * palm / peak if known else None,
     'mfu_maxtext': tokens_per_s * maxtext / peak if known else None,
-    'matmul_params': flops.matmul_params(model),
+    'matmul_params': count.matmul_params(model),
   }
 
 

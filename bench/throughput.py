@@ -4,7 +4,7 @@
       --config.train.global_batch_size=32 --steps=20
 
 Times the real jitted train step (the trainer's own setup: same shardings, accumulation and
-optimizer as main.py); MFU uses the convention in train/flops.py. Prints one JSON object.
+optimizer as main.py); MFU uses the convention in models/count.py. Prints one JSON object.
 """
 
 import json
@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from models import attention, backend
+from models import attention, backend, count
 from train import context, flops, sharding
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).')
@@ -67,7 +67,7 @@ def main(_: list[str]) -> None:
   step_s = step(_STEPS.value)
   model = step.model
   tokens_per_s = step.tokens_per_step / step_s
-  flops_per_token = flops.train_flops_per_token(model, config.data.seq_len)
+  flops_per_token = count.train_flops_per_token(model, config.data.seq_len)
   peak = flops.peak_flops() * jax.device_count()
   mem = jax.devices()[0].memory_stats() or {}
   print(
@@ -78,7 +78,7 @@ def main(_: list[str]) -> None:
         'dtype': model.dtype,
         'remat': model.remat,
         'attention_impl': attention.resolve(model, config.data.seq_len),
-        'matmul_params': flops.matmul_params(model),
+        'matmul_params': count.matmul_params(model),
         'global_batch': config.train.global_batch_size,
         'seq_len': config.data.seq_len,
         'grad_accum_steps': config.train.grad_accum_steps,

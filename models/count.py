@@ -138,10 +138,13 @@ def matmul_params(config: ConfigLike) -> int:
   return m.n_layers * (attn + mlp) + m.d_model * m.vocab_size
 
 
-def train_flops_per_token(config: ConfigLike, seq_len: int) -> float:
-  """PaLM's training FLOPs per token, the MFU convention: 6·N_matmul + 12·L·H·Q·T."""
+def train_flops_per_token(config: ConfigLike, seq_len: int, causal: bool = False) -> float:
+  """PaLM's training FLOPs per token, the MFU convention: 6·N_matmul + 12·L·H·Q·T; `causal`:
+  MaxText's, which counts only the causal half of the attention matrix (6·L·H·Q·T)."""
   m = model_config(config)
-  return 6 * matmul_params(m) + 12 * m.n_layers * m.n_heads * head_dim(m) * seq_len
+  return (
+    6 * matmul_params(m) + (6 if causal else 12) * m.n_layers * m.n_heads * head_dim(m) * seq_len
+  )
 
 
 def flops_per_token_kaplan_forward(config: ConfigLike, seq_len: int | None = None) -> float:

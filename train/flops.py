@@ -1,17 +1,14 @@
-"""MFU's FLOPs per token (models/count.py: PaLM, arXiv 2204.02311, App. B) and the one table of
-published per-chip figures: peak FLOP/s for MFU, interconnect bandwidth for train/collectives.py.
+"""The one table of published per-chip figures: peak FLOP/s for MFU, interconnect bandwidth for
+train/collectives.py.
 
-MFU = tokens/s × train_flops_per_token / (devices × peak).
+MFU = tokens/s × models.count.train_flops_per_token (PaLM, arXiv 2204.02311, App. B) / (devices ×
+peak).
 """
 
 import dataclasses
 import math
 
 import jax
-
-from models.count import matmul_params, train_flops_per_token
-
-__all__ = ('CHIPS', 'Chip', 'matmul_params', 'peak_flops', 'train_flops_per_token')
 
 
 @dataclasses.dataclass(frozen=True)

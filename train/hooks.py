@@ -15,6 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 from clu.metric_writers import interface
 
+from models import count
 from models.config import PyTree
 from train import checkpoint, context, divergence, flops, metrics, preemption
 from train.evaluators import Evaluator
@@ -39,7 +40,7 @@ class Clock(Action):
 
   def __init__(self, r: context.Run, start: int, end: int) -> None:
     self.tokens_per_step = r.derived.tokens_per_step
-    self.flops_per_token = flops.train_flops_per_token(r.derived.model, r.config.data.seq_len)
+    self.flops_per_token = count.train_flops_per_token(r.derived.model, r.config.data.seq_len)
     self.peak = flops.peak_flops() * jax.device_count()
     self.end = end
     self.tic, self.tic_step, self.first, self.now = time.time(), start, None, None
