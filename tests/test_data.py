@@ -20,7 +20,7 @@ from helpers import (
 )
 
 from configs import base
-from train.data import pipeline, prepare, shards, stdlib_corpus, tokenizers
+from train.data import pipeline, prepare, shards, stdlib_corpus, tokenizers, writer
 
 BYTE = tokenizers.ByteTokenizer()
 
@@ -105,8 +105,8 @@ def test_prepare_in_shards_survives_a_crash_and_matches_one_shard(corpus, tmp_pa
   """4 shards, the tokenizer dies inside shard 2: the half shard is never read, the re-run keeps
   shards 0-1 and writes 2-3, and the stream equals a 1-shard preparation."""
   kw = dict(data_dir=corpus, max_documents=24)
-  request = lambda out: prepare.SplitRequest('stdlib_corpus', 'train', out, 'byte', **kw)
-  one = prepare.prepare_split(request(str(tmp_path / 'one')))
+  request = lambda out: writer.SplitRequest('stdlib_corpus', 'train', out, 'byte', **kw)
+  one = writer.prepare_split(request(str(tmp_path / 'one')))
   out = str(tmp_path / 'four')
   calls, encode = [], tokenizers.ByteTokenizer.encode_batch
 
@@ -118,7 +118,7 @@ def test_prepare_in_shards_survives_a_crash_and_matches_one_shard(corpus, tmp_pa
 
   monkeypatch.setattr(tokenizers.ByteTokenizer, 'encode_batch', dies_in_third_shard)
   with pytest.raises(RuntimeError, match='killed'):
-    prepare.prepare_split(request(out), prepare.Share(num_shards=4))
+    writer.prepare_split(request(out), writer.Share(num_shards=4))
   names = sorted(os.listdir(out))
   assert 'manifest.json' not in names and 'shard-00002-of-00004.json' not in names
   assert any(n.startswith('shard-00002-of-00004.tokens.tmp-') for n in names)  # the half shard
@@ -132,7 +132,7 @@ def test_prepare_in_shards_survives_a_crash_and_matches_one_shard(corpus, tmp_pa
   for n in names:  # the crash was 20 minutes ago: its temp file is clearly dead.
     if '.tmp-' in n:
       os.utime(os.path.join(out, n), (os.path.getmtime(os.path.join(out, n)) - 1200,) * 2)
-  manifest = prepare.prepare_split(request(out))
+  manifest = writer.prepare_split(request(out))
   assert manifest['num_shards'] == 4 and len(calls) == 3 + 2
   assert all(os.path.getmtime(os.path.join(out, n)) == t for n, t in kept.items())
   assert not glob.glob(os.path.join(out, '*.tmp-*'))

@@ -15,7 +15,7 @@ import grain
 import numpy as np
 
 from configs import schema
-from train.data import embedded, prepare, shards, tokenizers
+from train.data import embedded, shards, tokenizers, writer
 from train.data.sources import DataSection, Source, parse_sources
 
 
@@ -24,13 +24,13 @@ def open_prepared(
 ) -> shards.PreparedSplit:
   """The prepared split, checked against the tokenizer; the embedded corpora are prepared here
   when missing, any other dataset must be prepared first (`python -m train.data.prepare`)."""
-  request = prepare.SplitRequest.of(data, source, split)
+  request = writer.SplitRequest.of(data, source, split)
   field = 'config.data.prepared_dir' if data.prepared_dir else 'config.data.dataset'
   expect = {'tokenizer': data.tokenizer, 'tokenizer_fingerprint': tokenizer.fingerprint}
   try:
     return shards.open_split(request.out_dir, field, expect)
   except FileNotFoundError:
-    prepare.check_known(source.dataset, data.data_dir)
+    writer.check_known(source.dataset, data.data_dir)
     if not embedded.is_embedded(source.dataset):
       raise ValueError(
         f'config.data.dataset={source.dataset!r}: split {split!r} is not prepared (no '
@@ -41,7 +41,7 @@ def open_prepared(
   logging.info(
     'Preparing %s/%s (embedded, built offline) in %s', source.dataset, split, request.out_dir
   )
-  prepare.prepare_split(request)
+  writer.prepare_split(request)
   return shards.open_split(request.out_dir, field, expect)
 
 
