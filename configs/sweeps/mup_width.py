@@ -1,0 +1,81 @@
+"""μP width transfer at a horizon where width is used (issue 22): 4 layers, head dim 16, widths 32
+to 256 (8x), 7 peak lrs a factor 2 apart, 2 seeds, 1,500 steps of 16 x 64 bytes = 56 members per
+parametrization. The shared base of the other mup_*.py studies (mup_base_search, mup_depth,
+mup_horizon).
+
+  python -m scaling.parallel --groups=2 --config=configs/sweeps/mup_width.py:mup \
+      --workdir=workdirs/mup_width/mup     # likewise :sp and :umup
+
+  (or python main.py --config=configs/sweeps/mup_width.py:mup --workdir=workdirs/mup_width/mup)
+
+Plan (python -m scaling.sweep --config=configs/sweeps/mup_width.py:mup, same for sp/umup): 56
+members, 5.62e14 training FLOPs (6·N·D). Estimated CPU time from 60- and 120-step smoke members on
+the shared 2-core machine (CPU-s per step: d256 ~0.5, d128 ~0.2, d64 ~0.08, d32 ~0.04; ~25 s
+start-up and compilation per member): ~22 min per (lr, seed) over the 4 widths, ~5 CPU-hours per
+parametrization (~2.6 h wall with --groups=2), ~15 CPU-hours for all three: far over the issue's
+2 CPU-hour budget. Widths 32-128 only (WIDTHS[:3]) cost ~2 CPU-hours per parametrization; the
+full range wants the GPU or fewer lrs once the base search has placed the optimum.
+"""
+
+import ml_collections
+
+from configs import base, default
+
+WIDTHS = (32, 64, 128, 256)
+SEEDS = (0, 1)
+N_LAYERS = 4
+HEAD_DIM = 16
+STEPS = 1500
+TOKENS_PER_STEP = 16 * 64
+# 7 peak lrs a factor 2 apart, centred near each parametrization's optimum of docs/mup.md's
+# 100-step sweep, one grid step lower (longer runs, twice the depth).
+LRS = {
+  'sp': tuple(2.0**e for e in range(-12, -5)),  # 2.4e-4 .. 1.6e-2
+  'mup': tuple(2.0**e for e in range(-10, -3)),  # 9.8e-4 .. 6.3e-2
+  'umup': tuple(2.0**e for e in range(-3, 4)),  # 0.125 .. 8
+}
+
+
+def study_config(
+  parametrization: str,
+  widths: tuple = WIDTHS,
+  tokens: tuple = (STEPS * TOKENS_PER_STEP,),
+  lrs: tuple | None = None,
+  seeds: tuple = SEEDS,
+  **model: object,
+) -> ml_collections.ConfigDict:
+  """A width sweep of the byte-level GPT-2 family (tied, 4 layers, head dim 16) at μP's base
+  width widths[0], cosine schedule, AdamW (b2 0.95, wd 0.1), unclipped; `model` overrides."""
+  if parametrization not in LRS:
+    raise ValueError(f'<arg> must start with one of {tuple(LRS)}, got {parametrization!r}')
+  c = default.get_config()
+  c.model.update(vocab_size=257, max_len=64, n_layers=N_LAYERS, dtype='float32')
+  c.model.update(parametrization=parametrization)
+  c.model.base_d_model = widths[0] if parametrization == 'mup' else 0
+  c.model.update(model)
+  c.data.update(seq_len=64, tokenizer='byte', dataset='stdlib_corpus')
+  c.train.update(global_batch_size=16, grad_accum_steps=1, eval_batches=16, async_checkpoint=False)
+  c.optimizer.update(
+    schedule='cosine', min_lr_ratio=0.1, b1=0.9, b2=0.95, weight_decay=0.1, grad_clip=0.0
+  )
+  c.sweep = base.get_sweep_config(
+    kind='width',
+    widths=widths,
+    tokens=tokens,
+    lrs=LRS[parametrization] if lrs is None else lrs,
+    seeds=seeds,
+    warmup_fraction=0.05,
+    min_warmup_steps=10,
+    min_steps=10,
+    checkpoints_per_member=1,
+    logs_per_member=5,
+    evals_per_member=5,
+  )
+  c.sweep.family = ml_collections.ConfigDict(
+    {'family': 'gpt2', 'aspect': 32.0, 'head_dim': HEAD_DIM, 'tolerance': 0.1}
+  )
+  return c
+
+
+def get_config(parametrization: str = 'mup') -> ml_collections.ConfigDict:
+  return study_config(parametrization)
