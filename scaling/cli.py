@@ -19,6 +19,9 @@ USAGE_ERROR = cli.BAD_INPUT
 _HELP_ARGS = ('-h', '-help', '--help', '--helpshort', '--helpfull')
 
 
+fail = cli.fail  # a tool's bad input (a results file, a fit): the one `error:` line, exit 2.
+
+
 def usage_error(message: object) -> NoReturn:
   """Writes `error: message` as one line on stderr and exits with code 2."""
   cli.fail(' '.join(str(message).split()), USAGE_ERROR)

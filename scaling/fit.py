@@ -11,7 +11,6 @@ curves (a sweep's curves.csv); the Kaplan forms are eqs. 1.1 and 1.5 of arXiv 20
 import itertools
 import json
 import os
-import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -479,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       runs, FLAGS.law, FLAGS.bootstrap, FLAGS.seed, FLAGS.budget_rtol, FLAGS.n_polish or None
     )
   except ValueError as e:
-    sys.exit(f'error: {e}')
+    cli.fail(e)
   out['results'] = FLAGS.results
   out['selection'] = runs.selection
   out['columns'] = {

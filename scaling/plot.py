@@ -15,7 +15,6 @@ supervised and distilled, with the teacher's loss as a horizontal line; the tabl
 import csv
 import json
 import os
-import sys
 from collections.abc import Sequence
 
 import matplotlib
@@ -280,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
       table = plot_distill_sweep(FLAGS.results, out_path)
     except ValueError as e:
-      sys.exit(f'error: {e}')
+      cli.fail(e)
     print(format_distill_table(table))
     print(out_path)
     return
@@ -298,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       flops_col=cols.get('flops', 'flops'),
     )
   except (OSError, ValueError) as e:
-    sys.exit(f'error: {e}')
+    cli.fail(e)
   for path in plot_all(runs, fit, out_dir, stem):
     print(path)
 

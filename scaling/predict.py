@@ -10,7 +10,6 @@ only C, the compute-optimal allocation; given N (or D) alone, the C at which it 
 
 import dataclasses
 import json
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -167,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   try:
     out = predict(load_law(FLAGS.law), FLAGS.compute, FLAGS.params, FLAGS.tokens)
   except (ValueError, OSError, KeyError) as e:
-    sys.exit(f'error: {e!r}' if isinstance(e, KeyError) else f'error: {e}')
+    cli.fail(repr(e) if isinstance(e, KeyError) else e)
   text = json.dumps(out, indent=2)
   if FLAGS.out:
     with open(FLAGS.out, 'w') as f:

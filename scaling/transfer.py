@@ -16,7 +16,6 @@ import collections
 import csv
 import json
 import math
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -111,9 +110,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   try:
     data = read([x for x in FLAGS.results if x])
   except (OSError, ValueError) as e:
-    sys.exit(f'error: {e}')
+    cli.fail(e)
   if not data:
-    sys.exit(f'error: no finished members in {",".join(FLAGS.results)}')
+    cli.fail(f'no finished members in {",".join(FLAGS.results)}')
   summary = {name: summarize(curves) for name, curves in data.items()}
   for name, s in summary.items():
     print(

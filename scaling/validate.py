@@ -15,7 +15,6 @@ predicted / observed - 1.
 
 import csv
 import json
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -180,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       report[law], fitted[law] = validate(runs, FLAGS.fit_below, law, FLAGS.bootstrap, FLAGS.seed)
       largest = runs.flops[runs.flops <= FLAGS.fit_below].max()
   except (OSError, ValueError) as e:
-    sys.exit(f'error: {e}')
+    cli.fail(e)
   for law, rows in report.items():
     inside = [r['lo'] <= r['observed'] <= r['hi'] for r in rows if r['lo'] is not None]
     print(

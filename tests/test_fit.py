@@ -394,8 +394,10 @@ def test_cli_in_process_isoflop_and_kaplan(tmp_path, capsys):
   assert kap['columns']['params'] == 'non_embedding_params' and kap['constants']['alpha_N'] > 0
   paths = plot.plot_all(runs, iso, str(tmp_path), 'iso')
   assert len(paths) == 3 and all(os.path.exists(p) for p in paths)
-  with pytest.raises(SystemExit, match="missing column 'val_loss'"):
+  with pytest.raises(SystemExit) as e:
     fit.main([f'--results={csv_path}', '--law=chinchilla', '--loss_col=val_loss'])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.startswith('error: ') and "missing column 'val_loss'" in err
 
 
 def test_lr_and_seed_axes_collapse_to_best_lr_mean_over_seeds(tmp_path, capsys):
