@@ -197,9 +197,10 @@ def main(argv: list[str]) -> None:
   try:
     with cli.one_line_errors(_DEBUG.value, failures=divergence.Diverged):
       _train(_CONFIG.value, _WORKDIR.value)
-  except KeyboardInterrupt:  # a second Ctrl-C: stop at once, quietly.
-    sys.stderr.write('interrupted\n')
-    os._exit(130)
+  except KeyboardInterrupt as e:  # a second Ctrl-C, or a signal during start-up: stop at once.
+    sys.stderr.write(f'{e}\n' if str(e) else 'interrupted\n')  # (preemption.Interrupted says why)
+    sys.stderr.flush()
+    os._exit(getattr(e, 'exit_code', 130))
 
 
 if __name__ == '__main__':

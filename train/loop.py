@@ -19,7 +19,17 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from models.config import PyTree
-from train import checkpoint, context, divergence, hooks, metrics, preemption, sharding, validation
+from train import (
+  checkpoint,
+  context,
+  divergence,
+  hooks,
+  memory,
+  metrics,
+  preemption,
+  sharding,
+  validation,
+)
 from train import workdir as workdir_lib
 from train.context import Run, Task
 from train.evaluators import EvalLoss, Evaluator
@@ -42,7 +52,11 @@ def run(
   validation.derive's result for `config` when the caller has it (see `context.setup`).
   `evaluators` run after the eval loss at every eval step (train/evaluators.py).
   """
-  with preemption.StopRequest() as stop:
+  with preemption.StopRequest() as stop:  # until the state is ready a signal abandons start-up.
+    if derived is None:
+      derived = validation.derive(config, jax.device_count(), jax.process_count())
+    memory.for_run(derived)  # logged; a step that cannot fit is refused before anything is built.
+    workdir_lib.check(workdir)
     r = context.setup(config, derived=derived)
     task = task_fn(r) if task_fn else context.lm_task(r)
     params = _fresh_params(r, workdir, init_params_fn)  # checked before the workdir is touched.
@@ -134,7 +148,7 @@ def _train(
   end = num_steps if stop_after is None else min(stop_after, num_steps)
   meta = {**context.stream_meta(r.config), **task.meta}
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    state, latest = _resume(r, mngr, meta, workdir, params)
+    state, latest = _resume(r, mngr, meta, workdir, params, stop)
     start = int(jax.device_get(state.step))
     train_step = context.jit_train_step(r, task)
     eval_loss = EvalLoss()
@@ -174,12 +188,14 @@ def _resume(
   meta: dict,
   workdir: str,
   params: Callable[[], PyTree | None],
+  stop: preemption.StopRequest,
 ) -> tuple[PyTree, int | None]:
   """(state, the step resumed from or None): the latest good checkpoint, else a fresh state.
   Only once the resume check passed are config.json and metrics.jsonl changed."""
   state, latest = None, None
   if mngr.all_steps():
     state, latest = checkpoint.restore_latest_good(mngr, context.abstract_state(r), meta, workdir)
+  stop.ready()  # restored: a signal from here on stops at a step boundary (before the first).
   checkpoint.write_config(workdir, json.dumps(r.config.to_dict(), indent=2))
   metrics.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), latest or 0)
   if state is not None:

@@ -7,6 +7,7 @@ states the tolerance). A run that cannot fit is refused before compile with the 
 """
 
 import dataclasses
+import logging
 
 import jax
 import numpy as np
@@ -14,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 import models
 from models.config import ModelConfig, head_dim, kv_heads
-from train import sharding
+from train import sharding, validation
 
 GIB = 2**30
 F32 = 4
@@ -129,3 +130,20 @@ def check(est: Estimate) -> None:
     '(config.train.grad_accum_steps or global_batch_size), or chunk the loss '
     '(config.model.loss_chunk)'
   )
+
+
+def for_run(derived: validation.Derived) -> Estimate:
+  """The run's estimate from its validated config, logged; refused (ValueError) if it cannot fit.
+  Shapes only (eval_shape): nothing is allocated, so a huge model is refused in seconds."""
+  c = derived.config
+  est = estimate(
+    derived.model,
+    derived.mesh_shape,
+    derived.micro_batch,
+    c.data.seq_len,
+    c.train.grad_accum_steps,
+    available(),
+  )
+  logging.info(est.line())
+  check(est)
+  return est

@@ -10,6 +10,34 @@ from typing import Any, TextIO
 
 import jax
 
+ROOM = 128  # bytes of path the files inside a workdir need (checkpoints/<step>/state/...).
+
+
+def check(workdir: str) -> None:
+  """Refuse, before anything is built or written, a local workdir whose path is over the OS
+  limits (nothing is created) or which is, or holds a `checkpoints` that is, not a directory."""
+  if '://' in workdir:
+    return
+  path = os.fsencode(os.path.abspath(workdir))
+  name_max, path_max = _limits()
+  if len(path) + ROOM > path_max or any(len(p) > name_max for p in path.split(b'/')):
+    raise ValueError(
+      f'--workdir={workdir[:60]}...: path too long ({len(path)} bytes; this filesystem allows '
+      f'{path_max} with {ROOM} left for the files inside, {name_max} per name); choose a '
+      'shorter --workdir'
+    )
+  for p in (workdir, os.path.join(workdir, 'checkpoints')):
+    if os.path.exists(p) and not os.path.isdir(p):
+      raise ValueError(f'{p} is a file, not a directory; move it away or choose another --workdir')
+
+
+def _limits() -> tuple[int, int]:
+  """(longest name, longest path) in bytes, as the root filesystem reports them."""
+  try:
+    return os.pathconf('/', 'PC_NAME_MAX'), os.pathconf('/', 'PC_PATH_MAX')
+  except (OSError, ValueError):
+    return 255, 4096
+
 
 def claim(workdir: str) -> TextIO | None:
   """Create `workdir` and lock it for this run (process 0; local paths); returns the lock file.
@@ -51,6 +79,15 @@ def write_json(path: str, obj: Any) -> None:
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=1, sort_keys=True)
   os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+  """The JSON in `path`; ValueError naming the path when it does not parse (e.g. half written)."""
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f'{path}: not valid JSON ({e})') from None
 
 
 def latest_checkpoint_step(workdir: str) -> int | None:
