@@ -540,17 +540,19 @@ class _Checkpoint:
     if os.path.exists(single):
       self.files = {k: single for k in self._open(single, 'numpy').keys()}
     elif os.path.exists(index):
-      with open(index) as f:
-        self.files = {k: os.path.join(path, v) for k, v in json.load(f)['weight_map'].items()}
+      weight_map = _load_json(index).get('weight_map', {})
+      self.files = {k: os.path.join(path, v) for k, v in weight_map.items()}
     else:
       _refuse_non_safetensors(path)
     self.rename = {}
 
   def _open(self, filename: str, framework: str) -> Any:
     if (filename, framework) not in self._handles:
-      self._handles[filename, framework] = self._stack.enter_context(
-        safetensors.safe_open(filename, framework=framework)
-      )
+      try:
+        handle = safetensors.safe_open(filename, framework=framework)
+      except safetensors.SafetensorError as e:  # truncated, emptied or a damaged header.
+        raise ValueError(f'{filename}: not a readable safetensors file ({e})') from None
+      self._handles[filename, framework] = self._stack.enter_context(handle)
     return self._handles[filename, framework]
 
   def shapes(self) -> dict:
@@ -621,8 +623,25 @@ def _build(ckpt: _Checkpoint, leaf: Leaf, sharding: jax.sharding.Sharding | None
 
 
 def _load_json(path: str) -> dict:
+  """A JSON object file; ValueError naming the path when it does not parse (e.g. half written)."""
   with open(path) as f:
-    return json.load(f)
+    try:
+      obj = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f'{path}: not valid JSON ({e})') from None
+  if not isinstance(obj, dict):
+    raise ValueError(f'{path}: expected a JSON object, found {type(obj).__name__}')
+  return obj
+
+
+def _check_layers(path: str, n_layers: int, found: dict) -> None:
+  """The checkpoint's config.json and its weights must agree on the number of layers."""
+  layers = {int(m.group(1)) for k in found if (m := re.match(r'[\w.]*?\.(?:h|layers)\.(\d+)\.', k))}
+  if layers and len(layers) != n_layers:
+    raise ValueError(
+      f'{os.path.join(path, "config.json")} says {n_layers} layers but the weights in {path} '
+      f'hold {len(layers)}'
+    )
 
 
 def read_config(path: str) -> ModelConfig:
@@ -663,6 +682,7 @@ def import_checkpoint(
     if not any(k.startswith(prefix) for k in found):  # Saved from the base model class.
       ckpt.rename = {prefix + k: k for k in found if not k.startswith('lm_head.')}
       found = {prefix + k if prefix + k in ckpt.rename else k: s for k, s in found.items()}
+    _check_layers(path, config_from_hf(hf).n_layers, found)
     ignore = ('lm_head.weight',) if cfg.tie_embeddings else ()
     check_shapes(expected_shapes(leaves), found, ignore)
     params = {}

@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import fcntl
 import json
+import logging
 import math
 import os
 import threading
@@ -261,12 +262,17 @@ CURVE_COLUMNS = (
 
 
 def read_json(path: str | os.PathLike) -> dict | None:
-  """A JSON file's object, None when there is no file."""
+  """A JSON file's object, None when there is no file, or (with a warning naming it) when it does
+  not parse: a member whose result or meta file was cut short is re-run, not a blocked sweep."""
   try:
     with open(path) as f:
-      return json.load(f)
+      obj = json.load(f)
   except FileNotFoundError:
     return None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    logging.warning('%s is not valid JSON (%s); treating that member as unfinished', path, e)
+    return None
+  return obj if isinstance(obj, dict) else None
 
 
 def result_row(member: Any, metrics: Mapping, wall_s: float, h: str) -> dict:

@@ -4,7 +4,6 @@ Also used by the distillation trainer to load teachers. Params are placed straig
 the given shardings; a shape mismatch with the target model config names the tensor.
 """
 
-import json
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ import models
 from models import hf
 from models.config import PyTree
 from train import checkpoint
+from train import workdir as workdir_lib
 
 if TYPE_CHECKING:
   from train.context import Run
@@ -27,8 +27,7 @@ def workdir_model_config(workdir: str) -> models.ModelConfig:
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise ValueError(f'{workdir!r} is neither hf:/path nor a workdir of ours (no config.json)')
-  with open(path) as f:
-    return models.ModelConfig.make(json.load(f)['model'])
+  return models.ModelConfig.make(workdir_lib.read_json(path)['model'])
 
 
 def source_tokenizer(src: str) -> str:
@@ -44,8 +43,7 @@ def source_tokenizer(src: str) -> str:
   path = os.path.join(src, 'config.json')
   if not os.path.exists(path):
     raise ValueError(f'{src!r} is neither hf:/path nor a workdir of ours (no config.json)')
-  with open(path) as f:
-    return json.load(f)['data']['tokenizer']
+  return workdir_lib.read_json(path)['data']['tokenizer']
 
 
 def _check_shapes(src: str, expected: PyTree, found: PyTree) -> None:

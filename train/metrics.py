@@ -122,7 +122,17 @@ def truncate_jsonl(path: str, last_step: int) -> None:
   rows, torn = _read_rows(path)
   if torn:
     logging.warning('%s ends in a torn row (%d bytes, cut off mid-write); dropped it', path, torn)
-  keep = [r for r in rows if r.strip(b' \t\r\n\0') and json.loads(r)['step'] <= last_step]
+  steps = [json.loads(r)['step'] if r.strip(b' \t\r\n\0') else None for r in rows]
+  keep = [r for r, s in zip(rows, steps) if s is not None and s <= last_step]
+  dropped = [s for s in steps if s is not None and s > last_step]
+  if dropped and not last_step:  # no checkpoint (e.g. checkpoints/ removed): a restart, say so.
+    logging.warning(
+      '%s: no checkpoint to resume from, starting again at step 0; dropped its %d rows (up to '
+      'step %d)',
+      path,
+      len(dropped),
+      max(dropped),
+    )
   if torn or len(keep) != len(rows):
     tmp = path + '.tmp'
     with open(tmp, 'wb') as f:
