@@ -431,3 +431,196 @@ def test_init_from_and_teacher_loading_refuse_a_corrupt_checkpoint(trained, tmp_
   _garbage(os.path.join(workdir, 'checkpoints', '4'))
   with pytest.raises(ValueError, match=f'{workdir}: checkpoint 4 is corrupt'):
     init_from.load_params(workdir)
+
+
+# --- issue 24: memory, start-up signals, unreadable files, workdir paths ------------------------
+
+
+def test_a_step_that_cannot_fit_is_refused_before_anything(data_dir, tmp_path):
+  """d_model=1e9 (it used to abort inside XLA after writing config.json): the estimate, from
+  shapes only, refuses it in one line, and the workdir is not even created."""
+  workdir = str(tmp_path / 'w')
+  rc, _, err, _ = _main(tiny_main_cmd(workdir, data_dir, '--config.model.d_model=1000000000'))
+  assert rc == 2
+  line = _error_line(err)
+  assert 'memory per device (GiB)' in line and 'the step does not fit' in line
+  assert 'config.mesh.fsdp' in line and not os.path.exists(workdir)
+
+
+def test_sigterm_during_start_up_exits_at_once_with_the_workdir_intact(trained, data_dir, tmp_path):
+  """A real SIGTERM while the run sets up (data, init_from, restore): no step to finish, so it
+  stops at once (128 + SIGTERM) with the checkpoints and metrics as they were."""
+  workdir = _copy(trained, tmp_path)
+  before = {k: v for k, v in _snapshot(workdir).items() if k != 'config.json'}
+  proc = subprocess.Popen(
+    tiny_main_cmd(workdir, data_dir, steps=6),
+    cwd=REPO,
+    env=cpu_env(2),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  log = []
+  for line in proc.stderr:  # the memory line: validated, nothing built yet.
+    log.append(line)
+    if 'memory per device' in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  log.extend(proc.stderr)
+  proc.communicate(timeout=120)
+  log = ''.join(log)
+  assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
+  assert 'SIGTERM received during start-up: stopped before the first step' in log
+  assert 'Traceback' not in log and ' | loss ' not in log
+  assert {k: v for k, v in _snapshot(workdir).items() if k != 'config.json'} == before
+  assert not os.path.exists(os.path.join(workdir, '.lock')) or not _locked(workdir)
+
+
+def _locked(workdir):
+  """Whether some process still holds workdir/.lock."""
+  import fcntl
+
+  with open(os.path.join(workdir, '.lock')) as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      return True
+  return False
+
+
+def test_stop_request_raises_until_the_state_is_ready_and_waits_after():
+  from train import preemption
+
+  with pytest.raises(preemption.Interrupted, match='SIGTERM received during start-up') as e:
+    with preemption.StopRequest():
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(5)  # (the handler runs at once; never reached)
+  assert e.value.exit_code == 128 + signal.SIGTERM
+  with preemption.StopRequest() as stop:
+    stop.ready()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.should_stop(1) and stop.signal == 'SIGTERM'
+
+
+def _tiny_hf(tmp_path):
+  import transformers
+  from helpers import HF_GPT2, make_hf, save
+
+  return save(make_hf(transformers.GPT2Config, {**HF_GPT2, 'vocab_size': 257}), tmp_path / 'hf')
+
+
+@pytest.mark.parametrize(
+  'damage',
+  [
+    lambda p: os.truncate(p, os.path.getsize(p) // 2),
+    lambda p: os.truncate(p, 0),
+    lambda p: open(p, 'r+b').write(b'\xff' * 16),  # the header's length and first bytes.
+  ],
+  ids=['truncated', 'emptied', 'header'],
+)
+def test_unreadable_hf_weights_name_the_file(damage, tmp_path):
+  from models import hf
+
+  path = _tiny_hf(tmp_path)
+  weights = os.path.join(path, 'model.safetensors')
+  damage(weights)
+  with pytest.raises(ValueError, match=f'{re.escape(weights)}: not a readable safetensors file'):
+    hf.import_checkpoint(path)
+
+
+def test_unparsable_json_names_its_path(tmp_path):
+  """A half-written config.json: an HF directory's (init_from, train.sample) and a workdir's."""
+  from models import hf
+  from train import init_from
+
+  path = _tiny_hf(tmp_path)
+  config = os.path.join(path, 'config.json')
+  with open(config, 'r+') as f:
+    f.truncate(len(f.read()) // 2)
+  with pytest.raises(ValueError, match=f'{re.escape(config)}: not valid JSON'):
+    hf.read_config(path)
+  workdir = str(tmp_path / 'w')
+  os.makedirs(workdir)
+  open(os.path.join(workdir, 'config.json'), 'w').close()
+  with pytest.raises(ValueError, match=f'{re.escape(workdir)}/config.json: not valid JSON'):
+    init_from.workdir_model_config(workdir)
+
+
+def test_hf_config_whose_layer_count_disagrees_with_the_weights_is_refused(tmp_path):
+  from models import hf
+
+  path = _tiny_hf(tmp_path)
+  config = os.path.join(path, 'config.json')
+  hf_config = json.load(open(config))
+  with open(config, 'w') as f:
+    json.dump({**hf_config, 'n_layer': 3}, f)
+  with pytest.raises(ValueError, match='says 3 layers but the weights .* hold 2'):
+    hf.import_checkpoint(path)
+
+
+def test_sweep_member_with_an_empty_json_is_rerun_the_others_proceed(tmp_path, monkeypatch, caplog):
+  from scaling import sweep
+
+  config = _sweep_file_config('configs/sweeps/isoflop_tiny.py')
+  a, b = sweep.members(config)[:2]
+  workdir = str(tmp_path)
+  for m in (a, b):
+    os.makedirs(os.path.join(workdir, m.name))
+  for name in ('sweep_member.json', 'result.json'):
+    open(os.path.join(workdir, a.name, name), 'w').close()  # a crash mid-write, emptied.
+  ok = {**b.info, 'loss': 2.5, 'bits_per_byte': 3.0, 'wall_s': 1.0, 'status': 'ok'}
+  sweep.workdir_lib.write_json(
+    os.path.join(workdir, b.name, 'result.json'), {**ok, 'config_hash': b.config_hash}
+  )
+  trained_members = []
+
+  def train(m, *args, **kwargs):
+    trained_members.append(m.name)
+    return {'eval/loss': 2.0, 'eval/bits_per_byte': 3.0}
+
+  monkeypatch.setattr(sweep, '_train', train)
+  config.sweep.member = -1  # every member: the damaged one does not block the others.
+  summary = sweep.run(config, workdir)
+  assert a.name in trained_members and b.name not in trained_members
+  assert summary['skipped'] == [b.name] and summary['finished'] == len(sweep.members(config))
+  assert f'{os.path.join(workdir, a.name, "result.json")} is not valid JSON' in caplog.text
+
+
+def _sweep_file_config(path):
+  """get_config() of a config file, loaded by path as config_flags does."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+    os.path.basename(path)[:-3], os.path.join(REPO, path)
+  )
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def test_workdir_paths_are_checked_before_anything_is_created(tmp_path):
+  """A `checkpoints` that is a regular file, and a path over the OS limit (nothing created)."""
+  from train import workdir as workdir_lib
+
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  (workdir / 'checkpoints').write_text('')
+  with pytest.raises(ValueError, match=f'{re.escape(str(workdir))}/checkpoints is a file'):
+    workdir_lib.check(str(workdir))
+  deep = os.path.join(str(tmp_path / 'deep'), *['d' * 200] * 21)
+  with pytest.raises(ValueError, match='path too long'):
+    workdir_lib.check(deep)
+  with pytest.raises(ValueError, match='path too long'):
+    workdir_lib.check(str(tmp_path / ('n' * 300)))
+  assert not os.path.exists(tmp_path / 'deep')
+
+
+def test_metrics_rows_without_a_checkpoint_are_dropped_with_a_warning(tmp_path, caplog):
+  from train import metrics
+
+  path = str(tmp_path / 'metrics.jsonl')
+  with open(path, 'w') as f:
+    f.writelines(json.dumps({'step': s, 'train/loss': 1.0}) + '\n' for s in (2, 4, 6))
+  metrics.truncate_jsonl(path, 0)
+  assert 'no checkpoint to resume from, starting again at step 0; dropped its 3 rows' in caplog.text
+  assert 'up to step 6' in caplog.text and open(path).read() == ''
