@@ -363,7 +363,8 @@ def test_depth_coord_check_flat_under_depth_mup(tiny_config: object) -> None:
   """Residual stream after 2 Adam steps at depths 1 and 4 (width 32): flat under depth-μP, growing
   like depth without its branch scale (each block's update adds ~lr, summed over the blocks)."""
   c = tiny_config({'optimizer.lr': 1e-2})
-  c.model.update(vocab_size=257, n_heads=2, head_dim=16)
+  # A rolled layer scan: one compiled layer per depth instead of an unrolled stack (compile time).
+  c.model.update(vocab_size=257, n_heads=2, head_dim=16, scan_unroll=1)
   slope = {}
   for name, depth_base in (('depth_mup', 1), ('none', 0)):
     r = coord_check.run(
