@@ -1,5 +1,9 @@
 """config.init_from: runs start from a HuggingFace directory or one of our workdirs."""
 
+import json
+import os
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -69,3 +73,16 @@ def test_start_from_our_workdir(tiny_config, tmp_path):
   )
   with pytest.raises(ValueError, match='parametrization/base shape'):
     init_from.params_fn(other)(context.setup(other))
+  # A μP workdir (same shapes; its config.json says mup) refuses a changed forward multiplier.
+  mup_dir = str(tmp_path / 'mup')
+  shutil.copytree(first, mup_dir)
+  with open(os.path.join(mup_dir, 'config.json')) as f:
+    saved = json.load(f)
+  saved['model']['parametrization'] = 'mup'
+  with open(os.path.join(mup_dir, 'config.json'), 'w') as f:
+    json.dump(saved, f)
+  kw = {'init_from': mup_dir, 'model.parametrization': 'mup'}
+  jax.device_get(init_from.params_fn(tiny_config(kw))(context.setup(tiny_config(kw))))
+  mult = tiny_config({**kw, 'model.mup_attn_mult': 2.0})
+  with pytest.raises(ValueError, match="'mup_attn_mult': 2.0"):
+    init_from.params_fn(mult)(context.setup(mult))

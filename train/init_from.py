@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 
 import models
 from models import hf
-from models.config import PyTree
+from models.config import ModelConfig, PyTree
 from train import checkpoint
 from train import workdir as workdir_lib
 
@@ -61,6 +61,23 @@ def _check_shapes(src: str, expected: PyTree, found: PyTree) -> None:
       )
 
 
+# What the forward pass multiplies trained weights by: a change would silently re-mean them.
+MEANING = (
+  'parametrization',
+  'base_d_model',
+  'base_d_ff',
+  'base_head_dim',
+  'base_n_layers',
+  'mup_input_mult',
+  'mup_output_mult',
+  'mup_attn_mult',
+)
+
+
+def _meaning(c: ModelConfig) -> dict:
+  return {k: getattr(c, k) for k in MEANING}
+
+
 def load_params(
   src: str, model_config: models.ModelConfig | None = None, shardings: PyTree | None = None
 ) -> tuple[models.ModelConfig, PyTree]:
@@ -73,11 +90,10 @@ def load_params(
     return hf.import_checkpoint(src[3:], model_config=model_config, shardings=shardings)
   saved_cfg = workdir_model_config(src)
   cfg = model_config if model_config is not None else saved_cfg
-  shape_of = lambda c: (c.parametrization, c.base_d_model, c.base_d_ff, c.base_head_dim)
-  if shape_of(saved_cfg) != shape_of(cfg):
+  if _meaning(saved_cfg) != _meaning(cfg):
     raise ValueError(
-      f'{src}: trained with parametrization/base shape {shape_of(saved_cfg)}, the '
-      f'model config has {shape_of(cfg)}; the weights would mean something else'
+      f'{src}: trained with parametrization/base shape/multipliers {_meaning(saved_cfg)}, the '
+      f'model config has {_meaning(cfg)}; the weights would mean something else'
     )
   saved = models.param_shapes(saved_cfg)
   _check_shapes(src, models.param_shapes(cfg), saved)
