@@ -26,13 +26,23 @@ from scaling import cli
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
 flags.DEFINE_list('results', None, 'comma-separated results.csv paths', flag_values=FLAGS)
 flags.DEFINE_string('out', '', 'plot path (png); none if empty', flag_values=FLAGS)
+flags.DEFINE_list(
+  'labels',
+  [],
+  'one group label per results path (e.g. the setting of a base-width search; a label given '
+  'twice pools those files, e.g. two seeds); default: the parametrization column',
+  flag_values=FLAGS,
+)
 flags.mark_flag_as_required('results', flag_values=FLAGS)
 
 
-def read(paths: Sequence[str]) -> dict:
-  """{parametrization: {(width, lr): [losses over seeds]}} from one or more results CSVs."""
+def read(paths: Sequence[str], labels: Sequence[str] = ()) -> dict:
+  """{group: {(width, lr): [losses over seeds]}} from one or more results CSVs; the group is the
+  path's label when `labels` are given (one per path), else the parametrization column."""
+  if labels and len(labels) != len(paths):
+    raise ValueError(f'--labels: {len(labels)} labels for {len(paths)} results paths')
   out = collections.defaultdict(lambda: collections.defaultdict(list))
-  for path in paths:
+  for i, path in enumerate(paths):
     with open(path, newline='') as f:
       rows = list(csv.DictReader(f))
     for col in ('d_model', 'lr', 'loss'):
@@ -41,7 +51,8 @@ def read(paths: Sequence[str]) -> dict:
     for r in rows:
       loss = float(r['loss'])
       if math.isfinite(loss):
-        out[r.get('parametrization') or 'sp'][(int(r['d_model']), float(r['lr']))].append(loss)
+        group = labels[i] if labels else r.get('parametrization') or 'sp'
+        out[group][(int(r['d_model']), float(r['lr']))].append(loss)
   return out
 
 
@@ -108,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
   cli.parse(FLAGS, argv, __doc__)
   try:
-    data = read([x for x in FLAGS.results if x])
+    data = read([x for x in FLAGS.results if x], [x for x in FLAGS.labels if x])
   except (OSError, ValueError) as e:
     cli.fail(e)
   if not data:

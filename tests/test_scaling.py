@@ -647,3 +647,24 @@ def test_parallel_members_on_disjoint_device_subsets(data_dir, tmp_path):
   spans.sort()
   assert spans[1][0] < spans[0][1]  # the second member started before the first finished.
   assert spans[0][2] != spans[1][2]  # ... on the other device.
+
+
+def test_transfer_summary_by_label_pools_seeds(tmp_path):
+  """scaling.transfer on CSVs written the way sweeps write them: a label per file groups settings
+  (a label given twice pools two seeds); the optimum is the lowest seed-mean loss."""
+  from scaling import transfer
+
+  cols = ('name', 'd_model', 'lr', 'loss')
+  losses = {'a0': (2.4, 2.3, 2.5), 'a1': (2.4, 2.1, 2.2), 'b0': (2.2, 2.3, 2.6)}
+  paths = []
+  for name, ls in losses.items():
+    path = str(tmp_path / f'{name}.csv')
+    rows = [{'name': f'm{i}', 'd_model': 32, 'lr': 2.0**-i, 'loss': x} for i, x in enumerate(ls)]
+    results.write_csv(path, rows, cols)
+    paths.append(path)
+  data = transfer.read(paths, ['a', 'a', 'b'])
+  a, b = transfer.summarize(data['a']), transfer.summarize(data['b'])
+  assert a['seeds'] == 2 and a['optimal_lr'] == {32: 0.5} and a['loss_at_optimum'] == {32: 2.2}
+  assert b['optimal_lr'] == {32: 1.0} and b['at_grid_edge'] == [32]
+  with pytest.raises(ValueError, match='2 labels for 3'):
+    transfer.read(paths, ['a', 'b'])
