@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from helpers import (
+  REPO,
   TINY_RUN,
   apply_overrides,
   config_flags,
@@ -473,3 +474,17 @@ def test_checkpoint_of_another_batch_order_is_refused(tiny_config):
   old = {k: v for k, v in current.items() if k != 'pipeline'}
   with pytest.raises(ValueError, match='input pipeline'):
     checkpoint.check_meta(old, current)
+
+
+@pytest.mark.slow  # two processes each importing TFDS and building the corpus: ~30 s of CPU.
+def test_two_first_runs_at_once_build_the_corpus_once(tmp_path):
+  """scaling.parallel's members start together on a fresh machine: both find the embedded corpus
+  built (one builds it under the lock, the other waits), neither fails renaming TFDS's files."""
+  import subprocess
+
+  code = 'from train.data import writer; writer.load_builder("stdlib_corpus", {!r})'
+  cmd = [sys.executable, '-c', code.format(str(tmp_path))]
+  procs = [subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  errs = [p.communicate(timeout=600)[1] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], errs
+  assert os.path.isdir(tmp_path / 'stdlib_corpus' / '1.0.0')

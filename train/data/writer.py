@@ -8,8 +8,10 @@ manifest.json, after which training reads the directory.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import difflib
+import fcntl
 import glob
 import logging
 import math
@@ -17,7 +19,7 @@ import multiprocessing
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -56,11 +58,25 @@ def check_known(dataset: str, data_dir: str | None = None) -> None:
   _builder(dataset, data_dir)
 
 
+@contextlib.contextmanager
+def _build_lock(version_dir: str) -> Iterator[None]:
+  """Holds an flock beside a local dataset's version directory while it is built, so runs that
+  start at once (scaling.parallel's members on a fresh machine) build it once, not race on it."""
+  if '://' in version_dir:  # object stores have no flock; build it before a parallel start.
+    yield
+    return
+  os.makedirs(os.path.dirname(version_dir), exist_ok=True)
+  with open(version_dir.rstrip('/') + '.build.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    yield
+
+
 def load_builder(dataset: str, data_dir: str | None) -> Any:
   """The prepared TFDS builder; prepares it if needed (offline only for the embedded corpora)."""
   builder = _builder(dataset, data_dir)
   try:
-    builder.download_and_prepare()
+    with _build_lock(builder.data_dir):
+      builder.download_and_prepare()
   except Exception as e:  # Network/manual-download failures come in many types.
     if embedded.is_embedded(dataset):
       raise
