@@ -87,6 +87,8 @@ def plot(data: dict, path: str) -> None:
   import matplotlib.pyplot as plt  # after use('Agg'): no display needed.
 
   names = list(data)
+  if all(len({w for w, _ in c}) == 1 for c in data.values()):  # one width each: one panel.
+    return _plot_groups(data, path, plt)
   fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), sharey=True)
   for ax, p in zip(np.atleast_1d(axes), names):
     curves = data[p]
@@ -110,6 +112,30 @@ def plot(data: dict, path: str) -> None:
   ax0.legend(fontsize=8)
   lo = min(min(np.mean(v) for v in c.values()) for c in data.values())
   ax0.set_ylim(lo - 0.05, lo + 1.0)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _plot_groups(data: dict, path: str, plt: object) -> None:
+  """Loss vs lr at one width, a curve per group (a base-width search's settings), seed range banded."""
+  fig, ax = plt.subplots(figsize=(7.5, 4.6))
+  colors = plt.cm.tab20(np.linspace(0, 1, len(data)))
+  for (name, curves), color in zip(sorted(data.items()), colors):
+    lrs = sorted(lr for _, lr in curves)
+    losses = [curves[(w, lr)] for lr in lrs for w in {w for w, _ in curves}]
+    mean = np.array([np.mean(x) for x in losses])
+    ax.plot(lrs, mean, marker='o', ms=3, color=color, label=name, lw=2 if name == 'default' else 1)
+    ax.fill_between(
+      lrs, [min(x) for x in losses], [max(x) for x in losses], color=color, alpha=0.15
+    )
+  ax.set_xscale('log', base=2)
+  ax.set_xlabel('peak learning rate')
+  ax.set_ylabel('final eval loss (nats/byte)')
+  lo = min(min(np.mean(v) for v in c.values()) for c in data.values())
+  ax.set_ylim(lo - 0.05, lo + 0.6)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

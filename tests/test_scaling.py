@@ -668,3 +668,5 @@ def test_transfer_summary_by_label_pools_seeds(tmp_path):
   assert b['optimal_lr'] == {32: 1.0} and b['at_grid_edge'] == [32]
   with pytest.raises(ValueError, match='2 labels for 3'):
     transfer.read(paths, ['a', 'b'])
+  transfer.plot(data, str(tmp_path / 'search.png'))  # one width: one panel, a curve per label.
+  assert os.path.getsize(tmp_path / 'search.png') > 0
