@@ -144,7 +144,7 @@ def _evaluators(config: ConfigDict) -> list:
     return []
   from train import harness  # imports lm-eval: only when tasks are set.
 
-  return [harness.LmEvalEvaluator(config.lm_eval, config.seed)]
+  return [harness.LmEvalEvaluator(config.lm_eval)]
 
 
 def _train(config: ConfigDict, workdir: str) -> None:

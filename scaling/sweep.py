@@ -84,11 +84,22 @@ __all__ = ('Member', 'finished', 'get_sweep_config', 'members', 'plan_table', 'r
 MEMBER_FILE = 'sweep_member.json'
 
 
+class Unverifiable(ValueError):
+  """A member whose checkpoints cannot be tied to its config: skipped, the others run."""
+
+
 def finished(member_dir: str, config: ml_collections.ConfigDict, name: str) -> dict | None:
   """The stored result of a finished member, None if unfinished; error if made by another config
   (a hash under the previous rule is recognised too: scaling/config_hash.py)."""
   h = hash_lib.config_hash(config)
-  meta = results.read_json(os.path.join(member_dir, MEMBER_FILE))
+  meta_path = os.path.join(member_dir, MEMBER_FILE)
+  meta = results.read_json(meta_path)
+  if meta is None and os.path.exists(meta_path) and workdir_lib.latest_checkpoint_step(member_dir):
+    # Unreadable (cut short) beside checkpoints: which config made them can't be checked.
+    raise Unverifiable(
+      f'sweep member {name}: {meta_path} does not parse and {member_dir} holds checkpoints '
+      f'whose config cannot be checked; skipped (remove {member_dir} to retrain it)'
+    )
   if meta is not None and not hash_lib.recognises(config, meta.get('config_hash')):
     raise ValueError(
       f'sweep member {name}: {member_dir} was made by a different config (hash '
@@ -104,7 +115,7 @@ def finished(member_dir: str, config: ml_collections.ConfigDict, name: str) -> d
   return result
 
 
-def _grow_trunk(workdir: str, m: Member) -> int | None:
+def _grow_trunk(workdir: str, m: Member, evaluators: Sequence[Evaluator] = ()) -> int | None:
   """Train m's trunk through each branch point up to m's, stopping (and checkpointing) at each;
   returns the step a SIGTERM stopped it at, else None."""
   trunk_dir = os.path.join(workdir, m.trunk)
@@ -126,6 +137,7 @@ def _grow_trunk(workdir: str, m: Member) -> int | None:
       trunk_dir,
       stop_after=point,
       init_params_fn=init_from.params_fn(m.trunk_config),
+      evaluators=evaluators,
     )
     if metrics.get('preempted_at_step') is not None:
       return metrics['preempted_at_step']
@@ -197,8 +209,13 @@ class _Sweep:
 
 
 def _skip_finished(sw: _Sweep, m: Member, member_dir: str, tag: str) -> bool:
-  """Whether m finished (or failed) in an earlier run; logs and records it."""
-  result = finished(member_dir, m.config, m.name)
+  """Whether m finished (or failed, or cannot be verified) in an earlier run; logs, records it."""
+  try:
+    result = finished(member_dir, m.config, m.name)
+  except Unverifiable as e:
+    sw.failed.append(m.name)
+    logging.warning('%s: %s', tag, e)
+    return True
   if result is None:
     return False
   if result.get('status', 'ok') == 'ok':
@@ -221,7 +238,7 @@ def _start(sw: _Sweep, m: Member, member_dir: str, tag: str) -> bool:
   """Whether m can train now: a wsd member branches off its trunk first (a SIGTERM may stop it)."""
   latest = workdir_lib.latest_checkpoint_step(member_dir)
   if m.trunk and latest is None:  # wsd: branch this member off its size's trunk.
-    stopped = _grow_trunk(sw.workdir, m)
+    stopped = _grow_trunk(sw.workdir, m, sw.evaluators)
     if stopped is not None:
       logging.warning(
         '%s: trunk %s stopped at step %d; rerun the sweep to resume', tag, m.trunk, stopped

@@ -562,12 +562,15 @@ def test_sweep_member_with_an_empty_json_is_rerun_the_others_proceed(tmp_path, m
   from scaling import sweep
 
   config = _sweep_file_config('configs/sweeps/isoflop_tiny.py')
-  a, b = sweep.members(config)[:2]
+  a, b, c = sweep.members(config)[:3]
   workdir = str(tmp_path)
   for m in (a, b):
     os.makedirs(os.path.join(workdir, m.name))
   for name in ('sweep_member.json', 'result.json'):
     open(os.path.join(workdir, a.name, name), 'w').close()  # a crash mid-write, emptied.
+  # c: its meta emptied beside a checkpoint: which config made it can't be told; skipped.
+  os.makedirs(os.path.join(workdir, c.name, 'checkpoints', '5'))
+  open(os.path.join(workdir, c.name, 'sweep_member.json'), 'w').close()
   ok = {**b.info, 'loss': 2.5, 'bits_per_byte': 3.0, 'wall_s': 1.0, 'status': 'ok'}
   sweep.workdir_lib.write_json(
     os.path.join(workdir, b.name, 'result.json'), {**ok, 'config_hash': b.config_hash}
@@ -581,9 +584,11 @@ def test_sweep_member_with_an_empty_json_is_rerun_the_others_proceed(tmp_path, m
   monkeypatch.setattr(sweep, '_train', train)
   config.sweep.member = -1  # every member: the damaged one does not block the others.
   summary = sweep.run(config, workdir)
-  assert a.name in trained_members and b.name not in trained_members
-  assert summary['skipped'] == [b.name] and summary['finished'] == len(sweep.members(config))
+  assert a.name in trained_members and not {b.name, c.name} & set(trained_members)
+  assert summary['skipped'] == [b.name] and summary['failed'] == [c.name]
+  assert summary['finished'] == len(sweep.members(config)) - 1
   assert f'{os.path.join(workdir, a.name, "result.json")} is not valid JSON' in caplog.text
+  assert f'{os.path.join(workdir, c.name, "sweep_member.json")} does not parse' in caplog.text
 
 
 def _sweep_file_config(path):

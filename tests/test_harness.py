@@ -184,7 +184,7 @@ def test_lm_eval_on_sharded_params_matches_unsharded(tiny_config, task_dir):
     }
   )
   r = context.setup(config)
-  evaluator = harness.LmEvalEvaluator(config.lm_eval, config.seed)
+  evaluator = harness.LmEvalEvaluator(config.lm_eval)
   evaluator.start(r)
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     params = context.init_state(r).params
@@ -210,7 +210,7 @@ def test_training_run_logs_lm_eval_metrics(tiny_config, task_dir, tmp_path):
       'train.eval_every': 2,
     }
   )
-  evaluators = [harness.LmEvalEvaluator(config.lm_eval, config.seed)]  # as main.py builds it.
+  evaluators = [harness.LmEvalEvaluator(config.lm_eval)]  # as main.py builds it.
   result = loop.run(config, str(tmp_path), evaluators=evaluators)
   rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   assert 'eval/loss' in rows[-1] and 0 <= rows[-1]['lm_eval/toy_mc/acc'] <= 1

@@ -399,21 +399,22 @@ class LmEvalEvaluator:
   flat lm_eval/<task>/<metric>. Task names are checked and the tasks loaded when it is built, so
   a bad name stops the run before anything is compiled or written."""
 
-  def __init__(self, lm_eval_config: ml_collections.ConfigDict, seed: int = 0) -> None:
+  def __init__(self, lm_eval_config: ml_collections.ConfigDict) -> None:
     c = self.config = lm_eval_config
     check_tasks(c.tasks, c.include_path, 'config.lm_eval.tasks')
     self.tasks = TaskSet(c.tasks, c.include_path, c.num_fewshot)
-    self.seed, self.lm = seed, None
+    self.lm = None
 
   def start(self, r: 'Run', task: object = None) -> None:
-    """Score on the run's mesh with its tokenizer, batch rows rounded up to the batch shards."""
+    """Score on the run's mesh with its tokenizer and seed (a sweep member's own), batch rows
+    rounded up to the batch shards."""
     shards = r.derived.batch_shards
     self.lm = LMScaleLM(
       model_config=r.derived.model,
       tokenizer=r.tokenizer,
       mesh=r.mesh,
       batch_size=-(-self.config.batch_size // shards) * shards,
-      seed=self.seed,
+      seed=r.config.seed,
     )
 
   def __call__(self, params: PyTree) -> dict[str, float]:

@@ -56,6 +56,11 @@ def run(
     if derived is None:
       derived = validation.derive(config, jax.device_count(), jax.process_count())
     memory.for_run(derived)  # logged; a step that cannot fit is refused before anything is built.
+    if derived.config.lm_eval.tasks and not evaluators:
+      logging.warning(
+        'config.lm_eval.tasks is set but no evaluator was passed: no lm-eval scores (main.py '
+        'builds harness.LmEvalEvaluator; a caller of loop.run passes it in `evaluators`)'
+      )
     workdir_lib.check(workdir)
     r = context.setup(config, derived=derived)
     task = task_fn(r) if task_fn else context.lm_task(r)
@@ -195,13 +200,14 @@ def _resume(
   state, latest = None, None
   if mngr.all_steps():
     state, latest = checkpoint.restore_latest_good(mngr, context.abstract_state(r), meta, workdir)
+  if state is None:  # every input (a deferred init_from too) loads before the workdir changes.
+    state = context.init_state(r, params())
   stop.ready()  # restored: a signal from here on stops at a step boundary (before the first).
   checkpoint.write_config(workdir, json.dumps(r.config.to_dict(), indent=2))
   metrics.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), latest or 0)
-  if state is not None:
+  if latest is not None:
     logging.info('Resumed from step %d in %s', latest, workdir)
-    return state, latest
-  return context.init_state(r, params()), latest
+  return state, latest
 
 
 def _batch(r: Run, task: Task, step: int) -> dict:
