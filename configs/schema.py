@@ -204,7 +204,10 @@ def _check_mup_hparams(m: ModelConfig) -> None:
   """μP's base hyperparameters: positive, under 'mup' / 'umup' only, readout ones when untied."""
   defaults = ModelConfig()
   for key in MUP_HPARAMS:
-    _ok(f'model.{key}', getattr(m, key), getattr(m, key) > 0, 'positive')
+    if key == 'mup_output_mult':  # 0: the parametrization's tuned value.
+      _ok(f'model.{key}', m.mup_output_mult, m.mup_output_mult >= 0, '>= 0 (0: tuned)')
+    else:
+      _ok(f'model.{key}', getattr(m, key), getattr(m, key) > 0, 'positive')
   changed = [
     k for k in MUP_HPARAMS + ('mup_readout_init',) if getattr(m, k) != getattr(defaults, k)
   ]

@@ -67,7 +67,9 @@ class ModelConfig:
   base_n_layers: int = 0
   # μP / u-μP base hyperparameters (models/parametrization.py; 'sp' refuses them), 1 = as before:
   mup_input_mult: float = 1.0  # α_in: token (and position) embedding outputs ×.
-  mup_output_mult: float = 1.0  # α_out: logits × (on top of μP's 1/w, u-μP's 1/fan_in).
+  # α_out: logits × (on top of μP's 1/w, u-μP's 1/fan_in); 0: the parametrization's tuned value
+  # (models/parametrization.py TUNED: μP 4, from docs/mup.md's base-width search; 1 = as before).
+  mup_output_mult: float = 0.0
   mup_attn_mult: float = 1.0  # attention logits × (on top of μP's √(base Dh)/Dh, u-μP's 1/Dh).
   mup_lr_embedding: float = 1.0  # Adam lr of the embedding tables, relative to the hidden weights.
   mup_lr_readout: float = 1.0  # of an untied readout.

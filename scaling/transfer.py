@@ -16,6 +16,7 @@ import collections
 import csv
 import json
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,27 +34,94 @@ flags.DEFINE_list(
   'twice pools those files, e.g. two seeds); default: the parametrization column',
   flag_values=FLAGS,
 )
+flags.DEFINE_enum(
+  'axis',
+  'd_model',
+  ['d_model', 'n_layers'],
+  'what the sweep varies: width (d_model) or depth (n_layers)',
+  flag_values=FLAGS,
+)
+flags.DEFINE_string(
+  'curves_out',
+  '',
+  'plot path (png) for the eval-loss curves of each width\'s optimum, read from the curves.csv '
+  'beside each results.csv; none if empty',
+  flag_values=FLAGS,
+)
 flags.mark_flag_as_required('results', flag_values=FLAGS)
 
 
-def read(paths: Sequence[str], labels: Sequence[str] = ()) -> dict:
-  """{group: {(width, lr): [losses over seeds]}} from one or more results CSVs; the group is the
-  path's label when `labels` are given (one per path), else the parametrization column."""
+def _rows(paths: Sequence[str], labels: Sequence[str], axis: str) -> list:
+  """(group, results path, row) of every finite-loss row of the results CSVs."""
   if labels and len(labels) != len(paths):
     raise ValueError(f'--labels: {len(labels)} labels for {len(paths)} results paths')
-  out = collections.defaultdict(lambda: collections.defaultdict(list))
+  out = []
   for i, path in enumerate(paths):
     with open(path, newline='') as f:
       rows = list(csv.DictReader(f))
-    for col in ('d_model', 'lr', 'loss'):
+    for col in (axis, 'lr', 'loss'):
       if rows and col not in rows[0]:
         raise ValueError(f'{path}: missing column {col!r} (a width sweep with an lr axis?)')
     for r in rows:
-      loss = float(r['loss'])
-      if math.isfinite(loss):
-        group = labels[i] if labels else r.get('parametrization') or 'sp'
-        out[group][(int(r['d_model']), float(r['lr']))].append(loss)
+      if math.isfinite(float(r['loss'])):
+        out.append((labels[i] if labels else r.get('parametrization') or 'sp', path, r))
   return out
+
+
+def read(paths: Sequence[str], labels: Sequence[str] = (), axis: str = 'd_model') -> dict:
+  """{group: {(width, lr): [losses over seeds]}} from one or more results CSVs; the group is the
+  path's label when `labels` are given (one per path), else the parametrization column. `axis`:
+  the column that plays width ('n_layers' for a depth sweep)."""
+  out = collections.defaultdict(lambda: collections.defaultdict(list))
+  for group, _, r in _rows(paths, labels, axis):
+    out[group][(int(r[axis]), float(r['lr']))].append(float(r['loss']))
+  return out
+
+
+def optimum_curves(
+  paths: Sequence[str], labels: Sequence[str], summary: dict, axis: str = 'd_model'
+) -> dict:
+  """{group: {width: [(tokens, loss) arrays per seed]}}: the eval curves (curves.csv beside each
+  results.csv) of the members at each width's optimal lr."""
+  out = collections.defaultdict(lambda: collections.defaultdict(list))
+  by_dir = collections.defaultdict(dict)
+  for group, path, r in _rows(paths, labels, axis):
+    w = int(r[axis])
+    if float(r['lr']) == summary[group]['optimal_lr'].get(w):
+      by_dir[os.path.join(os.path.dirname(path), 'curves.csv')][r['name']] = (group, w)
+  for curves_path, names in by_dir.items():
+    with open(curves_path, newline='') as f:
+      rows = [r for r in csv.DictReader(f) if r['name'] in names]
+    for name, (group, w) in names.items():
+      pts = sorted((float(r['tokens']), float(r['loss'])) for r in rows if r['name'] == name)
+      out[group][w].append(np.array(pts))
+  return out
+
+
+def plot_curves(curves: dict, path: str, axis: str = 'd_model') -> None:
+  """One panel per group: eval loss vs tokens of each width's optimum (a line per seed)."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # after use('Agg'): no display needed.
+
+  names = list(curves)
+  fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), sharey=True)
+  for ax, g in zip(np.atleast_1d(axes), names):
+    widths = sorted(curves[g])
+    for w, color in zip(widths, plt.cm.viridis(np.linspace(0, 0.9, len(widths)))):
+      for i, pts in enumerate(curves[g][w]):
+        ax.plot(pts[:, 0], pts[:, 1], color=color, label=f'{axis} {w}' if i == 0 else None)
+    ax.set_xscale('log')
+    ax.set_title(f'{g}: the optimum per {axis}')
+    ax.set_xlabel('tokens')
+    ax.grid(alpha=0.3)
+  ax0 = np.atleast_1d(axes)[0]
+  ax0.set_ylabel('eval loss (nats/byte)')
+  ax0.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
 
 
 def summarize(curves: dict) -> dict:
@@ -78,7 +146,7 @@ def summarize(curves: dict) -> dict:
   }
 
 
-def plot(data: dict, path: str) -> None:
+def plot(data: dict, path: str, axis: str = 'd_model') -> None:
   """One panel per parametrization: mean loss vs lr per width, seed range as a band, optimum starred."""
   # Lazy: matplotlib is heavy and only needed with --out.
   import matplotlib
@@ -99,7 +167,7 @@ def plot(data: dict, path: str) -> None:
       mean = np.array([np.mean(curves[(w, lr)]) for lr in lrs])
       lo = np.array([np.min(curves[(w, lr)]) for lr in lrs])
       hi = np.array([np.max(curves[(w, lr)]) for lr in lrs])
-      ax.plot(lrs, mean, marker='o', ms=3, color=color, label=f'd_model {w}')
+      ax.plot(lrs, mean, marker='o', ms=3, color=color, label=f'{axis} {w}')
       ax.fill_between(lrs, lo, hi, color=color, alpha=0.2)
       i = int(np.argmin(mean))
       ax.plot([lrs[i]], [mean[i]], marker='*', ms=12, color=color, mec='k')
@@ -145,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
   cli.parse(FLAGS, argv, __doc__)
   try:
-    data = read([x for x in FLAGS.results if x], [x for x in FLAGS.labels if x])
+    paths, labels = [x for x in FLAGS.results if x], [x for x in FLAGS.labels if x]
+    data = read(paths, labels, FLAGS.axis)
   except (OSError, ValueError) as e:
     cli.fail(e)
   if not data:
@@ -158,9 +227,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     for w, lr in s['optimal_lr'].items():
       edge = '  (grid edge)' if w in s['at_grid_edge'] else ''
-      print(f'  d_model {w:>5}: best lr {lr:.3g}, loss {s["loss_at_optimum"][w]:.4f}{edge}')
+      print(f'  {FLAGS.axis} {w:>5}: best lr {lr:.3g}, loss {s["loss_at_optimum"][w]:.4f}{edge}')
   if FLAGS.out:
-    plot(data, FLAGS.out)
+    plot(data, FLAGS.out, FLAGS.axis)
+  if FLAGS.curves_out:
+    try:
+      plot_curves(optimum_curves(paths, labels, summary, FLAGS.axis), FLAGS.curves_out, FLAGS.axis)
+    except (OSError, KeyError) as e:
+      cli.fail(f'--curves_out: no curves.csv rows for the optima ({e})')
   print(
     json.dumps(
       {

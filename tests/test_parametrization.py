@@ -73,11 +73,17 @@ def test_sp_init_is_gpt2():
 @pytest.mark.parametrize('family', ['gpt2', 'llama'])
 def test_mup_equals_sp_at_base_width_and_scales_beyond(family):
   tokens = jnp.arange(16).reshape(2, 8) % 97
-  sp, mup = _model(family), _model(family, parametrization='mup', base_d_model=64)
+  sp = _model(family)
+  mup = _model(family, parametrization='mup', base_d_model=64, mup_output_mult=1.0)
+  tuned = _model(family, parametrization='mup', base_d_model=64)
   params = models.init(sp, jax.random.key(1))
   # Attention: sqrt(base Dh)/Dh = 1/sqrt(Dh) at the base; readout multiplier 1: identical model.
   np.testing.assert_allclose(
     models.logits(mup, params, tokens), models.logits(sp, params, tokens), rtol=1e-6, atol=1e-6
+  )
+  # The default α_out (0: the tuned value, 4) only scales the logits.
+  np.testing.assert_allclose(
+    models.logits(tuned, params, tokens), 4 * models.logits(sp, params, tokens), rtol=1e-5
   )
   wide = _model(
     family,
@@ -94,7 +100,7 @@ def test_mup_equals_sp_at_base_width_and_scales_beyond(family):
   assert init['layers/mlp/wi'] == pytest.approx(0.02 / 2)  # std / sqrt(w), w = 4
   if family == 'llama':
     assert lr['unembed'] == 1.0
-    assert P.scales(wide, ('embed', 'vocab'), (256, 97)).mult == 0.25  # readout × 1/w
+    assert P.scales(wide, ('embed', 'vocab'), (256, 97)).mult == 4 * 0.25  # α_out/w, tuned α_out
 
 
 def test_umup_table():
@@ -257,9 +263,11 @@ def _first_update(cfg: models.ModelConfig, params: dict, grads: dict, opt: objec
 
 
 @pytest.mark.parametrize('key', list(BEFORE))
-def test_new_keys_at_their_defaults_change_nothing(key: str) -> None:
+def test_new_keys_at_their_old_values_change_nothing(key: str) -> None:
   family, p = key.split('/')
-  cfg = _model(family, parametrization=p, base_d_model=32 if p == 'mup' else 0)
+  cfg = _model(
+    family, parametrization=p, base_d_model=32 if p == 'mup' else 0, mup_output_mult=1.0
+  )
   params = models.init(cfg, jax.random.key(0))
   logits = models.logits(cfg, params, TOKENS)
   grads = jax.grad(lambda q: jnp.sum(jnp.sin(models.logits(cfg, q, TOKENS))))(params)
@@ -279,11 +287,20 @@ def test_readout_init_choices_and_output_multiplier() -> None:
   assert float(np.std(models.init(fan_in, jax.random.key(0))['unembed'])) == pytest.approx(
     64**-0.5, rel=0.05
   )
-  plain, out2 = _model('llama', **mup), _model('llama', mup_output_mult=2.0, **mup)
+  plain = _model('llama', mup_output_mult=1.0, **mup)
+  out2 = _model('llama', mup_output_mult=2.0, **mup)
   params = models.init(plain, jax.random.key(0))
   np.testing.assert_allclose(
     models.logits(out2, params, TOKENS), 2 * models.logits(plain, params, TOKENS), rtol=1e-6
   )
+  np.testing.assert_allclose(  # 0 (the default) is μP's tuned 4, u-μP's 1.
+    models.logits(_model('llama', **mup), params, TOKENS),
+    4 * models.logits(plain, params, TOKENS),
+    rtol=1e-5,
+  )
+  umup = dict(parametrization='umup')
+  assert P.output_mult(_model('llama', **umup)) == 1.0
+  assert P.output_mult(_model('llama', mup_output_mult=3.0, **umup)) == 3.0
   assert P.scales(out2, ('embed', 'vocab'), (64, 97)).mult == 2.0 / 2  # α_out / w, w = 2
 
 
@@ -350,7 +367,8 @@ def test_depth_mup_branch_scale_and_lr() -> None:
     (dict(mup_input_mult=2.0), 'mup_input_mult'),
     (dict(base_n_layers=2), 'base_'),
     (dict(parametrization='mup', mup_lr_readout=2.0), 'untied'),
-    (dict(parametrization='mup', mup_output_mult=0.0), 'positive'),
+    (dict(parametrization='mup', mup_output_mult=-1.0), 'mup_output_mult'),
+    (dict(parametrization='mup', mup_attn_mult=0.0), 'positive'),
     (dict(parametrization='umup', base_n_layers=2), 'base_'),
   ],
 )

@@ -13,7 +13,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 import models
-from models import hf
+from models import hf, parametrization
 from models.config import ModelConfig, PyTree
 from train import checkpoint
 from train import workdir as workdir_lib
@@ -27,7 +27,9 @@ def workdir_model_config(workdir: str) -> models.ModelConfig:
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise ValueError(f'{workdir!r} is neither hf:/path nor a workdir of ours (no config.json)')
-  return models.ModelConfig.make(workdir_lib.read_json(path)['model'])
+  model = dict(workdir_lib.read_json(path)['model'])
+  model.setdefault('mup_output_mult', 1.0)  # saved before the key existed: α_out was 1.
+  return models.ModelConfig.make(model)
 
 
 def source_tokenizer(src: str) -> str:
@@ -75,7 +77,8 @@ MEANING = (
 
 
 def _meaning(c: ModelConfig) -> dict:
-  return {k: getattr(c, k) for k in MEANING}
+  out = {k: getattr(c, k) for k in MEANING}
+  return {**out, 'mup_output_mult': parametrization.output_mult(c)}  # 0 means the tuned value.
 
 
 def load_params(

@@ -34,7 +34,13 @@ GRID = {
   'vec_lr4': {'mup_lr_vector': 4.0},
   'iwd': {'independent_wd': True},
   'untied_zero': {'tie_embeddings': False, 'mup_readout_init': 'zero'},
+  # Second round: the two winners of the first (out4, emb_lr4) together, and emb_lr further.
+  'out4_emb4': {'mup_output_mult': 4.0, 'mup_lr_embedding': 4.0},
+  'emb_lr16': {'mup_lr_embedding': 16.0},
+  'out4_emb16': {'mup_output_mult': 4.0, 'mup_lr_embedding': 16.0},
 }
+# α_out was 1 when this search ran; μP's default is now its winner (4), so every setting names it.
+BEFORE = {'mup_output_mult': 1.0}
 IWD_DECAY = 1e-4  # Wortsman et al. 2023's independent decay (0.1 x a 1e-3 lr, coupled).
 
 
@@ -47,7 +53,7 @@ def get_config(setting: str = 'default') -> ml_collections.ConfigDict:
     tokens=(STEPS * mup_width.TOKENS_PER_STEP,),
     lrs=LRS,
     seeds=(0,),
-    **GRID[setting],
+    **{**BEFORE, **GRID[setting]},
   )
   if setting == 'iwd':
     c.optimizer.weight_decay = IWD_DECAY

@@ -36,6 +36,19 @@ LRS = {
 }
 
 
+# The CPU design (the 2-core machine cannot hold the grid above in the issue's budget): 1,000 steps,
+# seed 0, widths 32, 128, 256. At the base width every lr of LRS; wider, by rule: μP and u-μP the
+# lr carried from d32's optimum and its two neighbours, SP 4 lrs from d32's optimum down (its
+# optimum falls with width); a grid is extended by one lr where its optimum lies on its edge.
+CPU_STEPS = 1000
+CPU_LRS = {  # parametrization -> width -> exponents of 2
+  'sp': {32: tuple(range(-12, -2))},
+  'mup': {32: tuple(range(-10, -3))},
+  'umup': {32: tuple(range(-3, 4))},
+}
+CPU_SEEDS = {}  # (parametrization, width) -> seeds; (0,) elsewhere.
+
+
 def study_config(
   parametrization: str,
   widths: tuple = WIDTHS,
@@ -77,5 +90,23 @@ def study_config(
   return c
 
 
-def get_config(parametrization: str = 'mup') -> ml_collections.ConfigDict:
-  return study_config(parametrization)
+def get_config(arg: str = 'mup') -> ml_collections.ConfigDict:
+  """`:<p>` the full design; `:<p>,<width>` one width of the CPU design (CPU_LRS, 1,000 steps)."""
+  parametrization, _, width = arg.partition(',')
+  if not width:
+    return study_config(parametrization)
+  if parametrization not in CPU_LRS or int(width) not in CPU_LRS[parametrization]:
+    raise ValueError(f'mup_width.py:<p>,<width>: one of {_cpu_args()}, got {arg!r}')
+  exponents = CPU_LRS[parametrization][int(width)]
+  c = study_config(
+    parametrization,
+    tokens=(CPU_STEPS * TOKENS_PER_STEP,),
+    lrs=tuple(2.0**e for e in exponents),
+    seeds=CPU_SEEDS.get((parametrization, int(width)), (0,)),
+  )
+  c.sweep.widths = (int(width),)  # μP's base stays WIDTHS[0] (set by study_config above).
+  return c
+
+
+def _cpu_args() -> list:
+  return [f'{p},{w}' for p, ws in CPU_LRS.items() for w in ws]

@@ -1,0 +1,111 @@
+"""n-gram references: the eval-split cross-entropy of a count model of the train split.
+
+  python -m train.data.ngram --config=configs/default.py [--orders=1,2,3]
+
+A model's eval loss means little until it is set beside what counting does: a unigram (the byte
+entropy), bigram and trigram model fitted on the train split and scored on the eval split, in the
+model's own units (nats per token, and bits per byte). Interpolated absolute discounting (Ney,
+Essen & Kneser 1994, D = 0.75) backs each order off to the one below; the unigram is add-one
+smoothed, so every token of the vocabulary has mass. Small vocabularies only (V^order counts).
+"""
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from configs import schema
+from train import cli
+from train.data import pipeline, shards, sources, tokenizers
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file (path[:arg]).')
+_ORDERS = flags.DEFINE_list('orders', ['1', '2', '3'], 'n-gram orders to report.')
+
+DISCOUNT = 0.75
+MAX_TABLE = 2**26  # cells of the largest count table (V^order): 512 MiB of float64.
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+  order: int
+  nats_per_token: float
+  bits_per_byte: float
+
+
+def tokens_of(split: shards.PreparedSplit) -> np.ndarray:
+  """Every token of a prepared split, in stream order (EOS-separated documents)."""
+  parts = []
+  for i in range(split.num_shards):
+    with open(split.shard_path(i), 'rb') as f:
+      parts.append(np.frombuffer(f.read(), split.dtype))
+  return np.concatenate(parts).astype(np.int64)
+
+
+def _contexts(ids: np.ndarray, k: int, vocab: int) -> np.ndarray:
+  """The index of the k tokens before each position k.. (base-`vocab` number)."""
+  n = len(ids) - k
+  h = np.zeros(n, np.int64)
+  for j in range(k):
+    h = h * vocab + ids[j : j + n]
+  return h
+
+
+def probabilities(train: np.ndarray, vocab: int, order: int) -> np.ndarray:
+  """P(w | previous order-1 tokens) as a [V^(order-1), V] table, interpolated absolute discounting."""
+  if vocab**order > MAX_TABLE:
+    raise ValueError(f'--orders: a {order}-gram table of vocab {vocab} has {vocab**order} cells')
+  p = (np.bincount(train, minlength=vocab) + 1.0) / (len(train) + vocab)
+  table = p[None, :]
+  for k in range(1, order):
+    h = _contexts(train, k, vocab)
+    c = np.bincount(h * vocab + train[k:], minlength=vocab ** (k + 1)).reshape(-1, vocab)
+    total = c.sum(1, keepdims=True)
+    types = (c > 0).sum(1, keepdims=True)
+    lower = table[np.arange(vocab**k) % vocab ** (k - 1)]  # back off: drop the oldest token
+    seen = np.maximum(total, 1)
+    interp = np.maximum(c - DISCOUNT, 0) / seen + DISCOUNT * types / seen * lower
+    table = np.where(total > 0, interp, lower)
+  return table
+
+
+def cross_entropy(table: np.ndarray, ids: np.ndarray, vocab: int, order: int) -> float:
+  """Mean -log P (nats) of ids[order-1:] under `table` (probabilities)."""
+  k = order - 1
+  h = _contexts(ids, k, vocab) if k else np.zeros(len(ids), np.int64)
+  return float(-np.log(table[h, ids[k:]]).mean())
+
+
+def references(config: schema.Config | schema.Section, orders: Sequence[int]) -> list[Reference]:
+  """The n-gram references of the first data source of `config` (train counts, eval scored)."""
+  tokenizer = tokenizers.make_tokenizer(config.data.tokenizer)
+  source = sources.parse_sources(config.data)[0]
+  train = pipeline.open_prepared(config.data, source, source.train_split, tokenizer)
+  evals = pipeline.open_prepared(config.data, source, source.eval_split, tokenizer)
+  vocab = config.model.vocab_size
+  train_ids, eval_ids = tokens_of(train), tokens_of(evals)
+  if max(train_ids.max(), eval_ids.max()) >= vocab:
+    raise ValueError(f'config.model.vocab_size={vocab} is smaller than the prepared token ids')
+  out = []
+  for order in orders:
+    nats = cross_entropy(probabilities(train_ids, vocab, order), eval_ids, vocab, order)
+    out.append(Reference(order, nats, nats / math.log(2) / evals.bytes_per_token))
+  return out
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  with cli.one_line_errors():
+    orders = [int(o) for o in _ORDERS.value]
+    for r in references(_CONFIG.value, orders):
+      print(
+        f'{r.order}-gram: {r.nats_per_token:.4f} nats/token, {r.bits_per_byte:.4f} bits/byte',
+        flush=True,
+      )
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('config')
+  app.run(main)
