@@ -41,10 +41,11 @@ LRS = {
 # lr carried from d32's optimum and its two neighbours, SP 4 lrs from d32's optimum down (its
 # optimum falls with width); a grid is extended by one lr where its optimum lies on its edge.
 CPU_STEPS = 1000
-CPU_LRS = {  # parametrization -> width -> exponents of 2
-  'sp': {32: tuple(range(-12, -2))},
-  'mup': {32: tuple(range(-10, -3))},
-  'umup': {32: tuple(range(-3, 4))},
+CPU_LRS = {  # parametrization -> width -> exponents of 2; d32 optima (1,000 steps): all at 2^-6
+  # for SP and μP, 2^-1 for u-μP (SP's first grid, 2^-12..2^-6, was extended: optimum on its edge).
+  'sp': {32: tuple(range(-12, -2)), 128: tuple(range(-9, -5)), 256: tuple(range(-9, -5))},
+  'mup': {32: tuple(range(-10, -3)), 128: (-7, -6, -5), 256: (-7, -6, -5)},
+  'umup': {32: tuple(range(-3, 4)), 128: (-2, -1, 0), 256: (-2, -1, 0)},
 }
 CPU_SEEDS = {}  # (parametrization, width) -> seeds; (0,) elsewhere.
 
