@@ -29,6 +29,10 @@ FLOPs per token (one token of training unless the name says forward):
                                      logits 2·d·V. Full (non-causal) S×S attention; norms, biases,
                                      nonlinearities other than softmax are not counted.
   flops_per_token_chinchilla         3 × the forward (backward = 2 × forward).
+  flops_per_token_attn_head          6·(non_embedding_params + d·V) + 6·n_layer·n_ctx·d_attn: 3 × Kaplan's
+                                     forward with the output head counted in N (Porian et al. 2024,
+                                     arXiv 2406.19146, sec. 3: the head's FLOPs and attention matter at
+                                     small scale); N there is `non_embedding_params_with_head`.
   flops_per_token_mfu                what the trainer logs for MFU (PaLM, arXiv 2204.02311, App. B):
                                      6·N_matmul + 12·L·H·Q·T, N_matmul the weights that take part
                                      in matmuls (all block weights plus the V×D output projection,
@@ -138,6 +142,12 @@ def matmul_params(config: ConfigLike) -> int:
   return m.n_layers * (attn + mlp) + m.d_model * m.vocab_size
 
 
+def head_params(config: ConfigLike) -> int:
+  """d·V, the output projection's weights: the untied `unembed`, or the tied embedding as the head."""
+  m = model_config(config)
+  return m.d_model * m.vocab_size
+
+
 def train_flops_per_token(config: ConfigLike, seq_len: int, causal: bool = False) -> float:
   """PaLM's training FLOPs per token, the MFU convention: 6·N_matmul + 12·L·H·Q·T; `causal`:
   MaxText's, which counts only the causal half of the attention matrix (6·L·H·Q·T)."""
@@ -179,6 +189,7 @@ def flop_counts(config: ConfigLike, seq_len: int | None = None) -> dict:
   p = param_counts(m)
   kaplan_fwd = flops_per_token_kaplan_forward(m, s)
   chin_fwd = flops_per_token_chinchilla_forward(m, s)
+  with_head = p['non_embedding_params'] + head_params(m)
   return {
     'seq_len': s,
     'flops_per_token_6n': 6.0 * p['params'],
@@ -187,6 +198,8 @@ def flop_counts(config: ConfigLike, seq_len: int | None = None) -> dict:
     'flops_per_token_kaplan': 3.0 * kaplan_fwd,
     'flops_per_token_chinchilla_forward': chin_fwd,
     'flops_per_token_chinchilla': 3.0 * chin_fwd,
+    'flops_per_token_attn_head': 3.0 * kaplan_fwd + 6.0 * head_params(m),
     'flops_per_token_mfu': float(train_flops_per_token(m, s)),
     'matmul_params': int(matmul_params(m)),
+    'non_embedding_params_with_head': int(with_head),
   }

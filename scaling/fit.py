@@ -3,7 +3,9 @@
 Approach 3 follows Hoffmann et al. 2022 (arXiv 2203.15556, sec. 3.3 / appendix D.2) with the SUM of
 Huber terms as Besiroglu et al. 2024 (arXiv 2404.10102) show is needed; approach 2 is the paper's
 IsoFLOP-profile method (sec. 3.2); approach 1 (sec. 3.1) takes the lower envelope of loss-vs-FLOPs
-curves (a sweep's curves.csv); the Kaplan forms are eqs. 1.1 and 1.5 of arXiv 2001.08361.
+curves (a sweep's curves.csv); the Kaplan forms are eqs. 1.1 and 1.5 of arXiv 2001.08361. The
+compute-only law L(C) and the whole-curve law L(N, S1, S2) (scaling/laws.py) are fitted with the same
+summed Huber loss on log L (fit_compute, fit_curve; scaling.validate uses them).
 
   python -m scaling.fit --results=runs.csv --law=chinchilla --bootstrap=200 --out=fit.json
 """
@@ -35,7 +37,7 @@ START_GRID = {
   'alpha': np.arange(0, 2.01, 0.5),
   'beta': np.arange(0, 2.01, 0.5),
 }
-MIN_ROWS = {'chinchilla': 5, 'isoflop': 6, 'kaplan': 4, 'envelope': 4}
+MIN_ROWS = {'chinchilla': 5, 'isoflop': 6, 'kaplan': 4, 'envelope': 4, 'compute': 3, 'curve': 7}
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
 flags.DEFINE_string('results', None, 'results CSV, one run per row', flag_values=FLAGS)
@@ -126,6 +128,29 @@ def start_grid() -> np.ndarray:
   return np.array(list(itertools.product(g['a'], g['b'], g['e'], g['alpha'], g['beta'])))
 
 
+def polish(
+  objective: Callable, starts: npt.ArrayLike, args: tuple, law: str, bounds: Sequence | None = None
+) -> optimize.OptimizeResult:
+  """L-BFGS-B on objective(theta, *args) -> (value, gradient) from each start; the lowest finite
+  optimum, or ValueError naming the law when none is finite."""
+  best = None
+  for x0 in np.atleast_2d(starts):
+    res = optimize.minimize(
+      objective,
+      x0,
+      args=args,
+      jac=True,
+      method='L-BFGS-B',
+      bounds=bounds,
+      options={'maxiter': 2000, 'ftol': 1e-15, 'gtol': 1e-12},
+    )
+    if np.all(np.isfinite(res.x)) and np.isfinite(res.fun) and (best is None or res.fun < best.fun):
+      best = res
+  if best is None:
+    raise ValueError(f'{law} fit: no start converged to finite parameters')
+  return best
+
+
 def _chinchilla_constants(theta: np.ndarray):
   a, b, e, alpha, beta = (float(v) for v in theta)
   law = laws.Chinchilla(E=np.exp(e), A=np.exp(a), B=np.exp(b), alpha=alpha, beta=beta)
@@ -164,20 +189,7 @@ def fit_chinchilla(
     chosen = grid[np.argsort(values, kind='stable')[:n_polish]]
   if starts is not None:
     chosen = np.concatenate([np.atleast_2d(starts), chosen])
-  best = None
-  for x0 in chosen:
-    res = optimize.minimize(
-      chinchilla_objective,
-      x0,
-      args=(log_n, log_d, log_l, delta),
-      jac=True,
-      method='L-BFGS-B',
-      options={'maxiter': 2000, 'ftol': 1e-15, 'gtol': 1e-12},
-    )
-    if np.all(np.isfinite(res.x)) and (best is None or res.fun < best.fun):
-      best = res
-  if best is None:
-    raise ValueError('chinchilla fit: no start converged to finite parameters')
+  best = polish(chinchilla_objective, chosen, (log_n, log_d, log_l, delta), 'chinchilla')
   return {
     'law': 'chinchilla',
     'constants': _chinchilla_constants(best.x),
@@ -390,6 +402,147 @@ def fit_kaplan(runs: results_lib.Runs) -> dict:
       'joint_N_c': j.N_c,
       'joint_D_c': j.D_c,
     },
+  }
+
+
+# --- sums of power laws: the compute-only law L(C) and the whole-curve law L(N, S1, S2) -------------
+
+TINY = 1e-30  # a prediction at or below 0 counts as this (its log residual is then huge).
+
+
+def signed_sum_objective(
+  theta: np.ndarray,
+  log_x: np.ndarray,
+  signs: np.ndarray,
+  free: np.ndarray,
+  base: np.ndarray,
+  log_l: np.ndarray,
+  delta: float = HUBER_DELTA,
+) -> tuple[float, np.ndarray]:
+  """Sum of Huber(log sum_k s_k exp(c_k - p_k log x_k) - log L) and its gradient in the free entries.
+
+  base = (c_1..c_K, p_1..p_K) takes theta in its `free` entries (the others stay pinned); log_x is
+  (K, n), signs (K,) of +-1 (approach 3's objective, with signed terms and pinned entries)."""
+  full = base.copy()
+  full[free] = theta
+  k = len(signs)
+  t = signs[:, None] * np.exp(full[:k, None] - full[k:, None] * log_x)
+  pred = t.sum(0)
+  ok = pred > TINY
+  r = np.log(np.where(ok, pred, TINY)) - log_l
+  w = np.where(ok, np.clip(r, -delta, delta) / np.where(ok, pred, 1.0), 0.0)  # dHuber/dpred.
+  grad = np.concatenate([t @ w, -(t * log_x) @ w])
+  return float(huber(r, delta).sum()), grad[free]
+
+
+def _projection_starts(
+  args: tuple, p_grid: np.ndarray, n_best: int, delta: float = HUBER_DELTA
+) -> np.ndarray:
+  """Starts by variable projection: at each row of p_grid (the free exponents) the non-negative
+  least-squares coefficients of L on the terms; the n_best of them by the objective (free entries)."""
+  log_x, signs, free, base, log_l = args
+  k, y = len(signs), np.exp(log_l)
+  free_c, free_p = free[:k], k + np.flatnonzero(free[k:])
+  found = []
+  for ps in p_grid:
+    full = base.copy()
+    full[free_p] = ps
+    terms = signs[:, None] * np.exp(-full[k:, None] * log_x)
+    pinned = (np.exp(full[:k, None]) * terms)[~free_c].sum(0)
+    scale = np.maximum(np.abs(terms[free_c]).max(1), TINY)
+    coef = optimize.nnls((terms[free_c] / scale[:, None]).T, y - pinned)[0] / scale
+    c = full[:k]
+    c[free_c] = np.log(np.maximum(coef, 1e-9 * y.mean() / scale))
+    found.append((signed_sum_objective(full[free], *args, delta)[0], full[free]))
+  found.sort(key=lambda vt: vt[0])
+  return np.array([t for _, t in found[:n_best]])
+
+
+def fit_signed_sum(
+  args: tuple, p_grid: np.ndarray, law: str, starts: npt.ArrayLike | None = None, n_best: int = 3
+) -> tuple[np.ndarray, float]:
+  """(full theta, objective): signed_sum_objective minimised from the projection starts (and the
+  full-theta `starts`, e.g. a previous optimum), exponents bounded to (0, 10]."""
+  log_x, signs, free, base, log_l = args
+  k = len(signs)
+  x0 = np.empty((0, int(free.sum())))
+  if n_best:
+    x0 = _projection_starts(args, p_grid, n_best)
+  if starts is not None:
+    x0 = np.concatenate([np.atleast_2d(starts)[:, free], x0])
+  bounds = [(-300.0, 300.0)] * k + [(1e-4, 10.0)] * k
+  best = polish(signed_sum_objective, x0, args, law, [b for b, f in zip(bounds, free) if f])
+  full = base.copy()
+  full[free] = best.x
+  return full, float(best.fun)
+
+
+def compute_optimal(runs: results_lib.Runs) -> np.ndarray:
+  """Indices of the compute-optimal runs: no other run reaches a lower loss with at most its FLOPs."""
+  order = np.lexsort((runs.loss, runs.flops))
+  keep, best = [], np.inf
+  for i in order:
+    if runs.loss[i] < best:
+      keep.append(i)
+      best = runs.loss[i]
+  return np.sort(np.array(keep, int))
+
+
+def fit_compute(
+  runs: results_lib.Runs,
+  pin_E: float | None = None,
+  starts: npt.ArrayLike | None = None,
+  n_best: int = 3,
+) -> dict:
+  """L(C) = E + A C^-alpha on the runs given (pass compute_optimal ones), summed Huber on log L;
+  pin_E fixes E (Marin's ladders: stable where a free E is not)."""
+  if pin_E is not None and not 0 < pin_E < runs.loss.min():
+    raise ValueError(f'pin_E={pin_E:g} must lie in (0, the lowest fitted loss {runs.loss.min():g})')
+  log_c = np.log(runs.flops)
+  log_x = np.stack([np.zeros_like(log_c), log_c])
+  base = np.array([np.log(pin_E) if pin_E else 0.0, 0.0, 0.0, 0.0])
+  free = np.array([pin_E is None, True, False, True])
+  args = (log_x, np.ones(2), free, base, np.log(runs.loss))
+  grid = np.geomspace(0.005, 2.0, 40)[:, None]
+  theta, fun = fit_signed_sum(args, grid, 'compute', starts, n_best)
+  e, a, _, alpha = (float(v) for v in theta)
+  return {
+    'law': 'compute',
+    'constants': {'E': pin_E or float(np.exp(e)), 'A': float(np.exp(a)), 'alpha': alpha},
+    'pinned_E': pin_E,
+    'objective': fun,
+    'theta': [float(v) for v in theta],
+  }
+
+
+CURVE_GRID = np.array(list(itertools.product(np.geomspace(0.02, 2, 12), np.geomspace(0.05, 2, 12))))
+
+
+def fit_curve(
+  curves: results_lib.Curves, starts: npt.ArrayLike | None = None, n_best: int = 3
+) -> dict:
+  """laws.Curve on every evaluation given: summed Huber on log L over (N, S1, S2) rows, polished
+  from the n_best grid starts (and `starts`). E, A, alpha are fixed by the sizes alone: 3 needed."""
+  sizes = len(np.unique(curves.params))
+  if sizes < 3:
+    raise ValueError(f'curve fit: members of {sizes} sizes, need at least 3 (E + A·N^-alpha)')
+  log_n = np.log(curves.params)
+  log_x = np.stack(
+    [np.zeros_like(log_n), log_n, np.log(curves.lr_sum), np.log(np.maximum(curves.lr_anneal, TINY))]
+  )
+  base = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])  # p = -1: the S2 term is C·S2.
+  free = np.array([True] * 4 + [False, True, True, False])
+  args = (log_x, np.array([1.0, 1.0, 1.0, -1.0]), free, base, np.log(curves.loss))
+  theta, fun = fit_signed_sum(args, CURVE_GRID, 'curve', starts, n_best)
+  e, a, b, c, _, alpha, beta, _ = (float(v) for v in theta)
+  constants = {'E': e, 'A': a, 'alpha': alpha, 'B': b, 'beta': beta, 'C': c}
+  for key in ('E', 'A', 'B', 'C'):
+    constants[key] = float(np.exp(constants[key]))
+  return {
+    'law': 'curve',
+    'constants': constants,
+    'objective': fun,
+    'theta': list(map(float, theta)),
   }
 
 

@@ -2,7 +2,9 @@
 
 Sources: Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models", arXiv 2203.15556
 (Chinchilla, approach 3); Kaplan et al. 2020, "Scaling Laws for Neural Language Models", arXiv 2001.08361.
-Training compute is taken as C = 6·N·D throughout (both papers).
+Training compute is taken as C = 6·N·D throughout (both papers). The compute-only law L(C) is the
+form the OLMo ladders and Marin's studies check on held-out runs; the whole-curve law is Tissue et
+al. 2024, "Scaling Law with Learning Rate Annealing", arXiv 2408.11029, with an N-dependent L0.
 """
 
 import dataclasses
@@ -143,3 +145,70 @@ def kaplan_joint_optimal_for_tokens(law: KaplanJoint, d: npt.ArrayLike) -> Array
   c = (6.0 * k * np.asarray(d, float)) ** ((1.0 + p) / p)
   n = c / (6.0 * d)
   return n, c, kaplan_loss_joint(law, n, d)
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+  """L(C) = E + A / C^alpha: the loss of compute-optimal runs against training FLOPs."""
+
+  E: float
+  A: float
+  alpha: float
+
+
+def compute_loss(law: Compute, c: npt.ArrayLike) -> np.ndarray:
+  """The compute-only law at C FLOPs."""
+  return law.E + law.A / np.asarray(c, float) ** law.alpha
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+  """L(N, S1, S2) = E + A / N^alpha + B / S1^beta - C·S2, at every evaluation of a run.
+
+  Tissue et al. 2024 (arXiv 2408.11029) fit L0 + B·S1^-beta - C·S2 per model, S1 the summed
+  lr (forward area), S2 the annealing area (lr_areas). Here L0 = E + A·N^-alpha, Chinchilla's N term
+  (Hoffmann et al. 2022, eq. 2): at S1 -> inf without annealing it is the size-limited loss, and at
+  fixed N it is Tissue's law. B, beta, C are shared across sizes, so 6 constants: each curve pins the
+  S1 and S2 terms within itself, the sizes pin the N term. Being additive, it cannot let size change
+  how fast the loss falls with S1 (an interaction small, short runs show; docs/scaling.md).
+  """
+
+  E: float
+  A: float
+  alpha: float
+  B: float
+  beta: float
+  C: float
+
+
+def curve_loss(law: Curve, n: npt.ArrayLike, s1: npt.ArrayLike, s2: npt.ArrayLike) -> np.ndarray:
+  """The whole-curve law at N params, forward area S1 and annealing area S2."""
+  n, s1, s2 = (np.asarray(x, float) for x in (n, s1, s2))
+  return law.E + law.A / n**law.alpha + law.B / s1**law.beta - law.C * s2
+
+
+LR_ANNEAL_DECAY = 0.999  # the decay factor lambda of Tissue et al.'s annealing momentum.
+
+
+def lr_areas(
+  lrs: npt.ArrayLike, warmup: int = 0, decay: float = LR_ANNEAL_DECAY
+) -> tuple[np.ndarray, np.ndarray]:
+  """(S1, S2) after each step: lrs[i - 1] is the lr of step i (i = 1..n).
+
+  S1_s = sum_{i<=s} eta_i; S2_s = sum_{i<=s} m_i with m_i = decay·m_{i-1} + (eta_{i-1} - eta_i), the
+  momentum form of Tissue et al. 2024. The first `warmup` steps count as the peak in S2
+  (eta_0 too): a rising lr is not annealing, so S2 is 0 until the lr first falls.
+  """
+  eta = np.asarray(lrs, float)
+  flat = eta.copy()
+  if 0 < warmup < len(eta):
+    flat[:warmup] = eta[warmup]
+  elif warmup >= len(eta):
+    flat[:] = 0.0
+  drops = -np.diff(flat, prepend=flat[:1])
+  s2, m, total = np.empty_like(eta), 0.0, 0.0
+  for i, d in enumerate(drops):
+    m = decay * m + d
+    total += m
+    s2[i] = total
+  return np.cumsum(eta), s2

@@ -289,6 +289,8 @@ def _info(sw: _Sweep, mcfg: ml_collections.ConfigDict, fam: family_lib.Member, p
     'flops_chinchilla': flops_tok['flops_per_token_chinchilla'] * tokens,
     'seed': int(mcfg.seed),
     'parametrization': mcfg.model.parametrization,
+    'non_embedding_params_with_head': flops_tok['non_embedding_params_with_head'],
+    'flops_attn_head': flops_tok['flops_per_token_attn_head'] * tokens,
   }
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scaling import config_hash as hash_lib
+from scaling import laws
 
 
 @dataclasses.dataclass
@@ -52,8 +53,11 @@ class Runs:
     )
 
 
-def _value(path: str | os.PathLike, row_no: int, name: str, col: str, text: str | None) -> float:
-  """Parse one cell as a positive finite float, or raise a ValueError naming the row and column."""
+def _value(
+  path: str | os.PathLike, row_no: int, name: str, col: str, text: str | None, zero_ok: bool = False
+) -> float:
+  """Parse one cell as a positive (zero_ok: non-negative) finite float, or raise a ValueError naming
+  the row and column."""
   where = f'{path}: row {row_no} ({name!r}), column {col!r}'
   try:
     v = float(text)
@@ -63,8 +67,8 @@ def _value(path: str | os.PathLike, row_no: int, name: str, col: str, text: str 
     raise ValueError(f'{where}: value is NaN')
   if math.isinf(v):
     raise ValueError(f'{where}: value is infinite')
-  if v <= 0:
-    raise ValueError(f'{where}: value must be positive, got {v:g}')
+  if v < 0 or (v == 0 and not zero_ok):
+    raise ValueError(f'{where}: value must be {">= 0" if zero_ok else "positive"}, got {v:g}')
   return v
 
 
@@ -113,6 +117,15 @@ def select_lr(
   return out, f'{how}; loss = mean over {len(seeds)} seed(s)'
 
 
+def read_rows(path: str | os.PathLike) -> tuple[list[str], list[dict]]:
+  """(header, rows as dicts) of a CSV, names stripped, blank rows skipped."""
+  with open(path, newline='', encoding='utf-8-sig') as f:
+    reader = csv.DictReader(f, skipinitialspace=True)
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    reader.fieldnames = header
+    return header, [r for r in reader if any((v or '').strip() for v in r.values())]
+
+
 def read_results(
   path: str | os.PathLike,
   params_col: str = 'params',
@@ -130,11 +143,7 @@ def read_results(
   Raises ValueError on a missing column, fewer than min_rows rows, or a NaN / non-numeric /
   non-positive value (naming row and column).
   """
-  with open(path, newline='', encoding='utf-8-sig') as f:
-    reader = csv.DictReader(f, skipinitialspace=True)
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    reader.fieldnames = header
-    rows = [r for r in reader if any((v or '').strip() for v in r.values())]
+  header, rows = read_rows(path)
   have = ', '.join(header) or '(none)'
 
   def need(col: str, why: str = '') -> None:
@@ -176,6 +185,102 @@ def read_results(
   )
 
 
+@dataclasses.dataclass
+class Curves(Runs):
+  """Loss curves (one row per evaluation of a member, `names` its member) with the step and the lr
+  areas S1 (lr_sum) and S2 (lr_anneal) there (scaling.laws.lr_areas)."""
+
+  step: np.ndarray | None = None
+  lr_sum: np.ndarray | None = None
+  lr_anneal: np.ndarray | None = None
+
+  def subset(self, idx: npt.ArrayLike) -> 'Curves':
+    """The rows at integer indices idx."""
+    idx = np.asarray(idx, int)
+    base = super().subset(idx)
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(Runs)}
+    return Curves(
+      **fields, step=self.step[idx], lr_sum=self.lr_sum[idx], lr_anneal=self.lr_anneal[idx]
+    )
+
+
+CURVE_LAW_COLUMNS = ('step', 'lr_sum', 'lr_anneal')
+
+
+def final_rows(runs: Runs) -> dict:
+  """{member name: index of its last row (most tokens)}."""
+  final = {}
+  for i, name in enumerate(runs.names):
+    if name not in final or runs.tokens[i] > runs.tokens[final[name]]:
+      final[name] = i
+  return final
+
+
+def _curve_lr_keep(rows: Sequence[dict], runs: Runs, lr: str | float, lr_col: str = 'lr'):
+  """Which rows belong to a member at its (N, D)'s chosen lr: the lowest final loss averaged over
+  seeds (lr='best') or the declared lr; every row when the lr column is blank."""
+  final = final_rows(runs)
+  try:
+    lr_of = {n: float(rows[i][lr_col]) for n, i in final.items()}
+  except (KeyError, TypeError, ValueError):
+    return np.ones(len(runs), bool)
+  groups = {}
+  for n, i in final.items():
+    by_lr = groups.setdefault((runs.params[i], runs.tokens[i]), {})
+    by_lr.setdefault(lr_of[n], []).append(runs.loss[i])
+  chosen = {}
+  for key, by_lr in groups.items():
+    if lr == 'best':
+      chosen[key] = min(by_lr, key=lambda x: float(np.mean(by_lr[x])))
+      continue
+    match = [x for x in by_lr if math.isclose(x, float(lr), rel_tol=1e-6)]
+    if not match:
+      raise ValueError(f'{runs.path}: no member with {lr_col}={lr} at (N, D) = {key}')
+    chosen[key] = match[0]
+  keep = {n for n, i in final.items() if lr_of[n] == chosen[(runs.params[i], runs.tokens[i])]}
+  return np.array([n in keep for n in runs.names])
+
+
+def read_curves(
+  path: str | os.PathLike,
+  params_col: str = 'params',
+  flops_col: str = 'flops',
+  lr: str | float | None = 'best',
+  skip_warmup: bool = True,
+  min_rows: int = 4,
+) -> Curves:
+  """A sweep's curves.csv (every evaluation) for schedule-aware laws; ValueError naming the column
+  when the lr areas are missing. Rows inside a member's warmup are dropped (skip_warmup), and of an
+  lr sweep only the members at each (N, D)'s chosen lr are kept (lr=None: all)."""
+  runs = read_results(path, params_col, 'tokens', 'loss', flops_col, min_rows=1, lr=None)
+  header, rows = read_rows(path)
+  for col in CURVE_LAW_COLUMNS:
+    if col not in header:
+      raise ValueError(
+        f'{path}: missing column {col!r} (a curves.csv from before the lr areas; rebuild it '
+        'with scaling.results.merge_results)'
+      )
+  cols = {
+    c: np.array(
+      [
+        _value(path, i, n, c, r[c], c == 'lr_anneal')
+        for i, (n, r) in enumerate(zip(runs.names, rows), 1)
+      ]
+    )
+    for c in CURVE_LAW_COLUMNS
+  }
+  keep = np.ones(len(runs), bool)
+  if skip_warmup and 'warmup_steps' in header:
+    keep &= cols['step'] > np.array([float(r['warmup_steps'] or 0) for r in rows])
+  if lr is not None and 'lr' in header:
+    keep &= _curve_lr_keep(rows, runs, lr)
+  fields = {f.name: getattr(runs, f.name) for f in dataclasses.fields(Runs)}
+  curves = Curves(**fields, **cols).subset(np.flatnonzero(keep))
+  if len(curves) < min_rows:
+    raise ValueError(f'{path}: {len(curves)} evaluations after warmup, need at least {min_rows}')
+  return curves
+
+
 def write_results(
   path: str | os.PathLike, runs: Runs, extra: Mapping[str, npt.ArrayLike] | None = None
 ) -> None:
@@ -200,7 +305,7 @@ def _cell(v: Any) -> str:
   if v is None:
     return ''
   if isinstance(v, float):
-    return repr(v)
+    return repr(float(v))  # np.float64's repr is 'np.float64(...)' under NumPy 2.
   return str(v)
 
 
@@ -244,6 +349,8 @@ RESULT_COLUMNS = (
   'flops_chinchilla',
   'seed',
   'parametrization',
+  'non_embedding_params_with_head',
+  'flops_attn_head',
 )
 DISTILL_COLUMNS = ('mode', 'teacher_params', 'teacher_loss')
 WSD_COLUMNS = ('branch_tokens', 'trunk')
@@ -258,6 +365,13 @@ CURVE_COLUMNS = (
   'seed',
   'parametrization',
   'final',
+  'step',
+  'lr_now',
+  'lr_sum',
+  'lr_anneal',
+  'warmup_steps',
+  'non_embedding_params_with_head',
+  'flops_attn_head',
 )
 
 
@@ -290,30 +404,53 @@ def result_row(member: Any, metrics: Mapping, wall_s: float, h: str) -> dict:
   return row
 
 
+def schedule_areas(member: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(lr, S1, S2) after each step 1..steps of the member's schedule (train/optimizer.py, at peak
+  scale; step i trains with the schedule's value at count i - 1, what metrics.jsonl logs as
+  train/lr); S1, S2 as scaling.laws.lr_areas."""
+  from train import optimizer  # lazy: jax / optax only where curves are built.
+
+  opt, steps = member.config.optimizer, int(member.info['steps'])
+  lrs = np.asarray(optimizer.lr_schedule(opt, steps)(np.arange(steps)), float)
+  return (lrs, *laws.lr_areas(lrs, int(opt.warmup_steps)))
+
+
 def curve_rows(member: Any, member_dir: str) -> list:
-  """The member's eval losses along training (metrics.jsonl), FLOPs so far by the sweep's count."""
+  """The member's eval losses along training (metrics.jsonl), FLOPs so far by the sweep's count,
+  with the step, the lr there and the lr areas S1 (lr_sum) and S2 (lr_anneal) of its schedule."""
   rows, path = [], os.path.join(member_dir, 'metrics.jsonl')
   if not os.path.exists(path):
     return rows
   i = member.info
+  lrs = s1 = s2 = None
   with open(path) as f:
     for line in f:
       m = json.loads(line)
       if m.get('eval/loss') is None:
         continue
-      tokens = m['train/tokens_seen']
+      if lrs is None:
+        lrs, s1, s2 = schedule_areas(member)
+      tokens, step = m['train/tokens_seen'], int(m['step'])
+      share = tokens / i['tokens']
       rows.append(
         {
           'name': member.name,
           'params': i['params'],
           'non_embedding_params': i['non_embedding_params'],
           'tokens': tokens,
-          'flops': i['flops'] * tokens / i['tokens'],
+          'flops': i['flops'] * share,
           'loss': m['eval/loss'],
           'lr': i['lr'],
           'seed': i['seed'],
           'parametrization': i['parametrization'],
           'final': int(tokens == i['tokens']),
+          'step': step,
+          'lr_now': float(lrs[step - 1]),
+          'lr_sum': float(s1[step - 1]),
+          'lr_anneal': float(s2[step - 1]),
+          'warmup_steps': i['warmup_steps'],
+          'non_embedding_params_with_head': i.get('non_embedding_params_with_head'),
+          'flops_attn_head': i['flops_attn_head'] * share if 'flops_attn_head' in i else None,
         }
       )
   return rows
@@ -337,7 +474,8 @@ def merge_results(workdir: str, ms: Sequence[Any]) -> list:
         r and r.get('status', 'ok') == 'ok' and hash_lib.recognises(m.config, r.get('config_hash'))
       ):
         done.append((m, r))
-    rows = [{k: v for k, v in r.items() if k != 'status'} for _, r in done]
+    # Columns added after a member finished come from its plan (m.info); its result wins.
+    rows = [{**m.info, **{k: v for k, v in r.items() if k != 'status'}} for m, r in done]
     write_csv(os.path.join(workdir, 'results.csv'), rows, columns)
     write_csv(
       os.path.join(workdir, 'curves.csv'),

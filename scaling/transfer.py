@@ -44,7 +44,7 @@ flags.DEFINE_enum(
 flags.DEFINE_string(
   'curves_out',
   '',
-  'plot path (png) for the eval-loss curves of each width\'s optimum, read from the curves.csv '
+  "plot path (png) for the eval-loss curves of each width's optimum, read from the curves.csv "
   'beside each results.csv; none if empty',
   flag_values=FLAGS,
 )

@@ -2,120 +2,130 @@
 
   python -m scaling.validate --results=W/results.csv --fit_below=1e12 --bootstrap=100 \
       --out=W/holdout.png
+  python -m scaling.validate --results=W/results.csv --curves=W/curves.csv --fit_below=1e12 \
+      --laws=chinchilla,kaplan,compute,curve --bootstrap=100 --rollout --rollout_out=W/rollout.json
 
-Each law that predicts a run's loss from (N, D) is fitted on the runs with FLOPs <= --fit_below and
-predicts every run above it: Chinchilla's parametric law (approach 3, total params) and Kaplan's
-L(N, D) (non-embedding params when the CSV has them). With --bootstrap=K the fit set is resampled K
-times and each held-out prediction gets the 2.5 / 97.5 percentile interval of its refits. lr / seed
-sweeps are collapsed first (scaling.results.select_lr: best lr per (N, D), mean over seeds).
-Prints a table and ends with one JSON object {law: [{"name", "params", "tokens", "flops",
-"observed", "predicted", "rel_error", "lo", "hi"}, ...]}, one row per held-out run, rel_error =
-predicted / observed - 1.
+Each law in --laws is fitted on the members with FLOPs <= --fit_below and predicts every member above
+it: 'chinchilla' (approach 3, N = --params_col), 'kaplan' (L(N, D), N = --kaplan_params_col when
+the CSV has it), 'compute' (L(C) = E + A·C^-alpha on the compute-optimal runs, predicting the
+compute-optimal held-out ones; --pin_E fixes E) and 'curve' (L = E + A·N^-alpha + B·S1^-beta - C·S2,
+Tissue et al. 2024 with an N term, fitted on every post-warmup evaluation in --curves of the fitted
+members, predicting the held-out members' final evaluations). C is --flops_col ('flops': 6·N·D by
+the sweep's count; 'flops_attn_head': with attention and the head, Porian et al. 2024;
+'flops_chinchilla'). With --bootstrap=K each prediction gets a 95 % interval: by default
+(--interval=prediction) the percentile interval of K refits on resampled members widened by the
+fit's residual scatter (scaling/holdout.py), with --interval=bootstrap the percentile interval alone.
+lr / seed sweeps are collapsed first (best lr per (N, D), mean over seeds; curves keep every seed).
+--rollout adds, per law, the fit on the k smallest sizes for each k with the error and coverage of
+every larger member against its extrapolation ratio (printed; --rollout_out writes them as JSON).
+Before the laws it prints the members flagged as suspect (under --min_steps steps, or a WSD cooldown
+under --min_cooldown of the steps; --drop_suspect leaves them out) and the seed noise floor.
+Ends with one JSON object {law: [{"name", "params", "tokens", "flops", "observed", "predicted",
+"rel_error", "lo", "hi"}, ...]}, one row per held-out run, rel_error = predicted / observed - 1.
 """
 
-import csv
 import json
 from collections.abc import Sequence
 
 import numpy as np
 from absl import flags
 
-from scaling import cli, laws
+from scaling import cli, diagnostics, holdout
 from scaling import fit as fit_lib
 from scaling import results as results_lib
+from scaling import rollout as rollout_lib
 
-LAWS = ('chinchilla', 'kaplan')
+LAWS = holdout.LAWS
+DEFAULT_LAWS = ('chinchilla', 'kaplan')
+MIN_MEMBERS = {**fit_lib.MIN_ROWS, 'curve': 2}  # fitted members each law needs at least.
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
 flags.DEFINE_string('results', None, 'results CSV, one run per row', flag_values=FLAGS)
 flags.DEFINE_float('fit_below', None, 'fit on runs with FLOPs <= this', flag_values=FLAGS)
 flags.DEFINE_list(
-  'laws', list(LAWS), f'laws to validate, any of {",".join(LAWS)}', flag_values=FLAGS
+  'laws', list(DEFAULT_LAWS), f'laws to validate, any of {",".join(LAWS)}', flag_values=FLAGS
 )
-flags.DEFINE_integer('bootstrap', 0, 'resamples of the fit set (0: none)', flag_values=FLAGS)
+flags.DEFINE_string(
+  'curves', '', "curves CSV (a sweep's curves.csv), for --laws=curve", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+  'bootstrap',
+  0,
+  'resamples of the fit set (0: none; 100+: fewer give too narrow intervals)',
+  flag_values=FLAGS,
+)
 flags.DEFINE_integer('seed', 0, 'bootstrap seed', flag_values=FLAGS)
-flags.DEFINE_string('params_col', 'params', 'N for Chinchilla', flag_values=FLAGS)
+flags.DEFINE_enum(
+  'interval', 'prediction', list(holdout.INTERVALS), 'interval kind (see above)', flag_values=FLAGS
+)
+flags.DEFINE_string('params_col', 'params', 'N for Chinchilla and the curve law', flag_values=FLAGS)
 flags.DEFINE_string(
   'kaplan_params_col',
   'non_embedding_params',
   'N for Kaplan (falls back to --params_col if the CSV lacks it)',
   flag_values=FLAGS,
 )
+flags.DEFINE_string(
+  'flops_col', 'flops', 'C: the FLOPs column (--fit_below, compute law)', flag_values=FLAGS
+)
+flags.DEFINE_float('pin_E', None, 'compute law: fix E to this loss', flag_values=FLAGS)
+flags.DEFINE_bool(
+  'rollout', False, 'also fit on the k smallest sizes for each k', flag_values=FLAGS
+)
+flags.DEFINE_string(
+  'rollout_out', '', 'write the rollout (and diagnostics) as JSON here', flag_values=FLAGS
+)
+flags.DEFINE_integer(
+  'min_steps', diagnostics.MIN_STEPS, 'suspect below this many steps', flag_values=FLAGS
+)
+flags.DEFINE_float(
+  'min_cooldown',
+  diagnostics.MIN_COOLDOWN,
+  'suspect: WSD cooldown share below this',
+  flag_values=FLAGS,
+)
+flags.DEFINE_bool('drop_suspect', False, 'leave suspect members out', flag_values=FLAGS)
 flags.DEFINE_string('lr', 'best', "lr sweeps: 'best' or the transferred lr", flag_values=FLAGS)
 flags.DEFINE_string('out', '', 'plot path (png)', flag_values=FLAGS)
 flags.mark_flags_as_required(['results', 'fit_below'], flag_values=FLAGS)
 
 
-def _fit(law: str, runs: results_lib.Runs, starts: Sequence | None = None, n_polish: int = 16):
-  """(predict(N, D) -> loss, starts for refits) of `law` fitted on `runs`."""
-  if law == 'chinchilla':
-    out = fit_lib.fit_chinchilla(runs, n_polish=n_polish, starts=starts)
-    c = out['constants']
-    fitted = laws.Chinchilla(E=c['E'], A=c['A'], B=c['B'], alpha=c['alpha'], beta=c['beta'])
-    return (lambda n, d: laws.chinchilla_loss(fitted, n, d)), out['theta']
-  if law == 'kaplan':
-    fitted = fit_lib.fit_kaplan_joint(runs.params, runs.tokens, runs.loss)
-    return (lambda n, d: laws.kaplan_loss_joint(fitted, n, d)), None
-  raise ValueError(f'unknown law {law!r}: expected one of {LAWS}')
-
-
-def split(runs: results_lib.Runs, fit_below: float) -> tuple[results_lib.Runs, results_lib.Runs]:
-  """(fit runs, held-out runs): FLOPs <= fit_below vs above; ValueError if either is too small."""
-  below = np.flatnonzero(runs.flops <= fit_below)
-  above = np.flatnonzero(runs.flops > fit_below)
-  if len(below) < fit_lib.MIN_ROWS['chinchilla']:
+def split(
+  pts: holdout.Points, fit_below: float, need: int = fit_lib.MIN_ROWS['chinchilla']
+) -> tuple[holdout.Points, holdout.Points]:
+  """(fit points, held-out final points): members with FLOPs <= fit_below vs above; ValueError if
+  fewer than `need` members are fitted or none is held out."""
+  flops = holdout.member_flops(pts)
+  below = np.flatnonzero(flops <= fit_below)
+  n_below = len(np.unique(holdout.member_ids(pts)[below]))
+  if n_below < need:
     raise ValueError(
-      f'--fit_below={fit_below:g}: only {len(below)} runs to fit (need '
-      f'{fit_lib.MIN_ROWS["chinchilla"]}); FLOPs range {runs.flops.min():.3g} .. '
-      f'{runs.flops.max():.3g}'
+      f'--fit_below={fit_below:g}: only {n_below} runs to fit (need {need}); FLOPs range '
+      f'{flops.min():.3g} .. {flops.max():.3g}'
     )
-  if not len(above):
+  if not (flops > fit_below).any():
     raise ValueError(
-      f'--fit_below={fit_below:g}: no run above it to predict (largest '
-      f'{runs.flops.max():.3g} FLOPs)'
+      f'--fit_below={fit_below:g}: no run above it to predict (largest {flops.max():.3g} FLOPs)'
     )
-  return runs.subset(below), runs.subset(above)
+  held = [i for i in holdout.finals(pts) if flops[i] > fit_below]
+  return pts.subset(below), pts.subset(held)
 
 
 def validate(
-  runs: results_lib.Runs, fit_below: float, law: str, n_boot: int = 0, seed: int = 0
+  pts: holdout.Points,
+  fit_below: float,
+  law: str,
+  n_boot: int = 0,
+  seed: int = 0,
+  pin_E: float | None = None,
+  interval: str = 'prediction',
 ) -> tuple[list[dict], tuple[np.ndarray, np.ndarray]]:
   """(rows, fitted): one row per held-out run (see the module docstring; lo / hi are None without
-  bootstrap) and (observed, predicted) losses of the fitted runs."""
-  fit_runs, held = split(runs, fit_below)
-  predict, starts = _fit(law, fit_runs)
-  pred = predict(held.params, held.tokens)
-  fitted = (fit_runs.loss, predict(fit_runs.params, fit_runs.tokens))
-  lo = hi = [None] * len(held)
-  if n_boot:
-    rng = np.random.default_rng(seed)
-    samples = []
-    for _ in range(n_boot):
-      idx = rng.choice(len(fit_runs), size=len(fit_runs), replace=True)
-      try:
-        p, _ = _fit(law, fit_runs.subset(idx), starts=starts, n_polish=2)
-      except ValueError:
-        continue
-      sample = p(held.params, held.tokens)
-      if np.all(np.isfinite(sample)):  # a degenerate refit (e.g. NaN) counts as failed.
-        samples.append(sample)
-    if len(samples) < n_boot // 2:
-      raise ValueError(f'bootstrap: only {len(samples)} of {n_boot} resamples could be fitted')
-    lo, hi = np.percentile(np.array(samples), [2.5, 97.5], axis=0)
-  return [
-    {
-      'name': held.names[i],
-      'params': float(held.params[i]),
-      'tokens': float(held.tokens[i]),
-      'flops': float(held.flops[i]),
-      'observed': float(held.loss[i]),
-      'predicted': float(pred[i]),
-      'rel_error': float(pred[i] / held.loss[i] - 1.0),
-      'lo': None if lo[i] is None else float(lo[i]),
-      'hi': None if hi[i] is None else float(hi[i]),
-    }
-    for i in range(len(held))
-  ], fitted
+  bootstrap) and (observed, predicted) losses of the fitted points."""
+  split(pts, fit_below, MIN_MEMBERS[law])
+  opts = holdout.Options(n_boot, seed, pin_E, interval)
+  result = holdout.held_out(law, pts, holdout.member_flops(pts) <= fit_below, opts)
+  return result.rows, result.fitted
 
 
 def plot(report: dict, fit_runs: dict, path: str) -> None:
@@ -161,39 +171,110 @@ def plot(report: dict, fit_runs: dict, path: str) -> None:
   plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
-  cli.parse(FLAGS, argv, __doc__)
+def _check_flags() -> list:
+  """The laws asked for; a usage error (one line, exit 2) for flags that do not go together."""
   laws_asked = [x for x in FLAGS.laws if x]
   if not laws_asked or any(x not in LAWS for x in laws_asked):
     cli.usage_error(f'--laws={",".join(FLAGS.laws)}: expected one or more of {",".join(LAWS)}')
-  report, fitted = {}, {}
+  if 'curve' in laws_asked and not FLAGS.curves:
+    cli.usage_error("--laws=curve needs --curves=<a sweep's curves.csv>")
+  if FLAGS.pin_E is not None and (FLAGS.pin_E <= 0 or 'compute' not in laws_asked):
+    cli.usage_error(f'--pin_E={FLAGS.pin_E:g}: a positive loss, for --laws=compute')
+  if FLAGS.rollout_out and not FLAGS.rollout:
+    cli.usage_error('--rollout_out needs --rollout')
+  return laws_asked
+
+
+def _points(law: str, header: Sequence[str], drop: set) -> holdout.Points:
+  """The law's points: the results CSV with its N and C columns, or the curves CSV ('curve'),
+  without the members in drop."""
+  col = FLAGS.params_col
+  if law == 'kaplan' and FLAGS.kaplan_params_col in header:
+    col = FLAGS.kaplan_params_col
+  if law == 'curve':
+    pts = results_lib.read_curves(FLAGS.curves, col, FLAGS.flops_col, lr=FLAGS.lr)
+  else:
+    pts = results_lib.read_results(
+      FLAGS.results, params_col=col, flops_col=FLAGS.flops_col, lr=FLAGS.lr
+    )
+  keep = [i for i, n in enumerate(pts.names) if n not in drop]
+  return pts if len(keep) == len(pts) else pts.subset(keep)
+
+
+def _law(law: str, pts: holdout.Points, opts: holdout.Options) -> tuple:
+  """(hold-out result, summary line, rollout or None) of one law."""
+  split(pts, FLAGS.fit_below, MIN_MEMBERS[law])
+  flops = holdout.member_flops(pts)
+  in_fit = flops <= FLAGS.fit_below
+  result = holdout.held_out(law, pts, in_fit, opts)
+  rows, largest = result.rows, flops[in_fit].max()
+  inside = [r['lo'] <= r['observed'] <= r['hi'] for r in rows if r['lo'] is not None]
+  line = (
+    f'{law}: fitted on runs up to {largest:.3g} FLOPs; {len(rows)} held-out runs up to '
+    f'{max(r["flops"] for r in rows) / largest:.3g}x that; mean |rel error| '
+    f'{np.mean([abs(r["rel_error"]) for r in rows]):.2%}'
+    + (f'; {sum(inside)}/{len(inside)} observed inside the 95% interval' if inside else '')
+  )
+  if law == 'curve':  # the held-out members' whole curves, not only their final evaluations.
+    held = pts.subset(np.flatnonzero(~in_fit))
+    err = np.abs(result.predict(held) / held.loss - 1)
+    line += f'; their whole curves: mean |rel error| {err.mean():.2%} over {len(held)} evaluations'
+  for r in rows:
+    ci = '' if r['lo'] is None else f'  [{r["lo"]:.4f}, {r["hi"]:.4f}]'
+    line += (
+      f'\n  {r["name"]:<28} {r["flops"]:9.3g} observed {r["observed"]:.4f} predicted '
+      f'{r["predicted"]:.4f} ({r["rel_error"]:+.2%}){ci}'
+    )
+  return result, line, rollout_lib.rollout(law, pts, opts) if FLAGS.rollout else None
+
+
+def _diagnostics(suspect: list, floor: dict | None) -> str:
+  """The suspect members and the seed noise floor, as text."""
+  lines = []
+  if suspect:
+    how = 'left out' if FLAGS.drop_suspect else 'kept; --drop_suspect leaves them out'
+    lines.append(f'suspect members ({how}):')
+    lines += [f'  {s["name"]}: {s["reason"]}' for s in suspect]
+  if floor is None:
+    lines.append('seed noise floor: not measured (no (N, D, lr) with several seeds)')
+    return '\n'.join(lines)
+  lines.append(
+    f'seed noise floor: pooled std {floor["pooled_std"]:.4f} ({floor["pooled_rel_std"]:.2%} of '
+    f'the loss) over {len(floor["groups"])} (N, D, lr) with several seeds'
+  )
+  lines += [
+    f'  N {g["params"]}, D {g["tokens"]}, lr {g["lr"]}: std {g["std"]:.4f} ({g["rel_std"]:.2%}) '
+    f'over {g["seeds"]} seeds'
+    for g in floor['groups']
+  ]
+  return '\n'.join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
+  cli.parse(FLAGS, argv, __doc__)
+  laws_asked = _check_flags()
+  opts = holdout.Options(FLAGS.bootstrap, FLAGS.seed, FLAGS.pin_E, FLAGS.interval)
+  report, fitted, rolls, lines = {}, {}, {}, []
   try:
-    with open(FLAGS.results, newline='', encoding='utf-8-sig') as f:
-      header = [h.strip() for h in next(csv.reader(f), [])]
+    header = results_lib.read_rows(FLAGS.results)[0]
+    suspect = diagnostics.suspects(FLAGS.results, FLAGS.min_steps, FLAGS.min_cooldown)
+    floor = diagnostics.noise_floor(FLAGS.results, FLAGS.params_col)
+    drop = {s['name'] for s in suspect} if FLAGS.drop_suspect else set()
     for law in laws_asked:
-      col = FLAGS.params_col
-      if law == 'kaplan' and FLAGS.kaplan_params_col in header:
-        col = FLAGS.kaplan_params_col
-      runs = results_lib.read_results(FLAGS.results, params_col=col, lr=FLAGS.lr)
-      report[law], fitted[law] = validate(runs, FLAGS.fit_below, law, FLAGS.bootstrap, FLAGS.seed)
-      largest = runs.flops[runs.flops <= FLAGS.fit_below].max()
+      result, line, rolls[law] = _law(law, _points(law, header, drop), opts)
+      report[law], fitted[law] = result.rows, result.fitted
+      lines.append(line)
   except (OSError, ValueError) as e:
     cli.fail(e)
-  for law, rows in report.items():
-    inside = [r['lo'] <= r['observed'] <= r['hi'] for r in rows if r['lo'] is not None]
-    print(
-      f'{law}: fitted on runs up to {largest:.3g} FLOPs; {len(rows)} held-out runs up to '
-      f'{max(r["flops"] for r in rows) / largest:.3g}x that; mean |rel error| '
-      f'{np.mean([abs(r["rel_error"]) for r in rows]):.2%}'
-      + (f'; {sum(inside)}/{len(inside)} observed inside the 95% interval' if inside else '')
-    )
-    for r in rows:
-      ci = '' if r['lo'] is None else f'  [{r["lo"]:.4f}, {r["hi"]:.4f}]'
-      print(
-        f'  {r["name"]:<28} {r["flops"]:9.3g} observed {r["observed"]:.4f} predicted '
-        f'{r["predicted"]:.4f} ({r["rel_error"]:+.2%}){ci}'
-      )
+  print(_diagnostics(suspect, floor))
+  print('\n'.join(lines))
+  if FLAGS.rollout:
+    print('\n'.join(rollout_lib.table(law, rolls[law]) for law in laws_asked))
+  if FLAGS.rollout_out:
+    out = {'laws': rolls, 'suspect': suspect, 'noise_floor': floor, 'interval': FLAGS.interval}
+    with open(FLAGS.rollout_out, 'w') as f:
+      f.write(json.dumps(out, indent=1) + '\n')
   if FLAGS.out:
     plot(report, fitted, FLAGS.out)
   print(json.dumps(report), flush=True)

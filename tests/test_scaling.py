@@ -17,7 +17,7 @@ import pytest
 from helpers import LLAMA_BLOCK, REPO, apply_overrides, cpu_env, main_cmd, main_result, run
 
 from configs import base, gpt2, llama
-from scaling import config_hash, count, family, results, sweep
+from scaling import config_hash, count, family, laws, results, sweep
 from train import loop
 
 
@@ -121,6 +121,9 @@ def test_flop_conventions():
   assert f['flops_per_token_chinchilla_forward'] == 2 * v * d + 2 * layer + 2 * d * v
   assert f['flops_per_token_chinchilla'] == 3 * f['flops_per_token_chinchilla_forward']
   assert f['flops_per_token_mfu'] == 6 * (2 * (4 * d * d + 2 * d * ff) + d * v) + 12 * 2 * d * s
+  # Porian et al.: N with the (tied) head, C with attention and the head.
+  assert f['non_embedding_params_with_head'] == p['non_embedding_params'] + d * v
+  assert f['flops_per_token_attn_head'] == 6 * (p['non_embedding_params'] + d * v) + 6 * 2 * s * d
 
 
 @pytest.mark.parametrize('size,seq_len', [('7b', 1024), ('8b', 1024), ('8b', 2048)])
@@ -431,6 +434,16 @@ def _rows(path):
     return list(csv.DictReader(f))
 
 
+def _check_lr_areas(row, lrs):
+  """A curves.csv row's lr_now, lr_sum (S1) and lr_anneal (S2) are those of the lrs the trainer
+  used at steps 1..step; lr (the member's peak) is unchanged."""
+  s1, s2 = laws.lr_areas(lrs, int(row['warmup_steps']))
+  assert float(row['lr_now']) == pytest.approx(lrs[-1], rel=1e-6)
+  assert float(row['lr_sum']) == pytest.approx(s1[-1], rel=1e-6)
+  assert float(row['lr_anneal']) == pytest.approx(s2[-1], rel=1e-5) and s2[-1] > 0
+  assert float(row['lr']) == pytest.approx(max(lrs), rel=1e-6)
+
+
 def test_sweep_end_to_end_and_resume(data_dir, tmp_path):
   """main.py runs a 3-member IsoFLOP sweep: a finished member is skipped, a partial one resumes.
 
@@ -492,6 +505,11 @@ def test_sweep_end_to_end_and_resume(data_dir, tmp_path):
   assert {r['name']: float(r['loss']) for r in curves if r['final'] == '1'} == {
     r['name']: float(r['loss']) for r in rows
   }
+  for r in curves:  # step, lr there and lr areas, against the lr the trainer logged at each step.
+    logged = [json.loads(line) for line in open(os.path.join(workdir, r['name'], 'metrics.jsonl'))]
+    step, lrs = int(r['step']), {m['step']: m['train/lr'] for m in logged}
+    assert step == int(r['tokens']) // 256 and sorted(lrs)[:step] == list(range(1, step + 1))
+    _check_lr_areas(r, [lrs[i] for i in range(1, step + 1)])
 
   # The CSV feeds the fitting code as is.
   from scaling import results
@@ -606,6 +624,16 @@ def test_wsd_branches_equal_standalone_wsd_runs(data_dir, tmp_path):
     assert int(row['tokens']) == m.info['steps'] * 256
     steps = [json.loads(l)['step'] for l in open(os.path.join(workdir, m.name, 'metrics.jsonl'))]
     assert steps[0] > m.branch_step  # the branch trained only its cooldown.
+  # curves.csv: the lr areas of each branch's whole WSD schedule (the trunk's steps, then its own).
+  logged = lambda d: {
+    json.loads(l)['step']: json.loads(l)['train/lr']
+    for l in open(os.path.join(workdir, d, 'metrics.jsonl'))
+  }
+  trunk = logged(ms[0].trunk)
+  for r in _rows(os.path.join(workdir, 'curves.csv')):
+    m = next(m for m in ms if m.name == r['name'])
+    lrs = {**{s: v for s, v in trunk.items() if s <= m.branch_step}, **logged(m.name)}
+    _check_lr_areas(r, [lrs[i] for i in range(1, int(r['step']) + 1)])
   # The longer branch (its trunk went through the shorter one's branch point first) alone:
   alone = loop.run(ms[-1].config, str(tmp_path / 'alone'))
   assert float(rows[ms[-1].name]['loss']) == alone['eval/loss']
