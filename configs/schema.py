@@ -266,11 +266,15 @@ class DataConfig(_Section):
   NAME: ClassVar[str] = 'data'
   # A TFDS text dataset (default: the embedded corpus), or a mixture 'name=weight,name=weight'
   # (its syntax and weights are checked by train/data/pipeline.py, in validation.derive).
+  # 'jsonl:DIR' is supervised data: local files DIR/<train_split>.jsonl and DIR/<eval_split>.jsonl,
+  # lines {"text"} | {"prompt", "completion"} | {"messages": [...]}, loss on completions / assistant
+  # turns, examples packed whole with segment ids (train/data/supervised.py; DIR without ',' or
+  # '='); e.g. 'jsonl:/data/sft=4,stdlib_corpus=1' mixes in pre-training text.
   dataset: str = 'stdlib_corpus'
   data_dir: str | None = None  # TFDS data_dir (e.g. gs://bucket/tfds).
   train_split: str = 'train'
   eval_split: str = 'validation'
-  text_key: str = 'text'
+  text_key: str = 'text'  # the TFDS feature holding the text (not read for jsonl: sources).
   tokenizer: str = 'byte'  # 'byte' | path to a local HuggingFace tokenizer directory.
   seq_len: int = 256
   max_documents: int = 0  # 0: whole split; else read at most this many documents per split.

@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec
 from models import parametrization
 from models.config import ModelConfig, ModelConfigLike, PyTree
 from models.generation import generate
-from models.transformer import Transformer, head_dim, kv_heads
+from models.transformer import Transformer, head_dim, kv_heads, packed_context
 
 
 def _module(model_config) -> Transformer:
@@ -58,13 +58,23 @@ def param_scales(model_config: ModelConfigLike, field: str) -> PyTree:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _logits(cfg: ModelConfig, params, tokens_BxL):
-  return Transformer(cfg).apply({'params': params}, tokens_BxL)
+def _logits(cfg: ModelConfig, params, tokens_BxL, ctx):
+  return Transformer(cfg).apply({'params': params}, tokens_BxL, ctx=ctx)
 
 
-def logits(model_config: ModelConfigLike, params: PyTree, tokens_BxL: jax.Array) -> jax.Array:
-  """float32 logits [batch, length, vocab] for int tokens [batch, length] (jitted per config)."""
-  return _logits(ModelConfig.make(model_config), params, tokens_BxL)
+def logits(
+  model_config: ModelConfigLike,
+  params: PyTree,
+  tokens_BxL: jax.Array,
+  segment_ids_BxL: jax.Array | None = None,
+  positions_BxL: jax.Array | None = None,
+) -> jax.Array:
+  """float32 logits [batch, length, vocab] for int tokens [batch, length] (jitted per config);
+  rows packed with several examples pass their segment ids and per-segment positions."""
+  ctx = None
+  if segment_ids_BxL is not None:
+    ctx = packed_context(jnp.asarray(segment_ids_BxL), jnp.asarray(positions_BxL))
+  return _logits(ModelConfig.make(model_config), params, tokens_BxL, ctx)
 
 
 __all__ = [

@@ -12,7 +12,13 @@ import jax
 import jax.numpy as jnp
 
 from models.config import ModelConfig, PyTree
-from models.transformer import Transformer, readout, unembedding
+from models.transformer import Transformer, packed_context, readout, unembedding
+
+PACKED_KEYS = (
+  'loss_mask',
+  'segment_ids',
+  'positions',
+)  # a batch's keys beside 'tokens' when packed.
 
 
 def nll(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -24,13 +30,28 @@ def nll(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> tuple[jax.Array, jax
   return (jax.nn.logsumexp(logits_BxLxV, -1) - target_BxL) * mask_BxL, mask_BxL
 
 
+def next_token_rows(batch: dict) -> tuple[jax.Array, jax.Array, dict | None]:
+  """(inputs [B, L], targets [B, L], ctx) of a batch of rows batch['tokens'] [B, L+1]. Plain rows:
+  every next token is a target, ctx None. Packed rows (PACKED_KEYS, each [B, L+1]): the target at
+  t+1 counts only where loss_mask is 1 and t+1 is in t's segment (-1, masked, elsewhere), and
+  ctx = `packed_context` of the inputs' segment ids and positions."""
+  tokens_BxL1 = batch['tokens']
+  inputs_BxL, targets_BxL = tokens_BxL1[:, :-1], tokens_BxL1[:, 1:]
+  if 'segment_ids' not in batch:
+    return inputs_BxL, targets_BxL, None
+  seg_BxL1 = batch['segment_ids']
+  keep_BxL = (batch['loss_mask'][:, 1:] > 0) & (seg_BxL1[:, 1:] == seg_BxL1[:, :-1])
+  targets_BxL = jnp.where(keep_BxL, targets_BxL, -1)
+  return inputs_BxL, targets_BxL, packed_context(seg_BxL1[:, :-1], batch['positions'][:, :-1])
+
+
 def features(
-  cfg: ModelConfig, params: PyTree, inputs_BxL: jax.Array
+  cfg: ModelConfig, params: PyTree, inputs_BxL: jax.Array, ctx: dict | None = None
 ) -> tuple[jax.Array, jax.Array]:
-  """(final normed features [B, L, D], unembedding [D, V]): what `readout` turns into logits."""
-  return Transformer(cfg).apply({'params': params}, inputs_BxL, head=False), unembedding(
-    cfg, params
-  )
+  """(final normed features [B, L, D], unembedding [D, V]): what `readout` turns into logits;
+  ctx: `packed_context` for packed rows."""
+  x_BxLxD = Transformer(cfg).apply({'params': params}, inputs_BxL, ctx=ctx, head=False)
+  return x_BxLxD, unembedding(cfg, params)
 
 
 def chunked(cfg: ModelConfig, length: int) -> bool:
@@ -52,11 +73,16 @@ def chunk_map(fn: Callable, chunk: int, *xs_BxL: jax.Array):
 
 
 def token_nll(
-  cfg: ModelConfig, params: PyTree, inputs_BxL: jax.Array, targets_BxL: jax.Array
+  cfg: ModelConfig,
+  params: PyTree,
+  inputs_BxL: jax.Array,
+  targets_BxL: jax.Array,
+  ctx: dict | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-  """(NLL per token [B, L] in float32, mask [B, L]) of `targets` given `inputs` (same length)."""
+  """(NLL per token [B, L] in float32, mask [B, L]) of `targets` given `inputs` (same length);
+  ctx: `packed_context` for packed rows (None: one sequence per row)."""
   if not chunked(cfg, inputs_BxL.shape[1]):
-    return nll(Transformer(cfg).apply({'params': params}, inputs_BxL), targets_BxL)
-  x_BxLxD, unembed_DxV = features(cfg, params, inputs_BxL)
+    return nll(Transformer(cfg).apply({'params': params}, inputs_BxL, ctx=ctx), targets_BxL)
+  x_BxLxD, unembed_DxV = features(cfg, params, inputs_BxL, ctx)
   one = lambda x_BxKxD, t_BxK: nll(readout(cfg, x_BxKxD, unembed_DxV), t_BxK)
   return chunk_map(one, cfg.loss_chunk, x_BxLxD, targets_BxL)

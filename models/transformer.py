@@ -136,9 +136,11 @@ class Attention(nn.Module):
   def __call__(
     self, x_BxLxD: jax.Array, cache: KVCache | None = None, ctx: dict | None = None
   ) -> tuple[jax.Array, KVCache | None]:
-    """Training: causal attention over x. Decoding (cache = (keys, values) [B, S, K, Dh], ctx
-    from `decode_context`): x's keys/values are written at slot ctx['index'] of the cache and
-    the queries attend over the cache under ctx's mask. Returns (output, updated cache or None)."""
+    """Training: causal attention over x; packed rows (no cache, ctx from `packed_context`) attend
+    within their segments at per-segment positions. Decoding (cache = (keys, values) [B, S, K,
+    Dh], ctx from `decode_context`): x's keys/values are written at slot ctx['index'] of the
+    cache and the queries attend over the cache under ctx's mask. Returns (output, cache or
+    None)."""
     cfg = self.cfg
     D, H, K, Dh = cfg.d_model, cfg.n_heads, kv_heads(cfg), head_dim(cfg)
 
@@ -172,6 +174,7 @@ class Attention(nn.Module):
       cfg,
       *_f32_dot_inputs(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh),
       parametrization.attention_scale(cfg),
+      None if ctx is None else ctx['segment_ids_BxL'],
     )
     return self._out(o_BxLxHxDh.astype(q_BxLxHxDh.dtype)), None
 
@@ -294,6 +297,12 @@ def decode_context(index: int | jax.Array, pads_B: jax.Array, length: int, cache
   }
 
 
+def packed_context(segment_ids_BxL: jax.Array, positions_BxL: jax.Array) -> dict:
+  """The ctx of rows packed with several examples: segment ids [B, L] (attention stays within a
+  segment) and positions [B, L] (restarting at 0 in each segment, for rope or learned)."""
+  return {'segment_ids_BxL': segment_ids_BxL, 'positions_BxL': positions_BxL}
+
+
 def unembedding(cfg: ModelConfig, params: PyTree) -> jax.Array:
   """The output projection [D, V] (the embedding table's transpose when tied)."""
   return params['embed'].T if cfg.tie_embeddings else params['unembed']
@@ -322,8 +331,9 @@ def readout(cfg: ModelConfig, x_BxLxD: jax.Array, unembed_DxV: jax.Array) -> jax
 
 class Transformer(nn.Module):
   """Token ids [B, L] -> float32 logits [B, L, V]; when decoding (cache: keys and values
-  [N, B, S, K, Dh], ctx: `decode_context`) -> (logits, updated cache); with head=False -> the
-  final normed features [B, L, D] (for `readout` by chunks)."""
+  [N, B, S, K, Dh], ctx: `decode_context`) -> (logits, updated cache); packed rows pass ctx from
+  `packed_context` and no cache; with head=False -> the final normed features [B, L, D] (for
+  `readout` by chunks)."""
 
   cfg: ModelConfig
 

@@ -29,8 +29,7 @@ def evaluate(r: context.Run, eval_step: object, params: PyTree, frozen: tuple) -
   for name, source in r.eval_ds.sources.items():
     total = None
     for i in range(r.config.train.eval_batches):
-      tokens_BxL = source.eval_batch(i)
-      sums = eval_step(params, context.global_batch(r, {'tokens': tokens_BxL}), *frozen)
+      sums = eval_step(params, context.global_batch(r, source.eval_arrays(i)), *frozen)
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     total = jax.device_get(total)
     n = max(float(total['tokens']), 1.0)

@@ -212,7 +212,7 @@ def _resume(
 
 def _batch(r: Run, task: Task, step: int) -> dict:
   """The global train batch of `step`: this host's rows, plus the task's extra arrays."""
-  host = {'tokens': r.train_ds.batch(step)}
+  host = r.train_ds.batch_arrays(step)  # 'tokens' (+ loss mask, segment ids, positions: SFT).
   if task.extra_batch:
     host.update(task.extra_batch(step, host))
   return context.global_batch(r, host)

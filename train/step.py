@@ -51,13 +51,15 @@ def cross_entropy_sum(
 
 
 def lm_loss(model_config: ModelConfigLike) -> LossFn:
-  """Next-token loss on packed rows batch['tokens'] [B, L+1]: inputs row[:-1], targets row[1:].
-  With model.loss_chunk the full float32 logits are never materialised (models/loss.py)."""
+  """Next-token loss on rows batch['tokens'] [B, L+1]: inputs row[:-1], targets row[1:]; rows
+  packed with examples (batch['segment_ids'], ['positions'], ['loss_mask']) count only the masked-in
+  targets of each segment (models/loss.py next_token_rows), so the step's mean is per target
+  token. With model.loss_chunk the full float32 logits are never materialised."""
   cfg = models.ModelConfig.make(model_config)
 
   def loss_fn(params, batch):
-    tokens_BxL1 = batch['tokens']
-    nll_BxL, mask_BxL = loss.token_nll(cfg, params, tokens_BxL1[:, :-1], tokens_BxL1[:, 1:])
+    inputs_BxL, targets_BxL, ctx = loss.next_token_rows(batch)
+    nll_BxL, mask_BxL = loss.token_nll(cfg, params, inputs_BxL, targets_BxL, ctx)
     loss_sum = nll_BxL.sum()
     return loss_sum, {'loss': loss_sum, 'tokens': mask_BxL.sum()}
 

@@ -12,6 +12,7 @@ import dataclasses
 
 from configs import schema
 from configs.schema import unknown_key  # noqa: F401 (main.py's message for unknown flags)
+from models import attention
 from models.config import ModelConfig
 from train import sharding
 from train.data import pipeline
@@ -68,13 +69,26 @@ def schedule_warnings(config: schema.Config | schema.Section, derived: Derived) 
   return out
 
 
+def _check_packed(c: schema.Config, sources: list) -> None:
+  """What rows packed with supervised examples (jsonl: sources) need: a kernel that takes segment
+  ids, and a trainer that reads their loss mask (distillation does not yet)."""
+  if not any(s.is_jsonl for s in sources):
+    return
+  attention.check_packed(c.model.attention_impl)
+  if c.distill is not None:
+    raise ValueError(
+      'config.distill: distillation trains on token rows only; jsonl: (supervised) data in '
+      f'config.data.dataset={c.data.dataset!r} is not supported there yet'
+    )
+
+
 def derive(
   config: schema.Config | schema.Section, num_devices: int, process_count: int = 1
 ) -> Derived:
   """Validate `config` for this many devices/processes and return the derived quantities."""
   c = schema.Config.make(config)
   c.check()
-  pipeline.parse_sources(c.data)  # mixture syntax and weights.
+  _check_packed(c, pipeline.parse_sources(c.data))  # mixture syntax and weights; jsonl: data.
   mesh_shape = sharding.mesh_shape(c.mesh, num_devices)
   t, shards = c.train, mesh_shape['data'] * mesh_shape['fsdp']
   k = t.grad_accum_steps

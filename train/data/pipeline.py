@@ -6,6 +6,11 @@ g to (source, k) and each source's rows are permuted per epoch e by grain's inde
 memory, seeded from (seed, source)). Host p of P reads global sequences [p*B/P, (p+1)*B/P) of
 every step and nothing else, so resuming needs only the step, on any number of hosts. Sequential
 steps are read ahead by grain reader threads (config.data.read_threads).
+
+Supervised (`jsonl:`) sources serve rows of whole examples with a loss mask, segment ids and
+positions (train/data/examples.py); when a training mixture has one, every row comes in that form
+(plain rows as one segment) and `batch_arrays(step)` has those keys beside 'tokens'. Without one
+it is {'tokens': ...} alone, as before.
 """
 
 import logging
@@ -15,7 +20,7 @@ import grain
 import numpy as np
 
 from configs import schema
-from train.data import embedded, shards, tokenizers, writer
+from train.data import embedded, examples, jsonl_shards, shards, tokenizers, writer
 from train.data.sources import DataSection, Source, parse_sources
 
 
@@ -27,26 +32,31 @@ def open_prepared(
   request = writer.SplitRequest.of(data, source, split)
   field = 'config.data.prepared_dir' if data.prepared_dir else 'config.data.dataset'
   expect = {'tokenizer': data.tokenizer, 'tokenizer_fingerprint': tokenizer.fingerprint}
+  if source.is_jsonl:  # a changed file is refused, not read through its old shards.
+    path = jsonl_shards.source_file(source.dataset, split)
+    expect |= {'source': path, 'source_fingerprint': jsonl_shards.fingerprint(path)}
   try:
     return shards.open_split(request.out_dir, field, expect)
   except FileNotFoundError:
     writer.check_known(source.dataset, data.data_dir)
-    if not embedded.is_embedded(source.dataset):
+    if not embedded.is_embedded(source.dataset) and not source.is_jsonl:
       raise ValueError(
         f'config.data.dataset={source.dataset!r}: split {split!r} is not prepared (no '
         f'{shards.MANIFEST} in {request.out_dir}); run `python -m train.data.prepare` once with '
         'this config (on every host of a pod, or one machine writing to a shared gs:// '
         'config.data.prepared_dir)'
       ) from None
-  logging.info(
-    'Preparing %s/%s (embedded, built offline) in %s', source.dataset, split, request.out_dir
-  )
+  logging.info('Preparing %s/%s (local) in %s', source.dataset, split, request.out_dir)
   writer.prepare_split(request)
   return shards.open_split(request.out_dir, field, expect)
 
 
-def _rows(split: shards.PreparedSplit, seq_len: int, min_rows: int, what: str) -> shards.PackedRows:
-  rows = shards.PackedRows(split, seq_len)
+Rows = shards.PackedRows | examples.PackedExamples
+
+
+def _rows(split: shards.PreparedSplit, seq_len: int, min_rows: int, what: str) -> Rows:
+  """The split's rows of seq_len + 1: stream windows, or packed whole examples (supervised)."""
+  rows = (examples.PackedExamples if split.supervised else shards.PackedRows)(split, seq_len)
   if len(rows) < min_rows:
     raise ValueError(
       f'{what} ({split.path}) has {split.num_tokens} tokens = {len(rows)} rows of '
@@ -126,6 +136,8 @@ class TrainStream:
     self.seq_len, self.global_batch_size, self.seed = seq_len, global_batch_size, seed
     self.process_index, self.process_count = process_index, process_count
     self.local_batch_size = global_batch_size // max(process_count, 1)
+    # Rows carry loss mask, segment ids and positions when any trained source is supervised.
+    self.packed = any(split.supervised for s, split in splits if s.weight > 0)
     parts, weights = [], []
     for i, (source, split) in enumerate(splits):
       if source.weight == 0:
@@ -136,7 +148,10 @@ class TrainStream:
         global_batch_size,
         f'config.data.dataset {source.dataset!r} split {source.train_split!r}',
       )
-      parts.append(grain.MapDataset.source(rows).shuffle(seed=_shuffle_seed(seed, i)).repeat())
+      part = grain.MapDataset.source(rows).shuffle(seed=_shuffle_seed(seed, i)).repeat()
+      if self.packed and not split.supervised:
+        part = part.map(examples.as_packed)
+      parts.append(part)
       weights.append(source.weight)
     mixed = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
     self._batches = _Prefetched(
@@ -145,7 +160,22 @@ class TrainStream:
 
   def batch(self, step: int) -> np.ndarray:
     """int32 [global_batch_size / processes, seq_len + 1]; inputs = [:, :-1], targets = [:, 1:]."""
-    return self._batches.get(step)
+    out = self._batches.get(step)
+    return out['tokens'] if self.packed else out
+
+  def batch_arrays(self, step: int) -> dict[str, np.ndarray]:
+    """{'tokens': batch(step)}, plus 'loss_mask', 'segment_ids' and 'positions' (each int32
+    [B / processes, seq_len + 1]) when packed; a packed batch without a target is a ValueError."""
+    out = self._batches.get(step)
+    if not self.packed:
+      return {'tokens': out}
+    if examples.num_targets(out) == 0:
+      raise ValueError(
+        f'config.data.dataset={",".join(s.dataset for s in self.sources)}: the rows of step '
+        f'{step} (process {self.process_index}) have no target token (loss mask all zero, e.g. '
+        f'prompts cut at config.data.seq_len+1={self.seq_len + 1}); use longer rows or other data'
+      )
+    return out
 
 
 class EvalSource:
@@ -162,6 +192,7 @@ class EvalSource:
   ):
     self.source, self.split = source, split
     self.weight = source.weight
+    self.packed = split.supervised
     rows = _rows(
       split, seq_len, 1, f'config.data.dataset {source.dataset!r} split {source.eval_split!r}'
     )
@@ -176,7 +207,13 @@ class EvalSource:
 
   def eval_batch(self, i: int) -> np.ndarray:
     """Rows [i*B + p*B/P, ...) mod num_rows: int32 [B/P, seq_len + 1]."""
-    return self._batches[i]
+    out = self._batches[i]
+    return out['tokens'] if self.packed else out
+
+  def eval_arrays(self, i: int) -> dict[str, np.ndarray]:
+    """eval_batch(i) as a batch dict: with the packed keys for a supervised source."""
+    out = self._batches[i]
+    return out if self.packed else {'tokens': out}
 
 
 class EvalStream:

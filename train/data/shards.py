@@ -10,6 +10,11 @@ One directory per (dataset, split, text_key, max_documents), local or `gs://`:
                                 histogram); written after its .tokens file is complete
   manifest.json                 spec + every shard's token count + totals; written once all are
 
+Supervised splits (`jsonl:` sources, format 2, spec 'fields' = tokens, mask, docs) add beside each
+shard's .tokens: `.mask`, one uint8 per token (1: a target), and `.docs`, the little-endian int64
+end offsets of its examples in the shard's tokens (the boundaries segment ids are derived from).
+Token-only splits are written and read as format 1, as before.
+
 The split's token stream is the shards concatenated in order. A shard's .tokens file appears
 under its final name only when whole (written to a temp name, then renamed), and counts as done
 only once its .json exists, so a crash mid-shard leaves nothing that is later read. Readers open
@@ -27,7 +32,10 @@ import uuid
 
 import numpy as np
 
-FORMAT = 1
+FORMAT = 1  # token-only splits: .tokens per shard (every directory prepared before format 2).
+FORMAT_EXAMPLES = 2  # supervised splits: + .mask and .docs per shard, spec 'fields' lists them.
+FIELDS = {'tokens': '.tokens', 'mask': '.mask', 'docs': '.docs'}  # field -> shard file suffix.
+_FIELD_DTYPES = {'mask': np.dtype('u1'), 'docs': np.dtype('<i8')}  # tokens: the spec's dtype.
 SPEC, MANIFEST = 'spec.json', 'manifest.json'
 _FILE_CACHE = 64  # open shard files per reading thread.
 
@@ -78,6 +86,19 @@ def write_json(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def write_bytes(path: str, data: bytes) -> None:
+  """Atomically (temp name, then rename), as write_json: a reader sees no partial file."""
+  tmp = f'{path}.tmp-{uuid.uuid4().hex}'
+  if is_remote(path):
+    with _gfile().GFile(tmp, 'wb') as f:
+      f.write(data)
+    _gfile().rename(tmp, path, overwrite=True)
+  else:
+    with open(tmp, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, path)
+
+
 def remove(path: str) -> None:
   _gfile().remove(path) if is_remote(path) else os.remove(path)
 
@@ -111,19 +132,25 @@ class ShardStats:
   num_documents: int = 0
   num_bytes: int = 0  # raw UTF-8 bytes of the documents, EOS not counted.
   byte_histogram: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(256, np.int64))
+  num_targets: int | None = None  # supervised splits: tokens with loss mask 1 (None: all are).
 
   def to_json(self) -> dict:
-    return {
+    out = {
       'num_tokens': self.num_tokens,
       'num_documents': self.num_documents,
       'num_bytes': self.num_bytes,
       'byte_histogram': self.byte_histogram.tolist(),
     }
+    return out if self.num_targets is None else out | {'num_targets': self.num_targets}
 
   @classmethod
   def from_json(cls, d: dict) -> 'ShardStats':
     return cls(
-      d['num_tokens'], d['num_documents'], d['num_bytes'], np.asarray(d['byte_histogram'], np.int64)
+      d['num_tokens'],
+      d['num_documents'],
+      d['num_bytes'],
+      np.asarray(d['byte_histogram'], np.int64),
+      d.get('num_targets'),
     )
 
 
@@ -139,7 +166,23 @@ def spec_mismatch(old: dict, new: dict, path: str) -> str | None:
       f'{new.get("tokenizer")!r} has fingerprint {new.get("tokenizer_fingerprint")}; '
       'prepare into another config.data.prepared_dir (nothing was written)'
     )
-  for key in ('format', 'dataset', 'split', 'text_key', 'max_documents', 'dtype', 'num_shards'):
+  if 'source_fingerprint' in new and old.get('source_fingerprint') != new['source_fingerprint']:
+    return (
+      f'{path} was prepared from another version of {new.get("source")} (sha1 '
+      f'{old.get("source_fingerprint")}, now {new["source_fingerprint"]}); delete the directory '
+      'or prepare into another config.data.prepared_dir (nothing was written)'
+    )
+  keys = (
+    'format',
+    'dataset',
+    'split',
+    'text_key',
+    'max_documents',
+    'dtype',
+    'num_shards',
+    'fields',
+  )
+  for key in keys:
     if key in new and old.get(key) != new[key]:
       return (
         f'{path} was prepared with {key}={old.get(key)!r}, not {new[key]!r}; use the same '
@@ -159,6 +202,13 @@ class PreparedSplit:
     self.shard_tokens = np.asarray(manifest['shard_tokens'], np.int64)
     self.starts = np.concatenate([[0], np.cumsum(self.shard_tokens)])  # [num_shards + 1]
     self.stats = ShardStats.from_json(manifest['totals'])
+    self.fields = tuple(manifest.get('fields', ('tokens',)))
+    self.shard_documents = manifest.get('shard_documents')  # [num_shards] (supervised splits).
+
+  @property
+  def supervised(self) -> bool:
+    """Whether the split has a loss mask and example boundaries (a `jsonl:` source)."""
+    return 'mask' in self.fields
 
   @property
   def num_tokens(self) -> int:
@@ -174,8 +224,15 @@ class PreparedSplit:
     """Shannon entropy of the byte histogram: a bits/byte baseline a model should beat."""
     return entropy_bits(self.stats.byte_histogram)
 
-  def shard_path(self, i: int) -> str:
-    return os.path.join(self.path, shard_name(i, self.num_shards) + '.tokens')
+  def shard_path(self, i: int, field: str = 'tokens') -> str:
+    return os.path.join(self.path, shard_name(i, self.num_shards) + FIELDS[field])
+
+  def itemsize(self, field: str) -> int:
+    return _FIELD_DTYPES.get(field, self.dtype).itemsize
+
+  def shard_items(self, i: int, field: str) -> int:
+    """Items of `field` in shard i: its tokens, or (docs) its examples."""
+    return int(self.shard_documents[i] if field == 'docs' else self.shard_tokens[i])
 
 
 def entropy_bits(histogram: np.ndarray) -> float:
@@ -211,22 +268,33 @@ def open_split(
       '`python -m train.data.prepare` with the same config to finish it'
     )
   manifest = read_json(manifest_path)
+  if manifest.get('format', FORMAT) > FORMAT_EXAMPLES:
+    raise ValueError(
+      f'{field}: {path} has format {manifest["format"]}, newer than this code reads '
+      f'({FORMAT_EXAMPLES}); update lmscale or prepare into another config.data.prepared_dir'
+    )
   why = spec_mismatch(manifest, expect, path) if expect else None
   if why:
     raise ValueError(f'{field}: {why}')
   split = PreparedSplit(path, manifest)
   if check_files and not is_remote(path):
     for i in range(split.num_shards):
-      p = split.shard_path(i)
-      want = int(split.shard_tokens[i]) * split.dtype.itemsize
-      size = os.path.getsize(p) if os.path.exists(p) else None
-      if size != want:
-        raise ValueError(
-          f'{field}: shard {p} is {"missing" if size is None else f"{size} bytes"}'
-          f', expected {want} bytes; rerun `python -m train.data.prepare` (a '
-          'damaged shard: delete it and its .json first)'
-        )
+      for name in split.fields:
+        _check_size(split, i, name, field)
   return split
+
+
+def _check_size(split: PreparedSplit, i: int, name: str, field: str) -> None:
+  """ValueError naming config `field` unless shard i's `name` file has the manifest's size."""
+  p = split.shard_path(i, name)
+  want = split.shard_items(i, name) * split.itemsize(name)
+  size = os.path.getsize(p) if os.path.exists(p) else None
+  if size != want:
+    raise ValueError(
+      f'{field}: shard {p} is {"missing" if size is None else f"{size} bytes"}'
+      f', expected {want} bytes; rerun `python -m train.data.prepare` (a '
+      'damaged shard: delete it and its .json first)'
+    )
 
 
 class _Handles(threading.local):
@@ -262,21 +330,21 @@ class PackedRows:
     self.__dict__.update(state)
     self._handles = _Handles()
 
-  def _file(self, i: int):
-    files = self._handles.files
-    f = files.pop(i, None)
+  def _file(self, i: int, field: str = 'tokens'):
+    files, key = self._handles.files, (i, field)
+    f = files.pop(key, None)
     if f is None:
-      path = self.split.shard_path(i)
+      path = self.split.shard_path(i, field)
       f = _gfile().GFile(path, 'rb') if is_remote(path) else open(path, 'rb', buffering=0)
       if len(files) >= _FILE_CACHE:
         files.popitem(last=False)[1].close()
-    files[i] = f
+    files[key] = f
     return f
 
-  def _read(self, i: int, lo: int, hi: int) -> bytes:
-    """Tokens [lo, hi) of shard i, as raw bytes."""
-    size = self.split.dtype.itemsize
-    f = self._file(i)
+  def _read(self, i: int, lo: int, hi: int, field: str = 'tokens') -> bytes:
+    """Items [lo, hi) of shard i's `field` file (tokens, mask or docs), as raw bytes."""
+    size = self.split.itemsize(field)
+    f = self._file(i, field)
     if self._remote:
       f.seek(lo * size)
       data = f.read((hi - lo) * size)
@@ -284,22 +352,32 @@ class PackedRows:
       data = os.pread(f.fileno(), (hi - lo) * size, lo * size)
     if len(data) != (hi - lo) * size:
       raise ValueError(
-        f'shard {self.split.shard_path(i)} is shorter than its manifest says; '
+        f'shard {self.split.shard_path(i, field)} is shorter than its manifest says; '
         'rerun `python -m train.data.prepare` after deleting it and its .json'
       )
     return data
 
-  def tokens(self, start: int, stop: int) -> np.ndarray:
-    """Tokens [start, stop) of the split's stream, int32."""
+  def tokens(self, start: int, stop: int, field: str = 'tokens') -> np.ndarray:
+    """Tokens [start, stop) of the split's stream (field 'mask': their loss mask), int32."""
     starts = self.split.starts
     i = int(np.searchsorted(starts, start, side='right')) - 1
     pieces = []
     while start < stop:
       hi = min(stop, int(starts[i + 1]))
       if hi > start:
-        pieces.append(self._read(i, start - int(starts[i]), hi - int(starts[i])))
+        pieces.append(self._read(i, start - int(starts[i]), hi - int(starts[i]), field))
       start, i = hi, i + 1
-    return np.frombuffer(b''.join(pieces), self.split.dtype).astype(np.int32)
+    dtype = _FIELD_DTYPES.get(field, self.split.dtype)
+    return np.frombuffer(b''.join(pieces), dtype).astype(np.int32)
+
+  def example_ends(self) -> np.ndarray:
+    """int64 [examples]: each example's end offset in the split's stream (supervised splits)."""
+    ends = [
+      np.frombuffer(self._read(i, 0, self.split.shard_items(i, 'docs'), 'docs'), '<i8')
+      + self.split.starts[i]
+      for i in range(self.split.num_shards)
+    ]
+    return np.concatenate(ends) if ends else np.zeros(0, np.int64)
 
   def __getitem__(self, r: int) -> np.ndarray:
     r = int(r) % self.num_rows

@@ -27,6 +27,23 @@ class Source:
     """Metric-safe name: eval/<name>/loss."""
     return shards.sanitize(self.dataset)
 
+  @property
+  def is_jsonl(self) -> bool:
+    """A 'jsonl:DIR' source: supervised examples, packed whole into rows with segment ids."""
+    return is_jsonl(self.dataset)
+
+
+JSONL = 'jsonl:'  # config.data.dataset prefix of a directory of supervised JSONL files.
+
+
+def is_jsonl(dataset: str) -> bool:
+  return dataset.startswith(JSONL)
+
+
+def jsonl_path(dataset: str, split: str) -> str:
+  """The file of `split` of a 'jsonl:DIR' source: DIR/<split>.jsonl."""
+  return os.path.join(dataset[len(JSONL) :], f'{split}.jsonl')
+
 
 def _per_source(value: str, n: int, field: str) -> list[str]:
   parts = [v.strip() for v in str(value).split(',')]
@@ -87,6 +104,8 @@ def parse_sources(data: DataSection) -> list[Source]:
   }
   if dup:
     raise ValueError(f'config.data.dataset={spec!r}: source {sorted(dup)[0]!r} is named twice')
+  if any(n == JSONL for n in names):
+    raise ValueError(f'config.data.dataset={spec!r}: give the directory after {JSONL!r}')
   n = len(names)
   splits = [
     _per_source(data[k], n, f'config.data.{k}') for k in ('train_split', 'eval_split', 'text_key')

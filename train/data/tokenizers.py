@@ -1,7 +1,9 @@
 """Tokenizers with one small interface: bytes (default) or a local HuggingFace tokenizer dir.
 
 Interface: `.vocab_size`, `.eos_id`, `.fingerprint` (cache key), `.encode(text) -> list[int]`,
-`.encode_batch(texts) -> list[np.ndarray]`, `.decode(ids) -> str`. No special tokens are added.
+`.encode_batch(texts) -> list[np.ndarray]`, `.decode(ids) -> str`, `.has_chat_template`,
+`.encode_chat(messages) -> (ids, assistant mask, text)` (train/data/chat.py). No special tokens
+are added (a chat template adds its own).
 """
 
 import hashlib
@@ -10,6 +12,8 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
+
+from train.data import chat
 
 
 def _as_bytes(text: str | bytes) -> bytes:
@@ -31,6 +35,11 @@ class ByteTokenizer:
 
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode('utf-8', errors='replace')
+
+  has_chat_template = True  # the built-in one (train/data/chat.py byte_chat).
+
+  def encode_chat(self, messages: chat.Messages) -> tuple[np.ndarray, np.ndarray, str]:
+    return chat.byte_chat(messages)
 
 
 class HFTokenizer:
@@ -63,6 +72,13 @@ class HFTokenizer:
 
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     return self._tok.decode([int(i) for i in ids])
+
+  @property
+  def has_chat_template(self) -> bool:
+    return chat.template(self._tok) is not None
+
+  def encode_chat(self, messages: chat.Messages) -> tuple[np.ndarray, np.ndarray, str]:
+    return chat.hf_chat(self._tok, messages)
 
 
 def _dir_digest(path: str) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from train.data import embedded, shards, sources, tokenizers
+from train.data import embedded, jsonl_shards, shards, sources, tokenizers
 
 _READ_BATCH = 256  # documents per tf.data batch / tokenizer call.
 _SHARD_TEXT_BYTES = 64 << 20  # automatic shard count: about this much source text per shard.
@@ -54,8 +54,9 @@ def _builder(dataset: str, data_dir: str | None) -> Any:
 
 
 def check_known(dataset: str, data_dir: str | None = None) -> None:
-  """ValueError (with a did-you-mean) unless TFDS knows `dataset`."""
-  _builder(dataset, data_dir)
+  """ValueError (with a did-you-mean) unless TFDS knows `dataset` (or it is a jsonl: source)."""
+  if not sources.is_jsonl(dataset):
+    _builder(dataset, data_dir)
 
 
 @contextlib.contextmanager
@@ -161,6 +162,11 @@ def _cached(key: tuple, make: Callable[[], Any]) -> Any:
 
 def _write_shard(out_dir: str, spec: dict, data_dir: str | None, i: int) -> dict:
   """Tokenize shard i of spec's split into out_dir; returns its stats (skips a finished one)."""
+  if spec.get('fields'):  # a jsonl: source's supervised split.
+    tokenizer = _cached(
+      ('tokenizer', spec['tokenizer']), lambda: tokenizers.make_tokenizer(spec['tokenizer'])
+    )
+    return jsonl_shards.write_shard(out_dir, spec, i, tokenizer)
   import tensorflow_datasets as tfds  # lazy: heavy (TensorFlow), only when TFDS is read.
 
   n = spec['num_shards']
@@ -239,9 +245,14 @@ def _finalize(out_dir: str, spec: dict) -> dict | None:
     totals.num_documents += st.num_documents
     totals.num_bytes += st.num_bytes
     totals.byte_histogram += st.byte_histogram
+  extras = {}
+  if spec.get('fields'):
+    extras = jsonl_shards.manifest_extras(spec, per_shard, out_dir)
+    totals.num_targets = sum(st.num_targets or 0 for st in per_shard)
   manifest = spec | {
     'shard_tokens': [st.num_tokens for st in per_shard],
     'totals': totals.to_json(),
+    **extras,
   }
   shards.write_json(os.path.join(out_dir, shards.MANIFEST), manifest)
   return manifest
@@ -260,7 +271,14 @@ def _open_spec(request: SplitRequest, share: Share, tokenizer: tokenizers.Tokeni
   spec_path = os.path.join(request.out_dir, shards.SPEC)
   old = shards.read_json(spec_path) if shards.exists(spec_path) else None
   num_shards = share.num_shards
-  if old is None:
+  described = {}
+  if sources.is_jsonl(request.dataset):  # every line checked before anything is written.
+    described = jsonl_shards.describe(
+      request.dataset, request.split, tokenizer, request.tokenizer, request.max_documents
+    )
+    if old is None:
+      num_shards = num_shards or jsonl_shards.auto_num_shards(described, share.process_count)
+  elif old is None:
     builder = load_builder(request.dataset, request.data_dir)
     if request.text_key not in builder.info.features:
       raise ValueError(
@@ -270,7 +288,7 @@ def _open_spec(request: SplitRequest, share: Share, tokenizer: tokenizers.Tokeni
     num_shards = num_shards or _auto_num_shards(
       builder, request.split, request.max_documents, share.process_count
     )
-  spec = split_spec(request, tokenizer, num_shards or old['num_shards'])
+  spec = split_spec(request, tokenizer, num_shards or old['num_shards']) | described
   if old is not None:
     why = shards.spec_mismatch(old, spec, request.out_dir)
     if why:
