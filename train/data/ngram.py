@@ -21,9 +21,6 @@ from configs import schema
 from train import cli
 from train.data import pipeline, shards, sources, tokenizers
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file (path[:arg]).')
-_ORDERS = flags.DEFINE_list('orders', ['1', '2', '3'], 'n-gram orders to report.')
-
 DISCOUNT = 0.75
 MAX_TABLE = 2**26  # cells of the largest count table (V^order): 512 MiB of float64.
 
@@ -97,15 +94,18 @@ def references(config: schema.Config | schema.Section, orders: Sequence[int]) ->
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  f = flags.FLAGS
   with cli.one_line_errors():
-    orders = [int(o) for o in _ORDERS.value]
-    for r in references(_CONFIG.value, orders):
+    orders = [int(o) for o in f.orders]
+    for r in references(f.config, orders):
       print(
         f'{r.order}-gram: {r.nats_per_token:.4f} nats/token, {r.bits_per_byte:.4f} bits/byte',
         flush=True,
       )
 
 
-if __name__ == '__main__':
+if __name__ == '__main__':  # flags defined here: importing the module defines none.
+  config_flags.DEFINE_config_file('config', None, 'Training config file (path[:arg]).')
+  flags.DEFINE_list('orders', ['1', '2', '3'], 'n-gram orders to report.')
   flags.mark_flag_as_required('config')
   app.run(main)
