@@ -98,6 +98,12 @@ def optimum_curves(
   return out
 
 
+def _width_colors(widths: set, plt: object) -> dict:
+  """One color per width, the same in every panel."""
+  ws = sorted(widths)
+  return dict(zip(ws, plt.cm.viridis(np.linspace(0, 0.9, len(ws)))))
+
+
 def plot_curves(curves: dict, path: str, axis: str = 'd_model') -> None:
   """One panel per group: eval loss vs tokens of each width's optimum (a line per seed)."""
   import matplotlib
@@ -106,19 +112,18 @@ def plot_curves(curves: dict, path: str, axis: str = 'd_model') -> None:
   import matplotlib.pyplot as plt  # after use('Agg'): no display needed.
 
   names = list(curves)
+  color = _width_colors({w for c in curves.values() for w in c}, plt)
   fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), sharey=True)
   for ax, g in zip(np.atleast_1d(axes), names):
-    widths = sorted(curves[g])
-    for w, color in zip(widths, plt.cm.viridis(np.linspace(0, 0.9, len(widths)))):
+    for w in sorted(curves[g]):
       for i, pts in enumerate(curves[g][w]):
-        ax.plot(pts[:, 0], pts[:, 1], color=color, label=f'{axis} {w}' if i == 0 else None)
+        ax.plot(pts[:, 0], pts[:, 1], color=color[w], label=f'{axis} {w}' if i == 0 else None)
+    ax.legend(fontsize=8)
     ax.set_xscale('log')
     ax.set_title(f'{g}: the optimum per {axis}')
     ax.set_xlabel('tokens')
     ax.grid(alpha=0.3)
-  ax0 = np.atleast_1d(axes)[0]
-  ax0.set_ylabel('eval loss (nats/byte)')
-  ax0.legend(fontsize=8)
+  np.atleast_1d(axes)[0].set_ylabel('eval loss (nats/byte)')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -157,12 +162,12 @@ def plot(data: dict, path: str, axis: str = 'd_model') -> None:
   names = list(data)
   if all(len({w for w, _ in c}) == 1 for c in data.values()):  # one width each: one panel.
     return _plot_groups(data, path, plt)
+  colors = _width_colors({w for c in data.values() for w, _ in c}, plt)
   fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), sharey=True)
   for ax, p in zip(np.atleast_1d(axes), names):
     curves = data[p]
-    widths = sorted({w for w, _ in curves})
-    colors = plt.cm.viridis(np.linspace(0, 0.9, len(widths)))
-    for w, color in zip(widths, colors):
+    for w in sorted({w for w, _ in curves}):
+      color = colors[w]
       lrs = sorted(lr for ww, lr in curves if ww == w)
       mean = np.array([np.mean(curves[(w, lr)]) for lr in lrs])
       lo = np.array([np.min(curves[(w, lr)]) for lr in lrs])
@@ -175,9 +180,9 @@ def plot(data: dict, path: str, axis: str = 'd_model') -> None:
     ax.set_title(p)
     ax.set_xlabel('peak learning rate')
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
   ax0 = np.atleast_1d(axes)[0]
   ax0.set_ylabel('final eval loss (nats/byte)')
-  ax0.legend(fontsize=8)
   lo = min(min(np.mean(v) for v in c.values()) for c in data.values())
   ax0.set_ylim(lo - 0.05, lo + 1.0)
   fig.tight_layout()
