@@ -16,7 +16,8 @@ workdirs/mup_depth/depth_mup_L4/results.csv,workdirs/mup_depth/depth_mup_L8/resu
 Variants: 'mup' (μP at base width 32, no depth scaling: base_n_layers = 0); 'depth_mup' (μP with
 base_n_layers=2: residual branches × (L/2)^-½, hidden Adam lr × (L/2)^-½); 'sp'. Peak lrs by rule:
 at the base depth 2, five a factor 2 apart around the width study's d32 optimum (2^-6); deeper,
-that optimum and its two neighbours, a grid extended by one where its optimum lies on its edge.
+that optimum and its two neighbours, a grid extended by one where its optimum lies on its edge
+(depth-μP at 8 layers: best at 2^-5, so 2^-4 at depth 8 for both variants).
 CPU time per member (2-core machine, two at a time): ~30 s at depth 2, ~45 s at 4, ~80 s at 8.
 """
 
@@ -28,7 +29,7 @@ WIDTH = mup_width.WIDTHS[0]
 BASE_DEPTH = 2
 STEPS = mup_width.CPU_STEPS
 VARIANTS = ('sp', 'mup', 'depth_mup')
-LRS = {2: (-8, -7, -6, -5, -4), 4: (-7, -6, -5), 8: (-7, -6, -5)}  # exponents of 2, by depth.
+LRS = {2: (-8, -7, -6, -5, -4), 4: (-7, -6, -5), 8: (-7, -6, -5, -4)}  # exponents of 2, by depth.
 
 
 def get_config(arg: str = 'depth_mup,4') -> ml_collections.ConfigDict:
