@@ -39,10 +39,11 @@ LRS = {
 # The CPU design (the 2-core machine cannot hold the grid above in the budget): 1,000 steps,
 # seed 0, widths 32, 128, 256. At the base width every lr of LRS; wider, by rule: μP and u-μP the
 # lr carried from d32's optimum and its two neighbours; SP at d128 4 lrs from d32's optimum down
-# (its optimum falls with width), at d256 the optimum extrapolated from d32 and d128 (one step per
-# doubling: 2^-9) and its two neighbours, extended to 2^-11 (best at 2^-10); a grid is extended by one lr where its optimum lies on
-# its edge (μP d128: 2^-6 and 2^-5 tied within 0.001, d256: best at 2^-5; so 2^-4 too). u-μP at d256: the carried lr
-# only (the CPU budget). Diagnostics of μP's gap to SP: docs/mup.md.
+# (its optimum falls with width), at d256 the optimum extrapolated from d32 and d128 (one step
+# per doubling: 2^-9) and its two neighbours. A grid is extended by one lr where its optimum lies
+# on its edge (SP d256: best at 2^-10, so 2^-11; μP d128: 2^-6 and 2^-5 tied within 0.001, d256:
+# best at 2^-5, so 2^-4). u-μP at d256: the carried lr only (the CPU budget). Diagnostics of
+# μP's gap to SP: docs/mup.md.
 CPU_STEPS = 1000
 CPU_LRS = {  # parametrization -> width -> exponents of 2; d32 optima (1,000 steps): all at 2^-6
   # for SP and μP, 2^-1 for u-μP (SP's first grid, 2^-12..2^-6, was extended: optimum on its edge).
