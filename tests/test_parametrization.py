@@ -265,9 +265,7 @@ def _first_update(cfg: models.ModelConfig, params: dict, grads: dict, opt: objec
 @pytest.mark.parametrize('key', list(BEFORE))
 def test_new_keys_at_their_old_values_change_nothing(key: str) -> None:
   family, p = key.split('/')
-  cfg = _model(
-    family, parametrization=p, base_d_model=32 if p == 'mup' else 0, mup_output_mult=1.0
-  )
+  cfg = _model(family, parametrization=p, base_d_model=32 if p == 'mup' else 0, mup_output_mult=1.0)
   params = models.init(cfg, jax.random.key(0))
   logits = models.logits(cfg, params, TOKENS)
   grads = jax.grad(lambda q: jnp.sum(jnp.sin(models.logits(cfg, q, TOKENS))))(params)
