@@ -109,7 +109,10 @@ def _mup(c: ModelConfig, role: str, w: float, n: int) -> Scales:
   if role == 'readout':
     init = _readout_init(c, sp.init, n)
     return Scales(init, _role_mult(c, role) / w, _role_lr(c, role), 1.0)
-  return Scales(sp.init, _role_mult(c, role), _role_lr(c, role), 1.0)
+  lr = _role_lr(c, role)
+  if role in ('embedding', 'position'):  # the table's width is d_model's, not its fan-in's.
+    lr *= axis_width_mults(c)['embed'] ** -c.mup_lr_embedding_width_exp
+  return Scales(sp.init, _role_mult(c, role), lr, 1.0)
 
 
 def _umup(c: ModelConfig, role: str, w: float, n: int) -> Scales:

@@ -388,3 +388,19 @@ def test_depth_coord_check_flat_under_depth_mup(tiny_config: object) -> None:
     )
     slope[name] = coord_check.slopes(r, axis='depth')['mup']['last/residual']
   assert abs(slope['depth_mup']) < 0.3 and slope['none'] > 0.5, slope
+
+
+def test_embedding_lr_width_rule() -> None:
+  """mup_lr_embedding_width_exp=1 gives the tied table lr × base/width: at 4x the width the same
+  per-leaf lrs as mup_lr_embedding=¼ (docs/mup.md's diagnostic), and nothing at the base width."""
+  mup = dict(parametrization='mup', base_d_model=32)
+  wide = dict(d_model=128, n_heads=8, d_ff=512)
+  rule = _by_path(models.param_scales(_model(mup_lr_embedding_width_exp=1.0, **mup, **wide), 'lr'))
+  fixed = _by_path(models.param_scales(_model(mup_lr_embedding=0.25, **mup, **wide), 'lr'))
+  assert rule == fixed and rule['embed'] == 0.25
+  base = _model(mup_lr_embedding_width_exp=1.0, **mup, d_model=32, n_heads=2, d_ff=128)
+  assert _by_path(models.param_scales(base, 'lr'))['embed'] == 1.0
+  with pytest.raises(ValueError, match='needs .mup.'):
+    schema.check_model(models.ModelConfig(mup_lr_embedding_width_exp=1.0))
+  with pytest.raises(ValueError, match='>= 0'):
+    schema.check_model(models.ModelConfig(parametrization='mup', mup_lr_embedding_width_exp=-1.0))
