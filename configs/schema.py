@@ -215,7 +215,7 @@ def _check_mup_hparams(m: ModelConfig) -> None:
     raise ValueError(f"config.model.{changed[0]}: a μP hyperparameter; needs 'mup' or 'umup'")
   exp = m.mup_lr_embedding_width_exp
   _ok('model.mup_lr_embedding_width_exp', exp, exp >= 0, '>= 0')
-  if exp and m.parametrization != 'mup':
+  if exp != defaults.mup_lr_embedding_width_exp and m.parametrization != 'mup':
     raise ValueError("config.model.mup_lr_embedding_width_exp: a μP width rule; needs 'mup'")
   untied = [k for k in ('mup_lr_readout', 'mup_readout_init') if k in changed]
   if untied and m.tie_embeddings:

@@ -96,7 +96,8 @@ def test_mup_equals_sp_at_base_width_and_scales_beyond(family):
   )
   lr, init = _by_path(models.param_scales(wide, 'lr')), _by_path(models.param_scales(wide, 'init'))
   assert lr['layers/attn/query'] == lr['layers/attn/out'] == lr['layers/mlp/wo'] == 0.25
-  assert lr['embed'] == lr['layers/attn_norm/scale'] == 1.0
+  assert lr['layers/attn_norm/scale'] == 1.0
+  assert lr['embed'] == 0.25  # the embedding-lr width rule's default: × 1/w
   assert init['layers/mlp/wi'] == pytest.approx(0.02 / 2)  # std / sqrt(w), w = 4
   if family == 'llama':
     assert lr['unembed'] == 1.0
@@ -132,7 +133,7 @@ def test_mup_optimizer_scales_adam_updates_per_leaf():
   lr = _by_path(models.param_scales(wide, 'lr'))
   for k in updates['sp']:
     np.testing.assert_allclose(updates['mup'][k], updates['sp'][k] * lr[k], rtol=1e-6, err_msg=k)
-  assert lr['layers/mlp/wi'] == 0.5 and lr['embed'] == 1.0
+  assert lr['layers/mlp/wi'] == 0.5 and lr['embed'] == 0.5  # embedding lr × 1/w by default
 
 
 def test_umup_weight_decay_is_independent_of_the_lr_scale():
@@ -265,7 +266,8 @@ def _first_update(cfg: models.ModelConfig, params: dict, grads: dict, opt: objec
 @pytest.mark.parametrize('key', list(BEFORE))
 def test_new_keys_at_their_old_values_change_nothing(key: str) -> None:
   family, p = key.split('/')
-  cfg = _model(family, parametrization=p, base_d_model=32 if p == 'mup' else 0, mup_output_mult=1.0)
+  old = dict(mup_output_mult=1.0, **({'mup_lr_embedding_width_exp': 0.0} if p == 'mup' else {}))
+  cfg = _model(family, parametrization=p, base_d_model=32 if p == 'mup' else 0, **old)
   params = models.init(cfg, jax.random.key(0))
   logits = models.logits(cfg, params, TOKENS)
   grads = jax.grad(lambda q: jnp.sum(jnp.sin(models.logits(cfg, q, TOKENS))))(params)
@@ -353,7 +355,7 @@ def test_depth_mup_branch_scale_and_lr() -> None:
   assert float(skip) == 1.0 and float(branch) == pytest.approx(0.5)  # (8 / 2)^-1/2
   lr, init = _by_path(models.param_scales(deep, 'lr')), _by_path(models.param_scales(deep, 'init'))
   assert lr['layers/attn/query'] == lr['layers/mlp/wo'] == pytest.approx(0.5 / 2)  # depth · 1/w
-  assert lr['embed'] == lr['layers/attn_norm/scale'] == 1.0
+  assert lr['embed'] == 1 / 2 and lr['layers/attn_norm/scale'] == 1.0  # embedding: × 1/w only
   assert init['layers/mlp/wo'] == pytest.approx(0.02 / (2 * 2) ** 0.5 / 2**0.5)  # base depth 2
   own = _model(parametrization='mup', base_d_model=32, n_layers=8, base_n_layers=8)
   assert P.residual_weights(own, jnp.asarray(0)) is None  # at the base depth: plain μP.
@@ -395,12 +397,13 @@ def test_embedding_lr_width_rule() -> None:
   per-leaf lrs as mup_lr_embedding=¼ (docs/mup.md's diagnostic), and nothing at the base width."""
   mup = dict(parametrization='mup', base_d_model=32)
   wide = dict(d_model=128, n_heads=8, d_ff=512)
-  rule = _by_path(models.param_scales(_model(mup_lr_embedding_width_exp=1.0, **mup, **wide), 'lr'))
-  fixed = _by_path(models.param_scales(_model(mup_lr_embedding=0.25, **mup, **wide), 'lr'))
+  rule = _by_path(models.param_scales(_model(**mup, **wide), 'lr'))  # the default: exp 1
+  const = dict(mup_lr_embedding_width_exp=0.0)
+  fixed = _by_path(models.param_scales(_model(mup_lr_embedding=0.25, **const, **mup, **wide), 'lr'))
   assert rule == fixed and rule['embed'] == 0.25
   base = _model(mup_lr_embedding_width_exp=1.0, **mup, d_model=32, n_heads=2, d_ff=128)
   assert _by_path(models.param_scales(base, 'lr'))['embed'] == 1.0
   with pytest.raises(ValueError, match='needs .mup.'):
-    schema.check_model(models.ModelConfig(mup_lr_embedding_width_exp=1.0))
+    schema.check_model(models.ModelConfig(mup_lr_embedding_width_exp=0.0))
   with pytest.raises(ValueError, match='>= 0'):
     schema.check_model(models.ModelConfig(parametrization='mup', mup_lr_embedding_width_exp=-1.0))

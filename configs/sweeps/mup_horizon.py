@@ -11,7 +11,7 @@ results.csv,workdirs/mup_width/mup_d32/results.csv,workdirs/mup_horizon/s4000/re
 
 Peak lrs by rule: around the 1,000-step optimum (2^-6), five a factor 2 apart at 250 steps (one
 step higher: shorter runs take larger lrs), four at 4,000 steps (one step lower); a grid extended by
-one where its optimum lies on its edge (250 steps: best at 2^-7, so 2^-8). CPU time per member
+one where its optimum lies on its edge (250 steps: best at 2^-7, then 2^-8, so 2^-8 and 2^-9). CPU time per member
 (two at a time): ~20 s at 250 steps, ~45 s at 1,000, ~3 min at 4,000.
 """
 
@@ -19,7 +19,7 @@ import ml_collections
 
 from configs.sweeps import mup_width
 
-LRS = {250: (-8, -7, -6, -5, -4, -3), 1000: tuple(range(-10, -3)), 4000: (-8, -7, -6, -5)}
+LRS = {250: (-9, -8, -7, -6, -5, -4, -3), 1000: tuple(range(-10, -3)), 4000: (-8, -7, -6, -5)}
 
 
 def get_config(steps: str = '1000') -> ml_collections.ConfigDict:

@@ -70,6 +70,8 @@ def study_config(
   c.model.update(vocab_size=257, max_len=64, n_layers=N_LAYERS, dtype='float32')
   c.model.update(parametrization=parametrization)
   c.model.base_d_model = widths[0] if parametrization == 'mup' else 0
+  if parametrization == 'mup':  # these studies ran with μP's constant embedding lr (the old default).
+    c.model.mup_lr_embedding_width_exp = 0.0
   c.model.update(model)
   c.data.update(seq_len=64, tokenizer='byte', dataset='stdlib_corpus')
   c.train.update(global_batch_size=16, grad_accum_steps=1, eval_batches=16, async_checkpoint=False)
