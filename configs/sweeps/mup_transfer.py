@@ -45,6 +45,8 @@ def get_config(parametrization='mup'):
     parametrization=parametrization,
     base_d_model=WIDTHS[0] if parametrization == 'mup' else 0,
   )
+  if parametrization == 'mup':  # μP as this study ran it (before issue 22's tuned defaults).
+    c.model.update(mup_output_mult=1.0, mup_lr_embedding_width_exp=0.0)
   c.data.update(seq_len=64, tokenizer='byte', dataset='stdlib_corpus')
   c.train.update(global_batch_size=16, grad_accum_steps=1, eval_batches=16, async_checkpoint=False)
   c.optimizer.update(
