@@ -205,8 +205,8 @@ def _plot_groups(data: dict, path: str, plt: object) -> None:
   ax.set_xscale('log', base=2)
   ax.set_xlabel('peak learning rate')
   ax.set_ylabel('final eval loss (nats/byte)')
-  lo = min(min(np.mean(v) for v in c.values()) for c in data.values())
-  ax.set_ylim(lo - 0.05, lo + 0.6)
+  best = [min(np.mean(v) for v in c.values()) for c in data.values()]
+  ax.set_ylim(min(best) - 0.05, max(min(best) + 0.6, max(best) + 0.4))  # every group's optimum shows.
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
