@@ -476,10 +476,24 @@ def merge_results(workdir: str, ms: Sequence[Any]) -> list:
         done.append((m, r))
     # Columns added after a member finished come from its plan (m.info); its result wins.
     rows = [{**m.info, **{k: v for k, v in r.items() if k != 'status'}} for m, r in done]
-    write_csv(os.path.join(workdir, 'results.csv'), rows, columns)
-    write_csv(
-      os.path.join(workdir, 'curves.csv'),
-      [c for m, _ in done for c in curve_rows(m, os.path.join(workdir, m.name))],
-      CURVE_COLUMNS,
-    )
+    curves = [c for m, _ in done for c in curve_rows(m, os.path.join(workdir, m.name))]
+    kept, kept_curves = _unplanned_rows(workdir, {m.name for m in ms})
+    write_csv(os.path.join(workdir, 'results.csv'), rows + kept, columns)
+    write_csv(os.path.join(workdir, 'curves.csv'), curves + kept_curves, CURVE_COLUMNS)
   return rows
+
+
+def _unplanned_rows(workdir: str, planned: set) -> tuple[list, list]:
+  """The results.csv and curves.csv rows of finished members this plan does not list (the same
+  workdir run before with other lr or seed axes): kept, so a narrower re-run drops no rows."""
+
+  def finished(name: str) -> bool:
+    r = read_json(os.path.join(workdir, name, RESULT_FILE)) if name else None
+    return bool(r) and r.get('status', 'ok') == 'ok'
+
+  out = []
+  for name in ('results.csv', 'curves.csv'):
+    path = os.path.join(workdir, name)
+    rows = read_rows(path)[1] if os.path.exists(path) else []
+    out.append([r for r in rows if r.get('name') not in planned and finished(r.get('name', ''))])
+  return out[0], out[1]

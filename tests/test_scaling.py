@@ -698,3 +698,22 @@ def test_transfer_summary_by_label_pools_seeds(tmp_path):
     transfer.read(paths, ['a', 'b'])
   transfer.plot(data, str(tmp_path / 'search.png'))  # one width: one panel, a curve per label.
   assert os.path.getsize(tmp_path / 'search.png') > 0
+
+
+def test_a_narrower_plan_keeps_the_rows_of_other_finished_members(tmp_path):
+  """Re-running a workdir with another seed or lr axis (a plan listing other members) rebuilds
+  results.csv and curves.csv with the new members and keeps the finished members it does not list;
+  a member whose result.json is gone (or failed) is not kept."""
+  ms = sweep.members(_load_config_file('configs/sweeps/isoflop_tiny.py'))[:3]
+  workdir = str(tmp_path)
+  for i, m in enumerate(ms):
+    os.makedirs(os.path.join(workdir, m.name))
+    sweep.workdir_lib.write_json(
+      os.path.join(workdir, m.name, results.RESULT_FILE),
+      {**m.info, 'loss': 2.0 + i, 'config_hash': m.config_hash, 'status': 'ok'},
+    )
+  results.merge_results(workdir, ms[:2])  # the first plan: members 0 and 1.
+  os.remove(os.path.join(workdir, ms[1].name, results.RESULT_FILE))  # 1's result is gone.
+  results.merge_results(workdir, ms[2:])  # a narrower, other plan: member 2 only.
+  rows = _rows(os.path.join(workdir, 'results.csv'))
+  assert [(r['name'], float(r['loss'])) for r in rows] == [(ms[2].name, 4.0), (ms[0].name, 2.0)]
