@@ -206,7 +206,9 @@ def _plot_groups(data: dict, path: str, plt: object) -> None:
   ax.set_xlabel('peak learning rate')
   ax.set_ylabel('final eval loss (nats/byte)')
   best = [min(np.mean(v) for v in c.values()) for c in data.values()]
-  ax.set_ylim(min(best) - 0.05, max(min(best) + 0.6, max(best) + 0.4))  # every group's optimum shows.
+  ax.set_ylim(
+    min(best) - 0.05, max(min(best) + 0.6, max(best) + 0.4)
+  )  # every group's optimum shows.
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
