@@ -51,7 +51,6 @@ CPU_LRS = {  # parametrization -> width -> exponents of 2; d32 optima (1,000 ste
   'mup': {32: tuple(range(-10, -3)), 128: (-7, -6, -5, -4), 256: (-7, -6, -5, -4)},
   'umup': {32: tuple(range(-3, 4)), 128: (-2, -1, 0), 256: (-2, -1, 0)},
 }
-CPU_SEEDS = {}  # (parametrization, width) -> seeds; (0,) elsewhere.
 
 
 def study_config(
@@ -70,7 +69,9 @@ def study_config(
   c.model.update(vocab_size=257, max_len=64, n_layers=N_LAYERS, dtype='float32')
   c.model.update(parametrization=parametrization)
   c.model.base_d_model = widths[0] if parametrization == 'mup' else 0
-  if parametrization == 'mup':  # these studies ran with μP's constant embedding lr (the old default).
+  if (
+    parametrization == 'mup'
+  ):  # these studies ran with μP's constant embedding lr (the old default).
     c.model.mup_lr_embedding_width_exp = 0.0
   c.model.update(model)
   c.data.update(seq_len=64, tokenizer='byte', dataset='stdlib_corpus')
@@ -109,7 +110,7 @@ def get_config(arg: str = 'mup') -> ml_collections.ConfigDict:
     parametrization,
     tokens=(CPU_STEPS * TOKENS_PER_STEP,),
     lrs=tuple(2.0**e for e in exponents),
-    seeds=CPU_SEEDS.get((parametrization, int(width)), (0,)),
+    seeds=(0,),  # second seeds: --config.sweep.seeds (docs/mup.md).
   )
   c.sweep.widths = (int(width),)  # μP's base stays WIDTHS[0] (set by study_config above).
   return c

@@ -74,16 +74,7 @@ def read_json(path: str) -> dict:
 
 def write_json(path: str, obj: dict) -> None:
   """Atomically (temp name, then rename): a reader sees the old file or the whole new one."""
-  tmp = f'{path}.tmp-{uuid.uuid4().hex}'
-  text = json.dumps(obj, indent=1, sort_keys=True)
-  if is_remote(path):
-    with _gfile().GFile(tmp, 'w') as f:
-      f.write(text)
-    _gfile().rename(tmp, path, overwrite=True)
-  else:
-    with open(tmp, 'w') as f:
-      f.write(text)
-    os.replace(tmp, path)
+  write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 def write_bytes(path: str, data: bytes) -> None:
