@@ -415,44 +415,60 @@ def schedule_areas(member: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return (lrs, *laws.lr_areas(lrs, int(opt.warmup_steps)))
 
 
+def _evals(path: str) -> dict:
+  """{step: metrics} of the evaluations in a metrics.jsonl (a step logged twice, after a resume,
+  keeps its last line); {} when the file is missing."""
+  out = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        m = json.loads(line)
+        if m.get('eval/loss') is not None:
+          out[int(m['step'])] = m
+  return out
+
+
 def curve_rows(member: Any, member_dir: str) -> list:
   """The member's eval losses along training (metrics.jsonl), FLOPs so far by the sweep's count,
-  with the step, the lr there and the lr areas S1 (lr_sum) and S2 (lr_anneal) of its schedule."""
-  rows, path = [], os.path.join(member_dir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return rows
+  with the step, the lr there and the lr areas S1 (lr_sum) and S2 (lr_anneal) of its schedule.
+  A WSD branch trains only its cooldown; the branch of its trunk's last branch point (whose
+  schedule is the trunk's) also gets the trunk's evaluations before it, so each trunk's constant
+  phase is in the table once and that member's curve is whole."""
+  evals = _evals(os.path.join(member_dir, 'metrics.jsonl'))
+  if (
+    evals and member.trunk and member.trunk_steps and member.branch_step == max(member.trunk_steps)
+  ):
+    trunk = _evals(os.path.join(os.path.dirname(member_dir), member.trunk, 'metrics.jsonl'))
+    evals = {**{s: m for s, m in trunk.items() if s <= member.branch_step}, **evals}
+  if not evals:
+    return []
   i = member.info
-  lrs = s1 = s2 = None
-  with open(path) as f:
-    for line in f:
-      m = json.loads(line)
-      if m.get('eval/loss') is None:
-        continue
-      if lrs is None:
-        lrs, s1, s2 = schedule_areas(member)
-      tokens, step = m['train/tokens_seen'], int(m['step'])
-      share = tokens / i['tokens']
-      rows.append(
-        {
-          'name': member.name,
-          'params': i['params'],
-          'non_embedding_params': i['non_embedding_params'],
-          'tokens': tokens,
-          'flops': i['flops'] * share,
-          'loss': m['eval/loss'],
-          'lr': i['lr'],
-          'seed': i['seed'],
-          'parametrization': i['parametrization'],
-          'final': int(tokens == i['tokens']),
-          'step': step,
-          'lr_now': float(lrs[step - 1]),
-          'lr_sum': float(s1[step - 1]),
-          'lr_anneal': float(s2[step - 1]),
-          'warmup_steps': i['warmup_steps'],
-          'non_embedding_params_with_head': i.get('non_embedding_params_with_head'),
-          'flops_attn_head': i['flops_attn_head'] * share if 'flops_attn_head' in i else None,
-        }
-      )
+  lrs, s1, s2 = schedule_areas(member)
+  rows = []
+  for step in sorted(evals):
+    tokens = evals[step]['train/tokens_seen']
+    share = tokens / i['tokens']
+    rows.append(
+      {
+        'name': member.name,
+        'params': i['params'],
+        'non_embedding_params': i['non_embedding_params'],
+        'tokens': tokens,
+        'flops': i['flops'] * share,
+        'loss': evals[step]['eval/loss'],
+        'lr': i['lr'],
+        'seed': i['seed'],
+        'parametrization': i['parametrization'],
+        'final': int(tokens == i['tokens']),
+        'step': step,
+        'lr_now': float(lrs[step - 1]),
+        'lr_sum': float(s1[step - 1]),
+        'lr_anneal': float(s2[step - 1]),
+        'warmup_steps': i['warmup_steps'],
+        'non_embedding_params_with_head': i.get('non_embedding_params_with_head'),
+        'flops_attn_head': i['flops_attn_head'] * share if 'flops_attn_head' in i else None,
+      }
+    )
   return rows
 
 

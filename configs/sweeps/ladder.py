@@ -1,0 +1,107 @@
+"""The prediction ladder (issue 23): 7 GPT-2 sizes, 75K to 651K parameters (57K to 608K without
+embeddings), each at 5, 10 and 20 tokens per parameter (WSD cooldown branches of one trunk), two
+sizes also at 40 and 80; fit on the small sizes and predict the final loss of the large ones.
+
+  bash configs/sweeps/ladder.sh workdirs/ladder        # every variant below, in its order
+  python -m scaling.parallel --groups=2 --config=configs/sweeps/ladder.py:6 --workdir=workdirs/ladder
+  python -m scaling.validate --results=docs/scaling/ladder_results.csv \
+      --curves=docs/scaling/ladder_curves.csv --laws=chinchilla,kaplan,compute,curve --rollout
+
+Variants (one workdir holds them all; a variant's members are its own, named by size, tokens, lr
+and seed):
+  :<rung>        rung 0-6 at the rule's lr, seed 0; rungs in LONG also at 40 and 80 tokens/param
+  :<rung>,scan   the rule checked: the lr one factor 2 below and above (rungs in SCAN)
+  :<rung>,seed   the noise floor: seed 1 at the rule's lr (rungs in SEEDS)
+
+The rule, written before the run (docs/scaling.md has the reasons):
+  shapes     byte-level GPT-2 (tied, learned positions), head dim 16, d_model / n_layers 21-32,
+             d_model multiples of 16 (RUNGS), seq 128; N for token budgets is the total count.
+  tokens     D = k·N for k in TOKENS_PER_PARAM (Chinchilla's 20 the largest), one trunk per (size,
+             lr, seed) and a 20 % linear cooldown branched from it for each k (sweep kind 'wsd').
+  batch      8 x 128 bytes below 200K parameters, 16 x 128 above (>= 1,400 steps at k = 20).
+  warmup     N tokens (Porian et al. 2024), i.e. 0.2 of the smallest budget (k = 5).
+  lr         μP (issue 22's tuned defaults: α_out 4, embedding lr ∝ 1/width) from the base shape
+             d_model 32, d_ff 128, head dim 16, at the base lr 2^-6, the optimum that stayed fixed
+             over width 32-256, depth 2-8 and 1-4M tokens in docs/mup.md; AdamW b1 0.9, b2 0.95,
+             wd 0.1, unclipped, WSD to 0.1x.
+"""
+
+import ml_collections
+
+from configs import base, default
+
+RUNGS = ((2, 48), (2, 64), (3, 64), (3, 80), (3, 96), (4, 96), (4, 112))  # (n_layers, d_model)
+# Total parameters of each rung's shape (python -m scaling.family cannot pin a shape, so the
+# targets are the shapes' exact counts and the family rule is told each rung's aspect ratio).
+PARAMS = (75120, 124736, 174720, 264480, 372672, 484512, 651280)
+TOKENS_PER_PARAM = (5, 10, 20)
+LONG = {0: (40, 80), 1: (40, 80)}  # 4x Chinchilla at the two smallest rungs.
+SCAN = (0, 1, 2, 3)  # rungs whose lr is checked by a 3-point scan (the fitted sizes).
+SEEDS = (1, 3)  # rungs trained again at seed 1 (the noise floor).
+BASE_LR = 2.0**-6
+SEQ_LEN = 128
+
+
+def batch_size(params: int) -> int:
+  """Sequences per step by the rule: 8 below 200K parameters, 16 above."""
+  return 8 if params < 200_000 else 16
+
+
+def rung_config(rung: int, lrs: tuple, seeds: tuple, tokens_per_param: tuple):
+  """One rung's sweep: its shape, token budgets, batch, warmup and lrs (see the module doc)."""
+  n_layers, d_model = RUNGS[rung]
+  params = PARAMS[rung]
+  c = default.get_config()
+  c.model.update(vocab_size=257, max_len=SEQ_LEN, n_layers=n_layers, dtype='float32')
+  c.model.update(parametrization='mup', base_d_model=32, base_d_ff=128, base_head_dim=16)
+  c.data.update(seq_len=SEQ_LEN, tokenizer='byte', dataset='stdlib_corpus')
+  c.train.update(
+    global_batch_size=batch_size(params),
+    grad_accum_steps=1,
+    eval_batches=16,
+    async_checkpoint=False,
+  )
+  c.optimizer.update(
+    lr=BASE_LR,
+    schedule='wsd',
+    decay_fraction=0.2,
+    min_lr_ratio=0.1,
+    b1=0.9,
+    b2=0.95,
+    weight_decay=0.1,
+    grad_clip=0.0,
+  )
+  c.sweep = base.get_sweep_config(
+    kind='wsd',
+    sizes=(params,),
+    tokens=tuple(k * params for k in tokens_per_param),
+    lrs=lrs,
+    seeds=seeds,
+    warmup_fraction=0.2,  # of the smallest budget (5 N): N tokens.
+    min_warmup_steps=10,
+    min_steps=10,
+    checkpoints_per_member=1,
+    logs_per_member=10,
+    evals_per_member=24,
+  )
+  c.sweep.family = ml_collections.ConfigDict(
+    {'family': 'gpt2', 'aspect': d_model / n_layers, 'head_dim': 16, 'tolerance': 0.001}
+  )
+  return c
+
+
+def get_config(arg: str = '0') -> ml_collections.ConfigDict:
+  """`:<rung>`, `:<rung>,scan` or `:<rung>,seed` (module doc)."""
+  rung, _, variant = arg.partition(',')
+  if not rung.isdigit() or int(rung) >= len(RUNGS) or variant not in ('', 'scan', 'seed'):
+    raise ValueError(f'ladder.py:<rung>[,scan|,seed] with rung 0-{len(RUNGS) - 1}, got {arg!r}')
+  r = int(rung)
+  if variant == 'scan' and r not in SCAN or variant == 'seed' and r not in SEEDS:
+    raise ValueError(
+      f'ladder.py:{arg}: {variant} only at rungs {SCAN if variant == "scan" else SEEDS}'
+    )
+  if variant == 'scan':
+    return rung_config(r, (BASE_LR / 2, BASE_LR * 2), (), TOKENS_PER_PARAM)
+  if variant == 'seed':
+    return rung_config(r, (BASE_LR,), (1,), TOKENS_PER_PARAM)
+  return rung_config(r, (BASE_LR,), (), TOKENS_PER_PARAM + LONG.get(r, ()))
