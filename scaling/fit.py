@@ -8,6 +8,8 @@ compute-only law L(C) and the whole-curve law L(N, S1, S2) (scaling/laws.py) are
 summed Huber loss on log L (fit_compute, fit_curve; scaling.validate uses them).
 
   python -m scaling.fit --results=runs.csv --law=chinchilla --bootstrap=200 --out=fit.json
+  python -m scaling.fit --results=runs.csv --law=compute --pin_E=1.2 --flops_col=flops_attn_head
+  python -m scaling.fit --results=W/curves.csv --law=curve      # every evaluation, not the finals
 """
 
 import itertools
@@ -44,8 +46,9 @@ flags.DEFINE_string('results', None, 'results CSV, one run per row', flag_values
 flags.DEFINE_enum(
   'law',
   'chinchilla',
-  ['chinchilla', 'isoflop', 'kaplan', 'envelope'],
-  "'envelope' (approach 1) reads a loss-curves CSV (a sweep's curves.csv)",
+  ['chinchilla', 'isoflop', 'kaplan', 'envelope', 'compute', 'curve'],
+  "'envelope' (approach 1) and 'curve' read a loss-curves CSV (a sweep's curves.csv); 'compute' "
+  'fits the compute-optimal runs',
   flag_values=FLAGS,
 )
 flags.DEFINE_integer('bootstrap', 0, 'number of bootstrap resamples (0: none)', flag_values=FLAGS)
@@ -77,6 +80,7 @@ flags.DEFINE_string(
   "lr sweeps: 'best' (lowest mean loss per (N, D)) or the transferred lr to use",
   flag_values=FLAGS,
 )
+flags.DEFINE_float('pin_E', None, 'compute: fix E to this loss', flag_values=FLAGS)
 flags.mark_flag_as_required('results', flag_values=FLAGS)
 
 
@@ -552,8 +556,10 @@ def bootstrap(
   k: int,
   seed: int = 0,
   groups: Sequence[np.ndarray] | None = None,
+  whole: np.ndarray | None = None,
 ) -> dict:
-  """Refits on k resamples of the runs (with replacement, within each group when given).
+  """Refits on k resamples of the runs (with replacement, within each group when given; with
+  `whole`, one label per row, the labels are drawn and each brings all of its rows).
 
   Resamples whose fit raises ValueError (e.g. a budget left with < 3 sizes) are skipped and counted.
   Returns {k, seed, failed, se, ci95, samples}, with se the standard deviation over resamples and
@@ -562,8 +568,13 @@ def bootstrap(
   rng = np.random.default_rng(seed)
   groups = [np.arange(len(runs))] if groups is None else groups
   samples, failed = {}, 0
+  if whole is not None:  # resample labels, each bringing its rows.
+    groups = [np.flatnonzero(whole == w) for w in np.unique(whole)]
   for _ in range(k):
-    idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+    if whole is None:
+      idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+    else:
+      idx = np.concatenate([groups[g] for g in rng.choice(len(groups), size=len(groups))])
     try:
       consts = fit_fn(runs.subset(idx))['constants']
     except ValueError:
@@ -585,8 +596,11 @@ def fit(
   seed: int = 0,
   budget_rtol: float = 0.05,
   n_polish: int | None = 16,
+  pin_E: float | None = None,
 ) -> dict:
-  """Fits `law` ('chinchilla' | 'isoflop' | 'kaplan') and optionally bootstraps; returns a JSON-able dict."""
+  """Fits `law` (the --law choices) and optionally bootstraps; returns a JSON-able dict. 'compute'
+  keeps the compute-optimal runs; 'curve' takes results.Curves and resamples whole members."""
+  whole = None
   if law == 'chinchilla':
     out = fit_chinchilla(runs, n_polish=n_polish)
     # Resamples start from the full-data optimum plus the best few grid starts: much cheaper, same optimum.
@@ -605,11 +619,19 @@ def fit(
     # Resample evaluation points within each size's curve; every size stays (the envelope needs it).
     boot_fn = fit_envelope
     groups = [np.flatnonzero(runs.params == n) for n in np.unique(runs.params)]
+  elif law == 'compute':
+    runs = runs.subset(compute_optimal(runs))
+    out = fit_compute(runs, pin_E)
+    boot_fn, groups = (lambda r: fit_compute(r, pin_E, out['theta'], 0)), None
+  elif law == 'curve':
+    out = fit_curve(runs)
+    boot_fn, groups = (lambda r: fit_curve(r, out['theta'], 0)), None
+    whole = np.unique(runs.names, return_inverse=True)[1]  # a curve's evaluations go together.
   else:
-    raise ValueError(f'unknown law {law!r}: expected chinchilla, isoflop, kaplan or envelope')
+    raise ValueError(f'unknown law {law!r}: expected one of {", ".join(MIN_ROWS)}')
   out['n_runs'] = len(runs)
   if n_boot:
-    out['bootstrap'] = bootstrap(runs, boot_fn, n_boot, seed, groups)
+    out['bootstrap'] = bootstrap(runs, boot_fn, n_boot, seed, groups, whole)
   return out
 
 
@@ -617,18 +639,29 @@ def main(argv: Sequence[str] | None = None) -> None:
   """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
   cli.parse(FLAGS, argv, __doc__)
   params_col = FLAGS.params_col or ('non_embedding_params' if FLAGS.law == 'kaplan' else 'params')
+  if FLAGS.pin_E is not None and FLAGS.law != 'compute':
+    cli.usage_error(f'--pin_E={FLAGS.pin_E:g}: for --law=compute')
   try:
-    runs = results_lib.read_results(
-      FLAGS.results,
-      params_col=params_col,
-      tokens_col=FLAGS.tokens_col,
-      loss_col=FLAGS.loss_col,
-      flops_col=FLAGS.flops_col,
-      min_rows=MIN_ROWS[FLAGS.law],
-      lr=None if FLAGS.law == 'envelope' else FLAGS.lr,
-    )
+    if FLAGS.law == 'curve':
+      runs = results_lib.read_curves(FLAGS.results, params_col, FLAGS.flops_col, lr=FLAGS.lr)
+    else:
+      runs = results_lib.read_results(
+        FLAGS.results,
+        params_col=params_col,
+        tokens_col=FLAGS.tokens_col,
+        loss_col=FLAGS.loss_col,
+        flops_col=FLAGS.flops_col,
+        min_rows=MIN_ROWS[FLAGS.law],
+        lr=None if FLAGS.law == 'envelope' else FLAGS.lr,
+      )
     out = fit(
-      runs, FLAGS.law, FLAGS.bootstrap, FLAGS.seed, FLAGS.budget_rtol, FLAGS.n_polish or None
+      runs,
+      FLAGS.law,
+      FLAGS.bootstrap,
+      FLAGS.seed,
+      FLAGS.budget_rtol,
+      FLAGS.n_polish or None,
+      FLAGS.pin_E,
     )
   except ValueError as e:
     cli.fail(e)

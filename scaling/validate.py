@@ -87,6 +87,15 @@ flags.DEFINE_float(
 flags.DEFINE_bool('drop_suspect', False, 'leave suspect members out', flag_values=FLAGS)
 flags.DEFINE_string('lr', 'best', "lr sweeps: 'best' or the transferred lr", flag_values=FLAGS)
 flags.DEFINE_string('out', '', 'plot path (png)', flag_values=FLAGS)
+flags.DEFINE_string(
+  'rollout_png', '', 'with --rollout: plot |error| against extrapolation ratio', flag_values=FLAGS
+)
+flags.DEFINE_string(
+  'curves_png',
+  '',
+  "with 'curve' in --laws: plot the members' observed and predicted curves",
+  flag_values=FLAGS,
+)
 flags.mark_flags_as_required(['results', 'fit_below'], flag_values=FLAGS)
 
 
@@ -130,12 +139,7 @@ def validate(
 
 def plot(report: dict, fit_runs: dict, path: str) -> None:
   """Predicted vs observed loss per law: fitted runs, held-out runs with their intervals."""
-  # Lazy: matplotlib is heavy and only needed with --out.
-  import matplotlib
-
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # after use('Agg'): no display needed.
-
+  plt = _pyplot()
   fig, axes = plt.subplots(1, len(report), figsize=(4.6 * len(report), 4.2))
   for ax, (law, rows) in zip(np.atleast_1d(axes), report.items()):
     obs = np.array([r['observed'] for r in rows])
@@ -171,6 +175,75 @@ def plot(report: dict, fit_runs: dict, path: str) -> None:
   plt.close(fig)
 
 
+def _pyplot():
+  """matplotlib's pyplot on the Agg backend (lazy: heavy, and only needed for plots)."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # after use('Agg'): no display needed.
+
+  return plt
+
+
+def plot_rollout(rolls: dict, path: str) -> None:
+  """Per law, each rollout prediction's signed error against its extrapolation ratio (log x),
+  its 95 % interval as a bar, and the ±2 % band."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, len(rolls), figsize=(4.6 * len(rolls), 4.0), sharey=True)
+  for ax, (law, out) in zip(np.atleast_1d(axes), rolls.items()):
+    ax.axhspan(-2, 2, color='0.9', label='±2 %')
+    ax.axhline(0, color='k', lw=0.6)
+    ks = sorted({r['k'] for r in out['rows']})
+    for j, k in enumerate(ks):
+      rows = [r for r in out['rows'] if r['k'] == k]
+      x = np.array([r['ratio'] for r in rows])
+      y = 100 * np.array([r['rel_error'] for r in rows])
+      if rows[0]['lo'] is not None:
+        lo = 100 * np.array([r['lo'] / r['observed'] - 1 for r in rows])
+        hi = 100 * np.array([r['hi'] / r['observed'] - 1 for r in rows])
+        ax.vlines(x, lo, hi, color=f'C{j}', alpha=0.35, lw=1.5)
+      ax.plot(x, y, 'o', color=f'C{j}', ms=4, label=f'fit on {k} sizes')
+    ax.set_xscale('log')
+    ax.set_xlabel('held-out FLOPs / largest fitted FLOPs')
+    ax.set_title(law)
+    ax.legend(fontsize=7)
+  np.atleast_1d(axes)[0].set_ylabel('predicted / observed - 1 (%)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_curves(
+  pts: holdout.Points, in_fit: np.ndarray, predict: holdout.Predict, path: str
+) -> None:
+  """The curve law's fit: every member's evaluations (dots) and the law at them (lines), loss
+  against tokens; fitted members faint, held-out ones bold."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7.0, 4.8))
+  sizes = np.unique(pts.params)
+  pred = predict(pts)
+  for name in dict.fromkeys(pts.names):
+    idx = np.flatnonzero(np.asarray(pts.names) == name)
+    idx = idx[np.argsort(pts.tokens[idx])]
+    color = plt.cm.viridis(np.searchsorted(sizes, pts.params[idx[0]]) / max(len(sizes) - 1, 1))
+    fitted = bool(in_fit[idx[0]])
+    ax.plot(pts.tokens[idx], pts.loss[idx], '.', color=color, ms=3, alpha=0.35 if fitted else 1)
+    ax.plot(pts.tokens[idx], pred[idx], '-', color=color, lw=0.8 if fitted else 1.6)
+  for i, n in enumerate(sizes):
+    held = not in_fit[np.flatnonzero(pts.params == n)[0]]
+    color = plt.cm.viridis(i / max(len(sizes) - 1, 1))
+    ax.plot([], [], '-', color=color, label=f'N {n:.3g}' + (' (held out)' if held else ''))
+  ax.set_xscale('log')
+  ax.set_xlabel('tokens')
+  ax.set_ylabel('eval loss')
+  ax.set_title('curve law: evaluations (dots) and the law fitted on the faint members (lines)')
+  ax.title.set_fontsize(9)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def _check_flags() -> list:
   """The laws asked for; a usage error (one line, exit 2) for flags that do not go together."""
   laws_asked = [x for x in FLAGS.laws if x]
@@ -180,8 +253,10 @@ def _check_flags() -> list:
     cli.usage_error("--laws=curve needs --curves=<a sweep's curves.csv>")
   if FLAGS.pin_E is not None and (FLAGS.pin_E <= 0 or 'compute' not in laws_asked):
     cli.usage_error(f'--pin_E={FLAGS.pin_E:g}: a positive loss, for --laws=compute')
-  if FLAGS.rollout_out and not FLAGS.rollout:
-    cli.usage_error('--rollout_out needs --rollout')
+  if (FLAGS.rollout_out or FLAGS.rollout_png) and not FLAGS.rollout:
+    cli.usage_error('--rollout_out and --rollout_png need --rollout')
+  if FLAGS.curves_png and 'curve' not in laws_asked:
+    cli.usage_error('--curves_png needs --laws=...,curve')
   return laws_asked
 
 
@@ -262,9 +337,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     floor = diagnostics.noise_floor(FLAGS.results, FLAGS.params_col)
     drop = {s['name'] for s in suspect} if FLAGS.drop_suspect else set()
     for law in laws_asked:
-      result, line, rolls[law] = _law(law, _points(law, header, drop), opts)
+      pts = _points(law, header, drop)
+      result, line, rolls[law] = _law(law, pts, opts)
       report[law], fitted[law] = result.rows, result.fitted
       lines.append(line)
+      if law == 'curve' and FLAGS.curves_png:
+        in_fit = holdout.member_flops(pts) <= FLAGS.fit_below
+        plot_curves(pts, in_fit, result.predict, FLAGS.curves_png)
   except (OSError, ValueError) as e:
     cli.fail(e)
   print(_diagnostics(suspect, floor))
@@ -277,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> None:
       f.write(json.dumps(out, indent=1) + '\n')
   if FLAGS.out:
     plot(report, fitted, FLAGS.out)
+  if FLAGS.rollout_png:
+    plot_rollout(rolls, FLAGS.rollout_png)
   print(json.dumps(report), flush=True)
 
 

@@ -275,7 +275,9 @@ def test_validate_cli_new_laws_rollout_and_diagnostics(tmp_path, capsys):
     f'--results={tmp_path / "results.csv"}', f'--curves={tmp_path / "curves.csv"}',
     '--laws=kaplan,compute,curve', f'--fit_below={cut}', '--bootstrap=4', '--min_steps=300',
     '--pin_E=1.5', '--rollout', f'--rollout_out={tmp_path / "rollout.json"}',
+    f'--rollout_png={tmp_path / "rollout.png"}', f'--curves_png={tmp_path / "curves.png"}',
   ])  # fmt: skip
+  assert all((tmp_path / f).stat().st_size > 10_000 for f in ('rollout.png', 'curves.png'))
   out = capsys.readouterr().out
   report = json.loads(out.strip().splitlines()[-1])
   assert set(report) == {'kaplan', 'compute', 'curve'}
@@ -307,6 +309,8 @@ def test_validate_cli_errors_and_old_curves(tmp_path, capsys):
   for argv, needle in [
     (['--laws=curve'], '--curves'),
     (['--laws=kaplan', '--pin_E=1.0'], '--pin_E'),
+    (['--laws=kaplan', '--rollout_png=x.png'], '--rollout'),
+    (['--laws=kaplan', '--curves_png=x.png'], '--curves_png'),
     (['--laws=curve', f'--curves={old}'], "missing column 'step'"),
   ]:
     with pytest.raises(SystemExit) as e:
@@ -314,3 +318,24 @@ def test_validate_cli_errors_and_old_curves(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith('error: ') and needle in err and err.count('\n') == 1, err
+
+
+def test_fit_cli_compute_and_curve_laws(tmp_path, capsys):
+  """scaling.fit --law=compute (compute-optimal runs, --pin_E) and --law=curve (a curves.csv;
+  bootstrap over whole members) give their law's constants back from a simulated ladder."""
+  runs = compute_runs(np.random.default_rng(0), noise=0.001)
+  results.write_results(tmp_path / 'runs.csv', runs)
+  fit.main([f'--results={tmp_path / "runs.csv"}', '--law=compute', '--pin_E=1.2'])
+  out = json.loads(capsys.readouterr().out)
+  assert out['pinned_E'] == 1.2 and out['n_runs'] == len(runs)
+  assert out['constants']['alpha'] == pytest.approx(TRUE_COMPUTE.alpha, rel=0.05)
+  _write_ladder(tmp_path)
+  fit.main([f'--results={tmp_path / "curves.csv"}', '--law=curve', '--bootstrap=4'])
+  out = json.loads(capsys.readouterr().out)
+  c = out['constants']
+  assert c['alpha'] == pytest.approx(TRUE_CURVE.alpha, abs=0.1), c
+  assert c['E'] == pytest.approx(TRUE_CURVE.E, rel=0.1), c
+  assert len(out['bootstrap']['samples']['E']) + out['bootstrap']['failed'] == 4
+  with pytest.raises(SystemExit) as e:
+    fit.main([f'--results={tmp_path / "runs.csv"}', '--law=kaplan', '--pin_E=1.0'])
+  assert e.value.code == 2 and '--pin_E' in capsys.readouterr().err
