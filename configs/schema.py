@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import ml_collections
 
 from models.config import CHOICES as MODEL_CHOICES
-from models.config import ROPE_FIELDS, ModelConfig, head_dim, kv_heads
+from models.config import LORA_TARGETS, ROPE_FIELDS, ModelConfig, head_dim, kv_heads
 
 Section = ml_collections.ConfigDict | dict
 MISSING_DISTILL = 'config.distill: missing section (see configs/base.py get_distill_config)'
@@ -193,6 +193,18 @@ def check_model(m: ModelConfig) -> None:
   ):
     raise ValueError("config.model.base_*: a base shape only applies to parametrization 'mup'")
   _check_mup_hparams(m)
+  _check_lora(m)
+
+
+def _check_lora(m: ModelConfig) -> None:
+  """LoRA: a rank >= 0, targets from the table, alpha >= 0, a positive LoRA+ ratio."""
+  _ok('model.lora_rank', m.lora_rank, m.lora_rank >= 0, '>= 0 (0: off)')
+  _ok('model.lora_alpha', m.lora_alpha, m.lora_alpha >= 0, '>= 0 (0: alpha = rank)')
+  _ok('model.lora_lr_ratio', m.lora_lr_ratio, m.lora_lr_ratio > 0, '> 0')
+  names = tuple(LORA_TARGETS.values())
+  bad = [t for t in m.lora_targets if t not in names]
+  if bad or (m.lora_rank and not m.lora_targets):
+    raise ValueError(f'config.model.lora_targets={tuple(m.lora_targets)}: choose from {names}')
 
 
 MUP_HPARAMS = ('mup_input_mult', 'mup_output_mult', 'mup_attn_mult') + tuple(

@@ -57,6 +57,16 @@ def param_scales(model_config: ModelConfigLike, field: str) -> PyTree:
   )
 
 
+def trainable(model_config: ModelConfigLike) -> PyTree:
+  """Pytree (matching params) of bools: which params train (with LoRA, only the adapters)."""
+  cfg = ModelConfig.make(model_config)
+  return jax.tree.map(
+    lambda spec: parametrization.trainable(cfg, tuple(spec)),
+    logical_axes(cfg),
+    is_leaf=lambda x: isinstance(x, PartitionSpec),
+  )
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _logits(cfg: ModelConfig, params, tokens_BxL, ctx):
   return Transformer(cfg).apply({'params': params}, tokens_BxL, ctx=ctx)

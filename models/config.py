@@ -82,6 +82,13 @@ class ModelConfig:
   # Weight decay independent of the lr (Wortsman et al. 2023): each step decays by
   # weight_decay · lr(t)/peak lr, whatever the per-leaf lr scale; any parametrization.
   independent_wd: bool = False
+  # LoRA (Hu et al. 2021): rank 0 is off. Adapters on the dense kernels whose logical axes name a
+  # target in lora_targets (models/parametrization.py LORA_TARGETS); every other param is frozen.
+  lora_rank: int = 0
+  lora_alpha: float = 0.0  # the update x·A·B is × alpha / rank (rsLoRA: / √rank); 0: alpha = rank.
+  lora_targets: tuple = ('query', 'key_value', 'attn_out', 'mlp_in', 'mlp_out')
+  lora_rslora: bool = False  # Kalajdzievski 2023: alpha / √rank, stable across ranks.
+  lora_lr_ratio: float = 1.0  # LoRA+ (Hayou et al. 2024): B's Adam lr over A's.
 
   @classmethod
   def make(cls, cfg: 'ModelConfigLike') -> 'ModelConfig':
@@ -93,7 +100,7 @@ class ModelConfig:
     unknown = sorted(set(d) - names)
     if unknown:
       raise ValueError(f'config.model has unknown keys {unknown}; known: {sorted(names)}')
-    return cls(**d)
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
   def replace(self, **kw: Any) -> 'ModelConfig':
     return dataclasses.replace(self, **kw)
@@ -112,6 +119,17 @@ def kv_heads(cfg: ModelConfig | ml_collections.ConfigDict) -> int:
   """Key/value heads: model.n_kv_heads, or n_heads (multi-head attention) when unset."""
   return cfg.n_kv_heads or cfg.n_heads
 
+
+# LoRA targets (model.lora_targets) by the kernel's logical axes ('layers' aside), the names the
+# sharding rules use: adapters go where these axes are, never by module path. Key and value
+# projections share their axes, so they are one target.
+LORA_TARGETS = {
+  ('embed', 'heads', 'head_dim'): 'query',
+  ('embed', 'kv_heads', 'head_dim'): 'key_value',
+  ('heads', 'head_dim', 'embed'): 'attn_out',
+  ('embed', 'mlp'): 'mlp_in',
+  ('mlp', 'embed'): 'mlp_out',
+}
 
 # Allowed values of the string fields (validated in train/validation.py).
 CHOICES = {

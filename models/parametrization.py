@@ -10,6 +10,7 @@ the sharding rules use), never off its module path:
                 'readout'   fan-out is 'vocab' (untied output)
                 'residual'  width fan-in, fan-out 'embed' (writes into the residual stream)
                 'hidden'    any other weight (width in, width out)
+                'lora_a'    fan-out 'lora' (a LoRA down-projection)   'lora_b'  fan-in 'lora'
 
 `w` is the width multiplier of a weight's fan-in against the base shape (model.base_d_model,
 base_d_ff, base_head_dim); `n` its absolute fan-in. References: Yang et al. 2022 (μP, Tensor
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from models.config import CHOICES, ModelConfig, head_dim
+from models.config import CHOICES, LORA_TARGETS, ModelConfig, head_dim
 
 PARAMETRIZATIONS = CHOICES['parametrization']
 WIDTH_AXES = (
@@ -173,6 +174,8 @@ def split_axes(axes: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def role(axes: Sequence[str]) -> str:
   fan_in, fan_out = split_axes(axes)
+  if 'lora' in fan_out or 'lora' in fan_in:
+    return 'lora_a' if fan_out == ('lora',) else 'lora_b'
   if not fan_in:
     return 'vector'
   if fan_in == ('vocab',):
@@ -194,7 +197,32 @@ def scales(c: ModelConfig, axes: Sequence[str], shape: Sequence[int]) -> Scales:
   mults = axis_width_mults(c)
   n = math.prod(dims[a] for a in fan_in)
   w = math.prod(mults.get(a, 1.0) for a in fan_in)
-  return TABLE[c.parametrization](c, role(axes), w, n)
+  r = role(axes)
+  if r in LORA_ROLES:  # A ~ N(0, 1/fan_in), B = 0 (the update starts at 0); LoRA+ on B's lr.
+    return Scales(
+      n**-0.5 if r == 'lora_a' else 0.0, 1.0, 1.0 if r == 'lora_a' else c.lora_lr_ratio, 1.0
+    )
+  return TABLE[c.parametrization](c, r, w, n)
+
+
+LORA_ROLES = ('lora_a', 'lora_b')
+
+
+def lora_target(c: ModelConfig, axes: Sequence[str]) -> bool:
+  """Whether the kernel with these logical axes gets a LoRA adapter under `c`."""
+  name = LORA_TARGETS.get(tuple(a for a in axes if a != 'layers'))
+  return c.lora_rank > 0 and name in c.lora_targets
+
+
+def trainable(c: ModelConfig, axes: Sequence[str]) -> bool:
+  """Whether a parameter trains: all of them, or with LoRA only the adapters."""
+  return not c.lora_rank or role(axes) in LORA_ROLES
+
+
+def lora_scale(c: ModelConfig) -> float:
+  """alpha / rank, or alpha / √rank (rsLoRA); alpha 0 means alpha = rank."""
+  alpha = c.lora_alpha or c.lora_rank
+  return alpha / (c.lora_rank**0.5 if c.lora_rslora else c.lora_rank)
 
 
 def attention_scale(c: ModelConfig) -> float | None:

@@ -61,12 +61,28 @@ def _dense(module, name, x, eqn, shape, axes, n_out, bias):
   optional zero-init bias over the kernel's last `n_out` (output) dims, named `<name>_bias`."""
   cfg = module.cfg
   y = _matmul(cfg, eqn, x, _param(module, name, shape, axes))
+  if parametrization.lora_target(cfg, axes):
+    y = y + _lora(module, name, x, eqn, shape, axes, n_out)
   y = parametrization.apply(y, parametrization.scales(cfg, axes, shape))
   if bias:
     y = y + _param(
       module, name + '_bias', shape[-n_out:], axes[-n_out:], nn.initializers.zeros
     ).astype(DTYPES[cfg.dtype])
   return y
+
+
+def _lora(module, name, x, eqn, shape, axes, n_out):
+  """LoRA's update of the dense layer einsum(eqn, x, W): (x·A)·B × lora_scale, A [fan_in...,
+  r] (`<name>_lora_a`), B [r, fan_out...] (`<name>_lora_b`); x·W + that is x·(W + A·B·scale),
+  which models/lora.py merges. Adapters stack over 'layers' as W does (no copy of W)."""
+  cfg, r = module.cfg, module.cfg.lora_rank
+  ins, out = eqn.split('->')
+  xs, ks = ins.split(',')
+  k_in, k_out, batch = ks[:-n_out], ks[-n_out:], out[:-n_out]  # 'z': the rank (not in eqn).
+  a = _param(module, name + '_lora_a', (*shape[:-n_out], r), (*axes[:-n_out], 'lora'))
+  b = _param(module, name + '_lora_b', (r, *shape[-n_out:]), ('lora', *axes[-n_out:]))
+  xa = _matmul(cfg, f'{xs},{k_in}z->{batch}z', x, a)
+  return _matmul(cfg, f'{batch}z,z{k_out}->{out}', xa, b) * parametrization.lora_scale(cfg)
 
 
 class Norm(nn.Module):

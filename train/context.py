@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import optax
 
+import models
 from configs import schema
 from models.config import PyTree
 from train import optimizer as optim
@@ -153,6 +154,7 @@ def jit_train_step(r: Run, task: Task) -> Callable:
     r.lr_fn,
     t.grad_accum_steps,
     t.loss_scale_period if r.derived.loss_scale else 0,
+    models.trainable(r.derived.model) if r.derived.model.lora_rank else None,
   )
   return jax.jit(
     step,

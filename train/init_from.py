@@ -13,7 +13,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 import models
-from models import hf, parametrization
+from models import hf, lora, parametrization
 from models.config import ModelConfig, PyTree
 from train import checkpoint
 from train import workdir as workdir_lib
@@ -147,7 +147,15 @@ def params_fn(config: ml_collections.ConfigDict) -> Callable[['Run'], PyTree] | 
     return None
 
   def load(run: 'Run') -> PyTree:
-    _, params = load_params(src, run.derived.model, run.state_shardings.params)
-    return params
+    cfg = run.derived.model
+    if not cfg.lora_rank:
+      return load_params(src, cfg, run.state_shardings.params)[1]
+    # LoRA: the base from the source; the adapters as initialised (B = 0: the base's function).
+    base_shardings, adapter_shardings = lora.split(run.state_shardings.params)
+    _, base = load_params(src, lora.base_config(cfg), base_shardings)
+    init_adapters = jax.jit(
+      lambda key: lora.split(models.init(cfg, key))[1], out_shardings=adapter_shardings
+    )
+    return lora.combine(base, init_adapters(jax.random.key(config.seed)))
 
   return load

@@ -51,8 +51,11 @@ def decay_mask(params: PyTree, exclude: Iterable[str]) -> PyTree:
 
 
 def _per_leaf(fn: Callable, *trees: PyTree) -> optax.GradientTransformation:
-  """Stateless transform applying fn(update, param, *leaves of trees) leaf by leaf."""
-  return optax.stateless(lambda u, p: jax.tree.map(fn, u, p, *trees))
+  """Stateless transform applying fn(update, param, *leaves of trees) leaf by leaf (a leaf
+  optax.multi_transform masked out, e.g. a frozen one, passes through)."""
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  leaf_fn = lambda u, p, *xs: u if masked(u) else fn(u, p, *xs)
+  return optax.stateless(lambda u, p: jax.tree.map(leaf_fn, u, p, *trees, is_leaf=masked))
 
 
 def make_optimizer(
@@ -60,7 +63,19 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
   """Clipping + AdamW; under μP / u-μP (`model_config`, validation.derive's derived.model) with
   the per-parameter lr and weight-decay scales of models.parametrization (the same table that
-  sets init and multipliers)."""
+  sets init and multipliers). Frozen params (models.trainable; with LoRA all but the adapters)
+  get no update and no optimizer state."""
+  train = _adamw(opt, num_steps, model_config)
+  if not model_config.lora_rank:
+    return train
+  labels = jax.tree.map(lambda t: 'train' if t else 'frozen', models.trainable(model_config))
+  return optax.multi_transform({'train': train, 'frozen': optax.set_to_zero()}, labels)
+
+
+def _adamw(
+  opt: Optimizer, num_steps: int, model_config: ModelConfig
+) -> optax.GradientTransformation:
+  """make_optimizer's chain for the params that train."""
   chain = []
   if opt.grad_clip > 0:
     chain.append(optax.clip_by_global_norm(opt.grad_clip))

@@ -21,17 +21,34 @@ def state_shardings(
   With `loss_scale`, a ScaledTrainState (dynamic loss scale, replicated)."""
   param_shapes = models.param_shapes(model_config)
   params = sharding.tree_shardings(models.logical_axes(model_config), param_shapes, mesh)
-  opt_state = optax.tree_map_params(
-    optimizer,
-    lambda _, s: s,
-    jax.eval_shape(optimizer.init, param_shapes),
-    params,
-    transform_non_params=lambda _: sharding.replicated(mesh),
-  )
   rep = sharding.replicated(mesh)
+  if models.ModelConfig.make(model_config).lora_rank:  # moments of the trained params only.
+    opt_state = _by_param_path(jax.eval_shape(optimizer.init, param_shapes), params, rep)
+  else:
+    opt_state = optax.tree_map_params(
+      optimizer,
+      lambda _, s: s,
+      jax.eval_shape(optimizer.init, param_shapes),
+      params,
+      transform_non_params=lambda _: rep,
+    )
   if loss_scale:
     return ScaledTrainState(rep, params, opt_state, rep, rep)
   return TrainState(step=rep, params=params, opt_state=opt_state)
+
+
+def _by_param_path(state_shapes: PyTree, params: PyTree, rep: jax.sharding.Sharding) -> PyTree:
+  """Shardings of an optimizer state whose moment trees hold only some params (multi_transform
+  masks the frozen ones): a leaf whose key path ends with a param's path takes its sharding."""
+  by_path = {
+    tuple(k.key for k in path): s for path, s in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
+
+  def pick(path, _):
+    keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+    return next((by_path[keys[i:]] for i in range(len(keys)) if keys[i:] in by_path), rep)
+
+  return jax.tree_util.tree_map_with_path(pick, state_shapes)
 
 
 def init_state(

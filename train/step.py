@@ -104,8 +104,12 @@ def make_train_step(
   lr_fn: optax.Schedule,
   grad_accum_steps: int,
   loss_scale_period: int = 0,
+  trainable: PyTree | None = None,
 ) -> TrainStepFn:
   """(state, batch, *frozen) -> (state, metrics): one optimizer step, metrics per step.
+
+  `trainable` (bools matching params; None: all) zeroes the gradients of frozen params, so XLA
+  drops their computation and grad_norm is the trained params' (LoRA).
 
   With loss_scale_period > 0 the state is a ScaledTrainState: the loss is multiplied by the
   dynamic loss scale before differentiation (so float16 gradients neither underflow nor overflow),
@@ -130,6 +134,8 @@ def make_train_step(
       scale = scale.adjust(finite)
     else:
       grads, sums = accumulate_grads(loss_fn, state.params, batch, grad_accum_steps, *frozen)
+    if trainable is not None:
+      grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     n = jnp.maximum(sums['tokens'], 1.0)
