@@ -117,7 +117,7 @@ def _config(model: ModelConfig, **overrides):
 def test_lora_run_from_a_pretrained_workdir_trains_only_adapters(tiny_config, tmp_path):
   """A 1-step pre-training run, then LoRA (init_from it) for 4 steps on the 8-device test mesh:
   the base params of the LoRA checkpoint equal the pretrained ones bit for bit, every adapter B
-  moved off zero."""
+  moved off zero; train.export's merged model and adapter give its logits in transformers / peft."""
   shape = {'model.n_layers': 1}
   pre = str(tmp_path / 'pre')
   loop.run(tiny_config(shape), pre, stop_after=1)
@@ -130,6 +130,27 @@ def test_lora_run_from_a_pretrained_workdir_trains_only_adapters(tiny_config, tm
   for k, v in _flat(pre_params).items():
     np.testing.assert_array_equal(_flat(base)[k], v, err_msg=k)
   assert all(float(jnp.abs(v).max()) > 0 for k, v in _flat(adapters).items() if k.endswith('_b'))
+  # Exported (train.export): the merged model, and the adapter on the exported base, in
+  # transformers / peft give the LoRA run's logits.
+  import peft
+  import torch
+  import transformers
+
+  from train import export
+
+  cfg = init_from.workdir_model_config(str(tmp_path / 'lora'))
+  tokens = np.random.RandomState(0).randint(0, cfg.vocab_size, (2, 16)).astype(np.int32)
+  ours = np.asarray(models.logits(cfg, lora_params, tokens))
+  export.export(str(tmp_path / 'lora'), str(tmp_path / 'merged'))
+  export.export(pre, str(tmp_path / 'base_hf'))
+  export.export(str(tmp_path / 'lora'), str(tmp_path / 'adapter'), what='adapter')
+  merged = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'merged'))
+  base = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'base_hf'))
+  adapted = peft.PeftModel.from_pretrained(base, str(tmp_path / 'adapter'))
+  for model in (merged, adapted):
+    with torch.no_grad():
+      theirs = model.eval()(torch.from_numpy(tokens).long()).logits.float().numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
 
 
 def _load(workdir):
@@ -150,3 +171,83 @@ def test_bad_lora_settings_are_one_line(overrides, needle):
   with pytest.raises(ValueError, match=needle.replace('.', r'\.')) as e:
     validation.derive(c, jax.device_count())
   assert '\n' not in str(e.value)
+
+
+# --- HuggingFace / PEFT ------------------------------------------------------------------------
+
+
+PEFT_CASES = {
+  'llama_all': ('llama', ('query', 'key_value', 'attn_out', 'mlp_in', 'mlp_out'), False),
+  'llama_q_rslora': ('llama', ('query',), True),
+  'gpt2_all': ('gpt2', ('query', 'key_value', 'attn_out', 'mlp_in', 'mlp_out'), False),
+  'gpt2_query_mlp_out': ('gpt2', ('query', 'mlp_out'), False),  # c_attn in part; one c_proj.
+}
+
+
+@pytest.mark.parametrize('case', list(PEFT_CASES))
+def test_peft_adapter_and_merged_export_match_transformers(case, tmp_path):
+  """A random HF base, our adapters on it (B nonzero), exported: `peft` loads the adapter onto
+  the HF base with our logits (1e-4), the merged HF checkpoint gives them too, and importing the
+  adapter back gives the same adapters."""
+  import peft
+  import torch
+  import transformers
+  from helpers import HF_GPT2, HF_LLAMA, make_hf, save
+
+  from models import hf, peft_adapter
+
+  family, targets, rslora = PEFT_CASES[case]
+  cls, kw = (
+    (transformers.GPT2Config, dict(HF_GPT2, vocab_size=101))
+    if family == 'gpt2'
+    else (transformers.LlamaConfig, dict(HF_LLAMA, vocab_size=97, intermediate_size=48))
+  )
+  base_dir = save(make_hf(cls, kw), tmp_path / 'base')
+  base_cfg, base_params = hf.import_checkpoint(base_dir)
+  cfg = base_cfg.replace(lora_rank=3, lora_alpha=6.0, lora_targets=targets, lora_rslora=rslora)
+  fresh = lora.split(models.init(cfg, jax.random.key(0)))[1]
+  adapters = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(1), x.shape), fresh)
+  params = lora.combine(base_params, adapters)
+  tokens = np.random.RandomState(0).randint(0, kw['vocab_size'], (2, 12)).astype(np.int32)
+  ours = np.asarray(models.logits(cfg, params, tokens))
+  assert np.abs(ours - np.asarray(models.logits(base_cfg, base_params, tokens))).max() > 1e-2
+
+  peft_adapter.export_adapter(cfg, params, str(tmp_path / 'adapter'), base_model=base_dir)
+  model = peft.PeftModel.from_pretrained(
+    transformers.AutoModelForCausalLM.from_pretrained(base_dir), str(tmp_path / 'adapter')
+  ).eval()
+  with torch.no_grad():
+    theirs = model(torch.from_numpy(tokens).long()).logits.float().numpy()
+  np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+  hf.export_checkpoint(lora.base_config(cfg), lora.merge(cfg, params), str(tmp_path / 'merged'))
+  merged = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'merged')).eval()
+  with torch.no_grad():
+    theirs = merged(torch.from_numpy(tokens).long()).logits.float().numpy()
+  np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+  back = peft_adapter.import_adapter(str(tmp_path / 'adapter'), cfg)
+  np.testing.assert_allclose(
+    models.logits(cfg, lora.combine(base_params, back), tokens), ours, atol=1e-5
+  )
+
+
+def test_peft_adapter_errors(tmp_path):
+  """Exporting without adapters, or a μP model; importing a directory that is no adapter, or
+  one that lacks a target: one line each."""
+  import transformers
+  from helpers import HF_LLAMA, make_hf, save
+
+  from models import hf, peft_adapter
+
+  base_dir = save(make_hf(transformers.LlamaConfig, dict(HF_LLAMA, vocab_size=97)), tmp_path / 'b')
+  base_cfg, base_params = hf.import_checkpoint(base_dir)
+  with pytest.raises(ValueError, match='lora_rank is 0'):
+    peft_adapter.export_adapter(base_cfg, base_params, str(tmp_path / 'x'))
+  with pytest.raises(ValueError, match='not a PEFT adapter directory'):
+    peft_adapter.import_adapter(str(tmp_path), base_cfg.replace(lora_rank=2))
+  cfg = base_cfg.replace(lora_rank=2, lora_targets=('query',))
+  params = models.init(cfg, jax.random.key(0))
+  peft_adapter.export_adapter(cfg, params, str(tmp_path / 'q'))
+  with pytest.raises(ValueError, match=r'no adapter for model\.layers\.0\.mlp\.(up|gate)_proj'):
+    peft_adapter.import_adapter(str(tmp_path / 'q'), cfg.replace(lora_targets=('query', 'mlp_in')))

@@ -51,13 +51,17 @@ class Estimate:
     return f'memory per device (GiB): {parts}; total {self.total / GIB:.2f}{limit}'
 
 
-def param_bytes(model: ModelConfig, mesh_shape: dict) -> int:
-  """float32 parameter bytes held by one device under the sharding table."""
+def param_bytes(model: ModelConfig, mesh_shape: dict, trainable: bool = False) -> int:
+  """float32 parameter bytes held by one device under the sharding table (`trainable`: of the
+  params that train only, e.g. LoRA's adapters)."""
   shapes, specs = models.param_shapes(model), models.logical_axes(model)
   sizes = jax.tree.map(
-    lambda spec, s: F32 * int(np.prod(s.shape)) // sharding.shards(spec, s.shape, mesh_shape),
+    lambda spec, s, t: F32 * int(np.prod(s.shape)) // sharding.shards(spec, s.shape, mesh_shape)
+    if t or not trainable
+    else 0,
     specs,
     shapes,
+    models.trainable(model),
     is_leaf=lambda x: isinstance(x, P),
   )
   return int(sum(jax.tree.leaves(sizes)))
@@ -111,13 +115,39 @@ def estimate(
   grad_accum_steps: int = 1,
   limit: int | None = None,
 ) -> Estimate:
-  """Per-device bytes of the train step: params, Adam moments, gradients (plus the accumulator
-  when accumulating) and one microbatch's activations (`micro_batch` global sequences)."""
+  """Per-device bytes of the train step: params, Adam moments and gradients of the params that
+  train (plus the accumulator when accumulating) and one microbatch's activations
+  (`micro_batch` global sequences)."""
   p = param_bytes(model, mesh_shape)
+  t = param_bytes(model, mesh_shape, trainable=True) if model.lora_rank else p
   shards = mesh_shape['data'] * mesh_shape['fsdp']
   tokens = max(micro_batch // shards, 1) * seq_len
   acts = activation_bytes(model, tokens, seq_len, mesh_shape['tensor'])
-  return Estimate(p, 2 * p, p * (2 if grad_accum_steps > 1 else 1), acts, limit)
+  return Estimate(p, 2 * t, t * (2 if grad_accum_steps > 1 else 1), acts, limit)
+
+
+def compiled_bytes(m: ModelConfig, opt_config, batch: int, seq_len: int, k: int = 1) -> int:
+  """Arguments + temporaries of the jitted train step (state donated) on one device, from XLA's
+  memory analysis of the compiled step: what `estimate` approximates (nothing is run)."""
+  import jax.numpy as jnp
+
+  from train import optimizer as optim
+  from train import step as step_lib
+
+  opt = optim.make_optimizer(opt_config, 10, m)
+  trainable = models.trainable(m) if m.lora_rank else None
+  fn = step_lib.make_train_step(
+    step_lib.lm_loss(m), opt, optim.lr_schedule(opt_config, 10), k, 0, trainable
+  )
+
+  def state():
+    p = models.init(m, jax.random.key(0))
+    return step_lib.TrainState(jnp.zeros((), jnp.int32), p, opt.init(p))
+
+  tokens = jax.ShapeDtypeStruct((batch, seq_len + 1), jnp.int32)
+  lowered = jax.jit(fn, donate_argnums=(0,)).lower(jax.eval_shape(state), {'tokens': tokens})
+  analysis = lowered.compile().memory_analysis()
+  return analysis.argument_size_in_bytes + analysis.temp_size_in_bytes
 
 
 def check(est: Estimate) -> None:
