@@ -21,9 +21,11 @@ The rule, written before the run (docs/scaling.md has the reasons):
   batch      8 x 128 bytes below 200K parameters, 16 x 128 above (>= 1,400 steps at k = 20).
   warmup     N tokens (Porian et al. 2024), i.e. 0.2 of the smallest budget (k = 5).
   lr         μP (issue 22's tuned defaults: α_out 4, embedding lr ∝ 1/width) from the base shape
-             d_model 32, d_ff 128, head dim 16, at the base lr 2^-6, the optimum that stayed fixed
-             over width 32-256, depth 2-8 and 1-4M tokens in docs/mup.md; AdamW b1 0.9, b2 0.95,
-             wd 0.1, unclipped, WSD to 0.1x.
+             d_model 32, d_ff 128, head dim 16, at the base lr 2^-7: the width/depth-stable optimum
+             of docs/mup.md is 2^-6 at 1-4M tokens, and its horizon study moves it to 2^-7 at ~4,000
+             steps, the ladder's range (1,500-6,400 steps). A first ladder at 2^-6 confirmed it: its
+             scan at rungs 0 and 1 put 2^-7 below 2^-6 by 0.014-0.023 nats at 10 and 20 tokens/param.
+             AdamW b1 0.9, b2 0.95, wd 0.1, unclipped, WSD to 0.1x.
 """
 
 import ml_collections
@@ -38,7 +40,7 @@ TOKENS_PER_PARAM = (5, 10, 20)
 LONG = {0: (40, 80), 1: (40, 80)}  # 4x Chinchilla at the two smallest rungs.
 SCAN = (0, 1, 2, 3)  # rungs whose lr is checked by a 3-point scan (the fitted sizes).
 SEEDS = (1, 3)  # rungs trained again at seed 1 (the noise floor).
-BASE_LR = 2.0**-6
+BASE_LR = 2.0**-7
 SEQ_LEN = 128
 
 

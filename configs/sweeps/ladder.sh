@@ -6,6 +6,6 @@ set -u
 W=${1:-workdirs/ladder}
 mkdir -p "$W"
 run() { for v in "$@"; do python main.py --config="configs/sweeps/ladder.py:$v" --workdir="$W" || exit 1; done; }
-run 6 5 > "$W/lane_a.log" 2>&1 &   # the two largest (held-out) rungs
-run 0 0,scan 1 1,scan 2 2,scan 3 3,scan 4 1,seed 3,seed > "$W/lane_b.log" 2>&1 &
+run 6 5 0,scan 1,scan > "$W/lane_a.log" 2>&1 &   # the two largest (held-out) rungs first
+run 0 1 2 2,scan 3 3,scan 4 1,seed 3,seed > "$W/lane_b.log" 2>&1 &
 wait
