@@ -1,11 +1,15 @@
 """One-line `error:` exits for every command line (main.py, train.data.prepare, train.sample,
-train.harness, the scaling tools): bad input exits 2, a failed run 1, a bug keeps its traceback."""
+train.harness, the scaling tools): bad input exits 2, a failed run 1, a bug keeps its traceback.
+Tools whose modules import each other define flags on their own `flags.FlagValues()` and
+parse them with `parse` (shared names such as --out would collide on absl's global FLAGS)."""
 
 import contextlib
 import errno
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
+
+from absl import flags
 
 BAD_INPUT, RUN_FAILED = 2, 1
 # Errors that mean "fix the input": our validation raises ValueError naming the field or path.
@@ -19,6 +23,8 @@ INPUT_ERRORS = (
 )
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # the run failed; its input was fine.
 _REFUSED = (errno.EROFS, errno.EACCES)  # a read-only or forbidden path: fix the input.
+
+_HELP_ARGS = ('-h', '-help', '--help', '--helpshort', '--helpfull')
 
 Errors = type[BaseException] | tuple[type[BaseException], ...]
 
@@ -62,3 +68,35 @@ def one_line_errors(
     if code is None or debug:
       raise
     fail(message(e), code)
+
+
+def usage_error(message: object) -> NoReturn:
+  """Writes `error: message` as one line on stderr and exits with code 2."""
+  fail(' '.join(str(message).split()), BAD_INPUT)
+
+
+def help_text(flag_values: flags.FlagValues, doc: str) -> str:
+  """The module docstring followed by the flags' help (absl's format, without module headers)."""
+  body = flag_values.get_help(include_special_flags=False).splitlines()
+  return '\n'.join(
+    [(doc or '').strip(), '', 'flags:'] + [line for line in body if line.startswith(' ')]
+  )
+
+
+def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, doc: str) -> None:
+  """Parses argv (the arguments without the program name; None: sys.argv[1:]) into flag_values.
+
+  Every flag starts from its default, so main() can be called several times in one process.
+  """
+  args = list(sys.argv[1:] if argv is None else argv)
+  flag_args = args[: args.index('--')] if '--' in args else args
+  if any(a in _HELP_ARGS for a in flag_args):
+    print(help_text(flag_values, doc))
+    sys.exit(0)
+  flag_values.unparse_flags()
+  try:
+    rest = flag_values((sys.argv[:1] or ['']) + args)
+  except flags.Error as e:
+    usage_error(e)
+  if len(rest) > 1:
+    usage_error(f'unexpected arguments: {" ".join(rest[1:])}')

@@ -12,18 +12,22 @@ run's `init_from` (an hf: directory) as its base_model_name_or_path. HF checkpoi
 standard-parametrized: a μP run is refused (models/hf.py).
 """
 
-from absl import app, flags
+from collections.abc import Sequence
+
+from absl import flags
 
 from models import hf, lora, peft_adapter
 from train import cli, init_from
 from train import workdir as workdir_lib
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'one of our workdirs')
-flags.DEFINE_string('out', None, 'output directory')
-flags.DEFINE_enum('what', 'merged', ['merged', 'adapter'], 'the model, or the LoRA adapter')
-flags.DEFINE_bool('debug', False, 'show tracebacks')
-flags.mark_flags_as_required(['workdir', 'out'])
+FLAGS = flags.FlagValues()  # its own (train/cli.py): tests import it beside other tools.
+flags.DEFINE_string('workdir', None, 'one of our workdirs', flag_values=FLAGS)
+flags.DEFINE_string('out', None, 'output directory', flag_values=FLAGS)
+flags.DEFINE_enum(
+  'what', 'merged', ['merged', 'adapter'], 'the model, or the LoRA adapter', flag_values=FLAGS
+)
+flags.DEFINE_bool('debug', False, 'show tracebacks', flag_values=FLAGS)
+flags.mark_flags_as_required(['workdir', 'out'], flag_values=FLAGS)
 
 
 def export(workdir: str, out: str, what: str = 'merged') -> None:
@@ -39,13 +43,13 @@ def export(workdir: str, out: str, what: str = 'merged') -> None:
   hf.export_checkpoint(cfg, params, out)
 
 
-def main(argv: list) -> None:
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments {argv[1:]}')
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
+  cli.parse(FLAGS, argv, __doc__)
   with cli.one_line_errors(FLAGS.debug):
     export(FLAGS.workdir, FLAGS.out, FLAGS.what)
   print(FLAGS.out)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()
