@@ -321,7 +321,17 @@ class TrainConfig(_Section):
   log_every: int = 50
   eval_every: int = 250
   eval_batches: int = 8
+  # Sequences per eval batch (0: global_batch_size). The eval set is the first
+  # eval_batches x eval_batch_size rows of the eval split: fix both across a sweep whose members'
+  # batches differ, or their eval losses are measured on different rows.
+  eval_batch_size: int = 0
   checkpoint_every: int = 500
+  # Keep the params of the best eval by this metric ('eval/loss', 'lm_eval/<task>/<metric>'; '':
+  # off) as W/best, a workdir of one checkpoint (init_from=W/best, export, sample, lm-eval load
+  # it); early_stop_patience > 0 stops the run after that many evals without an improvement.
+  best_metric: str = ''
+  best_mode: str = _field('min', choices=('min', 'max'))
+  early_stop_patience: int = 0
   keep_checkpoints: int = 2  # keep the last N ...
   keep_every: int = 0  # ... plus every K-th step (0: none).
   async_checkpoint: bool = True
@@ -341,8 +351,19 @@ class TrainConfig(_Section):
     _positive(self, 'train', 'global_batch_size', 'grad_accum_steps', 'log_every', 'eval_every')
     _positive(self, 'train', 'eval_batches', 'checkpoint_every', 'keep_checkpoints')
     _positive(self, 'train', 'spike_window')
-    for key in ('keep_every', 'spike_factor', 'total_tokens'):
+    for key in ('keep_every', 'spike_factor', 'total_tokens', 'eval_batch_size'):
       _ok(f'train.{key}', self[key], self[key] >= 0, '>= 0 (0: off / all)')
+    _ok(
+      'train.early_stop_patience', self.early_stop_patience, self.early_stop_patience >= 0, '>= 0'
+    )
+    metric = self.best_metric
+    if metric and not metric.startswith(('eval/', 'lm_eval/')):
+      raise ValueError(
+        f"config.train.best_metric must be '' or an eval metric ('eval/...', "
+        f"'lm_eval/<task>/<metric>'), got {metric!r}"
+      )
+    if self.early_stop_patience and not metric:
+      raise ValueError('config.train.early_stop_patience needs config.train.best_metric')
     init, period = self.loss_scale_init, self.loss_scale_period
     if self.loss_scale != 'none' and not (math.isfinite(init) and init > 0 and period > 0):
       raise ValueError(

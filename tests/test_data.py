@@ -20,7 +20,7 @@ from helpers import (
   run_pair,
 )
 
-from configs import base
+from configs import base, schema
 from train.data import pipeline, prepare, shards, stdlib_corpus, tokenizers, writer
 
 BYTE = tokenizers.ByteTokenizer()
@@ -488,3 +488,21 @@ def test_two_first_runs_at_once_build_the_corpus_once(tmp_path):
   errs = [p.communicate(timeout=600)[1] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], errs
   assert os.path.isdir(tmp_path / 'stdlib_corpus' / '1.0.0')
+
+
+def test_eval_batch_size_fixes_the_eval_rows_across_training_batches(corpus):
+  """eval_batches x eval_batch_size rows: members with different batches see the same eval set."""
+
+  def eval_rows(batch, eval_batch_size, eval_batches):
+    c = _config(corpus, seq_len=64)
+    c.train.update(global_batch_size=batch, eval_batch_size=eval_batch_size)
+    ev = pipeline.make_datasets(c, 0, 1)[1]
+    return np.concatenate([ev.eval_batch(i) for i in range(eval_batches)])
+
+  fixed = eval_rows(16, 0, 4)  # The default: the training batch.
+  np.testing.assert_array_equal(eval_rows(8, 16, 4), fixed)
+  assert eval_rows(8, 0, 4).shape[0] == 32  # What the first ladder's small rungs saw: half of it.
+  with pytest.raises(ValueError, match='config.train.eval_batch_size'):
+    c = base.get_config()
+    c.train.eval_batch_size = -1
+    schema.Config.make(c).check()

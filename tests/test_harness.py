@@ -284,3 +284,41 @@ def test_two_processes_log_the_same_lm_eval_metrics(data_dir, task_dir, tmp_path
   want = result(single.stdout)
   assert {'lm_eval/toy_mc/acc', 'lm_eval/toy_gen/exact_match'} <= set(want)
   assert result(outs[0][0]) == pytest.approx(want, rel=1e-5)
+
+
+def test_name_task_generator_splits_by_file_and_runs_in_lm_eval(lm, tmp_path):
+  """train/data/name_task.py on a small source tree: files split by the corpus's rule, the prompt
+  ends at `def `, the completion is the name, and both lm-eval tasks load and score."""
+  from train.data import name_task, stdlib_corpus
+
+  root = tmp_path / 'lib'
+  names = [f'm{i}.py' for i in range(200)]
+  val = next(n for n in names if stdlib_corpus.split_of(n) == 'validation')
+  train = next(n for n in names if stdlib_corpus.split_of(n) == 'train')
+  body = ''.join(
+    f'def {n}(x, y=1):\n    """Return the {n} of x and y."""\n\n'
+    for n in ('add', 'mul', 'sub', 'div')
+  )
+  for rel in (val, train):
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_text(body + 'def _hidden():\n    """Private, never a task."""\n')
+  out = str(tmp_path / 'task')
+  assert name_task.write(out, root=str(root)) == {'train': 4, 'validation': 4}
+  rows = [json.loads(line) for line in open(os.path.join(out, 'name_task.jsonl'))]
+  assert rows[0]['prompt'] == f'# {val}\n# (x, y=1)\n# Return the add of x and y.\ndef '
+  assert all(
+    r['choices'][r['label']] == r['name'] + '(' and len(set(r['choices'])) == 4 for r in rows
+  )
+  sft = [json.loads(line) for line in open(os.path.join(out, 'train.jsonl'))]
+  assert {r['completion'] for r in sft} == {'add(', 'mul(', 'sub(', 'div('}
+  assert all(r['prompt'].startswith(f'# {train}\n') for r in sft)
+  assert harness.check_tasks('name_gen,name_mc', out) == ['name_gen', 'name_mc']
+  results = lm_eval.simple_evaluate(
+    model=lm,
+    tasks=['name_gen', 'name_mc'],
+    bootstrap_iters=0,
+    task_manager=TaskManager(include_path=out, include_defaults=False),
+  )
+  m = harness.flat_metrics(results)
+  assert 0 <= m['lm_eval/name_gen/exact_match'] <= 1 and 0 <= m['lm_eval/name_mc/acc'] <= 1
+  assert len(results['samples']['name_mc']) == 4

@@ -147,3 +147,32 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(data_dir, tmp_pa
   assert rc == 0, log[-3000:]
   assert main_result(stdout)['preempted_at_step'] >= step
   assert 'SIGINT: stopped at step' in log and 'Traceback' not in log
+
+
+def test_keep_best_and_early_stopping_resume_and_load_everywhere(tiny_config, tmp_path):
+  """W/best holds the best evaluation's params (bitwise those of a run stopped there); patience
+  stops the run with a checkpoint; a rerun trains no further; init_from=W/best loads them."""
+  from train import init_from
+
+  over = {'train.num_steps': 12, 'train.eval_every': 2, 'train.log_every': 2}
+  # 'max' of a falling loss: the first evaluation stays best, so patience 2 stops two evals on.
+  config = tiny_config({**over, 'train.best_metric': 'eval/loss', 'train.best_mode': 'max'})
+  config.train.early_stop_patience = 2
+  w = str(tmp_path / 'w')
+  loop.run(config, w)
+  record = json.load(open(os.path.join(w, 'best', 'record.json')))
+  assert record['best_step'] == 2 and record['stopped_at'] == 6
+  assert record['best_value'] == max(record['history'].values())
+  assert _params(w, config)[0] == 6  # the stopping step is checkpointed.
+  rows = open(os.path.join(w, 'metrics.jsonl')).read()
+  loop.run(config, w)  # stopped early: a rerun trains nothing.
+  assert _params(w, config)[0] == 6 and open(os.path.join(w, 'metrics.jsonl')).read() == rows
+  ref = str(tmp_path / 'ref')
+  loop.run(tiny_config(over), ref, stop_after=2)
+  _, best = init_from.load_params(os.path.join(w, 'best'))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(best), _params(ref, config)[1])
+  with pytest.raises(ValueError, match="config.train.best_metric='eval/nope' is not measured"):
+    loop.run(tiny_config({**over, 'train.best_metric': 'eval/nope'}), str(tmp_path / 'x'))
+  config.train.best_metric = ''
+  with pytest.raises(ValueError, match='early_stop_patience needs config.train.best_metric'):
+    loop.run(config, str(tmp_path / 'y'))

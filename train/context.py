@@ -120,10 +120,11 @@ def abstract_state(r: Run) -> TrainState:
 
 
 def global_batch(r: Run, host_arrays: dict) -> dict:
-  """Host-local rows -> global arrays sharded over ('data', 'fsdp')."""
+  """Host-local rows (an equal share per host: a train or an eval batch) -> global arrays
+  sharded over ('data', 'fsdp')."""
 
   def put(x: np.ndarray) -> jax.Array:
-    shape = (r.config.train.global_batch_size,) + x.shape[1:]
+    shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
     return jax.make_array_from_process_local_data(r.batch_sharding, x, shape)
 
   return jax.tree.map(put, host_arrays)

@@ -8,27 +8,38 @@ evaluated and checkpointed step, and each action may add to `m` for the ones aft
 
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from clu.metric_writers import interface
 
 from models import count
 from models.config import PyTree
 from train import checkpoint, context, divergence, flops, metrics, preemption
+from train import workdir as workdir_lib
 from train.evaluators import Evaluator
+
+BEST_DIR = 'best'
 
 
 class Action:
-  """A no-op action: due at no step, does nothing when called."""
+  """A no-op action: due at no step, does nothing when called. An action that returns True asks
+  the loop to stop after this step (the actions after it see stopping=True: the checkpoint saves)."""
 
   def due(self, step: int, stopping: bool) -> bool:
     return False
 
-  def __call__(self, step: int, state: PyTree, m: dict, stopping: bool) -> None:
+  def __call__(self, step: int, state: PyTree, m: dict, stopping: bool) -> bool | None:
     pass
+
+  @property
+  def finished(self) -> bool:
+    """True when the run must not train further (e.g. it stopped early before a resume)."""
+    return False
 
 
 def _every(step: int, every: int, last: int) -> bool:
@@ -145,3 +156,106 @@ def report_stop(stop: preemption.StopRequest, state: PyTree, workdir: str, last:
     workdir,
   )
   last['preempted_at_step'] = step
+
+
+class KeepBest(Action):
+  """Keeps the params of the best evaluation by `metric` as W/best: a workdir of one checkpoint
+  that every tool loads (init_from=W/best, train.export, train.sample, train.harness). With
+  `patience` > 0 it asks the loop to stop after that many evaluations without an improvement.
+  Every evaluation's value is kept in W/best/record.json, so a resumed run counts on exactly."""
+
+  def __init__(
+    self,
+    workdir: str,
+    config_json: str,
+    train: ml_collections.ConfigDict,
+    evaluate: Evaluate,
+    start: int,
+    meta: dict,
+  ) -> None:
+    self.metric, self.mode, self.patience = (
+      train.best_metric,
+      train.best_mode,
+      train.early_stop_patience,
+    )
+    self.evaluate, self.meta, self.config_json = evaluate, meta, config_json
+    self.dir = os.path.join(workdir, BEST_DIR)
+    self.record_path = os.path.join(self.dir, 'record.json')
+    record = workdir_lib.read_json(self.record_path) if os.path.exists(self.record_path) else {}
+    # Evaluations after the resumed step happen again (bitwise the same), so they are dropped.
+    self.history = {int(s): v for s, v in record.get('history', {}).items() if int(s) <= start}
+    stopped = record.get('stopped_at')
+    self.stopped_at = stopped if stopped is not None and stopped <= start else None
+    self.mngr = None
+
+  def due(self, step: int, stopping: bool) -> bool:
+    return self.evaluate.due(step, stopping)
+
+  @property
+  def finished(self) -> bool:
+    return self.stopped_at is not None
+
+  def best(self) -> tuple[int, float] | None:
+    """(step, value) of the best evaluation so far (the first of equals), None before any."""
+    finite = [(s, v) for s, v in sorted(self.history.items()) if math.isfinite(v)]
+    if not finite:
+      return None
+    pick = min if self.mode == 'min' else max
+    value = pick(v for _, v in finite)
+    return next((s, v) for s, v in finite if v == value)
+
+  def __call__(self, step: int, state: PyTree, m: dict, stopping: bool) -> bool:
+    if not self.due(step, stopping):
+      return False
+    if self.metric not in m:
+      evals = sorted(k for k in m if k.startswith(('eval/', 'lm_eval/')))
+      raise ValueError(
+        f'config.train.best_metric={self.metric!r} is not measured; this run has {evals}'
+      )
+    self.history[step] = m[self.metric]
+    best_step, best_value = self.best() or (step, m[self.metric])
+    if best_step == step:
+      self._save(step, state)
+    m['best/step'], m['best/' + self.metric] = float(best_step), float(best_value)
+    since = sum(1 for s in self.history if s > best_step)
+    if self.patience and since >= self.patience:
+      self.stopped_at = step
+      logging.info(
+        'Early stop at step %d: %s has not improved on step %d (%.5g) for %d evaluations; the '
+        'best params are in %s',
+        step,
+        self.metric,
+        best_step,
+        best_value,
+        since,
+        self.dir,
+      )
+    if jax.process_index() == 0:
+      record = {
+        'metric': self.metric,
+        'mode': self.mode,
+        'best_step': best_step,
+        'best_value': best_value,
+        'stopped_at': self.stopped_at,
+        'history': {str(s): v for s, v in sorted(self.history.items())},
+      }
+      workdir_lib.write_json(self.record_path, metrics.strict_json(record))
+    return self.stopped_at is not None
+
+  def _save(self, step: int, state: PyTree) -> None:
+    """The state of `step` as W/best's one checkpoint (the new one commits before the old goes)."""
+    if self.mngr is None:
+      options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, enable_async_checkpointing=False, create=True, cleanup_tmp_directories=True
+      )
+      self.mngr = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(self.dir), 'checkpoints'),
+        options=options,
+        item_names=('state', 'meta'),
+      )
+      checkpoint.write_config(self.dir, self.config_json)
+    if step not in self.mngr.all_steps():  # a resumed run reaching it again: the same state.
+      checkpoint.save(
+        self.mngr, step, state, {**self.meta, 'best': {self.metric: self.history[step]}}
+      )
+      self.mngr.wait_until_finished()

@@ -164,7 +164,8 @@ def _train(
     )
     _announce(r, workdir, start)
     for step in range(start, end):
-      if step == start and stop.requested:  # signalled before the first step: nothing new.
+      # Signalled before the first step, or stopped early before this resume: nothing new.
+      if step == start and (stop.requested or any(a.finished for a in actions)):
         break
       state, step_metrics = train_step(state, _batch(r, task, step), *task.frozen)
       done = step + 1
@@ -173,8 +174,8 @@ def _train(
       stopping = stop.should_stop(done)
       if any(a.due(done, stopping) for a in actions):
         m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        for action in actions:
-          action(done, state, m, stopping)
+        for action in actions:  # one that returns True stops the run after this step.
+          stopping = bool(action(done, state, m, stopping)) or stopping
       if stopping:
         break
     mngr.wait_until_finished()
@@ -238,14 +239,18 @@ def _actions(
   evaluators: Sequence[Evaluator],
 ) -> tuple[hooks.Clock, hooks.Log, list[hooks.Action]]:
   """The clock, the log and every action in the order they run on a step whose metrics are read:
-  guard (before anything is saved), rates, evaluators, log, checkpoint."""
+  guard (before anything is saved), rates, evaluators, the best checkpoint, log, checkpoint."""
   t, num_steps = r.config.train, r.derived.num_steps
   clock = hooks.Clock(r, start, end)
   log = hooks.Log(metrics.make_writer(workdir), clock, t.log_every, num_steps)
   ckpt = hooks.Checkpoint(mngr, meta, t.checkpoint_every, end, latest)
   guard = divergence.Guard(t.spike_factor, t.spike_window, r.config.model.vocab_size)
   evaluate = hooks.Evaluate([eval_loss, *evaluators], t.eval_every, num_steps)
-  return clock, log, [hooks.Guard(guard, workdir, ckpt), clock, evaluate, log, ckpt]
+  best = []
+  if t.best_metric:
+    config_json = json.dumps(r.config.to_dict(), indent=2)
+    best = [hooks.KeepBest(workdir, config_json, t, evaluate, start, meta)]
+  return clock, log, [hooks.Guard(guard, workdir, ckpt), clock, evaluate, *best, log, ckpt]
 
 
 def _final(r: Run, last: dict) -> dict:

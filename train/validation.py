@@ -102,6 +102,11 @@ def derive(
       f'config.train.global_batch_size={t.global_batch_size} is not divisible by '
       f'the number of processes ({process_count})'
     )
+  if t.eval_batch_size % shards or t.eval_batch_size % process_count:
+    raise ValueError(
+      f'config.train.eval_batch_size={t.eval_batch_size} is not divisible by data*fsdp '
+      f'({shards}) and the number of processes ({process_count})'
+    )
   tokens_per_step = t.global_batch_size * c.data.seq_len
   num_steps = steps_for(c)
   if num_steps <= 0:

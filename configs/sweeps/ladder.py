@@ -19,6 +19,9 @@ The rule, written before the run (docs/scaling.md has the reasons):
   tokens     D = k·N for k in TOKENS_PER_PARAM (Chinchilla's 20 the largest), one trunk per (size,
              lr, seed) and a 20 % linear cooldown branched from it for each k (sweep kind 'wsd').
   batch      8 x 128 bytes below 200K parameters, 16 x 128 above (>= 1,400 steps at k = 20).
+  eval       the same 16 x 16 rows of 128 bytes for every rung (eval_batch_size 16 where the batch
+             is 8: the eval set is eval_batches x eval_batch_size rows, and the first ladder, which
+             evaluated rungs 0-2 on 8 x 16 rows, mixed two eval sets; docs/scaling.md).
   warmup     N tokens (Porian et al. 2024), i.e. 0.2 of the smallest budget (k = 5).
   lr         μP (issue 22's tuned defaults: α_out 4, embedding lr ∝ 1/width) from the base shape
              d_model 32, d_ff 128, head dim 16, at the base lr 2^-7: the width/depth-stable optimum
@@ -42,6 +45,7 @@ SCAN = (0, 1, 2, 3)  # rungs whose lr is checked by a 3-point scan (the fitted s
 SEEDS = (1, 3)  # rungs trained again at seed 1 (the noise floor).
 BASE_LR = 2.0**-7
 SEQ_LEN = 128
+EVAL_BATCH = 16
 
 
 def batch_size(params: int) -> int:
@@ -63,6 +67,8 @@ def rung_config(rung: int, lrs: tuple, seeds: tuple, tokens_per_param: tuple):
     eval_batches=16,
     async_checkpoint=False,
   )
+  if batch_size(params) != EVAL_BATCH:  # Set only where it differs: the default is the batch.
+    c.train.eval_batch_size = EVAL_BATCH
   c.optimizer.update(
     lr=BASE_LR,
     schedule='wsd',

@@ -269,12 +269,11 @@ def make_datasets(
   tokenizer = tokenizers.make_tokenizer(d.tokenizer)
   tokenizers.check_vocab(tokenizer, config.model.vocab_size)
   train, evals = [], []
+  eval_batch = config.train.eval_batch_size or config.train.global_batch_size
   for s in sources:
     train.append((s, open_prepared(d, s, s.train_split, tokenizer)))
     split = open_prepared(d, s, s.eval_split, tokenizer)
-    evals.append(
-      EvalSource(s, split, d.seq_len, config.train.global_batch_size, process_index, process_count)
-    )
+    evals.append(EvalSource(s, split, d.seq_len, eval_batch, process_index, process_count))
     logging.info(
       'Data source %s (weight %.3g): train %d tokens in %s, eval %d tokens',
       s.dataset,
