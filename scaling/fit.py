@@ -42,6 +42,13 @@ START_GRID = {
 MIN_ROWS = {'chinchilla': 5, 'isoflop': 6, 'kaplan': 4, 'envelope': 4, 'compute': 3, 'curve': 7}
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
+flags.DEFINE_enum(
+  'curve_areas',
+  'tokens',
+  ['tokens', 'steps'],
+  "curve law: the lr areas S1, S2 per million tokens ('tokens': batches may differ) or per step",
+  flag_values=FLAGS,
+)
 flags.DEFINE_string('results', None, 'results CSV, one run per row', flag_values=FLAGS)
 flags.DEFINE_enum(
   'law',
@@ -643,7 +650,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     cli.usage_error(f'--pin_E={FLAGS.pin_E:g}: for --law=compute')
   try:
     if FLAGS.law == 'curve':
-      runs = results_lib.read_curves(FLAGS.results, params_col, FLAGS.flops_col, lr=FLAGS.lr)
+      runs = results_lib.read_curves(
+        FLAGS.results, params_col, FLAGS.flops_col, lr=FLAGS.lr, areas=FLAGS.curve_areas
+      )
     else:
       runs = results_lib.read_results(
         FLAGS.results,

@@ -40,6 +40,13 @@ DEFAULT_LAWS = ('chinchilla', 'kaplan')
 MIN_MEMBERS = {**fit_lib.MIN_ROWS, 'curve': 2}  # fitted members each law needs at least.
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
+flags.DEFINE_enum(
+  'curve_areas',
+  'tokens',
+  ['tokens', 'steps'],
+  "curve law: the lr areas S1, S2 per million tokens ('tokens': batches may differ) or per step",
+  flag_values=FLAGS,
+)
 flags.DEFINE_string('results', None, 'results CSV, one run per row', flag_values=FLAGS)
 flags.DEFINE_float('fit_below', None, 'fit on runs with FLOPs <= this', flag_values=FLAGS)
 flags.DEFINE_list(
@@ -267,7 +274,9 @@ def _points(law: str, header: Sequence[str], drop: set) -> holdout.Points:
   if law == 'kaplan' and FLAGS.kaplan_params_col in header:
     col = FLAGS.kaplan_params_col
   if law == 'curve':
-    pts = results_lib.read_curves(FLAGS.curves, col, FLAGS.flops_col, lr=FLAGS.lr)
+    pts = results_lib.read_curves(
+      FLAGS.curves, col, FLAGS.flops_col, lr=FLAGS.lr, areas=FLAGS.curve_areas
+    )
   else:
     pts = results_lib.read_results(
       FLAGS.results, params_col=col, flops_col=FLAGS.flops_col, lr=FLAGS.lr

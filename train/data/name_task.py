@@ -12,8 +12,9 @@ line as comments and ends with `def `; the completion is the name and `(`:
   # Set the logging level of this logger.  level must be an int or a str.
   def setLevel(
 
-Files are split by the pre-training corpus's own rule (stdlib_corpus.split_of: sha1 of the
-path), so the validation functions come from files pre-training never saw. Writes
+Examples longer than MAX_BYTES are left out (each fits one 128-byte row with its EOS). Files are
+split by the pre-training corpus's own rule (stdlib_corpus.split_of: sha1 of the path), so the
+validation functions come from files pre-training never saw. Writes
   OUT/train.jsonl, OUT/validation.jsonl   {"prompt", "completion"}: supervised data (`jsonl:OUT`)
   OUT/name_task.jsonl                      validation with "name", "choices" and "label"
   OUT/name_gen.yaml, OUT/name_mc.yaml      lm-eval tasks on it (`include_path=OUT`): generation
@@ -33,6 +34,7 @@ from absl import app, flags
 from train.data import stdlib_corpus
 
 MAX_SUMMARY = 160  # bytes of the docstring's first line kept.
+MAX_BYTES = 127  # prompt + completion: with its EOS one 128-byte row (the byte tokenizer).
 NUM_CHOICES = 4
 
 GEN_YAML = """# Name a stdlib function from its file, parameters and docstring (train/data/name_task.py).
@@ -100,6 +102,8 @@ def examples(split: str, root: str | None = None) -> Iterator[dict]:
       seen.add((node.name, summary))
       args = ast.unparse(node.args).replace('\n', ' ')
       prompt = f'# {rel}\n# ({args})\n# {summary}\ndef '
+      if len(prompt) + len(node.name) + 1 > MAX_BYTES:
+        continue
       yield {'prompt': prompt, 'completion': node.name + '(', 'name': node.name}
 
 
