@@ -211,6 +211,8 @@ def plot_rollout(rolls: dict, path: str) -> None:
         ax.vlines(x, lo, hi, color=f'C{j}', alpha=0.35, lw=1.5)
       ax.plot(x, y, 'o', color=f'C{j}', ms=4, label=f'fit on {k} sizes')
     ax.set_xscale('log')
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # no crowded minor labels.
+    ax.xaxis.set_major_formatter(plt.FormatStrFormatter('%gx'))
     ax.set_xlabel('held-out FLOPs / largest fitted FLOPs')
     ax.set_title(law)
     ax.legend(fontsize=7)
