@@ -339,3 +339,23 @@ def test_fit_cli_compute_and_curve_laws(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
     fit.main([f'--results={tmp_path / "runs.csv"}', '--law=kaplan', '--pin_E=1.0'])
   assert e.value.code == 2 and '--pin_E' in capsys.readouterr().err
+
+
+def test_curve_areas_per_token_put_members_with_different_batches_on_one_scale(tmp_path):
+  """areas='tokens': S1 and S2 weighted by each member's tokens per step (per million), so two
+  members with the same lr schedule in tokens get the same areas whatever their batch."""
+  rows = []
+  for name, per_step in (('small_batch', 1024), ('large_batch', 2048)):
+    for step in (100, 200, 400):
+      s = step * 1024 // per_step  # the same tokens: half the steps at twice the batch.
+      rows.append({'name': name, 'params': 1e5, 'tokens': s * per_step, 'flops': 1.0, 'loss': 2.0,
+                   'step': s, 'lr_sum': 0.01 * s, 'lr_anneal': 0.0, 'lr': 0.01})  # fmt: skip
+  results.write_csv(tmp_path / 'c.csv', rows, list(rows[0]))
+  by_tokens = results.read_curves(tmp_path / 'c.csv', skip_warmup=False, lr=None)
+  by_steps = results.read_curves(tmp_path / 'c.csv', skip_warmup=False, lr=None, areas='steps')
+  small, large = by_tokens.lr_sum[:3], by_tokens.lr_sum[3:]
+  np.testing.assert_allclose(small, large)  # one scale in tokens,
+  np.testing.assert_allclose(by_steps.lr_sum[:3], 2 * by_steps.lr_sum[3:])  # two in steps.
+  np.testing.assert_allclose(small, [0.01 * s * 1024 / 1e6 for s in (100, 200, 400)])
+  with pytest.raises(ValueError, match="areas must be 'tokens' or 'steps'"):
+    results.read_curves(tmp_path / 'c.csv', lr=None, areas='bytes')
