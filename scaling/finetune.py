@@ -326,8 +326,9 @@ def plot(rows: list[dict], report: dict, png: str) -> None:
           d, law['A'] * size ** -law['alpha'] * d ** -law['beta'] + law['E'], '-', color=c, lw=0.8
         )
     ax.set(xscale='log', title=m, xlabel='fine-tuning examples')
-  axes[0].set_ylabel('task loss (best)')
-  axes[0].legend(fontsize=7)
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+  axes[0].set_ylabel('task loss (best checkpoint)')
+  axes[0].legend(fontsize=7, title='base (lines: the law)', title_fontsize=7)
   ax = axes[-1]
   for m, marker in zip(methods, 'osd^v<>'):
     mine = [r for r in rows if r['method'] == m and m != 'scratch']
@@ -344,6 +345,28 @@ def plot(rows: list[dict], report: dict, png: str) -> None:
   ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(png, dpi=110)
+
+
+def table(rows: list[dict]) -> str:
+  """Markdown: per base and examples, each method's best task loss, forgetting and name_mc acc."""
+  methods = sorted({r['method'] for r in rows}, key=lambda m: (m != 'full', m != 'scratch', m))
+  by = {(r['base_params'], r['examples'], r['method']): r for r in rows}
+  head = '| base params | examples | before: task loss, mc acc | ' + ' | '.join(methods) + ' |'
+  lines = [head, '|' + '---|' * (3 + len(methods))]
+  for size, n in sorted({(r['base_params'], r['examples']) for r in rows}):
+    any_row = next(r for (s, e, _), r in by.items() if (s, e) == (size, n))
+    cells = [
+      f'{size:,.0f}',
+      f'{n:,.0f}',
+      f'{any_row["task_loss_before"]:.3f}, {any_row["mc_acc_before"]:.3f}',
+    ]
+    for m in methods:
+      r = by.get((size, n, m))
+      cells.append(
+        f'{r["task_loss"]:.3f} / {r["forgetting"]:+.2f} / {r["mc_acc"]:.3f}' if r else ''
+      )
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
 
 
 # --- Command line --------------------------------------------------------------------------------
@@ -381,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if f.png:
       plot(rows, report, f.png)
     print(json.dumps(report, indent=1))
+    print('task loss (best) / forgetting (pre-training loss change) / name_mc accuracy:')
+    print(table(rows))
     return
   if not f.workdir or not f.bases:
     cli.usage_error('--workdir and --bases are required (or --fit=results.csv)')

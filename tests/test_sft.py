@@ -444,3 +444,31 @@ def test_sft_config_validates_and_opens_with_its_command():
   c = sft.get_config()
   d = validation.derive(c, jax.device_count())
   assert c.init_from == 'workdirs/default' and sources.is_jsonl(d.config.data.dataset)
+
+
+def test_finetune_config_variants_follow_the_base_and_the_rule(tiny_config, tmp_path):
+  """configs/finetune.py: the base's model and lr from its config.json, LoRA / scratch variants,
+  steps by the rule, the pre-training corpus evaluated at weight 0, one line for a bad variant."""
+  import json
+
+  from configs import finetune
+
+  assert 'python main.py --config=configs/finetune.py' in finetune.__doc__
+  base = tmp_path / 'base'
+  base.mkdir()
+  saved = tiny_config({'model.d_model': 48, 'optimizer.lr': 0.004})
+  (base / 'config.json').write_text(json.dumps(saved.to_dict()))
+  data = tmp_path / 'task'
+  data.mkdir()
+  (data / 'train.jsonl').write_text('{"prompt": "a", "completion": "b"}\n' * 300)
+  full = finetune.get_config(f'base={base},data={data}')
+  assert full.model.d_model == 48 and full.init_from == str(base) and full.optimizer.lr == 0.001
+  assert (
+    full.train.num_steps == finetune.steps_for(300) == 60 and full.train.best_metric == 'eval/loss'
+  )
+  assert full.data.dataset == f'jsonl:{data}=1,stdlib_corpus=0'
+  lora = finetune.get_config(f'base={base},data={data},lora=4,examples=2000,lm_eval=0')
+  assert (lora.model.lora_rank, lora.optimizer.lr, lora.train.num_steps) == (4, 0.004, 375)
+  assert not lora.lm_eval.tasks and finetune.get_config(f'base={base},scratch').init_from == ''
+  with pytest.raises(ValueError, match=r"unknown variant\(s\) \['rank'\]"):
+    finetune.get_config('rank=4')
