@@ -121,7 +121,8 @@ def tiny_config(family, data, fsdp, grad_accum, dtype):
   [
     ('gpt2', 1, 8, 2, 'float32'),  # pure FSDP, 2 microbatches: gathers per microbatch and layer.
     ('llama', 8, 1, 2, 'float32'),  # pure data parallel: gradients all-reduced per microbatch.
-    ('gpt2', 2, 4, 1, 'bfloat16'),  # data x fsdp: the head gathered twice in bf16.
+    # data x fsdp: the head gathered twice in bf16.
+    pytest.param('gpt2', 2, 4, 1, 'bfloat16', marks=pytest.mark.slow),
     # data x fsdp, B_m*S < V: activation grads gathered rather than the table grad reduced.
     pytest.param('llama', 2, 4, 2, 'bfloat16', marks=pytest.mark.slow),
   ],

@@ -58,7 +58,7 @@ def test_sharded_matches_single_device(family):
   )
 
 
-@pytest.mark.parametrize('k', [2, 4])
+@pytest.mark.parametrize('k', [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_grad_accumulation_equals_big_batch(k):
   """k microbatches (scan, token-weighted) == one k-times-larger batch, and so does the update."""
   cfg = CFGS['llama']
