@@ -67,6 +67,16 @@ def trainable(model_config: ModelConfigLike) -> PyTree:
   )
 
 
+def compressible(model_config: ModelConfigLike) -> PyTree:
+  """Pytree (matching params) of bools: the kernels sparsity and weight quantization act on."""
+  cfg = ModelConfig.make(model_config)
+  return jax.tree.map(
+    lambda spec: parametrization.compressible(tuple(spec)),
+    logical_axes(cfg),
+    is_leaf=lambda x: isinstance(x, PartitionSpec),
+  )
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _logits(cfg: ModelConfig, params, tokens_BxL, ctx):
   return Transformer(cfg).apply({'params': params}, tokens_BxL, ctx=ctx)

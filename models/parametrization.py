@@ -219,6 +219,16 @@ def trainable(c: ModelConfig, axes: Sequence[str]) -> bool:
   return not c.lora_rank or role(axes) in LORA_ROLES
 
 
+# Roles whose weights compression acts on (sparsity masks, weight quantization): the kernels
+# between hidden widths. Embeddings, the readout, vectors and LoRA adapters stay dense and float.
+COMPRESSIBLE_ROLES = ('hidden', 'residual')
+
+
+def compressible(axes: Sequence[str]) -> bool:
+  """Whether sparsity and weight quantization apply to a parameter with these logical axes."""
+  return role(axes) in COMPRESSIBLE_ROLES
+
+
 def lora_scale(c: ModelConfig) -> float:
   """alpha / rank, or alpha / √rank (rsLoRA); alpha 0 means alpha = rank."""
   alpha = c.lora_alpha or c.lora_rank
