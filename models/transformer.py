@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import attention, backend, parametrization
+from models import attention, backend, parametrization, rtn
 from models.config import ModelConfig, PyTree, head_dim, kv_heads
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -60,7 +60,10 @@ def _dense(module, name, x, eqn, shape, axes, n_out, bias):
   """einsum(eqn, x, kernel) in the compute dtype times the parametrization's multiplier, plus an
   optional zero-init bias over the kernel's last `n_out` (output) dims, named `<name>_bias`."""
   cfg = module.cfg
-  y = _matmul(cfg, eqn, x, _param(module, name, shape, axes))
+  kernel = _param(module, name, shape, axes)
+  if cfg.weight_quant != 'none' and parametrization.compressible(axes):  # QAT / PTQ (models/rtn.py)
+    kernel = rtn.fake_quant(kernel, axes, cfg.weight_quant, cfg.weight_group)
+  y = _matmul(cfg, eqn, x, kernel)
   if parametrization.lora_target(cfg, axes):
     y = y + _lora(module, name, x, eqn, shape, axes, n_out)
   y = parametrization.apply(y, parametrization.scales(cfg, axes, shape))
@@ -192,6 +195,7 @@ class Attention(nn.Module):
       parametrization.attention_scale(cfg),
       None if ctx is None else ctx['segment_ids_BxL'],
     )
+    self.sow('importance', 'heads', o_BxLxHxDh)  # read by models/pruning.py only.
     return self._out(o_BxLxHxDh.astype(q_BxLxHxDh.dtype)), None
 
   def _out(self, o_BxLxHxDh):
@@ -246,6 +250,7 @@ class Mlp(nn.Module):
     else:
       h_BxLxF = nn.gelu(h_BxLxF, approximate=True)
     h_BxLxF = nn.with_logical_constraint(h_BxLxF, ('batch', 'length', 'mlp'))
+    self.sow('importance', 'hidden', h_BxLxF)  # read by models/pruning.py only.
     return dense('wo', h_BxLxF, (F, D), ('mlp', 'embed'))
 
 

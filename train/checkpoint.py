@@ -248,3 +248,25 @@ def write_config(workdir: str, config_json: str) -> None:
   with open(tmp, 'w') as f:
     f.write(config_json)
   os.replace(tmp, path)
+
+
+def write_params(workdir: str, config_json: str, params: PyTree, step: int, meta: dict) -> None:
+  """A params-only workdir (config.json + one checkpoint) that every loader accepts: init_from,
+  train.export, train.sample, train.harness, distillation teachers (e.g. a pruned model).
+  Refuses a directory that already holds a checkpoint: nothing is ever overwritten."""
+  ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+    raise ValueError(f'{workdir}: already holds checkpoints; choose a new --out')
+  os.makedirs(workdir, exist_ok=True)
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
+  mngr = ocp.CheckpointManager(ckpt_dir, options=options, item_names=('state', 'meta'))
+  sums = {'.params' + k: v for k, v in checksum(params).items()}  # as a train state's are keyed.
+  mngr.save(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave({'params': params}),
+      meta=ocp.args.JsonSave({**meta, 'checksum': sums}),
+    ),
+  )
+  mngr.wait_until_finished()
+  write_config(workdir, config_json)

@@ -1,0 +1,171 @@
+"""Structured pruning (models/pruning.py, train/compress.py): a pruned model equals the original
+with the pruned units' weights removed (heads / kv groups, neurons, layers; GPT-2 and LLaMA with
+GQA), importances are read from real activations, and the pruned workdir loads everywhere."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+from helpers import LLAMA_BLOCK, REPO
+
+import models
+from models import pruning
+from models.config import ModelConfig
+
+GPT2 = ModelConfig(d_model=32, n_layers=3, n_heads=4, d_ff=64, max_len=16)
+LLAMA = GPT2.replace(n_kv_heads=2, tie_embeddings=False, **LLAMA_BLOCK)
+MUP = GPT2.replace(parametrization='mup', base_d_model=16, base_d_ff=32, base_head_dim=8)
+TOKENS = np.random.RandomState(0).randint(0, 257, (2, 16)).astype(np.int32)
+
+
+def _params(cfg):
+  # Non-zero biases and norms, so that a pruned unit's every parameter matters.
+  p = models.init(cfg, jax.random.key(1))
+  noise = lambda k, x: x + 0.05 * jax.random.normal(k, x.shape)
+  keys = jax.random.split(jax.random.key(2), len(jax.tree.leaves(p)))
+  return jax.tree.unflatten(
+    jax.tree.structure(p), [noise(k, x) for k, x in zip(keys, jax.tree.leaves(p))]
+  )
+
+
+def _zero(cfg, params, axis, drop):
+  """The original params with the pruned units' outputs removed: the kernels writing into the
+  residual stream ('out', 'wo') zeroed along `axis` at `drop` (and, for a layer, its out biases)."""
+  flat = traverse_util.flatten_dict(params)
+  for k, v in flat.items():
+    name = k[-1]
+    if axis == 'layers' and name in ('out', 'wo', 'out_bias', 'wo_bias'):
+      flat[k] = v.at[np.asarray(drop)].set(0.0)
+    if axis == 'heads' and name == 'out':
+      flat[k] = v.at[:, np.asarray(drop)].set(0.0)
+    if axis == 'mlp' and name == 'wo':
+      flat[k] = v.at[:, np.asarray(drop)].set(0.0)
+  return traverse_util.unflatten_dict(flat)
+
+
+@pytest.mark.parametrize('cfg', [GPT2, LLAMA, MUP], ids=['gpt2', 'llama_gqa', 'mup'])
+@pytest.mark.parametrize('axis', ['layers', 'heads', 'mlp'])
+def test_pruned_model_equals_the_original_without_the_pruned_units(cfg, axis):
+  params = _params(cfg)
+  axes = models.logical_axes(cfg)
+  if axis == 'layers':
+    keep, drop = {'layers': [0, 2]}, [1]
+  elif axis == 'heads':  # GQA: keeping kv group 0 drops group 1 with its query heads 2, 3.
+    keep = {'kv_heads': [0] if cfg.n_kv_heads else [0, 3]}
+    drop = [2, 3] if cfg.n_kv_heads else [1, 2]
+  else:
+    keep = {'mlp': np.arange(0, 64, 2)}
+    drop = np.arange(1, 64, 2)
+  new_cfg, new_params = pruning.prune(cfg, params, axes, keep)
+  assert jax.tree.map(jnp.shape, new_params) == jax.tree.map(
+    jnp.shape, models.param_shapes(new_cfg)
+  )
+  want = models.logits(cfg, _zero(cfg, params, axis, drop), TOKENS)
+  got = models.logits(new_cfg, new_params, TOKENS)
+  np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-5)
+  assert new_cfg.head_dim == models.head_dim(cfg)  # pinned: heads change, head width does not.
+
+
+def test_embedding_channels_slice_every_d_model_axis_and_unscanned_layers_renumber():
+  cfg = LLAMA.replace(qk_norm=True)
+  params = _params(cfg)
+  new_cfg, new_params = pruning.prune(
+    cfg, params, models.logical_axes(cfg), {'embed': np.arange(24)}
+  )
+  assert new_cfg.d_model == 24 and new_cfg.head_dim == 8
+  assert jax.tree.map(jnp.shape, new_params) == jax.tree.map(
+    jnp.shape, models.param_shapes(new_cfg)
+  )
+  # qk norms are over head_dim: untouched.
+  np.testing.assert_array_equal(
+    new_params['layers']['attn']['query_norm']['scale'],
+    params['layers']['attn']['query_norm']['scale'],
+  )
+  # Unscanned models: layers keep their order and are renumbered.
+  ucfg, uparams = pruning.unstack(GPT2, _params(GPT2))
+  new_cfg, new_params = pruning.prune(ucfg, uparams, models.logical_axes(ucfg), {'layers': [0, 2]})
+  assert sorted(k for k in new_params if k.startswith('layer_')) == ['layer_0', 'layer_1']
+  np.testing.assert_array_equal(new_params['layer_1']['mlp']['wo'], uparams['layer_2']['mlp']['wo'])
+
+
+def test_importance_finds_the_units_that_matter():
+  """A neuron, a kv group and a layer whose outputs are zeroed score lowest; dropping a layer's
+  loss increase is its real effect (its loss equals the pruned model's)."""
+  cfg = LLAMA
+  params = _params(cfg)
+  params = _zero(cfg, params, 'mlp', [[5]])  # wo rows 5 of every layer: neuron 5 contributes 0.
+  flat = traverse_util.flatten_dict(params)
+  flat[('layers', 'mlp', 'wi')] = flat[('layers', 'mlp', 'wi')].at[:, :, 5].set(0.0)
+  flat[('layers', 'mlp', 'wg')] = flat[('layers', 'mlp', 'wg')].at[:, :, 5].set(0.0)
+  flat[('layers', 'attn', 'value')] = flat[('layers', 'attn', 'value')].at[:, :, 1].set(0.0)
+  params = traverse_util.unflatten_dict(flat)
+  params = _zero(cfg, params, 'layers', [2])
+  batches = [np.random.RandomState(i).randint(0, 257, (4, 16)) for i in range(2)]
+  scores = pruning.importance(cfg, params, iter(batches))
+  assert scores['mlp'].shape == (64,) and int(np.argmin(scores['mlp'])) == 5
+  assert scores['heads'].shape == (2,) and int(np.argmin(scores['heads'])) == 1
+  assert scores['embed'].shape == (32,)
+  assert abs(scores['layers'][2]) < 1e-6 and scores['layers'].shape == (3,)
+  keep = pruning.plan(cfg, scores, {'layers': 2, 'heads': 2, 'mlp': 48})
+  assert list(keep['layers']) == [0, 1] and list(keep['kv_heads']) == [0] and 5 not in keep['mlp']
+
+
+@pytest.mark.parametrize(
+  'shape, needle',
+  [
+    ({'heads': 3}, 'whole number of kv groups'),
+    ({'heads': 6}, 'heads=6, but the model has 4'),
+    ({'layers': 0}, 'layers=0'),
+    ({'depth': 1}, "unknown axis 'depth'"),
+  ],
+)
+def test_impossible_targets_are_one_line(shape, needle):
+  with pytest.raises(ValueError, match=needle):
+    pruning.check(LLAMA, shape)
+
+
+def test_compress_cli_writes_a_workdir_every_tool_loads(tiny_config, tmp_path):
+  """train.compress --prune on a trained workdir: OUT loads through init_from (the shapes of the
+  target), trains from it, exports to HF with equal logits; bad targets fail before loading."""
+  from train import export, init_from, loop
+
+  src = str(tmp_path / 'src')
+  loop.run(tiny_config({'model.n_layers': 3}), src)
+  out = str(tmp_path / 'pruned')
+  cmd = [sys.executable, '-m', 'train.compress', f'--workdir={src}', f'--out={out}']
+  done = subprocess.run(cmd + ['--prune=layers:2,mlp:32', '--calib_batches=2'], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)  # fmt: skip
+  assert done.returncode == 0, done.stderr[-2000:]
+  record = json.loads(done.stdout.strip().splitlines()[-1])
+  assert record['shape'] == {'layers': 2, 'heads': 4, 'mlp': 32, 'embed': 32}
+  assert record['params_after'] < record['params_before']
+  assert np.isfinite(record['loss_after']) and record['loss_after'] > 0
+  cfg, params = init_from.load_params(out)
+  assert (cfg.n_layers, cfg.d_ff) == (2, 32)
+  tokens = np.random.RandomState(0).randint(0, 257, (2, 16)).astype(np.int32)
+  ours = np.asarray(models.logits(cfg, params, tokens))
+  export.export(out, str(tmp_path / 'hf'))
+  import torch
+  import transformers
+
+  hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'hf'))
+  with torch.no_grad():
+    theirs = hf.eval()(torch.from_numpy(tokens).long()).logits.float().numpy()
+  np.testing.assert_allclose(ours, theirs, atol=1e-4)
+  config = tiny_config({'model.n_layers': 2, 'model.d_ff': 32, 'init_from': out})
+  trained = loop.run(config, str(tmp_path / 'recover'), init_params_fn=init_from.params_fn(config))
+  assert np.isfinite(trained['eval/loss'])
+  bad = subprocess.run(cmd[:-1] + [f'--out={tmp_path / "x"}', '--prune=heads:5'], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+    'error: --prune: heads=5, but the model has 4 (1..4)'
+  ]
+  again = subprocess.run(
+    cmd + ['--prune=layers:1'], cwd=REPO, capture_output=True, text=True, timeout=120
+  )
+  assert again.returncode == 2 and 'already holds' in again.stderr
