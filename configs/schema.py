@@ -194,6 +194,9 @@ def check_model(m: ModelConfig) -> None:
     raise ValueError("config.model.base_*: a base shape only applies to parametrization 'mup'")
   _check_mup_hparams(m)
   _check_lora(m)
+  _ok('model.weight_group', m.weight_group, m.weight_group >= 0, '>= 0 (0: per channel)')
+  if m.weight_group and m.weight_quant == 'none':
+    raise ValueError('config.model.weight_group: a quantization group needs model.weight_quant')
 
 
 def _check_lora(m: ModelConfig) -> None:

@@ -44,6 +44,11 @@ class ModelConfig:
   init_std: float = 0.02
   dtype: str = 'float32'  # compute dtype: 'float32' | 'bfloat16' | 'float16'. Params stay float32.
   fp8: bool = False  # simulate fp8: dense-layer matmul inputs rounded to float8_e4m3fn.
+  # Weight quantization (models/quantize.py): the hidden/residual kernels go through round-to-
+  # nearest absmax quantize-dequantize before their matmul, a straight-through gradient behind it
+  # (QAT; on float params, the PTQ model). 'none' | 'int8' | 'int4' | 'fp8' (float8_e4m3fn).
+  weight_quant: str = 'none'
+  weight_group: int = 0  # a scale per this many consecutive fan-in entries; 0: per channel.
   remat: str = 'none'  # 'none' | 'full' | 'dots' | 'dots_no_batch'
   scan_layers: bool = True
   # Layers per iteration of the layer scan (0: per backend, models/backend.py: all on CPU, 1
@@ -142,6 +147,7 @@ CHOICES = {
   'attention_impl': ('auto', 'xla', 'blockwise', 'cudnn', 'splash'),
   'parametrization': ('sp', 'mup', 'umup'),
   'mup_readout_init': ('default', 'zero', 'fan_in'),
+  'weight_quant': ('none', 'int8', 'int4', 'fp8'),
 }
 # The rope fields each rope_scaling reads (the others must keep their defaults).
 ROPE_FIELDS = {

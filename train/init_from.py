@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+import safetensors.numpy
 
 import models
-from models import hf, lora, parametrization
+from models import hf, lora, parametrization, quantize
 from models.config import ModelConfig, PyTree
 from train import checkpoint
 from train import workdir as workdir_lib
@@ -63,6 +64,8 @@ def _check_shapes(src: str, expected: PyTree, found: PyTree) -> None:
       )
 
 
+QUANTIZED_FILE = 'quantized.safetensors'  # a packed quantized workdir's params (train/quantized.py)
+
 # What the forward pass multiplies trained weights by: a change would silently re-mean them.
 MEANING = (
   'parametrization',
@@ -84,7 +87,8 @@ def _meaning(c: ModelConfig) -> dict:
 def load_params(
   src: str, model_config: models.ModelConfig | None = None, shardings: PyTree | None = None
 ) -> tuple[models.ModelConfig, PyTree]:
-  """(ModelConfig, params) from 'hf:/dir' or our workdir's latest checkpoint.
+  """(ModelConfig, params) from 'hf:/dir', our workdir's latest checkpoint, or a packed quantized
+  workdir of train/quantized.py (dequantized to float32).
 
   With `model_config`, the checkpoint must fit it (ValueError naming the tensor otherwise);
   with `shardings` (NamedShardings matching the params) arrays land sharded.
@@ -100,6 +104,8 @@ def load_params(
     )
   saved = models.param_shapes(saved_cfg)
   _check_shapes(src, models.param_shapes(cfg), saved)
+  if os.path.exists(os.path.join(src, QUANTIZED_FILE)):  # train/quantized.py's packed workdir.
+    return cfg, _dequantized(src, saved_cfg, shardings)
   mngr = ocp.CheckpointManager(
     os.path.join(os.path.abspath(src), 'checkpoints'), item_names=('state', 'meta')
   )
@@ -138,6 +144,14 @@ def load_params(
       'to set it aside and fall back to its previous checkpoint'
     ) from None
   return cfg, out['state']['params']
+
+
+def _dequantized(src: str, saved_cfg: ModelConfig, shardings: PyTree | None) -> PyTree:
+  """The float32 params of a packed quantized workdir (train/quantized.py), on `shardings`."""
+  scheme = workdir_lib.read_json(os.path.join(src, 'config.json'))['quantized']['scheme']
+  packed = safetensors.numpy.load_file(os.path.join(src, QUANTIZED_FILE))
+  params = quantize.dequantize_tree(saved_cfg, packed, scheme)
+  return jax.device_put(params, shardings) if shardings is not None else jax.device_put(params)
 
 
 def params_fn(config: ml_collections.ConfigDict) -> Callable[['Run'], PyTree] | None:

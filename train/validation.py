@@ -12,7 +12,7 @@ import dataclasses
 
 from configs import schema
 from configs.schema import unknown_key  # noqa: F401 (main.py's message for unknown flags)
-from models import attention
+from models import attention, quantize
 from models.config import ModelConfig
 from train import sharding
 from train.data import pipeline
@@ -88,6 +88,7 @@ def derive(
   """Validate `config` for this many devices/processes and return the derived quantities."""
   c = schema.Config.make(config)
   c.check()
+  quantize.check(c.model)  # model.weight_group divides every quantized kernel's fan-in.
   _check_packed(c, pipeline.parse_sources(c.data))  # mixture syntax and weights; jsonl: data.
   mesh_shape = sharding.mesh_shape(c.mesh, num_devices)
   t, shards = c.train, mesh_shape['data'] * mesh_shape['fsdp']

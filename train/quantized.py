@@ -1,0 +1,45 @@
+"""Packed quantized workdirs (issue 26): a workdir's compressible kernels rounded to int8 / int4 /
+fp8 (models/quantize.py), written as OUT/config.json + OUT/quantized.safetensors.
+
+config.json is the source's, its model section unchanged, plus "quantized": {scheme, group,
+source}. Every loader reads such a workdir through `init_from.load_params` (dequantized to
+float32): init_from, train.export, train.sample, train.harness, distillation teachers.
+"""
+
+import os
+
+import jax
+import numpy as np
+import safetensors.numpy
+
+from models import quantize
+from models.config import ModelConfig, PyTree
+from train import init_from
+from train import workdir as workdir_lib
+
+
+def write(out: str, src_workdir: str, scheme: str, group: int) -> dict:
+  """Quantize `src_workdir`'s params into the new workdir `out`; returns {'bytes_quantized': the
+  safetensors file's size, 'bytes_float32': the same params' size in float32}."""
+  path = os.path.join(out, init_from.QUANTIZED_FILE)
+  if os.path.exists(path):
+    raise ValueError(f'{out}: already holds {init_from.QUANTIZED_FILE}; choose a new --out')
+  quantize.check(init_from.workdir_model_config(src_workdir), scheme, group)
+  cfg, params = init_from.load_params(src_workdir)
+  packed = quantize.quantize_tree(cfg, jax.device_get(params), scheme, group)
+  config = workdir_lib.read_json(os.path.join(src_workdir, 'config.json'))
+  source = os.path.abspath(src_workdir)
+  config['quantized'] = {'scheme': scheme, 'group': group, 'source': source}
+  os.makedirs(out, exist_ok=True)
+  safetensors.numpy.save_file(packed, path + '.tmp', metadata={'scheme': scheme})
+  os.replace(path + '.tmp', path)
+  workdir_lib.write_json(os.path.join(out, 'config.json'), config)
+  float_bytes = sum(4 * np.size(x) for x in jax.tree.leaves(params))
+  return {'bytes_quantized': os.path.getsize(path), 'bytes_float32': int(float_bytes)}
+
+
+def read(src: str) -> tuple[ModelConfig, PyTree]:
+  """(ModelConfig, float32 params) of a packed quantized workdir."""
+  if not os.path.exists(os.path.join(src, init_from.QUANTIZED_FILE)):
+    raise ValueError(f'{src}: no {init_from.QUANTIZED_FILE} (not a quantized workdir)')
+  return init_from.load_params(src)
