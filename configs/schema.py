@@ -457,6 +457,50 @@ class LmEvalConfig(_Section):
       raise ValueError(f'config.lm_eval.include_path={self.include_path!r} is not a directory')
 
 
+def _check_pattern(pattern: str) -> None:
+  """sparsity.pattern: 'unstructured' or 'N:M' with 0 < N < M (models/sparsity.py parse_pattern)."""
+  n, _, m = pattern.partition(':')
+  if pattern != 'unstructured' and not (n.isdigit() and m.isdigit() and 0 < int(n) < int(m)):
+    raise ValueError(
+      f"config.sparsity.pattern must be 'unstructured' or 'N:M' with 0 < N < M, got {pattern!r}"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsityConfig(_Section):
+  """config.sparsity: magnitude pruning of the compressible kernels during training
+  (models/sparsity.py; train/optimizer.py keep_sparse keeps the mask in the optimizer state).
+  The params of step t (after t updates) are re-masked when begin_step <= t <= end_step and
+  (t - begin_step) % every == 0 or t == end_step, to the cubic schedule's fraction at t (Zhu &
+  Gupta 2017), from the |w| the update gives; between and after, the mask is kept (pruned
+  weights stay exactly zero). begin_step == end_step: one-shot at that step."""
+
+  NAME: ClassVar[str] = 'sparsity'
+  target: float = 0.0  # final pruned fraction of the compressible kernels (0: off).
+  # 'unstructured' | 'N:M' (e.g. '2:4': the N largest |w| of every M along the fan-in; the
+  # fraction is then 1 - N/M, `target` only turns it on).
+  pattern: str = 'unstructured'
+  scope: str = _field('global', choices=('global', 'layer'))  # rank all kernels / each layer.
+  begin_step: int = 0  # the first step whose params are pruned (>= 1 when on).
+  end_step: int = 0  # the step that reaches `target` (>= begin_step).
+  every: int = 100  # steps between mask updates.
+
+  def check(self) -> None:
+    _ok('sparsity.target', self.target, 0 <= self.target < 1, 'in [0, 1) (0: off)')
+    _check_pattern(self.pattern)
+    _positive(self, 'sparsity', 'every')
+    _ok('sparsity.begin_step', self.begin_step, self.begin_step >= 0, '>= 0')
+    if self.target > 0 and self.begin_step < 1:
+      raise ValueError(
+        f'config.sparsity.begin_step must be >= 1 (the first step pruned), got {self.begin_step}'
+      )
+    if self.end_step < self.begin_step:
+      raise ValueError(
+        f'config.sparsity.end_step={self.end_step} must be >= '
+        f'config.sparsity.begin_step={self.begin_step}'
+      )
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillConfig(_Section):
   """config.distill (train/distill.py): teacher, temperature, mix, divergence, top-k,
@@ -565,6 +609,7 @@ class Config(_Section):
   mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
   distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
   lm_eval: LmEvalConfig = dataclasses.field(default_factory=LmEvalConfig)
+  sparsity: SparsityConfig = dataclasses.field(default_factory=SparsityConfig)
   distill: DistillConfig | None = None  # optional sections: base.get_distill_config,
   sweep: SweepConfig | None = None  # base.get_sweep_config.
 
@@ -605,6 +650,11 @@ class Config(_Section):
     for section in (self.data, self.train, self.optimizer, self.mesh, self.distributed):
       section.check()
     self.lm_eval.check()
+    self.sparsity.check()
+    if self.sparsity.target > 0 and self.model.lora_rank:
+      raise ValueError(
+        'config.sparsity.target: sparsity is not supported with LoRA (model.lora_rank)'
+      )
     if self.sweep is not None:
       self.sweep.check()
     m, seq_len = self.model, self.data.seq_len
@@ -626,4 +676,5 @@ SECTIONS = {
   'mesh': MeshConfig,
   'distributed': DistributedConfig,
   'lm_eval': LmEvalConfig,
+  'sparsity': SparsityConfig,
 }

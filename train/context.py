@@ -76,7 +76,9 @@ def setup(
     train_ds, eval_ds, tokenizer = pipeline.make_datasets(
       config, jax.process_index(), jax.process_count()
     )
-  optimizer = optim.make_optimizer(config.optimizer, derived.num_steps, derived.model)
+  optimizer = optim.make_optimizer(
+    config.optimizer, derived.num_steps, derived.model, config.sparsity
+  )
   lr_fn = optim.lr_schedule(config.optimizer, derived.num_steps)
   state_shardings = state_lib.state_shardings(derived.model, optimizer, mesh, derived.loss_scale)
   return Run(

@@ -2,13 +2,16 @@
 warmup-stable-decay), clipping and a decay mask."""
 
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 import models
-from configs.schema import OptimizerConfig
+from configs.schema import OptimizerConfig, SparsityConfig
+from models import sparsity as sparsity_lib
 from models.config import ModelConfig, PyTree
 
 # The `config.optimizer` section: typed (derived.config.optimizer) or its ConfigDict.
@@ -59,13 +62,18 @@ def _per_leaf(fn: Callable, *trees: PyTree) -> optax.GradientTransformation:
 
 
 def make_optimizer(
-  opt: Optimizer, num_steps: int, model_config: ModelConfig
+  opt: Optimizer,
+  num_steps: int,
+  model_config: ModelConfig,
+  sparsity: SparsityConfig | None = None,
 ) -> optax.GradientTransformation:
   """Clipping + AdamW; under μP / u-μP (`model_config`, validation.derive's derived.model) with
   the per-parameter lr and weight-decay scales of models.parametrization (the same table that
   sets init and multipliers). Frozen params (models.trainable; with LoRA all but the adapters)
-  get no update and no optimizer state."""
+  get no update and no optimizer state. With `sparsity` (config.sparsity) on, then keep_sparse."""
   train = _adamw(opt, num_steps, model_config)
+  if sparsity is not None and sparsity.target > 0:
+    train = optax.chain(train, keep_sparse(sparsity, model_config))
   if not model_config.lora_rank:
     return train
   labels = jax.tree.map(lambda t: 'train' if t else 'frozen', models.trainable(model_config))
@@ -114,3 +122,57 @@ def _decays(opt: Optimizer, model_config: ModelConfig, mask: Callable) -> PyTree
     decayed,
     models.param_scales(model_config, 'wd'),
   )
+
+
+class SparsityState(NamedTuple):
+  """keep_sparse's state: updates applied, the masks (matching params, uint8 1 = kept, all 1 on
+  the dense leaves; uint8 as the checkpoint checksums bitcast) and the pruned fraction now."""
+
+  count: jax.Array
+  masks: PyTree
+  sparsity: jax.Array
+
+
+def mask_step(sp: SparsityConfig, step: jax.Array) -> jax.Array:
+  """Whether the params of `step` are re-masked: begin <= step <= end on the `every` grid, or end."""
+  on_grid = (step - sp.begin_step) % sp.every == 0
+  return (step >= sp.begin_step) & (step <= sp.end_step) & (on_grid | (step == sp.end_step))
+
+
+def keep_sparse(sp: SparsityConfig, model_config: ModelConfig) -> optax.GradientTransformation:
+  """Last in the chain: updates that keep pruned weights at exactly zero (where(mask, u, -p)); on
+  mask_step steps the masks are recomputed from |params + update| at the cubic schedule's
+  fraction (models/sparsity.py). Adam moments of pruned weights keep values; only params matter."""
+
+  def init(params: PyTree) -> SparsityState:
+    masks = jax.tree.map(lambda p: jnp.ones(jnp.shape(p), jnp.uint8), params)
+    return SparsityState(jnp.zeros((), jnp.int32), masks, jnp.zeros((), jnp.float32))
+
+  def masked(updates: PyTree, params: PyTree, masks: PyTree) -> PyTree:
+    return jax.tree.map(lambda u, p, m: jnp.where(m > 0, u, -p), updates, params, masks)
+
+  def update(updates: PyTree, state: SparsityState, params: PyTree | None = None) -> tuple:
+    if params is None:
+      raise ValueError('keep_sparse needs the params')
+    step = state.count + 1  # the step the params reach with this update.
+    updates = masked(updates, params, state.masks)
+
+    def recompute(_: None) -> tuple:
+      level = sparsity_lib.cubic(step, sp.begin_step, sp.end_step, sp.target)
+      new = optax.apply_updates(params, updates)
+      masks = sparsity_lib.magnitude_masks(model_config, new, level, sp.scope, sp.pattern)
+      masks = jax.tree.map(lambda m: m.astype(jnp.uint8), masks)
+      return masks, 1.0 - sparsity_lib.density(model_config, masks)
+
+    keep = lambda _: (state.masks, state.sparsity)
+    masks, level = jax.lax.cond(mask_step(sp, step), recompute, keep, None)
+    return masked(updates, params, masks), SparsityState(step, masks, level)
+
+  return optax.GradientTransformation(init, update)
+
+
+def sparsity_metrics(opt_state: optax.OptState) -> dict[str, jax.Array]:
+  """{'train/sparsity': the pruned fraction of the compressible kernels} under keep_sparse."""
+  is_state = lambda x: isinstance(x, SparsityState)
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
+  return {'train/sparsity': found[0].sparsity} if found else {}

@@ -17,6 +17,7 @@ import optax
 import models
 from models import loss
 from models.config import ModelConfigLike, PyTree
+from train import optimizer as optim
 
 # loss_fn(params, batch, *frozen) -> (loss_sum, sums), as in the module docstring.
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
@@ -148,6 +149,7 @@ def make_train_step(
         'train/tokens': sums['tokens'],
       }
     )
+    metrics.update(optim.sparsity_metrics(opt_state))
     if not loss_scale_period:
       return TrainState(state.step + 1, params, opt_state), metrics
     params, opt_state = jmp.select_tree(

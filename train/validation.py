@@ -120,6 +120,10 @@ def derive(
       f'config.optimizer.warmup_steps={c.optimizer.warmup_steps} exceeds the '
       f'{num_steps} training steps'
     )
+  if c.sparsity.target > 0 and c.sparsity.end_step > num_steps:
+    raise ValueError(
+      f'config.sparsity.end_step={c.sparsity.end_step} exceeds the {num_steps} training steps'
+    )
   loss_scale = t.loss_scale == 'dynamic' or (t.loss_scale == 'auto' and c.model.dtype == 'float16')
   return Derived(
     config=c,
