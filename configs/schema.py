@@ -466,6 +466,20 @@ def _check_pattern(pattern: str) -> None:
     )
 
 
+def _check_group(pattern: str, m: ModelConfig) -> None:
+  """An N:M pattern's M divides every compressible kernel's fan-in (d_model, d_ff, heads x dh)."""
+  if pattern == 'unstructured':
+    return
+  group = int(pattern.split(':')[1])
+  fan_ins = {'d_model': m.d_model, 'd_ff': m.d_ff, 'n_heads*head_dim': m.n_heads * head_dim(m)}
+  bad = [k for k, v in fan_ins.items() if v % group]
+  if bad:
+    raise ValueError(
+      f'config.sparsity.pattern={pattern!r}: M={group} does not divide the fan-in '
+      f'config.model.{bad[0]}={fan_ins[bad[0]]}'
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class SparsityConfig(_Section):
   """config.sparsity: magnitude pruning of the compressible kernels during training
@@ -655,6 +669,8 @@ class Config(_Section):
       raise ValueError(
         'config.sparsity.target: sparsity is not supported with LoRA (model.lora_rank)'
       )
+    if self.sparsity.target > 0:
+      _check_group(self.sparsity.pattern, self.model)
     if self.sweep is not None:
       self.sweep.check()
     m, seq_len = self.model, self.data.seq_len

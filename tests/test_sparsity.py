@@ -193,6 +193,7 @@ def test_gradual_run_reaches_target_and_resumes_bitwise(tiny_config, tmp_path, c
   [
     ('target', 1.0, 'config.sparsity.target'),
     ('pattern', '5:4', 'config.sparsity.pattern'),
+    ('pattern', '2:3', 'config.sparsity.pattern.*d_model'),
     ('end_step', 1, 'config.sparsity.end_step'),
     ('begin_step', 0, 'config.sparsity.begin_step'),
     ('end_step', 99, 'config.sparsity.end_step'),
