@@ -127,7 +127,7 @@ def _activations(cfg: ModelConfig, params: PyTree, tokens_BxL: jax.Array) -> dic
   """Per-batch importance sums: |head outputs|, |MLP hidden|, |norm outputs| per channel."""
   _, state = transformer.Transformer(cfg).apply(
     {'params': params},
-    tokens_BxL,
+    tokens_BxL[:, :-1],  # rows of inputs + targets, as the loss sees them.
     mutable=['intermediates', 'importance'],
     capture_intermediates=_is_norm,
   )

@@ -1,0 +1,244 @@
+"""The compression study (docs/compression.md): pruned models recovered by distillation, by
+fine-tuning and from scratch; loss vs sparsity (one-shot and gradual, with Frantar et al.'s law);
+loss gap vs bits of weight quantization (PTQ and QAT) against the tokens a model was trained on.
+Resumable (finished runs are skipped), one CSV per part.
+
+  L=workdirs/ladder   # bash configs/sweeps/ladder.sh $L first (62 min)
+  python -m scaling.compression --part=recovery --workdir=workdirs/compress --ladder=$L --lanes=2
+  python -m scaling.compression --part=sparsity --workdir=workdirs/compress --ladder=$L --lanes=2
+  python -m scaling.compression --part=quantize --workdir=workdirs/compress --ladder=$L --lanes=2
+  python -m scaling.compression --report=docs/compression     # fits, tables, plots from the CSVs
+"""
+
+import csv
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from absl import flags
+
+# The teacher and the pruned shapes (each about 55 % of its 651K params; the 373K ladder rung is
+# the from-scratch reference at its full 20 tokens per parameter).
+TEACHER = 'N6.51e5_D1.3e7_lr7.81e-3'
+SHAPES = {'depth': 'layers:2', 'width': 'heads:4,mlp:224', 'combined': 'layers:3,heads:5,mlp:320'}
+RECOVERIES = ('distill', 'finetune', 'scratch')
+RECOVERY_STEPS = 1600  # 3.3M tokens: a quarter of the teacher's 13M.
+# 20 tokens/param members (seed 0, the lr rule's 2^-7): one-shot sparsity, gradual twins.
+SPARSE_BASES = (
+  'N7.51e4_D1.5e6_lr7.81e-3',
+  'N1.25e5_D2.49e6_lr7.81e-3',
+  'N1.75e5_D3.49e6_lr7.81e-3',
+  'N3.73e5_D7.45e6_lr7.81e-3',
+)
+SPARSITIES = (0.5, 0.75, 0.875)
+ONESHOT = [(s, scope, 'unstructured') for s in SPARSITIES for scope in ('global', 'layer')] + [
+  (0.5, 'layer', '2:4')
+]
+# Weight quantization schemes (scheme, group): per channel, and int4 by groups along fan-in.
+SCHEMES = (('int8', 0), ('fp8', 0), ('int4', 0), ('int4', 128), ('int4', 64), ('int4', 32))
+DONE = 'compression_done'  # a finished run's marker file.
+QAT = (('N7.51e4_D1.5e6_lr7.81e-3', 'int4', 0), ('N1.75e5_D3.49e6_lr7.81e-3', 'int4', 0))
+
+
+def _repo() -> str:
+  return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(workdir: str, flags_: list[str]) -> tuple[str, list[str]]:
+  """(marker, command): main.py into `workdir`, then the marker DONE (a finished run is skipped;
+  an interrupted one resumes from its checkpoint)."""
+  marker = os.path.join(workdir, DONE)
+  main_py = ' '.join(
+    shlex.quote(a) for a in [sys.executable, 'main.py', f'--workdir={workdir}', *flags_]
+  )
+  return marker, ['bash', '-c', f'{main_py} && touch {shlex.quote(marker)}']
+
+
+def _lanes(cmds: list[tuple[str, list[str]]], lanes: int) -> None:
+  """Run (marker, command) pairs whose marker is missing, `lanes` at a time; all must succeed."""
+  running: list[subprocess.Popen] = []
+  for marker, cmd in [(m, c) for m, c in cmds if not os.path.exists(m)]:
+    while sum(p.poll() is None for p in running) >= lanes:
+      time.sleep(2)
+    logging.info('running %s', marker)
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    running.append(subprocess.Popen(cmd, cwd=_repo()))
+  failed = [p.args[-1] for p in running if p.wait() != 0]
+  if failed:
+    raise RuntimeError(f'{len(failed)} run(s) failed, e.g. {failed[0][:200]}')
+
+
+def recovery_runs(work: str, ladder: str) -> list[tuple[str, list[str]]]:
+  """train.compress per shape, then the three recoveries of each (distill, finetune, scratch)."""
+  teacher = os.path.join(ladder, TEACHER)
+  cmds = []
+  for name, shape in SHAPES.items():
+    pruned = os.path.join(work, 'pruned', name)
+    if not os.path.exists(os.path.join(pruned, 'compress.json')):
+      compress = [sys.executable, '-m', 'train.compress', f'--workdir={teacher}', f'--out={pruned}']
+      subprocess.run([*compress, f'--prune={shape}', '--calib_batches=16'], cwd=_repo(), check=True)
+    for how in RECOVERIES:
+      run = os.path.join(work, 'recovery', f'{name}_{how}')
+      arg = f'student={pruned},teacher={teacher},recover={how},steps={RECOVERY_STEPS}'
+      cmds.append(_train(run, [f'--config=configs/compress.py:{arg}']))
+  return cmds
+
+
+def gradual_runs(work: str, ladder: str) -> list[tuple[str, list[str]]]:
+  """The 20-tokens/param members retrained with gradual magnitude sparsity (cubic from 10 % to
+  60 % of the steps, masks every 1 % of the steps), one per target sparsity."""
+  cmds = []
+  for base in SPARSE_BASES:
+    src = os.path.join(ladder, base)
+    with open(os.path.join(src, 'config.json')) as f:
+      steps = json.load(f)['train']['num_steps']
+    for s in SPARSITIES:
+      run = os.path.join(work, 'sparse', f'{base}_s{s}')
+      flags_ = [
+        f'--config=configs/compress.py:rerun={src}',
+        f'--config.sparsity.target={s}',
+        f'--config.sparsity.begin_step={steps // 10}',
+        f'--config.sparsity.end_step={steps * 6 // 10}',
+        f'--config.sparsity.every={max(steps // 100, 1)}',
+      ]
+      cmds.append(_train(run, flags_))
+  return cmds
+
+
+def qat_runs(work: str, ladder: str) -> list[tuple[str, list[str]]]:
+  """Quantization-aware twins: the member retrained with its kernels fake-quantized (STE)."""
+  cmds = []
+  for base, scheme, group in QAT:
+    run = os.path.join(work, 'qat', f'{base}_{scheme}_g{group}')
+    flags_ = [f'--config=configs/compress.py:rerun={os.path.join(ladder, base)}',
+              f'--config.model.weight_quant={scheme}',
+              f'--config.model.weight_group={group}']  # fmt: skip
+    cmds.append(_train(run, flags_))
+  return cmds
+
+
+# --- Measurements written to CSVs --------------------------------------------------------------
+
+
+def _append(path: str, row: dict) -> None:
+  new = not os.path.exists(path)
+  with open(path, 'a', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=list(row))
+    if new:
+      w.writeheader()
+    w.writerow(row)
+
+
+def _rows(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def curves(work: str) -> list[dict]:
+  """Recovery curves: eval loss per step of every recovery run (from its metrics.jsonl)."""
+  out = []
+  for name in SHAPES:
+    for how in RECOVERIES:
+      path = os.path.join(work, 'recovery', f'{name}_{how}', 'metrics.jsonl')
+      if not os.path.exists(path):
+        continue
+      for line in open(path):
+        m = json.loads(line)
+        if 'eval/loss' in m:
+          out.append({'shape': name, 'recovery': how, 'step': m['step'],
+                      'tokens': m.get('train/tokens_seen', 0), 'eval_loss': m['eval/loss']})  # fmt: skip
+  return out
+
+
+def oneshot(work: str, ladder: str) -> str:
+  """Loss after one-shot magnitude sparsity of each base (no retraining): sparsity_oneshot.csv."""
+  from train import compress
+
+  path = os.path.join(work, 'sparsity_oneshot.csv')
+  done = {(r['base'], r['sparsity'], r['scope'], r['pattern']) for r in _rows(path)}
+  for base in SPARSE_BASES:
+    for s, scope, pattern in ONESHOT:
+      if (base, str(s), scope, pattern) in done:
+        continue
+      out = os.path.join(work, 'oneshot', f'{base}_{s}_{scope}_{pattern.replace(":", "of")}')
+      what = {'prune': '', 'sparsity': s, 'pattern': pattern, 'scope': scope, 'quantize': '',
+              'group': 0, 'calib_batches': 0, 'eval_batches': 0}  # fmt: skip
+      rec = compress.compress(os.path.join(ladder, base), out, what)
+      _append(path, {'base': base, 'params': rec['params_before'], 'sparsity': s, 'scope': scope,
+                     'pattern': pattern, 'loss_dense': rec['loss_before'],
+                     'loss': rec['loss_after'], 'zeros': rec['zeros']})  # fmt: skip
+  return path
+
+
+def ptq(work: str, ladder: str) -> str:
+  """Post-training round-to-nearest at every scheme for every seed-0 2^-7 member: quantize.csv."""
+  from train import compress
+
+  path = os.path.join(work, 'quantize.csv')
+  done = {(r['member'], r['scheme'], r['group']) for r in _rows(path)}
+  members = sorted(m for m in os.listdir(ladder) if m.endswith('lr7.81e-3') and '_D' in m)
+  for member in members:
+    for scheme, group in SCHEMES:
+      if (member, scheme, str(group)) in done:
+        continue
+      out = os.path.join(work, 'ptq', f'{member}_{scheme}_g{group}')
+      what = {'prune': '', 'sparsity': 0.0, 'pattern': 'unstructured', 'scope': 'global',
+              'quantize': scheme, 'group': group, 'calib_batches': 0, 'eval_batches': 0}  # fmt: skip
+      rec = compress.compress(os.path.join(ladder, member), out, what)
+      with open(os.path.join(ladder, member, 'result.json')) as f:
+        result = json.load(f)
+      _append(path, {'member': member, 'params': rec['params_before'],
+                     'tokens': result.get('tokens', ''), 'scheme': scheme, 'group': group,
+                     'loss_float': rec['loss_before'], 'loss': rec['loss_after'],
+                     'bytes': rec['bytes_quantized'], 'bytes_float32': rec['bytes_float32']})  # fmt: skip
+  return path
+
+
+# --- Command line --------------------------------------------------------------------------------
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_enum(
+  'part', None, ['recovery', 'sparsity', 'quantize'], 'what to run', flag_values=FLAGS
+)
+flags.DEFINE_string('workdir', 'workdirs/compress', 'study directory', flag_values=FLAGS)
+flags.DEFINE_string(
+  'ladder', 'workdirs/ladder', 'the ladder sweep (its members)', flag_values=FLAGS
+)
+flags.DEFINE_integer('lanes', 1, 'training processes at once', flag_values=FLAGS)
+flags.DEFINE_string('report', '', 'write tables, fits and plots to this dir', flag_values=FLAGS)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  from scaling import compression_report
+  from train import cli
+
+  cli.parse(FLAGS, argv, __doc__)
+  f = FLAGS
+  if f.report:
+    compression_report.report(f.workdir, f.report)
+    return
+  if not f.part:
+    cli.usage_error('give --part=recovery|sparsity|quantize, or --report=DIR')
+  missing = [b for b in (TEACHER, *SPARSE_BASES) if not os.path.isdir(os.path.join(f.ladder, b))]
+  if missing:
+    cli.usage_error(f'--ladder: {f.ladder} has no member {missing[0]} (run the ladder first)')
+  os.makedirs(f.workdir, exist_ok=True)
+  if f.part == 'recovery':
+    _lanes(recovery_runs(f.workdir, f.ladder), f.lanes)
+  elif f.part == 'sparsity':
+    _lanes(gradual_runs(f.workdir, f.ladder), f.lanes)
+    oneshot(f.workdir, f.ladder)
+  else:
+    _lanes(qat_runs(f.workdir, f.ladder), f.lanes)
+    ptq(f.workdir, f.ladder)
+
+
+if __name__ == '__main__':
+  main()

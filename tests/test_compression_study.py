@@ -1,0 +1,31 @@
+"""The compression study's fitter (scaling/compression_report.py) on its own law's synthetic data,
+and the study's run plan (scaling/compression.py)."""
+
+import numpy as np
+
+from scaling import compression, compression_report
+
+
+def test_sparse_law_recovers_its_parameters_from_noisy_synthetic_data():
+  true = np.array([0.9, 1.4, 0.6, 0.25, 0.8])  # a_S, b_S, c_S, b_N, E
+  s, n = np.meshgrid([0.0, 0.5, 0.75, 0.875, 0.9375], [7.5e4, 1.25e5, 1.75e5, 3.7e5, 6.5e5, 1.3e6])
+  s, n = s.ravel(), n.ravel()
+  loss = compression_report.sparse_law(true, s, n)
+  noisy = loss * np.exp(np.random.default_rng(0).normal(0, 0.002, loss.shape))
+  p = compression_report.fit_sparse_law(s, n, noisy)
+  np.testing.assert_allclose(compression_report.sparse_law(p, s, n), loss, rtol=0.01)
+  np.testing.assert_allclose(p[[1, 3]], true[[1, 3]], rtol=0.25)  # the exponents b_S, b_N
+
+
+def test_study_plan_names_resumable_runs(tmp_path):
+  """Every run of the study has a marker under the study dir and a main.py command; the pruned
+  shapes are valid for the teacher's config (checked by models/pruning.py)."""
+  from models import pruning
+  from models.config import ModelConfig
+  from train import compress
+
+  teacher = ModelConfig(d_model=112, n_layers=4, n_heads=7, d_ff=448, parametrization='mup')
+  for shape in compression.SHAPES.values():
+    pruning.check(teacher, compress.parse_shape(shape))
+  marker, cmd = compression._train(str(tmp_path / 'r'), ['--config=configs/compress.py:rerun=x'])
+  assert marker == str(tmp_path / 'r' / compression.DONE) and 'main.py' in cmd[-1]

@@ -1,0 +1,183 @@
+"""Compress one of our trained workdirs: structured pruning, one-shot sparsity or weight
+quantization, written as a new workdir every loader accepts (init_from, distillation, export,
+sampling, lm-eval); the eval loss before and after is printed and kept in OUT/compress.json.
+
+  python -m train.compress --workdir=W --out=W2 --prune=layers:2           # depth
+  python -m train.compress --workdir=W --out=W2 --prune=heads:4,mlp:224    # width
+  python -m train.compress --workdir=W --out=W2 --sparsity=0.5 --scope=layer
+  python -m train.compress --workdir=W --out=W2 --sparsity=0.5 --pattern=2:4
+  python -m train.compress --workdir=W --out=W2 --quantize=int4 --group=64
+
+--prune names target sizes (layers, heads: query heads in whole kv groups, mlp, embed); the units
+kept are the most important on --calib_batches training batches (models/pruning.py: Minitron's
+activation importance for heads, neurons and channels; the loss increase of dropping each layer
+for depth). Recover a pruned model by distillation from W (configs/compress.py). Every target
+is checked against W's config.json before any weight is loaded.
+"""
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+from absl import flags
+
+from models import pruning, sparsity
+from models import quantize as quantize_lib
+from models.config import ModelConfig, PyTree
+from train import checkpoint, cli, context, evaluators, init_from, quantized, sharding
+from train import workdir as workdir_lib
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('workdir', None, 'one of our trained workdirs', flag_values=FLAGS)
+flags.DEFINE_string('out', None, 'the new workdir (must not hold a checkpoint)', flag_values=FLAGS)
+flags.DEFINE_string('prune', '', 'target sizes, e.g. layers:2,heads:4,mlp:224', flag_values=FLAGS)
+flags.DEFINE_float('sparsity', 0.0, 'fraction of compressible weights zeroed', flag_values=FLAGS)
+flags.DEFINE_string('pattern', 'unstructured', "'unstructured' or 'N:M' (2:4)", flag_values=FLAGS)
+flags.DEFINE_enum('scope', 'global', ['global', 'layer'], 'magnitude ranking', flag_values=FLAGS)
+flags.DEFINE_string('quantize', '', 'int8 | int4 | fp8', flag_values=FLAGS)
+flags.DEFINE_integer(
+  'group', 0, 'quantization group along fan-in (0: per channel)', flag_values=FLAGS
+)
+flags.DEFINE_integer('calib_batches', 8, 'training batches for importance', flag_values=FLAGS)
+flags.DEFINE_integer('eval_batches', 0, 'eval batches (0: the run config)', flag_values=FLAGS)
+flags.DEFINE_bool('debug', False, 'show tracebacks', flag_values=FLAGS)
+flags.mark_flags_as_required(['workdir', 'out'], flag_values=FLAGS)
+
+
+def parse_shape(text: str) -> dict[str, int]:
+  """'layers:2,mlp:224' -> {'layers': 2, 'mlp': 224} (one-line error naming a bad item)."""
+  shape = {}
+  for item in filter(None, text.split(',')):
+    axis, _, n = item.partition(':')
+    if not n.isdigit():
+      raise ValueError(f'--prune: {item!r} is not axis:size (e.g. layers:2,mlp:224)')
+    shape[axis.strip()] = int(n)
+  return shape
+
+
+def check(src: str, out: str, what: dict) -> ModelConfig:
+  """The source's model config, once every target in `what` fits it (nothing loaded yet)."""
+  if sum(bool(what[k]) for k in ('prune', 'sparsity', 'quantize')) != 1:
+    raise ValueError('give exactly one of --prune, --sparsity, --quantize')
+  cfg = init_from.workdir_model_config(src)
+  if os.path.abspath(out) == os.path.abspath(src):
+    raise ValueError('--out is --workdir: the source is never overwritten')
+  held = [
+    f for f in ('checkpoints', 'quantized.safetensors') if os.path.exists(os.path.join(out, f))
+  ]
+  if held:
+    raise ValueError(f'{out}: already holds {held[0]}; choose a new --out')
+  if what['prune']:
+    pruning.check(cfg, parse_shape(what['prune']))
+  if what['sparsity']:
+    if not 0 < what['sparsity'] < 1:
+      raise ValueError(f'--sparsity={what["sparsity"]}: must be in (0, 1)')
+    sparsity.parse_pattern(what['pattern'])
+  if what['quantize']:
+    quantize_lib.check(cfg, what['quantize'], what['group'])
+  return cfg
+
+
+def _run(src: str, eval_batches: int) -> context.Run:
+  """The source's run context (its data, mesh and eval sets), for calibration and evaluation."""
+  config = ml_collections.ConfigDict(workdir_lib.read_json(os.path.join(src, 'config.json')))
+  config.init_from = ''
+  if eval_batches:
+    config.train.eval_batches = eval_batches
+  return context.setup(config)
+
+
+def eval_loss(r: context.Run, cfg: ModelConfig, params: PyTree) -> float:
+  """eval/loss of `params` (model `cfg`) on the run's eval set, by the loop's own evaluator."""
+  config = ml_collections.ConfigDict(r.config.to_dict())
+  config.model = ml_collections.ConfigDict(json.loads(json.dumps(dataclasses.asdict(cfg))))
+  rr = context.setup(config)
+  ev = evaluators.EvalLoss()
+  with jax.set_mesh(rr.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    ev.start(rr, context.lm_task(rr))
+    params = jax.device_put(params, rr.state_shardings.params)
+    return float(ev(params)['eval/loss'])
+
+
+def compress(src: str, out: str, what: dict) -> dict:
+  """What the command line does (module docstring); returns the record kept in OUT/compress.json."""
+  cfg = check(src, out, what)
+  t0 = time.time()
+  r = _run(src, what['eval_batches'])
+  _, params = init_from.load_params(src)
+  record = {'source': os.path.abspath(src), **what, 'loss_before': eval_loss(r, cfg, params)}
+  record['params_before'] = _count(params)
+  if what['quantize']:
+    record.update(quantized.write(out, src, what['quantize'], what['group']))
+    new_cfg, new_params = quantized.read(out)
+  else:
+    new_cfg, new_params, extra = _transform(r, cfg, params, what)
+    record.update(extra)
+    config = json.loads(json.dumps(r.config.to_dict()))
+    config['model'] = json.loads(json.dumps(dataclasses.asdict(new_cfg)))
+    meta = {'compressed_from': os.path.abspath(src)}
+    checkpoint.write_params(out, json.dumps(config, indent=2), new_params, 0, meta)
+  record['params_after'] = _count(new_params)
+  record['loss_after'] = eval_loss(r, new_cfg, new_params)
+  record['wall_s'] = round(time.time() - t0, 1)
+  workdir_lib.write_json(os.path.join(out, 'compress.json'), record)
+  return record
+
+
+def _transform(r: context.Run, cfg: ModelConfig, params: PyTree, what: dict) -> tuple:
+  """(config, params, record entries) of the pruned or sparsified model."""
+  import models
+
+  if what['sparsity']:
+    masks = sparsity.magnitude_masks(
+      cfg, params, what['sparsity'], scope=what['scope'], pattern=what['pattern']
+    )
+    out = sparsity.apply(params, masks)
+    return cfg, out, {'zeros': int(sum((x == 0).sum() for x in jax.tree.leaves(out)))}
+  shape = parse_shape(what['prune'])
+  batches = (r.train_ds.batch(s) for s in range(what['calib_batches']))
+  scores = pruning.importance(cfg, params, batches)
+  keep = pruning.plan(cfg, scores, shape)
+  new_cfg, new_params = pruning.prune(cfg, params, models.logical_axes(cfg), keep)
+  entries = {
+    'importance': {
+      k: [round(float(x), 5) for x in jax.device_get(v).ravel()]
+      for k, v in scores.items()
+      if k != 'loss'
+    },  # fmt: skip
+    'kept': {k: [int(i) for i in v] for k, v in keep.items()},
+    'shape': pruning.sizes(new_cfg),
+  }
+  return new_cfg, new_params, entries
+
+
+def _count(params: PyTree) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
+  cli.parse(FLAGS, argv, __doc__)
+  f = FLAGS
+  what = {
+    'prune': f.prune,
+    'sparsity': f.sparsity,
+    'pattern': f.pattern,
+    'scope': f.scope,
+    'quantize': f.quantize,
+    'group': f.group,
+    'calib_batches': f.calib_batches,
+    'eval_batches': f.eval_batches,
+  }
+  with cli.one_line_errors(f.debug):
+    record = compress(f.workdir, f.out, what)
+  print(json.dumps({k: v for k, v in record.items() if k != 'importance'}))
+
+
+if __name__ == '__main__':
+  main()
