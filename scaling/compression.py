@@ -201,6 +201,85 @@ def ptq(work: str, ladder: str) -> str:
   return path
 
 
+# --- Report --------------------------------------------------------------------------------------
+
+
+def report(work: str, ladder: str, out: str) -> dict:
+  """CSVs, fits and plots of whatever parts have finished, into `out` (docs/compression)."""
+  from scaling import compression_report as rep
+
+  os.makedirs(out, exist_ok=True)
+  summary = {}
+  runs = {(s, h): os.path.join(work, 'recovery', f'{s}_{h}') for s in SHAPES for h in RECOVERIES}
+  curves_ = rep.recovery_curves(runs)
+  if curves_:
+    pruned = {}
+    for s in SHAPES:
+      path = os.path.join(work, 'pruned', s, 'compress.json')
+      if os.path.exists(path):
+        with open(path) as f:
+          pruned[s] = json.load(f)['loss_after']
+    rep._write(os.path.join(out, 'recovery_curves.csv'), curves_)
+    summary['recovery'] = rep.recovery_table(curves_, pruned)
+    rep._write(os.path.join(out, 'recovery.csv'), summary['recovery'])
+    refs = {'teacher (651K, 13M tokens)': _loss(ladder, TEACHER),
+            '373K from scratch, 7.5M tokens': _loss(ladder, 'N3.73e5_D7.45e6_lr7.81e-3')}  # fmt: skip
+    rep.plot_recovery(curves_, refs, os.path.join(out, 'recovery.png'))
+  summary.update(_report_sparsity(work, ladder, out))
+  summary.update(_report_quantize(work, ladder, out))
+  with open(os.path.join(out, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=1, default=float)
+  return summary
+
+
+def _loss(ladder: str, member: str) -> float:
+  with open(os.path.join(ladder, member, 'result.json')) as f:
+    return float(json.load(f)['loss'])
+
+
+def _report_sparsity(work: str, ladder: str, out: str) -> dict:
+  from scaling import compression_report as rep
+
+  oneshot_rows = _rows(os.path.join(work, 'sparsity_oneshot.csv'))
+  runs = {
+    b: {s: os.path.join(work, 'sparse', f'{b}_s{s}') for s in SPARSITIES} for b in SPARSE_BASES
+  }
+  grad = rep.gradual(runs, ladder, DONE)
+  for r in grad:
+    r['nonzero'] = int(
+      r['params'] - r['sparsity'] * rep.compressible_params(os.path.join(ladder, r['base']))
+    )
+  rep._write(os.path.join(out, 'sparsity_oneshot.csv'), oneshot_rows)
+  rep._write(os.path.join(out, 'sparsity_gradual.csv'), grad)
+  if sum(r['sparsity'] > 0 for r in grad) < 6:
+    return {'sparsity_oneshot': oneshot_rows, 'sparsity_gradual': grad}
+  fit = rep.sparse_fit(grad)
+  rep.plot_sparsity(oneshot_rows, grad, fit, os.path.join(out, 'sparsity.png'))
+  return {'sparsity_gradual': grad, 'sparse_law': fit}
+
+
+def _report_quantize(work: str, ladder: str, out: str) -> dict:
+  from scaling import compression_report as rep
+
+  rows = _rows(os.path.join(work, 'quantize.csv'))
+  if not rows:
+    return {}
+  rep._write(os.path.join(out, 'quantize.csv'), rows)
+  rep.plot_quantize(rows, os.path.join(out, 'quantize.png'))
+  fits = [rep.kumar_fit(rows, s, str(g)) for s, g in SCHEMES if s != 'int8']
+  qat = []
+  for base, scheme, group in QAT:
+    run = os.path.join(work, 'qat', f'{base}_{scheme}_g{group}')
+    if os.path.exists(os.path.join(run, DONE)):
+      ptq_row = next((r for r in rows if r['member'] == base and r['scheme'] == scheme
+                      and r['group'] == str(group)), None)  # fmt: skip
+      qat.append({'base': base, 'scheme': f'{scheme} g{group}', 'float': _loss(ladder, base),
+                  'ptq': float(ptq_row['loss']) if ptq_row else float('nan'),
+                  'qat': rep._final_eval(run)})  # fmt: skip
+  rep._write(os.path.join(out, 'qat.csv'), qat)
+  return {'kumar': fits, 'qat': qat}
+
+
 # --- Command line --------------------------------------------------------------------------------
 
 FLAGS = flags.FlagValues()
@@ -216,13 +295,12 @@ flags.DEFINE_string('report', '', 'write tables, fits and plots to this dir', fl
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  from scaling import compression_report
   from train import cli
 
   cli.parse(FLAGS, argv, __doc__)
   f = FLAGS
   if f.report:
-    compression_report.report(f.workdir, f.report)
+    print(json.dumps(report(f.workdir, f.ladder, f.report), indent=1, default=float))
     return
   if not f.part:
     cli.usage_error('give --part=recovery|sparsity|quantize, or --report=DIR')

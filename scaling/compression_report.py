@@ -77,3 +77,198 @@ def gradual(runs: dict, ladder: str, done: str) -> list[dict]:
           {'base': base, 'params': dense['params'], 'sparsity': s, 'loss': _final_eval(run)}
         )
   return rows
+
+
+# --- Recovery ------------------------------------------------------------------------------------
+
+
+def recovery_curves(runs: dict) -> list[dict]:
+  """Eval loss per step of every recovery run; `runs`: {(shape, recovery): workdir}."""
+  out = []
+  for (shape, how), run in runs.items():
+    path = os.path.join(run, 'metrics.jsonl')
+    if not os.path.exists(path):
+      continue
+    with open(os.path.join(run, 'config.json')) as f:
+      c = json.load(f)
+    per_step = c['train']['global_batch_size'] * c['data']['seq_len']
+    with open(path) as f:
+      for line in f:
+        m = json.loads(line)
+        if 'eval/loss' in m:
+          out.append({'shape': shape, 'recovery': how, 'step': m['step'],
+                      'tokens': m['step'] * per_step, 'eval_loss': round(m['eval/loss'], 5)})  # fmt: skip
+  return out
+
+
+def tokens_to_reach(curve: list[dict], target: float) -> float:
+  """Tokens at which a curve's eval loss first reaches `target` (linear between evaluations)."""
+  prev = None
+  for r in sorted(curve, key=lambda r: r['tokens']):
+    if r['eval_loss'] <= target:
+      if prev is None:
+        return float(r['tokens'])
+      t0, l0, t1, l1 = prev['tokens'], prev['eval_loss'], r['tokens'], r['eval_loss']
+      return float(t0 + (t1 - t0) * (l0 - target) / (l0 - l1))
+    prev = r
+  return float('nan')
+
+
+def recovery_table(curves: list[dict], pruned_loss: dict) -> list[dict]:
+  """Per shape: the loss right after pruning, each recovery's final loss, and the tokens the
+  distilled and fine-tuned students need to reach the from-scratch student's final loss."""
+  rows = []
+  for shape in dict.fromkeys(r['shape'] for r in curves):
+    by = {how: [r for r in curves if r['shape'] == shape and r['recovery'] == how]
+          for how in ('distill', 'finetune', 'scratch')}  # fmt: skip
+    final = {how: (max(c, key=lambda r: r['step']) if c else None) for how, c in by.items()}
+    row = {'shape': shape, 'pruned_loss': pruned_loss.get(shape, float('nan'))}
+    for how, r in final.items():
+      row[f'{how}_loss'] = r['eval_loss'] if r else float('nan')
+    if final['scratch']:
+      target, budget = final['scratch']['eval_loss'], final['scratch']['tokens']
+      for how in ('distill', 'finetune'):
+        t = tokens_to_reach(by[how], target)
+        row[f'{how}_tokens_to_scratch'] = t
+        row[f'{how}_token_saving'] = budget / t if t == t and t > 0 else float('nan')
+    rows.append(row)
+  return rows
+
+
+def plot_recovery(curves: list[dict], refs: dict, png: str) -> None:
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  shapes = list(dict.fromkeys(r['shape'] for r in curves))
+  fig, axes = plt.subplots(1, len(shapes), figsize=(4.2 * len(shapes), 3.6), sharey=True)
+  for ax, shape in zip(np.atleast_1d(axes), shapes):
+    for how, color in (('distill', 'C0'), ('finetune', 'C1'), ('scratch', 'C2')):
+      c = sorted((r for r in curves if r['shape'] == shape and r['recovery'] == how),
+                 key=lambda r: r['tokens'])  # fmt: skip
+      if c:
+        ax.plot([r['tokens'] / 1e6 for r in c], [r['eval_loss'] for r in c], color=color, label=how)
+    for (label, value), style in zip(refs.items(), (':', '--')):
+      ax.axhline(value, color='gray', ls=style, lw=1, label=label)
+    ax.set_title(f'pruned: {shape}')
+    ax.set_xlabel('recovery tokens (M)')
+    ax.set_ylim(top=2.4)
+  np.atleast_1d(axes)[0].set_ylabel('eval loss (nats/byte)')
+  np.atleast_1d(axes)[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(png, dpi=120)
+  plt.close(fig)
+
+
+# --- Sparsity ------------------------------------------------------------------------------------
+
+
+def compressible_params(workdir: str) -> int:
+  """Weights the sparsity masks act on (models.compressible) in a workdir's model."""
+  import jax
+
+  import models
+  from train import init_from
+
+  cfg = init_from.workdir_model_config(workdir)
+  shapes, comp = models.param_shapes(cfg), models.compressible(cfg)
+  return int(sum(s.size for s, c in zip(jax.tree.leaves(shapes), jax.tree.leaves(comp)) if c))
+
+
+def sparse_fit(rows: list[dict]) -> dict:
+  """Frantar et al.'s law fitted on every gradual run (N = nonzero params), and again on all but
+  the largest base with that base's sparse runs predicted (held out)."""
+  s, n, loss = (np.array([float(r[k]) for r in rows]) for k in ('sparsity', 'nonzero', 'loss'))
+  p = fit_sparse_law(s, n, loss)
+  out = {
+    'p': p.tolist(),
+    'in_sample_mean_abs_err': float(np.mean(np.abs(sparse_law(p, s, n) / loss - 1))),
+  }
+  dense = np.array([float(r['params']) for r in rows])
+  held = dense == dense.max()
+  if held.any() and (~held).sum() >= 6:
+    q = fit_sparse_law(s[~held], n[~held], loss[~held])
+    err = sparse_law(q, s[held], n[held]) / loss[held] - 1
+    out.update(holdout_p=q.tolist(), holdout_err={f'{a}': float(e) for a, e in zip(s[held], err)})
+  return out
+
+
+def plot_sparsity(oneshot: list[dict], gradual_rows: list[dict], fit: dict, png: str) -> None:
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+  for i, base in enumerate(dict.fromkeys(r['base'] for r in oneshot)):
+    for scope, style in (('global', '-'), ('layer', '--')):
+      rs = sorted((r for r in oneshot if r['base'] == base and r['scope'] == scope
+                   and r['pattern'] == 'unstructured'), key=lambda r: float(r['sparsity']))  # fmt: skip
+      if rs:
+        xs = [0.0] + [float(r['sparsity']) for r in rs]
+        ys = [float(rs[0]['loss_dense'])] + [float(r['loss']) for r in rs]
+        a.plot(xs, ys, style, color=f'C{i}', label=f'{base.split("_")[0]} {scope}')
+  a.set_xlabel('sparsity (one-shot, no retraining)')
+  a.set_ylabel('eval loss')
+  a.set_yscale('log')
+  a.legend(fontsize=6)
+  p = np.array(fit['p'])
+  for i, s in enumerate(sorted({float(r['sparsity']) for r in gradual_rows})):
+    rs = sorted(
+      (r for r in gradual_rows if float(r['sparsity']) == s), key=lambda r: float(r['nonzero'])
+    )
+    n = np.array([float(r['nonzero']) for r in rs])
+    b.plot(n, [float(r['loss']) for r in rs], 'o', color=f'C{i}', label=f'S = {s}')
+    grid = np.geomspace(n.min() / 1.2, n.max() * 1.2, 50)
+    b.plot(grid, sparse_law(p, s, grid), '-', color=f'C{i}', lw=1)
+  b.set_xscale('log')
+  b.set_xlabel('nonzero parameters (gradual sparsity, 20 tokens per dense parameter)')
+  b.set_ylabel('eval loss')
+  b.legend(fontsize=7)
+  b.set_title('Frantar et al. law (lines) fitted to all points', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(png, dpi=120)
+  plt.close(fig)
+
+
+# --- Quantization --------------------------------------------------------------------------------
+
+
+def kumar_fit(rows: list[dict], scheme: str, group: str) -> dict:
+  """log(PTQ gap) = c + γ_D·log D - γ_N·log N (Kumar et al. 2024's δ_PTQ ∝ D^γD / N^γN at fixed
+  bits), least squares over the members with a positive gap."""
+  sel = [r for r in rows if r['scheme'] == scheme and str(r['group']) == group]
+  gap = np.array([float(r['loss']) - float(r['loss_float']) for r in sel])
+  ok = gap > 0
+  d = np.log([float(r['tokens']) for r in sel])[ok]
+  n = np.log([float(r['params']) for r in sel])[ok]
+  x = np.stack([np.ones_like(d), d, -n], 1)
+  coef, *_ = np.linalg.lstsq(x, np.log(gap[ok]), rcond=None)
+  return {'scheme': f'{scheme} g{group}', 'points': int(ok.sum()), 'of': len(sel),
+          'gamma_D': float(coef[1]), 'gamma_N': float(coef[2])}  # fmt: skip
+
+
+def plot_quantize(rows: list[dict], png: str) -> None:
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+  for ax, (scheme, group) in zip(axes, (('int4', '0'), ('int4', '128'))):
+    sel = [r for r in rows if r['scheme'] == scheme and str(r['group']) == group]
+    for i, size in enumerate(sorted({int(r['params']) for r in sel})):
+      rs = sorted((r for r in sel if int(r['params']) == size), key=lambda r: float(r['tokens']))
+      ratio = [float(r['tokens']) / size for r in rs]
+      gap = [max(float(r['loss']) - float(r['loss_float']), 1e-4) for r in rs]
+      ax.plot(ratio, gap, 'o-', color=f'C{i}', label=f'N = {size / 1e3:.0f}K')
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('tokens per parameter trained on')
+    ax.set_title(f'PTQ {scheme}, {"per channel" if group == "0" else "group " + group}', fontsize=9)
+  axes[0].set_ylabel('loss gap to float (nats)')
+  axes[0].legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(png, dpi=120)
+  plt.close(fig)

@@ -147,6 +147,9 @@ def test_compress_cli_writes_a_workdir_every_tool_loads(tiny_config, tmp_path):
   assert np.isfinite(record['loss_after']) and record['loss_after'] > 0
   cfg, params = init_from.load_params(out)
   assert (cfg.n_layers, cfg.d_ff) == (2, 32)
+  sampled = subprocess.run([sys.executable, '-m', 'train.sample', f'--checkpoint={out}', '--prompt=def ',
+                            '--max_new_tokens=4'], cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+  assert sampled.returncode == 0 and sampled.stdout.strip(), sampled.stderr[-1000:]
   tokens = np.random.RandomState(0).randint(0, 257, (2, 16)).astype(np.int32)
   ours = np.asarray(models.logits(cfg, params, tokens))
   export.export(out, str(tmp_path / 'hf'))

@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   }
   with cli.one_line_errors(f.debug):
     record = compress(f.workdir, f.out, what)
-  print(json.dumps({k: v for k, v in record.items() if k != 'importance'}))
+  print(json.dumps({k: v for k, v in record.items() if k not in ('importance', 'kept')}))
 
 
 if __name__ == '__main__':
