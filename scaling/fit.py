@@ -10,6 +10,7 @@ summed Huber loss on log L (fit_compute, fit_curve; scaling.validate uses them).
   python -m scaling.fit --results=runs.csv --law=chinchilla --bootstrap=200 --out=fit.json
   python -m scaling.fit --results=runs.csv --law=compute --pin_E=1.2 --flops_col=flops_attn_head
   python -m scaling.fit --results=W/curves.csv --law=curve      # every evaluation, not the finals
+  python -m scaling.fit --results=kd_runs.csv --law=distillation --bootstrap=50  # scaling/distill_law.py
 """
 
 import itertools
@@ -27,7 +28,7 @@ from absl import flags
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 from scipy import optimize  # after OPENBLAS_NUM_THREADS is set (above).
 
-from scaling import cli, laws
+from scaling import cli, distill_law, laws
 from scaling import results as results_lib
 
 HUBER_DELTA = 1e-3
@@ -53,9 +54,9 @@ flags.DEFINE_string('results', None, 'results CSV, one run per row', flag_values
 flags.DEFINE_enum(
   'law',
   'chinchilla',
-  ['chinchilla', 'isoflop', 'kaplan', 'envelope', 'compute', 'curve'],
+  ['chinchilla', 'isoflop', 'kaplan', 'envelope', 'compute', 'curve', 'distillation'],
   "'envelope' (approach 1) and 'curve' read a loss-curves CSV (a sweep's curves.csv); 'compute' "
-  'fits the compute-optimal runs',
+  "fits the compute-optimal runs; 'distillation' a distillation CSV (scaling/distill_law.py)",
   flag_values=FLAGS,
 )
 flags.DEFINE_integer('bootstrap', 0, 'number of bootstrap resamples (0: none)', flag_values=FLAGS)
@@ -645,6 +646,9 @@ def fit(
 def main(argv: Sequence[str] | None = None) -> None:
   """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
   cli.parse(FLAGS, argv, __doc__)
+  if FLAGS.law == 'distillation':
+    _main_distillation()
+    return
   params_col = FLAGS.params_col or ('non_embedding_params' if FLAGS.law == 'kaplan' else 'params')
   if FLAGS.pin_E is not None and FLAGS.law != 'compute':
     cli.usage_error(f'--pin_E={FLAGS.pin_E:g}: for --law=compute')
@@ -683,6 +687,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     'flops': FLAGS.flops_col,
   }
   text = json.dumps(out, indent=2)
+  if FLAGS.out:
+    with open(FLAGS.out, 'w') as f:
+      f.write(text + '\n')
+  print(text)
+
+
+def _main_distillation() -> None:
+  """--law=distillation: the student law on the supervised rows, then Busbridge et al.'s."""
+  try:
+    out = distill_law.fit(
+      distill_law.read(FLAGS.results), fit_chinchilla, FLAGS.bootstrap, FLAGS.seed
+    )
+  except (OSError, ValueError) as e:
+    cli.fail(e)
+  out['results'] = FLAGS.results
+  text = json.dumps(out, indent=2, default=float)
   if FLAGS.out:
     with open(FLAGS.out, 'w') as f:
       f.write(text + '\n')

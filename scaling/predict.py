@@ -6,16 +6,23 @@ only C, the compute-optimal allocation; given N (or D) alone, the C at which it 
 
   python -m scaling.predict --law=chinchilla --compute=5.76e23      # ~40B params (Chinchilla, Table A3)
   python -m scaling.predict --law=fit.json --params=1e9 --compute=1e20
+  python -m scaling.predict --law=kd_fit.json --teacher_loss=1.09 --compute=1e13 [--teacher_params=6.5e5]
+
+A distillation fit (scaling.fit --law=distillation) needs --teacher_loss (or --teacher=<workdir>:
+its result.json or last eval loss) and --compute: the compute-optimal student and its predicted
+loss, next to the supervised optimum at the same compute; --teacher_params counts the teacher's
+forward passes (2·N_T per token) in the compute, leave it out for a teacher whose logits are paid.
 """
 
 import dataclasses
 import json
+import os
 from collections.abc import Sequence
 
 import numpy as np
 from absl import flags
 
-from scaling import cli, laws
+from scaling import cli, distill_law, laws
 
 Arr = np.ndarray | Sequence[float]  # values given on the command line
 
@@ -32,6 +39,11 @@ flags.DEFINE_float('compute', None, 'training FLOPs, C = 6ND', flag_values=FLAGS
 flags.DEFINE_float('params', None, 'model parameters N', flag_values=FLAGS)
 flags.DEFINE_float('tokens', None, 'training tokens D', flag_values=FLAGS)
 flags.DEFINE_string('out', '', 'also write the JSON here', flag_values=FLAGS)
+flags.DEFINE_float('teacher_loss', None, "distillation: the teacher's eval loss", flag_values=FLAGS)
+flags.DEFINE_string('teacher', '', 'distillation: a teacher workdir (its loss)', flag_values=FLAGS)
+flags.DEFINE_float(
+  'teacher_params', 0.0, 'distillation: count 2·N_T·D teacher FLOPs (0: not)', flag_values=FLAGS
+)
 
 
 def published(name: str) -> dict:
@@ -164,7 +176,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
   cli.parse(FLAGS, argv, __doc__)
   try:
-    out = predict(load_law(FLAGS.law), FLAGS.compute, FLAGS.params, FLAGS.tokens)
+    fit = load_law(FLAGS.law)
+    if fit['law'] == 'distillation':
+      out = _distillation(fit)
+    else:
+      out = predict(fit, FLAGS.compute, FLAGS.params, FLAGS.tokens)
   except (ValueError, OSError, KeyError) as e:
     cli.fail(repr(e) if isinstance(e, KeyError) else e)
   text = json.dumps(out, indent=2)
@@ -172,6 +188,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     with open(FLAGS.out, 'w') as f:
       f.write(text + '\n')
   print(text)
+
+
+def teacher_loss(workdir: str) -> float:
+  """A teacher workdir's eval loss: its result.json (sweep members), else its last eval/loss."""
+  path = os.path.join(workdir, 'result.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      return float(json.load(f)['loss'])
+  last = None
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    for line in f:
+      last = json.loads(line).get('eval/loss', last)
+  if last is None:
+    raise ValueError(f'--teacher={workdir}: no eval/loss in its metrics.jsonl')
+  return float(last)
+
+
+def _distillation(fit: dict) -> dict:
+  if FLAGS.compute is None or (FLAGS.teacher_loss is None and not FLAGS.teacher):
+    raise ValueError('a distillation fit needs --compute and --teacher_loss (or --teacher)')
+  loss = FLAGS.teacher_loss if FLAGS.teacher_loss is not None else teacher_loss(FLAGS.teacher)
+  return {
+    'law': 'distillation',
+    **distill_law.compute_optimal(fit, loss, FLAGS.compute, FLAGS.teacher_params),
+  }
 
 
 if __name__ == '__main__':

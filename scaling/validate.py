@@ -22,6 +22,11 @@ Before the laws it prints the members flagged as suspect (under --min_steps step
 under --min_cooldown of the steps; --drop_suspect leaves them out) and the seed noise floor.
 Ends with one JSON object {law: [{"name", "params", "tokens", "flops", "observed", "predicted",
 "rel_error", "lo", "hi"}, ...]}, one row per held-out run, rel_error = predicted / observed - 1.
+
+  python -m scaling.validate --results=kd_runs.csv --laws=distillation --distill_holdout=teacher
+
+--laws=distillation (alone) reads a distillation CSV (scaling/distill_law.py) and holds out the
+largest student, the strongest teacher's students, or the students above --fit_below FLOPs.
 """
 
 import json
@@ -30,7 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import flags
 
-from scaling import cli, diagnostics, holdout
+from scaling import cli, diagnostics, distill_law, holdout
 from scaling import fit as fit_lib
 from scaling import results as results_lib
 from scaling import rollout as rollout_lib
@@ -50,7 +55,10 @@ flags.DEFINE_enum(
 flags.DEFINE_string('results', None, 'results CSV, one run per row', flag_values=FLAGS)
 flags.DEFINE_float('fit_below', None, 'fit on runs with FLOPs <= this', flag_values=FLAGS)
 flags.DEFINE_list(
-  'laws', list(DEFAULT_LAWS), f'laws to validate, any of {",".join(LAWS)}', flag_values=FLAGS
+  'laws',
+  list(DEFAULT_LAWS),
+  f'laws to validate, any of {",".join(LAWS)}; or distillation alone',
+  flag_values=FLAGS,
 )
 flags.DEFINE_string(
   'curves', '', "curves CSV (a sweep's curves.csv), for --laws=curve", flag_values=FLAGS
@@ -103,7 +111,15 @@ flags.DEFINE_string(
   "with 'curve' in --laws: plot the members' observed and predicted curves",
   flag_values=FLAGS,
 )
-flags.mark_flags_as_required(['results', 'fit_below'], flag_values=FLAGS)
+flags.DEFINE_enum(
+  'distill_holdout',
+  'student',
+  ['student', 'teacher', 'flops'],
+  "--laws=distillation: hold out the largest student, the strongest teacher's students, or the "
+  'students with 6·N·D above --fit_below',
+  flag_values=FLAGS,
+)
+flags.mark_flags_as_required(['results'], flag_values=FLAGS)
 
 
 def split(
@@ -256,6 +272,14 @@ def plot_curves(
 def _check_flags() -> list:
   """The laws asked for; a usage error (one line, exit 2) for flags that do not go together."""
   laws_asked = [x for x in FLAGS.laws if x]
+  if 'distillation' in laws_asked:
+    if laws_asked != ['distillation']:
+      cli.usage_error('--laws=distillation reads a distillation CSV: validate it alone')
+    if FLAGS.distill_holdout == 'flops' and FLAGS.fit_below is None:
+      cli.usage_error('--distill_holdout=flops needs --fit_below')
+    return laws_asked
+  if FLAGS.fit_below is None:
+    cli.usage_error('--fit_below is required')
   if not laws_asked or any(x not in LAWS for x in laws_asked):
     cli.usage_error(f'--laws={",".join(FLAGS.laws)}: expected one or more of {",".join(LAWS)}')
   if 'curve' in laws_asked and not FLAGS.curves:
@@ -340,6 +364,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
   cli.parse(FLAGS, argv, __doc__)
   laws_asked = _check_flags()
+  if laws_asked == ['distillation']:
+    _distillation()
+    return
   opts = holdout.Options(FLAGS.bootstrap, FLAGS.seed, FLAGS.pin_E, FLAGS.interval)
   report, fitted, rolls, lines = {}, {}, {}, []
   try:
@@ -370,6 +397,27 @@ def main(argv: Sequence[str] | None = None) -> None:
   if FLAGS.rollout_png:
     plot_rollout(rolls, FLAGS.rollout_png)
   print(json.dumps(report), flush=True)
+
+
+def _distillation() -> None:
+  """--laws=distillation: Busbridge et al.'s law fitted without the held-out students, which it
+  then predicts (scaling/distill_law.py); the same JSON rows as the other laws."""
+  try:
+    rows = distill_law.read(FLAGS.results)
+    kd = rows.distilled
+    hold = {
+      'student': kd & (rows.params == rows.params[kd].max()),
+      'teacher': kd & (rows.teacher_loss == np.nanmin(rows.teacher_loss)),
+      'flops': kd & (6 * rows.params * rows.tokens > (FLAGS.fit_below or np.inf)),
+    }[FLAGS.distill_holdout]
+    out = distill_law.held_out(rows, hold, fit_lib.fit_chinchilla, FLAGS.bootstrap, FLAGS.seed)
+  except (OSError, ValueError) as e:
+    cli.fail(e)
+  errs = np.abs([r['rel_error'] for r in out])
+  covered = sum(r['lo'] is not None and r['lo'] <= r['observed'] <= r['hi'] for r in out)
+  print(f'distillation ({FLAGS.distill_holdout} held out): {len(out)} students, mean |err| '
+        f'{100 * errs.mean():.2f} %, max {100 * errs.max():.2f} %, covered {covered}/{len(out)}')  # fmt: skip
+  print(json.dumps({'distillation': out}), flush=True)
 
 
 if __name__ == '__main__':
