@@ -256,7 +256,7 @@ def plot_quantize(rows: list[dict], png: str) -> None:
   import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-  for ax, (scheme, group) in zip(axes, (('int4', '0'), ('int4', '128'))):
+  for ax, (scheme, group) in zip(axes, (('int4', '0'), ('int4', '16'))):
     sel = [r for r in rows if r['scheme'] == scheme and str(r['group']) == group]
     for i, size in enumerate(sorted({int(r['params']) for r in sel})):
       rs = sorted((r for r in sel if int(r['params']) == size), key=lambda r: float(r['tokens']))
