@@ -212,7 +212,7 @@ def report(work: str, ladder: str, out: str) -> dict:
   os.makedirs(out, exist_ok=True)
   summary = {}
   runs = {(s, h): os.path.join(work, 'recovery', f'{s}_{h}') for s in SHAPES for h in RECOVERIES}
-  curves_ = rep.recovery_curves(runs)
+  curves_ = rep.recovery_curves(runs, DONE)
   if curves_:
     pruned = {}
     for s in SHAPES:
@@ -225,7 +225,7 @@ def report(work: str, ladder: str, out: str) -> dict:
     rep._write(os.path.join(out, 'recovery.csv'), summary['recovery'])
     refs = {'teacher (651K, 13M tokens)': _loss(ladder, TEACHER),
             '373K from scratch, 7.5M tokens': _loss(ladder, 'N3.73e5_D7.45e6_lr7.81e-3')}  # fmt: skip
-    rep.plot_recovery(curves_, refs, os.path.join(out, 'recovery.png'))
+    rep.plot_recovery(curves_, refs, pruned, os.path.join(out, 'recovery.png'))
   summary.update(_report_sparsity(work, ladder, out))
   summary.update(_report_quantize(work, ladder, out))
   with open(os.path.join(out, 'summary.json'), 'w') as f:

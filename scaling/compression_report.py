@@ -82,12 +82,13 @@ def gradual(runs: dict, ladder: str, done: str) -> list[dict]:
 # --- Recovery ------------------------------------------------------------------------------------
 
 
-def recovery_curves(runs: dict) -> list[dict]:
-  """Eval loss per step of every recovery run; `runs`: {(shape, recovery): workdir}."""
+def recovery_curves(runs: dict, done: str) -> list[dict]:
+  """Eval loss per step of every finished recovery run (its `done` marker exists); `runs`:
+  {(shape, recovery): workdir}."""
   out = []
   for (shape, how), run in runs.items():
     path = os.path.join(run, 'metrics.jsonl')
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(run, done)):
       continue
     with open(os.path.join(run, 'config.json')) as f:
       c = json.load(f)
@@ -135,7 +136,7 @@ def recovery_table(curves: list[dict], pruned_loss: dict) -> list[dict]:
   return rows
 
 
-def plot_recovery(curves: list[dict], refs: dict, png: str) -> None:
+def plot_recovery(curves: list[dict], refs: dict, pruned: dict, png: str) -> None:
   import matplotlib
 
   matplotlib.use('Agg')
@@ -148,12 +149,15 @@ def plot_recovery(curves: list[dict], refs: dict, png: str) -> None:
       c = sorted((r for r in curves if r['shape'] == shape and r['recovery'] == how),
                  key=lambda r: r['tokens'])  # fmt: skip
       if c:
-        ax.plot([r['tokens'] / 1e6 for r in c], [r['eval_loss'] for r in c], color=color, label=how)
+        xs, ys = [r['tokens'] / 1e6 for r in c], [r['eval_loss'] for r in c]
+        if how != 'scratch' and shape in pruned:  # the pruned model before any recovery.
+          xs, ys = [0.0] + xs, [pruned[shape]] + ys
+        ax.plot(xs, ys, color=color, label=how)
     for (label, value), style in zip(refs.items(), (':', '--')):
       ax.axhline(value, color='gray', ls=style, lw=1, label=label)
     ax.set_title(f'pruned: {shape}')
     ax.set_xlabel('recovery tokens (M)')
-    ax.set_ylim(top=2.4)
+    ax.set_ylim(1.0, 2.4)
   np.atleast_1d(axes)[0].set_ylabel('eval loss (nats/byte)')
   np.atleast_1d(axes)[0].legend(fontsize=7)
   fig.tight_layout()
