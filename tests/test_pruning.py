@@ -172,3 +172,34 @@ def test_compress_cli_writes_a_workdir_every_tool_loads(tiny_config, tmp_path):
     cmd + ['--prune=layers:1'], cwd=REPO, capture_output=True, text=True, timeout=120
   )
   assert again.returncode == 2 and 'already holds' in again.stderr
+
+
+@pytest.mark.parametrize(
+  'what, needle',
+  [
+    ({'prune': 'layers:2', 'quantize': 'int4'}, 'exactly one of'),
+    ({'quantize': 'int3'}, 'int3'),
+    ({'quantize': 'int4', 'group': 24}, 'weight_group=24'),
+    ({'sparsity': 1.5}, r'--sparsity=1.5: must be in \(0, 1\)'),
+    ({'sparsity': 0.5, 'pattern': '4:2'}, '4:2'),
+    ({'prune': 'mlp:x'}, "'mlp:x' is not axis:size"),
+  ],
+)
+def test_compress_targets_are_checked_before_loading(tmp_path, what, needle):
+  """train.compress.check reads only W/config.json: each bad target is one line naming it."""
+  from train import compress
+
+  src = tmp_path / 'src'
+  src.mkdir()
+  model = {k: getattr(GPT2, k) for k in ('d_model', 'n_layers', 'n_heads', 'd_ff', 'max_len')}
+  (src / 'config.json').write_text(json.dumps({'model': model}))
+  full = {
+    'prune': '',
+    'sparsity': 0.0,
+    'pattern': 'unstructured',
+    'quantize': '',
+    'group': 0,
+    **what,
+  }
+  with pytest.raises(ValueError, match=needle):
+    compress.check(str(src), str(tmp_path / 'out'), full)
