@@ -112,8 +112,18 @@ def gradual_runs(work: str, ladder: str) -> list[tuple[str, list[str]]]:
 
 
 def qat_runs(work: str, ladder: str) -> list[tuple[str, list[str]]]:
-  """Quantization-aware twins: the member retrained with its kernels fake-quantized (STE)."""
+  """Quantization-aware twins: the member retrained from scratch with its kernels fake-quantized
+  (STE); and the trained member fine-tuned for a tenth of its steps with and without (QAT from
+  a float model, and its float control at equal tokens)."""
   cmds = []
+  for base, scheme, group in QAT:
+    src = os.path.join(ladder, base)
+    with open(os.path.join(src, 'config.json')) as f:
+      steps = json.load(f)['train']['num_steps'] // 10
+    arg = f'--config=configs/compress.py:student={src},teacher={src},recover=finetune,steps={steps}'
+    quant = [f'--config.model.weight_quant={scheme}', f'--config.model.weight_group={group}']
+    cmds.append(_train(os.path.join(work, 'qat', f'{base}_ft_float'), [arg]))
+    cmds.append(_train(os.path.join(work, 'qat', f'{base}_ft_{scheme}_g{group}'), [arg, *quant]))
   for base, scheme, group in QAT:
     run = os.path.join(work, 'qat', f'{base}_{scheme}_g{group}')
     flags_ = [f'--config=configs/compress.py:rerun={os.path.join(ladder, base)}',
@@ -274,9 +284,13 @@ def _report_quantize(work: str, ladder: str, out: str) -> dict:
     if os.path.exists(os.path.join(run, DONE)):
       ptq_row = next((r for r in rows if r['member'] == base and r['scheme'] == scheme
                       and r['group'] == str(group)), None)  # fmt: skip
+      ft = {k: os.path.join(work, 'qat', f'{base}_ft_{k}') for k in ('float', f'{scheme}_g{group}')}
+      ft_loss = {k: rep._final_eval(v) if os.path.exists(os.path.join(v, DONE)) else float('nan')
+                 for k, v in ft.items()}  # fmt: skip
       qat.append({'base': base, 'scheme': f'{scheme} g{group}', 'float': _loss(ladder, base),
                   'ptq': float(ptq_row['loss']) if ptq_row else float('nan'),
-                  'qat': rep._final_eval(run)})  # fmt: skip
+                  'qat_scratch': rep._final_eval(run), 'float_ft': ft_loss['float'],
+                  'qat_ft': ft_loss[f'{scheme}_g{group}']})  # fmt: skip
   rep._write(os.path.join(out, 'qat.csv'), qat)
   return {'kumar': fits, 'qat': qat}
 
