@@ -231,7 +231,10 @@ def report(work: str, ladder: str, out: str) -> dict:
         with open(path) as f:
           pruned[s] = json.load(f)['loss_after']
     rep._write(os.path.join(out, 'recovery_curves.csv'), curves_)
-    summary['recovery'] = rep.recovery_table(curves_, pruned)
+    ref = 'N3.73e5_D7.45e6_lr7.81e-3'  # 373K from scratch at 20 tokens/param: the same size.
+    with open(os.path.join(ladder, ref, 'result.json')) as f:
+      r = json.load(f)
+    summary['recovery'] = rep.recovery_table(curves_, pruned, (r['loss'], r['tokens']))
     rep._write(os.path.join(out, 'recovery.csv'), summary['recovery'])
     refs = {'teacher (651K, 13M tokens)': _loss(ladder, TEACHER),
             '373K from scratch, 7.5M tokens': _loss(ladder, 'N3.73e5_D7.45e6_lr7.81e-3')}  # fmt: skip

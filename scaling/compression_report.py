@@ -115,9 +115,11 @@ def tokens_to_reach(curve: list[dict], target: float) -> float:
   return float('nan')
 
 
-def recovery_table(curves: list[dict], pruned_loss: dict) -> list[dict]:
-  """Per shape: the loss right after pruning, each recovery's final loss, and the tokens the
-  distilled and fine-tuned students need to reach the from-scratch student's final loss."""
+def recovery_table(curves: list[dict], pruned_loss: dict, ref: tuple[float, float]) -> list[dict]:
+  """Per shape: the loss right after pruning, each recovery's final loss, the tokens the distilled
+  and fine-tuned students need to reach the from-scratch student's final loss (at most the first
+  evaluation's when already below), and to reach `ref` = (loss, tokens) of a model of about the
+  same size trained from scratch on its full budget."""
   rows = []
   for shape in dict.fromkeys(r['shape'] for r in curves):
     by = {how: [r for r in curves if r['shape'] == shape and r['recovery'] == how]
@@ -132,6 +134,10 @@ def recovery_table(curves: list[dict], pruned_loss: dict) -> list[dict]:
         t = tokens_to_reach(by[how], target)
         row[f'{how}_tokens_to_scratch'] = t
         row[f'{how}_token_saving'] = budget / t if t == t and t > 0 else float('nan')
+    for how in ('distill', 'finetune'):
+      t = tokens_to_reach(by[how], ref[0])
+      row[f'{how}_tokens_to_ref'] = t
+      row[f'{how}_saving_vs_ref'] = ref[1] / t if t == t and t > 0 else float('nan')
     rows.append(row)
   return rows
 
