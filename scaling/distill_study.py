@@ -63,12 +63,13 @@ def _result(ladder: str, member: str) -> dict:
 
 
 def gather(work: str, ladder: str, out: str) -> int:
-  """The CSV: supervised twins (every ladder member of the students' sizes) and finished students."""
+  """The CSV: supervised runs (every seed-0, lr-2^-7 ladder member: the students' twins and the
+sizes above them, for the students' own Chinchilla law) and the finished students."""
   from scaling import compression_report
 
   rows = []
   for member in sorted(os.listdir(ladder)):
-    if member.endswith('lr7.81e-3') and member.split('_')[0] in {s.split('_')[0] for s in STUDENTS}:
+    if member.endswith('lr7.81e-3') and '_D' in member:
       r = _result(ladder, member)
       rows.append({'name': member, 'params': r['params'], 'tokens': r['tokens'], 'loss': r['loss'],
                    'teacher': '', 'teacher_loss': '', 'teacher_params': '', 'teacher_tokens': '',
