@@ -209,6 +209,7 @@ def plot_sparsity(oneshot: list[dict], gradual_rows: list[dict], fit: dict, png:
 
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  import matplotlib.ticker  # noqa: F401 (the minor-tick formatter below)
 
   fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
   for i, base in enumerate(dict.fromkeys(r['base'] for r in oneshot)):
@@ -233,7 +234,8 @@ def plot_sparsity(oneshot: list[dict], gradual_rows: list[dict], fit: dict, png:
     grid = np.geomspace(n.min() / 1.2, n.max() * 1.2, 50)
     b.plot(grid, sparse_law(p, s, grid), '-', color=f'C{i}', lw=1)
   b.set_xscale('log')
-  b.set_xlabel('nonzero parameters (gradual sparsity, 20 tokens per dense parameter)')
+  b.set_xlabel('nonzero parameters (trained sparse, 20 tokens per dense param)', fontsize=8)
+  b.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   b.set_ylabel('eval loss')
   b.legend(fontsize=7)
   b.set_title('Frantar et al. law (lines) fitted to all points', fontsize=9)

@@ -64,7 +64,7 @@ def _result(ladder: str, member: str) -> dict:
 
 def gather(work: str, ladder: str, out: str) -> int:
   """The CSV: supervised runs (every seed-0, lr-2^-7 ladder member: the students' twins and the
-sizes above them, for the students' own Chinchilla law) and the finished students."""
+  sizes above them, for the students' own Chinchilla law) and the finished students."""
   from scaling import compression_report
 
   rows = []
