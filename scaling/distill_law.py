@@ -221,11 +221,16 @@ def held_out(
 
 
 def compute_optimal(
-  fitted: dict, teacher_loss: float, compute: float, teacher_params: float = 0.0
+  fitted: dict,
+  teacher_loss: float,
+  compute: float,
+  teacher_params: float = 0.0,
+  params_range: tuple[float, float] | None = None,
 ) -> dict:
   """The student (N, D) with the lowest predicted loss at `compute` FLOPs, C = 6·N·D plus the
   teacher's forward passes 2·N_T·D when teacher_params is given (0: a teacher whose logits are
-  already paid for); next to the supervised optimum at C = 6·N·D and which is lower."""
+  already paid for); next to the supervised optimum at C = 6·N·D and which is lower. N is searched
+  in `params_range` (default 100 .. C/60): keep it to the sizes the fit saw to avoid extrapolating."""
   sup = fitted['supervised']
 
   def tokens(log_n: float, teacher: float) -> float:
@@ -239,7 +244,8 @@ def compute_optimal(
 
   out = {'compute': compute, 'teacher_loss': teacher_loss, 'teacher_params': teacher_params}
   for key, f, teacher in (('distilled', distilled, teacher_params), ('supervised', alone, 0.0)):
-    log_n = _argmin(f, math.log(1e2), math.log(compute / 6 / 10))
+    lo, hi = params_range or (1e2, compute / 6 / 10)
+    log_n = _argmin(f, math.log(lo), math.log(min(hi, compute / 6 / 10)))
     out[key] = {'params': math.exp(log_n), 'tokens': tokens(log_n, teacher), 'loss': f(log_n)}
   out['distillation_wins'] = out['distilled']['loss'] < out['supervised']['loss']
   return out

@@ -6,7 +6,8 @@ only C, the compute-optimal allocation; given N (or D) alone, the C at which it 
 
   python -m scaling.predict --law=chinchilla --compute=5.76e23      # ~40B params (Chinchilla, Table A3)
   python -m scaling.predict --law=fit.json --params=1e9 --compute=1e20
-  python -m scaling.predict --law=kd_fit.json --teacher_loss=1.09 --compute=1e13 [--teacher_params=6.5e5]
+  python -m scaling.predict --law=kd_fit.json --teacher_loss=1.09 --compute=1e13 [--teacher_params=6.5e5] \
+      [--params_range=7.5e4,1.75e5]
 
 A distillation fit (scaling.fit --law=distillation) needs --teacher_loss (or --teacher=<workdir>:
 its result.json or last eval loss) and --compute: the compute-optimal student and its predicted
@@ -43,6 +44,9 @@ flags.DEFINE_float('teacher_loss', None, "distillation: the teacher's eval loss"
 flags.DEFINE_string('teacher', '', 'distillation: a teacher workdir (its loss)', flag_values=FLAGS)
 flags.DEFINE_float(
   'teacher_params', 0.0, 'distillation: count 2·N_T·D teacher FLOPs (0: not)', flag_values=FLAGS
+)
+flags.DEFINE_list(
+  'params_range', [], 'distillation: search N in lo,hi (e.g. the fitted sizes)', flag_values=FLAGS
 )
 
 
@@ -209,10 +213,11 @@ def _distillation(fit: dict) -> dict:
   if FLAGS.compute is None or (FLAGS.teacher_loss is None and not FLAGS.teacher):
     raise ValueError('a distillation fit needs --compute and --teacher_loss (or --teacher)')
   loss = FLAGS.teacher_loss if FLAGS.teacher_loss is not None else teacher_loss(FLAGS.teacher)
-  return {
-    'law': 'distillation',
-    **distill_law.compute_optimal(fit, loss, FLAGS.compute, FLAGS.teacher_params),
-  }
+  bounds = tuple(float(x) for x in FLAGS.params_range) or None
+  if bounds is not None and (len(bounds) != 2 or not 0 < bounds[0] < bounds[1]):
+    raise ValueError(f'--params_range={",".join(FLAGS.params_range)}: expected lo,hi, 0 < lo < hi')
+  best = distill_law.compute_optimal(fit, loss, FLAGS.compute, FLAGS.teacher_params, bounds)
+  return {'law': 'distillation', **best}
 
 
 if __name__ == '__main__':
