@@ -60,10 +60,13 @@ class Rows:
     return self.params, self.tokens, self.loss, self.teacher_loss, self.teacher_params
 
 
-def read(path: str) -> Rows:
-  """The CSV's rows (ValueError naming the file and row for a missing or non-positive value)."""
+def read(path: str, alpha: float = 1.0) -> Rows:
+  """The CSV's supervised rows and its distilled rows at this `alpha` (when it has the column:
+  the law is fitted to one objective, pure distillation by default); ValueError naming the file
+  and line for a missing or non-positive value."""
   with open(path) as f:
     rows = list(csv.DictReader(f))
+  rows = [r for r in rows if not (r.get('alpha') or '').strip() or float(r['alpha']) == alpha]
   if not rows:
     raise ValueError(f'{path}: no rows')
   cols = {}
