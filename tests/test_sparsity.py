@@ -212,3 +212,13 @@ def test_sparsity_with_lora_is_refused(tiny_config):
   config.model.lora_rank = 2
   with pytest.raises(ValueError, match='config.sparsity.target.*LoRA'):
     validation.derive(config, 8)
+
+
+def test_memory_estimate_counts_the_masks():
+  """train/memory.py: the sparsity masks (uint8, one per float32 param) are optimizer-state bytes."""
+  from train import memory
+
+  m = models.ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=32)
+  mesh = {'data': 1, 'fsdp': 1, 'tensor': 1}
+  dense, sparse = (memory.estimate(m, mesh, 8, 32, sparse=s) for s in (False, True))
+  assert sparse.optimizer - dense.optimizer == memory.param_bytes(m, mesh) // 4

@@ -114,16 +114,19 @@ def estimate(
   seq_len: int,
   grad_accum_steps: int = 1,
   limit: int | None = None,
+  sparse: bool = False,
 ) -> Estimate:
   """Per-device bytes of the train step: params, Adam moments and gradients of the params that
-  train (plus the accumulator when accumulating) and one microbatch's activations
+  train (plus the accumulator when accumulating), with `sparse` the sparsity masks in the
+  optimizer state (one uint8 per float32 param), and one microbatch's activations
   (`micro_batch` global sequences)."""
   p = param_bytes(model, mesh_shape)
   t = param_bytes(model, mesh_shape, trainable=True) if model.lora_rank else p
   shards = mesh_shape['data'] * mesh_shape['fsdp']
   tokens = max(micro_batch // shards, 1) * seq_len
   acts = activation_bytes(model, tokens, seq_len, mesh_shape['tensor'])
-  return Estimate(p, 2 * t, t * (2 if grad_accum_steps > 1 else 1), acts, limit)
+  masks = p // 4 if sparse else 0
+  return Estimate(p, 2 * t + masks, t * (2 if grad_accum_steps > 1 else 1), acts, limit)
 
 
 def compiled_bytes(m: ModelConfig, opt_config, batch: int, seq_len: int, k: int = 1) -> int:
@@ -173,6 +176,7 @@ def for_run(derived: validation.Derived) -> Estimate:
     c.data.seq_len,
     c.train.grad_accum_steps,
     available(),
+    sparse=c.sparsity.target > 0,
   )
   logging.info(est.line())
   check(est)
