@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 from absl import flags
 
+from scaling import compression_report as rep
+
 # The teacher and the pruned shapes (each about 55 % of its 651K params; the 373K ladder rung is
 # the from-scratch reference at its full 20 tokens per parameter).
 TEACHER = 'N6.51e5_D1.3e7_lr7.81e-3'
@@ -145,35 +147,12 @@ def _append(path: str, row: dict) -> None:
     w.writerow(row)
 
 
-def _rows(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return list(csv.DictReader(f))
-
-
-def curves(work: str) -> list[dict]:
-  """Recovery curves: eval loss per step of every recovery run (from its metrics.jsonl)."""
-  out = []
-  for name in SHAPES:
-    for how in RECOVERIES:
-      path = os.path.join(work, 'recovery', f'{name}_{how}', 'metrics.jsonl')
-      if not os.path.exists(path):
-        continue
-      for line in open(path):
-        m = json.loads(line)
-        if 'eval/loss' in m:
-          out.append({'shape': name, 'recovery': how, 'step': m['step'],
-                      'tokens': m.get('train/tokens_seen', 0), 'eval_loss': m['eval/loss']})  # fmt: skip
-  return out
-
-
 def oneshot(work: str, ladder: str) -> str:
   """Loss after one-shot magnitude sparsity of each base (no retraining): sparsity_oneshot.csv."""
   from train import compress
 
   path = os.path.join(work, 'sparsity_oneshot.csv')
-  done = {(r['base'], r['sparsity'], r['scope'], r['pattern']) for r in _rows(path)}
+  done = {(r['base'], r['sparsity'], r['scope'], r['pattern']) for r in rep.read_csv(path)}
   for base in SPARSE_BASES:
     for s, scope, pattern in ONESHOT:
       if (base, str(s), scope, pattern) in done:
@@ -193,7 +172,7 @@ def ptq(work: str, ladder: str) -> str:
   from train import compress
 
   path = os.path.join(work, 'quantize.csv')
-  done = {(r['member'], r['scheme'], r['group']) for r in _rows(path)}
+  done = {(r['member'], r['scheme'], r['group']) for r in rep.read_csv(path)}
   members = sorted(m for m in os.listdir(ladder) if m.endswith('lr7.81e-3') and '_D' in m)
   for member in members:
     for scheme, group in SCHEMES:
@@ -217,8 +196,6 @@ def ptq(work: str, ladder: str) -> str:
 
 def report(work: str, ladder: str, out: str) -> dict:
   """CSVs, fits and plots of whatever parts have finished, into `out` (docs/compression)."""
-  from scaling import compression_report as rep
-
   os.makedirs(out, exist_ok=True)
   summary = {}
   runs = {(s, h): os.path.join(work, 'recovery', f'{s}_{h}') for s in SHAPES for h in RECOVERIES}
@@ -230,12 +207,12 @@ def report(work: str, ladder: str, out: str) -> dict:
       if os.path.exists(path):
         with open(path) as f:
           pruned[s] = json.load(f)['loss_after']
-    rep._write(os.path.join(out, 'recovery_curves.csv'), curves_)
+    rep.write_csv(os.path.join(out, 'recovery_curves.csv'), curves_)
     ref = 'N3.73e5_D7.45e6_lr7.81e-3'  # 373K from scratch at 20 tokens/param: the same size.
     with open(os.path.join(ladder, ref, 'result.json')) as f:
       r = json.load(f)
     summary['recovery'] = rep.recovery_table(curves_, pruned, (r['loss'], r['tokens']))
-    rep._write(os.path.join(out, 'recovery.csv'), summary['recovery'])
+    rep.write_csv(os.path.join(out, 'recovery.csv'), summary['recovery'])
     refs = {'teacher (651K, 13M tokens)': _loss(ladder, TEACHER),
             '373K from scratch, 7.5M tokens': _loss(ladder, 'N3.73e5_D7.45e6_lr7.81e-3')}  # fmt: skip
     rep.plot_recovery(curves_, refs, pruned, os.path.join(out, 'recovery.png'))
@@ -252,9 +229,7 @@ def _loss(ladder: str, member: str) -> float:
 
 
 def _report_sparsity(work: str, ladder: str, out: str) -> dict:
-  from scaling import compression_report as rep
-
-  oneshot_rows = _rows(os.path.join(work, 'sparsity_oneshot.csv'))
+  oneshot_rows = rep.read_csv(os.path.join(work, 'sparsity_oneshot.csv'))
   runs = {
     b: {s: os.path.join(work, 'sparse', f'{b}_s{s}') for s in SPARSITIES} for b in SPARSE_BASES
   }
@@ -263,8 +238,8 @@ def _report_sparsity(work: str, ladder: str, out: str) -> dict:
     r['nonzero'] = int(
       r['params'] - r['sparsity'] * rep.compressible_params(os.path.join(ladder, r['base']))
     )
-  rep._write(os.path.join(out, 'sparsity_oneshot.csv'), oneshot_rows)
-  rep._write(os.path.join(out, 'sparsity_gradual.csv'), grad)
+  rep.write_csv(os.path.join(out, 'sparsity_oneshot.csv'), oneshot_rows)
+  rep.write_csv(os.path.join(out, 'sparsity_gradual.csv'), grad)
   if sum(r['sparsity'] > 0 for r in grad) < 6:
     return {'sparsity_oneshot': oneshot_rows, 'sparsity_gradual': grad}
   fit = rep.sparse_fit(grad)
@@ -273,12 +248,10 @@ def _report_sparsity(work: str, ladder: str, out: str) -> dict:
 
 
 def _report_quantize(work: str, ladder: str, out: str) -> dict:
-  from scaling import compression_report as rep
-
-  rows = _rows(os.path.join(work, 'quantize.csv'))
+  rows = rep.read_csv(os.path.join(work, 'quantize.csv'))
   if not rows:
     return {}
-  rep._write(os.path.join(out, 'quantize.csv'), rows)
+  rep.write_csv(os.path.join(out, 'quantize.csv'), rows)
   rep.plot_quantize(rows, os.path.join(out, 'quantize.png'))
   fits = [rep.kumar_fit(rows, s, str(g)) for s, g in SCHEMES if s != 'int8']
   qat = []
@@ -288,13 +261,13 @@ def _report_quantize(work: str, ladder: str, out: str) -> dict:
       ptq_row = next((r for r in rows if r['member'] == base and r['scheme'] == scheme
                       and r['group'] == str(group)), None)  # fmt: skip
       ft = {k: os.path.join(work, 'qat', f'{base}_ft_{k}') for k in ('float', f'{scheme}_g{group}')}
-      ft_loss = {k: rep._final_eval(v) if os.path.exists(os.path.join(v, DONE)) else float('nan')
+      ft_loss = {k: rep.final_eval(v) if os.path.exists(os.path.join(v, DONE)) else float('nan')
                  for k, v in ft.items()}  # fmt: skip
       qat.append({'base': base, 'scheme': f'{scheme} g{group}', 'float': _loss(ladder, base),
                   'ptq': float(ptq_row['loss']) if ptq_row else float('nan'),
-                  'qat_scratch': rep._final_eval(run), 'float_ft': ft_loss['float'],
+                  'qat_scratch': rep.final_eval(run), 'float_ft': ft_loss['float'],
                   'qat_ft': ft_loss[f'{scheme}_g{group}']})  # fmt: skip
-  rep._write(os.path.join(out, 'qat.csv'), qat)
+  rep.write_csv(os.path.join(out, 'qat.csv'), qat)
   return {'kumar': fits, 'qat': qat}
 
 

@@ -37,14 +37,16 @@ def fit_sparse_law(s, n, loss, starts: int = 24, seed: int = 0) -> np.ndarray:
   return best.x
 
 
-def _rows(path: str) -> list[dict]:
+def read_csv(path: str) -> list[dict]:
+  """A CSV's rows as dicts ([] when the file does not exist yet)."""
   if not os.path.exists(path):
     return []
   with open(path) as f:
     return list(csv.DictReader(f))
 
 
-def _write(path: str, rows: list[dict]) -> None:
+def write_csv(path: str, rows: list[dict]) -> None:
+  """rows (dicts with the same keys) as a CSV; nothing for no rows."""
   if not rows:
     return
   with open(path, 'w', newline='') as f:
@@ -53,7 +55,7 @@ def _write(path: str, rows: list[dict]) -> None:
     w.writerows(rows)
 
 
-def _final_eval(workdir: str) -> float:
+def final_eval(workdir: str) -> float:
   """The last eval/loss in a run's metrics.jsonl."""
   last = float('nan')
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
@@ -74,7 +76,7 @@ def gradual(runs: dict, ladder: str, done: str) -> list[dict]:
     for s, run in by_sparsity.items():
       if os.path.exists(os.path.join(run, done)):
         rows.append(
-          {'base': base, 'params': dense['params'], 'sparsity': s, 'loss': _final_eval(run)}
+          {'base': base, 'params': dense['params'], 'sparsity': s, 'loss': final_eval(run)}
         )
   return rows
 

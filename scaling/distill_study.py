@@ -81,7 +81,7 @@ def gather(work: str, ladder: str, out: str) -> int:
     teacher, _, alpha = rest.rpartition('_a')
     s, t = _result(ladder, student), _result(ladder, teacher)
     rows.append({'name': run, 'params': s['params'], 'tokens': s['tokens'],
-                 'loss': compression_report._final_eval(os.path.join(work, run)), 'teacher': teacher,
+                 'loss': compression_report.final_eval(os.path.join(work, run)), 'teacher': teacher,
                  'teacher_loss': t['loss'], 'teacher_params': t['params'], 'teacher_tokens': t['tokens'],
                  'alpha': float(alpha)})  # fmt: skip
   with open(out, 'w', newline='') as f:
