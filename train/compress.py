@@ -94,9 +94,11 @@ def _run(src: str, eval_batches: int) -> context.Run:
 
 def eval_loss(r: context.Run, cfg: ModelConfig, params: PyTree) -> float:
   """eval/loss of `params` (model `cfg`) on the run's eval set, by the loop's own evaluator."""
-  config = ml_collections.ConfigDict(r.config.to_dict())
-  config.model = ml_collections.ConfigDict(json.loads(json.dumps(dataclasses.asdict(cfg))))
-  rr = context.setup(config)
+  rr = r
+  if cfg != r.derived.model:  # another shape (pruned): its own mesh shardings and eval step.
+    config = ml_collections.ConfigDict(r.config.to_dict())
+    config.model = ml_collections.ConfigDict(json.loads(json.dumps(dataclasses.asdict(cfg))))
+    rr = context.setup(config)
   ev = evaluators.EvalLoss()
   with jax.set_mesh(rr.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     ev.start(rr, context.lm_task(rr))
