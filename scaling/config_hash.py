@@ -143,6 +143,9 @@ def legacy_config_hash(config: ml_collections.ConfigDict) -> str:
   for key, value in _flat(d).items():
     if key not in LEGACY_KEYS and key in defaults and _canonical(value) == defaults[key]:
       _drop(d, key)  # added since the rule was frozen, at its default.
+  legacy_sections = {k.split('.')[0] for k in LEGACY_KEYS}
+  for section in [k for k, v in d.items() if v == {} and k not in legacy_sections]:
+    del d[section]  # a section added since, all at its defaults (e.g. sparsity).
   for key in PLACEMENT:
     _drop(d, key)
   for key, default in LEGACY_DEFAULTS.items():

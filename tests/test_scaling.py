@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+import ml_collections
 import pytest
 from helpers import LLAMA_BLOCK, REPO, apply_overrides, cpu_env, main_cmd, main_result, run
 
@@ -348,9 +349,12 @@ def test_member_written_under_the_legacy_hash_is_recognised_not_rerun(tmp_path, 
   assert sweep.finished(os.path.join(workdir, b.name), b.config, b.name) is None
   # A key the schema gains later, at its default, changes neither hash.
   defaults = config_hash._defaults()
-  monkeypatch.setattr(config_hash, '_defaults', lambda: {**defaults, 'model.new_knob': 7})
-  with a.config.unlocked():
+  monkeypatch.setattr(
+    config_hash, '_defaults', lambda: {**defaults, 'model.new_knob': 7, 'new_section.knob': 1}
+  )
+  with a.config.unlocked():  # ... nor does a whole section the schema gains, at its defaults.
     a.config.model.new_knob = 7
+    a.config.new_section = ml_collections.ConfigDict({'knob': 1})
   assert config_hash.legacy_config_hash(a.config) == LEGACY_HASHES[a.name]
   assert a.config_hash == sweep.members(config)[0].config_hash
   a.config.optimizer.lr *= 2  # a changed config is still refused.
