@@ -203,3 +203,62 @@ def test_compress_targets_are_checked_before_loading(tmp_path, what, needle):
   }
   with pytest.raises(ValueError, match=needle):
     compress.check(str(src), str(tmp_path / 'out'), full)
+
+
+def test_compress_an_hf_checkpoint_equals_transformers_with_the_units_removed(data_dir, tmp_path):
+  """train.compress --workdir=hf:DIR (a random LLaMA-GQA saved by transformers): calibrated on
+  --config's data with --tokenizer=byte, the pruned workdir's logits equal transformers' model
+  with the same layer and MLP neurons removed by hand; int8 of it loads and stays close; an hf:
+  directory without a tokenizer, or without config.json, is one line before loading."""
+  import torch
+  import transformers
+  from helpers import HF_LLAMA, make_hf, save
+
+  from train import init_from
+
+  kw = {**HF_LLAMA, 'vocab_size': 257, 'intermediate_size': 64, 'tie_word_embeddings': False}
+  hf_dir = save(make_hf(transformers.LlamaConfig, kw), tmp_path / 'hf')
+  data = [f'--config={REPO}/configs/default.py', f'--config.data.data_dir={data_dir}',
+          '--config.data.seq_len=32', '--config.train.global_batch_size=8']  # fmt: skip
+  cmd = [sys.executable, '-m', 'train.compress', f'--workdir=hf:{hf_dir}', '--eval_batches=1']
+  go = lambda *a: subprocess.run(
+    cmd + list(a), cwd=REPO, capture_output=True, text=True, timeout=600
+  )
+  out = str(tmp_path / 'pruned')
+  done = go(
+    f'--out={out}', '--prune=layers:1,mlp:32', '--calib_batches=2', '--tokenizer=byte', *data
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  record = json.loads(done.stdout.strip().splitlines()[-1])
+  assert record['source'] == f'hf:{hf_dir}' and record['shape']['layers'] == 1
+  kept = json.load(open(tmp_path / 'pruned' / 'compress.json'))['kept']
+  (layer,), neurons = kept['layers'], torch.tensor(kept['mlp'])
+  ref = transformers.LlamaForCausalLM.from_pretrained(hf_dir).eval()
+  ref.config.num_hidden_layers, ref.config.intermediate_size = 1, 32
+  mlp = ref.model.layers[layer].mlp
+  with torch.no_grad():
+    for lin in (mlp.gate_proj, mlp.up_proj):
+      lin.weight = torch.nn.Parameter(lin.weight[neurons])
+    mlp.down_proj.weight = torch.nn.Parameter(mlp.down_proj.weight[:, neurons])
+  ref.model.layers = torch.nn.ModuleList([ref.model.layers[layer]])
+  ref.model.layers[0].self_attn.layer_idx = 0
+  tokens = np.random.RandomState(0).randint(0, 257, (2, 16)).astype(np.int32)
+  with torch.no_grad():
+    theirs = ref(torch.from_numpy(tokens).long()).logits.float().numpy()
+  cfg, params = init_from.load_params(out)
+  assert (cfg.n_layers, cfg.d_ff, cfg.n_kv_heads) == (1, 32, 2)
+  np.testing.assert_allclose(np.asarray(models.logits(cfg, params, tokens)), theirs, atol=1e-4)
+  assert json.load(open(tmp_path / 'pruned' / 'config.json'))['data']['tokenizer'] == 'byte'
+  q = go(f'--out={tmp_path / "int8"}', '--quantize=int8', '--tokenizer=byte', *data)
+  assert q.returncode == 0, q.stderr[-2000:]
+  rec = json.loads(q.stdout.strip().splitlines()[-1])
+  assert abs(rec['loss_after'] - rec['loss_before']) < 0.01 * rec['loss_before']
+  assert init_from.load_params(str(tmp_path / 'int8'))[0].n_layers == 2
+  no_tok = go(f'--out={tmp_path / "x"}', '--quantize=int8', *data)
+  assert no_tok.returncode == 2 and no_tok.stderr.strip().splitlines() == [
+    f'error: hf:{hf_dir}: no tokenizer files in {hf_dir}; pass --tokenizer=byte or a tokenizer '
+    'directory'
+  ]
+  bad = subprocess.run(cmd[:3] + [f'--workdir=hf:{tmp_path}', f'--out={tmp_path / "y"}',
+                       '--quantize=int8'], cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+  assert bad.returncode == 2 and 'no config.json' in bad.stderr

@@ -102,6 +102,13 @@ def _loss_and_logits(cfg, params, tokens_BxL):
   return -jnp.take_along_axis(logp, tokens_BxL[:, 1:, None], -1).mean(), logits_BxLxV
 
 
+def _write(out: str, src: str, scheme: str, group: int) -> dict:
+  """quantized.write of a workdir's latest params beside its own config.json."""
+  cfg, params = init_from.load_params(src)
+  config = json.load(open(os.path.join(src, 'config.json')))
+  return quantized.write(out, config, cfg, params, scheme, group, os.path.abspath(src))
+
+
 @pytest.mark.parametrize('style', list(STYLES))
 def test_quantized_workdir_is_the_ptq_model_and_qat_is_straight_through(
   tiny_config, tmp_path, style
@@ -111,7 +118,7 @@ def test_quantized_workdir_is_the_ptq_model_and_qat_is_straight_through(
   overrides, scheme, group = STYLES[style]
   cfg, params, src = _source(tiny_config, tmp_path, overrides)
   out = str(tmp_path / 'q')
-  sizes = quantized.write(out, src, scheme, group)
+  sizes = _write(out, src, scheme, group)
   saved = json.load(open(os.path.join(out, 'config.json')))
   assert saved['quantized'] == {'scheme': scheme, 'group': group, 'source': os.path.abspath(src)}
   assert saved['model'] == json.load(open(os.path.join(src, 'config.json')))['model']
@@ -153,7 +160,7 @@ def test_packed_bytes_per_scheme(tiny_config, tmp_path):
   rest = sum(4 * x.size for x, c in zip(leaves, comp) if not c)
   for scheme, group, bits in (('int8', 0, 8), ('int4', 0, 4), ('int4', 32, 4), ('fp8', 0, 8)):
     out = str(tmp_path / f'{scheme}_{group}')
-    sizes = quantized.write(out, src, scheme, group)
+    sizes = _write(out, src, scheme, group)
     packed = safetensors.numpy.load_file(os.path.join(out, init_from.QUANTIZED_FILE))
     scales = sum(v.nbytes for k, v in packed.items() if k.endswith(':scale'))
     values = sum(v.nbytes for k, v in packed.items() if k.endswith(':q'))

@@ -1,18 +1,26 @@
-"""Compress one of our trained workdirs: structured pruning, one-shot sparsity or weight
-quantization, written as a new workdir every loader accepts (init_from, distillation, export,
-sampling, lm-eval); the eval loss before and after is printed and kept in OUT/compress.json.
+"""Compress a trained model (one of our workdirs or an `hf:/dir` checkpoint): structured pruning,
+one-shot sparsity or weight quantization, written as a new workdir of ours that every loader
+accepts (init_from, distillation, export, sampling, lm-eval); the eval loss before and after is
+printed and kept in OUT/compress.json.
 
   python -m train.compress --workdir=W --out=W2 --prune=layers:2           # depth
   python -m train.compress --workdir=W --out=W2 --prune=heads:4,mlp:224    # width
   python -m train.compress --workdir=W --out=W2 --sparsity=0.5 --scope=layer
   python -m train.compress --workdir=W --out=W2 --sparsity=0.5 --pattern=2:4
   python -m train.compress --workdir=W --out=W2 --quantize=int4 --group=64
+  python -m train.compress --workdir=hf:/path/to/llama --out=W2 --prune=layers:12 \
+      --config=configs/default.py --config.data.seq_len=1024
 
 --prune names target sizes (layers, heads: query heads in whole kv groups, mlp, embed); the units
 kept are the most important on --calib_batches training batches (models/pruning.py: Minitron's
 activation importance for heads, neurons and channels; the loss increase of dropping each layer
 for depth). Recover a pruned model by distillation from W (configs/compress.py). Every target
-is checked against W's config.json before any weight is loaded.
+is checked against W's config.json (an hf: directory's config.json) before any weight is loaded.
+
+Calibration and evaluation data, and OUT/config.json apart from its model, come from a run
+config: W's own config.json, or --config (a config file with overrides, e.g. another data mix);
+for an hf: source --config defaults to configs/default.py with the hf: directory's tokenizer
+(--tokenizer=byte or a tokenizer directory where it has none).
 """
 
 import dataclasses
@@ -25,15 +33,16 @@ import flax.linen as nn
 import jax
 import ml_collections
 from absl import flags
+from ml_collections import config_flags
 
-from models import pruning, sparsity
+from models import hf, pruning, sparsity
 from models import quantize as quantize_lib
 from models.config import ModelConfig, PyTree
 from train import checkpoint, cli, context, evaluators, init_from, quantized, sharding
 from train import workdir as workdir_lib
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string('workdir', None, 'one of our trained workdirs', flag_values=FLAGS)
+flags.DEFINE_string('workdir', None, 'one of our trained workdirs, or hf:/dir', flag_values=FLAGS)
 flags.DEFINE_string('out', None, 'the new workdir (must not hold a checkpoint)', flag_values=FLAGS)
 flags.DEFINE_string('prune', '', 'target sizes, e.g. layers:2,heads:4,mlp:224', flag_values=FLAGS)
 flags.DEFINE_float('sparsity', 0.0, 'fraction of compressible weights zeroed', flag_values=FLAGS)
@@ -45,6 +54,18 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer('calib_batches', 8, 'training batches for importance', flag_values=FLAGS)
 flags.DEFINE_integer('eval_batches', 0, 'eval batches (0: the run config)', flag_values=FLAGS)
+flags.DEFINE_string(
+  'tokenizer',
+  '',
+  "hf: sources: 'byte' or a tokenizer dir (default: the hf: dir's own)",
+  flag_values=FLAGS,
+)
+_CONFIG = config_flags.DEFINE_config_file(
+  'config',
+  None,
+  "run config for data and OUT's config.json (default: the source's; module doc)",
+  flag_values=FLAGS,
+)
 flags.DEFINE_bool('debug', False, 'show tracebacks', flag_values=FLAGS)
 flags.mark_flags_as_required(['workdir', 'out'], flag_values=FLAGS)
 
@@ -64,7 +85,7 @@ def check(src: str, out: str, what: dict) -> ModelConfig:
   """The source's model config, once every target in `what` fits it (nothing loaded yet)."""
   if sum(bool(what[k]) for k in ('prune', 'sparsity', 'quantize')) != 1:
     raise ValueError('give exactly one of --prune, --sparsity, --quantize')
-  cfg = init_from.workdir_model_config(src)
+  cfg = source_model_config(src)
   if os.path.abspath(out) == os.path.abspath(src):
     raise ValueError('--out is --workdir: the source is never overwritten')
   held = [
@@ -83,10 +104,42 @@ def check(src: str, out: str, what: dict) -> ModelConfig:
   return cfg
 
 
-def _run(src: str, eval_batches: int) -> context.Run:
-  """The source's run context (its data, mesh and eval sets), for calibration and evaluation."""
-  config = ml_collections.ConfigDict(workdir_lib.read_json(os.path.join(src, 'config.json')))
+def source_model_config(src: str) -> ModelConfig:
+  """The model config of `src` (hf:/dir or our workdir) from its config.json alone."""
+  if not src.startswith('hf:'):
+    return init_from.workdir_model_config(src)
+  if not os.path.exists(os.path.join(src[3:], 'config.json')):
+    raise ValueError(f'{src}: no config.json in {src[3:]} (not an HF checkpoint directory)')
+  return hf.read_config(src[3:])
+
+
+def run_config(
+  src: str, config: ml_collections.ConfigDict | None, tokenizer: str = ''
+) -> ml_collections.ConfigDict:
+  """The run config that calibrates, evaluates and is written beside OUT's params (module doc):
+  `config` or, by default, our source's config.json / configs/default.py for an hf: source; its
+  model is the source's, init_from empty."""
+  if config is None and not src.startswith('hf:'):
+    config = ml_collections.ConfigDict(workdir_lib.read_json(os.path.join(src, 'config.json')))
+  elif config is None:
+    from configs import default
+
+    config = default.get_config()
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model = ml_collections.ConfigDict(_model_dict(source_model_config(src)))
   config.init_from = ''
+  if src.startswith('hf:'):
+    config.data.tokenizer = tokenizer or init_from.source_tokenizer(src)
+  return config
+
+
+def _model_dict(cfg: ModelConfig) -> dict:
+  return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _run(config: ml_collections.ConfigDict, eval_batches: int) -> context.Run:
+  """The run context (data, mesh and eval sets) of `config`, for calibration and evaluation."""
+  config = ml_collections.ConfigDict(config.to_dict())
   if eval_batches:
     config.train.eval_batches = eval_batches
   return context.setup(config)
@@ -97,7 +150,7 @@ def eval_loss(r: context.Run, cfg: ModelConfig, params: PyTree) -> float:
   rr = r
   if cfg != r.derived.model:  # another shape (pruned): its own mesh shardings and eval step.
     config = ml_collections.ConfigDict(r.config.to_dict())
-    config.model = ml_collections.ConfigDict(json.loads(json.dumps(dataclasses.asdict(cfg))))
+    config.model = ml_collections.ConfigDict(_model_dict(cfg))
     rr = context.setup(config)
   ev = evaluators.EvalLoss()
   with jax.set_mesh(rr.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
@@ -106,24 +159,31 @@ def eval_loss(r: context.Run, cfg: ModelConfig, params: PyTree) -> float:
     return float(ev(params)['eval/loss'])
 
 
-def compress(src: str, out: str, what: dict) -> dict:
-  """What the command line does (module docstring); returns the record kept in OUT/compress.json."""
+def compress(
+  src: str, out: str, what: dict, config: ml_collections.ConfigDict | None = None
+) -> dict:
+  """What the command line does (module docstring); returns the record kept in OUT/compress.json.
+  `config`: the run config (run_config's default when None)."""
   cfg = check(src, out, what)
+  config = run_config(src, config, what.get('tokenizer', ''))
   t0 = time.time()
-  r = _run(src, what['eval_batches'])
+  r = _run(config, what['eval_batches'])
   _, params = init_from.load_params(src)
-  record = {'source': os.path.abspath(src), **what, 'loss_before': eval_loss(r, cfg, params)}
+  source = 'hf:' + os.path.abspath(src[3:]) if src.startswith('hf:') else os.path.abspath(src)
+  record = {'source': source, **what, 'loss_before': eval_loss(r, cfg, params)}
   record['params_before'] = _count(params)
+  out_config = json.loads(json.dumps(config.to_dict()))
   if what['quantize']:
-    record.update(quantized.write(out, src, what['quantize'], what['group']))
+    record.update(
+      quantized.write(out, out_config, cfg, params, what['quantize'], what['group'], source)
+    )
     new_cfg, new_params = quantized.read(out)
   else:
     new_cfg, new_params, extra = _transform(r, cfg, params, what)
     record.update(extra)
-    config = json.loads(json.dumps(r.config.to_dict()))
-    config['model'] = json.loads(json.dumps(dataclasses.asdict(new_cfg)))
-    meta = {'compressed_from': os.path.abspath(src)}
-    checkpoint.write_params(out, json.dumps(config, indent=2), new_params, 0, meta)
+    out_config['model'] = _model_dict(new_cfg)
+    meta = {'compressed_from': source}
+    checkpoint.write_params(out, json.dumps(out_config, indent=2), new_params, 0, meta)
   record['params_after'] = _count(new_params)
   record['loss_after'] = eval_loss(r, new_cfg, new_params)
   record['wall_s'] = round(time.time() - t0, 1)
@@ -175,9 +235,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     'group': f.group,
     'calib_batches': f.calib_batches,
     'eval_batches': f.eval_batches,
+    'tokenizer': f.tokenizer,
   }
   with cli.one_line_errors(f.debug):
-    record = compress(f.workdir, f.out, what)
+    config = _CONFIG.value
+    if config is not None:
+      _ = config.keys  # config_flags defers a failed load (e.g. a missing file) to here.
+    record = compress(f.workdir, f.out, what, config)
   print(json.dumps({k: v for k, v in record.items() if k not in ('importance', 'kept')}))
 
 

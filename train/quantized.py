@@ -18,18 +18,18 @@ from train import init_from
 from train import workdir as workdir_lib
 
 
-def write(out: str, src_workdir: str, scheme: str, group: int) -> dict:
-  """Quantize `src_workdir`'s params into the new workdir `out`; returns {'bytes_quantized': the
-  safetensors file's size, 'bytes_float32': the same params' size in float32}."""
+def write(
+  out: str, config: dict, cfg: ModelConfig, params: PyTree, scheme: str, group: int, source: str
+) -> dict:
+  """Quantize `params` (model `cfg`, from `source`) into the new workdir `out`, beside the run
+  `config` (a dict, its model section `cfg`'s); returns {'bytes_quantized': the safetensors file's
+  size, 'bytes_float32': the same params' size in float32}."""
   path = os.path.join(out, init_from.QUANTIZED_FILE)
   if os.path.exists(path):
     raise ValueError(f'{out}: already holds {init_from.QUANTIZED_FILE}; choose a new --out')
-  quantize.check(init_from.workdir_model_config(src_workdir), scheme, group)
-  cfg, params = init_from.load_params(src_workdir)
+  quantize.check(cfg, scheme, group)
   packed = quantize.quantize_tree(cfg, jax.device_get(params), scheme, group)
-  config = workdir_lib.read_json(os.path.join(src_workdir, 'config.json'))
-  source = os.path.abspath(src_workdir)
-  config['quantized'] = {'scheme': scheme, 'group': group, 'source': source}
+  config = {**config, 'quantized': {'scheme': scheme, 'group': group, 'source': source}}
   os.makedirs(out, exist_ok=True)
   safetensors.numpy.save_file(packed, path + '.tmp', metadata={'scheme': scheme})
   os.replace(path + '.tmp', path)
