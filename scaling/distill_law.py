@@ -62,11 +62,13 @@ class Rows:
 
 def read(path: str, alpha: float = 1.0) -> Rows:
   """The CSV's supervised rows and its distilled rows at this `alpha` (when it has the column:
-  the law is fitted to one objective, pure distillation by default); ValueError naming the file
+  the law is fitted to one objective, pure distillation by default) and seed 0 (repeats at other
+  seeds measure the noise floor); ValueError naming the file
   and line for a missing or non-positive value."""
   with open(path) as f:
     rows = list(csv.DictReader(f))
   rows = [r for r in rows if not (r.get('alpha') or '').strip() or float(r['alpha']) == alpha]
+  rows = [r for r in rows if not (r.get('seed') or '').strip() or int(r['seed']) == 0]  # repeats.
   if not rows:
     raise ValueError(f'{path}: no rows')
   cols = {}

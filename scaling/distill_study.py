@@ -8,11 +8,16 @@ supervised twins; every student re-trained from its twin's config, distilled ins
   python -m scaling.distill_study --workdir=workdirs/distill_law --ladder=$L --gather=docs/distillation/law_runs.csv
   python -m scaling.fit --law=distillation --results=docs/distillation/law_runs.csv --bootstrap=50
   python -m scaling.validate --laws=distillation --results=docs/distillation/law_runs.csv --distill_holdout=teacher
+  python -m scaling.distill_study --plot=docs/distillation/capacity_gap.png --fit=docs/distillation/law_fit.json
+
+Runs already in --csv (the committed CSV) are not run again, and --gather merges into it: a later
+session goes on from the committed rows without the earlier session's workdirs.
 """
 
 import csv
 import json
 import os
+import re
 from collections.abc import Sequence
 
 from absl import flags
@@ -41,19 +46,39 @@ STUDENTS = (
   'N1.75e5_D3.49e6_lr7.81e-3',
 )
 MIXED = ('N6.51e5_D1.3e7_lr7.81e-3', 0.5)  # the mixed objective, with the strongest teacher.
+# The noise floor: the strongest teacher's 20-tokens/param students again at seed 1 (init and
+# data order), one per student size.
+SEEDED = tuple((s, 'N6.51e5_D1.3e7_lr7.81e-3', 1) for s in STUDENTS[2::3])
+NAME = re.compile(r'^(?P<student>.+?)(?:_seed(?P<seed>\d+))?__(?P<teacher>.+)_a(?P<alpha>[\d.]+)$')
 
 
-def plan(work: str, ladder: str, teachers: Sequence[str]) -> list[tuple[str, list[str]]]:
-  """(marker, command) of every distilled student: pure distillation from each teacher, the mixed
-  objective from MIXED's teacher. Ordered student-major, so a partial pass covers every teacher."""
+def run_name(student: str, teacher: str, alpha: float, seed: int = 0) -> str:
+  """A distilled run's directory name; NAME parses it back."""
+  return f'{student}{f"_seed{seed}" if seed else ""}__{teacher}_a{alpha:g}'
+
+
+def pending(teachers: Sequence[str], done: Sequence[str] = ()) -> list[tuple[str, str, float, int]]:
+  """(student, teacher, alpha, seed) of every distilled run whose name is not in `done`: pure
+  distillation from each teacher, the mixed objective from MIXED's teacher, then the SEEDED
+  repeats. Student-major, so a partial pass covers every teacher."""
+  runs = [(s, t, a, 0) for s in STUDENTS for t, a in [(t, 1.0) for t in teachers] + [MIXED]]
+  runs += [(s, t, 1.0, seed) for s, t, seed in SEEDED]
+  return [r for r in runs if run_name(*r) not in done]
+
+
+def plan(
+  work: str, ladder: str, teachers: Sequence[str], done: Sequence[str] = ()
+) -> list[tuple[str, list[str]]]:
+  """(marker, command) of each pending run (main.py with configs/distill_law.py)."""
   cmds = []
-  for student in STUDENTS:
-    for teacher, alpha in [(t, 1.0) for t in teachers] + [MIXED]:
-      name = f'{student}__{teacher}_a{alpha:g}'
-      arg = f'student={os.path.join(ladder, student)},teacher={os.path.join(ladder, teacher)},alpha={alpha:g}'
-      cmds.append(
-        compression._train(os.path.join(work, name), [f'--config=configs/distill_law.py:{arg}'])
-      )
+  for student, teacher, alpha, seed in pending(teachers, done):
+    arg = f'student={os.path.join(ladder, student)},teacher={os.path.join(ladder, teacher)},alpha={alpha:g}'
+    flags_ = [f'--config=configs/distill_law.py:{arg}'] + (
+      [f'--config.seed={seed}'] if seed else []
+    )
+    cmds.append(
+      compression._train(os.path.join(work, run_name(student, teacher, alpha, seed)), flags_)
+    )
   return cmds
 
 
@@ -62,33 +87,85 @@ def _result(ladder: str, member: str) -> dict:
     return json.load(f)
 
 
+COLUMNS = ('name', 'params', 'tokens', 'loss', 'teacher', 'teacher_loss', 'teacher_params',
+           'teacher_tokens', 'alpha', 'seed')  # fmt: skip
+
+
+def _read(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
 def gather(work: str, ladder: str, out: str) -> int:
-  """The CSV: supervised runs (every seed-0, lr-2^-7 ladder member: the students' twins and the
-  sizes above them, for the students' own Chinchilla law) and the finished students."""
+  """Merge into the CSV `out` (its rows kept unless measured again here): supervised runs (every
+  seed-0, lr-2^-7 ladder member: the students' twins and the sizes above them, for the students'
+  own Chinchilla law) and the finished students; returns the distilled rows it holds."""
   from scaling import compression_report
 
-  rows = []
+  rows = {r['name']: {c: r.get(c, '') for c in COLUMNS} for r in _read(out)}
   for member in sorted(os.listdir(ladder)):
-    if member.endswith('lr7.81e-3') and '_D' in member:
+    if (
+      member.endswith('lr7.81e-3')
+      and '_D' in member
+      and os.path.exists(os.path.join(ladder, member, 'result.json'))
+    ):
       r = _result(ladder, member)
-      rows.append({'name': member, 'params': r['params'], 'tokens': r['tokens'], 'loss': r['loss'],
-                   'teacher': '', 'teacher_loss': '', 'teacher_params': '', 'teacher_tokens': '',
-                   'alpha': ''})  # fmt: skip
-  for run in sorted(os.listdir(work)):
-    if not os.path.exists(os.path.join(work, run, compression.DONE)):
+      rows[member] = {'name': member, 'params': r['params'], 'tokens': r['tokens'],
+                      'loss': r['loss'], **dict.fromkeys(COLUMNS[4:], '')}  # fmt: skip
+  for run in sorted(os.listdir(work)) if os.path.isdir(work) else []:
+    m = NAME.match(run)
+    if not m or not os.path.exists(os.path.join(work, run, compression.DONE)):
       continue
-    student, _, rest = run.partition('__')
-    teacher, _, alpha = rest.rpartition('_a')
-    s, t = _result(ladder, student), _result(ladder, teacher)
-    rows.append({'name': run, 'params': s['params'], 'tokens': s['tokens'],
-                 'loss': compression_report.final_eval(os.path.join(work, run)), 'teacher': teacher,
-                 'teacher_loss': t['loss'], 'teacher_params': t['params'], 'teacher_tokens': t['tokens'],
-                 'alpha': float(alpha)})  # fmt: skip
+    s, t = _result(ladder, m['student']), _result(ladder, m['teacher'])
+    rows[run] = {'name': run, 'params': s['params'], 'tokens': s['tokens'],
+                 'loss': compression_report.final_eval(os.path.join(work, run)),
+                 'teacher': m['teacher'], 'teacher_loss': t['loss'], 'teacher_params': t['params'],
+                 'teacher_tokens': t['tokens'], 'alpha': float(m['alpha']),
+                 'seed': int(m['seed'] or 0)}  # fmt: skip
+  ordered = sorted(rows.values(), key=lambda r: (bool(r['teacher']), r['name']))
   with open(out, 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w = csv.DictWriter(f, fieldnames=list(COLUMNS))
     w.writeheader()
-    w.writerows(rows)
-  return sum(bool(r['teacher']) for r in rows)
+    w.writerows(ordered)
+  return sum(bool(r['teacher']) for r in ordered)
+
+
+def plot_capacity_gap(results: str, fit_json: str, png: str) -> None:
+  """Student loss against teacher loss at fixed student size and tokens (pure distillation, seed
+  0): points measured, dashed the supervised twin, lines the fitted law (fit_json, if given)."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  from scaling import distill_law
+
+  rows = [r for r in _read(results) if r['teacher'] and float(r['alpha']) == 1.0
+          and not int(r.get('seed') or 0)]  # fmt: skip
+  twins = {(r['params'], r['tokens']): float(r['loss']) for r in _read(results) if not r['teacher']}
+  fitted = json.load(open(fit_json)) if fit_json else None
+  sizes = sorted({int(r['params']) for r in rows})
+  fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.8), sharey=True)
+  for ax, n in zip(np.atleast_1d(axes), sizes):
+    mine = [r for r in rows if int(r['params']) == n]
+    for color, d in zip(('C0', 'C1', 'C2', 'C3'), sorted({int(r['tokens']) for r in mine})):
+      pts = sorted(
+        (float(r['teacher_loss']), float(r['loss'])) for r in mine if int(r['tokens']) == d
+      )
+      ax.plot(*zip(*pts), 'o', color=color, label=f'D_S {d / 1e6:.2f}M')
+      ax.axhline(twins[(str(n), str(d))], color=color, ls='--', lw=0.8)
+      if fitted:
+        lt = np.linspace(1.0, 1.9, 100)
+        ax.plot(lt, distill_law.predict(fitted, lt, n, d), '-', color=color, lw=1)
+    ax.set(title=f'student {n / 1e3:.0f}K', xlabel='teacher eval loss')
+  np.atleast_1d(axes)[0].set_ylabel('student eval loss (dashed: supervised twin)')
+  np.atleast_1d(axes)[0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(png, dpi=120)
+  plt.close(fig)
 
 
 FLAGS = flags.FlagValues()
@@ -98,7 +175,14 @@ flags.DEFINE_string(
 )
 flags.DEFINE_list('teachers', list(TEACHERS), 'teacher members', flag_values=FLAGS)
 flags.DEFINE_integer('lanes', 1, 'training processes at once', flag_values=FLAGS)
-flags.DEFINE_string('gather', '', 'write the CSV here instead of running', flag_values=FLAGS)
+flags.DEFINE_string(
+  'gather', '', 'merge the results into this CSV instead of running', flag_values=FLAGS
+)
+flags.DEFINE_string(
+  'csv', 'docs/distillation/law_runs.csv', 'runs already in it are not run again', flag_values=FLAGS
+)
+flags.DEFINE_string('plot', '', 'draw the capacity-gap plot from --csv here', flag_values=FLAGS)
+flags.DEFINE_string('fit', '', "the law's fit (scaling.fit's JSON) for --plot", flag_values=FLAGS)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -106,14 +190,26 @@ def main(argv: Sequence[str] | None = None) -> None:
 
   cli.parse(FLAGS, argv, __doc__)
   f = FLAGS
-  missing = [m for m in (*f.teachers, *STUDENTS) if not os.path.isdir(os.path.join(f.ladder, m))]
-  if missing:
-    cli.usage_error(f'--ladder: {f.ladder} has no member {missing[0]} (run the ladder first)')
+  if f.plot:
+    plot_capacity_gap(f.csv, f.fit, f.plot)
+    print(f'wrote {f.plot}')
+    return
+  if not os.path.isdir(f.ladder):
+    cli.usage_error(f'--ladder: {f.ladder} is not a directory (run the ladder first)')
   if f.gather:
     print(f'{gather(f.workdir, f.ladder, f.gather)} distilled students in {f.gather}')
     return
+  done = [r['name'] for r in _read(f.csv)]
+  needed = {m for s, t, _, _ in pending(f.teachers, done) for m in (s, t)}
+  missing = sorted(
+    m for m in needed if not os.path.exists(os.path.join(f.ladder, m, 'result.json'))
+  )
+  if missing:
+    cli.usage_error(
+      f'--ladder: {f.ladder} has no finished member {missing[0]} (run the ladder first)'
+    )
   os.makedirs(f.workdir, exist_ok=True)
-  compression._lanes(plan(f.workdir, f.ladder, f.teachers), f.lanes)
+  compression._lanes(plan(f.workdir, f.ladder, f.teachers, done), f.lanes)
 
 
 if __name__ == '__main__':

@@ -107,3 +107,59 @@ def test_fit_validate_and_predict_command_lines(tmp_path, capsys):
   best = json.loads(capsys.readouterr().out)
   assert best['law'] == 'distillation' and best['distilled']['params'] > 0
   assert isinstance(best['distillation_wins'], bool)
+
+
+def test_study_goes_on_from_its_committed_csv(tmp_path):
+  """scaling.distill_study: runs already in the CSV are not planned again (seed repeats named
+  apart), --gather merges new runs into the CSV keeping its earlier rows, seed-1 repeats stay out
+  of the fit's rows, and the capacity-gap plot is drawn from the merged CSV."""
+  import csv
+  import json
+  import os
+
+  from scaling import compression, distill_study
+
+  student, teacher = distill_study.STUDENTS[0], distill_study.TEACHERS[0]
+  ladder, work, out = tmp_path / 'ladder', tmp_path / 'work', str(tmp_path / 'runs.csv')
+  for name, params, tokens, loss in (
+    (student, 75120, 375600, 2.18),
+    (teacher, 651280, 1.3e7, 1.09),
+  ):
+    (ladder / name).mkdir(parents=True)
+    (ladder / name / 'result.json').write_text(
+      json.dumps({'params': params, 'tokens': tokens, 'loss': loss})
+    )
+  earlier = distill_study.run_name(distill_study.STUDENTS[1], teacher, 1.0)
+  with open(out, 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=['name', 'params', 'tokens', 'loss', 'teacher', 'teacher_loss',
+                                      'teacher_params', 'teacher_tokens', 'alpha'])  # fmt: skip
+    w.writeheader()  # an earlier session's CSV, written before the seed column.
+    w.writerow({'name': distill_study.STUDENTS[1], 'params': 75120, 'tokens': 751200, 'loss': 1.95})
+    w.writerow({'name': earlier, 'params': 75120, 'tokens': 751200, 'loss': 1.8, 'teacher': teacher,
+                'teacher_loss': 1.09, 'teacher_params': 651280, 'teacher_tokens': 1.3e7, 'alpha': 1})  # fmt: skip
+  todo = distill_study.pending(distill_study.TEACHERS, [earlier])
+  assert len(todo) == len(distill_study.STUDENTS) * 7 + len(distill_study.SEEDED) - 1
+  assert (distill_study.STUDENTS[1], teacher, 1.0, 0) not in todo
+  for seed, loss in ((0, 2.0), (1, 2.01)):
+    run = work / distill_study.run_name(student, teacher, 1.0, seed)
+    run.mkdir(parents=True)
+    (run / 'metrics.jsonl').write_text(json.dumps({'eval/loss': loss}) + '\n')
+    (run / compression.DONE).touch()
+  assert distill_study.gather(str(work), str(ladder), out) == 3
+  rows = {r['name']: r for r in csv.DictReader(open(out))}
+  assert rows[earlier]['loss'] == '1.8' and rows[distill_study.STUDENTS[1]]['loss'] == '1.95'
+  seeded = rows[distill_study.run_name(student, teacher, 1.0, 1)]
+  assert (seeded['seed'], seeded['teacher_loss'], seeded['loss']) == ('1', '1.09', '2.01')
+  assert rows[student]['teacher'] == '' and float(rows[student]['loss']) == 2.18
+  assert distill_study.NAME.match(seeded['name'])['student'] == student
+  assert sorted(dl.read(out).names) == sorted(
+    [
+      student,
+      teacher,
+      distill_study.STUDENTS[1],
+      earlier,
+      distill_study.run_name(student, teacher, 1.0),
+    ]
+  )
+  distill_study.plot_capacity_gap(out, '', str(tmp_path / 'gap.png'))
+  assert os.path.getsize(tmp_path / 'gap.png') > 10_000
