@@ -7,6 +7,7 @@ Resumable (finished runs are skipped), one CSV per part.
   python -m scaling.compression --part=recovery --workdir=workdirs/compress --ladder=$L --lanes=2
   python -m scaling.compression --part=sparsity --workdir=workdirs/compress --ladder=$L --lanes=2
   python -m scaling.compression --part=quantize --workdir=workdirs/compress --ladder=$L --lanes=2
+  python -m scaling.compression --part=nm --workdir=workdirs/compress --ladder=$L  # 2:4 trained
   python -m scaling.compression --report=docs/compression     # fits, tables, plots from the CSVs
 """
 
@@ -45,6 +46,7 @@ ONESHOT = [(s, scope, 'unstructured') for s in SPARSITIES for scope in ('global'
 # the fan-in (16 divides every ladder member's fan-ins: d_model 48-112, head_dim 16; 32 does not).
 SCHEMES = (('int8', 0), ('fp8', 0), ('int4', 0), ('int4', 16))
 DONE = 'compression_done'  # a finished run's marker file.
+NM = '2:4'  # the N:M pattern trained sparse (--part=nm).
 QAT = (('N7.51e4_D1.5e6_lr7.81e-3', 'int4', 0), ('N1.75e5_D3.49e6_lr7.81e-3', 'int4', 0))
 
 
@@ -92,25 +94,55 @@ def recovery_runs(work: str, ladder: str) -> list[tuple[str, list[str]]]:
   return cmds
 
 
+def _sparse_run(work: str, ladder: str, base: str, name: str, target: float, pattern: str):
+  """(marker, command): `base` retrained sparse, cubic from 10 % to 60 % of its steps, masks
+  every 1 % of the steps."""
+  src = os.path.join(ladder, base)
+  with open(os.path.join(src, 'config.json')) as f:
+    steps = json.load(f)['train']['num_steps']
+  flags_ = [
+    f'--config=configs/compress.py:rerun={src}',
+    f'--config.sparsity.target={target}',
+    f'--config.sparsity.pattern={pattern}',
+    f'--config.sparsity.begin_step={steps // 10}',
+    f'--config.sparsity.end_step={steps * 6 // 10}',
+    f'--config.sparsity.every={max(steps // 100, 1)}',
+  ]
+  return _train(os.path.join(work, 'sparse', name), flags_)
+
+
 def gradual_runs(work: str, ladder: str) -> list[tuple[str, list[str]]]:
-  """The 20-tokens/param members retrained with gradual magnitude sparsity (cubic from 10 % to
-  60 % of the steps, masks every 1 % of the steps), one per target sparsity."""
-  cmds = []
+  """The 20-tokens/param members retrained with gradual magnitude sparsity (_sparse_run), one per
+  target sparsity."""
+  return [
+    _sparse_run(work, ladder, base, f'{base}_s{s}', s, 'unstructured')
+    for base in SPARSE_BASES
+    for s in SPARSITIES
+  ]
+
+
+def nm_runs(work: str, ladder: str, bases: Sequence[str]) -> list[tuple[str, list[str]]]:
+  """The members trained 2:4 sparse: the N:M mask (the 2 largest |w| of every 4 along the fan-in)
+  chosen again every 1 % of the steps from 10 % to 60 % (_sparse_run), then fixed."""
+  return [_sparse_run(work, ladder, b, f'{b}_{NM.replace(":", "of")}', 0.5, NM) for b in bases]
+
+
+def nm_rows(work: str, ladder: str, path: str) -> list[dict]:
+  """Merge the finished 2:4-trained runs into the CSV `path` (its other rows kept): the member,
+  its dense loss, the one-shot 2:4 loss (sparsity_oneshot.csv beside `path`), the trained one."""
+  rows = {r['base']: r for r in rep.read_csv(path)}
+  oneshot_rows = rep.read_csv(os.path.join(os.path.dirname(path), 'sparsity_oneshot.csv'))
   for base in SPARSE_BASES:
-    src = os.path.join(ladder, base)
-    with open(os.path.join(src, 'config.json')) as f:
-      steps = json.load(f)['train']['num_steps']
-    for s in SPARSITIES:
-      run = os.path.join(work, 'sparse', f'{base}_s{s}')
-      flags_ = [
-        f'--config=configs/compress.py:rerun={src}',
-        f'--config.sparsity.target={s}',
-        f'--config.sparsity.begin_step={steps // 10}',
-        f'--config.sparsity.end_step={steps * 6 // 10}',
-        f'--config.sparsity.every={max(steps // 100, 1)}',
-      ]
-      cmds.append(_train(run, flags_))
-  return cmds
+    run = os.path.join(work, 'sparse', f'{base}_{NM.replace(":", "of")}')
+    if not os.path.exists(os.path.join(run, DONE)):
+      continue
+    one = next((r['loss'] for r in oneshot_rows if r['base'] == base and r['pattern'] == NM), '')
+    rows[base] = {'base': base, 'params': _result(ladder, base)['params'], 'pattern': NM,
+                  'loss_dense': _loss(ladder, base), 'loss_oneshot': one,
+                  'loss_trained': rep.final_eval(run)}  # fmt: skip
+  out = [rows[b] for b in SPARSE_BASES if b in rows]
+  rep.write_csv(path, out)
+  return out
 
 
 def qat_runs(work: str, ladder: str) -> list[tuple[str, list[str]]]:
@@ -223,9 +255,13 @@ def report(work: str, ladder: str, out: str) -> dict:
   return summary
 
 
-def _loss(ladder: str, member: str) -> float:
+def _result(ladder: str, member: str) -> dict:
   with open(os.path.join(ladder, member, 'result.json')) as f:
-    return float(json.load(f)['loss'])
+    return json.load(f)
+
+
+def _loss(ladder: str, member: str) -> float:
+  return float(_result(ladder, member)['loss'])
 
 
 def _report_sparsity(work: str, ladder: str, out: str) -> dict:
@@ -275,7 +311,11 @@ def _report_quantize(work: str, ladder: str, out: str) -> dict:
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_enum(
-  'part', None, ['recovery', 'sparsity', 'quantize'], 'what to run', flag_values=FLAGS
+  'part', None, ['recovery', 'sparsity', 'quantize', 'nm'], 'what to run', flag_values=FLAGS
+)
+flags.DEFINE_list('bases', list(SPARSE_BASES), '--part=nm: the members', flag_values=FLAGS)
+flags.DEFINE_string(
+  'nm_csv', 'docs/compression/sparsity_nm.csv', '--part=nm: merged into', flag_values=FLAGS
 )
 flags.DEFINE_string('workdir', 'workdirs/compress', 'study directory', flag_values=FLAGS)
 flags.DEFINE_string(
@@ -295,11 +335,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     return
   if not f.part:
     cli.usage_error('give --part=recovery|sparsity|quantize, or --report=DIR')
-  missing = [b for b in (TEACHER, *SPARSE_BASES) if not os.path.isdir(os.path.join(f.ladder, b))]
+  needed = f.bases if f.part == 'nm' else (TEACHER, *SPARSE_BASES)
+  missing = [b for b in needed if not os.path.isdir(os.path.join(f.ladder, b))]
   if missing:
     cli.usage_error(f'--ladder: {f.ladder} has no member {missing[0]} (run the ladder first)')
   os.makedirs(f.workdir, exist_ok=True)
-  if f.part == 'recovery':
+  if f.part == 'nm':
+    _lanes(nm_runs(f.workdir, f.ladder, f.bases), f.lanes)
+    print(json.dumps(nm_rows(f.workdir, f.ladder, f.nm_csv), indent=1))
+  elif f.part == 'recovery':
     _lanes(recovery_runs(f.workdir, f.ladder), f.lanes)
   elif f.part == 'sparsity':
     _lanes(gradual_runs(f.workdir, f.ladder), f.lanes)

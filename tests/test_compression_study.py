@@ -29,3 +29,34 @@ def test_study_plan_names_resumable_runs(tmp_path):
     pruning.check(teacher, compress.parse_shape(shape))
   marker, cmd = compression._train(str(tmp_path / 'r'), ['--config=configs/compress.py:rerun=x'])
   assert marker == str(tmp_path / 'r' / compression.DONE) and 'main.py' in cmd[-1]
+
+
+def test_nm_part_trains_the_pattern_and_merges_its_csv(tmp_path):
+  """--part=nm: each member's 2:4 run retrains its own config with the N:M pattern on the gradual
+  schedule; finished runs merge into the CSV beside the one-shot rows, earlier rows kept."""
+  import json
+
+  ladder, work = tmp_path / 'ladder', tmp_path / 'work'
+  a, b = compression.SPARSE_BASES[:2]
+  for base, loss in ((a, 1.74), (b, 1.56)):
+    (ladder / base).mkdir(parents=True)
+    (ladder / base / 'config.json').write_text(json.dumps({'train': {'num_steps': 1000}}))
+    (ladder / base / 'result.json').write_text(json.dumps({'params': 75120, 'loss': loss}))
+  (marker, cmd), = compression.nm_runs(str(work), str(ladder), [b])  # fmt: skip
+  for flag in ('pattern=2:4', 'target=0.5', 'begin_step=100', 'end_step=600', 'every=10'):
+    assert f'--config.sparsity.{flag}' in cmd[-1]
+  assert f'rerun={ladder / b}' in cmd[-1]
+  out = tmp_path / 'docs'
+  out.mkdir()
+  compression_report.write_csv(str(out / 'sparsity_oneshot.csv'), [
+    {'base': b, 'sparsity': 0.5, 'scope': 'layer', 'pattern': '2:4', 'loss': 1.93}])  # fmt: skip
+  compression_report.write_csv(str(out / 'sparsity_nm.csv'), [
+    {'base': a, 'params': 75120, 'pattern': '2:4', 'loss_dense': 1.74, 'loss_oneshot': 2.03,
+     'loss_trained': 1.80}])  # fmt: skip
+  run = work / 'sparse' / f'{b}_2of4'
+  run.mkdir(parents=True)
+  (run / 'metrics.jsonl').write_text(json.dumps({'eval/loss': 1.61}) + '\n')
+  (run / compression.DONE).touch()
+  rows = compression.nm_rows(str(work), str(ladder), str(out / 'sparsity_nm.csv'))
+  assert [(r['base'], float(r['loss_trained'])) for r in rows] == [(a, 1.80), (b, 1.61)]
+  assert float(rows[1]['loss_oneshot']) == 1.93 and rows[1]['loss_dense'] == 1.56
