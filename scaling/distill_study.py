@@ -3,7 +3,8 @@ members as teachers (3 sizes x 2 token budgets, so teacher losses spread) and as
 supervised twins; every student re-trained from its twin's config, distilled instead. Resumable
 (finished runs are skipped); rows gathered into one CSV with the teacher's loss and size on each.
 
-  L=workdirs/ladder   # bash configs/sweeps/ladder.sh $L first (62 min)
+  L=workdirs/ladder   # bash configs/sweeps/ladder.sh $L first (62 min), and the small student:
+  python main.py --config=configs/sweeps/ladder.py:small --workdir=$L      # (3 min)
   python -m scaling.distill_study --workdir=workdirs/distill_law --ladder=$L --lanes=2
   python -m scaling.distill_study --workdir=workdirs/distill_law --ladder=$L --gather=docs/distillation/law_runs.csv
   python -m scaling.fit --law=distillation --results=docs/distillation/law_runs.csv --bootstrap=50
@@ -33,7 +34,8 @@ TEACHERS = (
   'N2.64e5_D5.29e6_lr7.81e-3',
   'N2.64e5_D1.32e6_lr7.81e-3',
 )
-# Students (their supervised twins): 75K, 125K, 175K at 5, 10 and 20 tokens per parameter.
+# Students (their supervised twins): 75K, 125K, 175K and, added in the second pass, 38K
+# (configs/sweeps/ladder.py:small) at 5, 10 and 20 tokens per parameter.
 STUDENTS = (
   'N7.51e4_D3.76e5_lr7.81e-3',
   'N7.51e4_D7.51e5_lr7.81e-3',
@@ -44,6 +46,9 @@ STUDENTS = (
   'N1.75e5_D8.74e5_lr7.81e-3',
   'N1.75e5_D1.75e6_lr7.81e-3',
   'N1.75e5_D3.49e6_lr7.81e-3',
+  'N3.78e4_D1.89e5_lr7.81e-3',
+  'N3.78e4_D3.78e5_lr7.81e-3',
+  'N3.78e4_D7.56e5_lr7.81e-3',
 )
 MIXED = ('N6.51e5_D1.3e7_lr7.81e-3', 0.5)  # the mixed objective, with the strongest teacher.
 # The noise floor: the strongest teacher's 20-tokens/param students again at seed 1 (init and

@@ -12,6 +12,9 @@ and seed):
   :<rung>        rung 0-6 at the rule's lr, seed 0; rungs in LONG also at 40 and 80 tokens/param
   :<rung>,scan   the rule checked: the lr one factor 2 below and above (rungs in SCAN)
   :<rung>,seed   the noise floor: seed 1 at the rule's lr (rungs in SEEDS)
+  :small         below the ladder, not part of its fit: 2 x 32 (37,792 parameters, μP's base
+                 shape) at 5, 10 and 20 tokens/param, the distillation law's smallest student
+                 (scaling/distill_study.py)
 
 The rule, written before the run (docs/scaling.md has the reasons):
   shapes     byte-level GPT-2 (tied, learned positions), head dim 16, d_model / n_layers 21-32,
@@ -53,10 +56,17 @@ def batch_size(params: int) -> int:
   return 8 if params < 200_000 else 16
 
 
+SMALL = ((2, 32), 37792)  # `:small`: shape and exact parameter count.
+
+
 def rung_config(rung: int, lrs: tuple, seeds: tuple, tokens_per_param: tuple):
   """One rung's sweep: its shape, token budgets, batch, warmup and lrs (see the module doc)."""
-  n_layers, d_model = RUNGS[rung]
-  params = PARAMS[rung]
+  return shape_config(RUNGS[rung], PARAMS[rung], lrs, seeds, tokens_per_param)
+
+
+def shape_config(shape: tuple, params: int, lrs: tuple, seeds: tuple, tokens_per_param: tuple):
+  """The sweep of one (n_layers, d_model) shape of `params` parameters by the ladder's rule."""
+  n_layers, d_model = shape
   c = default.get_config()
   c.model.update(vocab_size=257, max_len=SEQ_LEN, n_layers=n_layers, dtype='float32')
   c.model.update(parametrization='mup', base_d_model=32, base_d_ff=128, base_head_dim=16)
@@ -99,10 +109,14 @@ def rung_config(rung: int, lrs: tuple, seeds: tuple, tokens_per_param: tuple):
 
 
 def get_config(arg: str = '0') -> ml_collections.ConfigDict:
-  """`:<rung>`, `:<rung>,scan` or `:<rung>,seed` (module doc)."""
+  """`:<rung>`, `:<rung>,scan`, `:<rung>,seed` or `:small` (module doc)."""
+  if arg == 'small':
+    return shape_config(*SMALL, (BASE_LR,), (), TOKENS_PER_PARAM)
   rung, _, variant = arg.partition(',')
   if not rung.isdigit() or int(rung) >= len(RUNGS) or variant not in ('', 'scan', 'seed'):
-    raise ValueError(f'ladder.py:<rung>[,scan|,seed] with rung 0-{len(RUNGS) - 1}, got {arg!r}')
+    raise ValueError(
+      f'ladder.py:<rung>[,scan|,seed] with rung 0-{len(RUNGS) - 1}, or :small, got {arg!r}'
+    )
   r = int(rung)
   if variant == 'scan' and r not in SCAN or variant == 'seed' and r not in SEEDS:
     raise ValueError(
