@@ -64,11 +64,11 @@ def run_name(student: str, teacher: str, alpha: float, seed: int = 0) -> str:
 
 def pending(teachers: Sequence[str], done: Sequence[str] = ()) -> list[tuple[str, str, float, int]]:
   """(student, teacher, alpha, seed) of every distilled run whose name is not in `done`: pure
-  distillation from each teacher, the mixed objective from MIXED's teacher, then the SEEDED
-  repeats (those two only when their teacher is among `teachers`). Student-major, so a partial pass covers every teacher."""
-  mixed = [MIXED] if MIXED[0] in teachers else []
-  runs = [(s, t, a, 0) for s in STUDENTS for t, a in [(t, 1.0) for t in teachers] + mixed]
+  distillation from each teacher (student-major, so a partial pass covers every teacher), the
+  SEEDED repeats, then the mixed objective (those two only when their teacher is in `teachers`)."""
+  runs = [(s, t, 1.0, 0) for s in STUDENTS for t in teachers]
   runs += [(s, t, 1.0, seed) for s, t, seed in SEEDED if t in teachers]
+  runs += [(s, MIXED[0], MIXED[1], 0) for s in STUDENTS if MIXED[0] in teachers]
   return [r for r in runs if run_name(*r) not in done]
 
 
