@@ -123,7 +123,8 @@ def gradual_runs(work: str, ladder: str) -> list[tuple[str, list[str]]]:
 
 def nm_runs(work: str, ladder: str, bases: Sequence[str]) -> list[tuple[str, list[str]]]:
   """The members trained 2:4 sparse: the N:M mask (the 2 largest |w| of every 4 along the fan-in)
-  chosen again every 1 % of the steps from 10 % to 60 % (_sparse_run), then fixed."""
+  chosen at 10 % of the steps (_sparse_run's begin_step) and kept for the rest of the run (pruned
+  weights stay zero, so the later re-masks keep the same choice)."""
   return [_sparse_run(work, ladder, b, f'{b}_{NM.replace(":", "of")}', 0.5, NM) for b in bases]
 
 

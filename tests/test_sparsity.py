@@ -132,6 +132,33 @@ def test_pruned_weights_stay_zero_under_adamw(parametrization_, scope):
   assert all((np.asarray(x) != 0).all() for x in dense)
 
 
+def test_nm_pattern_is_kept_by_the_optimizer():
+  """Trained 2:4: the mask is chosen at begin_step from the trained weights, 2 of every 4 along the
+  fan-in; AdamW then keeps exactly those zeros (pruned weights stay zero, so the re-masks up to
+  end_step keep the same choice)."""
+  cfg = _cfg()
+  opt = schema.OptimizerConfig(lr=1e-2, warmup_steps=0, weight_decay=0.1, schedule='constant')
+  sp = schema.SparsityConfig(target=0.5, pattern='2:4', begin_step=2, end_step=4, every=1)
+  tx = optim.make_optimizer(opt, 10, cfg, sp)
+  params = models.init(cfg, jax.random.key(0))
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state, key):
+    grads = jax.tree.map(lambda p: jax.random.normal(key, p.shape), params)
+    updates, state = tx.update(grads, state, params)
+    return jax.tree.map(jnp.add, params, updates), state
+
+  seen = []
+  for i in range(7):
+    params, state = step(params, state, jax.random.key(i))
+    seen.append([np.asarray(x) == 0 for _, x in _leaves(cfg, params)])
+  assert not any(z.any() for z in seen[0])  # step 1: dense.
+  for z2, z7, (axes, _) in zip(seen[1], seen[6], _leaves(cfg, params)):
+    np.testing.assert_array_equal(z2, z7)
+    assert (_fan_in_groups(axes, ~z7, 4).sum(-1) == 2).all(), axes
+
+
 def _restore(workdir, config):
   r = context.setup(config, with_data=False)
   mngr = checkpoint.manager(workdir, r.config.train)
