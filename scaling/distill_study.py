@@ -138,6 +138,42 @@ def gather(work: str, ladder: str, out: str) -> int:
   return sum(bool(r['teacher']) for r in ordered)
 
 
+def table(results: str) -> str:
+  """The markdown table of docs/distillation.md: per student (size, tokens) its supervised loss
+  and each teacher's student (difference to the supervised twin; bold the best), seed 0."""
+  rows = _read(results)
+  sup = {(r['params'], r['tokens']): float(r['loss']) for r in rows if not r['teacher']}
+  kd = [r for r in rows if r['teacher'] and not int(r.get('seed') or 0)]
+  cols = [(t, 1.0) for t in TEACHERS] + [MIXED]
+  label = lambda m: f'{int(_float(m, "N")) // 1000}K@{round(_float(m, "D") / _float(m, "N"))}'
+  t_loss = {r['teacher']: float(r['teacher_loss']) for r in kd}
+  head = ['student', 'tokens', 'supervised'] + [
+    f'{label(t)}{", α = 0.5" if a != 1 else ""} ({t_loss.get(t, float("nan")):.3f})'
+    for t, a in cols
+  ]
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  students = sorted({(int(r['params']), int(r['tokens'])) for r in kd})
+  for n, d in students:
+    twin = sup[(str(n), str(d))]
+    got = {(r['teacher'], float(r['alpha'])): float(r['loss']) for r in kd
+           if int(r['params']) == n and int(r['tokens']) == d}  # fmt: skip
+    best = min((v for (t, a), v in got.items() if a == 1.0), default=None)
+    cells = []
+    for c in cols:
+      v = got.get(c)
+      text = '' if v is None else f'{v:.3f} ({v - twin:+.3f})'
+      cells.append(f'**{text}**' if v is not None and v == best else text)
+    lines.append(
+      f'| {round(n / 1000)}K | {d / 1e6:.2f}M | {twin:.3f} | ' + ' | '.join(cells) + ' |'
+    )
+  return '\n'.join(lines)
+
+
+def _float(member: str, key: str) -> float:
+  """N or D of a ladder member's name (N6.51e5_D1.3e7_lr...: 651000.0, 1.3e7)."""
+  return float(re.search(rf'{key}([\d.e+]+)_', member)[1])
+
+
 def plot_capacity_gap(results: str, fit_json: str, png: str) -> None:
   """Student loss against teacher loss at fixed student size and tokens (pure distillation, seed
   0): points measured, dashed the supervised twin, lines the fitted law (fit_json, if given)."""
@@ -188,6 +224,7 @@ flags.DEFINE_string(
   'csv', 'docs/distillation/law_runs.csv', 'runs already in it are not run again', flag_values=FLAGS
 )
 flags.DEFINE_string('plot', '', 'draw the capacity-gap plot from --csv here', flag_values=FLAGS)
+flags.DEFINE_bool('table', False, "print --csv's markdown table", flag_values=FLAGS)
 flags.DEFINE_string('fit', '', "the law's fit (scaling.fit's JSON) for --plot", flag_values=FLAGS)
 
 
@@ -196,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
   cli.parse(FLAGS, argv, __doc__)
   f = FLAGS
+  if f.table:
+    print(table(f.csv))
+    return
   if f.plot:
     plot_capacity_gap(f.csv, f.fit, f.plot)
     print(f'wrote {f.plot}')
