@@ -161,5 +161,8 @@ def test_study_goes_on_from_its_committed_csv(tmp_path):
       distill_study.run_name(student, teacher, 1.0),
     ]
   )
+  lines = distill_study.table(out).splitlines()
+  assert lines[2].startswith('| 75K | 0.38M | 2.180 | **2.000 (-0.180)** |')
+  assert lines[3].startswith('| 75K | 0.75M | 1.950 | **1.800 (-0.150)** |') and len(lines) == 4
   distill_study.plot_capacity_gap(out, '', str(tmp_path / 'gap.png'))
   assert os.path.getsize(tmp_path / 'gap.png') > 10_000
