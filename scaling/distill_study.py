@@ -62,22 +62,28 @@ def run_name(student: str, teacher: str, alpha: float, seed: int = 0) -> str:
   return f'{student}{f"_seed{seed}" if seed else ""}__{teacher}_a{alpha:g}'
 
 
-def pending(teachers: Sequence[str], done: Sequence[str] = ()) -> list[tuple[str, str, float, int]]:
+def pending(
+  teachers: Sequence[str], done: Sequence[str] = (), students: Sequence[str] = STUDENTS
+) -> list[tuple[str, str, float, int]]:
   """(student, teacher, alpha, seed) of every distilled run whose name is not in `done`: pure
   distillation from each teacher (student-major, so a partial pass covers every teacher), the
   SEEDED repeats, then the mixed objective (those two only when their teacher is in `teachers`)."""
-  runs = [(s, t, 1.0, 0) for s in STUDENTS for t in teachers]
-  runs += [(s, t, 1.0, seed) for s, t, seed in SEEDED if t in teachers]
-  runs += [(s, MIXED[0], MIXED[1], 0) for s in STUDENTS if MIXED[0] in teachers]
+  runs = [(s, t, 1.0, 0) for s in students for t in teachers]
+  runs += [(s, t, 1.0, seed) for s, t, seed in SEEDED if t in teachers and s in students]
+  runs += [(s, MIXED[0], MIXED[1], 0) for s in students if MIXED[0] in teachers]
   return [r for r in runs if run_name(*r) not in done]
 
 
 def plan(
-  work: str, ladder: str, teachers: Sequence[str], done: Sequence[str] = ()
+  work: str,
+  ladder: str,
+  teachers: Sequence[str],
+  done: Sequence[str] = (),
+  students: Sequence[str] = STUDENTS,
 ) -> list[tuple[str, list[str]]]:
   """(marker, command) of each pending run (main.py with configs/distill_law.py)."""
   cmds = []
-  for student, teacher, alpha, seed in pending(teachers, done):
+  for student, teacher, alpha, seed in pending(teachers, done, students):
     arg = f'student={os.path.join(ladder, student)},teacher={os.path.join(ladder, teacher)},alpha={alpha:g}'
     flags_ = [f'--config=configs/distill_law.py:{arg}'] + (
       [f'--config.seed={seed}'] if seed else []
@@ -216,6 +222,7 @@ flags.DEFINE_string(
   'ladder', 'workdirs/ladder', 'the ladder sweep (its members)', flag_values=FLAGS
 )
 flags.DEFINE_list('teachers', list(TEACHERS), 'teacher members', flag_values=FLAGS)
+flags.DEFINE_list('students', list(STUDENTS), "students (their twins' members)", flag_values=FLAGS)
 flags.DEFINE_integer('lanes', 1, 'training processes at once', flag_values=FLAGS)
 flags.DEFINE_string(
   'gather', '', 'merge the results into this CSV instead of running', flag_values=FLAGS
@@ -246,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f'{gather(f.workdir, f.ladder, f.gather)} distilled students in {f.gather}')
     return
   done = [r['name'] for r in _read(f.csv)]
-  needed = {m for s, t, _, _ in pending(f.teachers, done) for m in (s, t)}
+  needed = {m for s, t, _, _ in pending(f.teachers, done, f.students) for m in (s, t)}
   missing = sorted(
     m for m in needed if not os.path.exists(os.path.join(f.ladder, m, 'result.json'))
   )
@@ -255,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       f'--ladder: {f.ladder} has no finished member {missing[0]} (run the ladder first)'
     )
   os.makedirs(f.workdir, exist_ok=True)
-  compression._lanes(plan(f.workdir, f.ladder, f.teachers, done), f.lanes)
+  compression._lanes(plan(f.workdir, f.ladder, f.teachers, done, f.students), f.lanes)
 
 
 if __name__ == '__main__':
