@@ -113,7 +113,9 @@ def _read(path: str) -> list[dict]:
 def gather(work: str, ladder: str, out: str) -> int:
   """Merge into the CSV `out` (its rows kept unless measured again here): supervised runs (every
   seed-0, lr-2^-7 ladder member: the students' twins and the sizes above them, for the students'
-  own Chinchilla law) and the finished students; returns the distilled rows it holds."""
+  own Chinchilla law) and the finished students; every row's teacher columns from the ladder's
+  member when it has it (a retrained teacher differs by ~1e-4: one teacher keeps one loss);
+  returns the distilled rows it holds."""
   from scaling import compression_report
 
   rows = {r['name']: {c: r.get(c, '') for c in COLUMNS} for r in _read(out)}
@@ -136,6 +138,10 @@ def gather(work: str, ladder: str, out: str) -> int:
                  'teacher': m['teacher'], 'teacher_loss': t['loss'], 'teacher_params': t['params'],
                  'teacher_tokens': t['tokens'], 'alpha': float(m['alpha']),
                  'seed': int(m['seed'] or 0)}  # fmt: skip
+  for r in rows.values():  # one teacher, one loss: its member as the ladder holds it now.
+    if r['teacher'] and os.path.exists(os.path.join(ladder, r['teacher'], 'result.json')):
+      t = _result(ladder, r['teacher'])
+      r.update(teacher_loss=t['loss'], teacher_params=t['params'], teacher_tokens=t['tokens'])
   ordered = sorted(rows.values(), key=lambda r: (bool(r['teacher']), r['name']))
   with open(out, 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=list(COLUMNS))
