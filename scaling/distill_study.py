@@ -209,7 +209,7 @@ def plot_capacity_gap(results: str, fit_json: str, png: str) -> None:
       pts = sorted(
         (float(r['teacher_loss']), float(r['loss'])) for r in mine if int(r['tokens']) == d
       )
-      ax.plot(*zip(*pts), 'o', color=color, label=f'D_S {d / 1e6:.2f}M')
+      ax.plot(*zip(*pts), 'o', color=color, label=f'D_S = {d / n:.0f} N_S')
       ax.axhline(twins[(str(n), str(d))], color=color, ls='--', lw=0.8)
       if fitted:
         lt = np.linspace(1.0, 1.9, 100)
