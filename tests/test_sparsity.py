@@ -101,12 +101,9 @@ def test_cubic_schedule():
   assert [float(S.cubic(t, 5, 5, 0.5)) for t in (4, 5, 6)] == [0.0, 0.5, 0.5]
 
 
-@pytest.mark.parametrize('parametrization_,scope', [('sp', 'global'), ('mup', 'layer')])
-def test_pruned_weights_stay_zero_under_adamw(parametrization_, scope):
-  extra = {'base_d_model': 16} if parametrization_ == 'mup' else {}
-  cfg = _cfg(parametrization=parametrization_, **extra)
+def _adamw_steps(cfg, sp, n=7):
+  """(params, optimizer state) after each of n AdamW steps on random gradients with sparsity `sp`."""
   opt = schema.OptimizerConfig(lr=1e-2, warmup_steps=0, weight_decay=0.1, schedule='constant')
-  sp = schema.SparsityConfig(target=0.6, scope=scope, begin_step=2, end_step=4, every=1)
   tx = optim.make_optimizer(opt, 10, cfg, sp)
   params = models.init(cfg, jax.random.key(0))
   state = tx.init(params)
@@ -117,12 +114,24 @@ def test_pruned_weights_stay_zero_under_adamw(parametrization_, scope):
     updates, state = tx.update(grads, state, params)
     return jax.tree.map(jnp.add, params, updates), state
 
-  for i in range(7):
+  out = []
+  for i in range(n):
     params, state = step(params, state, jax.random.key(i))
+    out.append((params, state))
+  return out
+
+
+@pytest.mark.parametrize('parametrization_,scope', [('sp', 'global'), ('mup', 'layer')])
+def test_pruned_weights_stay_zero_under_adamw(parametrization_, scope):
+  extra = {'base_d_model': 16} if parametrization_ == 'mup' else {}
+  cfg = _cfg(parametrization=parametrization_, **extra)
+  sp = schema.SparsityConfig(target=0.6, scope=scope, begin_step=2, end_step=4, every=1)
+  steps = _adamw_steps(cfg, sp)
+  for i, (_, state) in enumerate(steps):
     level = float(optim.sparsity_metrics(state)['train/sparsity'])
     assert level == pytest.approx(float(S.cubic(i + 1, 2, 4, 0.6)), abs=1e-3)
-    if i == 3:
-      zeros = [np.asarray(x) == 0 for _, x in _leaves(cfg, params)]
+  zeros = [np.asarray(x) == 0 for _, x in _leaves(cfg, steps[3][0])]
+  params, state = steps[-1]
   masks = next(s for s in state if isinstance(s, optim.SparsityState)).masks
   for z, (_, p), (_, m) in zip(zeros, _leaves(cfg, params), _leaves(cfg, masks)):
     np.testing.assert_array_equal(np.asarray(p) == 0, z)  # the same zeros 3 AdamW steps later.
@@ -137,24 +146,10 @@ def test_nm_pattern_is_kept_by_the_optimizer():
   fan-in; AdamW then keeps exactly those zeros (pruned weights stay zero, so the re-masks up to
   end_step keep the same choice)."""
   cfg = _cfg()
-  opt = schema.OptimizerConfig(lr=1e-2, warmup_steps=0, weight_decay=0.1, schedule='constant')
   sp = schema.SparsityConfig(target=0.5, pattern='2:4', begin_step=2, end_step=4, every=1)
-  tx = optim.make_optimizer(opt, 10, cfg, sp)
-  params = models.init(cfg, jax.random.key(0))
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state, key):
-    grads = jax.tree.map(lambda p: jax.random.normal(key, p.shape), params)
-    updates, state = tx.update(grads, state, params)
-    return jax.tree.map(jnp.add, params, updates), state
-
-  seen = []
-  for i in range(7):
-    params, state = step(params, state, jax.random.key(i))
-    seen.append([np.asarray(x) == 0 for _, x in _leaves(cfg, params)])
+  seen = [[np.asarray(x) == 0 for _, x in _leaves(cfg, p)] for p, _ in _adamw_steps(cfg, sp)]
   assert not any(z.any() for z in seen[0])  # step 1: dense.
-  for z2, z7, (axes, _) in zip(seen[1], seen[6], _leaves(cfg, params)):
+  for z2, z7, (axes, _) in zip(seen[1], seen[6], _leaves(cfg, models.param_shapes(cfg))):
     np.testing.assert_array_equal(z2, z7)
     assert (_fan_in_groups(axes, ~z7, 4).sum(-1) == 2).all(), axes
 
