@@ -121,11 +121,15 @@ def gradual_runs(work: str, ladder: str) -> list[tuple[str, list[str]]]:
   ]
 
 
+def _nm_name(base: str) -> str:
+  return f'{base}_{NM.replace(":", "of")}'
+
+
 def nm_runs(work: str, ladder: str, bases: Sequence[str]) -> list[tuple[str, list[str]]]:
   """The members trained 2:4 sparse: the N:M mask (the 2 largest |w| of every 4 along the fan-in)
   chosen at 10 % of the steps (_sparse_run's begin_step) and kept for the rest of the run (pruned
   weights stay zero, so the later re-masks keep the same choice)."""
-  return [_sparse_run(work, ladder, b, f'{b}_{NM.replace(":", "of")}', 0.5, NM) for b in bases]
+  return [_sparse_run(work, ladder, b, _nm_name(b), 0.5, NM) for b in bases]
 
 
 def nm_rows(work: str, ladder: str, path: str) -> list[dict]:
@@ -134,7 +138,7 @@ def nm_rows(work: str, ladder: str, path: str) -> list[dict]:
   rows = {r['base']: r for r in rep.read_csv(path)}
   oneshot_rows = rep.read_csv(os.path.join(os.path.dirname(path), 'sparsity_oneshot.csv'))
   for base in SPARSE_BASES:
-    run = os.path.join(work, 'sparse', f'{base}_{NM.replace(":", "of")}')
+    run = os.path.join(work, 'sparse', _nm_name(base))
     if not os.path.exists(os.path.join(run, DONE)):
       continue
     one = next((r['loss'] for r in oneshot_rows if r['base'] == base and r['pattern'] == NM), '')

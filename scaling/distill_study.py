@@ -15,7 +15,6 @@ Runs already in --csv (the committed CSV) are not run again, and --gather merges
 session goes on from the committed rows without the earlier session's workdirs.
 """
 
-import csv
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from scaling import compression
+from scaling import compression_report as rep
 
 # Teachers: the 264K, 373K and 651K members at 5 and 20 tokens per parameter (losses 1.09-1.75).
 TEACHERS = (
@@ -94,20 +94,8 @@ def plan(
   return cmds
 
 
-def _result(ladder: str, member: str) -> dict:
-  with open(os.path.join(ladder, member, 'result.json')) as f:
-    return json.load(f)
-
-
 COLUMNS = ('name', 'params', 'tokens', 'loss', 'teacher', 'teacher_loss', 'teacher_params',
            'teacher_tokens', 'alpha', 'seed')  # fmt: skip
-
-
-def _read(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return list(csv.DictReader(f))
 
 
 def gather(work: str, ladder: str, out: str) -> int:
@@ -116,44 +104,37 @@ def gather(work: str, ladder: str, out: str) -> int:
   own Chinchilla law) and the finished students; every row's teacher columns from the ladder's
   member when it has it (a retrained teacher differs by ~1e-4: one teacher keeps one loss);
   returns the distilled rows it holds."""
-  from scaling import compression_report
-
-  rows = {r['name']: {c: r.get(c, '') for c in COLUMNS} for r in _read(out)}
+  rows = {r['name']: {c: r.get(c, '') for c in COLUMNS} for r in rep.read_csv(out)}
   for member in sorted(os.listdir(ladder)):
     if (
       member.endswith('lr7.81e-3')
       and '_D' in member
       and os.path.exists(os.path.join(ladder, member, 'result.json'))
     ):
-      r = _result(ladder, member)
+      r = compression._result(ladder, member)
       rows[member] = {'name': member, 'params': r['params'], 'tokens': r['tokens'],
                       'loss': r['loss'], **dict.fromkeys(COLUMNS[4:], '')}  # fmt: skip
   for run in sorted(os.listdir(work)) if os.path.isdir(work) else []:
     m = NAME.match(run)
     if not m or not os.path.exists(os.path.join(work, run, compression.DONE)):
       continue
-    s, t = _result(ladder, m['student']), _result(ladder, m['teacher'])
+    s = compression._result(ladder, m['student'])
     rows[run] = {'name': run, 'params': s['params'], 'tokens': s['tokens'],
-                 'loss': compression_report.final_eval(os.path.join(work, run)),
-                 'teacher': m['teacher'], 'teacher_loss': t['loss'], 'teacher_params': t['params'],
-                 'teacher_tokens': t['tokens'], 'alpha': float(m['alpha']),
-                 'seed': int(m['seed'] or 0)}  # fmt: skip
+                 'loss': rep.final_eval(os.path.join(work, run)), 'teacher': m['teacher'],
+                 'alpha': float(m['alpha']), 'seed': int(m['seed'] or 0)}  # fmt: skip
   for r in rows.values():  # one teacher, one loss: its member as the ladder holds it now.
     if r['teacher'] and os.path.exists(os.path.join(ladder, r['teacher'], 'result.json')):
-      t = _result(ladder, r['teacher'])
+      t = compression._result(ladder, r['teacher'])
       r.update(teacher_loss=t['loss'], teacher_params=t['params'], teacher_tokens=t['tokens'])
   ordered = sorted(rows.values(), key=lambda r: (bool(r['teacher']), r['name']))
-  with open(out, 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=list(COLUMNS))
-    w.writeheader()
-    w.writerows(ordered)
+  rep.write_csv(out, [{c: r.get(c, '') for c in COLUMNS} for r in ordered])
   return sum(bool(r['teacher']) for r in ordered)
 
 
 def table(results: str) -> str:
   """The markdown table of docs/distillation.md: per student (size, tokens) its supervised loss
   and each teacher's student (difference to the supervised twin; bold the best), seed 0."""
-  rows = _read(results)
+  rows = rep.read_csv(results)
   sup = {(r['params'], r['tokens']): float(r['loss']) for r in rows if not r['teacher']}
   kd = [r for r in rows if r['teacher'] and not int(r.get('seed') or 0)]
   cols = [(t, 1.0) for t in TEACHERS] + [MIXED]
@@ -197,9 +178,11 @@ def plot_capacity_gap(results: str, fit_json: str, png: str) -> None:
 
   from scaling import distill_law
 
-  rows = [r for r in _read(results) if r['teacher'] and float(r['alpha']) == 1.0
+  rows = [r for r in rep.read_csv(results) if r['teacher'] and float(r['alpha']) == 1.0
           and not int(r.get('seed') or 0)]  # fmt: skip
-  twins = {(r['params'], r['tokens']): float(r['loss']) for r in _read(results) if not r['teacher']}
+  twins = {
+    (r['params'], r['tokens']): float(r['loss']) for r in rep.read_csv(results) if not r['teacher']
+  }
   fitted = json.load(open(fit_json)) if fit_json else None
   sizes = sorted({int(r['params']) for r in rows})
   fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.8), sharey=True)
@@ -258,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   if f.gather:
     print(f'{gather(f.workdir, f.ladder, f.gather)} distilled students in {f.gather}')
     return
-  done = [r['name'] for r in _read(f.csv)]
+  done = [r['name'] for r in rep.read_csv(f.csv)]
   needed = {m for s, t, _, _ in pending(f.teachers, done, f.students) for m in (s, t)}
   missing = sorted(
     m for m in needed if not os.path.exists(os.path.join(f.ladder, m, 'result.json'))
