@@ -35,7 +35,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from models import hf, pruning, sparsity
+from models import pruning, sparsity
 from models import quantize as quantize_lib
 from models.config import ModelConfig, PyTree
 from train import checkpoint, cli, context, evaluators, init_from, quantized, sharding
@@ -85,7 +85,7 @@ def check(src: str, out: str, what: dict) -> ModelConfig:
   """The source's model config, once every target in `what` fits it (nothing loaded yet)."""
   if sum(bool(what[k]) for k in ('prune', 'sparsity', 'quantize')) != 1:
     raise ValueError('give exactly one of --prune, --sparsity, --quantize')
-  cfg = source_model_config(src)
+  cfg = init_from.source_model_config(src)
   if os.path.abspath(out) == os.path.abspath(src):
     raise ValueError('--out is --workdir: the source is never overwritten')
   held = [
@@ -104,15 +104,6 @@ def check(src: str, out: str, what: dict) -> ModelConfig:
   return cfg
 
 
-def source_model_config(src: str) -> ModelConfig:
-  """The model config of `src` (hf:/dir or our workdir) from its config.json alone."""
-  if not src.startswith('hf:'):
-    return init_from.workdir_model_config(src)
-  if not os.path.exists(os.path.join(src[3:], 'config.json')):
-    raise ValueError(f'{src}: no config.json in {src[3:]} (not an HF checkpoint directory)')
-  return hf.read_config(src[3:])
-
-
 def run_config(
   src: str, config: ml_collections.ConfigDict | None, tokenizer: str = ''
 ) -> ml_collections.ConfigDict:
@@ -126,7 +117,7 @@ def run_config(
 
     config = default.get_config()
   config = ml_collections.ConfigDict(config.to_dict())
-  config.model = ml_collections.ConfigDict(_model_dict(source_model_config(src)))
+  config.model = ml_collections.ConfigDict(_model_dict(init_from.source_model_config(src)))
   config.init_from = ''
   if src.startswith('hf:'):
     config.data.tokenizer = tokenizer or init_from.source_tokenizer(src)

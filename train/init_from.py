@@ -33,6 +33,15 @@ def workdir_model_config(workdir: str) -> models.ModelConfig:
   return models.ModelConfig.make(model)
 
 
+def source_model_config(src: str) -> models.ModelConfig:
+  """The model config of `src` ('hf:/dir' or our workdir) from its config.json alone."""
+  if not src.startswith('hf:'):
+    return workdir_model_config(src)
+  if not os.path.exists(os.path.join(src[3:], 'config.json')):
+    raise ValueError(f'{src}: no config.json in {src[3:]} (not an HF checkpoint directory)')
+  return hf.read_config(src[3:])
+
+
 def source_tokenizer(src: str) -> str:
   """The tokenizer a source was trained with: our run's data.tokenizer, or the hf: dir itself."""
   if src.startswith('hf:'):

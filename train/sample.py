@@ -14,7 +14,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import models
-from models import generation, hf
+from models import generation
 from models.config import PyTree
 from train import cli, init_from, sharding
 from train.data import tokenizers
@@ -37,14 +37,13 @@ def load(
   """(ModelConfig, params sharded over all devices, tokenizer, prefix ids) for a checkpoint.
 
   Our runs pack documents as `text EOS text EOS ...`, so their prompts start after an EOS."""
-  hf_dir = checkpoint[3:] if checkpoint.startswith('hf:') else None
-  cfg = init_from.workdir_model_config(checkpoint) if hf_dir is None else hf.read_config(hf_dir)
+  cfg = init_from.source_model_config(checkpoint)
   tok = tokenizers.make_tokenizer(tokenizer or init_from.source_tokenizer(checkpoint))
   tokenizers.check_vocab(tok, cfg.vocab_size)
   mesh = sharding.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
   shardings = sharding.tree_shardings(models.logical_axes(cfg), models.param_shapes(cfg), mesh)
   cfg, params = init_from.load_params(checkpoint, cfg, shardings)
-  prefix = [] if hf_dir else [tok.eos_id]
+  prefix = [] if checkpoint.startswith('hf:') else [tok.eos_id]
   return cfg, params, tok, prefix
 
 
