@@ -1,10 +1,14 @@
 """Golden values: the first steps of the default config (GPT-2) and of its LLaMA-style twin,
-pinned bit for bit (as nanodo's train test pins first-step metrics), so a refactor is shown to
-change no result."""
+pinned (as nanodo's train test pins first-step metrics), so a refactor is shown to change no result.
+
+Bit for bit on one machine, but XLA's CPU code differs in the last bits between CPU models (the
+values below, taken on one x86-64 CPU, are 1-2 float32 ulps off on another), so they are compared
+to 2e-6: a change to the model, data order or optimizer moves them by far more."""
 
 import json
 import os
 
+import numpy as np
 import pytest
 
 from configs import default
@@ -48,4 +52,9 @@ def _first_steps(data_dir, workdir, model_overrides):
 @pytest.mark.parametrize('family', ['gpt2', 'llama'])
 def test_first_steps_are_pinned(family, data_dir, tmp_path):
   got = _first_steps(data_dir, str(tmp_path), LLAMA if family == 'llama' else {})
-  assert got == GOLDEN[family], got
+  np.testing.assert_allclose(
+    [[float.fromhex(v) for v in row] for row in got],
+    [[float.fromhex(v) for v in row] for row in GOLDEN[family]],
+    rtol=2e-6,
+    err_msg=str(got),
+  )

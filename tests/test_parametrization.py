@@ -274,7 +274,11 @@ def test_new_keys_at_their_old_values_change_nothing(key: str) -> None:
   upd = _first_update(cfg, params, grads, _opt())
   total = lambda t: float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(t)))
   got = (total(params), total(logits), total(upd))
-  np.testing.assert_allclose(got, BEFORE[key], rtol=1e-6)
+  # Params and logits agree to float32 rounding. The first Adam update, g / (|g| + eps), is steep
+  # where |g| ~ eps, so its total moves by ~2e-5 between CPU models (XLA's CPU code differs in the
+  # last bits); a changed lr scale on any tensor moves it by far more than 1e-4.
+  np.testing.assert_allclose(got[:2], BEFORE[key][:2], rtol=1e-6)
+  np.testing.assert_allclose(got[2], BEFORE[key][2], rtol=1e-4)
 
 
 def test_readout_init_choices_and_output_multiplier() -> None:
