@@ -1,13 +1,24 @@
 """Test setup: 8 simulated CPU devices (set before JAX is imported); the packages come from
 `pip install --no-deps -e .` (pyproject.toml)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# One persistent compilation cache per test session (subprocesses inherit it): the many tests that
+# train the same tiny step, resume it or run it again in a child process load the executable
+# instead of compiling it again. Empty at the start, so every session still compiles each HLO once.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _cache = tempfile.mkdtemp(prefix='lmscale-test-xla-cache-')
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 
 @pytest.fixture(scope='session')

@@ -161,27 +161,7 @@ def _restore(workdir, config):
   return int(state.step), jax.device_get(state.params), jax.device_get(state.opt_state)
 
 
-@pytest.fixture
-def compile_cache(tmp_path):
-  """A persistent compilation cache for one test (then off again): its later runs reuse the first
-  run's executables (the same HLO), which saves their compiles."""
-  from jax.experimental.compilation_cache import compilation_cache
-
-  keys = {
-    'jax_compilation_cache_dir': str(tmp_path / 'xla_cache'),
-    'jax_persistent_cache_min_compile_time_secs': 0.0,
-  }
-  old = {k: getattr(jax.config, k) for k in keys}
-  for k, v in keys.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-  yield
-  for k, v in old.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-
-
-def test_gradual_run_reaches_target_and_resumes_bitwise(tiny_config, tmp_path, compile_cache):
+def test_gradual_run_reaches_target_and_resumes_bitwise(tiny_config, tmp_path):
   """6 steps on a (data 2, fsdp 2, tensor 2) mesh, masks at steps 2, 4, 6 (cubic to 0.5); stopped
   at 4 (mid-ramp) and resumed: the final params and optimizer state equal the straight run's."""
   over = {'mesh.fsdp': 2, 'mesh.tensor': 2, 'train.num_steps': 6, 'train.eval_every': 6}
