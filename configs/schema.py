@@ -338,6 +338,10 @@ class TrainConfig(_Section):
   keep_checkpoints: int = 2  # keep the last N ...
   keep_every: int = 0  # ... plus every K-th step (0: none).
   async_checkpoint: bool = True
+  # Persistent XLA compilation cache (a local or gs:// path; '': jax's own setting, e.g. the
+  # JAX_COMPILATION_CACHE_DIR variable): a restarted or resumed run loads its compiled step
+  # instead of compiling it again (minutes for a large model after a preemption).
+  compilation_cache_dir: str = ''
   # Divergence guard (train/divergence.py): stop before checkpointing when a checked loss exceeds
   # spike_factor x the median of the last spike_window checked losses (0: only non-finite stops).
   spike_factor: float = 10.0

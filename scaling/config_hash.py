@@ -27,6 +27,7 @@ PLACEMENT = (
   'distributed',
   'mesh',
   'train.async_checkpoint',
+  'train.compilation_cache_dir',
   'train.spike_factor',
   'train.spike_window',
 )

@@ -27,25 +27,47 @@ def _params(workdir, config):
   return int(state.step), jax.device_get(state.params), jax.device_get(state.opt_state)
 
 
-def test_resume_is_bitwise_exact(tiny_config, tmp_path):
-  """2n steps straight == n steps, restart, n steps (params and optimizer state, bitwise)."""
-  config = tiny_config(
-    {
-      'train.num_steps': 4,
-      'train.grad_accum_steps': 2,
-      'train.global_batch_size': 16,
-      'mesh.fsdp': 2,
-      'mesh.tensor': 2,
-    }
-  )
+@pytest.fixture
+def own_compilation_cache():
+  """The session's compilation cache directory (conftest.py) put back after the test."""
+  from jax.experimental.compilation_cache import compilation_cache
+
+  before = jax.config.jax_compilation_cache_dir
+  yield
+  jax.config.update('jax_compilation_cache_dir', before)
+  compilation_cache.reset_cache()
+
+
+def test_resume_is_bitwise_exact(tiny_config, tmp_path, own_compilation_cache):
+  """2n steps straight == n steps, restart, n steps (params and optimizer state, bitwise); the
+  split run uses its own train.compilation_cache_dir, so its second half runs the executable
+  its first half wrote there."""
+  over = {
+    'train.num_steps': 4,
+    'train.grad_accum_steps': 2,
+    'train.global_batch_size': 16,
+    'mesh.fsdp': 2,
+    'mesh.tensor': 2,
+  }
+  config = tiny_config(over)
+  cache = tmp_path / 'xla_cache'
   straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
   loop.run(config, straight)
+  config = tiny_config({**over, 'train.compilation_cache_dir': str(cache)})
   loop.run(config, split, stop_after=2)
   assert _params(split, config)[0] == 2
+  assert os.listdir(cache), 'train.compilation_cache_dir: nothing was cached'
   # A row logged after the last checkpoint (a crash between logging and saving) is dropped.
   with open(os.path.join(split, 'metrics.jsonl'), 'a') as f:
     f.write(json.dumps({'step': 3, 'train/loss': 0.0}) + '\n')
-  loop.run(config, split)
+  events = []
+  listener = lambda event, **kw: events.append(event)
+  jax.monitoring.register_event_listener(listener)
+  try:
+    loop.run(config, split)
+  finally:
+    jax.monitoring.unregister_event_listener(listener)
+  assert '/jax/compilation_cache/cache_hits' in events  # the resumed half loaded its step.
   (s1, p1, o1), (s2, p2, o2) = _params(straight, config), _params(split, config)
   assert s1 == s2 == 4
   jax.tree.map(np.testing.assert_array_equal, p1, p2)

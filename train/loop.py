@@ -62,6 +62,7 @@ def run(
         'builds harness.LmEvalEvaluator; a caller of loop.run passes it in `evaluators`)'
       )
     workdir_lib.check(workdir)
+    _compilation_cache(derived.config.train.compilation_cache_dir)
     r = context.setup(config, derived=derived)
     task = task_fn(r) if task_fn else context.lm_task(r)
     params = _fresh_params(r, workdir, init_params_fn)  # checked before the workdir is touched.
@@ -71,6 +72,17 @@ def run(
     finally:
       if lock:
         lock.close()
+
+
+def _compilation_cache(path: str) -> None:
+  """Point jax's persistent compilation cache at `path` ('' leaves jax's setting alone); a cache
+  already in use with another directory is reset so that the next compile uses this one."""
+  if not path or jax.config.jax_compilation_cache_dir == path:
+    return
+  from jax.experimental.compilation_cache import compilation_cache
+
+  jax.config.update('jax_compilation_cache_dir', path)
+  compilation_cache.reset_cache()
 
 
 def _fresh_params(
