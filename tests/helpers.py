@@ -62,8 +62,10 @@ def free_port() -> int:
 def cpu_env(devices: int | None = None, **extra) -> dict:
   """os.environ for a child process on the CPU, with `devices` simulated devices (None: as ours)."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', **extra)
-  if devices is not None:
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  if devices is not None:  # replaces only the device count: the test session's other flags stay.
+    flags = env.get('XLA_FLAGS', '').split()
+    flags = [f for f in flags if not f.startswith('--xla_force_host_platform_device_count')]
+    env['XLA_FLAGS'] = ' '.join([*flags, f'--xla_force_host_platform_device_count={devices}'])
   return env
 
 

@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from bench import device_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,6 +23,7 @@ def run_check(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
   return proc
 
 
+@pytest.mark.slow  # (35 s: every row's tiny run; the rows and commands are checked by --dry_run below)
 def test_tiny_run_every_row_with_a_failing_and_a_timed_out_one(tmp_path: pathlib.Path) -> None:
   # An impossible config (7 heads) in one row; the last row hangs past its 3 s limit.
   env = dict(os.environ, **{device_check.INJECT_ENV: 'fail=gpt2_350m_b32,hang=matmul_fp8'})

@@ -112,12 +112,9 @@ def test_bad_options(checkpoint, kw, match):
     models.generate(cfg, params, PROMPTS, kw.pop('max_new_tokens'), **kw)
 
 
-def test_sample_cli_on_trained_workdir(tiny_config, tmp_path):
+def test_sample_cli_on_trained_workdir(trained_workdir):
   """`python -m train.sample` on a run of ours: continuations, the decode speed, a one-line error."""
-  from train import loop
-
-  workdir = str(tmp_path / 'w')
-  loop.run(tiny_config(), workdir)
+  workdir = trained_workdir
   cmd = [
     sys.executable,
     '-m',

@@ -54,9 +54,8 @@ def test_shape_mismatch_names_the_tensor(tiny_config, tmp_path):
     init_from.params_fn(config)(context.setup(config))
 
 
-def test_start_from_our_workdir(tiny_config, tmp_path):
-  first = str(tmp_path / 'first')
-  loop.run(tiny_config(), first)
+def test_start_from_our_workdir(tiny_config, trained_workdir, tmp_path):
+  first = trained_workdir
   config = tiny_config({'init_from': first})
   r = context.setup(config)
   _, trained = init_from.load_params(first)

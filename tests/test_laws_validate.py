@@ -199,6 +199,7 @@ def test_compute_law_held_out_bias_and_coverage_in_simulation():
   assert s['boot_coverage'] < s['coverage'], s
 
 
+@pytest.mark.slow  # (65 s: 40 simulated ladders; the compute law's simulation above is the default's)
 def test_curve_law_held_out_bias_and_coverage_in_simulation():
   """The whole-curve law fitted on every evaluation of the 6 smallest sizes predicts the final
   loss of the 2 largest (up to 7x the fitted compute): small bias, near-nominal coverage."""

@@ -120,7 +120,12 @@ def test_main_cli_trains_writes_outputs_and_resumes(data_dir, tmp_path):
   ):
     assert key in rows[-1], key
   assert 'eval/loss' in rows[-1] and 'eval/bits_per_byte' in rows[-1]
-  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+  from tensorboard.backend.event_processing import event_accumulator
+
+  events = event_accumulator.EventAccumulator(os.path.join(workdir, 'tensorboard'))
+  events.Reload()  # TensorBoard's own reader: the loss curve as metrics.jsonl has it.
+  tb_loss = [(e.step, e.value) for e in events.Scalars('train/loss')]
+  assert tb_loss == [(r['step'], pytest.approx(r['train/loss'])) for r in rows]
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   assert json.load(open(os.path.join(workdir, 'config.json')))['train']['num_steps'] == 4
   again = run(cmd, env)

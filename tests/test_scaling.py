@@ -428,7 +428,7 @@ def _load_tiny(data_dir, sizes):
 def _main_sweep(workdir, overrides):
   flags = [f'--config.{k}={_cli_value(v)}' for k, v in overrides.items()]
   cmd = main_cmd(workdir, *flags, config='configs/sweeps/isoflop_tiny.py')
-  out = run(cmd, cpu_env(2), timeout=900)
+  out = run(cmd, cpu_env(), timeout=900)
   assert out.returncode == 0, out.stderr[-4000:]
   return out
 
@@ -451,17 +451,18 @@ def _check_lr_areas(row, lrs, annealed=True):
 
 
 def test_sweep_end_to_end_and_resume(data_dir, tmp_path):
-  """main.py runs a 3-member IsoFLOP sweep: a finished member is skipped, a partial one resumes.
+  """main.py runs a 2-member IsoFLOP sweep: a finished member is skipped, a partial one resumes.
 
   First a 1-member sweep (in process) finishes member A; then member B is trained to step 3 by
-  train.loop.run(stop_after=3) (an interruption); the full 3-member sweep through main.py then
-  skips A, resumes B from step 3 (its metrics rows up to step 3 are not written again) and trains C.
+  train.loop.run(stop_after=3) (an interruption); the 2-member sweep through main.py (on the
+  test's 8 devices, so B's step comes from the session's compilation cache) then skips A and
+  resumes B from step 3 (its metrics rows up to step 3 are not written again).
   """
   workdir = str(tmp_path / 'sweep')
-  config, overrides = _load_tiny(data_dir, SIZES)
+  config, overrides = _load_tiny(data_dir, SIZES[:2])
   ms = sweep.members(config)
-  assert len(ms) == 3
-  a, b, c = ms
+  assert len(ms) == 2
+  a, b = ms
   assert b.info['steps'] >= 5, b.info
 
   first, _ = _load_tiny(data_dir, SIZES[:1])
@@ -486,9 +487,9 @@ def test_sweep_end_to_end_and_resume(data_dir, tmp_path):
   assert steps == sorted(set(steps)) and steps[-1] == b.info['steps']  # continued, not restarted
 
   summary = main_result(out.stdout)
-  assert summary['skipped'] == [a.name] and summary['ran'] == [b.name, c.name]
+  assert summary['skipped'] == [a.name] and summary['ran'] == [b.name]
   rows = _rows(os.path.join(workdir, 'results.csv'))
-  assert [r['name'] for r in rows] == [a.name, b.name, c.name]
+  assert [r['name'] for r in rows] == [a.name, b.name]
   for r, m in zip(rows, ms):
     for col in (
       'name',
@@ -520,7 +521,7 @@ def test_sweep_end_to_end_and_resume(data_dir, tmp_path):
   # The CSV feeds the fitting code as is.
   from scaling import results
 
-  assert len(results.read_results(os.path.join(workdir, 'results.csv'))) == 3
+  assert len(results.read_results(os.path.join(workdir, 'results.csv'))) == 2
 
   # Running again has nothing to do; a changed member config is refused, not silently reused.
   assert sweep.run(config, workdir)['ran'] == []

@@ -26,6 +26,21 @@ from models.config import PyTree
 
 CORRUPT_DIR = 'checkpoints.corrupt'  # bad checkpoints are moved here, never deleted.
 
+# Replica-parallel saving (the replicas of a replicated array each write a slice of it) compiles
+# a slice per array shape and device at a process's first save: 80 compiles, ~2.5 s, for a
+# 1-layer model on 8 devices. Below 1 MiB per slice the split saves no write time, so such
+# arrays are written whole by one replica; larger ones keep it. orbax's default handler
+# otherwise (its metadata store included); the files written are the same.
+_DEFAULT_ARRAY_HANDLER = ocp.type_handlers.get_type_handler(jax.Array)
+ocp.type_handlers.register_type_handler(
+  jax.Array,
+  ocp.type_handlers.ArrayHandler(
+    array_metadata_store=_DEFAULT_ARRAY_HANDLER._array_metadata_store,
+    min_slice_bytes_for_replica_parallel=1 << 20,
+  ),
+  override=True,
+)
+
 
 def manager(workdir: str, train_config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   silence_abandoned_io()

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
-from clu.metric_writers import interface
 
 from models import count
 from models.config import PyTree
@@ -129,9 +128,7 @@ class Log(Action):
   """Writes `m` (metrics.jsonl, TensorBoard) and one console line on every read step; due every
   `every` steps. `last` holds the last row written."""
 
-  def __init__(
-    self, writer: interface.MetricWriter, clock: Clock, every: int, num_steps: int
-  ) -> None:
+  def __init__(self, writer: metrics.Writers, clock: Clock, every: int, num_steps: int) -> None:
     self.writer, self.clock, self.every, self.num_steps = writer, clock, every, num_steps
     self.last = {}
 
