@@ -30,6 +30,27 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')  # tiny steps too.
 
 
+# The longest files first (docs/testing.md's table): xdist hands whole files to workers as they
+# free up, so the long ones start at once and the short ones fill in at the end.
+LONGEST_FILES = (
+  'test_faults.py',
+  'test_scaling.py',
+  'test_parametrization.py',
+  'test_pruning.py',
+  'test_distill.py',
+  'test_loop.py',
+  'test_lora.py',
+  'test_sparsity.py',
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+  rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+  items.sort(
+    key=lambda item: rank.get(item.path.name, len(rank))
+  )  # stable: a file keeps its order.
+
+
 @pytest.fixture(scope='session')
 def data_dir(tmp_path_factory):
   """One TFDS data_dir per test session: the embedded corpus is built (offline) once."""

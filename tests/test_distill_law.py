@@ -81,6 +81,7 @@ def test_bad_csv_names_the_line(tmp_path):
     dl.read(str(path))
 
 
+@pytest.mark.slow  # (23 s; the law's fit and prediction in process by default: the tests above)
 def test_fit_validate_and_predict_command_lines(tmp_path, capsys):
   """scaling.fit --law=distillation, scaling.validate --laws=distillation, scaling.predict on the
   fit: one JSON each, on a synthetic CSV."""

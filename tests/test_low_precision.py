@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import models
 from configs import base
@@ -42,6 +43,7 @@ def _sgd_delta(dtype, loss_scale_period, init_scale=2.0**15):
   return np.concatenate([x.ravel() for x in jax.tree.leaves(delta)]), new, metrics
 
 
+@pytest.mark.slow  # (11 s; float16 with loss scaling by default: test_float16_run_resumes_exactly_...)
 def test_float16_gradients_underflow_without_loss_scaling_and_not_with_it():
   ref, _, _ = _sgd_delta('float32', 0)
   unscaled, _, _ = _sgd_delta('float16', 0)

@@ -228,11 +228,18 @@ def test_coord_check_flat_under_mup_and_umup_growing_under_sp(coord_records, fam
     assert after[p]['logits'] < 0.1, (p, after[p])  # logits do not grow with width.
 
 
-@pytest.mark.parametrize('family', ['gpt2', pytest.param('llama', marks=pytest.mark.slow)])
-def test_umup_starts_at_unit_scale(coord_records, family):
-  """At init (t = 0 of u-μP's coordinate-check runs, widths 32..256) every activation and gradient
-  is of unit scale; so is every weight."""
-  for r in coord_records(family, ('umup',), steps=1):
+UNIT_SCALE_CASES = [  # the two ends of the width range by default, all four in the slow tier.
+  pytest.param('gpt2', (32, 256), id='gpt2'),
+  pytest.param('gpt2', (32, 64, 128, 256), id='gpt2-all-widths', marks=pytest.mark.slow),
+  pytest.param('llama', (32, 64, 128, 256), id='llama', marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize('family, widths', UNIT_SCALE_CASES)
+def test_umup_starts_at_unit_scale(coord_records, family, widths):
+  """At init (t = 0 of u-μP's coordinate-check runs) every activation and gradient is of unit
+  scale; so is every weight."""
+  for r in coord_records(family, ('umup',), widths, steps=1):
     assert r['parametrization'] == 'umup'
     assert 0.2 < r['rms'][0] < 4 or r['tensor'] == 'logits', (family, r['tensor'], r['rms'][0])
     if r['grad'] is not None:

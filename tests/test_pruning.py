@@ -215,6 +215,7 @@ def test_compress_targets_are_checked_before_loading(tmp_path, what, needle):
     compress.check(str(src), str(tmp_path / 'out'), full)
 
 
+@pytest.mark.slow  # (22 s; train.compress by default: test_compress_cli_writes_a_workdir_every_tool_loads)
 def test_compress_an_hf_checkpoint_equals_transformers_with_the_units_removed(data_dir, tmp_path):
   """train.compress --workdir=hf:DIR (a random LLaMA-GQA saved by transformers): calibrated on
   --config's data with --tokenizer=byte, the pruned workdir's logits equal transformers' model

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -26,20 +27,27 @@ from models.config import PyTree
 
 CORRUPT_DIR = 'checkpoints.corrupt'  # bad checkpoints are moved here, never deleted.
 
+
 # Replica-parallel saving (the replicas of a replicated array each write a slice of it) compiles
 # a slice per array shape and device at a process's first save: 80 compiles, ~2.5 s, for a
 # 1-layer model on 8 devices. Below 1 MiB per slice the split saves no write time, so such
 # arrays are written whole by one replica; larger ones keep it. orbax's default handler
 # otherwise (its metadata store included); the files written are the same.
-_DEFAULT_ARRAY_HANDLER = ocp.type_handlers.get_type_handler(jax.Array)
-ocp.type_handlers.register_type_handler(
-  jax.Array,
-  ocp.type_handlers.ArrayHandler(
-    array_metadata_store=_DEFAULT_ARRAY_HANDLER._array_metadata_store,
+def _register_array_handler() -> None:
+  default = ocp.type_handlers.get_type_handler(jax.Array)
+  handler = ocp.type_handlers.ArrayHandler(
+    array_metadata_store=default._array_metadata_store,
     min_slice_bytes_for_replica_parallel=1 << 20,
-  ),
-  override=True,
-)
+  )
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)  # not its "overriding jax.Array" warning.
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  finally:
+    absl_logging.set_verbosity(verbosity)
+
+
+_register_array_handler()
 
 
 def manager(workdir: str, train_config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
