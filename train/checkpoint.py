@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging as absl_logging
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -39,12 +38,12 @@ def _register_array_handler() -> None:
     array_metadata_store=default._array_metadata_store,
     min_slice_bytes_for_replica_parallel=1 << 20,
   )
-  verbosity = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(absl_logging.ERROR)  # not its "overriding jax.Array" warning.
+  absl_logger = logging.getLogger('absl')  # orbax's: not its "overriding jax.Array" warning.
+  disabled, absl_logger.disabled = absl_logger.disabled, True  # (absl's verbosity stays unset.)
   try:
     ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
   finally:
-    absl_logging.set_verbosity(verbosity)
+    absl_logger.disabled = disabled
 
 
 _register_array_handler()
