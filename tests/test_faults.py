@@ -290,6 +290,7 @@ def test_bad_init_from_changes_nothing_in_the_workdir(trained, data_dir, tmp_pat
 # --- failed runs: one line, exit 1, the last good checkpoint kept ---------------------------------
 
 
+@pytest.mark.slow  # (12 s; the guard in process by default: test_guard_spike_nonfinite_...)
 def test_loss_spike_stops_before_checkpointing(data_dir, tmp_path):
   """lr=10 without clipping: the loss jumps from 5.4 to ~1.6e3 (finite) at step 3."""
   workdir = str(tmp_path / 'w')

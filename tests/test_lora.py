@@ -25,7 +25,7 @@ def _flat(tree):
   return {'/'.join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
 
 
-@pytest.mark.parametrize('mlp', ['gelu', 'swiglu'])
+@pytest.mark.parametrize('mlp', ['gelu', pytest.param('swiglu', marks=pytest.mark.slow)])
 def test_adapters_by_logical_axes_and_zero_update_at_init(mlp):
   """rank 4 on every target: A [layers, fan_in..., 4], B [layers, 4, fan_out...] beside each
   target kernel, axes ending / starting with 'lora'; B = 0, so the logits are the base's."""
