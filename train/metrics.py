@@ -51,6 +51,7 @@ class TensorBoardWriter:
       from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
       self._events = EventFileWriter(logdir)
+      self._add = self._events.add_event
       return
     from tensorboard.summary.writer.record_writer import RecordWriter
 
@@ -60,11 +61,9 @@ class TensorBoardWriter:
     self._add(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
 
   def _add(self, event) -> None:
-    if hasattr(self._events, 'add_event'):
-      self._events.add_event(event)
-    else:  # each logged step on disk at once, as metrics.jsonl's row is.
-      self._events.write(event.SerializeToString())
-      self._events.flush()
+    """A local file's event, on disk at once (as metrics.jsonl's row is)."""
+    self._events.write(event.SerializeToString())
+    self._events.flush()
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     from tensorboard.compat.proto import event_pb2, summary_pb2
