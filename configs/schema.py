@@ -434,10 +434,14 @@ class DistributedConfig(_Section):
   coordinator_address: str = ''
   num_processes: int = 0
   process_id: int = -1
+  # Seconds a process waits at start-up for all the others to connect, then exits with one line
+  # (a process that was never started, a wrong address or num_processes).
+  timeout_s: int = 300
 
   def check(self) -> None:
     _ok('distributed.num_processes', self.num_processes, self.num_processes >= 0, '>= 0 (0: auto)')
     _ok('distributed.process_id', self.process_id, self.process_id >= -1, '>= -1 (-1: auto)')
+    _ok('distributed.timeout_s', self.timeout_s, self.timeout_s > 0, '> 0')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import qwix
 from jax.sharding import PartitionSpec
 
 import models
@@ -56,6 +55,8 @@ _quantize_jit = jax.jit(quantize, static_argnums=(1, 2))
 
 def dequantize_tree(cfg: ModelConfig, packed: dict, scheme: str) -> PyTree:
   """The float32 params (as numpy arrays) of `quantize_tree`'s output for model config `cfg`."""
+  import qwix  # lazy, as in models/rtn.py: every main.py start imports this module.
+
   shapes = _shapes_and_axes(cfg)[0]
   leaves = []
   for name, s, axes in _leaves(cfg, shapes):

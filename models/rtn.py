@@ -8,14 +8,19 @@ fan-out from parametrization.split_axes) and quantized with one scale per output
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-import qwix
 
 from models import parametrization
+
+if (
+  TYPE_CHECKING
+):  # qwix imports flax.nnx (~0.7 s): loaded at first use, not at every main.py start.
+  import qwix
 
 QTYPES = {'int8': jnp.int8, 'int4': jnp.int4, 'fp8': jnp.float8_e4m3fn}
 SCHEMES = tuple(QTYPES)
@@ -39,8 +44,10 @@ def check_group(scheme: str, group: int, fan_in: int, axes: Sequence[str]) -> No
     )
 
 
-def quantize(w_NxIxO: jax.Array, scheme: str, group: int) -> qwix.QArray:
+def quantize(w_NxIxO: jax.Array, scheme: str, group: int) -> 'qwix.QArray':
   """qwix's absmax RTN of w [N, I, O]: scales [N, I/group (1 at group 0), O]."""
+  import qwix
+
   check_group(scheme, group, w_NxIxO.shape[1], ('lead', 'fan_in', 'fan_out'))
   tiled = {1: group} if group else None
   return qwix.quantize(w_NxIxO, QTYPES[scheme], channelwise_axes=(0, 2), tiled_axes=tiled)
@@ -52,6 +59,8 @@ def fake_quant(kernel: jax.Array, axes: Sequence[str], scheme: str, group: int) 
   n, i, o = dims(axes, kernel.shape)
   check_group(scheme, group, i, axes)
   x = jax.lax.stop_gradient(kernel)
+  import qwix
+
   q = qwix.dequantize(quantize(x.reshape(n, i, o), scheme, group)).reshape(kernel.shape)
   return q.astype(kernel.dtype) + (kernel - x)
 
@@ -69,7 +78,7 @@ def _unpack_int4(packed: np.ndarray, size: int) -> np.ndarray:
   return np.where(nib > 7, nib - 16, nib).astype(np.int8)
 
 
-def encode(q: qwix.QArray, scheme: str) -> np.ndarray:
+def encode(q: 'qwix.QArray', scheme: str) -> np.ndarray:
   """q's values for disk: int8 as is, int4 packed two per uint8, fp8 as its uint8 bits."""
   v = np.asarray(q.qvalue.astype(jnp.int8) if scheme == 'int4' else q.qvalue)
   if scheme == 'int4':

@@ -9,6 +9,8 @@ import os
 import numpy as np
 from scipy import optimize
 
+from scaling import results
+
 # --- Frantar et al. 2023 at a fixed tokens-per-parameter ratio -----------------------------------
 
 
@@ -41,8 +43,7 @@ def read_csv(path: str) -> list[dict]:
   """A CSV's rows as dicts ([] when the file does not exist yet)."""
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return list(csv.DictReader(f))
+  return results.read_dicts(path)
 
 
 def write_csv(path: str, rows: list[dict]) -> None:

@@ -15,7 +15,6 @@ cross-entropy), teacher_loss, teacher_params (empty for supervised runs).
   python -m scaling.predict --law=fit.json --teacher_loss=1.09 --teacher_params=6.5e5 --compute=1e13
 """
 
-import csv
 import dataclasses
 import math
 from collections.abc import Callable
@@ -65,8 +64,7 @@ def read(path: str, alpha: float = 1.0) -> Rows:
   the law is fitted to one objective, pure distillation by default) and seed 0 (repeats at other
   seeds measure the noise floor); ValueError naming the file
   and line for a missing or non-positive value."""
-  with open(path) as f:
-    rows = list(csv.DictReader(f))
+  rows = results_lib.read_dicts(path)
   rows = [r for r in rows if not (r.get('alpha') or '').strip() or float(r['alpha']) == alpha]
   rows = [r for r in rows if not (r.get('seed') or '').strip() or int(r['seed']) == 0]  # repeats.
   if not rows:

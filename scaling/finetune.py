@@ -33,6 +33,7 @@ from absl import flags
 from scipy import optimize
 
 from configs import finetune as finetune_config
+from scaling import results
 
 ROW_FILE = 'row.json'
 COLUMNS = (
@@ -286,8 +287,7 @@ def fit_report(rows: list[dict], holdout_base: str) -> dict:
 
 
 def read_rows(path: str) -> list[dict]:
-  with open(path) as f:
-    rows = list(csv.DictReader(f))
+  rows = results.read_dicts(path)
   for r in rows:
     for k, v in r.items():
       if k not in ('name', 'base', 'method'):

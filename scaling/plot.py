@@ -12,7 +12,6 @@ supervised and distilled, with the teacher's loss as a horizontal line; the tabl
   python -m scaling.plot --results=W/results.csv --distill   # W/results_distill.png
 """
 
-import csv
 import json
 import os
 from collections.abc import Sequence
@@ -158,25 +157,24 @@ def read_distill_rows(results_csv: str) -> list[dict]:
 
   Raises ValueError when the CSV has no `mode` column or no supervised/distill rows.
   """
-  with open(results_csv, newline='', encoding='utf-8') as f:
-    reader = csv.DictReader(f)
-    if 'mode' not in (reader.fieldnames or []):
-      raise ValueError(f'{results_csv}: no `mode` column (not a distillation sweep)')
-    rows = []
-    for r in reader:
-      if r.get('mode') not in ('supervised', 'distill'):
-        continue
-      rows.append(
-        {
-          'name': r.get('name', ''),
-          'mode': r['mode'],
-          'params': _float(r.get('params')),
-          'tokens': _float(r.get('tokens')),
-          'loss': _float(r.get('loss')),
-          'teacher_params': _float(r.get('teacher_params')),
-          'teacher_loss': _float(r.get('teacher_loss')),
-        }
-      )
+  header, table = results_lib.read_rows(results_csv)
+  if 'mode' not in header:
+    raise ValueError(f'{results_csv}: no `mode` column (not a distillation sweep)')
+  rows = []
+  for r in table:
+    if r.get('mode') not in ('supervised', 'distill'):
+      continue
+    rows.append(
+      {
+        'name': r.get('name', ''),
+        'mode': r['mode'],
+        'params': _float(r.get('params')),
+        'tokens': _float(r.get('tokens')),
+        'loss': _float(r.get('loss')),
+        'teacher_params': _float(r.get('teacher_params')),
+        'teacher_loss': _float(r.get('teacher_loss')),
+      }
+    )
   if not rows:
     raise ValueError(f'{results_csv}: no supervised or distill rows')
   return rows

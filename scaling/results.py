@@ -9,6 +9,7 @@ C = 6ND convention of Kaplan et al. 2020 and Hoffmann et al. 2022.
 import csv
 import dataclasses
 import fcntl
+import io
 import json
 import logging
 import math
@@ -118,12 +119,34 @@ def select_lr(
 
 
 def read_rows(path: str | os.PathLike) -> tuple[list[str], list[dict]]:
-  """(header, rows as dicts) of a CSV, names stripped, blank rows skipped."""
+  """(header, rows as dicts) of a CSV, names stripped, blank rows skipped. Every row must have
+  the header's number of fields and no NUL byte: a row cut short (a torn write, a truncated
+  copy) is a ValueError naming the file and line, never a silently shorter row."""
   with open(path, newline='', encoding='utf-8-sig') as f:
-    reader = csv.DictReader(f, skipinitialspace=True)
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    reader.fieldnames = header
-    return header, [r for r in reader if any((v or '').strip() for v in r.values())]
+    text = f.read()
+  if '\0' in text:
+    line = text.count('\n', 0, text.index('\0')) + 1
+    raise ValueError(f'{path}:{line}: a NUL byte (the file was cut short or damaged)')
+  reader = csv.reader(io.StringIO(text), skipinitialspace=True)
+  header = [h.strip() for h in next(reader, [])]
+  rows = []
+  for fields in reader:
+    if not any(v.strip() for v in fields):
+      continue
+    if len(fields) != len(header):
+      raise ValueError(
+        f'{path}:{reader.line_num}: {len(fields)} fields where the header has {len(header)} '
+        '(a row cut short or a stray comma); repair or remove that row'
+      )
+    rows.append(dict(zip(header, fields)))
+  if rows and not text.endswith(('\n', '\r')):
+    logging.warning('%s: its last row has no line end (cut short?); read as it is', path)
+  return header, rows
+
+
+def read_dicts(path: str | os.PathLike) -> list[dict]:
+  """The rows of read_rows only: for the study CSVs other modules read."""
+  return read_rows(path)[1]
 
 
 def read_results(

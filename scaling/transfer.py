@@ -13,7 +13,6 @@ with one JSON object {parametrization: {"optimal_lr": {width: lr}, "shift_grid_s
 """
 
 import collections
-import csv
 import json
 import math
 import os
@@ -22,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import flags
 
-from scaling import cli
+from scaling import cli, results
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
 flags.DEFINE_list('results', None, 'comma-separated results.csv paths', flag_values=FLAGS)
@@ -57,8 +56,7 @@ def _rows(paths: Sequence[str], labels: Sequence[str], axis: str) -> list:
     raise ValueError(f'--labels: {len(labels)} labels for {len(paths)} results paths')
   out = []
   for i, path in enumerate(paths):
-    with open(path, newline='') as f:
-      rows = list(csv.DictReader(f))
+    rows = results.read_dicts(path)
     for col in (axis, 'lr', 'loss'):
       if rows and col not in rows[0]:
         raise ValueError(f'{path}: missing column {col!r} (a width sweep with an lr axis?)')
@@ -90,8 +88,7 @@ def optimum_curves(
     if float(r['lr']) == summary[group]['optimal_lr'].get(w):
       by_dir[os.path.join(os.path.dirname(path), 'curves.csv')][r['name']] = (group, w)
   for curves_path, names in by_dir.items():
-    with open(curves_path, newline='') as f:
-      rows = [r for r in csv.DictReader(f) if r['name'] in names]
+    rows = [r for r in results.read_dicts(curves_path) if r['name'] in names]
     for name, (group, w) in names.items():
       pts = sorted((float(r['tokens']), float(r['loss'])) for r in rows if r['name'] == name)
       out[group][w].append(np.array(pts))

@@ -15,7 +15,7 @@ import subprocess
 import time
 
 import pytest
-from helpers import REPO, cpu_env, main_result, run, tiny_main_cmd
+from helpers import REPO, cpu_env, distributed_flags, free_port, main_result, run, tiny_main_cmd
 
 
 def _main(cmd, timeout=600):
@@ -170,9 +170,22 @@ def test_read_only_workdir_is_refused(data_dir, tmp_path):
     pytest.param(
       ['--config.data.seq_len=64'], 'config.data.seq_len=128 (now 64)', marks=pytest.mark.slow
     ),
+    # An intact checkpoint of another state structure is not corrupt: nothing is set aside.
+    (
+      ['--config.optimizer.grad_clip=0'],
+      'holds another train state than this config builds (42 not built now, e.g. '
+      '.opt_state[1][0].count; 42 new, e.g. .opt_state[0][0].count); it was written with '
+      'config.optimizer.grad_clip=1.0 (now 0.0)',
+    ),
+    pytest.param(
+      ['--config.train.loss_scale=dynamic'],
+      "(2 new, e.g. .loss_scale); it was written with config.train.loss_scale='auto' (now "
+      "'dynamic')",
+      marks=pytest.mark.slow,
+    ),
   ],
 )
-def test_resume_with_other_shapes_is_refused_and_changes_nothing(
+def test_resume_with_other_shapes_or_state_is_refused_and_changes_nothing(
   args, expected, trained, data_dir, tmp_path
 ):
   workdir = _copy(trained, tmp_path)
@@ -392,6 +405,19 @@ def test_second_sigterm_exits_at_once_and_the_workdir_still_resumes(data_dir, tm
   assert all(d.isdigit() for d in os.listdir(os.path.join(workdir, 'checkpoints')))
 
 
+def test_out_of_memory_is_not_a_full_disk():
+  """XLA's allocation failure and TensorStore's full disk both say RESOURCE_EXHAUSTED: told apart
+  by what ran out, and out of memory exits 1 (run failed) as its own one-line error."""
+  from train import cli, loop
+
+  oom = RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB.')
+  disk = RuntimeError('RESOURCE_EXHAUSTED: Error writing local file "/w/ocdbt.process_0/d/x"')
+  assert loop._out_of_memory(oom) and not loop._disk_full(oom)
+  assert loop._disk_full(disk) and not loop._out_of_memory(disk)
+  assert loop._disk_full(OSError(28, 'No space left on device'))
+  assert cli.exit_code(loop.OutOfMemory('out of device memory')) == cli.RUN_FAILED
+
+
 def test_guard_spike_nonfinite_and_skipped_steps():
   from train import divergence
 
@@ -439,6 +465,24 @@ def test_init_from_and_teacher_loading_refuse_a_corrupt_checkpoint(trained, tmp_
 
 
 # --- issue 24: memory, start-up signals, unreadable files, workdir paths ------------------------
+
+
+def test_a_distributed_start_whose_peers_never_come_gives_up_in_one_line(data_dir, tmp_path):
+  """Process 0 of 2 alone: after config.distributed.timeout_s one line and exit 1, instead of
+  JAX's C++ abort with a stack trace after 5 minutes; the workdir was never created."""
+  workdir = str(tmp_path / 'w')
+  address = f'localhost:{free_port()}'
+  rc, _, err, seconds = _main(
+    tiny_main_cmd(
+      workdir,
+      data_dir,
+      *distributed_flags(int(address.split(':')[1]), 0),
+      '--config.distributed.timeout_s=3',
+    )
+  )
+  assert rc == 1 and seconds < 60
+  assert f'process 0 of 2 waited 3 s for the others at {address}' in _error_line(err)
+  assert not os.path.exists(workdir)
 
 
 def test_a_step_that_cannot_fit_is_refused_before_anything(data_dir, tmp_path):

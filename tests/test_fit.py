@@ -6,6 +6,7 @@ Published constants are from ../shared/reference/facts.md: Chinchilla (Hoffmann 
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -331,6 +332,33 @@ def test_read_results_errors(tmp_path, body, kwargs, message):
   """Missing column, too few rows, NaN, non-positive and blank values: a ValueError naming row and column."""
   with pytest.raises(ValueError, match=message):
     results.read_results(_write(tmp_path / 'bad.csv', body), **kwargs)
+
+
+def _cut_inside_the_last_loss(text):
+  """The CSV text cut in the middle of its last row's `loss` (the 6th field)."""
+  last = text.rstrip('\n').rindex('\n') + 1
+  start = last + sum(len(f) + 1 for f in text[last:].split(',')[:5])
+  return text[: start + 5]
+
+
+@pytest.mark.parametrize(
+  'damage,message',
+  [
+    (_cut_inside_the_last_loss, r':16: 6 fields where the header has 23'),
+    (lambda t: t + '\0' * 64, r':17: a NUL byte'),
+  ],
+)
+def test_a_torn_csv_is_refused_naming_file_and_line(damage, message, tmp_path, capsys):
+  """A results CSV cut inside its last row's loss (a torn copy) or with a NUL tail: one line naming
+  the file and line, exit 2, never a fit of a silently shorter row (issue 35 case 3)."""
+  text = open(os.path.join(REPO, 'docs/scaling/isoflop_tiny_results.csv')).read()
+  path = tmp_path / 'runs.csv'
+  path.write_text(damage(text))
+  with pytest.raises(SystemExit) as e:
+    fit.main([f'--results={path}', '--law=isoflop', '--tokens_col='])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and len(err.splitlines()) == 1
+  assert re.search(re.escape(str(path)) + message, err), err
 
 
 # --- CLI ----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 
@@ -10,13 +11,11 @@ import numpy as np
 import pytest
 from helpers import REPO, cpu_env, main_result, run, tiny_main_cmd
 
-from train import context, loop
+from train import checkpoint, context, hooks, loop
 
 
 def _params(workdir, config):
   r = context.setup(config)
-  from train import checkpoint
-
   mngr = checkpoint.manager(workdir, config.train)
   abstract = jax.tree.map(
     lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -198,6 +197,18 @@ def test_keep_best_and_early_stopping_resume_and_load_everywhere(tiny_config, tm
   loop.run(tiny_config(over), ref, stop_after=2)
   _, best = init_from.load_params(os.path.join(w, 'best'))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(best), _params(ref, config)[1])
+  # Checkpoints removed, rerun at another lr: W/best's step 2 is replaced (the old one set aside),
+  # not kept because the step exists.
+  shutil.rmtree(os.path.join(w, 'checkpoints'))
+  config.optimizer.lr = 3e-3
+  loop.run(config, w)
+  record = json.load(open(os.path.join(w, 'best', 'record.json')))
+  best_dir = os.path.join(w, 'best')
+  meta = checkpoint.restore_meta(checkpoint.manager(best_dir, config.train), 2)
+  assert meta['best'] == {'eval/loss': record['best_value']} and record['best_step'] == 2
+  _, best2 = init_from.load_params(best_dir)
+  assert checkpoint.checksum(best2) != checkpoint.checksum(best)
+  assert os.listdir(os.path.join(best_dir, hooks.STALE_DIR))[0].startswith('2-')
   with pytest.raises(ValueError, match="config.train.best_metric='eval/nope' is not measured"):
     loop.run(tiny_config({**over, 'train.best_metric': 'eval/nope'}), str(tmp_path / 'x'))
   config.train.best_metric = ''

@@ -25,6 +25,7 @@ def _compiled_bytes(m: ModelConfig, batch: int, seq_len: int, k: int) -> int:
     ({'remat': 'full'}, 16, 1),
     ({'mlp': 'swiglu', 'n_kv_heads': 2, 'tie_embeddings': False, 'vocab_size': 1024}, 16, 2),
     ({'lora_rank': 8}, 16, 1),  # Adam moments and gradients of the adapters only.
+    ({'lora_rank': 1024}, 16, 1),  # x @ A of every adapter: the largest activations here.
   ],
 )
 def test_estimate_is_within_tolerance_of_the_compiled_step(overrides, batch, k):
@@ -51,3 +52,16 @@ def test_a_step_that_cannot_fit_is_refused_in_one_line():
   msg = str(e.value)
   assert '\n' not in msg and 'of 24.00 GiB available' in msg and 'config.mesh.fsdp' in msg
   memory.check(memory.estimate(ModelConfig(), ONE_DEVICE, 32, 256, limit=24 * memory.GIB))
+
+
+def test_an_eval_batch_that_cannot_fit_is_refused_naming_it():
+  """The eval forward counts too (issue 35: an eval batch of 2M rows passed and ran out of memory)."""
+  m = ModelConfig(d_model=64, n_layers=2, n_heads=4, d_ff=256)
+  fits = memory.estimate(m, ONE_DEVICE, 8, 256, limit=memory.GIB, eval_batch=8)
+  memory.check(fits)
+  assert fits.eval and fits.total == fits.params + fits.optimizer + fits.grads + fits.activations
+  est = memory.estimate(m, ONE_DEVICE, 8, 256, limit=memory.GIB, eval_batch=2_000_000)
+  with pytest.raises(
+    ValueError, match=r'eval \d+\.\d+; .*use a smaller config.train.eval_batch_size'
+  ):
+    memory.check(est)

@@ -9,6 +9,7 @@ is detected on restore, moved aside and the previous good one used (`restore_lat
 
 import datetime
 import gc
+import json
 import logging
 import os
 import sys
@@ -165,10 +166,10 @@ def _agree(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.array([int(ok)]))))
 
 
-def set_aside(mngr: ocp.CheckpointManager, workdir: str, step: int) -> str:
-  """Move checkpoint `step` to workdir/checkpoints.corrupt/<step>-<time> (process 0); never delete."""
+def set_aside(mngr: ocp.CheckpointManager, workdir: str, step: int, into: str = CORRUPT_DIR) -> str:
+  """Move checkpoint `step` to workdir/<into>/<step>-<time> (process 0); never delete."""
   stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-  dest = epath.Path(workdir) / CORRUPT_DIR / f'{step}-{stamp}'
+  dest = epath.Path(workdir) / into / f'{step}-{stamp}'
   if jax.process_index() == 0:
     dest.parent.mkdir(parents=True, exist_ok=True)
     (epath.Path(mngr.directory) / str(step)).rename(dest)
@@ -218,6 +219,7 @@ def restore_latest_good(
       saved, problem = None, f'unreadable metadata ({type(e).__name__}: {str(e)[:200]})'
     if _agree(saved is not None):
       check_meta(saved, meta, workdir)
+      check_structure(saved.get('checksum'), abstract_state, step, workdir)
       try:
         state, _ = restore(mngr, step, abstract_state)
         problem = _verify(state, saved.get('checksum'))
@@ -241,6 +243,44 @@ def restore_latest_good(
       dest,
     )
   return None, None
+
+
+class StateMismatch(ValueError):
+  """An intact checkpoint of another train-state structure (an optimizer, loss-scale or sparsity
+  setting changed): bad input, so nothing is moved and the run stops (exit 2)."""
+
+
+def check_structure(
+  saved_sums: dict | None, abstract_state: PyTree, step: int, workdir: str
+) -> None:
+  """Raises StateMismatch when checkpoint `step` holds other arrays than the state this config
+  builds (its checksums are keyed by leaf path: the saved tree's structure, read without loading)."""
+  if saved_sums is None:  # written before checksums: orbax's restore is the only check.
+    return
+  paths = {
+    jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+  }
+  gone, new = sorted(set(saved_sums) - paths), sorted(paths - set(saved_sums))
+  if not gone and not new:
+    return
+  what = [f'{len(l)} {k}, e.g. {l[0]}' for k, l in (('not built now', gone), ('new', new)) if l]
+  raise StateMismatch(
+    f'checkpoint {step} in {workdir} is intact but holds another train state than this config '
+    f'builds ({"; ".join(what)})'
+  )
+
+
+def config_changes(workdir: str, config: dict, limit: int = 6) -> str:
+  """The settings of config that differ from workdir/config.json, as 'key=old (now new)'."""
+  try:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      old = _flat(json.load(f))
+  except (OSError, ValueError):
+    return ''
+  new = _flat(json.loads(json.dumps(config)))  # tuples as the saved lists.
+  keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+  shown = [f'config.{k}={old.get(k)!r} (now {new.get(k)!r})' for k in keys[:limit]]
+  return ', '.join(shown) + (f' and {len(keys) - limit} more' if len(keys) > limit else '')
 
 
 def _verify(state: PyTree, expected: dict | None) -> str | None:

@@ -43,13 +43,19 @@ def message(e: BaseException) -> str:
   return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
+def _as_tuple(errors: Errors) -> tuple:
+  return errors if isinstance(errors, tuple) else (errors,)
+
+
 def exit_code(
   e: BaseException, input_errors: Errors = INPUT_ERRORS, failures: Errors = ()
 ) -> int | None:
-  """RUN_FAILED (`failures`, disk full), BAD_INPUT (`input_errors`, a read-only or forbidden
+  """RUN_FAILED (`failures`, disk full, out of memory), BAD_INPUT (`input_errors`, a read-only or forbidden
   path), or None: not a known error, a bug whose traceback should show."""
-  if isinstance(e, failures) or (isinstance(e, OSError) and e.errno in _DISK_FULL):
-    return RUN_FAILED
+  if isinstance(e, (MemoryError, *_as_tuple(failures))) or (
+    isinstance(e, OSError) and e.errno in _DISK_FULL
+  ):
+    return RUN_FAILED  # out of memory or disk: the input was fine.
   if (isinstance(e, OSError) and e.errno in _REFUSED) or isinstance(e, input_errors):
     return BAD_INPUT
   return None

@@ -3,6 +3,8 @@
 import glob
 import logging
 import os
+import sys
+import threading
 
 import jax
 import ml_collections
@@ -46,7 +48,7 @@ def initialize(dist_config: ml_collections.ConfigDict) -> None:
     kwargs['num_processes'] = dist_config.num_processes
   if dist_config.process_id >= 0:
     kwargs['process_id'] = dist_config.process_id
-  jax.distributed.initialize(**kwargs)
+  _connect(kwargs, dist_config.timeout_s)
   logging.info(
     'jax.distributed: process %d of %d, %d local / %d global devices',
     jax.process_index(),
@@ -54,3 +56,28 @@ def initialize(dist_config: ml_collections.ConfigDict) -> None:
     jax.local_device_count(),
     jax.device_count(),
   )
+
+
+def _connect(kwargs: dict, timeout_s: int) -> None:
+  """jax.distributed.initialize, or after timeout_s one `error:` line and exit 1: JAX's own
+  timeout aborts the process from C++ with a stack trace, so ours fires first (30 s earlier)."""
+  done = threading.Event()
+
+  def give_up() -> None:
+    if done.wait(timeout_s):
+      return
+    who = kwargs.get('process_id', '?')
+    sys.stderr.write(
+      f'error: config.distributed: process {who} of {kwargs.get("num_processes", "?")} waited '
+      f'{timeout_s} s for the others at {kwargs.get("coordinator_address", "(auto)")}; start '
+      'every process (each with its process_id) or check the address and num_processes '
+      '(config.distributed.timeout_s sets the wait)\n'
+    )
+    sys.stderr.flush()
+    os._exit(1)
+
+  threading.Thread(target=give_up, daemon=True, name='lmscale-distributed-timeout').start()
+  try:
+    jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s + 30)
+  finally:
+    done.set()

@@ -23,6 +23,9 @@ from train import workdir as workdir_lib
 from train.evaluators import Evaluator
 
 BEST_DIR = 'best'
+STALE_DIR = (
+  'checkpoints.stale'  # W/best's checkpoints of an earlier run, moved here, never deleted.
+)
 
 
 class Action:
@@ -251,8 +254,14 @@ class KeepBest(Action):
         item_names=('state', 'meta'),
       )
       checkpoint.write_config(self.dir, self.config_json)
-    if step not in self.mngr.all_steps():  # a resumed run reaching it again: the same state.
-      checkpoint.save(
-        self.mngr, step, state, {**self.meta, 'best': {self.metric: self.history[step]}}
-      )
-      self.mngr.wait_until_finished()
+    sums = checkpoint.checksum(state)
+    for old in [s for s in self.mngr.all_steps() if s >= step]:
+      if old == step and checkpoint.restore_meta(self.mngr, old).get('checksum') == sums:
+        return  # a resumed run reaching it again: the same state, already kept.
+      # Another run's (its checkpoints were removed or it restarted earlier): kept aside.
+      dest = checkpoint.set_aside(self.mngr, self.dir, old, into=STALE_DIR)
+      logging.info("Best checkpoint %d was not this run's; moved to %s.", old, dest)
+    checkpoint.save(
+      self.mngr, step, state, {**self.meta, 'best': {self.metric: self.history[step]}}
+    )
+    self.mngr.wait_until_finished()

@@ -117,6 +117,11 @@ def _guarded(
     mngr.wait_until_finished()  # a failed async save raises here.
     finished = True
   except Exception as e:
+    if _out_of_memory(e):
+      raise OutOfMemory(
+        f'out of device memory ({str(e).splitlines()[0][:200]}); the estimate logged at the '
+        'start was too low: use smaller (eval) batches, remat or more sharding (train/memory.py)'
+      ) from e
     if not _disk_full(e):
       raise
     _wait_quietly(mngr)
@@ -134,12 +139,27 @@ def _guarded(
   return last
 
 
+class OutOfMemory(MemoryError):
+  """A step or evaluation that did not fit on the device: the run failed (exit 1), its input was
+  valid; never reported as a full disk."""
+
+
+def _out_of_memory(e: BaseException) -> bool:
+  """XLA's RESOURCE_EXHAUSTED from an allocation (an accelerator's or the host's)."""
+  text = str(e)
+  return isinstance(e, MemoryError) or (
+    'RESOURCE_EXHAUSTED' in text and ('memory' in text.lower() or 'allocat' in text.lower())
+  )
+
+
 def _disk_full(e: BaseException) -> bool:
   """ENOSPC / quota, as an OSError or as TensorStore's RESOURCE_EXHAUSTED from an orbax save."""
   if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
     return True
   text = str(e)
-  return 'RESOURCE_EXHAUSTED' in text or 'No space left on device' in text
+  return 'No space left on device' in text or (
+    'RESOURCE_EXHAUSTED' in text and not _out_of_memory(e)
+  )
 
 
 def _wait_quietly(mngr: ocp.CheckpointManager) -> None:
@@ -212,7 +232,14 @@ def _resume(
   Only once the resume check passed are config.json and metrics.jsonl changed."""
   state, latest = None, None
   if mngr.all_steps():
-    state, latest = checkpoint.restore_latest_good(mngr, context.abstract_state(r), meta, workdir)
+    try:
+      state, latest = checkpoint.restore_latest_good(mngr, context.abstract_state(r), meta, workdir)
+    except checkpoint.StateMismatch as e:
+      changed = checkpoint.config_changes(workdir, r.config.to_dict())
+      raise checkpoint.StateMismatch(
+        f'{e}; it was written with {changed or "the settings in its config.json"}: restore '
+        'those settings or use a new --workdir'
+      ) from None
   if state is None:  # every input (a deferred init_from too) loads before the workdir changes.
     state = context.init_state(r, params())
   stop.ready()  # restored: a signal from here on stops at a step boundary (before the first).

@@ -38,15 +38,15 @@ class Estimate:
   grads: int
   activations: int
   limit: int | None
+  eval: int = 0  # one evaluation batch's forward (the train state stays resident meanwhile).
 
   @property
   def total(self) -> int:
-    return self.params + self.optimizer + self.grads + self.activations
+    return self.params + self.optimizer + max(self.grads + self.activations, self.eval)
 
   def line(self) -> str:
-    parts = ', '.join(
-      f'{k} {getattr(self, k) / GIB:.2f}' for k in ('params', 'optimizer', 'grads', 'activations')
-    )
+    keys = ('params', 'optimizer', 'grads', 'activations') + (('eval',) if self.eval else ())
+    parts = ', '.join(f'{k} {getattr(self, k) / GIB:.2f}' for k in keys)
     limit = f' of {self.limit / GIB:.2f} GiB available' if self.limit else ''
     return f'memory per device (GiB): {parts}; total {self.total / GIB:.2f}{limit}'
 
@@ -87,9 +87,27 @@ def activation_bytes(m: ModelConfig, tokens: int, seq_len: int, tensor: int = 1)
     saved += _saved_per_layer(m.replace(remat='none'), seq_len, tensor)
   elif m.scan_layers and (m.scan_unroll == 1 or jax.default_backend() != 'cpu'):
     saved *= ROLLED
+  saved += _lora_per_layer(m) * m.n_layers
   vocab = -(-m.vocab_size // m.vocab_multiple) * m.vocab_multiple / tensor
   rows = tokens if not m.loss_chunk else tokens * m.loss_chunk // seq_len
   return int(tokens * (saved + PER_D_HEAD * m.d_model) * itemsize + rows * PER_V * vocab * F32)
+
+
+def _lora_per_layer(m: ModelConfig) -> int:
+  """Floats per token one layer's LoRA adapters keep for the backward: x @ A ([tokens, rank])
+  of each adapted kernel (a large rank makes these the biggest activations)."""
+  if not m.lora_rank:
+    return 0
+  paths = jax.tree_util.tree_flatten_with_path(models.param_shapes(m))[0]
+  adapters = sum(jax.tree_util.keystr(p).endswith("_lora_a']") for p, _ in paths)
+  return m.lora_rank * adapters // (1 if m.scan_layers else m.n_layers)
+
+
+def eval_bytes(m: ModelConfig, tokens: int, seq_len: int, tensor: int = 1) -> int:
+  """Bytes of one evaluation batch's forward on one device (`tokens` tokens), bounded by what a
+  one-layer train step keeps: a layer's working set and the float32 logits (and their softmax)."""
+  one = m.replace(n_layers=1, remat='none', scan_layers=False)
+  return activation_bytes(one, tokens, seq_len, tensor)
 
 
 def available(devices: list | None = None) -> int | None:
@@ -115,18 +133,21 @@ def estimate(
   grad_accum_steps: int = 1,
   limit: int | None = None,
   sparse: bool = False,
+  eval_batch: int = 0,
 ) -> Estimate:
   """Per-device bytes of the train step: params, Adam moments and gradients of the params that
   train (plus the accumulator when accumulating), with `sparse` the sparsity masks in the
   optimizer state (one uint8 per float32 param), and one microbatch's activations
-  (`micro_batch` global sequences)."""
+  (`micro_batch` global sequences); `eval_batch` > 0: an evaluation batch's forward too."""
   p = param_bytes(model, mesh_shape)
   t = param_bytes(model, mesh_shape, trainable=True) if model.lora_rank else p
   shards = mesh_shape['data'] * mesh_shape['fsdp']
   tokens = max(micro_batch // shards, 1) * seq_len
   acts = activation_bytes(model, tokens, seq_len, mesh_shape['tensor'])
   masks = p // 4 if sparse else 0
-  return Estimate(p, 2 * t + masks, t * (2 if grad_accum_steps > 1 else 1), acts, limit)
+  evals = eval_bytes(model, max(eval_batch // shards, 1) * seq_len, seq_len, mesh_shape['tensor'])
+  grads = t * (2 if grad_accum_steps > 1 else 1)
+  return Estimate(p, 2 * t + masks, grads, acts, limit, evals if eval_batch else 0)
 
 
 def compiled_bytes(m: ModelConfig, opt_config, batch: int, seq_len: int, k: int = 1) -> int:
@@ -158,7 +179,13 @@ def check(est: Estimate) -> None:
   if est.limit is None or est.total <= est.limit:
     return
   raise ValueError(
-    f'{est.line()}: the step does not fit; shard the state (config.mesh.fsdp), '
+    f'{est.line()}: the step does not fit; '
+    + (
+      'use a smaller config.train.eval_batch_size, '
+      if est.eval > est.grads + est.activations
+      else ''
+    )
+    + 'shard the state (config.mesh.fsdp), '
     'recompute activations (config.model.remat), use smaller microbatches '
     '(config.train.grad_accum_steps or global_batch_size), or chunk the loss '
     '(config.model.loss_chunk)'
@@ -177,6 +204,7 @@ def for_run(derived: validation.Derived) -> Estimate:
     c.train.grad_accum_steps,
     available(),
     sparse=c.sparsity.target > 0,
+    eval_batch=c.train.eval_batch_size or c.train.global_batch_size,
   )
   logging.info(est.line())
   check(est)
