@@ -36,6 +36,7 @@ from ml_collections import config_flags
 import models
 from configs import schema
 from models import parametrization as param_lib
+from train import cli
 from train import optimizer as optim
 from train.data import pipeline
 from train.step import TrainState, cross_entropy_sum, lm_loss, make_train_step
@@ -319,4 +320,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('out_dir', 'workdirs/coord_check', 'where plots and records go')
   flags.mark_flag_as_required('config')
   FLAGS = flags.FLAGS
-  app.run(main)
+  cli.run(main)

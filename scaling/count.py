@@ -7,7 +7,7 @@ models/count.py's), with the training tokens and FLOPs of a training config; the
 import json
 
 import ml_collections
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from models.count import (
@@ -18,7 +18,7 @@ from models.count import (
   param_counts,
   pytree_param_counts,
 )
-from train import validation
+from train import cli, validation
 
 __all__ = (
   'checked_param_counts',
@@ -60,4 +60,4 @@ if __name__ == '__main__':
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).')
   _NO_CHECK = flags.DEFINE_bool('no_check', False, 'Skip the pytree cross-check (formula only).')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main)

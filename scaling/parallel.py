@@ -23,10 +23,11 @@ import time
 from collections.abc import Sequence
 
 import ml_collections
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from scaling import sweep  # importing starts no JAX backend here (detect() reads no devices).
+from train import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config file (path[:arg]).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The sweep directory (as for main.py).')
@@ -208,4 +209,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

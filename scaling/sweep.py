@@ -69,14 +69,13 @@ from collections.abc import Sequence
 
 import jax
 import ml_collections
-from absl import app
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from scaling import config_hash as hash_lib
 from scaling import results
 from scaling.plan import Member, get, get_sweep_config, members, plan_table
-from train import distill, init_from, loop, validation
+from train import cli, distill, init_from, loop, validation
 from train import workdir as workdir_lib
 from train.evaluators import Evaluator
 
@@ -364,4 +363,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config file (path[:arg]).')
-  app.run(main)
+  cli.run(main)

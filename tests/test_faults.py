@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -462,9 +463,54 @@ def test_init_from_and_teacher_loading_refuse_a_corrupt_checkpoint(trained, tmp_
   _garbage(os.path.join(workdir, 'checkpoints', '4'))
   with pytest.raises(ValueError, match=f'{workdir}: checkpoint 4 is corrupt'):
     init_from.load_params(workdir)
+  # An intact checkpoint whose config.json was edited is not corrupt: the line says what differs.
+  edited = _copy(trained, tmp_path / 'edited')
+  config = json.load(open(os.path.join(edited, 'config.json')))
+  config['model']['d_model'] = 64
+  json.dump(config, open(os.path.join(edited, 'config.json'), 'w'))
+  with pytest.raises(
+    ValueError,
+    match=re.escape(f"{edited}/config.json disagrees with checkpoint 4: ['params']['embed'] is"),
+  ):
+    init_from.load_params(edited)
 
 
 # --- issue 24: memory, start-up signals, unreadable files, workdir paths ------------------------
+
+
+_CLI_CASES = [
+  (
+    ['-m', 'scaling.parallel', '--config=/no/such.py', '--workdir=W'],
+    2,
+    "--config=/no/such.py: no such file '/no/such.py'",
+  ),
+  (['-m', 'train.data.toy_sft', '--out=FILE'], 2, 'FILE: File exists'),
+  pytest.param(['-m', 'scaling.sweep', '--config=RAISING'], 2, 'boom', marks=pytest.mark.slow),
+  pytest.param(
+    ['-m', 'train.distill_store', '--config=configs/distill.py', '--workdir=W', '--config.foo=1'],
+    2,
+    "--config.foo: unknown key 'foo'",
+    marks=pytest.mark.slow,
+  ),
+]
+
+
+@pytest.mark.parametrize('args,code,expected', _CLI_CASES)
+def test_every_command_line_ends_bad_input_in_one_line(args, code, expected, tmp_path):
+  """The shared boundary (train/cli.py `run`): a missing or raising config file, an unknown
+  override, an --out that is a file: one `error:` line and exit 2, never a traceback."""
+  (tmp_path / 'FILE').write_text('x')
+  (tmp_path / 'raising.py').write_text("def get_config():\n  raise RuntimeError('boom')\n")
+  subs = {
+    'W': str(tmp_path / 'w'),
+    'FILE': str(tmp_path / 'FILE'),
+    'RAISING': str(tmp_path / 'raising.py'),
+  }
+  args = [re.sub(r'\b(W|FILE|RAISING)\b', lambda m: subs[m.group(1)], a) for a in args]
+  out = run([sys.executable, *args], cpu_env(1))
+  assert out.returncode == code, out.stderr[-2000:]
+  line = _error_line(out.stderr)
+  assert re.sub(r'\b(W|FILE|RAISING)\b', lambda m: subs[m.group(1)], expected) in line, line
 
 
 def test_a_distributed_start_whose_peers_never_come_gives_up_in_one_line(data_dir, tmp_path):

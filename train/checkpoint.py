@@ -120,6 +120,21 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
   return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
 
+def array_shapes(directory: str, step: int) -> dict | None:
+  """{leaf path: shape} of checkpoint `step`'s state as written (orbax's array metadata; nothing
+  is loaded), or None when that metadata cannot be read (a damaged checkpoint: restoring says)."""
+  handlers = {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
+  try:
+    with ocp.CheckpointManager(
+      directory, item_names=('state', 'meta'), item_handlers=handlers
+    ) as m:
+      tree = m.item_metadata(step)['state']
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in leaves}
+  except Exception:  # unreadable metadata: orbax/json raise many types.
+    return None
+
+
 def _flat(d: dict, prefix: str = '') -> dict:
   out = {}
   for key, value in d.items():

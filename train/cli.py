@@ -5,11 +5,12 @@ parse them with `parse` (shared names such as --out would collide on absl's glob
 
 import contextlib
 import errno
+import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
-from absl import flags
+from absl import app, flags
 
 BAD_INPUT, RUN_FAILED = 2, 1
 # Errors that mean "fix the input": our validation raises ValueError naming the field or path.
@@ -17,6 +18,7 @@ INPUT_ERRORS = (
   ValueError,
   NotImplementedError,
   FileNotFoundError,
+  FileExistsError,  # e.g. --out names a file where a directory goes.
   NotADirectoryError,
   IsADirectoryError,
   PermissionError,
@@ -38,8 +40,8 @@ def fail(message: object, code: int = BAD_INPUT) -> NoReturn:
 
 def message(e: BaseException) -> str:
   """The first line of e's message (an OSError without a path: its strerror)."""
-  if isinstance(e, OSError) and e.strerror and not e.filename:
-    return e.strerror
+  if isinstance(e, OSError) and e.strerror:
+    return f'{e.filename}: {e.strerror}' if e.filename else e.strerror
   return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
@@ -106,3 +108,60 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, doc: str) -
     usage_error(e)
   if len(rest) > 1:
     usage_error(f'unexpected arguments: {" ".join(rest[1:])}')
+
+
+def _first_line(e: BaseException) -> str:
+  """e's first line, with its innermost cause's (absl wraps a config file's own error)."""
+  cause = e
+  while cause.__cause__ or cause.__context__:
+    cause = cause.__cause__ or cause.__context__
+  text = f'{str(e).splitlines()[0] if str(e) else type(e).__name__}'
+  if cause is not e and str(cause):
+    text += f' ({type(cause).__name__}: {str(cause).splitlines()[0]})'
+  return text
+
+
+def _unknown_key(e: BaseException, argv: Sequence[str]) -> str | None:
+  """'--config.a.b: unknown key' when a config override names a key its config lacks."""
+  cause = e.__cause__ or e.__context__
+  if not isinstance(cause, (KeyError, AttributeError)):
+    return None
+  key = str(cause.args[0]).strip("'") if cause.args else ''
+  for arg in argv:
+    name = arg.lstrip('-').split('=')[0]
+    if '.' in name and key and key in name.split('.'):
+      return f'--{name}: unknown key {key!r}'
+  return None
+
+
+def run(main: Callable[[list[str]], object], config_flags: Sequence[str] = ('config',)) -> None:
+  """absl's app.run(main) inside the one error boundary every command line shares: a bad flag or
+  config file (`config_flags` are loaded while parsing), a known error (one_line_errors) and
+  Ctrl-C each end in one `error:` line (exit 2, 1 or 130); `--debug` shows tracebacks."""
+  debug = '--debug' in sys.argv
+
+  def parse(argv: list[str]) -> list[str]:
+    for arg in argv[1:]:
+      name, _, value = arg.lstrip('-').partition('=')
+      path = value.split(':')[0]
+      if name in config_flags and value and not os.path.exists(path):
+        usage_error(f'--{name}={value}: no such file {path!r}')
+    try:
+      rest = flags.FLAGS(argv)
+      for name in config_flags:  # config_flags defers a failed load (a missing file) to here.
+        if name in flags.FLAGS and flags.FLAGS[name].present:
+          _ = flags.FLAGS[name].value.keys  # (an attribute: the lazy config loads)
+      return rest
+    except Exception as e:
+      if debug:
+        raise
+      usage_error(f'{_unknown_key(e, argv) or _first_line(e)}; see `--help`')
+
+  def guarded(argv: list[str]) -> None:
+    try:
+      with one_line_errors(debug):
+        main(argv)
+    except KeyboardInterrupt:
+      fail('interrupted (Ctrl-C)', 130)
+
+  app.run(guarded, flags_parser=parse)

@@ -44,14 +44,14 @@ import math
 
 import jax
 import ml_collections
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 import models
 from configs import schema
 from models import count
+from train import cli, sharding
 from train import flops as flops_lib
-from train import sharding
 
 KINDS = ('all-gather', 'reduce-scatter', 'all-reduce', 'all-to-all')
 _DATA, _FSDP, _BOTH = ('data',), ('fsdp',), ('data', 'fsdp')
@@ -305,4 +305,4 @@ if __name__ == '__main__':
   )
   _DETAIL = flags.DEFINE_bool('detail', False, 'One row per collective.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main)

@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
@@ -57,7 +57,7 @@ import models
 from configs import schema
 from models import generation, loss
 from models.config import PyTree
-from train import context, distributed, evaluators, sharding, validation
+from train import cli, context, distributed, evaluators, sharding, validation
 from train import step as step_lib
 from train import teacher as teacher_lib
 from train import workdir as workdir_lib
@@ -602,4 +602,4 @@ if __name__ == '__main__':
     'config.distill.logits_dir / sequences_dir is set).',
   )
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  cli.run(main)

@@ -121,6 +121,14 @@ def load_params(
   step = mngr.latest_step()
   if step is None:
     raise ValueError(f'{src}: no checkpoint under {src}/checkpoints')
+  written = checkpoint.array_shapes(mngr.directory, step)
+  for path, s in jax.tree_util.tree_flatten_with_path(saved)[0] if written else []:
+    key = "['params']" + jax.tree_util.keystr(path)
+    if key in written and written[key] != tuple(s.shape):  # intact arrays, another model.
+      raise ValueError(
+        f'{src}/config.json disagrees with checkpoint {step}: {key} is {written[key]} in the '
+        f'checkpoint, {tuple(s.shape)} by its config.json (edited or copied from another run?)'
+      )
   if shardings is None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shardings = jax.tree.map(lambda _: device, saved)

@@ -126,11 +126,16 @@ def _guarded(
       raise
     _wait_quietly(mngr)
     mngr.reload()
+    kept = mngr.latest_step()
     raise OSError(
       errno.ENOSPC,
-      f'disk full writing {workdir}; its last committed checkpoint '
-      f'(step {mngr.latest_step()}) is kept: free space and run the same command '
-      'to resume',
+      f'disk full writing {workdir}; '
+      + (
+        f'its last committed checkpoint (step {kept}) is kept'
+        if kept is not None
+        else 'no checkpoint had been committed yet'
+      )
+      + ': free space and run the same command to resume',
     ) from e
   finally:
     # A second Ctrl-C (KeyboardInterrupt) exits at once instead of waiting.

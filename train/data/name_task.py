@@ -29,8 +29,9 @@ import os
 import random
 from collections.abc import Iterator, Sequence
 
-from absl import app, flags
+from absl import flags
 
+from train import cli
 from train.data import stdlib_corpus
 
 MAX_SUMMARY = 160  # bytes of the docstring's first line kept.
@@ -158,4 +159,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('seed', 0, 'Seed of the training order and the distractors.')
   flags.DEFINE_integer('train_examples', 0, 'Keep the first N training examples (0: all).')
   flags.mark_flags_as_required(['out'])
-  app.run(main)
+  cli.run(main)

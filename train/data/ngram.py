@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from configs import schema
@@ -108,4 +108,4 @@ if __name__ == '__main__':  # flags defined here: importing the module defines n
   config_flags.DEFINE_config_file('config', None, 'Training config file (path[:arg]).')
   flags.DEFINE_list('orders', ['1', '2', '3'], 'n-gram orders to report.')
   flags.mark_flag_as_required('config')
-  app.run(main)
+  cli.run(main)

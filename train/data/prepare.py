@@ -17,7 +17,7 @@ line and exit code 2, with nothing written.
 import os
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from configs import schema
@@ -104,4 +104,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('process_index', -1, "This host's index (-1: from the environment).")
   flags.DEFINE_integer('process_count', 0, 'Number of hosts preparing (0: from the environment).')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main)

@@ -19,7 +19,9 @@ import sys
 import zlib
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
+
+from train import cli
 
 TASKS = {
   'upper': str.upper,
@@ -79,4 +81,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('validation', 300, 'Validation examples.')
   flags.DEFINE_integer('seed', 0, 'Seed of the examples.')
   flags.mark_flags_as_required(['out'])
-  app.run(main)
+  cli.run(main)
