@@ -704,9 +704,11 @@ def test_workdir_paths_are_checked_before_anything_is_created(tmp_path):
 
   workdir = tmp_path / 'w'
   workdir.mkdir()
-  (workdir / 'checkpoints').write_text('')
-  with pytest.raises(ValueError, match=f'{re.escape(str(workdir))}/checkpoints is a file'):
-    workdir_lib.check(str(workdir))
+  for name in ('checkpoints', 'checkpoints.corrupt', 'tensorboard'):
+    (workdir / name).write_text('')
+    with pytest.raises(ValueError, match=f'{re.escape(str(workdir))}/{name} is a file'):
+      workdir_lib.check(str(workdir))
+    (workdir / name).unlink()
   deep = os.path.join(str(tmp_path / 'deep'), *['d' * 200] * 21)
   with pytest.raises(ValueError, match='path too long'):
     workdir_lib.check(deep)
@@ -724,3 +726,9 @@ def test_metrics_rows_without_a_checkpoint_are_dropped_with_a_warning(tmp_path, 
   metrics.truncate_jsonl(path, 0)
   assert 'no checkpoint to resume from, starting again at step 0; dropped its 3 rows' in caplog.text
   assert 'up to step 6' in caplog.text and open(path).read() == ''
+  for bad in ('null', '{"foo": 1}', '[1, 2]'):  # valid JSON, not a row: named, nothing changed.
+    text = f'{{"step": 2}}\n{bad}\n{{"step": 4}}\n'
+    open(path, 'w').write(text)
+    with pytest.raises(ValueError, match=f'{path}: line 2 is not a metrics row'):
+      metrics.truncate_jsonl(path, 4)
+    assert open(path).read() == text

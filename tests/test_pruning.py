@@ -3,6 +3,7 @@ with the pruned units' weights removed (heads / kv groups, neurons, layers; GPT-
 GQA), importances are read from real activations, and the pruned workdir loads everywhere."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -179,9 +180,32 @@ def test_compress_cli_writes_a_workdir_every_tool_loads(tiny_config, tmp_path, c
   assert bad.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [
     'error: --prune: heads=5, but the model has 4 (1..4)'
   ]
-  with pytest.raises(SystemExit) as again:
+  with pytest.raises(SystemExit) as again:  # OUT holds another compression: refused.
     compress.main(args + ['--prune=layers:1'])
-  assert again.value.code == 2 and 'already holds' in capsys.readouterr().err
+  assert again.value.code == 2 and 'holds another compression' in capsys.readouterr().err
+  # The same request again (a study rerun): nothing to do, the record returned.
+  assert compress.compress(src, out, {**record_what(record)}) == json.load(
+    open(os.path.join(out, 'compress.json'))
+  )
+  # A killed run left only its staging directory: the rerun replaces it and finishes.
+  killed = str(tmp_path / 'killed')
+  os.makedirs(killed + '.partial/checkpoints')
+  open(os.path.join(killed + '.partial', compress._PARTIAL), 'w').close()
+  compress.main([args[0], f'--out={killed}', '--sparsity=0.5'])
+  assert os.path.exists(os.path.join(killed, 'compress.json'))
+  assert not os.path.exists(killed + '.partial')
+  with pytest.raises(SystemExit) as busy:  # a foreign non-empty OUT: refused before loading.
+    compress.main([args[0], f'--out={tmp_path / "hf"}', '--sparsity=0.5'])
+  assert busy.value.code == 2 and 'is not empty (holds config.json' in capsys.readouterr().err
+  with pytest.raises(SystemExit) as same:  # hf:DIR --out=DIR: the source is never overwritten.
+    compress.main([f'--workdir=hf:{tmp_path / "hf"}', f'--out={tmp_path / "hf"}', '--sparsity=0.5'])
+  assert same.value.code == 2 and '--out is --workdir' in capsys.readouterr().err
+
+
+def record_what(record):
+  """The request (`what`) a compress.json record was made for."""
+  keys = ('prune', 'sparsity', 'pattern', 'scope', 'quantize', 'group', 'calib_batches')
+  return {k: record[k] for k in (*keys, 'eval_batches', 'tokenizer')}
 
 
 @pytest.mark.parametrize(
@@ -193,6 +217,8 @@ def test_compress_cli_writes_a_workdir_every_tool_loads(tiny_config, tmp_path, c
     ({'sparsity': 1.5}, r'--sparsity=1.5: must be in \(0, 1\)'),
     ({'sparsity': 0.5, 'pattern': '4:2'}, '4:2'),
     ({'prune': 'mlp:x'}, "'mlp:x' is not axis:size"),
+    ({'sparsity': 0.75, 'pattern': '2:4'}, r'keeps 2 of 4 weights \(--sparsity=0.5\)'),
+    ({'sparsity': 0.6, 'pattern': '2:5'}, '5 does not divide the fan-in'),
   ],
 )
 def test_compress_targets_are_checked_before_loading(tmp_path, what, needle):

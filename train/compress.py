@@ -25,7 +25,9 @@ for an hf: source --config defaults to configs/default.py with the hf: directory
 
 import dataclasses
 import json
+import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 
@@ -86,19 +88,29 @@ def check(src: str, out: str, what: dict) -> ModelConfig:
   if sum(bool(what[k]) for k in ('prune', 'sparsity', 'quantize')) != 1:
     raise ValueError('give exactly one of --prune, --sparsity, --quantize')
   cfg = init_from.source_model_config(src)
-  if os.path.abspath(out) == os.path.abspath(src):
+  if os.path.abspath(out) == os.path.abspath(src.removeprefix('hf:')):
     raise ValueError('--out is --workdir: the source is never overwritten')
-  held = [
-    f for f in ('checkpoints', 'quantized.safetensors') if os.path.exists(os.path.join(out, f))
-  ]
-  if held:
-    raise ValueError(f'{out}: already holds {held[0]}; choose a new --out')
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ValueError(f'--out={out} is a file; choose a new --out')
+  if os.path.isdir(out) and os.listdir(out) and not _finished(out):
+    held = ', '.join(sorted(os.listdir(out))[:3])
+    raise ValueError(f'--out={out} is not empty (holds {held}); choose a new or empty --out')
   if what['prune']:
     pruning.check(cfg, parse_shape(what['prune']))
   if what['sparsity']:
     if not 0 < what['sparsity'] < 1:
       raise ValueError(f'--sparsity={what["sparsity"]}: must be in (0, 1)')
-    sparsity.parse_pattern(what['pattern'])
+    nm = sparsity.parse_pattern(what['pattern'])
+    if nm:  # N:M fixes the sparsity, and M must divide every pruned kernel's fan-in.
+      n, m = nm
+      if abs(what['sparsity'] - (1 - n / m)) > 1e-9:
+        raise ValueError(
+          f'--sparsity={what["sparsity"]} with --pattern={what["pattern"]}: that pattern keeps '
+          f'{n} of {m} weights (--sparsity={1 - n / m:g})'
+        )
+      bad = sorted({f for f in quantize_lib.fan_ins(cfg).values() if f % m})
+      if bad:
+        raise ValueError(f'--pattern={what["pattern"]}: {m} does not divide the fan-in {bad[0]}')
   if what['quantize']:
     quantize_lib.check(cfg, what['quantize'], what['group'])
   return cfg
@@ -156,30 +168,64 @@ def compress(
   """What the command line does (module docstring); returns the record kept in OUT/compress.json.
   `config`: the run config (run_config's default when None)."""
   cfg = check(src, out, what)
+  source = 'hf:' + os.path.abspath(src[3:]) if src.startswith('hf:') else os.path.abspath(src)
+  done = _finished(out)
+  if done:  # a rerun (e.g. a study killed after this step): the same request is done already.
+    asked = {'source': source, **what}
+    if any(done.get(k) != v for k, v in asked.items()):
+      raise ValueError(
+        f'--out={out} holds another compression (its compress.json); choose a new --out'
+      )
+    logging.info('%s: already compressed from %s (compress.json); nothing to do', out, source)
+    return done
   config = run_config(src, config, what.get('tokenizer', ''))
   t0 = time.time()
   r = _run(config, what['eval_batches'])
   _, params = init_from.load_params(src)
-  source = 'hf:' + os.path.abspath(src[3:]) if src.startswith('hf:') else os.path.abspath(src)
+  stage = _stage(out)  # written whole there, then renamed to OUT: a killed run leaves no OUT.
   record = {'source': source, **what, 'loss_before': eval_loss(r, cfg, params)}
   record['params_before'] = _count(params)
   out_config = json.loads(json.dumps(config.to_dict()))
   if what['quantize']:
     record.update(
-      quantized.write(out, out_config, cfg, params, what['quantize'], what['group'], source)
+      quantized.write(stage, out_config, cfg, params, what['quantize'], what['group'], source)
     )
-    new_cfg, new_params = quantized.read(out)
+    new_cfg, new_params = quantized.read(stage)
   else:
     new_cfg, new_params, extra = _transform(r, cfg, params, what)
     record.update(extra)
     out_config['model'] = _model_dict(new_cfg)
     meta = {'compressed_from': source}
-    checkpoint.write_params(out, json.dumps(out_config, indent=2), new_params, 0, meta)
+    checkpoint.write_params(stage, json.dumps(out_config, indent=2), new_params, 0, meta)
   record['params_after'] = _count(new_params)
   record['loss_after'] = eval_loss(r, new_cfg, new_params)
   record['wall_s'] = round(time.time() - t0, 1)
-  workdir_lib.write_json(os.path.join(out, 'compress.json'), record)
+  workdir_lib.write_json(os.path.join(stage, RECORD), record)
+  os.replace(stage, out)  # (an empty OUT directory is replaced too)
+  os.remove(os.path.join(out, _PARTIAL))
   return record
+
+
+RECORD = 'compress.json'  # written last: OUT holds it only when the compression finished.
+_PARTIAL = '.compress-partial'  # marks a staging directory of ours (safe to remove).
+
+
+def _finished(out: str) -> dict | None:
+  """OUT's compress.json record when OUT is a finished compression, else None."""
+  path = os.path.join(out, RECORD)
+  return workdir_lib.read_json(path) if os.path.isfile(path) else None
+
+
+def _stage(out: str) -> str:
+  """An empty staging directory beside OUT (an earlier killed run's is removed: ours, unfinished)."""
+  stage = os.path.abspath(out).rstrip('/') + '.partial'
+  if os.path.isdir(stage) and os.path.exists(os.path.join(stage, _PARTIAL)):
+    shutil.rmtree(stage)
+  elif os.path.exists(stage):
+    raise ValueError(f'{stage} exists and is not a partial compression of ours; move it away')
+  os.makedirs(stage)
+  open(os.path.join(stage, _PARTIAL), 'w').close()
+  return stage
 
 
 def _transform(r: context.Run, cfg: ModelConfig, params: PyTree, what: dict) -> tuple:

@@ -248,8 +248,8 @@ def _resume(
   if state is None:  # every input (a deferred init_from too) loads before the workdir changes.
     state = context.init_state(r, params())
   stop.ready()  # restored: a signal from here on stops at a step boundary (before the first).
+  metrics.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), latest or 0)  # (checks it first)
   checkpoint.write_config(workdir, json.dumps(r.config.to_dict(), indent=2))
-  metrics.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), latest or 0)
   if latest is not None:
     logging.info('Resumed from step %d in %s', latest, workdir)
   return state, latest

@@ -114,10 +114,15 @@ def _read_rows(path: str) -> tuple[list[bytes], int]:
     if not row.strip(b' \t\r\n\0'):
       continue
     try:
-      json.loads(row)
+      value = json.loads(row)
     except ValueError:
+      value = None
+    if not (isinstance(value, dict) and isinstance(value.get('step'), int)):
       if i < len(rows) - 1:
-        raise ValueError(f'{path}: line {i + 1} is not a JSON row; fix or remove it') from None
+        raise ValueError(
+          f"{path}: line {i + 1} is not a metrics row (a JSON object with a 'step'); fix or "
+          'remove it'
+        )
       rows, torn = rows[:-1], torn + len(row)
   return rows, torn
 

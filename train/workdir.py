@@ -15,7 +15,8 @@ ROOM = 128  # bytes of path the files inside a workdir need (checkpoints/<step>/
 
 def check(workdir: str) -> None:
   """Refuse, before anything is built or written, a local workdir whose path is over the OS
-  limits (nothing is created) or which is, or holds a `checkpoints` that is, not a directory."""
+  limits (nothing is created) or which is, or holds a `checkpoints` (or another directory a run
+  writes into) that is, not a directory."""
   if '://' in workdir:
     return
   path = os.fsencode(os.path.abspath(workdir))
@@ -26,7 +27,9 @@ def check(workdir: str) -> None:
       f'{path_max} with {ROOM} left for the files inside, {name_max} per name); choose a '
       'shorter --workdir'
     )
-  for p in (workdir, os.path.join(workdir, 'checkpoints')):
+  # the workdir and every directory a run writes into (train/checkpoint.py, metrics.py, hooks.py).
+  subdirs = ('checkpoints', 'checkpoints.corrupt', 'tensorboard', 'best', 'best/checkpoints')
+  for p in (workdir, *(os.path.join(workdir, d) for d in subdirs)):
     if os.path.exists(p) and not os.path.isdir(p):
       raise ValueError(f'{p} is a file, not a directory; move it away or choose another --workdir')
 
