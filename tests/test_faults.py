@@ -4,6 +4,7 @@ a full disk, a read-only workdir and a busy one. Each case asserts the exit code
 checkpoints, config.json and metrics are unchanged or resumable."""
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from helpers import REPO, cpu_env, distributed_flags, free_port, main_result, run, tiny_main_cmd
 
@@ -167,7 +169,9 @@ def test_read_only_workdir_is_refused(data_dir, tmp_path):
 @pytest.mark.parametrize(
   'args,expected',
   [
-    (['--config.model.d_model=64'], 'config.model.d_model=128 (now 64)'),
+    pytest.param(  # (check_meta's messages: tests/test_data.py)
+      ['--config.model.d_model=64'], 'config.model.d_model=128 (now 64)', marks=pytest.mark.slow
+    ),
     pytest.param(
       ['--config.data.seq_len=64'], 'config.data.seq_len=128 (now 64)', marks=pytest.mark.slow
     ),
@@ -345,6 +349,42 @@ def test_disk_full_keeps_the_last_checkpoint_and_resumes(data_dir, tmp_path):
 
   assert checkpoint.restore_meta(checkpoint.manager(moved, _tiny_train()), 2)['checksum']
   init_from.load_params(moved)
+
+
+def test_an_eval_set_with_no_scored_token_is_an_error_not_a_zero_loss(monkeypatch):
+  """Every validation completion cut off: no mean of nothing reported as loss 0.0 (which
+  best_metric would keep as the best), but one line naming the source and the knobs."""
+  import types
+
+  from train import context, evaluators
+
+  monkeypatch.setattr(context, 'global_batch', lambda r, arrays: arrays)
+  source = types.SimpleNamespace(eval_arrays=lambda i: {})
+  r = types.SimpleNamespace(
+    eval_ds=types.SimpleNamespace(sources={'chat': source}, metrics=lambda means: means),
+    config=types.SimpleNamespace(
+      train=types.SimpleNamespace(eval_batches=2), data=types.SimpleNamespace(seq_len=32)
+    ),
+  )
+  step = lambda params, batch: {'loss': np.float32(0.0), 'tokens': np.float32(0.0)}
+  with pytest.raises(ValueError, match="data source 'chat' hold no scored token .*seq_len=32"):
+    evaluators.evaluate(r, step, None, ())
+
+
+def test_a_teacher_store_on_a_full_disk_is_one_error_not_a_bus_error(tmp_path):
+  """The store's memmapped files are allocated up front: a disk too small is ENOSPC (exit 1 via
+  the command line's boundary) at the start, not SIGBUS when a page is written later."""
+  from train import cli, distill_store
+
+  with _tmpfs(tmp_path / 'small', '256k') as small:
+    with pytest.raises(OSError) as e:
+      distill_store._Writer(
+        os.path.join(small, 'store'),
+        {'process_index': 0, 'process_count': 1},
+        {'logits': ('float16', (64, 8, 1024))},  # 1 MiB
+      )
+  assert e.value.errno == errno.ENOSPC and 'disk full reserving 1,048,' in str(e.value)
+  assert cli.exit_code(e.value) == cli.RUN_FAILED
 
 
 def test_second_run_on_a_busy_workdir_is_refused(data_dir, tmp_path):

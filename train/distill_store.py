@@ -38,6 +38,7 @@ in config.distill.sequences_dir (default W/teacher_sequences). Sampling keys are
 """
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -112,6 +113,22 @@ def _same_job(a: dict, b: dict) -> bool:
   return strip(a) == strip(b)
 
 
+def _reserve(path: str) -> None:
+  """Allocate a memmapped file's blocks now: on a full disk this is one ENOSPC error, where a
+  store page written later through the memmap would kill the process with SIGBUS."""
+  with open(path, 'r+b') as f:
+    try:
+      os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    except OSError as e:
+      if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+        return  # a filesystem without fallocate: written as before.
+      raise OSError(
+        e.errno,
+        f'disk full reserving {os.fstat(f.fileno()).st_size:,} bytes for {path}; steps stored '
+        'so far are kept: free space and run the same command to resume',
+      ) from None
+
+
 class _Writer:
   """This host's part of a store: one .npy memmap [num_steps, ...] per kind, and its meta json.
 
@@ -146,6 +163,8 @@ class _Writer:
       kind: np.lib.format.open_memmap(self.paths[kind], mode, dtype, tuple(shape))
       for kind, (dtype, shape) in specs.items()
     }
+    for path in self.paths.values():
+      _reserve(path)
 
   def flush(self, done: int, **extra):
     for mm in self.arrays.values():

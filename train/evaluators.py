@@ -32,7 +32,13 @@ def evaluate(r: context.Run, eval_step: object, params: PyTree, frozen: tuple) -
       sums = eval_step(params, context.global_batch(r, source.eval_arrays(i)), *frozen)
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     total = jax.device_get(total)
-    n = max(float(total['tokens']), 1.0)
+    if not float(total['tokens']):  # a mean over nothing is no loss (0.0 would look like the best).
+      raise ValueError(
+        f'the eval batches of data source {name!r} hold no scored token (every completion cut '
+        f'off at config.data.seq_len={r.config.data.seq_len}?); raise data.seq_len or '
+        'train.eval_batches'
+      )
+    n = float(total['tokens'])
     means[name] = {k: float(v) / n for k, v in total.items() if k != 'tokens'}
   return r.eval_ds.metrics(means)
 
