@@ -31,6 +31,12 @@ RECOVERIES = ('distill', 'finetune', 'scratch')
 
 
 def _saved(workdir: str) -> dict:
+  if workdir.startswith('hf:'):  # an HF directory's config.json has no data, batch or lr.
+    raise ValueError(
+      f'configs/compress.py: {workdir} is an HF checkpoint; this config takes the data, batch and '
+      'lr from one of our workdirs (train.compress --out of the HF model gives the student; for '
+      'the teacher, distil with configs/distill.py and distill.teacher=hf:...)'
+    )
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise ValueError(f'configs/compress.py: {workdir} has no config.json (train it first)')

@@ -282,6 +282,9 @@ def _check_gpt2_export(cfg: ModelConfig) -> None:
       f'n_kv_heads=n_heads and n_heads*head_dim=d_model; got norm={cfg.norm}, mlp={cfg.mlp}, '
       f'use_bias={cfg.use_bias}, n_kv_heads={k}, n_heads={h}, head_dim={dh}, d_model={d}'
       + ''.join(f', {f}=True' for f in extras)
+      + (
+        '; a GPT-2 with heads pruned keeps its width: HF GPT-2 cannot hold it' if h * dh < d else ''
+      )
     )
 
 

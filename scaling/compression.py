@@ -132,12 +132,13 @@ def nm_runs(work: str, ladder: str, bases: Sequence[str]) -> list[tuple[str, lis
   return [_sparse_run(work, ladder, b, _nm_name(b), 0.5, NM) for b in bases]
 
 
-def nm_rows(work: str, ladder: str, path: str) -> list[dict]:
-  """Merge the finished 2:4-trained runs into the CSV `path` (its other rows kept): the member,
-  its dense loss, the one-shot 2:4 loss (sparsity_oneshot.csv beside `path`), the trained one."""
+def nm_rows(work: str, ladder: str, path: str, bases: Sequence[str] = SPARSE_BASES) -> list[dict]:
+  """Merge the finished 2:4-trained runs of `bases` into the CSV `path` (its other rows kept): the
+  member, its dense loss, the one-shot 2:4 loss (sparsity_oneshot.csv beside `path`), the trained
+  one; built-in bases first, then the others in the order given."""
   rows = {r['base']: r for r in rep.read_csv(path)}
   oneshot_rows = rep.read_csv(os.path.join(os.path.dirname(path), 'sparsity_oneshot.csv'))
-  for base in SPARSE_BASES:
+  for base in bases:
     run = os.path.join(work, 'sparse', _nm_name(base))
     if not os.path.exists(os.path.join(run, DONE)):
       continue
@@ -145,7 +146,8 @@ def nm_rows(work: str, ladder: str, path: str) -> list[dict]:
     rows[base] = {'base': base, 'params': _result(ladder, base)['params'], 'pattern': NM,
                   'loss_dense': _loss(ladder, base), 'loss_oneshot': one,
                   'loss_trained': rep.final_eval(run)}  # fmt: skip
-  out = [rows[b] for b in SPARSE_BASES if b in rows]
+  order = [*SPARSE_BASES, *sorted(b for b in rows if b not in SPARSE_BASES)]
+  out = [rows[b] for b in order if b in rows]
   rep.write_csv(path, out)
   return out
 
@@ -347,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   os.makedirs(f.workdir, exist_ok=True)
   if f.part == 'nm':
     _lanes(nm_runs(f.workdir, f.ladder, f.bases), f.lanes)
-    print(json.dumps(nm_rows(f.workdir, f.ladder, f.nm_csv), indent=1))
+    print(json.dumps(nm_rows(f.workdir, f.ladder, f.nm_csv, f.bases), indent=1))
   elif f.part == 'recovery':
     _lanes(recovery_runs(f.workdir, f.ladder), f.lanes)
   elif f.part == 'sparsity':

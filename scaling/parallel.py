@@ -180,6 +180,12 @@ def run(
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
+  for i, m in enumerate(ms):  # a member that finished while a signal stopped it did not fail.
+    if codes.get(m.name) and sweep.finished(os.path.join(workdir, m.name), m.config, m.name):
+      logging.info(
+        'member %d %s finished before it was stopped (exit %d)', i, m.name, codes[m.name]
+      )
+      codes[m.name] = 0
   return codes
 
 

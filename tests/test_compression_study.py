@@ -60,3 +60,22 @@ def test_nm_part_trains_the_pattern_and_merges_its_csv(tmp_path):
   rows = compression.nm_rows(str(work), str(ladder), str(out / 'sparsity_nm.csv'))
   assert [(r['base'], float(r['loss_trained'])) for r in rows] == [(a, 1.80), (b, 1.61)]
   assert float(rows[1]['loss_oneshot']) == 1.93 and rows[1]['loss_dense'] == 1.56
+  other = 'D2_N9e4_lr7.81e-3'  # --bases outside the built-in list get their row too.
+  (ladder / other).mkdir()
+  (ladder / other / 'result.json').write_text(json.dumps({'params': 90000, 'loss': 1.5}))
+  (work / 'sparse' / f'{other}_2of4').mkdir()
+  (work / 'sparse' / f'{other}_2of4' / 'metrics.jsonl').write_text('{"eval/loss": 1.55}\n')
+  (work / 'sparse' / f'{other}_2of4' / compression.DONE).touch()
+  rows = compression.nm_rows(str(work), str(ladder), str(out / 'sparsity_nm.csv'), [other])
+  assert [r['base'] for r in rows] == [a, b, other] and float(rows[2]['loss_trained']) == 1.55
+
+
+def test_recovery_config_names_an_hf_teacher_it_cannot_take():
+  """configs/compress.py takes data, batch and lr from the teacher's workdir: an hf: teacher is
+  one line saying so (it said "has no config.json" of a directory that has one)."""
+  import pytest
+
+  from configs import compress as compress_config
+
+  with pytest.raises(ValueError, match=r'hf:/m is an HF checkpoint; this config takes the data'):
+    compress_config.get_config('student=/s,teacher=hf:/m')

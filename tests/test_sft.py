@@ -128,6 +128,35 @@ def test_bad_lines_name_file_and_line_and_write_nothing(tmp_path, rows, want):
   assert '\n' not in str(e.value) and not os.path.exists(out)
 
 
+def test_a_line_that_is_not_utf8_names_file_and_line(tmp_path):
+  (tmp_path / 'data').mkdir()
+  (tmp_path / 'data' / 'train.jsonl').write_bytes(b'{"text": "a"}\n{"text": "caf\xe9"}\n')
+  request = writer.SplitRequest(f'jsonl:{tmp_path / "data"}', 'train', str(tmp_path / 'p'), 'byte')
+  with pytest.raises(ValueError, match=r'train\.jsonl:2: not UTF-8 \(byte 0xe9 at character 13\)'):
+    writer.prepare_split(request)
+  assert not os.path.exists(tmp_path / 'p')
+
+
+def test_a_chat_template_that_raises_names_the_line_and_the_fixed_file_prepares(tmp_path):
+  """The template's own error (an unknown role) is one line naming file:line; the spec written
+  before any shard finished does not block the corrected file (issue 35)."""
+  strict = CHATML.replace(
+    '{% for m in messages %}',
+    "{% for m in messages %}{% if m['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown role ' + m['role']) }}{% endif %}",
+  )
+  tok_dir = tmp_path / 'tok'
+  _hf_tokenizer(tok_dir, strict)
+  bad = [*CHAT[:3], {'role': 'tool', 'content': 'x'}]
+  path = _write_jsonl(str(tmp_path / 'd' / 'train.jsonl'), [{'messages': CHAT}, {'messages': bad}])
+  out = str(tmp_path / 'p')
+  request = writer.SplitRequest(f'jsonl:{tmp_path / "d"}', 'train', out, str(tok_dir))
+  with pytest.raises(ValueError, match=rf'{path}:2: the chat template failed: .*unknown role tool'):
+    writer.prepare_split(request)
+  _write_jsonl(path, [{'messages': CHAT}, {'messages': CHAT[:3]}])
+  assert writer.prepare_split(request)['num_examples'] == 2
+
+
 def test_messages_need_a_chat_template(tmp_path):
   tok_dir = tmp_path / 'tok'
   _hf_tokenizer(tok_dir)  # no chat template.

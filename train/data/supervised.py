@@ -62,8 +62,15 @@ def parse(line: str, where: str) -> tuple[str, dict]:
 def lines(path: str, lo: int = 0, hi: int | None = None) -> Iterator[tuple[str, str]]:
   """(file:line, text) of examples lo..hi-1 of the file (blank lines skipped, not counted)."""
   k = 0
-  with open(path, encoding='utf-8') as f:
-    for n, line in enumerate(f, 1):
+  with open(path, 'rb') as f:
+    for n, raw in enumerate(f, 1):
+      try:
+        line = raw.decode('utf-8')
+      except UnicodeDecodeError as e:
+        raise ValueError(
+          f'{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at character {e.start}); save the file '
+          'as UTF-8'
+        ) from None
       if not line.strip():
         continue
       if hi is not None and k >= hi:
@@ -118,6 +125,9 @@ def encode(
       ids, mask, text = tokenizer.encode_chat(obj['messages'])
     except ValueError as e:
       raise ValueError(f'{where}: {e}') from None
+    except Exception as e:  # the chat template's own error (jinja's raise_exception, a bad role).
+      first = str(e).splitlines()[0] if str(e) else ''
+      raise ValueError(f'{where}: the chat template failed: {type(e).__name__}: {first}') from None
     last = int(obj['messages'][-1]['role'] == 'assistant')
   ids = np.append(np.asarray(ids, np.int64), tokenizer.eos_id)
   return ids, np.append(np.asarray(mask, np.uint8), np.uint8(last)), text.encode('utf-8')

@@ -291,7 +291,13 @@ def _open_spec(request: SplitRequest, share: Share, tokenizer: tokenizers.Tokeni
   spec = split_spec(request, tokenizer, num_shards or old['num_shards']) | described
   if old is not None:
     why = shards.spec_mismatch(old, spec, request.out_dir)
-    if why:
+    unfinished = shards.progress(request.out_dir)[1]
+    if why and len(unfinished) == old['num_shards']:  # nothing written under the old spec yet
+      logging.info(
+        '%s: no shard was finished under its spec (%s); starting again', request.out_dir, why
+      )
+      shards.write_json(spec_path, spec)  # (e.g. a run that failed on a line, now fixed)
+    elif why:
       raise ValueError(f'config.data.prepared_dir: {why}')
   else:
     shards.makedirs(request.out_dir)
