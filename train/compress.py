@@ -45,7 +45,9 @@ from train import workdir as workdir_lib
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string('workdir', None, 'one of our trained workdirs, or hf:/dir', flag_values=FLAGS)
-flags.DEFINE_string('out', None, 'the new workdir (must not hold a checkpoint)', flag_values=FLAGS)
+flags.DEFINE_string(
+  'out', None, 'the new workdir (absent or empty; written whole, then renamed)', flag_values=FLAGS
+)
 flags.DEFINE_string('prune', '', 'target sizes, e.g. layers:2,heads:4,mlp:224', flag_values=FLAGS)
 flags.DEFINE_float('sparsity', 0.0, 'fraction of compressible weights zeroed', flag_values=FLAGS)
 flags.DEFINE_string('pattern', 'unstructured', "'unstructured' or 'N:M' (2:4)", flag_values=FLAGS)
