@@ -446,6 +446,21 @@ def test_second_sigterm_exits_at_once_and_the_workdir_still_resumes(data_dir, tm
   assert all(d.isdigit() for d in os.listdir(os.path.join(workdir, 'checkpoints')))
 
 
+def test_a_state_of_other_shapes_at_the_same_paths_is_refused_not_set_aside():
+  """The structure check also compares the shapes orbax recorded (e.g. a checkpoint written
+  before checksums, or a change the run metadata does not name): StateMismatch, a ValueError."""
+  import jax
+
+  from train import checkpoint
+
+  state = {'params': {'w': jax.ShapeDtypeStruct((4, 8), 'float32')}}
+  checkpoint.check_structure(None, state, 4, 'W', {'params.w': (4, 8)})  # the same: passes.
+  with pytest.raises(
+    checkpoint.StateMismatch, match=r'1 of other shapes, e.g. params.w is \(4, 16\) there'
+  ):
+    checkpoint.check_structure(None, state, 4, 'W', {'params.w': (4, 16)})
+
+
 def test_out_of_memory_is_not_a_full_disk():
   """XLA's allocation failure and TensorStore's full disk both say RESOURCE_EXHAUSTED: told apart
   by what ran out, and out of memory exits 1 (run failed) as its own one-line error."""
@@ -510,7 +525,7 @@ def test_init_from_and_teacher_loading_refuse_a_corrupt_checkpoint(trained, tmp_
   json.dump(config, open(os.path.join(edited, 'config.json'), 'w'))
   with pytest.raises(
     ValueError,
-    match=re.escape(f"{edited}/config.json disagrees with checkpoint 4: ['params']['embed'] is"),
+    match=re.escape(f'{edited}/config.json disagrees with checkpoint 4: params.embed is'),
   ):
     init_from.load_params(edited)
 

@@ -130,9 +130,15 @@ def array_shapes(directory: str, step: int) -> dict | None:
     ) as m:
       tree = m.item_metadata(step)['state']
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in leaves}
+    return {leaf_name(p): tuple(x.shape) for p, x in leaves}
   except Exception:  # unreadable metadata: orbax/json raise many types.
     return None
+
+
+def leaf_name(path: tuple) -> str:
+  """A leaf's path as 'params.layers.attn.query' / 'opt_state.1.0.mu...': the same for a train
+  state (attributes) and orbax's metadata of it (dict keys)."""
+  return '.'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k)))) for k in path)
 
 
 def _flat(d: dict, prefix: str = '') -> dict:
@@ -234,7 +240,8 @@ def restore_latest_good(
       saved, problem = None, f'unreadable metadata ({type(e).__name__}: {str(e)[:200]})'
     if _agree(saved is not None):
       check_meta(saved, meta, workdir)
-      check_structure(saved.get('checksum'), abstract_state, step, workdir)
+      written = array_shapes(mngr.directory, step)
+      check_structure(saved.get('checksum'), abstract_state, step, workdir, written)
       try:
         state, _ = restore(mngr, step, abstract_state)
         problem = _verify(state, saved.get('checksum'))
@@ -266,23 +273,32 @@ class StateMismatch(ValueError):
 
 
 def check_structure(
-  saved_sums: dict | None, abstract_state: PyTree, step: int, workdir: str
+  saved_sums: dict | None,
+  abstract_state: PyTree,
+  step: int,
+  workdir: str,
+  written: dict | None = None,
 ) -> None:
   """Raises StateMismatch when checkpoint `step` holds other arrays than the state this config
-  builds (its checksums are keyed by leaf path: the saved tree's structure, read without loading)."""
-  if saved_sums is None:  # written before checksums: orbax's restore is the only check.
-    return
-  paths = {
-    jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
-  }
-  gone, new = sorted(set(saved_sums) - paths), sorted(paths - set(saved_sums))
-  if not gone and not new:
-    return
-  what = [f'{len(l)} {k}, e.g. {l[0]}' for k, l in (('not built now', gone), ('new', new)) if l]
-  raise StateMismatch(
-    f'checkpoint {step} in {workdir} is intact but holds another train state than this config '
-    f'builds ({"; ".join(what)})'
-  )
+  builds: other leaf paths (its checksums are keyed by them) or other shapes (`written`, orbax's
+  array metadata: array_shapes). Both are read without loading an array."""
+  leaves = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+  what = []
+  if saved_sums is not None:  # (written before checksums: the shapes below, then orbax, check)
+    paths = {jax.tree_util.keystr(p) for p, _ in leaves}
+    gone, new = sorted(set(saved_sums) - paths), sorted(paths - set(saved_sums))
+    what = [f'{len(l)} {k}, e.g. {l[0]}' for k, l in (('not built now', gone), ('new', new)) if l]
+  if not what and written:
+    now = {leaf_name(p): tuple(x.shape) for p, x in leaves}
+    moved = [k for k in now if k in written and written[k] != now[k]]
+    if moved:
+      k = moved[0]
+      what = [f'{len(moved)} of other shapes, e.g. {k} is {written[k]} there, {now[k]} now']
+  if what:
+    raise StateMismatch(
+      f'checkpoint {step} in {workdir} is intact but holds another train state than this config '
+      f'builds ({"; ".join(what)})'
+    )
 
 
 def config_changes(workdir: str, config: dict, limit: int = 6) -> str:

@@ -123,7 +123,7 @@ def load_params(
     raise ValueError(f'{src}: no checkpoint under {src}/checkpoints')
   written = checkpoint.array_shapes(mngr.directory, step)
   for path, s in jax.tree_util.tree_flatten_with_path(saved)[0] if written else []:
-    key = "['params']" + jax.tree_util.keystr(path)
+    key = 'params.' + checkpoint.leaf_name(path)
     if key in written and written[key] != tuple(s.shape):  # intact arrays, another model.
       raise ValueError(
         f'{src}/config.json disagrees with checkpoint {step}: {key} is {written[key]} in the '
