@@ -568,6 +568,24 @@ def test_every_command_line_ends_bad_input_in_one_line(args, code, expected, tmp
   assert re.sub(r'\b(W|FILE|RAISING)\b', lambda m: subs[m.group(1)], expected) in line, line
 
 
+def test_ctrl_c_in_any_command_line_is_one_line_and_exit_130(tmp_path):
+  """SIGINT to a command line run through train/cli.run (a real signal to a real process, whose
+  main waits as a long tool would): `error: interrupted (Ctrl-C)`, exit 130, no traceback."""
+  script = (
+    'import sys, time\nfrom train import cli\n'
+    "def main(argv):\n  print('ready', flush=True)\n  time.sleep(60)\n"
+    'cli.run(main)\n'
+  )
+  proc = subprocess.Popen(
+    [sys.executable, '-c', script], cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE, text=True,
+  )  # fmt: skip
+  assert proc.stdout.readline().strip() == 'ready'
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 130 and _error_line(err) == 'error: interrupted (Ctrl-C)', err
+
+
 def test_a_distributed_start_whose_peers_never_come_gives_up_in_one_line(data_dir, tmp_path):
   """Process 0 of 2 alone: after config.distributed.timeout_s one line and exit 1, instead of
   JAX's C++ abort with a stack trace after 5 minutes; the workdir was never created."""

@@ -565,6 +565,38 @@ def test_transfer_sweep_configs():
     assert {m.config.model.base_d_model for m in ms} == ({widths[0]} if p == 'mup' else {0})
 
 
+def test_parallel_counts_a_member_that_finished_before_its_stop_as_finished(tmp_path, monkeypatch):
+  """Ctrl-C reaching a member after it wrote its result (exit 130) is not a failure; a member
+  stopped before finishing still is (issue 35)."""
+  from scaling import parallel
+
+  config = _load_config_file('configs/sweeps/isoflop_tiny.py')
+  ms = sweep.members(config)[:2]
+  monkeypatch.setattr(sweep, 'members', lambda c: ms)
+  workdir = str(tmp_path)
+
+  class Proc:  # member 0 finished (result written), member 1 did not; both exit 130.
+    returncode = 130
+
+    def __init__(self, cmd, **kwargs):
+      i = int(next(a for a in cmd if a.startswith('--config.sweep.member=')).split('=')[1])
+      if i == 0:
+        sweep.workdir_lib.write_json(
+          os.path.join(workdir, ms[0].name, results.RESULT_FILE),
+          {**ms[0].info, 'loss': 2.0, 'config_hash': ms[0].config_hash},
+        )
+      self.pid = 1000 + i
+
+    def poll(self):
+      return self.returncode
+
+  for m in ms:
+    os.makedirs(os.path.join(workdir, m.name))
+  monkeypatch.setattr(parallel.subprocess, 'Popen', Proc)
+  codes = parallel.run(config, 'configs/sweeps/isoflop_tiny.py', workdir, 2, 'cpu', 2)
+  assert codes == {ms[0].name: 0, ms[1].name: 130}
+
+
 def test_concurrent_members_merge_results_without_losing_rows(tmp_path, monkeypatch):
   """15 members finishing at once (as array jobs would), each writing its result.json and merging,
   on a slow shared filesystem (the earliest CSV writes take longest, 300 ms): results.csv ends
