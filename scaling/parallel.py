@@ -29,17 +29,22 @@ from ml_collections import config_flags
 from scaling import sweep  # importing starts no JAX backend here (detect() reads no devices).
 from train import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config file (path[:arg]).')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The sweep directory (as for main.py).')
-_GROUPS = flags.DEFINE_integer('groups', 2, 'Members run at once (device groups).')
-_PLATFORM = flags.DEFINE_enum(
-  'platform',
-  'auto',
-  ['auto', 'gpu', 'tpu', 'cpu'],
-  'Which devices to split (auto: GPUs, else TPU chips, else CPU).',
-)
-_DEVICES = flags.DEFINE_integer('devices', 0, 'Devices to split (0: all found; CPU: groups).')
-flags.mark_flags_as_required(['config', 'workdir'])
+
+def _define_flags() -> None:
+  """The command line's flags, on absl's global FLAGS only when run as a program (importing this
+  module, as tests and other tools do, defines none: they would collide with theirs)."""
+  config_flags.DEFINE_config_file('config', None, 'Sweep config file (path[:arg]).')
+  flags.DEFINE_string('workdir', None, 'The sweep directory (as for main.py).')
+  flags.DEFINE_integer('groups', 2, 'Members run at once (device groups).')
+  flags.DEFINE_enum(
+    'platform',
+    'auto',
+    ['auto', 'gpu', 'tpu', 'cpu'],
+    'Which devices to split (auto: GPUs, else TPU chips, else CPU).',
+  )
+  flags.DEFINE_integer('devices', 0, 'Devices to split (0: all found; CPU: groups).')
+  flags.mark_flags_as_required(['config', 'workdir'])
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One host's TPU chips as a process grid, by chips per process (the libtpu multi-process recipe).
@@ -191,15 +196,16 @@ def run(
 
 def main(argv: list[str]) -> None:
   del argv
+  f = flags.FLAGS
   config_arg = next(a.split('=', 1)[1] for a in sys.argv if a.startswith('--config='))
   overrides = [a[len('--config.') :] for a in sys.argv[1:] if a.startswith('--config.')]
   codes = run(
-    _CONFIG.value,
+    f.config,
     config_arg,
-    _WORKDIR.value,
-    _GROUPS.value,
-    _PLATFORM.value,
-    _DEVICES.value,
+    f.workdir,
+    f.groups,
+    f.platform,
+    f.devices,
     overrides,
   )
   failed = {k: v for k, v in codes.items() if v}
@@ -207,7 +213,7 @@ def main(argv: list[str]) -> None:
     {
       'ran': len(codes),
       'failed': failed,
-      'results_csv': os.path.join(_WORKDIR.value, 'results.csv'),
+      'results_csv': os.path.join(f.workdir, 'results.csv'),
     },
     flush=True,
   )
@@ -215,4 +221,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  _define_flags()
   cli.run(main)

@@ -78,6 +78,8 @@ def load_builder(dataset: str, data_dir: str | None) -> Any:
   try:
     with _build_lock(builder.data_dir):
       builder.download_and_prepare()
+      if not builder.info.splits:  # another process built it while this one waited for the lock:
+        builder = _builder(dataset, data_dir)  # this builder read the info before (no splits).
   except Exception as e:  # Network/manual-download failures come in many types.
     if embedded.is_embedded(dataset):
       raise
