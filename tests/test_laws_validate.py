@@ -186,6 +186,7 @@ def _coverage(law, draw, in_fit, truth, n_rep, n_boot, pin_E=None) -> dict:
   }
 
 
+@pytest.mark.slow  # (15 s; by default: the validate CLI's held-out rows and rollout, test_fit's bootstrap)
 def test_compute_law_held_out_bias_and_coverage_in_simulation():
   """E pinned (Marin), fitted on the 6 smallest of 10 runs, predicting 3.6x to 170x beyond: no
   bias, errors at the 0.5 % noise, and the interval covers at least ~95 % while staying narrow;
@@ -199,7 +200,7 @@ def test_compute_law_held_out_bias_and_coverage_in_simulation():
   assert s['boot_coverage'] < s['coverage'], s
 
 
-@pytest.mark.slow  # (65 s: 40 simulated ladders; the compute law's simulation above is the default's)
+@pytest.mark.slow  # (65 s: 40 simulated ladders; the compute law's simulation above is faster)
 def test_curve_law_held_out_bias_and_coverage_in_simulation():
   """The whole-curve law fitted on every evaluation of the 6 smallest sizes predicts the final
   loss of the 2 largest (up to 7x the fitted compute): small bias, near-nominal coverage."""

@@ -121,14 +121,6 @@ def load_params(
   step = mngr.latest_step()
   if step is None:
     raise ValueError(f'{src}: no checkpoint under {src}/checkpoints')
-  written = checkpoint.array_shapes(mngr.directory, step)
-  for path, s in jax.tree_util.tree_flatten_with_path(saved)[0] if written else []:
-    key = 'params.' + checkpoint.leaf_name(path)
-    if key in written and written[key] != tuple(s.shape):  # intact arrays, another model.
-      raise ValueError(
-        f'{src}/config.json disagrees with checkpoint {step}: {key} is {written[key]} in the '
-        f'checkpoint, {tuple(s.shape)} by its config.json (edited or copied from another run?)'
-      )
   if shardings is None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shardings = jax.tree.map(lambda _: device, saved)
@@ -155,12 +147,26 @@ def load_params(
       problem = f'checksum mismatch in {len(bad)} array(s), e.g. {bad[0]}' if bad else None
   except Exception as e:  # torn files: orbax/TensorStore/json raise many types.
     problem = str(e).split('. ')[0][:160]
+    _check_written_shapes(src, mngr.directory, step, saved)  # or intact arrays of another model
   if problem:
     raise ValueError(
       f'{src}: checkpoint {step} is corrupt ({problem}); resume that run once '
       'to set it aside and fall back to its previous checkpoint'
     ) from None
   return cfg, out['state']['params']
+
+
+def _check_written_shapes(src: str, directory: str, step: int, saved: PyTree) -> None:
+  """ValueError when checkpoint `step`'s arrays, intact, have other shapes than `src`/config.json
+  gives (an edited or copied config.json: not a corrupt checkpoint)."""
+  written = checkpoint.array_shapes(directory, step) or {}
+  for path, s in jax.tree_util.tree_flatten_with_path(saved)[0]:
+    key = 'params.' + checkpoint.leaf_name(path)
+    if key in written and written[key] != tuple(s.shape):
+      raise ValueError(
+        f'{src}/config.json disagrees with checkpoint {step}: {key} is {written[key]} in the '
+        f'checkpoint, {tuple(s.shape)} by its config.json (edited or copied from another run?)'
+      )
 
 
 def _dequantized(src: str, saved_cfg: ModelConfig, shardings: PyTree | None) -> PyTree:
