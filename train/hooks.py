@@ -23,9 +23,8 @@ from train import workdir as workdir_lib
 from train.evaluators import Evaluator
 
 BEST_DIR = 'best'
-STALE_DIR = (
-  'checkpoints.stale'  # W/best's checkpoints of an earlier run, moved here, never deleted.
-)
+# W/best's checkpoints of an earlier run are moved here, never deleted.
+STALE_DIR = 'checkpoints.stale'
 
 
 class Action:
@@ -254,9 +253,9 @@ class KeepBest(Action):
         item_names=('state', 'meta'),
       )
       checkpoint.write_config(self.dir, self.config_json)
-    sums = checkpoint.checksum(state)
     for old in [s for s in self.mngr.all_steps() if s >= step]:
-      if old == step and checkpoint.restore_meta(self.mngr, old).get('checksum') == sums:
+      saved = checkpoint.restore_meta(self.mngr, old).get('checksum') if old == step else None
+      if saved and saved == checkpoint.checksum(state):
         return  # a resumed run reaching it again: the same state, already kept.
       # Another run's (its checkpoints were removed or it restarted earlier): kept aside.
       dest = checkpoint.set_aside(self.mngr, self.dir, old, into=STALE_DIR)
