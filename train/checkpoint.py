@@ -141,6 +141,16 @@ def leaf_name(path: tuple) -> str:
   return '.'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k)))) for k in path)
 
 
+def other_shapes(tree: PyTree, written: dict) -> list[tuple[str, tuple, tuple]]:
+  """(leaf name, shape in the checkpoint, shape in `tree`) of each leaf whose shapes differ."""
+  out = []
+  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    k = leaf_name(path)
+    if k in written and written[k] != tuple(x.shape):
+      out.append((k, written[k], tuple(x.shape)))
+  return out
+
+
 def _flat(d: dict, prefix: str = '') -> dict:
   out = {}
   for key, value in d.items():
@@ -289,12 +299,10 @@ def check_structure(
     paths = {jax.tree_util.keystr(p) for p, _ in leaves}
     gone, new = sorted(set(saved_sums) - paths), sorted(paths - set(saved_sums))
     what = [f'{len(l)} {k}, e.g. {l[0]}' for k, l in (('not built now', gone), ('new', new)) if l]
-  if not what and written:
-    now = {leaf_name(p): tuple(x.shape) for p, x in leaves}
-    moved = [k for k in now if k in written and written[k] != now[k]]
-    if moved:
-      k = moved[0]
-      what = [f'{len(moved)} of other shapes, e.g. {k} is {written[k]} there, {now[k]} now']
+  moved = other_shapes(abstract_state, written) if not what and written else []
+  if moved:
+    k, there, now = moved[0]
+    what = [f'{len(moved)} of other shapes, e.g. {k} is {there} there, {now} now']
   if what:
     raise StateMismatch(
       f'checkpoint {step} in {workdir} is intact but holds another train state than this config '

@@ -160,13 +160,11 @@ def _check_written_shapes(src: str, directory: str, step: int, saved: PyTree) ->
   """ValueError when checkpoint `step`'s arrays, intact, have other shapes than `src`/config.json
   gives (an edited or copied config.json: not a corrupt checkpoint)."""
   written = checkpoint.array_shapes(directory, step) or {}
-  for path, s in jax.tree_util.tree_flatten_with_path(saved)[0]:
-    key = 'params.' + checkpoint.leaf_name(path)
-    if key in written and written[key] != tuple(s.shape):
-      raise ValueError(
-        f'{src}/config.json disagrees with checkpoint {step}: {key} is {written[key]} in the '
-        f'checkpoint, {tuple(s.shape)} by its config.json (edited or copied from another run?)'
-      )
+  for key, there, now in checkpoint.other_shapes({'params': saved}, written)[:1]:
+    raise ValueError(
+      f'{src}/config.json disagrees with checkpoint {step}: {key} is {there} in the '
+      f'checkpoint, {now} by its config.json (edited or copied from another run?)'
+    )
 
 
 def _dequantized(src: str, saved_cfg: ModelConfig, shardings: PyTree | None) -> PyTree:
