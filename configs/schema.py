@@ -603,6 +603,8 @@ class SweepConfig(_Section):
   logs_per_member: int = 5
   evals_per_member: int = 1  # evaluations along training, written to curves.csv (approach 1).
   member: int = -1  # -1: every member in turn; i: only member i (one job per member).
+  vmap: int = 0  # > 1: up to this many members that differ only in seed / lr / weight decay
+  # train as one vmapped program (train/group.py); 0 or 1: one member at a time.
   lr_width_exponent: float = 0.0  # lr *= (lr_ref_d_model / d_model) ** exponent (0: same lr).
   lr_ref_d_model: int = 0
   family: Any = dataclasses.field(

@@ -15,6 +15,10 @@ A sweep config is a normal training config plus a `sweep` section (see configs/s
   sweep.member             -1: run every member; i: only member i (one job of a SLURM array or one
                            TPU VM per member, or one process per device subset of a host through
                            scaling/parallel.py; results.csv is merged under a lock, see merge_results)
+  sweep.vmap               K > 1: members that differ only in seed, peak lr and weight decay (an
+                           lr x seed scan at one size) train K at a time as one vmapped program
+                           (train/group.py, its checkpoints in W/groups/<hash>/); each member
+                           still gets its own directory, metrics.jsonl, result.json and rows
   sweep.lrs, sweep.seeds   optional axes: one member per peak lr / per seed (columns lr, seed);
                            scaling.fit then takes the best lr per (N, D) and the mean over seeds
   sweep.count              which N sizes are matched to and C = 6·N·D uses: 'params' (total, the
@@ -61,6 +65,7 @@ and curves.csv scaling/results.py's; this module runs the members.
 """
 
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -75,7 +80,7 @@ from ml_collections import config_flags
 from scaling import config_hash as hash_lib
 from scaling import results
 from scaling.plan import Member, get, get_sweep_config, members, plan_table
-from train import cli, distill, init_from, loop, validation
+from train import cli, distill, group, init_from, loop, validation
 from train import workdir as workdir_lib
 from train.evaluators import Evaluator
 
@@ -261,23 +266,34 @@ def _start(sw: _Sweep, m: Member, member_dir: str, tag: str) -> bool:
 
 def _run_member(sw: _Sweep, m: Member, member_dir: str, tag: str) -> bool:
   """Trains m and records its result; False when a SIGTERM stopped it (the sweep stops too)."""
-  h = m.config_hash
   meta = results.read_json(os.path.join(member_dir, MEMBER_FILE)) or {'wall_s': 0.0}
-  member_meta = lambda wall_s: {'name': m.name, 'config_hash': h, 'wall_s': wall_s, 'info': m.info}
-  sw.write(member_dir, MEMBER_FILE, member_meta(meta['wall_s']))
+  sw.write(member_dir, MEMBER_FILE, _member_meta(m, meta['wall_s']))
   tic = time.time()
-  status, metrics, error = 'ok', None, ''
+  metrics = None
   try:
     metrics = _train(m, member_dir, sw.derived[m.name], sw.evaluators)
   except FloatingPointError as e:  # a diverged member must not end the sweep.
-    status, error = 'diverged', str(e)
+    metrics = {'diverged': str(e)}
   finally:
     wall = meta['wall_s'] + time.time() - tic
-    sw.write(member_dir, MEMBER_FILE, member_meta(wall))
-  if status != 'ok':
+    sw.write(member_dir, MEMBER_FILE, _member_meta(m, wall))
+  return _record(sw, m, member_dir, tag, metrics, wall, time.time() - tic)
+
+
+def _member_meta(m: Member, wall_s: float, **extra: object) -> dict:
+  return {'name': m.name, 'config_hash': m.config_hash, 'wall_s': wall_s, 'info': m.info, **extra}
+
+
+def _record(
+  sw: _Sweep, m: Member, member_dir: str, tag: str, metrics: dict, wall: float, took: float
+) -> bool:
+  """Writes m's result.json (ok or diverged) and merges results.csv; False when a SIGTERM stopped
+  m (the sweep stops too)."""
+  h = m.config_hash
+  if 'diverged' in metrics:
     sw.failed.append(m.name)
-    logging.warning('%s: %s: %s', tag, status, error)
-    result = {'name': m.name, 'config_hash': h, 'status': status, 'error': error}
+    logging.warning('%s: diverged: %s', tag, metrics['diverged'])
+    result = {'name': m.name, 'config_hash': h, 'status': 'diverged', 'error': metrics['diverged']}
     sw.write(member_dir, results.RESULT_FILE, result)
     return True
   if metrics.get('preempted_at_step') is not None:  # SIGTERM / SIGINT: the sweep stops here.
@@ -297,12 +313,65 @@ def _run_member(sw: _Sweep, m: Member, member_dir: str, tag: str) -> bool:
     row['loss'],
     row['bits_per_byte'],
     m.info['steps'],
-    time.time() - tic,
+    took,
     len(sw.rows) + len(sw.failed),
     len(sw.ms),
     _hms(time.time() - sw.t_start),
   )
   return True
+
+
+def _units(todo: list, k: int) -> list[list]:
+  """The (index, member) pairs in plan order, as units that train together: members that may
+  share a program (train/group.py's group_key; no wsd trunk) in groups of up to k, the rest alone."""
+  units, filling = [], {}
+  for i, m in todo:
+    key = None
+    if k > 1 and not m.trunk and group.why_not(m.config) is None:
+      key = group.group_key(m.config)
+    if key is None:
+      units.append([(i, m)])
+      continue
+    if key not in filling or len(filling[key]) == k:
+      filling[key] = []
+      units.append(filling[key])
+    filling[key].append((i, m))
+  return units
+
+
+def _run_group(sw: _Sweep, unit: list) -> bool:
+  """Trains a unit's unfinished members as one group (one left: alone); False when stopped."""
+  pending = []
+  for i, m in unit:
+    member_dir = os.path.join(sw.workdir, m.name)
+    tag = f'[{i + 1}/{len(sw.ms)}] {m.name}'
+    if not _skip_finished(sw, m, member_dir, tag):
+      pending.append((m, member_dir, tag))
+  if len(pending) < 2:
+    return all(_start(sw, *p) and _run_member(sw, *p) for p in pending)
+  names = '\n'.join(m.name for m, _, _ in pending)
+  group_dir = os.path.join(sw.workdir, 'groups', hashlib.sha256(names.encode()).hexdigest()[:12])
+  metas = []
+  for m, member_dir, tag in pending:
+    _start(sw, m, member_dir, tag)
+    meta = results.read_json(os.path.join(member_dir, MEMBER_FILE)) or {'wall_s': 0.0}
+    metas.append(meta['wall_s'])
+    sw.write(member_dir, MEMBER_FILE, _member_meta(m, meta['wall_s'], group=group_dir))
+  logging.info('%d members train as one program in %s', len(pending), group_dir)
+  tic = time.time()
+  finals = group.run(
+    [m.config for m, _, _ in pending],
+    [d for _, d, _ in pending],
+    group_dir,
+    derived=[sw.derived[m.name] for m, _, _ in pending],
+  )
+  took = time.time() - tic
+  share = took / len(pending)  # each member's wall_s: its share of the group's time.
+  going = True
+  for (m, member_dir, tag), final, before in zip(pending, finals, metas):
+    sw.write(member_dir, MEMBER_FILE, _member_meta(m, before + share, group=group_dir))
+    going = _record(sw, m, member_dir, tag, final, before + share, took) and going
+  return going
 
 
 def _prepare(
@@ -337,7 +406,12 @@ def run(
   """Runs every member (skipping finished ones, resuming partial ones); returns a summary dict.
   `evaluators` run in every member after its eval loss."""
   sw, todo = _prepare(config, workdir, evaluators)
-  for i, m in todo:
+  for unit in _units(todo, 1 if evaluators else int(get(config.sweep, 'vmap'))):
+    if len(unit) > 1:
+      if not _run_group(sw, unit):
+        break
+      continue
+    i, m = unit[0]
     member_dir = os.path.join(workdir, m.name)
     tag = f'[{i + 1}/{len(sw.ms)}] {m.name}'
     if _skip_finished(sw, m, member_dir, tag):

@@ -33,17 +33,36 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')  # tiny steps too.
 
 
-# The longest files first (docs/testing.md's table): xdist hands whole files to workers as they
-# free up, so the long ones start at once and the short ones fill in at the end.
+# The files by their time, longest first (docs/testing.md's table), the rest after them: xdist
+# hands whole files to the workers in this order as they free up (pytest.ini turns off its own
+# reordering by test count), so the long ones start at once and the short ones fill in the end.
 LONGEST_FILES = (
   'test_faults.py',
   'test_scaling.py',
   'test_parametrization.py',
-  'test_pruning.py',
-  'test_distill.py',
   'test_loop.py',
   'test_lora.py',
+  'test_pruning.py',
+  'test_distill.py',
   'test_sparsity.py',
+  'test_group.py',
+  'test_fit.py',
+  'test_golden.py',
+  'test_sft.py',
+  'test_low_precision.py',
+  'test_generation.py',
+  'test_data.py',
+  'test_train_step.py',
+  'test_harness.py',
+  'test_memory.py',
+  'test_multihost.py',
+  'test_hf.py',
+  'test_distill_law.py',
+  'test_laws_validate.py',
+  'test_loss.py',
+  'test_attention.py',
+  'test_quantize.py',
+  'test_collectives.py',
 )
 
 

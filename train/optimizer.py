@@ -98,7 +98,7 @@ def _adamw(
     return optax.chain(*chain)
   # optax.adamw's chain, with per-leaf decay (0 where masked) and per-leaf lr scale.
   lr_scale = _per_leaf(lambda u, p, s: u * s, models.param_scales(model_config, 'lr'))
-  decay = _per_leaf(lambda u, p, wd: u + wd * p if wd else u, _decays(opt, model_config, mask))
+  decay = _per_leaf(lambda u, p, wd: u if _is_zero(wd) else u + wd * p, _decays(opt, model_config, mask))
   # Coupled (AdamW, MuAdamW): decay before the lr scale. Independent: after it, so only lr(t)/peak.
   middle = [lr_scale, decay] if model_config.independent_wd else [decay, lr_scale]
   chain += [
@@ -109,13 +109,18 @@ def _adamw(
   return optax.chain(*chain)
 
 
+def _is_zero(x: object) -> bool:
+  """A Python 0: decay skipped. An array (a group member's traced value, train/group.py) is not."""
+  return isinstance(x, (int, float)) and x == 0
+
+
 def _decays(opt: Optimizer, model_config: ModelConfig, mask: Callable) -> PyTree:
   """Per-leaf decay coefficients: wd · the table's wd scale (multiplied by the per-leaf lr scale
   and lr(t) later), or with model.independent_wd wd / peak lr (Wortsman et al. 2023: each step
   decays by wd · lr(t)/peak, whatever the peak lr and the per-leaf lr scale)."""
   decayed = mask(models.param_shapes(model_config))
   if model_config.independent_wd:
-    wd = opt.weight_decay / opt.lr if opt.lr else 0.0
+    wd = 0.0 if _is_zero(opt.lr) else opt.weight_decay / opt.lr
     return jax.tree.map(lambda m: wd if m else 0.0, decayed)
   return jax.tree.map(
     lambda m, s: opt.weight_decay * s if m else 0.0,

@@ -33,6 +33,9 @@ LOGICAL_RULES = (
   ('norm', None),
   ('position', None),
   ('length', None),
+  # The leading axis of a member group's stacked state and batches (train/group.py): replicated,
+  # or e.g. 'data' to give each data-parallel slice its own members.
+  ('member', None),
 )
 
 

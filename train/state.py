@@ -51,6 +51,29 @@ def _by_param_path(state_shapes: PyTree, params: PyTree, rep: jax.sharding.Shard
   return jax.tree_util.tree_map_with_path(pick, state_shapes)
 
 
+def fresh_state(
+  model_config: ModelConfigLike,
+  optimizer: optax.GradientTransformation,
+  rng: jax.Array | None,
+  params: PyTree | None = None,
+  loss_scale: float | None = None,
+) -> TrainState:
+  """The fresh state as traced values (under jit, or vmap for a member group): random params
+  from `rng` unless `params`; a ScaledTrainState starting at `loss_scale` when that is set."""
+  if params is None:
+    params = models.init(model_config, rng)
+  state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+  if loss_scale is None:
+    return state
+  return ScaledTrainState(
+    state.step,
+    state.params,
+    state.opt_state,
+    jnp.asarray(loss_scale, jnp.float32),
+    jnp.zeros((), jnp.int32),
+  )
+
+
 def init_state(
   model_config: ModelConfigLike,
   optimizer: optax.GradientTransformation,
@@ -61,21 +84,8 @@ def init_state(
 ) -> TrainState:
   """Fresh state created directly on its shardings: random params from `seed`, or `params`;
   a ScaledTrainState (if `shardings` is one) starts at `loss_scale`."""
-
-  def make(rng, params):
-    if params is None:
-      params = models.init(model_config, rng)
-    state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-    if isinstance(shardings, ScaledTrainState):
-      state = ScaledTrainState(
-        state.step,
-        state.params,
-        state.opt_state,
-        jnp.asarray(loss_scale, jnp.float32),
-        jnp.zeros((), jnp.int32),
-      )
-    return state
-
+  scale = loss_scale if isinstance(shardings, ScaledTrainState) else None
+  make = lambda rng, p: fresh_state(model_config, optimizer, rng, p, scale)
   if params is None:
     return jax.jit(lambda rng: make(rng, None), out_shardings=shardings)(jax.random.key(seed))
   return jax.jit(

@@ -1,0 +1,400 @@
+"""Member groups: K runs that differ only in per-member values (seed, peak lr, weight decay) train
+as one jitted program, `jax.vmap` over a leading member axis of the stacked train state.
+
+A small model leaves most of a chip (or of 2 CPU cores) idle each step; K members in one program
+share the per-step overhead (W. Whitney, "Parallelizing neural networks on one GPU with JAX").
+Each member keeps its own init and data order (its seed), its own schedule peak and weight decay
+(arrays fed to the step, not constants baked into it) and its own divergence guard: a diverged
+member is frozen (its state no longer changes) and reported, and the others' numbers do not move.
+
+The group's directory holds one orbax checkpoint of the stacked state (and `alive`); each member's
+directory gets the loop's metrics.jsonl rows and config.json while training, and at the end an
+ordinary checkpoint of its own final state, so a member is a plain finished run to every tool
+(train.export, train.sample, init_from, a rerun of train.loop).
+
+  group.run([config_a, config_b], [dir_a, dir_b], group_dir)
+"""
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import models
+from train import checkpoint, context, divergence, hooks, metrics, preemption, sharding
+from train import optimizer as optim
+from train import state as state_lib
+from train import validation
+from train import workdir as workdir_lib
+from train.step import TrainState, make_eval_step, make_train_step
+
+# The config keys whose values may differ inside a group: the step reads them as [K] arrays.
+VARYING = ('seed', 'optimizer.lr', 'optimizer.weight_decay')
+HYPERS = ('lr', 'weight_decay')  # VARYING's optimizer keys, in the order of the hypers dict.
+
+
+@flax.struct.dataclass
+class GroupState:
+  """The members' train states stacked on a leading axis, and `alive` [K] (int32: 0 once a member
+  diverged; its state is frozen from that step on)."""
+
+  state: TrainState
+  alive: jax.Array
+
+
+def group_key(config: ml_collections.ConfigDict) -> str:
+  """Members whose keys are equal can share one program: the config without VARYING keys."""
+  d = json.loads(json.dumps(config.to_dict(), default=str))
+  for key in VARYING:
+    *path, last = key.split('.')
+    node = d
+    for p in path:
+      node = node[p]
+    node.pop(last)
+  return json.dumps(d, sort_keys=True)
+
+
+def why_not(config: ml_collections.ConfigDict) -> str | None:
+  """Why a member cannot train in a group (it then trains alone), or None."""
+  if config.get('distill') is not None:
+    return 'a distilled member (its teacher is a second model)'
+  if config.init_from:
+    return 'config.init_from (members would start from the same params)'
+  if config.train.best_metric:
+    return 'config.train.best_metric (KeepBest keeps one run\'s best checkpoint)'
+  if config.lm_eval.tasks:
+    return 'config.lm_eval.tasks (lm-eval scores one model at a time)'
+  return None
+
+
+@dataclasses.dataclass
+class Group:
+  """The members' runs (each its own data order and schedule) and the group's jit inputs."""
+
+  dirs: list
+  runs: list  # context.Run per member; runs[0] gives the mesh, shapes and eval set.
+  hypers: dict  # {'lr': [K], 'weight_decay': [K]} float32
+  seeds: np.ndarray
+  shared_batch: bool  # one seed: every member reads the same batch (fed once, not stacked).
+  shardings: GroupState
+  batch_sharding: NamedSharding
+
+
+def _stacked(s: NamedSharding) -> NamedSharding:
+  """A state or batch sharding with the member axis in front (its rule in LOGICAL_RULES)."""
+  axis = nn.logical_to_mesh_axes(('member',), sharding.LOGICAL_RULES)[0]
+  return NamedSharding(s.mesh, P(axis, *s.spec))
+
+
+def setup(
+  configs: Sequence, dirs: Sequence[str], derived: Sequence | None = None, with_data: bool = True
+) -> Group:
+  """Validate every member, check that they may share a program, build their runs (without
+  data: benchmarks on synthetic tokens, as context.setup)."""
+  if derived is None:
+    derived = [validation.derive(c, jax.device_count(), jax.process_count()) for c in configs]
+  keys = {group_key(d.config) for d in derived}
+  if len(keys) > 1:
+    raise ValueError(f'group members differ in more than {", ".join(VARYING)}: train them apart')
+  for d in derived:
+    if (reason := why_not(d.config)) is not None:
+      raise ValueError(f'a member group cannot hold {reason}')
+  runs = [context.setup(c, with_data, d) for c, d in zip(configs, derived)]
+  opts = [r.config.optimizer for r in runs]
+  r0 = runs[0]
+  return Group(
+    list(dirs),
+    runs,
+    {k: np.asarray([o[k] for o in opts], np.float32) for k in HYPERS},
+    np.asarray([r.config.seed for r in runs], np.int32),
+    len({r.config.seed for r in runs}) == 1,
+    GroupState(jax.tree.map(_stacked, r0.state_shardings), _stacked(sharding.replicated(r0.mesh))),
+    r0.batch_sharding if len({r.config.seed for r in runs}) == 1 else _stacked(r0.batch_sharding),
+  )
+
+
+def _scale(r: context.Run) -> float | None:
+  return r.config.train.loss_scale_init if r.derived.loss_scale else None
+
+
+def _fresh(g: Group) -> object:
+  """seeds [K] -> the stacked fresh state: member i's params from its seed, as its run alone."""
+  r0 = g.runs[0]
+  return jax.vmap(
+    lambda seed: state_lib.fresh_state(
+      r0.derived.model, r0.optimizer, jax.random.key(seed), None, _scale(r0)
+    )
+  )
+
+
+def init(g: Group) -> GroupState:
+  """Fresh stacked state on the group's shardings, every member alive."""
+  fresh = jax.jit(_fresh(g), out_shardings=g.shardings.state)(g.seeds)
+  return GroupState(fresh, jax.device_put(np.ones(len(g.runs), np.int32), g.shardings.alive))
+
+
+def abstract(g: Group) -> GroupState:
+  """The stacked state's shapes with their shardings (a restore target); nothing allocated."""
+  shapes = GroupState(
+    jax.eval_shape(_fresh(g), g.seeds), jax.ShapeDtypeStruct((len(g.runs),), np.int32)
+  )
+  return jax.tree.map(
+    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, g.shardings
+  )
+
+
+def jit_step(g: Group, task: context.Task) -> object:
+  """(hypers, group state, batch) -> (group state, metrics [K]): every member's train step as one
+  vmapped program; a member whose loss (or grad norm) is not finite, or that was dead, keeps its
+  previous state."""
+  r0 = g.runs[0]
+  t, num_steps = r0.config.train, r0.derived.num_steps
+
+  def member_step(hyper: dict, state: TrainState, batch: dict) -> tuple:
+    opt = r0.config.optimizer.replace(**hyper)  # traced lr, weight decay: one program for all.
+    optimizer = optim.make_optimizer(opt, num_steps, r0.derived.model, r0.config.sparsity)
+    step = make_train_step(
+      task.loss_fn,
+      optimizer,
+      optim.lr_schedule(opt, num_steps),
+      t.grad_accum_steps,
+      t.loss_scale_period if r0.derived.loss_scale else 0,
+      models.trainable(r0.derived.model) if r0.derived.model.lora_rank else None,
+    )
+    return step(state, batch)
+
+  def group_step(hypers: dict, gs: GroupState, batch: dict) -> tuple:
+    in_batch = None if g.shared_batch else 0
+    new, m = jax.vmap(member_step, in_axes=(0, 0, in_batch))(hypers, gs.state, batch)
+    grads_ok = jnp.isfinite(m['train/grad_norm'])
+    if 'train/skipped' in m:  # float16: an overflowing step is skipped, not a divergence.
+      grads_ok = grads_ok | (m['train/skipped'] > 0)
+    ok = (gs.alive > 0) & jnp.isfinite(m['train/loss']) & grads_ok
+    keep = lambda n, o: jnp.where(ok.reshape(ok.shape + (1,) * (n.ndim - 1)), n, o)
+    return GroupState(jax.tree.map(keep, new, gs.state), ok.astype(jnp.int32)), m
+
+  rep = sharding.replicated(r0.mesh)
+  return jax.jit(
+    group_step,
+    in_shardings=(rep, g.shardings, g.batch_sharding),
+    out_shardings=(g.shardings, rep),
+    donate_argnums=(1,),
+  )
+
+
+def jit_eval(g: Group, task: context.Task) -> object:
+  """(stacked params, eval batch) -> per-token sums [K]: every member on the same rows."""
+  r0 = g.runs[0]
+  step = jax.vmap(make_eval_step(task.eval_loss_fn or task.loss_fn), in_axes=(0, None))
+  return jax.jit(
+    step,
+    in_shardings=(g.shardings.state.params, r0.batch_sharding),
+    out_shardings=sharding.replicated(r0.mesh),
+  )
+
+
+def evaluate(g: Group, eval_step: object, params: object) -> list[dict]:
+  """Each member's eval metrics (evaluators.evaluate's, per member) on the run's eval batches."""
+  r0 = g.runs[0]
+  means = [{} for _ in g.runs]
+  for name, source in r0.eval_ds.sources.items():
+    total = None
+    for i in range(r0.config.train.eval_batches):
+      sums = eval_step(params, context.global_batch(r0, source.eval_arrays(i)))
+      total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    total = jax.device_get(total)
+    n = np.asarray(total['tokens'], np.float64)
+    if not n.all():
+      raise ValueError(f'the eval batches of data source {name!r} hold no scored token')
+    for k, mean in enumerate(means):
+      mean[name] = {key: float(v[k]) / n[k] for key, v in total.items() if key != 'tokens'}
+  return [r0.eval_ds.metrics(m) for m in means]
+
+
+def _batch(g: Group, step: int) -> dict:
+  """Step's train batch: one for all members (shared seed), else stacked [K, B, ...]."""
+  r0 = g.runs[0]
+  if g.shared_batch:
+    return context.global_batch(r0, r0.train_ds.batch_arrays(step))
+  rows = [r.train_ds.batch_arrays(step) for r in g.runs]
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *rows)
+
+  def put(x: np.ndarray) -> jax.Array:
+    shape = (x.shape[0], x.shape[1] * jax.process_count()) + x.shape[2:]
+    return jax.make_array_from_process_local_data(g.batch_sharding, x, shape)
+
+  return jax.tree.map(put, stacked)
+
+
+def _meta(g: Group) -> dict:
+  """What the group's checkpoints are checked against: member 0's stream and every member's values."""
+  return {
+    **context.stream_meta(g.runs[0].config),
+    'seed': 'per member',
+    'members': [{'seed': int(s), **{k: float(v[i]) for k, v in g.hypers.items()}}
+                for i, s in enumerate(g.seeds)],
+  }
+
+
+def run(
+  configs: Sequence,
+  dirs: Sequence[str],
+  group_dir: str,
+  derived: Sequence | None = None,
+  stop_after: int | None = None,
+) -> list[dict]:
+  """Train the group in `group_dir` (resuming); per member its final metrics, or for a diverged
+  member {'diverged': message}; {'preempted_at_step': s} each when a signal stopped it."""
+  with preemption.StopRequest() as stop:
+    g = setup(configs, dirs, derived)
+    for d in (group_dir, *dirs):
+      workdir_lib.check(d)
+    locks = [workdir_lib.claim(d) for d in (group_dir, *dirs)]
+    try:
+      return _train(g, group_dir, stop_after, stop)
+    finally:
+      for lock in locks:
+        if lock:
+          lock.close()
+
+
+def _train(g: Group, group_dir: str, stop_after: int | None, stop: preemption.StopRequest) -> list:
+  r0, k = g.runs[0], len(g.runs)
+  t, num_steps = r0.config.train, r0.derived.num_steps
+  end = num_steps if stop_after is None else min(stop_after, num_steps)
+  meta = _meta(g)
+  mngr = checkpoint.manager(group_dir, t)
+  task = context.lm_task(r0)
+  with jax.set_mesh(r0.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    gs, latest = (None, None)
+    if mngr.all_steps():
+      gs, latest = checkpoint.restore_latest_good(mngr, abstract(g), meta, group_dir)
+    if gs is None:
+      gs = init(g)
+    stop.ready()
+    start = latest or 0
+    for r, d in zip(g.runs, g.dirs):
+      metrics.truncate_jsonl(os.path.join(d, 'metrics.jsonl'), start)
+      checkpoint.write_config(d, json.dumps(r.config.to_dict(), indent=2))
+    writers = [metrics.JsonlWriter(os.path.join(d, 'metrics.jsonl')) for d in g.dirs]
+    guards = [
+      divergence.Guard(t.spike_factor, t.spike_window, r0.config.model.vocab_size) for _ in g.runs
+    ]
+    diverged = _diverged_before(gs, start)
+    step_fn, eval_fn = jit_step(g, task), jit_eval(g, task)
+    hypers = {key: jnp.asarray(v) for key, v in g.hypers.items()}
+    clock = hooks.Clock(r0, start, end)
+    ckpt = hooks.Checkpoint(mngr, meta, t.checkpoint_every, end, latest)
+    logging.info('Member group of %d in %s: steps %d..%d', k, group_dir, start, end)
+    for step in range(start, end):
+      if step == start and stop.requested:
+        break
+      gs, step_metrics = step_fn(hypers, gs, _batch(g, step))
+      done = step + 1
+      clock.started(done, step_metrics)
+      stopping = stop.should_stop(done)
+      evaluating = done % t.eval_every == 0 or done == num_steps
+      if done % t.log_every == 0 or evaluating or ckpt.due(done, stopping):
+        ev = eval_fn if evaluating else None
+        gs = _read(g, gs, done, step_metrics, guards, diverged, ckpt, clock, writers, ev)
+        ckpt(done, gs, {}, stopping)
+      if stopping:
+        break
+    mngr.wait_until_finished()
+    for w in writers:
+      w.close()
+    if stop.requested:
+      hooks.report_stop(stop, gs.state, group_dir, {})
+      return [{'preempted_at_step': int(jax.device_get(gs.state.step).max())} for _ in g.runs]
+    if end < num_steps:  # stop_after: the members are not finished.
+      return [{'stopped_at_step': end} for _ in g.runs]
+    _write_members(g, gs, num_steps, diverged)
+  return _finals(g, diverged)
+
+
+def _diverged_before(gs: GroupState, start: int) -> dict:
+  """{member: message} for members a resumed checkpoint holds dead."""
+  alive = np.asarray(jax.device_get(gs.alive))
+  return {
+    int(i): f'diverged before step {start} (frozen in the group checkpoint)'
+    for i in np.flatnonzero(alive == 0)
+  }
+
+
+def _read(g, gs, done, step_metrics, guards, diverged, ckpt, clock, writers, eval_fn):
+  """A step whose metrics are read: guard each member (a diverged one is frozen from here on),
+  evaluate, write each live member's row (the loop's row: its train metrics, rates, evals)."""
+  host = jax.device_get(step_metrics)
+  alive = np.asarray(jax.device_get(gs.alive))
+  rows = [{key: float(v[i]) for key, v in host.items()} for i in range(len(g.runs))]
+  for i, row in enumerate(rows):
+    if i in diverged:
+      continue
+    try:
+      if not alive[i]:
+        raise divergence.Diverged(
+          f'train/loss or train/grad_norm not finite by step {done}; frozen at the step before'
+        )
+      guards[i].check(done, row, g.dirs[i], ckpt.last_saved)
+    except divergence.Diverged as e:
+      diverged[i] = str(e)
+      logging.warning('member %d (%s) diverged: %s; the others go on', i, g.dirs[i], e)
+  if any(alive[i] for i in diverged):  # a spike the host saw: freeze that member from here on.
+    alive = np.asarray([0 if i in diverged else 1 for i in range(len(g.runs))], np.int32)
+    gs = gs.replace(alive=jax.device_put(alive, g.shardings.alive))
+  if eval_fn is not None:
+    for row, ev in zip(rows, evaluate(g, eval_fn, gs.state.params)):
+      row.update(ev)
+  rates = {'train/tokens': 0.0}
+  clock(done, None, rates, False)  # each member's own tokens/s and MFU (the group's is K times).
+  for i, row in enumerate(rows):
+    if i not in diverged:
+      del row['train/tokens']
+      writers[i].write_scalars(done, {**row, **rates})
+  live = [r['train/loss'] for i, r in enumerate(rows) if i not in diverged]
+  if jax.process_index() == 0 and live:
+    logging.info(
+      'step %d/%d: %d of %d members training, train/loss %.4f..%.4f',
+      done,
+      g.runs[0].derived.num_steps,
+      len(live),
+      len(rows),
+      min(live),
+      max(live),
+    )
+  clock.restart(done)
+  return gs
+
+
+def _write_members(g: Group, gs: GroupState, step: int, diverged: dict) -> None:
+  """Each finished member's own final state as an ordinary checkpoint in its directory."""
+  for i, (r, d) in enumerate(zip(g.runs, g.dirs)):
+    if i in diverged:
+      continue
+    mngr = checkpoint.manager(d, r.config.train)
+    if mngr.latest_step() == step:  # written before a kill: nothing to redo.
+      continue
+    one = jax.tree.map(lambda x: x[i], gs.state)
+    checkpoint.save(mngr, step, one, context.stream_meta(r.config))
+    mngr.wait_until_finished()
+
+
+def _finals(g: Group, diverged: dict) -> list[dict]:
+  """The loop's final metrics per member (its last row and the corpus entropy), or the error."""
+  entropy = g.runs[0].eval_ds.unigram_byte_entropy_bits
+  return [
+    {'diverged': diverged[i]}
+    if i in diverged
+    else {**metrics.last_row(os.path.join(d, 'metrics.jsonl')), 'unigram_byte_entropy_bits': entropy}
+    for i, d in enumerate(g.dirs)
+  ]
