@@ -1,13 +1,21 @@
 """Member groups (train/group.py): K same-shape members in one vmapped program reach the numbers
 each reaches alone, resume bitwise, and a diverging member does not move its neighbours."""
 
+import csv
+import glob
 import json
 import os
+import re
+import signal
+import subprocess
+import time
 
 import jax
 import numpy as np
 import pytest
+from helpers import REPO, apply_overrides, cpu_env, main_cmd, run
 
+from scaling import sweep
 from train import checkpoint, context, group, loop
 
 SCHEDULE = {
@@ -75,3 +83,80 @@ def test_group_matches_members_alone_and_isolates_a_diverging_member(tiny_config
 def test_members_that_differ_in_shape_are_refused(tiny_config, tmp_path):
   with pytest.raises(ValueError, match='differ in more than seed'):
     group.setup([tiny_config(), tiny_config({'model.d_ff': 128})], ['a', 'b'])
+
+
+def _scan(data_dir, vmap):
+  """A 4-member lr x seed scan at one size of the tiny IsoFLOP sweep (40 steps each)."""
+  from configs.sweeps import isoflop_tiny
+
+  overrides = {
+    'train.global_batch_size': 8,
+    'data.seq_len': 32,
+    'model.max_len': 32,
+    'train.eval_batches': 1,
+    'data.data_dir': data_dir,
+    'sweep.budgets': (6e8,),
+    'sweep.sizes_per_budget': (),
+    'sweep.sizes': (1e4,),
+    'sweep.lrs': (1e-2, 2e-2),
+    'sweep.seeds': (0, 1),
+    'sweep.min_warmup_steps': 1,
+    'sweep.checkpoints_per_member': 8,
+    'sweep.family.head_dim': 8,
+    'sweep.vmap': vmap,
+  }
+  return apply_overrides(isoflop_tiny.get_config(), overrides), overrides
+
+
+def _csv(path):
+  with open(path) as f:
+    return {r['name']: r for r in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_grouped_sweep_killed_and_resumed_equals_one_at_a_time(data_dir, tmp_path):
+  """An lr x seed scan (4 members, one shape) with sweep.vmap=4 through main.py, killed with
+  SIGKILL after the group's first checkpoint and run again, ends bitwise where the uninterrupted
+  grouped sweep does (member checkpoints, results.csv), and its results.csv equals the
+  one-at-a-time sweep's: the same columns, losses within 1e-4."""
+  alone_config, _ = _scan(data_dir, 0)
+  grouped_config, overrides = _scan(data_dir, 4)
+  alone, straight, killed = (str(tmp_path / n) for n in ('alone', 'straight', 'killed'))
+  summary = sweep.run(alone_config, alone)
+  assert len(summary['ran']) == 4
+  assert sorted(sweep.run(grouped_config, straight)['ran']) == sorted(summary['ran'])
+
+  flags = [f'--config.{k}={v!r}' if isinstance(v, tuple) else f'--config.{k}={v}'
+           for k, v in overrides.items()]
+  cmd = main_cmd(killed, *flags, config='configs/sweeps/isoflop_tiny.py')
+  proc = subprocess.Popen(cmd, cwd=REPO, env=cpu_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 600
+  committed = lambda: [  # a step's directory is renamed from its tmp name once written whole.
+    p for p in glob.glob(os.path.join(killed, 'groups', '*', 'checkpoints', '*'))
+    if os.path.basename(p).isdigit()
+  ]
+  while not committed():
+    assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+    time.sleep(0.02)
+  proc.kill()
+  assert proc.wait() == -signal.SIGKILL
+  assert not os.path.exists(os.path.join(killed, 'results.csv'))  # killed mid-group.
+  out = run(cmd, cpu_env(), timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert re.search(r'Member group of 4 in .*: steps [1-9]\d*\.\.42', out.stderr)  # resumed.
+
+  a, s, k = (_csv(os.path.join(d, 'results.csv')) for d in (alone, straight, killed))
+  assert sorted(a) == sorted(s) == sorted(k)
+  for name in a:
+    assert {c: v for c, v in k[name].items() if c != 'wall_s'} == {
+      c: v for c, v in s[name].items() if c != 'wall_s'
+    }
+    for col in ('params', 'tokens', 'flops', 'steps', 'config_hash', 'lr', 'seed'):
+      assert k[name][col] == a[name][col], col
+    assert abs(float(k[name]['loss']) - float(a[name]['loss'])) <= 1e-4
+    member = next(m for m in sweep.members(grouped_config) if m.name == name)
+    s1, p1, o1 = _state(os.path.join(straight, name), member.config)
+    s2, p2, o2 = _state(os.path.join(killed, name), member.config)
+    assert s1 == s2 == int(a[name]['steps'])
+    jax.tree.map(np.testing.assert_array_equal, (p1, o1), (p2, o2))
