@@ -1,7 +1,13 @@
 """Members per hour: K same-shape members one at a time vs as one vmapped group (train/group.py).
 
-  python -m bench.members                       # ~100K, ~1M, ~10M params; K = 1, 2, 4, 8, 16
+  python -m bench.members                       # the step: ~100K, ~1M, ~10M params; K = 1..16
   python -m bench.members --sizes=1m --ks=8 --steps=5
+  python -m bench.members --mode=sweep --widths=32,128 --sweep_steps=200    # whole sweeps
+
+--mode=step (default) times the train step alone; --mode=sweep times whole sweeps end to end
+(start-up, compiles, evals, checkpoints: what a researcher waits for): the μP width study's
+members (configs/sweeps/mup_width.py, 4 layers) at each width, 8 lrs a factor 2 apart, through
+main.py as fresh processes, one at a time (sweep.vmap=0) and grouped (sweep.vmap=8), interleaved.
 
 For each size the single member's jitted train step and the group's step for each K are timed on
 synthetic tokens (the trainer's own setup and step), interleaved round by round so that drift
@@ -11,8 +17,12 @@ hour both ways and their ratio (the speed-up). Each member has its own seed and 
 members of an lr x seed scan), so batches are stacked [K, B, L+1].
 """
 
+import csv
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import flax.linen as nn
@@ -36,6 +46,10 @@ _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per round (after two warm
 _ROUNDS = flags.DEFINE_integer('rounds', 2, 'Interleaved rounds; the fastest round is reported.')
 _BATCH = flags.DEFINE_integer('batch', 16, 'Global batch (sequences) per member.')
 _SEQ = flags.DEFINE_integer('seq_len', 128, 'Sequence length.')
+_MODE = flags.DEFINE_enum('mode', 'step', ['step', 'sweep'], 'Time the step, or whole sweeps.')
+_WIDTHS = flags.DEFINE_list('widths', ['32', '128'], '--mode=sweep: μP width study widths.')
+_SWEEP_STEPS = flags.DEFINE_integer('sweep_steps', 200, '--mode=sweep: steps per member.')
+_SWEEP_K = flags.DEFINE_integer('sweep_k', 8, '--mode=sweep: members (8 lrs), all in one group.')
 
 
 def member_config(size: str, i: int):
@@ -94,8 +108,58 @@ class Grouped:
     return (time.perf_counter() - tic) / n
 
 
+def _sweep(width: int, vmap: int, workdir: str) -> tuple[float, dict]:
+  """(wall seconds, {member: final eval loss}) of the width study's sweep at `width` in a fresh
+  main.py process: _SWEEP_K lrs 2^-10... a factor 2 apart, seed 0, _SWEEP_STEPS steps each."""
+  lrs = '(' + ','.join(repr(2.0 ** (e - 10)) for e in range(_SWEEP_K.value)) + ')'
+  cmd = [
+    sys.executable,
+    'main.py',
+    f'--config=configs/sweeps/mup_width.py:mup,{width if width in (32, 128, 256) else 32}',
+    f'--config.sweep.widths=({width},)',
+    f'--config.sweep.lrs={lrs}',
+    f'--config.sweep.tokens=({_SWEEP_STEPS.value * 1024},)',
+    f'--config.sweep.vmap={vmap}',
+    f'--workdir={workdir}',
+  ]
+  tic = time.time()
+  out = subprocess.run(cmd, capture_output=True, text=True)
+  wall = time.time() - tic
+  if out.returncode:
+    raise RuntimeError(out.stderr[-3000:])
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    return wall, {r['name']: float(r['loss']) for r in csv.DictReader(f)}
+
+
+def sweeps() -> None:
+  """--mode=sweep: whole sweeps one at a time vs grouped, interleaved round by round."""
+  k = _SWEEP_K.value
+  for width in map(int, _WIDTHS.value):
+    for round_ in range(_ROUNDS.value):
+      with tempfile.TemporaryDirectory() as tmp:
+        alone, a = _sweep(width, 0, os.path.join(tmp, 'alone'))
+        grouped, b = _sweep(width, k, os.path.join(tmp, 'grouped'))
+      row = {
+        'mode': 'sweep',
+        'width': width,
+        'members': k,
+        'steps': _SWEEP_STEPS.value,
+        'round': round_,
+        'alone_s': round(alone, 1),
+        'grouped_s': round(grouped, 1),
+        'members_per_hour_alone': round(3600 * k / alone, 1),
+        'members_per_hour_grouped': round(3600 * k / grouped, 1),
+        'speedup': round(alone / grouped, 3),
+        'max_abs_loss_diff': max(abs(a[n] - b[n]) for n in a),
+      }
+      print(json.dumps(row), flush=True)
+
+
 def main(_: list[str]) -> None:
   os.environ.update(backend.xla_env())
+  if _MODE.value == 'sweep':
+    sweeps()
+    return
   for size in _SIZES.value:
     single = Single(size)
     for k in map(int, _KS.value):

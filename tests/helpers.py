@@ -4,11 +4,14 @@ subprocesses (alone or as a jax.distributed pair), tiny model shapes and random 
 Test modules import from here (`from helpers import ...`; pytest puts tests/ on sys.path), never
 from each other. Fixtures (data_dir, tiny_config) are in conftest.py."""
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -160,3 +163,18 @@ def make_hf(config_cls, kwargs, seed=0):
 def save(model, path, **kw) -> str:
   model.save_pretrained(path, **kw)
   return str(path)
+
+
+@contextlib.contextmanager
+def tmpfs(path, size, read_only=False):
+  """A real small (or read-only) filesystem at `path`; skips where mounting is not permitted."""
+  os.makedirs(path, exist_ok=True)
+  opts = f'size={size}' + (',ro' if read_only else '')
+  if subprocess.run(
+    ['mount', '-t', 'tmpfs', '-o', opts, 'tmpfs', str(path)], capture_output=True
+  ).returncode:
+    pytest.skip('mounting a tmpfs needs root / CAP_SYS_ADMIN on this machine')
+  try:
+    yield str(path)
+  finally:
+    subprocess.run(['umount', '-l', str(path)], check=False)

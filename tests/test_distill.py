@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from helpers import cpu_env, main_result, run
+from helpers import cpu_env, main_result, run, tmpfs
 
 import models
 from train import context, distill, distill_store, init_from, loop, step, validation
@@ -632,3 +632,17 @@ def test_sequence_distillation_through_main(teacher_dir, data_dir, tmp_path):
   last = bad.stderr.strip().splitlines()[-1]
   assert bad.returncode == 2 and last.startswith('error: ') and 'Traceback' not in bad.stderr
   assert 'config.distill.prompt_len' in last and f'{work}/teacher_sequences' in last
+
+
+@pytest.mark.slow
+def test_store_on_a_disk_too_small_is_one_error_and_no_bus_error(teacher_dir, data_dir, tmp_path):
+  """`python -m train.distill_store` writing to a 256 KiB filesystem: exit 1 with one `error:`
+  line naming the full disk at the start (its files are reserved up front), never SIGBUS."""
+  with tmpfs(tmp_path / 'small', '256k') as small:
+    extra = ['--config.distill.top_k=257', f'--config.distill.logits_dir={small}/store']
+    flags = _student_flags(str(tmp_path / 'w'), data_dir, teacher_dir, 'offline', extra)
+    out = run([sys.executable, '-m', 'train.distill_store', *flags], cpu_env(8))
+  assert out.returncode == 1, (out.returncode, out.stderr[-3000:])
+  errors = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 1 and 'disk full reserving' in errors[0], out.stderr[-3000:]
+  assert 'Traceback' not in out.stderr

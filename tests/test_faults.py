@@ -3,7 +3,6 @@ a full disk, a read-only workdir and a busy one. Each case asserts the exit code
 1 failed run, 0 recovered), the one `error:` line (no traceback), and that the workdir's
 checkpoints, config.json and metrics are unchanged or resumable."""
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -16,9 +15,19 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
-from helpers import REPO, cpu_env, distributed_flags, free_port, main_result, run, tiny_main_cmd
+from helpers import (
+  REPO,
+  cpu_env,
+  distributed_flags,
+  free_port,
+  main_result,
+  run,
+  tiny_main_cmd,
+  tmpfs,
+)
 
 
 def _main(cmd, timeout=600):
@@ -47,21 +56,6 @@ def _snapshot(workdir):
         with open(path, 'rb') as f:
           out[rel] = hashlib.sha256(f.read()).hexdigest()
   return out
-
-
-@contextlib.contextmanager
-def _tmpfs(path, size, read_only=False):
-  """A real small (or read-only) filesystem at `path`; skips where mounting is not permitted."""
-  os.makedirs(path, exist_ok=True)
-  opts = f'size={size}' + (',ro' if read_only else '')
-  if subprocess.run(
-    ['mount', '-t', 'tmpfs', '-o', opts, 'tmpfs', str(path)], capture_output=True
-  ).returncode:
-    pytest.skip('mounting a tmpfs needs root / CAP_SYS_ADMIN on this machine')
-  try:
-    yield str(path)
-  finally:
-    subprocess.run(['umount', '-l', str(path)], check=False)
 
 
 @pytest.fixture(scope='module')
@@ -158,7 +152,7 @@ def test_debug_flag_shows_the_traceback(data_dir, tmp_path):
 
 
 def test_read_only_workdir_is_refused(data_dir, tmp_path):
-  with _tmpfs(tmp_path / 'ro', '1m', read_only=True) as ro:
+  with tmpfs(tmp_path / 'ro', '1m', read_only=True) as ro:
     rc, _, err, _ = _main(tiny_main_cmd(os.path.join(ro, 'w'), data_dir))
   assert rc == 2 and 'cannot be written (Read-only file system)' in _error_line(err)
 
@@ -333,7 +327,7 @@ def test_loss_spike_stops_before_checkpointing(data_dir, tmp_path):
 
 def test_disk_full_keeps_the_last_checkpoint_and_resumes(data_dir, tmp_path):
   """A 4 MiB filesystem holds checkpoint 2 (~2.8 MB) but not 4: exit 1, 2 intact and loadable."""
-  with _tmpfs(tmp_path / 'small', '4m') as small:
+  with tmpfs(tmp_path / 'small', '4m') as small:
     workdir = os.path.join(small, 'w')
     rc, _, err, _ = _main(tiny_main_cmd(workdir, data_dir))
     assert rc == 1
@@ -376,7 +370,7 @@ def test_a_teacher_store_on_a_full_disk_is_one_error_not_a_bus_error(tmp_path):
   the command line's boundary) at the start, not SIGBUS when a page is written later."""
   from train import cli, distill_store
 
-  with _tmpfs(tmp_path / 'small', '256k') as small:
+  with tmpfs(tmp_path / 'small', '256k') as small:
     with pytest.raises(OSError) as e:
       distill_store._Writer(
         os.path.join(small, 'store'),
@@ -798,3 +792,34 @@ def test_metrics_rows_without_a_checkpoint_are_dropped_with_a_warning(tmp_path, 
     with pytest.raises(ValueError, match=f'{path}: line 2 is not a metrics row'):
       metrics.truncate_jsonl(path, 4)
     assert open(path).read() == text
+
+
+@pytest.mark.slow
+def test_compress_killed_mid_write_reruns_to_the_same_result(trained_workdir, tmp_path):
+  """`python -m train.compress` killed with SIGKILL while its staging directory exists leaves no
+  OUT; the same command again finishes, and its record and weights equal an uninterrupted run's."""
+  from train import init_from
+
+  def cmd(out):
+    return [sys.executable, '-m', 'train.compress', f'--workdir={trained_workdir}',
+            f'--out={out}', '--prune=mlp:32', '--calib_batches=1']  # fmt: skip
+
+  straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
+  assert run(cmd(straight), cpu_env(2), 600).returncode == 0
+  proc = subprocess.Popen(cmd(killed), cwd=REPO, env=cpu_env(2), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)  # fmt: skip
+  while not os.path.isdir(killed + '.partial'):
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    time.sleep(0.005)
+  proc.kill()
+  assert proc.wait() == -signal.SIGKILL
+  assert not os.path.exists(killed)  # nothing half-written under OUT's name.
+  out = run(cmd(killed), cpu_env(2), 600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert not os.path.exists(killed + '.partial')
+  record = lambda d: {k: v for k, v in json.load(open(os.path.join(d, 'compress.json'))).items()
+                      if k != 'wall_s'}  # fmt: skip
+  assert record(killed) == record(straight)
+  (c1, p1), (c2, p2) = init_from.load_params(straight), init_from.load_params(killed)
+  assert c1 == c2
+  jax.tree.map(np.testing.assert_array_equal, p1, p2)

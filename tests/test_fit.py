@@ -229,6 +229,7 @@ def test_kaplan_joint_fit_recovers_constants():
   assert abs(np.log10(c['joint_N_c'] / 2e13)) < 0.5 and abs(np.log10(c['joint_D_c'] / 5e12)) < 0.5
 
 
+@pytest.mark.slow
 def test_bootstrap_intervals_contain_truth():
   """On low-noise (0.2%) data the 95% bootstrap intervals contain the true constants; predict carries them.
 

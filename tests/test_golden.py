@@ -49,7 +49,8 @@ def _first_steps(data_dir, workdir, model_overrides):
   return [[float(r[k]).hex() for k in ('train/loss', 'train/grad_norm')] for r in rows]
 
 
-@pytest.mark.parametrize('family', ['gpt2', 'llama'])
+# The default config's pin in the default tier; its LLaMA twin's (20 s) in the slow tier.
+@pytest.mark.parametrize('family', ['gpt2', pytest.param('llama', marks=pytest.mark.slow)])
 def test_first_steps_are_pinned(family, data_dir, tmp_path):
   got = _first_steps(data_dir, str(tmp_path), LLAMA if family == 'llama' else {})
   np.testing.assert_allclose(

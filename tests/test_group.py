@@ -43,36 +43,32 @@ def _state(workdir, config):
   return int(state.step), jax.device_get(state.params), jax.device_get(state.opt_state)
 
 
-def test_group_matches_members_alone_and_isolates_a_diverging_member(tiny_config, tmp_path):
-  """Two members (other lr, weight decay and seed: stacked batches) as one program vs each
-  alone: train losses within 1e-5 relative, eval losses within 1e-4. With member 1 at lr 1e30 it diverges,
-  is reported and frozen, and member 0's rows are bitwise those beside a healthy member 1. Each
-  finished member's directory is an ordinary finished run."""
-  values = [  # (the slow tier's group tests reuse them)
-    {'optimizer.lr': 1e-3, 'seed': 0, 'optimizer.weight_decay': 0.1},
-    {'optimizer.lr': 3e-3, 'seed': 1, 'optimizer.weight_decay': 0.0},
-  ]
-  configs = [tiny_config({**SCHEDULE, **v}) for v in values]
-  dirs = lambda name: [str(tmp_path / f'{name}{i}') for i in range(2)]
-  alone, straight, sick = dirs('alone'), dirs('straight'), dirs('sick')
-  for c, d in zip(configs, alone):
-    loop.run(c, d)
+def test_group_matches_a_member_alone_and_isolates_a_diverging_member(
+  tiny_config, trained_workdir, tmp_path
+):
+  """Member 0 is the session's trained run (tiny_config(): lr 1e-3, seed 0), member 1 has
+  another lr, weight decay and seed (stacked batches). Member 0 as one program with member 1
+  vs alone: train losses within 1e-5 relative, eval loss within 1e-4. With member 1 at lr 1e30
+  it diverges, is reported and frozen, and member 0's rows are bitwise those beside a healthy
+  member 1. A finished member's directory is an ordinary finished run. (Every member of a
+  4-member scan vs alone, a kill and a resume: the slow test below.)"""
+  other = {'optimizer.lr': 3e-3, 'seed': 1, 'optimizer.weight_decay': 0.0}
+  configs = [tiny_config(), tiny_config(other)]
+  straight, sick = ([str(tmp_path / f'{n}{i}') for i in range(2)] for n in ('straight', 'sick'))
   finals = group.run(configs, straight, str(tmp_path / 'g_straight'))
-  for i in range(2):
-    a, b = _rows(alone[i]), _rows(straight[i])
-    assert [r['step'] for r in a] == [r['step'] for r in b] == list(range(1, 7))
-    np.testing.assert_allclose(
-      [r['train/loss'] for r in b], [r['train/loss'] for r in a], rtol=1e-5, atol=0
-    )
-    evals = [(ra['eval/loss'], rb['eval/loss']) for ra, rb in zip(a, b) if 'eval/loss' in ra]
-    assert len(evals) == 2 and all(abs(x - y) <= 1e-4 for x, y in evals)
-    assert finals[i]['eval/loss'] == b[-1]['eval/loss']
-  assert _rows(straight[0])[-1]['train/loss'] != _rows(straight[1])[-1]['train/loss']
+  a, b = _rows(trained_workdir), _rows(straight[0])
+  assert [r['step'] for r in a] == [r['step'] for r in b] == [2, 4]
+  np.testing.assert_allclose(
+    [r['train/loss'] for r in b], [r['train/loss'] for r in a], rtol=1e-5, atol=0
+  )
+  assert abs(b[-1]['eval/loss'] - a[-1]['eval/loss']) <= 1e-4
+  assert finals[0]['eval/loss'] == b[-1]['eval/loss']
+  assert _rows(straight[1])[-1]['train/loss'] != b[-1]['train/loss']
 
-  diverging = [configs[0], tiny_config({**SCHEDULE, **values[1], 'optimizer.lr': 1e30})]
+  diverging = [configs[0], tiny_config({**other, 'optimizer.lr': 1e30})]
   out = group.run(diverging, sick, str(tmp_path / 'g_sick'))
   assert 'not finite' in out[1]['diverged']
-  assert [_untimed(r) for r in _rows(sick[0])] == [_untimed(r) for r in _rows(straight[0])]
+  assert [_untimed(r) for r in _rows(sick[0])] == [_untimed(r) for r in b]
   assert not os.path.exists(os.path.join(sick[1], 'checkpoints'))  # no final state for it.
   again = group.run(diverging, sick, str(tmp_path / 'g_sick'))  # the checkpoint knows.
   assert 'diverged' in again[1] and again[0]['eval/loss'] == out[0]['eval/loss']
@@ -102,6 +98,7 @@ def _scan(data_dir, vmap):
     'sweep.seeds': (0, 1),
     'sweep.min_warmup_steps': 1,
     'sweep.checkpoints_per_member': 8,
+    'sweep.logs_per_member': 42,  # every step: the first 10 are compared.
     'sweep.family.head_dim': 8,
     'sweep.vmap': vmap,
   }
@@ -118,7 +115,8 @@ def test_grouped_sweep_killed_and_resumed_equals_one_at_a_time(data_dir, tmp_pat
   """An lr x seed scan (4 members, one shape) with sweep.vmap=4 through main.py, killed with
   SIGKILL after the group's first checkpoint and run again, ends bitwise where the uninterrupted
   grouped sweep does (member checkpoints, results.csv), and its results.csv equals the
-  one-at-a-time sweep's: the same columns, losses within 1e-4."""
+  one-at-a-time sweep's: the same columns, final eval losses within 1e-4, the train losses of
+  steps 1-10 within 1e-5 relative."""
   alone_config, _ = _scan(data_dir, 0)
   grouped_config, overrides = _scan(data_dir, 4)
   alone, straight, killed = (str(tmp_path / n) for n in ('alone', 'straight', 'killed'))
@@ -155,8 +153,36 @@ def test_grouped_sweep_killed_and_resumed_equals_one_at_a_time(data_dir, tmp_pat
     for col in ('params', 'tokens', 'flops', 'steps', 'config_hash', 'lr', 'seed'):
       assert k[name][col] == a[name][col], col
     assert abs(float(k[name]['loss']) - float(a[name]['loss'])) <= 1e-4
+    first = lambda d: [r['train/loss'] for r in _rows(os.path.join(d, name)) if r['step'] <= 10]
+    assert len(first(alone)) == 10
+    np.testing.assert_allclose(first(killed), first(alone), rtol=1e-5, atol=0)
     member = next(m for m in sweep.members(grouped_config) if m.name == name)
     s1, p1, o1 = _state(os.path.join(straight, name), member.config)
     s2, p2, o2 = _state(os.path.join(killed, name), member.config)
     assert s1 == s2 == int(a[name]['steps'])
     jax.tree.map(np.testing.assert_array_equal, (p1, o1), (p2, o2))
+
+
+@pytest.mark.slow
+def test_member_axis_sharded_over_data_matches_replicated(tiny_config, tmp_path, monkeypatch):
+  """The member rule set to 'data' (2 members over data=2, each member's batch over fsdp=4):
+  the same rows as with the member axis replicated, within the group tolerances."""
+  from train import sharding
+
+  values = [{'optimizer.lr': 1e-3, 'seed': 0}, {'optimizer.lr': 3e-3, 'seed': 1}]
+  configs = [tiny_config({**SCHEDULE, **v, 'mesh.data': 2, 'mesh.fsdp': 4}) for v in values]
+  replicated = [str(tmp_path / f'r{i}') for i in range(2)]
+  group.run(configs, replicated, str(tmp_path / 'gr'))
+  rules = tuple(r for r in sharding.LOGICAL_RULES if r[0] != 'member') + (('member', 'data'),)
+  monkeypatch.setattr(sharding, 'LOGICAL_RULES', rules)
+  g = group.setup(configs, ['', ''])
+  assert {s.spec[0] for s in jax.tree.leaves(g.shardings.state.params)} == {'data'}
+  assert g.batch_sharding.spec[:2] == ('data', 'fsdp')
+  split = [str(tmp_path / f's{i}') for i in range(2)]
+  group.run(configs, split, str(tmp_path / 'gs'))
+  for a, b in zip(replicated, split):
+    ra, rb = _rows(a), _rows(b)
+    np.testing.assert_allclose(
+      [r['train/loss'] for r in rb], [r['train/loss'] for r in ra], rtol=1e-5, atol=0
+    )
+    assert abs(rb[-1]['eval/loss'] - ra[-1]['eval/loss']) <= 1e-4

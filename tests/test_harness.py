@@ -217,6 +217,7 @@ def test_training_run_logs_lm_eval_metrics(tiny_config, task_dir, tmp_path):
   assert result['lm_eval/toy_mc/acc'] == rows[-1]['lm_eval/toy_mc/acc']
 
 
+@pytest.mark.slow
 def test_unknown_task_is_one_clear_error(tiny_config, task_dir):
   """Named before anything is loaded or compiled: the loop's evaluator when main.py builds it
   (before the run starts), and the command's entry."""

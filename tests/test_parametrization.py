@@ -399,6 +399,7 @@ def test_new_keys_validated(kw: dict, match: str) -> None:
     schema.check_model(models.ModelConfig(**kw))
 
 
+@pytest.mark.slow
 def test_depth_coord_check_flat_under_depth_mup(tiny_config: object) -> None:
   """Residual stream after 2 Adam steps at depths 1 and 4 (width 32): flat under depth-μP, growing
   like depth without its branch scale (each block's update adds ~lr, summed over the blocks)."""

@@ -686,6 +686,7 @@ def test_wsd_branches_equal_standalone_wsd_runs(data_dir, tmp_path):
   assert float(rows[ms[-1].name]['loss']) == alone['eval/loss']
 
 
+@pytest.mark.slow
 def test_parallel_members_on_disjoint_device_subsets(data_dir, tmp_path):
   """scaling.parallel runs 2 members at once, each process on its own 1-device subset; both
   land in results.csv exactly once, and they trained at the same time."""

@@ -91,9 +91,16 @@ class Group:
 
 
 def _stacked(s: NamedSharding) -> NamedSharding:
-  """A state or batch sharding with the member axis in front (its rule in LOGICAL_RULES)."""
+  """A state or batch sharding with the member axis in front, by its rule in LOGICAL_RULES
+  (replicated by default); mesh axes it takes (e.g. 'data') are dropped from the other dims."""
   axis = nn.logical_to_mesh_axes(('member',), sharding.LOGICAL_RULES)[0]
-  return NamedSharding(s.mesh, P(axis, *s.spec))
+  taken = set(axis if isinstance(axis, tuple) else (axis,)) - {None}
+
+  def rest(dim: object) -> object:
+    names = tuple(n for n in (dim if isinstance(dim, tuple) else (dim,)) if n not in taken)
+    return None if not names or names == (None,) else names if len(names) > 1 else names[0]
+
+  return NamedSharding(s.mesh, P(axis, *(rest(d) for d in s.spec)))
 
 
 def setup(
