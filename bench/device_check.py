@@ -51,7 +51,7 @@ class Row:
   """One measurement: a train step (bench.throughput), KV-cached decode, or a bare matmul."""
 
   name: str
-  kind: str  # 'train' | 'decode' | 'matmul'
+  kind: str  # 'train' | 'decode' | 'matmul' | 'members'
   what: str
   limit_s: float  # full-size time limit, process start-up and compilation included.
   config: str = ''  # 'configs/gpt2.py:124m' for train and decode rows.
@@ -96,6 +96,7 @@ ROWS = (
       'configs/gpt2.py:124m', GPT2, tiny(TINY, 4)),
   Row('llama_1b_b8', 'train', 'LLaMA 1B, bf16, cuDNN, loss chunk 512', 120,
       'configs/llama.py:1b', LLAMA, tiny(TINY_LLAMA, 2)),
+  Row('members_1m_k8', 'members', '8 members of ~1M params as one vmapped step vs one at a time', 90),
   Row('gpt2_124m_b64', 'train', 'GPT-2 124M, batch 64', 90,
       'configs/gpt2.py:124m', GPT2 + (('train.global_batch_size', 64),), tiny(TINY, 4)),
   Row('gpt2_350m_b32', 'train', 'GPT-2 350M, bf16, cuDNN, vocab pad 128', 100,
@@ -109,6 +110,7 @@ ROWS = (
   Row('matmul_fp8', 'matmul', 'fp8 (e4m3) matmul ceiling, 8192^3, bf16 out', 60),
 )  # fmt: skip
 DECODE = {'full': (32, 128, 256), 'tiny': (2, 8, 4)}  # batch, prompt length, new tokens.
+MEMBERS = {'full': ('1m', 8, 16, 128), 'tiny': ('100k', 2, 2, 16)}  # size, K, batch, seq_len.
 MATMUL = {'full': 8192, 'tiny': 256}
 
 
@@ -145,6 +147,9 @@ def shape(row: Row, tiny: bool) -> str:
   mode = 'tiny' if tiny else 'full'
   if row.kind == 'matmul':
     return f'{MATMUL[mode]}^3'
+  if row.kind == 'members':
+    size, k, batch, seq = MEMBERS[mode]
+    return f'{k} members x {batch} x {seq}, bench.members size {size}'
   c = load_config(row, tiny).model
   dims = f'L{c.n_layers} d{c.d_model} h{c.n_heads} V{c.vocab_size}'
   if row.kind == 'decode':
@@ -224,6 +229,29 @@ def run_decode(row: Row, tiny: bool, inject: dict[str, str]) -> dict:
   return {'tokens_per_s': batch * new / seconds, 'step_s': seconds / new, 'compile_s': compile_s}
 
 
+def run_members(tiny: bool, steps: int) -> dict:
+  """bench.members: one member's step and K members' vmapped step, alternately (best of 2): the
+  group's tokens/s and its speed-up over the K members' steps one at a time."""
+  from bench import members
+
+  size, k, batch, seq = MEMBERS['tiny' if tiny else 'full']
+  single = members.Single(size, batch, seq)
+  grouped = members.Grouped(size, k, batch, seq)
+  t1, tk = [], []
+  for _ in range(2):
+    t1.append(single(steps))
+    tk.append(grouped(steps))
+  t1, tk = min(t1), min(tk)
+  return {
+    'tokens_per_s': k * batch * seq / tk,
+    'step_s': tk,
+    'single_step_s': t1,
+    'members_speedup': k * t1 / tk,
+    'members_params': single.params,
+    'final_loss': float(grouped.m['train/loss'][0]),
+  }
+
+
 def run_matmul(row: Row, tiny: bool) -> dict:
   """Best of 3 x 10 square matmuls (bf16 or fp8 e4m3 inputs, bf16 out): the device's ceiling."""
   import jax
@@ -274,6 +302,8 @@ def measure(row: Row, tiny: bool, steps: int, inject: dict[str, str]) -> dict:
     out = run_train(row, tiny, steps, inject)
   elif row.kind == 'decode':
     out = run_decode(row, tiny, inject)
+  elif row.kind == 'members':
+    out = run_members(tiny, steps)
   else:
     out = run_matmul(row, tiny)
   device = jax.devices()[0]

@@ -40,24 +40,30 @@ SIZES = {
   '1m': dict(d_model=128, n_layers=4, n_heads=4, d_ff=512),
   '10m': dict(d_model=320, n_layers=8, n_heads=5, d_ff=1280),
 }
-_SIZES = flags.DEFINE_list('sizes', list(SIZES), 'Sizes to time: ' + ', '.join(SIZES))
-_KS = flags.DEFINE_list('ks', ['1', '2', '4', '8', '16'], 'Group sizes K.')
-_STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per round (after two warm-up steps).')
-_ROUNDS = flags.DEFINE_integer('rounds', 2, 'Interleaved rounds; the fastest round is reported.')
-_BATCH = flags.DEFINE_integer('batch', 16, 'Global batch (sequences) per member.')
-_SEQ = flags.DEFINE_integer('seq_len', 128, 'Sequence length.')
-_MODE = flags.DEFINE_enum('mode', 'step', ['step', 'sweep'], 'Time the step, or whole sweeps.')
-_WIDTHS = flags.DEFINE_list('widths', ['32', '128'], '--mode=sweep: μP width study widths.')
-_SWEEP_STEPS = flags.DEFINE_integer('sweep_steps', 200, '--mode=sweep: steps per member.')
-_SWEEP_K = flags.DEFINE_integer('sweep_k', 8, '--mode=sweep: members (8 lrs), all in one group.')
+FLAGS = flags.FLAGS
 
 
-def member_config(size: str, i: int):
+def define_flags() -> None:
+  """The command line's flags, defined only when this runs as a program (bench.device_check
+  imports the classes below next to bench.throughput's own --steps)."""
+  flags.DEFINE_enum('mode', 'step', ['step', 'sweep'], 'Time the step, or whole sweeps.')
+  flags.DEFINE_list('sizes', list(SIZES), 'Sizes to time: ' + ', '.join(SIZES))
+  flags.DEFINE_list('ks', ['1', '2', '4', '8', '16'], 'Group sizes K.')
+  flags.DEFINE_integer('steps', 3, 'Timed steps per round (after two warm-up steps).')
+  flags.DEFINE_integer('rounds', 2, 'Interleaved rounds; the fastest round is reported.')
+  flags.DEFINE_integer('batch', 16, 'Global batch (sequences) per member.')
+  flags.DEFINE_integer('seq_len', 128, 'Sequence length.')
+  flags.DEFINE_list('widths', ['32', '128'], '--mode=sweep: μP width study widths.')
+  flags.DEFINE_integer('sweep_steps', 200, '--mode=sweep: steps per member.')
+  flags.DEFINE_integer('sweep_k', 8, '--mode=sweep: members (8 lrs), all in one group.')
+
+
+def member_config(size: str, i: int, batch: int, seq_len: int):
   """Member i of a scan at `size`: seed i, peak lr 1e-3 * 2^(i % 4 - 2)."""
   c = base.get_config()
-  c.model.update(SIZES[size], max_len=_SEQ.value)
-  c.data.seq_len = _SEQ.value
-  c.train.update(global_batch_size=_BATCH.value, num_steps=1000, grad_accum_steps=1)
+  c.model.update(SIZES[size], max_len=seq_len)
+  c.data.seq_len = seq_len
+  c.train.update(global_batch_size=batch, num_steps=1000, grad_accum_steps=1)
   c.optimizer.update(lr=1e-3 * 2.0 ** (i % 4 - 2), warmup_steps=10)
   c.seed = i
   return c
@@ -66,10 +72,10 @@ def member_config(size: str, i: int):
 class Single:
   """One member's compiled train step on a fixed synthetic batch."""
 
-  def __init__(self, size: str) -> None:
-    r = context.setup(member_config(size, 0), with_data=False)
+  def __init__(self, size: str, batch: int, seq_len: int) -> None:
+    r = context.setup(member_config(size, 0, batch, seq_len), with_data=False)
     self.params = count.param_counts(r.derived.model)['params']
-    tokens = np.random.default_rng(0).integers(0, 256, (_BATCH.value, _SEQ.value + 1), np.int32)
+    tokens = np.random.default_rng(0).integers(0, 256, (batch, seq_len + 1), np.int32)
     with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
       self.state = context.init_state(r)
       self.batch = {'tokens': jax.device_put(tokens, r.batch_sharding)}
@@ -87,11 +93,11 @@ class Single:
 class Grouped:
   """K members' compiled group step (their own seeds and lrs: stacked batches)."""
 
-  def __init__(self, size: str, k: int) -> None:
-    configs = [member_config(size, i) for i in range(k)]
+  def __init__(self, size: str, k: int, batch: int, seq_len: int) -> None:
+    configs = [member_config(size, i, batch, seq_len) for i in range(k)]
     g = group.setup(configs, [''] * k, with_data=False)
     rng = np.random.default_rng(0)
-    tokens = rng.integers(0, 256, (k, _BATCH.value, _SEQ.value + 1), np.int32)
+    tokens = rng.integers(0, 256, (k, batch, seq_len + 1), np.int32)
     r0 = g.runs[0]
     with jax.set_mesh(r0.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
       self.gs = group.init(g)
@@ -111,14 +117,14 @@ class Grouped:
 def _sweep(width: int, vmap: int, workdir: str) -> tuple[float, dict]:
   """(wall seconds, {member: final eval loss}) of the width study's sweep at `width` in a fresh
   main.py process: _SWEEP_K lrs 2^-10... a factor 2 apart, seed 0, _SWEEP_STEPS steps each."""
-  lrs = '(' + ','.join(repr(2.0 ** (e - 10)) for e in range(_SWEEP_K.value)) + ')'
+  lrs = '(' + ','.join(repr(2.0 ** (e - 10)) for e in range(FLAGS.sweep_k)) + ')'
   cmd = [
     sys.executable,
     'main.py',
     f'--config=configs/sweeps/mup_width.py:mup,{width if width in (32, 128, 256) else 32}',
     f'--config.sweep.widths=({width},)',
     f'--config.sweep.lrs={lrs}',
-    f'--config.sweep.tokens=({_SWEEP_STEPS.value * 1024},)',
+    f'--config.sweep.tokens=({FLAGS.sweep_steps * 1024},)',
     f'--config.sweep.vmap={vmap}',
     f'--workdir={workdir}',
   ]
@@ -133,9 +139,9 @@ def _sweep(width: int, vmap: int, workdir: str) -> tuple[float, dict]:
 
 def sweeps() -> None:
   """--mode=sweep: whole sweeps one at a time vs grouped, interleaved round by round."""
-  k = _SWEEP_K.value
-  for width in map(int, _WIDTHS.value):
-    for round_ in range(_ROUNDS.value):
+  k = FLAGS.sweep_k
+  for width in map(int, FLAGS.widths):
+    for round_ in range(FLAGS.rounds):
       with tempfile.TemporaryDirectory() as tmp:
         alone, a = _sweep(width, 0, os.path.join(tmp, 'alone'))
         grouped, b = _sweep(width, k, os.path.join(tmp, 'grouped'))
@@ -143,7 +149,7 @@ def sweeps() -> None:
         'mode': 'sweep',
         'width': width,
         'members': k,
-        'steps': _SWEEP_STEPS.value,
+        'steps': FLAGS.sweep_steps,
         'round': round_,
         'alone_s': round(alone, 1),
         'grouped_s': round(grouped, 1),
@@ -157,17 +163,17 @@ def sweeps() -> None:
 
 def main(_: list[str]) -> None:
   os.environ.update(backend.xla_env())
-  if _MODE.value == 'sweep':
+  if FLAGS.mode == 'sweep':
     sweeps()
     return
-  for size in _SIZES.value:
-    single = Single(size)
-    for k in map(int, _KS.value):
-      grouped = Grouped(size, k) if k > 1 else single
+  for size in FLAGS.sizes:
+    single = Single(size, FLAGS.batch, FLAGS.seq_len)
+    for k in map(int, FLAGS.ks):
+      grouped = Grouped(size, k, FLAGS.batch, FLAGS.seq_len) if k > 1 else single
       t1, tk = [], []
-      for _ in range(_ROUNDS.value):  # interleaved: alone, grouped, alone, grouped, ...
-        t1.append(single(_STEPS.value))
-        tk.append(grouped(_STEPS.value))
+      for _ in range(FLAGS.rounds):  # interleaved: alone, grouped, alone, grouped, ...
+        t1.append(single(FLAGS.steps))
+        tk.append(grouped(FLAGS.steps))
       t1, tk = min(t1), min(tk)
       alone_per_hour = 3600 / (t1 * 1000)  # members of 1000 steps.
       grouped_per_hour = 3600 / (tk / k * 1000)
@@ -175,8 +181,8 @@ def main(_: list[str]) -> None:
         'size': size,
         'params': single.params,
         'k': k,
-        'batch': _BATCH.value,
-        'seq_len': _SEQ.value,
+        'batch': FLAGS.batch,
+        'seq_len': FLAGS.seq_len,
         'device': jax.devices()[0].device_kind,
         'single_step_s': round(t1, 5),
         'group_step_s': round(tk, 5),
@@ -189,4 +195,5 @@ def main(_: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

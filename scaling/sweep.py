@@ -352,11 +352,12 @@ def _run_group(sw: _Sweep, unit: list) -> bool:
   names = '\n'.join(m.name for m, _, _ in pending)
   group_dir = os.path.join(sw.workdir, 'groups', hashlib.sha256(names.encode()).hexdigest()[:12])
   metas = []
-  for m, member_dir, tag in pending:
+  for i, (m, member_dir, tag) in enumerate(pending):
     _start(sw, m, member_dir, tag)
     meta = results.read_json(os.path.join(member_dir, MEMBER_FILE)) or {'wall_s': 0.0}
     metas.append(meta['wall_s'])
-    sw.write(member_dir, MEMBER_FILE, _member_meta(m, meta['wall_s'], group=group_dir))
+    where = {'group': group_dir, 'group_member': i}  # (train.group extracts member i)
+    sw.write(member_dir, MEMBER_FILE, _member_meta(m, meta['wall_s'], **where))
   logging.info('%d members train as one program in %s', len(pending), group_dir)
   tic = time.time()
   finals = group.run(
@@ -368,8 +369,9 @@ def _run_group(sw: _Sweep, unit: list) -> bool:
   took = time.time() - tic
   share = took / len(pending)  # each member's wall_s: its share of the group's time.
   going = True
-  for (m, member_dir, tag), final, before in zip(pending, finals, metas):
-    sw.write(member_dir, MEMBER_FILE, _member_meta(m, before + share, group=group_dir))
+  for i, ((m, member_dir, tag), final, before) in enumerate(zip(pending, finals, metas)):
+    where = {'group': group_dir, 'group_member': i}
+    sw.write(member_dir, MEMBER_FILE, _member_meta(m, before + share, **where))
     going = _record(sw, m, member_dir, tag, final, before + share, took) and going
   return going
 

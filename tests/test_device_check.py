@@ -42,6 +42,7 @@ def test_tiny_run_every_row_with_a_failing_and_a_timed_out_one(tmp_path: pathlib
       assert r['tokens_per_s'] > 0 and 'mfu_palm' in r and 'mfu_maxtext' in r
       assert r['of_bf16_matmul'] > 0 and '--config.model.n_layers=1' in r['command']
   assert rows['decode_gpt2_124m']['tokens_per_s'] > 0
+  assert rows['members_1m_k8']['members_speedup'] > 0 and rows['members_1m_k8']['tokens_per_s'] > 0
   table = (tmp_path / 'device_check.md').read_text()
   assert [line.split(' ')[1] for line in table.splitlines()[4:]] == NAMES
   assert 'error: ValueError: config.model.n_heads=7' in table and 'timed out' in table

@@ -591,15 +591,25 @@ def test_a_distributed_start_whose_peers_never_come_gives_up_in_one_line(data_di
   assert not os.path.exists(workdir)
 
 
-def test_a_step_that_cannot_fit_is_refused_before_anything(data_dir, tmp_path):
-  """d_model=1e9 (it used to abort inside XLA after writing config.json): the estimate, from
-  shapes only, refuses it in one line, and the workdir is not even created."""
+@pytest.mark.parametrize(
+  'flag,advice',
+  [
+    ('--config.model.d_model=1000000000', 'config.mesh.fsdp'),
+    # The probe's case: an eval batch that passed the estimate and died as "disk full".
+    pytest.param(
+      '--config.train.eval_batch_size=2000000', 'config.train.eval_batch_size', marks=pytest.mark.slow
+    ),
+  ],
+)
+def test_a_step_that_cannot_fit_is_refused_before_anything(flag, advice, data_dir, tmp_path):
+  """d_model=1e9 (it used to abort inside XLA after writing config.json), or an eval batch of 2M
+  rows: the estimate, from shapes only, refuses it in one line; the workdir is not even created."""
   workdir = str(tmp_path / 'w')
-  rc, _, err, _ = _main(tiny_main_cmd(workdir, data_dir, '--config.model.d_model=1000000000'))
+  rc, _, err, _ = _main(tiny_main_cmd(workdir, data_dir, flag))
   assert rc == 2
   line = _error_line(err)
   assert 'memory per device (GiB)' in line and 'the step does not fit' in line
-  assert 'config.mesh.fsdp' in line and not os.path.exists(workdir)
+  assert advice in line and not os.path.exists(workdir)
 
 
 def test_sigterm_during_start_up_exits_at_once_with_the_workdir_intact(trained, data_dir, tmp_path):

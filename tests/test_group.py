@@ -112,8 +112,8 @@ def _csv(path):
 
 @pytest.mark.slow
 def test_grouped_sweep_killed_and_resumed_equals_one_at_a_time(data_dir, tmp_path):
-  """An lr x seed scan (4 members, one shape) with sweep.vmap=4 through main.py, killed with
-  SIGKILL after the group's first checkpoint and run again, ends bitwise where the uninterrupted
+  """An lr x seed scan (4 members, one shape) with sweep.vmap=4 through main.py, stopped by
+  SIGTERM, resumed, killed with SIGKILL after its next checkpoint and run again, ends bitwise where the uninterrupted
   grouped sweep does (member checkpoints, results.csv), and its results.csv equals the
   one-at-a-time sweep's: the same columns, final eval losses within 1e-4, the train losses of
   steps 1-10 within 1e-5 relative."""
@@ -127,19 +127,41 @@ def test_grouped_sweep_killed_and_resumed_equals_one_at_a_time(data_dir, tmp_pat
   flags = [f'--config.{k}={v!r}' if isinstance(v, tuple) else f'--config.{k}={v}'
            for k, v in overrides.items()]
   cmd = main_cmd(killed, *flags, config='configs/sweeps/isoflop_tiny.py')
-  proc = subprocess.Popen(cmd, cwd=REPO, env=cpu_env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 600
-  committed = lambda: [  # a step's directory is renamed from its tmp name once written whole.
-    p for p in glob.glob(os.path.join(killed, 'groups', '*', 'checkpoints', '*'))
+  committed = lambda: sorted(  # a step's directory is renamed from its tmp name once written whole.
+    int(os.path.basename(p))
+    for p in glob.glob(os.path.join(killed, 'groups', '*', 'checkpoints', '*'))
     if os.path.basename(p).isdigit()
-  ]
-  while not committed():
-    assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
-    time.sleep(0.02)
-  proc.kill()
-  assert proc.wait() == -signal.SIGKILL
+  )
+
+  def start_and(sig, after):
+    """Start the sweep, send `sig` once the group has committed a checkpoint past `after`."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=cpu_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 600
+    while not [s for s in committed() if s > after]:
+      assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+      time.sleep(0.02)
+    proc.send_signal(sig)
+    return proc.wait(), proc.stderr.read()
+
+  rc, err = start_and(signal.SIGTERM, 0)  # stops at a step boundary with a checkpoint, exit 0.
+  assert rc == 0 and re.search(r'the group stopped at step (\d+)', err), err[-3000:]
+  stopped = int(re.search(r'the group stopped at step (\d+)', err).group(1))
+  assert committed()[-1] == stopped < 42
+  rc, _ = start_and(signal.SIGKILL, stopped)  # then killed after its next checkpoint.
+  assert rc == -signal.SIGKILL
   assert not os.path.exists(os.path.join(killed, 'results.csv'))  # killed mid-group.
+  # A member still training, pulled out of the group's checkpoint as a params-only workdir.
+  member_dir = next(d for d in glob.glob(os.path.join(killed, 'C*'))
+                    if json.load(open(os.path.join(d, sweep.MEMBER_FILE)))['group_member'] == 1)
+  meta = json.load(open(os.path.join(member_dir, sweep.MEMBER_FILE)))
+  step = group.extract(meta['group'], member_dir, 1, str(tmp_path / 'extracted'))
+  from train import init_from
+
+  cfg, params = init_from.load_params(str(tmp_path / 'extracted'))
+  wanted = json.load(open(os.path.join(member_dir, 'config.json')))['model']
+  assert step >= 1 and (cfg.d_model, cfg.n_layers) == (wanted['d_model'], wanted['n_layers'])
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
   out = run(cmd, cpu_env(), timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   assert re.search(r'Member group of 4 in .*: steps [1-9]\d*\.\.42', out.stderr)  # resumed.

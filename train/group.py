@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -321,8 +322,12 @@ def _train(g: Group, group_dir: str, stop_after: int | None, stop: preemption.St
     for w in writers:
       w.close()
     if stop.requested:
-      hooks.report_stop(stop, gs.state, group_dir, {})
-      return [{'preempted_at_step': int(jax.device_get(gs.state.step).max())} for _ in g.runs]
+      at = int(np.max(jax.device_get(gs.state.step)))
+      logging.warning(
+        '%s: the group stopped at step %d, its checkpoint committed in %s; run the same '
+        'command to resume.', stop.signal, at, group_dir,
+      )
+      return [{'preempted_at_step': at} for _ in g.runs]
     if end < num_steps:  # stop_after: the members are not finished.
       return [{'stopped_at_step': end} for _ in g.runs]
     _write_members(g, gs, num_steps, diverged)
@@ -405,3 +410,47 @@ def _finals(g: Group, diverged: dict) -> list[dict]:
     else {**metrics.last_row(os.path.join(d, 'metrics.jsonl')), 'unigram_byte_entropy_bits': entropy}
     for i, d in enumerate(g.dirs)
   ]
+
+
+def extract(group_dir: str, member_dir: str, member: int, out: str) -> int:
+  """Member `member`'s params at the group's latest checkpoint as a params-only workdir in `out`
+  (train.export, train.sample, init_from read it); its config from `member_dir`/config.json.
+  Returns the step. For a member still training; a finished member's directory is a run.
+
+    python -m train.group --group=W/groups/<hash> --member_dir=W/<member> --member=i --out=DIR
+  """
+  config = ml_collections.ConfigDict(
+    json.load(open(os.path.join(member_dir, 'config.json')))
+  )
+  mngr = checkpoint.manager(group_dir, validation.derive(config, jax.device_count()).config.train)
+  step = mngr.latest_step()
+  if step is None:
+    raise ValueError(f'{group_dir}: no group checkpoint to extract from')
+  k = len(checkpoint.restore_meta(mngr, step)['members'])
+  if not 0 <= member < k:
+    raise ValueError(f'--member={member}: the group has members 0..{k - 1}')
+  g = setup([config] * k, [''] * k, with_data=False)  # the shapes; the values are restored.
+  with jax.set_mesh(g.runs[0].mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    gs, _ = checkpoint.restore(mngr, step, abstract(g))
+    params = jax.device_get(jax.tree.map(lambda x: x[member], gs.state.params))
+  meta = {'group': os.path.abspath(group_dir), 'member': member}
+  checkpoint.write_params(out, json.dumps(config.to_dict(), indent=2), params, step, meta)
+  return step
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  f = flags.FLAGS
+  step = extract(f.group, f.member_dir, f.member, f.out)
+  print(json.dumps({'out': f.out, 'step': step, 'member': f.member}))
+
+
+if __name__ == '__main__':
+  from train import cli
+
+  flags.DEFINE_string('group', None, 'a member group directory (W/groups/<hash>)')
+  flags.DEFINE_string('member_dir', None, "the member's directory (its config.json)")
+  flags.DEFINE_integer('member', None, "the member's index in the group (sweep_member.json)")
+  flags.DEFINE_string('out', None, 'a new directory: the params-only workdir')
+  flags.mark_flags_as_required(['group', 'member_dir', 'member', 'out'])
+  cli.run(main, config_flags=())
