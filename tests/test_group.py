@@ -150,7 +150,7 @@ def test_grouped_sweep_killed_and_resumed_equals_one_at_a_time(data_dir, tmp_pat
   assert committed()[-1] == stopped < 42
   rc, _ = start_and(signal.SIGKILL, stopped)  # then killed after its next checkpoint.
   assert rc == -signal.SIGKILL
-  assert not os.path.exists(os.path.join(killed, 'results.csv'))  # killed mid-group.
+  assert not glob.glob(os.path.join(killed, '*', 'result.json'))  # killed mid-group.
   # A member still training, pulled out of the group's checkpoint as a params-only workdir.
   member_dir = next(d for d in glob.glob(os.path.join(killed, 'C*'))
                     if json.load(open(os.path.join(d, sweep.MEMBER_FILE)))['group_member'] == 1)
