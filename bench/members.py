@@ -157,6 +157,7 @@ def sweeps() -> None:
         'members_per_hour_grouped': round(3600 * k / grouped, 1),
         'speedup': round(alone / grouped, 3),
         'max_abs_loss_diff': max(abs(a[n] - b[n]) for n in a),
+        'loss_diff_by_member': {n: b[n] - a[n] for n in sorted(a)},
       }
       print(json.dumps(row), flush=True)
 
