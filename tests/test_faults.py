@@ -597,7 +597,9 @@ def test_a_distributed_start_whose_peers_never_come_gives_up_in_one_line(data_di
     ('--config.model.d_model=1000000000', 'config.mesh.fsdp'),
     # The probe's case: an eval batch that passed the estimate and died as "disk full".
     pytest.param(
-      '--config.train.eval_batch_size=2000000', 'config.train.eval_batch_size', marks=pytest.mark.slow
+      '--config.train.eval_batch_size=2000000',
+      'config.train.eval_batch_size',
+      marks=pytest.mark.slow,
     ),
   ],
 )

@@ -124,8 +124,10 @@ def test_grouped_sweep_killed_and_resumed_equals_one_at_a_time(data_dir, tmp_pat
   assert len(summary['ran']) == 4
   assert sorted(sweep.run(grouped_config, straight)['ran']) == sorted(summary['ran'])
 
-  flags = [f'--config.{k}={v!r}' if isinstance(v, tuple) else f'--config.{k}={v}'
-           for k, v in overrides.items()]
+  flags = [
+    f'--config.{k}={v!r}' if isinstance(v, tuple) else f'--config.{k}={v}'
+    for k, v in overrides.items()
+  ]
   cmd = main_cmd(killed, *flags, config='configs/sweeps/isoflop_tiny.py')
   committed = lambda: sorted(  # a step's directory is renamed from its tmp name once written whole.
     int(os.path.basename(p))
@@ -152,8 +154,11 @@ def test_grouped_sweep_killed_and_resumed_equals_one_at_a_time(data_dir, tmp_pat
   assert rc == -signal.SIGKILL
   assert not glob.glob(os.path.join(killed, '*', 'result.json'))  # killed mid-group.
   # A member still training, pulled out of the group's checkpoint as a params-only workdir.
-  member_dir = next(d for d in glob.glob(os.path.join(killed, 'C*'))
-                    if json.load(open(os.path.join(d, sweep.MEMBER_FILE)))['group_member'] == 1)
+  member_dir = next(
+    d
+    for d in glob.glob(os.path.join(killed, 'C*'))
+    if json.load(open(os.path.join(d, sweep.MEMBER_FILE)))['group_member'] == 1
+  )
   meta = json.load(open(os.path.join(member_dir, sweep.MEMBER_FILE)))
   step = group.extract(meta['group'], member_dir, 1, str(tmp_path / 'extracted'))
   from train import init_from
@@ -175,9 +180,10 @@ def test_grouped_sweep_killed_and_resumed_equals_one_at_a_time(data_dir, tmp_pat
     for col in ('params', 'tokens', 'flops', 'steps', 'config_hash', 'lr', 'seed'):
       assert k[name][col] == a[name][col], col
     assert abs(float(k[name]['loss']) - float(a[name]['loss'])) <= 1e-4
-    first = lambda d: [r['train/loss'] for r in _rows(os.path.join(d, name)) if r['step'] <= 10]
-    assert len(first(alone)) == 10
-    np.testing.assert_allclose(first(killed), first(alone), rtol=1e-5, atol=0)
+    first = [[r['train/loss'] for r in _rows(os.path.join(d, name)) if r['step'] <= 10]
+             for d in (alone, killed)]  # fmt: skip
+    assert len(first[0]) == 10
+    np.testing.assert_allclose(first[1], first[0], rtol=1e-5, atol=0)
     member = next(m for m in sweep.members(grouped_config) if m.name == name)
     s1, p1, o1 = _state(os.path.join(straight, name), member.config)
     s2, p2, o2 = _state(os.path.join(killed, name), member.config)

@@ -32,10 +32,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import models
-from train import checkpoint, context, divergence, hooks, metrics, preemption, sharding
+from train import checkpoint, context, divergence, hooks, metrics, preemption, sharding, validation
 from train import optimizer as optim
 from train import state as state_lib
-from train import validation
 from train import workdir as workdir_lib
 from train.step import TrainState, make_eval_step, make_train_step
 
@@ -72,7 +71,7 @@ def why_not(config: ml_collections.ConfigDict) -> str | None:
   if config.init_from:
     return 'config.init_from (members would start from the same params)'
   if config.train.best_metric:
-    return 'config.train.best_metric (KeepBest keeps one run\'s best checkpoint)'
+    return "config.train.best_metric (KeepBest keeps one run's best checkpoint)"
   if config.lm_eval.tasks:
     return 'config.lm_eval.tasks (lm-eval scores one model at a time)'
   return None
@@ -249,8 +248,10 @@ def _meta(g: Group) -> dict:
   return {
     **context.stream_meta(g.runs[0].config),
     'seed': 'per member',
-    'members': [{'seed': int(s), **{k: float(v[i]) for k, v in g.hypers.items()}}
-                for i, s in enumerate(g.seeds)],
+    'members': [
+      {'seed': int(s), **{k: float(v[i]) for k, v in g.hypers.items()}}
+      for i, s in enumerate(g.seeds)
+    ],
   }
 
 
@@ -325,7 +326,10 @@ def _train(g: Group, group_dir: str, stop_after: int | None, stop: preemption.St
       at = int(np.max(jax.device_get(gs.state.step)))
       logging.warning(
         '%s: the group stopped at step %d, its checkpoint committed in %s; run the same '
-        'command to resume.', stop.signal, at, group_dir,
+        'command to resume.',
+        stop.signal,
+        at,
+        group_dir,
       )
       return [{'preempted_at_step': at} for _ in g.runs]
     if end < num_steps:  # stop_after: the members are not finished.
@@ -396,7 +400,7 @@ def _write_members(g: Group, gs: GroupState, step: int, diverged: dict) -> None:
     mngr = checkpoint.manager(d, r.config.train)
     if mngr.latest_step() == step:  # written before a kill: nothing to redo.
       continue
-    one = jax.tree.map(lambda x: x[i], gs.state)
+    one = jax.tree.map(lambda x, i=i: x[i], gs.state)
     checkpoint.save(mngr, step, one, context.stream_meta(r.config))
     mngr.wait_until_finished()
 
@@ -407,7 +411,10 @@ def _finals(g: Group, diverged: dict) -> list[dict]:
   return [
     {'diverged': diverged[i]}
     if i in diverged
-    else {**metrics.last_row(os.path.join(d, 'metrics.jsonl')), 'unigram_byte_entropy_bits': entropy}
+    else {
+      **metrics.last_row(os.path.join(d, 'metrics.jsonl')),
+      'unigram_byte_entropy_bits': entropy,
+    }
     for i, d in enumerate(g.dirs)
   ]
 
@@ -419,9 +426,7 @@ def extract(group_dir: str, member_dir: str, member: int, out: str) -> int:
 
     python -m train.group --group=W/groups/<hash> --member_dir=W/<member> --member=i --out=DIR
   """
-  config = ml_collections.ConfigDict(
-    json.load(open(os.path.join(member_dir, 'config.json')))
-  )
+  config = ml_collections.ConfigDict(json.load(open(os.path.join(member_dir, 'config.json'))))
   mngr = checkpoint.manager(group_dir, validation.derive(config, jax.device_count()).config.train)
   step = mngr.latest_step()
   if step is None:

@@ -98,7 +98,9 @@ def _adamw(
     return optax.chain(*chain)
   # optax.adamw's chain, with per-leaf decay (0 where masked) and per-leaf lr scale.
   lr_scale = _per_leaf(lambda u, p, s: u * s, models.param_scales(model_config, 'lr'))
-  decay = _per_leaf(lambda u, p, wd: u if _is_zero(wd) else u + wd * p, _decays(opt, model_config, mask))
+  decay = _per_leaf(
+    lambda u, p, wd: u if _is_zero(wd) else u + wd * p, _decays(opt, model_config, mask)
+  )
   # Coupled (AdamW, MuAdamW): decay before the lr scale. Independent: after it, so only lr(t)/peak.
   middle = [lr_scale, decay] if model_config.independent_wd else [decay, lr_scale]
   chain += [
