@@ -214,3 +214,17 @@ def test_member_axis_sharded_over_data_matches_replicated(tiny_config, tmp_path,
       [r['train/loss'] for r in rb], [r['train/loss'] for r in ra], rtol=1e-5, atol=0
     )
     assert abs(rb[-1]['eval/loss'] - ra[-1]['eval/loss']) <= 1e-4
+
+
+def test_a_group_that_cannot_fit_is_refused_before_anything(tiny_config, tmp_path):
+  """The memory estimate counts K stacked members on every device: too many is one line."""
+  configs = [tiny_config({'seed': i}) for i in range(2)]
+  from train import memory, validation
+
+  est = memory.for_run(validation.derive(configs[0], 8), members=2)
+  assert est.total == 2 * memory.for_run(validation.derive(configs[0], 8)).total
+  with pytest.raises(ValueError, match=r'x 1000000000 members.*fewer members per group'):
+    memory.for_run(validation.derive(configs[0], 8), members=10**9)
+  with pytest.raises(ValueError, match='does not fit'):
+    group.run([configs[0]] * 10**6, [str(tmp_path / 'm')] * 10**6, str(tmp_path / 'g'))
+  assert not os.path.exists(tmp_path / 'g')

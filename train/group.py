@@ -32,7 +32,17 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import models
-from train import checkpoint, context, divergence, hooks, metrics, preemption, sharding, validation
+from train import (
+  checkpoint,
+  context,
+  divergence,
+  hooks,
+  memory,
+  metrics,
+  preemption,
+  sharding,
+  validation,
+)
 from train import optimizer as optim
 from train import state as state_lib
 from train import workdir as workdir_lib
@@ -265,7 +275,10 @@ def run(
   """Train the group in `group_dir` (resuming); per member its final metrics, or for a diverged
   member {'diverged': message}; {'preempted_at_step': s} each when a signal stopped it."""
   with preemption.StopRequest() as stop:
-    g = setup(configs, dirs, derived)
+    if derived is None:
+      derived = [validation.derive(configs[0], jax.device_count(), jax.process_count())]
+    memory.for_run(derived[0], members=len(configs))  # K states on every device: refused early.
+    g = setup(configs, dirs, derived if len(derived) == len(configs) else None)
     for d in (group_dir, *dirs):
       workdir_lib.check(d)
     locks = [workdir_lib.claim(d) for d in (group_dir, *dirs)]

@@ -39,16 +39,19 @@ class Estimate:
   activations: int
   limit: int | None
   eval: int = 0  # one evaluation batch's forward (the train state stays resident meanwhile).
+  members: int = 1  # a member group (train/group.py): K of everything above on every device.
 
   @property
   def total(self) -> int:
-    return self.params + self.optimizer + max(self.grads + self.activations, self.eval)
+    one = self.params + self.optimizer + max(self.grads + self.activations, self.eval)
+    return self.members * one
 
   def line(self) -> str:
     keys = ('params', 'optimizer', 'grads', 'activations') + (('eval',) if self.eval else ())
     parts = ', '.join(f'{k} {getattr(self, k) / GIB:.2f}' for k in keys)
     limit = f' of {self.limit / GIB:.2f} GiB available' if self.limit else ''
-    return f'memory per device (GiB): {parts}; total {self.total / GIB:.2f}{limit}'
+    each = f' each x {self.members} members' if self.members > 1 else ''
+    return f'memory per device (GiB): {parts}{each}; total {self.total / GIB:.2f}{limit}'
 
 
 def param_bytes(model: ModelConfig, mesh_shape: dict, trainable: bool = False) -> int:
@@ -180,6 +183,7 @@ def check(est: Estimate) -> None:
     return
   raise ValueError(
     f'{est.line()}: the step does not fit; '
+    + ('use fewer members per group (config.sweep.vmap), ' if est.members > 1 else '')
     + (
       'use a smaller config.train.eval_batch_size, '
       if est.eval > est.grads + est.activations
@@ -192,9 +196,10 @@ def check(est: Estimate) -> None:
   )
 
 
-def for_run(derived: validation.Derived) -> Estimate:
+def for_run(derived: validation.Derived, members: int = 1) -> Estimate:
   """The run's estimate from its validated config, logged; refused (ValueError) if it cannot fit.
-  Shapes only (eval_shape): nothing is allocated, so a huge model is refused in seconds."""
+  Shapes only (eval_shape): nothing is allocated, so a huge model is refused in seconds.
+  `members`: a member group's K runs of this config, stacked on every device."""
   c = derived.config
   est = estimate(
     derived.model,
@@ -206,6 +211,7 @@ def for_run(derived: validation.Derived) -> Estimate:
     sparse=c.sparsity.target > 0,
     eval_batch=c.train.eval_batch_size or c.train.global_batch_size,
   )
+  est = dataclasses.replace(est, members=members)
   logging.info(est.line())
   check(est)
   return est
