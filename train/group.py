@@ -126,7 +126,11 @@ def setup(
   for d in derived:
     if (reason := why_not(d.config)) is not None:
       raise ValueError(f'a member group cannot hold {reason}')
-  runs = [context.setup(c, with_data, d) for c, d in zip(configs, derived)]
+  shared = len({d.config.seed for d in derived}) == 1  # one data order: only member 0 reads it.
+  runs = [
+    context.setup(c, with_data and (i == 0 or not shared), d)
+    for i, (c, d) in enumerate(zip(configs, derived))
+  ]
   opts = [r.config.optimizer for r in runs]
   r0 = runs[0]
   return Group(
@@ -134,9 +138,9 @@ def setup(
     runs,
     {k: np.asarray([o[k] for o in opts], np.float32) for k in HYPERS},
     np.asarray([r.config.seed for r in runs], np.int32),
-    len({r.config.seed for r in runs}) == 1,
+    shared,
     GroupState(jax.tree.map(_stacked, r0.state_shardings), _stacked(sharding.replicated(r0.mesh))),
-    r0.batch_sharding if len({r.config.seed for r in runs}) == 1 else _stacked(r0.batch_sharding),
+    r0.batch_sharding if shared else _stacked(r0.batch_sharding),
   )
 
 
