@@ -324,10 +324,13 @@ class TrainConfig(_Section):
   log_every: int = 50
   eval_every: int = 250
   eval_batches: int = 8
-  # Sequences per eval batch (0: global_batch_size). The eval set is the first
-  # eval_batches x eval_batch_size rows of the eval split: fix both across a sweep whose members'
-  # batches differ, or their eval losses are measured on different rows.
+  # Sequences per eval batch (0: global_batch_size). The eval set is eval_batches x eval_batch_size
+  # rows of the eval split: fix both across a sweep whose members' batches differ, or their eval
+  # losses are measured on different rows.
   eval_batch_size: int = 0
+  # Which rows: 'spread' evenly over the whole eval split (row j of n is row floor(j * rows / n));
+  # 'first': its first n rows (one stretch of a few files; how studies before 2026-12 measured).
+  eval_set: str = _field('spread', choices=('spread', 'first'))
   checkpoint_every: int = 500
   # Keep the params of the best eval by this metric ('eval/loss', 'lm_eval/<task>/<metric>'; '':
   # off) as W/best, a workdir of one checkpoint (init_from=W/best, export, sample, lm-eval load

@@ -31,6 +31,9 @@ PLACEMENT = (
   'train.spike_factor',
   'train.spike_window',
 )
+# Keys whose default changed after members were written under another value: both rules compare
+# them with that value, so a member is re-run, not reused, when the key now means something else.
+WRITTEN_UNDER = {'train.eval_set': 'first'}
 # Frozen with the legacy rule: never edit (sweeps written before the default-diff hash carry it).
 LEGACY_DEFAULTS = {
   'model.parametrization': 'sp',
@@ -111,7 +114,7 @@ def _defaults() -> dict:
   """Every schema key's canonical default, the optional distill section's included."""
   d = _json(base.get_config())
   d['distill'] = _json(base.get_distill_config())
-  return {k: _canonical(v) for k, v in _flat(d).items()}
+  return {**{k: _canonical(v) for k, v in _flat(d).items()}, **WRITTEN_UNDER}
 
 
 def _placement(key: str) -> bool:
@@ -154,6 +157,13 @@ def legacy_config_hash(config: ml_collections.ConfigDict) -> str:
     if d.get(section, {}).get(name, default) == default:
       _drop(d, key)
   return _digest(d)
+
+
+def with_old_eval_set(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config measured on the eval split's first rows (members written before 'spread')."""
+  old = ml_collections.ConfigDict(config.to_dict())
+  old.train.eval_set = 'first'
+  return old
 
 
 def recognises(config: ml_collections.ConfigDict, stored: str | None) -> bool:

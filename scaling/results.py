@@ -386,7 +386,11 @@ RESULT_COLUMNS = (
   'parametrization',
   'non_embedding_params_with_head',
   'flops_attn_head',
+  'eval_set',
+  'eval_rows',
 )
+# What a member's eval covered (train/data/pipeline.py EvalSource.describe): in result.json.
+EVAL_SET_KEYS = ('eval_set', 'eval_rows', 'eval_split_rows', 'eval_span', 'eval_doc_segments')
 DISTILL_COLUMNS = ('mode', 'teacher_params', 'teacher_loss')
 WSD_COLUMNS = ('branch_tokens', 'trunk')
 CURVE_COLUMNS = (
@@ -433,6 +437,7 @@ def result_row(member: Any, metrics: Mapping, wall_s: float, h: str) -> dict:
     wall_s=round(wall_s, 2),
     config_hash=h,
   )
+  row.update({k: metrics[k] for k in EVAL_SET_KEYS if k in metrics})
   if member.mode:
     row['teacher_params'] = metrics.get('teacher_params')
     row['teacher_loss'] = metrics.get('eval/teacher_loss')

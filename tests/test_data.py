@@ -93,13 +93,24 @@ def test_prepared_rows_are_the_documents_packed(corpus):
   assert split.stats.byte_histogram.sum() == split.stats.num_bytes
   assert split.num_tokens == split.stats.num_bytes + n_docs
 
-  ev = pipeline.EvalSource(source, split, seq_len, global_batch_size=1)
+  # An eval set of every row: 'spread' over the split is the split in order.
+  ev = pipeline.EvalSource(source, split, seq_len, global_batch_size=1, num_batches=len(rows))
   got = [ev.eval_batch(i) for i in range(ev.num_rows)]
   assert all(r.shape == (1, seq_len + 1) and r.dtype == np.int32 for r in got)
   np.testing.assert_array_equal(
     np.concatenate(got, axis=None), expected[: len(rows) * (seq_len + 1)]
   )
-  np.testing.assert_array_equal(ev.eval_batch(ev.num_rows), got[0])  # Eval wraps around.
+  n = len(rows)
+  first = pipeline.EvalSource(source, split, seq_len, 2, num_batches=n, how='first')
+  np.testing.assert_array_equal(first.eval_batch(n // 2), np.stack([got[0][0], got[1][0]]))  # wraps
+  spread = pipeline.EvalSource(source, split, seq_len, 1, num_batches=4)
+  for j in range(4):  # row j of 4 is row floor(j * n / 4): every quarter of the split.
+    np.testing.assert_array_equal(spread.eval_batch(j), got[j * n // 4])
+  d = spread.describe()
+  assert d['eval_rows'] == 4 and d['eval_split_rows'] == n and d['eval_set'] == 'spread'
+  assert d['eval_span'] == round((3 * n // 4 + 1) / n, 4)
+  eos_in = sum(int(np.sum(got[j * n // 4][0, :-1] == BYTE.eos_id)) for j in range(4))
+  assert d['eval_doc_segments'] == 4 + eos_in
 
 
 def test_prepare_in_shards_survives_a_crash_and_matches_one_shard(corpus, tmp_path, monkeypatch):

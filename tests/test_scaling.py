@@ -341,7 +341,14 @@ def test_member_written_under_the_legacy_hash_is_recognised_not_rerun(tmp_path, 
     raise AssertionError('a finished legacy member was trained again')
 
   monkeypatch.setattr(sweep, '_train', train)
-  summary = sweep.run(config, workdir)  # ... yet the finished member is skipped, not retrained,
+  # Written before eval_set='spread' was the default: refused in one line that names the key ...
+  with pytest.raises(ValueError, match=r'config\.train\.eval_set=first'):
+    sweep.run(config, workdir)
+  config.train.eval_set = 'first'
+  a, b = sweep.members(config)[:2]
+  summary = sweep.run(
+    config, workdir
+  )  # ... with it, the finished member is skipped, not retrained,
   assert summary['skipped'] == [a.name] and summary['ran'] == [] and summary['finished'] == 1
   rows = _rows(os.path.join(workdir, 'results.csv'))
   assert [(r['name'], r['config_hash']) for r in rows] == [(a.name, LEGACY_HASHES[a.name])]

@@ -431,6 +431,7 @@ def _finals(g: Group, diverged: dict) -> list[dict]:
     else {
       **metrics.last_row(os.path.join(d, 'metrics.jsonl')),
       'unigram_byte_entropy_bits': entropy,
+      **g.runs[0].eval_ds.describe(),
     }
     for i, d in enumerate(g.dirs)
   ]

@@ -300,6 +300,7 @@ def _actions(
 def _final(r: Run, last: dict) -> dict:
   """The final metrics, with the corpus's unigram byte entropy to compare bits/byte against."""
   last['unigram_byte_entropy_bits'] = r.eval_ds.unigram_byte_entropy_bits
+  last.update(r.eval_ds.describe())  # which rows eval/loss is measured on.
   if 'eval/bits_per_byte' in last:
     logging.info(
       'Final eval/bits_per_byte %.4f vs unigram byte entropy %.4f bits',

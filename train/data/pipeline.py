@@ -15,6 +15,7 @@ it is {'tokens': ...} alone, as before.
 
 import logging
 import math
+from typing import Any
 
 import grain
 import numpy as np
@@ -178,8 +179,28 @@ class TrainStream:
     return out
 
 
+class _Picked:
+  """grain random-access source: rows[index[i]]."""
+
+  def __init__(self, rows: Rows, index: np.ndarray):
+    self._rows, self._index = rows, index
+
+  def __len__(self) -> int:
+    return len(self._index)
+
+  def __getitem__(self, i: int) -> Any:
+    return self._rows[int(self._index[i])]
+
+
+def eval_index(num_rows: int, n: int, how: str) -> np.ndarray:
+  """The split's row numbers of an eval set of n rows: 'spread' (row j is floor(j * num_rows / n):
+  strided windows over every part of the split) or 'first' (rows 0..n-1, wrapping around)."""
+  j = np.arange(n, dtype=np.int64)
+  return (j * num_rows) // n if how == 'spread' else j % num_rows
+
+
 class EvalSource:
-  """One source's validation rows in file order (wrapping around), this host's part of each."""
+  """One source's eval set (eval_index's rows, in split order), this host's part of each batch."""
 
   def __init__(
     self,
@@ -189,6 +210,8 @@ class EvalSource:
     global_batch_size: int,
     process_index: int = 0,
     process_count: int = 1,
+    num_batches: int = 1,
+    how: str = 'spread',
   ):
     self.source, self.split = source, split
     self.weight = source.weight
@@ -197,9 +220,29 @@ class EvalSource:
       split, seq_len, 1, f'config.data.dataset {source.dataset!r} split {source.eval_split!r}'
     )
     self.num_rows = len(rows)
+    self.index = eval_index(self.num_rows, num_batches * global_batch_size, how)
+    self._rows, self.how = rows, how
     self._batches = _host_slice(
-      grain.MapDataset.source(rows).repeat(), global_batch_size, process_index, process_count
+      grain.MapDataset.source(_Picked(rows, self.index)),
+      global_batch_size,
+      process_index,
+      process_count,
     )
+
+  def describe(self) -> dict:
+    """What the eval set covers: its rows, the split's, their stride and span, and the document
+    segments the rows hold (EOS-separated pieces; packed examples: one each)."""
+    segments, eos = len(self.index), self.split.manifest.get('eos_id')
+    if not self.packed and eos is not None:
+      segments = sum(int(np.sum(self._rows[int(i)][:-1] == eos)) + 1 for i in self.index)
+    span = (int(self.index.max()) - int(self.index.min()) + 1) / self.num_rows
+    return {
+      'eval_set': self.how,
+      'eval_rows': len(self.index),
+      'eval_split_rows': self.num_rows,
+      'eval_span': round(span, 4),
+      'eval_doc_segments': segments,
+    }
 
   @property
   def bytes_per_token(self) -> float:
@@ -226,6 +269,10 @@ class EvalStream:
   def eval_batch(self, i: int) -> np.ndarray:
     """The (heaviest) source's eval batch i: for tools that probe one fixed batch."""
     return self._primary.eval_batch(i)
+
+  def describe(self) -> dict:
+    """EvalSource.describe of the heaviest source (a result's eval_* fields)."""
+    return self._primary.describe()
 
   @property
   def bytes_per_token(self) -> float:
@@ -273,14 +320,32 @@ def make_datasets(
   for s in sources:
     train.append((s, open_prepared(d, s, s.train_split, tokenizer)))
     split = open_prepared(d, s, s.eval_split, tokenizer)
-    evals.append(EvalSource(s, split, d.seq_len, eval_batch, process_index, process_count))
+    evals.append(
+      EvalSource(
+        s,
+        split,
+        d.seq_len,
+        eval_batch,
+        process_index,
+        process_count,
+        config.train.eval_batches,
+        config.train.eval_set,
+      )
+    )
+    e = evals[-1].describe()
     logging.info(
-      'Data source %s (weight %.3g): train %d tokens in %s, eval %d tokens',
+      'Data source %s (weight %.3g): train %d tokens in %s; eval %d of the %d rows of %d tokens '
+      '(%s, spanning %.0f%% of the split, %d document segments)',
       s.dataset,
       s.weight,
       train[-1][1].num_tokens,
       train[-1][1].path,
+      e['eval_rows'],
+      e['eval_split_rows'],
       split.num_tokens,
+      e['eval_set'],
+      100 * e['eval_span'],
+      e['eval_doc_segments'],
     )
   train_ds = TrainStream(
     train,
