@@ -9,7 +9,7 @@ import os
 import numpy as np
 from scipy import optimize
 
-from scaling import results
+from scaling import checks, results
 
 # --- Frantar et al. 2023 at a fixed tokens-per-parameter ratio -----------------------------------
 
@@ -194,10 +194,17 @@ def sparse_fit(rows: list[dict]) -> dict:
   the largest base with that base's sparse runs predicted (held out)."""
   s, n, loss = (np.array([float(r[k]) for r in rows]) for k in ('sparsity', 'nonzero', 'loss'))
   p = fit_sparse_law(s, n, loss)
+  names = ('a_s', 'b_s', 'c_s', 'b_n', 'E')
   out = {
     'p': p.tolist(),
     'in_sample_mean_abs_err': float(np.mean(np.abs(sparse_law(p, s, n) / loss - 1))),
-  }
+    'warnings': checks.law_warnings(
+      'sparsity', dict(zip(names, p.tolist())),
+      bounds=dict(zip(names, zip((0, 0, 0, 0, 0), (50, 5, 50, 3, loss.min())))),
+      exponents=('b_n',), floor='E', lowest_loss=float(loss.min()),
+    ),
+  }  # fmt: skip
+  checks.emit(out['warnings'])
   dense = np.array([float(r['params']) for r in rows])
   held = dense == dense.max()
   if held.any() and (~held).sum() >= 6:

@@ -20,8 +20,9 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from scipy import optimize
+from scipy import optimize, stats
 
+from scaling import checks
 from scaling import results as results_lib
 
 # scaling.fit's approach 3 (Runs -> {'constants': {E, A, B, alpha, beta}, ...}), passed in by the
@@ -160,26 +161,54 @@ def fit(rows: Rows, chinchilla: ChinchillaFit, n_boot: int = 0, seed: int = 0) -
     'n_supervised': int((~rows.distilled).sum()),
     'mean_abs_rel_error': float(np.mean(np.abs(pred / dist.loss - 1))),
   }
+  out['log_residual_rms'] = float(np.sqrt(np.mean(np.log(pred / dist.loss) ** 2)))
   if n_boot:
     out['bootstrap'] = _bootstrap(rows, chinchilla, theta, n_boot, seed)
+  out['warnings'] = warnings_of(out, float(np.min(rows.loss)))
   return out
+
+
+def warnings_of(out: dict, lowest_loss: float) -> list[str]:
+  """scaling/checks.py's warnings for both parts: the supervised Chinchilla fit and θ (its
+  least-squares box LOWER..UPPER, its exponents, its bootstrap intervals)."""
+  sup = checks.law_warnings(
+    'distillation (supervised part)',
+    out['supervised'],
+    exponents=('alpha', 'beta'),
+    floor='E',
+    lowest_loss=lowest_loss,
+  )
+  boot = out.get('bootstrap') or {}
+  theta = checks.law_warnings(
+    'distillation',
+    out['constants'],
+    exponents=('alpha', 'beta'),
+    bounds={n: (lo, hi) for n, lo, hi in zip(NAMES, LOWER, UPPER)},
+    ci95=boot.get('ci95'),
+  )
+  if boot.get('failed'):
+    theta.append(f'distillation fit: bootstrap: {boot["failed_because"]}')
+  return sup + theta
 
 
 def _bootstrap(rows: Rows, chinchilla: ChinchillaFit, theta: np.ndarray, k: int, seed: int) -> dict:
   rng = np.random.default_rng(seed)
   groups = [np.flatnonzero(rows.distilled), np.flatnonzero(~rows.distilled)]
-  samples, failed = [], 0
+  samples, reasons = [], []
   for _ in range(k):
     idx = np.concatenate([rng.choice(g, len(g)) for g in groups])
     try:
       sub = rows.subset(idx)
       samples.append(fit_theta(sub, fit_supervised(sub, chinchilla), starts=2, seed=seed, x0=theta))
-    except ValueError:
-      failed += 1
+    except ValueError as e:
+      reasons.append(str(e))
+  if len(samples) < 2:
+    raise ValueError(f'distillation bootstrap: {checks.failures(reasons, k)}')
   s = np.array(samples)
   return {
     'k': k,
-    'failed': failed,
+    'failed': len(reasons),
+    'failed_because': checks.failures(reasons, k) if reasons else '',
     'se': dict(zip(NAMES, s.std(0, ddof=1).tolist())),
     'ci95': {n: np.percentile(s[:, i], [2.5, 97.5]).tolist() for i, n in enumerate(NAMES)},
     'samples': s.tolist(),
@@ -197,7 +226,9 @@ def held_out(
   rows: Rows, hold: np.ndarray, chinchilla: ChinchillaFit, n_boot: int = 0, seed: int = 0
 ) -> list[dict]:
   """Fit without the distilled rows in `hold`, predict them: validate's row format (rel_error =
-  predicted / observed - 1; lo, hi the 95 % interval of the bootstrap refits when asked)."""
+  predicted / observed - 1; lo, hi when asked: the 95 % interval of the bootstrap refits, each side
+  widened in quadrature by t·s, s the fitted students' RMS log residual over n - 9 degrees of
+  freedom, as scaling/holdout.py does: the bootstrap alone leaves their scatter about the law out)."""
   fitted = fit(rows.subset(~hold), chinchilla, n_boot, seed)
   held = rows.subset(hold & rows.distilled)
   pred = predict(fitted, held.teacher_loss, held.params, held.tokens)
@@ -206,7 +237,15 @@ def held_out(
     draws = np.array([student_loss(np.array(th), held.teacher_loss, held.params, held.tokens,
                                    supervised(fitted['supervised'], held.params, held.tokens))
                       for th in fitted['bootstrap']['samples']])  # fmt: skip
-    lo, hi = np.percentile(draws, 2.5, 0).tolist(), np.percentile(draws, 97.5, 0).tolist()
+    dof = fitted['n_distilled'] - len(NAMES)
+    ts = 0.0
+    if dof >= 1:
+      rms = fitted['log_residual_rms'] * math.sqrt(fitted['n_distilled'] / dof)
+      ts = float(stats.t.ppf(0.975, dof) * rms)
+    lp = np.log(pred)
+    down = np.hypot(np.maximum(lp - np.log(np.percentile(draws, 2.5, 0)), 0.0), ts)
+    up = np.hypot(np.maximum(np.log(np.percentile(draws, 97.5, 0)) - lp, 0.0), ts)
+    lo, hi = (pred * np.exp(-down)).tolist(), (pred * np.exp(up)).tolist()
   return [
     {
       'name': n,

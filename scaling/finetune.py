@@ -33,7 +33,7 @@ from absl import flags
 from scipy import optimize
 
 from configs import finetune as finetune_config
-from scaling import results
+from scaling import checks, results
 
 ROW_FILE = 'row.json'
 COLUMNS = (
@@ -263,9 +263,15 @@ def fit_report(rows: list[dict], holdout_base: str) -> dict:
     )
     pred = lambda r, p=p: float(multiplicative(p, r['base_params'], r['examples']))
     err = lambda rs, pred=pred: [pred(r) / r['task_loss'] - 1 for r in rs]
+    low = min(r['task_loss'] for r in fit)
     out['laws'][m] = {
       'A': float(np.exp(p[0])), 'alpha': float(p[1]), 'beta': float(p[2]), 'E': float(p[3]),
       'fit_mean_abs_rel_error': float(np.mean(np.abs(err(fit)))),
+      'warnings': checks.law_warnings(
+        f'fine-tuning ({m})', {'log_A': p[0], 'alpha': p[1], 'beta': p[2], 'E': p[3]},
+        bounds={'log_A': (-20, 40), 'alpha': (0, 3), 'beta': (0, 3), 'E': (0, low)},
+        exponents=('alpha', 'beta'), floor='E', lowest_loss=low,
+      ),
     }  # fmt: skip
     held = [r for r in mine if r['base'] == holdout_base]
     out['held_out'][m] = [
@@ -406,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(json.dumps(report, indent=1))
     print('task loss (best) / forgetting (pre-training loss change) / name_mc accuracy:')
     print(table(rows))
+    checks.emit([w for law in report['laws'].values() for w in law['warnings']])
     return
   if not f.workdir or not f.bases:
     cli.usage_error('--workdir and --bases are required (or --fit=results.csv)')

@@ -28,7 +28,7 @@ from absl import flags
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 from scipy import optimize  # after OPENBLAS_NUM_THREADS is set (above).
 
-from scaling import cli, distill_law, laws
+from scaling import checks, cli, distill_law, laws
 from scaling import results as results_lib
 
 HUBER_DELTA = 1e-3
@@ -40,7 +40,10 @@ START_GRID = {
   'alpha': np.arange(0, 2.01, 0.5),
   'beta': np.arange(0, 2.01, 0.5),
 }
-MIN_ROWS = {'chinchilla': 5, 'isoflop': 6, 'kaplan': 4, 'envelope': 4, 'compute': 3, 'curve': 7}
+MIN_ROWS = {
+  'chinchilla': 5, 'isoflop': 6, 'kaplan': 4, 'envelope': 4, 'compute': 3, 'curve': 7,
+  'interaction': 7, 'farseer': 11,
+}  # fmt: skip
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
 flags.DEFINE_enum(
@@ -54,7 +57,17 @@ flags.DEFINE_string('results', None, 'results CSV, one run per row', flag_values
 flags.DEFINE_enum(
   'law',
   'chinchilla',
-  ['chinchilla', 'isoflop', 'kaplan', 'envelope', 'compute', 'curve', 'distillation'],
+  [
+    'chinchilla',
+    'isoflop',
+    'kaplan',
+    'envelope',
+    'compute',
+    'curve',
+    'interaction',
+    'farseer',
+    'distillation',
+  ],
   "'envelope' (approach 1) and 'curve' read a loss-curves CSV (a sweep's curves.csv); 'compute' "
   "fits the compute-optimal runs; 'distillation' a distillation CSV (scaling/distill_law.py)",
   flag_values=FLAGS,
@@ -558,6 +571,97 @@ def fit_curve(
   }
 
 
+# --- laws in which size and data interact (scaling/laws.py) -----------------------------------------
+
+INTERACTION_NAMES = ('E', 'A', 'alpha', 'B', 'beta', 'gamma')
+# theta = (log E, log A, alpha, log B, beta, gamma); the box keeps exponents in (0, 3).
+INTERACTION_BOX = ([-10.0, -10.0, 0.0, -10.0, 0.0, -1.0], [3.0, 40.0, 3.0, 40.0, 3.0, 1.0])
+FARSEER_NAMES = ('a1', 'b1', 'g1', 'a2', 'b2', 'g2', 'a3', 'b3', 'g3')
+FARSEER_BOX = ([-20.0, -20.0, -3.0, -20.0, -20.0, -3.0, -20.0, -20.0, -3.0],
+               [20.0, 20.0, 3.0, 20.0, 40.0, 3.0, 20.0, 20.0, 3.0])  # fmt: skip
+
+
+def _robust(resid: Callable, starts: Sequence, box: tuple, law: str) -> np.ndarray:
+  """The best of scipy's bounded least squares with a Huber loss on the log residuals (the
+  summed-Huber objective of approach 3) from each start."""
+  best = None
+  lo, hi = np.asarray(box[0]), np.asarray(box[1])
+  for x0 in starts:
+    with np.errstate(all='ignore'):
+      try:
+        res = optimize.least_squares(
+          resid, np.clip(x0, lo + 1e-9, hi - 1e-9), bounds=box, loss='huber', f_scale=HUBER_DELTA
+        )
+      except ValueError:  # a start where the law is not finite.
+        continue
+    if (
+      np.all(np.isfinite(res.x))
+      and np.isfinite(res.cost)
+      and (best is None or res.cost < best.cost)
+    ):
+      best = res
+  if best is None:
+    raise ValueError(f'{law} fit: no start converged to finite parameters')
+  return best.x
+
+
+def _interaction_law(theta: Sequence[float]) -> laws.Interaction:
+  e, a, alpha, b, beta, gamma = theta
+  return laws.Interaction(np.exp(e), np.exp(a), alpha, np.exp(b), beta, gamma)
+
+
+def fit_interaction(runs: results_lib.Runs, starts: Sequence | None = None) -> dict:
+  """laws.Interaction on the runs, from Chinchilla's optimum with gamma in a small grid (and
+  `starts`: thetas, e.g. a previous optimum)."""
+  log_l = np.log(runs.loss)
+
+  def resid(th):
+    return (
+      np.log(
+        np.maximum(laws.interaction_loss(_interaction_law(th), runs.params, runs.tokens), 1e-30)
+      )
+      - log_l
+    )
+
+  x0 = [np.asarray(t, float) for t in (starts or [])]
+  if not starts:
+    a, b, e, alpha, beta = fit_chinchilla(runs, n_polish=4)['theta']
+    x0 += [np.array([e, a, alpha, b, beta, g]) for g in (0.0, 0.02, 0.05, -0.02)]
+  theta = _robust(resid, x0, INTERACTION_BOX, 'interaction')
+  return {
+    'law': 'interaction',
+    'constants': dict(
+      zip(INTERACTION_NAMES, (float(v) for v in _interaction_law(theta).__dict__.values()))
+    ),
+    'theta': [float(v) for v in theta],
+  }
+
+
+def fit_farseer(runs: results_lib.Runs, starts: Sequence | None = None) -> dict:
+  """laws.Farseer on the runs, from starts built on Chinchilla's optimum (the N term as the size
+  term, the data term with N-flat scale and exponent) and `starts`."""
+  log_l = np.log(runs.loss)
+
+  def resid(th):
+    pred = laws.farseer_loss(laws.Farseer(*th), runs.params, runs.tokens)
+    return np.log(np.where(np.isfinite(pred) & (pred > 0), pred, 1e-30)) - log_l
+
+  x0 = [np.asarray(t, float) for t in (starts or [])]
+  if not starts:
+    c = fit_chinchilla(runs, n_polish=4)['constants']
+    e = max(c['E'], 1e-3)
+    at_ref = c['A'] * laws.N_REF ** -c['alpha']
+    for g2, g1 in ((0.1, 0.1), (-0.1, 0.1), (0.1, -0.1), (0.3, 0.3)):
+      x0.append(np.array([0.0, np.log(max(c['beta'], 1e-3)), g1, 0.0, np.log(c['B']), g2,
+                          np.log1p(at_ref / e), np.log(e), -c['alpha']]))  # fmt: skip
+  theta = _robust(resid, x0, FARSEER_BOX, 'farseer')
+  return {
+    'law': 'farseer',
+    'constants': dict(zip(FARSEER_NAMES, (float(v) for v in theta))),
+    'theta': [float(v) for v in theta],
+  }
+
+
 def bootstrap(
   runs: results_lib.Runs,
   fit_fn: Callable[[results_lib.Runs], dict],
@@ -575,7 +679,7 @@ def bootstrap(
   """
   rng = np.random.default_rng(seed)
   groups = [np.arange(len(runs))] if groups is None else groups
-  samples, failed = {}, 0
+  samples, reasons = {}, []
   if whole is not None:  # resample labels, each bringing its rows.
     groups = [np.flatnonzero(whole == w) for w in np.unique(whole)]
   for _ in range(k):
@@ -585,16 +689,88 @@ def bootstrap(
       idx = np.concatenate([groups[g] for g in rng.choice(len(groups), size=len(groups))])
     try:
       consts = fit_fn(runs.subset(idx))['constants']
-    except ValueError:
-      failed += 1
+    except ValueError as e:
+      reasons.append(str(e))
       continue
     for name, v in consts.items():
       samples.setdefault(name, []).append(float(v))
+  failed = len(reasons)
   if failed > k // 2:
-    raise ValueError(f'bootstrap: {failed} of {k} resamples could not be fitted')
+    raise ValueError(f'bootstrap: {checks.failures(reasons, k)}')
   se = {n: float(np.std(v, ddof=1)) if len(v) > 1 else None for n, v in samples.items()}
   ci = {n: [float(q) for q in np.percentile(v, [2.5, 97.5])] for n, v in samples.items()}
-  return {'k': k, 'seed': seed, 'failed': failed, 'se': se, 'ci95': ci, 'samples': samples}
+  out = {'k': k, 'seed': seed, 'failed': failed, 'se': se, 'ci95': ci, 'samples': samples}
+  if failed:
+    out['failed_because'] = checks.failures(reasons, k)
+  return out
+
+
+# What each law's constants must look like (scaling/checks.py): its exponents, other ranges, its
+# loss floor and the optimizer's box {name: (lo, hi)} in the constants' own units.
+CHECKS = {
+  'chinchilla': {'exponents': ('alpha', 'beta'), 'floor': 'E'},
+  'isoflop': {
+    'ranges': {
+      'a': (0.0, 1.0, 'N_opt ∝ C^a: a model grows with compute, but not faster'),
+      'b': (0.0, 1.0, 'D_opt ∝ C^b: tokens grow with compute, but not faster'),
+    }
+  },
+  'envelope': {'ranges': {'a': (0.0, 1.0, 'N_opt ∝ C^a'), 'b': (0.0, 1.0, 'D_opt ∝ C^b')}},
+  'kaplan': {
+    'exponents': ('alpha_N', 'joint_alpha_N', 'joint_alpha_D'),
+    'bounds': {'joint_alpha_N': (1e-4, 5.0), 'joint_alpha_D': (1e-4, 5.0)},
+  },
+  'compute': {'exponents': ('alpha',), 'floor': 'E', 'bounds': {'alpha': (1e-4, 10.0)}},
+  'interaction': {
+    'exponents': ('alpha', 'beta'),
+    'floor': 'E',
+    'bounds': dict(zip(INTERACTION_NAMES[2:], [(0.0, 3.0), (None, None), (0.0, 3.0), (-1.0, 1.0)])),
+  },
+  'farseer': {'bounds': dict(zip(FARSEER_NAMES, zip(*FARSEER_BOX)))},
+  'curve': {
+    'exponents': ('alpha',),
+    'floor': 'E',
+    'bounds': {'alpha': (1e-4, 10.0), 'beta': (1e-4, 10.0)},
+  },
+}
+
+
+def warnings_of(out: dict, lowest_loss: float) -> list[str]:
+  """scaling/checks.py's warnings for a fit's JSON (its law, constants and bootstrap)."""
+  law = out['law']
+  ci = (out.get('bootstrap') or {}).get('ci95')
+  found = checks.law_warnings(
+    law, out['constants'], lowest_loss=lowest_loss, ci95=ci, **CHECKS.get(law, {})
+  )
+  for b in out.get('budgets', []):  # isoflop: an optimum outside its own budget's sizes.
+    if b.get('extrapolated'):
+      found.append(
+        f'{law} fit: the budget {b.get("flops", 0):.3g} FLOPs has its optimum outside the sizes '
+        'it trained (extrapolated): add sizes around it'
+      )
+  if (out.get('bootstrap') or {}).get('failed'):
+    found.append(f'{law} fit: bootstrap: {out["bootstrap"]["failed_because"]}')
+  return found
+
+
+def _scatter(law: str, c: dict, runs: results_lib.Runs) -> tuple[float, int]:
+  """(RMS log residual of the fitted rows over their degrees of freedom, the degrees of freedom)
+  of an L(N, D) law: scaling.predict widens a bootstrap interval by it (scaling/holdout.py)."""
+  if law == 'chinchilla':
+    f = laws.Chinchilla(E=c['E'], A=c['A'], B=c['B'], alpha=c['alpha'], beta=c['beta'])
+    pred, k = laws.chinchilla_loss(f, runs.params, runs.tokens), 5
+  elif law == 'interaction':
+    pred, k = laws.interaction_loss(laws.Interaction(**c), runs.params, runs.tokens), 6
+  elif law == 'farseer':
+    pred, k = laws.farseer_loss(laws.Farseer(**c), runs.params, runs.tokens), 9
+  else:
+    j = laws.KaplanJoint(
+      alpha_N=c['joint_alpha_N'], alpha_D=c['joint_alpha_D'], N_c=c['joint_N_c'], D_c=c['joint_D_c']
+    )
+    pred, k = laws.kaplan_loss_joint(j, runs.params, runs.tokens), 4
+  dof = len(runs) - k
+  rss = float(np.sum(np.log(pred / runs.loss) ** 2))
+  return (float(np.sqrt(rss / dof)) if dof > 0 else None), dof
 
 
 def fit(
@@ -631,6 +807,12 @@ def fit(
     runs = runs.subset(compute_optimal(runs))
     out = fit_compute(runs, pin_E)
     boot_fn, groups = (lambda r: fit_compute(r, pin_E, out['theta'], 0)), None
+  elif law == 'interaction':
+    out = fit_interaction(runs)
+    boot_fn, groups = (lambda r: fit_interaction(r, [out['theta']])), None
+  elif law == 'farseer':
+    out = fit_farseer(runs)
+    boot_fn, groups = (lambda r: fit_farseer(r, [out['theta']])), None
   elif law == 'curve':
     out = fit_curve(runs)
     boot_fn, groups = (lambda r: fit_curve(r, out['theta'], 0)), None
@@ -640,6 +822,10 @@ def fit(
   out['n_runs'] = len(runs)
   if n_boot:
     out['bootstrap'] = bootstrap(runs, boot_fn, n_boot, seed, groups, whole)
+  out['fitted_range'] = checks.fitted_range(runs.params, runs.tokens, runs.flops)
+  if law in ('chinchilla', 'kaplan', 'interaction', 'farseer'):  # scaling.predict's intervals.
+    out['log_residual_rms'], out['dof'] = _scatter(law, out['constants'], runs)
+  out['warnings'] = warnings_of(out, float(np.min(runs.loss)))
   return out
 
 
@@ -691,6 +877,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with open(FLAGS.out, 'w') as f:
       f.write(text + '\n')
   print(text)
+  checks.emit(out['warnings'])
 
 
 def _main_distillation() -> None:
@@ -707,6 +894,7 @@ def _main_distillation() -> None:
     with open(FLAGS.out, 'w') as f:
       f.write(text + '\n')
   print(text)
+  checks.emit(out['warnings'])
 
 
 if __name__ == '__main__':

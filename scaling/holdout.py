@@ -1,7 +1,8 @@
 """Hold-out predictions of one law: fitted on some members, it predicts the final loss of the others,
 with intervals that include the law's lack of fit (scaling.validate and scaling.rollout use it).
 
-Laws: 'chinchilla' (approach 3, L(N, D)), 'kaplan' (L(N, D)), 'compute' (L(C) fitted on the
+Laws: 'chinchilla' (approach 3, L(N, D)), 'kaplan' (L(N, D)), 'interaction' and 'farseer' (L(N, D)
+with a size-dependent data exponent, scaling/laws.py), 'compute' (L(C) fitted on the
 compute-optimal runs and checked on the compute-optimal held-out ones), 'curve' (scaling.laws.Curve
 fitted on every evaluation of the fitted members; its points are a results.Curves and a member's
 final evaluation is what it predicts).
@@ -27,9 +28,11 @@ from scaling import fit as fit_lib
 from scaling import laws
 from scaling import results as results_lib
 
-LAWS = ('chinchilla', 'kaplan', 'compute', 'curve')
+LAWS = ('chinchilla', 'kaplan', 'compute', 'curve', 'interaction', 'farseer')
 INTERVALS = ('prediction', 'bootstrap')
-MEMBER_CONSTANTS = {'chinchilla': 5, 'kaplan': 4, 'compute': 3, 'curve': 3}  # k above.
+MEMBER_CONSTANTS = {  # k above.
+  'chinchilla': 5, 'kaplan': 4, 'compute': 3, 'curve': 3, 'interaction': 6, 'farseer': 9,
+}  # fmt: skip
 Points = results_lib.Runs  # or results_lib.Curves (law 'curve').
 Predict = Callable[[Points], np.ndarray]
 
@@ -74,6 +77,14 @@ def fit_law(
     out = fit_lib.fit_compute(pts, pin_E, starts, n_best)
     cl = laws.Compute(**out['constants'])
     return (lambda r: laws.compute_loss(cl, r.flops)), out['theta']
+  if law == 'interaction':
+    out = fit_lib.fit_interaction(pts, [starts] if quick and starts is not None else None)
+    f = laws.Interaction(**out['constants'])
+    return (lambda r: laws.interaction_loss(f, r.params, r.tokens)), out['theta']
+  if law == 'farseer':
+    out = fit_lib.fit_farseer(pts, [starts] if quick and starts is not None else None)
+    fs = laws.Farseer(**out['constants'])
+    return (lambda r: laws.farseer_loss(fs, r.params, r.tokens)), out['theta']
   if law == 'curve':
     out = fit_lib.fit_curve(pts, starts, n_best)
     cv = laws.Curve(**out['constants'])

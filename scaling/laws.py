@@ -212,3 +212,57 @@ def lr_areas(
     total += m
     s2[i] = total
   return np.cumsum(eta), s2
+
+
+# --- laws in which size and data interact ----------------------------------------------------------
+
+N_REF = 1e6  # the interaction laws measure N in units of N_REF (their constants stay O(1)).
+
+
+@dataclasses.dataclass(frozen=True)
+class Interaction:
+  """L(N, D) = E + A / N^alpha + B / D^(beta + gamma·ln(N / N_REF)): Chinchilla whose data exponent
+  grows with size (gamma > 0: size pays off more the longer a model trains, the ln N · ln D term
+  a log-quadratic regression finds), one constant more than Chinchilla."""
+
+  E: float
+  A: float
+  alpha: float
+  B: float
+  beta: float
+  gamma: float
+
+
+def interaction_loss(law: Interaction, n: npt.ArrayLike, d: npt.ArrayLike) -> np.ndarray:
+  n, d = np.asarray(n, float), np.asarray(d, float)
+  exponent = law.beta + law.gamma * np.log(n / N_REF)
+  return law.E + law.A / n**law.alpha + law.B * np.exp(-exponent * np.log(d))
+
+
+@dataclasses.dataclass(frozen=True)
+class Farseer:
+  """L(N, D) = exp(a3·n^g3 + b3) + exp(a2·n^g2 + b2) · D^-exp(a1·n^g1 + b1), n = N / N_REF.
+
+  Li et al. 2025, "Farseer: A Refined Scaling Law in Large Language Models" (arXiv 2506.10972): the
+  size term, the data term's scale and its exponent are each a stretched exponential of N, so the
+  data exponent depends on N. N is in units of N_REF here (the same family of functions: a·N^g =
+  a·N_REF^g·n^g). The form is as recalled; the paper could not be consulted from this machine.
+  """
+
+  a1: float
+  b1: float
+  g1: float
+  a2: float
+  b2: float
+  g2: float
+  a3: float
+  b3: float
+  g3: float
+
+
+def farseer_loss(law: Farseer, n: npt.ArrayLike, d: npt.ArrayLike) -> np.ndarray:
+  x, d = np.log(np.asarray(n, float) / N_REF), np.asarray(d, float)
+  size = np.exp(law.a3 * np.exp(law.g3 * x) + law.b3)
+  scale = np.exp(law.a2 * np.exp(law.g2 * x) + law.b2)
+  exponent = np.exp(law.a1 * np.exp(law.g1 * x) + law.b1)
+  return size + scale * np.exp(-exponent * np.log(d))

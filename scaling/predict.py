@@ -22,8 +22,9 @@ from collections.abc import Sequence
 
 import numpy as np
 from absl import flags
+from scipy import stats
 
-from scaling import cli, distill_law, laws
+from scaling import checks, cli, distill_law, laws
 
 Arr = np.ndarray | Sequence[float]  # values given on the command line
 
@@ -173,6 +174,21 @@ def predict(
       if given.get(q) is None and vals.size:
         out['ci95'][q] = [float(v) for v in np.percentile(vals, [2.5, 97.5])]
     out['n_bootstrap'] = k
+    if out['ci95'].get('loss') and fit.get('log_residual_rms'):
+      # The members' own scatter about the law, in quadrature (scaling/holdout.py's interval).
+      ts = stats.t.ppf(0.975, fit['dof']) * fit['log_residual_rms']
+      lo, hi = out['ci95']['loss']
+      lp = np.log(out['loss'])
+      out['ci95']['loss'] = [
+        float(out['loss'] * np.exp(-np.hypot(max(lp - np.log(lo), 0.0), ts))),
+        float(out['loss'] * np.exp(np.hypot(max(np.log(hi) - lp, 0.0), ts))),
+      ]
+      out['ci95_includes'] = "bootstrap and the fitted rows' scatter (t·s)"
+  out['warnings'] = [f'the fit flagged: {w}' for w in fit.get('warnings', [])]
+  if fit.get('fitted_range'):
+    out['warnings'] += checks.beyond(
+      fit['fitted_range'], params=out['params'], tokens=out['tokens'], flops=out['compute']
+    )
   return out
 
 
@@ -192,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with open(FLAGS.out, 'w') as f:
       f.write(text + '\n')
   print(text)
+  checks.emit(out.get('warnings', []))
 
 
 def teacher_loss(workdir: str) -> float:

@@ -81,9 +81,14 @@ def select_lr(
   lr: str | float = 'best',
   lr_col: str = 'lr',
   seed_col: str = 'seed',
+  fit_below: float | None = None,
+  flops_col: str = 'flops',
 ) -> tuple[list[dict], str]:
-  """Collapses an lr / seed sweep to one row per (N, D): the mean loss over seeds of each lr, then
-  the best lr (lr='best') or the declared (transferred) lr. Returns (rows, description)."""
+  """Collapses an lr / seed sweep to one row per (N, D): the best lr (lr='best') or the declared
+  (transferred) lr, its loss the mean over its seeds. 'best' compares like with like: each lr's
+  mean over the seeds every lr of that (N, D) has. With fit_below, only the (N, D) at or below
+  that many FLOPs choose their own lr; those above (held out) take the lr the fitted ones chose
+  most often, so no held-out loss picks its own lr. Returns (rows, description)."""
   groups = {}
   for r in rows:
     groups.setdefault(tuple((r.get(c) or '').strip() for c in key_cols), []).append(r)
@@ -91,30 +96,60 @@ def select_lr(
   seeds = {(r.get(seed_col) or '').strip() for r in rows}
   if all(len(g) == 1 for g in groups.values()):
     return rows, 'one run per (N, D)'
-  out = []
+  by_group = {}
   for key, group in groups.items():
     by_lr = {}
     for r in group:
       try:
-        by_lr.setdefault(float(r[lr_col]), []).append(float(r[loss_col]))
+        by_lr.setdefault(float(r[lr_col]), {})[(r.get(seed_col) or '').strip()] = float(r[loss_col])
       except (KeyError, TypeError, ValueError):
         raise ValueError(
           f'{path}: several runs share {dict(zip(key_cols, key))} but a row has no '
           f'numeric {lr_col!r} to tell them apart'
         ) from None
-    if lr == 'best':
-      chosen = min(by_lr, key=lambda x: float(np.mean(by_lr[x])))
-    else:
+    by_group[key] = by_lr
+
+  def held(group: list) -> bool:
+    return fit_below is not None and float(group[0].get(flops_col) or 0) > fit_below
+
+  chosen = {}
+  for key, by_lr in by_group.items():
+    if lr != 'best':
       match = [x for x in by_lr if math.isclose(x, float(lr), rel_tol=1e-6)]
       if not match:
         raise ValueError(
           f'{path}: no run with {lr_col}={lr} for {dict(zip(key_cols, key))} (have {sorted(by_lr)})'
         )
-      chosen = match[0]
-    row = dict(next(r for r in group if float(r[lr_col]) == chosen))
-    row[loss_col] = repr(float(np.mean(by_lr[chosen])))
+      chosen[key] = match[0]
+    elif not held(groups[key]):
+      common = set.intersection(*(set(v) for v in by_lr.values()))
+      use = common or None  # no seed at every lr: each lr's own seeds (said in the description).
+      chosen[key] = min(
+        by_lr,
+        key=lambda x: float(np.mean([v for s, v in by_lr[x].items() if use is None or s in use])),
+      )
+  how = f'best of {len(lrs)} lrs per (N, D) on the seeds every lr has'
+  if lr != 'best':
+    how = f'declared lr {float(lr):g}'
+  elif fit_below is not None:
+    votes = [x for key, x in chosen.items()]
+    if not votes:
+      raise ValueError(f'{path}: no (N, D) at or below --fit_below={fit_below:g} to choose the lr')
+    rule = max(sorted(set(votes)), key=votes.count)
+    for key in by_group:
+      if key not in chosen:
+        if rule not in by_group[key]:
+          raise ValueError(
+            f"{path}: the held-out {dict(zip(key_cols, key))} has no run at the fit set's lr "
+            f'{rule:g} (have {sorted(by_group[key])})'
+          )
+        chosen[key] = rule
+    how += f' at or below {fit_below:g} FLOPs; above it the lr they chose most often ({rule:g})'
+  out = []
+  for key, group in groups.items():
+    row = dict(next(r for r in group if float(r[lr_col]) == chosen[key]))
+    row[loss_col] = repr(float(np.mean(list(by_group[key][chosen[key]].values()))))
     out.append(row)
-  how = f'best of {len(lrs)} lrs per (N, D)' if lr == 'best' else f'declared lr {float(lr):g}'
   return out, f'{how}; loss = mean over {len(seeds)} seed(s)'
 
 
@@ -158,6 +193,7 @@ def read_results(
   name_col: str = 'name',
   min_rows: int = 3,
   lr: str | float | None = 'best',
+  fit_below: float | None = None,
 ) -> Runs:
   """Reads runs from a CSV; tokens from tokens_col, else D = C / (6N) from flops_col.
 
@@ -184,7 +220,9 @@ def read_results(
   selection = 'every row'
   if lr is not None:
     key_cols = [c for c in (params_col, tokens_col, flops_col) if c and c in header]
-    rows, selection = select_lr(rows, path, key_cols, loss_col, lr)
+    rows, selection = select_lr(
+      rows, path, key_cols, loss_col, lr, fit_below=fit_below, flops_col=flops_col
+    )
   if len(rows) < min_rows:
     raise ValueError(f'{path}: {len(rows)} rows, need at least {min_rows}')
 

@@ -304,8 +304,12 @@ def _points(law: str, header: Sequence[str], drop: set) -> holdout.Points:
       FLAGS.curves, col, FLAGS.flops_col, lr=FLAGS.lr, areas=FLAGS.curve_areas
     )
   else:
-    pts = results_lib.read_results(
-      FLAGS.results, params_col=col, flops_col=FLAGS.flops_col, lr=FLAGS.lr
+    pts = results_lib.read_results(  # held-out members take the fit set's lr (no leak).
+      FLAGS.results,
+      params_col=col,
+      flops_col=FLAGS.flops_col,
+      lr=FLAGS.lr,
+      fit_below=FLAGS.fit_below,
     )
   keep = [i for i, n in enumerate(pts.names) if n not in drop]
   return pts if len(keep) == len(pts) else pts.subset(keep)

@@ -459,9 +459,26 @@ def test_lr_and_seed_axes_collapse_to_best_lr_mean_over_seeds(tmp_path, capsys):
   with pytest.raises(ValueError, match='no run with lr=0.5'):
     results.read_results(path, lr=0.5)
   fit.main(['--results', str(path), '--law', 'chinchilla'])
-  assert (
-    '"selection": "best of 3 lrs per (N, D); loss = mean over 2 seed(s)"' in capsys.readouterr().out
-  )
+  want = '"selection": "best of 3 lrs per (N, D) on the seeds every lr has; loss = mean over 2 seed'
+  assert want in capsys.readouterr().out
+  # Like with like: a lucky third seed at lr 4e-3 alone does not make it look best ...
+  lucky = ('lucky', 1e5, 1e7, 6e12, true[(1e5, 1e7)] - 0.5, 4e-3, 2)
+  # ... and a held-out (N, D) (above fit_below) takes the fit set's lr, not its own best.
+  held = [r for r in rows if r[1] == 1e6 and r[2] == 1e8]
+  rows = [r for r in rows if r not in held]
+  rows += [(*r[:4], r[4] - 0.5 * (r[5] == 4e-3), *r[5:]) for r in held] + [lucky]
+  with open(path, 'w') as f:
+    f.write('name,params,tokens,flops,loss,lr,seed\n')
+    for r in rows:
+      f.write(','.join(repr(x) if isinstance(x, float) else str(x) for x in r) + '\n')
+  leaky = results.read_results(path)
+  assert leaky.loss[(leaky.params == 1e6) & (leaky.tokens == 1e8)][0] < true[(1e6, 1e8)] - 0.3
+  clean = results.read_results(path, fit_below=1e14)
+  i = int(np.flatnonzero((clean.params == 1e6) & (clean.tokens == 1e8))[0])
+  assert clean.loss[i] == pytest.approx(true[(1e6, 1e8)])  # lr 2e-3, the fit set's choice.
+  j = int(np.flatnonzero((clean.params == 1e5) & (clean.tokens == 1e7))[0])
+  assert clean.loss[j] == pytest.approx(true[(1e5, 1e7)])  # not the lucky seed's lr.
+  assert 'above it the lr they chose most often (0.002)' in clean.selection
 
 
 # --- hold-out validation ---------------------------------------------------------------------------

@@ -92,10 +92,61 @@ def references(config: schema.Config | schema.Section, orders: Sequence[int]) ->
   return out
 
 
+def eval_set_spread(config: schema.Config | schema.Section, order: int, draws: int) -> dict:
+  """How much an eval set of n rows (config.train's eval_batches x eval batch) moves a fixed
+  model's loss: the `order`-gram's nats/token on `draws` spread sets (row j of n is row
+  floor((j + u) n_rows / n), u = i / draws) and on `draws` contiguous sets (n rows from an offset
+  spaced over the split, what 'first' measures at offset 0); each set's mean over its rows."""
+  tokenizer = tokenizers.make_tokenizer(config.data.tokenizer)
+  source = sources.parse_sources(config.data)[0]
+  train = pipeline.open_prepared(config.data, source, source.train_split, tokenizer)
+  evals = pipeline.open_prepared(config.data, source, source.eval_split, tokenizer)
+  vocab, row = config.model.vocab_size, config.data.seq_len + 1
+  ids = tokens_of(evals)
+  k = order - 1
+  table = probabilities(tokens_of(train), vocab, order)
+  nll = np.zeros(len(ids))
+  nll[k:] = -np.log(table[_contexts(ids, k, vocab) if k else 0, ids[k:]])
+  n_rows = len(ids) // row
+  per_row = nll[: n_rows * row].reshape(n_rows, row)[:, 1:].mean(1)  # row r's targets 1..L.
+  n = config.train.eval_batches * (config.train.eval_batch_size or config.train.global_batch_size)
+  j = np.arange(n)
+  spread = [per_row[((j + i / draws) * n_rows / n).astype(np.int64)].mean() for i in range(draws)]
+  starts = np.linspace(0, n_rows - n, draws).astype(np.int64)
+  first = [per_row[s : s + n].mean() for s in starts]
+  return {
+    'order': order,
+    'rows': n,
+    'split_rows': n_rows,
+    'whole_split': float(per_row.mean()),
+    **{
+      f'{name}_{stat}': float(f(v))
+      for name, v in (('spread', spread), ('contiguous', first))
+      for stat, f in (('mean', np.mean), ('sd', np.std), ('min', np.min), ('max', np.max))
+    },
+    'spread_default': float(spread[0]),
+    'first_default': float(first[0]),
+  }
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
   f = flags.FLAGS
   with cli.one_line_errors():
+    if f.eval_sets:
+      r = eval_set_spread(f.config, int(f.orders[-1]), f.eval_sets)
+      print(
+        f"{r['order']}-gram nats/token on eval sets of {r['rows']} of the split's "
+        f'{r["split_rows"]} rows (whole split {r["whole_split"]:.4f}); {f.eval_sets} sets each:'
+      )
+      for name in ('spread', 'contiguous'):
+        mean, sd = r[f'{name}_mean'], r[f'{name}_sd']
+        print(
+          f'  {name:<10} mean {mean:.4f}  sd {sd:.4f} ({100 * sd / mean:.2f} %)  '
+          f'range {r[f"{name}_min"]:.4f}-{r[f"{name}_max"]:.4f}'
+        )
+      print(f'  the default sets: spread {r["spread_default"]:.4f}, first {r["first_default"]:.4f}')
+      return
     orders = [int(o) for o in f.orders]
     for r in references(f.config, orders):
       print(
@@ -107,5 +158,8 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == '__main__':  # flags defined here: importing the module defines none.
   config_flags.DEFINE_config_file('config', None, 'Training config file (path[:arg]).')
   flags.DEFINE_list('orders', ['1', '2', '3'], 'n-gram orders to report.')
+  flags.DEFINE_integer(
+    'eval_sets', 0, '> 0: the eval-set spread (this many spread and contiguous sets; last order)'
+  )
   flags.mark_flag_as_required('config')
   cli.run(main)
