@@ -72,6 +72,8 @@ def plot_loss_vs_compute(runs: results_lib.Runs, fit: dict, path: str) -> None:
   cs = np.logspace(np.log10(runs.flops.min()) - 0.5, np.log10(runs.flops.max()) + 1, 100)
   frontier = [predict.predict_point(fit, compute=c)['loss'] for c in cs]
   ax.plot(cs, frontier, 'k--', label=f'{fit["law"]} compute-optimal frontier')
+  top = (fit.get('fitted_range') or {}).get('flops', [None, runs.flops.max()])[1]
+  ax.axvspan(top, cs[-1], color='0.92', zorder=0, label='extrapolated (beyond the fitted runs)')
   ax.set(xscale='log', xlabel='training FLOPs (6ND)', ylabel='loss', title='Loss vs compute')
   ax.legend()
   fig.tight_layout()

@@ -174,6 +174,11 @@ def plot(report: dict, fit_runs: dict, path: str) -> None:
       ax.errorbar(obs, pred, yerr=err, fmt='o', color='C3', ms=4, label='held out (95% CI)')
     else:
       ax.scatter(obs, pred, color='C3', s=16, label='held out')
+    largest = max(r.get('fit_flops', 0) for r in rows) or None
+    for o, p, r in zip(obs, pred, rows):  # how far each held-out point extrapolates.
+      if largest:
+        ax.annotate(f'{r["flops"] / largest:.3g}x', (o, p), fontsize=6, xytext=(3, -8),
+                    textcoords='offset points', color='C3')  # fmt: skip
     span = [min(obs.min(), pred.min(), f_obs.min()), max(obs.max(), pred.max(), f_obs.max())]
     ax.plot(span, span, 'k--', lw=0.8)
     # Axes fit the points; an interval reaching far beyond them (a degenerate refit) is cut.
@@ -322,6 +327,8 @@ def _law(law: str, pts: holdout.Points, opts: holdout.Options) -> tuple:
   in_fit = flops <= FLAGS.fit_below
   result = holdout.held_out(law, pts, in_fit, opts)
   rows, largest = result.rows, flops[in_fit].max()
+  for r in rows:
+    r['fit_flops'] = float(largest)  # the largest fitted compute: the plot marks r's ratio to it.
   inside = [r['lo'] <= r['observed'] <= r['hi'] for r in rows if r['lo'] is not None]
   line = (
     f'{law}: fitted on runs up to {largest:.3g} FLOPs; {len(rows)} held-out runs up to '
