@@ -160,8 +160,9 @@ def validate(
   return result.rows, result.fitted
 
 
-def plot(report: dict, fit_runs: dict, path: str) -> None:
-  """Predicted vs observed loss per law: fitted runs, held-out runs with their intervals."""
+def plot(report: dict, fit_runs: dict, path: str, fit_flops: dict | None = None) -> None:
+  """Predicted vs observed loss per law: fitted runs, held-out runs with their intervals (and,
+  given each law's largest fitted FLOPs, each held-out run's ratio to it)."""
   plt = _pyplot()
   fig, axes = plt.subplots(1, len(report), figsize=(4.6 * len(report), 4.2))
   for ax, (law, rows) in zip(np.atleast_1d(axes), report.items()):
@@ -174,7 +175,7 @@ def plot(report: dict, fit_runs: dict, path: str) -> None:
       ax.errorbar(obs, pred, yerr=err, fmt='o', color='C3', ms=4, label='held out (95% CI)')
     else:
       ax.scatter(obs, pred, color='C3', s=16, label='held out')
-    largest = max(r.get('fit_flops', 0) for r in rows) or None
+    largest = (fit_flops or {}).get(law)
     for o, p, r in zip(obs, pred, rows):  # how far each held-out point extrapolates.
       if largest:
         ax.annotate(f'{r["flops"] / largest:.3g}x', (o, p), fontsize=6, xytext=(3, -8),
@@ -321,14 +322,12 @@ def _points(law: str, header: Sequence[str], drop: set) -> holdout.Points:
 
 
 def _law(law: str, pts: holdout.Points, opts: holdout.Options) -> tuple:
-  """(hold-out result, summary line, rollout or None) of one law."""
+  """(hold-out result, summary line, rollout or None, largest fitted FLOPs) of one law."""
   split(pts, FLAGS.fit_below, MIN_MEMBERS[law])
   flops = holdout.member_flops(pts)
   in_fit = flops <= FLAGS.fit_below
   result = holdout.held_out(law, pts, in_fit, opts)
   rows, largest = result.rows, flops[in_fit].max()
-  for r in rows:
-    r['fit_flops'] = float(largest)  # the largest fitted compute: the plot marks r's ratio to it.
   inside = [r['lo'] <= r['observed'] <= r['hi'] for r in rows if r['lo'] is not None]
   line = (
     f'{law}: fitted on runs up to {largest:.3g} FLOPs; {len(rows)} held-out runs up to '
@@ -346,7 +345,8 @@ def _law(law: str, pts: holdout.Points, opts: holdout.Options) -> tuple:
       f'\n  {r["name"]:<28} {r["flops"]:9.3g} observed {r["observed"]:.4f} predicted '
       f'{r["predicted"]:.4f} ({r["rel_error"]:+.2%}){ci}'
     )
-  return result, line, rollout_lib.rollout(law, pts, opts) if FLAGS.rollout else None
+  roll = rollout_lib.rollout(law, pts, opts) if FLAGS.rollout else None
+  return result, line, roll, float(largest)
 
 
 def _diagnostics(suspect: list, floor: dict | None) -> str:
@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _distillation()
     return
   opts = holdout.Options(FLAGS.bootstrap, FLAGS.seed, FLAGS.pin_E, FLAGS.interval)
-  report, fitted, rolls, lines = {}, {}, {}, []
+  report, fitted, rolls, biggest, lines = {}, {}, {}, {}, []
   try:
     header = results_lib.read_rows(FLAGS.results)[0]
     suspect = diagnostics.suspects(FLAGS.results, FLAGS.min_steps, FLAGS.min_cooldown)
@@ -387,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     drop = {s['name'] for s in suspect} if FLAGS.drop_suspect else set()
     for law in laws_asked:
       pts = _points(law, header, drop)
-      result, line, rolls[law] = _law(law, pts, opts)
+      result, line, rolls[law], biggest[law] = _law(law, pts, opts)
       report[law], fitted[law] = result.rows, result.fitted
       lines.append(line)
       if law == 'curve' and FLAGS.curves_png:
@@ -404,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with open(FLAGS.rollout_out, 'w') as f:
       f.write(json.dumps(out, indent=1) + '\n')
   if FLAGS.out:
-    plot(report, fitted, FLAGS.out)
+    plot(report, fitted, FLAGS.out, biggest)
   if FLAGS.rollout_png:
     plot_rollout(rolls, FLAGS.rollout_png)
   print(json.dumps(report), flush=True)
