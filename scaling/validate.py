@@ -90,6 +90,12 @@ flags.DEFINE_bool(
 flags.DEFINE_string(
   'rollout_out', '', 'write the rollout (and diagnostics) as JSON here', flag_values=FLAGS
 )
+flags.DEFINE_list(
+  'rollout_score_ks',
+  [],
+  'score each law by its mean |error| over the rollout fits on these k (default: every k)',
+  flag_values=FLAGS,
+)
 flags.DEFINE_integer(
   'min_steps', diagnostics.MIN_STEPS, 'suspect below this many steps', flag_values=FLAGS
 )
@@ -284,8 +290,8 @@ def _check_flags() -> list:
     if FLAGS.distill_holdout == 'flops' and FLAGS.fit_below is None:
       cli.usage_error('--distill_holdout=flops needs --fit_below')
     return laws_asked
-  if FLAGS.fit_below is None:
-    cli.usage_error('--fit_below is required')
+  if FLAGS.fit_below is None and not FLAGS.rollout:
+    cli.usage_error("--fit_below is required (or --rollout alone: the fit set's own rollout)")
   if not laws_asked or any(x not in LAWS for x in laws_asked):
     cli.usage_error(f'--laws={",".join(FLAGS.laws)}: expected one or more of {",".join(LAWS)}')
   if 'curve' in laws_asked and not FLAGS.curves:
@@ -387,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     drop = {s['name'] for s in suspect} if FLAGS.drop_suspect else set()
     for law in laws_asked:
       pts = _points(law, header, drop)
+      if FLAGS.fit_below is None:  # --rollout alone: no held-out split, the fit set's rollout.
+        rolls[law] = rollout_lib.rollout(law, pts, opts)
+        continue
       result, line, rolls[law], biggest[law] = _law(law, pts, opts)
       report[law], fitted[law] = result.rows, result.fitted
       lines.append(line)
@@ -399,11 +408,16 @@ def main(argv: Sequence[str] | None = None) -> None:
   print('\n'.join(lines))
   if FLAGS.rollout:
     print('\n'.join(rollout_lib.table(law, rolls[law]) for law in laws_asked))
+    ks = {int(k) for k in FLAGS.rollout_score_ks}
+    for law in laws_asked:
+      errs = [abs(r['rel_error']) for r in rolls[law]['rows'] if not ks or r['k'] in ks]
+      score = f'{np.mean(errs):.3%} over {len(errs)} predictions' if errs else 'no prediction'
+      print(f'rollout score {law}: mean |error| {score} (k in {sorted(ks) or "all"})')
   if FLAGS.rollout_out:
     out = {'laws': rolls, 'suspect': suspect, 'noise_floor': floor, 'interval': FLAGS.interval}
     with open(FLAGS.rollout_out, 'w') as f:
       f.write(json.dumps(out, indent=1) + '\n')
-  if FLAGS.out:
+  if FLAGS.out and report:
     plot(report, fitted, FLAGS.out, biggest)
   if FLAGS.rollout_png:
     plot_rollout(rolls, FLAGS.rollout_png)

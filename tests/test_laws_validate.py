@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import types
 
 import ml_collections
@@ -297,6 +298,12 @@ def test_validate_cli_new_laws_rollout_and_diagnostics(tmp_path, capsys):
   assert all(ks.count(k) == 8 - k for k in set(ks)) and 7 in ks
   assert roll['noise_floor']['pooled_std'] > 0
   assert all(r['covered'] in (True, False) for r in roll['laws']['compute']['rows'])
+  # --rollout alone (no --fit_below): the fit set's own rollout and a score per law, to choose one.
+  validate.main([f'--results={tmp_path / "results.csv"}', '--laws=kaplan,interaction', '--rollout',
+                 '--rollout_score_ks=3,4'])  # fmt: skip
+  out = capsys.readouterr().out
+  assert re.search(r'rollout score kaplan: mean \|error\| [0-9.]+% over \d+ predictions', out)
+  assert 'rollout score interaction: mean |error|' in out
 
 
 def test_validate_cli_errors_and_old_curves(tmp_path, capsys):
