@@ -59,6 +59,7 @@ LONGEST_FILES = (
   'test_hf.py',
   'test_distill_law.py',
   'test_laws_validate.py',
+  'test_fit_checks.py',
   'test_loss.py',
   'test_attention.py',
   'test_quantize.py',

@@ -106,6 +106,7 @@ def test_predict_warns_beyond_the_fitted_range_and_carries_the_fits_warnings(tmp
   assert lo < p['loss'] < hi and 'scatter' in p['ci95_includes']
 
 
+@pytest.mark.slow  # 32 starts of the 9-constant law per refit: ~15 s.
 def test_distillation_intervals_include_the_residual_scatter():
   """Held-out students' intervals are the bootstrap's widened by t·s (never narrower)."""
   rng = np.random.default_rng(0)
