@@ -7,7 +7,7 @@ loss tracked for forgetting, the best checkpoint by the task's validation loss k
   python main.py --config=configs/finetune.py --workdir=workdirs/ft_full    # full fine-tuning
   python main.py --config=configs/finetune.py:lora=4 --workdir=workdirs/ft_lora4
   python main.py --config=configs/finetune.py:scratch --workdir=workdirs/ft_scratch
-  python -m train.export --workdir=workdirs/ft_lora4/best --out=/tmp/peft --format=adapter
+  python -m train.export --workdir=workdirs/ft_lora4/best --out=/tmp/peft --what=adapter
 
 Variants, comma-separated: `lora=<rank>` (adapters on every LORA_TARGETS kernel, the base frozen),
 `scratch` (random init of the same shape: the baseline), `base=<workdir>` (default
