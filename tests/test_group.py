@@ -228,3 +228,29 @@ def test_a_group_that_cannot_fit_is_refused_before_anything(tiny_config, tmp_pat
   with pytest.raises(ValueError, match='does not fit'):
     group.run([configs[0]] * 10**6, [str(tmp_path / 'm')] * 10**6, str(tmp_path / 'g'))
   assert not os.path.exists(tmp_path / 'g')
+
+
+@pytest.mark.slow  # a group's compile and 4 steps (~15 s); the wording is the loop's, tested there.
+def test_a_full_disk_stops_a_group_in_one_line_keeping_its_checkpoint(
+  tiny_config, tmp_path, monkeypatch
+):
+  """The group's checkpoint at step 4 hits a full disk: one ENOSPC error naming the group
+  directory and the step-2 checkpoint it keeps (the loop's wording, train/loop.py committed)."""
+  import errno
+
+  import orbax.checkpoint as ocp
+
+  real = ocp.CheckpointManager.save
+
+  def save(self, step, *args, **kwargs):
+    if step > 2:
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return real(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', save)
+  configs = [tiny_config(), tiny_config({'seed': 1})]
+  dirs, g = [str(tmp_path / f'm{i}') for i in range(2)], str(tmp_path / 'g')
+  with pytest.raises(OSError, match=rf'disk full writing {g}; its last committed checkpoint '
+                     r'\(step 2\) is kept: free space'):  # fmt: skip
+    group.run(configs, dirs, g)
+  assert sorted(os.listdir(os.path.join(g, 'checkpoints'))) == ['2']

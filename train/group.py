@@ -37,6 +37,7 @@ from train import (
   context,
   divergence,
   hooks,
+  loop,
   memory,
   metrics,
   preemption,
@@ -301,7 +302,11 @@ def _train(g: Group, group_dir: str, stop_after: int | None, stop: preemption.St
   meta = _meta(g)
   mngr = checkpoint.manager(group_dir, t)
   task = context.lm_task(r0)
-  with jax.set_mesh(r0.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+  with (
+    loop.committed(mngr, group_dir),  # a full disk: one line naming the kept checkpoint.
+    jax.set_mesh(r0.mesh),
+    nn.logical_axis_rules(sharding.LOGICAL_RULES),
+  ):
     gs, latest = (None, None)
     if mngr.all_steps():
       gs, latest = checkpoint.restore_latest_good(mngr, abstract(g), meta, group_dir)

@@ -6,6 +6,7 @@ evaluators, logging, checkpoints) are plug-ins (train/hooks.py, train/evaluators
 differs between trainers lives in a `Task`; extra evaluators (e.g. lm-eval) come from the caller.
 """
 
+import contextlib
 import errno
 import json
 import logging
@@ -108,12 +109,20 @@ def _guarded(
   stop: preemption.StopRequest,
   evaluators: Sequence[Evaluator],
 ) -> dict:
-  """`_train` with its checkpoint manager: every exit waits for a pending save, so it commits
-  (or fails) whole; a full disk becomes one ENOSPC error naming the kept checkpoint."""
+  """`_train` with its checkpoint manager, under `committed`."""
   mngr = checkpoint.manager(workdir, r.config.train)
+  with committed(mngr, workdir):
+    return _train(r, task, workdir, mngr, params, stop_after, stop, evaluators)
+
+
+@contextlib.contextmanager
+def committed(mngr: ocp.CheckpointManager, workdir: str):
+  """Every exit waits for a pending save, so it commits (or fails) whole; a full disk becomes one
+  ENOSPC error naming the kept checkpoint, a step that did not fit one OutOfMemory (train/group.py
+  uses it too)."""
   finished = False
   try:
-    last = _train(r, task, workdir, mngr, params, stop_after, stop, evaluators)
+    yield
     mngr.wait_until_finished()  # a failed async save raises here.
     finished = True
   except Exception as e:
@@ -141,7 +150,6 @@ def _guarded(
     # A second Ctrl-C (KeyboardInterrupt) exits at once instead of waiting.
     if not finished and sys.exc_info()[0] is not KeyboardInterrupt:
       _wait_quietly(mngr)
-  return last
 
 
 class OutOfMemory(MemoryError):
