@@ -411,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ks = {int(k) for k in FLAGS.rollout_score_ks}
     for law in laws_asked:
       errs = [abs(r['rel_error']) for r in rolls[law]['rows'] if not ks or r['k'] in ks]
+      errs = [e if np.isfinite(e) else np.inf for e in errs]  # a non-finite prediction failed.
       score = f'{np.mean(errs):.3%} over {len(errs)} predictions' if errs else 'no prediction'
       print(f'rollout score {law}: mean |error| {score} (k in {sorted(ks) or "all"})')
   if FLAGS.rollout_out:
