@@ -141,6 +141,15 @@ def predict_point(
       params = compute / (6.0 * tokens)
     else:
       tokens = compute / (6.0 * params)
+  if fit['law'] in ('interaction', 'farseer'):  # no closed-form frontier: a point needs N and D.
+    if params is None or tokens is None:
+      raise ValueError(f'a {fit["law"]} law predicts at given params and tokens (or compute)')
+    law, loss_fn = {
+      'interaction': (laws.Interaction, laws.interaction_loss),
+      'farseer': (laws.Farseer, laws.farseer_loss),
+    }[fit['law']]
+    out = (params, tokens, compute, loss_fn(law(**fit['constants']), params, tokens))
+    return {k: float(v) for k, v in zip(QUANTITIES, out)}
   fn = {'chinchilla': _chinchilla, 'kaplan': _kaplan, 'isoflop': _isoflop}[fit['law']]
   out = fn(fit['constants'], compute, params, tokens)
   return {k: (None if v is None else float(v)) for k, v in zip(QUANTITIES, out)}
