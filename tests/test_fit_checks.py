@@ -33,6 +33,8 @@ def test_interaction_fit_recovers_its_law_and_extrapolates():
   got = laws.interaction_loss(laws.Interaction(**c), *HELD)
   np.testing.assert_allclose(got, truth(*HELD), rtol=1e-3)
   assert out['warnings'] == []
+  p = predict.predict(out, params=HELD[0][0], tokens=HELD[1][0])  # scaling.predict reads it too.
+  assert p['loss'] == pytest.approx(got[0]) and 'extrapolated' in ' '.join(p['warnings'])
   # Chinchilla cannot express the interaction: it misses the same members by more.
   ch = fit.fit(_runs(truth), 'chinchilla')['constants']
   chin = laws.Chinchilla(**{k: ch[k] for k in ('E', 'A', 'B', 'alpha', 'beta')})
