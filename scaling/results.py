@@ -277,28 +277,42 @@ def final_rows(runs: Runs) -> dict:
   return final
 
 
-def _curve_lr_keep(rows: Sequence[dict], runs: Runs, lr: str | float, lr_col: str = 'lr'):
-  """Which rows belong to a member at its (N, D)'s chosen lr: the lowest final loss averaged over
-  seeds (lr='best') or the declared lr; every row when the lr column is blank."""
+def _curve_lr_keep(
+  rows: Sequence[dict],
+  runs: Runs,
+  lr: str | float,
+  lr_col: str = 'lr',
+  fit_below: float | None = None,
+):
+  """Which rows belong to a member at its (N, D)'s chosen lr: select_lr's rule on the members'
+  final losses (like with like over seeds; with fit_below, held-out (N, D) take the fit set's lr)
+  or the declared lr; every row when the lr column is blank."""
   final = final_rows(runs)
   try:
     lr_of = {n: float(rows[i][lr_col]) for n, i in final.items()}
   except (KeyError, TypeError, ValueError):
     return np.ones(len(runs), bool)
-  groups = {}
-  for n, i in final.items():
-    by_lr = groups.setdefault((runs.params[i], runs.tokens[i]), {})
-    by_lr.setdefault(lr_of[n], []).append(runs.loss[i])
-  chosen = {}
-  for key, by_lr in groups.items():
-    if lr == 'best':
-      chosen[key] = min(by_lr, key=lambda x: float(np.mean(by_lr[x])))
-      continue
-    match = [x for x in by_lr if math.isclose(x, float(lr), rel_tol=1e-6)]
-    if not match:
-      raise ValueError(f'{runs.path}: no member with {lr_col}={lr} at (N, D) = {key}')
-    chosen[key] = match[0]
-  keep = {n for n, i in final.items() if lr_of[n] == chosen[(runs.params[i], runs.tokens[i])]}
+  finals = [
+    {'params': repr(float(runs.params[i])), 'tokens': repr(float(runs.tokens[i])),
+     'flops': repr(float(runs.flops[i])), 'loss': repr(float(runs.loss[i])), 'lr': repr(lr_of[n]),
+     'seed': (rows[i].get('seed') or '').strip(), 'name': n}
+    for n, i in final.items()
+  ]  # fmt: skip
+  if lr == 'best':
+    picked, _ = select_lr(finals, runs.path, ('params', 'tokens'), fit_below=fit_below)
+    chosen = {(r['params'], r['tokens']): float(r['lr']) for r in picked}
+  else:
+    chosen = {}
+    for f in finals:
+      key = (f['params'], f['tokens'])
+      if math.isclose(float(f['lr']), float(lr), rel_tol=1e-6):
+        chosen[key] = float(f['lr'])
+    for f in finals:
+      if (f['params'], f['tokens']) not in chosen:
+        raise ValueError(
+          f'{runs.path}: no member with {lr_col}={lr} at (N, D) = ({f["params"]}, {f["tokens"]})'
+        )
+  keep = {f['name'] for f in finals if float(f['lr']) == chosen[(f['params'], f['tokens'])]}
   return np.array([n in keep for n in runs.names])
 
 
@@ -307,6 +321,7 @@ def read_curves(
   params_col: str = 'params',
   flops_col: str = 'flops',
   lr: str | float | None = 'best',
+  fit_below: float | None = None,
   skip_warmup: bool = True,
   min_rows: int = 4,
   areas: str = 'tokens',
@@ -346,7 +361,7 @@ def read_curves(
   if skip_warmup and 'warmup_steps' in header:
     keep &= cols['step'] > np.array([float(r['warmup_steps'] or 0) for r in rows])
   if lr is not None and 'lr' in header:
-    keep &= _curve_lr_keep(rows, runs, lr)
+    keep &= _curve_lr_keep(rows, runs, lr, fit_below=fit_below)
   fields = {f.name: getattr(runs, f.name) for f in dataclasses.fields(Runs)}
   curves = Curves(**fields, **cols).subset(np.flatnonzero(keep))
   if len(curves) < min_rows:

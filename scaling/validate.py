@@ -313,7 +313,12 @@ def _points(law: str, header: Sequence[str], drop: set) -> holdout.Points:
     col = FLAGS.kaplan_params_col
   if law == 'curve':
     pts = results_lib.read_curves(
-      FLAGS.curves, col, FLAGS.flops_col, lr=FLAGS.lr, areas=FLAGS.curve_areas
+      FLAGS.curves,
+      col,
+      FLAGS.flops_col,
+      lr=FLAGS.lr,
+      areas=FLAGS.curve_areas,
+      fit_below=FLAGS.fit_below,
     )
   else:
     pts = results_lib.read_results(  # held-out members take the fit set's lr (no leak).
