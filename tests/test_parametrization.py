@@ -188,8 +188,9 @@ def coord_records(tiny_config):
   use; the full check, 3 parametrizations x widths 32..256 x 5 Adam steps, is about a minute)."""
   cache = {}
 
-  def get(family, parametrizations=('sp', 'mup', 'umup'), widths=(32, 64, 128, 256), steps=5):
-    key = (family, parametrizations, widths, steps)
+  def get(family, parametrizations=('sp', 'mup', 'umup'), widths=(32, 64, 128, 256), steps=5,
+          embedding_exp=None):  # fmt: skip
+    key = (family, parametrizations, widths, steps, embedding_exp)
     if key not in cache:
       c = tiny_config()
       c.model.update(
@@ -197,6 +198,8 @@ def coord_records(tiny_config):
         | {'vocab_size': 257, 'max_len': 64, 'n_heads': 2, 'head_dim': 16, 'd_ff': 128}
         | {'d_model': 32}
       )
+      if embedding_exp is not None:
+        c.model.mup_lr_embedding_width_exp = embedding_exp
       if family == 'llama':
         c.model.n_kv_heads = 1
       cache[key] = coord_check.run(
@@ -226,6 +229,14 @@ def test_coord_check_flat_under_mup_and_umup_growing_under_sp(coord_records, fam
   for p in ('mup', 'umup'):
     assert max(abs(v) for v in hidden(p).values()) < 0.3, (p, after[p])
     assert after[p]['logits'] < 0.1, (p, after[p])  # logits do not grow with width.
+  # The default embedding lr ∝ 1/width (mup_lr_embedding_width_exp 1) is not μP in this sense: the
+  # logits' update vanishes with width (slope -0.72 on gpt2 here, -0.58 on configs/default.py at
+  # 64-1024; docs/mup.md). Pinned, so that a change of the rule cannot pass unnoticed ...
+  if family == 'gpt2':
+    assert -0.9 < after['mup']['logits'] < -0.45, after['mup']
+    # ... and with microsoft/mup's constant embedding lr (exponent 0) the logits are flat.
+    flat = coord_check.slopes(coord_records(family, ('mup',), embedding_exp=0.0))['mup']
+    assert abs(flat['logits']) < 0.15 and abs(flat['embedding']) < 0.05, flat
 
 
 UNIT_SCALE_CASES = [  # the two ends of the width range by default, all four in the slow tier.
