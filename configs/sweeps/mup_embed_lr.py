@@ -14,40 +14,17 @@ there); 5 peak lrs a factor 2 apart around the horizon optimum (2^-9 .. 2^-5), o
 unclipped. A member group (sweep.vmap) trains one width's 5 lrs as one program.
 """
 
-import ml_collections
-
-from configs import base, default
+from configs.sweeps import mup_transfer
 
 WIDTHS = (32, 64, 128, 256, 512)
 LRS = tuple(2.0**e for e in range(-9, -4))
-STEPS = 100
-TOKENS = STEPS * 16 * 64
 
 
-def get_config(exponent: str = '1') -> ml_collections.ConfigDict:
+def get_config(exponent: str = '1'):
+  """mup_transfer.py's μP study with today's μP defaults but for the exponent, over WIDTHS and LRS."""
   if exponent not in ('0', '1'):
     raise ValueError(f'mup_embed_lr.py:<exponent> must be 0 or 1, got {exponent!r}')
-  c = default.get_config()
-  c.model.update(vocab_size=257, max_len=64, n_layers=2, dtype='float32', parametrization='mup')
-  c.model.update(base_d_model=WIDTHS[0], mup_lr_embedding_width_exp=float(exponent))
-  c.data.update(seq_len=64, tokenizer='byte', dataset='stdlib_corpus')
-  c.train.update(global_batch_size=16, grad_accum_steps=1, eval_batches=16, async_checkpoint=False)
-  c.optimizer.update(
-    schedule='cosine', min_lr_ratio=0.1, b1=0.9, b2=0.95, weight_decay=0.1, grad_clip=0.0
-  )
-  c.sweep = base.get_sweep_config(
-    kind='width',
-    widths=WIDTHS,
-    tokens=(TOKENS,),
-    lrs=LRS,
-    seeds=(0,),
-    warmup_fraction=0.0,
-    min_warmup_steps=10,
-    min_steps=10,
-    checkpoints_per_member=1,
-    logs_per_member=3,
-  )
-  c.sweep.family = ml_collections.ConfigDict(
-    {'family': 'gpt2', 'aspect': 32.0, 'head_dim': 16, 'tolerance': 0.1}
-  )
+  c = mup_transfer.get_config('mup')
+  c.model.update(mup_output_mult=0.0, mup_lr_embedding_width_exp=float(exponent))  # 0: tuned α_out.
+  c.sweep.update(widths=WIDTHS, lrs=LRS, seeds=(0,))
   return c
