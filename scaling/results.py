@@ -112,7 +112,7 @@ def select_lr(
   def held(group: list) -> bool:
     return fit_below is not None and float(group[0].get(flops_col) or 0) > fit_below
 
-  chosen = {}
+  chosen, unmatched = {}, 0
   for key, by_lr in by_group.items():
     if lr != 'best':
       match = [x for x in by_lr if math.isclose(x, float(lr), rel_tol=1e-6)]
@@ -124,6 +124,7 @@ def select_lr(
     elif not held(groups[key]):
       common = set.intersection(*(set(v) for v in by_lr.values()))
       use = common or None  # no seed at every lr: each lr's own seeds (said in the description).
+      unmatched += not common
       chosen[key] = min(
         by_lr,
         key=lambda x: float(np.mean([v for s, v in by_lr[x].items() if use is None or s in use])),
@@ -132,7 +133,7 @@ def select_lr(
   if lr != 'best':
     how = f'declared lr {float(lr):g}'
   elif fit_below is not None:
-    votes = [x for key, x in chosen.items()]
+    votes = list(chosen.values())
     if not votes:
       raise ValueError(f'{path}: no (N, D) at or below --fit_below={fit_below:g} to choose the lr')
     rule = max(sorted(set(votes)), key=votes.count)
@@ -150,6 +151,8 @@ def select_lr(
     row = dict(next(r for r in group if float(r[lr_col]) == chosen[key]))
     row[loss_col] = repr(float(np.mean(list(by_group[key][chosen[key]].values()))))
     out.append(row)
+  if unmatched:
+    how += f' ({unmatched} (N, D) with no seed at every lr: each lr on its own seeds)'
   return out, f'{how}; loss = mean over {len(seeds)} seed(s)'
 
 
