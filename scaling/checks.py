@@ -121,6 +121,17 @@ def beyond(fitted: Mapping[str, Sequence[float]], **asked: float) -> list[str]:
   return out
 
 
+def widen(
+  pred: np.ndarray, lo: np.ndarray, hi: np.ndarray, ts: float
+) -> tuple[np.ndarray, np.ndarray]:
+  """The bootstrap interval [lo, hi] around pred, each side widened in quadrature by ts (log): a
+  prediction interval includes the fitted rows' scatter (validate, predict, the distillation law)."""
+  lp = np.log(pred)
+  down = np.hypot(np.maximum(lp - np.log(lo), 0.0), ts)
+  up = np.hypot(np.maximum(np.log(hi) - lp, 0.0), ts)
+  return pred * np.exp(-down), pred * np.exp(up)
+
+
 def emit(warnings: Sequence[str]) -> None:
   """Each warning as one 'WARNING: ...' line on stderr."""
   for w in warnings:

@@ -242,10 +242,8 @@ def held_out(
     if dof >= 1:
       rms = fitted['log_residual_rms'] * math.sqrt(fitted['n_distilled'] / dof)
       ts = float(stats.t.ppf(0.975, dof) * rms)
-    lp = np.log(pred)
-    down = np.hypot(np.maximum(lp - np.log(np.percentile(draws, 2.5, 0)), 0.0), ts)
-    up = np.hypot(np.maximum(np.log(np.percentile(draws, 97.5, 0)) - lp, 0.0), ts)
-    lo, hi = (pred * np.exp(-down)).tolist(), (pred * np.exp(up)).tolist()
+    lo, hi = checks.widen(pred, *np.percentile(draws, [2.5, 97.5], 0), ts)
+    lo, hi = lo.tolist(), hi.tolist()
   return [
     {
       'name': n,

@@ -24,8 +24,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy import stats
 
+from scaling import checks, laws
 from scaling import fit as fit_lib
-from scaling import laws
 from scaling import results as results_lib
 
 LAWS = ('chinchilla', 'kaplan', 'compute', 'curve', 'interaction', 'farseer')
@@ -173,16 +173,6 @@ def scatter(law: str, fit_pts: Points, fitted: tuple, opts: Options) -> float:
   return float(stats.t.ppf(0.5 + opts.level / 2, dof) * np.sqrt(np.sum(resid**2) / dof))
 
 
-def widen(
-  pred: np.ndarray, lo: np.ndarray, hi: np.ndarray, ts: float
-) -> tuple[np.ndarray, np.ndarray]:
-  """The bootstrap interval [lo, hi] around pred, each side widened in quadrature by ts (log)."""
-  lp = np.log(pred)
-  down = np.hypot(np.maximum(lp - np.log(lo), 0.0), ts)
-  up = np.hypot(np.maximum(np.log(hi) - lp, 0.0), ts)
-  return pred * np.exp(-down), pred * np.exp(up)
-
-
 def _rows(held: Points, pred: np.ndarray, lo: np.ndarray | None, hi: np.ndarray | None) -> list:
   return [
     {
@@ -211,5 +201,5 @@ def held_out(law: str, pts: Points, in_fit: np.ndarray, opts: Options | None = N
     ts = scatter(law, fit_pts, fitted, opts) if opts.interval == 'prediction' else None
     lo, hi = boot = _bootstrap(law, fit_pts, held, starts, opts)
     if ts is not None:
-      lo, hi = widen(pred, lo, hi, ts)
+      lo, hi = checks.widen(pred, lo, hi, ts)
   return Result(_rows(held, pred, lo, hi), fitted, predict, boot)

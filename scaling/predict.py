@@ -186,12 +186,8 @@ def predict(
     if out['ci95'].get('loss') and fit.get('log_residual_rms'):
       # The members' own scatter about the law, in quadrature (scaling/holdout.py's interval).
       ts = stats.t.ppf(0.975, fit['dof']) * fit['log_residual_rms']
-      lo, hi = out['ci95']['loss']
-      lp = np.log(out['loss'])
-      out['ci95']['loss'] = [
-        float(out['loss'] * np.exp(-np.hypot(max(lp - np.log(lo), 0.0), ts))),
-        float(out['loss'] * np.exp(np.hypot(max(np.log(hi) - lp, 0.0), ts))),
-      ]
+      lo, hi = checks.widen(np.float64(out['loss']), *out['ci95']['loss'], ts)
+      out['ci95']['loss'] = [float(lo), float(hi)]
       out['ci95_includes'] = "bootstrap and the fitted rows' scatter (t·s)"
   out['warnings'] = [f'the fit flagged: {w}' for w in fit.get('warnings', [])]
   if fit.get('fitted_range'):

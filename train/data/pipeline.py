@@ -13,6 +13,7 @@ positions (train/data/examples.py); when a training mixture has one, every row c
 it is {'tokens': ...} alone, as before.
 """
 
+import functools
 import logging
 import math
 from typing import Any
@@ -229,7 +230,15 @@ class EvalSource:
       process_count,
     )
 
+  @functools.cached_property
+  def _description(self) -> dict:
+    return self._describe()
+
   def describe(self) -> dict:
+    """_describe's dict, read once (loop, group and log ask for it)."""
+    return dict(self._description)
+
+  def _describe(self) -> dict:
     """What the eval set covers: its rows, the split's, their stride and span, and the document
     segments the rows hold (EOS-separated pieces; packed examples: one each)."""
     segments, eos = len(self.index), self.split.manifest.get('eos_id')
