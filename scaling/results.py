@@ -96,18 +96,10 @@ def select_lr(
   seeds = {(r.get(seed_col) or '').strip() for r in rows}
   if all(len(g) == 1 for g in groups.values()):
     return rows, 'one run per (N, D)'
-  by_group = {}
-  for key, group in groups.items():
-    by_lr = {}
-    for r in group:
-      try:
-        by_lr.setdefault(float(r[lr_col]), {})[(r.get(seed_col) or '').strip()] = float(r[loss_col])
-      except (KeyError, TypeError, ValueError):
-        raise ValueError(
-          f'{path}: several runs share {dict(zip(key_cols, key))} but a row has no '
-          f'numeric {lr_col!r} to tell them apart'
-        ) from None
-    by_group[key] = by_lr
+  by_group = {
+    key: _losses_by_lr(group, path, key_cols, key, loss_col, lr_col, seed_col)
+    for key, group in groups.items()
+  }
 
   def held(group: list) -> bool:
     return fit_below is not None and float(group[0].get(flops_col) or 0) > fit_below
@@ -137,14 +129,7 @@ def select_lr(
     if not votes:
       raise ValueError(f'{path}: no (N, D) at or below --fit_below={fit_below:g} to choose the lr')
     rule = max(sorted(set(votes)), key=votes.count)
-    for key in by_group:
-      if key not in chosen:
-        if rule not in by_group[key]:
-          raise ValueError(
-            f"{path}: the held-out {dict(zip(key_cols, key))} has no run at the fit set's lr "
-            f'{rule:g} (have {sorted(by_group[key])})'
-          )
-        chosen[key] = rule
+    _give_held_out(chosen, by_group, rule, path, key_cols)
     how += f' at or below {fit_below:g} FLOPs; above it the lr they chose most often ({rule:g})'
   out = []
   for key, group in groups.items():
@@ -154,6 +139,32 @@ def select_lr(
   if unmatched:
     how += f' ({unmatched} (N, D) with no seed at every lr: each lr on its own seeds)'
   return out, f'{how}; loss = mean over {len(seeds)} seed(s)'
+
+
+def _losses_by_lr(group, path, key_cols, key, loss_col, lr_col, seed_col) -> dict:
+  """{lr: {seed: loss}} of one (N, D)'s runs; one line naming the (N, D) if a row lacks its lr."""
+  by_lr = {}
+  for r in group:
+    try:
+      by_lr.setdefault(float(r[lr_col]), {})[(r.get(seed_col) or '').strip()] = float(r[loss_col])
+    except (KeyError, TypeError, ValueError):
+      raise ValueError(
+        f'{path}: several runs share {dict(zip(key_cols, key))} but a row has no '
+        f'numeric {lr_col!r} to tell them apart'
+      ) from None
+  return by_lr
+
+
+def _give_held_out(chosen: dict, by_group: dict, rule: float, path, key_cols) -> None:
+  """Every (N, D) not yet chosen (held out) takes the fit set's lr `rule`."""
+  for key in by_group:
+    if key not in chosen:
+      if rule not in by_group[key]:
+        raise ValueError(
+          f"{path}: the held-out {dict(zip(key_cols, key))} has no run at the fit set's lr "
+          f'{rule:g} (have {sorted(by_group[key])})'
+        )
+      chosen[key] = rule
 
 
 def read_rows(path: str | os.PathLike) -> tuple[list[str], list[dict]]:
