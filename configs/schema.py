@@ -418,10 +418,13 @@ class MeshConfig(_Section):
   data: int = -1  # -1: all devices not used by the other axes.
   fsdp: int = 1
   tensor: int = 1
+  # A member group's member axis (train/group.py) over this mesh axis: each slice of devices
+  # along it trains K / size of the members ('': every member on every device).
+  members: str = _field('', choices=('', 'data', 'fsdp', 'tensor'))
 
   def check(self) -> None:
     """Axis sizes alone; whether they fill the devices is sharding.mesh_shape's (in derive)."""
-    shape = {k: v for k, v in self.items()}
+    shape = {k: v for k, v in self.items() if k != 'members'}
     if list(shape.values()).count(-1) > 1:
       raise ValueError(f'config.mesh: at most one axis may be -1, got {shape}')
     if any(n == 0 or n < -1 for n in shape.values()):

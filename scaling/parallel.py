@@ -4,13 +4,14 @@
       [--platform=auto|gpu|tpu|cpu] [--devices=N] [--config.a.b=v ...]
 
 Small members do not fill a host's accelerators; this runs `main.py --config.sweep.member=i` for
-up to `groups` members at a time, each process seeing only its devices (GPU: CUDA_VISIBLE_DEVICES;
-TPU: TPU_VISIBLE_CHIPS and the per-process bounds of one host's chips; CPU:
---xla_force_host_platform_device_count). A freed group takes the next unfinished member. Every
-member writes its own W/<member>/ and merges W/results.csv under the sweep's file lock, so the
-table is the same as a sequential run's. SIGTERM/SIGINT are passed on: each running member
-checkpoints and stops; rerunning the command resumes. `--config.*` overrides go to every member.
-WSD branches of one trunk never run at once (they share the trunk); they wait for each other.
+up to `groups` members (with --config.sweep.vmap=K, member groups of up to K) at a time, each
+process seeing only its devices (GPU: CUDA_VISIBLE_DEVICES; TPU: TPU_VISIBLE_CHIPS and the
+per-process bounds of one host's chips; CPU: --xla_force_host_platform_device_count). A freed
+device group takes the next unfinished member. Every member writes its own W/<member>/ and merges
+W/results.csv under the sweep's file lock, so the table is the same as a sequential run's.
+SIGTERM/SIGINT are passed on: each running member checkpoints and stops; rerunning the command
+resumes. `--config.*` overrides go to every member. WSD branches of one trunk never run at once
+(they share the trunk); they wait for each other.
 """
 
 import glob
@@ -124,20 +125,21 @@ def run(
   devices: int,
   overrides: Sequence[str] = (),
 ) -> dict:
-  """Runs the sweep's unfinished members `groups` at a time; returns {member: exit code}."""
+  """Runs the sweep's unfinished members `groups` at a time (with sweep.vmap, a member group per
+  process); returns {first member of each job: exit code}."""
   ms = sweep.members(config)
-  todo = []
-  for i, m in enumerate(ms):
-    result = sweep.finished(os.path.join(workdir, m.name), m.config, m.name)
-    if result is None:
-      todo.append(i)
+  done = lambda i: sweep.finished(os.path.join(workdir, ms[i].name), ms[i].config, ms[i].name)
+  k = max(1, int(config.sweep.get('vmap', 0) or 0))
+  jobs = {u[0][0]: [i for i, _ in u] for u in sweep.units(list(enumerate(ms)), k)}
+  todo = [i for i, unit in jobs.items() if not all(done(j) for j in unit)]
   platform, found = detect(platform)
   subsets = split(devices or found or groups, groups)
   os.makedirs(os.path.join(workdir, 'parallel_logs'), exist_ok=True)
   logging.info(
-    '%d of %d members to run, %d at a time on %s devices %s',
-    len(todo),
+    '%d of %d members to run in %d jobs, %d at a time on %s devices %s',
+    sum(len(jobs[i]) for i in todo),
     len(ms),
+    len(todo),
     groups,
     platform,
     subsets,
@@ -171,7 +173,12 @@ def run(
         )
         running[g] = (proc, i, log)
         logging.info(
-          'member %d %s started on devices %s (pid %d)', i, ms[i].name, subsets[g], proc.pid
+          'member %d %s%s started on devices %s (pid %d)',
+          i,
+          ms[i].name,
+          f' and {len(jobs[i]) - 1} more as one group' if len(jobs[i]) > 1 else '',
+          subsets[g],
+          proc.pid,
         )
       if stopping and not running:
         break
@@ -185,12 +192,12 @@ def run(
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
-  for i, m in enumerate(ms):  # a member that finished while a signal stopped it did not fail.
-    if codes.get(m.name) and sweep.finished(os.path.join(workdir, m.name), m.config, m.name):
+  for i, unit in jobs.items():  # a job that finished while a signal stopped it did not fail.
+    if codes.get(ms[i].name) and all(done(j) for j in unit):
       logging.info(
-        'member %d %s finished before it was stopped (exit %d)', i, m.name, codes[m.name]
+        'member %d %s finished before it was stopped (exit %d)', i, ms[i].name, codes[ms[i].name]
       )
-      codes[m.name] = 0
+      codes[ms[i].name] = 0
   return codes
 
 

@@ -12,9 +12,10 @@ A sweep config is a normal training config plus a `sweep` section (see configs/s
   sweep.widths             width: d_model values (the family's shape rule at each)
   sweep.evals_per_member   evaluations along each member's training (1: at the end); all of them
                            land in W/curves.csv, the input of approach 1 (scaling.fit --law=envelope)
-  sweep.member             -1: run every member; i: only member i (one job of a SLURM array or one
-                           TPU VM per member, or one process per device subset of a host through
-                           scaling/parallel.py; results.csv is merged under a lock, see merge_results)
+  sweep.member             -1: run every member; i: only member i, or with sweep.vmap the group
+                           holding i (one job of a SLURM array or one TPU VM per member or group,
+                           or one process per device subset of a host through scaling/parallel.py;
+                           results.csv is merged under a lock, see merge_results)
   sweep.vmap               K > 1: members that differ only in seed, peak lr and weight decay (an
                            lr x seed scan at one size) train K at a time as one vmapped program
                            (train/group.py, its checkpoints in W/groups/<hash>/); each member
@@ -327,7 +328,7 @@ def _record(
   return True
 
 
-def _units(todo: list, k: int) -> list[list]:
+def units(todo: list, k: int) -> list[list]:
   """The (index, member) pairs in plan order, as units that train together: members that may
   share a program (train/group.py's group_key; no wsd trunk) in groups of up to k, the rest alone."""
   units, filling = [], {}
@@ -385,8 +386,8 @@ def _run_group(sw: _Sweep, unit: list) -> bool:
 def _prepare(
   config: ml_collections.ConfigDict, workdir: str, evaluators: Sequence[Evaluator]
 ) -> tuple[_Sweep, list]:
-  """The members (each validated here, fail fast), the plan written, and the (index, member)
-  pairs this job runs (config.sweep.member)."""
+  """The members (each validated here, fail fast), the plan written, and the units (lists of
+  (index, member) pairs that train together) this job runs: all, or config.sweep.member's."""
   ms = members(config)
   derived = {}
   for m in ms:  # every member (distill section included) must be valid before any trains.
@@ -405,7 +406,9 @@ def _prepare(
   if sw.lead:
     with open(os.path.join(workdir, 'sweep_plan.txt'), 'w') as f:
       f.write(plan_table(ms) + '\n')
-  return sw, list(enumerate(ms)) if only < 0 else [(only, ms[only])]
+  k = 1 if evaluators else int(get(config.sweep, 'vmap'))
+  todo = units(list(enumerate(ms)), k)
+  return sw, todo if only < 0 else [u for u in todo if only in dict(u)]
 
 
 def run(
@@ -414,7 +417,7 @@ def run(
   """Runs every member (skipping finished ones, resuming partial ones); returns a summary dict.
   `evaluators` run in every member after its eval loss."""
   sw, todo = _prepare(config, workdir, evaluators)
-  for unit in _units(todo, 1 if evaluators else int(get(config.sweep, 'vmap'))):
+  for unit in todo:
     if len(unit) > 1:
       if not _run_group(sw, unit):
         break

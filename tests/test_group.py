@@ -192,20 +192,19 @@ def test_grouped_sweep_killed_and_resumed_equals_one_at_a_time(data_dir, tmp_pat
 
 
 @pytest.mark.slow
-def test_member_axis_sharded_over_data_matches_replicated(tiny_config, tmp_path, monkeypatch):
-  """The member rule set to 'data' (2 members over data=2, each member's batch over fsdp=4):
+def test_member_axis_sharded_over_data_matches_replicated(tiny_config, tmp_path):
+  """config.mesh.members='data' (2 members over data=2, each member's batch over fsdp=4):
   the same rows as with the member axis replicated, within the group tolerances."""
-  from train import sharding
-
   values = [{'optimizer.lr': 1e-3, 'seed': 0}, {'optimizer.lr': 3e-3, 'seed': 1}]
   configs = [tiny_config({**SCHEDULE, **v, 'mesh.data': 2, 'mesh.fsdp': 4}) for v in values]
   replicated = [str(tmp_path / f'r{i}') for i in range(2)]
   group.run(configs, replicated, str(tmp_path / 'gr'))
-  rules = tuple(r for r in sharding.LOGICAL_RULES if r[0] != 'member') + (('member', 'data'),)
-  monkeypatch.setattr(sharding, 'LOGICAL_RULES', rules)
+  for c in configs:
+    c.mesh.members = 'data'
   g = group.setup(configs, ['', ''])
   assert {s.spec[0] for s in jax.tree.leaves(g.shardings.state.params)} == {'data'}
   assert g.batch_sharding.spec[:2] == ('data', 'fsdp')
+  assert group.setup(configs[:1] * 3, ['', '', '']).shardings.alive.spec[0] is None  # 3 over 2.
   split = [str(tmp_path / f's{i}') for i in range(2)]
   group.run(configs, split, str(tmp_path / 'gs'))
   for a, b in zip(replicated, split):

@@ -604,6 +604,37 @@ def test_parallel_counts_a_member_that_finished_before_its_stop_as_finished(tmp_
   assert codes == {ms[0].name: 0, ms[1].name: 130}
 
 
+def test_parallel_with_vmap_starts_one_process_per_member_group(tmp_path, monkeypatch):
+  """--config.sweep.vmap=2 over an lr axis: scaling.parallel starts one job per member group (its
+  first member's index), and that job (sweep.member=i) trains the whole group."""
+  from scaling import parallel
+
+  config = _load_config_file('configs/sweeps/isoflop_tiny.py')
+  config.sweep.update(lrs=(1e-3, 2e-3), vmap=2)
+  ms = sweep.members(config)
+  started = []
+
+  class Proc:
+    returncode = 0
+
+    def __init__(self, cmd, **kwargs):
+      started.append(
+        int(next(a for a in cmd if a.startswith('--config.sweep.member=')).split('=')[1])
+      )
+      self.pid = 1000 + started[-1]
+
+    def poll(self):
+      return self.returncode
+
+  monkeypatch.setattr(parallel.subprocess, 'Popen', Proc)
+  parallel.run(config, 'configs/sweeps/isoflop_tiny.py', str(tmp_path), 2, 'cpu', 2)
+  assert len(started) == len(ms) // 2
+  config.sweep.member = started[1]
+  _, todo = sweep._prepare(config, str(tmp_path), ())
+  assert len(todo) == 1 and [i for i, _ in todo[0]] == [started[1], started[1] + 1]
+  assert len({m.config.optimizer.lr for _, m in todo[0]}) == 2
+
+
 def test_concurrent_members_merge_results_without_losing_rows(tmp_path, monkeypatch):
   """15 members finishing at once (as array jobs would), each writing its result.json and merging,
   on a slow shared filesystem (the earliest CSV writes take longest, 300 ms): results.csv ends

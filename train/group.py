@@ -99,12 +99,13 @@ class Group:
   shared_batch: bool  # one seed: every member reads the same batch (fed once, not stacked).
   shardings: GroupState
   batch_sharding: NamedSharding
+  rules: tuple  # sharding.LOGICAL_RULES with the member axis placed (config.mesh.members).
 
 
-def _stacked(s: NamedSharding) -> NamedSharding:
-  """A state or batch sharding with the member axis in front, by its rule in LOGICAL_RULES
+def _stacked(s: NamedSharding, rules: tuple) -> NamedSharding:
+  """A state or batch sharding with the member axis in front, by its rule in `rules`
   (replicated by default); mesh axes it takes (e.g. 'data') are dropped from the other dims."""
-  axis = nn.logical_to_mesh_axes(('member',), sharding.LOGICAL_RULES)[0]
+  axis = nn.logical_to_mesh_axes(('member',), rules)[0]
   taken = set(axis if isinstance(axis, tuple) else (axis,)) - {None}
 
   def rest(dim: object) -> object:
@@ -134,15 +135,34 @@ def setup(
   ]
   opts = [r.config.optimizer for r in runs]
   r0 = runs[0]
+  rules = _member_rules(r0, len(runs))
+  stack = lambda s: _stacked(s, rules)
   return Group(
     list(dirs),
     runs,
     {k: np.asarray([o[k] for o in opts], np.float32) for k in HYPERS},
     np.asarray([r.config.seed for r in runs], np.int32),
     shared,
-    GroupState(jax.tree.map(_stacked, r0.state_shardings), _stacked(sharding.replicated(r0.mesh))),
-    r0.batch_sharding if shared else _stacked(r0.batch_sharding),
+    GroupState(jax.tree.map(stack, r0.state_shardings), stack(sharding.replicated(r0.mesh))),
+    r0.batch_sharding if shared else stack(r0.batch_sharding),
+    rules,
   )
+
+
+def _member_rules(r: context.Run, k: int) -> tuple:
+  """The rules with the member axis over config.mesh.members where k members split evenly over
+  it; otherwise (a last, smaller group) every member on every device, said in the log."""
+  axis = r.config.mesh.get('members', '')
+  if axis and k % r.mesh.shape[axis]:
+    logging.info(
+      'config.mesh.members=%r: %d members do not split over its %d devices; each member '
+      'runs on every device',
+      axis,
+      k,
+      r.mesh.shape[axis],
+    )
+    axis = ''
+  return sharding.member_rules(axis)
 
 
 def _scale(r: context.Run) -> float | None:
@@ -305,7 +325,7 @@ def _train(g: Group, group_dir: str, stop_after: int | None, stop: preemption.St
   with (
     loop.committed(mngr, group_dir),  # a full disk: one line naming the kept checkpoint.
     jax.set_mesh(r0.mesh),
-    nn.logical_axis_rules(sharding.LOGICAL_RULES),
+    nn.logical_axis_rules(g.rules),
   ):
     gs, latest = (None, None)
     if mngr.all_steps():
@@ -458,7 +478,7 @@ def extract(group_dir: str, member_dir: str, member: int, out: str) -> int:
   if not 0 <= member < k:
     raise ValueError(f'--member={member}: the group has members 0..{k - 1}')
   g = setup([config] * k, [''] * k, with_data=False)  # the shapes; the values are restored.
-  with jax.set_mesh(g.runs[0].mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+  with jax.set_mesh(g.runs[0].mesh), nn.logical_axis_rules(g.rules):
     gs, _ = checkpoint.restore(mngr, step, abstract(g))
     params = jax.device_get(jax.tree.map(lambda x: x[member], gs.state.params))
   meta = {'group': os.path.abspath(group_dir), 'member': member}

@@ -34,9 +34,16 @@ LOGICAL_RULES = (
   ('position', None),
   ('length', None),
   # The leading axis of a member group's stacked state and batches (train/group.py): replicated,
-  # or e.g. 'data' to give each data-parallel slice its own members.
+  # or over config.mesh.members (e.g. 'data': each data-parallel slice trains its own members).
   ('member', None),
 )
+
+
+def member_rules(axis: str) -> tuple:
+  """LOGICAL_RULES with the member axis over mesh axis `axis` ('': as the table has it)."""
+  if not axis:
+    return LOGICAL_RULES
+  return tuple(r for r in LOGICAL_RULES if r[0] != 'member') + (('member', axis),)
 
 
 def mesh_shape(mesh_config: MeshConfig, num_devices: int) -> dict:
