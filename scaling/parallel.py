@@ -155,13 +155,13 @@ def run(
   try:
     while todo or running:
       free = [g for g in range(groups) if g not in running]
-      busy_trunks = {ms[i].trunk for _, i, _ in running.values() if ms[i].trunk}
-      ready = [i for i in todo if not ms[i].trunk or ms[i].trunk not in busy_trunks]
+      trunks = lambda i: {ms[j].trunk for j in jobs[i] if ms[j].trunk}
+      busy = set().union(*(trunks(i) for _, i, _ in running.values()))
+      ready = [i for i in todo if not trunks(i) & busy]
       while ready and free and not stopping:
         g, i = free.pop(0), ready.pop(0)
         todo.remove(i)
-        if ms[i].trunk:
-          ready = [j for j in ready if ms[j].trunk != ms[i].trunk]
+        ready = [j for j in ready if not trunks(j) & trunks(i)]  # one job grows a trunk.
         log = open(os.path.join(workdir, 'parallel_logs', f'{ms[i].name}.log'), 'w')
         env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3', **group_env(platform, subsets[g], g)}
         proc = subprocess.Popen(

@@ -81,7 +81,7 @@ from ml_collections import config_flags
 from scaling import config_hash as hash_lib
 from scaling import results
 from scaling.plan import Member, get, get_sweep_config, members, plan_table
-from train import cli, distill, group, init_from, loop, validation
+from train import cli, context, distill, group, init_from, loop, validation
 from train import workdir as workdir_lib
 from train.evaluators import Evaluator
 
@@ -126,17 +126,63 @@ def finished(member_dir: str, config: ml_collections.ConfigDict, name: str) -> d
   return result
 
 
-def _grow_trunk(workdir: str, m: Member, evaluators: Sequence[Evaluator] = ()) -> int | None:
-  """Train m's trunk through each branch point up to m's, stopping (and checkpointing) at each;
-  returns the step a SIGTERM stopped it at, else None."""
+def _trunk_dir(workdir: str, m: Member) -> str:
+  """m's trunk directory, made and labelled (a trunk made by another config is an error)."""
   trunk_dir = os.path.join(workdir, m.trunk)
-  finished(trunk_dir, m.trunk_config, m.trunk)  # a trunk made by another config is an error.
+  finished(trunk_dir, m.trunk_config, m.trunk)
   os.makedirs(trunk_dir, exist_ok=True)
   if jax.process_index() == 0:
     workdir_lib.write_json(
       os.path.join(trunk_dir, MEMBER_FILE),
       {'name': m.trunk, 'config_hash': hash_lib.config_hash(m.trunk_config)},
     )
+  return trunk_dir
+
+
+def _branch_group(sw: '_Sweep', pending: list) -> bool:
+  """WSD branches of one budget in a group: their trunks grow as one group (W/groups/<hash of the
+  trunks>) through each branch point up to theirs, and each member without a checkpoint starts
+  from its trunk's state at its branch point; False when a signal stopped the trunks."""
+  todo = [(m, d) for m, d, _ in pending if workdir_lib.latest_checkpoint_step(d) is None]
+  if not todo:
+    return True
+  ms = [m for m, _ in todo]
+  trunk_dirs = [_trunk_dir(sw.workdir, m) for m in ms]
+  names = '\n'.join(m.trunk for m in ms)
+  group_dir = os.path.join(sw.workdir, 'groups', hashlib.sha256(names.encode()).hexdigest()[:12])
+  trunks = [m.trunk_config for m in ms]
+  for point in ms[0].trunk_steps:
+    if point > ms[0].branch_step:
+      break
+    if (workdir_lib.latest_checkpoint_step(group_dir) or 0) >= point:
+      continue
+    logging.info(
+      '%d trunks as one group in %s: training to step %d (branch point)', len(ms), group_dir, point
+    )
+    finals = group.run(trunks, trunk_dirs, group_dir, stop_after=point)
+    if 'preempted_at_step' in finals[0]:
+      logging.warning(
+        'trunk group %s stopped at step %d; rerun the sweep to resume',
+        group_dir,
+        finals[0]['preempted_at_step'],
+      )
+      return False
+  for _, d in todo:
+    os.makedirs(d, exist_ok=True)
+  group.save_members(
+    group_dir,
+    trunks,
+    ms[0].branch_step,
+    [d for _, d in todo],
+    [context.stream_meta(m.config) for m in ms],
+  )
+  return True
+
+
+def _grow_trunk(workdir: str, m: Member, evaluators: Sequence[Evaluator] = ()) -> int | None:
+  """Train m's trunk through each branch point up to m's, stopping (and checkpointing) at each;
+  returns the step a SIGTERM stopped it at, else None."""
+  trunk_dir = _trunk_dir(workdir, m)
   for point in m.trunk_steps:
     if point > m.branch_step:
       break
@@ -330,11 +376,12 @@ def _record(
 
 def units(todo: list, k: int) -> list[list]:
   """The (index, member) pairs in plan order, as units that train together: members that may
-  share a program (train/group.py's group_key; no wsd trunk) in groups of up to k, the rest alone."""
+  share a program (train/group.py's group_key: WSD branches of one budget) in groups of up to k,
+  the rest alone."""
   units, filling = [], {}
   for i, m in todo:
     key = None
-    if k > 1 and not m.trunk and group.why_not(m.config) is None:
+    if k > 1 and group.why_not(m.config) is None:
       key = group.group_key(m.config)
     if key is None:
       units.append([(i, m)])
@@ -356,6 +403,8 @@ def _run_group(sw: _Sweep, unit: list) -> bool:
       pending.append((m, member_dir, tag))
   if len(pending) < 2:
     return all(_start(sw, *p) and _run_member(sw, *p) for p in pending)
+  if pending[0][0].trunk and not _branch_group(sw, pending):
+    return False
   names = '\n'.join(m.name for m, _, _ in pending)
   group_dir = os.path.join(sw.workdir, 'groups', hashlib.sha256(names.encode()).hexdigest()[:12])
   metas = []

@@ -191,6 +191,43 @@ def test_grouped_sweep_killed_and_resumed_equals_one_at_a_time(data_dir, tmp_pat
     jax.tree.map(np.testing.assert_array_equal, (p1, o1), (p2, o2))
 
 
+@pytest.mark.slow  # two WSD sweeps of 2 trunks and 4 branches (~60 s).
+def test_wsd_branches_in_groups_equal_the_branches_alone(data_dir, tmp_path):
+  """kind='wsd' with two seeds and sweep.vmap=2: the two seeds' trunks grow as one group to each
+  branch point, the branches of one budget train as one group from their trunks' states there,
+  and results.csv equals the one-at-a-time sweep's within the group tolerances; a rerun trains
+  nothing."""
+  rows = {}
+  for vmap in (0, 2):
+    config, _ = _scan(data_dir, vmap)
+    config.sweep.update(
+      kind='wsd', budgets=(), tokens=(256 * 10, 256 * 20), lrs=(), evals_per_member=1
+    )
+    config.optimizer.decay_fraction = 0.2
+    workdir = str(tmp_path / f'v{vmap}')
+    ms = sweep.members(config)
+    assert len(ms) == 4 and len({m.trunk for m in ms}) == 2
+    assert sorted(sweep.run(config, workdir)['ran']) == sorted(m.name for m in ms)
+    rows[vmap] = _csv(os.path.join(workdir, 'results.csv'))
+  trunk_group = glob.glob(os.path.join(tmp_path, 'v2', 'groups', '*', 'checkpoints', '16'))
+  assert len(trunk_group) == 1  # the trunks' group kept the last branch point (8 -> 16).
+  assert (
+    len(os.listdir(os.path.join(tmp_path, 'v2', 'groups'))) == 3
+  )  # trunks; 2 budgets' branches.
+  assert sweep.run(config, workdir)['ran'] == []
+  for name, alone in rows[0].items():
+    grouped = rows[2][name]
+    assert (
+      grouped['branch_tokens'] == alone['branch_tokens']
+      and grouped['config_hash'] == alone['config_hash']
+    )
+    assert abs(float(grouped['loss']) - float(alone['loss'])) <= 1e-4
+    first = [
+      [r['train/loss'] for r in _rows(os.path.join(tmp_path, v, name))] for v in ('v0', 'v2')
+    ]
+    np.testing.assert_allclose(first[1], first[0], rtol=1e-5, atol=0)
+
+
 @pytest.mark.slow
 def test_member_axis_sharded_over_data_matches_replicated(tiny_config, tmp_path):
   """config.mesh.members='data' (2 members over data=2, each member's batch over fsdp=4):

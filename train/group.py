@@ -330,10 +330,12 @@ def _train(g: Group, group_dir: str, stop_after: int | None, stop: preemption.St
     gs, latest = (None, None)
     if mngr.all_steps():
       gs, latest = checkpoint.restore_latest_good(mngr, abstract(g), meta, group_dir)
-    if gs is None:
-      gs = init(g)
-    stop.ready()
     start = latest or 0
+    if gs is None:
+      gs, start = from_members(g)
+    if gs is None:
+      gs, start = init(g), 0
+    stop.ready()
     for r, d in zip(g.runs, g.dirs):
       metrics.truncate_jsonl(os.path.join(d, 'metrics.jsonl'), start)
       checkpoint.write_config(d, json.dumps(r.config.to_dict(), indent=2))
@@ -378,6 +380,53 @@ def _train(g: Group, group_dir: str, stop_after: int | None, stop: preemption.St
       return [{'stopped_at_step': end} for _ in g.runs]
     _write_members(g, gs, num_steps, diverged)
   return _finals(g, diverged)
+
+
+def from_members(g: Group) -> tuple[GroupState | None, int]:
+  """The stacked state from each member's own checkpoint (a WSD branch's start, or a member
+  trained alone so far), when every member has one at the same step; (None, 0) when none has."""
+  steps = [workdir_lib.latest_checkpoint_step(d) for d in g.dirs]
+  if all(s is None for s in steps):
+    return None, 0
+  if len(set(steps)) > 1:
+    raise ValueError(
+      f'the members of a group have their own checkpoints at different steps '
+      f'({", ".join(f"{os.path.basename(d)}: {s}" for d, s in zip(g.dirs, steps))}): train '
+      'them apart (config.sweep.vmap=0)'
+    )
+  states = []
+  for r, d in zip(g.runs, g.dirs):
+    mngr = checkpoint.manager(d, r.config.train)
+    meta = context.stream_meta(r.config)
+    state, step = checkpoint.restore_latest_good(mngr, context.abstract_state(r), meta, d)
+    if step != steps[0]:
+      raise ValueError(f'{d}: its checkpoint at step {steps[0]} does not load; see above')
+    states.append(state)
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  alive = np.ones(len(g.runs), np.int32)
+  return GroupState(
+    *jax.device_put((stacked, alive), (g.shardings.state, g.shardings.alive))
+  ), steps[0]
+
+
+def save_members(
+  group_dir: str, configs: Sequence, step: int, dirs: Sequence[str], metas: Sequence[dict]
+) -> None:
+  """Member i's state at the group checkpoint `step` as an ordinary checkpoint in dirs[i] (with
+  metas[i]): a WSD trunk group's states at a branch point become the branches' starts."""
+  g = setup(configs, [''] * len(configs), with_data=False)
+  mngr = checkpoint.manager(group_dir, g.runs[0].config.train)
+  if step not in mngr.all_steps():
+    raise ValueError(
+      f'{group_dir}: no group checkpoint at step {step} to branch from; remove the directory '
+      'to retrain its members'
+    )
+  with jax.set_mesh(g.runs[0].mesh), nn.logical_axis_rules(g.rules):
+    gs, _ = checkpoint.restore(mngr, step, abstract(g))
+    for i, (r, d, meta) in enumerate(zip(g.runs, dirs, metas)):
+      out = checkpoint.manager(d, r.config.train)
+      checkpoint.save(out, step, jax.tree.map(lambda x, i=i: x[i], gs.state), meta)
+      out.wait_until_finished()
 
 
 def _diverged_before(gs: GroupState, start: int) -> dict:
