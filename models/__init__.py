@@ -5,6 +5,7 @@ Public API: `init(model_config, rng)`, `logits(model_config, params, tokens)`,
 (KV-cached sampling). Params are plain pytrees of float32 arrays.
 """
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -33,9 +34,20 @@ def _init(cfg: ModelConfig, rng):
   return nn.unbox(Transformer(cfg).init(rng, tokens)['params'])
 
 
+def _shapes_only(cfg: ModelConfig) -> ModelConfig:
+  """cfg with array values (a member group's traced μP multipliers) at their defaults: the params'
+  shapes and axes do not depend on them, and jit's static config must hash."""
+  arrays = {
+    f.name: f.default
+    for f in dataclasses.fields(cfg)
+    if isinstance(getattr(cfg, f.name), jax.Array)
+  }
+  return cfg.replace(**arrays) if arrays else cfg
+
+
 def logical_axes(model_config: ModelConfigLike) -> PyTree:
   """Pytree (matching params) of PartitionSpecs of logical axis names, e.g. ('embed', 'mlp')."""
-  cfg = ModelConfig.make(model_config)
+  cfg = _shapes_only(ModelConfig.make(model_config))
   tokens = jax.ShapeDtypeStruct((1, min(cfg.max_len, 8)), jnp.int32)
   boxed = jax.eval_shape(lambda: _module(cfg).init(jax.random.key(0), tokens))['params']
   return nn.get_partition_spec(boxed)
@@ -43,7 +55,8 @@ def logical_axes(model_config: ModelConfigLike) -> PyTree:
 
 def param_shapes(model_config: ModelConfigLike) -> PyTree:
   """Pytree of ShapeDtypeStructs of the params, without allocating them."""
-  return jax.eval_shape(lambda: init(model_config, jax.random.key(0)))
+  cfg = _shapes_only(ModelConfig.make(model_config))
+  return jax.eval_shape(lambda: init(cfg, jax.random.key(0)))
 
 
 def param_scales(model_config: ModelConfigLike, field: str) -> PyTree:

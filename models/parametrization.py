@@ -19,7 +19,6 @@ graphcore-research/unit-scaling). SP is the GPT-2 scheme the model has always us
 """
 
 import dataclasses
-import functools
 import math
 from collections.abc import Sequence
 
@@ -72,7 +71,10 @@ TUNED = {'mup': {'mup_output_mult': 4.0}, 'umup': {'mup_output_mult': 1.0}}
 
 def output_mult(c: ModelConfig) -> float:
   """α_out: model.mup_output_mult, or the parametrization's tuned value when it is 0."""
-  return c.mup_output_mult or TUNED.get(c.parametrization, {}).get('mup_output_mult', 1.0)
+  m = c.mup_output_mult  # (a traced value in a member group that varies it: never 0 there)
+  if isinstance(m, (int, float)) and m == 0:
+    return TUNED.get(c.parametrization, {}).get('mup_output_mult', 1.0)
+  return m
 
 
 def _role_mult(c: ModelConfig, role: str) -> float:
@@ -264,22 +266,25 @@ def apply(y: jax.Array, s: Scales) -> jax.Array:
   """y times the forward multiplier (a no-op at 1), with the backward override if any."""
   if s.bwd is not None:
     return scale_fwd_bwd(y, s.mult, s.bwd)
-  return y if s.mult == 1.0 else y * jnp.asarray(s.mult, y.dtype)
+  if isinstance(s.mult, (int, float)) and s.mult == 1.0:
+    return y
+  return y * jnp.asarray(s.mult, y.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@jax.custom_vjp
 def scale_fwd_bwd(x: jax.Array, fwd: float, bwd: float) -> jax.Array:
-  """x * fwd in the forward pass; the cotangent is multiplied by bwd (unit scaling's split scales)."""
+  """x * fwd in the forward pass; the cotangent is multiplied by bwd (unit scaling's split scales).
+  fwd and bwd get no gradient (they may be traced: a member group's per-member multipliers)."""
   return x * jnp.asarray(fwd, x.dtype)
 
 
 def _scale_fwd(x, fwd, bwd):
-  return scale_fwd_bwd(x, fwd, bwd), None
+  return scale_fwd_bwd(x, fwd, bwd), (fwd, bwd)
 
 
-def _scale_bwd(fwd, bwd, _, g):
-  del fwd
-  return (g * jnp.asarray(bwd, g.dtype),)
+def _scale_bwd(res, g):
+  fwd, bwd = res
+  return g * jnp.asarray(bwd, g.dtype), jnp.zeros_like(fwd), jnp.zeros_like(bwd)
 
 
 scale_fwd_bwd.defvjp(_scale_fwd, _scale_bwd)

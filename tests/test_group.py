@@ -76,6 +76,40 @@ def test_group_matches_a_member_alone_and_isolates_a_diverging_member(
   assert loop.run(configs[0], straight[0])['eval/loss'] == finals[0]['eval/loss']
 
 
+@pytest.mark.slow  # 2 runs alone and their group (~25 s).
+@pytest.mark.parametrize('parametrization', ['mup', 'umup'])
+def test_members_with_their_own_mup_multipliers_match_their_runs_alone(
+  tiny_config, tmp_path, parametrization
+):
+  """μP's base hyperparameters as per-member values (α_out, α_in, attention and embedding-lr
+  multipliers traced in one program): each member's rows equal its run alone within the group
+  tolerances."""
+  base = {'model.parametrization': parametrization}
+  if parametrization == 'mup':
+    base['model.base_d_model'] = 16
+  values = [
+    {'model.mup_output_mult': 2.0, 'model.mup_lr_embedding': 0.5},
+    {'model.mup_input_mult': 3.0, 'model.mup_attn_mult': 0.5, 'seed': 1},
+  ]
+  configs = [tiny_config({**base, **v}) for v in values]
+  alone = [str(tmp_path / f'a{i}') for i in range(2)]
+  for c, d in zip(configs, alone):
+    loop.run(c, d)
+  grouped = [str(tmp_path / f'g{i}') for i in range(2)]
+  g = group.setup(configs, grouped)
+  assert sorted(k for k in g.hypers if k.startswith('model.')) == [
+    'model.mup_attn_mult', 'model.mup_input_mult', 'model.mup_lr_embedding', 'model.mup_output_mult'
+  ]  # fmt: skip
+  group.run(configs, grouped, str(tmp_path / 'g'))
+  for a, b in zip(alone, grouped):
+    ra, rb = _rows(a), _rows(b)
+    np.testing.assert_allclose(
+      [r['train/loss'] for r in rb], [r['train/loss'] for r in ra], rtol=1e-5
+    )
+    assert abs(rb[-1]['eval/loss'] - ra[-1]['eval/loss']) <= 1e-4
+  assert _rows(grouped[0])[-1]['train/loss'] != _rows(grouped[1])[-1]['train/loss']
+
+
 def test_members_that_differ_in_shape_are_refused(tiny_config, tmp_path):
   with pytest.raises(ValueError, match='differ in more than seed'):
     group.setup([tiny_config(), tiny_config({'model.d_ff': 128})], ['a', 'b'])

@@ -32,6 +32,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import models
+from configs import schema
+from models import parametrization
 from train import (
   checkpoint,
   context,
@@ -47,10 +49,12 @@ from train import (
 from train import optimizer as optim
 from train import state as state_lib
 from train import workdir as workdir_lib
-from train.step import TrainState, make_eval_step, make_train_step
+from train.step import TrainState, lm_loss, make_eval_step, make_train_step
 
 # The config keys whose values may differ inside a group: the step reads them as [K] arrays.
-VARYING = ('seed', 'optimizer.lr', 'optimizer.weight_decay')
+VARYING = ('seed', 'optimizer.lr', 'optimizer.weight_decay') + tuple(
+  f'model.{k}' for k in schema.MUP_HPARAMS
+)
 HYPERS = ('lr', 'weight_decay')  # VARYING's optimizer keys, in the order of the hypers dict.
 
 
@@ -94,7 +98,7 @@ class Group:
 
   dirs: list
   runs: list  # context.Run per member; runs[0] gives the mesh, shapes and eval set.
-  hypers: dict  # {'lr': [K], 'weight_decay': [K]} float32
+  hypers: dict  # {'lr': [K], 'weight_decay': [K], 'model.<μP key>': [K] where members differ}
   seeds: np.ndarray
   shared_batch: bool  # one seed: every member reads the same batch (fed once, not stacked).
   shardings: GroupState
@@ -140,12 +144,37 @@ def setup(
   return Group(
     list(dirs),
     runs,
-    {k: np.asarray([o[k] for o in opts], np.float32) for k in HYPERS},
+    {
+      **{k: np.asarray([o[k] for o in opts], np.float32) for k in HYPERS},
+      **_model_hypers([r.derived.model for r in runs]),
+    },
     np.asarray([r.config.seed for r in runs], np.int32),
     shared,
     GroupState(jax.tree.map(stack, r0.state_shardings), stack(sharding.replicated(r0.mesh))),
     r0.batch_sharding if shared else stack(r0.batch_sharding),
     rules,
+  )
+
+
+def _model_hypers(models_: Sequence) -> dict:
+  """{'model.<key>': [K]} of the μP multipliers (schema.MUP_HPARAMS) whose values differ between
+  members (α_out resolved: 0 means the parametrization's tuned value); the rest stay constants."""
+  value = lambda m, k: parametrization.output_mult(m) if k == 'mup_output_mult' else getattr(m, k)
+  return {
+    f'model.{k}': np.asarray([value(m, k) for m in models_], np.float32)
+    for k in schema.MUP_HPARAMS
+    if len({value(m, k) for m in models_}) > 1
+  }
+
+
+def _varies_model(hyper: dict) -> bool:
+  return any(k.startswith('model.') for k in hyper)
+
+
+def _member_model(r: context.Run, hyper: dict) -> object:
+  """The member's model config: run r's with the traced per-member μP multipliers in `hyper`."""
+  return r.derived.model.replace(
+    **{k.split('.', 1)[1]: v for k, v in hyper.items() if k.startswith('model.')}
   )
 
 
@@ -203,10 +232,12 @@ def jit_step(g: Group, task: context.Task) -> object:
   t, num_steps = r0.config.train, r0.derived.num_steps
 
   def member_step(hyper: dict, state: TrainState, batch: dict) -> tuple:
-    opt = r0.config.optimizer.replace(**hyper)  # traced lr, weight decay: one program for all.
-    optimizer = optim.make_optimizer(opt, num_steps, r0.derived.model, r0.config.sparsity)
+    # Traced lr, weight decay (and μP multipliers): one program for all.
+    opt = r0.config.optimizer.replace(**{k: hyper[k] for k in HYPERS})
+    model = _member_model(r0, hyper)
+    optimizer = optim.make_optimizer(opt, num_steps, model, r0.config.sparsity)
     step = make_train_step(
-      task.loss_fn,
+      lm_loss(model) if _varies_model(hyper) else task.loss_fn,
       optimizer,
       optim.lr_schedule(opt, num_steps),
       t.grad_accum_steps,
@@ -235,12 +266,17 @@ def jit_step(g: Group, task: context.Task) -> object:
 
 
 def jit_eval(g: Group, task: context.Task) -> object:
-  """(stacked params, eval batch) -> per-token sums [K]: every member on the same rows."""
+  """(hypers, stacked params, eval batch) -> per-token sums [K]: every member on the same rows."""
   r0 = g.runs[0]
-  step = jax.vmap(make_eval_step(task.eval_loss_fn or task.loss_fn), in_axes=(0, None))
+
+  def member_eval(hyper: dict, params: object, batch: dict) -> dict:
+    plain = task.eval_loss_fn or task.loss_fn
+    loss_fn = lm_loss(_member_model(r0, hyper)) if _varies_model(hyper) else plain
+    return make_eval_step(loss_fn)(params, batch)
+
   return jax.jit(
-    step,
-    in_shardings=(g.shardings.state.params, r0.batch_sharding),
+    jax.vmap(member_eval, in_axes=(0, 0, None)),
+    in_shardings=(sharding.replicated(r0.mesh), g.shardings.state.params, r0.batch_sharding),
     out_shardings=sharding.replicated(r0.mesh),
   )
 
@@ -252,7 +288,7 @@ def evaluate(g: Group, eval_step: object, params: object) -> list[dict]:
   for name, source in r0.eval_ds.sources.items():
     total = None
     for i in range(r0.config.train.eval_batches):
-      sums = eval_step(params, context.global_batch(r0, source.eval_arrays(i)))
+      sums = eval_step(g.hypers, params, context.global_batch(r0, source.eval_arrays(i)))
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     total = jax.device_get(total)
     n = np.asarray(total['tokens'], np.float64)
