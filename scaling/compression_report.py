@@ -267,8 +267,23 @@ def kumar_fit(rows: list[dict], scheme: str, group: str) -> dict:
   n = np.log([float(r['params']) for r in sel])[ok]
   x = np.stack([np.ones_like(d), d, -n], 1)
   coef, *_ = np.linalg.lstsq(x, np.log(gap[ok]), rcond=None)
-  return {'scheme': f'{scheme} g{group}', 'points': int(ok.sum()), 'of': len(sel),
-          'gamma_D': float(coef[1]), 'gamma_N': float(coef[2])}  # fmt: skip
+  out = {'scheme': f'{scheme} g{group}', 'points': int(ok.sum()), 'of': len(sel),
+         'gamma_D': float(coef[1]), 'gamma_N': float(coef[2])}  # fmt: skip
+  out['warnings'] = [f'PTQ {out["scheme"]}: {w}' for w in kumar_warnings(out)]
+  checks.emit(out['warnings'])
+  return out
+
+
+def kumar_warnings(fit: dict) -> list[str]:
+  """The PTQ-gap law's flags: too few positive gaps for its 3 constants, exponents outside
+  checks.EXPONENTS (Kumar et al. measure both near 0.5; below 0: a gap that shrinks with tokens)."""
+  out = []
+  if fit['points'] < 5:
+    out.append(
+      f'{fit["points"]} of {fit["of"]} members have a positive gap: too few for 3 constants'
+    )
+  out += checks.law_warnings('kumar', fit, exponents=('gamma_D', 'gamma_N'))
+  return out
 
 
 def plot_quantize(rows: list[dict], png: str) -> None:

@@ -136,3 +136,31 @@ def test_distillation_intervals_include_the_residual_scatter():
   out = distill_law.held_out(rows, hold, fit.fit_chinchilla, n_boot=8)
   ts = [np.log(r['hi'] / r['predicted']) for r in out]
   assert all(t > 0.01 for t in ts)  # at least t·s (s ~ the 1 % noise), not the bootstrap alone.
+
+
+def test_the_ptq_gap_law_flags_a_gap_that_shrinks_with_tokens():
+  """Kumar et al.'s δ_PTQ ∝ D^γD / N^γN on its own synthetic data: recovered, no warning; a gap
+  that falls with tokens (γ_D < 0) or three members only are flagged."""
+  from scaling import compression_report as rep
+
+  def rows(gamma_d, sizes=(1e5, 3e5, 1e6), tokens=(2e6, 8e6, 3.2e7)):
+    return [
+      {
+        'scheme': 'int4',
+        'group': '0',
+        'params': n,
+        'tokens': d,
+        'loss_float': 2.0,
+        'loss': 2.0 + 5.0 * d**gamma_d / n**0.4,
+      }  # fmt: skip
+      for n in sizes
+      for d in tokens
+    ]
+
+  clean = rep.kumar_fit(rows(0.3), 'int4', '0')
+  assert abs(clean['gamma_D'] - 0.3) < 1e-6 and abs(clean['gamma_N'] - 0.4) < 1e-6
+  assert clean['warnings'] == []
+  shrinking = rep.kumar_fit(rows(-0.3), 'int4', '0')
+  assert any('gamma_D' in w for w in shrinking['warnings'])
+  few = rep.kumar_fit(rows(0.3, sizes=(1e5,)), 'int4', '0')
+  assert any('too few' in w for w in few['warnings'])
