@@ -79,10 +79,10 @@ class ModelConfig:
   mup_lr_embedding: float = 1.0  # Adam lr of the embedding tables, relative to the hidden weights.
   mup_lr_readout: float = 1.0  # of an untied readout.
   mup_lr_vector: float = 1.0  # of norm scales and biases.
-  # μP only: the embedding tables' Adam lr × (d_model / base_d_model)^-exp. 1: ∝ 1/width, the
-  # default since it closed μP's gap to SP at 4x and 8x (docs/mup.md, "Transfer at 1,000 steps");
-  # 0: microsoft/mup's constant embedding lr (the behaviour before).
-  mup_lr_embedding_width_exp: float = 1.0
+  # μP only: the embedding tables' Adam lr × (d_model / base_d_model)^-exp. 0: microsoft/mup's
+  # constant embedding lr, the default (its lr optimum stays put over 16x; with 1, ∝ 1/width, the
+  # default from issue 22 to 37, it drifts 2x by 16x and the logits' update vanishes: docs/mup.md).
+  mup_lr_embedding_width_exp: float = 0.0
   mup_readout_init: str = 'default'  # untied readout: 'default' | 'zero' | 'fan_in' (std n^-½).
   # Weight decay independent of the lr (Wortsman et al. 2023): each step decays by
   # weight_decay · lr(t)/peak lr, whatever the per-leaf lr scale; any parametrization.

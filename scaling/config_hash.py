@@ -33,7 +33,13 @@ PLACEMENT = (
 )
 # Keys whose default changed after members were written under another value: both rules compare
 # them with that value, so a member is re-run, not reused, when the key now means something else.
-WRITTEN_UNDER = {'train.eval_set': 'first'}
+WRITTEN_UNDER = {
+  'train.eval_set': ('first', "evaluated on the eval split's first rows (before 'spread')"),
+  'model.mup_lr_embedding_width_exp': (1, 'trained with μP embedding lr ∝ 1/width (before 0)'),
+}
+# Keys that mean nothing unless another key has a value (validation keeps them at their defaults
+# otherwise): left out of the hash there, so a changed default moves only the runs it changes.
+ONLY_UNDER = {'model.mup_lr_embedding_width_exp': ('model.parametrization', 'mup')}
 # Frozen with the legacy rule: never edit (sweeps written before the default-diff hash carry it).
 LEGACY_DEFAULTS = {
   'model.parametrization': 'sp',
@@ -114,7 +120,15 @@ def _defaults() -> dict:
   """Every schema key's canonical default, the optional distill section's included."""
   d = _json(base.get_config())
   d['distill'] = _json(base.get_distill_config())
-  return {**{k: _canonical(v) for k, v in _flat(d).items()}, **WRITTEN_UNDER}
+  return {
+    **{k: _canonical(v) for k, v in _flat(d).items()},
+    **{k: v for k, (v, _) in WRITTEN_UNDER.items()},
+  }
+
+
+def _inert(flat: Mapping[str, Any], defaults: Mapping[str, Any]) -> set:
+  """The ONLY_UNDER keys that mean nothing in this config."""
+  return {k for k, (key, value) in ONLY_UNDER.items() if flat.get(key, defaults.get(key)) != value}
 
 
 def _placement(key: str) -> bool:
@@ -129,7 +143,10 @@ def config_hash(config: ml_collections.ConfigDict) -> str:
   """The hash of the keys that differ from the schema defaults, placement aside (docstring)."""
   defaults = _defaults()
   flat = {k: _canonical(v) for k, v in _flat(_json(config)).items() if not _placement(k)}
-  return _digest({k: v for k, v in flat.items() if k not in defaults or v != defaults[k]})
+  inert = _inert(flat, defaults)
+  return _digest(
+    {k: v for k, v in flat.items() if k not in inert and (k not in defaults or v != defaults[k])}
+  )
 
 
 def _drop(d: dict, dotted: str) -> None:
@@ -144,9 +161,11 @@ def _drop(d: dict, dotted: str) -> None:
 def legacy_config_hash(config: ml_collections.ConfigDict) -> str:
   """The frozen rule of sweeps written before config_hash (module docstring)."""
   d, defaults = _json(config), _defaults()
-  for key, value in _flat(d).items():
-    if key not in LEGACY_KEYS and key in defaults and _canonical(value) == defaults[key]:
-      _drop(d, key)  # added since the rule was frozen, at its default.
+  flat = {k: _canonical(v) for k, v in _flat(d).items()}
+  inert = _inert(flat, defaults)
+  for key, value in flat.items():
+    if key not in LEGACY_KEYS and (key in inert or (key in defaults and value == defaults[key])):
+      _drop(d, key)  # added since the rule was frozen, at its default (or meaning nothing here).
   legacy_sections = {k.split('.')[0] for k in LEGACY_KEYS}
   for section in [k for k, v in d.items() if v == {} and k not in legacy_sections]:
     del d[section]  # a section added since, all at its defaults (e.g. sparsity).
@@ -159,11 +178,16 @@ def legacy_config_hash(config: ml_collections.ConfigDict) -> str:
   return _digest(d)
 
 
-def with_old_eval_set(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """config measured on the eval split's first rows (members written before 'spread')."""
-  old = ml_collections.ConfigDict(config.to_dict())
-  old.train.eval_set = 'first'
-  return old
+def written_under(config: ml_collections.ConfigDict, stored: str | None) -> tuple | None:
+  """(key, old value, what it meant) of the WRITTEN_UNDER key whose old value makes `stored`
+  this config's hash (a member written before that default changed), or None."""
+  for key, (value, why) in WRITTEN_UNDER.items():
+    old = ml_collections.ConfigDict(config.to_dict())
+    section, name = key.split('.')
+    old[section][name] = type(old[section][name])(value)
+    if recognises(old, stored):
+      return key, value, why
+  return None
 
 
 def recognises(config: ml_collections.ConfigDict, stored: str | None) -> bool:

@@ -106,11 +106,11 @@ def finished(member_dir: str, config: ml_collections.ConfigDict, name: str) -> d
       f'whose config cannot be checked; skipped (remove {member_dir} to retrain it)'
     )
   if meta is not None and not hash_lib.recognises(config, meta.get('config_hash')):
-    if hash_lib.recognises(hash_lib.with_old_eval_set(config), meta.get('config_hash')):
+    if old := hash_lib.written_under(config, meta.get('config_hash')):
+      key, value, why = old
       raise ValueError(
-        f"sweep member {name}: {member_dir} was evaluated on the eval split's first rows "
-        "(written before config.train.eval_set='spread' became the default): add "
-        '--config.train.eval_set=first to resume or extend that study, or use a new --workdir'
+        f'sweep member {name}: {member_dir} was {why}, the default it was written under: add '
+        f'--config.{key}={value} to resume or extend that study, or use a new --workdir'
       )
     raise ValueError(
       f'sweep member {name}: {member_dir} was made by a different config (hash '

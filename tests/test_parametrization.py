@@ -229,14 +229,14 @@ def test_coord_check_flat_under_mup_and_umup_growing_under_sp(coord_records, fam
   for p in ('mup', 'umup'):
     assert max(abs(v) for v in hidden(p).values()) < 0.3, (p, after[p])
     assert after[p]['logits'] < 0.1, (p, after[p])  # logits do not grow with width.
-  # The default embedding lr ∝ 1/width (mup_lr_embedding_width_exp 1) is not μP in this sense: the
-  # logits' update vanishes with width (slope -0.72 on gpt2 here, -0.58 on configs/default.py at
-  # 64-1024; docs/mup.md). Pinned, so that a change of the rule cannot pass unnoticed ...
+  # The default constant embedding lr (mup_lr_embedding_width_exp 0): the logits are flat too ...
+  assert abs(after['mup']['logits']) < 0.15 and abs(after['mup']['embedding']) < 0.05, after['mup']
+  # ... while the embedding lr ∝ 1/width (exponent 1, the default of issues 22-37) is not μP in
+  # this sense: the logits' update vanishes with width (slope -0.72 on gpt2 here, -0.58 on
+  # configs/default.py at 64-1024; docs/mup.md). Pinned, so a change of rule cannot pass unnoticed.
   if family == 'gpt2':
-    assert -0.9 < after['mup']['logits'] < -0.45, after['mup']
-    # ... and with microsoft/mup's constant embedding lr (exponent 0) the logits are flat.
-    flat = coord_check.slopes(coord_records(family, ('mup',), embedding_exp=0.0))['mup']
-    assert abs(flat['logits']) < 0.15 and abs(flat['embedding']) < 0.05, flat
+    shrinking = coord_check.slopes(coord_records(family, ('mup',), embedding_exp=1.0))['mup']
+    assert -0.9 < shrinking['logits'] < -0.45, shrinking
 
 
 UNIT_SCALE_CASES = [  # the two ends of the width range by default, all four in the slow tier.
@@ -431,13 +431,13 @@ def test_embedding_lr_width_rule() -> None:
   per-leaf lrs as mup_lr_embedding=¼ (docs/mup.md's diagnostic), and nothing at the base width."""
   mup = dict(parametrization='mup', base_d_model=32)
   wide = dict(d_model=128, n_heads=8, d_ff=512)
-  rule = _by_path(models.param_scales(_model(**mup, **wide), 'lr'))  # the default: exp 1
+  rule = _by_path(models.param_scales(_model(**mup, **wide, mup_lr_embedding_width_exp=1.0), 'lr'))
   const = dict(mup_lr_embedding_width_exp=0.0)
   fixed = _by_path(models.param_scales(_model(mup_lr_embedding=0.25, **const, **mup, **wide), 'lr'))
   assert rule == fixed and rule['embed'] == 0.25
   base = _model(mup_lr_embedding_width_exp=1.0, **mup, d_model=32, n_heads=2, d_ff=128)
   assert _by_path(models.param_scales(base, 'lr'))['embed'] == 1.0
   with pytest.raises(ValueError, match='needs .mup.'):
-    schema.check_model(models.ModelConfig(mup_lr_embedding_width_exp=0.0))
+    schema.check_model(models.ModelConfig(mup_lr_embedding_width_exp=1.0))
   with pytest.raises(ValueError, match='>= 0'):
     schema.check_model(models.ModelConfig(parametrization='mup', mup_lr_embedding_width_exp=-1.0))

@@ -317,6 +317,27 @@ def test_config_hash_ignores_placement_only():
   assert sweep.members(c)[0].config_hash != h
 
 
+def test_a_changed_default_moves_only_the_hashes_of_the_runs_it_changes(monkeypatch):
+  """mup_lr_embedding_width_exp's default went from 1 to 0 (issue 37): a μP member written under
+  1 is told which key restores it; an SP member's hash (the key means nothing there) is as before;
+  a μP member that sets 0 explicitly (older studies) keeps its hash."""
+  from scaling import config_hash
+
+  sp = _sweep_config(kind='isoflop', budgets=(1e11,), sizes=(5e4,))
+  before = sweep.members(sp)[0].config_hash
+  monkeypatch.setattr(config_hash, 'ONLY_UNDER', {})  # the key counted everywhere: SP would move.
+  assert sweep.members(sp)[0].config_hash != before
+  monkeypatch.undo()
+  mup = sweep.members(sp)[0].config
+  mup.model.update(parametrization='mup', base_d_model=mup.model.d_model)
+  mup.model.mup_lr_embedding_width_exp = 1.0
+  old = config_hash.config_hash(mup)  # as the default 1 hashed: left out.
+  mup.model.mup_lr_embedding_width_exp = 0.0
+  assert config_hash.config_hash(mup) != old
+  assert config_hash.written_under(mup, old)[:2] == ('model.mup_lr_embedding_width_exp', 1)
+  assert config_hash.written_under(mup, config_hash.config_hash(mup)) is None
+
+
 # Hashes the sweep code gave these isoflop_tiny members before the default-diff hash (its rule is
 # scaling/config_hash.legacy_config_hash), hard-coded: workdirs written then must still resume.
 LEGACY_HASHES = {'C5e10_N4e3': '6c2ea15547c078d4', 'C5e10_N4.8e3': 'dad68b94449e08e3'}
