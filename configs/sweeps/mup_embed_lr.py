@@ -1,11 +1,16 @@
 """μP's embedding-lr rule over a 16x width range (issue 37): does lr ∝ 1/width for the embedding
-tables (`mup_lr_embedding_width_exp` 1, the default) keep the optimum in place, or does the constant
+tables (`mup_lr_embedding_width_exp` 1, the default until this study) keep the optimum in place, or does the constant
 lr of microsoft/mup (exponent 0) transfer better as width grows?
 
   python main.py --config=configs/sweeps/mup_embed_lr.py:1 --config.sweep.vmap=5 --workdir=workdirs/mup_embed_lr/exp1
   python main.py --config=configs/sweeps/mup_embed_lr.py:0 --config.sweep.vmap=5 --workdir=workdirs/mup_embed_lr/exp0
+  # seed 1 at the two best lrs of the two widest (the noise floor), per exponent E:
+  python main.py --config=configs/sweeps/mup_embed_lr.py:E --config.sweep.vmap=5 --config.sweep.seeds='(1,)' \
+      --config.sweep.widths='(256,512)' --config.sweep.lrs='(0.00390625,0.0078125)' \
+      --workdir=workdirs/mup_embed_lr/seed1_expE
   python -m scaling.transfer --results=workdirs/mup_embed_lr/exp1/results.csv,\
-workdirs/mup_embed_lr/exp0/results.csv --labels=exp1,exp0 --out=docs/mup/embed_lr.png
+workdirs/mup_embed_lr/exp0/results.csv --out=docs/mup/embed_lr.png \
+      "--labels=exp 1: embedding lr ∝ 1/width (before),exp 0: constant embedding lr (default)"
 
 The rule, written before the runs: μP with the project's defaults (α_out 4) but for the exponent,
 GPT-2 family (tied), 2 layers, head dim 16, d_ff 4d, widths 32 to 512 (base 32: both rules are SP
