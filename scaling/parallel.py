@@ -192,7 +192,12 @@ def run(
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
-  for i, unit in jobs.items():  # a job that finished while a signal stopped it did not fail.
+  return _forgiven(codes, jobs, ms, done)
+
+
+def _forgiven(codes: dict, jobs: dict, ms: list, done: object) -> dict:
+  """codes with 0 for a job that finished while a signal stopped it: it did not fail."""
+  for i, unit in jobs.items():
     if codes.get(ms[i].name) and all(done(j) for j in unit):
       logging.info(
         'member %d %s finished before it was stopped (exit %d)', i, ms[i].name, codes[ms[i].name]

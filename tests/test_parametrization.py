@@ -97,7 +97,7 @@ def test_mup_equals_sp_at_base_width_and_scales_beyond(family):
   lr, init = _by_path(models.param_scales(wide, 'lr')), _by_path(models.param_scales(wide, 'init'))
   assert lr['layers/attn/query'] == lr['layers/attn/out'] == lr['layers/mlp/wo'] == 0.25
   assert lr['layers/attn_norm/scale'] == 1.0
-  assert lr['embed'] == 0.25  # the embedding-lr width rule's default: × 1/w
+  assert lr['embed'] == 1.0  # the default constant embedding lr (× 1/w with width_exp 1)
   assert init['layers/mlp/wi'] == pytest.approx(0.02 / 2)  # std / sqrt(w), w = 4
   if family == 'llama':
     assert lr['unembed'] == 1.0
@@ -138,7 +138,7 @@ def test_mup_optimizer_scales_adam_updates_per_leaf():
   lr = _by_path(models.param_scales(wide, 'lr'))
   for k in updates['sp']:
     np.testing.assert_allclose(updates['mup'][k], updates['sp'][k] * lr[k], rtol=1e-6, err_msg=k)
-  assert lr['layers/mlp/wi'] == 0.5 and lr['embed'] == 0.5  # embedding lr × 1/w by default
+  assert lr['layers/mlp/wi'] == 0.5 and lr['embed'] == 1.0  # constant embedding lr by default
 
 
 def test_umup_weight_decay_is_independent_of_the_lr_scale():
@@ -388,7 +388,7 @@ def test_depth_mup_branch_scale_and_lr() -> None:
   assert float(skip) == 1.0 and float(branch) == pytest.approx(0.5)  # (8 / 2)^-1/2
   lr, init = _by_path(models.param_scales(deep, 'lr')), _by_path(models.param_scales(deep, 'init'))
   assert lr['layers/attn/query'] == lr['layers/mlp/wo'] == pytest.approx(0.5 / 2)  # depth · 1/w
-  assert lr['embed'] == 1 / 2 and lr['layers/attn_norm/scale'] == 1.0  # embedding: × 1/w only
+  assert lr['embed'] == 1.0 and lr['layers/attn_norm/scale'] == 1.0  # no depth scale there
   assert init['layers/mlp/wo'] == pytest.approx(0.02 / (2 * 2) ** 0.5 / 2**0.5)  # base depth 2
   own = _model(parametrization='mup', base_d_model=32, n_layers=8, base_n_layers=8)
   assert P.residual_weights(own, jnp.asarray(0)) is None  # at the base depth: plain μP.
