@@ -10,7 +10,7 @@ with GPT-2 124M's data shape (configs/gpt2.py:124m: seq_len 1024, here a global 
 one host): the data layer's start-up (make_datasets + first batch, at step 0 and at a resume far
 into training), resident memory, and tokens/s read by `TrainStream.batch` (sequential steps with
 grain reader threads, and random access without). The trainer's consumption to compare with is
-the README's measured H100 figure for GPT-2 124M. --root is deleted at the end unless --keep.
+docs/performance.md's measured H100 figure for GPT-2 124M. --root is deleted at the end unless --keep.
 """
 
 import json
@@ -31,7 +31,7 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Fresh measuring processes per siz
 _KEEP = flags.DEFINE_bool('keep', False, 'Keep --root (the corpora and shards) afterwards.')
 _MEASURE = flags.DEFINE_string('measure', '', 'Internal: measure one size in this process.')
 
-# README, "GPUs": one H100 80GB, gpt2 124m, bf16, cuDNN attention, vocab 50304, batch 64 x 1024
+# docs/performance.md, "One H100": one H100 80GB, gpt2 124m, bf16, cuDNN attention, vocab 50304, batch 64 x 1024
 # (the fastest GPT-2 124M row of its table).
 TRAINER_TOKENS_PER_SEC = 345_497
 
@@ -199,7 +199,7 @@ def _table(results: dict) -> str:
     f'| {name} | ' + ' | '.join(fmt(results[s]) for s in sizes) + ' |' for name, fmt in rows
   ]
   lines.append(
-    '| trainer tokens/s (README: one H100, GPT-2 124M) | '
+    '| trainer tokens/s (docs/performance.md: one H100, GPT-2 124M) | '
     + ' | '.join(f'{TRAINER_TOKENS_PER_SEC:,}' for _ in sizes)
     + ' |'
   )
