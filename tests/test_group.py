@@ -226,25 +226,39 @@ def test_grouped_sweep_killed_and_resumed_equals_one_at_a_time(data_dir, tmp_pat
 
 
 @pytest.mark.slow  # two WSD sweeps of 2 trunks and 4 branches (~60 s).
-def test_wsd_branches_in_groups_equal_the_branches_alone(data_dir, tmp_path):
+def test_wsd_branches_in_groups_equal_the_branches_alone(data_dir, tmp_path, monkeypatch):
   """kind='wsd' with two seeds and sweep.vmap=2: the two seeds' trunks grow as one group to each
-  branch point, the branches of one budget train as one group from their trunks' states there,
-  and results.csv equals the one-at-a-time sweep's within the group tolerances; a rerun trains
-  nothing."""
-  rows = {}
+  branch point, the branches of one budget train as one group from their trunks' states there
+  (here killed once right after getting them, and rerun), and results.csv equals the one-at-a-time
+  sweep's within the group tolerances; a rerun trains nothing."""
+  rows, real = {}, group.run
+
+  def killed_once(configs, dirs, group_dir, **kwargs):
+    if not rows.get('killed') and '_trunk' not in os.path.basename(dirs[0]):
+      rows['killed'] = True  # the first branch group: its members hold their starts, it has none.
+      raise KeyboardInterrupt
+    return real(configs, dirs, group_dir, **kwargs)
+
   for vmap in (0, 2):
     config, _ = _scan(data_dir, vmap)
     config.sweep.update(
-      kind='wsd', budgets=(), tokens=(256 * 10, 256 * 20), lrs=(), evals_per_member=1
+      kind='wsd', budgets=(), tokens=(256 * 20, 256 * 40), lrs=(), evals_per_member=1
     )
     config.optimizer.decay_fraction = 0.2
     workdir = str(tmp_path / f'v{vmap}')
     ms = sweep.members(config)
     assert len(ms) == 4 and len({m.trunk for m in ms}) == 2
+    assert sorted({m.branch_step for m in ms}) == [16, 32]
+    if vmap:
+      monkeypatch.setattr(group, 'run', killed_once)
+      with pytest.raises(KeyboardInterrupt):
+        sweep.run(config, workdir)
+      starts = glob.glob(os.path.join(workdir, 'N*', 'checkpoints', '16'))
+      assert len(starts) == 2 and not glob.glob(os.path.join(workdir, 'N*', 'result.json'))
     assert sorted(sweep.run(config, workdir)['ran']) == sorted(m.name for m in ms)
     rows[vmap] = _csv(os.path.join(workdir, 'results.csv'))
-  trunk_group = glob.glob(os.path.join(tmp_path, 'v2', 'groups', '*', 'checkpoints', '16'))
-  assert len(trunk_group) == 1  # the trunks' group kept the last branch point (8 -> 16).
+  trunk_group = glob.glob(os.path.join(tmp_path, 'v2', 'groups', '*', 'checkpoints', '32'))
+  assert len(trunk_group) == 1  # the trunks' group kept the last branch point (16 -> 32).
   assert (
     len(os.listdir(os.path.join(tmp_path, 'v2', 'groups'))) == 3
   )  # trunks; 2 budgets' branches.
