@@ -36,37 +36,6 @@ _HELP_CONFIG = flags.DEFINE_bool(
 flags.mark_flags_as_required(['config'])
 
 
-class _QuietLibraries(logging.Filter):
-  """Drop orbax's per-save INFO chatter from the console; its warnings and errors pass as one
-  line (the error itself reaches main and is reported there)."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    if _DEBUG.value:
-      return True
-    if '/asyncio/' in record.pathname:  # orbax's abandoned writes after a failed save.
-      return 'exception was never retrieved' not in str(record.msg)
-    if record.levelno < logging.WARNING and (
-      'xla_bridge' in record.pathname or '/tensorflow_datasets/' in record.pathname
-    ):
-      return False  # "Unable to initialize backend 'tpu'" on CPU, TFDS "Reusing dataset".
-    if '/matplotlib/' in record.pathname and record.levelno < logging.ERROR:
-      return False  # its font-cache notices: TensorFlow imports Keras, which imports matplotlib.
-    if '/orbax/' not in record.pathname:
-      return True
-    if record.levelno >= logging.ERROR:
-      record.exc_info, record.exc_text = None, None
-      record.msg, record.args = str(record.getMessage())[:200], ()
-    return record.levelno >= logging.WARNING
-
-
-class _Console(logging.Formatter):
-  """`HH:MM:SS message`, with the level named only for warnings and errors."""
-
-  def format(self, record: logging.LogRecord) -> str:
-    level = '' if record.levelno < logging.WARNING else record.levelname + ': '
-    return f'{self.formatTime(record, "%H:%M:%S")} {level}{record.getMessage()}'
-
-
 def _config_keys(config: ConfigDict) -> str:
   """`section.key = value` for every key of the resolved config (sorted, as ConfigDict keeps them)."""
   lines = []
@@ -185,10 +154,7 @@ def _train(config: ConfigDict, workdir: str) -> None:
 
 def main(argv: list[str]) -> None:
   del argv
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_QuietLibraries())
-    if not _DEBUG.value:
-      handler.setFormatter(_Console())
+  cli.quiet(_DEBUG.value)  # our lines only (libraries' warnings too); --verbosity=1: theirs too.
   if _HELP_CONFIG.value:
     print(_config_keys(_CONFIG.value))
     return

@@ -1,16 +1,28 @@
 """One-line `error:` exits for every command line (main.py, train.data.prepare, train.sample,
 train.harness, the scaling tools): bad input exits 2, a failed run 1, a bug keeps its traceback.
 Tools whose modules import each other define flags on their own `flags.FlagValues()` and
-parse them with `parse` (shared names such as --out would collide on absl's global FLAGS)."""
+parse them with `parse` (shared names such as --out would collide on absl's global FLAGS).
+
+Every command line is quiet the same way (`quiet`, which `run` and main.py call; importing this
+module keeps TensorFlow's start-up banners off for the `parse` tools too): only our own log lines
+(`HH:MM:SS message`) and libraries' warnings reach stderr; `--verbosity=1` (absl's flag) shows the
+libraries' INFO lines and progress bars again, `--debug` everything, in absl's format."""
 
 import contextlib
 import errno
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
-from absl import app, flags
+# Before anything imports TensorFlow (TFDS reads data with it, lm-eval's datasets probe for it):
+# no C++ start-up chatter (the oneDNN banner, CUDA probes). Every entry point imports this module
+# before TensorFlow; child processes (scaling.parallel's) inherit the settings.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+from absl import app, flags  # noqa: E402
 
 BAD_INPUT, RUN_FAILED = 2, 1
 # Errors that mean "fix the input": our validation raises ValueError naming the field or path.
@@ -81,6 +93,110 @@ def one_line_errors(
 def usage_error(message: object) -> NoReturn:
   """Writes `error: message` as one line on stderr and exits with code 2."""
   fail(' '.join(str(message).split()), BAD_INPUT)
+
+
+# Libraries whose INFO lines and progress bars a command line hides (`quiet`); orbax and TFDS log
+# through absl's logger. Their warnings and errors still show, in our format.
+LIBRARY_LOGGERS = (
+  'absl',
+  'orbax',
+  'jax',
+  'tensorflow',
+  'tensorflow_datasets',
+  'lm_eval',
+  'datasets',
+  'transformers',
+  'huggingface_hub',
+  'matplotlib',
+  'urllib3',
+  'filelock',
+  'fsspec',
+)
+
+
+class QuietLibraries(logging.Filter):
+  """Our own lines (the root logger's: the project logs with `logging.info`) pass; a library's
+  below WARNING do not (orbax's per-save chatter, TFDS "Reusing dataset", lm-eval's task setup,
+  "Unable to initialize backend 'tpu'" on CPU); its warnings and errors pass as one line (the
+  error itself reaches main and is reported there). `verbose`: everything passes."""
+
+  def __init__(self, verbose: bool = False) -> None:
+    super().__init__()
+    self.verbose = verbose
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if self.verbose:
+      return True
+    if '/asyncio/' in record.pathname:  # orbax's abandoned writes after a failed save.
+      return 'exception was never retrieved' not in str(record.msg)
+    if record.name == 'root':
+      return True  # ours (orbax and TFDS log through absl's logger, 'absl').
+    if record.levelno < logging.WARNING:
+      return False
+    if 'xla_bridge' in record.pathname and 'Unable to initialize backend' in str(record.msg):
+      return False  # (at any level: a TPU plugin that finds no TPU, on a CPU or GPU host)
+    if '/matplotlib/' in record.pathname and record.levelno < logging.ERROR:
+      return False  # its font-cache notices: TensorFlow imports Keras, which imports matplotlib.
+    if '/orbax/' in record.pathname and record.levelno >= logging.ERROR:
+      record.exc_info, record.exc_text = None, None
+      record.msg, record.args = str(record.getMessage())[:200], ()
+    return True
+
+
+class Console(logging.Formatter):
+  """`HH:MM:SS message`, with the level named only for warnings and errors."""
+
+  def format(self, record: logging.LogRecord) -> str:
+    level = '' if record.levelno < logging.WARNING else record.levelname + ': '
+    return f'{self.formatTime(record, "%H:%M:%S")} {level}{record.getMessage()}'
+
+
+_tqdm_init = None  # tqdm's own __init__ while `quiet` turns its bars off.
+
+
+def _progress_bars(show: bool) -> None:
+  """Turn every tqdm progress bar (lm-eval's per-evaluation bars, HF datasets') off or back on."""
+  global _tqdm_init
+  try:
+    from tqdm import std
+  except ImportError:
+    return
+  if show and _tqdm_init is not None:
+    std.tqdm.__init__, _tqdm_init = _tqdm_init, None
+  elif not show and _tqdm_init is None:
+    _tqdm_init = original = std.tqdm.__init__
+
+    def init(self, *args, **kwargs):
+      kwargs['disable'] = True  # (lm-eval passes disable=False itself)
+      original(self, *args, **kwargs)
+
+    std.tqdm.__init__ = init
+
+
+def verbosity() -> int:
+  """absl's --verbosity (0 where it is not defined or not parsed)."""
+  try:
+    return int(flags.FLAGS.verbosity)
+  except (AttributeError, flags.Error):
+    return 0
+
+
+def quiet(debug: bool = False, verbose: bool | None = None) -> None:
+  """The console every absl command line shares (main.py's and `run`'s): our lines as
+  `HH:MM:SS message`, the libraries' (absl/orbax, TFDS, TensorFlow, JAX, lm-eval, HF datasets)
+  at WARNING and above only, and no progress bars. `verbose` (default: absl's --verbosity >= 1)
+  or `debug` shows the libraries' INFO and progress bars again; `debug` also keeps absl's format.
+  Safe to call more than once in a process (the last call wins)."""
+  verbose = debug or (verbosity() >= 1 if verbose is None else verbose)
+  for name in LIBRARY_LOGGERS:
+    logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+  for handler in logging.getLogger().handlers:
+    for f in [f for f in handler.filters if isinstance(f, QuietLibraries)]:
+      handler.removeFilter(f)
+    handler.addFilter(QuietLibraries(verbose))
+    if not debug:
+      handler.setFormatter(Console())
+  _progress_bars(show=verbose)
 
 
 def help_text(flag_values: flags.FlagValues, doc: str) -> str:
@@ -158,6 +274,7 @@ def run(main: Callable[[list[str]], object], config_flags: Sequence[str] = ('con
       usage_error(f'{_unknown_key(e, argv) or _first_line(e)}; see `--help`')
 
   def guarded(argv: list[str]) -> None:
+    quiet(debug)  # (after parsing: absl's --verbosity is known, its handler installed)
     try:
       with one_line_errors(debug):
         main(argv)

@@ -603,7 +603,6 @@ def open_store(
 
 def main(argv: list[str]) -> None:
   del argv
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   distributed.initialize(config.distributed)
   meta = write(config, workdir)

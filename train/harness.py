@@ -471,7 +471,6 @@ def main(argv: list[str]) -> None:
   """The command line: see the module docstring."""
   del argv
   f = flags.FLAGS
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   limit = None if f.limit is None else (int(f.limit) if f.limit >= 1 else f.limit)
   # OSError: e.g. a dataset unreachable.
   with cli.one_line_errors(f.debug, input_errors=(ValueError, OSError, NotImplementedError)):

@@ -90,7 +90,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   config_flags.DEFINE_config_file(
     'config', None, 'Training config file (path[:arg]).', lock_config=True
   )
