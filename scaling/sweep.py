@@ -258,7 +258,9 @@ class _Sweep:
   ran: list = dataclasses.field(default_factory=list)
   skipped: list = dataclasses.field(default_factory=list)
   failed: list = dataclasses.field(default_factory=list)
-  t_start: float = dataclasses.field(default_factory=time.time)
+  t_start: float = dataclasses.field(default_factory=lambda: time.time())
+  job: dict = dataclasses.field(default_factory=dict)  # name -> FLOPs left, members still to train
+  flops_done: float = 0.0  # FLOPs of the members trained in this process (the ETA's s/FLOP)
 
   def write(self, member_dir: str, name: str, obj: dict) -> None:
     if self.lead:
@@ -271,10 +273,12 @@ def _skip_finished(sw: _Sweep, m: Member, member_dir: str, tag: str) -> bool:
     result = finished(member_dir, m.config, m.name)
   except Unverifiable as e:
     sw.failed.append(m.name)
+    sw.job.pop(m.name, None)
     logging.warning('%s: %s', tag, e)
     return True
   if result is None:
     return False
+  sw.job.pop(m.name, None)
   if result.get('status', 'ok') == 'ok':
     sw.rows[m.name] = result
     sw.skipped.append(m.name)
@@ -330,7 +334,10 @@ def _run_member(sw: _Sweep, m: Member, member_dir: str, tag: str) -> bool:
   finally:
     wall = meta['wall_s'] + time.time() - tic
     sw.write(member_dir, MEMBER_FILE, _member_meta(m, wall))
-  return _record(sw, m, member_dir, tag, metrics, wall, time.time() - tic)
+  going = _record(sw, m, member_dir, tag, metrics, wall, time.time() - tic)
+  if going:
+    _progress(sw)
+  return going
 
 
 def _member_meta(m: Member, wall_s: float, **extra: object) -> dict:
@@ -343,6 +350,8 @@ def _record(
   """Writes m's result.json (ok or diverged) and merges results.csv; False when a SIGTERM stopped
   m (the sweep stops too)."""
   h = m.config_hash
+  if metrics.get('preempted_at_step') is None:  # trained to its end (or diverged): for the ETA.
+    sw.flops_done += sw.job.pop(m.name, 0.0)
   if 'diverged' in metrics:
     sw.failed.append(m.name)
     logging.warning('%s: diverged: %s', tag, metrics['diverged'])
@@ -361,17 +370,45 @@ def _record(
   if sw.lead:
     results.merge_results(sw.workdir, sw.ms)
   logging.info(
-    '%s: loss %.4f, %.4f bits/byte, %d steps in %.1fs | %d/%d done, sweep %s',
+    '%s: loss %.4f, %.4f bits/byte, %d steps in %.1fs',
     tag,
     row['loss'],
     row['bits_per_byte'],
     m.info['steps'],
     took,
-    len(sw.rows) + len(sw.failed),
-    len(sw.ms),
-    _hms(time.time() - sw.t_start),
   )
   return True
+
+
+def _flops_left(m: Member, member_dir: str) -> float:
+  """m's training FLOPs after its latest checkpoint (all of them when it has none)."""
+  steps = max(int(m.info['steps']), 1)
+  done = min(workdir_lib.latest_checkpoint_step(member_dir) or 0, steps)
+  return float(m.info['flops']) * (1 - done / steps)
+
+
+def _progress(sw: _Sweep) -> None:
+  """Logs the sweep's progress after a member or group: members done of all, the time since this
+  process started, and an ETA of this job's members still to train: their FLOPs left at the
+  seconds per FLOP of the members trained so far in this process (wall time, compiles included)."""
+  elapsed = time.time() - sw.t_start
+  left = sum(sw.job.values())
+  if not sw.job:
+    eta = 'nothing left to train in this job'
+  elif sw.flops_done > 0:
+    rate = elapsed / sw.flops_done
+    eta = f'ETA {_hms(left * rate)} for {len(sw.job)} more ({left:.3g} FLOPs at {rate:.3g} s/FLOP)'
+  else:
+    eta = 'no ETA yet'
+  failed = f', {len(sw.failed)} failed' if sw.failed else ''
+  logging.info(
+    'Sweep progress: %d/%d members done%s, %s elapsed; %s',
+    len(sw.rows) + len(sw.failed),
+    len(sw.ms),
+    failed,
+    _hms(elapsed),
+    eta,
+  )
 
 
 def units(todo: list, k: int) -> list[list]:
@@ -429,6 +466,8 @@ def _run_group(sw: _Sweep, unit: list) -> bool:
     where = {'group': group_dir, 'group_member': i}
     sw.write(member_dir, MEMBER_FILE, _member_meta(m, before + share, **where))
     going = _record(sw, m, member_dir, tag, final, before + share, took) and going
+  if going:
+    _progress(sw)
   return going
 
 
@@ -457,7 +496,9 @@ def _prepare(
       f.write(plan_table(ms) + '\n')
   k = 1 if evaluators else int(get(config.sweep, 'vmap'))
   todo = units(list(enumerate(ms)), k)
-  return sw, todo if only < 0 else [u for u in todo if only in dict(u)]
+  todo = todo if only < 0 else [u for u in todo if only in dict(u)]
+  sw.job = {m.name: _flops_left(m, os.path.join(workdir, m.name)) for u in todo for _, m in u}
+  return sw, todo
 
 
 def run(

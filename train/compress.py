@@ -1,7 +1,8 @@
 """Compress a trained model (one of our workdirs or an `hf:/dir` checkpoint): structured pruning,
 one-shot sparsity or weight quantization, written as a new workdir of ours that every loader
-accepts (init_from, distillation, export, sampling, lm-eval); the eval loss before and after is
-printed and kept in OUT/compress.json.
+accepts (init_from, distillation, export, sampling, lm-eval); a few lines summarise it (params,
+size and eval loss before -> after) and the full record is kept in OUT/compress.json; the last
+line printed is that record as JSON, without its per-unit importance and kept lists.
 
   python -m train.compress --workdir=W --out=W2 --prune=layers:2           # depth
   python -m train.compress --workdir=W --out=W2 --prune=heads:4,mlp:224    # width
@@ -281,7 +282,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     if config is not None:
       _ = config.keys  # config_flags defers a failed load (e.g. a missing file) to here.
     record = compress(f.workdir, f.out, what, config)
+  print(summary(record, f.out))
   print(json.dumps({k: v for k, v in record.items() if k not in ('importance', 'kept')}))
+
+
+def summary(record: dict, out: str) -> str:
+  """A few lines for people: what was done, params / size / eval loss before -> after, where."""
+  before, after = record['params_before'], record['params_after']
+  if record['prune']:
+    done = 'pruned to ' + ', '.join(f'{k} {v}' for k, v in record['shape'].items())
+  elif record['sparsity']:
+    how = f'{record["pattern"]}, {record["scope"]}'
+    done = f'sparsified {record["sparsity"]:.0%} ({how}): {record.get("zeros", 0):,} weights zero'
+  else:
+    group = f'group {record["group"]}' if record['group'] else 'per channel'
+    done = f'quantized to {record["quantize"]} ({group})'
+  lines = [
+    f'Compressed {record["source"]}: {done}',
+    f'  params:    {before:,} -> {after:,} ({after / before - 1:+.1%})',
+    f'  eval loss: {record["loss_before"]:.4f} -> {record["loss_after"]:.4f} '
+    f'({record["loss_after"] - record["loss_before"]:+.4f})',
+  ]
+  if 'bytes_quantized' in record:
+    b32, bq = record['bytes_float32'], record['bytes_quantized']
+    lines.append(
+      f'  size:      {b32 / 2**20:.2f} MiB float32 -> {bq / 2**20:.2f} MiB ({bq / b32:.1%})'
+    )
+  took = f' in {record["wall_s"]:.1f}s' if 'wall_s' in record else ''
+  lines.append(f'  out:       {os.path.abspath(out)}{took} (full record: {RECORD})')
+  return '\n'.join(lines)
 
 
 if __name__ == '__main__':

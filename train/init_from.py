@@ -1,9 +1,12 @@
 """Loading weights to start from: `config.init_from` ('hf:/dir' or one of our workdirs).
 
 Also used by the distillation trainer to load teachers. Params are placed straight onto
-the given shardings; a shape mismatch with the target model config names the tensor.
+the given shardings; a shape mismatch with the target model config names the tensor. A run
+started from `config.init_from` logs one line: the source, its checkpoint step, the params loaded
+and any left at init (a LoRA run's adapters).
 """
 
+import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -184,13 +187,43 @@ def params_fn(config: ml_collections.ConfigDict) -> Callable[['Run'], PyTree] | 
   def load(run: 'Run') -> PyTree:
     cfg = run.derived.model
     if not cfg.lora_rank:
-      return load_params(src, cfg, run.state_shardings.params)[1]
+      params = load_params(src, cfg, run.state_shardings.params)[1]
+      logging.info('%s', loaded_line(src, params))
+      return params
     # LoRA: the base from the source; the adapters as initialised (B = 0: the base's function).
     base_shardings, adapter_shardings = lora.split(run.state_shardings.params)
     _, base = load_params(src, lora.base_config(cfg), base_shardings)
     init_adapters = jax.jit(
       lambda key: lora.split(models.init(cfg, key))[1], out_shardings=adapter_shardings
     )
-    return lora.combine(base, init_adapters(jax.random.key(config.seed)))
+    adapters = init_adapters(jax.random.key(config.seed))
+    logging.info('%s', loaded_line(src, base, adapters, 'LoRA adapters'))
+    return lora.combine(base, adapters)
 
   return load
+
+
+def _size(tree: PyTree) -> tuple[int, int]:
+  leaves = jax.tree.leaves(tree)
+  return int(sum(x.size for x in leaves)), len(leaves)
+
+
+def source_step(src: str) -> str:
+  """Where in its source's life `src`'s weights come from, in words (e.g. 'checkpoint step 400')."""
+  if src.startswith('hf:'):
+    return 'HF checkpoint'
+  if os.path.exists(os.path.join(src, QUANTIZED_FILE)):
+    quantized = workdir_lib.read_json(os.path.join(src, 'config.json')).get('quantized', {})
+    return f'{quantized.get("scheme", "?")}-quantized workdir'
+  step = workdir_lib.latest_checkpoint_step(src)
+  return f'checkpoint step {step}' if step is not None else 'no checkpoint'
+
+
+def loaded_line(src: str, loaded: PyTree, left: PyTree | None = None, left_what: str = '') -> str:
+  """The one line init_from logs: the source, its step, the params loaded and those left at init."""
+  n, k = _size(loaded)
+  line = f'init_from: loaded {n:,} params ({k} tensors) from {src} ({source_step(src)})'
+  if left is not None:
+    n_left, k_left = _size(left)
+    line += f'; left at init: {n_left:,} params ({k_left} tensors) of the {left_what}'
+  return line
