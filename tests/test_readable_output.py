@@ -165,3 +165,15 @@ def test_export_prints_a_summary_and_keeps_export_json(trained_workdir, tmp_path
     f'Exported the model (HF) of {os.path.abspath(trained_workdir)} (checkpoint step 4)'
   )
   assert lines[-1] == f'  out:    {os.path.abspath(out)} (record: export.json)' and len(lines) <= 5
+
+
+def test_in_loop_lm_eval_scores_are_on_the_step_line():
+  from train import metrics
+
+  m = {'train/loss': 2.0, 'eval/loss': 2.5, 'eval/bits_per_byte': 3.6, 'train/lr': 1e-3,
+       'train/tokens_per_sec': 1000.0, 'lm_eval/toy_mc/acc': 0.5, 'lm_eval/toy_mc/acc_norm': 0.75}  # fmt: skip
+  line = metrics.console_line(10, 20, m, 5.0)
+  assert (
+    'eval 2.5000 (3.6000 bits/byte) | lm-eval toy_mc/acc 0.5000, toy_mc/acc_norm 0.7500 | lr'
+    in line
+  )

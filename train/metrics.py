@@ -180,11 +180,15 @@ def _duration(seconds: float) -> str:
 
 
 def console_line(step: int, num_steps: int, m: dict, eta_seconds: float | None) -> str:
-  """`step 250/500 | loss 2.106 | eval 2.313 (3.337 bits/byte) | lr 1.89e-03 | 4,571 tok/s | ETA 3m05s`;
-  ETA is '-' until the step time is measured after compilation."""
+  """`step 250/500 | loss 2.106 | eval 2.313 (3.337 bits/byte) | lr 1.89e-03 | 4,571 tok/s | ETA 3m05s`
+  (with `| lm-eval <task>/<metric> 0.5000` after the eval where lm-eval ran); ETA is '-' until the
+  step time is measured after compilation."""
   parts = [f'step {step}/{num_steps}', f'loss {m["train/loss"]:.4f}']
   if 'eval/loss' in m:
     parts.append(f'eval {m["eval/loss"]:.4f} ({m["eval/bits_per_byte"]:.4f} bits/byte)')
+  scores = [f'{k.split("/", 1)[1]} {v:.4f}' for k, v in m.items() if k.startswith('lm_eval/')]
+  if scores:  # in-loop lm-eval (config.lm_eval.tasks): 'lm-eval <task>/<metric> value, ...'
+    parts.append('lm-eval ' + ', '.join(scores))
   rate = m['train/tokens_per_sec']
   parts += [
     f'lr {m["train/lr"]:.2e}',
