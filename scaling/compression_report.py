@@ -10,6 +10,7 @@ import numpy as np
 from scipy import optimize
 
 from scaling import checks, results
+from scaling import plot_style as style
 
 # --- Frantar et al. 2023 at a fixed tokens-per-parameter ratio -----------------------------------
 
@@ -162,8 +163,8 @@ def plot_recovery(curves: list[dict], refs: dict, pruned: dict, png: str) -> Non
         if how != 'scratch' and shape in pruned:  # the pruned model before any recovery.
           xs, ys = [0.0] + xs, [pruned[shape]] + ys
         ax.plot(xs, ys, color=color, label=how)
-    for (label, value), style in zip(refs.items(), (':', '--')):
-      ax.axhline(value, color='gray', ls=style, lw=1, label=label)
+    for (label, value), ls in zip(refs.items(), (':', '--')):
+      ax.axhline(value, color='gray', ls=ls, lw=1, label=label)
     ax.set_title(f'pruned: {shape}')
     ax.set_xlabel('recovery tokens (M)')
     ax.set_ylim(1.0, 2.4)
@@ -219,21 +220,21 @@ def plot_sparsity(oneshot: list[dict], gradual_rows: list[dict], fit: dict, png:
 
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  import matplotlib.ticker  # noqa: F401 (the minor-tick formatter below)
 
   fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
   for i, base in enumerate(dict.fromkeys(r['base'] for r in oneshot)):
-    for scope, style in (('global', '-'), ('layer', '--')):
+    for scope, ls in (('global', '-'), ('layer', '--')):
       rs = sorted((r for r in oneshot if r['base'] == base and r['scope'] == scope
                    and r['pattern'] == 'unstructured'), key=lambda r: float(r['sparsity']))  # fmt: skip
       if rs:
         xs = [0.0] + [float(r['sparsity']) for r in rs]
         ys = [float(rs[0]['loss_dense'])] + [float(r['loss']) for r in rs]
-        a.plot(xs, ys, style, color=f'C{i}', label=f'{base.split("_")[0]} {scope}')
-  a.set_xlabel('sparsity (one-shot, no retraining)')
-  a.set_ylabel('eval loss')
-  a.set_yscale('log')
-  a.legend(fontsize=6)
+        a.plot(xs, ys, ls, color=f'C{i}', label=f'{base.split("_")[0]} {scope}')
+  style.style_axis(a, 'sparsity (fraction of weights zeroed; one-shot, no retraining)',
+                   'eval loss (nats/byte)', 'One-shot magnitude pruning')  # fmt: skip
+  style.ordered_legend(
+    a, fontsize=6, title='base: solid global, dashed per layer', title_fontsize=6
+  )
   p = np.array(fit['p'])
   for i, s in enumerate(sorted({float(r['sparsity']) for r in gradual_rows})):
     rs = sorted(
@@ -243,12 +244,10 @@ def plot_sparsity(oneshot: list[dict], gradual_rows: list[dict], fit: dict, png:
     b.plot(n, [float(r['loss']) for r in rs], 'o', color=f'C{i}', label=f'S = {s}')
     grid = np.geomspace(n.min() / 1.2, n.max() * 1.2, 50)
     b.plot(grid, sparse_law(p, s, grid), '-', color=f'C{i}', lw=1)
-  b.set_xscale('log')
-  b.set_xlabel('nonzero parameters (trained sparse, 20 tokens per dense param)', fontsize=8)
-  b.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-  b.set_ylabel('eval loss')
-  b.legend(fontsize=7)
-  b.set_title('Frantar et al. law (lines) fitted to all points', fontsize=9)
+  style.style_axis(b, 'nonzero parameters (trained sparse, 20 tokens per dense param)',
+                   'eval loss (nats/byte)', 'Frantar et al. law (lines) fitted to all points',
+                   xlog=True)  # fmt: skip
+  style.ordered_legend(b, fontsize=7, title='sparsity S', title_fontsize=7)
   fig.tight_layout()
   fig.savefig(png, dpi=120)
   plt.close(fig)
@@ -300,12 +299,49 @@ def plot_quantize(rows: list[dict], png: str) -> None:
       ratio = [float(r['tokens']) / size for r in rs]
       gap = [max(float(r['loss']) - float(r['loss_float']), 1e-4) for r in rs]
       ax.plot(ratio, gap, 'o-', color=f'C{i}', label=f'N = {size / 1e3:.0f}K')
-    ax.set_xscale('log')
-    ax.set_yscale('log')
-    ax.set_xlabel('tokens per parameter trained on')
-    ax.set_title(f'PTQ {scheme}, {"per channel" if group == "0" else "group " + group}', fontsize=9)
-  axes[0].set_ylabel('loss gap to float (nats)')
-  axes[0].legend(fontsize=6)
+    title = f'PTQ {scheme}, {"per channel" if group == "0" else "group " + group}'
+    xlabel = 'training tokens per parameter (D/N)'
+    style.style_axis(ax, xlabel, None, title, xlog=True, ylog=True)
+  axes[0].set_ylabel('loss gap to float (nats/byte)')
+  style.ordered_legend(axes[0], fontsize=7, title='params N', title_fontsize=7)
   fig.tight_layout()
   fig.savefig(png, dpi=120)
   plt.close(fig)
+
+
+def replot(csv_dir: str, ladder_csv: str = 'docs/scaling/ladder_results.csv') -> list[str]:
+  """recovery.png, sparsity.png and quantize.png redrawn from a report's committed CSVs and
+  summary.json (pruned losses, the sparse law's constants) in csv_dir, the reference losses from
+  the ladder's results CSV (scaling/compression.py's refs); returns the paths written."""
+  out = []
+  with open(os.path.join(csv_dir, 'summary.json')) as f:
+    summary = json.load(f)
+  curves = read_csv(os.path.join(csv_dir, 'recovery_curves.csv'))
+  if curves and os.path.exists(ladder_csv):
+    for r in curves:
+      r['tokens'], r['eval_loss'] = float(r['tokens']), float(r['eval_loss'])
+    loss = {r['name']: float(r['loss']) for r in results.read_dicts(ladder_csv)}
+    refs = {'teacher (651K, 13M tokens)': loss['N6.51e5_D1.3e7_lr7.81e-3'],
+            '373K from scratch, 7.5M tokens': loss['N3.73e5_D7.45e6_lr7.81e-3']}  # fmt: skip
+    pruned = {r['shape']: r['pruned_loss'] for r in summary.get('recovery', [])}
+    out.append(os.path.join(csv_dir, 'recovery.png'))
+    plot_recovery(curves, refs, pruned, out[-1])
+  grad = read_csv(os.path.join(csv_dir, 'sparsity_gradual.csv'))
+  if grad:
+    fit = summary.get('sparse_law') or sparse_fit(grad)
+    oneshot = read_csv(os.path.join(csv_dir, 'sparsity_oneshot.csv'))
+    out.append(os.path.join(csv_dir, 'sparsity.png'))
+    plot_sparsity(oneshot, grad, fit, out[-1])
+  rows = read_csv(os.path.join(csv_dir, 'quantize.csv'))
+  if rows:
+    out.append(os.path.join(csv_dir, 'quantize.png'))
+    plot_quantize(rows, out[-1])
+  return out
+
+
+if (
+  __name__ == '__main__'
+):  # python -m scaling.compression_report [docs/compression]: the plots again.
+  import sys
+
+  print('\n'.join(replot(sys.argv[1] if len(sys.argv) > 1 else 'docs/compression')))

@@ -302,16 +302,24 @@ def read_rows(path: str) -> list[dict]:
 
 
 def plot(rows: list[dict], report: dict, png: str) -> None:
-  """Task loss vs fine-tuning examples per base and method (law as lines); forgetting vs gain."""
+  """Task loss vs fine-tuning examples per base and method (law as lines); forgetting vs gain.
+
+  The law is fitted without the held-out base (report['held_out']): its points are diamonds and
+  its line dashed (the law extrapolated in base size). Scratch runs have no forgetting: not in the
+  forgetting-vs-gain panel."""
   import matplotlib
 
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
+  from scaling import plot_style as style
+
   methods = sorted({r['method'] for r in rows})
-  fig, axes = plt.subplots(1, len(methods) + 1, figsize=(3.2 * (len(methods) + 1), 3.2))
+  held_names = {h['name'] for hs in report.get('held_out', {}).values() for h in hs}
+  fig, axes = plt.subplots(1, len(methods) + 1, figsize=(3.4 * (len(methods) + 1), 4.2))
   sizes = sorted({r['base_params'] for r in rows})
   colors = plt.cm.viridis(np.linspace(0, 0.9, len(sizes)))
+  d = np.geomspace(min(r['examples'] for r in rows), max(r['examples'] for r in rows), 50)
   for ax, m in zip(axes, methods):
     law = report['laws'].get(m)
     for c, size in zip(colors, sizes):
@@ -319,38 +327,38 @@ def plot(rows: list[dict], report: dict, png: str) -> None:
         (r for r in rows if r['method'] == m and r['base_params'] == size),
         key=lambda r: r['examples'],
       )
-      ax.plot(
-        [r['examples'] for r in mine],
-        [r['task_loss'] for r in mine],
-        'o',
-        color=c,
-        label=f'{size / 1e3:.0f}K',
-      )
+      held = bool(mine) and mine[0]['name'] in held_names
+      label = f'{size / 1e3:.0f}K' + (' (held out; law extrapolated)' if held else '')
+      mk = dict(style.HELD_OUT, color=c) if held else dict(marker='o', ls='none', color=c, ms=5)
+      ax.plot([r['examples'] for r in mine], [r['task_loss'] for r in mine], label=label, **mk)
       if law:
-        d = np.geomspace(min(r['examples'] for r in rows), max(r['examples'] for r in rows), 50)
-        ax.plot(
-          d, law['A'] * size ** -law['alpha'] * d ** -law['beta'] + law['E'], '-', color=c, lw=0.8
-        )
-    ax.set(xscale='log', title=m, xlabel='fine-tuning examples')
-    ax.xaxis.set_minor_formatter(plt.NullFormatter())
-  axes[0].set_ylabel('task loss (best checkpoint)')
-  axes[0].legend(fontsize=7, title='base (lines: the law)', title_fontsize=7)
-  ax = axes[-1]
-  for m, marker in zip(methods, 'osd^v<>'):
-    mine = [r for r in rows if r['method'] == m and m != 'scratch']
-    ax.plot(
-      [r['task_loss_before'] - r['task_loss'] for r in mine],
-      [r['forgetting'] for r in mine],
-      marker,
-      label=m,
-      alpha=0.7,
-    )
-  ax.set(
-    xlabel='task gain (nats)', ylabel='forgetting (pre-training loss +)', title='forgetting vs gain'
+        y = law['A'] * size ** -law['alpha'] * d ** -law['beta'] + law['E']
+        ax.plot(d, y, '--' if held else '-', color=c, lw=1 if held else 0.8)
+    xlabel = 'fine-tuning examples'
+    style.style_axis(ax, xlabel, None, m, xlog=True, max_ticks=4)
+  axes[0].set_ylabel('task loss, best checkpoint (nats/byte)')
+  title = 'base params (lines: the law)'
+  style.ordered_legend(
+    axes[0],
+    fontsize=7,
+    title=title,
+    title_fontsize=7,
+    where=fig,
+    loc='lower center',
+    ncol=len(sizes),
   )
-  ax.legend(fontsize=7)
-  fig.tight_layout()
+  ax = axes[-1]
+  for m, marker in zip([m for m in methods if m != 'scratch'], 'osd^v<>'):
+    mine = [r for r in rows if r['method'] == m]
+    gain = [r['task_loss_before'] - r['task_loss'] for r in mine]
+    ax.plot(gain, [r['forgetting'] for r in mine], marker, ls='none', label=m, alpha=0.7)
+  style.style_axis(
+    ax, 'task gain (nats/byte)', 'forgetting: pre-training loss + (nats/byte)', 'forgetting vs gain'
+  )
+  style.ordered_legend(ax, fontsize=7)
+  fig.tight_layout(rect=(0, 0.1, 1, 1))  # room for the figure legend below.
   fig.savefig(png, dpi=110)
+  plt.close(fig)
 
 
 def table(rows: list[dict]) -> str:

@@ -4,6 +4,8 @@ The IsoFLOP plot follows Hoffmann et al. 2022 (arXiv 2203.15556), Figure 3: loss
 a parabola in log N through each, and its minimum.
 
   python -m scaling.plot --results=runs.csv --fit=fit.json    # PNGs beside runs.csv
+  python -m scaling.plot --results=docs/scaling/isoflop_tiny_results.csv \
+      --fit=docs/scaling/isoflop_tiny_isoflop_fit.json --stem=isoflop_tiny   # docs/scaling/isoflop_tiny_*.png
 
 A distillation sweep's results.csv (scaling/sweep.py with a `sweep.distill` axis: `mode`,
 `teacher_params`, `teacher_loss` columns) plots without a fit: student loss vs student params,
@@ -22,6 +24,7 @@ from absl import flags
 
 from scaling import cli, laws, predict
 from scaling import fit as fit_lib
+from scaling import plot_style as style
 from scaling import results as results_lib
 
 matplotlib.use('Agg')
@@ -39,6 +42,9 @@ flags.DEFINE_bool(
   flag_values=FLAGS,
 )
 flags.DEFINE_string('out_dir', '', 'default: the results CSV directory', flag_values=FLAGS)
+flags.DEFINE_string(
+  'stem', '', "PNG name prefix; default: the results CSV's name", flag_values=FLAGS
+)
 flags.mark_flag_as_required('results', flag_values=FLAGS)
 
 
@@ -65,17 +71,22 @@ def fitted_loss(runs: results_lib.Runs, fit: dict) -> np.ndarray:
 
 
 def plot_loss_vs_compute(runs: results_lib.Runs, fit: dict, path: str) -> None:
-  """Every run's loss against its FLOPs, with the fit's compute-optimal loss L_opt(C)."""
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  sc = ax.scatter(runs.flops, runs.loss, c=np.log10(runs.params), s=14, cmap='viridis')
+  """Every run's loss against its FLOPs, with the fit's compute-optimal loss L_opt(C): solid over
+  the fitted runs, dashed (and the range shaded) where it extrapolates beyond them."""
+  fig, ax = plt.subplots(figsize=(6.4, 4.5))
+  sc = ax.scatter(runs.flops, runs.loss, c=np.log10(runs.params), s=14, cmap='viridis', zorder=3)
   fig.colorbar(sc, ax=ax, label='log10 params')
+  top = (fit.get('fitted_range') or {}).get('flops', [None, runs.flops.max()])[1]
   cs = np.logspace(np.log10(runs.flops.min()) - 0.5, np.log10(runs.flops.max()) + 1, 100)
   frontier = [predict.predict_point(fit, compute=c)['loss'] for c in cs]
-  ax.plot(cs, frontier, 'k--', label=f'{fit["law"]} compute-optimal frontier')
-  top = (fit.get('fitted_range') or {}).get('flops', [None, runs.flops.max()])[1]
-  ax.axvspan(top, cs[-1], color='0.92', zorder=0, label='extrapolated (beyond the fitted runs)')
-  ax.set(xscale='log', xlabel='training FLOPs (6ND)', ylabel='loss', title='Loss vs compute')
-  ax.legend()
+  label = f'{fit["law"]} compute-optimal frontier'
+  style.fit_line(ax, cs, frontier, top, label=label, color='k', lw=1.2)
+  style.shade_extrapolated(ax, top, cs[-1])
+  ax.set_xlim(cs[0], cs[-1])
+  style.style_axis(
+    ax, 'training compute (FLOPs, 6ND)', 'eval loss (nats/byte)', 'Loss vs compute', xlog=True
+  )
+  style.ordered_legend(ax, labels=[label], fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -107,8 +118,10 @@ def plot_isoflops(runs: results_lib.Runs, fit: dict, path: str) -> bool:
     x = np.linspace(np.log(runs.params[idx].min()), np.log(runs.params[idx].max()), 100)
     ax.plot(np.exp(x), np.polyval(prof['parabola_ln_params'], x), color=colour, lw=1)
     ax.plot(prof['params_opt'], prof['loss_opt'], 'k*', ms=8)
-  ax.set(xscale='log', xlabel='params', ylabel='loss', title='IsoFLOP profiles (* = minimum)')
-  ax.legend(fontsize=7)
+  style.style_axis(
+    ax, 'params', 'eval loss (nats/byte)', 'IsoFLOP profiles (* = minimum)', xlog=True
+  )
+  style.ordered_legend(ax, fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -206,10 +219,27 @@ def distill_table(rows: Sequence[dict]) -> list[dict]:
   return out
 
 
+def _seed_stats(rows: Sequence[dict], mode: str, tokens: float) -> tuple:
+  """(params, mean loss, seed std, seeds per point) of one mode and token budget, params ascending."""
+  by = {}
+  for r in rows:
+    if r['mode'] == mode and r['tokens'] == tokens and np.isfinite(r['loss']):
+      by.setdefault(r['params'], []).append(r['loss'])
+  xs = sorted(by)
+  return (
+    np.array(xs),
+    np.array([np.mean(by[x]) for x in xs]),
+    np.array([np.std(by[x], ddof=1) if len(by[x]) > 1 else 0.0 for x in xs]),
+    [len(by[x]) for x in xs],
+  )
+
+
 def plot_distill_sweep(results_csv: str, out_path: str) -> list[dict]:
   """Student eval loss vs student params, supervised and distilled, with the teacher's loss line.
 
-  One line per mode (and per token budget when the sweep has several). Returns distill_table(rows).
+  One line per mode (and per token budget when the sweep has several); seeds of one (mode, params,
+  tokens) are averaged, with ±1 std error bars (the legend says how many seeds). Returns
+  distill_table(rows).
   """
   rows = read_distill_rows(results_csv)
   token_budgets = sorted({r['tokens'] for r in rows})
@@ -217,20 +247,18 @@ def plot_distill_sweep(results_csv: str, out_path: str) -> list[dict]:
     'supervised': ('tab:blue', 'o', 'supervised (from scratch)'),
     'distill': ('tab:orange', 's', 'distilled'),
   }
-  fig, ax = plt.subplots(figsize=(6, 4.5))
+  fig, ax = plt.subplots(figsize=(6.4, 4.5))
   for k, tokens in enumerate(token_budgets):
     for mode, (colour, marker, label) in styles.items():
-      pts = sorted(
-        (r['params'], r['loss'])
-        for r in rows
-        if r['mode'] == mode and r['tokens'] == tokens and np.isfinite(r['loss'])
-      )
-      if not pts:
+      x, y, err, seeds = _seed_stats(rows, mode, tokens)
+      if not len(x):
         continue
       if len(token_budgets) > 1:
         label = f'{label}, {tokens:.3g} tokens'
-      x, y = zip(*pts)
-      ax.plot(x, y, marker=marker, color=colour, ls=('-', '--', ':', '-.')[k % 4], label=label)
+      n = f'{min(seeds)}' if min(seeds) == max(seeds) else f'{min(seeds)}-{max(seeds)}'
+      label += f' ({n} seed{"s, ±1 std" if max(seeds) > 1 else ": no error bar"})'
+      ls = ('-', '--', ':', '-.')[k % 4]
+      ax.errorbar(x, y, yerr=err, marker=marker, color=colour, ls=ls, capsize=3, label=label)
   teachers = {
     (r['teacher_params'], r['teacher_loss'])
     for r in rows
@@ -239,13 +267,14 @@ def plot_distill_sweep(results_csv: str, out_path: str) -> list[dict]:
   for tp, tl in sorted(teachers):
     size = f'{tp / 1e6:.3g}M params' if np.isfinite(tp) else 'params unknown'
     ax.axhline(tl, color='k', ls='--', lw=1, label=f'teacher ({size}): {tl:.3f}')
-  ax.set(
-    xscale='log',
-    xlabel='student params',
-    ylabel='student eval loss (CE, nats/token)',
-    title='Distillation sweep: student loss vs size',
+  style.style_axis(
+    ax,
+    'student params',
+    'student eval loss (nats/byte)',
+    'Distillation sweep: student loss vs size',
+    xlog=True,
   )
-  ax.legend(fontsize=8)
+  style.ordered_legend(ax, fontsize=8)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   fig.savefig(out_path, dpi=120)
@@ -273,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   """The command line (module docstring); argv excludes the program name (None: sys.argv[1:])."""
   cli.parse(FLAGS, argv, __doc__)
   out_dir = FLAGS.out_dir or os.path.dirname(os.path.abspath(FLAGS.results))
-  stem = os.path.splitext(os.path.basename(FLAGS.results))[0]
+  stem = FLAGS.stem or os.path.splitext(os.path.basename(FLAGS.results))[0]
   if FLAGS.distill:
     out_path = os.path.join(out_dir, f'{stem}_distill.png')
     try:

@@ -22,6 +22,7 @@ import numpy as np
 from absl import flags
 
 from scaling import cli, results
+from scaling import plot_style as style
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
 flags.DEFINE_list('results', None, 'comma-separated results.csv paths', flag_values=FLAGS)
@@ -38,6 +39,12 @@ flags.DEFINE_enum(
   'd_model',
   ['d_model', 'n_layers'],
   'what the sweep varies: width (d_model) or depth (n_layers)',
+  flag_values=FLAGS,
+)
+flags.DEFINE_string(
+  'group_name',
+  'setting',
+  'what a --labels group is, with its unit (e.g. "training steps"): the legend title of a one-width plot',
   flag_values=FLAGS,
 )
 flags.DEFINE_string(
@@ -80,13 +87,18 @@ def optimum_curves(
   paths: Sequence[str], labels: Sequence[str], summary: dict, axis: str = 'd_model'
 ) -> dict:
   """{group: {width: [(tokens, loss) arrays per seed]}}: the eval curves (curves.csv beside each
-  results.csv) of the members at each width's optimal lr."""
+  results.csv, or X_curves.csv beside X.csv as committed under docs/) of the members at each
+  width's optimal lr."""
   out = collections.defaultdict(lambda: collections.defaultdict(list))
   by_dir = collections.defaultdict(dict)
   for group, path, r in _rows(paths, labels, axis):
     w = int(r[axis])
     if float(r['lr']) == summary[group]['optimal_lr'].get(w):
-      by_dir[os.path.join(os.path.dirname(path), 'curves.csv')][r['name']] = (group, w)
+      sibling = os.path.splitext(path)[0] + '_curves.csv'
+      beside = (
+        sibling if os.path.exists(sibling) else os.path.join(os.path.dirname(path), 'curves.csv')
+      )
+      by_dir[beside][r['name']] = (group, w)
   for curves_path, names in by_dir.items():
     rows = [r for r in results.read_dicts(curves_path) if r['name'] in names]
     for name, (group, w) in names.items():
@@ -148,7 +160,7 @@ def summarize(curves: dict) -> dict:
   }
 
 
-def plot(data: dict, path: str, axis: str = 'd_model') -> None:
+def plot(data: dict, path: str, axis: str = 'd_model', group_name: str = 'setting') -> None:
   """One panel per parametrization: mean loss vs lr per width, seed range as a band, optimum starred."""
   # Lazy: matplotlib is heavy and only needed with --out.
   import matplotlib
@@ -158,7 +170,7 @@ def plot(data: dict, path: str, axis: str = 'd_model') -> None:
 
   names = list(data)
   if all(len({w for w, _ in c}) == 1 for c in data.values()):  # one width each: one panel.
-    return _plot_groups(data, path, plt)
+    return _plot_groups(data, path, plt, group_name)
   colors = _width_colors({w for c in data.values() for w, _ in c}, plt)
   fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), sharey=True)
   for ax, p in zip(np.atleast_1d(axes), names):
@@ -187,27 +199,51 @@ def plot(data: dict, path: str, axis: str = 'd_model') -> None:
   plt.close(fig)
 
 
-def _plot_groups(data: dict, path: str, plt: object) -> None:
-  """Loss vs lr at one width, a curve per group (a base-width search's settings), seed range banded."""
+def _plot_groups(data: dict, path: str, plt: object, group_name: str = 'setting') -> None:
+  """Loss vs lr at one width, a curve per group (a base-width search's settings), seed range banded.
+
+  Over 6 groups, only the 4 with the lowest optimum and 'default' keep a color and a legend entry;
+  the rest are thin grey lines under one entry. The legend lists groups by their optimum.
+  """
   fig, ax = plt.subplots(figsize=(7.5, 4.6))
-  colors = plt.cm.tab20(np.linspace(0, 1, len(data)))
-  for (name, curves), color in zip(sorted(data.items()), colors):
+  optimum = {g: min(np.mean(v) for v in c.values()) for g, c in data.items()}
+  ranked = sorted(data, key=optimum.get)
+  shown = ranked if len(data) <= 6 else [g for g in ranked if g in ranked[:4] or g == 'default']
+  colors = dict(zip(shown, plt.cm.tab10(np.arange(len(shown)))))
+  widths = sorted({w for c in data.values() for w, _ in c})
+  for name in ranked[::-1]:  # the best drawn last, on top.
+    curves = data[name]
     lrs = sorted(lr for _, lr in curves)
     losses = [curves[(w, lr)] for lr in lrs for w in {w for w, _ in curves}]
     mean = np.array([np.mean(x) for x in losses])
-    ax.plot(lrs, mean, marker='o', ms=3, color=color, label=name, lw=2 if name == 'default' else 1)
-    ax.fill_between(
-      lrs, [min(x) for x in losses], [max(x) for x in losses], color=color, alpha=0.15
+    if name not in colors:
+      ax.plot(
+        lrs, mean, color='0.75', lw=0.8, label=f'other {group_name}s ({len(data) - len(shown)})'
+      )
+      continue
+    label = f'{name} (best {optimum[name]:.3f})'
+    ax.plot(
+      lrs,
+      mean,
+      marker='o',
+      ms=3,
+      color=colors[name],
+      label=label,
+      lw=2 if name == 'default' else 1.3,
     )
-  ax.set_xscale('log', base=2)
-  ax.set_xlabel('peak learning rate')
-  ax.set_ylabel('final eval loss (nats/byte)')
-  best = [min(np.mean(v) for v in c.values()) for c in data.values()]
+    ax.fill_between(
+      lrs, [min(x) for x in losses], [max(x) for x in losses], color=colors[name], alpha=0.15
+    )
+  best = list(optimum.values())
   ax.set_ylim(
     min(best) - 0.05, max(min(best) + 0.6, max(best) + 0.4)
   )  # every group's optimum shows.
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, ncol=2)
+  title = f'Final loss vs peak lr, a curve per {group_name}'
+  title += f' (d_model {widths[0]})' if len(widths) == 1 else ''
+  style.style_axis(ax, 'peak learning rate', 'final eval loss (nats/byte)', title)
+  ax.set_xscale('log', base=2)
+  key = {f'{g} (best {optimum[g]:.3f})': optimum[g] for g in shown}
+  style.ordered_legend(ax, 'value', key=lambda n: key.get(n, np.inf), title=group_name, fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -233,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       edge = '  (grid edge)' if w in s['at_grid_edge'] else ''
       print(f'  {FLAGS.axis} {w:>5}: best lr {lr:.3g}, loss {s["loss_at_optimum"][w]:.4f}{edge}')
   if FLAGS.out:
-    plot(data, FLAGS.out, FLAGS.axis)
+    plot(data, FLAGS.out, FLAGS.axis, FLAGS.group_name)
   if FLAGS.curves_out:
     try:
       plot_curves(optimum_curves(paths, labels, summary, FLAGS.axis), FLAGS.curves_out, FLAGS.axis)

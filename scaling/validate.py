@@ -37,6 +37,7 @@ from absl import flags
 
 from scaling import cli, diagnostics, distill_law, holdout
 from scaling import fit as fit_lib
+from scaling import plot_style as style
 from scaling import results as results_lib
 from scaling import rollout as rollout_lib
 
@@ -175,19 +176,18 @@ def plot(report: dict, fit_runs: dict, path: str, fit_flops: dict | None = None)
     obs = np.array([r['observed'] for r in rows])
     pred = np.array([r['predicted'] for r in rows])
     f_obs, f_pred = fit_runs[law]
-    ax.scatter(f_obs, f_pred, s=12, color='0.6', label='fitted runs')
+    err = None
     if rows[0]['lo'] is not None:
       err = np.array([[p - r['lo'], r['hi'] - p] for p, r in zip(pred, rows)]).T
-      ax.errorbar(obs, pred, yerr=err, fmt='o', color='C3', ms=4, label='held out (95% CI)')
-    else:
-      ax.scatter(obs, pred, color='C3', s=16, label='held out')
+    held = 'held out (95% interval)' if err is not None else 'held out'
+    style.fitted_and_held_out(ax, f_obs, f_pred, obs, pred, err, 'fitted runs', held)
     largest = (fit_flops or {}).get(law)
     for o, p, r in zip(obs, pred, rows):  # how far each held-out point extrapolates.
       if largest:
         ax.annotate(f'{r["flops"] / largest:.3g}x', (o, p), fontsize=6, xytext=(3, -8),
                     textcoords='offset points', color='C3')  # fmt: skip
     span = [min(obs.min(), pred.min(), f_obs.min()), max(obs.max(), pred.max(), f_obs.max())]
-    ax.plot(span, span, 'k--', lw=0.8)
+    ax.plot(span, span, 'k--', lw=0.8, label='predicted = observed')
     # Axes fit the points; an interval reaching far beyond them (a degenerate refit) is cut.
     pad = 0.15 * (span[1] - span[0])
     ax.set_ylim(span[0] - pad, span[1] + pad)
@@ -201,10 +201,9 @@ def plot(report: dict, fit_runs: dict, path: str, fit_flops: dict | None = None)
         ms=5,
         label='interval beyond the axis',
       )
-    ax.set_xlabel('observed loss')
-    ax.set_ylabel('predicted loss')
-    ax.set_title(law)
-    ax.legend(fontsize=8)
+    unit = '(nats/byte)'
+    style.style_axis(ax, f'observed loss {unit}', f'predicted loss {unit}', law, max_ticks=5)
+    style.ordered_legend(ax, fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -224,7 +223,7 @@ def plot_rollout(rolls: dict, path: str) -> None:
   """Per law, each rollout prediction's signed error against its extrapolation ratio (log x),
   its 95 % interval as a bar, and the ±2 % band."""
   plt = _pyplot()
-  fig, axes = plt.subplots(1, len(rolls), figsize=(4.6 * len(rolls), 4.0), sharey=True)
+  fig, axes = plt.subplots(1, len(rolls), figsize=(4.6 * len(rolls), 5.0), sharey=True)
   for ax, (law, out) in zip(np.atleast_1d(axes), rolls.items()):
     ax.axhspan(-2, 2, color='0.9', label='±2 %')
     ax.axhline(0, color='k', lw=0.6)
@@ -238,12 +237,13 @@ def plot_rollout(rolls: dict, path: str) -> None:
         hi = 100 * np.array([r['hi'] / r['observed'] - 1 for r in rows])
         ax.vlines(x, lo, hi, color=f'C{j}', alpha=0.35, lw=1.5)
       ax.plot(x, y, 'o', color=f'C{j}', ms=4, label=f'fit on {k} sizes')
-    ax.set_xscale('log')
-    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # no crowded minor labels.
-    ax.xaxis.set_major_formatter(plt.FormatStrFormatter('%gx'))
-    ax.set_xlabel('held-out FLOPs / largest fitted FLOPs')
-    ax.set_title(law)
-    ax.legend(fontsize=7)
+    x_all = [r['ratio'] for r in out['rows']]
+    ax.set_xlim(min(x_all) / 1.3, max(x_all) * 1.3)
+    style.shade_extrapolated(ax, 1.0, ax.get_xlim()[1], 'extrapolated (> largest fitted)')
+    xlabel = 'held-out FLOPs / largest fitted FLOPs'
+    style.style_axis(ax, xlabel, None, law, xlog=True, rotate=30)
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f'{v:g}x'))
+    style.ordered_legend(ax, fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.3), ncol=2)
   np.atleast_1d(axes)[0].set_ylabel('predicted / observed - 1 (%)')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -264,18 +264,17 @@ def plot_curves(
     idx = idx[np.argsort(pts.tokens[idx])]
     color = plt.cm.viridis(np.searchsorted(sizes, pts.params[idx[0]]) / max(len(sizes) - 1, 1))
     fitted = bool(in_fit[idx[0]])
-    ax.plot(pts.tokens[idx], pts.loss[idx], '.', color=color, ms=3, alpha=0.35 if fitted else 1)
+    mk = {'marker': '.', 'ms': 3, 'alpha': 0.35} if fitted else {'marker': 'D', 'ms': 2.5}
+    ax.plot(pts.tokens[idx], pts.loss[idx], ls='none', color=color, **mk)
     ax.plot(pts.tokens[idx], pred[idx], '-', color=color, lw=0.8 if fitted else 1.6)
   for i, n in enumerate(sizes):
     held = not in_fit[np.flatnonzero(pts.params == n)[0]]
     color = plt.cm.viridis(i / max(len(sizes) - 1, 1))
     ax.plot([], [], '-', color=color, label=f'N {n:.3g}' + (' (held out)' if held else ''))
-  ax.set_xscale('log')
-  ax.set_xlabel('tokens')
-  ax.set_ylabel('eval loss')
-  ax.set_title('curve law: evaluations (dots) and the law fitted on the faint members (lines)')
+  title = 'curve law fitted on the faint members (dots: evaluations, diamonds: held out)'
+  style.style_axis(ax, 'training tokens (bytes)', 'eval loss (nats/byte)', title, xlog=True)
   ax.title.set_fontsize(9)
-  ax.legend(fontsize=7)
+  style.ordered_legend(ax, fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
