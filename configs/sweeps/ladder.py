@@ -70,6 +70,9 @@ def shape_config(shape: tuple, params: int, lrs: tuple, seeds: tuple, tokens_per
   c = default.get_config()
   c.model.update(vocab_size=257, max_len=SEQ_LEN, n_layers=n_layers, dtype='float32')
   c.model.update(parametrization='mup', base_d_model=32, base_d_ff=128, base_head_dim=16)
+  c.model.mup_lr_embedding_width_exp = (
+    1.0  # the ladders ran with the 1/width embedding lr (then the default).
+  )
   c.data.update(seq_len=SEQ_LEN, tokenizer='byte', dataset='stdlib_corpus')
   c.train.update(
     global_batch_size=batch_size(params),
