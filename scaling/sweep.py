@@ -139,6 +139,13 @@ def _trunk_dir(workdir: str, m: Member) -> str:
   return trunk_dir
 
 
+def _points_to_grow(m: Member, trunk_dir: str) -> list[int]:
+  """The branch points up to m's that the trunk (or trunk group) in trunk_dir has not reached:
+  it trains to each in turn, stopping with a checkpoint there for that point's branches."""
+  reached = workdir_lib.latest_checkpoint_step(trunk_dir) or 0
+  return [p for p in m.trunk_steps if reached < p <= m.branch_step]
+
+
 def _branch_group(sw: '_Sweep', pending: list) -> bool:
   """WSD branches of one budget in a group: their trunks grow as one group (W/groups/<hash of the
   trunks>) through each branch point up to theirs, and each member without a checkpoint starts
@@ -151,11 +158,7 @@ def _branch_group(sw: '_Sweep', pending: list) -> bool:
   names = '\n'.join(m.trunk for m in ms)
   group_dir = os.path.join(sw.workdir, 'groups', hashlib.sha256(names.encode()).hexdigest()[:12])
   trunks = [m.trunk_config for m in ms]
-  for point in ms[0].trunk_steps:
-    if point > ms[0].branch_step:
-      break
-    if (workdir_lib.latest_checkpoint_step(group_dir) or 0) >= point:
-      continue
+  for point in _points_to_grow(ms[0], group_dir):
     logging.info(
       '%d trunks as one group in %s: training to step %d (branch point)', len(ms), group_dir, point
     )
@@ -183,11 +186,7 @@ def _grow_trunk(workdir: str, m: Member, evaluators: Sequence[Evaluator] = ()) -
   """Train m's trunk through each branch point up to m's, stopping (and checkpointing) at each;
   returns the step a SIGTERM stopped it at, else None."""
   trunk_dir = _trunk_dir(workdir, m)
-  for point in m.trunk_steps:
-    if point > m.branch_step:
-      break
-    if (workdir_lib.latest_checkpoint_step(trunk_dir) or 0) >= point:
-      continue
+  for point in _points_to_grow(m, trunk_dir):
     logging.info('trunk %s: training to step %d (branch point)', m.trunk, point)
     metrics = loop.run(
       m.trunk_config,
