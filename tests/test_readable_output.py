@@ -177,3 +177,14 @@ def test_in_loop_lm_eval_scores_are_on_the_step_line():
     'eval 2.5000 (3.6000 bits/byte) | lm-eval toy_mc/acc 0.5000, toy_mc/acc_norm 0.7500 | lr'
     in line
   )
+
+
+def test_every_line_of_a_multi_line_log_record_carries_the_time():
+  """A table logged as one record (a sweep's plan) keeps the `HH:MM:SS ` prefix on each line."""
+  from train import cli
+
+  record = logging.LogRecord('x', logging.INFO, __file__, 1, 'plan:\n a  b\n 1  2', None, None)
+  lines = cli.Console().format(record).split('\n')
+  assert len(lines) == 3
+  assert all(re.match(r'\d\d:\d\d:\d\d ', line) for line in lines)
+  assert [line[9:] for line in lines] == ['plan:', ' a  b', ' 1  2']

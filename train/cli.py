@@ -144,11 +144,14 @@ class QuietLibraries(logging.Filter):
 
 
 class Console(logging.Formatter):
-  """`HH:MM:SS message`, with the level named only for warnings and errors."""
+  """`HH:MM:SS message`, with the level named only for warnings and errors; every line of a
+  multi-line message (a table) carries the time, so the log stays one record per line."""
 
   def format(self, record: logging.LogRecord) -> str:
     level = '' if record.levelno < logging.WARNING else record.levelname + ': '
-    return f'{self.formatTime(record, "%H:%M:%S")} {level}{record.getMessage()}'
+    t = self.formatTime(record, '%H:%M:%S')
+    first, *rest = record.getMessage().split('\n')
+    return '\n'.join([f'{t} {level}{first}', *(f'{t} {line}' for line in rest)])
 
 
 _tqdm_init = None  # tqdm's own __init__ while `quiet` turns its bars off.
