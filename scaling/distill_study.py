@@ -169,7 +169,8 @@ def _float(member: str, key: str) -> float:
 
 def plot_capacity_gap(results: str, fit_json: str, png: str) -> None:
   """Student loss against teacher loss at fixed student size and tokens (pure distillation, seed
-  0): points measured, dashed the supervised twin, lines the fitted law (fit_json, if given)."""
+  0): points measured, dashed the supervised twin, lines the fitted law (fit_json, if given),
+  dotted where the law runs past the teachers measured for that panel."""
   import matplotlib
 
   matplotlib.use('Agg')
@@ -177,6 +178,7 @@ def plot_capacity_gap(results: str, fit_json: str, png: str) -> None:
   import numpy as np
 
   from scaling import distill_law
+  from scaling import plot_style as style
 
   rows = [r for r in rep.read_csv(results) if r['teacher'] and float(r['alpha']) == 1.0
           and not int(r.get('seed') or 0)]  # fmt: skip
@@ -185,21 +187,28 @@ def plot_capacity_gap(results: str, fit_json: str, png: str) -> None:
   }
   fitted = json.load(open(fit_json)) if fit_json else None
   sizes = sorted({int(r['params']) for r in rows})
-  fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.8), sharey=True)
+  fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 4.0), sharey=True)
   for ax, n in zip(np.atleast_1d(axes), sizes):
     mine = [r for r in rows if int(r['params']) == n]
     for color, d in zip(('C0', 'C1', 'C2', 'C3'), sorted({int(r['tokens']) for r in mine})):
       pts = sorted(
         (float(r['teacher_loss']), float(r['loss'])) for r in mine if int(r['tokens']) == d
       )
-      ax.plot(*zip(*pts), 'o', color=color, label=f'D_S = {d / n:.0f} N_S')
+      ax.plot(*zip(*pts), 'o', color=color, label=f'student tokens D_S = {d / n:.0f} N_S')
       ax.axhline(twins[(str(n), str(d))], color=color, ls='--', lw=0.8)
       if fitted:
         lt = np.linspace(1.0, 1.9, 100)
-        ax.plot(lt, distill_law.predict(fitted, lt, n, d), '-', color=color, lw=1)
-    ax.set(title=f'student {n / 1e3:.0f}K', xlabel='teacher eval loss')
-  np.atleast_1d(axes)[0].set_ylabel('student eval loss (dashed: supervised twin)')
-  np.atleast_1d(axes)[0].legend(fontsize=8)
+        inside = (lt >= pts[0][0]) & (lt <= pts[-1][0])
+        law = distill_law.predict(fitted, lt, n, d)
+        ax.plot(lt[inside], law[inside], '-', color=color, lw=1)
+        ax.plot(lt, np.where(inside, np.nan, law), ':', color=color, lw=1)
+    style.style_axis(ax, 'teacher eval loss (nats/byte)', title=f'student {n / 1e3:.0f}K params')
+  style.style_axis(np.atleast_1d(axes)[0], ylabel='student eval loss (nats/byte)')
+  first = np.atleast_1d(axes)[0]
+  first.plot([], [], 'k--', lw=0.8, label='supervised twin (no teacher)')
+  if fitted:
+    first.plot([], [], 'k-', lw=1, label='fitted law (dotted: beyond the teachers measured)')
+  style.ordered_legend(first, fontsize=7)
   fig.tight_layout()
   fig.savefig(png, dpi=120)
   plt.close(fig)

@@ -129,19 +129,24 @@ def plot_isoflops(runs: results_lib.Runs, fit: dict, path: str) -> bool:
 
 
 def plot_observed_vs_fitted(runs: results_lib.Runs, fit: dict, path: str) -> None:
-  """Observed loss against the fit's loss per run, with the y = x line."""
+  """Observed loss against the fit's loss per run (every run here is a fitted one), with y = x."""
   pred = fitted_loss(runs, fit)
   ok = np.isfinite(pred)
   fig, ax = plt.subplots(figsize=(5, 5))
-  ax.scatter(pred[ok], runs.loss[ok], s=14)
+  ax.plot(pred[ok], runs.loss[ok], label=f'fitted runs ({int(ok.sum())})', **style.FITTED)
   lo, hi = min(pred[ok].min(), runs.loss.min()), max(pred[ok].max(), runs.loss.max())
-  ax.plot([lo, hi], [lo, hi], 'k--', lw=1)
+  pad = 0.03 * (hi - lo)
+  ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], 'k--', lw=1, label='observed = fitted')
+  ax.set_xlim(lo - pad, hi + pad)
+  ax.set_ylim(lo - pad, hi + pad)
   rmse = float(np.sqrt(np.mean((np.log(pred[ok]) - np.log(runs.loss[ok])) ** 2)))
-  ax.set(
-    xlabel=f'fitted loss ({fit["law"]})',
-    ylabel='observed loss',
-    title=f'Observed vs fitted (RMS log error {rmse:.3g})',
+  style.style_axis(
+    ax,
+    f'fitted loss, {fit["law"]} law (nats/byte)',
+    'observed eval loss (nats/byte)',
+    f'Observed vs fitted (RMS log error {rmse:.3g})',
   )
+  style.ordered_legend(ax, fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
