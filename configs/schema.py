@@ -18,7 +18,14 @@ from typing import Any, ClassVar
 import ml_collections
 
 from models.config import CHOICES as MODEL_CHOICES
-from models.config import LORA_TARGETS, ROPE_FIELDS, ModelConfig, head_dim, kv_heads
+from models.config import (
+  LORA_TARGET_GROUPS,
+  LORA_TARGETS,
+  ROPE_FIELDS,
+  ModelConfig,
+  head_dim,
+  kv_heads,
+)
 
 Section = ml_collections.ConfigDict | dict
 MISSING_DISTILL = 'config.distill: missing section (see configs/base.py get_distill_config)'
@@ -200,14 +207,19 @@ def check_model(m: ModelConfig) -> None:
 
 
 def _check_lora(m: ModelConfig) -> None:
-  """LoRA: a rank >= 0, targets from the table, alpha >= 0, a positive LoRA+ ratio."""
+  """LoRA: a rank >= 0, targets from the table, alpha >= 0, a positive LoRA+ ratio, a dropout
+  in [0, 1); dropout and DoRA only with adapters."""
   _ok('model.lora_rank', m.lora_rank, m.lora_rank >= 0, '>= 0 (0: off)')
   _ok('model.lora_alpha', m.lora_alpha, m.lora_alpha >= 0, '>= 0 (0: alpha = rank)')
   _ok('model.lora_lr_ratio', m.lora_lr_ratio, m.lora_lr_ratio > 0, '> 0')
-  names = tuple(LORA_TARGETS.values())
+  _ok('model.lora_dropout', m.lora_dropout, 0 <= m.lora_dropout < 1, 'in [0, 1)')
+  names = tuple(LORA_TARGETS.values()) + tuple(LORA_TARGET_GROUPS)
   bad = [t for t in m.lora_targets if t not in names]
   if bad or (m.lora_rank and not m.lora_targets):
     raise ValueError(f'config.model.lora_targets={tuple(m.lora_targets)}: choose from {names}')
+  for key in ('lora_dropout', 'lora_dora'):
+    if getattr(m, key) and not m.lora_rank:
+      raise ValueError(f'config.model.{key}: applies to LoRA adapters; set model.lora_rank > 0')
 
 
 MUP_HPARAMS = ('mup_input_mult', 'mup_output_mult', 'mup_attn_mult') + tuple(
@@ -300,9 +312,17 @@ class DataConfig(_Section):
   # Tokenized shards (`python -m train.data.prepare`; local or gs://): '' = <data_dir>/tokenized.
   prepared_dir: str = ''
   read_threads: int = 4  # grain threads reading upcoming batches (0: read when asked).
+  # jsonl: sources (train/data/examples.py): examples packed whole into rows, or one per row; an
+  # example longer than a row is cut from the left of its prompt (its completion kept) or, with
+  # 'right', to its first seq_len + 1 tokens; a source with no DIR/<eval_split>.jsonl evaluates on
+  # this fraction of its training examples, spread over the file and excluded from training.
+  pack: bool = True
+  truncation: str = _field('left', choices=('left', 'right'))
+  eval_fraction: float = 0.05
 
   def check(self) -> None:
     _positive(self, 'data', 'seq_len')
+    _ok('data.eval_fraction', self.eval_fraction, 0 < self.eval_fraction < 1, 'in (0, 1)')
     for key in ('max_documents', 'read_threads'):
       _ok(f'data.{key}', self[key], self[key] >= 0, '>= 0 (0: off / all)')
     if self.read_threads > MAX_READ_THREADS:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from models import parametrization
+from models import parametrization, resident_quant
 from models.config import ModelConfig, ModelConfigLike, PyTree
 from models.generation import generate
 from models.transformer import Transformer, head_dim, kv_heads, packed_context
@@ -92,7 +92,7 @@ def compressible(model_config: ModelConfigLike) -> PyTree:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _logits(cfg: ModelConfig, params, tokens_BxL, ctx):
-  return Transformer(cfg).apply({'params': params}, tokens_BxL, ctx=ctx)
+  return Transformer(cfg).apply(resident_quant.variables(params), tokens_BxL, ctx=ctx)
 
 
 def logits(

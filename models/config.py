@@ -91,9 +91,14 @@ class ModelConfig:
   # target in lora_targets (models/parametrization.py LORA_TARGETS); every other param is frozen.
   lora_rank: int = 0
   lora_alpha: float = 0.0  # the update x·A·B is × alpha / rank (rsLoRA: / √rank); 0: alpha = rank.
+  # Names in LORA_TARGETS' values ('key_value': both 'key' and 'value', LORA_TARGET_GROUPS).
   lora_targets: tuple = ('query', 'key_value', 'attn_out', 'mlp_in', 'mlp_out')
   lora_rslora: bool = False  # Kalajdzievski 2023: alpha / √rank, stable across ranks.
-  lora_lr_ratio: float = 1.0  # LoRA+ (Hayou et al. 2024): B's Adam lr over A's.
+  lora_lr_ratio: float = 1.0  # LoRA+ (Hayou et al. 2024): B's (and DoRA's m) Adam lr over A's.
+  lora_dropout: float = 0.0  # dropout on the adapters' input x (training steps only), as PEFT's.
+  # DoRA (Liu et al. 2024): W' = m · (W + A·B·scale) / ||W + A·B·scale||, norms per output column
+  # (held constant in the backward, as in PEFT); m [fan_out] starts at the base's column norms.
+  lora_dora: bool = False
 
   @classmethod
   def make(cls, cfg: 'ModelConfigLike') -> 'ModelConfig':
@@ -126,15 +131,25 @@ def kv_heads(cfg: ModelConfig | ml_collections.ConfigDict) -> int:
 
 
 # LoRA targets (model.lora_targets) by the kernel's logical axes ('layers' aside), the names the
-# sharding rules use: adapters go where these axes are, never by module path. Key and value
-# projections share their axes, so they are one target.
+# sharding rules use: adapters go where these axes are, never by module path. Key and value differ
+# in their head width's name: 'head_dim' is the query-key width (scores contract over it),
+# 'v_head_dim' the value width the out projection reads (DeepSeek's v_head_dim; equal here).
 LORA_TARGETS = {
   ('embed', 'heads', 'head_dim'): 'query',
-  ('embed', 'kv_heads', 'head_dim'): 'key_value',
-  ('heads', 'head_dim', 'embed'): 'attn_out',
+  ('embed', 'kv_heads', 'head_dim'): 'key',
+  ('embed', 'kv_heads', 'v_head_dim'): 'value',
+  ('heads', 'v_head_dim', 'embed'): 'attn_out',
   ('embed', 'mlp'): 'mlp_in',
   ('mlp', 'embed'): 'mlp_out',
 }
+# Names model.lora_targets also takes for several targets at once.
+LORA_TARGET_GROUPS = {'key_value': ('key', 'value')}
+
+
+def lora_target_names(targets: tuple) -> tuple:
+  """model.lora_targets with its groups spelled out (LORA_TARGETS' values only)."""
+  return tuple(n for t in targets for n in LORA_TARGET_GROUPS.get(t, (t,)))
+
 
 # Allowed values of the string fields (validated in train/validation.py).
 CHOICES = {

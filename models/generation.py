@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models import resident_quant
 from models.config import ModelConfig, ModelConfigLike, PyTree
 from models.transformer import DTYPES, KVCache, Transformer, decode_context, head_dim, kv_heads
 
@@ -71,11 +72,11 @@ def _generate(
   eos_id,
 ):
   """(new tokens [B, T], the logits each was drawn from [B, T, V])."""
-  model = Transformer(cfg)
+  model, variables = Transformer(cfg), resident_quant.variables(params)
   B, P = prompts_BxP.shape
   S = P + max_new_tokens
   ctx = decode_context(0, pads_B, P, S)
-  logits_BxPxV, cache = model.apply({'params': params}, prompts_BxP, init_cache(cfg, B, S), ctx)
+  logits_BxPxV, cache = model.apply(variables, prompts_BxP, init_cache(cfg, B, S), ctx)
 
   def step(carry, t):
     cache, logits_BxV, done_B = carry
@@ -84,7 +85,7 @@ def _generate(
       tokens_B = jnp.where(done_B, eos_id, tokens_B)
       done_B = done_B | (tokens_B == eos_id)
     next_BxLxV, cache = model.apply(
-      {'params': params}, tokens_B[:, None], cache, decode_context(P + t, pads_B, 1, S)
+      variables, tokens_B[:, None], cache, decode_context(P + t, pads_B, 1, S)
     )
     return (cache, next_BxLxV[:, 0], done_B), (tokens_B, logits_BxV)
 

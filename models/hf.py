@@ -243,8 +243,11 @@ def _check_sp(cfg: ModelConfig, what: str):
     )
 
 
-def to_hf_config(model_config: ModelConfigLike) -> 'transformers.PreTrainedConfig':
-  """transformers GPT2Config / LlamaConfig / Qwen2Config / Qwen3Config / GemmaConfig for it.
+def to_hf_config(
+  model_config: ModelConfigLike, token_ids: dict[str, int] | None = None
+) -> 'transformers.PreTrainedConfig':
+  """transformers GPT2Config / LlamaConfig / Qwen2Config / Qwen3Config / GemmaConfig for it, with
+  `token_ids` (e.g. {'bos_token_id': 256, 'eos_token_id': 256}) over the family's defaults.
 
   ValueError for configs no HF family expresses (e.g. learned positions with rmsnorm).
   """
@@ -258,7 +261,7 @@ def to_hf_config(model_config: ModelConfigLike) -> 'transformers.PreTrainedConfi
     _check_rope_export(cfg)
     family, own = _rope_family(cfg)
     kwargs = {**own, **_rope_fields(cfg)}
-  hf = getattr(transformers, f'{family}Config')(**kwargs)
+  hf = getattr(transformers, f'{family}Config')(**{**kwargs, **(token_ids or {})})
   hf.architectures = [_ARCHITECTURES[family]]
   return hf
 
@@ -647,6 +650,16 @@ def _check_layers(path: str, n_layers: int, found: dict) -> None:
     )
 
 
+def _check_float(path: str, quant: dict | None) -> None:
+  """Float weights only: a quantized checkpoint (e.g. train.export --format=compressed-tensors,
+  except its format 'dense', a 2:4 marking) is refused in one line."""
+  if quant and (quant.get('quant_method'), quant.get('format')) != ('compressed-tensors', 'dense'):
+    raise ValueError(
+      f'{path}: quantized weights ({quant.get("quant_method")}, format {quant.get("format")}) are '
+      'not imported here; use a float checkpoint (e.g. train.export --format=dense)'
+    )
+
+
 def read_config(path: str) -> ModelConfig:
   """ModelConfig of the HF checkpoint directory `path` (from its config.json)."""
   return config_from_hf(_load_json(os.path.join(path, 'config.json')))
@@ -663,6 +676,7 @@ def import_checkpoint(
   `models.logical_axes`); each device then reads only its own slice.
   """
   hf = _load_json(os.path.join(path, 'config.json'))
+  _check_float(path, hf.get('quantization_config'))
   cfg = config_from_hf(hf)
   if model_config is not None:
     target = ModelConfig.make(model_config)
@@ -700,20 +714,19 @@ def import_checkpoint(
 # --------------------------------------------------------------------------- writing
 
 
-def export_checkpoint(model_config: ModelConfigLike, params: PyTree, path: str) -> None:
-  """Write config.json and model.safetensors (float32, HF names) for `from_pretrained(path)`."""
-  cfg = ModelConfig.make(model_config)
-  _check_sp(cfg, f'exporting to {path}')
-  cfg = cfg.replace(scan_layers='layers' in params)  # Follow the params' layout.
-  hf = to_hf_config(cfg)
+def hf_tensors(model_config: ModelConfigLike, params: PyTree, dtype: Any = np.float32) -> dict:
+  """{HF name: array in HF layout} of our `params` (model `model_config`), each as `dtype` (None:
+  its own: int values and their scales map through the same names and layouts as the weights)."""
+  cfg = ModelConfig.make(model_config).replace(scan_layers='layers' in params)  # their layout.
+  family = 'gpt2' if cfg.positions == 'learned' else 'llama'
   host = jax.device_get(params)
   parts = collections.defaultdict(list)
   transpose = {}
-  for leaf in _leaves(cfg, 'gpt2' if hf.model_type == 'gpt2' else 'llama'):
+  for leaf in _leaves(cfg, family):
     x = host
     for name in leaf.path:
       x = x[name]
-    x = np.asarray(x, np.float32)
+    x = np.asarray(x, dtype)
     for j, key in enumerate(leaf.keys()):
       layer_x = x[j] if leaf.stacked else x
       parts[key].append((leaf.spec.offset, layer_x.reshape(_view_shape(leaf.spec, leaf.shape))))
@@ -722,9 +735,39 @@ def export_checkpoint(model_config: ModelConfigLike, params: PyTree, path: str) 
   for key, pieces in parts.items():
     pieces = [v for _, v in sorted(pieces, key=lambda p: p[0])]
     x = np.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
-    tensors[key] = np.ascontiguousarray(x.T if transpose[key] else x, np.float32)
+    tensors[key] = np.ascontiguousarray(x.T if transpose[key] else x)
+  return tensors
+
+
+def export_checkpoint(
+  model_config: ModelConfigLike,
+  params: PyTree,
+  path: str,
+  token_ids: dict[str, int] | None = None,
+  quantized: tuple[dict, dict] | None = None,
+) -> None:
+  """Write config.json and model.safetensors (float32, HF names) for `from_pretrained(path)`;
+  with `token_ids` ({'bos_token_id', 'eos_token_id', 'pad_token_id'}) also generation_config.json
+  (all three; config.json takes BOS and EOS: a pad id there would freeze that embedding row).
+  `quantized`: (quantization_config, {HF name: array}) of a compressed-tensors export
+  (models/compressed_export.py): config.json carries the config, and the arrays are written in
+  place of their modules' float32 `.weight`."""
+  cfg = ModelConfig.make(model_config)
+  _check_sp(cfg, f'exporting to {path}')
+  ids = {k: v for k, v in (token_ids or {}).items() if k != 'pad_token_id'}
+  hf = to_hf_config(cfg, ids)
+  tensors = hf_tensors(cfg, params)
+  if quantized is not None:
+    hf.quantization_config, stored = quantized
+    for module in {k.rsplit('.', 1)[0] for k in stored}:
+      tensors.pop(module + '.weight')
+    tensors.update(stored)
   os.makedirs(path, exist_ok=True)
   hf.save_pretrained(path)
+  if token_ids:
+    import transformers
+
+    transformers.GenerationConfig(**token_ids).save_pretrained(path)
   safetensors.numpy.save_file(
     tensors, os.path.join(path, SAFETENSORS_FILE), metadata={'format': 'pt'}
   )

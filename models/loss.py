@@ -46,12 +46,23 @@ def next_token_rows(batch: dict) -> tuple[jax.Array, jax.Array, dict | None]:
 
 
 def features(
-  cfg: ModelConfig, params: PyTree, inputs_BxL: jax.Array, ctx: dict | None = None
+  cfg: ModelConfig,
+  params: PyTree,
+  inputs_BxL: jax.Array,
+  ctx: dict | None = None,
+  dropout_rng: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """(final normed features [B, L, D], unembedding [D, V]): what `readout` turns into logits;
-  ctx: `packed_context` for packed rows."""
-  x_BxLxD = Transformer(cfg).apply({'params': params}, inputs_BxL, ctx=ctx, head=False)
+  ctx: `packed_context` for packed rows; dropout_rng: a training step's (model.lora_dropout)."""
+  x_BxLxD = Transformer(cfg).apply(
+    {'params': params}, inputs_BxL, ctx=ctx, head=False, rngs=_rngs(dropout_rng)
+  )
   return x_BxLxD, unembedding(cfg, params)
+
+
+def _rngs(dropout_rng: jax.Array | None) -> dict:
+  """The apply's rngs: a 'dropout' stream in training (dropout active), none in evaluation."""
+  return {} if dropout_rng is None else {'dropout': dropout_rng}
 
 
 def chunked(cfg: ModelConfig, length: int) -> bool:
@@ -78,11 +89,15 @@ def token_nll(
   inputs_BxL: jax.Array,
   targets_BxL: jax.Array,
   ctx: dict | None = None,
+  dropout_rng: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """(NLL per token [B, L] in float32, mask [B, L]) of `targets` given `inputs` (same length);
-  ctx: `packed_context` for packed rows (None: one sequence per row)."""
+  ctx: `packed_context` for packed rows (None: one sequence per row); dropout_rng: see features."""
   if not chunked(cfg, inputs_BxL.shape[1]):
-    return nll(Transformer(cfg).apply({'params': params}, inputs_BxL, ctx=ctx), targets_BxL)
-  x_BxLxD, unembed_DxV = features(cfg, params, inputs_BxL, ctx)
+    logits_BxLxV = Transformer(cfg).apply(
+      {'params': params}, inputs_BxL, ctx=ctx, rngs=_rngs(dropout_rng)
+    )
+    return nll(logits_BxLxV, targets_BxL)
+  x_BxLxD, unembed_DxV = features(cfg, params, inputs_BxL, ctx, dropout_rng)
   one = lambda x_BxKxD, t_BxK: nll(readout(cfg, x_BxKxD, unembed_DxV), t_BxK)
   return chunk_map(one, cfg.loss_chunk, x_BxLxD, targets_BxL)

@@ -3,7 +3,7 @@
 One table, keyed on a parameter's ROLE, which is read off its logical axis names (the same names
 the sharding rules use), never off its module path:
 
-  fan-out axes  the trailing ('heads' | 'kv_heads', 'head_dim') pair, else the last axis
+  fan-out axes  the trailing ('heads' | 'kv_heads', 'head_dim' | 'v_head_dim') pair, else the last
   fan-in axes   the rest ('layers', the scan axis, is ignored)
   role          'vector'    no fan-in (norm scales, biases)
                 'embedding' fan-in is 'vocab' (token table)      'position'  fan-in is 'position'
@@ -11,6 +11,7 @@ the sharding rules use), never off its module path:
                 'residual'  width fan-in, fan-out 'embed' (writes into the residual stream)
                 'hidden'    any other weight (width in, width out)
                 'lora_a'    fan-out 'lora' (a LoRA down-projection)   'lora_b'  fan-in 'lora'
+                'lora_m'    fan-in 'dora' (DoRA's magnitude [1, fan_out...] of a kernel)
 
 `w` is the width multiplier of a weight's fan-in against the base shape (model.base_d_model,
 base_d_ff, base_head_dim); `n` its absolute fan-in. References: Yang et al. 2022 (μP, Tensor
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from models.config import CHOICES, LORA_TARGETS, ModelConfig, head_dim
+from models.config import CHOICES, LORA_TARGETS, ModelConfig, head_dim, lora_target_names
 
 PARAMETRIZATIONS = CHOICES['parametrization']
 WIDTH_AXES = (
@@ -34,6 +35,7 @@ WIDTH_AXES = (
   'heads',
   'kv_heads',
   'head_dim',
+  'v_head_dim',
   'norm',
 )  # the rest: 'vocab', 'position'.
 
@@ -162,20 +164,27 @@ def axis_width_mults(c: ModelConfig) -> dict:
     'norm': embed,
     'mlp': c.d_ff / f0,
     'head_dim': hdim,
+    'v_head_dim': hdim,
     'heads': embed / hdim,
     'kv_heads': embed / hdim,
   }
 
 
+HEAD_DIMS = ('head_dim', 'v_head_dim')
+
+
 def split_axes(axes: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
   """(fan_in axes, fan_out axes) of a parameter's logical axes; 'layers' dropped."""
   axes = tuple(a for a in axes if a != 'layers')
-  k = 2 if len(axes) >= 2 and axes[-1] == 'head_dim' and axes[-2] in ('heads', 'kv_heads') else 1
+  heads = len(axes) >= 2 and axes[-1] in HEAD_DIMS and axes[-2] in ('heads', 'kv_heads')
+  k = 2 if heads else 1
   return axes[:-k], axes[-k:]
 
 
 def role(axes: Sequence[str]) -> str:
   fan_in, fan_out = split_axes(axes)
+  if 'dora' in fan_in:
+    return 'lora_m'
   if 'lora' in fan_out or 'lora' in fan_in:
     return 'lora_a' if fan_out == ('lora',) else 'lora_b'
   if not fan_in:
@@ -200,20 +209,20 @@ def scales(c: ModelConfig, axes: Sequence[str], shape: Sequence[int]) -> Scales:
   n = math.prod(dims[a] for a in fan_in)
   w = math.prod(mults.get(a, 1.0) for a in fan_in)
   r = role(axes)
-  if r in LORA_ROLES:  # A ~ N(0, 1/fan_in), B = 0 (the update starts at 0); LoRA+ on B's lr.
-    return Scales(
-      n**-0.5 if r == 'lora_a' else 0.0, 1.0, 1.0 if r == 'lora_a' else c.lora_lr_ratio, 1.0
-    )
+  if r in LORA_ROLES:  # A ~ N(0, 1/fan_in), B = 0 (the update starts at 0); LoRA+ on B's lr
+    # and, as PEFT's loraplus puts its 1-D params with B, on DoRA's m (set from W by the model).
+    init = {'lora_a': n**-0.5, 'lora_b': 0.0}.get(r)
+    return Scales(init, 1.0, 1.0 if r == 'lora_a' else c.lora_lr_ratio, 1.0)
   return TABLE[c.parametrization](c, r, w, n)
 
 
-LORA_ROLES = ('lora_a', 'lora_b')
+LORA_ROLES = ('lora_a', 'lora_b', 'lora_m')
 
 
 def lora_target(c: ModelConfig, axes: Sequence[str]) -> bool:
   """Whether the kernel with these logical axes gets a LoRA adapter under `c`."""
   name = LORA_TARGETS.get(tuple(a for a in axes if a != 'layers'))
-  return c.lora_rank > 0 and name in c.lora_targets
+  return c.lora_rank > 0 and name in lora_target_names(c.lora_targets)
 
 
 def trainable(c: ModelConfig, axes: Sequence[str]) -> bool:

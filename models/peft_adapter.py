@@ -7,7 +7,9 @@ update (B·A)·scale: lora_A = A flattened to [in, r] and transposed, lora_B = B
 and transposed, the flattening the one models/hf.py uses for the kernel. A fused HF module (GPT-2's
 c_attn = [q | k | v]) gets the rank-stack of its parts' adapters: lora_A their A's stacked, lora_B
 block-diagonal at each part's offset, with PEFT's rank_pattern / alpha_pattern keeping the scale.
-HF checkpoints are standard-parametrized (models/hf.py), so are the adapters exported here.
+DoRA's m [1, fan_out...] is PEFT's lora_magnitude_vector [out] (use_dora); a fused module's parts
+without an adapter get their base columns' norms there (a factor of 1). HF checkpoints are
+standard-parametrized (models/hf.py), so are the adapters exported here.
 """
 
 import collections
@@ -20,17 +22,17 @@ import safetensors.numpy
 
 import models
 from models import hf, lora, parametrization
-from models.config import ModelConfig, ModelConfigLike, PyTree
+from models.config import LORA_TARGETS, ModelConfig, ModelConfigLike, PyTree
 
 CONFIG_FILE = 'adapter_config.json'
 WEIGHTS_FILE = 'adapter_model.safetensors'
 PREFIX = 'base_model.model.'
 
 
-def _target_leaves(cfg: ModelConfig) -> tuple[list, str]:
-  """([(hf.Leaf of each adapted kernel, its HF module's out width, its fan-out dims)], family)."""
-  base = lora.base_config(cfg)
-  family = 'gpt2' if hf.to_hf_config(base).model_type == 'gpt2' else 'llama'
+def _kernel_leaves(cfg: ModelConfig) -> tuple[list, str]:
+  """([(hf.Leaf of each kernel LORA_TARGETS knows, its HF module's out width, its fan-out dims,
+  whether cfg adapts it)], family)."""
+  base, family = lora.base_config(cfg), _family(cfg)
   leaves = hf._leaves(base, family)
   shapes = hf.expected_shapes(leaves)
   is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
@@ -38,53 +40,88 @@ def _target_leaves(cfg: ModelConfig) -> tuple[list, str]:
   axes = {hf._path(p): tuple(s) for p, s in flat}
   out = []
   for leaf in leaves:
-    if not parametrization.lora_target(cfg, axes[leaf.path]):
+    if tuple(a for a in axes[leaf.path] if a != 'layers') not in LORA_TARGETS:
       continue
     shape = shapes[leaf.keys()[0]]
     width = shape[0] if leaf.spec.transpose else shape[-1]  # HF [out, in]; Conv1D [in, out].
-    out.append((leaf, width, len(parametrization.split_axes(axes[leaf.path])[1])))
+    n_out = len(parametrization.split_axes(axes[leaf.path])[1])
+    out.append((leaf, width, n_out, parametrization.lora_target(cfg, axes[leaf.path])))
   return out, family
+
+
+def _target_leaves(cfg: ModelConfig) -> tuple[list, str]:
+  """([(hf.Leaf of each adapted kernel, its HF module's out width, its fan-out dims)], family)."""
+  kernels, family = _kernel_leaves(cfg)
+  return [k[:3] for k in kernels if k[3]], family
 
 
 def _module(key: str) -> str:
   return key[: -len('.weight')]
 
 
+def _node(tree: PyTree, path: tuple) -> PyTree:
+  for name in path:
+    tree = tree[name]
+  return tree
+
+
+def _pieces(cfg: ModelConfig, host: PyTree) -> tuple[dict, dict, dict]:
+  """Per HF module: [(offset, A [in, r], B [r, w], m [w] or None)] of its adapted parts, its out
+  width, and (DoRA) {offset: column norms [w]} of its parts without an adapter."""
+  r = cfg.lora_rank
+  parts, widths, norms = collections.defaultdict(list), {}, collections.defaultdict(dict)
+  kernels, _ = _kernel_leaves(cfg)
+  for leaf, width, n_out, adapted in kernels:
+    if not (adapted or cfg.lora_dora):
+      continue
+    parent = _node(host, leaf.path[:-1])
+    w = int(np.prod(leaf.shape[-n_out:]))
+    x = {s: parent.get(leaf.path[-1] + s) for s in ('', *lora.SUFFIXES)}
+    x = {k: None if v is None else np.asarray(v, np.float32) for k, v in x.items()}
+    for j, key in enumerate(leaf.keys()):
+      at = {k: v[j] if leaf.stacked and v is not None else v for k, v in x.items()}
+      module, offset = _module(key), leaf.spec.offset
+      if adapted:
+        a, b, m = at['_lora_a'], at['_lora_b'], at['_lora_m']
+        m = None if m is None else m.reshape(w)
+        parts[module].append((offset, a.reshape(-1, r), b.reshape(r, -1), m))
+        widths[module] = width
+      elif cfg.lora_dora:  # the base's own column norms: DoRA's factor 1 on this part.
+        norms[module][offset] = np.linalg.norm(at[''].reshape(-1, w), axis=0)
+  return parts, widths, norms
+
+
 def export_adapter(
   model_config: ModelConfigLike, params: PyTree, path: str, base_model: str = ''
 ) -> None:
   """Write `params`' adapters as a PEFT LoRA adapter directory for the HF export of the base
-  (models/hf.py export_checkpoint of lora.split(params)[0], or the hf: source it came from)."""
+  (models/hf.py export_checkpoint of lora.split(params)[0], or the hf: source it came from);
+  `base_model` is recorded as its base_model_name_or_path."""
   cfg = ModelConfig.make(model_config)
   hf._check_sp(cfg, f'exporting the adapter to {path}')
   if not cfg.lora_rank:
     raise ValueError(f'exporting the adapter to {path}: config.model.lora_rank is 0 (no adapters)')
   cfg = cfg.replace(scan_layers='layers' in params)
-  host = jax.device_get(params)
   r, scale = cfg.lora_rank, parametrization.lora_scale(cfg)
-  targets, family = _target_leaves(cfg)
-  parts = collections.defaultdict(list)  # module -> [(offset, A [in, r], B [r, w])]
-  widths = {}
-  for leaf, width, _ in targets:
-    node = host
-    for name in leaf.path[:-1]:
-      node = node[name]
-    a, b = (np.asarray(node[leaf.path[-1] + s], np.float32) for s in lora.SUFFIXES)
-    for j, key in enumerate(leaf.keys()):
-      aj, bj = (a[j], b[j]) if leaf.stacked else (a, b)
-      parts[_module(key)].append((leaf.spec.offset, aj.reshape(-1, r), bj.reshape(r, -1)))
-      widths[_module(key)] = width
+  parts, widths, norms = _pieces(cfg, jax.device_get(params))
   tensors, ranks = {}, {}
   for module, pieces in parts.items():
     pieces.sort(key=lambda p: p[0])
     rank = r * len(pieces)
     lora_b = np.zeros((widths[module], rank), np.float32)
-    for k, (offset, _, b) in enumerate(pieces):
+    for k, (offset, _, b, _) in enumerate(pieces):
       lora_b[offset : offset + b.shape[1], k * r : (k + 1) * r] = b.T
-    tensors[f'{PREFIX}{module}.lora_A.weight'] = np.ascontiguousarray(
-      np.concatenate([a.T for _, a, _ in pieces], axis=0)
+    name = f'{PREFIX}{module}'
+    tensors[f'{name}.lora_A.weight'] = np.ascontiguousarray(
+      np.concatenate([p[1].T for p in pieces], axis=0)
     )
-    tensors[f'{PREFIX}{module}.lora_B.weight'] = lora_b
+    tensors[f'{name}.lora_B.weight'] = lora_b
+    if cfg.lora_dora:
+      magnitude = np.zeros(widths[module], np.float32)
+      spans = [*norms[module].items(), *((p[0], p[3]) for p in pieces)]
+      for offset, m in spans:
+        magnitude[offset : offset + len(m)] = m
+      tensors[f'{name}.lora_magnitude_vector'] = magnitude
     ranks['.'.join(module.split('.')[-2:])] = rank
   # PEFT's scale is lora_alpha / r (rsLoRA: / √r) per module; a fused module's rank is larger.
   alpha_of = lambda rank: scale * (rank**0.5 if cfg.lora_rslora else rank)
@@ -95,11 +132,12 @@ def export_adapter(
     'r': r,
     'lora_alpha': alpha_of(r),
     'use_rslora': cfg.lora_rslora,
+    'use_dora': cfg.lora_dora,
     'target_modules': sorted(ranks),
     'rank_pattern': {m: k for m, k in ranks.items() if k != r},
     'alpha_pattern': {m: alpha_of(k) for m, k in ranks.items() if k != r},
-    'fan_in_fan_out': family == 'gpt2',
-    'lora_dropout': 0.0,
+    'fan_in_fan_out': _family(cfg) == 'gpt2',
+    'lora_dropout': cfg.lora_dropout,
     'bias': 'none',
     'inference_mode': True,
   }
@@ -107,6 +145,10 @@ def export_adapter(
   with open(os.path.join(path, CONFIG_FILE), 'w') as f:
     json.dump(config, f, indent=2)
   safetensors.numpy.save_file(tensors, os.path.join(path, WEIGHTS_FILE), metadata={'format': 'pt'})
+
+
+def _family(cfg: ModelConfig) -> str:
+  return 'gpt2' if hf.to_hf_config(lora.base_config(cfg)).model_type == 'gpt2' else 'llama'
 
 
 def _part(a: np.ndarray, b: np.ndarray, r: int, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -122,8 +164,9 @@ def _part(a: np.ndarray, b: np.ndarray, r: int, what: str) -> tuple[np.ndarray, 
 
 def import_adapter(path: str, model_config: ModelConfigLike) -> PyTree:
   """The adapter params (lora.split's second tree) of a PEFT LoRA adapter directory, for
-  `model_config` (its lora_rank and targets; PEFT's own alpha / rsLoRA scale is folded into B).
-  A module the targets name but the adapter lacks, or a rank above lora_rank: ValueError."""
+  `model_config` (its lora_rank and targets; PEFT's own alpha / rsLoRA scale is folded into B;
+  with model.lora_dora, m from lora_magnitude_vector). A module the targets name but the adapter
+  lacks, a rank above lora_rank, or use_dora other than model.lora_dora: ValueError."""
   cfg = ModelConfig.make(model_config)
   try:
     with open(os.path.join(path, CONFIG_FILE)) as f:
@@ -133,6 +176,11 @@ def import_adapter(path: str, model_config: ModelConfigLike) -> PyTree:
     raise ValueError(f'{path}: not a PEFT adapter directory ({e})') from None
   if config.get('peft_type') != 'LORA':
     raise ValueError(f'{path}: peft_type {config.get("peft_type")!r}, expected LORA')
+  if bool(config.get('use_dora')) != cfg.lora_dora:
+    raise ValueError(
+      f'{path}: use_dora is {bool(config.get("use_dora"))}, config.model.lora_dora '
+      f'{cfg.lora_dora}; set config.model.lora_dora={bool(config.get("use_dora"))}'
+    )
   r, ours = cfg.lora_rank, parametrization.lora_scale(cfg)
   targets, _ = _target_leaves(cfg)
   out = {}
@@ -152,13 +200,24 @@ def import_adapter(path: str, model_config: ModelConfigLike) -> PyTree:
       a, b = lora_a.T, lora_b[leaf.spec.offset : leaf.spec.offset + w].T
       if rank != r:
         a, b = _part(a, b, r, f'{path}: {module}')
-      per_layer.append(
-        (a.reshape(*leaf.shape[:-n_out], r), (b * theirs / ours).reshape(r, *leaf.shape[-n_out:]))
-      )
+      fan_out = leaf.shape[-n_out:]
+      layer = [a.reshape(*leaf.shape[:-n_out], r), (b * theirs / ours).reshape(r, *fan_out)]
+      if cfg.lora_dora:
+        m = _magnitude(tensors, f'{PREFIX}{module}', f'{path}: {module}')
+        layer.append(m[leaf.spec.offset : leaf.spec.offset + w].reshape(1, *fan_out))
+      per_layer.append(layer)
     node = out
     for name in leaf.path[:-1]:
       node = node.setdefault(name, {})
-    for k, suffix in enumerate(lora.SUFFIXES):
+    for k, suffix in enumerate(lora.SUFFIXES[: 3 if cfg.lora_dora else 2]):
       xs = [p[k] for p in per_layer]
       node[leaf.path[-1] + suffix] = np.stack(xs) if leaf.stacked else xs[0]
   return out
+
+
+def _magnitude(tensors: dict, name: str, what: str) -> np.ndarray:
+  """A module's DoRA lora_magnitude_vector [out] (PEFT's key, or its older '.weight' form)."""
+  for key in (f'{name}.lora_magnitude_vector', f'{name}.lora_magnitude_vector.weight'):
+    if key in tensors:
+      return tensors[key].astype(np.float32)
+  raise ValueError(f'{what}: no lora_magnitude_vector (use_dora is set)')

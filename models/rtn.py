@@ -4,6 +4,11 @@ models/quantize.py, kept apart so the transformer (model.weight_quant) can use i
 A kernel [lead..., fan_in..., fan_out...] is viewed as [N, I, O] (N: 'layers', I/O: its fan-in and
 fan-out from parametrization.split_axes) and quantized with one scale per output channel (group
 0) or per `group` consecutive fan-in entries of each channel.
+
+The scale is qwix's: absmax / (qmax + 0.5) for integers (qmax = 2^(bits-1) - 1: 7.5 at int4), so
+the largest |w| sits at the edge of the top bucket; `rule='textbook'` gives absmax / qmax through
+qwix's own calibration factor ('absmax,<f>'), for measuring the difference (docs/compression.md).
+int3 is qwix's synthetic 'int3' (values -4..3, held as int4, packed as int4 on disk).
 """
 
 import math
@@ -22,8 +27,10 @@ if (
 ):  # qwix imports flax.nnx (~0.7 s): loaded at first use, not at every main.py start.
   import qwix
 
-QTYPES = {'int8': jnp.int8, 'int4': jnp.int4, 'fp8': jnp.float8_e4m3fn}
+QTYPES = {'int8': jnp.int8, 'int4': jnp.int4, 'int3': 'int3', 'fp8': jnp.float8_e4m3fn}
 SCHEMES = tuple(QTYPES)
+INT_BITS = {'int8': 8, 'int4': 4, 'int3': 3}  # the integer schemes (GPTQ / AWQ work on these).
+SCALE_RULES = ('qwix', 'textbook')
 
 
 def dims(axes: Sequence[str], shape: Sequence[int]) -> tuple[int, int, int]:
@@ -44,13 +51,30 @@ def check_group(scheme: str, group: int, fan_in: int, axes: Sequence[str]) -> No
     )
 
 
-def quantize(w_NxIxO: jax.Array, scheme: str, group: int) -> 'qwix.QArray':
+def calibration_method(scheme: str, rule: str = 'qwix') -> str:
+  """qwix's calibration_method for `scheme`: 'absmax' (scale absmax / (qmax + 0.5) for integers,
+  absmax / 448 for fp8); rule 'textbook' scales absmax up by (qmax + 0.5) / qmax: absmax / qmax."""
+  if rule not in SCALE_RULES:
+    raise ValueError(f'scale rule {rule!r} is not one of {SCALE_RULES}')
+  if rule == 'qwix' or scheme not in INT_BITS:
+    return 'absmax'
+  qmax = 2 ** (INT_BITS[scheme] - 1) - 1
+  return f'absmax,{(qmax + 0.5) / qmax!r}'
+
+
+def quantize(w_NxIxO: jax.Array, scheme: str, group: int, rule: str = 'qwix') -> 'qwix.QArray':
   """qwix's absmax RTN of w [N, I, O]: scales [N, I/group (1 at group 0), O]."""
   import qwix
 
   check_group(scheme, group, w_NxIxO.shape[1], ('lead', 'fan_in', 'fan_out'))
   tiled = {1: group} if group else None
-  return qwix.quantize(w_NxIxO, QTYPES[scheme], channelwise_axes=(0, 2), tiled_axes=tiled)
+  return qwix.quantize(
+    w_NxIxO,
+    QTYPES[scheme],
+    channelwise_axes=(0, 2),
+    tiled_axes=tiled,
+    calibration_method=calibration_method(scheme, rule),
+  )
 
 
 def fake_quant(kernel: jax.Array, axes: Sequence[str], scheme: str, group: int) -> jax.Array:
@@ -79,16 +103,17 @@ def _unpack_int4(packed: np.ndarray, size: int) -> np.ndarray:
 
 
 def encode(q: 'qwix.QArray', scheme: str) -> np.ndarray:
-  """q's values for disk: int8 as is, int4 packed two per uint8, fp8 as its uint8 bits."""
-  v = np.asarray(q.qvalue.astype(jnp.int8) if scheme == 'int4' else q.qvalue)
-  if scheme == 'int4':
+  """q's values for disk: int8 as is, int4 and int3 packed two per uint8, fp8 as its uint8 bits."""
+  nibbles = scheme in ('int4', 'int3')
+  v = np.asarray(q.qvalue.astype(jnp.int8) if nibbles else q.qvalue)
+  if nibbles:
     return _pack_int4(v)
   return v.view(np.uint8) if scheme == 'fp8' else v
 
 
 def decode(packed: np.ndarray, scheme: str, shape: tuple) -> jax.Array:
   """`encode`'s inverse: the quantized values [N, I, O] in the scheme's dtype."""
-  if scheme == 'int4':
+  if scheme in ('int4', 'int3'):
     return jnp.asarray(_unpack_int4(packed, math.prod(shape)).reshape(shape), jnp.int4)
   if scheme == 'fp8':
     return jnp.asarray(packed.view(ml_dtypes.float8_e4m3fn).reshape(shape))

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import attention, backend, parametrization, rtn
+from models import attention, backend, parametrization, resident_quant, rtn
 from models.config import ModelConfig, PyTree, head_dim, kv_heads
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -60,12 +60,17 @@ def _dense(module, name, x, eqn, shape, axes, n_out, bias):
   """einsum(eqn, x, kernel) in the compute dtype times the parametrization's multiplier, plus an
   optional zero-init bias over the kernel's last `n_out` (output) dims, named `<name>_bias`."""
   cfg = module.cfg
-  kernel = _param(module, name, shape, axes)
+  if module.has_variable(resident_quant.COLLECTION, name):  # held quantized: dequantize here.
+    kernel = resident_quant.dequantize(module.get_variable(resident_quant.COLLECTION, name), shape)
+  else:
+    kernel = _param(module, name, shape, axes)
+  if parametrization.compressible(axes):  # its input, for GPTQ / AWQ (models/calibrated_quant.py)
+    module.sow('calibration', name, x)
   if cfg.weight_quant != 'none' and parametrization.compressible(axes):  # QAT / PTQ (models/rtn.py)
     kernel = rtn.fake_quant(kernel, axes, cfg.weight_quant, cfg.weight_group)
   y = _matmul(cfg, eqn, x, kernel)
   if parametrization.lora_target(cfg, axes):
-    y = y + _lora(module, name, x, eqn, shape, axes, n_out)
+    y = y + _lora(module, name, x, eqn, kernel, axes, n_out, y)
   y = parametrization.apply(y, parametrization.scales(cfg, axes, shape))
   if bias:
     y = y + _param(
@@ -74,18 +79,46 @@ def _dense(module, name, x, eqn, shape, axes, n_out, bias):
   return y
 
 
-def _lora(module, name, x, eqn, shape, axes, n_out):
-  """LoRA's update of the dense layer einsum(eqn, x, W): (x·A)·B × lora_scale, A [fan_in...,
+def _lora(module, name, x, eqn, kernel, axes, n_out, y):
+  """LoRA's update of the dense layer y = einsum(eqn, x, W): (x·A)·B × lora_scale, A [fan_in...,
   r] (`<name>_lora_a`), B [r, fan_out...] (`<name>_lora_b`); x·W + that is x·(W + A·B·scale),
-  which models/lora.py merges. Adapters stack over 'layers' as W does (no copy of W)."""
-  cfg, r = module.cfg, module.cfg.lora_rank
+  which models/lora.py merges. Adapters stack over 'layers' as W does (no copy of W). As in PEFT:
+  model.lora_dropout drops x's entries before A when the apply has a 'dropout' rng (training);
+  with DoRA the update is PEFT's (s - 1)·x·W + s·(x·A·B·scale), s = m / ||W + A·B·scale||."""
+  cfg, r, shape = module.cfg, module.cfg.lora_rank, kernel.shape
   ins, out = eqn.split('->')
   xs, ks = ins.split(',')
   k_in, k_out, batch = ks[:-n_out], ks[-n_out:], out[:-n_out]  # 'z': the rank (not in eqn).
   a = _param(module, name + '_lora_a', (*shape[:-n_out], r), (*axes[:-n_out], 'lora'))
   b = _param(module, name + '_lora_b', (r, *shape[-n_out:]), ('lora', *axes[-n_out:]))
+  if cfg.lora_dropout and module.has_rng('dropout'):
+    keep = jax.random.bernoulli(module.make_rng('dropout'), 1.0 - cfg.lora_dropout, x.shape)
+    x, y = jnp.where(keep, x / jnp.asarray(1.0 - cfg.lora_dropout, x.dtype), 0), None
   xa = _matmul(cfg, f'{xs},{k_in}z->{batch}z', x, a)
-  return _matmul(cfg, f'{batch}z,z{k_out}->{out}', xa, b) * parametrization.lora_scale(cfg)
+  update = _matmul(cfg, f'{batch}z,z{k_out}->{out}', xa, b) * parametrization.lora_scale(cfg)
+  if not cfg.lora_dora:
+    return update
+  # The norm is a constant to the gradient (DoRA section 4.3, PEFT's detach); m starts at it.
+  norm = jax.lax.stop_gradient(dora_norm(kernel, a, b, parametrization.lora_scale(cfg)))
+  m = _param(
+    module, name + '_lora_m', (1, *norm.shape), ('dora', *axes[-n_out:]), lambda *_: norm[None]
+  )
+  s = (m[0] / norm).astype(update.dtype)
+  if y is None:  # PEFT: with dropout, x·W too is taken on the dropped-out input.
+    y = _matmul(cfg, eqn, x, kernel)
+  return (s - 1) * y + s * update
+
+
+def dora_norm(kernel: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
+  """DoRA's column norms ||W + A·B·scale|| in float32, over the fan-in axes: W [lead..., fan_in...,
+  fan_out...], A [lead..., fan_in..., r], B [lead..., r, fan_out...] -> [lead..., fan_out...]
+  (lead: the stacked-layers axis when W has one)."""
+  n_lead = a.ndim + b.ndim - 2 - kernel.ndim  # counted once in each of A and B.
+  n_in = a.ndim - 1 - n_lead
+  a2 = a.reshape(*a.shape[:n_lead], -1, a.shape[-1]).astype(jnp.float32)  # [lead..., I, r]
+  b2 = b.reshape(*b.shape[: n_lead + 1], -1).astype(jnp.float32)  # [lead..., r, O]
+  w = kernel.astype(jnp.float32) + scale * jnp.matmul(a2, b2).reshape(kernel.shape)
+  return jnp.sqrt(jnp.sum(w * w, axis=tuple(range(n_lead, n_lead + n_in))))
 
 
 class Norm(nn.Module):
@@ -163,21 +196,21 @@ class Attention(nn.Module):
     cfg = self.cfg
     D, H, K, Dh = cfg.d_model, cfg.n_heads, kv_heads(cfg), head_dim(cfg)
 
-    def proj(name, heads, axes):  # qkv_bias alone: Qwen2 (no out-projection/MLP biases).
+    def proj(name, heads, head_axis, dim_axis):  # qkv_bias alone: Qwen2 (no out/MLP biases).
       return _dense(
         self,
         name,
         x_BxLxD,
         'bld,dhk->blhk',
         (D, heads, Dh),
-        ('embed', axes, 'head_dim'),
+        ('embed', head_axis, dim_axis),
         2,
         cfg.use_bias or cfg.qkv_bias,
       )
 
-    q_BxLxHxDh = proj('query', H, 'heads')
-    k_BxLxKxDh = proj('key', K, 'kv_heads')
-    v_BxLxKxDh = proj('value', K, 'kv_heads')
+    q_BxLxHxDh = proj('query', H, 'heads', 'head_dim')
+    k_BxLxKxDh = proj('key', K, 'kv_heads', 'head_dim')
+    v_BxLxKxDh = proj('value', K, 'kv_heads', 'v_head_dim')  # its own name: a LoRA target apart
     if cfg.qk_norm:  # Qwen3: each head's query and key normed over head_dim, before rope.
       q_BxLxHxDh = Norm(cfg, name='query_norm')(q_BxLxHxDh)
       k_BxLxKxDh = Norm(cfg, name='key_norm')(k_BxLxKxDh)
@@ -207,7 +240,7 @@ class Attention(nn.Module):
       o_BxLxHxDh,
       'blhk,hkd->bld',
       (H, Dh, D),
-      ('heads', 'head_dim', 'embed'),
+      ('heads', 'v_head_dim', 'embed'),
       1,
       cfg.use_bias or cfg.out_bias,
     )
@@ -397,8 +430,8 @@ class Transformer(nn.Module):
       # One traced layer, params stacked on a leading 'layers' axis: compile time flat in depth.
       layers = nn.scan(
         block,
-        variable_axes={'params': 0},
-        split_rngs={'params': True},
+        variable_axes={'params': 0, resident_quant.COLLECTION: 0},
+        split_rngs={'params': True, 'dropout': True},  # each layer its own LoRA dropout.
         in_axes=(0, 0, nn.broadcast),
         length=cfg.n_layers,
         unroll=_unroll(cfg),

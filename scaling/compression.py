@@ -8,6 +8,8 @@ Resumable (finished runs are skipped), one CSV per part.
   python -m scaling.compression --part=sparsity --workdir=workdirs/compress --ladder=$L --lanes=2
   python -m scaling.compression --part=quantize --workdir=workdirs/compress --ladder=$L --lanes=2
   python -m scaling.compression --part=nm --workdir=workdirs/compress --ladder=$L  # 2:4 trained
+  python -m scaling.compression --part=calibrated --ladder=$L  # GPTQ / AWQ vs RTN, scale rules
+  python -m scaling.compression --part=calibrated_kernels --ladder=$L --members=M  # per kernel
   python -m scaling.compression --report=docs/compression     # fits, tables, plots from the CSVs
 """
 
@@ -15,11 +17,12 @@ import csv
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from absl import flags
 
@@ -48,6 +51,14 @@ SCHEMES = (('int8', 0), ('fp8', 0), ('int4', 0), ('int4', 16))
 DONE = 'compression_done'  # a finished run's marker file.
 NM = '2:4'  # the N:M pattern trained sparse (--part=nm).
 QAT = (('N7.51e4_D1.5e6_lr7.81e-3', 'int4', 0), ('N1.75e5_D3.49e6_lr7.81e-3', 'int4', 0))
+# --part=calibrated: (method, scheme, group, scale rule). GPTQ and AWQ against RTN at int4 and int3,
+# per channel and by the RTN study's groups of 16; then qwix's scale absmax / (qmax + 0.5) against
+# the textbook absmax / qmax, RTN at int8 and int4.
+CALIBRATED = [
+  *[(m, s, g, 'qwix') for s in ('int4', 'int3') for g in (0, 16) for m in ('rtn', 'gptq', 'awq')],
+  *[('rtn', s, g, r) for s, g in (('int8', 0), ('int4', 0), ('int4', 16)) for r in ('textbook', 'qwix')],
+]  # fmt: skip
+CALIBRATED = list(dict.fromkeys(CALIBRATED))
 
 
 def _repo() -> str:
@@ -230,6 +241,102 @@ def ptq(work: str, ladder: str) -> str:
   return path
 
 
+def largest_members(ladder: str) -> list[str]:
+  """Per size, the seed-0 lr-2^-7 member trained on the most tokens, smallest size first."""
+  best = {}
+  for name in os.listdir(ladder):
+    m = re.fullmatch(r'N([0-9.e+-]+)_D([0-9.e+-]+)_lr7\.81e-3(_s0)?', name)
+    if m and float(m[2]) > best.get(float(m[1]), (0.0, ''))[0]:
+      best[float(m[1])] = (float(m[2]), name)
+  return [best[n][1] for n in sorted(best)]
+
+
+def calibrated(ladder: str, members: Sequence[str], path: str, calib_batches: int) -> str:
+  """Every CALIBRATED setting of each member not yet in the CSV `path`, appended row by row."""
+  done = {tuple(r[k] for k in ('member', 'method', 'scheme', 'group', 'rule'))
+          for r in rep.read_csv(path)}  # fmt: skip
+  for member in members:
+    todo = [c for c in CALIBRATED if (member, c[0], c[1], str(c[2]), c[3]) not in done]
+    for row in _calibrated_member(ladder, member, todo, calib_batches) if todo else ():
+      _append(path, row)
+  return path
+
+
+def _calibrated_member(
+  ladder: str, member: str, todo: list[tuple], calib_batches: int
+) -> Iterator[dict]:
+  """Rows of `todo` for one member: float and quantized eval loss on the member's own eval set
+  (train.compress's evaluator), the output error on the calibration batches, the packed bytes."""
+  import jax
+
+  from models import calibrated_quant, quantize
+  from train import compress, context, init_from
+
+  src = os.path.join(ladder, member)
+  r = context.setup(compress.run_config(src, None))
+  cfg, params = init_from.load_params(src)
+  params = jax.device_get(params)
+  loss_float = compress.eval_loss(r, cfg, params)
+  batches = [r.train_ds.batch(s) for s in range(calib_batches)]
+  stats = calibrated_quant.calibration_stats(cfg, params, batches)
+  result = _result(ladder, member)
+  for method, scheme, group, rule in todo:
+    t0 = time.time()
+    kernels = None
+    if method != 'rtn':
+      kernels = calibrated_quant.quantize_kernels(cfg, params, scheme, group, method, stats, rule)
+    packed = quantize.quantize_tree(cfg, params, scheme, group, rule, kernels)
+    deq = quantize.dequantize_tree(cfg, packed, scheme)
+    yield {'member': member, 'params': result['params'], 'tokens': result.get('tokens', ''),
+           'method': method, 'scheme': scheme, 'group': group, 'rule': rule,
+           'loss_float': loss_float, 'loss': compress.eval_loss(r, cfg, deq),
+           'out_err': rep.output_error(cfg, params, deq, stats),
+           'bytes': sum(v.nbytes for v in packed.values()),
+           'seconds': round(time.time() - t0, 1)}  # fmt: skip
+
+
+def calibrated_kernels(ladder: str, member: str, scheme: str, group: int, path: str) -> str:
+  """The eval-loss gap when one kernel (all its layers) is quantized by RTN, GPTQ or AWQ and the
+  rest stays float, then all together: which kernels each method helps, and whether the gains
+  add up; with each kernel's input spread max / median of mean |x| (rows added to the CSV `path`)."""
+  import jax
+
+  from models import calibrated_quant, quantize
+  from train import compress, context, init_from
+
+  src = os.path.join(ladder, member)
+  r = context.setup(compress.run_config(src, None))
+  cfg, params = init_from.load_params(src)
+  params = jax.device_get(params)
+  base = compress.eval_loss(r, cfg, params)
+  stats = calibrated_quant.calibration_stats(cfg, params, [r.train_ds.batch(s) for s in range(8)])
+  flat = {'float': {n: x for n, x, _ in quantize.leaves(cfg, params)}}
+  for m in ('rtn', 'gptq', 'awq'):
+    k = None
+    if m != 'rtn':
+      k = calibrated_quant.quantize_kernels(cfg, params, scheme, group, m, stats)
+    packed = quantize.quantize_tree(cfg, params, scheme, group, kernels=k)
+    flat[m] = {
+      n: x for n, x, _ in quantize.leaves(cfg, quantize.dequantize_tree(cfg, packed, scheme))
+    }
+
+  def mixed(m: str, kernel: str) -> dict:  # `kernel` (or 'all') by method m, the rest float.
+    pick = [
+      flat[m][n] if kernel in (n, 'all') and n in stats else x for n, x in flat['float'].items()
+    ]
+    return jax.tree.unflatten(jax.tree.structure(params), pick)
+
+  # AWQ's premise: a few input channels with much larger activations; their max / median mean |x|.
+  spread = {k: float(jax.numpy.mean(v['act_scale'].max(1) / jax.numpy.median(v['act_scale'], 1)))
+            for k, v in stats.items()}  # fmt: skip
+  rows = [{'member': member, 'scheme': scheme, 'group': group, 'kernel': kernel,
+           'act_max_over_median': spread.get(kernel, ''),
+           **{m: compress.eval_loss(r, cfg, mixed(m, kernel)) - base for m in ('rtn', 'gptq', 'awq')}}
+          for kernel in [*stats, 'all']]  # fmt: skip
+  rep.write_csv(path, rep.read_csv(path) + rows)
+  return path
+
+
 # --- Report --------------------------------------------------------------------------------------
 
 
@@ -318,7 +425,11 @@ def _report_quantize(work: str, ladder: str, out: str) -> dict:
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_enum(
-  'part', None, ['recovery', 'sparsity', 'quantize', 'nm'], 'what to run', flag_values=FLAGS
+  'part',
+  None,
+  ['recovery', 'sparsity', 'quantize', 'nm', 'calibrated', 'calibrated_kernels'],
+  'what to run',
+  flag_values=FLAGS,
 )
 flags.DEFINE_list('bases', list(SPARSE_BASES), '--part=nm: the members', flag_values=FLAGS)
 flags.DEFINE_string(
@@ -329,6 +440,17 @@ flags.DEFINE_string(
   'ladder', 'workdirs/ladder', 'the ladder sweep (its members)', flag_values=FLAGS
 )
 flags.DEFINE_integer('lanes', 1, 'training processes at once', flag_values=FLAGS)
+flags.DEFINE_list(
+  'members', [], '--part=calibrated: members (default: each size at its most tokens, seed 0)',
+  flag_values=FLAGS,
+)  # fmt: skip
+flags.DEFINE_string(
+  'calibrated_csv', 'docs/compression/gptq_awq.csv', '--part=calibrated: rows added to',
+  flag_values=FLAGS,
+)  # fmt: skip
+flags.DEFINE_integer(
+  'calib_batches', 8, '--part=calibrated: calibration batches', flag_values=FLAGS
+)
 flags.DEFINE_string('report', '', 'write tables, fits and plots to this dir', flag_values=FLAGS)
 
 
@@ -342,10 +464,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     return
   if not f.part:
     cli.usage_error('give --part=recovery|sparsity|quantize, or --report=DIR')
-  needed = f.bases if f.part == 'nm' else (TEACHER, *SPARSE_BASES)
+  members = f.members or (largest_members(f.ladder) if os.path.isdir(f.ladder) else [])
+  needed = {'nm': f.bases, 'calibrated': members, 'calibrated_kernels': members}.get(
+    f.part, (TEACHER, *SPARSE_BASES)
+  )
+  if f.part.startswith('calibrated') and not members:
+    cli.usage_error(f'--ladder: {f.ladder} has no seed-0 lr 2^-7 members (give --members)')
   missing = [b for b in needed if not os.path.isdir(os.path.join(f.ladder, b))]
   if missing:
     cli.usage_error(f'--ladder: {f.ladder} has no member {missing[0]} (run the ladder first)')
+  if f.part == 'calibrated':
+    path = calibrated(f.ladder, members, f.calibrated_csv, f.calib_batches)
+    print(rep.calibrated_tables(rep.read_csv(path)))
+    return
+  if f.part == 'calibrated_kernels':  # int4 per channel, per kernel, of each --members
+    path = f.calibrated_csv.replace('.csv', '_kernels.csv')
+    for member in members:
+      print(rep.read_csv(calibrated_kernels(f.ladder, member, 'int4', 0, path)))
+    return
   os.makedirs(f.workdir, exist_ok=True)
   if f.part == 'nm':
     _lanes(nm_runs(f.workdir, f.ladder, f.bases), f.lanes)

@@ -345,3 +345,55 @@ if (
   import sys
 
   print('\n'.join(replot(sys.argv[1] if len(sys.argv) > 1 else 'docs/compression')))
+
+
+# --- Calibrated quantization (GPTQ, AWQ) against RTN, and the scale rules -----------------------
+
+
+def output_error(cfg, params: dict, deq: dict, stats: dict) -> float:
+  """Mean over the compressible kernels of ||X W - X Q||^2 / ||X W||^2 on the calibration inputs
+  (tr(dW^T H dW) / tr(W^T H W), H = X^T X from calibrated_quant.calibration_stats)."""
+  from models import quantize, rtn
+
+  errs = []
+  for (name, w, axes), (_, q, _) in zip(quantize.leaves(cfg, params), quantize.leaves(cfg, deq)):
+    if name in stats:
+      w = np.asarray(w, np.float64).reshape(rtn.dims(axes, w.shape))
+      d = w - np.asarray(q, np.float64).reshape(w.shape)
+      h = np.asarray(stats[name]['hessian'], np.float64)
+      errs.append(np.einsum('nio,nij,njo->', d, h, d) / np.einsum('nio,nij,njo->', w, h, w))
+  return float(np.mean(errs))
+
+
+def _gap(rows: list[dict], member: str, method: str, scheme: str, group: int, rule: str) -> str:
+  got = [r for r in rows if (r['member'], r['method'], r['scheme'], r['group'], r['rule'])
+         == (member, method, scheme, str(group), rule)]  # fmt: skip
+  return f'{float(got[0]["loss"]) - float(got[0]["loss_float"]):+.4f}' if got else '—'
+
+
+def calibrated_tables(rows: list[dict]) -> str:
+  """Markdown tables of docs/compression.md from gptq_awq.csv: the loss gap (quantized - float)
+  of RTN / GPTQ / AWQ per scheme and group, and of qwix's scale rule against the textbook one."""
+  members = list(dict.fromkeys(r['member'] for r in rows))
+  first = {m: next(r for r in rows if r['member'] == m) for m in members}
+  size = lambda m: f'{int(first[m]["params"]):,} ({float(first[m]["tokens"]) / 1e6:.1f}M)'
+  out = []
+  for scheme in ('int4', 'int3'):
+    head = [f'{scheme} {"per channel" if g == 0 else f"g{g}"} {m.upper()}'
+            for g in (0, 16) for m in ('rtn', 'gptq', 'awq')]  # fmt: skip
+    out += [
+      '| params (tokens) | float | ' + ' | '.join(head) + ' |',
+      '|---' * (2 + len(head)) + '|',
+    ]
+    for m in members:
+      gaps = [_gap(rows, m, k, scheme, g, 'qwix') for g in (0, 16) for k in ('rtn', 'gptq', 'awq')]
+      out.append(f'| {size(m)} | {float(first[m]["loss_float"]):.4f} | ' + ' | '.join(gaps) + ' |')
+    out.append('')
+  rules = [
+    (s, g, r) for s, g in (('int8', 0), ('int4', 0), ('int4', 16)) for r in ('qwix', 'textbook')
+  ]
+  head = [f'{s} {"ch" if g == 0 else f"g{g}"} {r}' for s, g, r in rules]
+  out += ['| params (tokens) | ' + ' | '.join(head) + ' |', '|---' * (1 + len(head)) + '|']
+  for m in members:
+    out.append(f'| {size(m)} | ' + ' | '.join(_gap(rows, m, 'rtn', *k) for k in rules) + ' |')
+  return '\n'.join(out)

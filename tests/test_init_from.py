@@ -11,6 +11,7 @@ import torch
 import transformers
 from helpers import HF_LLAMA, LLAMA_BLOCK
 
+import models
 from models import hf
 from train import context, init_from, loop
 
@@ -85,3 +86,54 @@ def test_start_from_our_workdir(tiny_config, trained_workdir, tmp_path):
   mult = tiny_config({**kw, 'model.mup_attn_mult': 2.0})
   with pytest.raises(ValueError, match="'mup_attn_mult': 2.0"):
     init_from.params_fn(mult)(context.setup(mult))
+
+
+def test_peft_adapter_directory_as_a_source(tiny_config, tmp_path):
+  """'peft:DIR' (a PEFT adapter on the HF base its adapter_config.json names): its LoRA settings
+  read from the files, its params base + adapters (merged for a config without LoRA), the run's
+  LoRA settings checked against it in one line naming the field; a missing base is one line."""
+  from models import lora, peft_adapter
+
+  path = _tiny_llama_dir(tmp_path)
+  over = {
+    **_llama_overrides(path),
+    'model.lora_rank': 3,
+    'model.lora_alpha': 6.0,
+    'model.lora_targets': ('query', 'mlp_out'),
+  }
+  config = tiny_config(over)
+  cfg = context.setup(config, with_data=False).derived.model
+  base_cfg, base = hf.import_checkpoint(path, lora.base_config(cfg))
+  rng = np.random.RandomState(0)
+  shapes = lora.split(models.param_shapes(cfg))[1]
+  adapters = jax.tree.map(lambda s: 0.1 * rng.standard_normal(s.shape).astype(np.float32), shapes)
+  adapter_dir = str(tmp_path / 'adapter')
+  peft_adapter.export_adapter(cfg, lora.combine(base, adapters), adapter_dir, base_model=path)
+  src = f'peft:{adapter_dir}'
+  got = init_from.source_model_config(src)
+  assert (got.lora_rank, got.lora_alpha, set(got.lora_targets)) == (3, 6.0, {'query', 'mlp_out'})
+  over['init_from'] = src
+  peft_config = tiny_config(over)
+  params = init_from.params_fn(peft_config)(context.setup(peft_config, with_data=False))
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  jax.tree.map(close, jax.device_get(params), lora.combine(base, adapters))
+  _, merged = init_from.load_params(src, base_cfg)
+  jax.tree.map(close, jax.device_get(merged), lora.merge(cfg, lora.combine(base, adapters)))
+  bad = tiny_config({**over, 'model.lora_rank': 2})
+  with pytest.raises(ValueError, match='lora_rank=2, but .* has 3: set config.model.lora_rank=3'):
+    init_from.params_fn(bad)(context.setup(bad, with_data=False))
+  for key, value, needle in (
+    ('lora_targets', ('query',), r'config.model.lora_targets=\(.query.,\), but the modules'),
+    ('lora_alpha', 3.0, 'config.model.lora_alpha=3.0, .* set config.model.lora_alpha=6.0'),
+  ):
+    with pytest.raises(ValueError, match=needle) as e:
+      init_from.check_peft_config(src, cfg.replace(**{key: value}))
+    assert '\n' not in str(e.value)
+  config_file = os.path.join(adapter_dir, 'adapter_config.json')
+  with open(config_file) as f:
+    saved = json.load(f)
+  for name, needle in (('', 'base_model_name_or_path is empty'), ('gpt2', 'is no directory here')):
+    with open(config_file, 'w') as f:
+      json.dump({**saved, 'base_model_name_or_path': name}, f)
+    with pytest.raises(ValueError, match=needle):
+      init_from.source_model_config(src)

@@ -19,7 +19,7 @@ from models import quantize, rtn
 from train import checkpoint, init_from, quantized, validation
 
 AXES = ('layers', 'embed', 'mlp')  # an MLP-in kernel stacked over layers: [N, I, O].
-QMAX = {'int8': 127.5, 'int4': 7.5}  # qwix's symmetric bound: iinfo.max + 0.5.
+QMAX = {'int8': 127.5, 'int4': 7.5, 'int3': 3.5}  # qwix's symmetric bound: qmax + 0.5.
 STYLES = {
   'gpt2': ({}, 'int4', 64),
   'llama_gqa': (
@@ -44,7 +44,7 @@ def _group_absmax(w_NxIxO, group):
   return np.abs(np.asarray(w_NxIxO)).reshape(n, i // g, g, o).max(2)  # [N, I/g, O]
 
 
-@pytest.mark.parametrize('scheme', ['int8', 'int4'])
+@pytest.mark.parametrize('scheme', ['int8', 'int4', 'int3'])
 @pytest.mark.parametrize('group', [0, 32])
 def test_integer_round_trip_within_half_a_step(scheme, group):
   w = _kernel()
@@ -55,7 +55,23 @@ def test_integer_round_trip_within_half_a_step(scheme, group):
   step = np.repeat(scale, 128 // scale.shape[1], axis=1)
   # Half a step, up to float32 rounding of w / scale (|w / scale| <= 128: ulp 2^-16).
   assert (err <= step * (0.5 + 2.0**-15)).all()
+  q_values = np.asarray(q.qvalue, np.int8)
+  assert q_values.min() >= -QMAX[scheme] - 0.5 and q_values.max() <= QMAX[scheme] - 0.5
   print(f'{scheme} group {group}: max |w - deq| {err.max():.2e} (w std 0.02)')
+
+
+@pytest.mark.parametrize('scheme', ['int8', 'int4', 'int3'])
+def test_textbook_scale_rule_is_absmax_over_qmax(scheme):
+  """rule='textbook' (qwix with its calibration factor): scale absmax / qmax, values in
+  [-qmax, qmax], and the packed file decodes to the same values as int4 / int3 nibbles."""
+  w = _kernel()
+  q = rtn.quantize(w, scheme, 32, rule='textbook')
+  qmax = QMAX[scheme] - 0.5
+  np.testing.assert_allclose(np.asarray(q.scale), _group_absmax(w, 32) / qmax, rtol=1e-6)
+  ref = np.clip(np.round(np.asarray(w) / np.repeat(np.asarray(q.scale), 32, 1)), -qmax, qmax)
+  np.testing.assert_array_equal(np.asarray(q.qvalue, np.int8), ref)
+  decoded = rtn.decode(rtn.encode(q, scheme), scheme, w.shape)
+  np.testing.assert_array_equal(np.asarray(decoded, np.int8), ref)
 
 
 def test_fp8_round_trip_relative_error():
@@ -120,7 +136,8 @@ def test_quantized_workdir_is_the_ptq_model_and_qat_is_straight_through(
   out = str(tmp_path / 'q')
   sizes = _write(out, src, scheme, group)
   saved = json.load(open(os.path.join(out, 'config.json')))
-  assert saved['quantized'] == {'scheme': scheme, 'group': group, 'source': os.path.abspath(src)}
+  source = os.path.abspath(src)
+  assert saved['quantized'] == {'scheme': scheme, 'group': group, 'source': source, 'method': 'rtn'}
   assert saved['model'] == json.load(open(os.path.join(src, 'config.json')))['model']
   assert sizes['bytes_quantized'] == os.path.getsize(os.path.join(out, init_from.QUANTIZED_FILE))
   ref = quantize.dequantize_tree(cfg, quantize.quantize_tree(cfg, params, scheme, group), scheme)
@@ -187,8 +204,8 @@ def test_bad_inputs_name_the_field(tiny_config, tmp_path):
     derive({'model.weight_group': 32})
   with pytest.raises(ValueError, match=r'config.model.weight_group must be >= 0'):
     derive({'model.weight_quant': 'int8', 'model.weight_group': -1})
-  with pytest.raises(ValueError, match=r"weight_quant='int3' is not one of"):
-    rtn.fake_quant(_kernel(), AXES, 'int3', 0)
+  with pytest.raises(ValueError, match=r"weight_quant='int2' is not one of"):
+    rtn.fake_quant(_kernel(), AXES, 'int2', 0)
   with pytest.raises(ValueError, match=r'weight_group=48 must be 0 \(per channel\) or divide'):
     rtn.fake_quant(_kernel(), AXES, 'int4', 48)
   cfg = models.ModelConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64)

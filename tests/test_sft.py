@@ -267,11 +267,91 @@ def test_batches_by_seed_and_step_hosts_and_mixture(tmp_path, data_dir):
 
 
 def test_a_batch_without_targets_is_an_error(tmp_path):
-  long_prompt = {'prompt': 'x' * 100, 'completion': 'y'}  # cut to 64 tokens: no target left.
+  long_prompt = {'prompt': 'x' * 100, 'completion': 'y'}  # cut to its first 64: no target left.
   _write_jsonl(str(tmp_path / 'd' / 'train.jsonl'), [long_prompt] * 10)
   split = _open(str(tmp_path / 'd'), str(tmp_path / 'p'))
+  right = [examples.Layout(truncation='right')]
   with pytest.raises(ValueError, match='step 0 .*no target token'):
-    _stream([split]).batch_arrays(0)
+    pipeline.TrainStream([split], 63, 8, 3, layouts=right).batch_arrays(0)
+  assert examples.num_targets(_stream([split]).batch_arrays(0)) == 8 * 2  # cut left: 'y', EOS.
+
+
+def _row_targets(row):
+  """The tokens a row's loss counts (models/loss.py: mask 1 and in the previous token's segment)."""
+  seg, mask = row['segment_ids'], row['loss_mask']
+  return row['tokens'][1:][(mask[1:] > 0) & (seg[1:] == seg[:-1])].tolist()
+
+
+def test_an_over_long_example_keeps_its_completion(tmp_path, caplog):
+  """Rows of 32: a long prompt loses its start and keeps its completion (the row is the example's
+  last 32 bytes, its targets the completion and EOS); a completion longer than a row keeps one
+  prompt byte before it and loses its end; a long text is cut at the end; truncation='right' cuts
+  all three at the end. The cut examples are counted in one log line per split."""
+  rows = [
+    {'prompt': 'Summarise: ' + 'lorem ipsum ' * 8, 'completion': 'short é answer'},
+    {'prompt': 'Q: ', 'completion': 'a' * 20 + 'b' * 20},
+    {'text': 'plain text ' * 5},
+    {'prompt': 'p', 'completion': 'q'},
+  ]
+  _write_jsonl(str(tmp_path / 'd' / 'train.jsonl'), rows)
+  _, split = _open(str(tmp_path / 'd'), str(tmp_path / 'p'))
+  eos = [BYTE.eos_id]
+  whole = [
+    list((r.get('prompt', '') + r.get('completion', r.get('text', ''))).encode()) for r in rows
+  ]
+  with caplog.at_level('WARNING'):
+    left = examples.PackedExamples(split, 31)
+  assert len(left) == 4 and [left[r]['segment_ids'].max() for r in range(4)] == [1, 1, 1, 1]
+  assert left[0]['tokens'].tolist() == (whole[0] + eos)[-32:]
+  assert _row_targets(left[0]) == list('short é answer'.encode()) + eos
+  assert left[1]['tokens'].tolist() == list(b' ' + b'a' * 20 + b'b' * 11)
+  assert _row_targets(left[1]) == list(b'a' * 20 + b'b' * 11)
+  assert left[2]['tokens'].tolist() == whole[2][:32] == whole[2][:1] + _row_targets(left[2])
+  assert _row_targets(left[3]) == list(b'q') + eos
+  cut = [r.getMessage() for r in caplog.records if 'longer than' in r.getMessage()]
+  assert len(cut) == 1 and '3 of 4 examples are longer than config.data.seq_len+1=32' in cut[0]
+  assert '2 also cut at the end' in cut[0]
+  right = examples.PackedExamples(split, 31, examples.Layout(truncation='right'))
+  for r in range(3):
+    assert right[r]['tokens'].tolist() == whole[r][:32]
+  assert _row_targets(right[0]) == []  # the old cut: the completion lost.
+
+
+def _segments(rows):
+  """The text of every example (segment) of every row, EOS dropped."""
+  out = []
+  for r in range(len(rows)):
+    row = rows[r]
+    for k in range(1, row['segment_ids'].max() + 1):
+      out.append(BYTE.decode(row['tokens'][row['segment_ids'] == k]))
+  return out
+
+
+def test_eval_set_carved_from_train_when_no_validation_file(tiny_config, tmp_path, caplog):
+  """No DIR/validation.jsonl: 5% of the training examples, spread over the file (every 20th of
+  100), are the eval set, training reads the other 95, and the log says so; a bad fraction is one
+  line from config validation, and `prepare` skips the missing file."""
+  from train.data import prepare
+
+  lines = [{'prompt': f'q{i}:', 'completion': f'a{i}'} for i in range(100)]
+  _write_jsonl(str(tmp_path / 'd' / 'train.jsonl'), lines)
+  config = tiny_config(
+    {'data.dataset': f'jsonl:{tmp_path / "d"}', 'data.prepared_dir': str(tmp_path / 'p')}
+  )
+  assert [m['num_shards'] for m in prepare.prepare(config)] == [1]  # train only.
+  with caplog.at_level('INFO'):
+    train, evals, _ = pipeline.make_datasets(config, 0, 1)
+  held = [f'q{i}:a{i}' for i in range(0, 100, 20)]
+  assert sorted(_segments(evals._primary.rows)) == sorted(held)
+  trained = _segments(train.rows[0])
+  assert len(trained) == 95 and not set(trained) & set(held)
+  assert set(trained) | set(held) == {f'q{i}:a{i}' for i in range(100)}
+  said = [r.getMessage() for r in caplog.records if 'carved' in r.getMessage()]
+  assert len(said) == 1 and f'no {tmp_path / "d" / "validation.jsonl"}' in said[0]
+  assert '5 of its 100 examples' in said[0] and 'excluded from training' in said[0]
+  config.data.eval_fraction = 1.0
+  with pytest.raises(ValueError, match=r'config\.data\.eval_fraction must be in \(0, 1\), got 1'):
+    validation.derive(config, jax.device_count())
 
 
 # --- the model on packed rows ------------------------------------------------------------------
@@ -333,6 +413,34 @@ def test_packed_row_losses_equal_the_examples_run_alone(positions, impl):
     here = (seg_L1[1:] == i + 1) & (seg_L1[:-1] == i + 1)  # targets of example i, in order.
     np.testing.assert_allclose(packed_L[here], single_ExL[i, : len(t) - 1], atol=2e-5)
     assert (packed_L[here] > 0).sum() == m[1:].sum()
+
+
+def test_unpacked_rows_hold_one_example_each_and_equal_the_packed_losses(tmp_path):
+  """data.pack=false: one example per row (padded, the same masks); each example's summed loss
+  over its targets equals its loss packed beside others, to 1e-6."""
+  _, split = _open(_sft_dir(tmp_path, 16, 4), str(tmp_path / 'p'))
+  packed = examples.PackedExamples(split, 63)
+  alone = examples.PackedExamples(split, 63, examples.Layout(pack=False))
+  assert len(alone) == 16 > len(packed)
+  rows = [alone[r] for r in range(len(alone))]
+  assert all(r['segment_ids'].max() == 1 for r in rows)
+  assert _segments(alone) == _segments(packed)
+  rows += [packed[r] for r in range(len(packed))]
+  batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in examples.KEYS}
+  cfg = _cfg(positions='rope', attention_impl='xla', n_layers=1)
+  params = models.init(cfg, jax.random.key(3))
+  nll_BxL = np.asarray(
+    jax.jit(lambda p: loss.token_nll(cfg, p, *loss.next_token_rows(batch))[0])(params)
+  )
+  seg = np.asarray(batch['segment_ids'])
+  per_example = []
+  for b in range(len(rows)):
+    same = seg[b, 1:] == seg[b, :-1]
+    for k in range(1, seg[b].max() + 1):
+      per_example.append(nll_BxL[b][same & (seg[b, 1:] == k)].astype(np.float64).sum())
+  per_example = np.asarray(per_example)
+  assert (per_example > 0).all()
+  np.testing.assert_allclose(per_example[:16], per_example[16:], rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize('impl', ['xla', 'blockwise'])

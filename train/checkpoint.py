@@ -5,6 +5,8 @@ metadata records what the stream depends on so a resume with a different stream 
 Each checkpoint's metadata also carries a checksum of every array's contents, computed on
 device before the save and inside orbax's atomic commit, so a torn or corrupted checkpoint
 is detected on restore, moved aside and the previous good one used (`restore_latest_good`).
+A LoRA run's checkpoints hold its adapters only (`stored`): their metadata's LORA_BASE record
+names the frozen base and its checksums (train/init_from.py loads and verifies it).
 """
 
 import datetime
@@ -23,9 +25,12 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from models import lora
 from models.config import PyTree
 
 CORRUPT_DIR = 'checkpoints.corrupt'  # bad checkpoints are moved here, never deleted.
+# The metadata key of a LoRA run's frozen base: {'init_from', 'base', 'step', 'checksum'}.
+LORA_BASE = 'lora_base'
 
 
 # Replica-parallel saving (the replicas of a replicated array each write a slice of it) compiles
@@ -93,9 +98,19 @@ def checksum(state: PyTree) -> dict:
   }
 
 
+def stored(state: PyTree, meta: dict) -> PyTree:
+  """What a checkpoint with `meta` holds of a train state: all of it, or with a LORA_BASE record
+  (a LoRA run's frozen base, referenced) the state with only the adapters as its params."""
+  if not meta.get(LORA_BASE):
+    return state
+  return state.replace(params=lora.split(state.params)[1])
+
+
 def save(
   mngr: ocp.CheckpointManager, step: int, state: PyTree, meta: dict, force: bool = False
 ) -> None:
+  """Checkpoint `step`: the state (`stored`: a LoRA run's adapters) and `meta` + checksums."""
+  state = stored(state, meta)
   meta = {**meta, 'checksum': checksum(state)}
   mngr.save(
     step,
@@ -167,6 +182,7 @@ _FIELDS = {
   'tokenizer': 'data.tokenizer',
   'seq_len': 'data.seq_len',
   'global_batch_size': 'train.global_batch_size',
+  **{k: f'data.{k}' for k in ('pack', 'truncation', 'eval_fraction')},
 }
 
 
@@ -241,7 +257,8 @@ def restore_latest_good(
 ) -> tuple[PyTree | None, int | None]:
   """(state, step) from the newest checkpoint that loads and matches its checksums, or
   (None, None). A checkpoint that does not is reported and moved aside; one written with a
-  different config raises ValueError (bad input, nothing is moved)."""
+  different config raises ValueError (bad input, nothing is moved). A LoRA checkpoint's state
+  comes back as `stored` it: the adapters as its params (its LORA_BASE record says the base)."""
   for step in sorted(mngr.all_steps(), reverse=True):
     state, problem = None, 'corrupt on another process'  # unless this process finds otherwise.
     try:
@@ -250,14 +267,15 @@ def restore_latest_good(
       saved, problem = None, f'unreadable metadata ({type(e).__name__}: {str(e)[:200]})'
     if _agree(saved is not None):
       check_meta(saved, meta, workdir)
-      check_structure(saved.get('checksum'), abstract_state, step, workdir)
+      target = stored(abstract_state, saved)
+      check_structure(saved.get('checksum'), target, step, workdir)
       try:
-        state, _ = restore(mngr, step, abstract_state)
+        state, _ = restore(mngr, step, target)
         problem = _verify(state, saved.get('checksum'))
       except Exception as e:  # truncated/emptied array files: TensorStore raises many types.
         state, problem = None, f'unreadable arrays ({str(e).split(". ")[0][:160]})'
         # Intact arrays of other shapes are not corrupt (read only here: 0.1 s per checkpoint).
-        check_structure(None, abstract_state, step, workdir, array_shapes(mngr.directory, step))
+        check_structure(None, target, step, workdir, array_shapes(mngr.directory, step))
     gc.collect()  # abandoned reads of a failed restore end here, not mid-training.
     if _agree(problem is None):
       if saved.get('checksum') is None:

@@ -2,13 +2,17 @@
 one-shot sparsity or weight quantization, written as a new workdir of ours that every loader
 accepts (init_from, distillation, export, sampling, lm-eval); a few lines summarise it (params,
 size and eval loss before -> after) and the full record is kept in OUT/compress.json; the last
-line printed is that record as JSON, without its per-unit importance and kept lists.
+line printed is that record as JSON, without its per-unit importance, kept and block lists.
 
   python -m train.compress --workdir=W --out=W2 --prune=layers:2           # depth
   python -m train.compress --workdir=W --out=W2 --prune=heads:4,mlp:224    # width
+  python -m train.compress --workdir=W --out=W2 --prune=layers:3,mlp:224 --keep=layers:0 \
+      --keep=mlp:0-15 --importance=scores.json
+  python -m train.compress --workdir=W --out=W2 --prune=layers:4 --depth=block
   python -m train.compress --workdir=W --out=W2 --sparsity=0.5 --scope=layer
   python -m train.compress --workdir=W --out=W2 --sparsity=0.5 --pattern=2:4
   python -m train.compress --workdir=W --out=W2 --quantize=int4 --group=64
+  python -m train.compress --workdir=W --out=W2 --quantize=int4 --method=gptq   # or awq
   python -m train.compress --workdir=hf:/path/to/llama --out=W2 --prune=layers:12 \
       --config=configs/default.py --config.data.seq_len=1024
 
@@ -17,6 +21,13 @@ kept are the most important on --calib_batches training batches (models/pruning.
 activation importance for heads, neurons and channels; the loss increase of dropping each layer
 for depth). Recover a pruned model by distillation from W (configs/compress.py). Every target
 is checked against W's config.json (an hf: directory's config.json) before any weight is loaded.
+
+Steering: --keep=AXIS:INDICES (repeatable, or 'layers:0,1;heads:0,3'; ranges as 0-15) forces
+units of an axis --prune cuts to stay, the rest chosen by importance up to its size (as many as
+its size: exactly those; a query head keeps its whole kv group); --importance=FILE replaces the
+computed importances ({axis: [one score per unit]}, or a compress.json's); --depth=block drops one
+contiguous block of layers, the one whose removal raises the calibration loss least (Minitron).
+Sizes are one per axis for all layers (the layer scan stacks them): per-layer sizes are refused.
 
 Calibration and evaluation data, and OUT/config.json apart from its model, come from a run
 config: W's own config.json, or --config (a config file with overrides, e.g. another data mix);
@@ -38,7 +49,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from models import pruning, sparsity
+from models import calibrated_quant, pruning, sparsity
 from models import quantize as quantize_lib
 from models.config import ModelConfig, PyTree
 from train import checkpoint, cli, context, evaluators, init_from, quantized, sharding
@@ -50,14 +61,31 @@ flags.DEFINE_string(
   'out', None, 'the new workdir (absent or empty; written whole, then renamed)', flag_values=FLAGS
 )
 flags.DEFINE_string('prune', '', 'target sizes, e.g. layers:2,heads:4,mlp:224', flag_values=FLAGS)
+flags.DEFINE_multi_string(
+  'keep', [], 'units that stay, AXIS:INDICES, e.g. layers:0,1 or mlp:0-15 (repeatable)',
+  flag_values=FLAGS,
+)  # fmt: skip
+flags.DEFINE_string(
+  'importance', '', 'JSON {axis: [score per unit]} replacing the computed', flag_values=FLAGS
+)
+flags.DEFINE_enum(
+  'depth', 'layer', ['layer', 'block'], 'drop the least important layers, or the best contiguous '
+  'block by loss', flag_values=FLAGS,
+)  # fmt: skip
 flags.DEFINE_float('sparsity', 0.0, 'fraction of compressible weights zeroed', flag_values=FLAGS)
 flags.DEFINE_string('pattern', 'unstructured', "'unstructured' or 'N:M' (2:4)", flag_values=FLAGS)
 flags.DEFINE_enum('scope', 'global', ['global', 'layer'], 'magnitude ranking', flag_values=FLAGS)
-flags.DEFINE_string('quantize', '', 'int8 | int4 | fp8', flag_values=FLAGS)
+flags.DEFINE_string('quantize', '', 'int8 | int4 | int3 | fp8', flag_values=FLAGS)
+flags.DEFINE_enum(
+  'method', 'rtn', ['rtn', 'gptq', 'awq'], 'round to nearest, or calibrated on --calib_batches '
+  '(GPTQ, AWQ: integer schemes)', flag_values=FLAGS,
+)  # fmt: skip
 flags.DEFINE_integer(
   'group', 0, 'quantization group along fan-in (0: per channel)', flag_values=FLAGS
 )
-flags.DEFINE_integer('calib_batches', 8, 'training batches for importance', flag_values=FLAGS)
+flags.DEFINE_integer(
+  'calib_batches', 8, 'training batches for importance and GPTQ / AWQ', flag_values=FLAGS
+)
 flags.DEFINE_integer('eval_batches', 0, 'eval batches (0: the run config)', flag_values=FLAGS)
 flags.DEFINE_string(
   'tokenizer',
@@ -75,19 +103,77 @@ flags.DEFINE_bool('debug', False, 'show tracebacks', flag_values=FLAGS)
 flags.mark_flags_as_required(['workdir', 'out'], flag_values=FLAGS)
 
 
+_PER_LAYER = (
+  'per-layer sizes are not expressible: the layer scan stacks the layers, so each axis has one '
+  'size for all of them'
+)
+
+
 def parse_shape(text: str) -> dict[str, int]:
   """'layers:2,mlp:224' -> {'layers': 2, 'mlp': 224} (one-line error naming a bad item)."""
   shape = {}
   for item in filter(None, text.split(',')):
     axis, _, n = item.partition(':')
+    if item.strip().isdigit() or any(c in n for c in '/[') or axis.strip() in shape:
+      raise ValueError(f'--prune={text}: {_PER_LAYER}')
     if not n.isdigit():
       raise ValueError(f'--prune: {item!r} is not axis:size (e.g. layers:2,mlp:224)')
     shape[axis.strip()] = int(n)
   return shape
 
 
+def parse_keep(text: str) -> dict[str, list[int]]:
+  """'layers:0,1;mlp:0-15' -> {'layers': [0, 1], 'mlp': [0, ..., 15]} (one-line error)."""
+  keep = {}
+  for item in filter(None, (t.strip() for t in text.split(';'))):
+    axis, _, idx = item.partition(':')
+    got = []
+    for part in filter(None, (p.strip() for p in idx.split(','))):
+      lo, dash, hi = part.partition('-')
+      if not lo.isdigit() or (dash and not hi.isdigit()) or (dash and int(hi) < int(lo)):
+        raise ValueError(f'--keep: {item!r} is not AXIS:INDICES (e.g. layers:0,1 or mlp:0-15)')
+      got += range(int(lo), int(hi if dash else lo) + 1)
+    if not got:
+      raise ValueError(f'--keep: {item!r} names no units (e.g. layers:0,1 or mlp:0-15)')
+    keep.setdefault(axis.strip(), []).extend(got)
+  return keep
+
+
+def read_importance(path: str, cfg: ModelConfig) -> dict:
+  """--importance's scores, checked against the model (one line naming the flag): a JSON object
+  {axis: [one score per unit]}, or a compress.json (its 'importance'; 'blocks' are not reused)."""
+  try:
+    with open(path) as f:
+      scores = json.load(f)
+  except OSError as e:
+    raise ValueError(f'--importance={path}: {e.strerror}') from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f'--importance={path}: not JSON ({e.msg}, line {e.lineno})') from None
+  if isinstance(scores, dict) and isinstance(scores.get('importance'), dict):
+    scores = {k: v for k, v in scores['importance'].items() if k != 'blocks'}
+  if not isinstance(scores, dict) or not scores:
+    raise ValueError(f'--importance={path}: not an object {{axis: [one score per unit]}}')
+  return pruning.given_importance(cfg, scores)
+
+
+def check_prune(cfg: ModelConfig, what: dict) -> dict:
+  """The steered target of --prune / --keep / --importance / --depth (module doc), each checked
+  against the model config (one line naming the flag); nothing loaded."""
+  forced, depth = parse_keep(what.get('keep', '')), what.get('depth', 'layer')
+  shape = parse_shape(what['prune'])
+  pruning.check(cfg, shape)
+  pruning.check_forced(cfg, shape, forced, depth)
+  given = read_importance(what['importance_file'], cfg) if what.get('importance_file') else {}
+  if depth == 'block' and 'layers' in given:
+    raise ValueError('--importance: layers scores with --depth=block (blocks are scored by loss)')
+  return {'shape': shape, 'forced': forced, 'depth': depth, 'given': given}
+
+
 def check(src: str, out: str, what: dict) -> ModelConfig:
   """The source's model config, once every target in `what` fits it (nothing loaded yet)."""
+  steer = what.get('keep') or what.get('importance_file') or what.get('depth', 'layer') != 'layer'
+  if steer and not what['prune']:
+    raise ValueError('--keep, --importance and --depth steer --prune: give --prune too')
   if sum(bool(what[k]) for k in ('prune', 'sparsity', 'quantize')) != 1:
     raise ValueError('give exactly one of --prune, --sparsity, --quantize')
   cfg = init_from.source_model_config(src)
@@ -99,7 +185,7 @@ def check(src: str, out: str, what: dict) -> ModelConfig:
     held = ', '.join(sorted(os.listdir(out))[:3])
     raise ValueError(f'--out={out} is not empty (holds {held}); choose a new or empty --out')
   if what['prune']:
-    pruning.check(cfg, parse_shape(what['prune']))
+    check_prune(cfg, what)
   if what['sparsity']:
     if not 0 < what['sparsity'] < 1:
       raise ValueError(f'--sparsity={what["sparsity"]}: must be in (0, 1)')
@@ -114,8 +200,12 @@ def check(src: str, out: str, what: dict) -> ModelConfig:
       bad = sorted({f for f in quantize_lib.fan_ins(cfg).values() if f % m})
       if bad:
         raise ValueError(f'--pattern={what["pattern"]}: {m} does not divide the fan-in {bad[0]}')
+  method = what.get('method', 'rtn')
+  if method != 'rtn' and not what['quantize']:
+    raise ValueError(f'--method={method} applies to --quantize (int8, int4 or int3)')
   if what['quantize']:
     quantize_lib.check(cfg, what['quantize'], what['group'])
+    calibrated_quant.check(cfg, method, what['quantize'], what.get('calib_batches', 0))
   return cfg
 
 
@@ -175,7 +265,7 @@ def compress(
   done = _finished(out)
   if done:  # a rerun (e.g. a study killed after this step): the same request is done already.
     asked = {'source': source, **what}
-    if any(done.get(k) != v for k, v in asked.items()):
+    if any(done.get(k, _UNSET.get(k)) != v for k, v in asked.items()):
       raise ValueError(
         f'--out={out} holds another compression (its compress.json); choose a new --out'
       )
@@ -190,9 +280,7 @@ def compress(
   record['params_before'] = _count(params)
   out_config = json.loads(json.dumps(config.to_dict()))
   if what['quantize']:
-    record.update(
-      quantized.write(stage, out_config, cfg, params, what['quantize'], what['group'], source)
-    )
+    record.update(_quantize(r, stage, out_config, cfg, params, what, source))
     new_cfg, new_params = quantized.read(stage)
   else:
     new_cfg, new_params, extra = _transform(r, cfg, params, what)
@@ -202,6 +290,8 @@ def compress(
     checkpoint.write_params(stage, json.dumps(out_config, indent=2), new_params, 0, meta)
   record['params_after'] = _count(new_params)
   record['loss_after'] = eval_loss(r, new_cfg, new_params)
+  record['bytes_before'], record['bytes_after'] = _nbytes(params), _nbytes(new_params)
+  record['bytes_on_disk'] = _disk_bytes(stage)
   record['wall_s'] = round(time.time() - t0, 1)
   workdir_lib.write_json(os.path.join(stage, RECORD), record)
   os.replace(stage, out)  # (an empty OUT directory is replaced too)
@@ -210,6 +300,8 @@ def compress(
 
 
 RECORD = 'compress.json'  # written last: OUT holds it only when the compression finished.
+# in records written before them
+_UNSET = {'keep': '', 'importance_file': '', 'depth': 'layer', 'method': 'rtn'}
 _PARTIAL = '.compress-partial'  # marks a staging directory of ours (safe to remove).
 
 
@@ -231,35 +323,76 @@ def _stage(out: str) -> str:
   return stage
 
 
+def _quantize(
+  r: context.Run, stage: str, config: dict, cfg: ModelConfig, params: PyTree, what: dict, src: str
+) -> dict:
+  """quantized.write of `params` into `stage` by --method: GPTQ and AWQ first gather their
+  calibration statistics on --calib_batches training batches."""
+  method, stats = what.get('method', 'rtn'), None
+  if method != 'rtn':
+    batches = (r.train_ds.batch(s) for s in range(what['calib_batches']))
+    stats = calibrated_quant.calibration_stats(cfg, params, batches)
+  scheme, group = what['quantize'], what['group']
+  return quantized.write(stage, config, cfg, params, scheme, group, src, method, stats)
+
+
 def _transform(r: context.Run, cfg: ModelConfig, params: PyTree, what: dict) -> tuple:
   """(config, params, record entries) of the pruned or sparsified model."""
-  import models
-
   if what['sparsity']:
     masks = sparsity.magnitude_masks(
       cfg, params, what['sparsity'], scope=what['scope'], pattern=what['pattern']
     )
     out = sparsity.apply(params, masks)
     return cfg, out, {'zeros': int(sum((x == 0).sum() for x in jax.tree.leaves(out)))}
-  shape = parse_shape(what['prune'])
-  batches = (r.train_ds.batch(s) for s in range(what['calib_batches']))
-  scores = pruning.importance(cfg, params, batches)
-  keep = pruning.plan(cfg, scores, shape)
+  return _prune(r, cfg, params, what)
+
+
+def _prune(r: context.Run, cfg: ModelConfig, params: PyTree, what: dict) -> tuple:
+  """(config, params, record entries) of the pruned model, steered as `what` asks (module doc)."""
+  import models
+
+  steer = check_prune(cfg, what)
+  shape, forced, depth = steer['shape'], steer['forced'], steer['depth']
+  batches = [r.train_ds.batch(s) for s in range(what['calib_batches'])]
+  need = pruning.scored_axes(cfg, shape, forced, depth) - set(steer['given'])
+  scores = {}
+  if need:  # (the calibration forward passes; skipped when --keep / --importance decide all)
+    scores = pruning.importance(cfg, params, iter(batches), layers='layers' in need)
+    scores.pop('loss')
+  scores.update(steer['given'])
+  entries = {}
+  if depth == 'block':
+    n_drop = cfg.n_layers - shape['layers']
+    scores['blocks'] = pruning.block_scores(cfg, params, batches, n_drop)
+    entries['blocks'] = [
+      {'layers': list(range(s, s + n_drop)), 'loss_increase': round(float(x), 6)}
+      for s, x in enumerate(scores['blocks'])
+    ]
+  keep = pruning.plan(cfg, scores, shape, forced, depth)
   new_cfg, new_params = pruning.prune(cfg, params, models.logical_axes(cfg), keep)
-  entries = {
-    'importance': {
-      k: [round(float(x), 5) for x in jax.device_get(v).ravel()]
-      for k, v in scores.items()
-      if k != 'loss'
-    },  # fmt: skip
-    'kept': {k: [int(i) for i in v] for k, v in keep.items()},
-    'shape': pruning.sizes(new_cfg),
+  entries['importance'] = {
+    k: [round(float(x), 5) for x in jax.device_get(v).ravel()]
+    for k, v in scores.items()
+    if k != 'blocks'
   }
+  entries['kept'] = {k: [int(i) for i in v] for k, v in keep.items()}
+  entries['shape'] = pruning.sizes(new_cfg)
+  if depth == 'block':
+    entries['dropped_layers'] = sorted(set(range(cfg.n_layers)) - set(entries['kept']['layers']))
   return new_cfg, new_params, entries
 
 
 def _count(params: PyTree) -> int:
   return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def _nbytes(params: PyTree) -> int:
+  return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)))
+
+
+def _disk_bytes(path: str) -> int:
+  """Bytes of every file under `path` (OUT as written)."""
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -268,11 +401,15 @@ def main(argv: Sequence[str] | None = None) -> None:
   f = FLAGS
   what = {
     'prune': f.prune,
+    'keep': ';'.join(f.keep),
+    'importance_file': f.importance,
+    'depth': f.depth,
     'sparsity': f.sparsity,
     'pattern': f.pattern,
     'scope': f.scope,
     'quantize': f.quantize,
     'group': f.group,
+    'method': f.method,
     'calib_batches': f.calib_batches,
     'eval_batches': f.eval_batches,
     'tokenizer': f.tokenizer,
@@ -283,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       _ = config.keys  # config_flags defers a failed load (e.g. a missing file) to here.
     record = compress(f.workdir, f.out, what, config)
   print(summary(record, f.out))
-  print(json.dumps({k: v for k, v in record.items() if k not in ('importance', 'kept')}))
+  print(json.dumps({k: v for k, v in record.items() if k not in ('importance', 'kept', 'blocks')}))
 
 
 def summary(record: dict, out: str) -> str:
@@ -296,7 +433,8 @@ def summary(record: dict, out: str) -> str:
     done = f'sparsified {record["sparsity"]:.0%} ({how}): {record.get("zeros", 0):,} weights zero'
   else:
     group = f'group {record["group"]}' if record['group'] else 'per channel'
-    done = f'quantized to {record["quantize"]} ({group})'
+    how = {'gptq': ' by GPTQ', 'awq': ' by AWQ'}.get(record.get('method', 'rtn'), '')
+    done = f'quantized to {record["quantize"]} ({group}){how}'
   lines = [
     f'Compressed {record["source"]}: {done}',
     f'  params:    {before:,} -> {after:,} ({after / before - 1:+.1%})',
@@ -308,9 +446,39 @@ def summary(record: dict, out: str) -> str:
     lines.append(
       f'  size:      {b32 / 2**20:.2f} MiB float32 -> {bq / 2**20:.2f} MiB ({bq / b32:.1%})'
     )
+  elif 'bytes_on_disk' in record:
+    b0, b1 = record['bytes_before'], record['bytes_after']
+    lines.append(
+      f'  size:      {_size(b0)} -> {_size(b1)} of params ({b1 / b0 - 1:+.1%}); '
+      f'{_size(record["bytes_on_disk"])} on disk'
+    )
+  lines += _steering(record)
   took = f' in {record["wall_s"]:.1f}s' if 'wall_s' in record else ''
   lines.append(f'  out:       {os.path.abspath(out)}{took} (full record: {RECORD})')
   return '\n'.join(lines)
+
+
+def _steering(record: dict) -> list[str]:
+  """Summary lines for a steered pruning: the forced units, the importance file, the depth block."""
+  lines = []
+  if record.get('keep'):
+    lines.append(f'  kept:      {record["keep"]} (--keep), the rest by importance')
+  if record.get('importance_file'):
+    lines.append(f'  scores:    {record["importance_file"]} (--importance)')
+  if record.get('dropped_layers'):
+    drop, blocks = record['dropped_layers'], record.get('blocks', [])
+    rise = [b['loss_increase'] for b in blocks if b['layers'] == drop]
+    best = f' (+{rise[0]:.4f} calibration loss; {len(blocks)} candidate blocks)' if rise else ''
+    lines.append(f'  depth:     dropped the contiguous layers {drop[0]}-{drop[-1]}{best}')
+  return lines
+
+
+def _size(n: int) -> str:
+  """Bytes for people: 1.2 KiB, 3.4 MiB, 5.6 GiB."""
+  for unit, scale in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
+    if n >= scale:
+      return f'{n / scale:.1f} {unit}'
+  return f'{n} B'
 
 
 if __name__ == '__main__':

@@ -144,7 +144,13 @@ def stream_meta(config: schema.Config | ml_collections.ConfigDict) -> dict:
     'seq_len': config.data.seq_len,
     'global_batch_size': config.train.global_batch_size,
     'model': json.loads(json.dumps(dataclasses.asdict(schema.Config.make(config).model))),
+    **(_example_rows(config.data) if 'jsonl:' in config.data.dataset else {}),
   }
+
+
+def _example_rows(data: schema.Section | ml_collections.ConfigDict) -> dict:
+  """How supervised examples become rows (train/data/examples.py): part of their stream."""
+  return {k: data[k] for k in ('pack', 'truncation', 'eval_fraction')}
 
 
 def jit_train_step(r: Run, task: Task) -> Callable:
@@ -158,6 +164,7 @@ def jit_train_step(r: Run, task: Task) -> Callable:
     t.grad_accum_steps,
     t.loss_scale_period if r.derived.loss_scale else 0,
     models.trainable(r.derived.model) if r.derived.model.lora_rank else None,
+    r.config.seed if r.derived.model.lora_dropout else None,
   )
   return jax.jit(
     step,

@@ -9,6 +9,10 @@ Command line (prints lm-eval's table, writes <workdir>/lm_eval_results.json):
 
   python -m train.harness --workdir=workdirs/default --tasks=lambada_openai,hellaswag \
     [--include_path=my_tasks] [--limit=N] [--num_fewshot=K] [--batch_size=B]
+
+It also prints the params' resident memory and the decode tokens/s of generate_until. On a
+quantized workdir (train.compress --quantize) `--resident=quantized` keeps the kernels int8 /
+int4 in memory, dequantized per matmul (models/resident_quant.py).
 """
 
 import dataclasses
@@ -17,6 +21,7 @@ import functools
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -37,7 +42,7 @@ from lm_eval.models.utils import normalize_gen_kwargs, postprocess_generated_tex
 from lm_eval.utils import handle_non_serializable, make_table
 
 import models
-from models import loss
+from models import loss, resident_quant
 from models.config import ModelConfigLike, PyTree
 from train import cli, init_from, metrics
 from train import workdir as workdir_lib
@@ -153,12 +158,15 @@ class LMScaleLM(TemplateLM):
     mesh: Mesh | None = None,
     max_gen_toks: int = 256,
     seed: int = 0,
+    resident: str = 'float',
     **_,
   ) -> None:
-    """`tokenizer`: our tokenizer object, or 'byte' / a HF tokenizer dir; None: the source's."""
+    """`tokenizer`: our tokenizer object, or 'byte' / a HF tokenizer dir; None: the source's.
+    `resident` 'quantized': a quantized workdir's kernels stay quantized in memory."""
     super().__init__()
+    self.decoded = (0, 0.0)  # (tokens generated, seconds), for the decode tokens/s.
     if pretrained:
-      model_config, params = load(pretrained)
+      model_config, params = load(pretrained, resident)
       tokenizer = tokenizer or init_from.source_tokenizer(pretrained)
     if model_config is None or tokenizer is None:
       raise ValueError(
@@ -318,6 +326,7 @@ class LMScaleLM(TemplateLM):
       width = min(next(w for w in self.buckets if w >= len(prompts[idx[0]])), n - new)
       batch = [prompts[i] for i in idx] + [[self.eot_token_id]] * (chunk - len(idx))
       batch.append([self.eot_token_id] * width)
+      start = time.perf_counter()
       tokens = models.generate(
         self.model_config,
         self.params,
@@ -330,6 +339,7 @@ class LMScaleLM(TemplateLM):
       if not tokens.is_fully_addressable:  # rows sharded over processes: every one gets all.
         tokens = multihost_utils.process_allgather(tokens, tiled=True)
       new_BxT = np.asarray(jax.device_get(tokens))[:, -new:]
+      self.decoded = (self.decoded[0] + new_BxT.size, self.decoded[1] + time.perf_counter() - start)
       for r, i in enumerate(idx):
         ids = new_BxT[r].tolist()
         ids = ids[: ids.index(self.eot_token_id)] if self.eot_token_id in ids else ids
@@ -343,9 +353,10 @@ class LMScaleLM(TemplateLM):
 # ------------------------------------------------------------------------------ loading
 
 
-def load(src: str) -> tuple:
-  """(ModelConfig, params) of a workdir's latest checkpoint or an 'hf:/dir' checkpoint."""
-  return init_from.load_params(src)
+def load(src: str, resident: str = 'float') -> tuple:
+  """(ModelConfig, params) of a workdir's latest checkpoint or an 'hf:/dir' checkpoint; resident
+  'quantized': a quantized workdir's kernels held quantized (models/resident_quant.py)."""
+  return init_from.load_resident(src) if resident == 'quantized' else init_from.load_params(src)
 
 
 # ------------------------------------------------------------------------------ running tasks
@@ -442,14 +453,15 @@ def evaluate_source(
   tokenizer: str = '',
   output: str = '',
   bootstrap_iters: int = 100000,
+  resident: str = 'float',
 ) -> dict:
   """lm_eval.simple_evaluate on a workdir / 'hf:/dir'; writes the results JSON; returns them."""
   if include_path and not os.path.isdir(include_path):
     raise ValueError(f'--include_path={include_path}: not a directory')
   names = check_tasks(tasks, include_path)  # before loading anything.
-  if not src.startswith('hf:') and not os.path.isdir(src):
+  if not os.path.isdir(init_from.source_path(src)):
     raise ValueError(f'--workdir={src}: no such directory')
-  lm = LMScaleLM(src, tokenizer=tokenizer or None, batch_size=batch_size)
+  lm = LMScaleLM(src, tokenizer=tokenizer or None, batch_size=batch_size, resident=resident)
   results = lm_eval.simple_evaluate(
     model=lm,
     tasks=names,
@@ -459,9 +471,15 @@ def evaluate_source(
     log_samples=False,
     bootstrap_iters=bootstrap_iters,
   )
-  step = None if src.startswith('hf:') else workdir_lib.latest_checkpoint_step(src)
+  step = None if src != init_from.source_path(src) else workdir_lib.latest_checkpoint_step(src)
   results['config'].update(model=src, batch_size=lm.batch_size, checkpoint_step=step)
-  output = output or os.path.join(src[3:] if src.startswith('hf:') else src, RESULTS_FILE)
+  tokens, seconds = lm.decoded
+  results['config'].update(
+    resident=resident,
+    params_resident_bytes=resident_quant.resident_bytes(lm.params),
+    decode_tokens_per_s=tokens / seconds if seconds else None,  # incl. compiles and prefill.
+  )
+  output = output or os.path.join(init_from.source_path(src), RESULTS_FILE)
   write_results(results, output)
   results['output'] = output
   return results
@@ -484,10 +502,15 @@ def main(argv: list[str]) -> None:
       f.tokenizer,
       f.output,
       f.bootstrap_iters,
+      f.resident,
     )
   print(make_table(results))
   if results.get('groups'):
     print(make_table(results, 'groups'))
+  c = results['config']
+  print(f'params resident: {c["params_resident_bytes"] / 2**20:.2f} MiB ({c["resident"]})')
+  if c['decode_tokens_per_s']:
+    print(f'decode: {c["decode_tokens_per_s"]:,.0f} tokens/s (generate_until, incl. compiles)')
   print(f'results: {results["output"]}')
 
 
@@ -501,6 +524,12 @@ def _define_flags():
   flags.DEFINE_string('tokenizer', '', "'byte' or a HF tokenizer dir ('' : the source's own).")
   flags.DEFINE_string('output', '', f'Results JSON (default <workdir>/{RESULTS_FILE}).')
   flags.DEFINE_integer('bootstrap_iters', 100000, "lm-eval's bootstrap iterations for stderrs.")
+  flags.DEFINE_enum(
+    'resident',
+    'float',
+    ['float', 'quantized'],
+    'quantized: a quantized workdir keeps its kernels quantized in memory (dequantized per matmul)',
+  )
   flags.DEFINE_bool('debug', False, 'Show Python tracebacks instead of one-line errors.')
   flags.mark_flags_as_required(['workdir', 'tasks'])
 

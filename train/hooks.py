@@ -255,7 +255,7 @@ class KeepBest(Action):
       checkpoint.write_config(self.dir, self.config_json)
     for old in [s for s in self.mngr.all_steps() if s >= step]:
       saved = checkpoint.restore_meta(self.mngr, old).get('checksum') if old == step else None
-      if saved and saved == checkpoint.checksum(state):
+      if saved and saved == checkpoint.checksum(checkpoint.stored(state, self.meta)):
         return  # a resumed run reaching it again: the same state, already kept.
       # Another run's (its checkpoints were removed or it restarted earlier): kept aside.
       dest = checkpoint.set_aside(self.mngr, self.dir, old, into=STALE_DIR)

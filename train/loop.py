@@ -19,12 +19,14 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from models import lora
 from models.config import PyTree
 from train import (
   checkpoint,
   context,
   divergence,
   hooks,
+  init_from,
   memory,
   metrics,
   preemption,
@@ -242,7 +244,8 @@ def _resume(
   stop: preemption.StopRequest,
 ) -> tuple[PyTree, int | None]:
   """(state, the step resumed from or None): the latest good checkpoint, else a fresh state.
-  Only once the resume check passed are config.json and metrics.jsonl changed."""
+  Only once the resume check passed are config.json and metrics.jsonl changed. A LoRA run's
+  frozen base comes from its record (`_with_base`); `meta` gets the record to save it with."""
   state, latest = None, None
   if mngr.all_steps():
     try:
@@ -253,14 +256,44 @@ def _resume(
         f'{e}; it was written with {changed or "the settings in its config.json"}: restore '
         'those settings or use a new --workdir'
       ) from None
-  if state is None:  # every input (a deferred init_from too) loads before the workdir changes.
-    state = context.init_state(r, params())
+  if state is not None:
+    state = _with_base(r, mngr, latest, state, workdir, meta)
+  else:  # every input (a deferred init_from too) loads before the workdir changes.
+    loaded = params()
+    state = context.init_state(r, loaded)
+    if loaded is not None:
+      _record_base(r, state, meta)
   stop.ready()  # restored: a signal from here on stops at a step boundary (before the first).
   metrics.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), latest or 0)  # (checks it first)
   checkpoint.write_config(workdir, json.dumps(r.config.to_dict(), indent=2))
   if latest is not None:
     logging.info('Resumed from step %d in %s', latest, workdir)
   return state, latest
+
+
+def _record_base(r: Run, state: PyTree, meta: dict) -> None:
+  """A LoRA run started from config.init_from: `meta` gets its frozen base's record (source and
+  checksums), which its checkpoints then reference instead of holding the base."""
+  record = init_from.base_record(r.config.init_from, r.derived.model)
+  if record:
+    base = lora.split(state.params)[0]
+    meta[checkpoint.LORA_BASE] = {**record, 'checksum': checkpoint.checksum(base)}
+
+
+def _with_base(
+  r: Run, mngr: ocp.CheckpointManager, step: int, state: PyTree, workdir: str, meta: dict
+) -> PyTree:
+  """A restored checkpoint's state, a LoRA one's adapters joined by the frozen base its record
+  names (reloaded, checksums verified: a changed base is refused before anything changes)."""
+  record = checkpoint.restore_meta(mngr, step).get(checkpoint.LORA_BASE)
+  if not record:
+    return state
+  base_shardings = lora.split(r.state_shardings.params)[0]
+  where = os.path.join(workdir, 'checkpoints', str(step))
+  base, meta[checkpoint.LORA_BASE] = init_from.resume_base(
+    r.config.init_from, r.derived.model, record, base_shardings, where
+  )
+  return state.replace(params=lora.combine(base, state.params))
 
 
 def _batch(r: Run, task: Task, step: int) -> dict:

@@ -1,8 +1,9 @@
 """Packed quantized workdirs (issue 26): a workdir's compressible kernels rounded to int8 / int4 /
-fp8 (models/quantize.py), written as OUT/config.json + OUT/quantized.safetensors.
+int3 / fp8 (models/quantize.py: RTN, GPTQ or AWQ), written as OUT/config.json +
+OUT/quantized.safetensors.
 
 config.json is the source's, its model section unchanged, plus "quantized": {scheme, group,
-source}. Every loader reads such a workdir through `init_from.load_params` (dequantized to
+source, method}. Every loader reads such a workdir through `init_from.load_params` (dequantized to
 float32): init_from, train.export, train.sample, train.harness, distillation teachers.
 """
 
@@ -12,24 +13,38 @@ import jax
 import numpy as np
 import safetensors.numpy
 
-from models import quantize
+from models import calibrated_quant, quantize
 from models.config import ModelConfig, PyTree
 from train import init_from
 from train import workdir as workdir_lib
 
 
 def write(
-  out: str, config: dict, cfg: ModelConfig, params: PyTree, scheme: str, group: int, source: str
+  out: str,
+  config: dict,
+  cfg: ModelConfig,
+  params: PyTree,
+  scheme: str,
+  group: int,
+  source: str,
+  method: str = 'rtn',
+  stats: dict | None = None,
 ) -> dict:
-  """Quantize `params` (model `cfg`, from `source`) into the new workdir `out`, beside the run
-  `config` (a dict, its model section `cfg`'s); returns {'bytes_quantized': the safetensors file's
-  size, 'bytes_float32': the same params' size in float32}."""
+  """Quantize `params` (model `cfg`, from `source`; by `method`, GPTQ / AWQ from calibration
+  `stats`) into the new workdir `out`, beside the run `config` (a dict, its model section `cfg`'s);
+  returns {'bytes_quantized': the safetensors file's size, 'bytes_float32': the same params' size
+  in float32}."""
   path = os.path.join(out, init_from.QUANTIZED_FILE)
   if os.path.exists(path):
     raise ValueError(f'{out}: already holds {init_from.QUANTIZED_FILE}; choose a new --out')
   quantize.check(cfg, scheme, group)
-  packed = quantize.quantize_tree(cfg, jax.device_get(params), scheme, group)
-  config = {**config, 'quantized': {'scheme': scheme, 'group': group, 'source': source}}
+  params = jax.device_get(params)
+  kernels = None
+  if method != 'rtn':
+    kernels = calibrated_quant.quantize_kernels(cfg, params, scheme, group, method, stats or {})
+  packed = quantize.quantize_tree(cfg, params, scheme, group, kernels=kernels)
+  quant = {'scheme': scheme, 'group': group, 'source': source, 'method': method}
+  config = {**config, 'quantized': quant}
   os.makedirs(out, exist_ok=True)
   safetensors.numpy.save_file(packed, path + '.tmp', metadata={'scheme': scheme})
   os.replace(path + '.tmp', path)

@@ -30,6 +30,7 @@ LOGICAL_RULES = (
   ('mlp', 'tensor'),
   ('layers', None),
   ('head_dim', None),
+  ('v_head_dim', None),  # the value's (and out projection's) head width, as 'head_dim'.
   ('norm', None),
   ('position', None),
   ('length', None),

@@ -21,6 +21,9 @@ from train import optimizer as optim
 
 # loss_fn(params, batch, *frozen) -> (loss_sum, sums), as in the module docstring.
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+# The train batch's per-row dropout keys (uint32 [B, 2], `dropout_keys`): only training steps
+# carry them, so model.lora_dropout is active in training and never in evaluation.
+DROPOUT_KEYS = 'dropout_keys'
 
 
 @flax.struct.dataclass
@@ -55,16 +58,26 @@ def lm_loss(model_config: ModelConfigLike) -> LossFn:
   """Next-token loss on rows batch['tokens'] [B, L+1]: inputs row[:-1], targets row[1:]; rows
   packed with examples (batch['segment_ids'], ['positions'], ['loss_mask']) count only the masked-in
   targets of each segment (models/loss.py next_token_rows), so the step's mean is per target
-  token. With model.loss_chunk the full float32 logits are never materialised."""
+  token. With model.loss_chunk the full float32 logits are never materialised. A batch with
+  DROPOUT_KEYS drops out (model.lora_dropout) with its first row's key."""
   cfg = models.ModelConfig.make(model_config)
 
   def loss_fn(params, batch):
     inputs_BxL, targets_BxL, ctx = loss.next_token_rows(batch)
-    nll_BxL, mask_BxL = loss.token_nll(cfg, params, inputs_BxL, targets_BxL, ctx)
+    keys = batch.get(DROPOUT_KEYS)
+    rng = None if keys is None else jax.random.wrap_key_data(keys[0])
+    nll_BxL, mask_BxL = loss.token_nll(cfg, params, inputs_BxL, targets_BxL, ctx, rng)
     loss_sum = nll_BxL.sum()
     return loss_sum, {'loss': loss_sum, 'tokens': mask_BxL.sum()}
 
   return loss_fn
+
+
+def dropout_keys(seed: int, step: jax.Array, rows: int) -> jax.Array:
+  """Per-row dropout keys (uint32 [rows, 2]) of a train step: one per (seed, step, row), so
+  microbatch j (rows j, j+k, ...) and a resumed run draw the same masks."""
+  keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), step), rows)
+  return jax.random.key_data(keys)
 
 
 def microbatches(batch: PyTree, k: int) -> PyTree:
@@ -106,11 +119,13 @@ def make_train_step(
   grad_accum_steps: int,
   loss_scale_period: int = 0,
   trainable: PyTree | None = None,
+  dropout_seed: int | None = None,
 ) -> TrainStepFn:
   """(state, batch, *frozen) -> (state, metrics): one optimizer step, metrics per step.
 
   `trainable` (bools matching params; None: all) zeroes the gradients of frozen params, so XLA
-  drops their computation and grad_norm is the trained params' (LoRA).
+  drops their computation and grad_norm is the trained params' (LoRA). With `dropout_seed` each
+  batch gets `dropout_keys` (DROPOUT_KEYS) for the loss (model.lora_dropout).
 
   With loss_scale_period > 0 the state is a ScaledTrainState: the loss is multiplied by the
   dynamic loss scale before differentiation (so float16 gradients neither underflow nor overflow),
@@ -120,6 +135,9 @@ def make_train_step(
   differentiated here is multiplied by scale / tokens per microbatch."""
 
   def train_step(state: TrainState, batch, *frozen):
+    if dropout_seed is not None:
+      keys = dropout_keys(dropout_seed, state.step, batch['tokens'].shape[0])
+      batch = {**batch, DROPOUT_KEYS: keys}
     if loss_scale_period:
       scale = jmp.DynamicLossScale(state.loss_scale, state.loss_scale_counter, loss_scale_period)
       rows, cols = batch['tokens'].shape

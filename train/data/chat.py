@@ -2,10 +2,12 @@
 
 The byte tokenizer renders with a small built-in template, every message as
 `<|role|>\\n` + content + `\\n`; the assistant turns' content and closing newline are targets, their
-`<|assistant|>\\n` header (the generation prompt) is not. A HuggingFace tokenizer renders with its
-own chat template: the template's `{% generation %}` markers give the mask where present
-(`return_assistant_tokens_mask`), else each assistant turn's targets are the tokens the template
-adds after the prompt that precedes it (rendered with `add_generation_prompt=True`).
+`<|assistant|>\\n` header (the generation prompt) is not; BYTE_TEMPLATE is the same in jinja, for
+exports. A HuggingFace tokenizer renders with its own chat template: the template's
+`{% generation %}` markers give the mask where present (`return_assistant_tokens_mask`), else each
+assistant turn's targets are the tokens the template adds after the prompt that precedes it
+(rendered with `add_generation_prompt=True`). `byte_prompt` / `hf_prompt` render a conversation
+with the generation prompt after it, for sampling the next assistant turn.
 """
 
 import re
@@ -28,6 +30,23 @@ def byte_chat(messages: Messages) -> tuple[np.ndarray, np.ndarray, str]:
     text.append(f'<|{m["role"]}|>\n{m["content"]}\n')
   ids_T = np.frombuffer(b''.join(ids), np.uint8).astype(np.int64)
   return ids_T, np.concatenate(mask) if mask else np.zeros(0, np.uint8), ''.join(text)
+
+
+# byte_chat's template in jinja, for HF exports of byte-tokenizer runs: the same text, and the
+# assistant turns' content and newline marked as generation (their loss mask).
+BYTE_TEMPLATE = (
+  "{% for m in messages %}<|{{ m['role'] }}|>\n"
+  "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}\n{% endgeneration %}"
+  "{% else %}{{ m['content'] }}\n{% endif %}{% endfor %}"
+  '{% if add_generation_prompt %}<|assistant|>\n{% endif %}'
+)
+BYTE_GENERATION_PROMPT = '<|assistant|>\n'
+
+
+def byte_prompt(messages: Messages) -> np.ndarray:
+  """The byte template's ids of `messages` and the next assistant turn's header (for sampling)."""
+  ids_T = byte_chat(messages)[0]
+  return np.concatenate([ids_T, np.frombuffer(BYTE_GENERATION_PROMPT.encode(), np.uint8)])
 
 
 def template(hf_tokenizer: Any) -> str | None:
@@ -74,6 +93,13 @@ def _by_prefix(hf_tokenizer: Any, messages: Messages) -> tuple[list[int], np.nda
       )
     mask[len(prompt) : len(through)] = 1
   return ids, mask
+
+
+def hf_prompt(hf_tokenizer: Any, messages: Messages) -> np.ndarray:
+  """The chat template's ids of `messages` with its generation prompt (for sampling)."""
+  if template(hf_tokenizer) is None:
+    raise ValueError('chat formatting needs a chat template, and the tokenizer has none')
+  return np.asarray(_render(hf_tokenizer, messages, add_generation_prompt=True), np.int64)
 
 
 def hf_chat(hf_tokenizer: Any, messages: Messages) -> tuple[np.ndarray, np.ndarray, str]:

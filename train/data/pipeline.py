@@ -8,21 +8,25 @@ every step and nothing else, so resuming needs only the step, on any number of h
 steps are read ahead by grain reader threads (config.data.read_threads).
 
 Supervised (`jsonl:`) sources serve rows of whole examples with a loss mask, segment ids and
-positions (train/data/examples.py); when a training mixture has one, every row comes in that form
-(plain rows as one segment) and `batch_arrays(step)` has those keys beside 'tokens'. Without one
-it is {'tokens': ...} alone, as before.
+positions (train/data/examples.py, packed or one per row, over-long prompts cut from the left);
+when a training mixture has one, every row comes in that form (plain rows as one segment) and
+`batch_arrays(step)` has those keys beside 'tokens'. Without one it is {'tokens': ...} alone. A
+`jsonl:` source without a file for its eval split has its eval set carved from its training
+examples (config.data.eval_fraction of them, spread over the file), which training then skips.
 """
 
+import dataclasses
 import functools
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
 from configs import schema
-from train.data import embedded, examples, jsonl_shards, shards, tokenizers, writer
+from train.data import embedded, examples, jsonl_shards, shards, sources, tokenizers, writer
 from train.data.sources import DataSection, Source, parse_sources
 
 
@@ -56,9 +60,18 @@ def open_prepared(
 Rows = shards.PackedRows | examples.PackedExamples
 
 
-def _rows(split: shards.PreparedSplit, seq_len: int, min_rows: int, what: str) -> Rows:
-  """The split's rows of seq_len + 1: stream windows, or packed whole examples (supervised)."""
-  rows = (examples.PackedExamples if split.supervised else shards.PackedRows)(split, seq_len)
+def _rows(
+  split: shards.PreparedSplit,
+  seq_len: int,
+  min_rows: int,
+  what: str,
+  layout: examples.Layout = examples.DEFAULT,
+) -> Rows:
+  """The split's rows of seq_len + 1: stream windows, or whole examples (supervised, `layout`)."""
+  if split.supervised:
+    rows = examples.PackedExamples(split, seq_len, layout)
+  else:
+    rows = shards.PackedRows(split, seq_len)
   if len(rows) < min_rows:
     raise ValueError(
       f'{what} ({split.path}) has {split.num_tokens} tokens = {len(rows)} rows of '
@@ -121,7 +134,8 @@ class _Prefetched:
 
 class TrainStream:
   """This host's rows of each step's global training batch; `batch(step)` is a pure function
-  of (seed, step), read lazily from the prepared shards of every source."""
+  of (seed, step), read lazily from the prepared shards of every source (`layouts`: one per
+  split, for its supervised rows; default examples.DEFAULT)."""
 
   def __init__(
     self,
@@ -132,6 +146,7 @@ class TrainStream:
     process_index: int = 0,
     process_count: int = 1,
     read_threads: int = 4,
+    layouts: Sequence[examples.Layout] | None = None,
   ):
     self.sources = [s for s, _ in splits]
     self.splits = [split for _, split in splits]
@@ -140,7 +155,9 @@ class TrainStream:
     self.local_batch_size = global_batch_size // max(process_count, 1)
     # Rows carry loss mask, segment ids and positions when any trained source is supervised.
     self.packed = any(split.supervised for s, split in splits if s.weight > 0)
+    self.rows: list[Rows] = []  # each trained source's rows, in order.
     parts, weights = [], []
+    layouts = layouts or [examples.DEFAULT] * len(splits)
     for i, (source, split) in enumerate(splits):
       if source.weight == 0:
         continue  # an eval-only source.
@@ -149,7 +166,9 @@ class TrainStream:
         seq_len,
         global_batch_size,
         f'config.data.dataset {source.dataset!r} split {source.train_split!r}',
+        layouts[i],
       )
+      self.rows.append(rows)
       part = grain.MapDataset.source(rows).shuffle(seed=_shuffle_seed(seed, i)).repeat()
       if self.packed and not split.supervised:
         part = part.map(examples.as_packed)
@@ -175,7 +194,7 @@ class TrainStream:
       raise ValueError(
         f'config.data.dataset={",".join(s.dataset for s in self.sources)}: the rows of step '
         f'{step} (process {self.process_index}) have no target token (loss mask all zero, e.g. '
-        f'prompts cut at config.data.seq_len+1={self.seq_len + 1}); use longer rows or other data'
+        f'examples cut at config.data.seq_len+1={self.seq_len + 1}); use longer rows or other data'
       )
     return out
 
@@ -213,16 +232,21 @@ class EvalSource:
     process_count: int = 1,
     num_batches: int = 1,
     how: str = 'spread',
+    layout: examples.Layout = examples.DEFAULT,
   ):
     self.source, self.split = source, split
     self.weight = source.weight
     self.packed = split.supervised
     rows = _rows(
-      split, seq_len, 1, f'config.data.dataset {source.dataset!r} split {source.eval_split!r}'
+      split,
+      seq_len,
+      1,
+      f'config.data.dataset {source.dataset!r} split {source.eval_split!r}',
+      layout,
     )
     self.num_rows = len(rows)
     self.index = eval_index(self.num_rows, num_batches * global_batch_size, how)
-    self._rows, self.how = rows, how
+    self.rows, self.how = rows, how
     self._batches = _host_slice(
       grain.MapDataset.source(_Picked(rows, self.index)),
       global_batch_size,
@@ -243,7 +267,7 @@ class EvalSource:
     segments the rows hold (EOS-separated pieces; packed examples: one each)."""
     segments, eos = len(self.index), self.split.manifest.get('eos_id')
     if not self.packed and eos is not None:
-      segments = sum(int(np.sum(self._rows[int(i)][:-1] == eos)) + 1 for i in self.index)
+      segments = sum(int(np.sum(self.rows[int(i)][:-1] == eos)) + 1 for i in self.index)
     span = (int(self.index.max()) - int(self.index.min()) + 1) / self.num_rows
     return {
       'eval_set': self.how,
@@ -316,19 +340,59 @@ class EvalStream:
     return out
 
 
+def _layouts(data: DataSection, source: Source) -> tuple[examples.Layout, examples.Layout, bool]:
+  """(training layout, eval layout, carved) of a source from config.data."""
+  base = examples.Layout(pack=data.pack, truncation=data.truncation)
+  if not source.carves_eval:
+    return base, base, False
+  cut = dataclasses.replace(base, holdout=data.eval_fraction)
+  return cut, dataclasses.replace(cut, held_out=True), True
+
+
+def _log_source(source: Source, train: shards.PreparedSplit, ev: EvalSource, carved: bool) -> None:
+  """One line per source: its training tokens and what its eval set covers (carved: from which
+  file, how many examples, and that training skips them)."""
+  e = ev.describe()
+  of = 'the held-out examples' if carved else f'{ev.split.num_tokens} tokens'
+  covers = (
+    f'eval {e["eval_rows"]} of the {e["eval_split_rows"]} rows of {of} ({e["eval_set"]}, '
+    f'spanning {100 * e["eval_span"]:.0f}% of them, {e["eval_doc_segments"]} document segments)'
+  )
+  name = f'Data source {source.dataset} (weight {source.weight:.3g})'
+  if not carved:
+    logging.info('%s: train %d tokens in %s; %s', name, train.num_tokens, train.path, covers)
+    return
+  held = ev.rows
+  logging.info(
+    '%s: no %s, so the eval set is carved from %s: %d of its %d examples '
+    '(config.data.eval_fraction=%g, spread over the file) are held out and excluded from '
+    'training, which reads the other %d; %s',
+    name,
+    sources.jsonl_path(source.dataset, source.eval_split),
+    sources.jsonl_path(source.dataset, source.train_split),
+    len(held.index),
+    held.num_split_examples,
+    held.layout.holdout,
+    held.num_split_examples - len(held.index),
+    covers,
+  )
+
+
 def make_datasets(
   config: schema.Config | schema.Section, process_index: int, process_count: int
 ) -> tuple[TrainStream, EvalStream, tokenizers.Tokenizer]:
   """(TrainStream, EvalStream, tokenizer) for this host from config.data / config.train."""
   d = config.data
-  sources = parse_sources(d)
+  sources_ = parse_sources(d)
   tokenizer = tokenizers.make_tokenizer(d.tokenizer)
   tokenizers.check_vocab(tokenizer, config.model.vocab_size)
-  train, evals = [], []
+  train, layouts, evals = [], [], []
   eval_batch = config.train.eval_batch_size or config.train.global_batch_size
-  for s in sources:
+  for s in sources_:
+    train_layout, eval_layout, carved = _layouts(d, s)
     train.append((s, open_prepared(d, s, s.train_split, tokenizer)))
-    split = open_prepared(d, s, s.eval_split, tokenizer)
+    layouts.append(train_layout)
+    split = train[-1][1] if carved else open_prepared(d, s, s.eval_split, tokenizer)
     evals.append(
       EvalSource(
         s,
@@ -339,23 +403,10 @@ def make_datasets(
         process_count,
         config.train.eval_batches,
         config.train.eval_set,
+        eval_layout,
       )
     )
-    e = evals[-1].describe()
-    logging.info(
-      'Data source %s (weight %.3g): train %d tokens in %s; eval %d of the %d rows of %d tokens '
-      '(%s, spanning %.0f%% of the split, %d document segments)',
-      s.dataset,
-      s.weight,
-      train[-1][1].num_tokens,
-      train[-1][1].path,
-      e['eval_rows'],
-      e['eval_split_rows'],
-      split.num_tokens,
-      e['eval_set'],
-      100 * e['eval_span'],
-      e['eval_doc_segments'],
-    )
+    _log_source(s, train[-1][1], evals[-1], carved)
   train_ds = TrainStream(
     train,
     d.seq_len,
@@ -364,5 +415,6 @@ def make_datasets(
     process_index,
     process_count,
     d.read_threads,
+    layouts,
   )
   return train_ds, EvalStream(evals), tokenizer

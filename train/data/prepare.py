@@ -56,7 +56,10 @@ def prepare(
   share = writer.Share(num_shards, process_index, process_count, workers)
   out = []
   for source in sources.parse_sources(config.data):
-    for split in dict.fromkeys((source.train_split, source.eval_split)):
+    splits = (
+      (source.train_split,) if source.carves_eval else (source.train_split, source.eval_split)
+    )
+    for split in dict.fromkeys(splits):
       request = writer.SplitRequest.of(config.data, source, split)
       manifest = writer.prepare_split(request, share)
       if manifest is not None:

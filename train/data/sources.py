@@ -32,6 +32,12 @@ class Source:
     """A 'jsonl:DIR' source: supervised examples, packed whole into rows with segment ids."""
     return is_jsonl(self.dataset)
 
+  @property
+  def carves_eval(self) -> bool:
+    """Whether its eval set is carved from its training examples (config.data.eval_fraction):
+    a jsonl: source without a file for its eval split."""
+    return self.is_jsonl and not os.path.isfile(jsonl_path(self.dataset, self.eval_split))
+
 
 JSONL = 'jsonl:'  # config.data.dataset prefix of a directory of supervised JSONL files.
 
