@@ -89,7 +89,7 @@ def why_not(config: ml_collections.ConfigDict) -> str | None:
     return "config.train.best_metric (KeepBest keeps one run's best checkpoint)"
   if config.lm_eval.tasks:
     return 'config.lm_eval.tasks (lm-eval scores one model at a time)'
-  if config.model.get('lora_dropout'):
+  if getattr(config.model, 'lora_dropout', 0):
     return 'model.lora_dropout (the group step draws no dropout masks)'
   return None
 
