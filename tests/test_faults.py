@@ -837,8 +837,10 @@ def test_compress_killed_mid_write_reruns_to_the_same_result(trained_workdir, tm
   out = run(cmd(killed), cpu_env(2), 600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert not os.path.exists(killed + '.partial')
+  # Time and bytes on disk (orbax's file layout, not the values) may differ; the params are
+  # compared bitwise below.
   record = lambda d: {k: v for k, v in json.load(open(os.path.join(d, 'compress.json'))).items()
-                      if k != 'wall_s'}  # fmt: skip
+                      if k not in ('wall_s', 'bytes_on_disk')}  # fmt: skip
   assert record(killed) == record(straight)
   (c1, p1), (c2, p2) = init_from.load_params(straight), init_from.load_params(killed)
   assert c1 == c2
