@@ -64,8 +64,9 @@ def _config_error(e: BaseException, argv: list[str]) -> str:
     key = key.group(1) if key else ''
     for arg in argv:
       m = re.match(r'--config\.([\w.]+)', arg)
-      if m and m.group(1).split('.')[-1] == key:
-        return _unknown_override(m.group(1))
+      parts = m.group(1).split('.') if m else []
+      if key in parts:  # the override's path up to its first unknown part.
+        return _unknown_override('.'.join(parts[: parts.index(key) + 1]))
   return f'--config={config_arg}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
 
 
@@ -96,8 +97,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
       cause = e
       while cause.__cause__ or cause.__context__:  # the innermost error says what went wrong.
         cause = cause.__cause__ or cause.__context__
-      cause = cause if cause is not e else None
-      detail = f' {type(cause).__name__}: {str(cause).splitlines()[0]}' if cause else ''
+      first = str(cause).splitlines()[0] if cause is not e and str(cause) else ''
+      detail = f' {type(cause).__name__}: {first}' if first and first not in str(e) else ''
       message = f'{str(e).splitlines()[0]}{detail}; see `python main.py --help`'
     cli.fail(message)
   except Exception as e:  # the config file or an override is bad.

@@ -872,11 +872,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     'loss': FLAGS.loss_col,
     'flops': FLAGS.flops_col,
   }
-  text = json.dumps(out, indent=2)
+  _emit(out)
+
+
+def _emit(out: dict) -> None:
+  """The fit as JSON: to --out with a one-line summary on stdout, else the JSON on stdout."""
+  text = json.dumps(out, indent=2, default=float)
   if FLAGS.out:
     with open(FLAGS.out, 'w') as f:
       f.write(text + '\n')
-  print(text)
+    consts = out.get('constants', {})
+    consts = ', '.join(f'{k}={v:.4g}' for k, v in consts.items() if isinstance(v, (int, float)))
+    n = out.get('n_runs', out.get('n_distilled', '?'))
+    print(f'{FLAGS.law} fit of {n} runs: {consts} -> {FLAGS.out}')
+  else:
+    print(text)
   checks.emit(out['warnings'])
 
 
@@ -889,12 +899,7 @@ def _main_distillation() -> None:
   except (OSError, ValueError) as e:
     cli.fail(e)
   out['results'] = FLAGS.results
-  text = json.dumps(out, indent=2, default=float)
-  if FLAGS.out:
-    with open(FLAGS.out, 'w') as f:
-      f.write(text + '\n')
-  print(text)
-  checks.emit(out['warnings'])
+  _emit(out)
 
 
 if __name__ == '__main__':

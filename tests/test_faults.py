@@ -109,7 +109,15 @@ def _copy(trained, tmp_path):
       ['--config.data.dataset=stdlib_corpuss'],
       "no such TFDS dataset (did you mean 'stdlib_corpus'?",
     ),
-    (['--config.train.log_every=x'], 'flag --config.train.log_every=x'),
+    (  # the parse error once, not again as its cause
+      ['--config.train.log_every=x'],
+      "flag --config.train.log_every=x: invalid literal for int() with base 10: 'x'; see",
+    ),
+    pytest.param(
+      ['--config.optim.lr=1'],
+      "config.optim: unknown key (did you mean 'optimizer'?",
+      marks=pytest.mark.slow,
+    ),
   ],
 )
 def test_bad_config_is_one_line_exit_2(args, expected, data_dir, tmp_path):
