@@ -25,6 +25,6 @@ def get_config():
   c.optimizer.decay_fraction = 0.2
   # μP's base shape: the smallest size's (as scaling.family designs it: L 2, d 12, d_ff 48).
   c.model.update(parametrization='mup', base_d_model=12, base_d_ff=48, base_head_dim=4)
-  # μP as this study ran it (before issue 22's tuned defaults: α_out 4, embedding lr ∝ 1/width).
+  # μP as this study ran it (an earlier μP default; today's: α_out 4, embedding lr ∝ 1/width).
   c.model.update(mup_output_mult=1.0, mup_lr_embedding_width_exp=0.0)
   return c

@@ -1,4 +1,4 @@
-"""The prediction ladder, v2 (issue 37): one shape family (4 layers, head dim 16, batch 16 x 128),
+"""The prediction ladder, v2: one shape family (4 layers, head dim 16, batch 16 x 128),
 five widths fitted on WSD trunks that all end at one compute cap, two held-out widths at 10x it.
 
   bash configs/sweeps/ladder2.sh fit workdirs/ladder2       # the fit set (two lanes, resumable)
@@ -21,7 +21,7 @@ The rule, written before any member ran (docs/scaling/prereg.md has the reasons 
   batch    16 x 128 bytes for every member; eval: 16 x 16 rows spread over the whole validation
            split (train.eval_set 'spread'), the same rows for every member.
   warmup   1/80 of the trunk's tokens (0.2 of its smallest branch), at least 10 steps.
-  lr       μP from the base shape d 32 (issue 22's tuned defaults), base lr 2^-7 (the first
+  lr       μP from the base shape d 32 (μP's tuned defaults: docs/mup.md), base lr 2^-7 (the first
            ladder's scan); checked by a 3-point scan at two fit widths, chosen on the fit set only.
            AdamW b1 0.9, b2 0.95, wd 0.1, unclipped, WSD: 20 % linear cooldown to 0.1x.
 """

@@ -1,4 +1,4 @@
-"""μP's base-width hyperparameters (issue 22): one setting of the grid per run, each at the base
+"""μP's base-width hyperparameters: one setting of the grid per run, each at the base
 shape only (d_model 32, 4 layers, head dim 16), 5 peak lrs a factor 2 apart, seed 0, 500 steps
 of 16 x 64 bytes: 5 members per setting, 13 settings = 65 members.
 

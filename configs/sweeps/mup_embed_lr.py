@@ -1,4 +1,4 @@
-"""μP's embedding-lr rule over a 16x width range (issue 37): does lr ∝ 1/width for the embedding
+"""μP's embedding-lr rule over a 16x width range: does lr ∝ 1/width for the embedding
 tables (`mup_lr_embedding_width_exp` 1, the default until this study) keep the optimum in place, or does the constant
 lr of microsoft/mup (exponent 0) transfer better as width grows?
 

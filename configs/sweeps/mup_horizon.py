@@ -1,4 +1,4 @@
-"""Horizon (issue 22): where μP's optimal peak lr sits at 3 token budgets 4x apart, at its base
+"""Horizon: where μP's optimal peak lr sits at 3 token budgets 4x apart, at its base
 shape (d_model 32, 4 layers, head dim 16): 256K, 1M and 4M bytes (250, 1,000 and 4,000 steps of
 16 x 64), seed 0, one sweep per budget.
 

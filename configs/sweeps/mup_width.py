@@ -1,4 +1,4 @@
-"""μP width transfer at a horizon where width is used (issue 22): 4 layers, head dim 16, widths 32
+"""μP width transfer at a horizon where width is used: 4 layers, head dim 16, widths 32
 to 256 (8x), 7 peak lrs a factor 2 apart, 2 seeds, 1,500 steps of 16 x 64 bytes = 56 members per
 parametrization. The shared base of the other mup_*.py studies (mup_base_search, mup_depth,
 mup_horizon).

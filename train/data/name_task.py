@@ -1,5 +1,5 @@
 """A real offline downstream task built from the embedded corpus: name a standard-library function
-from its file, signature and docstring (issue 25's fine-tuning task).
+from its file, signature and docstring (the fine-tuning study's task).
 
   python -m train.data.name_task --out=workdirs/name_task [--train_examples=N]
 
