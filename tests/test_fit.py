@@ -345,7 +345,7 @@ def _cut_inside_the_last_loss(text):
 @pytest.mark.parametrize(
   'damage,message',
   [
-    (_cut_inside_the_last_loss, r':16: 6 fields where the header has 23'),
+    (_cut_inside_the_last_loss, r':16: 6 fields where the header has 29'),
     (lambda t: t + '\0' * 64, r':17: a NUL byte'),
   ],
 )

@@ -3,13 +3,14 @@
   python main.py --config=configs/sweeps/isoflop_tiny.py --workdir=workdirs/isoflop_tiny
   python -m scaling.sweep --config=configs/sweeps/isoflop_tiny.py      # the member table only
 
-Sized for a 2-core CPU shared with other work: 22m43s measured (docs/scaling.md has the result).
+Sized for a 2-core CPU shared with other work: 35m43s measured with the machine busy
+(docs/scaling.md has the result).
 Training setup: configs/default.py's (byte tokenizer, seq_len 128, AdamW, cosine to 0.1x), pinned
 here with lr 2e-2 and 32 x 128 = 4096 tokens per step; each member trains D = C / (6N) tokens
 (N the total parameter count), i.e. round(D / 4096) steps, warmup 5% (at least 5 steps).
 Shapes come from scaling.family: GPT-2 family, head_dim 4, preferred d_model / n_layers = 8, which
 gives a regular ladder at these tiny sizes (layers x d_model: 1x8, 2x8, 1x12, 2x12, 2x16, 3x16, 3x20).
-At this scale small models win (optima of 6K-12K parameters, ~250 training bytes per parameter), so
+At this scale small models win (optima of 6K-11K parameters, ~210-360 training bytes per parameter), so
 the sizes are consecutive shapes of that ladder around each budget's optimum, and every budget's
 loss-vs-N parabola has its minimum inside the sizes tried.
 """
