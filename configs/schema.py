@@ -204,11 +204,25 @@ def check_model(m: ModelConfig) -> None:
   _ok('model.weight_group', m.weight_group, m.weight_group >= 0, '>= 0 (0: per channel)')
   if m.weight_group and m.weight_quant == 'none':
     raise ValueError('config.model.weight_group: a quantization group needs model.weight_quant')
+  _check_act_quant(m)
+
+
+def _check_act_quant(m: ModelConfig) -> None:
+  """Activation quantization (models/act_quant.py): act_scale only with act_quant; neither it nor
+  SmoothQuant with LoRA adapters (they read the float input and kernel)."""
+  if m.act_scale != ModelConfig.act_scale and m.act_quant == 'none':
+    raise ValueError(
+      f'config.model.act_scale={m.act_scale!r}: applies to activation quantization; set '
+      'model.act_quant (int8 or fp8)'
+    )
+  for key in ('act_quant', 'act_smooth'):
+    if getattr(m, key) not in ('none', False) and m.lora_rank:
+      raise ValueError(f'config.model.{key}: not with LoRA adapters (model.lora_rank > 0)')
 
 
 def _check_lora(m: ModelConfig) -> None:
   """LoRA: a rank >= 0, targets from the table, alpha >= 0, a positive LoRA+ ratio, a dropout
-  in [0, 1); dropout and DoRA only with adapters."""
+  in [0, 1); dropout, DoRA and a quantized base (QLoRA) only with adapters."""
   _ok('model.lora_rank', m.lora_rank, m.lora_rank >= 0, '>= 0 (0: off)')
   _ok('model.lora_alpha', m.lora_alpha, m.lora_alpha >= 0, '>= 0 (0: alpha = rank)')
   _ok('model.lora_lr_ratio', m.lora_lr_ratio, m.lora_lr_ratio > 0, '> 0')
@@ -220,6 +234,11 @@ def _check_lora(m: ModelConfig) -> None:
   for key in ('lora_dropout', 'lora_dora'):
     if getattr(m, key) and not m.lora_rank:
       raise ValueError(f'config.model.{key}: applies to LoRA adapters; set model.lora_rank > 0')
+  if m.lora_base_resident != 'float' and not m.lora_rank:
+    raise ValueError(
+      f'config.model.lora_base_resident={m.lora_base_resident!r}: a quantized base is for LoRA '
+      "(QLoRA); set model.lora_rank > 0 or lora_base_resident='float'"
+    )
 
 
 MUP_HPARAMS = ('mup_input_mult', 'mup_output_mult', 'mup_attn_mult') + tuple(

@@ -16,6 +16,10 @@ is the same blocked algorithm with the column loop in lax.fori_loop, built from 
 find_params, quantize and cholesky_inverse (equal to quantize_weight: tests/test_calibrated_quant.py).
 AWQ: awq_core.quantize_weight as it is; its per-fan-in-entry scale s stays beside the kernel
 (weights deq(q) / s, as qwix's AwqInferenceProvider applies them).
+
+W8A8 (`w8a8`, models/act_quant.py): from the same statistics' max |x| per fan-in entry, the static
+activation scales and SmoothQuant's factors, added to the params as frozen ones; SmoothQuant's
+kernels are RTN of s·W stored as AWQ's (deq(q) / s).
 """
 
 import functools
@@ -24,7 +28,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from models import parametrization, quantize, rtn, transformer
+from models import act_quant, parametrization, quantize, rtn, transformer
 from models.config import ModelConfig, PyTree
 
 METHODS = ('rtn', 'gptq', 'awq')
@@ -85,14 +89,26 @@ def _batch_stats(cfg: ModelConfig, params: PyTree, tokens_BxL: jax.Array) -> dic
 
   xs = _inputs(cfg, _sown(cfg, params, tokens_BxL[:, :-1]))  # the rows as the loss sees them.
   return {
-    k: {'hessian': gptq_core.compute_hessian(x.T), 'act_scale': awq_core.compute_act_scale(x)}
+    k: {
+      'hessian': gptq_core.compute_hessian(x.T),
+      'act_scale': awq_core.compute_act_scale(x),
+      'absmax': jnp.max(jnp.abs(x), axis=0),  # W8A8's static scales and SmoothQuant.
+    }
     for k, x in xs.items()
   }
 
 
+MAXED = ('absmax',)  # statistics combined over the batches by their max (the others: the mean)
+
+
+def _combine(path: tuple, a: jax.Array, b: jax.Array) -> jax.Array:
+  return jnp.maximum(a, b) if path[-1].key in MAXED else a + b
+
+
 def calibration_stats(cfg: ModelConfig, params: PyTree, batches) -> dict:
-  """{kernel name: {'hessian': [N, I, I], 'act_scale': [N, I]}} of `cfg`'s compressible kernels,
-  averaged over token batches [B, L + 1] (N: the kernel's stacked layers, 1 when unscanned)."""
+  """{kernel name: {'hessian': [N, I, I], 'act_scale': [N, I], 'absmax': [N, I]}} of `cfg`'s
+  compressible kernels: X^T X / tokens and mean |x| averaged over token batches [B, L + 1], max |x|
+  per fan-in entry over all of them (N: the kernel's stacked layers, 1 when unscanned)."""
   from models import pruning
 
   ucfg, uparams = pruning.unstack(cfg, params)
@@ -100,7 +116,7 @@ def calibration_stats(cfg: ModelConfig, params: PyTree, batches) -> dict:
   sums, n = None, 0
   for tokens_BxL in batches:
     stats = _batch_stats(ucfg, uparams, jnp.asarray(tokens_BxL))
-    sums = stats if sums is None else jax.tree.map(jnp.add, sums, stats)
+    sums = stats if sums is None else jax.tree_util.tree_map_with_path(_combine, sums, stats)
     n += 1
   if not n:
     raise ValueError('calibration: no calibration batches')
@@ -111,7 +127,8 @@ def calibration_stats(cfg: ModelConfig, params: PyTree, batches) -> dict:
     names = [name] if 'layers' not in axes else [
       name.replace('layers/', f'layer_{i}/', 1) for i in range(cfg.n_layers)
     ]  # fmt: skip
-    out[name] = jax.tree.map(lambda *x: jnp.stack(x) / n, *[sums[k] for k in names])
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *[sums[k] for k in names])
+    out[name] = {k: v if k in MAXED else v / n for k, v in stacked.items()}
   return out
 
 
@@ -255,3 +272,72 @@ def quantize_kernels(
     else:
       out[name] = awq(w, stats[name]['act_scale'], scheme, group, rule)
   return out
+
+
+# --- W8A8: static activation scales and SmoothQuant (models/act_quant.py) ------------------------
+
+
+def act_calibration(cfg: ModelConfig, params: PyTree, act: dict, stats: dict) -> dict:
+  """{kernel name: {'smooth': SmoothQuant's s [N, I] or None, 'amax': [N]}}: the static absmax of
+  each kernel's (smoothed) input, max_j absmax_j / s_j, from calibration_stats' 'absmax'."""
+  out = {}
+  for name, x, axes in quantize.leaves(cfg, params):
+    if not parametrization.compressible(axes):
+      continue
+    if name not in stats:
+      raise ValueError(f'--activations: no calibration statistics for the kernel {name}')
+    a_NxI = jnp.asarray(stats[name]['absmax'], jnp.float32)
+    s = None
+    if act['smooth']:
+      w = jnp.asarray(x, jnp.float32).reshape(rtn.dims(axes, x.shape))
+      s = act_quant.smooth_factors(w, a_NxI, act['smooth'])
+    out[name] = {'smooth': s, 'amax': jnp.max(a_NxI if s is None else a_NxI / s, axis=1)}
+  return out
+
+
+def with_act_params(cfg: ModelConfig, params: PyTree, act: dict, calib: dict) -> PyTree:
+  """The params of act_quant.config(cfg, act): `params` plus each kernel's frozen '_act_amax'
+  (static scales, [N, 1]) and '_act_smooth' (SmoothQuant, [N, 1, fan_in...]) from `calib`
+  (act_calibration's [N] and [N, I], reshaped: the params lead with the size-1 'act_calib')."""
+  new_cfg = act_quant.config(cfg, act)
+  src = {name: x for name, x, _ in quantize.leaves(cfg, params)}
+  out = {}
+  for name, s, _ in quantize.leaves(new_cfg, quantize.shapes(new_cfg)):
+    for suffix, key in ((act_quant.AMAX, 'amax'), (act_quant.SMOOTH, 'smooth')):
+      if name.endswith(suffix) and name not in src:
+        out[name] = jnp.reshape(calib[name.removesuffix(suffix)][key], s.shape)
+    out.setdefault(name, src.get(name))
+  return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in out.items()})
+
+
+def w8a8(
+  cfg: ModelConfig,
+  params: PyTree,
+  scheme: str,
+  group: int,
+  act: dict,
+  stats: dict | None,
+  kernels: dict | None = None,
+  rule: str = 'qwix',
+) -> tuple[ModelConfig, PyTree, dict | None]:
+  """(model config, params, kernels) for quantize.quantize_tree of the model whose dense inputs
+  are quantized too (`act`: {'quant', 'scale', 'smooth': α or 0}): act_* set, the frozen scales
+  and factors added, with SmoothQuant the kernels RTN-quantized as s·W with s as their per-fan-in
+  scale (stored as AWQ's; `kernels`, GPTQ / AWQ's, pass through otherwise)."""
+  calib = {}
+  if act_quant.needs_calibration(act):
+    if not stats:
+      raise ValueError('--activations: static scales and --smooth need calibration statistics')
+    calib = act_calibration(cfg, params, act, stats)
+  new_params = with_act_params(cfg, params, act, calib)
+  if act['smooth']:
+    kernels = {}
+    for name, x, axes in quantize.leaves(cfg, params):
+      if parametrization.compressible(axes):
+        s_NxI = calib[name]['smooth']
+        w = jnp.asarray(x, jnp.float32).reshape(rtn.dims(axes, x.shape)) * s_NxI[:, :, None]
+        kernels[name] = _quantize_jit(w, scheme, group, rule), s_NxI
+  return act_quant.config(cfg, act), new_params, kernels
+
+
+_quantize_jit = jax.jit(rtn.quantize, static_argnums=(1, 2, 3))

@@ -49,6 +49,15 @@ class ModelConfig:
   # (QAT; on float params, the PTQ model). 'none' | 'int8' | 'int4' | 'fp8' (float8_e4m3fn).
   weight_quant: str = 'none'
   weight_group: int = 0  # a scale per this many consecutive fan-in entries; 0: per channel.
+  # Activation quantization (models/act_quant.py, W8A8): the compressible kernels' inputs go
+  # through quantize-dequantize before their matmul, straight-through behind it (QAT; written by
+  # train.compress --activations). 'none' | 'int8' | 'fp8' (float8_e4m3fn).
+  act_quant: str = 'none'
+  # The inputs' absmax: 'static' (calibrated, a frozen '<kernel>_act_amax' param per kernel and
+  # layer) | 'tensor' (the whole input's, dynamic) | 'token' (each token's, dynamic).
+  act_scale: str = 'token'
+  # SmoothQuant: x / s and s·W per fan-in entry, s a frozen '<kernel>_act_smooth' param.
+  act_smooth: bool = False
   remat: str = 'none'  # 'none' | 'full' | 'dots' | 'dots_no_batch'
   scan_layers: bool = True
   # Layers per iteration of the layer scan (0: per backend, models/backend.py: all on CPU, 1
@@ -80,8 +89,8 @@ class ModelConfig:
   mup_lr_readout: float = 1.0  # of an untied readout.
   mup_lr_vector: float = 1.0  # of norm scales and biases.
   # μP only: the embedding tables' Adam lr × (d_model / base_d_model)^-exp. 0: microsoft/mup's
-  # constant embedding lr, the default (its lr optimum stays put over 16x; with 1, ∝ 1/width, the
-  # default from issue 22 to 37, it drifts 2x by 16x and the logits' update vanishes: docs/mup.md).
+  # constant embedding lr, the default (its lr optimum stays put over 16x; with 1, ∝ 1/width, an
+  # earlier default, it drifts 2x by 16x and the logits' update vanishes: docs/mup.md).
   mup_lr_embedding_width_exp: float = 0.0
   mup_readout_init: str = 'default'  # untied readout: 'default' | 'zero' | 'fan_in' (std n^-½).
   # Weight decay independent of the lr (Wortsman et al. 2023): each step decays by
@@ -99,6 +108,10 @@ class ModelConfig:
   # DoRA (Liu et al. 2024): W' = m · (W + A·B·scale) / ||W + A·B·scale||, norms per output column
   # (held constant in the backward, as in PEFT); m [fan_out] starts at the base's column norms.
   lora_dora: bool = False
+  # QLoRA (Dettmers et al. 2023): 'quantized' holds the frozen base's compressible kernels as the
+  # quantized workdir config.init_from names has them (int4 two per byte, models/resident_quant.py),
+  # dequantized per matmul, the adapters float on top; 'float': the base as float32 params.
+  lora_base_resident: str = 'float'
 
   @classmethod
   def make(cls, cfg: 'ModelConfigLike') -> 'ModelConfig':
@@ -163,6 +176,9 @@ CHOICES = {
   'parametrization': ('sp', 'mup', 'umup'),
   'mup_readout_init': ('default', 'zero', 'fan_in'),
   'weight_quant': ('none', 'int8', 'int4', 'fp8'),
+  'act_quant': ('none', 'int8', 'fp8'),
+  'act_scale': ('static', 'tensor', 'token'),
+  'lora_base_resident': ('float', 'quantized'),
 }
 # The rope fields each rope_scaling reads (the others must keep their defaults).
 ROPE_FIELDS = {

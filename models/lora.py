@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 import models
-from models import parametrization, rtn
+from models import parametrization, resident_quant, rtn
 from models.config import ModelConfig, PyTree
 from models.transformer import dora_norm
 
@@ -27,8 +27,9 @@ def is_adapter(path: tuple) -> bool:
 
 
 def base_config(cfg: ModelConfig) -> ModelConfig:
-  """The model without adapters (what a base checkpoint holds, what a merge gives)."""
-  return cfg.replace(lora_rank=0, lora_dropout=0.0, lora_dora=False)
+  """The model without adapters (what a base checkpoint holds, what a merge gives: float32, a
+  QLoRA base's kernels dequantized)."""
+  return cfg.replace(lora_rank=0, lora_dropout=0.0, lora_dora=False, lora_base_resident='float')
 
 
 def split(params: PyTree) -> tuple[PyTree, PyTree]:
@@ -77,7 +78,10 @@ def _dora_factor(w: jax.Array, a: jax.Array, b: jax.Array, m: jax.Array, scale: 
 
 def merge(cfg: ModelConfig, params: PyTree) -> PyTree:
   """The base params with every adapter folded in, for base_config(cfg): W + A·B·scale, with
-  DoRA m · (W + A·B·scale) / ||W + A·B·scale|| (column norms over the fan-in axes, as PEFT)."""
+  DoRA m · (W + A·B·scale) / ||W + A·B·scale|| (column norms over the fan-in axes, as PEFT).
+  QLoRA's held kernels are dequantized first (models/resident_quant.py): merged into that base."""
+  if resident_quant.holds(params):
+    params = resident_quant.dequantized(params, models.param_shapes(base_config(cfg)))
   flat = traverse_util.flatten_dict(params)
   out = {k: v for k, v in flat.items() if not is_adapter(k)}
   for kernel in _adapted(flat):

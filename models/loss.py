@@ -11,6 +11,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from models import resident_quant
 from models.config import ModelConfig, PyTree
 from models.transformer import Transformer, packed_context, readout, unembedding
 
@@ -55,7 +56,7 @@ def features(
   """(final normed features [B, L, D], unembedding [D, V]): what `readout` turns into logits;
   ctx: `packed_context` for packed rows; dropout_rng: a training step's (model.lora_dropout)."""
   x_BxLxD = Transformer(cfg).apply(
-    {'params': params}, inputs_BxL, ctx=ctx, head=False, rngs=_rngs(dropout_rng)
+    resident_quant.variables(params), inputs_BxL, ctx=ctx, head=False, rngs=_rngs(dropout_rng)
   )
   return x_BxLxD, unembedding(cfg, params)
 
@@ -95,7 +96,7 @@ def token_nll(
   ctx: `packed_context` for packed rows (None: one sequence per row); dropout_rng: see features."""
   if not chunked(cfg, inputs_BxL.shape[1]):
     logits_BxLxV = Transformer(cfg).apply(
-      {'params': params}, inputs_BxL, ctx=ctx, rngs=_rngs(dropout_rng)
+      resident_quant.variables(params), inputs_BxL, ctx=ctx, rngs=_rngs(dropout_rng)
     )
     return nll(logits_BxLxV, targets_BxL)
   x_BxLxD, unembed_DxV = features(cfg, params, inputs_BxL, ctx, dropout_rng)

@@ -12,6 +12,8 @@ the sharding rules use), never off its module path:
                 'hidden'    any other weight (width in, width out)
                 'lora_a'    fan-out 'lora' (a LoRA down-projection)   'lora_b'  fan-in 'lora'
                 'lora_m'    fan-in 'dora' (DoRA's magnitude [1, fan_out...] of a kernel)
+                'act_calib' an 'act_calib' axis (W8A8's calibrated input absmax [1] and SmoothQuant
+                            factors [1, fan_in...] of a kernel, models/act_quant.py): frozen
 
 `w` is the width multiplier of a weight's fan-in against the base shape (model.base_d_model,
 base_d_ff, base_head_dim); `n` its absolute fan-in. References: Yang et al. 2022 (μP, Tensor
@@ -183,6 +185,8 @@ def split_axes(axes: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def role(axes: Sequence[str]) -> str:
   fan_in, fan_out = split_axes(axes)
+  if 'act_calib' in fan_in + fan_out:
+    return 'act_calib'
   if 'dora' in fan_in:
     return 'lora_m'
   if 'lora' in fan_out or 'lora' in fan_in:
@@ -209,6 +213,8 @@ def scales(c: ModelConfig, axes: Sequence[str], shape: Sequence[int]) -> Scales:
   n = math.prod(dims[a] for a in fan_in)
   w = math.prod(mults.get(a, 1.0) for a in fan_in)
   r = role(axes)
+  if r in FROZEN_ROLES:  # set by train.compress; never initialized by std, scaled or updated.
+    return Scales(None, 1.0, 0.0, 0.0)
   if r in LORA_ROLES:  # A ~ N(0, 1/fan_in), B = 0 (the update starts at 0); LoRA+ on B's lr
     # and, as PEFT's loraplus puts its 1-D params with B, on DoRA's m (set from W by the model).
     init = {'lora_a': n**-0.5, 'lora_b': 0.0}.get(r)
@@ -217,6 +223,7 @@ def scales(c: ModelConfig, axes: Sequence[str], shape: Sequence[int]) -> Scales:
 
 
 LORA_ROLES = ('lora_a', 'lora_b', 'lora_m')
+FROZEN_ROLES = ('act_calib',)  # params that never train, whatever the config.
 
 
 def lora_target(c: ModelConfig, axes: Sequence[str]) -> bool:
@@ -226,8 +233,16 @@ def lora_target(c: ModelConfig, axes: Sequence[str]) -> bool:
 
 
 def trainable(c: ModelConfig, axes: Sequence[str]) -> bool:
-  """Whether a parameter trains: all of them, or with LoRA only the adapters."""
-  return not c.lora_rank or role(axes) in LORA_ROLES
+  """Whether a parameter trains: all but the frozen roles, or with LoRA only the adapters."""
+  r = role(axes)
+  return r not in FROZEN_ROLES and (not c.lora_rank or r in LORA_ROLES)
+
+
+def has_frozen(c: ModelConfig) -> bool:
+  """Whether some param of `c` does not train (`trainable` False): with LoRA the base, with
+  static activation scales or SmoothQuant (models/act_quant.py) the 'act_calib' params."""
+  static = c.act_quant != 'none' and c.act_scale == 'static'
+  return bool(c.lora_rank) or static or bool(c.act_smooth)
 
 
 # Roles whose weights compression acts on (sparsity masks, weight quantization): the kernels
@@ -238,6 +253,12 @@ COMPRESSIBLE_ROLES = ('hidden', 'residual')
 def compressible(axes: Sequence[str]) -> bool:
   """Whether sparsity and weight quantization apply to a parameter with these logical axes."""
   return role(axes) in COMPRESSIBLE_ROLES
+
+
+def held_quantized(c: ModelConfig, axes: Sequence[str]) -> bool:
+  """QLoRA (model.lora_base_resident 'quantized'): whether a kernel is no param but comes held
+  quantized, frozen, in the apply's 'quantized' collection (models/resident_quant.py)."""
+  return bool(c.lora_rank) and c.lora_base_resident == 'quantized' and compressible(axes)
 
 
 def lora_scale(c: ModelConfig) -> float:

@@ -21,7 +21,7 @@ import numpy as np
 import safetensors.numpy
 
 import models
-from models import hf, lora, parametrization
+from models import hf, lora, parametrization, resident_quant
 from models.config import LORA_TARGETS, ModelConfig, ModelConfigLike, PyTree
 
 CONFIG_FILE = 'adapter_config.json'
@@ -101,6 +101,8 @@ def export_adapter(
   hf._check_sp(cfg, f'exporting the adapter to {path}')
   if not cfg.lora_rank:
     raise ValueError(f'exporting the adapter to {path}: config.model.lora_rank is 0 (no adapters)')
+  if resident_quant.holds(params):  # QLoRA: the base's kernels as a merge sees them (DoRA's norms)
+    params = resident_quant.dequantized(params, models.param_shapes(lora.base_config(cfg)))
   cfg = cfg.replace(scan_layers='layers' in params)
   r, scale = cfg.lora_rank, parametrization.lora_scale(cfg)
   parts, widths, norms = _pieces(cfg, jax.device_get(params))

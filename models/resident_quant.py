@@ -2,23 +2,26 @@
 workdir (models/quantize.py's `quantize_tree` output) is held as its values + float32 scales and
 dequantized by qwix per matmul inside the jitted forward (models/transformer.py `_dense`).
 
-int8 and fp8 values are held as int8 / float8_e4m3fn; int4 and int3 two per uint8 (the disk
+int8 and fp8 values are held as int8 / float8_e4m3fn; int4, int3 and nf4 two per uint8 (the disk
 bytes, pairs along the fan-out axis O), unpacked in the forward: JAX counts a jnp.int4 array at
 one byte per value, so only the packed form halves the memory on every backend. Everything else
 (embeddings, readout, norms, biases) stays float32. A params tree with `Held` leaves goes to
-`Transformer.apply` through `variables`: the kernels in a 'quantized' collection.
+`Transformer.apply` through `variables`: the kernels in a 'quantized' collection. QLoRA
+(model.lora_base_resident) trains adapters on such a base: its Held kernels are `split` off the
+params into a frozen input of the train step and `join`ed back inside the loss.
 """
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from models import rtn
 from models.config import PyTree
 
 COLLECTION = 'quantized'
-PACKED = ('int4', 'int3')  # held two per byte.
+PACKED = rtn.NIBBLES  # int4, int3, nf4: held two per byte.
 
 
 @flax.struct.dataclass
@@ -32,9 +35,13 @@ class Held:
   scheme: str = flax.struct.field(pytree_node=False)
 
 
-def _unpack(b: jax.Array) -> jax.Array:
-  """uint8 [..., O/2] -> int4 [..., O]: even index the low nibble, sign-extended (rtn._pack_int4)."""
-  nib = jnp.stack([b & 0xF, b >> 4], -1).reshape(*b.shape[:-1], 2 * b.shape[-1]).astype(jnp.int8)
+def _unpack(b: jax.Array, scheme: str) -> jax.Array:
+  """uint8 [..., O/2] -> [..., O]: even index the low nibble (rtn._pack_int4); int4 / int3
+  sign-extended, nf4's level indices unsigned (uint4)."""
+  nib = jnp.stack([b & 0xF, b >> 4], -1).reshape(*b.shape[:-1], 2 * b.shape[-1])
+  if scheme == 'nf4':
+    return nib.astype(jnp.uint4)
+  nib = nib.astype(jnp.int8)
   return jnp.where(nib > 7, nib - 16, nib).astype(jnp.int4)
 
 
@@ -43,7 +50,7 @@ def dequantize(held: Held, shape: tuple) -> jax.Array:
   dequantize-on-load path computes it (models/quantize.py `dequantize_tree`)."""
   import qwix  # lazy, as in models/rtn.py.
 
-  v = _unpack(held.q) if held.scheme in PACKED else held.q
+  v = _unpack(held.q, held.scheme) if held.scheme in PACKED else held.q
   w = qwix.dequantize(
     qwix.QArray(qvalue=v, scale=held.scale, zero_point=None, qtype=rtn.QTYPES[held.scheme])
   )
@@ -66,31 +73,63 @@ def hold(packed: dict, name: str, dims: tuple[int, int, int], scheme: str) -> He
   return Held(q, np.asarray(packed[name + ':scale']), awq, scheme)
 
 
-def _is_held(x) -> bool:
+def is_held(x) -> bool:
   return isinstance(x, Held)
 
 
-def _split(tree: dict) -> tuple[dict, dict]:
+def values(x: jax.Array | Held) -> int:
+  """The values an array holds, or a Held kernel (two per byte when packed)."""
+  if not is_held(x):
+    return x.size
+  return x.q.size * (2 if x.scheme in PACKED else 1)
+
+
+def split(tree: dict) -> tuple[dict, dict]:
   """(the tree without its Held leaves, the Held leaves alone), both nested as `tree`."""
   rest, held = {}, {}
   for k, v in tree.items():
     if isinstance(v, dict):
-      r, h = _split(v)
+      r, h = split(v)
       rest.update({k: r} if r else {})
       held.update({k: h} if h else {})
-    elif _is_held(v):
+    elif is_held(v):
       held[k] = v
     else:
       rest[k] = v
   return rest, held
 
 
+def join(rest: dict, held: dict) -> dict:
+  """`split`'s inverse: one nested tree of both (e.g. QLoRA's params and its held base kernels)."""
+  out = dict(rest)
+  for k, v in held.items():
+    out[k] = join(out.get(k, {}), v) if isinstance(v, dict) else v
+  return out
+
+
+def dequantized(params: PyTree, shapes: PyTree) -> PyTree:
+  """`params` with each Held leaf dequantized to float32 in its kernel's shape in `shapes` (the
+  float model's params or their ShapeDtypeStructs): e.g. QLoRA's base, to merge adapters into."""
+  rest, held = split(dict(params))
+  flat_shapes = traverse_util.flatten_dict(shapes)
+  floats = {
+    k: dequantize(h, tuple(flat_shapes[k].shape))
+    for k, h in traverse_util.flatten_dict(held).items()
+  }
+  return join(rest, traverse_util.unflatten_dict(floats))
+
+
+def holds(params: PyTree) -> bool:
+  """Whether `params` hold any kernel quantized (a Held leaf)."""
+  return any(map(is_held, jax.tree.leaves(params, is_leaf=is_held)))
+
+
 def variables(params: PyTree) -> dict:
   """The `apply` variables of `params`: {'params': ...}, plus the 'quantized' collection of the
   Held kernels when it holds any (read in models/transformer.py `_dense`)."""
-  if not any(map(_is_held, jax.tree.leaves(params, is_leaf=_is_held))):
+  if not holds(params):
     return {'params': params}
-  rest, held = _split(dict(params))
+  rest, held = split(dict(params))
   return {'params': rest, COLLECTION: held}
 
 

@@ -8,7 +8,9 @@ fan-out from parametrization.split_axes) and quantized with one scale per output
 The scale is qwix's: absmax / (qmax + 0.5) for integers (qmax = 2^(bits-1) - 1: 7.5 at int4), so
 the largest |w| sits at the edge of the top bucket; `rule='textbook'` gives absmax / qmax through
 qwix's own calibration factor ('absmax,<f>'), for measuring the difference (docs/compression.md).
-int3 is qwix's synthetic 'int3' (values -4..3, held as int4, packed as int4 on disk).
+int3 is qwix's synthetic 'int3' (values -4..3, held as int4, packed as int4 on disk); nf4 its
+NormalFloat4 (Dettmers et al. 2023: scale absmax, values the indices 0..15 of 16 levels in [-1, 1],
+held as uint4, packed as int4 on disk).
 """
 
 import math
@@ -27,7 +29,14 @@ if (
 ):  # qwix imports flax.nnx (~0.7 s): loaded at first use, not at every main.py start.
   import qwix
 
-QTYPES = {'int8': jnp.int8, 'int4': jnp.int4, 'int3': 'int3', 'fp8': jnp.float8_e4m3fn}
+QTYPES = {
+  'int8': jnp.int8,
+  'int4': jnp.int4,
+  'int3': 'int3',
+  'fp8': jnp.float8_e4m3fn,
+  'nf4': 'nf4',  # qwix's NormalFloat4 (QLoRA): 16 levels of a unit normal's quantiles, x absmax.
+}
+NIBBLES = ('int4', 'int3', 'nf4')  # held and written two values per byte.
 SCHEMES = tuple(QTYPES)
 INT_BITS = {'int8': 8, 'int4': 4, 'int3': 3}  # the integer schemes (GPTQ / AWQ work on these).
 SCALE_RULES = ('qwix', 'textbook')
@@ -103,8 +112,8 @@ def _unpack_int4(packed: np.ndarray, size: int) -> np.ndarray:
 
 
 def encode(q: 'qwix.QArray', scheme: str) -> np.ndarray:
-  """q's values for disk: int8 as is, int4 and int3 packed two per uint8, fp8 as its uint8 bits."""
-  nibbles = scheme in ('int4', 'int3')
+  """q's values for disk: int8 as is, int4, int3 and nf4 packed two per uint8, fp8 as its bits."""
+  nibbles = scheme in NIBBLES
   v = np.asarray(q.qvalue.astype(jnp.int8) if nibbles else q.qvalue)
   if nibbles:
     return _pack_int4(v)
@@ -115,6 +124,8 @@ def decode(packed: np.ndarray, scheme: str, shape: tuple) -> jax.Array:
   """`encode`'s inverse: the quantized values [N, I, O] in the scheme's dtype."""
   if scheme in ('int4', 'int3'):
     return jnp.asarray(_unpack_int4(packed, math.prod(shape)).reshape(shape), jnp.int4)
+  if scheme == 'nf4':  # level indices 0..15: the nibbles unsigned.
+    return jnp.asarray((_unpack_int4(packed, math.prod(shape)) & 0xF).reshape(shape), jnp.uint4)
   if scheme == 'fp8':
     return jnp.asarray(packed.view(ml_dtypes.float8_e4m3fn).reshape(shape))
   return jnp.asarray(packed.reshape(shape))

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import attention, backend, parametrization, resident_quant, rtn
+from models import act_quant, attention, backend, parametrization, resident_quant, rtn
 from models.config import ModelConfig, PyTree, head_dim, kv_heads
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -62,13 +62,16 @@ def _dense(module, name, x, eqn, shape, axes, n_out, bias):
   cfg = module.cfg
   if module.has_variable(resident_quant.COLLECTION, name):  # held quantized: dequantize here.
     kernel = resident_quant.dequantize(module.get_variable(resident_quant.COLLECTION, name), shape)
+  elif parametrization.held_quantized(cfg, axes):  # QLoRA's kernel is no param: a stand-in at init
+    kernel = module.variable(resident_quant.COLLECTION, name, jnp.ones, shape).value
   else:
     kernel = _param(module, name, shape, axes)
   if parametrization.compressible(axes):  # its input, for GPTQ / AWQ (models/calibrated_quant.py)
     module.sow('calibration', name, x)
+  x_in, kernel = act_quant.dense_inputs(module, name, x, kernel, axes)  # W8A8, SmoothQuant
   if cfg.weight_quant != 'none' and parametrization.compressible(axes):  # QAT / PTQ (models/rtn.py)
     kernel = rtn.fake_quant(kernel, axes, cfg.weight_quant, cfg.weight_group)
-  y = _matmul(cfg, eqn, x, kernel)
+  y = _matmul(cfg, eqn, x_in, kernel)
   if parametrization.lora_target(cfg, axes):
     y = y + _lora(module, name, x, eqn, kernel, axes, n_out, y)
   y = parametrization.apply(y, parametrization.scales(cfg, axes, shape))

@@ -10,6 +10,7 @@ Resumable (finished runs are skipped), one CSV per part.
   python -m scaling.compression --part=nm --workdir=workdirs/compress --ladder=$L  # 2:4 trained
   python -m scaling.compression --part=calibrated --ladder=$L  # GPTQ / AWQ vs RTN, scale rules
   python -m scaling.compression --part=calibrated_kernels --ladder=$L --members=M  # per kernel
+  python -m scaling.compression --part=activations --ladder=$L  # W8A8, SmoothQuant, int8 QAT
   python -m scaling.compression --report=docs/compression     # fits, tables, plots from the CSVs
 """
 
@@ -59,6 +60,13 @@ CALIBRATED = [
   *[('rtn', s, g, r) for s, g in (('int8', 0), ('int4', 0), ('int4', 16)) for r in ('textbook', 'qwix')],
 ]  # fmt: skip
 CALIBRATED = list(dict.fromkeys(CALIBRATED))
+# --part=activations: (scheme, activation scale, SmoothQuant α). Weights and the inputs of every
+# compressible kernel in the same format (W8A8), static per-tensor or per-token scales, without
+# and with SmoothQuant; 'none' rows quantize the weights alone, to tell the two apart.
+ACTIVATIONS = [(s, a, sm) for s in ('int8', 'fp8') for a, sm in
+               (('none', 0.0), ('static', 0.0), ('static', 0.5), ('token', 0.0), ('token', 0.5))]  # fmt: skip
+ACT_QAT_STEPS = 64  # int8 W8A8 QAT fine-tune of the smallest and largest member, and its float twin
+ACT_QAT = ('weight_quant=int8', 'act_quant=int8', 'act_scale=tensor')  # (dynamic per tensor)
 
 
 def _repo() -> str:
@@ -337,6 +345,111 @@ def calibrated_kernels(ladder: str, member: str, scheme: str, group: int, path: 
   return path
 
 
+def activations(ladder: str, members: Sequence[str], path: str, calib_batches: int) -> str:
+  """Every ACTIVATIONS setting of each member not yet in the CSV `path`, appended row by row."""
+  done = {tuple(r[k] for k in ('member', 'scheme', 'act_scale', 'smooth'))
+          for r in rep.read_csv(path)}  # fmt: skip
+  for member in members:
+    todo = [a for a in ACTIVATIONS if (member, a[0], a[1], str(a[2])) not in done]
+    for row in _w8a8_member(ladder, member, todo, calib_batches) if todo else ():
+      _append(path, row)
+  return path
+
+
+def _member_run(ladder: str, member: str) -> tuple:
+  """(run context, model config, params) of a ladder member, for its own eval set."""
+  import jax
+
+  from train import compress, context, init_from
+
+  src = os.path.join(ladder, member)
+  cfg, params = init_from.load_params(src)
+  return context.setup(compress.run_config(src, None)), cfg, jax.device_get(params)
+
+
+def w8a8_loss(r: object, cfg: object, params: dict, setting: tuple, stats: dict) -> float:
+  """Eval loss of `params` quantized as train.compress --quantize=S [--activations=S
+  --act_scale=A --smooth=α] writes it (`setting` (S, A or 'none', α), per channel, RTN)."""
+  from models import calibrated_quant, quantize
+  from train import compress
+
+  scheme, scale, smooth = setting
+  kernels = None
+  if scale != 'none':
+    act = {'quant': scheme, 'scale': scale, 'smooth': smooth}
+    cfg, params, kernels = calibrated_quant.w8a8(cfg, params, scheme, 0, act, stats)
+  packed = quantize.quantize_tree(cfg, params, scheme, 0, kernels=kernels)
+  return compress.eval_loss(r, cfg, quantize.dequantize_tree(cfg, packed, scheme))
+
+
+def _w8a8_member(ladder: str, member: str, todo: list[tuple], calib_batches: int) -> Iterator[dict]:
+  """Rows of `todo` for one member: float and W8A8 eval loss on the member's own eval set; the
+  inputs' channel spread (mean max / median of per-channel max |x|) before and after smoothing."""
+  from models import calibrated_quant
+  from train import compress
+
+  r, cfg, params = _member_run(ladder, member)
+  loss_float = compress.eval_loss(r, cfg, params)
+  batches = [r.train_ds.batch(s) for s in range(calib_batches)]
+  stats = calibrated_quant.calibration_stats(cfg, params, batches)
+  result = _result(ladder, member)
+  for scheme, scale, smooth in todo:
+    t0 = time.time()
+    act = {'quant': scheme, 'scale': 'static', 'smooth': smooth}
+    smoothed = calibrated_quant.act_calibration(cfg, params, act, stats) if smooth else None
+    yield {'member': member, 'params': result['params'], 'tokens': result.get('tokens', ''),
+           'scheme': scheme, 'act_scale': scale, 'smooth': smooth, 'loss_float': loss_float,
+           'loss': w8a8_loss(r, cfg, params, (scheme, scale, smooth), stats),
+           'act_spread': rep.act_spread(stats), 'act_spread_smoothed': rep.act_spread(stats, smoothed),
+           'seconds': round(time.time() - t0, 1)}  # fmt: skip
+
+
+def act_qat_runs(work: str, ladder: str, members: Sequence[str]) -> list[tuple[str, list[str]]]:
+  """Each member fine-tuned ACT_QAT_STEPS steps from its checkpoint with int8 weights and inputs
+  fake-quantized (straight-through; ACT_QAT), and without (its float twin at equal tokens)."""
+  cmds = []
+  for base in members:
+    src = os.path.join(ladder, base)
+    arg = f'--config=configs/compress.py:student={src},teacher={src},recover=finetune,steps={ACT_QAT_STEPS}'
+    once = [
+      f'--config.train.eval_every={ACT_QAT_STEPS}',
+      f'--config.train.log_every={ACT_QAT_STEPS}',
+    ]
+    qat = [f'--config.model.{kv}' for kv in ACT_QAT]
+    for kind, extra in (('float', []), ('w8a8', qat)):
+      cmds.append(_train(os.path.join(work, 'w8a8_qat', f'{base}_ft_{kind}'), [arg, *once, *extra]))
+  return cmds
+
+
+def act_qat_rows(work: str, ladder: str, members: Sequence[str], path: str, calib_batches: int):
+  """The CSV `path` of the finished fine-tunes: per member and fine-tune (none, float, QAT) the
+  loss as trained (QAT: its dynamic per-tensor fake quant), as float, and after int8 W8A8 PTQ
+  (static per tensor and per token), all on the member's eval set."""
+  from models import calibrated_quant
+  from train import compress, init_from
+
+  rows = []
+  for base in members:
+    r, cfg, params = _member_run(ladder, base)
+    for kind in ('none', 'float', 'w8a8'):
+      run = os.path.join(work, 'w8a8_qat', f'{base}_ft_{kind}')
+      if kind != 'none':
+        if not os.path.exists(os.path.join(run, DONE)):
+          continue
+        params = init_from.load_params(run, cfg)[1]
+      batches = [r.train_ds.batch(s) for s in range(calib_batches)]
+      stats = calibrated_quant.calibration_stats(cfg, params, batches)
+      row = {'member': base, 'params': _result(ladder, base)['params'], 'fine_tune': kind,
+             'steps': 0 if kind == 'none' else ACT_QAT_STEPS, 'loss_member': _loss(ladder, base),
+             'loss_as_trained': rep.final_eval(run) if kind != 'none' else '',
+             'loss_float': compress.eval_loss(r, cfg, params)}  # fmt: skip
+      for scale in ('static', 'token'):
+        row[f'loss_w8a8_{scale}'] = w8a8_loss(r, cfg, params, ('int8', scale, 0.0), stats)
+      rows.append(row)
+  rep.write_csv(path, rows)
+  return path
+
+
 # --- Report --------------------------------------------------------------------------------------
 
 
@@ -421,13 +534,28 @@ def _report_quantize(work: str, ladder: str, out: str) -> dict:
   return {'kumar': fits, 'qat': qat}
 
 
+def _activations_part(
+  work: str, ladder: str, members: Sequence[str], path: str, calib_batches: int, lanes: int
+) -> None:
+  """W8A8 PTQ of every member (the CSV `path`), the int8 QAT fine-tunes of the smallest and
+  largest and their rows (path's *_qat.csv), the tables and the plot beside it."""
+  activations(ladder, members, path, calib_batches)
+  qat_members = [members[0], members[-1]] if len(members) > 1 else list(members)
+  _lanes(act_qat_runs(work, ladder, qat_members), lanes)
+  qat_path = path.replace('.csv', '_qat.csv')
+  act_qat_rows(work, ladder, qat_members, qat_path, calib_batches)
+  rows, qat = rep.read_csv(path), rep.read_csv(qat_path)
+  rep.plot_w8a8(rows, path.replace('.csv', '.png'))
+  print(rep.w8a8_tables(rows, qat))
+
+
 # --- Command line --------------------------------------------------------------------------------
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_enum(
   'part',
   None,
-  ['recovery', 'sparsity', 'quantize', 'nm', 'calibrated', 'calibrated_kernels'],
+  ['recovery', 'sparsity', 'quantize', 'nm', 'calibrated', 'calibrated_kernels', 'activations'],
   'what to run',
   flag_values=FLAGS,
 )
@@ -449,8 +577,12 @@ flags.DEFINE_string(
   flag_values=FLAGS,
 )  # fmt: skip
 flags.DEFINE_integer(
-  'calib_batches', 8, '--part=calibrated: calibration batches', flag_values=FLAGS
+  'calib_batches', 8, '--part=calibrated / activations: calibration batches', flag_values=FLAGS
 )
+flags.DEFINE_string(
+  'act_csv', 'docs/compression/w8a8.csv', '--part=activations: rows added to (and *_qat.csv)',
+  flag_values=FLAGS,
+)  # fmt: skip
 flags.DEFINE_string('report', '', 'write tables, fits and plots to this dir', flag_values=FLAGS)
 
 
@@ -465,10 +597,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   if not f.part:
     cli.usage_error('give --part=recovery|sparsity|quantize, or --report=DIR')
   members = f.members or (largest_members(f.ladder) if os.path.isdir(f.ladder) else [])
-  needed = {'nm': f.bases, 'calibrated': members, 'calibrated_kernels': members}.get(
-    f.part, (TEACHER, *SPARSE_BASES)
-  )
-  if f.part.startswith('calibrated') and not members:
+  needed = {'nm': f.bases, 'calibrated': members, 'calibrated_kernels': members,
+            'activations': members}.get(f.part, (TEACHER, *SPARSE_BASES))  # fmt: skip
+  if f.part.startswith(('calibrated', 'activations')) and not members:
     cli.usage_error(f'--ladder: {f.ladder} has no seed-0 lr 2^-7 members (give --members)')
   missing = [b for b in needed if not os.path.isdir(os.path.join(f.ladder, b))]
   if missing:
@@ -476,6 +607,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   if f.part == 'calibrated':
     path = calibrated(f.ladder, members, f.calibrated_csv, f.calib_batches)
     print(rep.calibrated_tables(rep.read_csv(path)))
+    return
+  if f.part == 'activations':
+    _activations_part(f.workdir, f.ladder, members, f.act_csv, f.calib_batches, f.lanes)
     return
   if f.part == 'calibrated_kernels':  # int4 per channel, per kernel, of each --members
     path = f.calibrated_csv.replace('.csv', '_kernels.csv')

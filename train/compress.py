@@ -13,6 +13,7 @@ line printed is that record as JSON, without its per-unit importance, kept and b
   python -m train.compress --workdir=W --out=W2 --sparsity=0.5 --pattern=2:4
   python -m train.compress --workdir=W --out=W2 --quantize=int4 --group=64
   python -m train.compress --workdir=W --out=W2 --quantize=int4 --method=gptq   # or awq
+  python -m train.compress --workdir=W --out=W2 --quantize=int8 --activations=int8 --smooth=0.5
   python -m train.compress --workdir=hf:/path/to/llama --out=W2 --prune=layers:12 \
       --config=configs/default.py --config.data.seq_len=1024
 
@@ -28,6 +29,12 @@ its size: exactly those; a query head keeps its whole kv group); --importance=FI
 computed importances ({axis: [one score per unit]}, or a compress.json's); --depth=block drops one
 contiguous block of layers, the one whose removal raises the calibration loss least (Minitron).
 Sizes are one per axis for all layers (the layer scan stacks them): per-layer sizes are refused.
+
+W8A8: --activations=int8|fp8 quantizes the input of every quantized kernel too (models/
+act_quant.py), with --act_scale=static (default: one absmax per kernel and layer from
+--calib_batches training batches, stored with the weights), token or tensor (dynamic, per token or
+per input); --smooth=α (SmoothQuant, e.g. 0.5; RTN weights) first moves the inputs' outlier
+channels into the weights.
 
 Calibration and evaluation data, and OUT/config.json apart from its model, come from a run
 config: W's own config.json, or --config (a config file with overrides, e.g. another data mix);
@@ -49,7 +56,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from models import calibrated_quant, pruning, sparsity
+from models import act_quant, calibrated_quant, pruning, sparsity
 from models import quantize as quantize_lib
 from models.config import ModelConfig, PyTree
 from train import checkpoint, cli, context, evaluators, init_from, quantized, sharding
@@ -75,13 +82,23 @@ flags.DEFINE_enum(
 flags.DEFINE_float('sparsity', 0.0, 'fraction of compressible weights zeroed', flag_values=FLAGS)
 flags.DEFINE_string('pattern', 'unstructured', "'unstructured' or 'N:M' (2:4)", flag_values=FLAGS)
 flags.DEFINE_enum('scope', 'global', ['global', 'layer'], 'magnitude ranking', flag_values=FLAGS)
-flags.DEFINE_string('quantize', '', 'int8 | int4 | int3 | fp8', flag_values=FLAGS)
+flags.DEFINE_string('quantize', '', 'int8 | int4 | int3 | fp8 | nf4', flag_values=FLAGS)
 flags.DEFINE_enum(
   'method', 'rtn', ['rtn', 'gptq', 'awq'], 'round to nearest, or calibrated on --calib_batches '
   '(GPTQ, AWQ: integer schemes)', flag_values=FLAGS,
 )  # fmt: skip
 flags.DEFINE_integer(
   'group', 0, 'quantization group along fan-in (0: per channel)', flag_values=FLAGS
+)
+flags.DEFINE_string(
+  'activations', '', "with --quantize: the dense layers' inputs too, int8 | fp8", flag_values=FLAGS
+)
+flags.DEFINE_string(
+  'act_scale', '', '--activations: static (calibrated; the default) | token | tensor (dynamic)',
+  flag_values=FLAGS,
+)  # fmt: skip
+flags.DEFINE_float(
+  'smooth', 0.0, '--activations: SmoothQuant alpha in (0, 1], e.g. 0.5 (0: off)', flag_values=FLAGS
 )
 flags.DEFINE_integer(
   'calib_batches', 8, 'training batches for importance and GPTQ / AWQ', flag_values=FLAGS
@@ -174,6 +191,11 @@ def check(src: str, out: str, what: dict) -> ModelConfig:
   steer = what.get('keep') or what.get('importance_file') or what.get('depth', 'layer') != 'layer'
   if steer and not what['prune']:
     raise ValueError('--keep, --importance and --depth steer --prune: give --prune too')
+  if what.get('activations') and not what['quantize']:
+    raise ValueError(
+      f'--activations={what["activations"]} quantizes the inputs of quantized kernels: give '
+      f'--quantize too (W8A8: --quantize={what["activations"]})'
+    )
   if sum(bool(what[k]) for k in ('prune', 'sparsity', 'quantize')) != 1:
     raise ValueError('give exactly one of --prune, --sparsity, --quantize')
   cfg = init_from.source_model_config(src)
@@ -206,7 +228,26 @@ def check(src: str, out: str, what: dict) -> ModelConfig:
   if what['quantize']:
     quantize_lib.check(cfg, what['quantize'], what['group'])
     calibrated_quant.check(cfg, method, what['quantize'], what.get('calib_batches', 0))
+  _check_activations(cfg, what)
   return cfg
+
+
+def activations(what: dict) -> dict | None:
+  """The W8A8 request of `what` ({'quant', 'scale', 'smooth'}), or None without --activations."""
+  if not what.get('activations'):
+    return None
+  scale = what.get('act_scale') or 'static'
+  return {'quant': what['activations'], 'scale': scale, 'smooth': float(what.get('smooth') or 0)}
+
+
+def _check_activations(cfg: ModelConfig, what: dict) -> None:
+  """--activations, --act_scale and --smooth against the model (one line naming the flag)."""
+  act = activations(what)
+  if act is None:
+    if what.get('act_scale') or what.get('smooth'):
+      raise ValueError('--act_scale and --smooth apply to --activations (int8 or fp8)')
+    return
+  act_quant.check(cfg, act, what.get('method', 'rtn'), what.get('calib_batches', 0))
 
 
 def run_config(
@@ -233,21 +274,23 @@ def _model_dict(cfg: ModelConfig) -> dict:
   return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def _run(config: ml_collections.ConfigDict, eval_batches: int) -> context.Run:
-  """The run context (data, mesh and eval sets) of `config`, for calibration and evaluation."""
+def _run(config: ml_collections.ConfigDict, eval_batches: int, src: str = '') -> context.Run:
+  """The run context (data, mesh and eval sets) of `config`, for calibration and evaluation, with
+  init_from `src`, where its params come from (a W8A8 source's static scales: validation.py)."""
   config = ml_collections.ConfigDict(config.to_dict())
   if eval_batches:
     config.train.eval_batches = eval_batches
+  config.init_from = src
   return context.setup(config)
 
 
 def eval_loss(r: context.Run, cfg: ModelConfig, params: PyTree) -> float:
   """eval/loss of `params` (model `cfg`) on the run's eval set, by the loop's own evaluator."""
   rr = r
-  if cfg != r.derived.model:  # another shape (pruned): its own mesh shardings and eval step.
-    config = ml_collections.ConfigDict(r.config.to_dict())
-    config.model = ml_collections.ConfigDict(_model_dict(cfg))
-    rr = context.setup(config)
+  if cfg != r.derived.model:  # another model (pruned, W8A8): its own shardings and eval step, on
+    # the run's validated config (the params are in hand: no init_from for static scales to need).
+    c = r.config.replace(model=cfg)
+    rr = context.setup(c, derived=dataclasses.replace(r.derived, config=c, model=cfg))
   ev = evaluators.EvalLoss()
   with jax.set_mesh(rr.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     ev.start(rr, context.lm_task(rr))
@@ -273,7 +316,7 @@ def compress(
     return done
   config = run_config(src, config, what.get('tokenizer', ''))
   t0 = time.time()
-  r = _run(config, what['eval_batches'])
+  r = _run(config, what['eval_batches'], src)
   _, params = init_from.load_params(src)
   stage = _stage(out)  # written whole there, then renamed to OUT: a killed run leaves no OUT.
   record = {'source': source, **what, 'loss_before': eval_loss(r, cfg, params)}
@@ -301,7 +344,8 @@ def compress(
 
 RECORD = 'compress.json'  # written last: OUT holds it only when the compression finished.
 # in records written before them
-_UNSET = {'keep': '', 'importance_file': '', 'depth': 'layer', 'method': 'rtn'}
+_UNSET = {'keep': '', 'importance_file': '', 'depth': 'layer', 'method': 'rtn', 'activations': '',
+          'act_scale': '', 'smooth': 0.0}  # fmt: skip
 _PARTIAL = '.compress-partial'  # marks a staging directory of ours (safe to remove).
 
 
@@ -326,14 +370,15 @@ def _stage(out: str) -> str:
 def _quantize(
   r: context.Run, stage: str, config: dict, cfg: ModelConfig, params: PyTree, what: dict, src: str
 ) -> dict:
-  """quantized.write of `params` into `stage` by --method: GPTQ and AWQ first gather their
-  calibration statistics on --calib_batches training batches."""
-  method, stats = what.get('method', 'rtn'), None
-  if method != 'rtn':
+  """quantized.write of `params` into `stage` by --method (and --activations): GPTQ, AWQ, static
+  activation scales and SmoothQuant first gather calibration statistics on --calib_batches
+  training batches."""
+  method, stats, act = what.get('method', 'rtn'), None, activations(what)
+  if method != 'rtn' or (act and act_quant.needs_calibration(act)):
     batches = (r.train_ds.batch(s) for s in range(what['calib_batches']))
     stats = calibrated_quant.calibration_stats(cfg, params, batches)
   scheme, group = what['quantize'], what['group']
-  return quantized.write(stage, config, cfg, params, scheme, group, src, method, stats)
+  return quantized.write(stage, config, cfg, params, scheme, group, src, method, stats, act)
 
 
 def _transform(r: context.Run, cfg: ModelConfig, params: PyTree, what: dict) -> tuple:
@@ -410,6 +455,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     'quantize': f.quantize,
     'group': f.group,
     'method': f.method,
+    'activations': f.activations,
+    'act_scale': f.act_scale or ('static' if f.activations else ''),
+    'smooth': f.smooth,
     'calib_batches': f.calib_batches,
     'eval_batches': f.eval_batches,
     'tokenizer': f.tokenizer,
@@ -434,7 +482,7 @@ def summary(record: dict, out: str) -> str:
   else:
     group = f'group {record["group"]}' if record['group'] else 'per channel'
     how = {'gptq': ' by GPTQ', 'awq': ' by AWQ'}.get(record.get('method', 'rtn'), '')
-    done = f'quantized to {record["quantize"]} ({group}){how}'
+    done = f'quantized to {record["quantize"]} ({group}){how}' + _act_summary(record)
   lines = [
     f'Compressed {record["source"]}: {done}',
     f'  params:    {before:,} -> {after:,} ({after / before - 1:+.1%})',
@@ -456,6 +504,16 @@ def summary(record: dict, out: str) -> str:
   took = f' in {record["wall_s"]:.1f}s' if 'wall_s' in record else ''
   lines.append(f'  out:       {os.path.abspath(out)}{took} (full record: {RECORD})')
   return '\n'.join(lines)
+
+
+def _act_summary(record: dict) -> str:
+  """', activations int8 (static per tensor, SmoothQuant α 0.5)' for a W8A8 record, else ''."""
+  act = activations(record)
+  if act is None:
+    return ''
+  how = {'static': 'static per tensor', 'tensor': 'dynamic per tensor', 'token': 'per token'}
+  smooth = f', SmoothQuant α {act["smooth"]:g}' if act['smooth'] else ''
+  return f', activations {act["quant"]} ({how.get(act["scale"], act["scale"])}{smooth})'
 
 
 def _steering(record: dict) -> list[str]:

@@ -35,7 +35,7 @@ import safetensors.numpy
 from absl import flags
 
 import models
-from models import compressed_export, hf, lora, peft_adapter
+from models import compressed_export, hf, lora, peft_adapter, resident_quant
 from train import cli, init_from
 from train import workdir as workdir_lib
 from train.data import tokenizers
@@ -111,6 +111,11 @@ def _check_format(workdir: str, what: str, fmt: str) -> dict:
   """One-line ValueError, before any weight is read, for a --format the source cannot take;
   returns its `quantized` record ({}: float weights)."""
   quant = {} if workdir.startswith(('hf:', init_from.PEFT)) else _quantized(workdir)
+  if quant.get('activations'):  # W8A8 (models/act_quant.py): transformers runs float inputs.
+    raise ValueError(
+      f'{workdir}: its dense inputs are quantized too (W8A8, activations {quant["activations"]}), '
+      'which an HF export cannot hold; export a weights-only workdir (no --activations)'
+    )
   if fmt == 'dense':
     return quant
   if what == 'adapter':
@@ -157,7 +162,8 @@ def _base_model(workdir: str, cfg: models.ModelConfig) -> str:
 
 
 def _count(params) -> int:
-  return int(sum(x.size for x in jax.tree.leaves(params)))
+  leaves = jax.tree.leaves(params, is_leaf=resident_quant.is_held)  # (a QLoRA base's held kernels)
+  return int(sum(map(resident_quant.values, leaves)))
 
 
 def summary(record: dict) -> str:

@@ -414,7 +414,7 @@ class LmEvalEvaluator:
     c = self.config = lm_eval_config
     check_tasks(c.tasks, c.include_path, 'config.lm_eval.tasks')
     self.tasks = TaskSet(c.tasks, c.include_path, c.num_fewshot)
-    self.lm = None
+    self.lm, self.held = None, {}
 
   def start(self, r: 'Run', task: object = None) -> None:
     """Score on the run's mesh with its tokenizer and seed (a sweep member's own), batch rows
@@ -427,9 +427,12 @@ class LmEvalEvaluator:
       batch_size=-(-self.config.batch_size // shards) * shards,
       seed=r.config.seed,
     )
+    # QLoRA: the base's held kernels are the step's last frozen input (train/loop.py with_held).
+    last = task.frozen[-1] if task is not None and task.frozen else None
+    self.held = last if last is not None and resident_quant.holds(last) else {}
 
   def __call__(self, params: PyTree) -> dict[str, float]:
-    self.lm.params = params
+    self.lm.params = resident_quant.join(params, self.held) if self.held else params
     try:
       return flat_metrics(self.tasks.evaluate(self.lm, limit=self.config.limit or None))
     finally:

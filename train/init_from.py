@@ -19,7 +19,9 @@ import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -263,17 +265,27 @@ def _dequantized(src: str, saved_cfg: ModelConfig, shardings: PyTree | None) -> 
   return jax.device_put(params, shardings) if shardings is not None else jax.device_put(params)
 
 
+def is_quantized_workdir(src: str) -> bool:
+  """Whether `src` is a packed quantized workdir (train.compress --quantize)."""
+  return not src.startswith(('hf:', PEFT)) and os.path.exists(os.path.join(src, QUANTIZED_FILE))
+
+
 def load_resident(src: str) -> tuple[ModelConfig, PyTree]:
   """(ModelConfig, params) of a packed quantized workdir with its kernels kept quantized in memory
   (models/resident_quant.py: dequantized per matmul in the forward)."""
-  if src.startswith(('hf:', PEFT)) or not os.path.exists(os.path.join(src, QUANTIZED_FILE)):
+  if not is_quantized_workdir(src):
     raise ValueError(
       f'{src}: not a quantized workdir (train.compress --quantize); use --resident=float'
     )
-  scheme = workdir_lib.read_json(os.path.join(src, 'config.json'))['quantized']['scheme']
   cfg = workdir_model_config(src)
+  return cfg, jax.device_put(_resident_params(src, cfg))
+
+
+def _resident_params(src: str, cfg: ModelConfig) -> PyTree:
+  """resident_params of quantized workdir `src` (its model config `cfg`), on the host."""
+  scheme = workdir_lib.read_json(os.path.join(src, 'config.json'))['quantized']['scheme']
   packed = safetensors.numpy.load_file(os.path.join(src, QUANTIZED_FILE))
-  return cfg, jax.device_put(resident_params(cfg, packed, scheme))
+  return resident_params(cfg, packed, scheme)
 
 
 def resident_params(cfg: ModelConfig, packed: dict, scheme: str) -> PyTree:
@@ -286,6 +298,70 @@ def resident_params(cfg: ModelConfig, packed: dict, scheme: str) -> PyTree:
     else:
       out.append(np.asarray(packed[name], np.float32).reshape(s.shape))
   return jax.tree.unflatten(jax.tree.structure(quantize.shapes(cfg)), out)
+
+
+# ------------------------------------------------------------------------ QLoRA: a quantized base
+
+
+def check_quantized_base(src: str) -> None:
+  """One ValueError line unless `src` (config.init_from of a QLoRA run) is a quantized workdir or
+  a QLoRA workdir (its adapters trained on, on its base)."""
+  ours = bool(src) and not src.startswith(('hf:', PEFT))
+  if ours and os.path.exists(os.path.join(src, 'config.json')):
+    if is_quantized_workdir(src) or workdir_model_config(src).lora_base_resident != 'float':
+      return
+  raise ValueError(
+    f"config.init_from={src!r}: model.lora_base_resident='quantized' (QLoRA) trains on a "
+    'quantized workdir (python -m train.compress --workdir=W --out=Q --quantize=int4)'
+  )
+
+
+def _resident_base(src: str, cfg: ModelConfig, shardings: PyTree | None) -> PyTree:
+  """QLoRA model `cfg`'s frozen base from quantized workdir `src`: the compressible kernels held
+  quantized (resident_quant.Held, replicated), every other param float32 on its sharding in
+  `shardings` (which may name the float kernels too: they are not used)."""
+  saved_cfg = workdir_model_config(src)
+  if _meaning(saved_cfg) != _meaning(cfg):
+    raise ValueError(
+      f'{src}: trained with parametrization/base shape/multipliers {_meaning(saved_cfg)}, the '
+      f'model config has {_meaning(cfg)}; the weights would mean something else'
+    )
+  want = models.param_shapes(lora.base_config(cfg))
+  _check_shapes(src, want, models.param_shapes(saved_cfg))
+  rest, held = resident_quant.split(_resident_params(src, saved_cfg))
+  if shardings is None:
+    return jax.device_put(resident_quant.join(rest, held))
+  flat = traverse_util.flatten_dict(shardings)
+  placed = {k: jax.device_put(v, flat[k]) for k, v in traverse_util.flatten_dict(rest).items()}
+  held = jax.device_put(held, _replicated(shardings))
+  return resident_quant.join(traverse_util.unflatten_dict(placed), held)
+
+
+def _replicated(shardings: PyTree) -> jax.sharding.Sharding:
+  """A sharding that replicates over the mesh (or the device) of `shardings`' first leaf."""
+  leaf = jax.tree.leaves(shardings)[0]
+  return NamedSharding(leaf.mesh, PartitionSpec()) if isinstance(leaf, NamedSharding) else leaf
+
+
+def _fresh_adapters(cfg: ModelConfig, base: PyTree, shardings: PyTree | None, seed: int) -> PyTree:
+  """Fresh adapters of QLoRA model `cfg` on `base`: float LoRA's of `seed` (B = 0); DoRA's m made
+  by the model reading the held kernels (their dequantized column norms)."""
+  rest, held = resident_quant.split(base)
+  tokens = jnp.zeros((1, min(cfg.max_len, 8)), jnp.int32)
+
+  def init(key: jax.Array, rest: PyTree, held: PyTree) -> PyTree:
+    adapters = lora.split(models.init(cfg.replace(lora_base_resident='float'), key))[1]
+    if not cfg.lora_dora:
+      return adapters
+    flat = traverse_util.flatten_dict(adapters)
+    ab = traverse_util.unflatten_dict({k: v for k, v in flat.items() if 'lora_m' not in k[-1]})
+    variables = {'params': lora.combine(rest, ab), resident_quant.COLLECTION: held}
+    _, made = models.Transformer(cfg).apply(
+      variables, tokens, rngs={'params': key}, mutable=['params']
+    )
+    return lora.split(nn.unbox(made['params']))[1]
+
+  return jax.jit(init, out_shardings=shardings)(jax.random.key(seed), rest, held)
 
 
 # ------------------------------------------------------------------------ LoRA bases and sources
@@ -328,7 +404,9 @@ def load_base(record: dict, cfg: ModelConfig, shardings: PyTree | None, where: s
   `where` the record is (a checkpoint of the run) when it does not load or has changed."""
   src, step = record['base'], record.get('step')
   try:
-    if _is_lora_workdir(src):  # a LoRA workdir holding its base (written before these records).
+    if cfg.lora_base_resident == 'quantized':  # QLoRA: the kernels stay quantized.
+      base = _resident_base(src, cfg, shardings)
+    elif _is_lora_workdir(src):  # a LoRA workdir holding its base (written before these records).
       full = _with_adapter_shardings(workdir_model_config(src), shardings)
       base = lora.split(load_params(src, None, full, step)[1])[0]
     else:
@@ -364,8 +442,7 @@ def _with_adapter_shardings(lora_cfg: ModelConfig, base_shardings: PyTree | None
   """Shardings of `lora_cfg`'s params: the base's as given, its adapters replicated (small)."""
   if base_shardings is None:
     return None
-  leaf = jax.tree.leaves(base_shardings)[0]
-  rep = NamedSharding(leaf.mesh, PartitionSpec()) if isinstance(leaf, NamedSharding) else leaf
+  rep = _replicated(base_shardings)
   adapters = jax.tree.map(lambda _: rep, lora.split(models.param_shapes(lora_cfg))[1])
   return lora.combine(base_shardings, adapters)
 
@@ -568,6 +645,10 @@ def params_fn(config: ml_collections.ConfigDict) -> Callable[['Run'], PyTree] | 
     if adapters is not None:
       logging.info('%s', loaded_line(src, lora.combine(base, adapters)))
       return lora.combine(base, adapters)
+    if cfg.lora_base_resident == 'quantized':
+      adapters = _fresh_adapters(cfg, base, adapter_shardings, config.seed)
+      logging.info('%s', loaded_line(src, base, adapters, 'LoRA adapters'))
+      return lora.combine(base, adapters)
     init_adapters = jax.jit(
       lambda key: lora.split(models.init(cfg, key))[1], out_shardings=adapter_shardings
     )
@@ -599,8 +680,8 @@ def _trained_adapters(src: str, cfg: ModelConfig, shardings: PyTree) -> PyTree |
 
 
 def _size(tree: PyTree) -> tuple[int, int]:
-  leaves = jax.tree.leaves(tree)
-  return int(sum(x.size for x in leaves)), len(leaves)
+  leaves = jax.tree.leaves(tree, is_leaf=resident_quant.is_held)
+  return int(sum(map(resident_quant.values, leaves))), len(leaves)
 
 
 def source_step(src: str) -> str:

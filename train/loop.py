@@ -7,6 +7,7 @@ differs between trainers lives in a `Task`; extra evaluators (e.g. lm-eval) come
 """
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -19,7 +20,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from models import lora
+from models import lora, resident_quant
 from models.config import PyTree
 from train import (
   checkpoint,
@@ -200,7 +201,8 @@ def _train(
   end = num_steps if stop_after is None else min(stop_after, num_steps)
   meta = {**context.stream_meta(r.config), **task.meta}
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    state, latest = _resume(r, mngr, meta, workdir, params, stop)
+    state, latest, held = _resume(r, mngr, meta, workdir, params, stop)
+    task = with_held(r, task, held)
     start = int(jax.device_get(state.step))
     train_step = context.jit_train_step(r, task)
     eval_loss = EvalLoss()
@@ -210,12 +212,16 @@ def _train(
       r, workdir, mngr, meta, start, end, latest, eval_loss, evaluators
     )
     _announce(r, workdir, start)
+    in_flight = None
     for step in range(start, end):
       # Signalled before the first step, or stopped early before this resume: nothing new.
       if step == start and (stop.requested or any(a.finished for a in actions)):
         break
       state, step_metrics = train_step(state, _batch(r, task, step), *task.frozen)
-      done = step + 1
+      # At most two steps dispatched (this one queued behind the last): the device stays busy,
+      # and a SIGTERM stops within a step or two, not after however many Python ran ahead.
+      jax.block_until_ready(in_flight)
+      in_flight, done = step_metrics, step + 1
       clock.started(done, step_metrics)
       # SIGTERM / SIGINT: finish this step, checkpoint it, return (all processes at one step).
       stopping = stop.should_stop(done)
@@ -242,10 +248,11 @@ def _resume(
   workdir: str,
   params: Callable[[], PyTree | None],
   stop: preemption.StopRequest,
-) -> tuple[PyTree, int | None]:
-  """(state, the step resumed from or None): the latest good checkpoint, else a fresh state.
-  Only once the resume check passed are config.json and metrics.jsonl changed. A LoRA run's
-  frozen base comes from its record (`_with_base`); `meta` gets the record to save it with."""
+) -> tuple[PyTree, int | None, PyTree]:
+  """(state, the step resumed from or None, held kernels): the latest good checkpoint, else a
+  fresh state. Only once the resume check passed are config.json and metrics.jsonl changed. A
+  LoRA run's frozen base comes from its record (`_with_base`); `meta` gets the record to save it
+  with. A QLoRA base's kernels held quantized come apart from the state ({} for other runs)."""
   state, latest = None, None
   if mngr.all_steps():
     try:
@@ -257,43 +264,74 @@ def _resume(
         'those settings or use a new --workdir'
       ) from None
   if state is not None:
-    state = _with_base(r, mngr, latest, state, workdir, meta)
+    state, held = _with_base(r, mngr, latest, state, workdir, meta)
   else:  # every input (a deferred init_from too) loads before the workdir changes.
-    loaded = params()
+    loaded, held = _held_apart(params())
     state = context.init_state(r, loaded)
     if loaded is not None:
-      _record_base(r, state, meta)
+      _record_base(r, state, meta, held)
   stop.ready()  # restored: a signal from here on stops at a step boundary (before the first).
   metrics.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), latest or 0)  # (checks it first)
   checkpoint.write_config(workdir, json.dumps(r.config.to_dict(), indent=2))
   if latest is not None:
     logging.info('Resumed from step %d in %s', latest, workdir)
-  return state, latest
+  return state, latest, held
 
 
-def _record_base(r: Run, state: PyTree, meta: dict) -> None:
+def _held_apart(params: PyTree | None) -> tuple[PyTree | None, PyTree]:
+  """(params, {}), or for a QLoRA base (params, its kernels held quantized) apart."""
+  if params is None or not resident_quant.holds(params):
+    return params, {}
+  return resident_quant.split(params)
+
+
+def with_held(r: Run, task: Task, held: PyTree) -> Task:
+  """QLoRA: `task` with its base's held kernels as one more frozen input of each step (replicated,
+  never differentiated, in no optimizer state), joined to the params in its loss functions; `task`
+  as it is without them (`held` {})."""
+  if not held:
+    return task
+
+  def joined(fn: Callable | None) -> Callable | None:
+    if fn is None:
+      return None
+    return lambda p, batch, *frozen: fn(resident_quant.join(p, frozen[-1]), batch, *frozen[:-1])
+
+  return dataclasses.replace(
+    task,
+    loss_fn=joined(task.loss_fn),
+    eval_loss_fn=joined(task.eval_loss_fn),
+    frozen=(*task.frozen, held),
+    frozen_shardings=(*task.frozen_shardings, sharding.replicated(r.mesh)),
+  )
+
+
+def _record_base(r: Run, state: PyTree, meta: dict, held: PyTree) -> None:
   """A LoRA run started from config.init_from: `meta` gets its frozen base's record (source and
-  checksums), which its checkpoints then reference instead of holding the base."""
+  checksums: a QLoRA base's held kernels too), which its checkpoints then reference instead of
+  holding the base."""
   record = init_from.base_record(r.config.init_from, r.derived.model)
   if record:
-    base = lora.split(state.params)[0]
+    base = resident_quant.join(lora.split(state.params)[0], held)
     meta[checkpoint.LORA_BASE] = {**record, 'checksum': checkpoint.checksum(base)}
 
 
 def _with_base(
   r: Run, mngr: ocp.CheckpointManager, step: int, state: PyTree, workdir: str, meta: dict
-) -> PyTree:
-  """A restored checkpoint's state, a LoRA one's adapters joined by the frozen base its record
-  names (reloaded, checksums verified: a changed base is refused before anything changes)."""
+) -> tuple[PyTree, PyTree]:
+  """(state, held kernels): a restored checkpoint's state, a LoRA one's adapters joined by the
+  frozen base its record names (reloaded, checksums verified: a changed base is refused before
+  anything changes); a QLoRA base's kernels held quantized apart ({} for other runs)."""
   record = checkpoint.restore_meta(mngr, step).get(checkpoint.LORA_BASE)
   if not record:
-    return state
+    return state, {}
   base_shardings = lora.split(r.state_shardings.params)[0]
   where = os.path.join(workdir, 'checkpoints', str(step))
   base, meta[checkpoint.LORA_BASE] = init_from.resume_base(
     r.config.init_from, r.derived.model, record, base_shardings, where
   )
-  return state.replace(params=lora.combine(base, state.params))
+  base, held = _held_apart(base)
+  return state.replace(params=lora.combine(base, state.params)), held
 
 
 def _batch(r: Run, task: Task, step: int) -> dict:

@@ -11,6 +11,7 @@ import optax
 
 import models
 from configs.schema import OptimizerConfig, SparsityConfig
+from models import parametrization
 from models import sparsity as sparsity_lib
 from models.config import ModelConfig, PyTree
 
@@ -69,12 +70,13 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
   """Clipping + AdamW; under μP / u-μP (`model_config`, validation.derive's derived.model) with
   the per-parameter lr and weight-decay scales of models.parametrization (the same table that
-  sets init and multipliers). Frozen params (models.trainable; with LoRA all but the adapters)
-  get no update and no optimizer state. With `sparsity` (config.sparsity) on, then keep_sparse."""
+  sets init and multipliers). Frozen params (models.trainable; with LoRA all but the adapters,
+  W8A8's calibrated ones) get no update and no optimizer state. With `sparsity` (config.sparsity)
+  on, then keep_sparse."""
   train = _adamw(opt, num_steps, model_config)
   if sparsity is not None and sparsity.target > 0:
     train = optax.chain(train, keep_sparse(sparsity, model_config))
-  if not model_config.lora_rank:
+  if not parametrization.has_frozen(model_config):
     return train
   labels = jax.tree.map(lambda t: 'train' if t else 'frozen', models.trainable(model_config))
   return optax.multi_transform({'train': train, 'frozen': optax.set_to_zero()}, labels)

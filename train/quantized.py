@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import safetensors.numpy
 
-from models import calibrated_quant, quantize
+from models import act_quant, calibrated_quant, quantize
 from models.config import ModelConfig, PyTree
 from train import init_from
 from train import workdir as workdir_lib
@@ -29,11 +29,14 @@ def write(
   source: str,
   method: str = 'rtn',
   stats: dict | None = None,
+  act: dict | None = None,
 ) -> dict:
   """Quantize `params` (model `cfg`, from `source`; by `method`, GPTQ / AWQ from calibration
   `stats`) into the new workdir `out`, beside the run `config` (a dict, its model section `cfg`'s);
   returns {'bytes_quantized': the safetensors file's size, 'bytes_float32': the same params' size
-  in float32}."""
+  in float32}. With `act` ({'quant', 'scale', 'smooth'}) the dense inputs are quantized too
+  (W8A8, models/act_quant.py): the model section gets its act_* fields, the params their frozen
+  static scales / SmoothQuant factors (float32 entries of the same file)."""
   path = os.path.join(out, init_from.QUANTIZED_FILE)
   if os.path.exists(path):
     raise ValueError(f'{out}: already holds {init_from.QUANTIZED_FILE}; choose a new --out')
@@ -42,8 +45,12 @@ def write(
   kernels = None
   if method != 'rtn':
     kernels = calibrated_quant.quantize_kernels(cfg, params, scheme, group, method, stats or {})
-  packed = quantize.quantize_tree(cfg, params, scheme, group, kernels=kernels)
   quant = {'scheme': scheme, 'group': group, 'source': source, 'method': method}
+  if act:  # W8A8: the model's activation quantization and its frozen params.
+    cfg, params, kernels = calibrated_quant.w8a8(cfg, params, scheme, group, act, stats, kernels)
+    config = {**config, 'model': {**config['model'], **act_quant.fields(cfg)}}
+    quant.update(activations=act['quant'], act_scale=act['scale'], smooth=act['smooth'])
+  packed = quantize.quantize_tree(cfg, params, scheme, group, kernels=kernels)
   config = {**config, 'quantized': quant}
   os.makedirs(out, exist_ok=True)
   safetensors.numpy.save_file(packed, path + '.tmp', metadata={'scheme': scheme})

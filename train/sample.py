@@ -139,7 +139,8 @@ def main(argv: list[str]) -> None:
     f'{jax.devices()[0].platform})'
   )
   mib = resident_quant.resident_bytes(params) / 2**20
-  print(f'params resident: {mib:.2f} MiB ({FLAGS.resident})')
+  held = 'quantized' if resident_quant.holds(params) else 'float'  # (a QLoRA run's base: held)
+  print(f'params resident: {mib:.2f} MiB ({held})')
 
 
 if __name__ == '__main__':

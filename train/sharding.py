@@ -34,6 +34,7 @@ LOGICAL_RULES = (
   ('norm', None),
   ('position', None),
   ('length', None),
+  ('act_calib', None),  # the leading size-1 axis of W8A8's frozen calibrated params (act_quant.py).
   # The leading axis of a member group's stacked state and batches (train/group.py): replicated,
   # or over config.mesh.members (e.g. 'data': each data-parallel slice trains its own members).
   ('member', None),

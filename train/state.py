@@ -6,6 +6,7 @@ import optax
 from jax.sharding import Mesh
 
 import models
+from models import parametrization
 from models.config import ModelConfigLike, PyTree
 from train import sharding
 from train.step import ScaledTrainState, TrainState
@@ -22,7 +23,7 @@ def state_shardings(
   param_shapes = models.param_shapes(model_config)
   params = sharding.tree_shardings(models.logical_axes(model_config), param_shapes, mesh)
   rep = sharding.replicated(mesh)
-  if models.ModelConfig.make(model_config).lora_rank:  # moments of the trained params only.
+  if parametrization.has_frozen(models.ModelConfig.make(model_config)):  # moments: trained only.
     opt_state = _by_param_path(jax.eval_shape(optimizer.init, param_shapes), params, rep)
   else:
     opt_state = optax.tree_map_params(

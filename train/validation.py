@@ -9,12 +9,13 @@ devices, batch divisibility, steps). Every inconsistency raises ValueError namin
 """
 
 import dataclasses
+import os
 
 from configs import schema
 from configs.schema import unknown_key  # noqa: F401 (main.py's message for unknown flags)
 from models import attention, quantize
 from models.config import ModelConfig
-from train import sharding
+from train import init_from, sharding
 from train.data import pipeline
 
 DIVERGENCES = schema.DIVERGENCES  # train/distill.py's message
@@ -82,6 +83,23 @@ def _check_packed(c: schema.Config, sources: list) -> None:
     )
 
 
+def _check_static_scales(m: ModelConfig, src: str) -> None:
+  """model.act_scale 'static' (models/act_quant.py) runs on calibrated scales, NaN until set: its
+  params come from config.init_from, a W8A8 workdir (or a run of one) whose model has them."""
+  if m.act_quant == 'none' or m.act_scale != 'static':
+    return
+  ours = bool(src) and not src.startswith(('hf:', init_from.PEFT))
+  if ours and os.path.exists(os.path.join(src, 'config.json')):
+    saved = init_from.workdir_model_config(src)
+    if saved.act_quant != 'none' and saved.act_scale == 'static':
+      return
+  raise ValueError(
+    f"config.init_from={src!r}: model.act_scale='static' needs calibrated scales from a W8A8 "
+    'workdir (python -m train.compress --workdir=W --out=W8 --quantize=int8 --activations=int8 '
+    "--act_scale=static); for QAT from float weights use model.act_scale='tensor' or 'token'"
+  )
+
+
 def derive(
   config: schema.Config | schema.Section, num_devices: int, process_count: int = 1
 ) -> Derived:
@@ -90,6 +108,9 @@ def derive(
   c.check()
   quantize.check(c.model)  # model.weight_group divides every quantized kernel's fan-in.
   _check_packed(c, pipeline.parse_sources(c.data))  # mixture syntax and weights; jsonl: data.
+  if c.model.lora_base_resident == 'quantized':  # QLoRA: its base is a quantized workdir.
+    init_from.check_quantized_base(c.init_from)
+  _check_static_scales(c.model, c.init_from)
   mesh_shape = sharding.mesh_shape(c.mesh, num_devices)
   t, shards = c.train, mesh_shape['data'] * mesh_shape['fsdp']
   k = t.grad_accum_steps
