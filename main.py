@@ -112,7 +112,7 @@ def _evaluators(config: ConfigDict) -> list:
   (its task names are checked, and the tasks loaded, here)."""
   if not config.get('lm_eval') or not config.lm_eval.tasks:
     return []
-  from train import harness  # imports lm-eval: only when tasks are set.
+  from train.tools import harness  # imports lm-eval: only when tasks are set.
 
   return [harness.LmEvalEvaluator(config.lm_eval)]
 
@@ -138,7 +138,7 @@ def _train(config: ConfigDict, workdir: str) -> None:
 
     result = sweep.run(config, workdir, evaluators=evaluators)
   elif 'distill' in config:
-    from train import distill
+    from train.distillation import trainer as distill
 
     result = distill.run(config, workdir, evaluators=evaluators)
   else:

@@ -1,12 +1,12 @@
-"""LoRA on a float base against QLoRA on the same base quantized (train.compress --quantize): the
-frozen base's and the train state's resident bytes, XLA's memory analysis of the train step, each
-run's peak host memory, final train and eval loss, and the step time.
+"""LoRA on a float base against QLoRA on the same base quantized (train.tools.compress --quantize):
+the frozen base's and the train state's resident bytes, XLA's memory analysis of the train step,
+each run's peak host memory, final train and eval loss, and the step time.
 
   python -m bench.qlora                                   # pretrains configs/default.py first
   python -m bench.qlora --base=workdirs/default --steps=200 --scheme=nf4 --group=64
 
 Without --base, configs/default.py's model is pretrained for --pretrain_steps under --root. The
-base is quantized once (python -m train.compress --quantize=SCHEME --group=GROUP); then two
+base is quantized once (python -m train.tools.compress --quantize=SCHEME --group=GROUP); then two
 fine-tuning runs of main.py's trainer, each in a fresh process, on the same data, steps and seed:
 LoRA from the float base, and QLoRA (model.lora_base_resident='quantized') from the quantized one.
 
@@ -40,8 +40,10 @@ _PRETRAIN = flags.DEFINE_integer(
 )
 _STEPS = flags.DEFINE_integer('steps', 100, 'Fine-tuning steps of each run.')
 _RANK = flags.DEFINE_integer('rank', 8, 'LoRA rank (every target).')
-_SCHEME = flags.DEFINE_string('scheme', 'int4', 'train.compress --quantize (int4, nf4, int8, ...).')
-_GROUP = flags.DEFINE_integer('group', 64, 'train.compress --group (0: per channel).')
+_SCHEME = flags.DEFINE_string(
+  'scheme', 'int4', 'train.tools.compress --quantize (int4, nf4, int8, ...).'
+)
+_GROUP = flags.DEFINE_integer('group', 64, 'train.tools.compress --group (0: per channel).')
 _BATCH = flags.DEFINE_integer('batch', 16, 'Fine-tuning sequences per step (of 128 bytes).')
 _MEASURE = flags.DEFINE_string('measure', '', 'Internal: run one fine-tuning (float|quantized).')
 
@@ -102,14 +104,14 @@ def _base() -> str:
 
 
 def _prepare() -> dict:
-  """Pretrain the base (without --base) and quantize it; returns train.compress's record."""
+  """Pretrain the base (without --base) and quantize it; returns train.tools.compress's record."""
   root, base, q = _ROOT.value, _base(), os.path.join(_ROOT.value, 'q')
   os.makedirs(root, exist_ok=True)
   if not _BASE.value:
     _sh([sys.executable, 'main.py', '--config=configs/default.py', f'--workdir={base}',
          f'--config.train.num_steps={_PRETRAIN.value}'])  # fmt: skip
   if not os.path.exists(os.path.join(q, 'compress.json')):
-    _sh([sys.executable, '-m', 'train.compress', f'--workdir={base}', f'--out={q}',
+    _sh([sys.executable, '-m', 'train.tools.compress', f'--workdir={base}', f'--out={q}',
          f'--quantize={_SCHEME.value}', f'--group={_GROUP.value}'])  # fmt: skip
   with open(os.path.join(q, 'compress.json')) as f:
     return json.load(f)

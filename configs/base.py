@@ -21,8 +21,9 @@ def get_model_config() -> ml_collections.ConfigDict:
 
 
 def get_distill_config(**overrides: Any) -> ml_collections.ConfigDict:
-  """The `distill` section (train/distill.py): teacher, temperature, mix, divergence, top-k,
-  sequence-KD generation; keys, defaults and documentation in configs/schema.py DistillConfig."""
+  """The `distill` section (train/distillation/trainer.py): teacher, temperature, mix, divergence,
+  top-k, sequence-KD generation; keys, defaults and documentation in configs/schema.py
+  DistillConfig."""
   return schema.DistillConfig.config_dict(**overrides)
 
 

@@ -1,7 +1,8 @@
-"""Recover a compressed model (python -m train.compress): distilled from the model it was cut from,
-fine-tuned on the pre-training data, or the same shape trained from scratch on the same tokens.
+"""Recover a compressed model (python -m train.tools.compress): distilled from the model it was cut
+from, fine-tuned on the pre-training data, or the same shape trained from scratch on the same
+tokens.
 
-  python -m train.compress --workdir=W --out=W/../depth --prune=layers:2
+  python -m train.tools.compress --workdir=W --out=W/../depth --prune=layers:2
   python main.py --config=configs/compress.py:student=W/../depth,teacher=W,recover=distill --workdir=R
   python main.py --config=configs/compress.py:student=W/../depth,teacher=W,recover=finetune --workdir=R2
   python main.py --config=configs/compress.py:student=W/../depth,teacher=W,recover=scratch --workdir=R3
@@ -34,7 +35,7 @@ def _saved(workdir: str) -> dict:
   if workdir.startswith('hf:'):  # an HF directory's config.json has no data, batch or lr.
     raise ValueError(
       f'configs/compress.py: {workdir} is an HF checkpoint; this config takes the data, batch and '
-      'lr from one of our workdirs (train.compress --out of the HF model gives the student; for '
+      'lr from one of our workdirs (train.tools.compress --out of the HF model gives the student; for '
       'the teacher, distil with configs/distill.py and distill.teacher=hf:...)'
     )
   path = os.path.join(workdir, 'config.json')

@@ -17,14 +17,14 @@ Commands, from the repo root (results in docs/distillation.md):
   python main.py --config=configs/distill.py:teacher --workdir=workdirs/distill/teacher
   python main.py --config=configs/distill.py:scratch --workdir=workdirs/distill/scratch
   python main.py --config=configs/distill.py:online  --workdir=workdirs/distill/online
-  python -m train.distill_store --config=configs/distill.py:offline --workdir=workdirs/distill/offline
+  python -m train.distillation.store --config=configs/distill.py:offline --workdir=workdirs/distill/offline
   python main.py --config=configs/distill.py:offline --workdir=workdirs/distill/offline
-  python -m train.distill_store --config=configs/distill.py:sequence --workdir=workdirs/distill/sequence
+  python -m train.distillation.store --config=configs/distill.py:sequence --workdir=workdirs/distill/sequence
   python main.py --config=configs/distill.py:sequence --workdir=workdirs/distill/sequence
   # sequence-level ablations: a sampled store (T = 1), the prompt's loss kept, Seq-KD + Word-KD:
   C="--config=configs/distill.py:sequence --config.distill.gen_temperature=1.0"
   S=--config.distill.sequences_dir=$PWD/workdirs/distill/sequence_t1/teacher_sequences
-  python -m train.distill_store $C --workdir=workdirs/distill/sequence_t1
+  python -m train.distillation.store $C --workdir=workdirs/distill/sequence_t1
   python main.py $C --workdir=workdirs/distill/sequence_t1
   python main.py $C $S --workdir=workdirs/distill/sequence_t1_nomask --config.distill.mask_prompt=False
   python main.py $C $S --workdir=workdirs/distill/sequence_t1_word --config.distill.alpha=0.5

@@ -1,5 +1,5 @@
-"""A distilled twin for the distillation scaling law (scaling/distill_study.py): a supervised run's
-own config (model, data, batch, tokens, schedule, lr) with the student distilled online from a
+"""A distilled twin for the distillation scaling law (scaling/studies/distillation.py): a supervised
+run's own config (model, data, batch, tokens, schedule, lr) with the student distilled online from a
 teacher workdir instead of trained on the data alone.
 
   L=workdirs/ladder S=$L/N7.51e4_D1.5e6_lr7.81e-3 T=$L/N6.51e5_D1.3e7_lr7.81e-3

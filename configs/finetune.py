@@ -7,13 +7,13 @@ loss tracked for forgetting, the best checkpoint by the task's validation loss k
   python main.py --config=configs/finetune.py --workdir=workdirs/ft_full    # full fine-tuning
   python main.py --config=configs/finetune.py:lora=4 --workdir=workdirs/ft_lora4
   python main.py --config=configs/finetune.py:scratch --workdir=workdirs/ft_scratch
-  python -m train.export --workdir=workdirs/ft_lora4/best --out=/tmp/peft --what=adapter
+  python -m train.tools.export --workdir=workdirs/ft_lora4/best --out=/tmp/peft --what=adapter
 
 Variants, comma-separated: `lora=<rank>` (adapters on every LORA_TARGETS kernel, the base frozen),
 `scratch` (random init of the same shape: the baseline), `base=<workdir>` (default
 workdirs/default; its config.json gives the model), `data=<dir>` (default workdirs/name_task),
 `examples=<n>` (the steps' rule below; default: the lines of the data dir's train.jsonl),
-`lm_eval=0` (no lm-eval in the loop: scaling/finetune.py scores W/best afterwards).
+`lm_eval=0` (no lm-eval in the loop: scaling/studies/finetune.py scores W/best afterwards).
 
 The rule (docs/finetuning.md): batch 16 rows of 128 bytes (about one example each); steps
 max(60, 3 epochs); linear warmup over 10 %, cosine to 0.1x; lr: full fine-tuning at 1/4 of the

@@ -29,7 +29,7 @@ from models.config import (
 
 Section = ml_collections.ConfigDict | dict
 MISSING_DISTILL = 'config.distill: missing section (see configs/base.py get_distill_config)'
-DIVERGENCES = ('forward', 'reverse', 'mix')  # distill.divergence (train/distill.py)
+DIVERGENCES = ('forward', 'reverse', 'mix')  # distill.divergence (train/distillation/trainer.py)
 MAX_READ_THREADS = 256  # data.read_threads: a sane bound (a million threads hang the reader).
 
 
@@ -492,7 +492,7 @@ class DistributedConfig(_Section):
 @dataclasses.dataclass(frozen=True)
 class LmEvalConfig(_Section):
   """config.lm_eval: downstream tasks at every eval step through lm-evaluation-harness
-  (train/harness.py, which checks the task names), logged as lm_eval/<task>/<metric>."""
+  (train/tools/harness.py, which checks the task names), logged as lm_eval/<task>/<metric>."""
 
   NAME: ClassVar[str] = 'lm_eval'
   tasks: tuple[str, ...] = ()  # lm-eval task / group names, e.g. ('hellaswag', 'arc_easy').
@@ -570,7 +570,7 @@ class SparsityConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig(_Section):
-  """config.distill (train/distill.py): teacher, temperature, mix, divergence, top-k,
+  """config.distill (train/distillation/trainer.py): teacher, temperature, mix, divergence, top-k,
   sequence-KD generation."""
 
   NAME: ClassVar[str] = 'distill'

@@ -12,9 +12,9 @@ train/data/supervised.py), prepared into token shards with a loss mask by the ru
 whole into rows with segment ids (`--config.data.pack=false`: one per row); an over-long example's
 prompt is cut from the left (`--config.data.truncation=right`: its end), and without
 validation.jsonl the eval set is carved from train.jsonl (config.data.eval_fraction). Export with
-its tokenizer and sample it: `python -m train.export --workdir=workdirs/sft --out=exported/sft`,
-`python -m train.sample --checkpoint=hf:exported/sft --chat --prompt='upper abc'`. Start from
-another workdir or HF directory with
+its tokenizer and sample it: `python -m train.tools.export --workdir=workdirs/sft
+--out=exported/sft`, `python -m train.tools.sample --checkpoint=hf:exported/sft --chat
+--prompt='upper abc'`. Start from another workdir or HF directory with
 `--config.init_from=...`; mix in pre-training text to limit forgetting with
 `--config.data.dataset=jsonl:workdirs/sft_data=4,stdlib_corpus=1`.
 """

@@ -3,6 +3,11 @@
 Public API: `init(model_config, rng)`, `logits(model_config, params, tokens)`,
 `logical_axes(model_config)`, `generate(model_config, params, prompts, max_new_tokens, ...)`
 (KV-cached sampling). Params are plain pytrees of float32 arrays.
+
+Here (no subpackages): the transformer and its attention kernels, its config (the `config.model`
+schema) and parametrization table, the loss, KV-cached sampling, LoRA, the compression math
+(pruning, sparsity, quantization) and HF / PEFT / compressed-tensors interop. Imports nothing
+from train/ or scaling/ (tests/test_code_health.py).
 """
 
 import dataclasses

@@ -6,7 +6,7 @@ and a straight-through gradient (QAT). The symmetric scale is qwix's: absmax / 1
 absmax / 448 for fp8, with absmax by model.act_scale:
 
   'static'  one per kernel and layer, calibrated (the max |x| over calibration batches) and held
-            as the frozen param '<kernel>_act_amax' [1] (NaN until train.compress sets it: a model
+            as the frozen param '<kernel>_act_amax' [1] (NaN until train.tools.compress sets it: a model
             initialized with static scales computes NaN); inputs beyond it clip.
   'tensor'  the whole input's (dynamic: the rows of a batch share it; for QAT towards 'static').
   'token'   each token's, over the kernel's fan-in (dynamic).
@@ -66,7 +66,7 @@ def fake_quant(
 
 def _frozen(module: nn.Module, name: str, shape: tuple, axes: tuple, fill: float) -> jax.Array:
   """The float32 param [1, *shape] with logical axes ('act_calib', *axes) (frozen by the parameter
-  table; set by train.compress, `fill` until then), as [*shape] with no gradient."""
+  table; set by train.tools.compress, `fill` until then), as [*shape] with no gradient."""
   init = nn.with_logical_partitioning(nn.initializers.constant(fill), (CALIB_AXIS, *axes))
   return jax.lax.stop_gradient(module.param(name, init, (1, *shape), jnp.float32)[0])
 
@@ -93,7 +93,8 @@ def dense_inputs(
   return x, kernel
 
 
-# --- W8A8 settings (train.compress --activations; models/calibrated_quant.py builds the model) --
+# --- W8A8 settings (train.tools.compress --activations; models/calibrated_quant.py builds the
+# model) --
 
 
 def config(cfg: ModelConfig, act: dict) -> ModelConfig:
@@ -107,7 +108,8 @@ def needs_calibration(act: dict) -> bool:
 
 
 def check(cfg: ModelConfig, act: dict, method: str, calib_batches: int) -> None:
-  """One-line ValueError naming the flag (train.compress --activations, --act_scale, --smooth)."""
+  """One-line ValueError naming the flag (train.tools.compress --activations, --act_scale,
+  --smooth)."""
   if act['quant'] not in SCHEMES:
     raise ValueError(f'--activations={act["quant"]!r} is not one of {SCHEMES}')
   if act['scale'] not in SCALES:

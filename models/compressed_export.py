@@ -1,6 +1,6 @@
 """compressed-tensors exports: the `quantization_config` and tensors that transformers (with the
 compressed-tensors package) and vLLM load, written with numpy + safetensors in the layout of
-compressed-tensors 0.20.1, from our packed quantized params (train/quantized.py) as they are.
+compressed-tensors 0.20.1, from our packed quantized params (train/tools/quantized.py) as they are.
 
 int8 / int4 / int3 kernels are 'pack-quantized': `weight_packed` int32 [out, ceil(in * bits / 32)]
 (each value + 2^(bits-1) as unsigned bits, packed densely from the lowest bit of a row's first
@@ -169,7 +169,7 @@ def export(
   sparsity = two_four(hf.hf_tensors(cfg, dense), modules)
   if not quantized and sparsity is None:
     raise ValueError(
-      '--format=compressed-tensors: the model is neither quantized (train.compress --quantize) '
+      '--format=compressed-tensors: the model is neither quantized (train.tools.compress --quantize) '
       'nor 2:4 sparse, so there is nothing to mark; export with --format=dense'
     )
   qc = config(scheme, group, modules, sparsity)

@@ -51,7 +51,7 @@ class ModelConfig:
   weight_group: int = 0  # a scale per this many consecutive fan-in entries; 0: per channel.
   # Activation quantization (models/act_quant.py, W8A8): the compressible kernels' inputs go
   # through quantize-dequantize before their matmul, straight-through behind it (QAT; written by
-  # train.compress --activations). 'none' | 'int8' | 'fp8' (float8_e4m3fn).
+  # train.tools.compress --activations). 'none' | 'int8' | 'fp8' (float8_e4m3fn).
   act_quant: str = 'none'
   # The inputs' absmax: 'static' (calibrated, a frozen '<kernel>_act_amax' param per kernel and
   # layer) | 'tensor' (the whole input's, dynamic) | 'token' (each token's, dynamic).

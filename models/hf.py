@@ -651,12 +651,12 @@ def _check_layers(path: str, n_layers: int, found: dict) -> None:
 
 
 def _check_float(path: str, quant: dict | None) -> None:
-  """Float weights only: a quantized checkpoint (e.g. train.export --format=compressed-tensors,
-  except its format 'dense', a 2:4 marking) is refused in one line."""
+  """Float weights only: a quantized checkpoint (e.g. train.tools.export
+  --format=compressed-tensors, except its format 'dense', a 2:4 marking) is refused in one line."""
   if quant and (quant.get('quant_method'), quant.get('format')) != ('compressed-tensors', 'dense'):
     raise ValueError(
       f'{path}: quantized weights ({quant.get("quant_method")}, format {quant.get("format")}) are '
-      'not imported here; use a float checkpoint (e.g. train.export --format=dense)'
+      'not imported here; use a float checkpoint (e.g. train.tools.export --format=dense)'
     )
 
 

@@ -213,7 +213,7 @@ def scales(c: ModelConfig, axes: Sequence[str], shape: Sequence[int]) -> Scales:
   n = math.prod(dims[a] for a in fan_in)
   w = math.prod(mults.get(a, 1.0) for a in fan_in)
   r = role(axes)
-  if r in FROZEN_ROLES:  # set by train.compress; never initialized by std, scaled or updated.
+  if r in FROZEN_ROLES:  # set by train.tools.compress; never initialized by std, scaled or updated.
     return Scales(None, 1.0, 0.0, 0.0)
   if r in LORA_ROLES:  # A ~ N(0, 1/fan_in), B = 0 (the update starts at 0); LoRA+ on B's lr
     # and, as PEFT's loraplus puts its 1-D params with B, on DoRA's m (set from W by the model).

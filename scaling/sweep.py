@@ -52,15 +52,15 @@ run per size plus the cooldowns. Branches of one trunk belong in one job (the tr
 lock refuses a second job growing it at the same time).
 
 `python main.py --config=configs/sweeps/isoflop_tiny.py --workdir=W` runs each member in
-W/<member_name>/ through train.loop.run (train.distill.run for distilled members), one after another,
-each using the whole mesh; a member with W/<name>/result.json is skipped, a partial one resumes
-from its checkpoints. After each member W/results.csv and W/curves.csv are rebuilt from every finished
-member's result.json under a file lock (merge_results), so one-member jobs can share a workdir.
-The config hash (scaling/config_hash.py) covers the keys of the member's config that differ from
-the schema defaults, without those that place a run (data_dir, mesh, distributed); a member
-directory made by a different config is an error, not silently reused. Directories written under
-the previous hash rule are recognised by it and resume. Planning is scaling/plan.py's, results.csv
-and curves.csv scaling/results.py's; this module runs the members.
+W/<member_name>/ through train.loop.run (train.distillation.trainer.run for distilled members), one
+after another, each using the whole mesh; a member with W/<name>/result.json is skipped, a partial
+one resumes from its checkpoints. After each member W/results.csv and W/curves.csv are rebuilt from
+every finished member's result.json under a file lock (merge_results), so one-member jobs can share
+a workdir. The config hash (scaling/config_hash.py) covers the keys of the member's config that
+differ from the schema defaults, without those that place a run (data_dir, mesh, distributed); a
+member directory made by a different config is an error, not silently reused. Directories written
+under the previous hash rule are recognised by it and resume. Planning is scaling/plan.py's,
+results.csv and curves.csv scaling/results.py's; this module runs the members.
 
   python -m scaling.sweep --config=configs/sweeps/isoflop_tiny.py     # print the members only
 """
@@ -81,8 +81,9 @@ from ml_collections import config_flags
 from scaling import config_hash as hash_lib
 from scaling import results
 from scaling.plan import Member, get, get_sweep_config, members, plan_table
-from train import cli, context, distill, group, init_from, loop, validation
+from train import cli, context, group, init_from, loop, validation
 from train import workdir as workdir_lib
+from train.distillation import trainer as distill
 from train.evaluators import Evaluator
 
 __all__ = ('Member', 'finished', 'get_sweep_config', 'members', 'plan_table', 'run')

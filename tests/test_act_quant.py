@@ -1,4 +1,4 @@
-"""Activation quantization (models/act_quant.py, train.compress --activations): the fake-quant
+"""Activation quantization (models/act_quant.py, train.tools.compress --activations): the fake-quant
 against an independent numpy int8 / fp8 quantizer (per tensor, per token, static), SmoothQuant's
 factors against the authors' formula, the smoothed float model against the original, the W8A8
 workdir every loader reads, QAT with activations, the calibrated params frozen by the parameter
@@ -228,10 +228,11 @@ def _src(tiny_config, tmp_path, overrides=None):
 
 
 def test_compress_cli_w8a8_writes_a_workdir_every_loader_reads(tiny_config, tmp_path, capsys):
-  """train.compress --quantize=int8 --activations=int8 --smooth=0.5: OUT's config has the act_*
-  fields, its params are the in-process W8A8 model's (frozen scales included); a bad request and
-  an HF export of it are one line."""
-  from train import compress, init_from
+  """train.tools.compress --quantize=int8 --activations=int8 --smooth=0.5: OUT's config has the
+  act_* fields, its params are the in-process W8A8 model's (frozen scales included); a bad request
+  and an HF export of it are one line."""
+  from train import init_from
+  from train.tools import compress
 
   _, src = _src(tiny_config, tmp_path)
   out = str(tmp_path / 'w8a8')
@@ -260,7 +261,9 @@ def test_compress_cli_w8a8_writes_a_workdir_every_loader_reads(tiny_config, tmp_
   assert bad.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [
     'error: --act_scale and --smooth apply to --activations (int8 or fp8)'
   ]
-  from train import export  # an HF export has no field for quantized inputs: refused, one line.
+  from train.tools import (
+    export,  # an HF export has no field for quantized inputs: refused, one line.
+  )
 
   with pytest.raises(SystemExit) as bad:
     export.main([f'--workdir={out}', f'--out={tmp_path / "hf"}'])
@@ -286,7 +289,7 @@ def test_compress_cli_w8a8_writes_a_workdir_every_loader_reads(tiny_config, tmp_
 )  # fmt: skip
 def test_bad_requests_are_one_line_before_loading(tmp_path, what, needle):
   """Checked from config.json alone (the source holds no params)."""
-  from train import compress
+  from train.tools import compress
 
   src = tmp_path / 'src'
   src.mkdir()
@@ -342,7 +345,8 @@ def test_fine_tune_from_a_w8a8_workdir_keeps_its_calibrated_params(tiny_config, 
   """QAT from a W8A8 workdir (static scales, SmoothQuant; int8 weights fake-quantized) with
   weight decay: 3 steps through the training loop move the weights, and its checkpoint holds the
   workdir's scales and factors bitwise."""
-  from train import compress, init_from, loop
+  from train import init_from, loop
+  from train.tools import compress
 
   _, src = _src(tiny_config, tmp_path)
   out = str(tmp_path / 'w8a8')
@@ -368,10 +372,11 @@ def test_fine_tune_from_a_w8a8_workdir_keeps_its_calibrated_params(tiny_config, 
 
 @pytest.mark.slow  # (~40 s: training; the pipeline itself by default above)
 def test_w8a8_and_qat_on_a_trained_model(tiny_config, tmp_path):
-  """A tiny model trained 200 steps, through train.compress: the int8 W8A8 gap (static per tensor
-  and per token, with and without SmoothQuant) and fp8's are small; a QAT fine-tune with int8
+  """A tiny model trained 200 steps, through train.tools.compress: the int8 W8A8 gap (static per
+  tensor and per token, with and without SmoothQuant) and fp8's are small; a QAT fine-tune with int8
   weights and inputs (dynamic per tensor, straight-through) trains from the float checkpoint."""
-  from train import compress, init_from, loop
+  from train import init_from, loop
+  from train.tools import compress
 
   src = str(tmp_path / 'src')
   steps = {'train.num_steps': 200, 'train.eval_every': 200, 'train.checkpoint_every': 200,
@@ -399,11 +404,11 @@ def test_w8a8_and_qat_on_a_trained_model(tiny_config, tmp_path):
 
 
 def test_docs_w8a8_tables_are_the_csvs():
-  """docs/compression.md's W8A8 and QAT tables are scaling.compression_report.w8a8_tables of the
-  committed CSVs (their numbers printed from them, nothing edited by hand)."""
+  """docs/compression.md's W8A8 and QAT tables are scaling.studies.compression_report.w8a8_tables of
+  the committed CSVs (their numbers printed from them, nothing edited by hand)."""
   from pathlib import Path
 
-  from scaling import compression_report as rep
+  from scaling.studies import compression_report as rep
 
   docs = Path(__file__).resolve().parent.parent / 'docs'
   rows = rep.read_csv(str(docs / 'compression' / 'w8a8.csv'))
@@ -416,7 +421,7 @@ def test_docs_w8a8_tables_are_the_csvs():
 def test_study_fine_tunes_a_qat_and_a_float_twin(tmp_path):
   """--part=activations' fine-tunes: per member the same recovery config twice, one with int8
   weights and inputs fake-quantized (dynamic per tensor), one float."""
-  from scaling import compression
+  from scaling.studies import compression
 
   (float_marker, float_cmd), (qat_marker, qat_cmd) = compression.act_qat_runs(
     str(tmp_path), '/ladder', ['M']

@@ -3,8 +3,8 @@ its adapters and their Adam moments (bytes in the ratio of adapter to all params
 fine-tuning checkpoint), the frozen base referenced by source and checksums, reloaded and verified
 on resume (a changed base refused in one line, nothing in the workdir changed; a moved one
 accepted); `init_from=peft:DIR` (a PEFT adapter exported here, on its HF base) trains on and
-resumes bitwise; train.sample, train.harness and train.export read a LoRA workdir; `init_from` a
-LoRA workdir trains its adapters on or, without LoRA, its merged model."""
+resumes bitwise; train.tools.sample, train.tools.harness and train.tools.export read a LoRA workdir;
+`init_from` a LoRA workdir trains its adapters on or, without LoRA, its merged model."""
 
 import hashlib
 import json
@@ -21,7 +21,8 @@ from helpers import HF_LLAMA, LLAMA_BLOCK
 
 import models
 from models import lora
-from train import checkpoint, context, export, harness, init_from, loop, sample
+from train import checkpoint, context, init_from, loop
+from train.tools import export, harness, sample
 
 
 def _hf_base(path, seed=0, **kw):
@@ -92,8 +93,8 @@ def _state(workdir, config):
 @pytest.mark.slow
 def test_lora_checkpoint_holds_adapters_and_refuses_a_changed_base(tiny_config, tmp_path):
   """2 steps of LoRA from an HF base: the checkpoint's params are the adapters, its metadata the
-  base's source and checksums; train.sample loads base + adapters; the base rewritten with other
-  weights, the resume is one line naming it and the tensor, and the workdir is unchanged."""
+  base's source and checksums; train.tools.sample loads base + adapters; the base rewritten with
+  other weights, the resume is one line naming it and the tensor, and the workdir is unchanged."""
   base = _hf_base(tmp_path / 'base')
   config = tiny_config(_overrides(f'hf:{base}', **{'train.num_steps': 2}))
   workdir = str(tmp_path / 'lora')
@@ -134,7 +135,7 @@ def lora_run(tiny_config, tmp_path_factory):
 def test_peft_adapter_exported_imported_trains_on_and_resumes_bitwise(
   lora_run, tiny_config, tmp_path
 ):
-  """train.export's PEFT adapter of a LoRA run, as init_from=peft:DIR, starts from that run's
+  """train.tools.export's PEFT adapter of a LoRA run, as init_from=peft:DIR, starts from that run's
   params (base and adapters); 4 steps straight equal 2, a restart, 2 more (params, moments,
   bitwise), each checkpoint holding the adapters on the HF base the adapter names."""
   base, workdir = lora_run
@@ -162,10 +163,10 @@ def test_peft_adapter_exported_imported_trains_on_and_resumes_bitwise(
 
 @pytest.mark.slow
 def test_lora_workdir_loads_everywhere_and_as_init_from(lora_run, tiny_config, tmp_path):
-  """A LoRA workdir: train.harness and train.sample load the same params, W/best holds adapters
-  too; train.export's merged model gives them in transformers; init_from it trains its adapters
-  on (same settings), or its merged model (lora_rank=0), other settings are one line; a moved
-  base resumes."""
+  """A LoRA workdir: train.tools.harness and train.tools.sample load the same params, W/best holds
+  adapters too; train.tools.export's merged model gives them in transformers; init_from it trains
+  its adapters on (same settings), or its merged model (lora_rank=0), other settings are one line; a
+  moved base resumes."""
   base, workdir = lora_run
   cfg, params, _, _ = sample.load(workdir)
   _, again = harness.load(workdir)

@@ -1,4 +1,4 @@
-"""Calibrated weight quantization (models/calibrated_quant.py, train.compress --method): GPTQ
+"""Calibrated weight quantization (models/calibrated_quant.py, train.tools.compress --method): GPTQ
 against an independent numpy GPTQ and qwix's own core, the captured inputs against the model's
 probes, GPTQ / AWQ against RTN on the calibration activations, the CLI and its bad inputs."""
 
@@ -187,7 +187,7 @@ def _src(tmp_path, model):
   ],
 )
 def test_bad_requests_are_one_line_before_loading(tmp_path, what, needle):
-  from train import compress
+  from train.tools import compress
 
   model = {'d_model': 32, 'n_layers': 2, 'n_heads': 4, 'd_ff': 64, 'max_len': 16}
   full = {'prune': '', 'sparsity': 0.0, 'pattern': 'unstructured', 'quantize': '', 'group': 0,
@@ -210,11 +210,12 @@ def test_a_kernel_without_a_captured_input_is_refused_before_loading(tmp_path, m
 
 
 def test_compress_cli_gptq_writes_a_workdir_every_loader_reads(tiny_config, tmp_path, capsys):
-  """train.compress --quantize=int4 --method=gptq on a workdir (random params: no training to
+  """train.tools.compress --quantize=int4 --method=gptq on a workdir (random params: no training to
   wait for): OUT's params are the GPTQ packing of the source on its own calibration batches, the
   summary names the method, and a bad request is one line."""
   from configs import schema
-  from train import checkpoint, compress, init_from
+  from train import checkpoint, init_from
+  from train.tools import compress
 
   config = schema.Config.make(tiny_config({'model.scan_unroll': 1}))
   rng = np.random.default_rng(0)
@@ -245,11 +246,12 @@ def test_compress_cli_gptq_writes_a_workdir_every_loader_reads(tiny_config, tmp_
   ]
 
 
-@pytest.mark.slow  # (train.compress --method=gptq by default: test_compress_cli_gptq_writes_...)
+@pytest.mark.slow  # (train.tools.compress --method=gptq by default: test_compress_cli_gptq_writes_...)
 def test_gptq_loses_less_than_rtn_on_a_trained_model(tiny_config, tmp_path):
-  """A tiny model trained 200 steps, int4 per channel through train.compress: GPTQ's eval-loss
+  """A tiny model trained 200 steps, int4 per channel through train.tools.compress: GPTQ's eval-loss
   gap is below RTN's (on the run's own eval set)."""
-  from train import compress, loop
+  from train import loop
+  from train.tools import compress
 
   src = str(tmp_path / 'src')
   steps = {'train.num_steps': 200, 'train.eval_every': 200, 'train.checkpoint_every': 200,

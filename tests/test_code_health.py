@@ -130,4 +130,24 @@ def test_loop_and_validation_do_not_import_the_harness():
   """lm-eval is a plug-in: whoever wants it builds its evaluator; the loop only calls it."""
   mods = _modules()
   for name in ('train.loop', 'train.validation'):
-    assert 'train.harness' not in _imports(name, mods[name], mods), name
+    assert 'train.tools.harness' not in _imports(name, mods[name], mods), name
+
+
+def test_inner_layers_of_train_and_scaling_import_one_way():
+  """Inside train/: distillation/ and tools/ build on the core (train/*.py, train/data/), which
+  imports neither; inside scaling/: studies/ build on the library (scaling/*.py), which imports
+  none of them."""
+  mods = _modules()
+  upper = {'train': ('train.distillation', 'train.tools'), 'scaling': ('scaling.studies',)}
+
+  def in_upper(name: str) -> bool:
+    return any(name == u or name.startswith(u + '.') for u in upper.get(name.split('.')[0], ()))
+
+  wrong = [
+    f'{name} -> {dep}'
+    for name, tree in mods.items()
+    if name.split('.')[0] in upper and not in_upper(name)
+    for dep in _imports(name, tree, mods)
+    if dep.split('.')[0] == name.split('.')[0] and in_upper(dep)
+  ]
+  assert wrong == []

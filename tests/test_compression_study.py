@@ -1,9 +1,9 @@
-"""The compression study's fitter (scaling/compression_report.py) on its own law's synthetic data,
-and the study's run plan (scaling/compression.py)."""
+"""The compression study's fitter (scaling/studies/compression_report.py) on its own law's synthetic
+data, and the study's run plan (scaling/studies/compression.py)."""
 
 import numpy as np
 
-from scaling import compression, compression_report
+from scaling.studies import compression, compression_report
 
 
 def test_sparse_law_recovers_its_parameters_from_noisy_synthetic_data():
@@ -22,7 +22,7 @@ def test_study_plan_names_resumable_runs(tmp_path):
   shapes are valid for the teacher's config (checked by models/pruning.py)."""
   from models import pruning
   from models.config import ModelConfig
-  from train import compress
+  from train.tools import compress
 
   teacher = ModelConfig(d_model=112, n_layers=4, n_heads=7, d_ff=448, parametrization='mup')
   for shape in compression.SHAPES.values():

@@ -18,8 +18,10 @@ import pytest
 from helpers import cpu_env, main_result, run, tmpfs
 
 import models
-from train import context, distill, distill_store, init_from, loop, step, validation
-from train import teacher as teacher_lib
+from train import context, init_from, loop, step, validation
+from train.distillation import store as distill_store
+from train.distillation import teacher as teacher_lib
+from train.distillation import trainer as distill
 
 
 def _np_reference(s, t, targets, T, alpha, divergence, mix_weight=0.5):
@@ -285,7 +287,7 @@ def test_store_reads_bfloat16_and_refuses_incomplete_or_missing(tmp_path):
     json.dump(meta, f)
   with pytest.raises(ValueError, match='incomplete'):
     distill_store.open_store(str(tmp_path))
-  with pytest.raises(ValueError, match='train.distill_store'):
+  with pytest.raises(ValueError, match='train.distillation.store'):
     distill_store.open_store(str(tmp_path / 'nothing'))
   meta['complete'] = True
   with open(tmp_path / 'meta.p0of1.json', 'w') as f:
@@ -409,7 +411,7 @@ def test_online_and_offline_runs_through_main(teacher_dir, data_dir, tmp_path):
   offline = str(tmp_path / 'offline')
   extra = ['--config.distill.top_k=257', '--config.distill.logits_dtype=float32']
   store = _cli(
-    ['-m', 'train.distill_store']
+    ['-m', 'train.distillation.store']
     + _student_flags(offline, data_dir, teacher_dir, 'offline', extra),
     data_dir,
   )
@@ -603,7 +605,7 @@ def test_sequence_distillation_through_main(teacher_dir, data_dir, tmp_path):
   through main.py; a store for another prompt_len is one error line, exit code 2."""
   work = str(tmp_path / 'seq')
   flags = _student_flags(work, data_dir, teacher_dir, 'sequence', ['--config.distill.prompt_len=8'])
-  out = _cli(['-m', 'train.distill_store'] + flags, data_dir)
+  out = _cli(['-m', 'train.distillation.store'] + flags, data_dir)
   assert 'tokens/s' in out.stdout
   store = distill_store.open_store(os.path.join(work, 'teacher_sequences'), kind='sequences')
   rows = store.batch(3)['tokens']
@@ -636,12 +638,12 @@ def test_sequence_distillation_through_main(teacher_dir, data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_store_on_a_disk_too_small_is_one_error_and_no_bus_error(teacher_dir, data_dir, tmp_path):
-  """`python -m train.distill_store` writing to a 256 KiB filesystem: exit 1 with one `error:`
+  """`python -m train.distillation.store` writing to a 256 KiB filesystem: exit 1 with one `error:`
   line naming the full disk at the start (its files are reserved up front), never SIGBUS."""
   with tmpfs(tmp_path / 'small', '256k') as small:
     extra = ['--config.distill.top_k=257', f'--config.distill.logits_dir={small}/store']
     flags = _student_flags(str(tmp_path / 'w'), data_dir, teacher_dir, 'offline', extra)
-    out = run([sys.executable, '-m', 'train.distill_store', *flags], cpu_env(8))
+    out = run([sys.executable, '-m', 'train.distillation.store', *flags], cpu_env(8))
   assert out.returncode == 1, (out.returncode, out.stderr[-3000:])
   errors = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
   assert len(errors) == 1 and 'disk full reserving' in errors[0], out.stderr[-3000:]

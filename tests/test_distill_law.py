@@ -112,14 +112,15 @@ def test_fit_validate_and_predict_command_lines(tmp_path, capsys):
 
 
 def test_study_goes_on_from_its_committed_csv(tmp_path):
-  """scaling.distill_study: runs already in the CSV are not planned again (seed repeats named
+  """scaling.studies.distillation: runs already in the CSV are not planned again (seed repeats named
   apart), --gather merges new runs into the CSV keeping its earlier rows, seed-1 repeats stay out
   of the fit's rows, and the capacity-gap plot is drawn from the merged CSV."""
   import csv
   import json
   import os
 
-  from scaling import compression, distill_study
+  from scaling.studies import compression
+  from scaling.studies import distillation as distill_study
 
   student, teacher = distill_study.STUDENTS[0], distill_study.TEACHERS[0]
   ladder, work, out = tmp_path / 'ladder', tmp_path / 'work', str(tmp_path / 'runs.csv')

@@ -1,8 +1,9 @@
-"""compressed-tensors exports (models/compressed_export.py, `train.export --format=compressed-tensors`)
-against their reference loader: transformers with the compressed-tensors package, on CPU, loads the
-export as a quantized model (each projection carries its compressed-tensors scheme and packed
-weights) whose weights equal our dequantized ones and whose logits match ours to 1e-4; 2:4-sparse
-models carry the sparsity marking; the packing equals compressed-tensors' own pack_to_int32."""
+"""compressed-tensors exports (models/compressed_export.py, `train.tools.export
+--format=compressed-tensors`) against their reference loader: transformers with the
+compressed-tensors package, on CPU, loads the export as a quantized model (each projection carries
+its compressed-tensors scheme and packed weights) whose weights equal our dequantized ones and whose
+logits match ours to 1e-4; 2:4-sparse models carry the sparsity marking; the packing equals
+compressed-tensors' own pack_to_int32."""
 
 import json
 import os
@@ -17,7 +18,8 @@ from helpers import LLAMA_BLOCK
 import models
 from configs import schema
 from models import calibrated_quant, compressed_export, sparsity
-from train import checkpoint, export, init_from, quantized
+from train import checkpoint, init_from
+from train.tools import export, quantized
 
 LLAMA = {
   **{f'model.{k}': v for k, v in LLAMA_BLOCK.items()},
@@ -47,8 +49,8 @@ def _source(tiny_config, tmp_path, family=LLAMA, two_four=False, name='src'):
 
 
 def _quantize(src: str, out: str, scheme: str, group: int, method: str = 'rtn') -> str:
-  """The packed quantized workdir of `src` (train/quantized.py, as train.compress --quantize; GPTQ
-  on two random token batches)."""
+  """The packed quantized workdir of `src` (train/tools/quantized.py, as train.tools.compress
+  --quantize; GPTQ on two random token batches)."""
   cfg, params = init_from.load_params(src)
   config = json.load(open(os.path.join(src, 'config.json')))
   stats = None

@@ -1,7 +1,7 @@
 """HF exports carry the run's tokenizer and generation_config: the byte tokenizer as files
 transformers loads (the same ids both ways, EOS = BOS = pad = 256, the same chat template), an HF
-tokenizer's own files copied; `train.sample` on the export samples what it samples on the workdir,
-and `--chat` formats prompts with the template the supervised data used."""
+tokenizer's own files copied; `train.tools.sample` on the export samples what it samples on the
+workdir, and `--chat` formats prompts with the template the supervised data used."""
 
 import json
 import os
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from helpers import REPO, cpu_env
 
-from train import export, sample
 from train.data import chat, supervised, tokenizers
+from train.tools import export, sample
 
 BYTE = tokenizers.ByteTokenizer()
 TEXTS = [
@@ -97,7 +97,7 @@ def test_chat_prompts_use_the_template_the_data_used(tmp_path):
 
 
 def _greedy(checkpoint, prompts, new=4):
-  """train.sample's prompt ids and printed continuations for (prompt, chat) pairs (greedy, one
+  """train.tools.sample's prompt ids and printed continuations for (prompt, chat) pairs (greedy, one
   batch), through its own functions."""
   import models
 
@@ -139,8 +139,9 @@ def test_export_samples_what_the_workdir_samples(trained_workdir, tmp_path):
 def test_sample_cli_on_the_export_prints_the_workdirs_text_and_transformers_agrees(
   trained_workdir, tmp_path
 ):
-  """`python -m train.sample --checkpoint=hf:OUT` (no --tokenizer) prints what it prints for the
-  workdir; transformers' greedy generate on the export with its tokenizer gives the same text."""
+  """`python -m train.tools.sample --checkpoint=hf:OUT` (no --tokenizer) prints what it prints for
+  the workdir; transformers' greedy generate on the export with its tokenizer gives the same
+  text."""
   import torch
   import transformers
 
@@ -149,7 +150,7 @@ def test_sample_cli_on_the_export_prints_the_workdirs_text_and_transformers_agre
   args = ['--prompt=def ', '--prompt=import os', '--max_new_tokens=12']
   printed = []
   for checkpoint in (trained_workdir, f'hf:{out}'):
-    cmd = [sys.executable, '-m', 'train.sample', f'--checkpoint={checkpoint}', *args]
+    cmd = [sys.executable, '-m', 'train.tools.sample', f'--checkpoint={checkpoint}', *args]
     done = subprocess.run(cmd, cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     printed.append(done.stdout.split('decode:')[0])

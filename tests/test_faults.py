@@ -376,7 +376,8 @@ def test_an_eval_set_with_no_scored_token_is_an_error_not_a_zero_loss(monkeypatc
 def test_a_teacher_store_on_a_full_disk_is_one_error_not_a_bus_error(tmp_path):
   """The store's memmapped files are allocated up front: a disk too small is ENOSPC (exit 1 via
   the command line's boundary) at the start, not SIGBUS when a page is written later."""
-  from train import cli, distill_store
+  from train import cli
+  from train.distillation import store as distill_store
 
   with tmpfs(tmp_path / 'small', '256k') as small:
     with pytest.raises(OSError) as e:
@@ -537,7 +538,13 @@ _CLI_CASES = [
   (['-m', 'train.data.toy_sft', '--out=FILE'], 2, 'FILE: File exists'),
   pytest.param(['-m', 'scaling.sweep', '--config=RAISING'], 2, 'boom', marks=pytest.mark.slow),
   pytest.param(
-    ['-m', 'train.distill_store', '--config=configs/distill.py', '--workdir=W', '--config.foo=1'],
+    [
+      '-m',
+      'train.distillation.store',
+      '--config=configs/distill.py',
+      '--workdir=W',
+      '--config.foo=1',
+    ],
     2,
     "--config.foo: unknown key 'foo'",
     marks=pytest.mark.slow,
@@ -712,7 +719,8 @@ def test_unreadable_hf_weights_name_the_file(damage, tmp_path):
 
 
 def test_unparsable_json_names_its_path(tmp_path):
-  """A half-written config.json: an HF directory's (init_from, train.sample) and a workdir's."""
+  """A half-written config.json: an HF directory's (init_from, train.tools.sample) and a
+  workdir's."""
   from models import hf
   from train import init_from
 
@@ -824,12 +832,13 @@ def test_metrics_rows_without_a_checkpoint_are_dropped_with_a_warning(tmp_path, 
 
 @pytest.mark.slow
 def test_compress_killed_mid_write_reruns_to_the_same_result(trained_workdir, tmp_path):
-  """`python -m train.compress` killed with SIGKILL while its staging directory exists leaves no
-  OUT; the same command again finishes, and its record and weights equal an uninterrupted run's."""
+  """`python -m train.tools.compress` killed with SIGKILL while its staging directory exists leaves
+  no OUT; the same command again finishes, and its record and weights equal an uninterrupted
+  run's."""
   from train import init_from
 
   def cmd(out):
-    return [sys.executable, '-m', 'train.compress', f'--workdir={trained_workdir}',
+    return [sys.executable, '-m', 'train.tools.compress', f'--workdir={trained_workdir}',
             f'--out={out}', '--prune=mlp:32', '--calib_batches=1']  # fmt: skip
 
   straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')

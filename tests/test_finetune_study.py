@@ -1,11 +1,11 @@
-"""scaling/finetune.py's laws on their own synthetic data: Zhang et al.'s multiplicative law
+"""scaling/studies/finetune.py's laws on their own synthetic data: Zhang et al.'s multiplicative law
 recovered and extrapolated to a held-out base size, the scratch power law inverted into
 effective data (Hernandez et al.), and the study's plan."""
 
 import numpy as np
 import pytest
 
-from scaling import finetune
+from scaling.studies import finetune
 
 TRUE = np.array([np.log(40.0), 0.25, 0.15, 0.6])  # A = 40, alpha, beta, E
 

@@ -141,7 +141,7 @@ def test_distillation_intervals_include_the_residual_scatter():
 def test_the_ptq_gap_law_flags_a_gap_that_shrinks_with_tokens():
   """Kumar et al.'s δ_PTQ ∝ D^γD / N^γN on its own synthetic data: recovered, no warning; a gap
   that falls with tokens (γ_D < 0) or three members only are flagged."""
-  from scaling import compression_report as rep
+  from scaling.studies import compression_report as rep
 
   def rows(gamma_d, sizes=(1e5, 3e5, 1e6), tokens=(2e6, 8e6, 3.2e7)):
     return [

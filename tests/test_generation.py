@@ -113,12 +113,13 @@ def test_bad_options(checkpoint, kw, match):
 
 
 def test_sample_cli_on_trained_workdir(trained_workdir):
-  """`python -m train.sample` on a run of ours: continuations, the decode speed, a one-line error."""
+  """`python -m train.tools.sample` on a run of ours: continuations, the decode speed, a one-line
+  error."""
   workdir = trained_workdir
   cmd = [
     sys.executable,
     '-m',
-    'train.sample',
+    'train.tools.sample',
     f'--checkpoint={workdir}',
     '--prompt=def ',
     '--prompt=import os',

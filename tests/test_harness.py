@@ -1,6 +1,7 @@
-"""Downstream evaluation through lm-evaluation-harness (train/harness.py): log-likelihoods against
-transformers, toy tasks (multiple choice, generation, rolling) in lm-eval's YAML format through
-lm_eval.simple_evaluate, lm_eval metrics from a training run, unknown-task errors, the CLI."""
+"""Downstream evaluation through lm-evaluation-harness (train/tools/harness.py): log-likelihoods
+against transformers, toy tasks (multiple choice, generation, rolling) in lm-eval's YAML format
+through lm_eval.simple_evaluate, lm_eval metrics from a training run, unknown-task errors, the
+CLI."""
 
 import json
 import os
@@ -17,7 +18,8 @@ from helpers import HF_GPT2, cpu_env, fsdp2_main_cmd, make_hf, run, run_pair, sa
 from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
 
-from train import context, harness, loop, sharding, validation
+from train import context, loop, sharding, validation
+from train.tools import harness
 
 TOL = 1e-4
 MAX_LEN = 48
@@ -237,14 +239,15 @@ def test_unknown_task_is_one_clear_error(tiny_config, task_dir):
 
 @pytest.mark.slow
 def test_cli_on_a_trained_workdir(tiny_config, task_dir, tmp_path):
-  """`python -m train.harness` on a workdir: table, strict results JSON; unknown task: exit 2."""
+  """`python -m train.tools.harness` on a workdir: table, strict results JSON; unknown task: exit
+  2."""
   workdir = str(tmp_path / 'w')
   loop.run(tiny_config({'train.num_steps': 2}), workdir)
   env = cpu_env(1)
   cmd = [
     sys.executable,
     '-m',
-    'train.harness',
+    'train.tools.harness',
     f'--workdir={workdir}',
     f'--include_path={task_dir}',
     '--limit=2',

@@ -117,7 +117,8 @@ def _config(model: ModelConfig, **overrides):
 def test_lora_run_from_a_pretrained_workdir_trains_only_adapters(tiny_config, tmp_path):
   """A 1-step pre-training run, then LoRA (init_from it) for 4 steps on the 8-device test mesh:
   the base params of the LoRA checkpoint equal the pretrained ones bit for bit, every adapter B
-  moved off zero; train.export's merged model and adapter give its logits in transformers / peft."""
+  moved off zero; train.tools.export's merged model and adapter give its logits in transformers /
+  peft."""
   shape = {'model.n_layers': 1}
   pre = str(tmp_path / 'pre')
   loop.run(tiny_config(shape), pre, stop_after=1)
@@ -130,13 +131,13 @@ def test_lora_run_from_a_pretrained_workdir_trains_only_adapters(tiny_config, tm
   for k, v in _flat(pre_params).items():
     np.testing.assert_array_equal(_flat(base)[k], v, err_msg=k)
   assert all(float(jnp.abs(v).max()) > 0 for k, v in _flat(adapters).items() if k.endswith('_b'))
-  # Exported (train.export): the merged model, and the adapter on the exported base, in
+  # Exported (train.tools.export): the merged model, and the adapter on the exported base, in
   # transformers / peft give the LoRA run's logits.
   import peft
   import torch
   import transformers
 
-  from train import export
+  from train.tools import export
 
   cfg = init_from.workdir_model_config(str(tmp_path / 'lora'))
   tokens = np.random.RandomState(0).randint(0, cfg.vocab_size, (2, 16)).astype(np.int32)

@@ -249,13 +249,14 @@ def _check_dora_grads(cfg, params, model, tokens, tmp_path):
 def test_dora_dropout_run_from_a_pretrained_workdir(tiny_config, tmp_path):
   """A DoRA run with dropout init_from a pretrained workdir starts at the base's function (m =
   its kernels' column norms, not a random init's); dropout acts in its training steps (the same
-  run without it ends elsewhere); train.export's adapter names the base workdir and gives the
+  run without it ends elsewhere); train.tools.export's adapter names the base workdir and gives the
   run's logits in peft on the exported base."""
   import peft
   import torch
   import transformers
 
-  from train import context, export, init_from, loop
+  from train import context, init_from, loop
+  from train.tools import export
 
   shape = {'model.n_layers': 1}
   pre = str(tmp_path / 'pre')

@@ -1,6 +1,6 @@
-"""Structured pruning (models/pruning.py, train/compress.py): a pruned model equals the original
-with the pruned units' weights removed (heads / kv groups, neurons, layers; GPT-2 and LLaMA with
-GQA), importances are read from real activations, and the pruned workdir loads everywhere."""
+"""Structured pruning (models/pruning.py, train/tools/compress.py): a pruned model equals the
+original with the pruned units' weights removed (heads / kv groups, neurons, layers; GPT-2 and LLaMA
+with GQA), importances are read from real activations, and the pruned workdir loads everywhere."""
 
 import json
 import os
@@ -141,10 +141,11 @@ def test_impossible_targets_are_one_line(shape, needle):
 
 
 def test_compress_cli_writes_a_workdir_every_tool_loads(tiny_config, tmp_path, capsys):
-  """train.compress --prune on a trained workdir: OUT loads through init_from (the shapes of the
-  target), samples, trains from it, exports to HF with equal logits; bad targets fail before
+  """train.tools.compress --prune on a trained workdir: OUT loads through init_from (the shapes of
+  the target), samples, trains from it, exports to HF with equal logits; bad targets fail before
   loading. The compress command line runs in process (its main(argv)); sampling as a process."""
-  from train import compress, export, init_from, loop
+  from train import init_from, loop
+  from train.tools import compress, export
 
   src = str(tmp_path / 'src')
   loop.run(tiny_config({'model.n_layers': 3}), src)
@@ -158,7 +159,7 @@ def test_compress_cli_writes_a_workdir_every_tool_loads(tiny_config, tmp_path, c
   assert np.isfinite(record['loss_after']) and record['loss_after'] > 0
   cfg, params = init_from.load_params(out)
   assert (cfg.n_layers, cfg.d_ff) == (2, 32)
-  sampled = subprocess.run([sys.executable, '-m', 'train.sample', f'--checkpoint={out}', '--prompt=def ',
+  sampled = subprocess.run([sys.executable, '-m', 'train.tools.sample', f'--checkpoint={out}', '--prompt=def ',
                             '--max_new_tokens=4'], cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
   assert sampled.returncode == 0 and sampled.stdout.strip(), sampled.stderr[-1000:]
   tokens = np.random.RandomState(0).randint(0, 257, (2, 16)).astype(np.int32)
@@ -222,8 +223,8 @@ def record_what(record):
   ],
 )
 def test_compress_targets_are_checked_before_loading(tmp_path, what, needle):
-  """train.compress.check reads only W/config.json: each bad target is one line naming it."""
-  from train import compress
+  """train.tools.compress.check reads only W/config.json: each bad target is one line naming it."""
+  from train.tools import compress
 
   src = tmp_path / 'src'
   src.mkdir()
@@ -241,9 +242,9 @@ def test_compress_targets_are_checked_before_loading(tmp_path, what, needle):
     compress.check(str(src), str(tmp_path / 'out'), full)
 
 
-@pytest.mark.slow  # (22 s; train.compress by default: test_compress_cli_writes_a_workdir_every_tool_loads)
+@pytest.mark.slow  # (22 s; train.tools.compress by default: test_compress_cli_writes_a_workdir_every_tool_loads)
 def test_compress_an_hf_checkpoint_equals_transformers_with_the_units_removed(data_dir, tmp_path):
-  """train.compress --workdir=hf:DIR (a random LLaMA-GQA saved by transformers): calibrated on
+  """train.tools.compress --workdir=hf:DIR (a random LLaMA-GQA saved by transformers): calibrated on
   --config's data with --tokenizer=byte, the pruned workdir's logits equal transformers' model
   with the same layer and MLP neurons removed by hand; int8 of it loads and stays close; an hf:
   directory without a tokenizer, or without config.json, is one line before loading."""
@@ -257,7 +258,7 @@ def test_compress_an_hf_checkpoint_equals_transformers_with_the_units_removed(da
   hf_dir = save(make_hf(transformers.LlamaConfig, kw), tmp_path / 'hf')
   data = [f'--config={REPO}/configs/default.py', f'--config.data.data_dir={data_dir}',
           '--config.data.seq_len=32', '--config.train.global_batch_size=8']  # fmt: skip
-  cmd = [sys.executable, '-m', 'train.compress', f'--workdir=hf:{hf_dir}', '--eval_batches=1']
+  cmd = [sys.executable, '-m', 'train.tools.compress', f'--workdir=hf:{hf_dir}', '--eval_batches=1']
   go = lambda *a: subprocess.run(
     cmd + list(a), cwd=REPO, capture_output=True, text=True, timeout=600
   )

@@ -1,7 +1,7 @@
-"""Steered pruning (models/pruning.py, train/compress.py --keep / --importance / --depth=block):
-forced units stay and the rest are the most important (an independent numpy choice), the depth
-block equals a brute-force search over blocks evaluated with models.logits, bad steering is one
-line before loading, and the pruned workdir equals transformers' model sliced by hand."""
+"""Steered pruning (models/pruning.py, train/tools/compress.py --keep / --importance /
+--depth=block): forced units stay and the rest are the most important (an independent numpy choice),
+the depth block equals a brute-force search over blocks evaluated with models.logits, bad steering
+is one line before loading, and the pruned workdir equals transformers' model sliced by hand."""
 
 import json
 import subprocess
@@ -86,7 +86,7 @@ def test_depth_block_is_the_brute_force_best_block():
 def test_an_importance_file_replaces_the_computed(tmp_path):
   """--importance: heads per query head (summed per kv group) or per kv group, one score per
   unit of every other axis; a compress.json's own importance is read back (its blocks not)."""
-  from train import compress
+  from train.tools import compress
 
   path = tmp_path / 'scores.json'
   path.write_text(json.dumps({'heads': [0.0, 1.0, 5.0, 0.0], 'mlp': list(range(64))}))
@@ -133,9 +133,9 @@ def _config_only(tmp_path, cfg=LLAMA):
   ],
 )
 def test_bad_steering_is_one_line_before_loading(tmp_path, what, needle):
-  """train.compress.check reads only the source's config.json: each bad --keep / --importance /
-  --depth / per-layer --prune is one line naming the flag."""
-  from train import compress
+  """train.tools.compress.check reads only the source's config.json: each bad --keep / --importance
+  / --depth / per-layer --prune is one line naming the flag."""
+  from train.tools import compress
 
   files = {'bad': '{"mlp": [1,', 'short': '{"mlp": [1, 2, 3]}', 'heads3': '{"heads": [1, 2, 3]}',
            'nan': '{"mlp": [NaN]}'}  # fmt: skip
@@ -151,7 +151,7 @@ def test_bad_steering_is_one_line_before_loading(tmp_path, what, needle):
 def test_steered_summary_lines():
   """The summary of a steered pruning: params, eval loss and size before -> after, what --keep
   forced, where the importances came from and the dropped block with its loss increase."""
-  from train import compress
+  from train.tools import compress
 
   record = {
     'source': '/w/src', 'prune': 'layers:2,mlp:32', 'sparsity': 0.0, 'quantize': '',
@@ -176,7 +176,7 @@ def test_steered_summary_lines():
 
 @pytest.mark.slow  # (the steering's parts run by default above; this is the whole command)
 def test_steered_cli_equals_transformers_sliced_by_hand(data_dir, tmp_path):
-  """train.compress on an hf: LLaMA-GQA (4 layers): --prune=layers:2,mlp:32 --keep=mlp:0-7
+  """train.tools.compress on an hf: LLaMA-GQA (4 layers): --prune=layers:2,mlp:32 --keep=mlp:0-7
   --depth=block. Forced neurons are kept, the dropped block is the one whose removal raises
   transformers' own loss on the calibration batches least, and OUT's logits equal transformers'
   model with that block and the other neurons removed by hand."""
@@ -185,7 +185,8 @@ def test_steered_cli_equals_transformers_sliced_by_hand(data_dir, tmp_path):
   from helpers import HF_LLAMA, REPO, make_hf, save
 
   from configs import default
-  from train import compress, init_from
+  from train import init_from
+  from train.tools import compress
 
   kw = {**HF_LLAMA, 'num_hidden_layers': 4, 'vocab_size': 257, 'intermediate_size': 64,
         'tie_word_embeddings': False}  # fmt: skip
@@ -195,7 +196,7 @@ def test_steered_cli_equals_transformers_sliced_by_hand(data_dir, tmp_path):
   config = default.get_config()  # the same run config, for the calibration batches below
   config.data.data_dir, config.data.seq_len, config.train.global_batch_size = data_dir, 32, 8
   out = str(tmp_path / 'pruned')
-  argv = [sys.executable, '-m', 'train.compress', f'--workdir=hf:{hf_dir}', f'--out={out}',
+  argv = [sys.executable, '-m', 'train.tools.compress', f'--workdir=hf:{hf_dir}', f'--out={out}',
           '--prune=layers:2,mlp:32', '--keep=mlp:0-7', '--depth=block', '--calib_batches=2',
           '--eval_batches=1', '--tokenizer=byte', *data]  # fmt: skip
   done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -2,10 +2,10 @@
 quantized in memory (models/resident_quant.py). Its logits equal float LoRA's on the base that an
 independent numpy decoder dequantizes from the packed file (int4, NF4; DoRA); NF4 is written as the
 nearest level; the kernels are no params (no gradient, no optimizer state, not in the adapter-only
-checkpoint). A run from a train.compress workdir has float LoRA's losses on the same base
+checkpoint). A run from a train.tools.compress workdir has float LoRA's losses on the same base
 dequantized on load, resumes bitwise, references that workdir by path and checksums (a changed one
-is refused in one line); lm-eval in the loop, train.sample and train.export read it; bad input is
-one line."""
+is refused in one line); lm-eval in the loop, train.tools.sample and train.tools.export read it; bad
+input is one line."""
 
 import hashlib
 import json
@@ -19,17 +19,8 @@ from flax import traverse_util
 
 import models
 from models import lora, parametrization, quantize, resident_quant, rtn
-from train import (
-  checkpoint,
-  compress,
-  context,
-  export,
-  harness,
-  init_from,
-  loop,
-  sample,
-  validation,
-)
+from train import checkpoint, context, init_from, loop, validation
+from train.tools import compress, export, harness, sample
 
 BASE = models.ModelConfig(
   vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=16, use_bias=True
@@ -107,8 +98,8 @@ def test_qlora_forward_equals_float_lora_on_the_numpy_dequantized_base(scheme, d
 
 
 def test_nf4_rounds_each_weight_to_the_nearest_level_times_its_group_absmax():
-  """train.compress's writer at --quantize=nf4 (quantize_tree, qwix's NormalFloat4): each value is
-  the NF4 level nearest to w / absmax of its group, decoded by numpy as above."""
+  """train.tools.compress's writer at --quantize=nf4 (quantize_tree, qwix's NormalFloat4): each
+  value is the NF4 level nearest to w / absmax of its group, decoded by numpy as above."""
   group, params = 16, models.init(BASE, jax.random.key(0))
   got = numpy_dequantized(BASE, quantize.quantize_tree(BASE, params, 'nf4', group), 'nf4', group)
   for (name, w, axes), (_, deq, _) in zip(
@@ -140,7 +131,7 @@ def test_qlora_bad_config_is_one_line(tiny_config, tmp_path):
     with pytest.raises(ValueError) as e:
       validation.derive(tiny_config(overrides), 1)
     assert str(e.value).startswith(start) and '\n' not in str(e.value), str(e.value)
-  assert 'train.compress' in str(e.value)
+  assert 'train.tools.compress' in str(e.value)
 
 
 def _run(config, workdir, **kw):
@@ -189,14 +180,14 @@ def _toy_task(d):
 def test_qlora_from_train_compress_resumes_bitwise_and_loads_everywhere(
   trained_workdir, tiny_config, tmp_path
 ):
-  """train.compress --quantize=int4 of a trained run, then QLoRA (DoRA, rank 4): its losses at
+  """train.tools.compress --quantize=int4 of a trained run, then QLoRA (DoRA, rank 4): its losses at
   steps 2 and 4 are float LoRA's on the same base dequantized on load (a run alone); 4 steps
   straight equal 2, a restart, 2 more (adapters and moments bitwise); the checkpoints hold the
   adapters and their moments only, the quantized workdir referenced with the held kernels'
   checksums; lm-eval in the loop scores the QLoRA model (as the harness scores it after); the
-  model train.sample loads equals float LoRA on the numpy-dequantized base, and the merged model
-  (init_from without LoRA, train.export) that; the quantized workdir changed, the resume is one
-  line and the workdir is unchanged."""
+  model train.tools.sample loads equals float LoRA on the numpy-dequantized base, and the merged
+  model (init_from without LoRA, train.tools.export) that; the quantized workdir changed, the resume
+  is one line and the workdir is unchanged."""
   q = str(tmp_path / 'q')
   compress.main([f'--workdir={trained_workdir}', f'--out={q}', '--quantize=int4', '--group=16'])
   lora_on = {'init_from': q, 'model.lora_rank': 4, 'model.lora_dora': True, 'optimizer.lr': 1e-2}

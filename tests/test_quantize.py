@@ -1,5 +1,5 @@
-"""Weight quantization (models/quantize.py, models/rtn.py, train/quantized.py): RTN error bounds,
-grouped scales, packed workdirs every loader reads, the model flag (PTQ / QAT with STE)."""
+"""Weight quantization (models/quantize.py, models/rtn.py, train/tools/quantized.py): RTN error
+bounds, grouped scales, packed workdirs every loader reads, the model flag (PTQ / QAT with STE)."""
 
 import json
 import os
@@ -16,7 +16,8 @@ from jax.sharding import PartitionSpec as P
 import models
 from configs import schema
 from models import quantize, rtn
-from train import checkpoint, init_from, quantized, validation
+from train import checkpoint, init_from, validation
+from train.tools import quantized
 
 AXES = ('layers', 'embed', 'mlp')  # an MLP-in kernel stacked over layers: [N, I, O].
 QMAX = {'int8': 127.5, 'int4': 7.5, 'int3': 3.5}  # qwix's symmetric bound: qmax + 0.5.

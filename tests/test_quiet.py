@@ -131,13 +131,13 @@ def _task_dir(path) -> str:
 
 @pytest.mark.slow
 def test_training_commands_are_quiet(data_dir, trained_workdir, tmp_path):
-  """main.py with lm-eval inside the loop (no progress bars), `python -m train.harness` and
-  `python -m train.distill_store` (orbax restores, lm-eval, datasets) write no foreign line."""
+  """main.py with lm-eval inside the loop (no progress bars), `python -m train.tools.harness` and
+  `python -m train.distillation.store` (orbax restores, lm-eval, datasets) write no foreign line."""
   tasks = _task_dir(tmp_path / 'tasks')
   lm_eval = ['--config.lm_eval.tasks=toy_mc', f'--config.lm_eval.include_path={tasks}']
-  harness = [sys.executable, '-m', 'train.harness', f'--workdir={trained_workdir}']
+  harness = [sys.executable, '-m', 'train.tools.harness', f'--workdir={trained_workdir}']
   harness += [f'--include_path={tasks}', '--tasks=toy_mc', '--limit=2']
-  store = [sys.executable, '-m', 'train.distill_store', '--config=configs/distill.py:offline']
+  store = [sys.executable, '-m', 'train.distillation.store', '--config=configs/distill.py:offline']
   store += [f'--workdir={tmp_path / "store"}', f'--config.distill.teacher={trained_workdir}']
   store += [
     f'--config.{k}={v}'
@@ -160,8 +160,8 @@ def test_training_commands_are_quiet(data_dir, trained_workdir, tmp_path):
     'main.py + lm-eval': run(
       tiny_main_cmd(tmp_path / 'w', data_dir, *lm_eval, steps=2, eval_every=2), _env(1)
     ),
-    'train.harness': run(harness, _env(1)),
-    'train.distill_store': run(store, _env(1)),
+    'train.tools.harness': run(harness, _env(1)),
+    'train.distillation.store': run(store, _env(1)),
   }
   _check(runs)
   assert 'lm_eval/toy_mc/acc' in runs['main.py + lm-eval'].stdout

@@ -1,5 +1,5 @@
 """Readable output: init_from's one log line (what it loaded), the short summaries of
-train.compress / train.export, and a sweep's progress with its ETA."""
+train.tools.compress / train.tools.export, and a sweep's progress with its ETA."""
 
 import importlib.util
 import logging
@@ -61,7 +61,7 @@ def test_init_from_logs_source_step_and_params(tiny_config, trained_workdir, cap
 
 
 def test_compress_summary_is_a_few_lines():
-  from train import compress
+  from train.tools import compress
 
   record = {
     'source': '/w/src',
@@ -150,7 +150,7 @@ def test_sweep_logs_progress_and_an_eta_from_the_flops_left(tmp_path, monkeypatc
 def test_export_prints_a_summary_and_keeps_export_json(trained_workdir, tmp_path, capsys):
   import json
 
-  from train import export
+  from train.tools import export
 
   out = str(tmp_path / 'hf')
   export.main([f'--workdir={trained_workdir}', f'--out={out}'])

@@ -372,8 +372,8 @@ def write_config(workdir: str, config_json: str) -> None:
 
 def write_params(workdir: str, config_json: str, params: PyTree, step: int, meta: dict) -> None:
   """A params-only workdir (config.json + one checkpoint) that every loader accepts: init_from,
-  train.export, train.sample, train.harness, distillation teachers (e.g. a pruned model).
-  Refuses a directory that already holds a checkpoint: nothing is ever overwritten."""
+  train.tools.export, train.tools.sample, train.tools.harness, distillation teachers (e.g. a pruned
+  model). Refuses a directory that already holds a checkpoint: nothing is ever overwritten."""
   ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
   if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
     raise ValueError(f'{workdir}: already holds checkpoints; choose a new --out')

@@ -1,6 +1,6 @@
-"""One-line `error:` exits for every command line (main.py, train.data.prepare, train.sample,
-train.harness, the scaling tools): bad input exits 2, a failed run 1, a bug keeps its traceback.
-Tools whose modules import each other define flags on their own `flags.FlagValues()` and
+"""One-line `error:` exits for every command line (main.py, train.data.prepare, train.tools.sample,
+train.tools.harness, the scaling tools): bad input exits 2, a failed run 1, a bug keeps its
+traceback. Tools whose modules import each other define flags on their own `flags.FlagValues()` and
 parse them with `parse` (shared names such as --out would collide on absl's global FLAGS).
 
 Every command line is quiet the same way (`quiet`, which `run` and main.py call; importing this

@@ -2,7 +2,8 @@
 
 An evaluator is any object with `start(run, task)` (bind to the run before its first step: mesh,
 tokenizer, frozen inputs; compile nothing) and `__call__(params) -> {name: float}`. The loop runs
-the task's eval loss first, then those its caller passes (e.g. lm-eval tasks, train/harness.py).
+the task's eval loss first, then those its caller passes (e.g. lm-eval tasks,
+train/tools/harness.py).
 """
 
 from typing import Protocol

@@ -10,7 +10,7 @@ member is frozen (its state no longer changes) and reported, and the others' num
 The group's directory holds one orbax checkpoint of the stacked state (and `alive`); each member's
 directory gets the loop's metrics.jsonl rows and config.json while training, and at the end an
 ordinary checkpoint of its own final state, so a member is a plain finished run to every tool
-(train.export, train.sample, init_from, a rerun of train.loop).
+(train.tools.export, train.tools.sample, init_from, a rerun of train.loop).
 
   group.run([config_a, config_b], [dir_a, dir_b], group_dir)
 """
@@ -551,8 +551,9 @@ def _finals(g: Group, diverged: dict) -> list[dict]:
 
 def extract(group_dir: str, member_dir: str, member: int, out: str) -> int:
   """Member `member`'s params at the group's latest checkpoint as a params-only workdir in `out`
-  (train.export, train.sample, init_from read it); its config from `member_dir`/config.json.
-  Returns the step. For a member still training; a finished member's directory is a run.
+  (train.tools.export, train.tools.sample, init_from read it); its config from
+  `member_dir`/config.json. Returns the step. For a member still training; a finished member's
+  directory is a run.
 
     python -m train.group --group=W/groups/<hash> --member_dir=W/<member> --member=i --out=DIR
   """

@@ -159,9 +159,10 @@ def report_stop(stop: preemption.StopRequest, state: PyTree, workdir: str, last:
 
 class KeepBest(Action):
   """Keeps the params of the best evaluation by `metric` as W/best: a workdir of one checkpoint
-  that every tool loads (init_from=W/best, train.export, train.sample, train.harness). With
-  `patience` > 0 it asks the loop to stop after that many evaluations without an improvement.
-  Every evaluation's value is kept in W/best/record.json, so a resumed run counts on exactly."""
+  that every tool loads (init_from=W/best, train.tools.export, train.tools.sample,
+  train.tools.harness). With `patience` > 0 it asks the loop to stop after that many evaluations
+  without an improvement. Every evaluation's value is kept in W/best/record.json, so a resumed run
+  counts on exactly."""
 
   def __init__(
     self,

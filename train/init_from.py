@@ -1,10 +1,10 @@
 """Loading weights to start from: `config.init_from` ('hf:/dir', one of our workdirs, or
 'peft:/dir', a PEFT LoRA adapter directory on the base its adapter_config.json names).
 
-Also how every tool reads a model (train.sample, train.export, train.harness, distillation
-teachers). Params are placed straight onto the given shardings; a shape mismatch with the target
-model config names the tensor. A run started from `config.init_from` logs one line: the source,
-its checkpoint step, the params loaded and any left at init (a LoRA run's fresh adapters).
+Also how every tool reads a model (train.tools.sample, train.tools.export, train.tools.harness,
+distillation teachers). Params are placed straight onto the given shardings; a shape mismatch with
+the target model config names the tensor. A run started from `config.init_from` logs one line: the
+source, its checkpoint step, the params loaded and any left at init (a LoRA run's fresh adapters).
 
 A LoRA run's checkpoints hold its adapters (and their optimizer state) only: their metadata's
 `lora_base` record names the frozen base ('hf:/dir' or a workdir at a checkpoint step) with its
@@ -113,7 +113,8 @@ def _check_shapes(src: str, expected: PyTree, found: PyTree) -> None:
       )
 
 
-QUANTIZED_FILE = 'quantized.safetensors'  # a packed quantized workdir's params (train/quantized.py)
+# a packed quantized workdir's params (train/tools/quantized.py)
+QUANTIZED_FILE = 'quantized.safetensors'
 
 # What the forward pass multiplies trained weights by: a change would silently re-mean them.
 MEANING = (
@@ -141,7 +142,7 @@ def load_params(
 ) -> tuple[models.ModelConfig, PyTree]:
   """(ModelConfig, params) from 'hf:/dir', 'peft:/dir' (its base + adapters), our workdir's
   latest checkpoint (or `step`; a LoRA run's adapters on its recorded base), or a packed quantized
-  workdir of train/quantized.py (dequantized to float32).
+  workdir of train/tools/quantized.py (dequantized to float32).
 
   With `model_config`, the checkpoint must fit it (ValueError naming the tensor otherwise; a LoRA
   source for a config without LoRA gives the merged model); with `shardings` (NamedShardings
@@ -162,7 +163,8 @@ def load_params(
     return cfg, _merged(src, saved_cfg, cfg, shardings, step)
   saved = models.param_shapes(saved_cfg)
   _check_shapes(src, models.param_shapes(cfg), saved)
-  if os.path.exists(os.path.join(src, QUANTIZED_FILE)):  # train/quantized.py's packed workdir.
+  # train/tools/quantized.py's packed workdir.
+  if os.path.exists(os.path.join(src, QUANTIZED_FILE)):
     return cfg, _dequantized(src, saved_cfg, shardings)
   return cfg, _workdir_params(src, saved_cfg, shardings, step)
 
@@ -258,7 +260,7 @@ def _check_written_shapes(src: str, directory: str, step: int, saved: PyTree) ->
 
 
 def _dequantized(src: str, saved_cfg: ModelConfig, shardings: PyTree | None) -> PyTree:
-  """The float32 params of a packed quantized workdir (train/quantized.py), on `shardings`."""
+  """The float32 params of a packed quantized workdir (train/tools/quantized.py), on `shardings`."""
   scheme = workdir_lib.read_json(os.path.join(src, 'config.json'))['quantized']['scheme']
   packed = safetensors.numpy.load_file(os.path.join(src, QUANTIZED_FILE))
   params = quantize.dequantize_tree(saved_cfg, packed, scheme)
@@ -266,7 +268,7 @@ def _dequantized(src: str, saved_cfg: ModelConfig, shardings: PyTree | None) -> 
 
 
 def is_quantized_workdir(src: str) -> bool:
-  """Whether `src` is a packed quantized workdir (train.compress --quantize)."""
+  """Whether `src` is a packed quantized workdir (train.tools.compress --quantize)."""
   return not src.startswith(('hf:', PEFT)) and os.path.exists(os.path.join(src, QUANTIZED_FILE))
 
 
@@ -275,7 +277,7 @@ def load_resident(src: str) -> tuple[ModelConfig, PyTree]:
   (models/resident_quant.py: dequantized per matmul in the forward)."""
   if not is_quantized_workdir(src):
     raise ValueError(
-      f'{src}: not a quantized workdir (train.compress --quantize); use --resident=float'
+      f'{src}: not a quantized workdir (train.tools.compress --quantize); use --resident=float'
     )
   cfg = workdir_model_config(src)
   return cfg, jax.device_put(_resident_params(src, cfg))
@@ -312,7 +314,7 @@ def check_quantized_base(src: str) -> None:
       return
   raise ValueError(
     f"config.init_from={src!r}: model.lora_base_resident='quantized' (QLoRA) trains on a "
-    'quantized workdir (python -m train.compress --workdir=W --out=Q --quantize=int4)'
+    'quantized workdir (python -m train.tools.compress --workdir=W --out=Q --quantize=int4)'
   )
 
 

@@ -18,7 +18,7 @@ from models.config import ModelConfig
 from train import init_from, sharding
 from train.data import pipeline
 
-DIVERGENCES = schema.DIVERGENCES  # train/distill.py's message
+DIVERGENCES = schema.DIVERGENCES  # train/distillation/trainer.py's message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +95,7 @@ def _check_static_scales(m: ModelConfig, src: str) -> None:
       return
   raise ValueError(
     f"config.init_from={src!r}: model.act_scale='static' needs calibrated scales from a W8A8 "
-    'workdir (python -m train.compress --workdir=W --out=W8 --quantize=int8 --activations=int8 '
+    'workdir (python -m train.tools.compress --workdir=W --out=W8 --quantize=int8 --activations=int8 '
     "--act_scale=static); for QAT from float weights use model.act_scale='tensor' or 'token'"
   )
 

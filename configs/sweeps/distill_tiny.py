@@ -1,8 +1,9 @@
 """Tiny distillation sweep: student sizes x {supervised, distilled} at one token budget.
 
 Each student size is trained twice on the same tokens: from scratch (train.loop.run) and distilled
-online from a fixed teacher (train.distill.run, the `distill` section below); results.csv adds
-`mode`, `teacher_params` and `teacher_loss` (the latter two from the distilled members' metrics).
+online from a fixed teacher (train.distillation.trainer.run, the `distill` section below);
+results.csv adds `mode`, `teacher_params` and `teacher_loss` (the latter two from the distilled
+members' metrics).
 
   # the teacher first (configs/distill.py, trained by the core trainer):
   python main.py --config=configs/distill.py:teacher --workdir=workdirs/distill/teacher

@@ -14,7 +14,7 @@ and seed):
   :<rung>,seed   the noise floor: seed 1 at the rule's lr (rungs in SEEDS)
   :small         below the ladder, not part of its fit: 2 x 32 (37,792 parameters, μP's base
                  shape) at 5, 10 and 20 tokens/param, the distillation law's smallest student
-                 (scaling/distill_study.py)
+                 (scaling/studies/distillation.py)
 
 The rule, written before the run (docs/scaling.md has the reasons):
   shapes     byte-level GPT-2 (tied, learned positions), head dim 16, d_model / n_layers 21-32,

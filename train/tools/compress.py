@@ -4,17 +4,17 @@ accepts (init_from, distillation, export, sampling, lm-eval); a few lines summar
 size and eval loss before -> after) and the full record is kept in OUT/compress.json; the last
 line printed is that record as JSON, without its per-unit importance, kept and block lists.
 
-  python -m train.compress --workdir=W --out=W2 --prune=layers:2           # depth
-  python -m train.compress --workdir=W --out=W2 --prune=heads:4,mlp:224    # width
-  python -m train.compress --workdir=W --out=W2 --prune=layers:3,mlp:224 --keep=layers:0 \
+  python -m train.tools.compress --workdir=W --out=W2 --prune=layers:2           # depth
+  python -m train.tools.compress --workdir=W --out=W2 --prune=heads:4,mlp:224    # width
+  python -m train.tools.compress --workdir=W --out=W2 --prune=layers:3,mlp:224 --keep=layers:0 \
       --keep=mlp:0-15 --importance=scores.json
-  python -m train.compress --workdir=W --out=W2 --prune=layers:4 --depth=block
-  python -m train.compress --workdir=W --out=W2 --sparsity=0.5 --scope=layer
-  python -m train.compress --workdir=W --out=W2 --sparsity=0.5 --pattern=2:4
-  python -m train.compress --workdir=W --out=W2 --quantize=int4 --group=64
-  python -m train.compress --workdir=W --out=W2 --quantize=int4 --method=gptq   # or awq
-  python -m train.compress --workdir=W --out=W2 --quantize=int8 --activations=int8 --smooth=0.5
-  python -m train.compress --workdir=hf:/path/to/llama --out=W2 --prune=layers:12 \
+  python -m train.tools.compress --workdir=W --out=W2 --prune=layers:4 --depth=block
+  python -m train.tools.compress --workdir=W --out=W2 --sparsity=0.5 --scope=layer
+  python -m train.tools.compress --workdir=W --out=W2 --sparsity=0.5 --pattern=2:4
+  python -m train.tools.compress --workdir=W --out=W2 --quantize=int4 --group=64
+  python -m train.tools.compress --workdir=W --out=W2 --quantize=int4 --method=gptq   # or awq
+  python -m train.tools.compress --workdir=W --out=W2 --quantize=int8 --activations=int8 --smooth=0.5
+  python -m train.tools.compress --workdir=hf:/path/to/llama --out=W2 --prune=layers:12 \
       --config=configs/default.py --config.data.seq_len=1024
 
 --prune names target sizes (layers, heads: query heads in whole kv groups, mlp, embed); the units
@@ -59,8 +59,9 @@ from ml_collections import config_flags
 from models import act_quant, calibrated_quant, pruning, sparsity
 from models import quantize as quantize_lib
 from models.config import ModelConfig, PyTree
-from train import checkpoint, cli, context, evaluators, init_from, quantized, sharding
+from train import checkpoint, cli, context, evaluators, init_from, sharding
 from train import workdir as workdir_lib
+from train.tools import quantized
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string('workdir', None, 'one of our trained workdirs, or hf:/dir', flag_values=FLAGS)

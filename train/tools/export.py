@@ -1,10 +1,10 @@
 """Export one of our workdirs (its latest checkpoint) for HuggingFace: the model, or a LoRA run's
 merged model and its PEFT adapter.
 
-  python -m train.export --workdir=workdirs/default --out=exported/            # a plain run
-  python -m train.export --workdir=workdirs/lora --out=exported/ --what=merged  # base + A·B
-  python -m train.export --workdir=workdirs/lora --out=adapter/ --what=adapter  # PEFT dir
-  python -m train.export --workdir=workdirs/int4 --out=exported/ --format=compressed-tensors
+  python -m train.tools.export --workdir=workdirs/default --out=exported/            # a plain run
+  python -m train.tools.export --workdir=workdirs/lora --out=exported/ --what=merged  # base + A·B
+  python -m train.tools.export --workdir=workdirs/lora --out=adapter/ --what=adapter  # PEFT dir
+  python -m train.tools.export --workdir=workdirs/int4 --out=exported/ --format=compressed-tensors
 
 `merged` (the default) writes config.json + model.safetensors for
 `transformers.AutoModelForCausalLM.from_pretrained`; `adapter` writes adapter_config.json +
@@ -13,12 +13,12 @@ run's base (its hf: directory or our workdir) as its base_model_name_or_path. Bo
 tokenizer for `transformers.AutoTokenizer.from_pretrained(out)`: the byte tokenizer's own files
 (train/data/tokenizers.py write_hf) or copies of an HF tokenizer directory's; the model also gets
 generation_config.json (EOS = BOS = pad = the tokenizer's EOS: every training document follows
-one), so `python -m train.sample --checkpoint=hf:OUT` samples what the workdir samples. HF
+one), so `python -m train.tools.sample --checkpoint=hf:OUT` samples what the workdir samples. HF
 checkpoints are standard-parametrized: a μP run is refused (models/hf.py). A few lines summarise
 the export (params before -> after, the files written); the full record is kept in
 OUT/export.json.
 
-`--format=dense` (the default) writes float32 weights: a quantized workdir's (train.compress
+`--format=dense` (the default) writes float32 weights: a quantized workdir's (train.tools.compress
 --quantize) dequantized. `--format=compressed-tensors` keeps its int8 / int4 / int3 / fp8 values
 and scales as they are, with the `quantization_config` that transformers (with the
 compressed-tensors package) and vLLM read, and marks a model whose kernels are 2:4 sparse as such
@@ -101,7 +101,7 @@ def export(workdir: str, out: str, what: str = 'merged', fmt: str = 'dense') -> 
 
 
 def _quantized(workdir: str) -> dict:
-  """The `quantized` record of a packed quantized workdir (train/quantized.py), else {}."""
+  """The `quantized` record of a packed quantized workdir (train/tools/quantized.py), else {}."""
   if not os.path.exists(os.path.join(workdir, init_from.QUANTIZED_FILE)):
     return {}
   return workdir_lib.read_json(os.path.join(workdir, 'config.json'))['quantized']
@@ -127,15 +127,16 @@ def _check_format(workdir: str, what: str, fmt: str) -> dict:
   compressed_export.check(cfg, quant.get('scheme'), quant.get('method', 'rtn'))
   if not quant and not _records_two_four(workdir):
     raise ValueError(
-      f'--format=compressed-tensors: {workdir} is neither a quantized workdir (train.compress '
-      '--quantize) nor 2:4 sparse (train.compress --pattern=2:4, config.sparsity.pattern=2:4); '
+      f'--format=compressed-tensors: {workdir} is neither a quantized workdir (train.tools.compress '
+      '--quantize) nor 2:4 sparse (train.tools.compress --pattern=2:4, config.sparsity.pattern=2:4); '
       'export it with --format=dense'
     )
   return quant
 
 
 def _records_two_four(workdir: str) -> bool:
-  """Whether our workdir records a 2:4 pattern: train.compress's, or its training's sparsity."""
+  """Whether our workdir records a 2:4 pattern: train.tools.compress's, or its training's
+  sparsity."""
   if workdir.startswith(('hf:', init_from.PEFT)):
     return False
   compress = os.path.join(workdir, 'compress.json')

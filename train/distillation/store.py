@@ -1,7 +1,7 @@
 """Offline and sequence-level distillation: run the teacher once over the training stream and
 store its top-k logits (distill.mode 'offline') or its continuations (mode 'sequence').
 
-  python -m train.distill_store --config=configs/distill.py:offline --workdir=W
+  python -m train.distillation.store --config=configs/distill.py:offline --workdir=W
   python main.py --config=configs/distill.py:offline --workdir=W    # the student reads them
 
 The teacher (config.distill.teacher) runs over exactly the batches the student will see,
@@ -60,8 +60,8 @@ from models import generation, loss
 from models.config import PyTree
 from train import cli, context, distributed, evaluators, sharding, validation
 from train import step as step_lib
-from train import teacher as teacher_lib
 from train import workdir as workdir_lib
+from train.distillation import teacher as teacher_lib
 
 FORMAT = 1
 _GEN_SALT = 0x5E9  # folded into the seed: sampling keys apart from the init's.
@@ -510,7 +510,7 @@ class Store:
       }
       raise ValueError(
         f'{where} were written for a different training stream '
-        f'(stored vs config: {diff}); rerun train.distill_store.'
+        f'(stored vs config: {diff}); rerun train.distillation.store.'
       )
     if m['teacher'] != config.distill.teacher:
       raise ValueError(
@@ -558,7 +558,7 @@ class SequenceStore(Store):
       if want[key] != value:
         raise ValueError(
           f'{where} were generated with {key}={value!r} but config.distill.{key}='
-          f'{want[key]!r}; rerun train.distill_store or set '
+          f'{want[key]!r}; rerun train.distillation.store or set '
           'config.distill.sequences_dir to a matching store.'
         )
 
@@ -577,7 +577,7 @@ def open_store(
   if not os.path.exists(meta_path):
     raise ValueError(
       f'No stored {what} for host {process_index} of {process_count} in {directory} '
-      f'({meta_path} missing); run `python -m train.distill_store --config=... --workdir=...` '
+      f'({meta_path} missing); run `python -m train.distillation.store --config=... --workdir=...` '
       'with the same config first.'
     )
   with open(meta_path) as f:
@@ -591,7 +591,7 @@ def open_store(
   if not meta.get('complete'):
     raise ValueError(
       f'Stored {what} in {directory} are incomplete '
-      f'({meta["steps_done"]}/{meta["num_steps"]} steps); rerun train.distill_store '
+      f'({meta["steps_done"]}/{meta["num_steps"]} steps); rerun train.distillation.store '
       'to finish them.'
     )
   arrays = {

@@ -5,11 +5,12 @@ supervised twins; every student re-trained from its twin's config, distilled ins
 
   L=workdirs/ladder   # bash configs/sweeps/ladder.sh $L first (62 min), and the small student:
   python main.py --config=configs/sweeps/ladder.py:small --workdir=$L      # (3 min)
-  python -m scaling.distill_study --workdir=workdirs/distill_law --ladder=$L --lanes=2
-  python -m scaling.distill_study --workdir=workdirs/distill_law --ladder=$L --gather=docs/distillation/law_runs.csv
+  python -m scaling.studies.distillation --workdir=workdirs/distill_law --ladder=$L --lanes=2
+  python -m scaling.studies.distillation --workdir=workdirs/distill_law --ladder=$L \
+      --gather=docs/distillation/law_runs.csv
   python -m scaling.fit --law=distillation --results=docs/distillation/law_runs.csv --bootstrap=50
   python -m scaling.validate --laws=distillation --results=docs/distillation/law_runs.csv --distill_holdout=teacher
-  python -m scaling.distill_study --plot=docs/distillation/capacity_gap.png --fit=docs/distillation/law_fit.json
+  python -m scaling.studies.distillation --plot=docs/distillation/capacity_gap.png --fit=docs/distillation/law_fit.json
 
 Runs already in --csv (the committed CSV) are not run again, and --gather merges into it: a later
 session goes on from the committed rows without the earlier session's workdirs.
@@ -22,8 +23,8 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from scaling import compression
-from scaling import compression_report as rep
+from scaling.studies import compression
+from scaling.studies import compression_report as rep
 
 # Teachers: the 264K, 373K and 651K members at 5 and 20 tokens per parameter (losses 1.09-1.75).
 TEACHERS = (

@@ -1,10 +1,10 @@
 """How fine-tuning scales (issue 25): pretrained bases x fine-tuning examples x methods on the
 stdlib naming task (train/data/name_task.py, configs/finetune.py), and the laws fitted to it.
 
-  python -m scaling.finetune --workdir=workdirs/ft_study --lanes=2 \
+  python -m scaling.studies.finetune --workdir=workdirs/ft_study --lanes=2 \
       --bases=workdirs/ladder/N7.51e4_D1.5e6_lr7.81e-3,... --examples=125,500,2000,0 \
       --methods=full,lora1,lora4,lora16,scratch
-  python -m scaling.finetune --fit=docs/finetuning/results.csv --holdout_base=<largest> \
+  python -m scaling.studies.finetune --fit=docs/finetuning/results.csv --holdout_base=<largest> \
       [--png=docs/finetuning/law.png]
 
 Runs: W/data_n<N>/ holds the task with the first N training examples (0: all), prepared once
@@ -93,7 +93,8 @@ def scores(config, params, task_dir: str) -> dict[str, float]:
   import flax.linen as nn
   import jax
 
-  from train import context, evaluators, harness, sharding
+  from train import context, evaluators, sharding
+  from train.tools import harness
 
   config = config.copy_and_resolve_references()
   config.lm_eval.update(tasks=('name_gen', 'name_mc'), include_path=task_dir)
@@ -434,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if f.lanes > 1:
       args = [a for a in (argv or sys.argv)[1:] if not a.startswith('--lane')]
       procs = [
-        subprocess.Popen([sys.executable, '-m', 'scaling.finetune', *args, f'--lanes={f.lanes}', f'--lane={i}'])
+        subprocess.Popen([sys.executable, '-m', 'scaling.studies.finetune', *args, f'--lanes={f.lanes}', f'--lane={i}'])
         for i in range(f.lanes)
       ]  # fmt: skip
       codes = [p.wait() for p in procs]

@@ -4,14 +4,14 @@ loss gap vs bits of weight quantization (PTQ and QAT) against the tokens a model
 Resumable (finished runs are skipped), one CSV per part.
 
   L=workdirs/ladder   # bash configs/sweeps/ladder.sh $L first (62 min)
-  python -m scaling.compression --part=recovery --workdir=workdirs/compress --ladder=$L --lanes=2
-  python -m scaling.compression --part=sparsity --workdir=workdirs/compress --ladder=$L --lanes=2
-  python -m scaling.compression --part=quantize --workdir=workdirs/compress --ladder=$L --lanes=2
-  python -m scaling.compression --part=nm --workdir=workdirs/compress --ladder=$L  # 2:4 trained
-  python -m scaling.compression --part=calibrated --ladder=$L  # GPTQ / AWQ vs RTN, scale rules
-  python -m scaling.compression --part=calibrated_kernels --ladder=$L --members=M  # per kernel
-  python -m scaling.compression --part=activations --ladder=$L  # W8A8, SmoothQuant, int8 QAT
-  python -m scaling.compression --report=docs/compression     # fits, tables, plots from the CSVs
+  python -m scaling.studies.compression --part=recovery --workdir=workdirs/compress --ladder=$L --lanes=2
+  python -m scaling.studies.compression --part=sparsity --workdir=workdirs/compress --ladder=$L --lanes=2
+  python -m scaling.studies.compression --part=quantize --workdir=workdirs/compress --ladder=$L --lanes=2
+  python -m scaling.studies.compression --part=nm --workdir=workdirs/compress --ladder=$L  # 2:4 trained
+  python -m scaling.studies.compression --part=calibrated --ladder=$L  # GPTQ / AWQ vs RTN, scale rules
+  python -m scaling.studies.compression --part=calibrated_kernels --ladder=$L --members=M  # per kernel
+  python -m scaling.studies.compression --part=activations --ladder=$L  # W8A8, SmoothQuant, int8 QAT
+  python -m scaling.studies.compression --report=docs/compression     # fits, tables, plots from the CSVs
 """
 
 import csv
@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 
 from absl import flags
 
-from scaling import compression_report as rep
+from scaling.studies import compression_report as rep
 
 # The teacher and the pruned shapes (each about 55 % of its 651K params; the 373K ladder rung is
 # the from-scratch reference at its full 20 tokens per parameter).
@@ -70,7 +70,7 @@ ACT_QAT = ('weight_quant=int8', 'act_quant=int8', 'act_scale=tensor')  # (dynami
 
 
 def _repo() -> str:
-  return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _train(workdir: str, flags_: list[str]) -> tuple[str, list[str]]:
@@ -98,13 +98,20 @@ def _lanes(cmds: list[tuple[str, list[str]]], lanes: int) -> None:
 
 
 def recovery_runs(work: str, ladder: str) -> list[tuple[str, list[str]]]:
-  """train.compress per shape, then the three recoveries of each (distill, finetune, scratch)."""
+  """train.tools.compress per shape, then the three recoveries of each (distill, finetune,
+  scratch)."""
   teacher = os.path.join(ladder, TEACHER)
   cmds = []
   for name, shape in SHAPES.items():
     pruned = os.path.join(work, 'pruned', name)
     if not os.path.exists(os.path.join(pruned, 'compress.json')):
-      compress = [sys.executable, '-m', 'train.compress', f'--workdir={teacher}', f'--out={pruned}']
+      compress = [
+        sys.executable,
+        '-m',
+        'train.tools.compress',
+        f'--workdir={teacher}',
+        f'--out={pruned}',
+      ]
       subprocess.run([*compress, f'--prune={shape}', '--calib_batches=16'], cwd=_repo(), check=True)
     for how in RECOVERIES:
       run = os.path.join(work, 'recovery', f'{name}_{how}')
@@ -207,7 +214,7 @@ def _append(path: str, row: dict) -> None:
 
 def oneshot(work: str, ladder: str) -> str:
   """Loss after one-shot magnitude sparsity of each base (no retraining): sparsity_oneshot.csv."""
-  from train import compress
+  from train.tools import compress
 
   path = os.path.join(work, 'sparsity_oneshot.csv')
   done = {(r['base'], r['sparsity'], r['scope'], r['pattern']) for r in rep.read_csv(path)}
@@ -227,7 +234,7 @@ def oneshot(work: str, ladder: str) -> str:
 
 def ptq(work: str, ladder: str) -> str:
   """Post-training round-to-nearest at every scheme for every seed-0 2^-7 member: quantize.csv."""
-  from train import compress
+  from train.tools import compress
 
   path = os.path.join(work, 'quantize.csv')
   done = {(r['member'], r['scheme'], r['group']) for r in rep.read_csv(path)}
@@ -274,11 +281,13 @@ def _calibrated_member(
   ladder: str, member: str, todo: list[tuple], calib_batches: int
 ) -> Iterator[dict]:
   """Rows of `todo` for one member: float and quantized eval loss on the member's own eval set
-  (train.compress's evaluator), the output error on the calibration batches, the packed bytes."""
+  (train.tools.compress's evaluator), the output error on the calibration batches, the packed
+  bytes."""
   import jax
 
   from models import calibrated_quant, quantize
-  from train import compress, context, init_from
+  from train import context, init_from
+  from train.tools import compress
 
   src = os.path.join(ladder, member)
   r = context.setup(compress.run_config(src, None))
@@ -310,7 +319,8 @@ def calibrated_kernels(ladder: str, member: str, scheme: str, group: int, path: 
   import jax
 
   from models import calibrated_quant, quantize
-  from train import compress, context, init_from
+  from train import context, init_from
+  from train.tools import compress
 
   src = os.path.join(ladder, member)
   r = context.setup(compress.run_config(src, None))
@@ -360,7 +370,8 @@ def _member_run(ladder: str, member: str) -> tuple:
   """(run context, model config, params) of a ladder member, for its own eval set."""
   import jax
 
-  from train import compress, context, init_from
+  from train import context, init_from
+  from train.tools import compress
 
   src = os.path.join(ladder, member)
   cfg, params = init_from.load_params(src)
@@ -368,10 +379,10 @@ def _member_run(ladder: str, member: str) -> tuple:
 
 
 def w8a8_loss(r: object, cfg: object, params: dict, setting: tuple, stats: dict) -> float:
-  """Eval loss of `params` quantized as train.compress --quantize=S [--activations=S
+  """Eval loss of `params` quantized as train.tools.compress --quantize=S [--activations=S
   --act_scale=A --smooth=α] writes it (`setting` (S, A or 'none', α), per channel, RTN)."""
   from models import calibrated_quant, quantize
-  from train import compress
+  from train.tools import compress
 
   scheme, scale, smooth = setting
   kernels = None
@@ -386,7 +397,7 @@ def _w8a8_member(ladder: str, member: str, todo: list[tuple], calib_batches: int
   """Rows of `todo` for one member: float and W8A8 eval loss on the member's own eval set; the
   inputs' channel spread (mean max / median of per-channel max |x|) before and after smoothing."""
   from models import calibrated_quant
-  from train import compress
+  from train.tools import compress
 
   r, cfg, params = _member_run(ladder, member)
   loss_float = compress.eval_loss(r, cfg, params)
@@ -426,7 +437,8 @@ def act_qat_rows(work: str, ladder: str, members: Sequence[str], path: str, cali
   loss as trained (QAT: its dynamic per-tensor fake quant), as float, and after int8 W8A8 PTQ
   (static per tensor and per token), all on the member's eval set."""
   from models import calibrated_quant
-  from train import compress, init_from
+  from train import init_from
+  from train.tools import compress
 
   rows = []
   for base in members:

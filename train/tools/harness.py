@@ -7,11 +7,11 @@ fixed-size batches padded to a few bucket lengths, so nothing recompiles per req
 
 Command line (prints lm-eval's table, writes <workdir>/lm_eval_results.json):
 
-  python -m train.harness --workdir=workdirs/default --tasks=lambada_openai,hellaswag \
+  python -m train.tools.harness --workdir=workdirs/default --tasks=lambada_openai,hellaswag \
     [--include_path=my_tasks] [--limit=N] [--num_fewshot=K] [--batch_size=B]
 
 It also prints the params' resident memory and the decode tokens/s of generate_until. On a
-quantized workdir (train.compress --quantize) `--resident=quantized` keeps the kernels int8 /
+quantized workdir (train.tools.compress --quantize) `--resident=quantized` keeps the kernels int8 /
 int4 in memory, dequantized per matmul (models/resident_quant.py).
 """
 
@@ -58,8 +58,9 @@ Tokenizer = tokenizers.ByteTokenizer | tokenizers.HFTokenizer  # make_tokenizer'
 REGISTRY_NAME = 'lmscale'
 RESULTS_FILE = 'lm_eval_results.json'
 FEWSHOT_SEED = 1234  # lm-eval's default few-shot sampler seed.
-# Lazy entry (module:class): `python -m train.harness` and `import train.harness` register alike.
-registry.model_registry.register(REGISTRY_NAME, target='train.harness:LMScaleLM')
+# Lazy entry (module:class): `python -m train.tools.harness` and `import train.tools.harness`
+# register alike.
+registry.model_registry.register(REGISTRY_NAME, target='train.tools.harness:LMScaleLM')
 
 
 def task_names(tasks: str | Sequence[str]) -> list[str]:

@@ -28,9 +28,9 @@ Modes (config.distill.mode):
              `jax.lax.stop_gradient`; they get no gradient and no optimizer state. Checkpoints
              record only the teacher reference (path and checkpoint step) in their metadata,
              never its weights; resuming with a different teacher is an error.
-  'offline'  `python -m train.distill_store --config=... --workdir=W` first runs the teacher over
+  'offline'  `python -m train.distillation.store --config=... --workdir=W` first runs the teacher over
              the deterministic training stream and stores its top-k logits per step
-             (train/distill_store.py). The student then reads them through `Task.extra_batch`
+             (train/distillation/store.py). The student then reads them through `Task.extra_batch`
              and computes D over the top-k support, renormalised: the teacher's k stored
              logits v_1..v_k give p_i = softmax(v / T)_i (renormalised over its top-k), and the
              student's logits gathered at the same k indices give
@@ -38,7 +38,7 @@ Modes (config.distill.mode):
              only, i.e. the student renormalised over the teacher's top-k). D is then computed
              between p and q exactly as above; CE stays over the full vocabulary. With
              k = vocab this is the online loss (up to the storage dtype; tests check it).
-  'sequence' Sequence-level KD (Kim & Rush 2016). `python -m train.distill_store` first has the
+  'sequence' Sequence-level KD (Kim & Rush 2016). `python -m train.distillation.store` first has the
              teacher continue the first distill.prompt_len tokens of every training row to
              seq_len + 1 tokens (greedy, or sampled with gen_temperature / gen_top_k /
              gen_top_p, keys from (seed, step)) and stores them; the student then trains on
@@ -64,8 +64,9 @@ from configs import base, schema
 from models import loss
 from models.config import PyTree
 from models.transformer import readout
-from train import context, distill_store, init_from, loop, validation
-from train import teacher as teacher_lib
+from train import context, init_from, loop, validation
+from train.distillation import store as distill_store
+from train.distillation import teacher as teacher_lib
 from train.evaluators import Evaluator
 
 # The section's schema and defaults live with the configs (configs are data); train/validation.py
@@ -415,7 +416,7 @@ def _sequence_teacher(config, store) -> teacher_lib.TeacherRef:
     raise ValueError(
       f'config.distill.teacher={ref.source!r} is at step {ref.step} but the '
       f'sequences in {store.directory} were generated at step '
-      f'{store.meta["teacher_step"]}; rerun train.distill_store.'
+      f'{store.meta["teacher_step"]}; rerun train.distillation.store.'
     )
   return ref
 

@@ -4,7 +4,8 @@ OUT/quantized.safetensors.
 
 config.json is the source's, its model section unchanged, plus "quantized": {scheme, group,
 source, method}. Every loader reads such a workdir through `init_from.load_params` (dequantized to
-float32): init_from, train.export, train.sample, train.harness, distillation teachers.
+float32): init_from, train.tools.export, train.tools.sample, train.tools.harness, distillation
+teachers.
 """
 
 import os

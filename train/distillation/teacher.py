@@ -1,5 +1,6 @@
 """The distillation teacher: what it is (read from its config files), whether it fits the student,
-its weights on a mesh, and where its stored outputs live (train/distill.py, train/distill_store.py)."""
+its weights on a mesh, and where its stored outputs live (train/distillation/trainer.py,
+train/distillation/store.py)."""
 
 import dataclasses
 import json

@@ -1,6 +1,7 @@
-"""The compression study's tables, fits and plots from its runs and CSVs (scaling/compression.py):
-recovery curves and tokens-to-match, one-shot and gradual sparsity with the law of Frantar et al.
-2023, and the weight-quantization gap against bits and tokens per parameter (Kumar et al. 2024)."""
+"""The compression study's tables, fits and plots from its runs and CSVs
+(scaling/studies/compression.py): recovery curves and tokens-to-match, one-shot and gradual sparsity
+with the law of Frantar et al. 2023, and the weight-quantization gap against bits and tokens per
+parameter (Kumar et al. 2024)."""
 
 import csv
 import json
@@ -312,7 +313,7 @@ def plot_quantize(rows: list[dict], png: str) -> None:
 def replot(csv_dir: str, ladder_csv: str = 'docs/scaling/ladder_results.csv') -> list[str]:
   """recovery.png, sparsity.png and quantize.png redrawn from a report's committed CSVs and
   summary.json (pruned losses, the sparse law's constants) in csv_dir, the reference losses from
-  the ladder's results CSV (scaling/compression.py's refs); returns the paths written."""
+  the ladder's results CSV (scaling/studies/compression.py's refs); returns the paths written."""
   out = []
   with open(os.path.join(csv_dir, 'summary.json')) as f:
     summary = json.load(f)
@@ -341,7 +342,7 @@ def replot(csv_dir: str, ladder_csv: str = 'docs/scaling/ladder_results.csv') ->
 
 if (
   __name__ == '__main__'
-):  # python -m scaling.compression_report [docs/compression]: the plots again.
+):  # python -m scaling.studies.compression_report [docs/compression]: the plots again.
   import sys
 
   print('\n'.join(replot(sys.argv[1] if len(sys.argv) > 1 else 'docs/compression')))

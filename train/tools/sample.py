@@ -1,8 +1,8 @@
 """Sample text from one of our workdirs or a HuggingFace directory, with a KV cache.
 
-  python -m train.sample --checkpoint=workdirs/default --prompt='def main(' --prompt='import '
-  python -m train.sample --checkpoint=hf:/path/to/dir --prompt='Hello' --temperature=0.8 --top_p=0.95
-  python -m train.sample --checkpoint=workdirs/sft --chat --prompt='upper abc' \
+  python -m train.tools.sample --checkpoint=workdirs/default --prompt='def main(' --prompt='import '
+  python -m train.tools.sample --checkpoint=hf:/path/to/dir --prompt='Hello' --temperature=0.8 --top_p=0.95
+  python -m train.tools.sample --checkpoint=workdirs/sft --chat --prompt='upper abc' \
     --prompt='[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "len os"}]'
 
 A prompt follows what preceded every document in training: EOS for our workdirs; for an hf:
@@ -12,10 +12,10 @@ the tokenizer's chat template, the one the supervised data used (train/data/chat
 generation prompt of the next assistant turn. Prompts of different lengths are batched
 (left-padded); params are sharded over a mesh of all devices by the training rules. Prints each
 continuation, then the decode tokens/s and the params' resident memory. On a quantized workdir
-(train.compress --quantize) `--resident=quantized` keeps the kernels int8 / int4 in memory
+(train.tools.compress --quantize) `--resident=quantized` keeps the kernels int8 / int4 in memory
 (models/resident_quant.py, on one device), dequantized per matmul:
 
-  python -m train.sample --checkpoint=/tmp/q8 --resident=quantized --prompt='def main('
+  python -m train.tools.sample --checkpoint=/tmp/q8 --resident=quantized --prompt='def main('
 """
 
 import json
