@@ -3,8 +3,8 @@ qwix (models/rtn.py), or GPTQ / AWQ from calibration statistics (models/calibrat
 output channel or per group of fan-in entries.
 
 Embeddings, readout, norms and biases stay float32. `fake_quant` is the model's QAT/PTQ forward
-(model.weight_quant); `quantize_tree` packs params for disk (int8; int4 and int3 two per byte; fp8
-as its uint8 bits) with float32 scales (and AWQ's per-fan-in scales), `dequantize_tree` inverts it.
+(model.weight_quant); `quantize_tree` packs params for disk (int8; int4, int3 and nf4 two per byte;
+fp8 as its uint8 bits) with float32 scales (and AWQ's per-fan-in scales), `dequantize_tree` inverts it.
 """
 
 import functools

@@ -15,6 +15,7 @@ resumes. `--config.*` overrides go to every member. WSD branches of one trunk ne
 """
 
 import glob
+import json
 import logging
 import os
 import signal
@@ -188,7 +189,8 @@ def run(
           log.close()
           codes[ms[i].name] = proc.returncode
           del running[g]
-          logging.info('member %d %s finished (exit %d)', i, ms[i].name, proc.returncode)
+          how = 'finished' if done(i) else 'stopped before finishing (rerun to resume)'
+          logging.info('member %d %s %s (exit %d)', i, ms[i].name, how, proc.returncode)
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
@@ -221,14 +223,17 @@ def main(argv: list[str]) -> None:
     overrides,
   )
   failed = {k: v for k, v in codes.items() if v}
-  print(
-    {
-      'ran': len(codes),
-      'failed': failed,
-      'results_csv': os.path.join(f.workdir, 'results.csv'),
-    },
-    flush=True,
-  )
+  ms = sweep.members(f.config)
+  unfinished = [
+    m.name for m in ms if not sweep.finished(os.path.join(f.workdir, m.name), m.config, m.name)
+  ]
+  summary = {
+    'ran': len(codes),
+    'failed': failed,
+    'unfinished': unfinished,
+    'results_csv': os.path.join(f.workdir, 'results.csv'),
+  }
+  print(json.dumps(summary), flush=True)
   sys.exit(1 if failed else 0)
 
 
