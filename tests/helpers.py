@@ -178,3 +178,18 @@ def tmpfs(path, size, read_only=False):
     yield str(path)
   finally:
     subprocess.run(['umount', '-l', str(path)], check=False)
+
+
+def restored_state(workdir, config):
+  """(step, params, opt_state) of a workdir's latest checkpoint as loop.run resumes it."""
+  import jax
+
+  from train import checkpoint, context
+
+  r = context.setup(config)
+  mngr = checkpoint.manager(str(workdir), config.train)
+  with jax.set_mesh(r.mesh):
+    state, step = checkpoint.restore_latest_good(
+      mngr, context.abstract_state(r), context.stream_meta(r.config), str(workdir)
+    )
+  return step, jax.device_get(state.params), jax.device_get(state.opt_state)

@@ -17,7 +17,7 @@ import pytest
 import torch
 import transformers
 from flax import traverse_util
-from helpers import HF_LLAMA, LLAMA_BLOCK
+from helpers import HF_LLAMA, LLAMA_BLOCK, restored_state
 
 import models
 from models import lora
@@ -77,17 +77,6 @@ def _snapshot(workdir):
             f.read()
           ).hexdigest()
   return out
-
-
-def _state(workdir, config):
-  """(step, params, opt_state) of a workdir's latest checkpoint as loop.run resumes it."""
-  r = context.setup(config)
-  mngr = checkpoint.manager(str(workdir), config.train)
-  with jax.set_mesh(r.mesh):
-    state, step = checkpoint.restore_latest_good(
-      mngr, context.abstract_state(r), context.stream_meta(r.config), str(workdir)
-    )
-  return step, jax.device_get(state.params), jax.device_get(state.opt_state)
 
 
 @pytest.mark.slow
@@ -152,7 +141,7 @@ def test_peft_adapter_exported_imported_trains_on_and_resumes_bitwise(
   _run(config, split, stop_after=2)
   assert _meta(split, 2)[checkpoint.LORA_BASE]['base'] == f'hf:{os.path.abspath(base)}'
   _run(config, split)
-  (s1, p1, o1), (s2, p2, o2) = _state(straight, config), _state(split, config)
+  (s1, p1, o1), (s2, p2, o2) = restored_state(straight, config), restored_state(split, config)
   assert s1 == s2 == 4
   assert sorted(_flat(p1)) == sorted(_flat(lora.split(start)[1]))  # the adapters only.
   jax.tree.map(np.testing.assert_array_equal, p1, p2)

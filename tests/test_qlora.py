@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import safetensors.numpy
 from flax import traverse_util
+from helpers import restored_state
 
 import models
 from models import lora, parametrization, quantize, resident_quant, rtn
-from train import checkpoint, context, init_from, loop, validation
+from train import checkpoint, init_from, loop, validation
 from train.tools import compress, export, harness, sample
 
 BASE = models.ModelConfig(
@@ -143,17 +144,6 @@ def _meta(workdir, step):
     return json.load(f)
 
 
-def _state(workdir, config):
-  """(step, params, opt_state) of a workdir's latest checkpoint as loop.run resumes it."""
-  r = context.setup(config)
-  mngr = checkpoint.manager(str(workdir), config.train)
-  with jax.set_mesh(r.mesh):
-    state, step = checkpoint.restore_latest_good(
-      mngr, context.abstract_state(r), context.stream_meta(r.config), str(workdir)
-    )
-  return step, jax.device_get(state.params), jax.device_get(state.opt_state)
-
-
 def _snapshot(workdir):
   out = {}
   for root, _, files in os.walk(workdir):
@@ -201,7 +191,7 @@ def test_qlora_from_train_compress_resumes_bitwise_and_loads_everywhere(
   np.testing.assert_allclose(losses(straight), losses(floats), rtol=1e-5)
   _run(config, split, stop_after=2)
   _run(config, split)
-  (s1, p1, o1), (s2, p2, o2) = _state(straight, config), _state(split, config)
+  (s1, p1, o1), (s2, p2, o2) = restored_state(straight, config), restored_state(split, config)
   assert s1 == s2 == 4 and all(map(lora.is_adapter, traverse_util.flatten_dict(p1)))
   jax.tree.map(np.testing.assert_array_equal, (p1, o1), (p2, o2))
   meta = _meta(straight, 4)
