@@ -340,6 +340,144 @@ def replot(csv_dir: str, ladder_csv: str = 'docs/scaling/ladder_results.csv') ->
   return out
 
 
+# --- Calibrated quantization (GPTQ, AWQ) against RTN, and the scale rules -----------------------
+
+
+def output_error(cfg, params: dict, deq: dict, stats: dict) -> float:
+  """Mean over the compressible kernels of ||X W - X Q||^2 / ||X W||^2 on the calibration inputs
+  (tr(dW^T H dW) / tr(W^T H W), H = X^T X from calibrated_quant.calibration_stats)."""
+  from models import quantize, rtn
+
+  errs = []
+  for (name, w, axes), (_, q, _) in zip(quantize.leaves(cfg, params), quantize.leaves(cfg, deq)):
+    if name in stats:
+      w = np.asarray(w, np.float64).reshape(rtn.dims(axes, w.shape))
+      d = w - np.asarray(q, np.float64).reshape(w.shape)
+      h = np.asarray(stats[name]['hessian'], np.float64)
+      errs.append(np.einsum('nio,nij,njo->', d, h, d) / np.einsum('nio,nij,njo->', w, h, w))
+  return float(np.mean(errs))
+
+
+def _gap(rows: list[dict], member: str, method: str, scheme: str, group: int, rule: str) -> str:
+  got = [r for r in rows if (r['member'], r['method'], r['scheme'], r['group'], r['rule'])
+         == (member, method, scheme, str(group), rule)]  # fmt: skip
+  return f'{float(got[0]["loss"]) - float(got[0]["loss_float"]):+.4f}' if got else '—'
+
+
+def calibrated_tables(rows: list[dict]) -> str:
+  """Markdown tables of docs/compression.md from gptq_awq.csv: the loss gap (quantized - float)
+  of RTN / GPTQ / AWQ per scheme and group, and of qwix's scale rule against the textbook one."""
+  members = list(dict.fromkeys(r['member'] for r in rows))
+  first = {m: next(r for r in rows if r['member'] == m) for m in members}
+  size = lambda m: f'{int(first[m]["params"]):,} ({float(first[m]["tokens"]) / 1e6:.1f}M)'
+  out = []
+  for scheme in ('int4', 'int3'):
+    head = [f'{scheme} {"per channel" if g == 0 else f"g{g}"} {m.upper()}'
+            for g in (0, 16) for m in ('rtn', 'gptq', 'awq')]  # fmt: skip
+    out += [
+      '| params (tokens) | float | ' + ' | '.join(head) + ' |',
+      '|---' * (2 + len(head)) + '|',
+    ]
+    for m in members:
+      gaps = [_gap(rows, m, k, scheme, g, 'qwix') for g in (0, 16) for k in ('rtn', 'gptq', 'awq')]
+      out.append(f'| {size(m)} | {float(first[m]["loss_float"]):.4f} | ' + ' | '.join(gaps) + ' |')
+    out.append('')
+  rules = [
+    (s, g, r) for s, g in (('int8', 0), ('int4', 0), ('int4', 16)) for r in ('qwix', 'textbook')
+  ]
+  head = [f'{s} {"ch" if g == 0 else f"g{g}"} {r}' for s, g, r in rules]
+  out += ['| params (tokens) | ' + ' | '.join(head) + ' |', '|---' * (1 + len(head)) + '|']
+  for m in members:
+    out.append(f'| {size(m)} | ' + ' | '.join(_gap(rows, m, 'rtn', *k) for k in rules) + ' |')
+  return '\n'.join(out)
+
+
+# --- W8A8: activation quantization and SmoothQuant -----------------------------------------------
+
+
+def act_spread(stats: dict, smoothed: dict | None = None) -> float:
+  """Mean over the compressible kernels and layers of max_j / median_j of the inputs' per-channel
+  max |x_j| (calibration_stats' 'absmax'; divided by SmoothQuant's s_j when `smoothed` gives
+  calibrated_quant.act_calibration's): how far the outlier channels stand out."""
+  out = []
+  for name, st in stats.items():
+    a = np.asarray(st['absmax'], np.float64)
+    if smoothed is not None:
+      a = a / np.asarray(smoothed[name]['smooth'], np.float64)
+    out.append(np.mean(a.max(1) / np.median(a, 1)))
+  return float(np.mean(out))
+
+
+W8A8_COLUMNS = (('none', '0.0', 'W only'), ('static', '0.0', 'static'),
+                ('static', '0.5', 'static SQ'), ('token', '0.0', 'token'),
+                ('token', '0.5', 'token SQ'))  # fmt: skip
+
+
+def w8a8_tables(rows: list[dict], qat: list[dict]) -> str:
+  """Markdown tables of docs/compression.md from w8a8.csv (the loss gap, W8A8 - float, per scheme,
+  activation scale and SmoothQuant; the inputs' channel spread) and w8a8_qat.csv."""
+  members = list(dict.fromkeys(r['member'] for r in rows))
+  first = {m: next(r for r in rows if r['member'] == m) for m in members}
+  size = lambda m: f'{int(first[m]["params"]):,} ({float(first[m]["tokens"]) / 1e6:.1f}M)'
+
+  def gap(m: str, scheme: str, scale: str, smooth: str) -> str:
+    got = [r for r in rows if (r['member'], r['scheme'], r['act_scale'], str(r['smooth']))
+           == (m, scheme, scale, smooth)]  # fmt: skip
+    return f'{float(got[0]["loss"]) - float(got[0]["loss_float"]):+.4f}' if got else '—'
+
+  head = [f'{s} {label}' for s in ('int8', 'fp8') for _, _, label in W8A8_COLUMNS]
+  out = ['| params (tokens) | float | spread (SQ) | ' + ' | '.join(head) + ' |',
+         '|---' * (3 + len(head)) + '|']  # fmt: skip
+  for m in members:
+    smoothed = [r for r in rows if r['member'] == m and str(r['smooth']) == '0.5']
+    sq = f' ({float(smoothed[0]["act_spread_smoothed"]):.1f})' if smoothed else ''
+    gaps = [gap(m, s, a, sm) for s in ('int8', 'fp8') for a, sm, _ in W8A8_COLUMNS]
+    out.append(f'| {size(m)} | {float(first[m]["loss_float"]):.4f} | '
+               f'{float(first[m]["act_spread"]):.1f}{sq} | ' + ' | '.join(gaps) + ' |')  # fmt: skip
+  if qat:
+    out += ['', '| params | fine-tune | as trained | float | int8 W8A8 static | int8 W8A8 token |',
+            '|---|---|---|---|---|---|']  # fmt: skip
+    for r in qat:
+      keys = ('loss_as_trained', 'loss_float', 'loss_w8a8_static', 'loss_w8a8_token')
+      cells = [_vs(r[k], float(r['loss_member'])) for k in keys]
+      tune = {'w8a8': 'int8 W8A8 QAT'}.get(r['fine_tune'], r['fine_tune'])
+      out.append(f'| {int(r["params"]):,} | {tune} ({r["steps"]} steps) | '
+                 + ' | '.join(cells) + ' |')  # fmt: skip
+  return '\n'.join(out)
+
+
+def _vs(loss: str, ref: float) -> str:
+  """'1.2345 (+0.0012)': a loss and its difference to `ref`; '—' when empty."""
+  return f'{float(loss):.4f} ({float(loss) - ref:+.4f})' if loss != '' else '—'
+
+
+def plot_w8a8(rows: list[dict], png: str) -> None:
+  """The W8A8 loss gap against params, one panel per format, a line per activation scale and
+  SmoothQuant (symmetric log scale: gaps near 0 and of both signs)."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+  for ax, scheme in zip(axes, ('int8', 'fp8')):
+    for i, (scale, smooth, label) in enumerate(W8A8_COLUMNS):
+      sel = sorted((r for r in rows if (r['scheme'], r['act_scale'], str(r['smooth']))
+                    == (scheme, scale, smooth)), key=lambda r: int(r['params']))  # fmt: skip
+      xs = [int(r['params']) for r in sel]
+      ys = [float(r['loss']) - float(r['loss_float']) for r in sel]
+      ax.plot(xs, ys, 'o-' if 'SQ' not in label else 's--', color=f'C{i}', label=label, ms=4)
+    ax.set_yscale('symlog', linthresh=1e-3)
+    ax.axhline(0, color='k', lw=0.6)
+    style.style_axis(ax, 'parameters N', None, f'W8A8 {scheme}: weights and dense inputs',
+                     xlog=True)  # fmt: skip
+  axes[0].set_ylabel('eval-loss gap to float (nats/byte)')
+  style.ordered_legend(axes[0], fontsize=7, title='activation scale', title_fontsize=7)
+  fig.tight_layout()
+  fig.savefig(png, dpi=120)
+  plt.close(fig)
+
+
 if __name__ == '__main__':  # python -m scaling.studies.compression_report [DIR]: the plots again.
   import sys
 
