@@ -25,7 +25,7 @@ resumable: progress is flushed every config.train.checkpoint_every steps. The st
 (bytes and MB) is printed and recorded. A student may use a smaller top_k than was stored
 (the first k of the sorted entries) and fewer steps.
 
-Sequence mode (Kim & Rush 2016, see `write_sequences`) stores, the same way, per host:
+Sequence mode (Kim & Rush 2016, see `_sequences_plan`) stores, the same way, per host:
 
   tokens.p{p}of{P}.npy       [num_steps, host_batch, seq_len + 1]  the first prompt_len tokens
                              of the stream's row, then the teacher's continuation (uint16 when
@@ -295,14 +295,13 @@ def _store(
 
 
 def write(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None = None) -> dict:
-  """Store what config.distill.mode needs ('offline': top-k logits, 'sequence': teacher
-  continuations, see write_sequences); returns the meta dict (resumes a cut store)."""
+  """Store what config.distill.mode needs ('offline': top-k logits, `_logits_plan`; 'sequence':
+  teacher continuations, `_sequences_plan`); returns the meta dict (resumes a cut store)."""
   derived = _derive(config)
-  if validation.distill_section(derived).mode == 'sequence':
-    return write_sequences(config, workdir, stop_after, derived)
   d, ref, r = _teacher(config, derived)
   out_dir = teacher_lib.store_dir(config, workdir)
-  return _store(config, r, ref, out_dir, stop_after, _logits_plan(config, d, ref, r, out_dir))
+  plan = (_sequences_plan if d.mode == 'sequence' else _logits_plan)(config, d, ref, r, out_dir)
+  return _store(config, r, ref, out_dir, stop_after, plan)
 
 
 def _logits_plan(
@@ -393,27 +392,6 @@ def generation_rng(seed: int, step: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _GEN_SALT), step)
 
 
-def write_sequences(
-  config: ml_collections.ConfigDict,
-  workdir: str,
-  stop_after: int | None = None,
-  derived: validation.Derived | None = None,
-) -> dict:
-  """Sequence-level KD data (Kim & Rush 2016): the teacher continues the first
-  config.distill.prompt_len tokens of every training row to seq_len + 1 tokens.
-
-  Stores this host's rows as tokens.p{p}of{P}.npy [num_steps, host_batch, seq_len + 1] (uint16
-  when the vocabulary fits, else int32) in config.distill.sequences_dir (default
-  W/teacher_sequences), with meta.p{p}of{P}.json; resumable like the logits store. `derived`:
-  validation.derive's result for `config` when the caller has it (derived here otherwise).
-  """
-  if derived is None:
-    derived = _derive(config)
-  d, ref, r = _teacher(config, derived)
-  out_dir = teacher_lib.store_dir(config, workdir)
-  return _store(config, r, ref, out_dir, stop_after, _sequences_plan(config, d, ref, r, out_dir))
-
-
 def _sequences_plan(
   config: ml_collections.ConfigDict,
   d: schema.DistillConfig,
@@ -421,7 +399,11 @@ def _sequences_plan(
   r: context.Run,
   out_dir: str,
 ) -> _Plan:
-  """The teacher's continuations of every training row's first prompt_len tokens."""
+  """Sequence-level KD data (Kim & Rush 2016): the teacher continues the first
+  config.distill.prompt_len tokens of every training row to seq_len + 1 tokens. Stores this host's
+  rows as tokens.p{p}of{P}.npy [num_steps, host_batch, seq_len + 1] (uint16 when the vocabulary
+  fits, else int32) in config.distill.sequences_dir (default W/teacher_sequences), with
+  meta.p{p}of{P}.json; resumable like the logits store."""
   num_steps, seq_len, prompt_len = r.derived.num_steps, config.data.seq_len, d.prompt_len
   new_tokens = seq_len + 1 - prompt_len
   shape = [num_steps, r.derived.host_batch, seq_len + 1]
