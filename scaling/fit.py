@@ -46,14 +46,7 @@ MIN_ROWS = {
 }  # fmt: skip
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
-flags.DEFINE_enum(
-  'curve_areas',
-  'tokens',
-  ['tokens', 'steps'],
-  "curve law: the lr areas S1, S2 per million tokens ('tokens': batches may differ) or per step",
-  flag_values=FLAGS,
-)
-flags.DEFINE_string('results', None, 'results CSV, one run per row', flag_values=FLAGS)
+cli.define_results_flags(FLAGS)
 flags.DEFINE_enum(
   'law',
   'chinchilla',

@@ -86,28 +86,39 @@ def load_law(spec: str) -> dict:
     return json.load(f)
 
 
+def _solve(law, solvers, loss, compute: Arr | None, params: Arr | None, tokens: Arr | None):
+  """(N, D, C, loss) of a joint law from whichever one of C, N or D is given (N and D both: as
+  given): `solvers` are its compute-, params- and tokens-optimal functions."""
+  optimal, for_params, for_tokens = solvers
+  if params is None and tokens is None:
+    params, tokens, _ = optimal(law, compute)
+  elif tokens is None and compute is None:
+    tokens, compute, _ = for_params(law, params)
+  elif params is None and compute is None:
+    params, compute, _ = for_tokens(law, tokens)
+  return params, tokens, compute, loss(law, params, tokens)
+
+
 def _chinchilla(c: dict, compute: Arr | None, params: Arr | None, tokens: Arr | None):
   law = laws.Chinchilla(E=c['E'], A=c['A'], B=c['B'], alpha=c['alpha'], beta=c['beta'])
-  if params is None and tokens is None:
-    params, tokens, _ = laws.chinchilla_optimal(law, compute)
-  elif tokens is None and compute is None:
-    tokens, compute, _ = laws.chinchilla_optimal_for_params(law, params)
-  elif params is None and compute is None:
-    params, compute, _ = laws.chinchilla_optimal_for_tokens(law, tokens)
-  return params, tokens, compute, laws.chinchilla_loss(law, params, tokens)
+  solvers = (
+    laws.chinchilla_optimal,
+    laws.chinchilla_optimal_for_params,
+    laws.chinchilla_optimal_for_tokens,
+  )
+  return _solve(law, solvers, laws.chinchilla_loss, compute, params, tokens)
 
 
 def _kaplan(c: dict, compute: Arr | None, params: Arr | None, tokens: Arr | None):
   law = laws.KaplanJoint(
     alpha_N=c['joint_alpha_N'], alpha_D=c['joint_alpha_D'], N_c=c['joint_N_c'], D_c=c['joint_D_c']
   )
-  if params is None and tokens is None:
-    params, tokens, _ = laws.kaplan_joint_optimal(law, compute)
-  elif tokens is None and compute is None:
-    tokens, compute, _ = laws.kaplan_joint_optimal_for_params(law, params)
-  elif params is None and compute is None:
-    params, compute, _ = laws.kaplan_joint_optimal_for_tokens(law, tokens)
-  return params, tokens, compute, laws.kaplan_loss_joint(law, params, tokens)
+  solvers = (
+    laws.kaplan_joint_optimal,
+    laws.kaplan_joint_optimal_for_params,
+    laws.kaplan_joint_optimal_for_tokens,
+  )
+  return _solve(law, solvers, laws.kaplan_loss_joint, compute, params, tokens)
 
 
 def _isoflop(c: dict, compute: Arr | None, params: Arr | None, tokens: Arr | None):

@@ -46,14 +46,7 @@ DEFAULT_LAWS = ('chinchilla', 'kaplan')
 MIN_MEMBERS = {**fit_lib.MIN_ROWS, 'curve': 2}  # fitted members each law needs at least.
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
-flags.DEFINE_enum(
-  'curve_areas',
-  'tokens',
-  ['tokens', 'steps'],
-  "curve law: the lr areas S1, S2 per million tokens ('tokens': batches may differ) or per step",
-  flag_values=FLAGS,
-)
-flags.DEFINE_string('results', None, 'results CSV, one run per row', flag_values=FLAGS)
+cli.define_results_flags(FLAGS)
 flags.DEFINE_float('fit_below', None, 'fit on runs with FLOPs <= this', flag_values=FLAGS)
 flags.DEFINE_list(
   'laws',
