@@ -23,9 +23,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import ml_collections
 from absl import flags
 
-from models import count as count_lib
 from models.config import ROPE_FIELDS, ModelConfig
-from scaling import cli
+from scaling import count as count_lib
+from train import cli
 
 FAMILIES = ('gpt2', 'llama')
 COUNTS = ('params', 'non_embedding_params')

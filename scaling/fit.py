@@ -28,8 +28,9 @@ from absl import flags
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 from scipy import optimize  # after OPENBLAS_NUM_THREADS is set (above).
 
-from scaling import checks, cli, distill_law, laws
+from scaling import checks, distill_law, laws
 from scaling import results as results_lib
+from train import cli
 
 HUBER_DELTA = 1e-3
 # The paper's grid of starts for (a, b, e, alpha, beta): 6 * 6 * 5 * 5 * 5 = 4500 points.
@@ -45,8 +46,21 @@ MIN_ROWS = {
   'interaction': 7, 'farseer': 11,
 }  # fmt: skip
 
+
+def define_results_flags(flag_values: flags.FlagValues) -> None:
+  """--results (the CSV) and --curve_areas, which scaling.fit and scaling.validate both take."""
+  flags.DEFINE_string('results', None, 'results CSV, one run per row', flag_values=flag_values)
+  flags.DEFINE_enum(
+    'curve_areas',
+    'tokens',
+    ['tokens', 'steps'],
+    "curve law: the lr areas S1, S2 per million tokens ('tokens': batches may differ) or per step",
+    flag_values=flag_values,
+  )
+
+
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
-cli.define_results_flags(FLAGS)
+define_results_flags(FLAGS)
 flags.DEFINE_enum(
   'law',
   'chinchilla',

@@ -22,10 +22,11 @@ import matplotlib
 import numpy as np
 from absl import flags
 
-from scaling import cli, laws, predict
 from scaling import fit as fit_lib
+from scaling import laws, predict
 from scaling import plot_style as style
 from scaling import results as results_lib
+from train import cli
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # after use('Agg'): no display needed.

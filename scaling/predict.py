@@ -24,7 +24,8 @@ import numpy as np
 from absl import flags
 from scipy import stats
 
-from scaling import checks, cli, distill_law, laws
+from scaling import checks, distill_law, laws
+from train import cli
 
 Arr = np.ndarray | Sequence[float]  # values given on the command line
 

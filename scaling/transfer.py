@@ -21,8 +21,9 @@ from collections.abc import Sequence
 import numpy as np
 from absl import flags
 
-from scaling import cli, results
 from scaling import plot_style as style
+from scaling import results
+from train import cli
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
 flags.DEFINE_list('results', None, 'comma-separated results.csv paths', flag_values=FLAGS)

@@ -35,18 +35,19 @@ from collections.abc import Sequence
 import numpy as np
 from absl import flags
 
-from scaling import cli, diagnostics, distill_law, holdout
+from scaling import diagnostics, distill_law, holdout
 from scaling import fit as fit_lib
 from scaling import plot_style as style
 from scaling import results as results_lib
 from scaling import rollout as rollout_lib
+from train import cli
 
 LAWS = holdout.LAWS
 DEFAULT_LAWS = ('chinchilla', 'kaplan')
 MIN_MEMBERS = {**fit_lib.MIN_ROWS, 'curve': 2}  # fitted members each law needs at least.
 
 FLAGS = flags.FlagValues()  # this module's own: tools importing each other share flag names.
-cli.define_results_flags(FLAGS)
+fit_lib.define_results_flags(FLAGS)
 flags.DEFINE_float('fit_below', None, 'fit on runs with FLOPs <= this', flag_values=FLAGS)
 flags.DEFINE_list(
   'laws',
