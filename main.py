@@ -1,7 +1,9 @@
 """Entry point: `python main.py --config=configs/default.py[:arg] [--config.a.b=v] --workdir=W`.
 
 Wires the config to the right trainer: plain LM training, distillation (a `distill`
-section) or a scaling sweep (a `sweep` section). Reruns resume from `--workdir`.
+section) or a scaling sweep (a `sweep` section). Reruns resume from `--workdir`. A plain or
+distillation run that reached its last step writes its final metrics (as printed) to
+`<workdir>/result.json`, its done-marker.
 Bad input (config, files, dataset, tokenizer, checkpoint, resume) ends with one line on
 stderr and exit code 2, a failed run (divergence, disk full) with one line and exit code 1;
 `--debug` shows the Python traceback instead.
@@ -136,21 +138,38 @@ def _train(config: ConfigDict, workdir: str) -> None:
   if 'sweep' in config:
     from scaling import sweep
 
-    result = sweep.run(config, workdir, evaluators=evaluators)
-  elif 'distill' in config:
-    from train.distillation import trainer as distill
-
-    result = distill.run(config, workdir, evaluators=evaluators)
+    result = sweep.run(config, workdir, evaluators=evaluators)  # derives each member itself.
   else:
-    from train import init_from, loop
-
-    result = loop.run(
-      config, workdir, init_params_fn=init_from.params_fn(config), evaluators=evaluators
-    )
+    result = _run(config, workdir, evaluators)
   if jax.process_index() == 0:
     from train import metrics
 
-    print(json.dumps(metrics.strict_json(result), indent=1, sort_keys=True), flush=True)
+    out = metrics.strict_json(result)
+    print(json.dumps(out, indent=1, sort_keys=True), flush=True)
+    if 'sweep' not in config and _finished(result):
+      from scaling import results
+      from train import workdir as workdir_lib
+
+      workdir_lib.write_json(os.path.join(workdir, results.RESULT_FILE), out)  # its done-marker.
+
+
+def _run(config: ConfigDict, workdir: str, evaluators: list) -> dict:
+  """A plain or distillation run: the config validated once, then its trainer."""
+  from train import init_from, loop, validation
+
+  derived = validation.derive(config)
+  if derived.distill is not None:
+    from train.distillation import trainer as distill
+
+    return distill.run(derived, workdir, evaluators=evaluators)
+  return loop.run(
+    derived, workdir, init_params_fn=init_from.params_fn(derived.config), evaluators=evaluators
+  )
+
+
+def _finished(result: dict) -> bool:
+  """Whether the run reached its last step (not stopped early by a signal or stop_after)."""
+  return 'preempted_at_step' not in result and 'stopped_at_step' not in result
 
 
 def main(argv: list[str]) -> None:

@@ -32,7 +32,7 @@ from absl import app, flags
 
 from configs import base
 from models import backend, count
-from train import context, group, sharding
+from train import context, group, sharding, validation
 
 # name -> model shape (byte vocabulary, GPT-2 block), about the parameter count it is named for.
 SIZES = {
@@ -73,7 +73,7 @@ class Single:
   """One member's compiled train step on a fixed synthetic batch."""
 
   def __init__(self, size: str, batch: int, seq_len: int) -> None:
-    r = context.setup(member_config(size, 0, batch, seq_len), with_data=False)
+    r = context.setup(validation.derive(member_config(size, 0, batch, seq_len)), with_data=False)
     self.params = count.param_counts(r.derived.model)['params']
     tokens = np.random.default_rng(0).integers(0, 256, (batch, seq_len + 1), np.int32)
     with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
@@ -94,8 +94,8 @@ class Grouped:
   """K members' compiled group step (their own seeds and lrs: stacked batches)."""
 
   def __init__(self, size: str, k: int, batch: int, seq_len: int) -> None:
-    configs = [member_config(size, i, batch, seq_len) for i in range(k)]
-    g = group.setup(configs, [''] * k, with_data=False)
+    derived = [validation.derive(member_config(size, i, batch, seq_len)) for i in range(k)]
+    g = group.setup(derived, [''] * k, with_data=False)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 256, (k, batch, seq_len + 1), np.int32)
     r0 = g.runs[0]

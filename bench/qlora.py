@@ -80,14 +80,14 @@ def _sh(cmd: list) -> str:
 
 def measure(mode: str) -> dict:
   """One fine-tuning run in this process (--measure): its final losses, wall time and peak RSS."""
-  from train import init_from, loop
+  from train import init_from, loop, validation
 
   root = _ROOT.value
   src = os.path.join(root, 'q') if mode == 'quantized' else _base()
   workdir = os.path.join(root, mode)
   config = _config(src, mode, _STEPS.value, _RANK.value, _BATCH.value)
   start = time.perf_counter()
-  out = loop.run(config, workdir, init_params_fn=init_from.params_fn(config))
+  out = loop.run(validation.derive(config), workdir, init_params_fn=init_from.params_fn(config))
   wall = time.perf_counter() - start
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     last = [json.loads(line) for line in f][-1]
@@ -126,10 +126,10 @@ def compiled_step(mode: str, src: str) -> tuple[dict, Callable[[int], float]]:
   import numpy as np
 
   from models import lora, resident_quant
-  from train import context, init_from, loop, sharding
+  from train import context, init_from, loop, sharding, validation
 
   config = _config(src, mode, _STEPS.value, _RANK.value, _BATCH.value)
-  r = context.setup(config, with_data=False)
+  r = context.setup(validation.derive(config), with_data=False)
   rows = (config.train.global_batch_size, config.data.seq_len + 1)
   tokens = np.random.default_rng(0).integers(0, config.model.vocab_size, rows, np.int32)
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):

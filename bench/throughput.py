@@ -19,7 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from models import attention, backend, count
-from train import context, flops, sharding
+from train import context, flops, sharding, validation
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up steps).')
@@ -29,7 +29,7 @@ class Step:
   """The compiled train step of `config` on a fixed synthetic batch, with its state."""
 
   def __init__(self, config: ml_collections.ConfigDict) -> None:
-    self.run = r = context.setup(config, with_data=False)
+    self.run = r = context.setup(validation.derive(config), with_data=False)
     self.model = r.derived.model
     tokens = np.random.default_rng(0).integers(
       0,

@@ -19,18 +19,14 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from models import parametrization, resident_quant
-from models.config import ModelConfig, ModelConfigLike, PyTree
+from models.config import ModelConfig, PyTree
 from models.generation import generate
 from models.transformer import Transformer, head_dim, kv_heads, packed_context
 
 
-def _module(model_config) -> Transformer:
-  return Transformer(ModelConfig.make(model_config))
-
-
-def init(model_config: ModelConfigLike, rng: jax.Array) -> PyTree:
+def init(model_config: ModelConfig, rng: jax.Array) -> PyTree:
   """Random float32 params (plain pytree) for `model_config` (jitted per config)."""
-  return _init(ModelConfig.make(model_config), rng)
+  return _init(ModelConfig.expect(model_config), rng)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -50,23 +46,23 @@ def _shapes_only(cfg: ModelConfig) -> ModelConfig:
   return cfg.replace(**arrays) if arrays else cfg
 
 
-def logical_axes(model_config: ModelConfigLike) -> PyTree:
+def logical_axes(model_config: ModelConfig) -> PyTree:
   """Pytree (matching params) of PartitionSpecs of logical axis names, e.g. ('embed', 'mlp')."""
-  cfg = _shapes_only(ModelConfig.make(model_config))
+  cfg = _shapes_only(ModelConfig.expect(model_config))
   tokens = jax.ShapeDtypeStruct((1, min(cfg.max_len, 8)), jnp.int32)
-  boxed = jax.eval_shape(lambda: _module(cfg).init(jax.random.key(0), tokens))['params']
+  boxed = jax.eval_shape(lambda: Transformer(cfg).init(jax.random.key(0), tokens))['params']
   return nn.get_partition_spec(boxed)
 
 
-def param_shapes(model_config: ModelConfigLike) -> PyTree:
+def param_shapes(model_config: ModelConfig) -> PyTree:
   """Pytree of ShapeDtypeStructs of the params, without allocating them."""
-  cfg = _shapes_only(ModelConfig.make(model_config))
+  cfg = _shapes_only(ModelConfig.expect(model_config))
   return jax.eval_shape(lambda: init(cfg, jax.random.key(0)))
 
 
-def param_scales(model_config: ModelConfigLike, field: str) -> PyTree:
+def param_scales(model_config: ModelConfig, field: str) -> PyTree:
   """Pytree (matching params) of one field of the parametrization table, e.g. 'lr' or 'wd'."""
-  cfg = ModelConfig.make(model_config)
+  cfg = ModelConfig.expect(model_config)
   return jax.tree.map(
     lambda spec, s: getattr(parametrization.scales(cfg, tuple(spec), s.shape), field),
     logical_axes(cfg),
@@ -75,9 +71,9 @@ def param_scales(model_config: ModelConfigLike, field: str) -> PyTree:
   )
 
 
-def trainable(model_config: ModelConfigLike) -> PyTree:
+def trainable(model_config: ModelConfig) -> PyTree:
   """Pytree (matching params) of bools: which params train (with LoRA, only the adapters)."""
-  cfg = ModelConfig.make(model_config)
+  cfg = ModelConfig.expect(model_config)
   return jax.tree.map(
     lambda spec: parametrization.trainable(cfg, tuple(spec)),
     logical_axes(cfg),
@@ -85,9 +81,9 @@ def trainable(model_config: ModelConfigLike) -> PyTree:
   )
 
 
-def compressible(model_config: ModelConfigLike) -> PyTree:
+def compressible(model_config: ModelConfig) -> PyTree:
   """Pytree (matching params) of bools: the kernels sparsity and weight quantization act on."""
-  cfg = ModelConfig.make(model_config)
+  cfg = ModelConfig.expect(model_config)
   return jax.tree.map(
     lambda spec: parametrization.compressible(tuple(spec)),
     logical_axes(cfg),
@@ -101,7 +97,7 @@ def _logits(cfg: ModelConfig, params, tokens_BxL, ctx):
 
 
 def logits(
-  model_config: ModelConfigLike,
+  model_config: ModelConfig,
   params: PyTree,
   tokens_BxL: jax.Array,
   segment_ids_BxL: jax.Array | None = None,
@@ -112,7 +108,7 @@ def logits(
   ctx = None
   if segment_ids_BxL is not None:
     ctx = packed_context(jnp.asarray(segment_ids_BxL), jnp.asarray(positions_BxL))
-  return _logits(ModelConfig.make(model_config), params, tokens_BxL, ctx)
+  return _logits(ModelConfig.expect(model_config), params, tokens_BxL, ctx)
 
 
 __all__ = [

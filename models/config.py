@@ -125,11 +125,22 @@ class ModelConfig:
       raise ValueError(f'config.model has unknown keys {unknown}; known: {sorted(names)}')
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
+  @classmethod
+  def expect(cls, cfg: Any) -> 'ModelConfig':
+    """`cfg`, which the model API takes parsed: a dict or ConfigDict is a TypeError (it is parsed
+    once where it enters, with ModelConfig.make)."""
+    if not isinstance(cfg, cls):
+      raise TypeError(
+        f'the model API takes a ModelConfig, got {type(cfg).__name__}: parse it once with '
+        'ModelConfig.make(...)'
+      )
+    return cfg
+
   def replace(self, **kw: Any) -> 'ModelConfig':
     return dataclasses.replace(self, **kw)
 
 
-# What the public model functions accept (through ModelConfig.make).
+# What ModelConfig.make parses: a model section where it enters (schema, HF config.json, tests).
 ModelConfigLike = ModelConfig | ml_collections.ConfigDict | dict
 
 

@@ -1,4 +1,5 @@
-"""Exact parameter counts and FLOPs per token of a model config, under the named conventions.
+"""Exact parameter counts and FLOPs per token of a ModelConfig, under the named conventions (a
+full config, a section or a dict: scaling/count.py).
 
 Parameter categories (all exact, from the config formula, and equal to the initialised pytree):
   token_embedding_params     V·d, the input embedding `embed` (tied: also the output head)
@@ -41,48 +42,30 @@ FLOPs per token (one token of training unless the name says forward):
 """
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import jax
 
 from models import param_shapes
-from models.config import ModelConfig, ModelConfigLike, head_dim, kv_heads
+from models.config import ModelConfig, head_dim, kv_heads
 
 EMBEDDING_LEAVES = {
   'embed': 'token_embedding_params',
   'pos_embed': 'position_embedding_params',
   'unembed': 'unembedding_params',
 }
-# A full config (with .model), a model section, a dict or a ModelConfig.
-ConfigLike = ModelConfigLike | Mapping[str, Any]
 
 
-def model_config(config: ConfigLike) -> ModelConfig:
-  """A ModelConfig from a full config (with .model), a model section, a dict or a ModelConfig."""
-  if isinstance(config, ModelConfig):
-    return config
-  if hasattr(config, 'model') or (isinstance(config, dict) and 'model' in config):
-    config = config['model']
-  return ModelConfig.make(config)
-
-
-def _seq_len(config: ConfigLike, seq_len: int | None) -> int:
-  if seq_len is not None:
-    return int(seq_len)
-  try:
-    return int(config['data']['seq_len'])
-  except (KeyError, TypeError, AttributeError):
-    return int(model_config(config).max_len)
+def _seq_len(m: ModelConfig, seq_len: int | None) -> int:
+  return int(m.max_len if seq_len is None else seq_len)
 
 
 def _mlp_mats(m: ModelConfig) -> int:
   return 3 if m.mlp in ('swiglu', 'geglu') else 2
 
 
-def param_counts(config: ConfigLike) -> dict:
+def param_counts(m: ModelConfig) -> dict:
   """Exact parameter counts by category (see module docstring) from the config formula."""
-  m = model_config(config)
+  m = ModelConfig.expect(m)
   d, v, f = m.d_model, m.vocab_size, m.d_ff
   h, k, dh = m.n_heads, kv_heads(m), head_dim(m)
   per_feature = 2 if (m.norm == 'layernorm' and m.use_bias) else 1  # norm scale (+ bias).
@@ -111,9 +94,9 @@ def param_counts(config: ConfigLike) -> dict:
   return out
 
 
-def pytree_param_counts(config: ConfigLike) -> dict:
+def pytree_param_counts(m: ModelConfig) -> dict:
   """The same categories, counted from the shapes of the initialised pytree (models.param_shapes)."""
-  shapes = param_shapes(model_config(config))
+  shapes = param_shapes(ModelConfig.expect(m))
   out = {name: 0 for name in EMBEDDING_LEAVES.values()}
   out['non_embedding_params'] = 0
   for key, leaf in shapes.items():
@@ -124,51 +107,49 @@ def pytree_param_counts(config: ConfigLike) -> dict:
   return out
 
 
-def checked_param_counts(config: ConfigLike) -> dict:
+def checked_param_counts(m: ModelConfig) -> dict:
   """param_counts, after checking they equal the pytree's counts (raises AssertionError if not)."""
-  formula, tree = param_counts(config), pytree_param_counts(config)
+  formula, tree = param_counts(m), pytree_param_counts(m)
   if formula != tree:
-    raise AssertionError(
-      f'parameter count formula {formula} != initialised pytree {tree} for {model_config(config)}'
-    )
+    raise AssertionError(f'parameter count formula {formula} != initialised pytree {tree} for {m}')
   return formula
 
 
-def matmul_params(config: ConfigLike) -> int:
+def matmul_params(m: ModelConfig) -> int:
   """Weights used in matmuls per token: blocks (no norms/biases) + the output projection."""
-  m = model_config(config)
+  m = ModelConfig.expect(m)
   attn = m.d_model * head_dim(m) * (2 * m.n_heads + 2 * kv_heads(m))
   mlp = m.d_model * m.d_ff * _mlp_mats(m)
   return m.n_layers * (attn + mlp) + m.d_model * m.vocab_size
 
 
-def head_params(config: ConfigLike) -> int:
+def head_params(m: ModelConfig) -> int:
   """d·V, the output projection's weights: the untied `unembed`, or the tied embedding as the head."""
-  m = model_config(config)
+  m = ModelConfig.expect(m)
   return m.d_model * m.vocab_size
 
 
-def train_flops_per_token(config: ConfigLike, seq_len: int, causal: bool = False) -> float:
+def train_flops_per_token(m: ModelConfig, seq_len: int, causal: bool = False) -> float:
   """PaLM's training FLOPs per token, the MFU convention: 6·N_matmul + 12·L·H·Q·T; `causal`:
   MaxText's, which counts only the causal half of the attention matrix (6·L·H·Q·T)."""
-  m = model_config(config)
+  m = ModelConfig.expect(m)
   return (
     6 * matmul_params(m) + (6 if causal else 12) * m.n_layers * m.n_heads * head_dim(m) * seq_len
   )
 
 
-def flops_per_token_kaplan_forward(config: ConfigLike, seq_len: int | None = None) -> float:
+def flops_per_token_kaplan_forward(m: ModelConfig, seq_len: int | None = None) -> float:
   """Kaplan et al. 2020, Table 1: 2·N + 2·n_layer·n_ctx·d_attn with N non-embedding."""
-  m = model_config(config)
+  m = ModelConfig.expect(m)
   d_attn = m.n_heads * head_dim(m)
   n = param_counts(m)['non_embedding_params']
-  return 2.0 * n + 2.0 * m.n_layers * _seq_len(config, seq_len) * d_attn
+  return 2.0 * n + 2.0 * m.n_layers * _seq_len(m, seq_len) * d_attn
 
 
-def flops_per_token_chinchilla_forward(config: ConfigLike, seq_len: int | None = None) -> float:
+def flops_per_token_chinchilla_forward(m: ModelConfig, seq_len: int | None = None) -> float:
   """Hoffmann et al. 2022, Appendix F, forward FLOPs per token (see module docstring)."""
-  m = model_config(config)
-  s = _seq_len(config, seq_len)
+  m = ModelConfig.expect(m)
+  s = _seq_len(m, seq_len)
   d, v, f = m.d_model, m.vocab_size, m.d_ff
   h, k, dh = m.n_heads, kv_heads(m), head_dim(m)
   per_layer = (
@@ -182,10 +163,10 @@ def flops_per_token_chinchilla_forward(config: ConfigLike, seq_len: int | None =
   return float(2 * v * d + m.n_layers * per_layer + 2 * d * v)
 
 
-def flop_counts(config: ConfigLike, seq_len: int | None = None) -> dict:
-  """All FLOPs-per-token conventions (module docstring) for config at seq_len (default data.seq_len)."""
-  m = model_config(config)
-  s = _seq_len(config, seq_len)
+def flop_counts(m: ModelConfig, seq_len: int | None = None) -> dict:
+  """All FLOPs-per-token conventions (module docstring) for `m` at seq_len (default max_len)."""
+  m = ModelConfig.expect(m)
+  s = _seq_len(m, seq_len)
   p = param_counts(m)
   kaplan_fwd = flops_per_token_kaplan_forward(m, s)
   chin_fwd = flops_per_token_chinchilla_forward(m, s)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import resident_quant
-from models.config import ModelConfig, ModelConfigLike, PyTree
+from models.config import ModelConfig, PyTree
 from models.transformer import DTYPES, KVCache, Transformer, decode_context, head_dim, kv_heads
 
 Prompts = Sequence[Sequence[int]] | np.ndarray | jax.Array
@@ -131,7 +131,7 @@ def check_options(
 
 
 def generate_with_logits(
-  model_config: ModelConfigLike,
+  model_config: ModelConfig,
   params: PyTree,
   prompts: Prompts,
   max_new_tokens: int,
@@ -143,7 +143,7 @@ def generate_with_logits(
   eos_id: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """`generate`, plus the float32 logits [B, T, V] each new token was chosen from."""
-  cfg = ModelConfig.make(model_config)
+  cfg = ModelConfig.expect(model_config)
   prompts_BxP, pads_B = left_pad(prompts)
   check_options(cfg, prompts_BxP.shape[1], max_new_tokens, temperature, top_k, top_p)
   if temperature > 0 and rng is None:
@@ -166,7 +166,7 @@ def generate_with_logits(
 
 
 def generate(
-  model_config: ModelConfigLike,
+  model_config: ModelConfig,
   params: PyTree,
   prompts: Prompts,
   max_new_tokens: int,

@@ -24,7 +24,7 @@ import safetensors
 import safetensors.numpy
 
 import models
-from models.config import ROPE_FIELDS, ModelConfig, ModelConfigLike, PyTree
+from models.config import ROPE_FIELDS, ModelConfig, PyTree
 from models.transformer import head_dim, kv_heads
 
 if TYPE_CHECKING:
@@ -244,7 +244,7 @@ def _check_sp(cfg: ModelConfig, what: str):
 
 
 def to_hf_config(
-  model_config: ModelConfigLike, token_ids: dict[str, int] | None = None
+  model_config: ModelConfig, token_ids: dict[str, int] | None = None
 ) -> 'transformers.PreTrainedConfig':
   """transformers GPT2Config / LlamaConfig / Qwen2Config / Qwen3Config / GemmaConfig for it, with
   `token_ids` (e.g. {'bos_token_id': 256, 'eos_token_id': 256}) over the family's defaults.
@@ -253,7 +253,7 @@ def to_hf_config(
   """
   import transformers  # Heavy: only needed to export.
 
-  cfg = ModelConfig.make(model_config)
+  cfg = ModelConfig.expect(model_config)
   if cfg.positions == 'learned':
     _check_gpt2_export(cfg)
     family, kwargs = 'GPT2', _gpt2_fields(cfg)
@@ -666,7 +666,7 @@ def read_config(path: str) -> ModelConfig:
 
 
 def import_checkpoint(
-  path: str, model_config: ModelConfigLike | None = None, shardings: PyTree | None = None
+  path: str, model_config: ModelConfig | None = None, shardings: PyTree | None = None
 ) -> tuple[ModelConfig, PyTree]:
   """(ModelConfig, float32 params) from an HF checkpoint directory (safetensors only).
 
@@ -679,7 +679,7 @@ def import_checkpoint(
   _check_float(path, hf.get('quantization_config'))
   cfg = config_from_hf(hf)
   if model_config is not None:
-    target = ModelConfig.make(model_config)
+    target = ModelConfig.expect(model_config)
     _check_sp(target, f'importing {path}')
     _check_arch(cfg, target)
     cfg = target
@@ -714,10 +714,10 @@ def import_checkpoint(
 # --------------------------------------------------------------------------- writing
 
 
-def hf_tensors(model_config: ModelConfigLike, params: PyTree, dtype: Any = np.float32) -> dict:
+def hf_tensors(model_config: ModelConfig, params: PyTree, dtype: Any = np.float32) -> dict:
   """{HF name: array in HF layout} of our `params` (model `model_config`), each as `dtype` (None:
   its own: int values and their scales map through the same names and layouts as the weights)."""
-  cfg = ModelConfig.make(model_config).replace(scan_layers='layers' in params)  # their layout.
+  cfg = ModelConfig.expect(model_config).replace(scan_layers='layers' in params)  # their layout.
   family = 'gpt2' if cfg.positions == 'learned' else 'llama'
   host = jax.device_get(params)
   parts = collections.defaultdict(list)
@@ -740,7 +740,7 @@ def hf_tensors(model_config: ModelConfigLike, params: PyTree, dtype: Any = np.fl
 
 
 def export_checkpoint(
-  model_config: ModelConfigLike,
+  model_config: ModelConfig,
   params: PyTree,
   path: str,
   token_ids: dict[str, int] | None = None,
@@ -752,7 +752,7 @@ def export_checkpoint(
   `quantized`: (quantization_config, {HF name: array}) of a compressed-tensors export
   (models/compressed_export.py): config.json carries the config, and the arrays are written in
   place of their modules' float32 `.weight`."""
-  cfg = ModelConfig.make(model_config)
+  cfg = ModelConfig.expect(model_config)
   _check_sp(cfg, f'exporting to {path}')
   ids = {k: v for k, v in (token_ids or {}).items() if k != 'pad_token_id'}
   hf = to_hf_config(cfg, ids)

@@ -22,7 +22,7 @@ import safetensors.numpy
 
 import models
 from models import hf, lora, parametrization, resident_quant
-from models.config import LORA_TARGETS, ModelConfig, ModelConfigLike, PyTree
+from models.config import LORA_TARGETS, ModelConfig, PyTree
 
 CONFIG_FILE = 'adapter_config.json'
 WEIGHTS_FILE = 'adapter_model.safetensors'
@@ -92,12 +92,12 @@ def _pieces(cfg: ModelConfig, host: PyTree) -> tuple[dict, dict, dict]:
 
 
 def export_adapter(
-  model_config: ModelConfigLike, params: PyTree, path: str, base_model: str = ''
+  model_config: ModelConfig, params: PyTree, path: str, base_model: str = ''
 ) -> None:
   """Write `params`' adapters as a PEFT LoRA adapter directory for the HF export of the base
   (models/hf.py export_checkpoint of lora.split(params)[0], or the hf: source it came from);
   `base_model` is recorded as its base_model_name_or_path."""
-  cfg = ModelConfig.make(model_config)
+  cfg = ModelConfig.expect(model_config)
   hf._check_sp(cfg, f'exporting the adapter to {path}')
   if not cfg.lora_rank:
     raise ValueError(f'exporting the adapter to {path}: config.model.lora_rank is 0 (no adapters)')
@@ -164,12 +164,12 @@ def _part(a: np.ndarray, b: np.ndarray, r: int, what: str) -> tuple[np.ndarray, 
   return a[:, idx], b[idx]
 
 
-def import_adapter(path: str, model_config: ModelConfigLike) -> PyTree:
+def import_adapter(path: str, model_config: ModelConfig) -> PyTree:
   """The adapter params (lora.split's second tree) of a PEFT LoRA adapter directory, for
   `model_config` (its lora_rank and targets; PEFT's own alpha / rsLoRA scale is folded into B;
   with model.lora_dora, m from lora_magnitude_vector). A module the targets name but the adapter
   lacks, a rank above lora_rank, or use_dora other than model.lora_dora: ValueError."""
-  cfg = ModelConfig.make(model_config)
+  cfg = ModelConfig.expect(model_config)
   try:
     with open(os.path.join(path, CONFIG_FILE)) as f:
       config = json.load(f)

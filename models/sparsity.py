@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from models import logical_axes, parametrization
-from models.config import ModelConfig, ModelConfigLike, PyTree
+from models.config import ModelConfig, PyTree
 
 SCOPES = ('global', 'layer')
 
@@ -36,7 +36,7 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
   return n, m
 
 
-def leaf_axes(cfg: ModelConfigLike) -> list[tuple[str, ...]]:
+def leaf_axes(cfg: ModelConfig) -> list[tuple[str, ...]]:
   """Logical axes of each param leaf, in jax.tree.leaves order."""
   is_spec = lambda x: isinstance(x, PartitionSpec)
   return [tuple(s) for s in jax.tree.leaves(logical_axes(cfg), is_leaf=is_spec)]
@@ -91,7 +91,7 @@ def _nm_mask(w: jax.Array, axes: tuple[str, ...], n: int, m: int) -> jax.Array:
 
 
 def magnitude_masks(
-  cfg: ModelConfigLike,
+  cfg: ModelConfig,
   params: PyTree,
   sparsity: jax.Array | float,
   scope: str = 'global',
@@ -101,7 +101,7 @@ def magnitude_masks(
   fraction `sparsity` is pruned ('global': ranked all together; 'layer': per kernel and per
   layer), or with an 'N:M' pattern the N largest of every M along the fan-in (fraction 1 - N/M,
   `sparsity` unused); all True elsewhere. `sparsity` may be traced (jit-friendly)."""
-  cfg = ModelConfig.make(cfg)
+  cfg = ModelConfig.expect(cfg)
   nm = parse_pattern(pattern)
   if scope not in SCOPES:
     raise ValueError(f'sparsity scope {scope!r}: expected one of {SCOPES}')
@@ -130,7 +130,7 @@ def apply(params: PyTree, masks: PyTree) -> PyTree:
   return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, masks)
 
 
-def density(cfg: ModelConfigLike, tree: PyTree) -> jax.Array:
+def density(cfg: ModelConfig, tree: PyTree) -> jax.Array:
   """Fraction of nonzero (kept) entries over the compressible kernels of params or masks."""
   pairs = [(x, a) for x, a in zip(jax.tree.leaves(tree), leaf_axes(cfg))]
   kept = [jnp.count_nonzero(x) for x, a in pairs if parametrization.compressible(a)]
@@ -138,7 +138,7 @@ def density(cfg: ModelConfigLike, tree: PyTree) -> jax.Array:
   return sum(kept, jnp.zeros((), jnp.int32)).astype(jnp.float32) / max(total, 1)
 
 
-def report(cfg: ModelConfigLike, tree: PyTree) -> dict[str, float]:
+def report(cfg: ModelConfig, tree: PyTree) -> dict[str, float]:
   """Density of each compressible kernel ('layers/attn/query'), per layer when stacked
   ('layers/attn/query[0]'), and over all of them ('total')."""
   out = {}

@@ -1,23 +1,20 @@
 """Parameter counts and FLOPs per token of a config (the conventions and formulas are
-models/count.py's), with the training tokens and FLOPs of a training config; the command line.
+models/count.py's, which takes a ModelConfig; here a full config, a section or a dict is parsed
+once), with the training tokens and FLOPs of a training config; the command line.
 
   python -m scaling.count --config=configs/gpt2.py:124m [--config.model.n_layers=6]
 """
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from models.count import (
-  ConfigLike,
-  checked_param_counts,
-  flop_counts,
-  model_config,
-  param_counts,
-  pytree_param_counts,
-)
+from models import count as count_lib
+from models.config import ModelConfig
 from train import cli, validation
 
 __all__ = (
@@ -29,6 +26,48 @@ __all__ = (
   'training_tokens',
 )
 
+# A full config (with .model), a model section, a dict or a ModelConfig.
+ConfigLike = ModelConfig | ml_collections.ConfigDict | Mapping[str, Any]
+
+
+def model_config(config: ConfigLike) -> ModelConfig:
+  """The ModelConfig of a full config (with .model), a model section, a dict or a ModelConfig."""
+  if isinstance(config, ModelConfig):
+    return config
+  if hasattr(config, 'model') or (isinstance(config, dict) and 'model' in config):
+    config = config['model']
+  return ModelConfig.make(config)
+
+
+def _seq_len(config: ConfigLike, seq_len: int | None) -> int | None:
+  """seq_len, else a full config's data.seq_len (None: models/count.py's default, max_len)."""
+  if seq_len is not None:
+    return int(seq_len)
+  try:
+    return int(config['data']['seq_len'])
+  except (KeyError, TypeError, AttributeError):
+    return None
+
+
+def param_counts(config: ConfigLike) -> dict:
+  """models/count.py's param_counts of any config form (model_config)."""
+  return count_lib.param_counts(model_config(config))
+
+
+def pytree_param_counts(config: ConfigLike) -> dict:
+  """models/count.py's pytree_param_counts of any config form."""
+  return count_lib.pytree_param_counts(model_config(config))
+
+
+def checked_param_counts(config: ConfigLike) -> dict:
+  """models/count.py's checked_param_counts of any config form."""
+  return count_lib.checked_param_counts(model_config(config))
+
+
+def flop_counts(config: ConfigLike, seq_len: int | None = None) -> dict:
+  """models/count.py's flop_counts at seq_len (default: data.seq_len of a full config)."""
+  return count_lib.flop_counts(model_config(config), _seq_len(config, seq_len))
+
 
 def training_tokens(config: ml_collections.ConfigDict) -> int:
   """Tokens a config trains on: num_steps (or total_tokens rounded down to whole steps) × B·T."""
@@ -37,9 +76,10 @@ def training_tokens(config: ml_collections.ConfigDict) -> int:
 
 def count(config: ConfigLike, seq_len: int | None = None, check: bool = True) -> dict:
   """Parameter counts (checked against the pytree unless check=False) and FLOPs per token."""
-  out = dict(checked_param_counts(config) if check else param_counts(config))
-  out['tied_embeddings'] = bool(model_config(config).tie_embeddings)
-  out.update(flop_counts(config, seq_len))
+  m = model_config(config)
+  out = dict(count_lib.checked_param_counts(m) if check else count_lib.param_counts(m))
+  out['tied_embeddings'] = bool(m.tie_embeddings)
+  out.update(count_lib.flop_counts(m, _seq_len(config, seq_len)))
   if hasattr(config, 'train') and hasattr(config, 'data'):
     tokens = training_tokens(config)
     out['train_tokens'] = tokens

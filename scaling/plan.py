@@ -14,7 +14,7 @@ from typing import Any
 import ml_collections
 
 from configs import base
-from models import count as count_lib
+from scaling import count as count_lib
 from scaling import family as family_lib
 from scaling.config_hash import config_hash
 

@@ -158,8 +158,9 @@ def _branch_group(sw: '_Sweep', pending: list) -> bool:
   trunk_dirs = [_trunk_dir(sw.workdir, m) for m in ms]
   names = '\n'.join(m.trunk for m in ms)
   group_dir = os.path.join(sw.workdir, 'groups', hashlib.sha256(names.encode()).hexdigest()[:12])
-  trunks = [m.trunk_config for m in ms]
-  for point in _points_to_grow(ms[0], group_dir):
+  points = _points_to_grow(ms[0], group_dir)
+  trunks = [validation.derive(m.trunk_config) for m in ms]  # (the group's members, checked once)
+  for point in points:
     logging.info(
       '%d trunks as one group in %s: training to step %d (branch point)', len(ms), group_dir, point
     )
@@ -178,7 +179,7 @@ def _branch_group(sw: '_Sweep', pending: list) -> bool:
     trunks,
     ms[0].branch_step,
     [d for _, d in todo],
-    [context.stream_meta(m.config) for m in ms],
+    [context.stream_meta(sw.derived[m.name].config) for m in ms],
   )
   return True
 
@@ -187,13 +188,15 @@ def _grow_trunk(workdir: str, m: Member, evaluators: Sequence[Evaluator] = ()) -
   """Train m's trunk through each branch point up to m's, stopping (and checkpointing) at each;
   returns the step a SIGTERM stopped it at, else None."""
   trunk_dir = _trunk_dir(workdir, m)
-  for point in _points_to_grow(m, trunk_dir):
+  points = _points_to_grow(m, trunk_dir)
+  trunk = validation.derive(m.trunk_config) if points else None
+  for point in points:
     logging.info('trunk %s: training to step %d (branch point)', m.trunk, point)
     metrics = loop.run(
-      m.trunk_config,
+      trunk,
       trunk_dir,
       stop_after=point,
-      init_params_fn=init_from.params_fn(m.trunk_config),
+      init_params_fn=init_from.params_fn(trunk.config),
       evaluators=evaluators,
     )
     if metrics.get('preempted_at_step') is not None:
@@ -225,15 +228,14 @@ def _branch(workdir: str, m: Member, member_dir: str) -> None:
 def _train(
   member: Member, member_dir: str, derived: validation.Derived, evaluators: Sequence[Evaluator]
 ) -> dict:
-  """Train one member; `derived` is validation.derive's result for its config (run() has it);
-  `evaluators` run after its eval loss (e.g. lm-eval's, built once by main.py)."""
-  if 'distill' in member.config:
-    return distill.run(member.config, member_dir, derived=derived, evaluators=evaluators)
+  """Train `member` in member_dir; `derived` is validation.derive's result for its config (run()
+  has it); `evaluators` run after its eval loss (e.g. lm-eval's, built once by main.py)."""
+  if derived.distill is not None:
+    return distill.run(derived, member_dir, evaluators=evaluators)
   return loop.run(
-    member.config,
+    derived,
     member_dir,
-    init_params_fn=init_from.params_fn(member.config),
-    derived=derived,
+    init_params_fn=init_from.params_fn(derived.config),
     evaluators=evaluators,
   )
 
@@ -454,10 +456,7 @@ def _run_group(sw: _Sweep, unit: list) -> bool:
   logging.info('%d members train as one program in %s', len(pending), group_dir)
   tic = time.time()
   finals = group.run(
-    [m.config for m, _, _ in pending],
-    [d for _, d, _ in pending],
-    group_dir,
-    derived=[sw.derived[m.name] for m, _, _ in pending],
+    [sw.derived[m.name] for m, _, _ in pending], [d for _, d, _ in pending], group_dir
   )
   took = time.time() - tic
   share = took / len(pending)  # each member's wall_s: its share of the group's time.
@@ -480,7 +479,7 @@ def _prepare(
   derived = {}
   for m in ms:  # every member (distill section included) must be valid before any trains.
     try:
-      derived[m.name] = validation.derive(m.config, jax.device_count(), jax.process_count())
+      derived[m.name] = validation.derive(m.config)
     except ValueError as e:
       raise ValueError(f'sweep member {m.name}: {e}') from e
   sw = _Sweep(workdir, ms, derived, evaluators)

@@ -108,8 +108,8 @@ def pytest_configure(config):
 def trained_workdir(tiny_config, tmp_path_factory):
   """One tiny trained run (tiny_config(), 4 steps, checkpoints 2 and 4) for the tests that need
   "some trained workdir" and only read it: sampling, init_from. Copy it before changing it."""
-  from train import loop
+  from train import loop, validation
 
   workdir = str(tmp_path_factory.mktemp('trained') / 'w')
-  loop.run(tiny_config(), workdir)
+  loop.run(validation.derive(tiny_config()), workdir)
   return workdir

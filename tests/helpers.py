@@ -184,9 +184,9 @@ def restored_state(workdir, config):
   """(step, params, opt_state) of a workdir's latest checkpoint as loop.run resumes it."""
   import jax
 
-  from train import checkpoint, context
+  from train import checkpoint, context, validation
 
-  r = context.setup(config)
+  r = context.setup(validation.derive(config))
   mngr = checkpoint.manager(str(workdir), config.train)
   with jax.set_mesh(r.mesh):
     state, step = checkpoint.restore_latest_good(

@@ -334,7 +334,7 @@ def test_static_scales_need_a_w8a8_source(tiny_config, tmp_path):
     assert '--activations=int8 --act_scale=static' in msg and '\n' not in msg, msg
   run = str(tmp_path / 'run')
   with pytest.raises(ValueError, match=r"^config.init_from='': model.act_scale='static'"):
-    loop.run(tiny_config(static), run)
+    loop.run(validation.derive(tiny_config(static)), run)
   assert not os.path.exists(run)
   validation.derive(tiny_config({**static, 'init_from': w8}), jax.device_count())
   validation.derive(tiny_config({**static, 'model.act_scale': 'tensor'}), jax.device_count())
@@ -345,7 +345,7 @@ def test_fine_tune_from_a_w8a8_workdir_keeps_its_calibrated_params(tiny_config, 
   """QAT from a W8A8 workdir (static scales, SmoothQuant; int8 weights fake-quantized) with
   weight decay: 3 steps through the training loop move the weights, and its checkpoint holds the
   workdir's scales and factors bitwise."""
-  from train import init_from, loop
+  from train import init_from, loop, validation
   from train.tools import compress
 
   _, src = _src(tiny_config, tmp_path)
@@ -358,7 +358,9 @@ def test_fine_tune_from_a_w8a8_workdir_keeps_its_calibrated_params(tiny_config, 
                         'init_from': out, 'optimizer.lr': 1e-2, 'optimizer.weight_decay': 0.1,
                         'optimizer.warmup_steps': 0, 'train.num_steps': 3,
                         'train.eval_every': 3, 'train.checkpoint_every': 3})  # fmt: skip
-  result = loop.run(config, str(tmp_path / 'qat'), init_params_fn=init_from.params_fn(config))
+  result = loop.run(
+    validation.derive(config), str(tmp_path / 'qat'), init_params_fn=init_from.params_fn(config)
+  )
   assert np.isfinite(result['eval/loss'])
   before = _flat(jax.device_get(init_from.load_params(out)[1]))
   after = _flat(jax.device_get(init_from.load_params(str(tmp_path / 'qat'))[1]))
@@ -375,13 +377,13 @@ def test_w8a8_and_qat_on_a_trained_model(tiny_config, tmp_path):
   """A tiny model trained 200 steps, through train.tools.compress: the int8 W8A8 gap (static per
   tensor and per token, with and without SmoothQuant) and fp8's are small; a QAT fine-tune with int8
   weights and inputs (dynamic per tensor, straight-through) trains from the float checkpoint."""
-  from train import init_from, loop
+  from train import init_from, loop, validation
   from train.tools import compress
 
   src = str(tmp_path / 'src')
   steps = {'train.num_steps': 200, 'train.eval_every': 200, 'train.checkpoint_every': 200,
            'optimizer.lr': 3e-3, 'optimizer.warmup_steps': 20, 'train.eval_batches': 4}  # fmt: skip
-  loop.run(tiny_config(steps), src)
+  loop.run(validation.derive(tiny_config(steps)), src)
   what = {'prune': '', 'sparsity': 0.0, 'pattern': 'unstructured', 'scope': 'global',
           'group': 0, 'calib_batches': 4, 'eval_batches': 0}  # fmt: skip
   gaps = {}
@@ -397,7 +399,9 @@ def test_w8a8_and_qat_on_a_trained_model(tiny_config, tmp_path):
          'optimizer.warmup_steps': 2, 'init_from': src, 'model.weight_quant': 'int8',
          'model.act_quant': 'int8', 'model.act_scale': 'tensor'}  # fmt: skip
   config = tiny_config(qat)
-  result = loop.run(config, str(tmp_path / 'qat'), init_params_fn=init_from.params_fn(config))
+  result = loop.run(
+    validation.derive(config), str(tmp_path / 'qat'), init_params_fn=init_from.params_fn(config)
+  )
   print(f'QAT int8 W8A8 (dynamic per tensor), 20 steps: eval loss {result["eval/loss"]:.4f}, '
         f'float {rec["loss_before"]:.4f}')  # fmt: skip
   assert abs(result['eval/loss'] - rec['loss_before']) < 0.1  # from the float model, not random.
@@ -423,10 +427,9 @@ def test_study_fine_tunes_a_qat_and_a_float_twin(tmp_path):
   weights and inputs fake-quantized (dynamic per tensor), one float."""
   from scaling.studies import compression
 
-  (float_marker, float_cmd), (qat_marker, qat_cmd) = compression.act_qat_runs(
-    str(tmp_path), '/ladder', ['M']
-  )
-  assert float_marker.endswith('M_ft_float/compression_done') and 'M_ft_w8a8' in qat_marker
-  assert f'steps={compression.ACT_QAT_STEPS}' in float_cmd[-1] and 'model.' not in float_cmd[-1]
+  fine, qat = compression.act_qat_runs(str(tmp_path), '/ladder', ['M'])
+  assert fine.workdir == str(tmp_path / 'w8a8_qat' / 'M_ft_float') and 'M_ft_w8a8' in qat.workdir
+  fine_cmd = ' '.join(fine.argv)
+  assert f'steps={compression.ACT_QAT_STEPS}' in fine_cmd and 'model.' not in fine_cmd
   for flag in ('weight_quant=int8', 'act_quant=int8', 'act_scale=tensor'):
-    assert f'--config.model.{flag}' in qat_cmd[-1]
+    assert f'--config.model.{flag}' in qat.argv

@@ -21,7 +21,7 @@ from helpers import HF_LLAMA, LLAMA_BLOCK, restored_state
 
 import models
 from models import lora
-from train import checkpoint, context, init_from, loop
+from train import checkpoint, context, init_from, loop, validation
 from train.tools import export, harness, sample
 
 
@@ -49,7 +49,9 @@ def _overrides(src, rank=4, **more):
 
 
 def _run(config, workdir, **kw):
-  return loop.run(config, str(workdir), init_params_fn=init_from.params_fn(config), **kw)
+  return loop.run(
+    validation.derive(config), str(workdir), init_params_fn=init_from.params_fn(config), **kw
+  )
 
 
 def _meta(workdir, step):
@@ -132,7 +134,7 @@ def test_peft_adapter_exported_imported_trains_on_and_resumes_bitwise(
   export.export(workdir, adapter, what='adapter')
   src = f'peft:{adapter}'
   config = tiny_config(_overrides(src))
-  start = init_from.params_fn(config)(context.setup(config))
+  start = init_from.params_fn(config)(context.setup(validation.derive(config)))
   _, trained = init_from.load_params(workdir)
   for k, v in _flat(trained).items():
     np.testing.assert_allclose(_flat(start)[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
@@ -173,15 +175,15 @@ def test_lora_workdir_loads_everywhere_and_as_init_from(lora_run, tiny_config, t
   np.testing.assert_allclose(np.asarray(models.logits(cfg, params, tokens)), theirs, atol=1e-4)
 
   on = tiny_config(_overrides(workdir))
-  got = init_from.params_fn(on)(context.setup(on))
+  got = init_from.params_fn(on)(context.setup(validation.derive(on)))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(got), jax.device_get(params))
   full = tiny_config(_overrides(workdir, rank=0))
-  got = init_from.params_fn(full)(context.setup(full))
+  got = init_from.params_fn(full)(context.setup(validation.derive(full)))
   want = lora.merge(cfg, params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), got, want)
   other = tiny_config(_overrides(workdir, rank=2))
   with pytest.raises(ValueError, match=r'its adapters are rank 4 .* or lora_rank=0'):
-    init_from.params_fn(other)(context.setup(other))
+    init_from.params_fn(other)(context.setup(validation.derive(other)))
 
   moved, copy = str(tmp_path / 'moved'), str(tmp_path / 'copy')
   shutil.copytree(base, moved)
@@ -214,7 +216,9 @@ def test_adapter_checkpoint_bytes_follow_the_param_ratio(tiny_config, tmp_path):
     config = tiny_config(_overrides(f'hf:{base}', rank=rank, **shape))
     _run(config, tmp_path / name)
     sizes[name] = _data_bytes(tmp_path / name / 'checkpoints' / '2')
-  cfg = context.setup(tiny_config(_overrides(f'hf:{base}', **shape))).derived.model
+  cfg = context.setup(
+    validation.derive(tiny_config(_overrides(f'hf:{base}', **shape)))
+  ).derived.model
   n_base, n_adapters = (
     sum(x.size for x in jax.tree.leaves(t)) for t in lora.split(models.param_shapes(cfg))
   )

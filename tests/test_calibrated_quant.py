@@ -250,13 +250,13 @@ def test_compress_cli_gptq_writes_a_workdir_every_loader_reads(tiny_config, tmp_
 def test_gptq_loses_less_than_rtn_on_a_trained_model(tiny_config, tmp_path):
   """A tiny model trained 200 steps, int4 per channel through train.tools.compress: GPTQ's eval-loss
   gap is below RTN's (on the run's own eval set)."""
-  from train import loop
+  from train import loop, validation
   from train.tools import compress
 
   src = str(tmp_path / 'src')
   steps = {'train.num_steps': 200, 'train.eval_every': 200, 'train.checkpoint_every': 200,
            'optimizer.lr': 3e-3, 'optimizer.warmup_steps': 20, 'train.eval_batches': 4}  # fmt: skip
-  loop.run(tiny_config(steps), src)
+  loop.run(validation.derive(tiny_config(steps)), src)
   what = {'prune': '', 'sparsity': 0.0, 'pattern': 'unstructured', 'scope': 'global',
           'quantize': 'int4', 'group': 0, 'calib_batches': 8, 'eval_batches': 0}  # fmt: skip
   gap = {}

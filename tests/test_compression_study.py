@@ -18,8 +18,8 @@ def test_sparse_law_recovers_its_parameters_from_noisy_synthetic_data():
 
 
 def test_study_plan_names_resumable_runs(tmp_path):
-  """Every run of the study has a marker under the study dir and a main.py command; the pruned
-  shapes are valid for the teacher's config (checked by models/pruning.py)."""
+  """Every run of the study is a scaling.parallel Job: main.py into its run dir, done once that
+  holds result.json; the pruned shapes are valid for the teacher's config (models/pruning.py)."""
   from models import pruning
   from models.config import ModelConfig
   from train.tools import compress
@@ -27,8 +27,14 @@ def test_study_plan_names_resumable_runs(tmp_path):
   teacher = ModelConfig(d_model=112, n_layers=4, n_heads=7, d_ff=448, parametrization='mup')
   for shape in compression.SHAPES.values():
     pruning.check(teacher, compress.parse_shape(shape))
-  marker, cmd = compression._train(str(tmp_path / 'r'), ['--config=configs/compress.py:rerun=x'])
-  assert marker == str(tmp_path / 'r' / compression.DONE) and 'main.py' in cmd[-1]
+  run = tmp_path / 'recovery' / 'r'
+  job = compression._job(str(run), ['--config=configs/compress.py:rerun=x'])
+  assert job.name == 'recovery/r' and job.workdir == str(run)
+  assert job.argv[1:] == ['main.py', f'--workdir={run}', '--config=configs/compress.py:rerun=x']
+  run.mkdir(parents=True)
+  assert not job.is_done()
+  (run / 'result.json').write_text('{}')
+  assert job.is_done()
 
 
 def test_nm_part_trains_the_pattern_and_merges_its_csv(tmp_path):
@@ -42,10 +48,10 @@ def test_nm_part_trains_the_pattern_and_merges_its_csv(tmp_path):
     (ladder / base).mkdir(parents=True)
     (ladder / base / 'config.json').write_text(json.dumps({'train': {'num_steps': 1000}}))
     (ladder / base / 'result.json').write_text(json.dumps({'params': 75120, 'loss': loss}))
-  (marker, cmd), = compression.nm_runs(str(work), str(ladder), [b])  # fmt: skip
+  (job,) = compression.nm_runs(str(work), str(ladder), [b])
   for flag in ('pattern=2:4', 'target=0.5', 'begin_step=100', 'end_step=600', 'every=10'):
-    assert f'--config.sparsity.{flag}' in cmd[-1]
-  assert f'rerun={ladder / b}' in cmd[-1]
+    assert f'--config.sparsity.{flag}' in job.argv
+  assert f'--config=configs/compress.py:rerun={ladder / b}' in job.argv
   out = tmp_path / 'docs'
   out.mkdir()
   compression_report.write_csv(str(out / 'sparsity_oneshot.csv'), [
@@ -56,7 +62,7 @@ def test_nm_part_trains_the_pattern_and_merges_its_csv(tmp_path):
   run = work / 'sparse' / f'{b}_2of4'
   run.mkdir(parents=True)
   (run / 'metrics.jsonl').write_text(json.dumps({'eval/loss': 1.61}) + '\n')
-  (run / compression.DONE).touch()
+  (run / 'result.json').touch()
   rows = compression.nm_rows(str(work), str(ladder), str(out / 'sparsity_nm.csv'))
   assert [(r['base'], float(r['loss_trained'])) for r in rows] == [(a, 1.80), (b, 1.61)]
   assert float(rows[1]['loss_oneshot']) == 1.93 and rows[1]['loss_dense'] == 1.56
@@ -65,7 +71,7 @@ def test_nm_part_trains_the_pattern_and_merges_its_csv(tmp_path):
   (ladder / other / 'result.json').write_text(json.dumps({'params': 90000, 'loss': 1.5}))
   (work / 'sparse' / f'{other}_2of4').mkdir()
   (work / 'sparse' / f'{other}_2of4' / 'metrics.jsonl').write_text('{"eval/loss": 1.55}\n')
-  (work / 'sparse' / f'{other}_2of4' / compression.DONE).touch()
+  (work / 'sparse' / f'{other}_2of4' / 'result.json').touch()
   rows = compression.nm_rows(str(work), str(ladder), str(out / 'sparsity_nm.csv'), [other])
   assert [r['base'] for r in rows] == [a, b, other] and float(rows[2]['loss_trained']) == 1.55
 
@@ -79,3 +85,27 @@ def test_recovery_config_names_an_hf_teacher_it_cannot_take():
 
   with pytest.raises(ValueError, match=r'hf:/m is an HF checkpoint; this config takes the data'):
     compress_config.get_config('student=/s,teacher=hf:/m')
+
+
+def test_report_and_distillation_count_a_run_done_by_its_result_json(tmp_path):
+  """The gradual-sparsity table counts a run once it holds result.json; the distillation study's
+  pending runs are Jobs of main.py into W/<run_name>."""
+  import json
+
+  from scaling.studies import distillation
+
+  ladder, base = tmp_path / 'ladder', compression.SPARSE_BASES[0]
+  (ladder / base).mkdir(parents=True)
+  (ladder / base / 'result.json').write_text(json.dumps({'params': 75120, 'loss': 1.74}))
+  runs = {base: {0.5: str(tmp_path / 'done'), 0.75: str(tmp_path / 'running')}}
+  for name in ('done', 'running'):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'metrics.jsonl').write_text('{"eval/loss": 1.9}\n')
+  (tmp_path / 'done' / 'result.json').write_text('{}')
+  rows = compression_report.gradual(runs, str(ladder))
+  assert [(r['sparsity'], r['loss']) for r in rows] == [(0.0, 1.74), (0.5, 1.9)]
+  student, teacher = distillation.STUDENTS[0], distillation.TEACHERS[0]
+  job, *_ = distillation.plan(str(tmp_path / 'w'), str(ladder), [teacher], students=[student])
+  assert job.name == distillation.run_name(student, teacher, 1.0)
+  assert job.workdir == str(tmp_path / 'w' / job.name) and f'--workdir={job.workdir}' in job.argv
+  assert not job.is_done()

@@ -157,3 +157,26 @@ def test_typed_config_parses_once_and_reads_like_the_configdict():
   assert typed['mesh']['data'] == c.mesh.data and typed.data.data_dir is None
   assert typed.to_dict() == c.to_dict()
   assert validation.derive(typed, 8) == d  # a parsed Config derives the same, unparsed again.
+
+
+def test_trainers_and_the_model_api_refuse_an_unparsed_config(tmp_path):
+  """The config is typed once at the door: a trainer handed a ConfigDict, or a model function a
+  dict, is one TypeError saying what to pass; derive defaults to this process's devices."""
+  import models
+  from train import context, group, loop
+
+  c = base.get_config()
+  for call in (
+    lambda: loop.run(c, str(tmp_path / 'w')),
+    lambda: context.setup(c),
+    lambda: group.setup([c], ['']),
+  ):
+    with pytest.raises(TypeError, match=r'pass validation\.derive\(config\)$'):
+      call()
+  assert not (tmp_path / 'w').exists()
+  d = validation.derive(c)
+  with pytest.raises(TypeError, match=r'got ConfigDict: parse it once with ModelConfig\.make'):
+    models.param_shapes(c.model)
+  with pytest.raises(TypeError, match='got dict'):
+    models.init({'d_model': 32}, None)
+  assert models.param_shapes(d.model) is not None

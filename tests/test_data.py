@@ -454,7 +454,7 @@ def test_resume_on_two_processes_matches_one_uninterrupted_run(corpus, tmp_path)
   """One process trains 4 steps (checkpoints 2, 4); from its step-2 checkpoint two processes
   (jax.distributed, other device count) finish steps 3-4 on the same global batches: same loss."""
   from configs import default
-  from train import loop
+  from train import loop, validation
 
   flags = {
     **TINY_RUN,
@@ -464,7 +464,9 @@ def test_resume_on_two_processes_matches_one_uninterrupted_run(corpus, tmp_path)
     'data.seq_len': 64,
     'data.data_dir': corpus,
   }
-  straight = loop.run(apply_overrides(default.get_config(), flags), str(tmp_path / 'straight'))
+  straight = loop.run(
+    validation.derive(apply_overrides(default.get_config(), flags)), str(tmp_path / 'straight')
+  )
   work = tmp_path / 'resumed'
   os.makedirs(work / 'checkpoints')
   os.rename(tmp_path / 'straight' / 'checkpoints' / '2', work / 'checkpoints' / '2')
@@ -478,9 +480,9 @@ def test_resume_on_two_processes_matches_one_uninterrupted_run(corpus, tmp_path)
 
 def test_checkpoint_of_another_batch_order_is_refused(tiny_config):
   """Resuming must replay the same batches: a checkpoint from the pre-shard pipeline is refused."""
-  from train import checkpoint, context
+  from train import checkpoint, context, validation
 
-  current = context.stream_meta(tiny_config())
+  current = context.stream_meta(validation.derive(tiny_config()).config)
   checkpoint.check_meta(current, current)
   old = {k: v for k, v in current.items() if k != 'pipeline'}
   with pytest.raises(ValueError, match='input pipeline'):

@@ -240,13 +240,13 @@ def test_vocabulary_mismatch_is_a_clear_error_before_compiling(tiny_config, tmp_
   config = _distill_config(tiny_config, _fake_teacher(tmp_path / 't', vocab_size=300))
   work = tmp_path / 'student'
   with pytest.raises(ValueError, match=r'config\.distill\.teacher.*config\.model\.vocab_size'):
-    distill.run(config, str(work))
+    distill.run(validation.derive(config), str(work))
   assert not work.exists()  # raised before the loop (and any compile) started
   other_tok = tmp_path / 'tok'
   other_tok.mkdir()
   config = _distill_config(tiny_config, _fake_teacher(tmp_path / 't2', tokenizer=str(other_tok)))
   with pytest.raises(ValueError, match=r'Tokenizer mismatch.*config\.distill\.teacher'):
-    distill.run(config, str(work))
+    distill.run(validation.derive(config), str(work))
   with pytest.raises(ValueError, match='config.distill.divergence'):
     config.distill.divergence = 'js'
     validation.derive(config, 8)
@@ -318,7 +318,7 @@ def teacher_dir(tmp_path_factory, tiny_config):
     }
   )
   path = str(tmp_path_factory.mktemp('teacher'))
-  loop.run(c, path)
+  loop.run(validation.derive(c), path)
   return path
 
 
@@ -436,14 +436,14 @@ def test_offline_store_float16_top_k_and_stream_check(teacher_dir, tiny_config, 
   config = _distill_config(tiny_config, teacher_dir)
   config.distill.update(mode='offline', top_k=4)
   work = str(tmp_path / 's')
-  meta = distill_store.write(config, work)
+  meta = distill_store.write(validation.derive(config), work)
   assert meta['complete'] and meta['bytes'] == os.path.getsize(
     os.path.join(work, 'teacher_logits', 'values.p0of1.npy')
   ) + os.path.getsize(os.path.join(work, 'teacher_logits', 'indices.p0of1.npy')) + os.path.getsize(
     os.path.join(work, 'teacher_logits', 'teacher_nll.p0of1.npy')
   )
   store = distill_store.open_store(os.path.join(work, 'teacher_logits'))
-  r = context.setup(config)
+  r = context.setup(validation.derive(config))
   store.check_stream(config, r)
   b = store.batch(2)
   assert b['teacher_values'].dtype == np.float16 and b['teacher_indices'].dtype == np.int16
@@ -454,8 +454,8 @@ def test_offline_store_float16_top_k_and_stream_check(teacher_dir, tiny_config, 
   np.testing.assert_array_equal(b['teacher_indices'], np.asarray(i))
   np.testing.assert_allclose(b['teacher_values'].astype(np.float32), v, rtol=2e-3, atol=2e-3)
   # Preempted after 2 steps, then resumed to the end (checkpoint meta names the teacher).
-  distill.run(config, work, stop_after=2)
-  result = distill.run(config, work)
+  distill.run(validation.derive(config), work, stop_after=2)
+  result = distill.run(validation.derive(config), work)
   assert np.isfinite(result['eval/loss'])
   assert result['eval/teacher_loss'] == meta['teacher_eval_loss']
   assert result['teacher_params'] == meta['teacher_params']
@@ -463,7 +463,7 @@ def test_offline_store_float16_top_k_and_stream_check(teacher_dir, tiny_config, 
   assert 'train/kd_loss' in _rows(work)[-1]
   config.seed = 1
   with pytest.raises(ValueError, match='different training stream'):
-    store.check_stream(config, context.setup(config))
+    store.check_stream(config, context.setup(validation.derive(config)))
 
 
 # ------------------------------------------------------------------------ sequence-level KD
@@ -541,8 +541,8 @@ def test_sequence_store_resume_and_student_run(teacher_dir, tiny_config, tmp_pat
   config = _sequence_config(tiny_config, teacher_dir, gen_temperature=1.0, gen_top_k=20)
   work = str(tmp_path / 'b')
   with pytest.raises(ValueError, match=f'No stored teacher sequences.*{work}'):
-    distill.run(config, work)
-  whole = distill_store.write(config, str(tmp_path / 'a'))
+    distill.run(validation.derive(config), work)
+  whole = distill_store.write(validation.derive(config), str(tmp_path / 'a'))
   generate, calls = models.generate, []
 
   def cut(*args, **kw):
@@ -553,12 +553,12 @@ def test_sequence_store_resume_and_student_run(teacher_dir, tiny_config, tmp_pat
 
   monkeypatch.setattr(models, 'generate', cut)
   with pytest.raises(KeyboardInterrupt):
-    distill_store.write(config, work)
+    distill_store.write(validation.derive(config), work)
   monkeypatch.setattr(models, 'generate', generate)
   store_dir = os.path.join(work, 'teacher_sequences')
   with pytest.raises(ValueError, match=r'incomplete \(2/4 steps\)'):
     distill_store.open_store(store_dir, kind='sequences')
-  resumed = distill_store.write(config, work)
+  resumed = distill_store.write(validation.derive(config), work)
   skip = ('seconds', 'tokens_per_sec')
   assert {k: v for k, v in resumed.items() if k not in skip} == {
     k: v for k, v in whole.items() if k not in skip
@@ -567,7 +567,7 @@ def test_sequence_store_resume_and_student_run(teacher_dir, tiny_config, tmp_pat
   a, b = (np.load(os.path.join(tmp_path, w, 'teacher_sequences', 'tokens.p0of1.npy')) for w in 'ab')
   np.testing.assert_array_equal(a, b)
   assert a.shape == (4, 8, 33) and a.dtype == np.uint16
-  r = context.setup(config)
+  r = context.setup(validation.derive(config))
   stream = np.stack([r.train_ds.batch(s) for s in range(4)])
   np.testing.assert_array_equal(a[:, :, :8], stream[:, :, :8])
   assert (a[:, :, 8:] != stream[:, :, 8:]).any()
@@ -578,7 +578,7 @@ def test_sequence_store_resume_and_student_run(teacher_dir, tiny_config, tmp_pat
   assert (np.asarray(top20)[:, 7:] == a[3, :, 8:, None]).any(-1).all()
 
   config.train.checkpoint_every = 4  # one save: the loop's resume is tested elsewhere.
-  result = distill.run(config, work)
+  result = distill.run(validation.derive(config), work)
   assert (
     np.isfinite(result['eval/loss']) and result['eval/teacher_loss'] == whole['teacher_eval_loss']
   )
@@ -595,7 +595,7 @@ def test_sequence_store_resume_and_student_run(teacher_dir, tiny_config, tmp_pat
       store.check_stream(bad, r)
   bad.seed = 1
   with pytest.raises(ValueError, match='different training stream'):
-    store.check_stream(bad, context.setup(bad))
+    store.check_stream(bad, context.setup(validation.derive(bad)))
 
 
 @pytest.mark.slow

@@ -119,7 +119,6 @@ def test_study_goes_on_from_its_committed_csv(tmp_path):
   import json
   import os
 
-  from scaling.studies import compression
   from scaling.studies import distillation as distill_study
 
   student, teacher = distill_study.STUDENTS[0], distill_study.TEACHERS[0]
@@ -147,7 +146,7 @@ def test_study_goes_on_from_its_committed_csv(tmp_path):
     run = work / distill_study.run_name(student, teacher, 1.0, seed)
     run.mkdir(parents=True)
     (run / 'metrics.jsonl').write_text(json.dumps({'eval/loss': loss}) + '\n')
-    (run / compression.DONE).touch()
+    (run / 'result.json').touch()
   assert distill_study.gather(str(work), str(ladder), out) == 3
   rows = {r['name']: r for r in csv.DictReader(open(out))}
   assert rows[earlier]['loss'] == '1.8' and rows[distill_study.STUDENTS[1]]['loss'] == '1.95'

@@ -2,6 +2,8 @@
 recovered and extrapolated to a held-out base size, the scratch power law inverted into
 effective data (Hernandez et al.), and the study's plan."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -67,3 +69,40 @@ def test_plan_names_runs_and_refuses_unknown_methods():
   assert finetune.method_arg('lora16') == 'lora=16' and finetune.method_arg('scratch') == 'scratch'
   with pytest.raises(ValueError, match="--methods: 'lora' is not"):
     finetune.plan(['w'], [1], ['lora'])
+
+
+def test_runs_are_jobs_of_one_run_each_and_gather_reads_their_results(tmp_path):
+  """Each planned run is a scaling.parallel Job (this module with --run=<name>, narrowed to its
+  base, examples and method), done once W/<run>/result.json holds its scored row; gather makes
+  results.csv of those rows; a --run outside the plan is one usage error."""
+  import csv
+  import json
+
+  base = tmp_path / 'N7.5e4'
+  base.mkdir()
+  (base / 'config.json').write_text('{}')
+  work = tmp_path / 'study'
+  runs = finetune.plan([str(base)], [125, 0], ['full', 'lora4'])
+  jobs = finetune.jobs(str(work), runs)
+  assert [j.name for j in jobs] == [r[0] for r in runs]
+  job = jobs[1]
+  assert job.argv[1:4] == ['-m', 'scaling.studies.finetune', f'--workdir={work}']
+  assert job.argv[4:] == [
+    f'--bases={base}',
+    '--examples=125',
+    '--methods=lora4',
+    f'--run={job.name}',
+  ]
+  assert job.workdir == str(work / 'N7.5e4_n125_lora4') and not job.is_done()
+  os.makedirs(job.workdir)
+  row = {'name': job.name, 'method': 'lora4', 'task_loss': 1.5}
+  (work / job.name / 'result.json').write_text(json.dumps(row))
+  assert job.is_done() and not jobs[0].is_done()
+  (work / 'data_n125').mkdir()
+  with open(finetune.gather(str(work))) as f:
+    got = list(csv.DictReader(f))
+  assert [(r['name'], r['method'], r['task_loss']) for r in got] == [(job.name, 'lora4', '1.5')]
+  flags = [f'--workdir={work}', f'--bases={base}', '--examples=125', '--methods=full']
+  with pytest.raises(SystemExit) as e:
+    finetune.main([*flags, '--run=N7.5e4_n125_lora4'])
+  assert e.value.code == 2

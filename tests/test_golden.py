@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from train import loop
+from train import loop, validation
 
 # float.hex of train/loss, train/grad_norm for steps 1-3 (8 simulated CPU devices, x86-64).
 GOLDEN = {
@@ -43,7 +43,9 @@ def _first_steps(data_dir, workdir, model_overrides):
   c.model.update(model_overrides)
   c.data.data_dir = data_dir
   c.train.update(log_every=1, async_checkpoint=False)
-  loop.run(c, workdir, stop_after=3)  # the 500-step schedule, stopped after step 3.
+  loop.run(
+    validation.derive(c), workdir, stop_after=3
+  )  # the 500-step schedule, stopped after step 3.
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]
   return [[float(r[k]).hex() for k in ('train/loss', 'train/grad_norm')] for r in rows]

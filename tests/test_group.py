@@ -16,7 +16,7 @@ import pytest
 from helpers import REPO, apply_overrides, cpu_env, main_cmd, run
 
 from scaling import sweep
-from train import checkpoint, context, group, loop
+from train import checkpoint, context, group, loop, validation
 
 SCHEDULE = {
   'train.num_steps': 6,
@@ -35,9 +35,14 @@ def _untimed(row):
   return {k: v for k, v in row.items() if k not in ('train/tokens_per_sec', 'train/mfu')}
 
 
+def _derive(configs):
+  """validation.derive of each member's config: what group.setup and group.run take."""
+  return [validation.derive(c) for c in configs]
+
+
 def _state(workdir, config):
   """(step, params, opt_state) of the workdir's latest checkpoint, as plain numpy."""
-  r = context.setup(config, with_data=False)
+  r = context.setup(validation.derive(config), with_data=False)
   mngr = checkpoint.manager(workdir, config.train)
   state, _ = checkpoint.restore(mngr, mngr.latest_step(), context.abstract_state(r))
   return int(state.step), jax.device_get(state.params), jax.device_get(state.opt_state)
@@ -55,7 +60,7 @@ def test_group_matches_a_member_alone_and_isolates_a_diverging_member(
   other = {'optimizer.lr': 3e-3, 'seed': 1, 'optimizer.weight_decay': 0.0}
   configs = [tiny_config(), tiny_config(other)]
   straight, sick = ([str(tmp_path / f'{n}{i}') for i in range(2)] for n in ('straight', 'sick'))
-  finals = group.run(configs, straight, str(tmp_path / 'g_straight'))
+  finals = group.run(_derive(configs), straight, str(tmp_path / 'g_straight'))
   a, b = _rows(trained_workdir), _rows(straight[0])
   assert [r['step'] for r in a] == [r['step'] for r in b] == [2, 4]
   np.testing.assert_allclose(
@@ -66,14 +71,14 @@ def test_group_matches_a_member_alone_and_isolates_a_diverging_member(
   assert _rows(straight[1])[-1]['train/loss'] != b[-1]['train/loss']
 
   diverging = [configs[0], tiny_config({**other, 'optimizer.lr': 1e30})]
-  out = group.run(diverging, sick, str(tmp_path / 'g_sick'))
+  out = group.run(_derive(diverging), sick, str(tmp_path / 'g_sick'))
   assert 'not finite' in out[1]['diverged']
   assert [_untimed(r) for r in _rows(sick[0])] == [_untimed(r) for r in b]
   assert not os.path.exists(os.path.join(sick[1], 'checkpoints'))  # no final state for it.
-  again = group.run(diverging, sick, str(tmp_path / 'g_sick'))  # the checkpoint knows.
+  again = group.run(_derive(diverging), sick, str(tmp_path / 'g_sick'))  # the checkpoint knows.
   assert 'diverged' in again[1] and again[0]['eval/loss'] == out[0]['eval/loss']
   # A member is a plain finished run: the loop resumes it at its end and trains nothing.
-  assert loop.run(configs[0], straight[0])['eval/loss'] == finals[0]['eval/loss']
+  assert loop.run(validation.derive(configs[0]), straight[0])['eval/loss'] == finals[0]['eval/loss']
 
 
 @pytest.mark.slow  # 2 runs alone and their group (~25 s).
@@ -94,13 +99,13 @@ def test_members_with_their_own_mup_multipliers_match_their_runs_alone(
   configs = [tiny_config({**base, **v}) for v in values]
   alone = [str(tmp_path / f'a{i}') for i in range(2)]
   for c, d in zip(configs, alone):
-    loop.run(c, d)
+    loop.run(validation.derive(c), d)
   grouped = [str(tmp_path / f'g{i}') for i in range(2)]
-  g = group.setup(configs, grouped)
+  g = group.setup(_derive(configs), grouped)
   assert sorted(k for k in g.hypers if k.startswith('model.')) == [
     'model.mup_attn_mult', 'model.mup_input_mult', 'model.mup_lr_embedding', 'model.mup_output_mult'
   ]  # fmt: skip
-  group.run(configs, grouped, str(tmp_path / 'g'))
+  group.run(_derive(configs), grouped, str(tmp_path / 'g'))
   for a, b in zip(alone, grouped):
     ra, rb = _rows(a), _rows(b)
     np.testing.assert_allclose(
@@ -112,7 +117,7 @@ def test_members_with_their_own_mup_multipliers_match_their_runs_alone(
 
 def test_members_that_differ_in_shape_are_refused(tiny_config, tmp_path):
   with pytest.raises(ValueError, match='differ in more than seed'):
-    group.setup([tiny_config(), tiny_config({'model.d_ff': 128})], ['a', 'b'])
+    group.setup(_derive([tiny_config(), tiny_config({'model.d_ff': 128})]), ['a', 'b'])
 
 
 def _scan(data_dir, vmap):
@@ -283,15 +288,17 @@ def test_member_axis_sharded_over_data_matches_replicated(tiny_config, tmp_path)
   values = [{'optimizer.lr': 1e-3, 'seed': 0}, {'optimizer.lr': 3e-3, 'seed': 1}]
   configs = [tiny_config({**SCHEDULE, **v, 'mesh.data': 2, 'mesh.fsdp': 4}) for v in values]
   replicated = [str(tmp_path / f'r{i}') for i in range(2)]
-  group.run(configs, replicated, str(tmp_path / 'gr'))
+  group.run(_derive(configs), replicated, str(tmp_path / 'gr'))
   for c in configs:
     c.mesh.members = 'data'
-  g = group.setup(configs, ['', ''])
+  g = group.setup(_derive(configs), ['', ''])
   assert {s.spec[0] for s in jax.tree.leaves(g.shardings.state.params)} == {'data'}
   assert g.batch_sharding.spec[:2] == ('data', 'fsdp')
-  assert group.setup(configs[:1] * 3, ['', '', '']).shardings.alive.spec[0] is None  # 3 over 2.
+  assert (
+    group.setup(_derive(configs[:1] * 3), ['', '', '']).shardings.alive.spec[0] is None
+  )  # 3 over 2.
   split = [str(tmp_path / f's{i}') for i in range(2)]
-  group.run(configs, split, str(tmp_path / 'gs'))
+  group.run(_derive(configs), split, str(tmp_path / 'gs'))
   for a, b in zip(replicated, split):
     ra, rb = _rows(a), _rows(b)
     np.testing.assert_allclose(
@@ -303,14 +310,14 @@ def test_member_axis_sharded_over_data_matches_replicated(tiny_config, tmp_path)
 def test_a_group_that_cannot_fit_is_refused_before_anything(tiny_config, tmp_path):
   """The memory estimate counts K stacked members on every device: too many is one line."""
   configs = [tiny_config({'seed': i}) for i in range(2)]
-  from train import memory, validation
+  from train import memory
 
   est = memory.for_run(validation.derive(configs[0], 8), members=2)
   assert est.total == 2 * memory.for_run(validation.derive(configs[0], 8)).total
   with pytest.raises(ValueError, match=r'x 1000000000 members.*fewer members per group'):
     memory.for_run(validation.derive(configs[0], 8), members=10**9)
   with pytest.raises(ValueError, match='does not fit'):
-    group.run([configs[0]] * 10**6, [str(tmp_path / 'm')] * 10**6, str(tmp_path / 'g'))
+    group.run(_derive(configs[:1]) * 10**6, [str(tmp_path / 'm')] * 10**6, str(tmp_path / 'g'))
   assert not os.path.exists(tmp_path / 'g')
 
 
@@ -336,5 +343,5 @@ def test_a_full_disk_stops_a_group_in_one_line_keeping_its_checkpoint(
   dirs, g = [str(tmp_path / f'm{i}') for i in range(2)], str(tmp_path / 'g')
   with pytest.raises(OSError, match=rf'disk full writing {g}; its last committed checkpoint '
                      r'\(step 2\) is kept: free space'):  # fmt: skip
-    group.run(configs, dirs, g)
+    group.run(_derive(configs), dirs, g)
   assert sorted(os.listdir(os.path.join(g, 'checkpoints'))) == ['2']

@@ -185,7 +185,7 @@ def test_lm_eval_on_sharded_params_matches_unsharded(tiny_config, task_dir):
       'mesh.tensor': 2,
     }
   )
-  r = context.setup(config)
+  r = context.setup(validation.derive(config))
   evaluator = harness.LmEvalEvaluator(config.lm_eval)
   evaluator.start(r)
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
@@ -213,7 +213,7 @@ def test_training_run_logs_lm_eval_metrics(tiny_config, task_dir, tmp_path):
     }
   )
   evaluators = [harness.LmEvalEvaluator(config.lm_eval)]  # as main.py builds it.
-  result = loop.run(config, str(tmp_path), evaluators=evaluators)
+  result = loop.run(validation.derive(config), str(tmp_path), evaluators=evaluators)
   rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   assert 'eval/loss' in rows[-1] and 0 <= rows[-1]['lm_eval/toy_mc/acc'] <= 1
   assert result['lm_eval/toy_mc/acc'] == rows[-1]['lm_eval/toy_mc/acc']
@@ -242,7 +242,7 @@ def test_cli_on_a_trained_workdir(tiny_config, task_dir, tmp_path):
   """`python -m train.tools.harness` on a workdir: table, strict results JSON; unknown task: exit
   2."""
   workdir = str(tmp_path / 'w')
-  loop.run(tiny_config({'train.num_steps': 2}), workdir)
+  loop.run(validation.derive(tiny_config({'train.num_steps': 2})), workdir)
   env = cpu_env(1)
   cmd = [
     sys.executable,

@@ -13,7 +13,7 @@ from helpers import HF_LLAMA, LLAMA_BLOCK
 
 import models
 from models import hf
-from train import context, init_from, loop
+from train import context, init_from, loop, validation
 
 
 def _tiny_llama_dir(tmp_path, vocab_size=257):
@@ -39,12 +39,14 @@ def _llama_overrides(path):
 def test_training_starts_from_hf_checkpoint(tiny_config, tmp_path):
   path = _tiny_llama_dir(tmp_path)
   config = tiny_config(_llama_overrides(path))
-  r = context.setup(config)
+  r = context.setup(validation.derive(config))
   params = init_from.params_fn(config)(r)
   _, ref = hf.import_checkpoint(path)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), ref)
   assert params['layers']['mlp']['wi'].sharding == r.state_shardings.params['layers']['mlp']['wi']
-  result = loop.run(config, str(tmp_path / 'w'), init_params_fn=init_from.params_fn(config))
+  result = loop.run(
+    validation.derive(config), str(tmp_path / 'w'), init_params_fn=init_from.params_fn(config)
+  )
   assert np.isfinite(result['eval/loss'])
 
 
@@ -52,13 +54,13 @@ def test_shape_mismatch_names_the_tensor(tiny_config, tmp_path):
   path = _tiny_llama_dir(tmp_path)
   config = tiny_config({**_llama_overrides(path), 'model.d_ff': 96})
   with pytest.raises(ValueError, match='mlp.up_proj.weight'):
-    init_from.params_fn(config)(context.setup(config))
+    init_from.params_fn(config)(context.setup(validation.derive(config)))
 
 
 def test_start_from_our_workdir(tiny_config, trained_workdir, tmp_path):
   first = trained_workdir
   config = tiny_config({'init_from': first})
-  r = context.setup(config)
+  r = context.setup(validation.derive(config))
   _, trained = init_from.load_params(first)
   jax.tree.map(
     np.testing.assert_array_equal,
@@ -67,12 +69,12 @@ def test_start_from_our_workdir(tiny_config, trained_workdir, tmp_path):
   )
   bad = tiny_config({'init_from': first, 'model.d_model': 64})
   with pytest.raises(ValueError, match=r"\['embed'\]"):
-    init_from.params_fn(bad)(context.setup(bad))
+    init_from.params_fn(bad)(context.setup(validation.derive(bad)))
   other = tiny_config(
     {'init_from': first, 'model.parametrization': 'mup', 'model.base_d_model': 16}
   )
   with pytest.raises(ValueError, match='parametrization/base shape'):
-    init_from.params_fn(other)(context.setup(other))
+    init_from.params_fn(other)(context.setup(validation.derive(other)))
   # A μP workdir (same shapes; its config.json says mup) refuses a changed forward multiplier.
   mup_dir = str(tmp_path / 'mup')
   shutil.copytree(first, mup_dir)
@@ -82,10 +84,12 @@ def test_start_from_our_workdir(tiny_config, trained_workdir, tmp_path):
   with open(os.path.join(mup_dir, 'config.json'), 'w') as f:
     json.dump(saved, f)
   kw = {'init_from': mup_dir, 'model.parametrization': 'mup'}
-  jax.device_get(init_from.params_fn(tiny_config(kw))(context.setup(tiny_config(kw))))
+  jax.device_get(
+    init_from.params_fn(tiny_config(kw))(context.setup(validation.derive(tiny_config(kw))))
+  )
   mult = tiny_config({**kw, 'model.mup_attn_mult': 2.0})
   with pytest.raises(ValueError, match="'mup_attn_mult': 2.0"):
-    init_from.params_fn(mult)(context.setup(mult))
+    init_from.params_fn(mult)(context.setup(validation.derive(mult)))
 
 
 def test_peft_adapter_directory_as_a_source(tiny_config, tmp_path):
@@ -102,7 +106,7 @@ def test_peft_adapter_directory_as_a_source(tiny_config, tmp_path):
     'model.lora_targets': ('query', 'mlp_out'),
   }
   config = tiny_config(over)
-  cfg = context.setup(config, with_data=False).derived.model
+  cfg = context.setup(validation.derive(config), with_data=False).derived.model
   base_cfg, base = hf.import_checkpoint(path, lora.base_config(cfg))
   rng = np.random.RandomState(0)
   shapes = lora.split(models.param_shapes(cfg))[1]
@@ -114,14 +118,16 @@ def test_peft_adapter_directory_as_a_source(tiny_config, tmp_path):
   assert (got.lora_rank, got.lora_alpha, set(got.lora_targets)) == (3, 6.0, {'query', 'mlp_out'})
   over['init_from'] = src
   peft_config = tiny_config(over)
-  params = init_from.params_fn(peft_config)(context.setup(peft_config, with_data=False))
+  params = init_from.params_fn(peft_config)(
+    context.setup(validation.derive(peft_config), with_data=False)
+  )
   close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   jax.tree.map(close, jax.device_get(params), lora.combine(base, adapters))
   _, merged = init_from.load_params(src, base_cfg)
   jax.tree.map(close, jax.device_get(merged), lora.merge(cfg, lora.combine(base, adapters)))
   bad = tiny_config({**over, 'model.lora_rank': 2})
   with pytest.raises(ValueError, match='lora_rank=2, but .* has 3: set config.model.lora_rank=3'):
-    init_from.params_fn(bad)(context.setup(bad, with_data=False))
+    init_from.params_fn(bad)(context.setup(validation.derive(bad), with_data=False))
   for key, value, needle in (
     ('lora_targets', ('query',), r'config.model.lora_targets=\(.query.,\), but the modules'),
     ('lora_alpha', 3.0, 'config.model.lora_alpha=3.0, .* set config.model.lora_alpha=6.0'),

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from helpers import REPO, cpu_env, main_result, run, tiny_main_cmd
 
-from train import checkpoint, context, hooks, loop
+from scaling import results
+from train import checkpoint, context, hooks, loop, validation
 
 
 def _params(workdir, config):
-  r = context.setup(config)
+  r = context.setup(validation.derive(config))
   mngr = checkpoint.manager(workdir, config.train)
   abstract = jax.tree.map(
     lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -51,9 +52,9 @@ def test_resume_is_bitwise_exact(tiny_config, tmp_path, own_compilation_cache):
   config = tiny_config(over)
   cache = tmp_path / 'xla_cache'
   straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
-  loop.run(config, straight)
+  loop.run(validation.derive(config), straight)
   config = tiny_config({**over, 'train.compilation_cache_dir': str(cache)})
-  loop.run(config, split, stop_after=2)
+  assert loop.run(validation.derive(config), split, stop_after=2)['stopped_at_step'] == 2
   assert _params(split, config)[0] == 2
   assert os.listdir(cache), 'train.compilation_cache_dir: nothing was cached'
   # A row logged after the last checkpoint (a crash between logging and saving) is dropped.
@@ -63,7 +64,7 @@ def test_resume_is_bitwise_exact(tiny_config, tmp_path, own_compilation_cache):
   listener = lambda event, **kw: events.append(event)
   jax.monitoring.register_event_listener(listener)
   try:
-    loop.run(config, split)
+    loop.run(validation.derive(config), split)
   finally:
     jax.monitoring.unregister_event_listener(listener)
   assert '/jax/compilation_cache/cache_hits' in events  # the resumed half loaded its step.
@@ -85,7 +86,7 @@ def test_nonfinite_loss_stops_before_checkpoint(tiny_config, tmp_path):
     }
   )
   with pytest.raises(FloatingPointError, match='train/loss'):
-    loop.run(config, str(tmp_path))
+    loop.run(validation.derive(config), str(tmp_path))
   steps = sorted(os.listdir(tmp_path / 'checkpoints'))
   last = loop.checkpoint.manager(str(tmp_path), config.train).latest_step()
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(_params(str(tmp_path), config)[1])), (
@@ -100,7 +101,8 @@ def _main_cmd(workdir, data_dir, **schedule):
 
 
 def test_main_cli_trains_writes_outputs_and_resumes(data_dir, tmp_path):
-  """`python main.py --config=configs/default.py ...` through the real command line, twice."""
+  """`python main.py --config=configs/default.py ...` through the real command line, twice; the
+  finished run's result.json holds the metrics it printed."""
   workdir = str(tmp_path / 'w')
   cmd, env = _main_cmd(workdir, data_dir, steps=4, log_every=2, eval_every=4, checkpoint_every=2)
   out = run(cmd, env)
@@ -127,6 +129,7 @@ def test_main_cli_trains_writes_outputs_and_resumes(data_dir, tmp_path):
   assert tb_loss == [(r['step'], pytest.approx(r['train/loss'])) for r in rows]
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   assert json.load(open(os.path.join(workdir, 'config.json')))['train']['num_steps'] == 4
+  assert json.load(open(os.path.join(workdir, results.RESULT_FILE))) == result  # its done-marker.
   again = run(cmd, env)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'already finished' in again.stderr
@@ -157,7 +160,8 @@ def _main_until(cmd, env, marker, sig=signal.SIGTERM):
 
 def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(data_dir, tmp_path):
   """A real SIGTERM to a real main.py: it finishes the step it is in, commits a checkpoint of it,
-  says so in one line and exits 0; the same command resumes from that step (SIGINT likewise)."""
+  says so in one line and exits 0 (no result.json: not finished); the same command resumes from
+  that step (SIGINT likewise)."""
   workdir = str(tmp_path / 'w')
   cmd, env = _main_cmd(
     workdir, data_dir, steps=5000, log_every=5, eval_every=5000, checkpoint_every=5000
@@ -169,10 +173,12 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(data_dir, tmp_pa
   assert f'SIGTERM: stopped at step {step}, its checkpoint committed' in log
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(step)]
   assert 'Traceback' not in log
+  assert not os.path.exists(os.path.join(workdir, results.RESULT_FILE))  # not finished: no marker.
   rc, stdout, log = _main_until(cmd, env, f'Resumed from step {step}', signal.SIGINT)
   assert rc == 0, log[-3000:]
   assert main_result(stdout)['preempted_at_step'] >= step
   assert 'SIGINT: stopped at step' in log and 'Traceback' not in log
+  assert not os.path.exists(os.path.join(workdir, results.RESULT_FILE))
 
 
 def test_keep_best_and_early_stopping_resume_and_load_everywhere(tiny_config, tmp_path):
@@ -185,23 +191,23 @@ def test_keep_best_and_early_stopping_resume_and_load_everywhere(tiny_config, tm
   config = tiny_config({**over, 'train.best_metric': 'eval/loss', 'train.best_mode': 'max'})
   config.train.early_stop_patience = 2
   w = str(tmp_path / 'w')
-  loop.run(config, w)
+  loop.run(validation.derive(config), w)
   record = json.load(open(os.path.join(w, 'best', 'record.json')))
   assert record['best_step'] == 2 and record['stopped_at'] == 6
   assert record['best_value'] == max(record['history'].values())
   assert _params(w, config)[0] == 6  # the stopping step is checkpointed.
   rows = open(os.path.join(w, 'metrics.jsonl')).read()
-  loop.run(config, w)  # stopped early: a rerun trains nothing.
+  loop.run(validation.derive(config), w)  # stopped early: a rerun trains nothing.
   assert _params(w, config)[0] == 6 and open(os.path.join(w, 'metrics.jsonl')).read() == rows
   ref = str(tmp_path / 'ref')
-  loop.run(tiny_config(over), ref, stop_after=2)
+  loop.run(validation.derive(tiny_config(over)), ref, stop_after=2)
   _, best = init_from.load_params(os.path.join(w, 'best'))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(best), _params(ref, config)[1])
   # Checkpoints removed, rerun at another lr: W/best's step 2 is replaced (the old one set aside),
   # not kept because the step exists.
   shutil.rmtree(os.path.join(w, 'checkpoints'))
   config.optimizer.lr = 3e-3
-  loop.run(config, w)
+  loop.run(validation.derive(config), w)
   record = json.load(open(os.path.join(w, 'best', 'record.json')))
   best_dir = os.path.join(w, 'best')
   meta = checkpoint.restore_meta(checkpoint.manager(best_dir, config.train), 2)
@@ -210,7 +216,10 @@ def test_keep_best_and_early_stopping_resume_and_load_everywhere(tiny_config, tm
   assert checkpoint.checksum(best2) != checkpoint.checksum(best)
   assert os.listdir(os.path.join(best_dir, hooks.STALE_DIR))[0].startswith('2-')
   with pytest.raises(ValueError, match="config.train.best_metric='eval/nope' is not measured"):
-    loop.run(tiny_config({**over, 'train.best_metric': 'eval/nope'}), str(tmp_path / 'x'))
+    loop.run(
+      validation.derive(tiny_config({**over, 'train.best_metric': 'eval/nope'})),
+      str(tmp_path / 'x'),
+    )
   config.train.best_metric = ''
   with pytest.raises(ValueError, match='early_stop_patience needs config.train.best_metric'):
-    loop.run(config, str(tmp_path / 'y'))
+    loop.run(validation.derive(config), str(tmp_path / 'y'))

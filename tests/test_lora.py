@@ -121,9 +121,11 @@ def test_lora_run_from_a_pretrained_workdir_trains_only_adapters(tiny_config, tm
   peft."""
   shape = {'model.n_layers': 1}
   pre = str(tmp_path / 'pre')
-  loop.run(tiny_config(shape), pre, stop_after=1)
+  loop.run(validation.derive(tiny_config(shape)), pre, stop_after=1)
   config = tiny_config({**shape, 'init_from': pre, 'model.lora_rank': 4, 'optimizer.lr': 1e-2})
-  out = loop.run(config, str(tmp_path / 'lora'), init_params_fn=init_from.params_fn(config))
+  out = loop.run(
+    validation.derive(config), str(tmp_path / 'lora'), init_params_fn=init_from.params_fn(config)
+  )
   assert np.isfinite(out['train/loss']) and np.isfinite(out['eval/loss'])
   _, pre_params = _load(pre)
   _, lora_params = _load(str(tmp_path / 'lora'))

@@ -260,11 +260,11 @@ def test_dora_dropout_run_from_a_pretrained_workdir(tiny_config, tmp_path):
 
   shape = {'model.n_layers': 1}
   pre = str(tmp_path / 'pre')
-  loop.run(tiny_config(shape), pre, stop_after=1)
+  loop.run(validation.derive(tiny_config(shape)), pre, stop_after=1)
   lora_keys = {'init_from': pre, 'model.lora_rank': 4, 'model.lora_dora': True}
   config = tiny_config({**shape, **lora_keys, 'model.lora_dropout': 0.3, 'optimizer.lr': 1e-2})
   cfg = validation.derive(config, jax.device_count()).model
-  start = init_from.params_fn(config)(context.setup(config, with_data=False))
+  start = init_from.params_fn(config)(context.setup(validation.derive(config), with_data=False))
   tokens = np.random.RandomState(0).randint(0, cfg.vocab_size, (2, 16)).astype(np.int32)
   _, pre_params = init_from.load_params(pre, lora.base_config(cfg))
   np.testing.assert_allclose(
@@ -275,7 +275,9 @@ def test_dora_dropout_run_from_a_pretrained_workdir(tiny_config, tmp_path):
   runs = {}
   for p in (0.3, 0.0):
     c = tiny_config({**shape, **lora_keys, 'model.lora_dropout': p, 'optimizer.lr': 1e-2})
-    runs[p] = loop.run(c, str(tmp_path / f'dora{p}'), init_params_fn=init_from.params_fn(c))
+    runs[p] = loop.run(
+      validation.derive(c), str(tmp_path / f'dora{p}'), init_params_fn=init_from.params_fn(c)
+    )
   assert runs[0.3]['train/loss'] != runs[0.0]['train/loss']
   work = str(tmp_path / 'dora0.3')
   cfg, params = init_from.load_params(work)

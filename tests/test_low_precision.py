@@ -9,7 +9,7 @@ import pytest
 import models
 from configs import base
 from models import transformer
-from train import context, loop
+from train import context, loop, validation
 from train.step import ScaledTrainState, TrainState, lm_loss, make_train_step
 
 # A loss weight as small as a mean over ~10M tokens: per-token float16 gradients fall below
@@ -68,10 +68,10 @@ def test_float16_run_resumes_exactly_with_its_loss_scale(tiny_config, tmp_path):
   """The loss scale is part of the checkpoint: a run stopped after step 2 and resumed ends where
   an uninterrupted one does (period 1: the scale moves every step, up when finite, down on overflow)."""
   c = tiny_config({'model.dtype': 'float16', 'train.loss_scale_period': 1})
-  assert isinstance(context.setup(c).state_shardings, ScaledTrainState)
-  whole = loop.run(c, str(tmp_path / 'whole'))
-  loop.run(c, str(tmp_path / 'resumed'), stop_after=2)
-  resumed = loop.run(c, str(tmp_path / 'resumed'))
+  assert isinstance(context.setup(validation.derive(c)).state_shardings, ScaledTrainState)
+  whole = loop.run(validation.derive(c), str(tmp_path / 'whole'))
+  loop.run(validation.derive(c), str(tmp_path / 'resumed'), stop_after=2)
+  resumed = loop.run(validation.derive(c), str(tmp_path / 'resumed'))
   assert np.isfinite(whole['eval/loss'])
   for key in ('train/loss_scale', 'train/loss', 'eval/loss', 'train/skipped'):
     assert whole[key] == resumed[key], key

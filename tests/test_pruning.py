@@ -144,11 +144,11 @@ def test_compress_cli_writes_a_workdir_every_tool_loads(tiny_config, tmp_path, c
   """train.tools.compress --prune on a trained workdir: OUT loads through init_from (the shapes of
   the target), samples, trains from it, exports to HF with equal logits; bad targets fail before
   loading. The compress command line runs in process (its main(argv)); sampling as a process."""
-  from train import init_from, loop
+  from train import init_from, loop, validation
   from train.tools import compress, export
 
   src = str(tmp_path / 'src')
-  loop.run(tiny_config({'model.n_layers': 3}), src)
+  loop.run(validation.derive(tiny_config({'model.n_layers': 3})), src)
   out = str(tmp_path / 'pruned')
   args = [f'--workdir={src}', f'--out={out}']
   capsys.readouterr()
@@ -173,7 +173,9 @@ def test_compress_cli_writes_a_workdir_every_tool_loads(tiny_config, tmp_path, c
     theirs = hf.eval()(torch.from_numpy(tokens).long()).logits.float().numpy()
   np.testing.assert_allclose(ours, theirs, atol=1e-4)
   config = tiny_config({'model.n_layers': 2, 'model.d_ff': 32, 'init_from': out})
-  trained = loop.run(config, str(tmp_path / 'recover'), init_params_fn=init_from.params_fn(config))
+  trained = loop.run(
+    validation.derive(config), str(tmp_path / 'recover'), init_params_fn=init_from.params_fn(config)
+  )
   assert np.isfinite(trained['eval/loss'])
   capsys.readouterr()
   with pytest.raises(SystemExit) as bad:

@@ -136,7 +136,9 @@ def test_qlora_bad_config_is_one_line(tiny_config, tmp_path):
 
 
 def _run(config, workdir, **kw):
-  return loop.run(config, str(workdir), init_params_fn=init_from.params_fn(config), **kw)
+  return loop.run(
+    validation.derive(config), str(workdir), init_params_fn=init_from.params_fn(config), **kw
+  )
 
 
 def _meta(workdir, step):

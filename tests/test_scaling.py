@@ -8,7 +8,6 @@ import csv
 import json
 import math
 import os
-import re
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ from helpers import LLAMA_BLOCK, REPO, apply_overrides, cpu_env, main_cmd, main_
 
 from configs import base, gpt2, llama
 from scaling import config_hash, count, family, laws, results, sweep
-from train import loop
+from train import loop, validation
 
 
 def _model(**kw):
@@ -500,7 +499,7 @@ def test_sweep_end_to_end_and_resume(data_dir, tmp_path):
   a_result = open(os.path.join(workdir, a.name, 'result.json')).read()
 
   b_dir = os.path.join(workdir, b.name)
-  loop.run(b.config, b_dir, stop_after=3)
+  loop.run(validation.derive(b.config), b_dir, stop_after=3)
   b_rows_before = [json.loads(l) for l in open(os.path.join(b_dir, 'metrics.jsonl'))]
   assert b_rows_before[-1]['step'] == 3
 
@@ -593,69 +592,6 @@ def test_transfer_sweep_configs():
     assert {m.config.model.base_d_model for m in ms} == ({widths[0]} if p == 'mup' else {0})
 
 
-def test_parallel_counts_a_member_that_finished_before_its_stop_as_finished(tmp_path, monkeypatch):
-  """Ctrl-C reaching a member after it wrote its result (exit 130) is not a failure; a member
-  stopped before finishing still is (issue 35)."""
-  from scaling import parallel
-
-  config = _load_config_file('configs/sweeps/isoflop_tiny.py')
-  ms = sweep.members(config)[:2]
-  monkeypatch.setattr(sweep, 'members', lambda c: ms)
-  workdir = str(tmp_path)
-
-  class Proc:  # member 0 finished (result written), member 1 did not; both exit 130.
-    returncode = 130
-
-    def __init__(self, cmd, **kwargs):
-      i = int(next(a for a in cmd if a.startswith('--config.sweep.member=')).split('=')[1])
-      if i == 0:
-        sweep.workdir_lib.write_json(
-          os.path.join(workdir, ms[0].name, results.RESULT_FILE),
-          {**ms[0].info, 'loss': 2.0, 'config_hash': ms[0].config_hash},
-        )
-      self.pid = 1000 + i
-
-    def poll(self):
-      return self.returncode
-
-  for m in ms:
-    os.makedirs(os.path.join(workdir, m.name))
-  monkeypatch.setattr(parallel.subprocess, 'Popen', Proc)
-  codes = parallel.run(config, 'configs/sweeps/isoflop_tiny.py', workdir, 2, 'cpu', 2)
-  assert codes == {ms[0].name: 0, ms[1].name: 130}
-
-
-def test_parallel_with_vmap_starts_one_process_per_member_group(tmp_path, monkeypatch):
-  """--config.sweep.vmap=2 over an lr axis: scaling.parallel starts one job per member group (its
-  first member's index), and that job (sweep.member=i) trains the whole group."""
-  from scaling import parallel
-
-  config = _load_config_file('configs/sweeps/isoflop_tiny.py')
-  config.sweep.update(lrs=(1e-3, 2e-3), vmap=2)
-  ms = sweep.members(config)
-  started = []
-
-  class Proc:
-    returncode = 0
-
-    def __init__(self, cmd, **kwargs):
-      started.append(
-        int(next(a for a in cmd if a.startswith('--config.sweep.member=')).split('=')[1])
-      )
-      self.pid = 1000 + started[-1]
-
-    def poll(self):
-      return self.returncode
-
-  monkeypatch.setattr(parallel.subprocess, 'Popen', Proc)
-  parallel.run(config, 'configs/sweeps/isoflop_tiny.py', str(tmp_path), 2, 'cpu', 2)
-  assert len(started) == len(ms) // 2
-  config.sweep.member = started[1]
-  _, todo = sweep._prepare(config, str(tmp_path), ())
-  assert len(todo) == 1 and [i for i, _ in todo[0]] == [started[1], started[1] + 1]
-  assert len({m.config.optimizer.lr for _, m in todo[0]}) == 2
-
-
 def test_concurrent_members_merge_results_without_losing_rows(tmp_path, monkeypatch):
   """15 members finishing at once (as array jobs would), each writing its result.json and merging,
   on a slow shared filesystem (the earliest CSV writes take longest, 300 ms): results.csv ends
@@ -741,47 +677,8 @@ def test_wsd_branches_equal_standalone_wsd_runs(data_dir, tmp_path):
     step = int(r['step'])
     _check_lr_areas(r, [lrs[i] for i in range(1, step + 1)], annealed=step > m.branch_step + 1)
   # The longer branch (its trunk went through the shorter one's branch point first) alone:
-  alone = loop.run(ms[-1].config, str(tmp_path / 'alone'))
+  alone = loop.run(validation.derive(ms[-1].config), str(tmp_path / 'alone'))
   assert float(rows[ms[-1].name]['loss']) == alone['eval/loss']
-
-
-@pytest.mark.slow
-def test_parallel_members_on_disjoint_device_subsets(data_dir, tmp_path):
-  """scaling.parallel runs 2 members at once, each process on its own 1-device subset; both
-  land in results.csv exactly once, and they trained at the same time."""
-  workdir = str(tmp_path / 'par')
-  _, overrides = _load_tiny(data_dir, SIZES[:2])
-  cmd = [
-    sys.executable,
-    '-m',
-    'scaling.parallel',
-    '--config=configs/sweeps/isoflop_tiny.py',
-    f'--workdir={workdir}',
-    '--groups=2',
-    '--platform=cpu',
-    '--devices=2',
-  ]
-  cmd += [f'--config.{k}={_cli_value(v)}' for k, v in overrides.items()]
-  out = run(cmd, cpu_env(), timeout=900)
-  assert out.returncode == 0, out.stderr[-4000:]
-  config, _ = _load_tiny(data_dir, SIZES[:2])
-  names = [m.name for m in sweep.members(config)]
-  rows = _rows(os.path.join(workdir, 'results.csv'))
-  assert sorted(r['name'] for r in rows) == sorted(names)
-  spans = []
-  for name in names:
-    log = open(os.path.join(workdir, 'parallel_logs', f'{name}.log')).read()
-    assert 'on 1 cpu device(s)' in log, log[-2000:]
-    started = re.search(
-      r'member \d+ ' + re.escape(name) + ' started on devices (\\[\\d\\])', out.stderr
-    )
-    assert started, out.stderr[-2000:]
-    meta = json.load(open(os.path.join(workdir, name, 'sweep_member.json')))
-    end = os.path.getmtime(os.path.join(workdir, name, 'result.json'))
-    spans.append((end - meta['wall_s'], end, started.group(1)))
-  spans.sort()
-  assert spans[1][0] < spans[0][1]  # the second member started before the first finished.
-  assert spans[0][2] != spans[1][2]  # ... on the other device.
 
 
 def test_transfer_summary_by_label_pools_seeds(tmp_path):

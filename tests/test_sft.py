@@ -552,9 +552,11 @@ def test_sft_run_from_a_pretrained_workdir(tiny_config, tmp_path):
   """A tiny pre-training run, then SFT from it (init_from) on packed JSONL rows: finite losses per
   target token, an eval loss of the completions, the packed stream in the checkpoint's meta."""
   pre = str(tmp_path / 'pre')
-  loop.run(tiny_config(SHAPE), pre, stop_after=1)  # one step and its checkpoint, no eval.
+  loop.run(
+    validation.derive(tiny_config(SHAPE)), pre, stop_after=1
+  )  # one step and its checkpoint, no eval.
   sft = str(tmp_path / 'sft')
-  out = loop.run(_sft_config(tiny_config, tmp_path, pre), sft)
+  out = loop.run(validation.derive(_sft_config(tiny_config, tmp_path, pre)), sft)
   rows = [json.loads(line) for line in open(os.path.join(sft, 'metrics.jsonl'))]
   assert [r['step'] for r in rows] == [2, 4]
   assert all(np.isfinite(r['train/loss']) and 0 < r['train/loss'] < 6 for r in rows)
@@ -565,11 +567,13 @@ def test_sft_run_from_a_pretrained_workdir(tiny_config, tmp_path):
 @pytest.mark.slow
 def test_sft_resume_is_exact(tiny_config, tmp_path):
   pre = str(tmp_path / 'pre')
-  loop.run(tiny_config(SHAPE), pre, stop_after=1)  # one step and its checkpoint, no eval.
+  loop.run(
+    validation.derive(tiny_config(SHAPE)), pre, stop_after=1
+  )  # one step and its checkpoint, no eval.
   config = _sft_config(tiny_config, tmp_path, pre)
-  straight = loop.run(config, str(tmp_path / 'straight'))
-  loop.run(config, str(tmp_path / 'split'), stop_after=2)
-  resumed = loop.run(config, str(tmp_path / 'split'))
+  straight = loop.run(validation.derive(config), str(tmp_path / 'straight'))
+  loop.run(validation.derive(config), str(tmp_path / 'split'), stop_after=2)
+  resumed = loop.run(validation.derive(config), str(tmp_path / 'split'))
   assert resumed['train/loss'] == straight['train/loss']
   assert resumed['eval/loss'] == straight['eval/loss']
 

@@ -155,7 +155,7 @@ def test_nm_pattern_is_kept_by_the_optimizer():
 
 
 def _restore(workdir, config):
-  r = context.setup(config, with_data=False)
+  r = context.setup(validation.derive(config), with_data=False)
   mngr = checkpoint.manager(workdir, r.config.train)
   state, _ = checkpoint.restore(mngr, mngr.latest_step(), context.abstract_state(r))
   return int(state.step), jax.device_get(state.params), jax.device_get(state.opt_state)
@@ -167,20 +167,20 @@ def test_gradual_run_reaches_target_and_resumes_bitwise(tiny_config, tmp_path):
   over = {'mesh.fsdp': 2, 'mesh.tensor': 2, 'train.num_steps': 6, 'train.eval_every': 6}
   sp = {'target': 0.5, 'begin_step': 2, 'end_step': 6, 'every': 2}
   config = tiny_config({**over, **{f'sparsity.{k}': v for k, v in sp.items()}})
-  r = context.setup(config, with_data=False)
+  r = context.setup(validation.derive(config), with_data=False)
   sp_shardings = next(s for s in r.state_shardings.opt_state if isinstance(s, optim.SparsityState))
   assert jax.tree.leaves(sp_shardings.masks) == jax.tree.leaves(r.state_shardings.params)
   cfg = r.derived.model
   straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
-  loop.run(config, straight)
-  loop.run(config, split, stop_after=4)
+  loop.run(validation.derive(config), straight)
+  loop.run(validation.derive(config), split, stop_after=4)
   step, params, opt_state = _restore(split, config)
   assert step == 4
   assert 1 - float(S.density(cfg, params)) == pytest.approx(0.5 * (1 - 0.5**3), abs=1e-3)
   masks = next(s for s in opt_state if isinstance(s, optim.SparsityState)).masks
   for (_, p), (_, m) in zip(_leaves(cfg, params), _leaves(cfg, masks)):
     np.testing.assert_array_equal(np.asarray(p) == 0, np.asarray(m) == 0)
-  loop.run(config, split)
+  loop.run(validation.derive(config), split)
   (s1, p1, o1), (s2, p2, o2) = _restore(straight, config), _restore(split, config)
   assert s1 == s2 == 6
   jax.tree.map(np.testing.assert_array_equal, p1, p2)

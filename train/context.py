@@ -7,12 +7,12 @@ import json
 from collections.abc import Callable
 
 import jax
-import ml_collections
 import numpy as np
 import optax
 
 import models
 from configs import schema
+from models import parametrization
 from models.config import PyTree
 from train import optimizer as optim
 from train import sharding, validation
@@ -59,17 +59,11 @@ class Run:
   lr_fn: Callable
 
 
-def setup(
-  config: ml_collections.ConfigDict,
-  with_data: bool = True,
-  derived: validation.Derived | None = None,
-) -> Run:
-  """Validate, then build mesh, data, optimizer and state shardings (nothing compiled yet).
-  Without data (benchmarks on synthetic tokens) train_ds, eval_ds and tokenizer are None.
-  `derived`: validation.derive's result for `config` when the caller has it (not derived again)."""
-  if derived is None:
-    derived = validation.derive(config, jax.device_count(), jax.process_count())
-  config = derived.config
+def setup(derived: validation.Derived, with_data: bool = True) -> Run:
+  """Build mesh, data, optimizer and state shardings of `derived` (validation.derive's result;
+  nothing compiled yet). Without data (benchmarks on synthetic tokens) train_ds, eval_ds and
+  tokenizer are None."""
+  config = validation.expect(derived).config
   mesh = sharding.make_mesh(config.mesh)
   train_ds, eval_ds, tokenizer = None, None, None
   if with_data:
@@ -132,7 +126,7 @@ def global_batch(r: Run, host_arrays: dict) -> dict:
   return jax.tree.map(put, host_arrays)
 
 
-def stream_meta(config: schema.Config | ml_collections.ConfigDict) -> dict:
+def stream_meta(config: schema.Config) -> dict:
   """What the batch stream and the param shapes depend on; must not change across a resume."""
   # 'pipeline' names the batch order (grain index shuffle over token shards): a checkpoint from
   # another order is refused instead of silently resumed on different batches.
@@ -143,12 +137,12 @@ def stream_meta(config: schema.Config | ml_collections.ConfigDict) -> dict:
     'pipeline': PIPELINE,
     'seq_len': config.data.seq_len,
     'global_batch_size': config.train.global_batch_size,
-    'model': json.loads(json.dumps(dataclasses.asdict(schema.Config.make(config).model))),
+    'model': json.loads(json.dumps(dataclasses.asdict(config.model))),
     **(_example_rows(config.data) if 'jsonl:' in config.data.dataset else {}),
   }
 
 
-def _example_rows(data: schema.Section | ml_collections.ConfigDict) -> dict:
+def _example_rows(data: schema.DataConfig) -> dict:
   """How supervised examples become rows (train/data/examples.py): part of their stream."""
   return {k: data[k] for k in ('pack', 'truncation', 'eval_fraction')}
 
@@ -163,7 +157,7 @@ def jit_train_step(r: Run, task: Task) -> Callable:
     r.lr_fn,
     t.grad_accum_steps,
     t.loss_scale_period if r.derived.loss_scale else 0,
-    models.trainable(r.derived.model) if r.derived.model.lora_rank else None,
+    models.trainable(r.derived.model) if parametrization.has_frozen(r.derived.model) else None,
     r.config.seed if r.derived.model.lora_dropout else None,
   )
   return jax.jit(

@@ -12,7 +12,7 @@ directory gets the loop's metrics.jsonl rows and config.json while training, and
 ordinary checkpoint of its own final state, so a member is a plain finished run to every tool
 (train.tools.export, train.tools.sample, init_from, a rerun of train.loop).
 
-  group.run([config_a, config_b], [dir_a, dir_b], group_dir)
+  group.run([validation.derive(config_a), validation.derive(config_b)], [dir_a, dir_b], group_dir)
 """
 
 import dataclasses
@@ -122,12 +122,11 @@ def _stacked(s: NamedSharding, rules: tuple) -> NamedSharding:
 
 
 def setup(
-  configs: Sequence, dirs: Sequence[str], derived: Sequence | None = None, with_data: bool = True
+  derived: Sequence[validation.Derived], dirs: Sequence[str], with_data: bool = True
 ) -> Group:
-  """Validate every member, check that they may share a program, build their runs (without
-  data: benchmarks on synthetic tokens, as context.setup)."""
-  if derived is None:
-    derived = [validation.derive(c, jax.device_count(), jax.process_count()) for c in configs]
+  """Check that the members (each validation.derive(config)) may share a program and build
+  their runs (without data: benchmarks on synthetic tokens, as context.setup)."""
+  derived = [validation.expect(d) for d in derived]
   keys = {group_key(d.config) for d in derived}
   if len(keys) > 1:
     raise ValueError(f'group members differ in more than {", ".join(VARYING)}: train them apart')
@@ -135,10 +134,7 @@ def setup(
     if (reason := why_not(d.config)) is not None:
       raise ValueError(f'a member group cannot hold {reason}')
   shared = len({d.config.seed for d in derived}) == 1  # one data order: only member 0 reads it.
-  runs = [
-    context.setup(c, with_data and (i == 0 or not shared), d)
-    for i, (c, d) in enumerate(zip(configs, derived))
-  ]
+  runs = [context.setup(d, with_data and (i == 0 or not shared)) for i, d in enumerate(derived)]
   opts = [r.config.optimizer for r in runs]
   r0 = runs[0]
   rules = _member_rules(r0, len(runs))
@@ -244,7 +240,7 @@ def jit_step(g: Group, task: context.Task) -> object:
       optim.lr_schedule(opt, num_steps),
       t.grad_accum_steps,
       t.loss_scale_period if r0.derived.loss_scale else 0,
-      models.trainable(r0.derived.model) if r0.derived.model.lora_rank else None,
+      models.trainable(r0.derived.model) if parametrization.has_frozen(r0.derived.model) else None,
     )
     return step(state, batch)
 
@@ -329,19 +325,18 @@ def _meta(g: Group) -> dict:
 
 
 def run(
-  configs: Sequence,
+  derived: Sequence[validation.Derived],
   dirs: Sequence[str],
   group_dir: str,
-  derived: Sequence | None = None,
   stop_after: int | None = None,
 ) -> list[dict]:
-  """Train the group in `group_dir` (resuming); per member its final metrics, or for a diverged
-  member {'diverged': message}; {'preempted_at_step': s} each when a signal stopped it."""
+  """Train the group of members `derived` (each validation.derive(config)) in `group_dir`
+  (resuming); per member its final metrics, or for a diverged member {'diverged': message};
+  {'preempted_at_step': s} each when a signal stopped it."""
+  derived = [validation.expect(d) for d in derived]
   with preemption.StopRequest() as stop:
-    if derived is None:
-      derived = [validation.derive(configs[0], jax.device_count(), jax.process_count())]
-    memory.for_run(derived[0], members=len(configs))  # K states on every device: refused early.
-    g = setup(configs, dirs, derived if len(derived) == len(configs) else None)
+    memory.for_run(derived[0], members=len(derived))  # K states on every device: refused early.
+    g = setup(derived, dirs)
     for d in (group_dir, *dirs):
       workdir_lib.check(d)
     locks = [workdir_lib.claim(d) for d in (group_dir, *dirs)]
@@ -448,11 +443,16 @@ def from_members(g: Group) -> tuple[GroupState | None, int]:
 
 
 def save_members(
-  group_dir: str, configs: Sequence, step: int, dirs: Sequence[str], metas: Sequence[dict]
+  group_dir: str,
+  derived: Sequence[validation.Derived],
+  step: int,
+  dirs: Sequence[str],
+  metas: Sequence[dict],
 ) -> None:
   """Member i's state at the group checkpoint `step` as an ordinary checkpoint in dirs[i] (with
-  metas[i]): a WSD trunk group's states at a branch point become the branches' starts."""
-  g = setup(configs, [''] * len(configs), with_data=False)
+  metas[i]): a WSD trunk group's states (members `derived`) at a branch point become the
+  branches' starts."""
+  g = setup(derived, [''] * len(derived), with_data=False)
   mngr = checkpoint.manager(group_dir, g.runs[0].config.train)
   if step not in mngr.all_steps():
     raise ValueError(
@@ -558,14 +558,15 @@ def extract(group_dir: str, member_dir: str, member: int, out: str) -> int:
     python -m train.group --group=W/groups/<hash> --member_dir=W/<member> --member=i --out=DIR
   """
   config = ml_collections.ConfigDict(json.load(open(os.path.join(member_dir, 'config.json'))))
-  mngr = checkpoint.manager(group_dir, validation.derive(config, jax.device_count()).config.train)
+  derived = validation.derive(config)
+  mngr = checkpoint.manager(group_dir, derived.config.train)
   step = mngr.latest_step()
   if step is None:
     raise ValueError(f'{group_dir}: no group checkpoint to extract from')
   k = len(checkpoint.restore_meta(mngr, step)['members'])
   if not 0 <= member < k:
     raise ValueError(f'--member={member}: the group has members 0..{k - 1}')
-  g = setup([config] * k, [''] * k, with_data=False)  # the shapes; the values are restored.
+  g = setup([derived] * k, [''] * k, with_data=False)  # the shapes; the values are restored.
   with jax.set_mesh(g.runs[0].mesh), nn.logical_axis_rules(g.rules):
     gs, _ = checkpoint.restore(mngr, step, abstract(g))
     params = jax.device_get(jax.tree.map(lambda x: x[member], gs.state.params))

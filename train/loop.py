@@ -1,9 +1,10 @@
 """The training loop shared by plain LM, distillation and sweep runs.
 
-`run(config, workdir, ...)` builds the run's context (train/context.py), resumes from the latest
-checkpoint and drives the jitted train step; what happens at a step's cadence (guard, rates,
-evaluators, logging, checkpoints) are plug-ins (train/hooks.py, train/evaluators.py). What
-differs between trainers lives in a `Task`; extra evaluators (e.g. lm-eval) come from the caller.
+`run(validation.derive(config), workdir, ...)` builds the run's context (train/context.py),
+resumes from the latest checkpoint and drives the jitted train step; what happens at a step's
+cadence (guard, rates, evaluators, logging, checkpoints) are plug-ins (train/hooks.py,
+train/evaluators.py). What differs between trainers lives in a `Task`; extra evaluators (e.g.
+lm-eval) come from the caller.
 """
 
 import contextlib
@@ -17,7 +18,6 @@ from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 
 from models import lora, resident_quant
@@ -40,25 +40,24 @@ from train.evaluators import EvalLoss, Evaluator
 
 
 def run(
-  config: ml_collections.ConfigDict,
+  derived: validation.Derived,
   workdir: str,
   task_fn: Callable[[Run], Task] | None = None,
   init_params_fn: Callable[[Run], PyTree] | None = None,
   stop_after: int | None = None,
-  derived: validation.Derived | None = None,
   evaluators: Sequence[Evaluator] = (),
 ) -> dict:
-  """Train to config's step count in `workdir` (resuming if possible); returns final metrics.
+  """Train `derived` (validation.derive(config)) to its step count in `workdir` (resuming if
+  possible); returns the final metrics.
 
-  `stop_after` ends this invocation early at that step (a checkpoint is written), as a
-  preemption would; the schedule still follows the config's full step count. A SIGTERM or
-  SIGINT does the same at the end of the current step (train/preemption.py). `derived`:
-  validation.derive's result for `config` when the caller has it (see `context.setup`).
-  `evaluators` run after the eval loss at every eval step (train/evaluators.py).
+  `stop_after` ends this invocation early at that step (a checkpoint is written, the result has
+  'stopped_at_step'), as a preemption would; the schedule still follows the config's full step
+  count. A SIGTERM or SIGINT does the same at the end of the current step (train/preemption.py;
+  the result has 'preempted_at_step'). `evaluators` run after the eval loss at every eval step
+  (train/evaluators.py).
   """
+  validation.expect(derived)
   with preemption.StopRequest() as stop:  # until the state is ready a signal abandons start-up.
-    if derived is None:
-      derived = validation.derive(config, jax.device_count(), jax.process_count())
     memory.for_run(derived)  # logged; a step that cannot fit is refused before anything is built.
     if derived.config.lm_eval.tasks and not evaluators:
       logging.warning(
@@ -67,7 +66,7 @@ def run(
       )
     workdir_lib.check(workdir)
     _compilation_cache(derived.config.train.compilation_cache_dir)
-    r = context.setup(config, derived=derived)
+    r = context.setup(derived)
     task = task_fn(r) if task_fn else context.lm_task(r)
     params = _fresh_params(r, workdir, init_params_fn)  # checked before the workdir is touched.
     lock = workdir_lib.claim(workdir)
@@ -237,6 +236,8 @@ def _train(
       hooks.report_stop(stop, state, workdir, last)
     if not last:  # nothing logged now (a finished run rerun): the same summary as its end.
       last = {**metrics.last_row(os.path.join(workdir, 'metrics.jsonl')), **eval_loss(state.params)}
+    if end < num_steps and not stop.requested:  # stop_after: not finished; a rerun resumes.
+      last['stopped_at_step'] = int(jax.device_get(state.step))
   log.writer.flush()
   return _final(r, last)
 

@@ -14,6 +14,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 import models
+from models import parametrization
 from models.config import ModelConfig, head_dim, kv_heads
 from train import sharding, validation
 
@@ -143,7 +144,7 @@ def estimate(
   optimizer state (one uint8 per float32 param), and one microbatch's activations
   (`micro_batch` global sequences); `eval_batch` > 0: an evaluation batch's forward too."""
   p = param_bytes(model, mesh_shape)
-  t = param_bytes(model, mesh_shape, trainable=True) if model.lora_rank else p
+  t = param_bytes(model, mesh_shape, trainable=True) if parametrization.has_frozen(model) else p
   shards = mesh_shape['data'] * mesh_shape['fsdp']
   tokens = max(micro_batch // shards, 1) * seq_len
   acts = activation_bytes(model, tokens, seq_len, mesh_shape['tensor'])
@@ -162,7 +163,7 @@ def compiled_bytes(m: ModelConfig, opt_config, batch: int, seq_len: int, k: int 
   from train import step as step_lib
 
   opt = optim.make_optimizer(opt_config, 10, m)
-  trainable = models.trainable(m) if m.lora_rank else None
+  trainable = models.trainable(m) if parametrization.has_frozen(m) else None
   fn = step_lib.make_train_step(
     step_lib.lm_loss(m), opt, optim.lr_schedule(opt_config, 10), k, 0, trainable
   )

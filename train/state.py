@@ -7,13 +7,13 @@ from jax.sharding import Mesh
 
 import models
 from models import parametrization
-from models.config import ModelConfigLike, PyTree
+from models.config import ModelConfig, PyTree
 from train import sharding
 from train.step import ScaledTrainState, TrainState
 
 
 def state_shardings(
-  model_config: ModelConfigLike,
+  model_config: ModelConfig,
   optimizer: optax.GradientTransformation,
   mesh: Mesh,
   loss_scale: bool = False,
@@ -23,7 +23,7 @@ def state_shardings(
   param_shapes = models.param_shapes(model_config)
   params = sharding.tree_shardings(models.logical_axes(model_config), param_shapes, mesh)
   rep = sharding.replicated(mesh)
-  if parametrization.has_frozen(models.ModelConfig.make(model_config)):  # moments: trained only.
+  if parametrization.has_frozen(ModelConfig.expect(model_config)):  # moments: trained only.
     opt_state = _by_param_path(jax.eval_shape(optimizer.init, param_shapes), params, rep)
   else:
     opt_state = optax.tree_map_params(
@@ -53,7 +53,7 @@ def _by_param_path(state_shapes: PyTree, params: PyTree, rep: jax.sharding.Shard
 
 
 def fresh_state(
-  model_config: ModelConfigLike,
+  model_config: ModelConfig,
   optimizer: optax.GradientTransformation,
   rng: jax.Array | None,
   params: PyTree | None = None,
@@ -76,7 +76,7 @@ def fresh_state(
 
 
 def init_state(
-  model_config: ModelConfigLike,
+  model_config: ModelConfig,
   optimizer: optax.GradientTransformation,
   shardings: TrainState,
   seed: int = 0,

@@ -14,9 +14,8 @@ import jax.numpy as jnp
 import jmp
 import optax
 
-import models
 from models import loss
-from models.config import ModelConfigLike, PyTree
+from models.config import ModelConfig, PyTree
 from train import optimizer as optim
 
 # loss_fn(params, batch, *frozen) -> (loss_sum, sums), as in the module docstring.
@@ -54,13 +53,13 @@ def cross_entropy_sum(
   return nll_BxL.sum(), mask_BxL.sum()
 
 
-def lm_loss(model_config: ModelConfigLike) -> LossFn:
+def lm_loss(model_config: ModelConfig) -> LossFn:
   """Next-token loss on rows batch['tokens'] [B, L+1]: inputs row[:-1], targets row[1:]; rows
   packed with examples (batch['segment_ids'], ['positions'], ['loss_mask']) count only the masked-in
   targets of each segment (models/loss.py next_token_rows), so the step's mean is per target
   token. With model.loss_chunk the full float32 logits are never materialised. A batch with
   DROPOUT_KEYS drops out (model.lora_dropout) with its first row's key."""
-  cfg = models.ModelConfig.make(model_config)
+  cfg = ModelConfig.expect(model_config)
 
   def loss_fn(params, batch):
     inputs_BxL, targets_BxL, ctx = loss.next_token_rows(batch)

@@ -1,6 +1,9 @@
 """Config validation and derived quantities, computed once and checked before any compile.
 
-`derive(config, num_devices, process_count)` is the single place where head dim, step
+`derive(config)` (for this process's devices, or `num_devices` / `process_count`) is the door the
+trainers take their config through: its `Derived` (with `.config`, the typed schema.Config, and
+`.model`, the ModelConfig) is what loop.run, context.setup, the distillation trainer and store and
+train/group.py take (`expect` refuses anything else). It is the single place where head dim, step
 count from a token budget, per-device and micro batch sizes are computed, and where the whole
 config is checked in one pass: it parses the config into its typed form (configs/schema.py
 `Config.make`: keys, types, choices per section), runs each section's own checks and those across
@@ -10,6 +13,9 @@ devices, batch divisibility, steps). Every inconsistency raises ValueError namin
 
 import dataclasses
 import os
+from typing import Any
+
+import jax
 
 from configs import schema
 from configs.schema import unknown_key  # noqa: F401 (main.py's message for unknown flags)
@@ -35,6 +41,17 @@ class Derived:
   loss_scale: bool  # dynamic loss scaling on (train.loss_scale, model.dtype).
   # config.distill with its defaults filled in (schema.DistillConfig); None without one.
   distill: schema.DistillConfig | None = None
+
+
+def expect(derived: Any) -> Derived:
+  """`derived`, as the trainers take their config: a ConfigDict (or dict, schema.Config) is a
+  TypeError saying how to make one."""
+  if not isinstance(derived, Derived):
+    raise TypeError(
+      f'the trainers take a validated config, got {type(derived).__name__}: pass '
+      'validation.derive(config)'
+    )
+  return derived
 
 
 def distill_section(derived: Derived) -> schema.DistillConfig:
@@ -101,9 +118,15 @@ def _check_static_scales(m: ModelConfig, src: str) -> None:
 
 
 def derive(
-  config: schema.Config | schema.Section, num_devices: int, process_count: int = 1
+  config: schema.Config | schema.Section,
+  num_devices: int | None = None,
+  process_count: int | None = None,
 ) -> Derived:
-  """Validate `config` for this many devices/processes and return the derived quantities."""
+  """Validate `config` (a ConfigDict, dict or parsed schema.Config) for this many devices and
+  processes (None: this process's jax.device_count() / jax.process_count()) and return the
+  derived quantities."""
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  process_count = jax.process_count() if process_count is None else process_count
   c = schema.Config.make(config)
   c.check()
   quantize.check(c.model)  # model.weight_group divides every quantized kernel's fan-in.

@@ -16,10 +16,8 @@ Resumable (finished runs are skipped), one CSV per part.
 
 import csv
 import json
-import logging
 import os
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -27,6 +25,7 @@ from collections.abc import Iterator, Sequence
 
 from absl import flags
 
+from scaling import parallel
 from scaling.studies import compression_report as rep
 
 # The teacher and the pruned shapes (each about 55 % of its 651K params; the 373K ladder rung is
@@ -49,7 +48,6 @@ ONESHOT = [(s, scope, 'unstructured') for s in SPARSITIES for scope in ('global'
 # Weight quantization schemes (scheme, group): per output channel, and int4 by groups of 16 along
 # the fan-in (16 divides every ladder member's fan-ins: d_model 48-112, head_dim 16; 32 does not).
 SCHEMES = (('int8', 0), ('fp8', 0), ('int4', 0), ('int4', 16))
-DONE = 'compression_done'  # a finished run's marker file.
 NM = '2:4'  # the N:M pattern trained sparse (--part=nm).
 QAT = (('N7.51e4_D1.5e6_lr7.81e-3', 'int4', 0), ('N1.75e5_D3.49e6_lr7.81e-3', 'int4', 0))
 # --part=calibrated: (method, scheme, group, scale rule). GPTQ and AWQ against RTN at int4 and int3,
@@ -73,35 +71,18 @@ def _repo() -> str:
   return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _train(workdir: str, flags_: list[str]) -> tuple[str, list[str]]:
-  """(marker, command): main.py into `workdir`, then the marker DONE (a finished run is skipped;
-  an interrupted one resumes from its checkpoint)."""
-  marker = os.path.join(workdir, DONE)
-  main_py = ' '.join(
-    shlex.quote(a) for a in [sys.executable, 'main.py', f'--workdir={workdir}', *flags_]
-  )
-  return marker, ['bash', '-c', f'{main_py} && touch {shlex.quote(marker)}']
+def _job(workdir: str, flags_: list[str]) -> parallel.Job:
+  """main.py into `workdir`, named <part>/<run>: done once it wrote workdir/result.json (a done
+  run is skipped; an interrupted one resumes from its checkpoint)."""
+  name = os.path.join(os.path.basename(os.path.dirname(workdir)), os.path.basename(workdir))
+  return parallel.Job(name, [sys.executable, 'main.py', f'--workdir={workdir}', *flags_], workdir)
 
 
-def _lanes(cmds: list[tuple[str, list[str]]], lanes: int) -> None:
-  """Run (marker, command) pairs whose marker is missing, `lanes` at a time; all must succeed."""
-  running: list[subprocess.Popen] = []
-  for marker, cmd in [(m, c) for m, c in cmds if not os.path.exists(m)]:
-    while sum(p.poll() is None for p in running) >= lanes:
-      time.sleep(2)
-    logging.info('running %s', marker)
-    os.makedirs(os.path.dirname(marker), exist_ok=True)
-    running.append(subprocess.Popen(cmd, cwd=_repo()))
-  failed = [p.args[-1] for p in running if p.wait() != 0]
-  if failed:
-    raise RuntimeError(f'{len(failed)} run(s) failed, e.g. {failed[0][:200]}')
-
-
-def recovery_runs(work: str, ladder: str) -> list[tuple[str, list[str]]]:
+def recovery_runs(work: str, ladder: str) -> list[parallel.Job]:
   """train.tools.compress per shape, then the three recoveries of each (distill, finetune,
   scratch)."""
   teacher = os.path.join(ladder, TEACHER)
-  cmds = []
+  jobs = []
   for name, shape in SHAPES.items():
     pruned = os.path.join(work, 'pruned', name)
     if not os.path.exists(os.path.join(pruned, 'compress.json')):
@@ -116,13 +97,15 @@ def recovery_runs(work: str, ladder: str) -> list[tuple[str, list[str]]]:
     for how in RECOVERIES:
       run = os.path.join(work, 'recovery', f'{name}_{how}')
       arg = f'student={pruned},teacher={teacher},recover={how},steps={RECOVERY_STEPS}'
-      cmds.append(_train(run, [f'--config=configs/compress.py:{arg}']))
-  return cmds
+      jobs.append(_job(run, [f'--config=configs/compress.py:{arg}']))
+  return jobs
 
 
-def _sparse_run(work: str, ladder: str, base: str, name: str, target: float, pattern: str):
-  """(marker, command): `base` retrained sparse, cubic from 10 % to 60 % of its steps, masks
-  every 1 % of the steps."""
+def _sparse_run(
+  work: str, ladder: str, base: str, name: str, target: float, pattern: str
+) -> parallel.Job:
+  """The Job of `base` retrained sparse, cubic from 10 % to 60 % of its steps, masks every 1 %
+  of the steps."""
   src = os.path.join(ladder, base)
   with open(os.path.join(src, 'config.json')) as f:
     steps = json.load(f)['train']['num_steps']
@@ -134,10 +117,10 @@ def _sparse_run(work: str, ladder: str, base: str, name: str, target: float, pat
     f'--config.sparsity.end_step={steps * 6 // 10}',
     f'--config.sparsity.every={max(steps // 100, 1)}',
   ]
-  return _train(os.path.join(work, 'sparse', name), flags_)
+  return _job(os.path.join(work, 'sparse', name), flags_)
 
 
-def gradual_runs(work: str, ladder: str) -> list[tuple[str, list[str]]]:
+def gradual_runs(work: str, ladder: str) -> list[parallel.Job]:
   """The 20-tokens/param members retrained with gradual magnitude sparsity (_sparse_run), one per
   target sparsity."""
   return [
@@ -151,7 +134,7 @@ def _nm_name(base: str) -> str:
   return f'{base}_{NM.replace(":", "of")}'
 
 
-def nm_runs(work: str, ladder: str, bases: Sequence[str]) -> list[tuple[str, list[str]]]:
+def nm_runs(work: str, ladder: str, bases: Sequence[str]) -> list[parallel.Job]:
   """The members trained 2:4 sparse: the N:M mask (the 2 largest |w| of every 4 along the fan-in)
   chosen at 10 % of the steps (_sparse_run's begin_step) and kept for the rest of the run (pruned
   weights stay zero, so the later re-masks keep the same choice)."""
@@ -166,7 +149,7 @@ def nm_rows(work: str, ladder: str, path: str, bases: Sequence[str] = SPARSE_BAS
   oneshot_rows = rep.read_csv(os.path.join(os.path.dirname(path), 'sparsity_oneshot.csv'))
   for base in bases:
     run = os.path.join(work, 'sparse', _nm_name(base))
-    if not os.path.exists(os.path.join(run, DONE)):
+    if not parallel.finished(run):
       continue
     one = next((r['loss'] for r in oneshot_rows if r['base'] == base and r['pattern'] == NM), '')
     rows[base] = {'base': base, 'params': _result(ladder, base)['params'], 'pattern': NM,
@@ -178,26 +161,26 @@ def nm_rows(work: str, ladder: str, path: str, bases: Sequence[str] = SPARSE_BAS
   return out
 
 
-def qat_runs(work: str, ladder: str) -> list[tuple[str, list[str]]]:
+def qat_runs(work: str, ladder: str) -> list[parallel.Job]:
   """Quantization-aware twins: the member retrained from scratch with its kernels fake-quantized
   (STE); and the trained member fine-tuned for a tenth of its steps with and without (QAT from
   a float model, and its float control at equal tokens)."""
-  cmds = []
+  jobs = []
   for base, scheme, group in QAT:
     src = os.path.join(ladder, base)
     with open(os.path.join(src, 'config.json')) as f:
       steps = json.load(f)['train']['num_steps'] // 10
     arg = f'--config=configs/compress.py:student={src},teacher={src},recover=finetune,steps={steps}'
     quant = [f'--config.model.weight_quant={scheme}', f'--config.model.weight_group={group}']
-    cmds.append(_train(os.path.join(work, 'qat', f'{base}_ft_float'), [arg]))
-    cmds.append(_train(os.path.join(work, 'qat', f'{base}_ft_{scheme}_g{group}'), [arg, *quant]))
+    jobs.append(_job(os.path.join(work, 'qat', f'{base}_ft_float'), [arg]))
+    jobs.append(_job(os.path.join(work, 'qat', f'{base}_ft_{scheme}_g{group}'), [arg, *quant]))
   for base, scheme, group in QAT:
     run = os.path.join(work, 'qat', f'{base}_{scheme}_g{group}')
     flags_ = [f'--config=configs/compress.py:rerun={os.path.join(ladder, base)}',
               f'--config.model.weight_quant={scheme}',
               f'--config.model.weight_group={group}']  # fmt: skip
-    cmds.append(_train(run, flags_))
-  return cmds
+    jobs.append(_job(run, flags_))
+  return jobs
 
 
 # --- Measurements written to CSVs --------------------------------------------------------------
@@ -286,11 +269,11 @@ def _calibrated_member(
   import jax
 
   from models import calibrated_quant, quantize
-  from train import context, init_from
+  from train import context, init_from, validation
   from train.tools import compress
 
   src = os.path.join(ladder, member)
-  r = context.setup(compress.run_config(src, None))
+  r = context.setup(validation.derive(compress.run_config(src, None)))
   cfg, params = init_from.load_params(src)
   params = jax.device_get(params)
   loss_float = compress.eval_loss(r, cfg, params)
@@ -319,11 +302,11 @@ def calibrated_kernels(ladder: str, member: str, scheme: str, group: int, path: 
   import jax
 
   from models import calibrated_quant, quantize
-  from train import context, init_from
+  from train import context, init_from, validation
   from train.tools import compress
 
   src = os.path.join(ladder, member)
-  r = context.setup(compress.run_config(src, None))
+  r = context.setup(validation.derive(compress.run_config(src, None)))
   cfg, params = init_from.load_params(src)
   params = jax.device_get(params)
   base = compress.eval_loss(r, cfg, params)
@@ -370,12 +353,16 @@ def _member_run(ladder: str, member: str) -> tuple:
   """(run context, model config, params) of a ladder member, for its own eval set."""
   import jax
 
-  from train import context, init_from
+  from train import context, init_from, validation
   from train.tools import compress
 
   src = os.path.join(ladder, member)
   cfg, params = init_from.load_params(src)
-  return context.setup(compress.run_config(src, None)), cfg, jax.device_get(params)
+  return (
+    context.setup(validation.derive(compress.run_config(src, None))),
+    cfg,
+    jax.device_get(params),
+  )
 
 
 def w8a8_loss(r: object, cfg: object, params: dict, setting: tuple, stats: dict) -> float:
@@ -415,10 +402,10 @@ def _w8a8_member(ladder: str, member: str, todo: list[tuple], calib_batches: int
            'seconds': round(time.time() - t0, 1)}  # fmt: skip
 
 
-def act_qat_runs(work: str, ladder: str, members: Sequence[str]) -> list[tuple[str, list[str]]]:
+def act_qat_runs(work: str, ladder: str, members: Sequence[str]) -> list[parallel.Job]:
   """Each member fine-tuned ACT_QAT_STEPS steps from its checkpoint with int8 weights and inputs
   fake-quantized (straight-through; ACT_QAT), and without (its float twin at equal tokens)."""
-  cmds = []
+  jobs = []
   for base in members:
     src = os.path.join(ladder, base)
     arg = f'--config=configs/compress.py:student={src},teacher={src},recover=finetune,steps={ACT_QAT_STEPS}'
@@ -428,8 +415,8 @@ def act_qat_runs(work: str, ladder: str, members: Sequence[str]) -> list[tuple[s
     ]
     qat = [f'--config.model.{kv}' for kv in ACT_QAT]
     for kind, extra in (('float', []), ('w8a8', qat)):
-      cmds.append(_train(os.path.join(work, 'w8a8_qat', f'{base}_ft_{kind}'), [arg, *once, *extra]))
-  return cmds
+      jobs.append(_job(os.path.join(work, 'w8a8_qat', f'{base}_ft_{kind}'), [arg, *once, *extra]))
+  return jobs
 
 
 def act_qat_rows(work: str, ladder: str, members: Sequence[str], path: str, calib_batches: int):
@@ -446,7 +433,7 @@ def act_qat_rows(work: str, ladder: str, members: Sequence[str], path: str, cali
     for kind in ('none', 'float', 'w8a8'):
       run = os.path.join(work, 'w8a8_qat', f'{base}_ft_{kind}')
       if kind != 'none':
-        if not os.path.exists(os.path.join(run, DONE)):
+        if not parallel.finished(run):
           continue
         params = init_from.load_params(run, cfg)[1]
       batches = [r.train_ds.batch(s) for s in range(calib_batches)]
@@ -470,7 +457,7 @@ def report(work: str, ladder: str, out: str) -> dict:
   os.makedirs(out, exist_ok=True)
   summary = {}
   runs = {(s, h): os.path.join(work, 'recovery', f'{s}_{h}') for s in SHAPES for h in RECOVERIES}
-  curves_ = rep.recovery_curves(runs, DONE)
+  curves_ = rep.recovery_curves(runs)
   if curves_:
     pruned = {}
     for s in SHAPES:
@@ -508,7 +495,7 @@ def _report_sparsity(work: str, ladder: str, out: str) -> dict:
   runs = {
     b: {s: os.path.join(work, 'sparse', f'{b}_s{s}') for s in SPARSITIES} for b in SPARSE_BASES
   }
-  grad = rep.gradual(runs, ladder, DONE)
+  grad = rep.gradual(runs, ladder)
   for r in grad:
     r['nonzero'] = int(
       r['params'] - r['sparsity'] * rep.compressible_params(os.path.join(ladder, r['base']))
@@ -532,11 +519,11 @@ def _report_quantize(work: str, ladder: str, out: str) -> dict:
   qat = []
   for base, scheme, group in QAT:
     run = os.path.join(work, 'qat', f'{base}_{scheme}_g{group}')
-    if os.path.exists(os.path.join(run, DONE)):
+    if parallel.finished(run):
       ptq_row = next((r for r in rows if r['member'] == base and r['scheme'] == scheme
                       and r['group'] == str(group)), None)  # fmt: skip
       ft = {k: os.path.join(work, 'qat', f'{base}_ft_{k}') for k in ('float', f'{scheme}_g{group}')}
-      ft_loss = {k: rep.final_eval(v) if os.path.exists(os.path.join(v, DONE)) else float('nan')
+      ft_loss = {k: rep.final_eval(v) if parallel.finished(v) else float('nan')
                  for k, v in ft.items()}  # fmt: skip
       qat.append({'base': base, 'scheme': f'{scheme} g{group}', 'float': _loss(ladder, base),
                   'ptq': float(ptq_row['loss']) if ptq_row else float('nan'),
@@ -553,7 +540,7 @@ def _activations_part(
   largest and their rows (path's *_qat.csv), the tables and the plot beside it."""
   activations(ladder, members, path, calib_batches)
   qat_members = [members[0], members[-1]] if len(members) > 1 else list(members)
-  _lanes(act_qat_runs(work, ladder, qat_members), lanes)
+  parallel.run_all(act_qat_runs(work, ladder, qat_members), lanes)
   qat_path = path.replace('.csv', '_qat.csv')
   act_qat_rows(work, ladder, qat_members, qat_path, calib_batches)
   rows, qat = rep.read_csv(path), rep.read_csv(qat_path)
@@ -579,7 +566,12 @@ flags.DEFINE_string('workdir', 'workdirs/compress', 'study directory', flag_valu
 flags.DEFINE_string(
   'ladder', 'workdirs/ladder', 'the ladder sweep (its members)', flag_values=FLAGS
 )
-flags.DEFINE_integer('lanes', 1, 'training processes at once', flag_values=FLAGS)
+flags.DEFINE_integer(
+  'lanes',
+  1,
+  'trainings at once, each on its own device subset (scaling.parallel)',
+  flag_values=FLAGS,
+)
 flags.DEFINE_list(
   'members', [], '--part=calibrated: members (default: each size at its most tokens, seed 0)',
   flag_values=FLAGS,
@@ -630,15 +622,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     return
   os.makedirs(f.workdir, exist_ok=True)
   if f.part == 'nm':
-    _lanes(nm_runs(f.workdir, f.ladder, f.bases), f.lanes)
+    parallel.run_all(nm_runs(f.workdir, f.ladder, f.bases), f.lanes)
     print(json.dumps(nm_rows(f.workdir, f.ladder, f.nm_csv, f.bases), indent=1))
   elif f.part == 'recovery':
-    _lanes(recovery_runs(f.workdir, f.ladder), f.lanes)
+    parallel.run_all(recovery_runs(f.workdir, f.ladder), f.lanes)
   elif f.part == 'sparsity':
-    _lanes(gradual_runs(f.workdir, f.ladder), f.lanes)
+    parallel.run_all(gradual_runs(f.workdir, f.ladder), f.lanes)
     oneshot(f.workdir, f.ladder)
   else:
-    _lanes(qat_runs(f.workdir, f.ladder), f.lanes)
+    parallel.run_all(qat_runs(f.workdir, f.ladder), f.lanes)
     ptq(f.workdir, f.ladder)
 
 

@@ -10,7 +10,7 @@ import os
 import numpy as np
 from scipy import optimize
 
-from scaling import checks, results
+from scaling import checks, parallel, results
 from scaling import plot_style as style
 
 # --- Frantar et al. 2023 at a fixed tokens-per-parameter ratio -----------------------------------
@@ -68,16 +68,16 @@ def final_eval(workdir: str) -> float:
   return last
 
 
-def gradual(runs: dict, ladder: str, done: str) -> list[dict]:
+def gradual(runs: dict, ladder: str) -> list[dict]:
   """Gradual-sparsity runs' final loss next to their dense twin's (the ladder member's); `runs`:
-  {base: {sparsity: workdir}}, a run counted once its `done` marker exists."""
+  {base: {sparsity: workdir}}, a run counted once it is done (its result.json exists)."""
   rows = []
   for base, by_sparsity in runs.items():
     with open(os.path.join(ladder, base, 'result.json')) as f:
       dense = json.load(f)
     rows.append({'base': base, 'params': dense['params'], 'sparsity': 0.0, 'loss': dense['loss']})
     for s, run in by_sparsity.items():
-      if os.path.exists(os.path.join(run, done)):
+      if parallel.finished(run):
         rows.append(
           {'base': base, 'params': dense['params'], 'sparsity': s, 'loss': final_eval(run)}
         )
@@ -87,13 +87,13 @@ def gradual(runs: dict, ladder: str, done: str) -> list[dict]:
 # --- Recovery ------------------------------------------------------------------------------------
 
 
-def recovery_curves(runs: dict, done: str) -> list[dict]:
-  """Eval loss per step of every finished recovery run (its `done` marker exists); `runs`:
+def recovery_curves(runs: dict) -> list[dict]:
+  """Eval loss per step of every finished recovery run (its result.json exists); `runs`:
   {(shape, recovery): workdir}."""
   out = []
   for (shape, how), run in runs.items():
     path = os.path.join(run, 'metrics.jsonl')
-    if not os.path.exists(os.path.join(run, done)):
+    if not parallel.finished(run):
       continue
     with open(os.path.join(run, 'config.json')) as f:
       c = json.load(f)

@@ -19,10 +19,12 @@ session goes on from the committed rows without the earlier session's workdirs.
 import json
 import os
 import re
+import sys
 from collections.abc import Sequence
 
 from absl import flags
 
+from scaling import parallel
 from scaling.studies import compression
 from scaling.studies import compression_report as rep
 
@@ -81,18 +83,19 @@ def plan(
   teachers: Sequence[str],
   done: Sequence[str] = (),
   students: Sequence[str] = STUDENTS,
-) -> list[tuple[str, list[str]]]:
-  """(marker, command) of each pending run (main.py with configs/distill_law.py)."""
-  cmds = []
+) -> list[parallel.Job]:
+  """A Job per pending run: main.py with configs/distill_law.py into W/<run_name>, done once it
+  wrote its result.json."""
+  jobs = []
   for student, teacher, alpha, seed in pending(teachers, done, students):
     arg = f'student={os.path.join(ladder, student)},teacher={os.path.join(ladder, teacher)},alpha={alpha:g}'
     flags_ = [f'--config=configs/distill_law.py:{arg}'] + (
       [f'--config.seed={seed}'] if seed else []
     )
-    cmds.append(
-      compression._train(os.path.join(work, run_name(student, teacher, alpha, seed)), flags_)
-    )
-  return cmds
+    name = run_name(student, teacher, alpha, seed)
+    run = os.path.join(work, name)
+    jobs.append(parallel.Job(name, [sys.executable, 'main.py', f'--workdir={run}', *flags_], run))
+  return jobs
 
 
 COLUMNS = ('name', 'params', 'tokens', 'loss', 'teacher', 'teacher_loss', 'teacher_params',
@@ -117,7 +120,7 @@ def gather(work: str, ladder: str, out: str) -> int:
                       'loss': r['loss'], **dict.fromkeys(COLUMNS[4:], '')}  # fmt: skip
   for run in sorted(os.listdir(work)) if os.path.isdir(work) else []:
     m = NAME.match(run)
-    if not m or not os.path.exists(os.path.join(work, run, compression.DONE)):
+    if not m or not parallel.finished(os.path.join(work, run)):
       continue
     s = compression._result(ladder, m['student'])
     rows[run] = {'name': run, 'params': s['params'], 'tokens': s['tokens'],
@@ -222,7 +225,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_list('teachers', list(TEACHERS), 'teacher members', flag_values=FLAGS)
 flags.DEFINE_list('students', list(STUDENTS), "students (their twins' members)", flag_values=FLAGS)
-flags.DEFINE_integer('lanes', 1, 'training processes at once', flag_values=FLAGS)
+flags.DEFINE_integer(
+  'lanes',
+  1,
+  'trainings at once, each on its own device subset (scaling.parallel)',
+  flag_values=FLAGS,
+)
 flags.DEFINE_string(
   'gather', '', 'merge the results into this CSV instead of running', flag_values=FLAGS
 )
@@ -261,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       f'--ladder: {f.ladder} has no finished member {missing[0]} (run the ladder first)'
     )
   os.makedirs(f.workdir, exist_ok=True)
-  compression._lanes(plan(f.workdir, f.ladder, f.teachers, done, f.students), f.lanes)
+  parallel.run_all(plan(f.workdir, f.ladder, f.teachers, done, f.students), f.lanes)
 
 
 if __name__ == '__main__':

@@ -8,10 +8,12 @@ stdlib naming task (train/data/name_task.py, configs/finetune.py), and the laws 
       [--png=docs/finetuning/law.png]
 
 Runs: W/data_n<N>/ holds the task with the first N training examples (0: all), prepared once
-before the lanes start; W/<base>_n<N>_<method>/ is one configs/finetune.py run (resumable, skipped
-once W/<run>/row.json exists). Each run's W/best (the best task loss) is scored afterwards: task
+before the runs start; W/<base>_n<N>_<method>/ is one configs/finetune.py run, a process
+(`--run=<name>`) that scaling.parallel starts --lanes at a time (resumable, skipped once
+W/<run>/result.json exists). Each run's W/best (the best task loss) is scored afterwards: task
 loss, pre-training loss (forgetting: minus the base's), lm-eval's name_mc accuracy and name_gen
-exact match; the base gets the same scores once ("before"). W/results.csv gathers the rows.
+exact match; the base gets the same scores once ("before"); the scored row is W/<run>/result.json,
+written last. W/results.csv gathers the rows.
 
 --fit fits, per method, Zhang et al. 2024's multiplicative law L = A·X^-α·D_f^-β + E of the task
 loss (X: the base's parameters; D_f: fine-tuning examples) on every base but --holdout_base and
@@ -23,7 +25,6 @@ import csv
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -33,9 +34,8 @@ from absl import flags
 from scipy import optimize
 
 from configs import finetune as finetune_config
-from scaling import checks, results
+from scaling import checks, parallel, results
 
-ROW_FILE = 'row.json'
 COLUMNS = (
   'name', 'base', 'base_params', 'pretrain_tokens', 'examples', 'method', 'rank',
   'trainable_params', 'steps', 'best_step', 'task_loss', 'task_loss_before', 'pretrain_loss',
@@ -71,6 +71,17 @@ def plan(bases: Sequence[str], examples: Sequence[int], methods: Sequence[str]) 
   ]
 
 
+def jobs(workdir: str, runs: Sequence[tuple]) -> list[parallel.Job]:
+  """A Job per run of `plan`: this module with --run=<name> trains, scores and writes
+  W/<name>/result.json (done once it exists)."""
+  out = []
+  for name, base, n, method in runs:
+    argv = [sys.executable, '-m', 'scaling.studies.finetune', f'--workdir={workdir}',
+            f'--bases={base}', f'--examples={n}', f'--methods={method}', f'--run={name}']  # fmt: skip
+    out.append(parallel.Job(name, argv, os.path.join(workdir, name)))
+  return out
+
+
 def _config(workdir: str, base: str, examples: int, method: str, lm_eval: bool = False):
   arg = f'base={base},data={_data_dir(workdir, examples)},lm_eval={int(lm_eval)}'
   extra = method_arg(method)
@@ -93,12 +104,12 @@ def scores(config, params, task_dir: str) -> dict[str, float]:
   import flax.linen as nn
   import jax
 
-  from train import context, evaluators, sharding
+  from train import context, evaluators, sharding, validation
   from train.tools import harness
 
   config = config.copy_and_resolve_references()
   config.lm_eval.update(tasks=('name_gen', 'name_mc'), include_path=task_dir)
-  r = context.setup(config)
+  r = context.setup(validation.derive(config))
   task = context.lm_task(r)
   out = {}
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
@@ -117,9 +128,9 @@ def scores(config, params, task_dir: str) -> dict[str, float]:
 def _load(path: str, config):
   import jax
 
-  from train import context, init_from
+  from train import context, init_from, validation
 
-  r = context.setup(config, with_data=False)
+  r = context.setup(validation.derive(config), with_data=False)
   with jax.set_mesh(r.mesh):
     return init_from.load_params(path, r.derived.model, r.state_shardings.params)[1]
 
@@ -138,25 +149,27 @@ def base_scores(workdir: str, base: str, examples: int) -> dict[str, float]:
 
 
 def run_one(workdir: str, name: str, base: str, examples: int, method: str) -> dict:
-  """Train (or resume) one run, score its best checkpoint, write W/<name>/row.json."""
+  """Train (or resume) one run, score its best checkpoint, write the row to W/<name>/result.json
+  (atomically, last: the run is done once it exists)."""
   import jax
 
   import models
   from models import lora
-  from train import init_from, loop
+  from train import init_from, loop, validation
   from train import workdir as workdir_lib
 
   w = os.path.join(workdir, name)
   config = _config(workdir, base, examples, method)
   tic = time.time()
-  loop.run(config, w, init_params_fn=init_from.params_fn(config))
+  derived = validation.derive(config)
+  loop.run(derived, w, init_params_fn=init_from.params_fn(derived.config))
   record = workdir_lib.read_json(os.path.join(w, 'best', 'record.json'))
   params = _load(os.path.join(w, 'best'), config)
   after = scores(config, params, _data_dir(workdir, examples))
   before = base_scores(workdir, base, examples)
   with open(os.path.join(base, 'config.json')) as f:
     saved = json.load(f)
-  shapes, mask = models.param_shapes(config.model), models.trainable(config.model)
+  shapes, mask = models.param_shapes(derived.model), models.trainable(derived.model)
   size = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
   trained = jax.tree.map(lambda x, t: x if t else None, shapes, mask)
   steps = max(int(s) for s in record['history'])
@@ -179,15 +192,15 @@ def run_one(workdir: str, name: str, base: str, examples: int, method: str) -> d
     **{f'{k}_before': v for k, v in before.items() if k != 'pretrain_loss'},
     'pretrain_loss_before': before['pretrain_loss'],
   }
-  workdir_lib.write_json(os.path.join(w, ROW_FILE), row)
+  workdir_lib.write_json(os.path.join(w, results.RESULT_FILE), row)
   return row
 
 
 def gather(workdir: str) -> str:
-  """W/results.csv from every finished run's row.json; returns its path."""
+  """W/results.csv from every finished run's result.json; returns its path."""
   rows = []
   for d in sorted(os.listdir(workdir)):
-    p = os.path.join(workdir, d, ROW_FILE)
+    p = os.path.join(workdir, d, results.RESULT_FILE)
     if os.path.exists(p):
       with open(p) as f:
         rows.append(json.load(f))
@@ -395,10 +408,10 @@ flags.DEFINE_list(
 flags.DEFINE_list(
   'methods', ['full', 'lora1', 'lora4', 'lora16', 'scratch'], 'Methods.', flag_values=FLAGS
 )
-flags.DEFINE_integer('lanes', 1, 'Processes at once (one per core).', flag_values=FLAGS)
 flags.DEFINE_integer(
-  'lane', -1, '(internal) run only runs i with i % lanes == lane.', flag_values=FLAGS
+  'lanes', 1, 'Runs at once, each on its own device subset (scaling.parallel).', flag_values=FLAGS
 )
+flags.DEFINE_string('run', '', '(internal) train and score this one run here.', flag_values=FLAGS)
 flags.DEFINE_string(
   'fit', '', 'Fit the laws to this results.csv instead of running.', flag_values=FLAGS
 )
@@ -430,27 +443,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     cli.usage_error(f'--bases: {missing[0]} is not a trained workdir (no config.json)')
   examples = [int(n) for n in f.examples]
   runs = plan(f.bases, examples, f.methods)
-  if f.lane < 0:
-    prepare(f.workdir, examples, f.bases[0])
-    if f.lanes > 1:
-      args = [a for a in (argv or sys.argv)[1:] if not a.startswith('--lane')]
-      procs = [
-        subprocess.Popen([sys.executable, '-m', 'scaling.studies.finetune', *args, f'--lanes={f.lanes}', f'--lane={i}'])
-        for i in range(f.lanes)
-      ]  # fmt: skip
-      codes = [p.wait() for p in procs]
-      print(gather(f.workdir))
-      sys.exit(max(codes))
-  for i, (name, base, n, method) in enumerate(runs):
-    if f.lane >= 0 and i % f.lanes != f.lane:
-      continue
-    if os.path.exists(os.path.join(f.workdir, name, ROW_FILE)):
-      continue
-    logging.info('fine-tuning run %s', name)
-    row = run_one(f.workdir, name, base, n, method)
-    logging.info('%s: task loss %.4f (before %.4f), forgetting %+.4f, mc acc %.3f', name,
-                 row['task_loss'], row['task_loss_before'], row['forgetting'], row['mc_acc'])  # fmt: skip
-  print(gather(f.workdir))
+  if f.run:
+    picked = [r for r in runs if r[0] == f.run]
+    if not picked:
+      cli.usage_error(f'--run: {f.run} is not a run of --bases, --examples and --methods')
+    _run_here(f.workdir, *picked[0])
+    return
+  prepare(f.workdir, examples, f.bases[0])
+  try:
+    parallel.run_all(jobs(f.workdir, runs), f.lanes)
+  finally:
+    print(gather(f.workdir))
+
+
+def _run_here(workdir: str, name: str, base: str, n: int, method: str) -> None:
+  """--run: one run of `plan`, trained and scored in this process."""
+  logging.info('fine-tuning run %s', name)
+  row = run_one(workdir, name, base, n, method)
+  logging.info('%s: task loss %.4f (before %.4f), forgetting %+.4f, mc acc %.3f', name,
+               row['task_loss'], row['task_loss_before'], row['forgetting'], row['mc_acc'])  # fmt: skip
 
 
 if __name__ == '__main__':

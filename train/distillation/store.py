@@ -48,7 +48,6 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import flags
 from jax.experimental import multihost_utils
@@ -71,7 +70,7 @@ def _name(kind: str, p: int, n: int) -> str:
   return f'{kind}.p{p}of{n}.npy' if kind != 'meta' else f'meta.p{p}of{n}.json'
 
 
-def stream_identity(config: ml_collections.ConfigDict) -> dict:
+def stream_identity(config: schema.Config) -> dict:
   """What the training batches depend on (not the student model): must match to reuse logits."""
   d = config.data
   return {
@@ -175,7 +174,7 @@ class _Writer:
   def fill(
     self,
     compute: Callable[[int], dict],
-    config: ml_collections.ConfigDict,
+    config: schema.Config,
     stop_after: int | None = None,
   ) -> bool:
     """arrays[kind][step] = compute(step)[kind] from the resume point on; True once all steps are.
@@ -214,24 +213,20 @@ def _teacher_eval(r: context.Run, tmodel: models.ModelConfig, teacher: PyTree, t
   }
 
 
-def _derive(config: ml_collections.ConfigDict) -> validation.Derived:
-  """The config validated once (distill section included) for this run's devices and processes."""
-  return validation.derive(config, jax.device_count(), jax.process_count())
-
-
-def _teacher(config: ml_collections.ConfigDict, derived: validation.Derived):
+def _teacher(derived: validation.Derived):
   """Validated distill section, TeacherRef (checked against the student), and the Run (built on
   `derived`, after the teacher checks: those fail before any data is read)."""
+  config = derived.config
   d = validation.distill_section(derived)
   ref = teacher_lib.teacher_ref(config)
   teacher_lib.check_compatible(
     config, ref.model.vocab_size, ref.tokenizer, ref.model.max_len, ref.model.positions
   )
-  return d, ref, context.setup(config, derived=derived)
+  return d, ref, context.setup(derived)
 
 
 def _base_meta(
-  config: ml_collections.ConfigDict,
+  config: schema.Config,
   r: context.Run,
   ref: teacher_lib.TeacherRef,
   kind: str,
@@ -270,7 +265,7 @@ class _Plan:
 
 
 def _store(
-  config: ml_collections.ConfigDict,
+  config: schema.Config,
   r: context.Run,
   ref: teacher_lib.TeacherRef,
   out_dir: str,
@@ -294,18 +289,19 @@ def _store(
   return meta
 
 
-def write(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None = None) -> dict:
-  """Store what config.distill.mode needs ('offline': top-k logits, `_logits_plan`; 'sequence':
-  teacher continuations, `_sequences_plan`); returns the meta dict (resumes a cut store)."""
-  derived = _derive(config)
-  d, ref, r = _teacher(config, derived)
+def write(derived: validation.Derived, workdir: str, stop_after: int | None = None) -> dict:
+  """Store what config.distill.mode of `derived` (validation.derive(config)) needs ('offline':
+  top-k logits, `_logits_plan`; 'sequence': teacher continuations, `_sequences_plan`); returns
+  the meta dict (resumes a cut store)."""
+  config = validation.expect(derived).config
+  d, ref, r = _teacher(derived)
   out_dir = teacher_lib.store_dir(config, workdir)
   plan = (_sequences_plan if d.mode == 'sequence' else _logits_plan)(config, d, ref, r, out_dir)
   return _store(config, r, ref, out_dir, stop_after, plan)
 
 
 def _logits_plan(
-  config: ml_collections.ConfigDict,
+  config: schema.Config,
   d: schema.DistillConfig,
   ref: teacher_lib.TeacherRef,
   r: context.Run,
@@ -376,7 +372,7 @@ def _on_host(meta: dict) -> str:
   return f' on host {p} of {n}' if n > 1 else ''
 
 
-def generation_identity(config: ml_collections.ConfigDict) -> dict:
+def generation_identity(config: schema.Config) -> dict:
   """What the teacher's continuations depend on besides the stream and the teacher."""
   d = config.distill
   return {
@@ -393,7 +389,7 @@ def generation_rng(seed: int, step: int) -> jax.Array:
 
 
 def _sequences_plan(
-  config: ml_collections.ConfigDict,
+  config: schema.Config,
   d: schema.DistillConfig,
   ref: teacher_lib.TeacherRef,
   r: context.Run,
@@ -481,7 +477,7 @@ class Store:
     self.directory, self.meta, self.arrays = directory, meta, arrays
     self.top_k = meta.get('top_k')
 
-  def _check_common(self, config: ml_collections.ConfigDict, r: context.Run) -> str:
+  def _check_common(self, config: schema.Config, r: context.Run) -> str:
     m = self.meta
     where = f'stored {_WHAT[m.get("kind", "logits")]} in {self.directory}'
     if m['stream'] != stream_identity(config):
@@ -505,7 +501,7 @@ class Store:
       )
     return where
 
-  def check_stream(self, config: ml_collections.ConfigDict, r: context.Run):
+  def check_stream(self, config: schema.Config, r: context.Run):
     """ValueError unless these logits were stored for config's stream, teacher and k."""
     self._check_common(config, r)
     top_k = r.derived.distill.top_k
@@ -532,7 +528,7 @@ class Store:
 class SequenceStore(Store):
   """Read side of a sequence store: this host's teacher-continued rows by step."""
 
-  def check_stream(self, config: ml_collections.ConfigDict, r: context.Run):
+  def check_stream(self, config: schema.Config, r: context.Run):
     """ValueError unless these sequences were generated for config's stream, teacher, sampling."""
     where = self._check_common(config, r)
     want = generation_identity(config)
@@ -587,7 +583,7 @@ def main(argv: list[str]) -> None:
   del argv
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   distributed.initialize(config.distributed)
-  meta = write(config, workdir)
+  meta = write(validation.derive(config), workdir)
   if jax.process_index() == 0:
     print(json.dumps(meta, indent=1, sort_keys=True), flush=True)
 

@@ -1,7 +1,7 @@
 """Knowledge distillation: a student learns from a teacher's output distribution.
 
-Entry point `run(config, workdir)` (main.py calls it for any config with a `distill`
-section). It plugs a `context.Task` into the core training loop, so sharding, gradient
+Entry point `run(validation.derive(config), workdir)` (main.py calls it for any config with a
+`distill` section). It plugs a `context.Task` into the core training loop, so sharding, gradient
 accumulation, checkpoints, resume and metrics are the core trainer's.
 
 Loss, per unmasked token (targets < 0 are masked, as in `step.cross_entropy_sum`), all in
@@ -327,7 +327,7 @@ def sequence_loss_fn(
 # --------------------------------------------------------------------------- tasks and run
 
 
-def online_task_fn(config, ref: teacher_lib.TeacherRef):
+def online_task_fn(config: schema.Config, ref: teacher_lib.TeacherRef):
   def task_fn(r: context.Run) -> context.Task:
     d = r.derived.distill
     tmodel, teacher, shardings = teacher_lib.load_teacher(config, ref, r.mesh)
@@ -349,7 +349,7 @@ def online_task_fn(config, ref: teacher_lib.TeacherRef):
   return task_fn
 
 
-def offline_task_fn(config, store):
+def offline_task_fn(config: schema.Config, store: distill_store.Store):
   """Task reading the stored top-k logits of `store` (a distill_store.Store) by step."""
 
   def task_fn(r: context.Run) -> context.Task:
@@ -376,7 +376,11 @@ def offline_task_fn(config, store):
   return task_fn
 
 
-def sequence_task_fn(config, store, ref: teacher_lib.TeacherRef | None = None):
+def sequence_task_fn(
+  config: schema.Config,
+  store: distill_store.SequenceStore,
+  ref: teacher_lib.TeacherRef | None = None,
+):
   """Task training on the teacher's sequences of `store` (a distill_store.SequenceStore): they
   replace the stream's rows step by step; with `ref` (alpha > 0) the teacher runs online too."""
 
@@ -406,7 +410,9 @@ def sequence_task_fn(config, store, ref: teacher_lib.TeacherRef | None = None):
   return task_fn
 
 
-def _sequence_teacher(config, store) -> teacher_lib.TeacherRef:
+def _sequence_teacher(
+  config: schema.Config, store: distill_store.SequenceStore
+) -> teacher_lib.TeacherRef:
   """The teacher for the word-level term of sequence mode: the one that generated `store`."""
   ref = teacher_lib.teacher_ref(config)
   teacher_lib.check_compatible(
@@ -422,20 +428,15 @@ def _sequence_teacher(config, store) -> teacher_lib.TeacherRef:
 
 
 def run(
-  config: ml_collections.ConfigDict,
+  derived: validation.Derived,
   workdir: str,
   stop_after: int | None = None,
-  derived: validation.Derived | None = None,
   evaluators: Sequence[Evaluator] = (),
 ) -> dict:
-  """Distil into the student of `config` in `workdir` (resuming); returns final metrics.
-
-  The result has the loop's metrics plus 'teacher_params' and 'eval/teacher_loss'. `derived`:
-  validation.derive's result for `config` when the caller has it (derived here otherwise);
-  `evaluators` as in `loop.run`.
-  """
-  if derived is None:
-    derived = validation.derive(config, jax.device_count(), jax.process_count())
+  """Distil into the student of `derived` (validation.derive(config)) in `workdir` (resuming);
+  returns final metrics: the loop's plus 'teacher_params' and 'eval/teacher_loss'. `evaluators`
+  as in `loop.run`."""
+  config = validation.expect(derived).config
   d = validation.distill_section(derived)
   if d.mode == 'online':
     ref = teacher_lib.teacher_ref(config)
@@ -457,12 +458,11 @@ def run(
       task_fn = sequence_task_fn(config, store, ref)
     teacher_params, teacher_eval = m['teacher_params'], m['teacher_eval_loss']
   result = loop.run(
-    config,
+    derived,
     workdir,
     task_fn=task_fn,
     init_params_fn=init_from.params_fn(config),
     stop_after=stop_after,
-    derived=derived,
     evaluators=evaluators,
   )
   result['teacher_params'] = int(teacher_params)

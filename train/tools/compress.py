@@ -59,7 +59,7 @@ from ml_collections import config_flags
 from models import act_quant, calibrated_quant, pruning, sparsity
 from models import quantize as quantize_lib
 from models.config import ModelConfig, PyTree
-from train import checkpoint, cli, context, evaluators, init_from, sharding
+from train import checkpoint, cli, context, evaluators, init_from, sharding, validation
 from train import workdir as workdir_lib
 from train.tools import quantized
 
@@ -282,7 +282,7 @@ def _run(config: ml_collections.ConfigDict, eval_batches: int, src: str = '') ->
   if eval_batches:
     config.train.eval_batches = eval_batches
   config.init_from = src
-  return context.setup(config)
+  return context.setup(validation.derive(config))
 
 
 def eval_loss(r: context.Run, cfg: ModelConfig, params: PyTree) -> float:
@@ -291,7 +291,7 @@ def eval_loss(r: context.Run, cfg: ModelConfig, params: PyTree) -> float:
   if cfg != r.derived.model:  # another model (pruned, W8A8): its own shardings and eval step, on
     # the run's validated config (the params are in hand: no init_from for static scales to need).
     c = r.config.replace(model=cfg)
-    rr = context.setup(c, derived=dataclasses.replace(r.derived, config=c, model=cfg))
+    rr = context.setup(dataclasses.replace(r.derived, config=c, model=cfg))
   ev = evaluators.EvalLoss()
   with jax.set_mesh(rr.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     ev.start(rr, context.lm_task(rr))

@@ -43,7 +43,7 @@ from lm_eval.utils import handle_non_serializable, make_table
 
 import models
 from models import loss, resident_quant
-from models.config import ModelConfigLike, PyTree
+from models.config import ModelConfig, PyTree
 from train import cli, init_from, metrics
 from train import workdir as workdir_lib
 from train.data import tokenizers
@@ -152,7 +152,7 @@ class LMScaleLM(TemplateLM):
     self,
     pretrained: str = '',
     *,
-    model_config: ModelConfigLike | None = None,
+    model_config: ModelConfig | None = None,
     params: PyTree | None = None,
     tokenizer: str | Tokenizer | None = None,
     batch_size: int | str = 16,
@@ -173,7 +173,7 @@ class LMScaleLM(TemplateLM):
       raise ValueError(
         'LMScaleLM: give pretrained=<workdir | hf:/dir>, or model_config, params and tokenizer'
       )
-    self.model_config = models.ModelConfig.make(model_config)
+    self.model_config = ModelConfig.expect(model_config)
     self.params = params
     self.tok = tokenizers.make_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     tokenizers.check_vocab(self.tok, self.model_config.vocab_size)
