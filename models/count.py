@@ -1,5 +1,5 @@
 """Exact parameter counts and FLOPs per token of a ModelConfig, under the named conventions (a
-full config, a section or a dict: scaling/count.py).
+full config, a section or a dict: scaling/budget.py).
 
 Parameter categories (all exact, from the config formula, and equal to the initialised pytree):
   token_embedding_params     V·d, the input embedding `embed` (tied: also the output head)

@@ -24,7 +24,7 @@ import ml_collections
 from absl import flags
 
 from models.config import ROPE_FIELDS, ModelConfig
-from scaling import count as count_lib
+from scaling import budget
 from train import cli
 
 FAMILIES = ('gpt2', 'llama')
@@ -133,7 +133,7 @@ def model_section(rule: ShapeRule, n_layers: int, d_model: int) -> dict:
 
 
 def _count(rule: ShapeRule, n_layers: int, d_model: int) -> dict:
-  return count_lib.param_counts(model_section(rule, n_layers, d_model))
+  return budget.param_counts(model_section(rule, n_layers, d_model))
 
 
 @dataclasses.dataclass(frozen=True)

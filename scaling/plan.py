@@ -14,7 +14,7 @@ from typing import Any
 import ml_collections
 
 from configs import base
-from scaling import count as count_lib
+from scaling import budget
 from scaling import family as family_lib
 from scaling.config_hash import config_hash
 
@@ -266,7 +266,7 @@ class _Sweep:
 
 def _info(sw: _Sweep, mcfg: ml_collections.ConfigDict, fam: family_lib.Member, p: Point) -> dict:
   """The member's static result columns (counts, tokens, FLOPs by the sweep's count, shape)."""
-  counts, flops_tok = count_lib.param_counts(mcfg), count_lib.flop_counts(mcfg)
+  counts, flops_tok = budget.param_counts(mcfg), budget.flop_counts(mcfg)
   tokens = mcfg.train.num_steps * sw.tokens_per_step
   return {
     'params': counts['params'],

@@ -28,9 +28,9 @@ def test_study_plan_names_resumable_runs(tmp_path):
   for shape in compression.SHAPES.values():
     pruning.check(teacher, compress.parse_shape(shape))
   run = tmp_path / 'recovery' / 'r'
-  job = compression._job(str(run), ['--config=configs/compress.py:rerun=x'])
+  job = compression._job(str(run), ['--config=configs/recover.py:rerun=x'])
   assert job.name == 'recovery/r' and job.workdir == str(run)
-  assert job.argv[1:] == ['main.py', f'--workdir={run}', '--config=configs/compress.py:rerun=x']
+  assert job.argv[1:] == ['main.py', f'--workdir={run}', '--config=configs/recover.py:rerun=x']
   run.mkdir(parents=True)
   assert not job.is_done()
   (run / 'result.json').write_text('{}')
@@ -51,7 +51,7 @@ def test_nm_part_trains_the_pattern_and_merges_its_csv(tmp_path):
   (job,) = compression.nm_runs(str(work), str(ladder), [b])
   for flag in ('pattern=2:4', 'target=0.5', 'begin_step=100', 'end_step=600', 'every=10'):
     assert f'--config.sparsity.{flag}' in job.argv
-  assert f'--config=configs/compress.py:rerun={ladder / b}' in job.argv
+  assert f'--config=configs/recover.py:rerun={ladder / b}' in job.argv
   out = tmp_path / 'docs'
   out.mkdir()
   compression_report.write_csv(str(out / 'sparsity_oneshot.csv'), [
@@ -77,14 +77,14 @@ def test_nm_part_trains_the_pattern_and_merges_its_csv(tmp_path):
 
 
 def test_recovery_config_names_an_hf_teacher_it_cannot_take():
-  """configs/compress.py takes data, batch and lr from the teacher's workdir: an hf: teacher is
+  """configs/recover.py takes data, batch and lr from the teacher's workdir: an hf: teacher is
   one line saying so (it said "has no config.json" of a directory that has one)."""
   import pytest
 
-  from configs import compress as compress_config
+  from configs import recover as recover_config
 
   with pytest.raises(ValueError, match=r'hf:/m is an HF checkpoint; this config takes the data'):
-    compress_config.get_config('student=/s,teacher=hf:/m')
+    recover_config.get_config('student=/s,teacher=hf:/m')
 
 
 def test_report_and_distillation_count_a_run_done_by_its_result_json(tmp_path):

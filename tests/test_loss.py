@@ -8,7 +8,7 @@ import pytest
 
 import models
 from models import hf, loss
-from scaling import count
+from scaling import budget
 from train.step import lm_loss
 
 BASE = models.ModelConfig(vocab_size=301, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=32)
@@ -69,7 +69,7 @@ def test_vocab_padding_is_compute_only(tmp_path):
   assert jax.tree.map(lambda s: s.shape, models.param_shapes(padded)) == jax.tree.map(
     lambda s: s.shape, models.param_shapes(cfg)
   )
-  assert count.param_counts(padded) == count.param_counts(cfg)
+  assert budget.param_counts(padded) == budget.param_counts(cfg)
   params = models.init(cfg, jax.random.key(0))
   tokens = np.arange(16, dtype=np.int32)[None] % cfg.vocab_size
   logits = models.logits(padded, params, tokens)

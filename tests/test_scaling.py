@@ -1,4 +1,4 @@
-"""Tests for scaling/count.py, family.py and sweep.py: exact counts, FLOP conventions, families, sweeps.
+"""Tests for scaling/budget.py, family.py and sweep.py: exact counts, FLOP conventions, families, sweeps.
 
 Published counts are from ../shared/reference/facts.md (HuggingFace GPT-2 layout; Hoffmann et al.
 2022 Appendix F; Kaplan et al. 2020 Table 1).
@@ -17,7 +17,7 @@ import pytest
 from helpers import LLAMA_BLOCK, REPO, apply_overrides, cpu_env, main_cmd, main_result, run
 
 from configs import base, gpt2, llama
-from scaling import config_hash, count, family, laws, results, sweep
+from scaling import budget, config_hash, family, laws, results, sweep
 from train import loop, validation
 
 
@@ -42,7 +42,7 @@ GPT2_FACTS = {
 def test_gpt2_counts_match_facts(size):
   """GPT-2 shapes equal HF's published counts (facts.md table), by formula and by the pytree."""
   total, without_wte_wpe = GPT2_FACTS[size]
-  c = count.checked_param_counts(gpt2.get_config(size))
+  c = budget.checked_param_counts(gpt2.get_config(size))
   assert c['params'] == total
   assert c['non_embedding_params'] == without_wte_wpe
   n_layer, d = gpt2.SIZES[size][:2]
@@ -70,8 +70,8 @@ def test_counts_equal_pytree(case):
   """The config formula equals the initialised pytree's shapes, category by category."""
   m = _model(vocab_size=101, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=16)
   m.update(PYTREE_CASES[case])
-  assert count.param_counts(m) == count.pytree_param_counts(m)
-  c = count.param_counts(m)
+  assert budget.param_counts(m) == budget.pytree_param_counts(m)
+  c = budget.param_counts(m)
   assert c['params'] == c['embedding_params'] + c['non_embedding_params']
   assert c['unembedding_params'] == (0 if m.tie_embeddings else m.d_model * m.vocab_size)
   assert c['position_embedding_params'] == (
@@ -82,14 +82,14 @@ def test_counts_equal_pytree(case):
 @pytest.mark.parametrize('size', ['100m', '1b', '8b'])
 def test_llama_counts_equal_pytree(size):
   config = llama.get_config(size)
-  formula, pytree = count.param_counts(config), count.pytree_param_counts(config)
+  formula, pytree = budget.param_counts(config), budget.pytree_param_counts(config)
   assert formula == pytree
   assert formula['params'] == formula['embedding_params'] + formula['non_embedding_params'] > 0
 
 
 def test_llama2_7b_count():
   """Llama-2-7B (32 layers, d 4096, d_ff 11008, vocab 32000, untied) has 6,738,415,616 params (HF)."""
-  assert count.checked_param_counts(llama.get_config('7b'))['params'] == 6_738_415_616
+  assert budget.checked_param_counts(llama.get_config('7b'))['params'] == 6_738_415_616
 
 
 def test_hf_gpt2_tiny_count_equals_ours():
@@ -99,7 +99,7 @@ def test_hf_gpt2_tiny_count_equals_ours():
     transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=101, n_positions=32)
   )
   hf_total = sum(p.numel() for p in hf.parameters())
-  ours = count.checked_param_counts(
+  ours = budget.checked_param_counts(
     _model(vocab_size=101, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=32)
   )
   assert ours['params'] == hf_total
@@ -110,8 +110,8 @@ def test_hf_gpt2_tiny_count_equals_ours():
 def test_flop_conventions():
   """6N, Kaplan (Table 1), Chinchilla App. F and the trainer's MFU convention, by hand for one shape."""
   m = _model(vocab_size=101, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=32)
-  f = count.flop_counts(m, seq_len=32)
-  p = count.param_counts(m)
+  f = budget.flop_counts(m, seq_len=32)
+  p = budget.param_counts(m)
   assert f['flops_per_token_6n'] == 6 * p['params']
   assert f['flops_per_token_6n_non_embedding'] == 6 * p['non_embedding_params']
   assert f['flops_per_token_kaplan_forward'] == 2 * p['non_embedding_params'] + 2 * 2 * 32 * 64
@@ -130,7 +130,7 @@ def test_flop_conventions():
 def test_chinchilla_flops_close_to_6n_for_large_models(size, seq_len):
   """facts.md: 6·N·D is within a few percent of Appendix F above ~100M params (untied LLaMA shapes;
   the excess is the attention term 12·L·S·d_attn, growing with S / d_model)."""
-  f = count.flop_counts(llama.get_config(size), seq_len=seq_len)
+  f = budget.flop_counts(llama.get_config(size), seq_len=seq_len)
   ratio = f['flops_per_token_chinchilla'] / f['flops_per_token_6n']
   assert 1.0 < ratio < (1.05 if seq_len == 1024 else 1.08), ratio
 
@@ -140,7 +140,7 @@ def test_count_cli():
     [
       sys.executable,
       '-m',
-      'scaling.count',
+      'scaling.budget',
       '--config=configs/gpt2.py:124m',
       '--config.model.n_layers=6',
     ],
@@ -185,7 +185,7 @@ def test_family_members_within_tolerance(rule):
     assert abs(m.error) <= rule.tolerance, (m.target, m.matched)
     assert m.d_model % rule.head_dim == 0 and m.n_heads * rule.head_dim == m.d_model
     assert m.n_heads % m.n_kv_heads == 0 and m.n_heads // m.n_kv_heads == rule.gqa
-    c = count.checked_param_counts(m.model)  # the shapes are real configs, counts exact.
+    c = budget.checked_param_counts(m.model)  # the shapes are real configs, counts exact.
     assert (c['params'], c['non_embedding_params']) == (m.params, m.non_embedding_params)
   assert [m.params for m in members] == sorted(m.params for m in members)
 
@@ -270,7 +270,7 @@ def test_isoflop_members_d_equals_c_over_6n():
   tps = 16 * 128
   for m in ms:
     i, cfg = m.info, m.config
-    n = count.param_counts(cfg)['params']
+    n = budget.param_counts(cfg)['params']
     assert i['params'] == n and 'sweep' not in cfg
     want_d = i['budget'] / (6 * n)
     assert i['steps'] == max(round(want_d / tps), 10)
@@ -290,7 +290,7 @@ def test_isoflop_members_d_equals_c_over_6n():
 def test_isoflop_non_embedding_count_and_grid_and_distill_axis():
   c = _sweep_config(kind='isoflop', budgets=(1e11,), sizes=(5e4,), count='non_embedding_params')
   (m,) = sweep.members(c)
-  n = count.param_counts(m.config)['non_embedding_params']
+  n = budget.param_counts(m.config)['non_embedding_params']
   assert m.info['flops'] == pytest.approx(6 * n * m.info['tokens'])
   assert abs(m.info['tokens'] - 1e11 / (6 * n)) <= 16 * 128
 

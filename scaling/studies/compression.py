@@ -97,7 +97,7 @@ def recovery_runs(work: str, ladder: str) -> list[parallel.Job]:
     for how in RECOVERIES:
       run = os.path.join(work, 'recovery', f'{name}_{how}')
       arg = f'student={pruned},teacher={teacher},recover={how},steps={RECOVERY_STEPS}'
-      jobs.append(_job(run, [f'--config=configs/compress.py:{arg}']))
+      jobs.append(_job(run, [f'--config=configs/recover.py:{arg}']))
   return jobs
 
 
@@ -110,7 +110,7 @@ def _sparse_run(
   with open(os.path.join(src, 'config.json')) as f:
     steps = json.load(f)['train']['num_steps']
   flags_ = [
-    f'--config=configs/compress.py:rerun={src}',
+    f'--config=configs/recover.py:rerun={src}',
     f'--config.sparsity.target={target}',
     f'--config.sparsity.pattern={pattern}',
     f'--config.sparsity.begin_step={steps // 10}',
@@ -170,13 +170,13 @@ def qat_runs(work: str, ladder: str) -> list[parallel.Job]:
     src = os.path.join(ladder, base)
     with open(os.path.join(src, 'config.json')) as f:
       steps = json.load(f)['train']['num_steps'] // 10
-    arg = f'--config=configs/compress.py:student={src},teacher={src},recover=finetune,steps={steps}'
+    arg = f'--config=configs/recover.py:student={src},teacher={src},recover=finetune,steps={steps}'
     quant = [f'--config.model.weight_quant={scheme}', f'--config.model.weight_group={group}']
     jobs.append(_job(os.path.join(work, 'qat', f'{base}_ft_float'), [arg]))
     jobs.append(_job(os.path.join(work, 'qat', f'{base}_ft_{scheme}_g{group}'), [arg, *quant]))
   for base, scheme, group in QAT:
     run = os.path.join(work, 'qat', f'{base}_{scheme}_g{group}')
-    flags_ = [f'--config=configs/compress.py:rerun={os.path.join(ladder, base)}',
+    flags_ = [f'--config=configs/recover.py:rerun={os.path.join(ladder, base)}',
               f'--config.model.weight_quant={scheme}',
               f'--config.model.weight_group={group}']  # fmt: skip
     jobs.append(_job(run, flags_))
@@ -408,7 +408,7 @@ def act_qat_runs(work: str, ladder: str, members: Sequence[str]) -> list[paralle
   jobs = []
   for base in members:
     src = os.path.join(ladder, base)
-    arg = f'--config=configs/compress.py:student={src},teacher={src},recover=finetune,steps={ACT_QAT_STEPS}'
+    arg = f'--config=configs/recover.py:student={src},teacher={src},recover=finetune,steps={ACT_QAT_STEPS}'
     once = [
       f'--config.train.eval_every={ACT_QAT_STEPS}',
       f'--config.train.log_every={ACT_QAT_STEPS}',

@@ -84,12 +84,12 @@ def plan(
   done: Sequence[str] = (),
   students: Sequence[str] = STUDENTS,
 ) -> list[parallel.Job]:
-  """A Job per pending run: main.py with configs/distill_law.py into W/<run_name>, done once it
+  """A Job per pending run: main.py with configs/distill_twin.py into W/<run_name>, done once it
   wrote its result.json."""
   jobs = []
   for student, teacher, alpha, seed in pending(teachers, done, students):
     arg = f'student={os.path.join(ladder, student)},teacher={os.path.join(ladder, teacher)},alpha={alpha:g}'
-    flags_ = [f'--config=configs/distill_law.py:{arg}'] + (
+    flags_ = [f'--config=configs/distill_twin.py:{arg}'] + (
       [f'--config.seed={seed}'] if seed else []
     )
     name = run_name(student, teacher, alpha, seed)

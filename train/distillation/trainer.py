@@ -180,28 +180,6 @@ def topk_kd_sums(
   return _sums(kl, ce, teacher_nll.astype(jnp.float32), agree, mask, temperature, alpha)
 
 
-def _chunked_kd_sums(
-  student_model: models.ModelConfig,
-  params: PyTree,
-  teacher_model: models.ModelConfig,
-  teacher_params: PyTree,
-  inputs: jax.Array,
-  targets: jax.Array,
-  kw: dict,
-):
-  """kd_sums with model.loss_chunk: both models' logits built and used chunk by chunk."""
-  scfg, tcfg = student_model, teacher_model
-  xs_BxLxD, us_DxV = loss.features(scfg, params, inputs)
-  xt_BxLxD, ut_DxV = loss.features(tcfg, jax.lax.stop_gradient(teacher_params), inputs)
-
-  def one(xs, xt, t):
-    s_logits, t_logits = readout(scfg, xs, us_DxV), readout(tcfg, xt, ut_DxV)
-    return kd_terms(s_logits, t_logits, t, kw['temperature'], kw['divergence'], kw['mix_weight'])
-
-  terms = loss.chunk_map(one, scfg.loss_chunk, xs_BxLxD, xt_BxLxD, targets)
-  return _sums(*terms, (targets >= 0).astype(jnp.float32), kw['temperature'], kw['alpha'])
-
-
 def _kd(
   student_model: models.ModelConfig,
   params: PyTree,
@@ -211,14 +189,22 @@ def _kd(
   targets: jax.Array,
   kw: dict,
 ):
-  """Full-vocabulary KD sums, chunked along the sequence when the student sets loss_chunk."""
-  if loss.chunked(student_model, inputs.shape[1]):
-    return _chunked_kd_sums(
-      student_model, params, teacher_model, teacher_params, inputs, targets, kw
-    )
-  student = models.logits(student_model, params, inputs)
-  teacher = models.logits(teacher_model, jax.lax.stop_gradient(teacher_params), inputs)
-  return kd_sums(student, jax.lax.stop_gradient(teacher), targets, **kw)
+  """Full-vocabulary KD sums; when the student sets model.loss_chunk, both models' logits are built
+  and used chunk by chunk along the sequence (never [B, L, V] at once)."""
+  teacher_params = jax.lax.stop_gradient(teacher_params)
+  if not loss.chunked(student_model, inputs.shape[1]):
+    student = models.logits(student_model, params, inputs)
+    teacher = models.logits(teacher_model, teacher_params, inputs)
+    return kd_sums(student, jax.lax.stop_gradient(teacher), targets, **kw)
+  xs_BxLxD, us_DxV = loss.features(student_model, params, inputs)
+  xt_BxLxD, ut_DxV = loss.features(teacher_model, teacher_params, inputs)
+
+  def one(xs, xt, t):
+    s_logits, t_logits = readout(student_model, xs, us_DxV), readout(teacher_model, xt, ut_DxV)
+    return kd_terms(s_logits, t_logits, t, kw['temperature'], kw['divergence'], kw['mix_weight'])
+
+  terms = loss.chunk_map(one, student_model.loss_chunk, xs_BxLxD, xt_BxLxD, targets)
+  return _sums(*terms, (targets >= 0).astype(jnp.float32), kw['temperature'], kw['alpha'])
 
 
 def _kd_kwargs(d: DistillSection) -> dict:

@@ -20,7 +20,7 @@ line printed is that record as JSON, without its per-unit importance, kept and b
 --prune names target sizes (layers, heads: query heads in whole kv groups, mlp, embed); the units
 kept are the most important on --calib_batches training batches (models/pruning.py: Minitron's
 activation importance for heads, neurons and channels; the loss increase of dropping each layer
-for depth). Recover a pruned model by distillation from W (configs/compress.py). Every target
+for depth). Recover a pruned model by distillation from W (configs/recover.py). Every target
 is checked against W's config.json (an hf: directory's config.json) before any weight is loaded.
 
 Steering: --keep=AXIS:INDICES (repeatable, or 'layers:0,1;heads:0,3'; ranges as 0-15) forces

@@ -3,10 +3,10 @@ from, fine-tuned on the pre-training data, or the same shape trained from scratc
 tokens.
 
   python -m train.tools.compress --workdir=W --out=W/../depth --prune=layers:2
-  python main.py --config=configs/compress.py:student=W/../depth,teacher=W,recover=distill --workdir=R
-  python main.py --config=configs/compress.py:student=W/../depth,teacher=W,recover=finetune --workdir=R2
-  python main.py --config=configs/compress.py:student=W/../depth,teacher=W,recover=scratch --workdir=R3
-  python main.py --config=configs/compress.py:rerun=W --config.sparsity.target=0.5 --workdir=R4
+  python main.py --config=configs/recover.py:student=W/../depth,teacher=W,recover=distill --workdir=R
+  python main.py --config=configs/recover.py:student=W/../depth,teacher=W,recover=finetune --workdir=R2
+  python main.py --config=configs/recover.py:student=W/../depth,teacher=W,recover=scratch --workdir=R3
+  python main.py --config=configs/recover.py:rerun=W --config.sparsity.target=0.5 --workdir=R4
 
 Variants, comma-separated: `student=<workdir>` (the compressed model: its config.json gives the
 model and, except for scratch, the initial weights), `teacher=<workdir>` (the source: its
@@ -34,13 +34,13 @@ RECOVERIES = ('distill', 'finetune', 'scratch')
 def _saved(workdir: str) -> dict:
   if workdir.startswith('hf:'):  # an HF directory's config.json has no data, batch or lr.
     raise ValueError(
-      f'configs/compress.py: {workdir} is an HF checkpoint; this config takes the data, batch and '
+      f'configs/recover.py: {workdir} is an HF checkpoint; this config takes the data, batch and '
       'lr from one of our workdirs (train.tools.compress --out of the HF model gives the student; for '
       'the teacher, distil with configs/distill.py and distill.teacher=hf:...)'
     )
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
-    raise ValueError(f'configs/compress.py: {workdir} has no config.json (train it first)')
+    raise ValueError(f'configs/recover.py: {workdir} has no config.json (train it first)')
   with open(path) as f:
     return json.load(f)
 
@@ -61,11 +61,11 @@ def get_config(arg: str = ''):
   unknown = set(opts) - {'student', 'teacher', 'recover', 'steps'}
   if unknown or not {'student', 'teacher'} <= set(opts):
     raise ValueError(
-      f'configs/compress.py: variants student=,teacher= required; unknown {sorted(unknown)}'
+      f'configs/recover.py: variants student=,teacher= required; unknown {sorted(unknown)}'
     )
   recover = opts.get('recover', 'distill')
   if recover not in RECOVERIES:
-    raise ValueError(f'configs/compress.py: recover={recover!r} is not one of {RECOVERIES}')
+    raise ValueError(f'configs/recover.py: recover={recover!r} is not one of {RECOVERIES}')
   teacher, student = _saved(opts['teacher']), _saved(opts['student'])
   c = base.get_config()
   for section in ('data', 'train', 'optimizer'):

@@ -1,8 +1,8 @@
-"""Parameter counts and FLOPs per token of a config (the conventions and formulas are
+"""A training config's budget: its parameter counts and FLOPs per token (the conventions and formulas are
 models/count.py's, which takes a ModelConfig; here a full config, a section or a dict is parsed
 once), with the training tokens and FLOPs of a training config; the command line.
 
-  python -m scaling.count --config=configs/gpt2.py:124m [--config.model.n_layers=6]
+  python -m scaling.budget --config=configs/gpt2.py:124m [--config.model.n_layers=6]
 """
 
 import json
