@@ -13,7 +13,7 @@ and the kernels sliced out of the scanned layer stack.
 GPTQ: qwix's gptq_core.quantize_weight runs its column loop eagerly in Python (80 s for one 144 x 576
 kernel on this CPU) and cannot hold qwix's synthetic 'int3' (it allocates Q as how.qtype); `gptq`
 is the same blocked algorithm with the column loop in lax.fori_loop, built from gptq_core's
-find_params, quantize and cholesky_inverse (equal to quantize_weight: tests/test_calibrated_quant.py).
+find_params, quantize and cholesky_inverse (equal to quantize_weight: tests/models/test_calibrated_quant.py).
 AWQ: awq_core.quantize_weight as it is; its per-fan-in-entry scale s stays beside the kernel
 (weights deq(q) / s, as qwix's AwqInferenceProvider applies them).
 

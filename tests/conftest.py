@@ -10,7 +10,7 @@ import pytest
 
 # Cheaper compiles: XLA's expensive LLVM passes and backend optimizations cost more than they
 # save on steps this small (compile-bound pinned tests 106 s -> 68 s); at this level one pinned
-# u-μP update total moves by 1.4e-4 (its tolerance: tests/test_parametrization.py). The CPU's
+# u-μP update total moves by 1.4e-4 (its tolerance: tests/models/test_parametrization.py). The CPU's
 # older (non-MLIR) fusion emitters compile faster again (test_parametrization + test_lora: XLA
 # backend compile 247 s -> 151 s, 416 s -> 337 s in all; every pinned value unchanged). Appended,
 # so flags a caller set (e.g. a device count) stay.
@@ -38,12 +38,12 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')  # tiny
 # reordering by test count), so the long ones start at once and the short ones fill in the end.
 LONGEST_FILES = (
   'test_faults.py',
-  'test_scaling.py',
+  'test_sweep.py',
   'test_parametrization.py',
   'test_loop.py',
   'test_lora.py',
   'test_pruning.py',
-  'test_distill.py',
+  'test_trainer.py',
   'test_sparsity.py',
   'test_group.py',
   'test_fit.py',
@@ -52,14 +52,14 @@ LONGEST_FILES = (
   'test_low_precision.py',
   'test_generation.py',
   'test_data.py',
-  'test_train_step.py',
+  'test_step.py',
   'test_harness.py',
   'test_memory.py',
-  'test_multihost.py',
+  'test_distributed.py',
   'test_hf.py',
   'test_distill_law.py',
-  'test_laws_validate.py',
-  'test_fit_checks.py',
+  'test_validate.py',
+  'test_checks.py',
   'test_loss.py',
   'test_attention.py',
   'test_quantize.py',

@@ -171,7 +171,7 @@ def test_read_only_workdir_is_refused(data_dir, tmp_path):
 @pytest.mark.parametrize(
   'args,expected',
   [
-    pytest.param(  # (check_meta's messages: tests/test_data.py)
+    pytest.param(  # (check_meta's messages: tests/train/data/test_data.py)
       ['--config.model.d_model=64'], 'config.model.d_model=128 (now 64)', marks=pytest.mark.slow
     ),
     pytest.param(
@@ -406,7 +406,7 @@ def test_second_run_on_a_busy_workdir_is_refused(data_dir, tmp_path):
   assert sorted(os.listdir(workdir)) == ['.lock']  # nothing else written.
 
 
-@pytest.mark.slow  # (23 s; the first-signal path is in the default run: tests/test_loop.py)
+@pytest.mark.slow  # (23 s; the first-signal path is in the default run: tests/train/test_loop.py)
 def test_second_sigterm_exits_at_once_and_the_workdir_still_resumes(data_dir, tmp_path):
   """Two SIGTERMs in a row: the second kills the process (no clean stop), yet only committed
   checkpoints exist, and the same command resumes."""

@@ -4,7 +4,7 @@ on a (data, fsdp, tensor) mesh; with FLOPs per device, when a step becomes commu
   python -m train.collectives --config=configs/gpt2.py:124m --devices=64,256 \
       --mesh=data=-1 --mesh=fsdp=-1
 
-What XLA emits, read from the compiled step (tests/test_collectives.py; the same rules matched
+What XLA emits, read from the compiled step (tests/train/test_collectives.py; the same rules matched
 GPT-2 124M and LLaMA 1B lowered for 8, 64 and 256 CPU devices). k = train.grad_accum_steps
 microbatches in a lax.scan, B_m = global_batch / k rows, S = seq_len, D = d_model, V = vocab;
 params are float32 and so is every buffer below, whatever model.dtype: the cast to the compute

@@ -2,7 +2,7 @@
 
 Parameters, Adam's two moments and the gradients are counted exactly per device from the shapes
 and the sharding table; activations of one microbatch are a per-token model of what the backward
-keeps, by remat policy, calibrated against XLA's compiled memory analysis (tests/test_memory.py
+keeps, by remat policy, calibrated against XLA's compiled memory analysis (tests/train/test_memory.py
 states the tolerance). A run that cannot fit is refused before compile with the knobs to turn.
 """
 

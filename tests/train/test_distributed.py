@@ -45,7 +45,7 @@ def _start_pair(workdir, data_dir, steps, env, logdir):
   return procs
 
 
-@pytest.mark.slow  # one process's SIGTERM: tests/test_loop.py (default); the sync across two here.
+@pytest.mark.slow  # one process's SIGTERM: tests/train/test_loop.py (default); the sync across two here.
 def test_sigterm_to_one_process_stops_both_at_the_same_step(data_dir, tmp_path):
   """A real SIGTERM to process 1 only (a preempted host): through JAX's preemption sync both
   processes finish the same step, commit its checkpoint together and exit 0."""

@@ -9,6 +9,7 @@ import os
 
 import flax
 import flax.linen as nn
+import helpers
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -414,7 +415,7 @@ def test_docs_w8a8_tables_are_the_csvs():
 
   from scaling.studies import compression_report as rep
 
-  docs = Path(__file__).resolve().parent.parent / 'docs'
+  docs = Path(helpers.REPO) / 'docs'
   rows = rep.read_csv(str(docs / 'compression' / 'w8a8.csv'))
   qat = rep.read_csv(str(docs / 'compression' / 'w8a8_qat.csv'))
   page = (docs / 'compression.md').read_text()

@@ -187,7 +187,7 @@ def test_offline_with_full_k_equals_online(tiny_models):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g2)
 
 
-@pytest.mark.slow  # (12 s; the chunked LM loss by default: tests/test_loss.py)
+@pytest.mark.slow  # (12 s; the chunked LM loss by default: tests/models/test_loss.py)
 def test_chunked_loss_equals_whole_rows(tiny_models):
   """model.loss_chunk (logits built chunk by chunk, never whole): online (the path sequence-level
   + word KD shares) and offline top-k KD give the whole-row losses, logged sums and gradients (the

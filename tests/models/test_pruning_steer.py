@@ -42,7 +42,7 @@ def _mean_nll(cfg, params, batches):
 def test_forced_units_stay_and_the_rest_are_the_most_important():
   """plan(forced=...): the forced units, then the top scores among the others (chosen here with
   numpy's sort); a forced query head keeps its kv group. (`prune` of any kept indices equals the
-  original with the others' weights removed: tests/test_pruning.py.)"""
+  original with the others' weights removed: tests/models/test_pruning.py.)"""
   cfg = LLAMA
   rng = np.random.RandomState(0)
   scores = {'mlp': rng.rand(64), 'heads': np.array([2.0, 1.0]), 'layers': rng.rand(4)}

@@ -7,11 +7,12 @@ import pathlib
 import subprocess
 import sys
 
+import helpers
 import pytest
 
 from bench import device_check
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = helpers.REPO
 NAMES = [r.name for r in device_check.ROWS]
 
 
