@@ -258,7 +258,9 @@ def run_config(
   `config` or, by default, our source's config.json / configs/default.py for an hf: source; its
   model is the source's, init_from empty."""
   if config is None and not src.startswith('hf:'):
-    config = ml_collections.ConfigDict(workdir_lib.read_json(os.path.join(src, 'config.json')))
+    saved = workdir_lib.read_json(os.path.join(src, 'config.json'))
+    saved.pop('quantized', None)  # a quantized workdir's record of its scheme, not a run setting.
+    config = ml_collections.ConfigDict(saved)
   elif config is None:
     from configs import default
 
