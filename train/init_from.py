@@ -272,6 +272,15 @@ def is_quantized_workdir(src: str) -> bool:
   return not src.startswith(('hf:', PEFT)) and os.path.exists(os.path.join(src, QUANTIZED_FILE))
 
 
+def held_bytes(src: str) -> int:
+  """Bytes of a packed quantized workdir's compressible kernels as stored ('<name>:q' values and
+  their scales): what QLoRA holds on every device (replicated) besides its params."""
+  size = {'U8': 1, 'I8': 1, 'F16': 2, 'BF16': 2, 'F32': 4}  # the dtypes quantize_tree writes.
+  with safetensors.safe_open(os.path.join(src, QUANTIZED_FILE), 'numpy') as f:
+    slices = [f.get_slice(k) for k in f.keys() if ':' in k]  # headers only: nothing read.
+    return sum(size[x.get_dtype()] * int(np.prod(x.get_shape())) for x in slices)
+
+
 def load_resident(src: str) -> tuple[ModelConfig, PyTree]:
   """(ModelConfig, params) of a packed quantized workdir with its kernels kept quantized in memory
   (models/resident_quant.py: dequantized per matmul in the forward)."""

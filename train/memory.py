@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 import models
 from models import parametrization
 from models.config import ModelConfig, head_dim, kv_heads
-from train import sharding, validation
+from train import init_from, sharding, validation
 
 GIB = 2**30
 F32 = 4
@@ -212,6 +212,9 @@ def for_run(derived: validation.Derived, members: int = 1) -> Estimate:
     sparse=c.sparsity.target > 0,
     eval_batch=c.train.eval_batch_size or c.train.global_batch_size,
   )
+  if c.model.lora_rank and c.model.lora_base_resident == 'quantized':  # QLoRA's held kernels.
+    base = init_from.base_record(c.init_from, c.model)['base']  # (a QLoRA workdir's: its base)
+    est = dataclasses.replace(est, params=est.params + init_from.held_bytes(base))
   est = dataclasses.replace(est, members=members)
   logging.info(est.line())
   check(est)

@@ -7,6 +7,7 @@ dequantized on load, resumes bitwise, references that workdir by path and checks
 is refused in one line); lm-eval in the loop, train.tools.sample and train.tools.export read it; bad
 input is one line."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -96,6 +97,29 @@ def test_qlora_forward_equals_float_lora_on_the_numpy_dequantized_base(scheme, d
   assert set(shapes) == set(traverse_util.flatten_dict(rest))  # the kernels: no params.
   trains = traverse_util.flatten_dict(models.trainable(cfg))
   assert {k for k, t in trains.items() if t} == set(traverse_util.flatten_dict(adapters))
+
+
+@pytest.mark.parametrize('scheme', ['int4', 'nf4'])
+def test_memory_estimate_counts_the_held_kernels(tiny_config, tmp_path, scheme):
+  """A QLoRA run's memory estimate (train/memory.py) adds the base's quantized kernels, held on
+  every device, to its params: init_from.held_bytes, from the file's header, is what the run's
+  Held kernels hold."""
+  from train import memory
+
+  config = tiny_config({'model.lora_rank': 4, 'init_from': str(tmp_path)})
+  base = validation.derive(config).model.replace(lora_rank=0)
+  packed = _random_packed(base, 16)
+  safetensors.numpy.save_file(packed, str(tmp_path / init_from.QUANTIZED_FILE))
+  saved = {'model': dataclasses.asdict(base), 'quantized': {'scheme': scheme, 'group': 16}}
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  held = resident_quant.split(init_from.resident_params(base, packed, scheme))[1]
+  leaves = jax.tree.leaves(held, is_leaf=resident_quant.is_held)
+  assert init_from.held_bytes(str(tmp_path)) == sum(h.q.nbytes + h.scale.nbytes for h in leaves)
+
+  config.model.lora_base_resident = 'quantized'
+  derived = validation.derive(config)
+  params = memory.param_bytes(derived.model, derived.mesh_shape)
+  assert memory.for_run(derived).params == params + init_from.held_bytes(str(tmp_path))
 
 
 def test_nf4_rounds_each_weight_to_the_nearest_level_times_its_group_absmax():
