@@ -193,3 +193,19 @@ def restored_state(workdir, config):
       mngr, context.abstract_state(r), context.stream_meta(r.config), str(workdir)
     )
   return step, jax.device_get(state.params), jax.device_get(state.opt_state)
+
+
+# configs/sweeps/isoflop_tiny.py's members made seconds-fast (a test adds its sweep.sizes).
+TINY_SWEEP = {
+  'train.global_batch_size': 8,
+  'data.seq_len': 32,
+  'model.max_len': 32,
+  'train.eval_batches': 1,
+  'sweep.budgets': (1.2e8,),
+  'sweep.sizes_per_budget': (),
+  'sweep.min_steps': 2,
+  'sweep.min_warmup_steps': 1,
+  'sweep.warmup_fraction': 0.0,
+  'sweep.logs_per_member': 100,
+  'sweep.family.head_dim': 8,
+}

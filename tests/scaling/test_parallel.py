@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from helpers import REPO, apply_overrides, cpu_env, run
+from helpers import REPO, TINY_SWEEP, apply_overrides, cpu_env, run
 
 from scaling import parallel, results, sweep
 
@@ -168,23 +168,6 @@ def test_parallel_with_vmap_starts_one_process_per_member_group(tmp_path, monkey
   assert len({m.config.optimizer.lr for _, m in todo[0]}) == 2
 
 
-# Two tiny members (sizes 5e3 and 1e4) of configs/sweeps/isoflop_tiny.py.
-TINY = {
-  'train.global_batch_size': 8,
-  'data.seq_len': 32,
-  'model.max_len': 32,
-  'train.eval_batches': 1,
-  'sweep.budgets': (1.2e8,),
-  'sweep.sizes_per_budget': (),
-  'sweep.min_steps': 2,
-  'sweep.min_warmup_steps': 1,
-  'sweep.warmup_fraction': 0.0,
-  'sweep.logs_per_member': 100,
-  'sweep.family.head_dim': 8,
-  'sweep.sizes': (5e3, 1e4),
-}
-
-
 def _flag(v) -> str:
   """A --config.* value: tuples as (a,b) or (a,)."""
   if not isinstance(v, tuple):
@@ -197,7 +180,7 @@ def test_parallel_members_on_disjoint_device_subsets(data_dir, tmp_path):
   """scaling.parallel runs 2 members at once, each process on its own 1-device subset; both
   land in results.csv exactly once, and they trained at the same time."""
   workdir = str(tmp_path / 'par')
-  overrides = {**TINY, 'data.data_dir': data_dir}
+  overrides = {**TINY_SWEEP, 'sweep.sizes': (5e3, 1e4), 'data.data_dir': data_dir}
   cmd = [
     sys.executable,
     '-m',

@@ -14,7 +14,16 @@ import time
 
 import ml_collections
 import pytest
-from helpers import LLAMA_BLOCK, REPO, apply_overrides, cpu_env, main_cmd, main_result, run
+from helpers import (
+  LLAMA_BLOCK,
+  REPO,
+  TINY_SWEEP,
+  apply_overrides,
+  cpu_env,
+  main_cmd,
+  main_result,
+  run,
+)
 
 from configs import base, gpt2, llama
 from scaling import budget, config_hash, family, laws, results, sweep
@@ -422,19 +431,6 @@ def test_tiny_sweep_configs_members():
 
 # --- sweeps end to end -----------------------------------------------------------------------------
 
-TINY_OVERRIDES = {
-  'train.global_batch_size': 8,
-  'data.seq_len': 32,
-  'model.max_len': 32,
-  'train.eval_batches': 1,
-  'sweep.budgets': (1.2e8,),
-  'sweep.sizes_per_budget': (),
-  'sweep.min_steps': 2,
-  'sweep.min_warmup_steps': 1,
-  'sweep.warmup_fraction': 0.0,
-  'sweep.logs_per_member': 100,
-  'sweep.family.head_dim': 8,
-}
 SIZES = (5e3, 1e4, 2e4)
 
 
@@ -448,7 +444,7 @@ def _cli_value(v):
 
 def _load_tiny(data_dir, sizes):
   c = _load_config_file('configs/sweeps/isoflop_tiny.py')
-  overrides = {**TINY_OVERRIDES, 'sweep.sizes': tuple(sizes), 'data.data_dir': data_dir}
+  overrides = {**TINY_SWEEP, 'sweep.sizes': tuple(sizes), 'data.data_dir': data_dir}
   return apply_overrides(c, overrides), overrides
 
 
