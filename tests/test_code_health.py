@@ -1,6 +1,6 @@
 """Code-health guards read from the source: no import circle among the project's modules (lazy
 imports inside functions included, TYPE_CHECKING-only ones aside), short functions in train/ and
-scaling/, and typed parameters."""
+scaling/, typed parameters, and tests/ mirroring the source folders."""
 
 import ast
 import pathlib
@@ -151,3 +151,14 @@ def test_inner_layers_of_train_and_scaling_import_one_way():
     if dep.split('.')[0] == name.split('.')[0] and in_upper(dep)
   ]
   assert wrong == []
+
+
+def test_tests_mirror_the_source_tree():
+  """tests/<package>/test_<name>.py sits in a folder the source has (tests/train/tools/ for
+  train/tools/), and no two test files share a name (pytest imports them by it)."""
+  files = sorted((REPO / 'tests').rglob('test_*.py'))
+  for path in files:
+    folder = path.parent.relative_to(REPO / 'tests')
+    assert folder == pathlib.Path('.') or (REPO / folder).is_dir(), f'{path}: no {folder}/'
+  names = [p.name for p in files]
+  assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
