@@ -180,6 +180,20 @@ def tmpfs(path, size, read_only=False):
     subprocess.run(['umount', '-l', str(path)], check=False)
 
 
+def train_from(config, workdir, **kw):
+  """loop.run of `config` into `workdir` from its config.init_from, as main.py runs it."""
+  from train import init_from, loop, validation
+
+  derived = validation.derive(config)
+  return loop.run(derived, str(workdir), init_params_fn=init_from.params_fn(config), **kw)
+
+
+def checkpoint_meta(workdir, step):
+  """The meta record (checksums, lora_base, ...) of a workdir's checkpoint `step`."""
+  with open(os.path.join(workdir, 'checkpoints', str(step), 'meta', 'metadata')) as f:
+    return json.load(f)
+
+
 def restored_state(workdir, config):
   """(step, params, opt_state) of a workdir's latest checkpoint as loop.run resumes it."""
   import jax

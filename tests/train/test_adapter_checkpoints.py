@@ -7,7 +7,6 @@ resumes bitwise; train.tools.sample, train.tools.harness and train.tools.export 
 `init_from` a LoRA workdir trains its adapters on or, without LoRA, its merged model."""
 
 import hashlib
-import json
 import os
 import shutil
 
@@ -17,11 +16,11 @@ import pytest
 import torch
 import transformers
 from flax import traverse_util
-from helpers import HF_LLAMA, LLAMA_BLOCK, restored_state
+from helpers import HF_LLAMA, LLAMA_BLOCK, checkpoint_meta, restored_state, train_from
 
 import models
 from models import lora
-from train import checkpoint, context, init_from, loop, validation
+from train import checkpoint, context, init_from, validation
 from train.tools import export, harness, sample
 
 
@@ -46,17 +45,6 @@ def _overrides(src, rank=4, **more):
     'optimizer.lr': 1e-2,
     **more,
   }
-
-
-def _run(config, workdir, **kw):
-  return loop.run(
-    validation.derive(config), str(workdir), init_params_fn=init_from.params_fn(config), **kw
-  )
-
-
-def _meta(workdir, step):
-  with open(os.path.join(workdir, 'checkpoints', str(step), 'meta', 'metadata')) as f:
-    return json.load(f)
 
 
 def _saved_params(meta):
@@ -89,8 +77,8 @@ def test_lora_checkpoint_holds_adapters_and_refuses_a_changed_base(tiny_config, 
   base = _hf_base(tmp_path / 'base')
   config = tiny_config(_overrides(f'hf:{base}', **{'train.num_steps': 2}))
   workdir = str(tmp_path / 'lora')
-  _run(config, workdir)
-  meta = _meta(workdir, 2)
+  train_from(config, workdir)
+  meta = checkpoint_meta(workdir, 2)
   record = meta[checkpoint.LORA_BASE]
   assert record['init_from'] == f'hf:{base}' and record['base'] == f'hf:{os.path.abspath(base)}'
   assert _saved_params(meta) and all(lora.is_adapter((k,)) for k in _saved_params(meta))
@@ -103,7 +91,7 @@ def test_lora_checkpoint_holds_adapters_and_refuses_a_changed_base(tiny_config, 
   _hf_base(base, seed=1)  # the same shapes, other weights.
   before = _snapshot(workdir)
   with pytest.raises(ValueError) as e:
-    _run(tiny_config(_overrides(f'hf:{base}')), workdir)
+    train_from(tiny_config(_overrides(f'hf:{base}')), workdir)
   line = str(e.value)
   assert '\n' not in line and line.startswith(f'hf:{os.path.abspath(base)}: not the LoRA base')
   assert "tensor ['" in line and 'lora_base.checksum' in line
@@ -118,7 +106,7 @@ def lora_run(tiny_config, tmp_path_factory):
   base = _hf_base(root / 'base')
   workdir = str(root / 'lora')
   best = {'train.best_metric': 'eval/loss', 'train.eval_every': 2}
-  _run(tiny_config(_overrides(f'hf:{base}', **best)), workdir)
+  train_from(tiny_config(_overrides(f'hf:{base}', **best)), workdir)
   return base, workdir
 
 
@@ -139,10 +127,10 @@ def test_peft_adapter_exported_imported_trains_on_and_resumes_bitwise(
   for k, v in _flat(trained).items():
     np.testing.assert_allclose(_flat(start)[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
   straight, split = tmp_path / 'straight', tmp_path / 'split'
-  _run(config, straight)
-  _run(config, split, stop_after=2)
-  assert _meta(split, 2)[checkpoint.LORA_BASE]['base'] == f'hf:{os.path.abspath(base)}'
-  _run(config, split)
+  train_from(config, straight)
+  train_from(config, split, stop_after=2)
+  assert checkpoint_meta(split, 2)[checkpoint.LORA_BASE]['base'] == f'hf:{os.path.abspath(base)}'
+  train_from(config, split)
   (s1, p1, o1), (s2, p2, o2) = restored_state(straight, config), restored_state(split, config)
   assert s1 == s2 == 4
   assert sorted(_flat(p1)) == sorted(_flat(lora.split(start)[1]))  # the adapters only.
@@ -164,7 +152,7 @@ def test_lora_workdir_loads_everywhere_and_as_init_from(lora_run, tiny_config, t
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(again), jax.device_get(params))
   best = os.path.join(workdir, 'best')
   (step,) = [int(s) for s in os.listdir(os.path.join(best, 'checkpoints')) if s.isdigit()]
-  assert all(lora.is_adapter((k,)) for k in _saved_params(_meta(best, step)))
+  assert all(lora.is_adapter((k,)) for k in _saved_params(checkpoint_meta(best, step)))
   base_params = lora.split(jax.device_get(init_from.load_params(best)[1]))[0]
   jax.tree.map(np.testing.assert_array_equal, base_params, lora.split(jax.device_get(params))[0])
   export.export(workdir, str(tmp_path / 'merged'))
@@ -188,7 +176,7 @@ def test_lora_workdir_loads_everywhere_and_as_init_from(lora_run, tiny_config, t
   moved, copy = str(tmp_path / 'moved'), str(tmp_path / 'copy')
   shutil.copytree(base, moved)
   shutil.copytree(workdir, copy)
-  out = _run(tiny_config(_overrides(f'hf:{moved}')), copy)  # finished: loads, evaluates.
+  out = train_from(tiny_config(_overrides(f'hf:{moved}')), copy)  # finished: loads, evaluates.
   assert np.isfinite(out['eval/loss'])
 
 
@@ -214,7 +202,7 @@ def test_adapter_checkpoint_bytes_follow_the_param_ratio(tiny_config, tmp_path):
   sizes = {}
   for name, rank in (('full', 0), ('lora', 4)):
     config = tiny_config(_overrides(f'hf:{base}', rank=rank, **shape))
-    _run(config, tmp_path / name)
+    train_from(config, tmp_path / name)
     sizes[name] = _data_bytes(tmp_path / name / 'checkpoints' / '2')
   cfg = context.setup(
     validation.derive(tiny_config(_overrides(f'hf:{base}', **shape)))

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import safetensors.numpy
 from flax import traverse_util
-from helpers import restored_state
+from helpers import checkpoint_meta, restored_state, train_from
 
 import models
 from models import lora, parametrization, quantize, resident_quant, rtn
-from train import checkpoint, init_from, loop, validation
+from train import checkpoint, init_from, validation
 from train.tools import compress, export, harness, sample
 
 BASE = models.ModelConfig(
@@ -159,17 +159,6 @@ def test_qlora_bad_config_is_one_line(tiny_config, tmp_path):
   assert 'train.tools.compress' in str(e.value)
 
 
-def _run(config, workdir, **kw):
-  return loop.run(
-    validation.derive(config), str(workdir), init_params_fn=init_from.params_fn(config), **kw
-  )
-
-
-def _meta(workdir, step):
-  with open(os.path.join(workdir, 'checkpoints', str(step), 'meta', 'metadata')) as f:
-    return json.load(f)
-
-
 def _snapshot(workdir):
   out = {}
   for root, _, files in os.walk(workdir):
@@ -211,16 +200,16 @@ def test_qlora_from_train_compress_resumes_bitwise_and_loads_everywhere(
   straight, split, floats = tmp_path / 'straight', tmp_path / 'split', tmp_path / 'float'
   lm = {'lm_eval.tasks': ('toy_roll',), 'lm_eval.include_path': _toy_task(tmp_path)}
   with_lm = tiny_config({**lora_on, 'model.lora_base_resident': 'quantized', **lm})
-  out = _run(with_lm, straight, evaluators=[harness.LmEvalEvaluator(with_lm.lm_eval)])
-  _run(tiny_config(lora_on), floats)
+  out = train_from(with_lm, straight, evaluators=[harness.LmEvalEvaluator(with_lm.lm_eval)])
+  train_from(tiny_config(lora_on), floats)
   losses = lambda w: [json.loads(r)['train/loss'] for r in open(os.path.join(w, 'metrics.jsonl'))]
   np.testing.assert_allclose(losses(straight), losses(floats), rtol=1e-5)
-  _run(config, split, stop_after=2)
-  _run(config, split)
+  train_from(config, split, stop_after=2)
+  train_from(config, split)
   (s1, p1, o1), (s2, p2, o2) = restored_state(straight, config), restored_state(split, config)
   assert s1 == s2 == 4 and all(map(lora.is_adapter, traverse_util.flatten_dict(p1)))
   jax.tree.map(np.testing.assert_array_equal, (p1, o1), (p2, o2))
-  meta = _meta(straight, 4)
+  meta = checkpoint_meta(straight, 4)
   record = meta[checkpoint.LORA_BASE]
   assert record['base'] == os.path.abspath(q) and "['layers']['mlp']['wi'].q" in record['checksum']
   kernels = [k for k in meta['checksum'] if k.endswith(("['wi']", "['query']"))]
@@ -250,7 +239,7 @@ def test_qlora_from_train_compress_resumes_bitwise_and_loads_everywhere(
   safetensors.numpy.save_file(packed, os.path.join(q, init_from.QUANTIZED_FILE))
   before = _snapshot(straight)
   with pytest.raises(ValueError) as e:
-    _run(tiny_config({**lora_on, 'model.lora_base_resident': 'quantized'}), straight)
+    train_from(tiny_config({**lora_on, 'model.lora_base_resident': 'quantized'}), straight)
   line = str(e.value)
   assert line.startswith(f'{os.path.abspath(q)}: not the LoRA base') and '.q' in line
   assert '\n' not in line and _snapshot(straight) == before
